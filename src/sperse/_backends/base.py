@@ -1,0 +1,166 @@
+"""The backend seam: what everything above a backend may say to it and hear back.
+
+A backend runs tasks somewhere (worker processes here, a gRPC server, Ray)
+and reports what happened as events, from a thread of its own. The callers
+(the runtime, and through it the workspace and ``Pending``) never see a
+socket, a process or a pickle: only ``TaskSpec`` in, ``BackendEvent`` out.
+
+Every submitted task gets exactly one terminal event, ``Done`` or ``Failed``,
+unless it was cancelled by the caller, in which case it may get one
+``Failed(kind="cancelled")`` or nothing; callers settle cancelled work
+themselves and ignore anything that arrives after.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Literal, Protocol
+
+from sperse._lang.placement import Placement
+from sperse.errors import (
+    RemoteError,
+    SerializationError,
+    SperseError,
+    TaskCancelled,
+    WorkerDied,
+)
+
+__all__ = [
+    "Backend",
+    "BackendEvent",
+    "CallTask",
+    "Done",
+    "ErrorInfo",
+    "ErrorKind",
+    "EventSink",
+    "Failed",
+    "Output",
+    "ServerInfo",
+    "Started",
+    "StatementTask",
+    "TaskSpec",
+]
+
+
+@dataclass(frozen=True, slots=True)
+class StatementTask:
+    """A remote statement: source text compiled where it runs, plus its inputs.
+
+    ``first_line`` is the line of the statement in the user's input, so a
+    remote traceback points at the line the user typed.
+    """
+
+    source: str
+    filename: str
+    first_line: int
+    inputs: Mapping[str, Any]
+    defs: tuple[str, ...]
+    is_expression: bool
+
+
+@dataclass(frozen=True, slots=True)
+class CallTask:
+    """A call of a function (shipped by value when it was defined at the prompt)."""
+
+    fn: Callable[..., Any]
+    args: tuple[Any, ...]
+    kwargs: Mapping[str, Any]
+
+
+@dataclass(frozen=True, slots=True)
+class TaskSpec:
+    task_id: str
+    work: StatementTask | CallTask
+    placement: Placement = field(default_factory=Placement)
+    retries: int = 0
+    label: str = ""
+
+
+ErrorKind = Literal["raised", "worker_died", "cancelled", "serialization", "internal"]
+
+
+@dataclass(frozen=True, slots=True)
+class ErrorInfo:
+    """An error as data: it crosses processes and networks without pickling exceptions."""
+
+    kind: ErrorKind
+    type_name: str
+    message: str
+    traceback: str = ""
+
+    def to_exception(self, label: str = "", where: str = "") -> SperseError:
+        """The local exception a user sees for this error."""
+        context = f"{label}: " if label else ""
+        if self.kind == "raised":
+            return RemoteError(
+                f"{context}{self.type_name}: {self.message}",
+                type_name=self.type_name,
+                remote_traceback=self.traceback,
+                where=where,
+            )
+        if self.kind == "worker_died":
+            return WorkerDied(f"{context}{self.message}")
+        if self.kind == "cancelled":
+            return TaskCancelled(f"{context}{self.message}")
+        if self.kind == "serialization":
+            return SerializationError(f"{context}{self.message}")
+        return SperseError(f"{context}{self.type_name}: {self.message}")
+
+
+@dataclass(frozen=True, slots=True)
+class Started:
+    task_id: str
+    where: str
+
+
+@dataclass(frozen=True, slots=True)
+class Output:
+    task_id: str
+    where: str
+    stream: Literal["stdout", "stderr"]
+    text: str
+
+
+@dataclass(frozen=True, slots=True)
+class Done:
+    task_id: str
+    where: str
+    value: Any
+
+
+@dataclass(frozen=True, slots=True)
+class Failed:
+    task_id: str
+    where: str
+    error: ErrorInfo
+
+
+BackendEvent = Started | Output | Done | Failed
+EventSink = Callable[[BackendEvent], None]
+
+
+@dataclass(frozen=True, slots=True)
+class ServerInfo:
+    name: str
+    tags: frozenset[str] = frozenset()
+    resources: Mapping[str, float] = field(default_factory=dict)
+    workers: int = 0
+    busy: int = 0
+    address: str = ""
+
+
+class Backend(Protocol):
+    """Where remote work runs. Events go to the sink given to ``start``."""
+
+    def start(self, sink: EventSink) -> None: ...
+
+    def submit(self, specs: Sequence[TaskSpec]) -> None:
+        """Queue tasks. Raises ``SerializationError`` for work that cannot be sent."""
+        ...
+
+    def cancel(self, task_id: str) -> None: ...
+
+    def servers(self) -> list[ServerInfo]: ...
+
+    def close(self) -> None: ...

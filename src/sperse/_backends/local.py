@@ -1,0 +1,118 @@
+"""``LocalBackend``: remote work in a pool of local worker processes.
+
+Values are pickled across process boundaries exactly as they would be across a
+network, so pending semantics, serialization errors and worker deaths are real
+here. Tasks whose worker dies are retried up to their ``retries``; exceptions
+raised by user code are not retried (they would fail again).
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from sperse._backends.base import (
+    Done,
+    ErrorInfo,
+    EventSink,
+    Failed,
+    Output,
+    ServerInfo,
+    Started,
+    TaskSpec,
+)
+from sperse._pool import PoolEvent, TaskDone, TaskFailed, TaskOutput, TaskStarted, WorkerPool
+from sperse._serialize import dumps, loads
+from sperse.errors import SerializationError, SperseError
+
+__all__ = ["LocalBackend"]
+
+RUNNER = "sperse._backends.runner:run"
+
+
+@dataclass(slots=True)
+class _Task:
+    spec: TaskSpec
+    payload: bytes
+    attempts_left: int
+
+
+class LocalBackend:
+    """Runs tasks on ``workers`` local processes (default: one per core)."""
+
+    def __init__(self, workers: int | None = None, *, name: str = "local") -> None:
+        self.name = name
+        self._size = workers or os.cpu_count() or 1
+        self._pool: WorkerPool | None = None
+        self._sink: EventSink | None = None
+        self._tasks: dict[str, _Task] = {}
+        self._lock = threading.Lock()
+
+    def start(self, sink: EventSink) -> None:
+        if self._pool is not None:
+            raise SperseError("this LocalBackend is already started")
+        self._sink = sink
+        self._pool = WorkerPool(self._size, RUNNER, self._on_pool_event, name=self.name)
+
+    def submit(self, specs: Sequence[TaskSpec]) -> None:
+        pool = self._require_pool()
+        prepared = [
+            _Task(spec, dumps(spec.work, what=spec.label or "the task"), spec.retries)
+            for spec in specs
+        ]
+        with self._lock:
+            for task in prepared:
+                self._tasks[task.spec.task_id] = task
+        for task in prepared:
+            pool.submit(task.spec.task_id, task.payload)
+
+    def cancel(self, task_id: str) -> None:
+        if self._pool is not None:
+            self._pool.cancel(task_id)
+
+    def servers(self) -> list[ServerInfo]:
+        busy = self._pool.stats().busy if self._pool is not None else 0
+        return [ServerInfo(self.name, workers=self._size, busy=busy, address="in-process")]
+
+    def close(self) -> None:
+        if self._pool is not None:
+            self._pool.close()
+
+    def _require_pool(self) -> WorkerPool:
+        if self._pool is None:
+            raise SperseError("LocalBackend.start() was not called")
+        return self._pool
+
+    def _on_pool_event(self, event: PoolEvent) -> None:
+        sink = self._sink
+        assert sink is not None
+        where = self.name
+        match event:
+            case TaskStarted(task_id=task_id):
+                sink(Started(task_id, where))
+            case TaskOutput(task_id=task_id, stream=stream, text=text):
+                sink(Output(task_id, where, stream, text))
+            case TaskDone(task_id=task_id, result=result):
+                with self._lock:
+                    self._tasks.pop(task_id, None)
+                try:
+                    ok, value = loads(result, what="the result")
+                except SerializationError as exc:
+                    sink(Failed(task_id, where, ErrorInfo("serialization", "SerializationError", str(exc))))
+                    return
+                sink(Done(task_id, where, value) if ok else Failed(task_id, where, value))
+            case TaskFailed(task_id=task_id, reason=reason, message=message, traceback=tb):
+                with self._lock:
+                    task = self._tasks.get(task_id)
+                    retry = reason == "worker_died" and task is not None and task.attempts_left > 0
+                    if retry and task is not None:
+                        task.attempts_left -= 1
+                    else:
+                        self._tasks.pop(task_id, None)
+                if retry and task is not None:
+                    self._require_pool().submit(task_id, task.payload)
+                    return
+                kind = "internal" if reason == "runner_error" else reason
+                sink(Failed(task_id, where, ErrorInfo(kind, reason, message, tb)))

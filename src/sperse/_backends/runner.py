@@ -1,0 +1,65 @@
+"""The code that runs inside a worker process: one task payload in, one result out.
+
+Payload: the pickle of a ``StatementTask`` or ``CallTask``. Result: the
+pickle of ``(True, value)`` or ``(False, ErrorInfo)``. User exceptions, and
+results that cannot be pickled, are reported as data; the worker carries on.
+"""
+
+from __future__ import annotations
+
+import builtins
+import linecache
+import traceback
+from typing import Any
+
+from sperse._backends.base import CallTask, ErrorInfo, StatementTask
+from sperse._serialize import dumps, loads
+from sperse.errors import SerializationError
+
+__all__ = ["encode_error", "run"]
+
+
+def run(payload: bytes) -> bytes:
+    try:
+        work = loads(payload, what="the task")
+    except SerializationError as exc:
+        return dumps((False, ErrorInfo("serialization", "SerializationError", str(exc))))
+    try:
+        value = _execute(work)
+    except Exception as exc:
+        return dumps((False, encode_error(exc, skip_frames=2)))
+    try:
+        return dumps((True, value), what="the result")
+    except SerializationError as exc:
+        return dumps((False, ErrorInfo("serialization", "SerializationError", str(exc))))
+
+
+def _execute(work: StatementTask | CallTask) -> Any:
+    if isinstance(work, CallTask):
+        return work.fn(*work.args, **work.kwargs)
+    source = "\n" * (work.first_line - 1) + work.source
+    lines = source.splitlines(keepends=True)
+    linecache.cache[work.filename] = (len(source), None, lines, work.filename)
+    namespace: dict[str, Any] = {"__name__": "__main__", "__builtins__": builtins}
+    namespace.update(work.inputs)
+    if work.is_expression:
+        return eval(compile(source, work.filename, "eval"), namespace)
+    exec(compile(source, work.filename, "exec"), namespace)
+    return {name: namespace[name] for name in work.defs if name in namespace}
+
+
+def encode_error(exc: BaseException, *, skip_frames: int = 0) -> ErrorInfo:
+    """``exc`` as data, its traceback without the first ``skip_frames`` (ours)."""
+    tb = exc.__traceback__
+    for _ in range(skip_frames):
+        if tb is not None:
+            tb = tb.tb_next
+    kind = type(exc)
+    module = kind.__module__
+    type_name = kind.__qualname__ if module == "builtins" else f"{module}.{kind.__qualname__}"
+    try:
+        message = str(exc)
+    except Exception:
+        message = f"<{type_name} whose str() failed>"
+    text = "".join(traceback.format_exception(kind, exc, tb))
+    return ErrorInfo("raised", type_name, message, text)

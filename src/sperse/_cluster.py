@@ -1,0 +1,232 @@
+"""``Cluster``: the client side of a backend, and the user-thread work queue.
+
+Threads (DESIGN.md §2 rule 6): a backend reports events on a thread of its
+own. There, the cluster only routes each event to the listener registered for
+its task; listeners record data (a value arrived) and ``post`` anything that
+runs user code (a cell, a ``then`` callback, printing output) to the cluster's
+queue. That queue is drained on the user's thread: inside ``Pending.result``,
+``Workspace.wait``/``process_events``, ``sperse.wait``, an ``await``, and at
+interpreter exit.
+"""
+
+from __future__ import annotations
+
+import atexit
+import contextvars
+import itertools
+import threading
+import time
+from collections import deque
+from collections.abc import Callable, Sequence
+
+from sperse._backends.base import Backend, BackendEvent, Done, Failed, ServerInfo, TaskSpec
+
+__all__ = ["Cluster", "connect", "current"]
+
+Listener = Callable[[BackendEvent], None]
+
+
+class Cluster:
+    """A started backend plus the queue of work for the user's thread."""
+
+    def __init__(self, backend: Backend) -> None:
+        self.backend = backend
+        self._cond = threading.Condition()
+        self._work: deque[Callable[[], None]] = deque()
+        self._listeners: dict[str, Listener] = {}
+        self._wakers: dict[int, Callable[[], None]] = {}
+        self._ids = itertools.count(1)
+        self._closed = False
+        self._token: contextvars.Token[Cluster | None] | None = None
+        backend.start(self._on_event)
+
+    # ---- tasks ---------------------------------------------------------------
+
+    def new_task_id(self) -> str:
+        return f"t{next(self._ids)}"
+
+    def submit(self, spec: TaskSpec, listener: Listener) -> None:
+        """Send one task; ``listener`` hears its events on the backend's thread."""
+        self.submit_many([(spec, listener)])
+
+    def submit_many(self, tasks: Sequence[tuple[TaskSpec, Listener]]) -> None:
+        with self._cond:
+            for spec, listener in tasks:
+                self._listeners[spec.task_id] = listener
+        try:
+            self.backend.submit([spec for spec, _ in tasks])
+        except BaseException:
+            with self._cond:
+                for spec, _ in tasks:
+                    self._listeners.pop(spec.task_id, None)
+            raise
+
+    def cancel(self, task_id: str) -> None:
+        with self._cond:
+            known = self._listeners.pop(task_id, None) is not None
+        if known:
+            self.backend.cancel(task_id)
+
+    def servers(self) -> list[ServerInfo]:
+        return self.backend.servers()
+
+    def _on_event(self, event: BackendEvent) -> None:
+        with self._cond:
+            if isinstance(event, Done | Failed):
+                listener = self._listeners.pop(event.task_id, None)
+            else:
+                listener = self._listeners.get(event.task_id)
+        if listener is not None:
+            listener(event)
+
+    # ---- the user-thread queue ----------------------------------------------
+
+    def post(self, fn: Callable[[], None]) -> None:
+        """Queue ``fn`` to run on the user's thread at the next drain."""
+        with self._cond:
+            self._work.append(fn)
+            self._cond.notify_all()
+            wakers = list(self._wakers.values())
+        for wake in wakers:
+            wake()
+
+    def wake(self) -> None:
+        """Wake anyone waiting in ``run_until`` to re-check their condition."""
+        self.post(_nothing)
+
+    def drain(self) -> int:
+        """Run everything queued so far, on this thread. Returns how many ran."""
+        ran = 0
+        while True:
+            with self._cond:
+                if not self._work:
+                    return ran
+                fn = self._work.popleft()
+            fn()
+            ran += 1
+
+    def run_until(self, done: Callable[[], bool], timeout: float | None) -> bool:
+        """Drain queued work until ``done()``; False if ``timeout`` passed first."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while True:
+            self.drain()
+            if done():
+                return True
+            with self._cond:
+                while not self._work:
+                    if done():
+                        return True
+                    remaining = None if deadline is None else deadline - time.monotonic()
+                    if remaining is not None and remaining <= 0:
+                        return False
+                    # Bounded waits: a condition that turns true without a post
+                    # (another thread) is still noticed.
+                    self._cond.wait(0.5 if remaining is None else min(remaining, 0.5))
+
+    def wait_for_work(self, timeout: float) -> bool:
+        """Block until something is queued for the user's thread, or ``timeout``."""
+        deadline = time.monotonic() + timeout
+        with self._cond:
+            while not self._work:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    return False
+                self._cond.wait(remaining)
+            return True
+
+    def add_waker(self, wake: Callable[[], None]) -> int:
+        key = next(self._ids)
+        with self._cond:
+            self._wakers[key] = wake
+        return key
+
+    def remove_waker(self, key: int) -> None:
+        with self._cond:
+            self._wakers.pop(key, None)
+
+    # ---- lifetime ------------------------------------------------------------
+
+    def close(self) -> None:
+        """Stop the backend; pending work ends in errors. Idempotent."""
+        if self._closed:
+            return
+        self._closed = True
+        self.backend.close()
+        self.drain()
+        global _default
+        with _default_lock:
+            if _default is self:
+                _default = None
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+    def __enter__(self) -> Cluster:
+        self._token = _current.set(self)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self._token is not None:
+            _current.reset(self._token)
+            self._token = None
+        self.close()
+
+
+def _nothing() -> None:
+    pass
+
+
+_current: contextvars.ContextVar[Cluster | None] = contextvars.ContextVar(
+    "sperse_cluster", default=None
+)
+_default: Cluster | None = None
+_default_lock = threading.Lock()
+
+
+def connect(backend: Backend | None = None, *, workers: int | None = None) -> Cluster:
+    """Start a cluster and make it the default for ``@sperse.remote`` and workspaces.
+
+    With no backend, remote work runs on a pool of ``workers`` local processes
+    (one per core by default). A previous default cluster is closed.
+    """
+    global _default
+    if backend is None:
+        from sperse._backends.local import LocalBackend
+
+        backend = LocalBackend(workers)
+    cluster = Cluster(backend)
+    with _default_lock:
+        old, _default = _default, cluster
+    if old is not None:
+        old.close()
+    return cluster
+
+
+def current() -> Cluster:
+    """The cluster in use here: the innermost ``with cluster:``, else the default one."""
+    cluster = _current.get()
+    if cluster is not None and not cluster.closed:
+        return cluster
+    with _default_lock:
+        cluster = _default
+    if cluster is not None and not cluster.closed:
+        return cluster
+    return connect()
+
+
+def use(cluster: Cluster) -> contextvars.Token[Cluster | None]:
+    return _current.set(cluster)
+
+
+def unuse(token: contextvars.Token[Cluster | None]) -> None:
+    _current.reset(token)
+
+
+@atexit.register
+def _close_default() -> None:
+    with _default_lock:
+        cluster = _default
+    if cluster is not None:
+        cluster.drain()
+        cluster.close()

@@ -1,0 +1,434 @@
+"""``Pending`` values and ``@sperse.remote`` functions: the script-level API.
+
+A ``Pending`` settles exactly once, to a value or an error, on whichever
+thread learns the outcome; that is only data. User code attached to it
+(``then`` callbacks) runs on the user's thread, through the cluster's queue.
+A call whose arguments include unfinished Pendings is held on the client
+until they settle, then sent with their values; if one fails, the call fails
+with ``UpstreamError`` and is never sent.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import threading
+import time
+from collections.abc import Callable, Generator, Iterable, Iterator, Mapping
+from typing import Any, Generic, Literal, ParamSpec, TypeVar, overload
+
+from sperse._backends.base import (
+    BackendEvent,
+    CallTask,
+    Done,
+    Failed,
+    Output,
+    Started,
+    TaskSpec,
+)
+from sperse._cluster import Cluster, current
+from sperse._lang.placement import Placement, placement_from_options
+from sperse.errors import NotReadyError, SperseError, TaskCancelled, UpstreamError
+
+__all__ = ["OutputPrinter", "Pending", "RemoteFunction", "as_completed", "gather", "remote", "wait"]
+
+T = TypeVar("T")
+U = TypeVar("U")
+P = ParamSpec("P")
+
+_UNSET: Any = object()
+
+
+class Pending(Generic[T]):
+    """A value that is being computed elsewhere."""
+
+    __slots__ = (
+        "__weakref__",
+        "_cluster",
+        "_error",
+        "_hooks",
+        "_lock",
+        "_settled",
+        "_started_at",
+        "_task_id",
+        "_value",
+        "label",
+        "where",
+    )
+
+    def __init__(self, cluster: Cluster, label: str = "") -> None:
+        self._cluster = cluster
+        self.label = label
+        self.where = ""
+        self._task_id: str | None = None
+        self._started_at: float | None = None
+        self._lock = threading.Lock()
+        self._settled = False
+        self._value: Any = _UNSET
+        self._error: BaseException | None = None
+        self._hooks: list[Callable[[Pending[T]], None]] = []
+
+    # ---- settling (any thread) ----------------------------------------------
+
+    def _settle(self, value: Any = _UNSET, error: BaseException | None = None) -> bool:
+        with self._lock:
+            if self._settled:
+                return False
+            self._settled = True
+            self._value = value
+            self._error = error
+            hooks, self._hooks = self._hooks, []
+        for hook in hooks:
+            hook(self)
+        self._cluster.wake()
+        return True
+
+    def _on_settle(self, hook: Callable[[Pending[T]], None]) -> None:
+        """Call ``hook`` (on the settling thread) once this settles; now if it has."""
+        with self._lock:
+            if not self._settled:
+                self._hooks.append(hook)
+                return
+        hook(self)
+
+    # ---- the public API ------------------------------------------------------
+
+    def done(self) -> bool:
+        """True once a value or an error has arrived (or it was cancelled)."""
+        return self._settled
+
+    def result(self, timeout: float | None = None) -> T:
+        """Wait for the value and return it, or raise the error it ended in.
+
+        Raises ``TimeoutError`` if ``timeout`` seconds pass first; the work
+        goes on (``cancel()`` stops it).
+        """
+        if not self._cluster.run_until(self.done, timeout):
+            raise TimeoutError(
+                f"{self!r} did not finish within {timeout} s; it is still running "
+                "(call .cancel() to stop it, or wait longer)"
+            )
+        if self._error is not None:
+            raise self._error
+        return self._value  # type: ignore[no-any-return]
+
+    def exception(self, timeout: float | None = None) -> BaseException | None:
+        """Wait like ``result`` and return the error, or None on success."""
+        try:
+            self.result(timeout)
+        except TimeoutError:
+            raise
+        except BaseException as exc:
+            return exc
+        return None
+
+    def value(self) -> T:
+        """The value now, without waiting: ``NotReadyError`` if it has not arrived."""
+        if not self._settled:
+            raise NotReadyError(f"{self!r} has no value yet; use .result(timeout) to wait")
+        return self.result(0)
+
+    def then(self, fn: Callable[[T], U]) -> Pending[U]:
+        """A Pending of ``fn(value)``; ``fn`` runs on the user's thread when this is ready.
+
+        If this fails, the returned Pending fails with the same error and ``fn``
+        never runs.
+        """
+        child: Pending[U] = Pending(self._cluster, label=f"{self.label}.then")
+
+        def run_callback() -> None:
+            if self._error is not None:
+                child._settle(error=self._error)
+                return
+            try:
+                child._settle(fn(self._value))
+            except BaseException as exc:
+                child._settle(error=exc)
+
+        self._on_settle(lambda _: self._cluster.post(run_callback))
+        return child
+
+    def cancel(self) -> bool:
+        """Stop the work. False if it had already finished."""
+        if not self._settle(error=TaskCancelled(f"{self.label or 'the task'} was cancelled")):
+            return False
+        if self._task_id is not None:
+            self._cluster.cancel(self._task_id)
+        return True
+
+    def __await__(self) -> Generator[Any, None, T]:
+        return self._wait_async().__await__()
+
+    async def _wait_async(self) -> T:
+        loop = asyncio.get_running_loop()
+        while not self.done():
+            wakeup = asyncio.Event()
+            key = self._cluster.add_waker(lambda: loop.call_soon_threadsafe(wakeup.set))
+            try:
+                self._cluster.drain()
+                if not self.done():
+                    await wakeup.wait()
+            finally:
+                self._cluster.remove_waker(key)
+        self._cluster.drain()
+        return self.result(0)
+
+    def __repr__(self) -> str:
+        name = f" {self.label}" if self.label else ""
+        if not self._settled:
+            if self._started_at is None:
+                return f"<Pending{name}: waiting>"
+            elapsed = time.monotonic() - self._started_at
+            return f"<Pending{name}: running on {self.where} for {elapsed:.1f} s>"
+        if self._error is not None:
+            return f"<Pending{name}: failed: {type(self._error).__name__}>"
+        text = repr(self._value)
+        if len(text) > 60:
+            text = text[:57] + "..."
+        return f"<Pending{name}: done: {text}>"
+
+    # ---- running a task ------------------------------------------------------
+
+    def _listen(self, event: BackendEvent, printer: OutputPrinter) -> None:
+        """Listener for this Pending's task (backend thread)."""
+        match event:
+            case Started(where=where):
+                self.where = where
+                self._started_at = time.monotonic()
+            case Output(where=where, stream=stream, text=text):
+                printer.write(where, stream, text)
+            case Done(value=value):
+                printer.flush()
+                self._settle(value)
+            case Failed(where=where, error=error):
+                printer.flush()
+                self._settle(error=error.to_exception(self.label, where))
+
+
+class OutputPrinter:
+    """Prints a task's live output on the user's thread, each line prefixed ``[where] ``."""
+
+    def __init__(self, cluster: Cluster, sink: Callable[[str, str], None] | None = None) -> None:
+        self._cluster = cluster
+        self._sink = sink or _print_line
+        self._partial: dict[str, str] = {}
+        self._where = ""
+
+    def write(self, where: str, stream: str, text: str) -> None:
+        self._where = where
+        buffered = self._partial.pop(stream, "") + text
+        *lines, rest = buffered.split("\n")
+        if rest:
+            self._partial[stream] = rest
+        for line in lines:
+            self._emit(stream, f"[{where}] {line}")
+
+    def flush(self) -> None:
+        for stream, rest in list(self._partial.items()):
+            self._emit(stream, f"[{self._where}] {rest}")
+        self._partial.clear()
+
+    def _emit(self, stream: str, line: str) -> None:
+        sink = self._sink
+        self._cluster.post(lambda: sink(stream, line))
+
+
+def _print_line(stream: str, line: str) -> None:
+    import sys
+
+    print(line, file=sys.stderr if stream == "stderr" else sys.stdout, flush=True)
+
+
+def submit_call(
+    cluster: Cluster,
+    fn: Callable[..., Any],
+    args: tuple[Any, ...],
+    kwargs: Mapping[str, Any],
+    *,
+    placement: Placement,
+    retries: int,
+    label: str,
+) -> Pending[Any]:
+    """Send ``fn(*args, **kwargs)``, first waiting for any Pending among the arguments."""
+    pending: Pending[Any] = Pending(cluster, label=label)
+    inputs = [a for a in (*args, *kwargs.values()) if isinstance(a, Pending)]
+    remaining = [sum(1 for a in inputs if not a.done())]
+    lock = threading.Lock()
+
+    def send() -> None:
+        if pending.done():  # cancelled while it waited for its inputs
+            return
+        for arg in inputs:
+            if arg._error is not None:
+                pending._settle(
+                    error=UpstreamError(
+                        f"{label}: an argument failed ({arg.label or 'a Pending'}): {arg._error}",
+                        upstream=arg.label,
+                    )
+                )
+                return
+        real_args = tuple(a._value if isinstance(a, Pending) else a for a in args)
+        real_kwargs = {k: v._value if isinstance(v, Pending) else v for k, v in kwargs.items()}
+        task_id = cluster.new_task_id()
+        pending._task_id = task_id
+        printer = OutputPrinter(cluster)
+        spec = TaskSpec(
+            task_id, CallTask(fn, real_args, real_kwargs), placement, retries, label=label
+        )
+        try:
+            cluster.submit(spec, lambda event: pending._listen(event, printer))
+        except SperseError as exc:
+            pending._settle(error=exc)
+
+    def input_settled(_: Pending[Any]) -> None:
+        with lock:
+            remaining[0] -= 1
+            last = remaining[0] == 0
+        if last:
+            send()
+
+    if remaining[0] == 0:
+        send()
+    else:
+        for arg in inputs:
+            if not arg.done():
+                arg._on_settle(input_settled)
+    return pending
+
+
+class RemoteFunction(Generic[P, T]):
+    """A function whose calls run on the cluster and return ``Pending`` at once."""
+
+    def __init__(
+        self, fn: Callable[P, T], *, placement: Placement = Placement(), retries: int = 0
+    ) -> None:
+        functools.update_wrapper(self, fn)
+        self._fn = fn
+        self.placement = placement
+        self.retries = retries
+
+    def __call__(self, *args: P.args, **kwargs: P.kwargs) -> Pending[T]:
+        return submit_call(
+            current(),
+            self._fn,
+            args,
+            kwargs,
+            placement=self.placement,
+            retries=self.retries,
+            label=f"{getattr(self._fn, '__qualname__', 'function')}()",
+        )
+
+    def options(
+        self,
+        *,
+        on: str | None = None,
+        resources: Mapping[str, float] | None = None,
+        retries: int | None = None,
+    ) -> RemoteFunction[P, T]:
+        """The same function with other placement or retries."""
+        placement = (
+            placement_from_options(on, resources) if on or resources else self.placement
+        )
+        return RemoteFunction(
+            self._fn, placement=placement, retries=self.retries if retries is None else retries
+        )
+
+    def local(self, *args: P.args, **kwargs: P.kwargs) -> T:
+        """Call the function here, synchronously (for tests and debugging)."""
+        return self._fn(*args, **kwargs)
+
+    def __repr__(self) -> str:
+        where = f" on {self.placement}" if str(self.placement) else ""
+        return f"<remote function {getattr(self._fn, '__qualname__', '?')}{where}>"
+
+
+@overload
+def remote(fn: Callable[P, T], /) -> RemoteFunction[P, T]: ...
+
+
+@overload
+def remote(
+    *,
+    on: str | None = None,
+    resources: Mapping[str, float] | None = None,
+    retries: int = 0,
+) -> Callable[[Callable[P, T]], RemoteFunction[P, T]]: ...
+
+
+def remote(
+    fn: Callable[P, T] | None = None,
+    /,
+    *,
+    on: str | None = None,
+    resources: Mapping[str, float] | None = None,
+    retries: int = 0,
+) -> RemoteFunction[P, T] | Callable[[Callable[P, T]], RemoteFunction[P, T]]:
+    """Make a function run remotely: each call returns a ``Pending`` at once.
+
+    ``on`` is a tag expression (``"gpu & !slow"``) or ``"@server"`` to pin;
+    ``resources`` the needs (``{"gpu_mem": 16}``); ``retries`` how many times
+    to run it again when its worker dies (exceptions it raises are not retried).
+    """
+    placement = placement_from_options(on, resources)
+
+    def wrap(f: Callable[P, T]) -> RemoteFunction[P, T]:
+        return RemoteFunction(f, placement=placement, retries=retries)
+
+    return wrap(fn) if fn is not None else wrap
+
+
+def wait(
+    pendings: Iterable[Pending[Any]],
+    timeout: float | None = None,
+    return_when: Literal["ALL_COMPLETED", "FIRST_COMPLETED", "FIRST_EXCEPTION"] = "ALL_COMPLETED",
+) -> tuple[set[Pending[Any]], set[Pending[Any]]]:
+    """Wait for Pendings like ``concurrent.futures.wait``: returns ``(done, not_done)``."""
+    items = list(pendings)
+    if not items:
+        return set(), set()
+    cluster = items[0]._cluster
+
+    def finished() -> bool:
+        if return_when == "FIRST_COMPLETED":
+            return any(p.done() for p in items)
+        if return_when == "FIRST_EXCEPTION" and any(
+            p.done() and p._error is not None for p in items
+        ):
+            return True
+        return all(p.done() for p in items)
+
+    cluster.run_until(finished, timeout)
+    done = {p for p in items if p.done()}
+    return done, set(items) - done
+
+
+def gather(*pendings: Pending[Any], timeout: float | None = None) -> list[Any]:
+    """The values of all ``pendings``, in order; raises the first error met."""
+    deadline = None if timeout is None else time.monotonic() + timeout
+    out = []
+    for p in pendings:
+        remaining = None if deadline is None else max(0.0, deadline - time.monotonic())
+        out.append(p.result(remaining))
+    return out
+
+
+def as_completed(
+    pendings: Iterable[Pending[Any]], timeout: float | None = None
+) -> Iterator[Pending[Any]]:
+    """Yield each Pending as it finishes (done or failed)."""
+    left = list(pendings)
+    if not left:
+        return
+    cluster = left[0]._cluster
+    deadline = None if timeout is None else time.monotonic() + timeout
+    while left:
+        remaining = None if deadline is None else deadline - time.monotonic()
+        if not cluster.run_until(lambda: any(p.done() for p in left), remaining):
+            raise TimeoutError(f"{len(left)} of the Pendings did not finish within {timeout} s")
+        still = []
+        for p in left:
+            if p.done():
+                yield p
+            else:
+                still.append(p)
+        left = still

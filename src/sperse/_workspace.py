@@ -1,0 +1,738 @@
+"""``Workspace``: statements in, reactive cells out.
+
+Layers: ``_lang`` turns text into statements with defs and refs, ``_graph``
+decides what runs when, and this module carries the decisions out: it runs
+local cells on the caller's thread, sends remote cells to the cluster, and
+applies what comes back (always on the caller's thread, through the cluster's
+queue: DESIGN.md §2 rule 6).
+
+The namespace (``ws.namespace``) is the globals dict every local cell runs in,
+so functions defined at the prompt see later globals as Python users expect.
+Each cell also keeps the values it produced (``outputs``), which is what a cell
+that updates a name (``x += 1``) reads, and what the namespace is restored
+from whenever a cell that lost a name to a newer definition runs again.
+"""
+
+from __future__ import annotations
+
+import ast
+import builtins
+import hashlib
+import linecache
+import pickle
+import textwrap
+import time
+from collections import deque
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass, field
+from types import CodeType
+from typing import Any, Literal
+
+import cloudpickle
+
+from sperse._backends.base import (
+    BackendEvent,
+    Done,
+    Failed,
+    Output,
+    Started,
+    StatementTask,
+    TaskSpec,
+)
+from sperse._cluster import Cluster, current, unuse, use
+from sperse._graph.graph import (
+    Action,
+    Blocked,
+    Cancel,
+    CellId,
+    CellStatus,
+    Drop,
+    Graph,
+    Mode,
+    Run,
+    RunId,
+)
+from sperse._lang.analysis import analyze
+from sperse._lang.placement import Placement
+from sperse._lang.transform import MARKER, remote_placement, transform
+from sperse._pending import OutputPrinter, Pending
+from sperse._serialize import describe
+from sperse.errors import (
+    CellError,
+    NotReadyError,
+    SerializationError,
+    SperseError,
+    StatementError,
+    UpstreamError,
+)
+
+__all__ = ["Cell", "CellEvent", "Workspace"]
+
+_LABEL_WIDTH = 60
+
+
+@dataclass(slots=True)
+class _Remote:
+    placement: Placement
+    source: str
+    first_line: int
+
+
+@dataclass(slots=True)
+class _Record:
+    """What the workspace knows of one cell beyond its place in the graph."""
+
+    id: CellId
+    label: str
+    filename: str
+    defs: frozenset[str]
+    is_expression: bool
+    code: CodeType | None  # local cells
+    remote: _Remote | None  # remote cells
+    outputs: dict[str, Any] = field(default_factory=dict)
+    value: Any = None  # an expression cell's value
+    error: BaseException | None = None
+    runs: int = 0  # times its code started (locally or remotely)
+    task_id: str | None = None
+    pendings: dict[str, Pending[Any]] = field(default_factory=dict)
+    digest: bytes | None = None  # inputs of the last successful remote run
+    where: str = ""
+    started_at: float | None = None
+    entered: bool = False  # the run() that entered it has finished with it
+
+
+@dataclass(frozen=True, slots=True)
+class CellEvent:
+    """Something happened to a cell; front ends subscribe to show it.
+
+    ``kind``: "done" (``value`` is set for expression cells), "failed"
+    (``error``), "blocked" (``error`` is the UpstreamError).
+    """
+
+    cell: Cell
+    kind: Literal["done", "failed", "blocked"]
+    value: Any = None
+    error: BaseException | None = None
+
+
+class Cell:
+    """A read-only handle on one cell of a workspace."""
+
+    __slots__ = ("_ws", "id")
+
+    def __init__(self, ws: Workspace, cell_id: CellId) -> None:
+        self._ws = ws
+        self.id = cell_id
+
+    @property
+    def _record(self) -> _Record:
+        record = self._ws._records.get(self.id)
+        if record is None:
+            raise SperseError(f"cell [{self.id}] is gone: all its names were redefined")
+        return record
+
+    @property
+    def label(self) -> str:
+        return self._record.label
+
+    @property
+    def defs(self) -> frozenset[str]:
+        return self._record.defs
+
+    @property
+    def is_remote(self) -> bool:
+        return self._record.remote is not None
+
+    @property
+    def status(self) -> str:
+        """pending, running, done, failed, blocked, stale (or dropped)."""
+        if self.id not in self._ws._graph:
+            return "dropped"
+        return self._ws._graph.status(self.id).value
+
+    @property
+    def runs(self) -> int:
+        """How many times the cell's code has started running."""
+        return self._record.runs
+
+    @property
+    def where(self) -> str:
+        """Where the cell last ran: a server name, or "local"."""
+        return self._record.where
+
+    @property
+    def error(self) -> BaseException | None:
+        return self._record.error
+
+    @property
+    def value(self) -> Any:
+        """An expression cell's value; raises its error, or NotReadyError."""
+        self._ws._check_ready(self.id, self._record.label)
+        return self._record.value
+
+    def __repr__(self) -> str:
+        return f"<Cell [{self.id}] {self.status}: {self._record.label}>"
+
+
+class _Names:
+    """``in`` answers whether the workspace defines a name (to shadow builtins)."""
+
+    __slots__ = ("_graph",)
+
+    def __init__(self, graph: Graph) -> None:
+        self._graph = graph
+
+    def __contains__(self, name: object) -> bool:
+        return isinstance(name, str) and self._graph.definer(name) is not None
+
+
+class Workspace:
+    """A reactive namespace: statements become cells that re-run when their inputs change.
+
+    ``cluster`` runs the remote cells (default: ``sperse.current()``, resolved
+    the first time a remote cell runs). ``mode`` is "auto" or "lazy".
+    """
+
+    def __init__(
+        self, cluster: Cluster | None = None, *, mode: Literal["auto", "lazy"] = "auto"
+    ) -> None:
+        self._cluster = cluster
+        self._graph = Graph(Mode(mode))
+        self._records: dict[CellId, _Record] = {}
+        self._names = _Names(self._graph)
+        self._inputs = 0
+        self._subscribers: list[Callable[[CellEvent], None]] = []
+        self.namespace: dict[str, Any] = {"__name__": "__main__", "__builtins__": builtins}
+
+    # ---- entering statements -------------------------------------------------
+
+    def run(self, source: str) -> list[Cell]:
+        """Enter every top-level statement of ``source`` as a cell, in order.
+
+        Local cells run now, on this thread; remote cells are sent and their
+        names stay pending. Raises ``SyntaxError`` before anything runs when
+        the source does not parse; ``StatementError``/``CycleError`` for a
+        statement that cannot be entered; ``CellError`` (or
+        ``SerializationError``) when a newly entered cell fails at once. In
+        each case the statements before it stay entered and the rest are not.
+        """
+        self.process_events()
+        self._inputs += 1
+        filename = f"<sperse-input-{self._inputs}>"
+        lines = source.splitlines(keepends=True)
+        linecache.cache[filename] = (len(source), None, lines, filename)
+        transformed = transform(source, filename)
+        tree = ast.parse(transformed, filename)
+        tlines = lines if transformed is source else transformed.splitlines(keepends=True)
+        cells = []
+        for stmt in tree.body:
+            cell_id = self._enter(stmt, lines, tlines, filename)
+            cells.append(Cell(self, cell_id))
+            record = self._records.get(cell_id)
+            if record is not None:
+                record.entered = True
+                if record.error is not None and self._graph.status(cell_id) is CellStatus.FAILED:
+                    raise record.error
+        return cells
+
+    def _enter(
+        self, stmt: ast.stmt, lines: list[str], tlines: list[str], filename: str
+    ) -> CellId:
+        label = _label(lines, stmt)
+        try:
+            info = analyze(stmt, shadowed=self._names)
+        except StatementError as exc:
+            raise StatementError(f"line {stmt.lineno}: `{label}`: {exc}") from None
+        refs = info.refs
+        remote: _Remote | None = None
+        code: CodeType | None = None
+        is_expression = info.is_expression
+        found = remote_placement(stmt)
+        if found is not None:
+            placement, body = found
+            refs = refs - {MARKER}
+            is_expression = len(body) == 1 and isinstance(body[0], ast.Expr)
+            remote = _Remote(placement, _body_source(tlines, body), body[0].lineno)
+        elif is_expression:
+            assert isinstance(stmt, ast.Expr)
+            code = compile(ast.Expression(stmt.value), filename, "eval")
+        else:
+            code = compile(ast.Module([stmt], []), filename, "exec")
+        cell_id, actions = self._graph.add_cell(info.defs, refs, label=label)
+        self._records[cell_id] = _Record(
+            cell_id, label, filename, info.defs, is_expression, code, remote
+        )
+        self._apply(actions)
+        return cell_id
+
+    # ---- reading names -------------------------------------------------------
+
+    def __getitem__(self, name: str) -> Any:
+        """The value of ``name`` now: raises its error, or ``NotReadyError`` if pending."""
+        cell_id = self._graph.definer(name)
+        if cell_id is None:
+            raise KeyError(f"{name!r} is not defined in this workspace")
+        self._check_ready(cell_id, name)
+        outputs = self._records[cell_id].outputs
+        if name not in outputs:
+            raise NameError(f"name {name!r} is not bound: its cell did not assign it")
+        value = outputs[name]
+        return value
+
+    def __contains__(self, name: object) -> bool:
+        return name in self._names
+
+    def _check_ready(self, cell_id: CellId, what: str) -> None:
+        status = self._graph.status(cell_id)
+        record = self._records[cell_id]
+        if status is CellStatus.DONE:
+            return
+        if status is CellStatus.FAILED:
+            assert record.error is not None
+            raise record.error
+        if status is CellStatus.BLOCKED:
+            raise self._upstream_error(cell_id, what)
+        if status is CellStatus.STALE:
+            raise NotReadyError(
+                f"{what} is stale: its inputs changed in lazy mode; ws.run_stale() runs it"
+            )
+        raise NotReadyError(f"{what} is pending ({self._describe_wait(cell_id)}); ws.wait() waits")
+
+    def _upstream_error(self, cell_id: CellId, what: str) -> UpstreamError:
+        failed = self._graph.failed_ancestor(cell_id)
+        if failed is None:
+            return UpstreamError(f"{what}: an upstream cell failed")
+        names = ", ".join(sorted(self._graph.view(failed).owned)) or self._records[failed].label
+        error = UpstreamError(
+            f"{what}: upstream error in {names} (cell [{failed}] `{self._records[failed].label}`)",
+            upstream=names,
+        )
+        error.__cause__ = self._records[failed].error
+        return error
+
+    def _describe_wait(self, cell_id: CellId) -> str:
+        record = self._records[cell_id]
+        if self._graph.status(cell_id) is CellStatus.RUNNING:
+            if record.started_at is not None:
+                return f"running on {record.where} for {time.monotonic() - record.started_at:.1f} s"
+            return "submitted"
+        waiting = [
+            name
+            for name, parent in self._graph.parents(cell_id).items()
+            if parent is not None and self._graph.status(parent) is not CellStatus.DONE
+        ]
+        return f"waiting for {', '.join(sorted(waiting))}" if waiting else "queued"
+
+    def pending(self) -> dict[str, str]:
+        """Every pending name, with what it is waiting for."""
+        out = {}
+        for name in sorted(self._graph.names()):
+            cell_id = self._graph.definer(name)
+            assert cell_id is not None
+            if self._graph.status(cell_id) in (CellStatus.PENDING, CellStatus.RUNNING):
+                out[name] = self._describe_wait(cell_id)
+        return out
+
+    def wait(self, name: str | None = None, timeout: float | None = None) -> Any:
+        """Wait until ``name`` (or, with no name, everything) is no longer pending.
+
+        Returns the value of ``name`` (raising its error); ``TimeoutError`` if
+        ``timeout`` seconds pass first.
+        """
+        if name is not None and self._graph.definer(name) is None:
+            raise KeyError(f"{name!r} is not defined in this workspace")
+
+        def settled() -> bool:
+            if name is None:
+                return not any(
+                    self._graph.status(c) in (CellStatus.PENDING, CellStatus.RUNNING)
+                    for c in self._graph.cells()
+                )
+            cell_id = self._graph.definer(name)
+            return cell_id is None or self._graph.status(cell_id) not in (
+                CellStatus.PENDING,
+                CellStatus.RUNNING,
+            )
+
+        if not settled():
+            cluster = self._cluster_for_waiting()
+            if cluster is None or not cluster.run_until(settled, timeout):
+                what = name or ", ".join(self.pending()) or "expression cells"
+                raise TimeoutError(f"still pending after {timeout} s: {what}")
+        return None if name is None else self[name]
+
+    def process_events(self, timeout: float = 0) -> int:
+        """Apply results that have arrived (on this thread); wait up to ``timeout`` for one."""
+        cluster = self._cluster_for_waiting()
+        if cluster is None:
+            return 0
+        ran = cluster.drain()
+        if ran or timeout <= 0:
+            return ran
+        cluster.wait_for_work(timeout)
+        return cluster.drain()
+
+    # ---- modes and control ---------------------------------------------------
+
+    @property
+    def mode(self) -> str:
+        return self._graph.mode.value
+
+    @mode.setter
+    def mode(self, mode: str) -> None:
+        self._apply(self._graph.set_mode(Mode(mode)))
+
+    def run_stale(self) -> None:
+        """Lazy mode: run every cell whose inputs changed."""
+        self._apply(self._graph.run_stale())
+
+    def cancel(self, name: str) -> bool:
+        """Cancel the running cell that defines ``name``; its names end in TaskCancelled."""
+        from sperse.errors import TaskCancelled
+
+        cell_id = self._graph.definer(name)
+        if cell_id is None or self._graph.status(cell_id) is not CellStatus.RUNNING:
+            return False
+        run_id = self._graph.run_id(cell_id)
+        self._stop(cell_id)
+        self._fail(cell_id, run_id, TaskCancelled(f"`{self._records[cell_id].label}` was cancelled"))
+        return True
+
+    def subscribe(self, fn: Callable[[CellEvent], None]) -> Callable[[], None]:
+        """Call ``fn`` (on this thread) when a cell finishes, fails or is blocked."""
+        self._subscribers.append(fn)
+        return lambda: self._subscribers.remove(fn)
+
+    def cell(self, name: str) -> Cell:
+        """The cell that currently defines ``name``."""
+        cell_id = self._graph.definer(name)
+        if cell_id is None:
+            raise KeyError(f"{name!r} is not defined in this workspace")
+        return Cell(self, cell_id)
+
+    def cells(self) -> list[Cell]:
+        return [Cell(self, cell_id) for cell_id in self._graph.cells()]
+
+    def graph(self) -> str:
+        """A printable description of the cells, their names, states and edges."""
+        out = []
+        for cell_id in self._graph.cells():
+            view = self._graph.view(cell_id)
+            record = self._records[cell_id]
+            kind = "remote" if record.remote is not None else "local"
+            owned = ", ".join(sorted(view.owned)) or "-"
+            reads = ", ".join(
+                f"{name}<-[{parent}]" if parent is not None else name
+                for name, parent in sorted(view.parents.items())
+            )
+            out.append(
+                f"[{cell_id}] {record.label}\n"
+                f"      {kind}, {view.status.value}; defines: {owned}; reads: {reads or '-'}"
+            )
+        return "\n".join(out)
+
+    def close(self) -> None:
+        """Cancel running remote work of this workspace."""
+        for cell_id in list(self._graph.cells()):
+            self._stop(cell_id)
+
+    # ---- carrying out graph actions -----------------------------------------
+
+    def _apply(self, actions: list[Action]) -> None:
+        todo: deque[Action] = deque(actions)
+        while todo:
+            action = todo.popleft()
+            if isinstance(action, Run):
+                todo.extend(self._start(action))
+            elif isinstance(action, Cancel):
+                if self._graph.__contains__(action.cell):
+                    self._stop(action.cell)
+                else:
+                    self._stop_record(self._records.get(action.cell))
+            elif isinstance(action, Drop):
+                record = self._records.pop(action.cell, None)
+                self._stop_record(record)
+            elif isinstance(action, Blocked):
+                record = self._records[action.cell]
+                record.error = self._upstream_error(action.cell, record.label)
+                self._notify(CellEvent(Cell(self, action.cell), "blocked", error=record.error))
+
+    def _start(self, run: Run) -> list[Action]:
+        record = self._records[run.cell]
+        record.error = None
+        if record.remote is not None:
+            return self._submit(record, run)
+        return self._run_local(record, run)
+
+    def _run_local(self, record: _Record, run: Run) -> list[Action]:
+        ns = self.namespace
+        definer = self._graph.definer
+        for name, parent in run.inputs.items():
+            if parent is not None and definer(name) != parent:  # reads an earlier definition
+                outputs = self._records[parent].outputs
+                if name in outputs:
+                    ns[name] = outputs[name]
+                else:
+                    ns.pop(name, None)
+        record.runs += 1
+        record.where = "local"
+        token = use(self._cluster) if self._cluster is not None else None
+        try:
+            assert record.code is not None
+            if record.is_expression:
+                record.value = eval(record.code, ns)
+            else:
+                exec(record.code, ns)
+        except BaseException as exc:
+            self._sync_namespace(record)
+            error = CellError(
+                f"cell [{record.id}] `{record.label}` raised {type(exc).__name__}: {exc}",
+                cell_id=record.id,
+                source=record.label,
+            )
+            error.__cause__ = exc
+            actions = self._fail(record.id, run.run_id, error)
+            if not isinstance(exc, Exception):
+                raise  # KeyboardInterrupt, SystemExit: recorded, and passed on
+            return actions
+        finally:
+            if token is not None:
+                unuse(token)
+        outputs = {name: ns[name] for name in record.defs if name in ns}
+        record.outputs = outputs
+        self._sync_namespace(record)
+        waiting = {n: v for n, v in outputs.items() if isinstance(v, Pending)}
+        if record.is_expression and isinstance(record.value, Pending):
+            waiting["<value>"] = record.value
+        if waiting:
+            self._await_pendings(record, run.run_id, waiting)
+            return []
+        return self._finish(record.id, run.run_id)
+
+    def _sync_namespace(self, record: _Record) -> None:
+        """After ``record`` ran: each name it defines shows its current definer's value."""
+        ns = self.namespace
+        for name in record.defs:
+            owner = self._graph.definer(name)
+            outputs = self._records[owner].outputs if owner is not None else {}
+            if name in outputs:
+                ns[name] = outputs[name]
+            else:
+                ns.pop(name, None)
+
+    def _await_pendings(
+        self, record: _Record, run_id: RunId, waiting: dict[str, Pending[Any]]
+    ) -> None:
+        """A local cell produced Pendings: its names stay pending until they settle."""
+        record.pendings = waiting
+        cluster = self.cluster
+        for pending in waiting.values():
+            pending._on_settle(lambda _: cluster.post(lambda: self._pendings_settled(record.id, run_id)))
+
+    def _pendings_settled(self, cell_id: CellId, run_id: RunId) -> None:
+        record = self._records.get(cell_id)
+        if record is None or not self._is_current(cell_id, run_id):
+            return
+        if not all(p.done() for p in record.pendings.values()):
+            return
+        waiting, record.pendings = record.pendings, {}
+        for key, pending in waiting.items():
+            error = pending._error
+            if error is not None:
+                self._apply(self._fail(cell_id, run_id, error))
+                return
+            if key == "<value>":
+                record.value = pending._value
+            else:
+                record.outputs[key] = pending._value
+        self._sync_namespace(record)
+        self._apply(self._finish(cell_id, run_id))
+
+    def _submit(self, record: _Record, run: Run) -> list[Action]:
+        assert record.remote is not None
+        inputs = {
+            name: self._records[parent].outputs[name]
+            for name, parent in run.inputs.items()
+            if parent is not None and name in self._records[parent].outputs
+        }
+        try:
+            digest = self._digest(record, inputs)
+        except SerializationError as exc:
+            return self._fail(record.id, run.run_id, exc)
+        if digest == record.digest and record.error is None:
+            return self._finish(record.id, run.run_id)  # same inputs: same result
+        record.digest = None
+        cluster = self.cluster
+        task_id = cluster.new_task_id()
+        record.task_id = task_id
+        record.runs += 1
+        record.started_at = None
+        spec = TaskSpec(
+            task_id,
+            StatementTask(
+                record.remote.source,
+                f"<cell {record.id}>",
+                record.remote.first_line,
+                inputs,
+                tuple(sorted(record.defs)),
+                record.is_expression,
+            ),
+            record.remote.placement,
+            label=f"cell [{record.id}] `{record.label}`",
+        )
+        printer = OutputPrinter(cluster)
+        cell_id, run_id = record.id, run.run_id
+
+        def listen(event: BackendEvent) -> None:  # backend thread: data only, then post
+            match event:
+                case Started(where=where):
+                    record.where = where
+                    record.started_at = time.monotonic()
+                case Output(where=where, stream=stream, text=text):
+                    printer.write(where, stream, text)
+                case Done(value=value):
+                    printer.flush()
+                    cluster.post(lambda: self._remote_done(cell_id, run_id, value, digest))
+                case Failed(where=where, error=error):
+                    printer.flush()
+                    exc = error.to_exception(spec.label, where)
+                    cluster.post(lambda: self._apply(self._fail(cell_id, run_id, exc)))
+
+        try:
+            cluster.submit(spec, listen)
+        except SperseError as exc:
+            record.task_id = None
+            return self._fail(record.id, run.run_id, exc)
+        return []
+
+    def _digest(self, record: _Record, inputs: Mapping[str, Any]) -> bytes:
+        """A digest of what a remote cell would compute from; names the unpicklable input."""
+        assert record.remote is not None
+        buffers: list[pickle.PickleBuffer] = []
+        try:
+            data = cloudpickle.dumps(inputs, protocol=5, buffer_callback=buffers.append)
+        except Exception as exc:
+            for name, value in inputs.items():
+                try:
+                    cloudpickle.dumps(value, protocol=5)
+                except Exception as inner:
+                    raise SerializationError(
+                        f"cell [{record.id}] `{record.label}`: cannot send `{name}` "
+                        f"({describe(value)}) to a remote server: {type(inner).__name__}: "
+                        f"{inner}. Create it inside the remote cell, or make it picklable."
+                    ) from inner
+            raise SerializationError(f"cell [{record.id}] `{record.label}`: {exc}") from exc
+        h = hashlib.sha256()
+        h.update(record.remote.source.encode())
+        h.update(str(record.remote.placement).encode())
+        h.update(data)
+        for buffer in buffers:
+            h.update(buffer.raw())
+        return h.digest()
+
+    def _remote_done(self, cell_id: CellId, run_id: RunId, value: Any, digest: bytes) -> None:
+        record = self._records.get(cell_id)
+        if record is None or not self._is_current(cell_id, run_id):
+            return  # a stale result: never shown
+        record.task_id = None
+        if record.is_expression:
+            record.value = value
+            record.outputs = {}
+        else:
+            record.outputs = dict(value)
+            self._sync_namespace(record)
+        record.digest = digest
+        self._apply(self._finish(cell_id, run_id))
+
+    def _is_current(self, cell_id: CellId, run_id: RunId) -> bool:
+        return (
+            cell_id in self._graph
+            and self._graph.run_id(cell_id) == run_id
+            and self._graph.status(cell_id) is CellStatus.RUNNING
+        )
+
+    def _finish(self, cell_id: CellId, run_id: RunId) -> list[Action]:
+        actions = self._graph.finished(cell_id, run_id)
+        record = self._records[cell_id]
+        self._notify(CellEvent(Cell(self, cell_id), "done", value=record.value))
+        return actions
+
+    def _fail(self, cell_id: CellId, run_id: RunId, error: BaseException) -> list[Action]:
+        record = self._records[cell_id]
+        if not self._is_current(cell_id, run_id):
+            return []
+        record.error = error
+        record.task_id = None
+        record.digest = None
+        actions = self._graph.failed(cell_id, run_id)
+        self._notify(CellEvent(Cell(self, cell_id), "failed", error=error))
+        return actions
+
+    def _stop(self, cell_id: CellId) -> None:
+        self._stop_record(self._records.get(cell_id))
+
+    def _stop_record(self, record: _Record | None) -> None:
+        if record is None:
+            return
+        if record.task_id is not None and self._cluster is not None:
+            self._cluster.cancel(record.task_id)
+        record.task_id = None
+        pendings, record.pendings = record.pendings, {}
+        for pending in pendings.values():
+            pending.cancel()
+
+    def _notify(self, event: CellEvent) -> None:
+        for fn in list(self._subscribers):
+            fn(event)
+
+    # ---- the cluster ---------------------------------------------------------
+
+    @property
+    def cluster(self) -> Cluster:
+        """The cluster remote cells run on (resolved on first use)."""
+        if self._cluster is None or self._cluster.closed:
+            self._cluster = current()
+        return self._cluster
+
+    def _cluster_for_waiting(self) -> Cluster | None:
+        if self._cluster is not None:
+            return self._cluster
+        if any(r.pendings for r in self._records.values()):
+            return self.cluster
+        return None
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(sorted(self._graph.names()))
+
+
+def _label(lines: list[str], stmt: ast.stmt) -> str:
+    """The first line of a statement as the user typed it, shortened."""
+    text = lines[stmt.lineno - 1].strip() if stmt.lineno - 1 < len(lines) else ""
+    if stmt.end_lineno is not None and stmt.end_lineno > stmt.lineno:
+        text += " ..."
+    if len(text) > _LABEL_WIDTH:
+        text = text[: _LABEL_WIDTH - 3] + "..."
+    return text
+
+
+def _body_source(lines: list[str], body: list[ast.stmt]) -> str:
+    """The source of a remote cell's body (``lines`` of the transformed input), dedented.
+
+    A one-line form (``with __sperse_remote__(...): x = f(y)``) starts after
+    the colon; continuation lines of it are inside brackets, where indentation
+    does not matter.
+    """
+    first, last = body[0], body[-1]
+    end = last.end_lineno or last.lineno
+    chunk = lines[first.lineno - 1 : end]
+    if first.col_offset > 0 and first.lineno == end:
+        line = chunk[0].encode()
+        return line[first.col_offset : last.end_col_offset].decode()
+    if first.col_offset > 0 and _is_one_line_with(lines, first):
+        head = chunk[0].encode()[first.col_offset :].decode()
+        return head + "".join(chunk[1:])
+    return textwrap.dedent("".join(chunk))
+
+
+def _is_one_line_with(lines: list[str], first: ast.stmt) -> bool:
+    return lines[first.lineno - 1].encode()[: first.col_offset].strip() != b""

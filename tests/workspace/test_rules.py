@@ -1,0 +1,211 @@
+"""The rules of DESIGN.md §2, one test each, with remote cells on a real backend."""
+
+from __future__ import annotations
+
+import threading
+
+import pytest
+
+import sperse
+from sperse import Workspace
+
+WAIT = 30.0
+
+
+@pytest.fixture
+def ws(cluster: sperse.Cluster) -> Workspace:
+    workspace = Workspace(cluster)
+    yield workspace
+    workspace.close()
+
+
+def test_remote_cell_is_pending_then_ready(ws: Workspace) -> None:
+    ws.run("import time\ndef slow(v, t=0.2):\n    time.sleep(t)\n    return v\n")
+    ws.run("x = remote slow(21)")
+    ws.run("y = x * 2")
+    assert set(ws.pending()) == {"x", "y"}
+    with pytest.raises(sperse.NotReadyError, match="y is pending"):
+        ws["y"]
+    assert ws.wait("y", timeout=WAIT) == 42
+    assert ws["x"] == 21
+    assert ws.cell("x").where == "local"
+    assert ws.cell("x").is_remote
+
+
+def test_rule1_newest_definition_wins_and_readers_follow(ws: Workspace) -> None:
+    ws.run("x = 1\ny = x + 1")
+    ws.run("x = remote 10")
+    assert "y" in ws.pending()
+    assert ws.wait("y", timeout=WAIT) == 11
+    ws.run("x = 100")
+    assert ws["y"] == 101
+    assert len(ws.cells()) == 2  # earlier definers of x were dropped
+
+
+def test_rule2_update_reads_previous_definition(ws: Workspace) -> None:
+    ws.run("x = 1")
+    ws.run("x += 1")
+    assert ws["x"] == 2
+    ws.run("x = remote x * 10")  # reads the previous x (2)
+    assert ws.wait("x", timeout=WAIT) == 20
+    updater = ws.cell("x")
+    assert updater.runs == 1
+
+
+def test_rule2_update_reruns_when_earlier_definition_changes(ws: Workspace) -> None:
+    ws.run("base = 1\nx = base\nx += 1\ny = x * 10")
+    assert ws["y"] == 20
+    ws.run("base = 5")
+    assert ws["x"] == 6
+    assert ws["y"] == 60
+
+
+def test_rule3_diamond_runs_once_per_change(ws: Workspace) -> None:
+    ws.run("a = 1\nb = remote a + 1\nc = a * 2\nd = b + c")
+    assert ws.wait("d", timeout=WAIT) == 4
+    d = ws.cell("d")
+    assert d.runs == 1
+    ws.run("a = 10")
+    assert ws.wait("d", timeout=WAIT) == 31
+    assert d.runs == 2
+    ws.run("a = remote 3")
+    assert ws.wait("d", timeout=WAIT) == 10
+    assert d.runs == 3
+
+
+def test_rule3_no_glitch_with_two_remote_inputs(ws: Workspace) -> None:
+    ws.run("log = []")
+    ws.run("a = 1\nb = remote a + 1\nc = remote a * 2\nd = (b, c, log.append((b, c)))[:2]")
+    ws.wait(timeout=WAIT)
+    ws.run("a = 5")
+    ws.wait(timeout=WAIT)
+    assert ws["d"] == (6, 10)
+    assert ws["log"] == [(2, 2), (6, 10)]  # never a mix of old and new
+
+
+def test_rule4_remote_error_has_traceback_and_blocks_until_fixed(ws: Workspace) -> None:
+    ws.run("def boom(v):\n    raise ValueError(f'bad {v}')")
+    ws.run("x = remote boom(3)")
+    ws.run("y = x + 1")
+    with pytest.raises(sperse.RemoteError) as info:
+        ws.wait("x", timeout=WAIT)
+    assert info.value.type_name == "ValueError"
+    assert "bad 3" in str(info.value)
+    assert "boom" in info.value.remote_traceback
+    assert "This happened remotely" in str(info.value)
+    with pytest.raises(sperse.UpstreamError, match="upstream error in x"):
+        ws["y"]
+    assert ws.cell("y").runs == 0
+    ws.run("x = 1")
+    assert ws["y"] == 2
+
+
+def test_rule4_local_error_names_the_cell(ws: Workspace) -> None:
+    ws.run("a = 0")
+    with pytest.raises(sperse.CellError, match=r"`b = 1 / a` raised ZeroDivisionError") as info:
+        ws.run("b = 1 / a")
+    assert isinstance(info.value.__cause__, ZeroDivisionError)
+    ws.run("c = b + 1")  # entered: blocked, not an exception
+    with pytest.raises(sperse.UpstreamError, match="upstream error in b"):
+        ws["c"]
+    ws.run("a = 2")
+    assert ws["c"] == 1.5
+
+
+def test_rule5_changed_input_cancels_running_cell(ws: Workspace) -> None:
+    seen: list[object] = []
+    ws.subscribe(lambda e: seen.append(e.cell.id) if e.kind == "done" else None)
+    ws.run("import time\na = 1")
+    ws.run("def slow(v):\n    time.sleep(60 if v == 1 else 0)\n    return v\n")
+    ws.run("r = remote slow(a)")
+    cell = ws.cell("r")
+    ws.run("a = 2")  # the run on a == 1 is cancelled, not awaited
+    assert ws.wait("r", timeout=WAIT) == 2
+    assert cell.runs == 2
+    assert seen.count(cell.id) == 1  # only the fresh result was ever shown
+
+
+def test_rule5_stale_result_is_never_observed(ws: Workspace) -> None:
+    ws.run("import time\na = 1")
+    ws.run("def slow(v):\n    time.sleep(0.3)\n    return v\n")
+    ws.run("r = remote slow(a)")
+    ws.run("a = 2")
+    ws.run("a = 3")
+    assert ws.wait("r", timeout=WAIT) == 3
+
+
+def test_rule6_results_applied_only_on_the_user_thread(ws: Workspace) -> None:
+    ws.run("import threading")
+    ws.run("x = remote 1")
+    ws.run("where = threading.get_ident() + x * 0")
+    # Nothing runs until this thread drains the queue.
+    assert ws.wait("where", timeout=WAIT) == threading.get_ident()
+
+
+def test_rule7_lazy_mode_marks_stale_and_runs_on_request(ws: Workspace) -> None:
+    ws.run("a = 1\nb = a + 1")
+    ws.mode = "lazy"
+    ws.run("a = 5")
+    assert ws.cell("b").status == "stale"
+    with pytest.raises(sperse.NotReadyError, match="stale"):
+        ws["b"]
+    ws.run_stale()
+    assert ws["b"] == 6
+    ws.run("a = remote 7")
+    ws.wait("a", timeout=WAIT)
+    assert ws.cell("b").status == "stale"
+    ws.mode = "auto"  # back to auto: stale cells run
+    assert ws["b"] == 8
+
+
+def test_rule7_unchanged_inputs_do_not_resubmit(ws: Workspace) -> None:
+    ws.run("a = 1\nr = remote a * 3")
+    assert ws.wait("r", timeout=WAIT) == 3
+    cell = ws.cell("r")
+    ws.run("a = 1")  # a new definition with the same value
+    assert ws.wait("r", timeout=WAIT) == 3
+    assert cell.runs == 1
+    ws.run("a = 2")
+    assert ws.wait("r", timeout=WAIT) == 6
+    assert cell.runs == 2
+
+
+def test_rule8_mutation_is_not_tracked(ws: Workspace) -> None:
+    ws.run("lst = [1]\nn = len(lst)")
+    ws.run("lst.append(2)")
+    assert ws["n"] == 1  # documented: methods that mutate are invisible
+
+
+def test_expression_cell_value_and_redisplay(ws: Workspace) -> None:
+    shown: list[object] = []
+    ws.subscribe(lambda e: shown.append(e.value) if e.kind == "done" and e.value else None)
+    ws.run("x = 2")
+    (cell,) = ws.run("x * 100")
+    assert cell.value == 200
+    ws.run("x = 3")
+    assert shown[-1] == 300
+    (rcell,) = ws.run("remote x + 1")
+    ws.wait(timeout=WAIT)
+    assert rcell.value == 4
+
+
+def test_remote_block(ws: Workspace) -> None:
+    ws.run("n = 4")
+    ws.run("remote:\n    squares = [i * i for i in range(n)]\n    total = sum(squares)\n")
+    assert ws.wait("total", timeout=WAIT) == 14
+    assert ws["squares"] == [0, 1, 4, 9]
+
+
+def test_remote_uses_prompt_function_and_class(ws: Workspace) -> None:
+    ws.run("class P:\n    def __init__(self, v):\n        self.v = v\n")
+    ws.run("def make(v):\n    return P(v * 2)")
+    ws.run("p = remote make(21)")
+    assert ws.wait("p", timeout=WAIT).v == 42
+
+
+def test_pending_returned_by_local_cell_makes_name_pending(ws: Workspace) -> None:
+    ws.run("import sperse\n@sperse.remote\ndef double(v):\n    return v * 2\n")
+    ws.run("a = 5\nm = double(a)\nk = m + 1")
+    assert ws.wait("k", timeout=WAIT) == 11
+    ws.run("a = 6")
+    assert ws.wait("k", timeout=WAIT) == 13

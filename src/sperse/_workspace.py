@@ -157,7 +157,7 @@ class Cell:
 
     @property
     def where(self) -> str:
-        """Where the cell last ran: a server name, or "local"."""
+        """The server a remote cell last ran on ("" for a local cell)."""
         return self._record.where
 
     @property
@@ -475,7 +475,7 @@ class Workspace:
                 else:
                     ns.pop(name, None)
         record.runs += 1
-        record.where = "local"
+        record.where = ""
         token = use(self._cluster) if self._cluster is not None else None
         try:
             assert record.code is not None

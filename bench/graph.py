@@ -79,10 +79,14 @@ def main() -> None:
     print(f"  baseline  exec of each statement's text   {us(t_text)}")
     print(f"  baseline  exec of the whole file          {us(t_file)}")
     print(f"  floor     exec of precompiled statements  {us(t_code)}")
-    print(f"  sperse    enter the chain (ws.run)        {us(t_enter)}  "
-          f"= {t_enter / t_text:.2f}x exec-each-text")
-    print(f"  sperse    propagate a change of x_0       {us(t_prop)}  "
-          f"= {t_prop / t_text:.2f}x exec-each-text, {t_prop / t_code:.2f}x the floor")
+    print(
+        f"  sperse    enter the chain (ws.run)        {us(t_enter)}  "
+        f"= {t_enter / t_text:.2f}x exec-each-text"
+    )
+    print(
+        f"  sperse    propagate a change of x_0       {us(t_prop)}  "
+        f"= {t_prop / t_text:.2f}x exec-each-text, {t_prop / t_code:.2f}x the floor"
+    )
     verdict = "meets" if t_prop <= 3 * t_text else "misses"
     print(f"propagation overhead {t_prop / t_text:.2f}x plain exec: {verdict} the target (<= 3x)")
 

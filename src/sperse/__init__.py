@@ -2,17 +2,21 @@
 
 The public API. Everything else lives in private modules (``sperse._*``)
 whose names may change; ``sperse.errors`` is public too.
+
+Names are imported on first use (PEP 562), so a worker process that only needs
+``sperse._backends.runner`` does not pay for the workspace, the graph or the
+client: it starts in tens of milliseconds.
 """
 
 from __future__ import annotations
 
-from sperse._backends.local import LocalBackend
-from sperse._cluster import Cluster, connect, current
-from sperse._pending import Pending, RemoteFunction, as_completed, gather, remote, wait
-from sperse._workspace import Cell, CellEvent, Workspace
+import importlib
+from typing import TYPE_CHECKING, Any
+
 from sperse.errors import (
     CellError,
     CycleError,
+    NoMatchingServer,
     NotReadyError,
     RemoteError,
     SerializationError,
@@ -23,6 +27,12 @@ from sperse.errors import (
     WorkerDied,
 )
 
+if TYPE_CHECKING:
+    from sperse._backends.local import LocalBackend
+    from sperse._cluster import Cluster, connect, current
+    from sperse._pending import Pending, RemoteFunction, as_completed, gather, remote, wait
+    from sperse._workspace import Cell, CellEvent, Workspace
+
 __version__ = "0.1.0"
 
 __all__ = [
@@ -32,6 +42,7 @@ __all__ = [
     "Cluster",
     "CycleError",
     "LocalBackend",
+    "NoMatchingServer",
     "NotReadyError",
     "Pending",
     "RemoteError",
@@ -50,3 +61,32 @@ __all__ = [
     "remote",
     "wait",
 ]
+
+_LAZY = {
+    "LocalBackend": "sperse._backends.local",
+    "Cluster": "sperse._cluster",
+    "connect": "sperse._cluster",
+    "current": "sperse._cluster",
+    "Pending": "sperse._pending",
+    "RemoteFunction": "sperse._pending",
+    "as_completed": "sperse._pending",
+    "gather": "sperse._pending",
+    "remote": "sperse._pending",
+    "wait": "sperse._pending",
+    "Cell": "sperse._workspace",
+    "CellEvent": "sperse._workspace",
+    "Workspace": "sperse._workspace",
+}
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'sperse' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *__all__})

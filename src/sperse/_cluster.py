@@ -20,6 +20,7 @@ from collections import deque
 from collections.abc import Callable, Sequence
 
 from sperse._backends.base import Backend, BackendEvent, Done, Failed, ServerInfo, TaskSpec
+from sperse._routing import check_placement
 
 __all__ = ["Cluster", "connect", "current"]
 
@@ -50,6 +51,12 @@ class Cluster:
         self.submit_many([(spec, listener)])
 
     def submit_many(self, tasks: Sequence[tuple[TaskSpec, Listener]]) -> None:
+        """Send tasks. Raises ``NoMatchingServer`` or ``SerializationError``; nothing is sent then."""
+        constrained = [spec for spec, _ in tasks if str(spec.placement)]
+        if constrained:
+            servers = self.backend.servers()
+            for spec in constrained:
+                check_placement(spec.placement, servers, spec.label or spec.task_id)
         with self._cond:
             for spec, listener in tasks:
                 self._listeners[spec.task_id] = listener
@@ -111,11 +118,12 @@ class Cluster:
         while True:
             self.drain()
             if done():
+                self.drain()  # what was queued before the outcome (its output) runs first
                 return True
             with self._cond:
                 while not self._work:
                     if done():
-                        return True
+                        break
                     remaining = None if deadline is None else deadline - time.monotonic()
                     if remaining is not None and remaining <= 0:
                         return False

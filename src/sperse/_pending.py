@@ -163,7 +163,11 @@ class Pending(Generic[T]):
         loop = asyncio.get_running_loop()
         while not self.done():
             wakeup = asyncio.Event()
-            key = self._cluster.add_waker(lambda: loop.call_soon_threadsafe(wakeup.set))
+
+            def wake(event: asyncio.Event = wakeup) -> None:
+                loop.call_soon_threadsafe(event.set)
+
+            key = self._cluster.add_waker(wake)
             try:
                 self._cluster.drain()
                 if not self.done():
@@ -252,7 +256,9 @@ def submit_call(
     """Send ``fn(*args, **kwargs)``, first waiting for any Pending among the arguments."""
     pending: Pending[Any] = Pending(cluster, label=label)
     inputs = [a for a in (*args, *kwargs.values()) if isinstance(a, Pending)]
-    remaining = [sum(1 for a in inputs if not a.done())]
+    # One count per input plus one for this function, released after every hook
+    # is registered: an input that settles meanwhile is counted exactly once.
+    remaining = [len(inputs) + 1]
     lock = threading.Lock()
 
     def send() -> None:
@@ -287,12 +293,9 @@ def submit_call(
         if last:
             send()
 
-    if remaining[0] == 0:
-        send()
-    else:
-        for arg in inputs:
-            if not arg.done():
-                arg._on_settle(input_settled)
+    for arg in inputs:
+        arg._on_settle(input_settled)
+    input_settled(pending)
     return pending
 
 
@@ -300,11 +303,11 @@ class RemoteFunction(Generic[P, T]):
     """A function whose calls run on the cluster and return ``Pending`` at once."""
 
     def __init__(
-        self, fn: Callable[P, T], *, placement: Placement = Placement(), retries: int = 0
+        self, fn: Callable[P, T], *, placement: Placement | None = None, retries: int = 0
     ) -> None:
         functools.update_wrapper(self, fn)
         self._fn = fn
-        self.placement = placement
+        self.placement = placement or Placement()
         self.retries = retries
 
     def __call__(self, *args: P.args, **kwargs: P.kwargs) -> Pending[T]:
@@ -326,9 +329,7 @@ class RemoteFunction(Generic[P, T]):
         retries: int | None = None,
     ) -> RemoteFunction[P, T]:
         """The same function with other placement or retries."""
-        placement = (
-            placement_from_options(on, resources) if on or resources else self.placement
-        )
+        placement = placement_from_options(on, resources) if on or resources else self.placement
         return RemoteFunction(
             self._fn, placement=placement, retries=self.retries if retries is None else retries
         )
@@ -412,6 +413,10 @@ def gather(*pendings: Pending[Any], timeout: float | None = None) -> list[Any]:
     return out
 
 
+def _any_done(pendings: list[Pending[Any]]) -> bool:
+    return any(p.done() for p in pendings)
+
+
 def as_completed(
     pendings: Iterable[Pending[Any]], timeout: float | None = None
 ) -> Iterator[Pending[Any]]:
@@ -423,7 +428,7 @@ def as_completed(
     deadline = None if timeout is None else time.monotonic() + timeout
     while left:
         remaining = None if deadline is None else deadline - time.monotonic()
-        if not cluster.run_until(lambda: any(p.done() for p in left), remaining):
+        if not cluster.run_until(functools.partial(_any_done, left), remaining):
             raise TimeoutError(f"{len(left)} of the Pendings did not finish within {timeout} s")
         still = []
         for p in left:

@@ -23,7 +23,7 @@ import pickle
 import textwrap
 import time
 from collections import deque
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Container, Iterator, Mapping
 from dataclasses import dataclass, field
 from types import CodeType
 from typing import Any, Literal
@@ -76,6 +76,19 @@ class _Remote:
     placement: Placement
     source: str
     first_line: int
+
+
+@dataclass(frozen=True, slots=True)
+class _Prepared:
+    """A statement analysed and compiled, not yet entered."""
+
+    label: str
+    filename: str
+    defs: frozenset[str]
+    refs: frozenset[str]
+    is_expression: bool
+    code: CodeType | None
+    remote: _Remote | None
 
 
 @dataclass(slots=True)
@@ -186,6 +199,19 @@ class _Names:
         return isinstance(name, str) and self._graph.definer(name) is not None
 
 
+class _Either:
+    """``in`` either container."""
+
+    __slots__ = ("_a", "_b")
+
+    def __init__(self, a: Container[str], b: Container[str]) -> None:
+        self._a = a
+        self._b = b
+
+    def __contains__(self, name: object) -> bool:
+        return name in self._a or name in self._b
+
+
 class Workspace:
     """A reactive namespace: statements become cells that re-run when their inputs change.
 
@@ -224,9 +250,18 @@ class Workspace:
         transformed = transform(source, filename)
         tree = ast.parse(transformed, filename)
         tlines = lines if transformed is source else transformed.splitlines(keepends=True)
-        cells = []
+        # First prepare every statement (analysis, compilation), so a bad one
+        # anywhere in the source enters nothing; then enter them in order.
+        defined_here: set[str] = set()
+        shadowed = _Either(self._names, defined_here)
+        prepared = []
         for stmt in tree.body:
-            cell_id = self._enter(stmt, lines, tlines, filename)
+            cell = self._prepare(stmt, lines, tlines, filename, shadowed)
+            defined_here.update(cell.defs)
+            prepared.append(cell)
+        cells = []
+        for cell in prepared:
+            cell_id = self._enter(cell)
             cells.append(Cell(self, cell_id))
             record = self._records.get(cell_id)
             if record is not None:
@@ -235,12 +270,17 @@ class Workspace:
                     raise record.error
         return cells
 
-    def _enter(
-        self, stmt: ast.stmt, lines: list[str], tlines: list[str], filename: str
-    ) -> CellId:
+    def _prepare(
+        self,
+        stmt: ast.stmt,
+        lines: list[str],
+        tlines: list[str],
+        filename: str,
+        shadowed: _Either,
+    ) -> _Prepared:
         label = _label(lines, stmt)
         try:
-            info = analyze(stmt, shadowed=self._names)
+            info = analyze(stmt, shadowed=shadowed)
         except StatementError as exc:
             raise StatementError(f"line {stmt.lineno}: `{label}`: {exc}") from None
         refs = info.refs
@@ -253,14 +293,24 @@ class Workspace:
             refs = refs - {MARKER}
             is_expression = len(body) == 1 and isinstance(body[0], ast.Expr)
             remote = _Remote(placement, _body_source(tlines, body), body[0].lineno)
+            compile(ast.Module(body, []), filename, "exec")  # syntax check only: source travels
         elif is_expression:
             assert isinstance(stmt, ast.Expr)
             code = compile(ast.Expression(stmt.value), filename, "eval")
         else:
             code = compile(ast.Module([stmt], []), filename, "exec")
-        cell_id, actions = self._graph.add_cell(info.defs, refs, label=label)
+        return _Prepared(label, filename, info.defs, refs, is_expression, code, remote)
+
+    def _enter(self, cell: _Prepared) -> CellId:
+        cell_id, actions = self._graph.add_cell(cell.defs, cell.refs, label=cell.label)
         self._records[cell_id] = _Record(
-            cell_id, label, filename, info.defs, is_expression, code, remote
+            cell_id,
+            cell.label,
+            cell.filename,
+            cell.defs,
+            cell.is_expression,
+            cell.code,
+            cell.remote,
         )
         self._apply(actions)
         return cell_id
@@ -395,7 +445,9 @@ class Workspace:
             return False
         run_id = self._graph.run_id(cell_id)
         self._stop(cell_id)
-        self._fail(cell_id, run_id, TaskCancelled(f"`{self._records[cell_id].label}` was cancelled"))
+        self._fail(
+            cell_id, run_id, TaskCancelled(f"`{self._records[cell_id].label}` was cancelled")
+        )
         return True
 
     def subscribe(self, fn: Callable[[CellEvent], None]) -> Callable[[], None]:
@@ -527,7 +579,9 @@ class Workspace:
         record.pendings = waiting
         cluster = self.cluster
         for pending in waiting.values():
-            pending._on_settle(lambda _: cluster.post(lambda: self._pendings_settled(record.id, run_id)))
+            pending._on_settle(
+                lambda _: cluster.post(lambda: self._pendings_settled(record.id, run_id))
+            )
 
     def _pendings_settled(self, cell_id: CellId, run_id: RunId) -> None:
         record = self._records.get(cell_id)

@@ -13,6 +13,7 @@ outside (``WorkerDied``)::
     ├── NotReadyError       a name or Pending is still pending
     ├── TaskCancelled       the work was cancelled before it finished
     ├── SerializationError  a value could not be pickled or unpickled
+    ├── NoMatchingServer    no server meets a task's constraint (tags, pin, resources)
     └── WorkerDied          the process running the work died
 
 Messages say what happened, the likely cause, and what to do.
@@ -23,6 +24,7 @@ from __future__ import annotations
 __all__ = [
     "CellError",
     "CycleError",
+    "NoMatchingServer",
     "NotReadyError",
     "RemoteError",
     "SerializationError",
@@ -101,6 +103,10 @@ class TaskCancelled(SperseError):
 
 class SerializationError(SperseError):
     """A value could not be pickled to send, or unpickled on arrival."""
+
+
+class NoMatchingServer(SperseError):
+    """No server can run the task: none has the tags, name or resources it asks for."""
 
 
 class WorkerDied(SperseError):

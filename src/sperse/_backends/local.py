@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import os
 import threading
-from collections.abc import Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
 from sperse._backends.base import (
@@ -40,10 +40,23 @@ class _Task:
 
 
 class LocalBackend:
-    """Runs tasks on ``workers`` local processes (default: one per core)."""
+    """Runs tasks on ``workers`` local processes (default: one per core).
 
-    def __init__(self, workers: int | None = None, *, name: str = "local") -> None:
+    It is one server named ``name``, with ``tags`` and ``resources`` for tasks'
+    constraints to match (useful to try placements on one machine).
+    """
+
+    def __init__(
+        self,
+        workers: int | None = None,
+        *,
+        name: str = "local",
+        tags: Iterable[str] = (),
+        resources: Mapping[str, float] | None = None,
+    ) -> None:
         self.name = name
+        self.tags = frozenset(tags)
+        self.resources = dict(resources or {})
         self._size = workers or os.cpu_count() or 1
         self._pool: WorkerPool | None = None
         self._sink: EventSink | None = None
@@ -74,7 +87,16 @@ class LocalBackend:
 
     def servers(self) -> list[ServerInfo]:
         busy = self._pool.stats().busy if self._pool is not None else 0
-        return [ServerInfo(self.name, workers=self._size, busy=busy, address="in-process")]
+        return [
+            ServerInfo(
+                self.name,
+                self.tags,
+                self.resources,
+                workers=self._size,
+                busy=busy,
+                address="local processes",
+            )
+        ]
 
     def close(self) -> None:
         if self._pool is not None:
@@ -100,7 +122,13 @@ class LocalBackend:
                 try:
                     ok, value = loads(result, what="the result")
                 except SerializationError as exc:
-                    sink(Failed(task_id, where, ErrorInfo("serialization", "SerializationError", str(exc))))
+                    sink(
+                        Failed(
+                            task_id,
+                            where,
+                            ErrorInfo("serialization", "SerializationError", str(exc)),
+                        )
+                    )
                     return
                 sink(Done(task_id, where, value) if ok else Failed(task_id, where, value))
             case TaskFailed(task_id=task_id, reason=reason, message=message, traceback=tb):

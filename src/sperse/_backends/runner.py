@@ -13,7 +13,7 @@ import traceback
 from typing import Any
 
 from sperse._backends.base import CallTask, ErrorInfo, StatementTask
-from sperse._serialize import dumps, loads
+from sperse._serialize import describe, dumps, loads
 from sperse.errors import SerializationError
 
 __all__ = ["encode_error", "run"]
@@ -31,7 +31,30 @@ def run(payload: bytes) -> bytes:
     try:
         return dumps((True, value), what="the result")
     except SerializationError as exc:
-        return dumps((False, ErrorInfo("serialization", "SerializationError", str(exc))))
+        return dumps(
+            (
+                False,
+                ErrorInfo("serialization", "SerializationError", _unpicklable(work, value, exc)),
+            )
+        )
+
+
+def _unpicklable(work: StatementTask | CallTask, value: Any, exc: SerializationError) -> str:
+    """Name the part of a result that cannot be sent back."""
+    parts = value.items() if isinstance(work, StatementTask) and isinstance(value, dict) else ()
+    for name, part in parts:
+        try:
+            dumps(part)
+        except SerializationError as inner:
+            return (
+                f"cannot send `{name}` ({describe(part)}) back from the remote cell: "
+                f"{inner.__cause__}. Keep it remote (use it inside the remote cell), "
+                "delete it at the end of the cell, or make it picklable."
+            )
+    return (
+        f"cannot send the result ({describe(value)}) back: {exc.__cause__}. "
+        "Return something picklable."
+    )
 
 
 def _execute(work: StatementTask | CallTask) -> Any:

@@ -44,7 +44,11 @@ def loads(data: bytes, *, what: str = "a value") -> Any:
 def describe(obj: Any) -> str:
     """A short description of a value for messages: its type, and size when it has one."""
     kind = type(obj)
-    name = kind.__qualname__ if kind.__module__ == "builtins" else f"{kind.__module__}.{kind.__qualname__}"
+    name = (
+        kind.__qualname__
+        if kind.__module__ == "builtins"
+        else f"{kind.__module__}.{kind.__qualname__}"
+    )
     try:
         size = len(obj)
     except Exception:

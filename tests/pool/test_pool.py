@@ -1,0 +1,487 @@
+"""The worker pool with real worker processes.
+
+No test sleeps to wait: each waits on a condition (events from the pool, a pidfd) with a
+deadline. Every pool is closed by its test; the ``make_pool`` fixture closes any pool a
+failing test left open.
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+import os
+import queue
+import select
+import signal
+import subprocess
+import sys
+import textwrap
+import threading
+from collections.abc import Callable, Iterator
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+import runners
+
+from sperse._pool import (
+    PoolEvent,
+    TaskDone,
+    TaskFailed,
+    TaskOutput,
+    TaskStarted,
+    WorkerPool,
+)
+
+RUNNERS_DIR = Path(runners.__file__).parent
+COMMAND = f"{runners.__name__}:command"
+DEADLINE = 10.0
+
+
+class Events:
+    """The ``on_event`` callback of a test: records events and lets the test wait on them."""
+
+    def __init__(self) -> None:
+        self._cond = threading.Condition()
+        self.items: list[PoolEvent] = []
+        self.threads: set[int] = set()
+        self.hook: Callable[[PoolEvent], None] | None = None
+
+    def __call__(self, event: PoolEvent) -> None:
+        with self._cond:
+            self.items.append(event)
+            self.threads.add(threading.get_ident())
+            self._cond.notify_all()
+        if self.hook is not None:
+            self.hook(event)
+
+    def wait_for(self, predicate: Callable[[list[PoolEvent]], bool]) -> None:
+        with self._cond:
+            if not self._cond.wait_for(lambda: predicate(self.items), DEADLINE):
+                raise AssertionError(f"timed out after {DEADLINE}s; events: {self.items}")
+
+    def of(self, task_id: str) -> list[PoolEvent]:
+        with self._cond:
+            return [e for e in self.items if e.task_id == task_id]
+
+    def terminal(self, task_id: str) -> list[TaskDone | TaskFailed]:
+        return [e for e in self.of(task_id) if isinstance(e, TaskDone | TaskFailed)]
+
+    def wait_terminal(self, *task_ids: str) -> dict[str, TaskDone | TaskFailed]:
+        def ended(items: list[PoolEvent]) -> bool:
+            done = {e.task_id for e in items if isinstance(e, TaskDone | TaskFailed)}
+            return done.issuperset(task_ids)
+
+        self.wait_for(ended)
+        return {task_id: self.terminal(task_id)[0] for task_id in task_ids}
+
+    def wait_started(self, task_id: str) -> int:
+        """Wait until the task has been sent to a worker; return the worker's pid."""
+        self.wait_for(
+            lambda items: any(isinstance(e, TaskStarted) and e.task_id == task_id for e in items)
+        )
+        return next(e.worker for e in self.of(task_id) if isinstance(e, TaskStarted))
+
+    def wait_output(self, task_id: str) -> int:
+        """Wait until the task has printed (so it really runs); return the worker's pid."""
+        self.wait_for(
+            lambda items: any(isinstance(e, TaskOutput) and e.task_id == task_id for e in items)
+        )
+        return self.wait_started(task_id)
+
+    def assert_well_formed(self) -> None:
+        """Per task: at most one TaskStarted first, outputs, exactly one terminal event last."""
+        with self._cond:
+            ids = {e.task_id for e in self.items}
+        for task_id in ids:
+            events = self.of(task_id)
+            assert isinstance(events[-1], TaskDone | TaskFailed), events
+            assert len(self.terminal(task_id)) == 1, events
+            starts = [i for i, e in enumerate(events) if isinstance(e, TaskStarted)]
+            assert starts in ([], [0]), events
+            if not starts:
+                assert len(events) == 1, events  # never reached a worker: no output either
+
+
+MakePool = Callable[..., tuple[WorkerPool, Events]]
+
+
+@pytest.fixture
+def make_pool() -> Iterator[MakePool]:
+    pools: list[WorkerPool] = []
+
+    def make(size: int = 1, runner: str = COMMAND, **options: float) -> tuple[WorkerPool, Events]:
+        events = Events()
+        pool = WorkerPool(size, runner, events, name="test", **options)
+        pools.append(pool)
+        return pool, events
+
+    yield make
+    for pool in pools:
+        pool.close()
+
+
+def wait_gone(pid: int, timeout: float = DEADLINE) -> bool:
+    """Wait until process ``pid`` (not necessarily our child) has exited."""
+    try:
+        fd = os.pidfd_open(pid)
+    except ProcessLookupError:
+        return True
+    try:
+        readable, _, _ = select.select([fd], [], [], timeout)
+        return bool(readable)
+    finally:
+        os.close(fd)
+
+
+def assert_no_process(pid: int) -> None:
+    with pytest.raises(ProcessLookupError):
+        os.kill(pid, 0)  # exited *and* reaped
+    assert pid not in {p.pid for p in multiprocessing.active_children()}
+
+
+# -- normal operation ----------------------------------------------------------------------
+
+
+def test_many_tasks_across_two_workers_each_end_once(make_pool: MakePool) -> None:
+    pool, events = make_pool(2)
+    ids = [f"t{i}" for i in range(40)]
+    for task_id in ids:
+        pool.submit(task_id, f"echo:{task_id}".encode())
+    ended = events.wait_terminal(*ids)
+    assert ended == {task_id: TaskDone(task_id, task_id.encode()) for task_id in ids}
+    events.assert_well_formed()
+    workers = set(pool.stats().workers)
+    assert {e.worker for e in events.items if isinstance(e, TaskStarted)} <= workers
+    assert len(workers) == 2
+    assert len(events.threads) == 1 and threading.get_ident() not in events.threads
+    stats = pool.stats()
+    assert (stats.busy, stats.queued, stats.tasks_done, stats.tasks_failed) == (0, 0, 40, 0)
+    assert stats.workers_replaced == 0
+    assert pool.size == 2
+    pool.close()
+
+
+def test_one_worker_dispatches_first_in_first_out(make_pool: MakePool) -> None:
+    pool, events = make_pool(1)
+    ids = [f"t{i}" for i in range(10)]
+    for task_id in ids:
+        pool.submit(task_id, b"echo:x")
+    events.wait_terminal(*ids)
+    assert [e.task_id for e in events.items if isinstance(e, TaskStarted)] == ids
+    events.assert_well_formed()
+    pool.close()
+
+
+def test_duplicate_task_id_is_refused(make_pool: MakePool) -> None:
+    pool, events = make_pool(1)
+    pool.submit("a", b"sleep:0.2")
+    with pytest.raises(ValueError, match="already queued or running"):
+        pool.submit("a", b"echo:again")
+    assert events.wait_terminal("a")["a"] == TaskDone("a", b"slept")
+    pool.submit("a", b"echo:again")  # free once ended
+    events.wait_for(lambda items: len([e for e in items if isinstance(e, TaskDone)]) == 2)
+    assert events.terminal("a") == [TaskDone("a", b"slept"), TaskDone("a", b"again")]
+    pool.close()
+
+
+def test_output_streams_while_the_task_runs(make_pool: MakePool, tmp_path: Path) -> None:
+    pool, events = make_pool(1)
+    flag = tmp_path / "go"
+    pool.submit("w", f"wait_for_file:{flag}".encode())
+    # The task only ends once the file exists, and the file is only created once the first
+    # line has arrived here: the output cannot have waited for the end of the task.
+    events.wait_for(lambda items: any(isinstance(e, TaskOutput) for e in items))
+    assert not events.terminal("w")
+    flag.touch()
+    assert events.wait_terminal("w")["w"] == TaskDone("w", b"seen")
+    outputs = [(e.stream, e.text) for e in events.of("w") if isinstance(e, TaskOutput)]
+    stdout = "".join(text for stream, text in outputs if stream == "stdout")
+    assert stdout == f"waiting for {flag}\nseen\n"
+    assert [text for stream, text in outputs if stream == "stderr"] == ["on stderr\n"]
+    events.assert_well_formed()
+    pool.close()
+
+
+def test_output_keeps_order_and_the_unfinished_last_line(make_pool: MakePool) -> None:
+    pool, events = make_pool(1)
+    pool.submit("p", b"lines:50")
+    assert events.wait_terminal("p")["p"] == TaskDone("p", b"printed")
+    text = "".join(e.text for e in events.of("p") if isinstance(e, TaskOutput))
+    assert text == "".join(f"line {i}\n" for i in range(50)) + "no newline at the end"
+    events.assert_well_formed()
+    pool.close()
+
+
+def test_on_event_can_submit(make_pool: MakePool) -> None:
+    pool, events = make_pool(1)
+    chain = {"a": "b", "b": "c"}
+
+    def submit_next(event: PoolEvent) -> None:
+        if isinstance(event, TaskDone) and event.task_id in chain:
+            pool.submit(chain[event.task_id], f"echo:{chain[event.task_id]}".encode())
+
+    events.hook = submit_next
+    pool.submit("a", b"echo:a")
+    assert events.wait_terminal("c")["c"] == TaskDone("c", b"c")
+    assert [e.task_id for e in events.items if isinstance(e, TaskDone)] == ["a", "b", "c"]
+    pool.close()
+
+
+# -- failures --------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("payload", "how"),
+    [(b"kill_self", "killed by SIGKILL"), (b"exit:3", "exit code 3")],
+)
+def test_a_worker_that_dies_is_replaced(make_pool: MakePool, payload: bytes, how: str) -> None:
+    pool, events = make_pool(1)
+    pool.submit("dies", payload)
+    pool.submit("later", b"pid")  # queued behind it
+    ended = events.wait_terminal("dies", "later")
+    first = events.wait_started("dies")
+    assert ended["dies"] == TaskFailed(
+        "dies", "worker_died", f"worker {first} died ({how}) while running task dies"
+    )
+    second = events.wait_started("later")
+    assert ended["later"] == TaskDone("later", str(second).encode())
+    assert second != first
+    stats = pool.stats()
+    assert stats.workers == (second,)
+    assert (stats.workers_replaced, stats.tasks_done, stats.tasks_failed) == (1, 1, 1)
+    assert_no_process(first)
+    events.assert_well_formed()
+    pool.close()
+
+
+def test_sigkill_from_outside_mid_task(make_pool: MakePool) -> None:
+    pool, events = make_pool(2)
+    pool.submit("victim", b"sleep:30")
+    pool.submit("bystander", b"sleep:0.5")
+    victim = events.wait_output("victim")
+    events.wait_output("bystander")
+    os.kill(victim, signal.SIGKILL)
+    ended = events.wait_terminal("victim", "bystander")
+    failed = ended["victim"]
+    assert isinstance(failed, TaskFailed)
+    assert failed.reason == "worker_died"
+    assert failed.message == f"worker {victim} died (killed by SIGKILL) while running task victim"
+    assert ended["bystander"] == TaskDone("bystander", b"slept")
+    pool.submit("after", b"echo:ok")
+    assert events.wait_terminal("after")["after"] == TaskDone("after", b"ok")
+    assert pool.stats().workers_replaced == 1
+    assert victim not in pool.stats().workers
+    events.assert_well_formed()
+    pool.close()
+
+
+def test_runner_error_keeps_the_worker(make_pool: MakePool) -> None:
+    pool, events = make_pool(1)
+    pool.submit("bad", b"boom")
+    pool.submit("good", b"pid")
+    ended = events.wait_terminal("bad", "good")
+    failed = ended["bad"]
+    assert isinstance(failed, TaskFailed)
+    assert (failed.reason, failed.message) == ("runner_error", "RuntimeError: runner bug")
+    assert "in boom" in failed.traceback
+    worker = events.wait_started("bad")
+    assert ended["good"] == TaskDone("good", str(worker).encode())
+    assert pool.stats().workers_replaced == 0
+    pool.close()
+
+
+def test_a_runner_that_returns_something_else_than_bytes(make_pool: MakePool) -> None:
+    pool, events = make_pool(1, runner=f"{runners.__name__}:text")
+    pool.submit("t", b"abc")
+    failed = events.wait_terminal("t")["t"]
+    assert isinstance(failed, TaskFailed)
+    assert (failed.reason, failed.message) == (
+        "runner_error",
+        "TypeError: the runner returned str, not bytes",
+    )
+    pool.close()
+
+
+def test_a_runner_that_cannot_be_loaded_fails_every_task(make_pool: MakePool) -> None:
+    pool, events = make_pool(2, runner=f"{runners.__name__}:no_such_runner")
+    pool.submit("a", b"echo:a")
+    failed = events.wait_terminal("a")["a"]
+    assert isinstance(failed, TaskFailed)
+    assert failed.reason == "runner_error"
+    assert "no_such_runner" in failed.message
+    pool.submit("b", b"echo:b")  # fails at once, nothing restarts forever
+    assert events.wait_terminal("b")["b"] == replace(failed, task_id="b")
+    assert pool.stats().workers_replaced == 0
+    pool.close()
+
+
+def test_a_malformed_runner_name_is_refused() -> None:
+    with pytest.raises(ValueError, match=r"package\.module:function"):
+        WorkerPool(1, "no_colon", Events())
+
+
+def test_workers_ignore_sigint_and_stray_cancel_signals(make_pool: MakePool) -> None:
+    pool, events = make_pool(1)
+    pool.submit("t", b"sleep:0.5")
+    worker = events.wait_output("t")
+    os.kill(worker, signal.SIGINT)  # Ctrl-C in the terminal is the parent's business
+    os.kill(worker, signal.SIGUSR1)  # an interrupt nobody asked for (no cancel)
+    assert events.wait_terminal("t")["t"] == TaskDone("t", b"slept")
+    assert pool.stats().workers == (worker,)
+    pool.close()
+
+
+# -- cancellation ------------------------------------------------------------------------------
+
+
+def test_cancel_queued(make_pool: MakePool) -> None:
+    pool, events = make_pool(1)
+    pool.submit("running", b"sleep:30")
+    pool.submit("queued", b"echo:never")
+    events.wait_started("running")
+    assert pool.cancel("queued") is True
+    assert pool.cancel("queued") is False  # ended already
+    assert events.wait_terminal("queued")["queued"] == TaskFailed(
+        "queued", "cancelled", "cancelled while queued"
+    )
+    assert events.of("queued") == [events.terminal("queued")[0]]  # never started
+    assert pool.stats().queued == 0
+    pool.close()
+
+
+def test_cancel_running_interrupts_and_keeps_the_worker(make_pool: MakePool) -> None:
+    pool, events = make_pool(1)
+    pool.submit("long", b"sleep:30")
+    worker = events.wait_output("long")
+    assert pool.cancel("long") is True
+    pool.cancel("long")  # again: True or False depending on timing, never a second event
+    assert events.wait_terminal("long")["long"] == TaskFailed(
+        "long", "cancelled", "cancelled while running"
+    )
+    pool.submit("next", b"pid")
+    assert events.wait_terminal("next")["next"] == TaskDone("next", str(worker).encode())
+    assert pool.cancel("long") is False
+    assert pool.stats().workers_replaced == 0
+    events.assert_well_formed()
+    pool.close()
+
+
+def test_cancel_a_task_that_ignores_the_interrupt_kills_its_worker(make_pool: MakePool) -> None:
+    pool, events = make_pool(1, cancel_grace=0.3)
+    pool.submit("stuck", b"stubborn")
+    worker = events.wait_output("stuck")  # a cancel before it runs would stop it cleanly
+    assert pool.cancel("stuck") is True
+    failed = events.wait_terminal("stuck")["stuck"]
+    assert isinstance(failed, TaskFailed)
+    assert failed.reason == "cancelled"
+    assert f"worker {worker} did not stop within 0.3s" in failed.message
+    pool.submit("next", b"pid")
+    done = events.wait_terminal("next")["next"]
+    assert isinstance(done, TaskDone)
+    assert done.result != str(worker).encode()
+    assert pool.stats().workers_replaced == 1
+    assert len(events.terminal("stuck")) == 1
+    assert_no_process(worker)
+    events.assert_well_formed()
+    pool.close()
+
+
+def test_cancel_after_done_is_false_and_silent(make_pool: MakePool) -> None:
+    pool, events = make_pool(1)
+    pool.submit("quick", b"echo:q")
+    events.wait_terminal("quick")
+    assert pool.cancel("quick") is False
+    assert pool.cancel("unknown") is False
+    pool.submit("marker", b"echo:m")  # any late event for "quick" would come before this one
+    events.wait_terminal("marker")
+    assert events.of("quick")[-1] == TaskDone("quick", b"q")
+    assert len(events.terminal("quick")) == 1
+    pool.close()
+
+
+# -- shutdown ----------------------------------------------------------------------------------
+
+
+def test_close_cancels_everything_and_leaves_no_process(make_pool: MakePool) -> None:
+    pool, events = make_pool(2, cancel_grace=0.5)
+    pool.submit("sleeping", b"sleep:30")
+    pool.submit("stuck", b"stubborn")
+    pool.submit("queued", b"echo:never")
+    workers = {events.wait_output("sleeping"), events.wait_output("stuck")}
+    assert set(pool.stats().workers) == workers
+    pool.close()
+    for task_id in ("sleeping", "stuck", "queued"):
+        assert events.terminal(task_id) == [TaskFailed(task_id, "cancelled", "pool closed")]
+    for pid in workers:
+        assert_no_process(pid)
+    assert pool.stats().workers == ()
+    count = len(events.items)
+    pool.close()  # idempotent
+    with pytest.raises(RuntimeError, match="closed"):
+        pool.submit("late", b"echo:x")
+    assert pool.cancel("sleeping") is False
+    assert len(events.items) == count
+    events.assert_well_formed()
+
+
+def test_context_manager_closes() -> None:
+    events = Events()
+    with WorkerPool(1, COMMAND, events) as pool:
+        pool.submit("a", b"echo:a")
+        events.wait_terminal("a")
+        workers = pool.stats().workers
+    for pid in workers:
+        assert_no_process(pid)
+
+
+def test_close_from_on_event(make_pool: MakePool) -> None:
+    pool, events = make_pool(1)
+    events.hook = lambda event: pool.close() if isinstance(event, TaskDone) else None
+    pool.submit("a", b"echo:a")
+    pool.submit("b", b"sleep:30")
+    events.wait_terminal("a", "b")
+    assert events.terminal("b") == [TaskFailed("b", "cancelled", "pool closed")]
+    pool.close()  # from this thread: waits until the workers are gone
+    assert pool.stats().workers == ()
+
+
+def test_workers_exit_when_the_parent_dies(tmp_path: Path) -> None:
+    script = tmp_path / "parent.py"
+    script.write_text(
+        textwrap.dedent(
+            f"""
+            import sys, threading
+            sys.path.insert(0, {str(RUNNERS_DIR)!r})
+            from sperse._pool import TaskStarted, WorkerPool
+
+            def main():
+                started = threading.Event()
+                def on_event(event):
+                    if isinstance(event, TaskStarted):
+                        started.set()
+                pool = WorkerPool(2, {COMMAND!r}, on_event)
+                pool.submit("busy", b"sleep:60")  # one busy worker, one idle
+                started.wait(30)
+                print(*pool.stats().workers, flush=True)
+                threading.Event().wait()
+
+            if __name__ == "__main__":
+                main()
+            """
+        )
+    )
+    parent = subprocess.Popen([sys.executable, str(script)], stdout=subprocess.PIPE, text=True)
+    try:
+        stdout = parent.stdout
+        assert stdout is not None
+        lines: queue.Queue[str] = queue.Queue()
+        threading.Thread(target=lambda: lines.put(stdout.readline()), daemon=True).start()
+        pids = [int(pid) for pid in lines.get(timeout=DEADLINE).split()]
+        assert len(pids) == 2
+    finally:
+        parent.kill()
+        parent.wait()
+        if parent.stdout is not None:
+            parent.stdout.close()
+    for pid in pids:
+        assert wait_gone(pid), f"worker {pid} outlived its parent"

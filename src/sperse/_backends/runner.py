@@ -16,7 +16,7 @@ from sperse._backends.base import CallTask, ErrorInfo, StatementTask
 from sperse._serialize import describe, dumps, loads
 from sperse.errors import SerializationError
 
-__all__ = ["encode_error", "run"]
+__all__ = ["encode_error", "execute", "run"]
 
 
 def run(payload: bytes) -> bytes:
@@ -25,7 +25,7 @@ def run(payload: bytes) -> bytes:
     except SerializationError as exc:
         return dumps((False, ErrorInfo("serialization", "SerializationError", str(exc))))
     try:
-        value = _execute(work)
+        value = execute(work)
     except Exception as exc:
         return dumps((False, encode_error(exc, skip_frames=2)))
     try:
@@ -57,7 +57,7 @@ def _unpicklable(work: StatementTask | CallTask, value: Any, exc: SerializationE
     )
 
 
-def _execute(work: StatementTask | CallTask) -> Any:
+def execute(work: StatementTask | CallTask) -> Any:
     if isinstance(work, CallTask):
         return work.fn(*work.args, **work.kwargs)
     source = "\n" * (work.first_line - 1) + work.source

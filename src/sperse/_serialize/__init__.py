@@ -1,34 +1,178 @@
 """Serialization of code and values: cloudpickle, pickle protocol 5.
 
-Functions, classes and lambdas defined at the prompt or in ``__main__`` travel
-by value; installed modules travel by reference. Failures become
-``SerializationError`` with a message naming what could not be sent and why.
+- Functions, classes and lambdas defined at the prompt or in ``__main__`` travel
+  by value; installed modules travel by reference; the user's own modules that
+  are not installed (a ``mylib.py`` under the working directory, not in
+  site-packages) travel by value too, so the server need not have them.
+- Large buffers (numpy arrays and anything else supporting pickle protocol 5)
+  travel out of band: ``dumps_oob`` returns them beside the pickle stream
+  instead of copying them into it.
+- Values held remotely (``RemoteValue``) travel as references: the pickle
+  holds the object id (a persistent id), and whoever unpickles resolves it.
+
+Failures become ``SerializationError`` with a message naming what could not be
+sent and why.
 """
 
 from __future__ import annotations
 
+import io
+import os
 import pickle
+import site
+import sys
+import sysconfig
+import threading
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import cloudpickle
 
 from sperse.errors import SerializationError
 
-__all__ = ["describe", "dumps", "loads"]
+__all__ = [
+    "PROTOCOL",
+    "RemoteRef",
+    "RemoteValue",
+    "describe",
+    "dumps",
+    "dumps_oob",
+    "loads",
+    "loads_oob",
+]
 
 PROTOCOL = 5
+_REF_TAG = "sperse-ref"
+
+
+@dataclass(frozen=True, slots=True)
+class RemoteRef:
+    """A value kept in a server's object store: what the client knows of it."""
+
+    object_id: str
+    server: str
+    type_name: str
+    size: int
+    repr: str
+
+
+class RemoteValue:
+    """A value that stays where it was computed until a local cell needs it.
+
+    Passing it to remote code sends only the reference. ``fetch()`` brings the
+    value here (once: it is kept). When the last ``RemoteValue`` for an object
+    is garbage-collected, ``on_release`` tells the server to free it.
+    """
+
+    __slots__ = ("__weakref__", "_fetch", "_lock", "_value", "ref")
+
+    _MISSING: Any = object()
+
+    def __init__(self, ref: RemoteRef, fetch: Callable[[RemoteRef, float | None], Any]) -> None:
+        self.ref = ref
+        self._fetch = fetch
+        self._value: Any = RemoteValue._MISSING
+        self._lock = threading.Lock()
+
+    @property
+    def fetched(self) -> bool:
+        return self._value is not RemoteValue._MISSING
+
+    def fetch(self, timeout: float | None = None) -> Any:
+        """The value, brought from its server on first use."""
+        with self._lock:
+            if self._value is RemoteValue._MISSING:
+                self._value = self._fetch(self.ref, timeout)
+            return self._value
+
+    def __reduce__(self) -> Any:
+        raise SerializationError(
+            f"{self!r} can only be sent to the server that holds it (as a reference)"
+        )
+
+    def __repr__(self) -> str:
+        r = self.ref
+        return f"<remote {r.type_name} on {r.server}, {_size(r.size)}: {r.repr}>"
+
+
+def _size(n: int) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if n < 1024 or unit == "GiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024  # type: ignore[assignment]
+    raise AssertionError  # pragma: no cover
+
+
+class _Pickler(cloudpickle.CloudPickler):  # type: ignore[misc]
+    """cloudpickle that writes RemoteValues as references and records their ids."""
+
+    def __init__(self, file: io.BytesIO, buffers: list[pickle.PickleBuffer]) -> None:
+        super().__init__(file, protocol=PROTOCOL, buffer_callback=buffers.append)
+        self.refs: list[str] = []
+
+    def persistent_id(self, obj: Any) -> Any:
+        if isinstance(obj, RemoteValue):
+            self.refs.append(obj.ref.object_id)
+            return (_REF_TAG, obj.ref.object_id)
+        return None
+
+
+def dumps_oob(
+    obj: Any, *, what: str = "a value"
+) -> tuple[bytes, list[pickle.PickleBuffer], list[str]]:
+    """Pickle ``obj`` with out-of-band buffers; returns (stream, buffers, referenced ids)."""
+    _register_local_modules()
+    file = io.BytesIO()
+    buffers: list[pickle.PickleBuffer] = []
+    pickler = _Pickler(file, buffers)
+    try:
+        pickler.dump(obj)
+    except Exception as exc:
+        raise _cannot_send(obj, what, exc) from exc
+    return file.getvalue(), buffers, pickler.refs
+
+
+def loads_oob(
+    data: bytes | memoryview,
+    buffers: Sequence[bytes | memoryview] = (),
+    *,
+    resolve: Callable[[str], Any] | None = None,
+    what: str = "a value",
+) -> Any:
+    """Unpickle what ``dumps_oob`` made; ``resolve`` turns object ids into values."""
+
+    class _Unpickler(pickle.Unpickler):
+        def persistent_load(self, pid: Any) -> Any:
+            if (
+                resolve is not None
+                and isinstance(pid, tuple)
+                and len(pid) == 2
+                and pid[0] == _REF_TAG
+            ):
+                return resolve(pid[1])
+            raise pickle.UnpicklingError(f"unknown reference {pid!r}")
+
+    try:
+        return _Unpickler(io.BytesIO(data), buffers=buffers).load()
+    except SerializationError:
+        raise
+    except ModuleNotFoundError:
+        raise
+    except Exception as exc:
+        raise SerializationError(
+            f"cannot load {what}: {type(exc).__name__}: {exc}. The module that defines "
+            "it may be missing or differ here."
+        ) from exc
 
 
 def dumps(obj: Any, *, what: str = "a value") -> bytes:
-    """Pickle ``obj``; ``what`` names it in the error (``"input x of cell [3]"``)."""
+    """Pickle ``obj`` in band; ``what`` names it in the error (``"input x of cell [3]"``)."""
+    _register_local_modules()
     try:
         return bytes(cloudpickle.dumps(obj, protocol=PROTOCOL))
     except Exception as exc:
-        raise SerializationError(
-            f"cannot send {what} ({describe(obj)}): {type(exc).__name__}: {exc}. "
-            "Only picklable values can cross processes: create it where it is used "
-            "(inside the remote code), or make it picklable."
-        ) from exc
+        raise _cannot_send(obj, what, exc) from exc
 
 
 def loads(data: bytes, *, what: str = "a value") -> Any:
@@ -39,6 +183,16 @@ def loads(data: bytes, *, what: str = "a value") -> Any:
             f"cannot load {what}: {type(exc).__name__}: {exc}. The module that defines "
             "it may be missing or differ here."
         ) from exc
+
+
+def _cannot_send(obj: Any, what: str, exc: Exception) -> SerializationError:
+    if isinstance(exc, SerializationError):
+        return exc
+    return SerializationError(
+        f"cannot send {what} ({describe(obj)}): {type(exc).__name__}: {exc}. "
+        "Only picklable values can cross processes: create it where it is used "
+        "(inside the remote code), or make it picklable."
+    )
 
 
 def describe(obj: Any) -> str:
@@ -54,3 +208,51 @@ def describe(obj: Any) -> str:
     except Exception:
         return f"a {name}"
     return f"a {name} of length {size}"
+
+
+# ---- the user's own modules travel by value -------------------------------------------
+
+_registered: set[str] = set()
+_seen_modules = 0
+_installed_roots: tuple[str, ...] | None = None
+
+
+def _installed() -> tuple[str, ...]:
+    global _installed_roots
+    if _installed_roots is None:
+        roots = {sys.prefix, sys.base_prefix, sys.exec_prefix, sys.base_exec_prefix}
+        for key in ("stdlib", "platstdlib", "purelib", "platlib"):
+            path = sysconfig.get_paths().get(key)
+            if path:
+                roots.add(path)
+        roots.update(site.getsitepackages() if hasattr(site, "getsitepackages") else [])
+        _installed_roots = tuple(os.path.realpath(r) + os.sep for r in roots)
+    return _installed_roots
+
+
+def is_local_module(name: str, file: str | None, cwd: str) -> bool:
+    """A module of the user's own: a file under ``cwd`` that is not installed."""
+    if not file or name == "__main__" or name.startswith("sperse"):
+        return False
+    path = os.path.realpath(file)
+    if not path.startswith(cwd + os.sep):
+        return False
+    return not path.startswith(_installed())
+
+
+def _register_local_modules() -> None:
+    """Have cloudpickle ship the user's own modules by value (checked when modules change)."""
+    global _seen_modules
+    if len(sys.modules) == _seen_modules:
+        return
+    _seen_modules = len(sys.modules)
+    cwd = os.path.realpath(os.getcwd())
+    for name, module in list(sys.modules.items()):
+        if name in _registered or module is None or "." in name:
+            continue
+        if is_local_module(name, getattr(module, "__file__", None), cwd):
+            try:
+                cloudpickle.register_pickle_by_value(module)
+            except (ValueError, TypeError):
+                continue
+            _registered.add(name)

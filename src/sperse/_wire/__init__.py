@@ -1,0 +1,126 @@
+"""The wire protocol between a client and a ``sperse server`` ("sperse/1").
+
+The schema is ``sperse.proto`` beside this file; ``scripts/gen_proto.sh``
+generates ``sperse_pb2*.py`` from it (committed, checked by a test). Only this
+package, the server and the client transport import grpc or the generated code.
+
+One bidirectional ``Session`` stream per client::
+
+    client                                   server
+      Hello(token, protocol, versions) ──►
+                                       ◄──  Welcome(name, tags, session_id) | Error(auth|version)
+      Submit(tasks...)  Cancel  Fetch  ──►
+      Release  StatsRequest            ──►
+                                       ◄──  Events(Started | Output | Done | Failure ...)
+                                       ◄──  FetchReply  StatsReply
+
+Rules:
+
+- Authentication first: the server reads nothing but ``Hello`` until the token
+  checks out, and never unpickles anything itself: pickles (``Pickled``) are
+  opened only inside worker processes, for an authenticated session.
+- Byte strings above ``INLINE_MAX`` travel as ``Blob`` pieces of at most
+  ``PIECE`` bytes, sent just before the message that names them by ``blob_id``;
+  so a value of any size fits gRPC's message limit. Blob ids are per sender and
+  per stream. A receiver refuses a blob larger than its ``max_value`` limit.
+- Protocol-5 out-of-band buffers (numpy arrays) travel as separate byte strings
+  (``Pickled.buffers``), never copied into the pickle stream.
+- Every task gets exactly one ``Done`` or ``Failure`` unless cancelled (then at
+  most one ``Failure(kind="cancelled")``). Results of at least the task's
+  ``inline_limit`` bytes stay on the server as ``ObjectRef`` until fetched or
+  released.
+- A fatal ``Error`` ends the stream; after any protocol error the stream is
+  closed, so a stale reply is never read as the next answer.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Iterator, Sequence
+from typing import Any
+
+from sperse._wire import sperse_pb2 as pb
+
+__all__ = ["INLINE_MAX", "PIECE", "PROTOCOL", "BlobReceiver", "BlobSender", "pb"]
+
+PROTOCOL = "sperse/1"
+INLINE_MAX = 1 << 20  # byte strings up to this size travel inside their message
+PIECE = 1 << 20  # the size of one Blob piece
+MAX_MESSAGE = 8 << 20  # gRPC message limit both sides configure: well above PIECE
+
+
+class BlobSender:
+    """Turns byte strings into ``Bytes`` fields, emitting ``Blob`` pieces for large ones."""
+
+    def __init__(self) -> None:
+        self._ids = itertools.count(1)
+
+    def encode(self, data: bytes | memoryview | Any, blobs: list[pb.Blob]) -> pb.Bytes:
+        """``data`` as a ``Bytes`` field; pieces of a large one are appended to ``blobs``."""
+        view = memoryview(data).cast("B")
+        if view.nbytes <= INLINE_MAX:
+            return pb.Bytes(data=view.tobytes())
+        blob_id = next(self._ids)
+        for start in range(0, view.nbytes, PIECE):
+            end = min(start + PIECE, view.nbytes)
+            blobs.append(
+                pb.Blob(blob_id=blob_id, data=view[start:end].tobytes(), last=end == view.nbytes)
+            )
+        return pb.Bytes(blob_id=blob_id)
+
+    def pickled(self, data: bytes, buffers: Sequence[Any], blobs: list[pb.Blob]) -> pb.Pickled:
+        return pb.Pickled(
+            data=self.encode(data, blobs), buffers=[self.encode(b, blobs) for b in buffers]
+        )
+
+
+class BlobReceiver:
+    """Assembles ``Blob`` pieces and resolves ``Bytes`` fields that name them."""
+
+    def __init__(self, max_value: int = 1 << 40) -> None:
+        self._partial: dict[int, list[bytes]] = {}
+        self._sizes: dict[int, int] = {}
+        self._complete: dict[int, bytes] = {}
+        self.max_value = max_value
+
+    def add(self, blob: pb.Blob) -> None:
+        """Take one piece. Raises ValueError for a blob over ``max_value`` or a reused id."""
+        if blob.blob_id in self._complete:
+            raise ValueError(f"blob {blob.blob_id} sent twice")
+        size = self._sizes.get(blob.blob_id, 0) + len(blob.data)
+        if size > self.max_value:
+            self.discard(blob.blob_id)
+            raise ValueError(f"blob {blob.blob_id} exceeds the limit of {self.max_value} bytes")
+        self._sizes[blob.blob_id] = size
+        self._partial.setdefault(blob.blob_id, []).append(blob.data)
+        if blob.last:
+            self._complete[blob.blob_id] = b"".join(self._partial.pop(blob.blob_id))
+            del self._sizes[blob.blob_id]
+
+    def bytes(self, field: pb.Bytes) -> bytes:
+        """The byte string of a ``Bytes`` field (consuming its blob). KeyError if unknown."""
+        if field.WhichOneof("kind") == "blob_id":
+            try:
+                return self._complete.pop(field.blob_id)
+            except KeyError:
+                raise KeyError(f"unknown or incomplete blob {field.blob_id}") from None
+        return field.data
+
+    def pickled(self, field: pb.Pickled) -> tuple[bytes, list[bytes]]:
+        return self.bytes(field.data), [self.bytes(b) for b in field.buffers]
+
+    def discard(self, blob_id: int) -> None:
+        self._partial.pop(blob_id, None)
+        self._sizes.pop(blob_id, None)
+        self._complete.pop(blob_id, None)
+
+    @property
+    def pending_bytes(self) -> int:
+        return sum(self._sizes.values()) + sum(len(b) for b in self._complete.values())
+
+
+def with_blobs(blobs: list[pb.Blob], wrap: type[Any], message: Any) -> Iterator[Any]:
+    """The Blob messages, then ``message``, each wrapped in ``wrap`` (Client/ServerMessage)."""
+    for blob in blobs:
+        yield wrap(blob=blob)
+    yield message

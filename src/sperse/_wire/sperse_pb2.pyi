@@ -1,0 +1,274 @@
+from google.protobuf.internal import containers as _containers
+from google.protobuf import descriptor as _descriptor
+from google.protobuf import message as _message
+from collections.abc import Iterable as _Iterable, Mapping as _Mapping
+from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
+
+DESCRIPTOR: _descriptor.FileDescriptor
+
+class ClientMessage(_message.Message):
+    __slots__ = ("hello", "blob", "submit", "cancel", "fetch", "release", "stats")
+    HELLO_FIELD_NUMBER: _ClassVar[int]
+    BLOB_FIELD_NUMBER: _ClassVar[int]
+    SUBMIT_FIELD_NUMBER: _ClassVar[int]
+    CANCEL_FIELD_NUMBER: _ClassVar[int]
+    FETCH_FIELD_NUMBER: _ClassVar[int]
+    RELEASE_FIELD_NUMBER: _ClassVar[int]
+    STATS_FIELD_NUMBER: _ClassVar[int]
+    hello: Hello
+    blob: Blob
+    submit: Submit
+    cancel: Cancel
+    fetch: Fetch
+    release: Release
+    stats: StatsRequest
+    def __init__(self, hello: _Optional[_Union[Hello, _Mapping]] = ..., blob: _Optional[_Union[Blob, _Mapping]] = ..., submit: _Optional[_Union[Submit, _Mapping]] = ..., cancel: _Optional[_Union[Cancel, _Mapping]] = ..., fetch: _Optional[_Union[Fetch, _Mapping]] = ..., release: _Optional[_Union[Release, _Mapping]] = ..., stats: _Optional[_Union[StatsRequest, _Mapping]] = ...) -> None: ...
+
+class Hello(_message.Message):
+    __slots__ = ("token", "protocol", "client_version", "python_version", "session_id", "client_name")
+    TOKEN_FIELD_NUMBER: _ClassVar[int]
+    PROTOCOL_FIELD_NUMBER: _ClassVar[int]
+    CLIENT_VERSION_FIELD_NUMBER: _ClassVar[int]
+    PYTHON_VERSION_FIELD_NUMBER: _ClassVar[int]
+    SESSION_ID_FIELD_NUMBER: _ClassVar[int]
+    CLIENT_NAME_FIELD_NUMBER: _ClassVar[int]
+    token: str
+    protocol: str
+    client_version: str
+    python_version: str
+    session_id: str
+    client_name: str
+    def __init__(self, token: _Optional[str] = ..., protocol: _Optional[str] = ..., client_version: _Optional[str] = ..., python_version: _Optional[str] = ..., session_id: _Optional[str] = ..., client_name: _Optional[str] = ...) -> None: ...
+
+class Bytes(_message.Message):
+    __slots__ = ("data", "blob_id")
+    DATA_FIELD_NUMBER: _ClassVar[int]
+    BLOB_ID_FIELD_NUMBER: _ClassVar[int]
+    data: bytes
+    blob_id: int
+    def __init__(self, data: _Optional[bytes] = ..., blob_id: _Optional[int] = ...) -> None: ...
+
+class Blob(_message.Message):
+    __slots__ = ("blob_id", "data", "last")
+    BLOB_ID_FIELD_NUMBER: _ClassVar[int]
+    DATA_FIELD_NUMBER: _ClassVar[int]
+    LAST_FIELD_NUMBER: _ClassVar[int]
+    blob_id: int
+    data: bytes
+    last: bool
+    def __init__(self, blob_id: _Optional[int] = ..., data: _Optional[bytes] = ..., last: _Optional[bool] = ...) -> None: ...
+
+class Pickled(_message.Message):
+    __slots__ = ("data", "buffers")
+    DATA_FIELD_NUMBER: _ClassVar[int]
+    BUFFERS_FIELD_NUMBER: _ClassVar[int]
+    data: Bytes
+    buffers: _containers.RepeatedCompositeFieldContainer[Bytes]
+    def __init__(self, data: _Optional[_Union[Bytes, _Mapping]] = ..., buffers: _Optional[_Iterable[_Union[Bytes, _Mapping]]] = ...) -> None: ...
+
+class Task(_message.Message):
+    __slots__ = ("task_id", "work", "refs", "retries", "inline_limit", "label")
+    TASK_ID_FIELD_NUMBER: _ClassVar[int]
+    WORK_FIELD_NUMBER: _ClassVar[int]
+    REFS_FIELD_NUMBER: _ClassVar[int]
+    RETRIES_FIELD_NUMBER: _ClassVar[int]
+    INLINE_LIMIT_FIELD_NUMBER: _ClassVar[int]
+    LABEL_FIELD_NUMBER: _ClassVar[int]
+    task_id: str
+    work: Pickled
+    refs: _containers.RepeatedScalarFieldContainer[str]
+    retries: int
+    inline_limit: int
+    label: str
+    def __init__(self, task_id: _Optional[str] = ..., work: _Optional[_Union[Pickled, _Mapping]] = ..., refs: _Optional[_Iterable[str]] = ..., retries: _Optional[int] = ..., inline_limit: _Optional[int] = ..., label: _Optional[str] = ...) -> None: ...
+
+class Submit(_message.Message):
+    __slots__ = ("tasks",)
+    TASKS_FIELD_NUMBER: _ClassVar[int]
+    tasks: _containers.RepeatedCompositeFieldContainer[Task]
+    def __init__(self, tasks: _Optional[_Iterable[_Union[Task, _Mapping]]] = ...) -> None: ...
+
+class Cancel(_message.Message):
+    __slots__ = ("task_ids",)
+    TASK_IDS_FIELD_NUMBER: _ClassVar[int]
+    task_ids: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, task_ids: _Optional[_Iterable[str]] = ...) -> None: ...
+
+class Fetch(_message.Message):
+    __slots__ = ("request_id", "object_id")
+    REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
+    OBJECT_ID_FIELD_NUMBER: _ClassVar[int]
+    request_id: int
+    object_id: str
+    def __init__(self, request_id: _Optional[int] = ..., object_id: _Optional[str] = ...) -> None: ...
+
+class Release(_message.Message):
+    __slots__ = ("object_ids",)
+    OBJECT_IDS_FIELD_NUMBER: _ClassVar[int]
+    object_ids: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, object_ids: _Optional[_Iterable[str]] = ...) -> None: ...
+
+class StatsRequest(_message.Message):
+    __slots__ = ("request_id",)
+    REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
+    request_id: int
+    def __init__(self, request_id: _Optional[int] = ...) -> None: ...
+
+class ServerMessage(_message.Message):
+    __slots__ = ("welcome", "blob", "events", "fetch_reply", "stats", "error")
+    WELCOME_FIELD_NUMBER: _ClassVar[int]
+    BLOB_FIELD_NUMBER: _ClassVar[int]
+    EVENTS_FIELD_NUMBER: _ClassVar[int]
+    FETCH_REPLY_FIELD_NUMBER: _ClassVar[int]
+    STATS_FIELD_NUMBER: _ClassVar[int]
+    ERROR_FIELD_NUMBER: _ClassVar[int]
+    welcome: Welcome
+    blob: Blob
+    events: Events
+    fetch_reply: FetchReply
+    stats: StatsReply
+    error: Error
+    def __init__(self, welcome: _Optional[_Union[Welcome, _Mapping]] = ..., blob: _Optional[_Union[Blob, _Mapping]] = ..., events: _Optional[_Union[Events, _Mapping]] = ..., fetch_reply: _Optional[_Union[FetchReply, _Mapping]] = ..., stats: _Optional[_Union[StatsReply, _Mapping]] = ..., error: _Optional[_Union[Error, _Mapping]] = ...) -> None: ...
+
+class Welcome(_message.Message):
+    __slots__ = ("server_name", "server_version", "python_version", "tags", "resources", "workers", "session_id", "resumed")
+    class ResourcesEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: float
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[float] = ...) -> None: ...
+    SERVER_NAME_FIELD_NUMBER: _ClassVar[int]
+    SERVER_VERSION_FIELD_NUMBER: _ClassVar[int]
+    PYTHON_VERSION_FIELD_NUMBER: _ClassVar[int]
+    TAGS_FIELD_NUMBER: _ClassVar[int]
+    RESOURCES_FIELD_NUMBER: _ClassVar[int]
+    WORKERS_FIELD_NUMBER: _ClassVar[int]
+    SESSION_ID_FIELD_NUMBER: _ClassVar[int]
+    RESUMED_FIELD_NUMBER: _ClassVar[int]
+    server_name: str
+    server_version: str
+    python_version: str
+    tags: _containers.RepeatedScalarFieldContainer[str]
+    resources: _containers.ScalarMap[str, float]
+    workers: int
+    session_id: str
+    resumed: bool
+    def __init__(self, server_name: _Optional[str] = ..., server_version: _Optional[str] = ..., python_version: _Optional[str] = ..., tags: _Optional[_Iterable[str]] = ..., resources: _Optional[_Mapping[str, float]] = ..., workers: _Optional[int] = ..., session_id: _Optional[str] = ..., resumed: _Optional[bool] = ...) -> None: ...
+
+class Events(_message.Message):
+    __slots__ = ("events",)
+    EVENTS_FIELD_NUMBER: _ClassVar[int]
+    events: _containers.RepeatedCompositeFieldContainer[Event]
+    def __init__(self, events: _Optional[_Iterable[_Union[Event, _Mapping]]] = ...) -> None: ...
+
+class Event(_message.Message):
+    __slots__ = ("task_id", "started", "output", "done", "failed")
+    TASK_ID_FIELD_NUMBER: _ClassVar[int]
+    STARTED_FIELD_NUMBER: _ClassVar[int]
+    OUTPUT_FIELD_NUMBER: _ClassVar[int]
+    DONE_FIELD_NUMBER: _ClassVar[int]
+    FAILED_FIELD_NUMBER: _ClassVar[int]
+    task_id: str
+    started: Started
+    output: Output
+    done: Done
+    failed: Failure
+    def __init__(self, task_id: _Optional[str] = ..., started: _Optional[_Union[Started, _Mapping]] = ..., output: _Optional[_Union[Output, _Mapping]] = ..., done: _Optional[_Union[Done, _Mapping]] = ..., failed: _Optional[_Union[Failure, _Mapping]] = ...) -> None: ...
+
+class Started(_message.Message):
+    __slots__ = ("worker",)
+    WORKER_FIELD_NUMBER: _ClassVar[int]
+    worker: int
+    def __init__(self, worker: _Optional[int] = ...) -> None: ...
+
+class Output(_message.Message):
+    __slots__ = ("stream", "text")
+    STREAM_FIELD_NUMBER: _ClassVar[int]
+    TEXT_FIELD_NUMBER: _ClassVar[int]
+    stream: str
+    text: str
+    def __init__(self, stream: _Optional[str] = ..., text: _Optional[str] = ...) -> None: ...
+
+class Value(_message.Message):
+    __slots__ = ("name", "inline", "ref")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    INLINE_FIELD_NUMBER: _ClassVar[int]
+    REF_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    inline: Pickled
+    ref: ObjectRef
+    def __init__(self, name: _Optional[str] = ..., inline: _Optional[_Union[Pickled, _Mapping]] = ..., ref: _Optional[_Union[ObjectRef, _Mapping]] = ...) -> None: ...
+
+class ObjectRef(_message.Message):
+    __slots__ = ("object_id", "type_name", "size", "repr")
+    OBJECT_ID_FIELD_NUMBER: _ClassVar[int]
+    TYPE_NAME_FIELD_NUMBER: _ClassVar[int]
+    SIZE_FIELD_NUMBER: _ClassVar[int]
+    REPR_FIELD_NUMBER: _ClassVar[int]
+    object_id: str
+    type_name: str
+    size: int
+    repr: str
+    def __init__(self, object_id: _Optional[str] = ..., type_name: _Optional[str] = ..., size: _Optional[int] = ..., repr: _Optional[str] = ...) -> None: ...
+
+class Done(_message.Message):
+    __slots__ = ("values",)
+    VALUES_FIELD_NUMBER: _ClassVar[int]
+    values: _containers.RepeatedCompositeFieldContainer[Value]
+    def __init__(self, values: _Optional[_Iterable[_Union[Value, _Mapping]]] = ...) -> None: ...
+
+class Failure(_message.Message):
+    __slots__ = ("kind", "type_name", "message", "traceback")
+    KIND_FIELD_NUMBER: _ClassVar[int]
+    TYPE_NAME_FIELD_NUMBER: _ClassVar[int]
+    MESSAGE_FIELD_NUMBER: _ClassVar[int]
+    TRACEBACK_FIELD_NUMBER: _ClassVar[int]
+    kind: str
+    type_name: str
+    message: str
+    traceback: str
+    def __init__(self, kind: _Optional[str] = ..., type_name: _Optional[str] = ..., message: _Optional[str] = ..., traceback: _Optional[str] = ...) -> None: ...
+
+class FetchReply(_message.Message):
+    __slots__ = ("request_id", "value", "error")
+    REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
+    VALUE_FIELD_NUMBER: _ClassVar[int]
+    ERROR_FIELD_NUMBER: _ClassVar[int]
+    request_id: int
+    value: Pickled
+    error: str
+    def __init__(self, request_id: _Optional[int] = ..., value: _Optional[_Union[Pickled, _Mapping]] = ..., error: _Optional[str] = ...) -> None: ...
+
+class StatsReply(_message.Message):
+    __slots__ = ("request_id", "objects", "object_bytes", "objects_total", "tasks_done", "tasks_failed", "workers", "busy", "workers_replaced", "sessions")
+    REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
+    OBJECTS_FIELD_NUMBER: _ClassVar[int]
+    OBJECT_BYTES_FIELD_NUMBER: _ClassVar[int]
+    OBJECTS_TOTAL_FIELD_NUMBER: _ClassVar[int]
+    TASKS_DONE_FIELD_NUMBER: _ClassVar[int]
+    TASKS_FAILED_FIELD_NUMBER: _ClassVar[int]
+    WORKERS_FIELD_NUMBER: _ClassVar[int]
+    BUSY_FIELD_NUMBER: _ClassVar[int]
+    WORKERS_REPLACED_FIELD_NUMBER: _ClassVar[int]
+    SESSIONS_FIELD_NUMBER: _ClassVar[int]
+    request_id: int
+    objects: int
+    object_bytes: int
+    objects_total: int
+    tasks_done: int
+    tasks_failed: int
+    workers: int
+    busy: int
+    workers_replaced: int
+    sessions: int
+    def __init__(self, request_id: _Optional[int] = ..., objects: _Optional[int] = ..., object_bytes: _Optional[int] = ..., objects_total: _Optional[int] = ..., tasks_done: _Optional[int] = ..., tasks_failed: _Optional[int] = ..., workers: _Optional[int] = ..., busy: _Optional[int] = ..., workers_replaced: _Optional[int] = ..., sessions: _Optional[int] = ...) -> None: ...
+
+class Error(_message.Message):
+    __slots__ = ("code", "message")
+    CODE_FIELD_NUMBER: _ClassVar[int]
+    MESSAGE_FIELD_NUMBER: _ClassVar[int]
+    code: str
+    message: str
+    def __init__(self, code: _Optional[str] = ..., message: _Optional[str] = ...) -> None: ...

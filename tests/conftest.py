@@ -13,9 +13,16 @@ def _local() -> sperse.Cluster:
     return sperse.Cluster(sperse.LocalBackend(2))
 
 
-# Every backend the conformance tests run against. The server and Ray backends
-# join this list as they land.
-BACKENDS = {"local": _local}
+def _server() -> sperse.Cluster:
+    """A real ``sperse server`` child process on loopback, as ``sperse.connect()`` starts."""
+    from sperse._backends.remote import EmbeddedServer, SperseBackend
+
+    server = EmbeddedServer(workers=2)
+    return sperse.Cluster(SperseBackend(server.address, token=server.token, process=server))
+
+
+# Every backend the conformance tests run against (the Ray backend joins when it lands).
+BACKENDS = {"local": _local, "server": _server}
 
 
 @pytest.fixture(scope="module", params=sorted(BACKENDS))

@@ -14,12 +14,16 @@ import importlib
 from typing import TYPE_CHECKING, Any
 
 from sperse.errors import (
+    AuthenticationError,
     CellError,
     CycleError,
     NoMatchingServer,
     NotReadyError,
+    ProtocolError,
     RemoteError,
     SerializationError,
+    ServerLost,
+    ServerUnavailable,
     SperseError,
     StatementError,
     TaskCancelled,
@@ -31,11 +35,13 @@ if TYPE_CHECKING:
     from sperse._backends.local import LocalBackend
     from sperse._cluster import Cluster, connect, current
     from sperse._pending import Pending, RemoteFunction, as_completed, gather, remote, wait
+    from sperse._serialize import RemoteValue
     from sperse._workspace import Cell, CellEvent, Workspace
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "AuthenticationError",
     "Cell",
     "CellError",
     "CellEvent",
@@ -45,9 +51,13 @@ __all__ = [
     "NoMatchingServer",
     "NotReadyError",
     "Pending",
+    "ProtocolError",
     "RemoteError",
     "RemoteFunction",
+    "RemoteValue",
     "SerializationError",
+    "ServerLost",
+    "ServerUnavailable",
     "SperseError",
     "StatementError",
     "TaskCancelled",
@@ -73,6 +83,7 @@ _LAZY = {
     "gather": "sperse._pending",
     "remote": "sperse._pending",
     "wait": "sperse._pending",
+    "RemoteValue": "sperse._serialize",
     "Cell": "sperse._workspace",
     "CellEvent": "sperse._workspace",
     "Workspace": "sperse._workspace",

@@ -14,13 +14,16 @@ from __future__ import annotations
 import atexit
 import contextvars
 import itertools
+import os
 import threading
 import time
 from collections import deque
 from collections.abc import Callable, Sequence
+from pathlib import Path
 
 from sperse._backends.base import Backend, BackendEvent, Done, Failed, ServerInfo, TaskSpec
 from sperse._routing import check_placement
+from sperse.errors import AuthenticationError
 
 __all__ = ["Cluster", "connect", "current"]
 
@@ -75,7 +78,12 @@ class Cluster:
             self.backend.cancel(task_id)
 
     def servers(self) -> list[ServerInfo]:
+        """The servers of this cluster: name, tags, resources, workers, load, address."""
         return self.backend.servers()
+
+    def stats(self) -> dict[str, int]:
+        """Counters of the backend (objects held, tasks done, workers replaced, ...)."""
+        return self.backend.stats()
 
     def _on_event(self, event: BackendEvent) -> None:
         with self._cond:
@@ -192,23 +200,74 @@ _default: Cluster | None = None
 _default_lock = threading.Lock()
 
 
-def connect(backend: Backend | None = None, *, workers: int | None = None) -> Cluster:
-    """Start a cluster and make it the default for ``@sperse.remote`` and workspaces.
+def connect(
+    url: str | None = None,
+    token: str | None = None,
+    *,
+    backend: Backend | None = None,
+    workers: int | None = None,
+    tags: Sequence[str] = (),
+    token_file: str | os.PathLike[str] | None = None,
+    tls_ca: str | os.PathLike[str] | None = None,
+) -> Cluster:
+    """Connect to a cluster and make it the default for ``@sperse.remote`` and workspaces.
 
-    With no backend, remote work runs on a pool of ``workers`` local processes
-    (one per core by default). A previous default cluster is closed.
+    - ``connect()`` starts an embedded ``sperse server`` as a child process on
+      a random loopback port, with ``workers`` worker processes (one per core
+      by default) and ``tags``; it stops when this process exits.
+    - ``connect("sperse://host:port", token=...)`` joins a running server; the
+      token may also come from ``token_file`` or the ``SPERSE_TOKEN`` or
+      ``SPERSE_TOKEN_FILE`` environment variables. ``tls_ca`` (a PEM file)
+      turns on TLS and names the certificate authority to trust.
+    - ``connect(backend=...)`` uses a backend object (``sperse.LocalBackend``).
+
+    A previous default cluster is closed.
     """
     global _default
     if backend is None:
-        from sperse._backends.local import LocalBackend
-
-        backend = LocalBackend(workers)
+        backend = _backend_for(url, token, workers, tags, token_file, tls_ca)
     cluster = Cluster(backend)
     with _default_lock:
         old, _default = _default, cluster
     if old is not None:
         old.close()
     return cluster
+
+
+def _backend_for(
+    url: str | None,
+    token: str | None,
+    workers: int | None,
+    tags: Sequence[str],
+    token_file: str | os.PathLike[str] | None,
+    tls_ca: str | os.PathLike[str] | None,
+) -> Backend:
+    from sperse._backends.remote import EmbeddedServer, SperseBackend
+
+    if url is None:
+        server = EmbeddedServer(workers=workers, tags=tags)
+        try:
+            return SperseBackend(server.address, token=server.token, process=server)
+        except BaseException:
+            server.stop()
+            raise
+    secret = token or _token_from(token_file)
+    ca = Path(tls_ca).read_bytes() if tls_ca is not None else None
+    return SperseBackend(url, token=secret, tls_ca=ca, tls=ca is not None)
+
+
+def _token_from(token_file: str | os.PathLike[str] | None) -> str:
+    path = token_file or os.environ.get("SPERSE_TOKEN_FILE")
+    if path:
+        return Path(path).read_text().strip()
+    env = os.environ.get("SPERSE_TOKEN")
+    if env:
+        return env
+    raise AuthenticationError(
+        "no token to connect with: pass connect(url, token=...), token_file=..., or set "
+        "SPERSE_TOKEN (the server printed its token when it started, or read it from its "
+        "--token-file)"
+    )
 
 
 def current() -> Cluster:

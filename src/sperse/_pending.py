@@ -28,6 +28,7 @@ from sperse._backends.base import (
 )
 from sperse._cluster import Cluster, current
 from sperse._lang.placement import Placement, placement_from_options
+from sperse._serialize import RemoteValue
 from sperse.errors import NotReadyError, SperseError, TaskCancelled, UpstreamError
 
 __all__ = ["OutputPrinter", "Pending", "RemoteFunction", "as_completed", "gather", "remote", "wait"]
@@ -110,7 +111,19 @@ class Pending(Generic[T]):
             )
         if self._error is not None:
             raise self._error
-        return self._value  # type: ignore[no-any-return]
+        value = self._value
+        if isinstance(value, RemoteValue):
+            return value.fetch(timeout)  # type: ignore[no-any-return]
+        return value  # type: ignore[no-any-return]
+
+    def fetch(self, timeout: float | None = None) -> T:
+        """Like ``result``: a value kept on its server (large) is brought here."""
+        return self.result(timeout)
+
+    @property
+    def remote_value(self) -> RemoteValue | None:
+        """The handle of a result kept on its server, without fetching it (None if inline)."""
+        return self._value if isinstance(self._value, RemoteValue) else None
 
     def exception(self, timeout: float | None = None) -> BaseException | None:
         """Wait like ``result`` and return the error, or None on success."""
@@ -141,7 +154,7 @@ class Pending(Generic[T]):
                 child._settle(error=self._error)
                 return
             try:
-                child._settle(fn(self._value))
+                child._settle(fn(self.result(None)))
             except BaseException as exc:
                 child._settle(error=exc)
 

@@ -19,7 +19,6 @@ import ast
 import builtins
 import hashlib
 import linecache
-import pickle
 import textwrap
 import time
 from collections import deque
@@ -27,8 +26,6 @@ from collections.abc import Callable, Container, Iterator, Mapping
 from dataclasses import dataclass, field
 from types import CodeType
 from typing import Any, Literal
-
-import cloudpickle
 
 from sperse._backends.base import (
     BackendEvent,
@@ -56,7 +53,7 @@ from sperse._lang.analysis import analyze
 from sperse._lang.placement import Placement
 from sperse._lang.transform import MARKER, remote_placement, transform
 from sperse._pending import OutputPrinter, Pending
-from sperse._serialize import describe
+from sperse._serialize import RemoteValue, describe, dumps_oob
 from sperse.errors import (
     CellError,
     NotReadyError,
@@ -111,6 +108,7 @@ class _Record:
     digest: bytes | None = None  # inputs of the last successful remote run
     where: str = ""
     started_at: float | None = None
+    finished_at: float | None = None
     entered: bool = False  # the run() that entered it has finished with it
 
 
@@ -176,6 +174,15 @@ class Cell:
     @property
     def error(self) -> BaseException | None:
         return self._record.error
+
+    @property
+    def elapsed(self) -> float | None:
+        """Seconds its last run took (so far, while it runs); None before it starts."""
+        record = self._record
+        if record.started_at is None:
+            return None
+        end = record.finished_at if record.finished_at is not None else time.monotonic()
+        return end - record.started_at
 
     @property
     def value(self) -> Any:
@@ -327,6 +334,8 @@ class Workspace:
         if name not in outputs:
             raise NameError(f"name {name!r} is not bound: its cell did not assign it")
         value = outputs[name]
+        if isinstance(value, RemoteValue):
+            return value.fetch()
         return value
 
     def __contains__(self, name: object) -> bool:
@@ -465,23 +474,57 @@ class Workspace:
     def cells(self) -> list[Cell]:
         return [Cell(self, cell_id) for cell_id in self._graph.cells()]
 
-    def graph(self) -> str:
-        """A printable description of the cells, their names, states and edges."""
-        out = []
-        for cell_id in self._graph.cells():
-            view = self._graph.view(cell_id)
+    def graph(self, name: str | None = None) -> str:
+        """A printable description of the cells, their names, states and edges.
+
+        With a ``name``: the cells upstream of its definer (what it is computed
+        from) and downstream (what is computed from it), as two trees.
+        """
+        if name is None:
+            return "\n".join(self._describe_cell(c) for c in self._graph.cells())
+        cell_id = self._graph.definer(name)
+        if cell_id is None:
+            raise KeyError(f"{name!r} is not defined in this workspace")
+        lines = [self._describe_cell(cell_id)]
+        lines += ["upstream:", *(self._tree(cell_id, up=True) or ["  (nothing)"])]
+        lines += ["downstream:", *(self._tree(cell_id, up=False) or ["  (nothing)"])]
+        return "\n".join(lines)
+
+    def _describe_cell(self, cell_id: CellId) -> str:
+        view = self._graph.view(cell_id)
+        record = self._records[cell_id]
+        kind = "remote" if record.remote is not None else "local"
+        owned = ", ".join(sorted(view.owned)) or "-"
+        reads = ", ".join(
+            f"{name}<-[{parent}]" if parent is not None else name
+            for name, parent in sorted(view.parents.items())
+        )
+        return (
+            f"[{cell_id}] {record.label}\n"
+            f"      {kind}, {view.status.value}; defines: {owned}; reads: {reads or '-'}"
+        )
+
+    def _tree(self, root: CellId, *, up: bool) -> list[str]:
+        """An indented tree of the cells above or below ``root`` (each shown once)."""
+        out: list[str] = []
+        seen = {root}
+        stack: list[tuple[CellId, int]] = [(c, 1) for c in reversed(self._neighbours(root, up))]
+        while stack:
+            cell_id, depth = stack.pop()
             record = self._records[cell_id]
-            kind = "remote" if record.remote is not None else "local"
-            owned = ", ".join(sorted(view.owned)) or "-"
-            reads = ", ".join(
-                f"{name}<-[{parent}]" if parent is not None else name
-                for name, parent in sorted(view.parents.items())
-            )
-            out.append(
-                f"[{cell_id}] {record.label}\n"
-                f"      {kind}, {view.status.value}; defines: {owned}; reads: {reads or '-'}"
-            )
-        return "\n".join(out)
+            status = self._graph.status(cell_id).value
+            again = " (shown above)" if cell_id in seen else ""
+            out.append(f"{'  ' * depth}[{cell_id}] {record.label}  ({status}){again}")
+            if not again:
+                seen.add(cell_id)
+                stack.extend((c, depth + 1) for c in reversed(self._neighbours(cell_id, up)))
+        return out
+
+    def _neighbours(self, cell_id: CellId, up: bool) -> list[CellId]:
+        if up:
+            parents = {p for p in self._graph.parents(cell_id).values() if p is not None}
+            return sorted(parents)
+        return sorted(self._graph.children(cell_id))
 
     def close(self) -> None:
         """Cancel running remote work of this workspace."""
@@ -526,8 +569,16 @@ class Workspace:
                     ns[name] = outputs[name]
                 else:
                     ns.pop(name, None)
+            value = ns.get(name)
+            if isinstance(value, RemoteValue):  # held on a server: a local cell needs it here
+                try:
+                    ns[name] = value.fetch()
+                except SperseError as exc:
+                    return self._fail(record.id, run.run_id, exc)
         record.runs += 1
         record.where = ""
+        record.started_at = time.monotonic()
+        record.finished_at = None
         token = use(self._cluster) if self._cluster is not None else None
         try:
             assert record.code is not None
@@ -621,6 +672,7 @@ class Workspace:
         record.task_id = task_id
         record.runs += 1
         record.started_at = None
+        record.finished_at = None
         spec = TaskSpec(
             task_id,
             StatementTask(
@@ -662,18 +714,17 @@ class Workspace:
     def _digest(self, record: _Record, inputs: Mapping[str, Any]) -> bytes:
         """A digest of what a remote cell would compute from; names the unpicklable input."""
         assert record.remote is not None
-        buffers: list[pickle.PickleBuffer] = []
         try:
-            data = cloudpickle.dumps(inputs, protocol=5, buffer_callback=buffers.append)
-        except Exception as exc:
+            data, buffers, _ = dumps_oob(dict(inputs))
+        except SerializationError as exc:
             for name, value in inputs.items():
                 try:
-                    cloudpickle.dumps(value, protocol=5)
-                except Exception as inner:
+                    dumps_oob(value)
+                except SerializationError as inner:
                     raise SerializationError(
                         f"cell [{record.id}] `{record.label}`: cannot send `{name}` "
-                        f"({describe(value)}) to a remote server: {type(inner).__name__}: "
-                        f"{inner}. Create it inside the remote cell, or make it picklable."
+                        f"({describe(value)}) to a remote server: {inner.__cause__}. "
+                        "Create it inside the remote cell, or make it picklable."
                     ) from inner
             raise SerializationError(f"cell [{record.id}] `{record.label}`: {exc}") from exc
         h = hashlib.sha256()
@@ -708,6 +759,7 @@ class Workspace:
     def _finish(self, cell_id: CellId, run_id: RunId) -> list[Action]:
         actions = self._graph.finished(cell_id, run_id)
         record = self._records[cell_id]
+        record.finished_at = time.monotonic()
         self._notify(CellEvent(Cell(self, cell_id), "done", value=record.value))
         return actions
 
@@ -718,6 +770,7 @@ class Workspace:
         record.error = error
         record.task_id = None
         record.digest = None
+        record.finished_at = time.monotonic()
         actions = self._graph.failed(cell_id, run_id)
         self._notify(CellEvent(Cell(self, cell_id), "failed", error=error))
         return actions

@@ -14,7 +14,11 @@ outside (``WorkerDied``)::
     ├── TaskCancelled       the work was cancelled before it finished
     ├── SerializationError  a value could not be pickled or unpickled
     ├── NoMatchingServer    no server meets a task's constraint (tags, pin, resources)
-    └── WorkerDied          the process running the work died
+    ├── WorkerDied          the process running the work died
+    ├── ServerLost          the connection to a server broke and could not be resumed
+    ├── ServerUnavailable   no server answered at the address given
+    ├── AuthenticationError the server refused the token
+    └── ProtocolError       client and server do not speak the same protocol or Python
 
 Messages say what happened, the likely cause, and what to do.
 """
@@ -22,12 +26,16 @@ Messages say what happened, the likely cause, and what to do.
 from __future__ import annotations
 
 __all__ = [
+    "AuthenticationError",
     "CellError",
     "CycleError",
     "NoMatchingServer",
     "NotReadyError",
+    "ProtocolError",
     "RemoteError",
     "SerializationError",
+    "ServerLost",
+    "ServerUnavailable",
     "SperseError",
     "StatementError",
     "TaskCancelled",
@@ -111,3 +119,19 @@ class NoMatchingServer(SperseError):
 
 class WorkerDied(SperseError):
     """The worker process running the task died (killed, crashed, out of memory)."""
+
+
+class ServerLost(SperseError):
+    """The connection to a server broke and could not be resumed; its work is lost."""
+
+
+class ServerUnavailable(SperseError):
+    """No server answered at the address given (not started, wrong port, firewall)."""
+
+
+class AuthenticationError(SperseError):
+    """The server refused the token: nothing was sent or run."""
+
+
+class ProtocolError(SperseError):
+    """Client and server disagree: protocol version, Python version, or a malformed message."""

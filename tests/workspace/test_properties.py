@@ -12,7 +12,6 @@ from __future__ import annotations
 from collections.abc import Iterator
 from dataclasses import dataclass
 
-import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -108,12 +107,6 @@ def programs(draw: st.DrawFn) -> list[Step]:
     return steps
 
 
-@pytest.fixture(scope="module")
-def local_cluster() -> Iterator[sperse.Cluster]:
-    with sperse.Cluster(sperse.LocalBackend(2)) as cluster:
-        yield cluster
-
-
 @settings(
     max_examples=60,
     deadline=None,
@@ -121,7 +114,7 @@ def local_cluster() -> Iterator[sperse.Cluster]:
 )
 @given(program=programs())
 def test_random_programs_match_plain_evaluation(
-    local_cluster: sperse.Cluster, program: list[Step]
+    cluster: sperse.Cluster, program: list[Step]
 ) -> None:
     log: list[tuple[int, tuple[int, ...]]] = []
 
@@ -129,7 +122,7 @@ def test_random_programs_match_plain_evaluation(
         log.append((index, values))  # remotely, this appends to a copy: only local runs log
         return 0
 
-    ws = sperse.Workspace(local_cluster)
+    ws = sperse.Workspace(cluster)
     ws.namespace["_note"] = note
     ws.run("note = _note")
     oracle = Oracle()

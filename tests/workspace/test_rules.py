@@ -209,3 +209,14 @@ def test_pending_returned_by_local_cell_makes_name_pending(ws: Workspace) -> Non
     assert ws.wait("k", timeout=WAIT) == 11
     ws.run("a = 6")
     assert ws.wait("k", timeout=WAIT) == 13
+
+
+def test_graph_shows_upstream_and_downstream_of_a_name(ws: Workspace) -> None:
+    ws.run("a = 1\nb = a + 1\nc = a * 2\nd = b + c\ne = d")
+    text = ws.graph("d")
+    head, rest = text.split("upstream:")
+    up, down = rest.split("downstream:")
+    assert "d = b + c" in head
+    assert "[2] b = a + 1" in up and "[3] c = a * 2" in up and "[1] a = 1" in up
+    assert "[5] e = d" in down and "a = 1" not in down
+    assert "defines: e" in ws.graph()

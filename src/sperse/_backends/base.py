@@ -13,7 +13,7 @@ themselves and ignore anything that arrives after.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol
 
@@ -21,6 +21,7 @@ from sperse._lang.placement import Placement
 from sperse.errors import (
     RemoteError,
     SerializationError,
+    ServerLost,
     SperseError,
     TaskCancelled,
     WorkerDied,
@@ -77,7 +78,15 @@ class TaskSpec:
     label: str = ""
 
 
-ErrorKind = Literal["raised", "worker_died", "cancelled", "serialization", "internal"]
+ErrorKind = Literal[
+    "raised",
+    "worker_died",
+    "cancelled",
+    "serialization",
+    "missing_module",
+    "server_lost",
+    "internal",
+]
 
 
 @dataclass(frozen=True, slots=True)
@@ -103,8 +112,10 @@ class ErrorInfo:
             return WorkerDied(f"{context}{self.message}")
         if self.kind == "cancelled":
             return TaskCancelled(f"{context}{self.message}")
-        if self.kind == "serialization":
+        if self.kind in ("serialization", "missing_module"):
             return SerializationError(f"{context}{self.message}")
+        if self.kind == "server_lost":
+            return ServerLost(f"{context}{self.message}")
         return SperseError(f"{context}{self.type_name}: {self.message}")
 
 
@@ -161,6 +172,12 @@ class Backend(Protocol):
 
     def cancel(self, task_id: str) -> None: ...
 
+    def release(self, object_ids: Iterable[str]) -> None:
+        """The caller no longer needs these held objects."""
+        ...
+
     def servers(self) -> list[ServerInfo]: ...
+
+    def stats(self) -> dict[str, int]: ...
 
     def close(self) -> None: ...

@@ -98,6 +98,19 @@ class LocalBackend:
             )
         ]
 
+    def release(self, object_ids: Iterable[str]) -> None:
+        """Nothing to do: every result comes back whole."""
+
+    def stats(self) -> dict[str, int]:
+        s = self._require_pool().stats()
+        return {
+            "workers": len(s.workers),
+            "busy": s.busy,
+            "tasks_done": s.tasks_done,
+            "tasks_failed": s.tasks_failed,
+            "workers_replaced": s.workers_replaced,
+        }
+
     def close(self) -> None:
         if self._pool is not None:
             self._pool.close()

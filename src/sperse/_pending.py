@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import hashlib
 import threading
 import time
 from collections.abc import Callable, Generator, Iterable, Iterator, Mapping
@@ -23,13 +24,20 @@ from sperse._backends.base import (
     Done,
     Failed,
     Output,
+    PickledFunction,
     Started,
     TaskSpec,
 )
 from sperse._cluster import Cluster, current
 from sperse._lang.placement import Placement, placement_from_options
-from sperse._serialize import RemoteValue
-from sperse.errors import NotReadyError, SperseError, TaskCancelled, UpstreamError
+from sperse._serialize import RemoteValue, dumps
+from sperse.errors import (
+    NotReadyError,
+    SerializationError,
+    SperseError,
+    TaskCancelled,
+    UpstreamError,
+)
 
 __all__ = ["OutputPrinter", "Pending", "RemoteFunction", "as_completed", "gather", "remote", "wait"]
 
@@ -258,7 +266,7 @@ def _print_line(stream: str, line: str) -> None:
 
 def submit_call(
     cluster: Cluster,
-    fn: Callable[..., Any],
+    fn: Callable[..., Any] | PickledFunction,
     args: tuple[Any, ...],
     kwargs: Mapping[str, Any],
     *,
@@ -322,17 +330,39 @@ class RemoteFunction(Generic[P, T]):
         self._fn = fn
         self.placement = placement or Placement()
         self.retries = retries
+        self._pickled: PickledFunction | None = None
 
     def __call__(self, *args: P.args, **kwargs: P.kwargs) -> Pending[T]:
+        cluster = current()
+        try:
+            fn = self._shipped()
+        except SerializationError as exc:
+            failed: Pending[T] = Pending(cluster, label=self._label())
+            failed._settle(error=exc)
+            return failed
         return submit_call(
-            current(),
-            self._fn,
+            cluster,
+            fn,
             args,
             kwargs,
             placement=self.placement,
             retries=self.retries,
-            label=f"{getattr(self._fn, '__qualname__', 'function')}()",
+            label=self._label(),
         )
+
+    def _label(self) -> str:
+        return f"{getattr(self._fn, '__qualname__', 'function')}()"
+
+    def _shipped(self) -> PickledFunction:
+        """The function pickled once: later calls send the same bytes, workers cache it.
+
+        Like Ray, the function (and the globals it uses) is captured on the first
+        call; a redefinition makes a new remote function.
+        """
+        if self._pickled is None:
+            data = dumps(self._fn, what=f"function {self._label()}")
+            self._pickled = PickledFunction(hashlib.sha256(data).hexdigest(), data)
+        return self._pickled
 
     def options(
         self,

@@ -40,3 +40,9 @@ def test_workspace_doc_first_block_runs() -> None:
 def test_workspace_doc_blocks_run_in_order() -> None:
     blocks = python_blocks(ROOT / "docs" / "workspace.md")
     run_blocks([*blocks, "assert ws['n'] == 100 and ws['m'] == 495.0 and ws2['m'] == 45\n"])
+
+
+def test_server_doc_blocks_run() -> None:
+    blocks = python_blocks(ROOT / "docs" / "server.md")
+    assert len(blocks) == 2
+    run_blocks(blocks)

@@ -37,6 +37,7 @@ __all__ = [
     "EventSink",
     "Failed",
     "Output",
+    "PickledFunction",
     "ServerInfo",
     "Started",
     "StatementTask",
@@ -61,10 +62,18 @@ class StatementTask:
 
 
 @dataclass(frozen=True, slots=True)
+class PickledFunction:
+    """A function pickled once and sent with every call; workers cache it by ``key``."""
+
+    key: str
+    data: bytes
+
+
+@dataclass(frozen=True, slots=True)
 class CallTask:
     """A call of a function (shipped by value when it was defined at the prompt)."""
 
-    fn: Callable[..., Any]
+    fn: Callable[..., Any] | PickledFunction
     args: tuple[Any, ...]
     kwargs: Mapping[str, Any]
 

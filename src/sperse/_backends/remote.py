@@ -14,6 +14,7 @@ a refused token is ``AuthenticationError``; no answer at the address is
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import itertools
 import logging
@@ -36,6 +37,7 @@ import grpc.aio
 from sperse._backends.base import (
     Done,
     ErrorInfo,
+    ErrorKind,
     EventSink,
     Failed,
     Output,
@@ -75,7 +77,7 @@ def parse_url(url: str) -> str:
 @dataclass(slots=True)
 class _Task:
     spec: TaskSpec
-    is_statement: bool
+    is_statement: bool  # its result is a dict of the names a remote statement defined
 
 
 class SperseBackend:
@@ -113,7 +115,11 @@ class SperseBackend:
         self._tasks_lock = threading.Lock()
         self._requests = itertools.count(1)
         self._replies: dict[int, asyncio.Future[Any]] = {}
-        self._outbox: asyncio.Queue[list[pb.ClientMessage]] | None = None
+        # Messages for the I/O thread, and whether a wake-up of it is already on its way.
+        self._outbox: collections.deque[pb.ClientMessage] = collections.deque()
+        self._outbox_lock = threading.Lock()
+        self._outbox_ready: asyncio.Event | None = None
+        self._wake_scheduled = False
         self._welcome: pb.Welcome | None = None
         self._session_id = ""
         self._channel: grpc.aio.Channel | None = None
@@ -164,7 +170,7 @@ class SperseBackend:
     # ---- the protocol (I/O thread) ----------------------------------------------
 
     async def _open(self) -> None:
-        self._outbox = asyncio.Queue()
+        self._outbox_ready = asyncio.Event()
         await self._connect(resume=False)
         self._main = asyncio.create_task(self._serve())
 
@@ -187,7 +193,7 @@ class SperseBackend:
                 f"no sperse server answered at {self.address} within {self._connect_timeout} s: "
                 "is it running (sperse server --port PORT), and is the address right?"
             ) from None
-        stream = SperseStub(channel).Session()
+        stream = SperseStub(channel).Session()  # type: ignore[no-untyped-call]
         hello = pb.Hello(
             token=self._token,
             protocol=PROTOCOL,
@@ -257,6 +263,7 @@ class SperseBackend:
             try:
                 await self._connect(resume=True)
                 log.info("resumed session %s with %s", self._session_id, self.address)
+                self._ask_again()
                 return True
             except (ServerUnavailable, ServerLost, grpc.aio.AioRpcError):
                 if self._process is not None and not self._process.alive():
@@ -267,12 +274,26 @@ class SperseBackend:
             delay *= 2
         return False
 
+    def _ask_again(self) -> None:
+        """After a resume: an event written just before the break may be lost, so name every
+        unfinished task again (with no work): the server re-sends the outcome of finished
+        ones and ignores running ones."""
+        with self._tasks_lock:
+            ids = list(self._tasks)
+        if ids:
+            tasks = [pb.Task(task_id=task_id) for task_id in ids]
+            self._send([pb.ClientMessage(submit=pb.Submit(tasks=tasks))])
+
     async def _send_loop(self, stream: Any) -> None:
-        assert self._outbox is not None
+        ready = self._outbox_ready
+        assert ready is not None
         while True:
-            batch = await self._outbox.get()
-            while not self._outbox.empty():
-                batch.extend(self._outbox.get_nowait())
+            await ready.wait()
+            ready.clear()
+            with self._outbox_lock:
+                batch = list(self._outbox)
+                self._outbox.clear()
+                self._wake_scheduled = False
             for message in _merge_submits(batch):
                 await stream.write(message)
 
@@ -307,8 +328,8 @@ class SperseBackend:
         if kind == "started":
             sink(Started(task_id, where))
         elif kind == "output":
-            stream = "stderr" if event.output.stream == "stderr" else "stdout"
-            sink(Output(task_id, where, stream, event.output.text))
+            stderr = event.output.stream == "stderr"
+            sink(Output(task_id, where, "stderr" if stderr else "stdout", event.output.text))
         elif kind == "done":
             with self._tasks_lock:
                 task = self._tasks.pop(task_id, None)
@@ -338,7 +359,8 @@ class SperseBackend:
             weakref.finalize(handle, self._release_one, r.object_id)
             return handle
         data, buffers = receiver.pickled(value.inline)
-        return loads_oob(data, buffers, what=f"a result from {self.name}")
+        writable = [bytearray(b) for b in buffers]  # arrays the user may change in place
+        return loads_oob(data, writable, what=f"a result from {self.name}")
 
     def _fail_everything(self, error: SperseError) -> None:
         self._lost = error
@@ -351,7 +373,7 @@ class SperseBackend:
         sink = self._sink
         if sink is None:
             return
-        kind = "server_lost" if isinstance(error, ServerLost) else "internal"
+        kind: ErrorKind = "server_lost" if isinstance(error, ServerLost) else "internal"
         for task_id in tasks:
             sink(Failed(task_id, self.name, ErrorInfo(kind, type(error).__name__, str(error))))
 
@@ -361,7 +383,8 @@ class SperseBackend:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await self._main
         if self._stream is not None:
-            with contextlib.suppress(Exception):
+            with contextlib.suppress(Exception):  # the session is over: free it at once
+                await self._stream.write(pb.ClientMessage(goodbye=pb.Goodbye()))
                 await self._stream.done_writing()
         if self._channel is not None:
             await self._channel.close()
@@ -393,7 +416,8 @@ class SperseBackend:
         messages.append(pb.ClientMessage(submit=pb.Submit(tasks=tasks)))
         with self._tasks_lock:
             for spec in specs:
-                self._tasks[spec.task_id] = _Task(spec, isinstance(spec.work, StatementTask))
+                returns_names = isinstance(spec.work, StatementTask) and not spec.work.is_expression
+                self._tasks[spec.task_id] = _Task(spec, returns_names)
         self._send(messages)
 
     def cancel(self, task_id: str) -> None:
@@ -409,26 +433,31 @@ class SperseBackend:
             self.release([object_id])
 
     def _send(self, messages: list[pb.ClientMessage]) -> None:
-        outbox = self._outbox
-        if outbox is None or self._closed:
+        """Queue messages for the I/O thread (any thread); wakes it once per batch."""
+        ready = self._outbox_ready
+        if ready is None or self._closed:
             raise ServerLost(f"the connection to {self.address} is closed")
-        self._loop.call_soon_threadsafe(outbox.put_nowait, messages)
+        with self._outbox_lock:
+            self._outbox.extend(messages)
+            wake = not self._wake_scheduled
+            self._wake_scheduled = True
+        if wake:
+            self._loop.call_soon_threadsafe(ready.set)
 
     def _fetch(self, ref: RemoteRef, timeout: float | None) -> Any:
         data, buffers = self._call(self._request("fetch", object_id=ref.object_id), timeout)
-        return loads_oob(data, buffers, what=f"{ref.type_name} fetched from {ref.server}")
+        writable = [bytearray(b) for b in buffers]  # arrays the user may change in place
+        return loads_oob(data, writable, what=f"{ref.type_name} fetched from {ref.server}")
 
     def stats(self, timeout: float | None = 10.0) -> dict[str, int]:
         """The server's counters (objects held, tasks done, workers...)."""
         reply = self._call(self._request("stats"), timeout)
-        return {
-            field.name: value for field, value in reply.ListFields() if field.name != "request_id"
-        }
+        fields = reply.DESCRIPTOR.fields
+        return {f.name: getattr(reply, f.name) for f in fields if f.name != "request_id"}
 
     async def _request(self, kind: str, **fields: Any) -> Any:
         if self._lost is not None:
             raise self._lost
-        assert self._outbox is not None
         request_id = next(self._requests)
         future: asyncio.Future[Any] = self._loop.create_future()
         self._replies[request_id] = future
@@ -436,7 +465,7 @@ class SperseBackend:
             message = pb.ClientMessage(fetch=pb.Fetch(request_id=request_id, **fields))
         else:
             message = pb.ClientMessage(stats=pb.StatsRequest(request_id=request_id))
-        self._outbox.put_nowait([message])
+        self._send([message])
         reply = await future
         if kind == "fetch" and isinstance(reply, pb.FetchReply):
             raise SperseError(f"fetch of {fields.get('object_id')} failed: {reply.error}")
@@ -460,19 +489,30 @@ class SperseBackend:
         ]
 
 
+_SUBMIT_BYTES = MAX_MESSAGE // 2
+
+
 def _merge_submits(batch: list[pb.ClientMessage]) -> list[pb.ClientMessage]:
-    """Adjacent Submit messages become one (the server takes many tasks per message)."""
+    """Adjacent Submits become one (the server takes many tasks per message), within limits."""
     out: list[pb.ClientMessage] = []
+    size = 0
     for message in batch:
-        if (
-            message.WhichOneof("kind") == "submit"
-            and out
-            and out[-1].WhichOneof("kind") == "submit"
-            and len(out[-1].submit.tasks) < 1000
-        ):
-            out[-1].submit.tasks.extend(message.submit.tasks)
-        else:
+        if message.WhichOneof("kind") != "submit":
             out.append(message)
+            continue
+        for task in message.submit.tasks:
+            task_size = task.ByteSize()
+            last = out[-1] if out else None
+            if (
+                last is not None
+                and last.WhichOneof("kind") == "submit"
+                and size + task_size < _SUBMIT_BYTES
+            ):
+                last.submit.tasks.append(task)
+                size += task_size
+            else:
+                out.append(pb.ClientMessage(submit=pb.Submit(tasks=[task])))
+                size = task_size
     return out
 
 
@@ -583,7 +623,7 @@ class EmbeddedServer:
         if " ready at " not in text:
             self.stop()
             raise ServerUnavailable(f"the embedded sperse server said {text!r} instead of ready")
-        return text.rsplit(" ready at ", 1)[1]
+        return parse_url(text.rsplit(" ready at ", 1)[1])
 
     def alive(self) -> bool:
         return self.process.poll() is None

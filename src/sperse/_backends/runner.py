@@ -10,9 +10,10 @@ from __future__ import annotations
 import builtins
 import linecache
 import traceback
+from collections.abc import Callable
 from typing import Any
 
-from sperse._backends.base import CallTask, ErrorInfo, StatementTask
+from sperse._backends.base import CallTask, ErrorInfo, PickledFunction, StatementTask
 from sperse._serialize import describe, dumps, loads
 from sperse.errors import SerializationError
 
@@ -59,7 +60,8 @@ def _unpicklable(work: StatementTask | CallTask, value: Any, exc: SerializationE
 
 def execute(work: StatementTask | CallTask) -> Any:
     if isinstance(work, CallTask):
-        return work.fn(*work.args, **work.kwargs)
+        fn = _function(work.fn) if isinstance(work.fn, PickledFunction) else work.fn
+        return fn(*work.args, **work.kwargs)
     source = "\n" * (work.first_line - 1) + work.source
     lines = source.splitlines(keepends=True)
     linecache.cache[work.filename] = (len(source), None, lines, work.filename)
@@ -69,6 +71,21 @@ def execute(work: StatementTask | CallTask) -> Any:
         return eval(compile(source, work.filename, "eval"), namespace)
     exec(compile(source, work.filename, "exec"), namespace)
     return {name: namespace[name] for name in work.defs if name in namespace}
+
+
+_functions: dict[str, Callable[..., Any]] = {}
+_FUNCTIONS_KEPT = 256
+
+
+def _function(pickled: PickledFunction) -> Callable[..., Any]:
+    """Unpickle a function once per worker; later calls reuse it."""
+    fn = _functions.get(pickled.key)
+    if fn is None:
+        fn = loads(pickled.data, what="the function")
+        if len(_functions) >= _FUNCTIONS_KEPT:
+            _functions.pop(next(iter(_functions)))
+        _functions[pickled.key] = fn
+    return fn
 
 
 def encode_error(exc: BaseException, *, skip_frames: int = 0) -> ErrorInfo:

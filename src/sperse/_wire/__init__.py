@@ -13,6 +13,7 @@ One bidirectional ``Session`` stream per client::
       Release  StatsRequest            ──►
                                        ◄──  Events(Started | Output | Done | Failure ...)
                                        ◄──  FetchReply  StatsReply
+      Goodbye                          ──►  (the session ends: tasks cancelled, objects freed)
 
 Rules:
 
@@ -31,10 +32,19 @@ Rules:
   released.
 - A fatal ``Error`` ends the stream; after any protocol error the stream is
   closed, so a stale reply is never read as the next answer.
+- Only ``Goodbye`` ends a session. A stream that ends otherwise (the server
+  cannot tell a half-close from a broken connection) leaves the session, its
+  running tasks and its held objects for the server's grace period; a new
+  stream whose ``Hello.session_id`` names it resumes it and first receives the
+  events buffered meanwhile. An event in flight at the break may still be
+  lost, so after a resume the client names every unfinished task again in a
+  ``Submit`` with no work: the server re-sends the outcome of a finished one
+  and ignores a running one. Task ids are unique within a session.
 """
 
 from __future__ import annotations
 
+import builtins
 import itertools
 from collections.abc import Iterator, Sequence
 from typing import Any
@@ -97,7 +107,7 @@ class BlobReceiver:
             self._complete[blob.blob_id] = b"".join(self._partial.pop(blob.blob_id))
             del self._sizes[blob.blob_id]
 
-    def bytes(self, field: pb.Bytes) -> bytes:
+    def bytes(self, field: pb.Bytes) -> builtins.bytes:
         """The byte string of a ``Bytes`` field (consuming its blob). KeyError if unknown."""
         if field.WhichOneof("kind") == "blob_id":
             try:
@@ -106,7 +116,7 @@ class BlobReceiver:
                 raise KeyError(f"unknown or incomplete blob {field.blob_id}") from None
         return field.data
 
-    def pickled(self, field: pb.Pickled) -> tuple[bytes, list[bytes]]:
+    def pickled(self, field: pb.Pickled) -> tuple[builtins.bytes, list[builtins.bytes]]:
         return self.bytes(field.data), [self.bytes(b) for b in field.buffers]
 
     def discard(self, blob_id: int) -> None:

@@ -1,0 +1,216 @@
+"""``sperse server``: the command line of :class:`~sperse._server.server.SperseServer`.
+
+Contract with launchers (the embedded server of ``sperse.connect()``):
+
+- Standard output carries exactly one line, printed and flushed once the port listens::
+
+      sperse server NAME ready at sperse://HOST:PORT
+
+  Everything else (a generated token, logs) goes to standard error.
+- ``--token-stdin`` reads the token from the first line of standard input, so it never shows
+  on a command line; the server then keeps reading standard input and stops when it reaches
+  end of file: that is how it notices that its parent has died.
+- SIGTERM and SIGINT stop it gracefully; the workers exit before it does. Exit status: 0
+  after a stop, 2 for a configuration it refuses (with the reason on standard error).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import logging
+import os
+import secrets
+import signal
+import socket
+import sys
+import threading
+
+from sperse._server.config import (
+    DEFAULT_MAX_VALUE_SIZE,
+    ServerConfig,
+    ServerConfigError,
+    is_loopback,
+)
+from sperse._server.logs import log_event
+from sperse._server.server import SperseServer
+
+__all__ = ["build_parser", "main"]
+
+
+def _resource(text: str) -> tuple[str, float]:
+    name, sep, value = text.partition("=")
+    try:
+        if not sep or not name:
+            raise ValueError
+        return name.strip(), float(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not NAME=NUMBER (for example gpu=1 or mem_gb=64)"
+        ) from None
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="sperse server",
+        description="Run a sperse server: remote work for sperse clients, on worker processes.",
+    )
+    parser.add_argument("--host", default="127.0.0.1", help="address to listen on")
+    parser.add_argument("--port", type=int, default=0, help="port (0: any free port; printed)")
+    parser.add_argument(
+        "--workers", type=int, default=None, help="worker processes (default: cores)"
+    )
+    parser.add_argument("--name", default="", help="server name (default: HOSTNAME-PORT)")
+    parser.add_argument("--tag", action="append", default=[], help="a tag tasks can ask for")
+    parser.add_argument(
+        "--resource",
+        action="append",
+        default=[],
+        type=_resource,
+        metavar="NAME=NUMBER",
+        help="a resource tasks can ask for, such as gpu=1",
+    )
+    tokens = parser.add_mutually_exclusive_group()
+    tokens.add_argument("--token", help="the secret clients must give (default: a random one)")
+    tokens.add_argument("--token-file", metavar="PATH", help="read the token from this file")
+    tokens.add_argument(
+        "--token-stdin",
+        action="store_true",
+        help="read the token from the first line of stdin; stop when stdin closes",
+    )
+    parser.add_argument("--tls-cert", metavar="PEM", help="TLS certificate chain")
+    parser.add_argument("--tls-key", metavar="PEM", help="TLS private key")
+    parser.add_argument(
+        "--insecure",
+        action="store_true",
+        help="allow listening beyond loopback without TLS (trusted networks only)",
+    )
+    parser.add_argument(
+        "--session-grace",
+        type=float,
+        default=30.0,
+        metavar="SECONDS",
+        help="how long a disconnected client's session waits to be resumed (default 30)",
+    )
+    parser.add_argument(
+        "--max-value-size",
+        type=int,
+        default=DEFAULT_MAX_VALUE_SIZE,
+        metavar="BYTES",
+        help="the largest value a client may send",
+    )
+    parser.add_argument(
+        "--log-level", default="info", help="debug, info, warning or error (default info)"
+    )
+    return parser
+
+
+def _read_token_line() -> str:
+    """The first line of stdin, read without buffering (the rest is watched for EOF)."""
+    chunks: list[bytes] = []
+    while True:
+        byte = os.read(0, 1)
+        if not byte or byte == b"\n":
+            break
+        chunks.append(byte)
+    return b"".join(chunks).decode().strip()
+
+
+def _token(args: argparse.Namespace, parser: argparse.ArgumentParser) -> tuple[str, bool]:
+    """The token, and whether it was generated here."""
+    if args.token is not None:
+        token = str(args.token).strip()
+    elif args.token_file is not None:
+        try:
+            with open(args.token_file, encoding="utf-8") as file:
+                token = file.read().strip()
+        except OSError as exc:
+            parser.error(f"cannot read the token file {args.token_file!r}: {exc.strerror}")
+    elif args.token_stdin:
+        token = _read_token_line()
+    else:
+        return secrets.token_urlsafe(32), True
+    if not token:
+        parser.error("the token is empty: give a non-empty secret")
+    return token, False
+
+
+def _watch_stdin(loop: asyncio.AbstractEventLoop, stop: asyncio.Event) -> None:
+    """Stop the server when stdin reaches EOF (the parent that holds its other end died)."""
+    try:
+        while os.read(0, 4096):
+            pass
+    except OSError:
+        pass
+    with contextlib.suppress(RuntimeError):  # the loop has finished already
+        loop.call_soon_threadsafe(stop.set)
+
+
+def _public_host(host: str) -> str:
+    if host in ("", "0.0.0.0", "::", "[::]"):
+        return socket.gethostname()
+    return f"[{host}]" if ":" in host else host
+
+
+async def _serve(config: ServerConfig, generated: bool, watch_stdin: bool) -> None:
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, stop.set)
+    async with SperseServer(config) as server:
+        url = f"sperse://{_public_host(config.host)}:{server.port}"
+        if generated:
+            print(
+                f"sperse server: no token given; clients connect with this one:\n"
+                f"    sperse.connect({url!r}, token={server.token!r})\n"
+                "  (or set SPERSE_TOKEN; use --token-file to choose the token)",
+                file=sys.stderr,
+                flush=True,
+            )
+        print(f"sperse server {server.name} ready at {url}", flush=True)
+        if watch_stdin:
+            threading.Thread(
+                target=_watch_stdin, args=(loop, stop), name="stdin-watch", daemon=True
+            ).start()
+        await stop.wait()
+        log_event(logging.INFO, "server_stopping", name=server.name)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    token, generated = _token(args, parser)
+    level = str(args.log_level).upper()
+    logging.basicConfig(
+        level=level if isinstance(logging.getLevelName(level), int) else logging.INFO,
+        stream=sys.stderr,
+        format="%(asctime)s %(levelname)s %(name)s %(message)s",
+    )
+    config = ServerConfig(
+        host=args.host,
+        port=args.port,
+        name=args.name,
+        tags=frozenset(args.tag),
+        resources=dict(args.resource),
+        workers=args.workers,
+        token=token,
+        tls_cert=args.tls_cert,
+        tls_key=args.tls_key,
+        insecure=args.insecure,
+        session_grace=args.session_grace,
+        max_value_size=args.max_value_size,
+        log_level=level,
+    )
+    if not is_loopback(config.host) and config.insecure and not config.tls:
+        print(
+            f"sperse server: WARNING: listening on {config.host} without TLS (--insecure): "
+            "tokens and data cross the network in clear text",
+            file=sys.stderr,
+        )
+    try:
+        asyncio.run(_serve(config, generated, args.token_stdin))
+    except ServerConfigError as exc:
+        print(f"sperse server: error: {exc}", file=sys.stderr)
+        return 2
+    return 0

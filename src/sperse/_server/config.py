@@ -1,0 +1,127 @@
+"""The configuration of a ``sperse server`` and the checks made before it listens.
+
+Invariants:
+
+- A ``ServerConfig`` is immutable (its resources are a read-only copy).
+- ``check_config`` refuses, before anything binds a port, a server that would listen beyond
+  loopback without TLS (unless ``insecure``), half a TLS pair, and unusable numbers. Its
+  errors say what is wrong and how to fix it.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import logging
+import os
+import socket
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from types import MappingProxyType
+
+from sperse.errors import SperseError
+
+__all__ = [
+    "DEFAULT_INLINE_LIMIT",
+    "DEFAULT_MAX_VALUE_SIZE",
+    "ServerConfig",
+    "ServerConfigError",
+    "check_config",
+    "default_name",
+    "is_loopback",
+]
+
+DEFAULT_INLINE_LIMIT = 1 << 20
+DEFAULT_MAX_VALUE_SIZE = 1 << 34  # 16 GiB: a byte string a client may send in one value
+
+
+class ServerConfigError(SperseError):
+    """The server cannot start with this configuration (the message says how to fix it)."""
+
+
+def _frozen_resources(resources: Mapping[str, float]) -> Mapping[str, float]:
+    return MappingProxyType({str(k): float(v) for k, v in resources.items()})
+
+
+@dataclass(frozen=True, slots=True)
+class ServerConfig:
+    """How a server listens, authenticates and runs work.
+
+    ``name`` empty: ``HOSTNAME-PORT`` once the port is known. ``workers`` None: one per core.
+    ``token`` empty: the server makes a random one (``SperseServer.token``); there is no
+    server without a token. ``inline_limit`` applies to tasks that give none (0).
+    """
+
+    host: str = "127.0.0.1"
+    port: int = 0
+    name: str = ""
+    tags: frozenset[str] = frozenset()
+    resources: Mapping[str, float] = field(default_factory=dict)
+    workers: int | None = None
+    token: str = field(default="", repr=False)  # a secret: never in logs or reprs
+    tls_cert: str | None = None
+    tls_key: str | None = None
+    insecure: bool = False
+    session_grace: float = 30.0
+    inline_limit: int = DEFAULT_INLINE_LIMIT
+    max_value_size: int = DEFAULT_MAX_VALUE_SIZE
+    log_level: str = "INFO"
+    hello_timeout: float = 10.0  # a peer that sends no Hello within this is turned away
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "tags", frozenset(self.tags))
+        object.__setattr__(self, "resources", _frozen_resources(self.resources))
+
+    @property
+    def worker_count(self) -> int:
+        return self.workers or os.cpu_count() or 1
+
+    @property
+    def tls(self) -> bool:
+        return bool(self.tls_cert or self.tls_key)
+
+
+def is_loopback(host: str) -> bool:
+    """Whether ``host`` only accepts connections from this machine."""
+    host = host.strip("[]")
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False  # a host name: it may resolve to anything
+
+
+def default_name(port: int) -> str:
+    host = socket.gethostname().split(".")[0]
+    return f"{host}-{port}" if host else f"server-{port}"
+
+
+def check_config(config: ServerConfig) -> None:
+    """Raise ``ServerConfigError`` for a configuration the server must not run with."""
+    if not is_loopback(config.host) and not config.tls and not config.insecure:
+        raise ServerConfigError(
+            f"refusing to listen on {config.host!r} without TLS: anyone who can reach the port "
+            "could watch the token and the data go by. Give --tls-cert and --tls-key, or listen "
+            "on 127.0.0.1 and reach it through a tunnel (ssh -L), or pass --insecure if the "
+            "network is private and trusted."
+        )
+    if bool(config.tls_cert) != bool(config.tls_key):
+        given, missing = (
+            ("--tls-cert", "--tls-key") if config.tls_cert else ("--tls-key", "--tls-cert")
+        )
+        raise ServerConfigError(f"{given} was given without {missing}: TLS needs both files")
+    for path in (config.tls_cert, config.tls_key):
+        if path and not os.path.isfile(path):
+            raise ServerConfigError(f"TLS file {path!r} does not exist or is not a file")
+    if not 0 <= config.port <= 65535:
+        raise ServerConfigError(f"port {config.port} is not between 0 and 65535")
+    if config.workers is not None and config.workers < 1:
+        raise ServerConfigError(f"--workers must be at least 1, not {config.workers}")
+    if config.session_grace < 0:
+        raise ServerConfigError(f"--session-grace must be >= 0, not {config.session_grace}")
+    if config.inline_limit < 0 or config.max_value_size < 1:
+        raise ServerConfigError("the inline limit and the max value size must be positive")
+    if not isinstance(logging.getLevelName(config.log_level.upper()), int):
+        raise ServerConfigError(
+            f"unknown log level {config.log_level!r}: use debug, info, warning or error"
+        )

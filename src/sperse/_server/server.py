@@ -1,0 +1,168 @@
+"""``SperseServer``: a gRPC server, its sessions and its worker processes, as one async
+context manager.
+
+Invariants:
+
+- The configuration is checked before anything listens (``ServerConfigError``).
+- ``start()`` returns once the port listens; the worker processes start in the background
+  and tasks wait for them in the pool's queue: a server is ready in the time it takes to bind.
+- ``stop()`` (and leaving ``async with``) ends every stream (queued events are sent first,
+  within ``grace``), every session, and the workers: when it returns, every worker process
+  has exited. It is idempotent.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import secrets
+from types import TracebackType
+
+import grpc
+import grpc.aio
+
+from sperse._server.config import ServerConfig, ServerConfigError, check_config, default_name
+from sperse._server.core import ServerCore, ServerStats
+from sperse._server.logs import log, log_event
+from sperse._server.service import SessionService
+from sperse._wire import MAX_MESSAGE
+from sperse._wire.sperse_pb2_grpc import add_SperseServicer_to_server
+
+__all__ = ["SperseServer"]
+
+_GRPC_OPTIONS = [
+    ("grpc.max_receive_message_length", MAX_MESSAGE),
+    ("grpc.max_send_message_length", MAX_MESSAGE),
+    ("grpc.so_reuseport", 0),  # two servers must never share a port unnoticed
+    # Find dead clients (a crashed laptop sends no FIN) so their sessions start their grace.
+    ("grpc.keepalive_time_ms", 20_000),
+    ("grpc.keepalive_timeout_ms", 10_000),
+    ("grpc.keepalive_permit_without_calls", 1),
+    ("grpc.http2.min_ping_interval_without_data_ms", 5_000),
+    ("grpc.http2.max_pings_without_data", 0),
+]
+
+
+def _read(path: str, what: str) -> bytes:
+    try:
+        with open(path, "rb") as file:
+            return file.read()
+    except OSError as exc:
+        raise ServerConfigError(f"cannot read the TLS {what} {path!r}: {exc.strerror}") from exc
+
+
+class SperseServer:
+    """A sperse server. ``async with SperseServer(config) as server:`` listens on
+    ``server.address`` until the block ends."""
+
+    def __init__(self, config: ServerConfig) -> None:
+        self.config = config
+        self.token = config.token or secrets.token_urlsafe(32)
+        self._grpc: grpc.aio.Server | None = None
+        self._core: ServerCore | None = None
+        self._service: SessionService | None = None
+        self._port = 0
+        self._name = config.name
+        self._stopping = False
+        self._closed = asyncio.Event()
+
+    @property
+    def port(self) -> int:
+        """The port it listens on (the one chosen when the config said 0)."""
+        return self._port
+
+    @property
+    def name(self) -> str:
+        return self._name
+
+    @property
+    def address(self) -> str:
+        host = self.config.host
+        return f"[{host}]:{self._port}" if ":" in host else f"{host}:{self._port}"
+
+    async def start(self) -> None:
+        if self._grpc is not None:
+            raise RuntimeError("this SperseServer was started already")
+        config = self.config
+        check_config(config)
+        log.setLevel(config.log_level.upper())
+        server = grpc.aio.server(options=_GRPC_OPTIONS)
+        host = f"[{config.host}]" if ":" in config.host else config.host
+        target = f"{host}:{config.port}"
+        try:
+            if config.tls:
+                assert config.tls_cert and config.tls_key  # check_config: both or neither
+                credentials = grpc.ssl_server_credentials(
+                    [(_read(config.tls_key, "key"), _read(config.tls_cert, "certificate"))]
+                )
+                port = server.add_secure_port(target, credentials)
+            else:
+                port = server.add_insecure_port(target)
+        except RuntimeError as exc:
+            raise ServerConfigError(
+                f"cannot listen on {target}: {exc}. Is another process using the port? Choose "
+                "another --port, or 0 for any free one"
+            ) from exc
+        self._port = port
+        self._name = config.name or default_name(port)
+        self._core = ServerCore(config, self._name, asyncio.get_running_loop())
+        self._service = SessionService(config, self.token, self._core)
+        add_SperseServicer_to_server(self._service, server)  # type: ignore[no-untyped-call]
+        self._grpc = server
+        try:
+            await server.start()
+        except Exception as exc:  # a bad certificate or key shows up here
+            await server.stop(None)
+            raise ServerConfigError(f"cannot start listening on {target}: {exc}") from exc
+        self._core.start()
+        log_event(
+            logging.INFO,
+            "server_started",
+            name=self._name,
+            address=self.address,
+            workers=config.worker_count,
+            tls=config.tls,
+            tags=",".join(sorted(config.tags)) or "-",
+        )
+
+    async def stop(self, grace: float | None = 1.0) -> None:
+        """Stop: streams flush and end (cancelled after ``grace`` seconds), sessions end,
+        workers exit."""
+        if self._stopping:
+            await self._closed.wait()
+            return
+        self._stopping = True
+        try:
+            if self._service is not None:
+                self._service.stop()
+            if self._grpc is not None:
+                await self._grpc.stop(grace)
+            if self._core is not None:
+                await self._core.close()
+            log_event(logging.INFO, "server_stopped", name=self._name)
+        finally:
+            self._closed.set()
+
+    async def wait_closed(self) -> None:
+        await self._closed.wait()
+
+    def stats(self) -> ServerStats:
+        """A snapshot of the whole server (call it on the server's event loop)."""
+        if self._core is None:
+            raise RuntimeError("the server is not started")
+        return self._core.stats()
+
+    async def __aenter__(self) -> SperseServer:
+        await self.start()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.stop()
+
+    def __repr__(self) -> str:
+        return f"<SperseServer {self._name!r} at {self.address}>"

@@ -1,0 +1,505 @@
+"""The ``Sperse.Session`` stream: authentication, then client messages in, events out.
+
+Protocol rules are in :mod:`sperse._wire`; what this module adds:
+
+- Before ``Hello`` checks out, nothing but that first message is read: no blob is kept, no
+  task looked at. A first message that is not ``Hello``, a missing or wrong token (compared
+  with ``hmac.compare_digest``), or no ``Hello`` within ``hello_timeout``: ``Error("auth")``
+  and the stream ends. Then the protocol and the Python major.minor must match, else
+  ``Error("version")``.
+- A stream has two tasks: a reader that turns client messages into calls on the
+  :class:`~sperse._server.core.ServerCore` (synchronously, in arrival order), and a writer
+  that sends ``Welcome``, then replies and the session's queued events. Only the writer
+  writes. Events ready together go in one ``Events`` message, whose inline bytes stay under
+  ``BATCH_BYTES``: values beyond that budget travel as blobs, so every message stays well
+  under ``MAX_MESSAGE``.
+- A malformed or unexpected message after ``Hello`` (a second ``Hello``, an empty message, a
+  reused blob id, a ``Bytes`` naming a blob never sent): ``Error("protocol")``, and that
+  stream ends. Its session stays for the grace period like any other broken stream.
+- A blob over ``max_value_size`` is dropped as it arrives; the task that uses it fails with
+  ``serialization`` (its session carries on).
+- The stream ends: after ``Goodbye`` (the session ends too); when another stream resumes the
+  session; when the server stops (after sending what is queued); or when the client goes
+  away (half-close, cancel, broken connection: the session waits for a resume).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import contextlib
+import hmac
+import logging
+import platform
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import grpc
+import grpc.aio
+
+from sperse._server import core
+from sperse._server.config import ServerConfig
+from sperse._server.envelope import PickledBytes
+from sperse._server.logs import log_event
+from sperse._wire import INLINE_MAX, PIECE, PROTOCOL, BlobReceiver, BlobSender, pb
+
+__all__ = ["BATCH_BYTES", "BATCH_EVENTS", "SessionService"]
+
+BATCH_BYTES = 4 << 20  # inline bytes of one Events message (MAX_MESSAGE is 8 MiB)
+BATCH_EVENTS = 1000
+
+
+def _version() -> str:
+    import sperse
+
+    return sperse.__version__
+
+
+def _major_minor(version: str) -> str:
+    return ".".join(version.split(".")[:2])
+
+
+def _is_broken_call(exc: BaseException) -> bool:
+    """Whether ``exc`` (or all of a group) says the call is over, rather than a bug."""
+    if isinstance(exc, BaseExceptionGroup):
+        return all(_is_broken_call(e) for e in exc.exceptions)
+    return isinstance(exc, asyncio.InvalidStateError) or type(exc).__module__.startswith("grpc")
+
+
+class _Violation(Exception):
+    """The client broke the protocol: the stream ends with ``Error("protocol")``."""
+
+
+class _Refused(Exception):
+    """A Bytes field names a blob that was dropped for its size."""
+
+
+@dataclass(frozen=True, slots=True)
+class _OutBlob:
+    """A byte string to send as ``Blob`` pieces, cut one piece at a time as it is written
+    (so sending a large object never copies it whole)."""
+
+    blob_id: int
+    data: bytes
+
+    def pieces(self) -> Iterator[pb.ServerMessage]:
+        view = memoryview(self.data)
+        size = len(view)
+        for start in range(0, max(size, 1), PIECE):
+            end = min(start + PIECE, size)
+            piece = pb.Blob(blob_id=self.blob_id, data=view[start:end].tobytes(), last=end == size)
+            yield pb.ServerMessage(blob=piece)
+
+
+class _Sender(BlobSender):
+    """A ``BlobSender`` whose blobs are cut lazily (``_OutBlob``), and which also sends a small
+    byte string as a blob when one message's inline budget is spent (``BlobSender.encode``
+    inlines everything up to INLINE_MAX)."""
+
+    def encode_within(
+        self, data: bytes, blobs: list[_OutBlob], budget: int
+    ) -> tuple[pb.Bytes, int]:
+        """``data`` as a ``Bytes`` field, and the inline bytes it used out of ``budget``."""
+        if not data or len(data) <= min(INLINE_MAX, budget):
+            return pb.Bytes(data=data), len(data)
+        blob_id = next(self._ids)  # the base class's sequence: ids stay unique per stream
+        blobs.append(_OutBlob(blob_id, data))
+        return pb.Bytes(blob_id=blob_id), 0
+
+    def pickled_within(
+        self, value: PickledBytes, blobs: list[_OutBlob], budget: int
+    ) -> tuple[pb.Pickled, int]:
+        data, used = self.encode_within(value.data, blobs, budget)
+        buffers = []
+        for buffer in value.buffers:
+            field, n = self.encode_within(buffer, blobs, budget - used)
+            buffers.append(field)
+            used += n
+        return pb.Pickled(data=data, buffers=buffers), used
+
+
+class _Receiver:
+    """A ``BlobReceiver`` that drops (rather than refuses) a blob over the size limit and
+    treats a reused blob id as a protocol error."""
+
+    def __init__(self, max_value: int) -> None:
+        self._blobs = BlobReceiver(max_value)
+        self._max_value = max_value
+        self._complete: set[int] = set()  # ids whose last piece has arrived
+        self._refused: dict[int, str] = {}
+
+    def add(self, blob: pb.Blob) -> None:
+        blob_id = blob.blob_id
+        if blob_id in self._refused:
+            return
+        if blob_id in self._complete:
+            raise _Violation(f"blob id {blob_id} was used twice on this stream")
+        try:
+            self._blobs.add(blob)
+        except ValueError:
+            self._refused[blob_id] = (
+                f"a value of more than {self._max_value} bytes was sent; this server "
+                "refuses values that large (its --max-value-size): keep the data where it is "
+                "and compute there, or send it in parts"
+            )
+            return
+        if blob.last:
+            self._complete.add(blob_id)
+
+    def bytes(self, field: pb.Bytes) -> bytes:
+        if field.WhichOneof("kind") == "blob_id" and field.blob_id in self._refused:
+            raise _Refused(self._refused.pop(field.blob_id))
+        try:
+            data: bytes = self._blobs.bytes(field)
+        except KeyError as exc:
+            raise _Violation(str(exc.args[0])) from None
+        return data
+
+    def pickled(self, field: pb.Pickled) -> PickledBytes:
+        data = self.bytes(field.data)
+        return PickledBytes(data, tuple(self.bytes(b) for b in field.buffers))
+
+
+@dataclass(frozen=True, slots=True)
+class _FetchReply:
+    request_id: int
+    value: PickledBytes | None
+    error: str = ""
+
+
+class _Stream:
+    """One authenticated ``Session`` call, attached to one session (a ``core.Listener``)."""
+
+    def __init__(
+        self,
+        service: SessionService,
+        session: core.Session,
+        context: Any,
+        peer: str,
+    ) -> None:
+        self.service = service
+        self.core = service.core
+        self.session = session
+        self.context = context
+        self.peer = peer
+        self.sender = _Sender()
+        self.receiver = _Receiver(service.config.max_value_size)
+        self.replies: collections.deque[_FetchReply | pb.ServerMessage] = collections.deque()
+        self.violation = ""
+        self.kicked = False
+        self.said_goodbye = False
+        self._wake = asyncio.Event()
+
+    # ---- core.Listener -----------------------------------------------------------------
+
+    def wake(self) -> None:
+        self._wake.set()
+
+    def kick(self) -> None:
+        self.kicked = True
+        self._wake.set()
+
+    # ---- the two halves --------------------------------------------------------------------
+
+    async def run(self, welcome: pb.ServerMessage) -> None:
+        async with asyncio.TaskGroup() as tasks:
+            reader = tasks.create_task(self._read_loop())
+            await self._write_loop(welcome)
+            reader.cancel()
+
+    async def _read_loop(self) -> None:
+        while True:
+            message = await self.context.read()
+            if message is grpc.aio.EOF:
+                return  # no more requests; events still go out until the call ends
+            try:
+                self._handle(message)
+            except _Violation as exc:
+                self.violation = str(exc)
+                log_event(
+                    logging.WARNING,
+                    "protocol_error",
+                    session=self.session.session_id,
+                    peer=self.peer,
+                    error=self.violation,
+                )
+                self.wake()
+                return
+            if self.said_goodbye:
+                self.wake()
+                return
+
+    async def _write_loop(self, welcome: pb.ServerMessage) -> None:
+        await self.context.write(welcome)
+        while True:
+            if self.violation:
+                error = pb.Error(code="protocol", message=self.violation)
+                await self.context.write(pb.ServerMessage(error=error))
+                return
+            if self.kicked or self.said_goodbye:
+                return
+            messages = self._next_messages()
+            if messages:
+                for message in messages:
+                    if isinstance(message, _OutBlob):
+                        for piece in message.pieces():
+                            await self.context.write(piece)
+                    else:
+                        await self.context.write(message)
+                continue
+            if self.service.stopping:
+                return
+            self._wake.clear()
+            await self._wake.wait()
+
+    # ---- client messages -----------------------------------------------------------------
+
+    def _handle(self, message: pb.ClientMessage) -> None:
+        kind = message.WhichOneof("kind")
+        session = self.session
+        if kind == "blob":
+            self.receiver.add(message.blob)
+        elif kind == "submit":
+            requests = [self._task_request(task) for task in message.submit.tasks]
+            self.core.submit(session, requests)
+        elif kind == "cancel":
+            self.core.cancel(session, list(message.cancel.task_ids))
+        elif kind == "fetch":
+            fetch = message.fetch
+            held = self.core.fetch(session, fetch.object_id)
+            if held is None:
+                error = (
+                    f"server {self.core.name!r} holds no object {fetch.object_id!r} for this "
+                    "session: it was released, or the session expired"
+                )
+                self.replies.append(_FetchReply(fetch.request_id, None, error))
+            else:
+                self.replies.append(_FetchReply(fetch.request_id, held.value))
+            self.wake()
+        elif kind == "release":
+            self.core.release(session, list(message.release.object_ids))
+        elif kind == "stats":
+            self.replies.append(self._stats_reply(message.stats.request_id))
+            self.wake()
+        elif kind == "goodbye":
+            self.core.close_session(session, "session_closed", reason="goodbye")
+            self.said_goodbye = True
+        elif kind == "hello":
+            raise _Violation("a second Hello on one stream: open a new stream to resume")
+        else:
+            raise _Violation(
+                "an empty client message, or one of a kind this server does not know "
+                f"(it speaks {PROTOCOL})"
+            )
+
+    def _task_request(self, task: pb.Task) -> core.TaskRequest:
+        if not task.task_id:
+            raise _Violation("a Task without a task_id")
+        try:
+            work: PickledBytes | None = self.receiver.pickled(task.work)
+            refused = ""
+        except _Refused as exc:
+            work, refused = None, str(exc)
+        return core.TaskRequest(
+            task_id=task.task_id,
+            work=work,
+            refs=tuple(task.refs),
+            retries=task.retries,
+            inline_limit=task.inline_limit,
+            label=task.label,
+            refused=refused,
+        )
+
+    def _stats_reply(self, request_id: int) -> pb.ServerMessage:
+        s = self.core.stats(self.session)
+        return pb.ServerMessage(
+            stats=pb.StatsReply(
+                request_id=request_id,
+                objects=s.objects,
+                object_bytes=s.object_bytes,
+                objects_total=s.objects_total,
+                tasks_done=s.tasks_done,
+                tasks_failed=s.tasks_failed,
+                workers=s.workers,
+                busy=s.busy,
+                workers_replaced=s.workers_replaced,
+                sessions=s.sessions,
+            )
+        )
+
+    # ---- server messages -----------------------------------------------------------------
+
+    def _next_messages(self) -> list[_OutBlob | pb.ServerMessage]:
+        """The next reply or batch of events, after the blobs they name; or nothing."""
+        blobs: list[_OutBlob] = []
+        if self.replies:
+            reply = self.replies.popleft()
+            if isinstance(reply, _FetchReply):
+                fetch_reply = pb.FetchReply(request_id=reply.request_id, error=reply.error)
+                if reply.value is not None:
+                    value, _ = self.sender.pickled_within(reply.value, blobs, BATCH_BYTES)
+                    fetch_reply.value.CopyFrom(value)
+                reply = pb.ServerMessage(fetch_reply=fetch_reply)
+            return [*blobs, reply]
+        outbox = self.session.outbox
+        if not outbox:
+            return []
+        events: list[pb.Event] = []
+        budget = BATCH_BYTES
+        while outbox and len(events) < BATCH_EVENTS and budget > 0:
+            event, used = self._encode(outbox.popleft(), blobs, budget)
+            events.append(event)
+            budget -= used
+        return [*blobs, pb.ServerMessage(events=pb.Events(events=events))]
+
+    def _encode(
+        self, event: core.TaskEvent, blobs: list[_OutBlob], budget: int
+    ) -> tuple[pb.Event, int]:
+        if isinstance(event, core.Started):
+            return pb.Event(task_id=event.task_id, started=pb.Started(worker=event.worker)), 64
+        if isinstance(event, core.Output):
+            output = pb.Output(stream=event.stream, text=event.text)
+            return pb.Event(task_id=event.task_id, output=output), len(event.text.encode())
+        if isinstance(event, core.Failed):
+            failure = pb.Failure(
+                kind=event.kind,
+                type_name=event.type_name,
+                message=event.message,
+                traceback=event.traceback,
+            )
+            size = len(event.message.encode()) + len(event.traceback.encode())
+            return pb.Event(task_id=event.task_id, failed=failure), size
+        values = []
+        used = 0
+        for v in event.values:
+            if isinstance(v, core.InlineValue):
+                pickled, n = self.sender.pickled_within(v.value, blobs, budget - used)
+                values.append(pb.Value(name=v.name, inline=pickled))
+                used += n
+            else:
+                ref = pb.ObjectRef(
+                    object_id=v.object_id, type_name=v.type_name, size=v.size, repr=v.repr
+                )
+                values.append(pb.Value(name=v.name, ref=ref))
+                used += 256
+        return pb.Event(task_id=event.task_id, done=pb.Done(values=values)), used
+
+
+class SessionService:
+    """The servicer of ``Sperse``: one :class:`_Stream` per authenticated call."""
+
+    def __init__(self, config: ServerConfig, token: str, server_core: core.ServerCore) -> None:
+        self.config = config
+        self.core = server_core
+        self._token = token.encode()
+        self.stopping = False
+        self._streams: set[_Stream] = set()
+
+    def stop(self) -> None:
+        """Streams send what is queued and end."""
+        self.stopping = True
+        for stream in list(self._streams):
+            stream.wake()
+
+    async def Session(self, request_iterator: Any, context: Any) -> None:
+        peer = str(context.peer())
+        try:
+            async with asyncio.timeout(self.config.hello_timeout):
+                first = await context.read()
+        except TimeoutError:
+            await self._refuse(
+                context,
+                peer,
+                "auth",
+                f"no Hello within {self.config.hello_timeout:g}s: send Hello with the token first",
+            )
+            return
+        if first is grpc.aio.EOF:
+            return
+        code, message = self._check_hello(first)
+        if code:
+            await self._refuse(context, peer, code, message)
+            return
+        hello = first.hello
+        session, resumed = self.core.open_session(hello.session_id, hello.client_name, peer)
+        stream = _Stream(self, session, context, peer)
+        self._streams.add(stream)
+        self.core.attach(session, stream)
+        try:
+            await stream.run(self._welcome(session, resumed))
+        except Exception as exc:  # the session lives on, for a resume
+            broken = _is_broken_call(exc)  # else a bug of ours: say so loudly
+            log_event(
+                logging.DEBUG if broken else logging.ERROR,
+                "stream_broken" if broken else "stream_error",
+                exc_info=not broken,
+                session=session.session_id,
+                peer=peer,
+                error=f"{type(exc).__name__}: {exc}",
+            )
+        finally:
+            self._streams.discard(stream)
+            self.core.detach(session, stream)
+
+    def _check_hello(self, message: pb.ClientMessage) -> tuple[str, str]:
+        """("", "") when the Hello is good, else the error code and message."""
+        kind = message.WhichOneof("kind")
+        if kind != "hello":
+            return "auth", (
+                f"the first message must be Hello with the server's token, not {kind or 'empty'}"
+            )
+        hello = message.hello
+        if not hello.token:
+            return "auth", (
+                "no token given: the server's token was printed when it started (or is in the "
+                "file given to --token-file); pass it when connecting"
+            )
+        if not hmac.compare_digest(hello.token.encode(), self._token):
+            return "auth", (
+                "wrong token: use the token this server was started with (printed at its start, "
+                "or in its --token-file)"
+            )
+        name = self.core.name
+        if hello.protocol != PROTOCOL:
+            return "version", (
+                f"the client speaks protocol {hello.protocol or '(none)'!r} and server {name!r} "
+                f"speaks {PROTOCOL!r} (sperse {_version()}): install the same sperse version on "
+                "both sides"
+            )
+        server_python = platform.python_version()
+        if _major_minor(hello.python_version) != _major_minor(server_python):
+            return "version", (
+                f"the client runs Python {hello.python_version or '(unknown)'} and server "
+                f"{name!r} runs Python {server_python}: code and values are pickled, which "
+                f"needs the same major.minor version; run the server with Python "
+                f"{_major_minor(hello.python_version) or 'of the client'} (or the client with "
+                f"Python {_major_minor(server_python)})"
+            )
+        return "", ""
+
+    async def _refuse(self, context: Any, peer: str, code: str, message: str) -> None:
+        log_event(
+            logging.WARNING,
+            "auth_failed" if code == "auth" else "hello_refused",
+            peer=peer,
+            code=code,
+            reason=message,
+        )
+        with contextlib.suppress(Exception):  # the peer may be gone already
+            await context.write(pb.ServerMessage(error=pb.Error(code=code, message=message)))
+
+    def _welcome(self, session: core.Session, resumed: bool) -> pb.ServerMessage:
+        config = self.config
+        return pb.ServerMessage(
+            welcome=pb.Welcome(
+                server_name=self.core.name,
+                server_version=_version(),
+                python_version=platform.python_version(),
+                tags=sorted(config.tags),
+                resources=dict(config.resources),
+                workers=config.worker_count,
+                session_id=session.session_id,
+                resumed=resumed,
+            )
+        )

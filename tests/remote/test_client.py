@@ -143,7 +143,7 @@ def test_server_killed_every_pending_ends_in_server_lost() -> None:
         with pytest.raises(sperse.UpstreamError):
             ws["y"]
         with pytest.raises(sperse.ServerLost):
-            sperse.remote(abs)(1)  # new work fails at once, clearly
+            sperse.remote(abs)(1).result(WAIT)  # new work fails at once, clearly
         server.process.wait(WAIT)
 
 
@@ -232,19 +232,14 @@ def test_embedded_server_dies_with_a_killed_client(tmp_path: Path) -> None:
             """
         )
     )
-    client = subprocess.Popen(
+    with subprocess.Popen(
         [sys.executable, str(script)], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
-    )
-    try:
+    ) as client:
         assert client.stdout is not None
         server_pid = int(client.stdout.readline())
         client.kill()
         client.wait(WAIT)
         _wait_gone(server_pid)
-    finally:
-        if client.poll() is None:
-            client.kill()
-            client.wait()
 
 
 def _wait_gone(pid: int) -> None:

@@ -135,7 +135,7 @@ def dumps_oob(
 
 def loads_oob(
     data: bytes | memoryview,
-    buffers: Sequence[bytes | memoryview] = (),
+    buffers: Sequence[bytes | bytearray | memoryview] = (),
     *,
     resolve: Callable[[str], Any] | None = None,
     what: str = "a value",

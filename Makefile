@@ -14,7 +14,7 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 run: $(STAMP)
-	$(BIN)/python -m sperse.demo
+	$(BIN)/sperse
 
 test: $(STAMP) lint
 	$(BIN)/python -m pytest -q
@@ -31,6 +31,8 @@ format: $(STAMP)
 bench: $(STAMP)
 	$(BIN)/python bench/graph.py
 	$(BIN)/python bench/analysis.py
+	$(BIN)/python bench/remote.py
+	$(BIN)/python bench/repl.py
 
 clean:
 	rm -rf $(VENV) build dist src/*.egg-info .pytest_cache .mypy_cache .ruff_cache

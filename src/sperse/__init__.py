@@ -28,6 +28,7 @@ from sperse.errors import (
     StatementError,
     TaskCancelled,
     UpstreamError,
+    UsageError,
     WorkerDied,
 )
 
@@ -62,6 +63,7 @@ __all__ = [
     "StatementError",
     "TaskCancelled",
     "UpstreamError",
+    "UsageError",
     "WorkerDied",
     "Workspace",
     "as_completed",
@@ -88,6 +90,19 @@ _LAZY = {
     "CellEvent": "sperse._workspace",
     "Workspace": "sperse._workspace",
 }
+
+
+def load_ipython_extension(ipython: Any) -> None:
+    """``%load_ext sperse``: the reactive workspace and ``remote`` syntax in IPython/Jupyter."""
+    from sperse.ipython import load_ipython_extension as load
+
+    load(ipython)
+
+
+def unload_ipython_extension(ipython: Any) -> None:
+    from sperse.ipython import unload_ipython_extension as unload
+
+    unload(ipython)
 
 
 def __getattr__(name: str) -> Any:

@@ -239,8 +239,10 @@ class Workspace:
 
     # ---- entering statements -------------------------------------------------
 
-    def run(self, source: str) -> list[Cell]:
+    def run(self, source: str, filename: str | None = None) -> list[Cell]:
         """Enter every top-level statement of ``source`` as a cell, in order.
+
+        ``filename`` names the source in tracebacks (default ``<sperse-input-N>``).
 
         Local cells run now, on this thread; remote cells are sent and their
         names stay pending. Raises ``SyntaxError`` before anything runs when
@@ -251,7 +253,7 @@ class Workspace:
         """
         self.process_events()
         self._inputs += 1
-        filename = f"<sperse-input-{self._inputs}>"
+        filename = filename or f"<sperse-input-{self._inputs}>"
         lines = source.splitlines(keepends=True)
         linecache.cache[filename] = (len(source), None, lines, filename)
         transformed = transform(source, filename)
@@ -340,6 +342,14 @@ class Workspace:
 
     def __contains__(self, name: object) -> bool:
         return name in self._names
+
+    def remote_value(self, name: str) -> RemoteValue | None:
+        """The handle of ``name``'s value if it is held on a server (fetched or not), else None."""
+        cell_id = self._graph.definer(name)
+        if cell_id is None:
+            raise KeyError(f"{name!r} is not defined in this workspace")
+        value = self._records[cell_id].outputs.get(name)
+        return value if isinstance(value, RemoteValue) else None
 
     def _check_ready(self, cell_id: CellId, what: str) -> None:
         status = self._graph.status(cell_id)

@@ -6,6 +6,7 @@ outside (``WorkerDied``)::
 
     SperseError
     ├── StatementError      a statement cannot be tracked (``from m import *``)
+    ├── UsageError          a ``%`` command of the prompt was used wrongly
     ├── CycleError          a new definition would make names depend on themselves
     ├── CellError           a local cell raised; ``__cause__`` is the exception
     ├── RemoteError         remote code raised; carries the remote type and traceback
@@ -40,6 +41,7 @@ __all__ = [
     "StatementError",
     "TaskCancelled",
     "UpstreamError",
+    "UsageError",
     "WorkerDied",
 ]
 
@@ -50,6 +52,10 @@ class SperseError(Exception):
 
 class StatementError(SperseError):
     """A statement that the workspace cannot track, such as ``from m import *``."""
+
+
+class UsageError(SperseError):
+    """A ``%`` command was used wrongly: unknown, or with wrong arguments."""
 
 
 class CycleError(SperseError):

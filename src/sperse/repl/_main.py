@@ -1,0 +1,115 @@
+"""What ``sperse`` and ``sperse run`` do once their arguments are parsed.
+
+The cluster is opened here and closed here: leaving the REPL or the end of a
+script cancels the workspace's pending work and closes the cluster, which
+stops an embedded server (and its workers) by its pid. A server joined with
+``--connect`` keeps running; only this client leaves it.
+"""
+
+from __future__ import annotations
+
+import platform
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+from sperse._cluster import Cluster, connect
+from sperse._workspace import Workspace
+from sperse.errors import SperseError
+
+__all__ = ["ClusterOptions", "main_repl", "main_run"]
+
+
+@dataclass(frozen=True, slots=True)
+class ClusterOptions:
+    """Where remote work runs: a server at ``url``, in-process workers, or an embedded server."""
+
+    url: str | None = None
+    token: str | None = None
+    workers: int | None = None
+    local: bool = False
+
+    def open(self) -> Cluster:
+        if self.local:
+            from sperse._backends.local import LocalBackend
+
+            return connect(backend=LocalBackend(self.workers))
+        if self.url is not None:
+            return connect(self.url, token=self.token)
+        return connect(workers=self.workers)
+
+
+def _open(options: ClusterOptions) -> Cluster | None:
+    try:
+        return options.open()
+    except (SperseError, ValueError, OSError) as exc:
+        where = options.url or "an embedded server"
+        print(f"sperse: cannot connect to {where}: {exc}", file=sys.stderr)
+        return None
+
+
+def _banner(cluster: Cluster) -> str:
+    from sperse import __version__
+
+    try:
+        servers = cluster.servers()
+    except SperseError:
+        servers = []
+    where = ", ".join(f"{s.name} ({s.workers} workers)" for s in servers) or "no server yet"
+    return (
+        f"sperse {__version__} on Python {platform.python_version()}; servers: {where}\n"
+        "`x = remote f(y)` runs remotely; %help lists the commands; Ctrl-D exits."
+    )
+
+
+def _close(ws: Workspace, cluster: Cluster) -> None:
+    try:
+        ws.close()
+    finally:
+        cluster.close()
+
+
+def main_repl(options: ClusterOptions, history: Path | None = None) -> int:
+    """``sperse``: the REPL until Ctrl-D."""
+    from sperse.repl._app import Repl, history_path
+
+    cluster = _open(options)
+    if cluster is None:
+        return 1
+    ws = Workspace(cluster)
+    try:
+        repl = Repl(ws, history=history or history_path())
+        return repl.run(_banner(cluster))
+    finally:
+        _close(ws, cluster)
+
+
+def main_run(
+    options: ClusterOptions,
+    script: str,
+    argv: list[str],
+    *,
+    interactive: bool = False,
+    quiet: bool = False,
+    history: Path | None = None,
+) -> int:
+    """``sperse run [-i] script.py args...``."""
+    from sperse.repl._script import run_script
+    from sperse.repl._session import Session
+
+    cluster = _open(options)
+    if cluster is None:
+        return 1
+    ws = Workspace(cluster)
+    try:
+        session = Session(ws, show_values=False, show_arrivals=not quiet)
+        status = run_script(ws, script, argv, quiet=quiet, wait=not interactive, session=session)
+        if not interactive or status == 2:
+            return status
+        session.close()  # the REPL's own session shows arrivals from now on
+        from sperse.repl._app import Repl, history_path
+
+        repl_session = Session(ws)
+        return Repl(ws, history=history or history_path(), session=repl_session).run()
+    finally:
+        _close(ws, cluster)

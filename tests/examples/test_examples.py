@@ -40,3 +40,9 @@ def test_demo() -> None:
 def test_cli_demo_and_version() -> None:
     assert "sperse 0.1.0" in run("-m", "sperse.cli", "--version")
     assert "x = 16" in run("-m", "sperse.cli", "demo")
+
+
+def test_sperse_run_the_tour() -> None:
+    out = run("-m", "sperse.cli", "run", "examples/tour.py")
+    assert "total: 499500" in out
+    assert "biggest after n = 20: 361" in out

@@ -35,6 +35,7 @@ from sperse.errors import (
 if TYPE_CHECKING:
     from sperse._backends.local import LocalBackend
     from sperse._cluster import Cluster, connect, current
+    from sperse._mapreduce import MapResult, map, mapreduce, reduce
     from sperse._pending import Pending, RemoteFunction, as_completed, gather, remote, wait
     from sperse._serialize import RemoteValue
     from sperse._workspace import Cell, CellEvent, Workspace
@@ -49,6 +50,7 @@ __all__ = [
     "Cluster",
     "CycleError",
     "LocalBackend",
+    "MapResult",
     "NoMatchingServer",
     "NotReadyError",
     "Pending",
@@ -70,6 +72,9 @@ __all__ = [
     "connect",
     "current",
     "gather",
+    "map",
+    "mapreduce",
+    "reduce",
     "remote",
     "wait",
 ]
@@ -79,6 +84,10 @@ _LAZY = {
     "Cluster": "sperse._cluster",
     "connect": "sperse._cluster",
     "current": "sperse._cluster",
+    "MapResult": "sperse._mapreduce",
+    "map": "sperse._mapreduce",
+    "mapreduce": "sperse._mapreduce",
+    "reduce": "sperse._mapreduce",
     "Pending": "sperse._pending",
     "RemoteFunction": "sperse._pending",
     "as_completed": "sperse._pending",

@@ -15,7 +15,8 @@ Scenarios, each with 2 worker processes for every system:
 
 Floors for context: a raw ``grpc.aio`` bidirectional-stream ping-pong on loopback (an echo
 service defined inline, in another process), the same stream's bandwidth for ``--mb`` MB in
-1 MiB messages, and a ``multiprocessing.Pipe`` round trip.
+1 MiB messages, a Unix-socket ping-pong shaped like Sperse's same-host client (Linux), and a
+``multiprocessing.Pipe`` round trip.
 
 Run: ``.venv/bin/python bench/remote.py [--compare] [--quick] [--backend server|local]``;
 ``--profile`` runs only Sperse's scenario (b) under cProfile (user thread and I/O thread).
@@ -388,6 +389,78 @@ def _grpc_echo_client(port: int, s: Settings, conn: Connection) -> None:
     conn.send((times, s.mb / elapsed))
 
 
+def _unix_echo_server(conn: Connection) -> None:
+    """An asyncio echo of length-framed messages on an abstract Unix socket (the transport
+    Sperse's same-host clients use), until ``conn`` speaks."""
+
+    class Echo(asyncio.Protocol):
+        def connection_made(self, transport: Any) -> None:
+            self.transport = transport
+            self.buffer = bytearray()
+
+        def data_received(self, data: bytes) -> None:
+            self.buffer += data
+            while len(self.buffer) >= 4:
+                size = int.from_bytes(self.buffer[:4], "big")
+                if len(self.buffer) < 4 + size:
+                    return
+                frame = bytes(self.buffer[: 4 + size])
+                del self.buffer[: 4 + size]
+                self.transport.write(frame)
+
+    async def serve() -> None:
+        name = f"\0sperse-bench-{os.getpid()}"
+        server = await asyncio.get_running_loop().create_unix_server(Echo, name)
+        conn.send(name)
+        await asyncio.get_running_loop().run_in_executor(None, conn.recv)
+        server.close()
+
+    asyncio.run(serve())
+
+
+def _unix_round_trips(name: str, s: Settings) -> list[float]:
+    """Sperse's same-host shape: this thread writes to the socket, an event loop on another
+    thread reads the echo and hands it back through a condition variable."""
+    import threading
+
+    loop = asyncio.new_event_loop()
+    thread = threading.Thread(target=loop.run_forever, daemon=True)
+    thread.start()
+    arrived = threading.Condition()
+    replies: list[bytes] = []
+
+    class Client(asyncio.Protocol):
+        def data_received(self, data: bytes) -> None:
+            with arrived:
+                replies.append(data)
+                arrived.notify()
+
+    async def connect() -> Any:
+        transport, _ = await loop.create_unix_connection(Client, name)
+        return transport
+
+    transport = asyncio.run_coroutine_threadsafe(connect(), loop).result(10)
+    fd = os.dup(transport.get_extra_info("socket").fileno())
+    frame = (64).to_bytes(4, "big") + b"x" * 64
+    times = []
+    try:
+        for i in range(s.warmup_calls + s.calls):
+            t0 = perf()
+            os.write(fd, frame)
+            with arrived:
+                while not replies:
+                    arrived.wait()
+                replies.clear()
+            if i >= s.warmup_calls:
+                times.append(perf() - t0)
+    finally:
+        os.close(fd)
+        loop.call_soon_threadsafe(transport.close)
+        loop.call_soon_threadsafe(loop.stop)
+        thread.join(10)
+    return times
+
+
 def _pipe_echo(conn: Connection) -> None:
     while True:
         x = conn.recv()
@@ -422,6 +495,22 @@ def floors(s: Settings) -> dict[str, float]:
         if server.is_alive():
             server.terminate()
             server.join()
+
+    if sys.platform.startswith("linux"):
+        here, there = ctx.Pipe()
+        server = ctx.Process(target=_unix_echo_server, args=(there,), daemon=True)
+        server.start()
+        try:
+            if not here.poll(30):
+                raise RuntimeError("the Unix socket echo server did not start")
+            times = _unix_round_trips(here.recv(), s)
+            out["unix_p50"], out["unix_p99"] = percentiles(times)
+        finally:
+            here.send("stop")
+            server.join(10)
+            if server.is_alive():
+                server.terminate()
+                server.join()
 
     here, there = ctx.Pipe()
     child = ctx.Process(target=_pipe_echo, args=(there,), daemon=True)
@@ -549,17 +638,26 @@ def report(
             f"  grpc.aio {s.mb} MB in 1 MiB messages, echoed back, pipelined: "
             f"{floor['grpc_bulk']:,.0f} MB/s each way"
         )
+    if "unix_p50" in floor:
+        print(
+            f"  Unix socket ping-pong, asyncio echo, the reply handed to another thread:"
+            f"  p50 {floor['unix_p50']:.3f} ms   p99 {floor['unix_p99']:.3f} ms"
+        )
     if "pipe_p50" in floor:
         print(
             f"  multiprocessing.Pipe round trip      p50 {floor['pipe_p50']:.3f} ms"
             f"   p99 {floor['pipe_p99']:.3f} ms"
         )
-    if "grpc_p50" in floor and "pipe_p50" in floor and "rt_p50" in sp and backend == "server":
-        both = floor["grpc_p50"] + floor["pipe_p50"]
-        print(
-            f"  a server call crosses both: {both:.3f} ms together; Sperse's p50 is "
-            f"{sp['rt_p50'] / both:.1f}x that"
-        )
+    if "pipe_p50" in floor and "rt_p50" in sp and backend == "server":
+        # A same-host client (the embedded server) talks over the Unix socket; others gRPC.
+        link = "unix" if "unix_p50" in floor else "grpc"
+        if f"{link}_p50" in floor:
+            both = floor[f"{link}_p50"] + floor["pipe_p50"]
+            print(
+                f"  a server call crosses the {'Unix socket' if link == 'unix' else 'gRPC'} "
+                f"ping-pong and a pipe round trip: {both:.3f} ms together; Sperse's p50 is "
+                f"{sp['rt_p50'] / both:.1f}x that"
+            )
 
 
 def versions() -> str:

@@ -7,6 +7,7 @@ failing test left open.
 
 from __future__ import annotations
 
+import asyncio
 import multiprocessing
 import os
 import queue
@@ -485,3 +486,77 @@ def test_workers_exit_when_the_parent_dies(tmp_path: Path) -> None:
             parent.stdout.close()
     for pid in pids:
         assert wait_gone(pid), f"worker {pid} outlived its parent"
+
+
+# -- pipelining and the owner's loop -----------------------------------------------------------
+
+
+def _warm_up(pool: WorkerPool, events: Events, count: int = 20) -> None:
+    """Enough quick tasks that the pool sends short tasks ahead (see "Pipelining")."""
+    ids = [f"warm{i}" for i in range(count)]
+    for task_id in ids:
+        pool.submit(task_id, b"echo:w")
+    events.wait_terminal(*ids)
+
+
+def test_tasks_sent_ahead_of_a_worker_that_dies_run_on_its_replacement(
+    make_pool: MakePool,
+) -> None:
+    pool, events = make_pool(1)
+    _warm_up(pool, events)
+    pool.submit("dies", b"kill_self")
+    behind = [f"b{i}" for i in range(8)]
+    for task_id in behind:  # some of them may be sent to the worker that dies
+        pool.submit(task_id, f"echo:{task_id}".encode())
+    ended = events.wait_terminal("dies", *behind)
+    assert isinstance(ended["dies"], TaskFailed) and ended["dies"].reason == "worker_died"
+    assert [ended[t] for t in behind] == [TaskDone(t, t.encode()) for t in behind]
+    events.assert_well_formed()  # one TaskStarted each, even for a task sent twice
+    assert pool.stats().workers_replaced == 1
+    pool.close()
+
+
+def test_cancel_a_task_waiting_behind_another(make_pool: MakePool, tmp_path: Path) -> None:
+    pool, events = make_pool(1)
+    _warm_up(pool, events)
+    flag = tmp_path / "go"
+    pool.submit("first", f"wait_for_file:{flag}".encode())
+    pool.submit("behind", b"echo:never")  # queued, or sent ahead: either way it never runs
+    events.wait_output("first")
+    assert pool.cancel("behind") is True
+    failed = events.wait_terminal("behind")["behind"]
+    assert isinstance(failed, TaskFailed) and failed.reason == "cancelled"
+    flag.touch()
+    assert events.wait_terminal("first")["first"] == TaskDone("first", b"seen")
+    pool.submit("next", b"echo:next")
+    assert events.wait_terminal("next")["next"] == TaskDone("next", b"next")
+    assert len(events.terminal("behind")) == 1
+    assert pool.stats().workers_replaced == 0
+    events.assert_well_formed()
+    pool.close()
+
+
+def test_a_pool_on_the_owners_event_loop() -> None:
+    loop = asyncio.new_event_loop()
+    thread = threading.Thread(target=loop.run_forever, name="owner-loop")
+    thread.start()
+    events = Events()
+    try:
+        pool = WorkerPool(2, COMMAND, events, name="owned", loop=loop)
+        try:
+            ids = [f"t{i}" for i in range(50)]
+            for task_id in ids:
+                pool.submit(task_id, f"echo:{task_id}".encode())
+            ended = events.wait_terminal(*ids)
+            assert ended == {t: TaskDone(t, t.encode()) for t in ids}
+            assert events.threads == {thread.ident}  # on the owner's loop, nowhere else
+            workers = pool.stats().workers
+        finally:
+            pool.close()  # from another thread than the loop's: returns once they are gone
+        for pid in workers:
+            assert_no_process(pid)
+        events.assert_well_formed()
+    finally:
+        loop.call_soon_threadsafe(loop.stop)
+        thread.join(DEADLINE)
+        loop.close()

@@ -247,7 +247,7 @@ class Terminal:
         """Type ``line`` and Enter at the prompt (which holds ``typed`` already), wait for
         the next empty prompt below it, and return the rows in between (what the line
         printed at once)."""
-        assert self.at_prompt(typed), f"not at the prompt {typed!r}:\n{self.text()}"
+        self.wait_for(lambda: self.at_prompt(typed), 20, f"the prompt {typed!r}")
         start = self.screen.cursor.y
         self.send(line + Enter)
 

@@ -21,7 +21,7 @@ import grpc
 import grpc.aio
 
 from sperse._backends.base import CallTask, StatementTask
-from sperse._serialize import dumps_oob, loads_oob
+from sperse._serialize import dumps_oob, loads_oob, shm
 from sperse._server import ServerConfig, ServerStats, SperseServer
 from sperse._wire import MAX_MESSAGE, PROTOCOL, BlobReceiver, BlobSender, pb
 from sperse._wire.sperse_pb2_grpc import SperseStub
@@ -39,6 +39,13 @@ def run(coro: Coroutine[Any, Any, T], timeout: float = 60.0) -> T:
             return await coro
 
     return asyncio.run(bounded())
+
+
+def shm_files(pid: int | None = None) -> set[str]:
+    """The shared memory files of the server with process id ``pid`` (default: this one,
+    which runs the test servers)."""
+    prefix = shm.server_prefix(pid)
+    return {name for name in os.listdir(shm.SHM_DIR) if name.startswith(prefix)}
 
 
 def pid_alive(pid: int) -> bool:
@@ -196,7 +203,11 @@ class RawSession:
         python_version: str | None = None,
         session_id: str = "",
         expect: str = "welcome",
+        shm_probe: bool = False,
+        nonce: bytes | None = None,
     ) -> pb.ServerMessage:
+        """``shm_probe``: make a probe file, so that the server turns shared memory on (with
+        ``nonce``, the probe names a file holding something else)."""
         hello = pb.Hello(
             token=token,
             protocol=protocol,
@@ -205,8 +216,15 @@ class RawSession:
             session_id=session_id,
             client_name="raw-test-client",
         )
-        await self.send(pb.ClientMessage(hello=hello))
-        reply = await self.read()
+        probe = ""
+        if shm_probe:
+            probe, real = shm.make_probe()
+            hello.shm_probe, hello.shm_nonce = probe, real if nonce is None else nonce
+        try:
+            await self.send(pb.ClientMessage(hello=hello))
+            reply = await self.read()
+        finally:
+            shm.unlink([probe])
         assert reply is not None, "the server ended the stream instead of answering Hello"
         assert reply.WhichOneof("kind") == expect, reply
         if expect == "welcome":
@@ -221,10 +239,22 @@ class RawSession:
         retries: int = 0,
         inline_limit: int = 1 << 20,
         label: str = "",
+        uploads: list[str] | None = None,
     ) -> tuple[pb.Task, list[pb.Blob]]:
+        """``uploads``: big buffers go in shared memory files (named here), as a same-host
+        client sends them."""
         data, buffers, refs = dumps_oob(work)
         blobs: list[pb.Blob] = []
         pickled = self.sender.pickled(data, [b.raw() for b in buffers], blobs)
+        if uploads is not None:
+            assert self.welcome is not None and self.welcome.shm, "no shared memory"
+            for field, buffer in zip(pickled.buffers, buffers, strict=True):
+                raw = buffer.raw()
+                if raw.nbytes >= shm.SHM_MIN:
+                    name = shm.write(self.welcome.shm_prefix, raw)
+                    uploads.append(name)
+                    field.Clear()
+                    field.shm = name
         task = pb.Task(
             task_id=task_id,
             work=pickled,
@@ -320,6 +350,17 @@ class RawSession:
         data, buffers = self.receiver.pickled(value.inline)
         return loads_oob(data, buffers)
 
+    def pickled(self, value: pb.Pickled) -> tuple[bytes, list[Any]]:
+        """A received value's stream and buffers (shared memory files mapped)."""
+        data = self.receiver.bytes(value.data)
+        buffers: list[Any] = []
+        for b in value.buffers:
+            if b.WhichOneof("kind") == "shm":
+                buffers.append(shm.map_copy(b.shm))
+            else:
+                buffers.append(bytearray(self.receiver.bytes(b)))
+        return data, buffers
+
     async def fetch(self, object_id: str) -> tuple[pb.FetchReply, Any]:
         request_id = next(self._request_ids)
         await self.send(
@@ -330,7 +371,7 @@ class RawSession:
         assert isinstance(reply, pb.FetchReply)
         if reply.error:
             return reply, None
-        data, buffers = self.receiver.pickled(reply.value)
+        data, buffers = self.pickled(reply.value)
         return reply, loads_oob(data, buffers)
 
     async def stats(self) -> pb.StatsReply:

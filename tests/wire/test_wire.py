@@ -11,7 +11,16 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from sperse._wire import INLINE_MAX, PIECE, BlobReceiver, BlobSender, pb
+from sperse._wire import (
+    INLINE_MAX,
+    PIECE,
+    BlobReceiver,
+    BlobSender,
+    FrameReader,
+    local_frame,
+    local_socket_name,
+    pb,
+)
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -49,3 +58,32 @@ def test_receiver_refuses_oversized_and_unknown_blobs() -> None:
         receiver.add(pb.Blob(blob_id=1, data=b"x" * 11, last=True))
     with pytest.raises(KeyError, match="unknown or incomplete blob 7"):
         receiver.bytes(pb.Bytes(blob_id=7))
+
+
+@given(sizes=st.lists(st.integers(0, 3000), max_size=20), cut=st.integers(1, 97))
+def test_same_host_frames_round_trip(sizes: list[int], cut: int) -> None:
+    messages = [
+        pb.ClientMessage(blob=pb.Blob(blob_id=i, data=b"x" * n)) for i, n in enumerate(sizes)
+    ]
+    stream = b"".join(local_frame(m) for m in messages)
+    reader = FrameReader()
+    frames: list[bytes] = []
+    for start in range(0, len(stream), cut):  # in pieces, as a socket delivers them
+        frames += reader.feed(stream[start : start + cut])
+    assert [pb.ClientMessage.FromString(f) for f in frames] == messages
+
+
+def test_a_frame_over_the_limit_is_refused() -> None:
+    reader = FrameReader(limit=10)
+    with pytest.raises(ValueError, match="limit is 10"):
+        reader.feed(local_frame(pb.ClientMessage(blob=pb.Blob(data=b"x" * 20))))
+
+
+def test_abstract_socket_names() -> None:
+    assert local_socket_name("@sperse-1-ab") == "\0sperse-1-ab"
+    assert local_socket_name("/run/sperse.sock") == "/run/sperse.sock"
+
+
+def test_bytes_naming_a_file_are_not_taken_for_bytes() -> None:
+    with pytest.raises(KeyError, match="shared memory file"):
+        BlobReceiver().bytes(pb.Bytes(shm="sperse-1-s0-00"))

@@ -9,6 +9,23 @@ Errors of grpc are translated here, and only here, into Sperse's own:
 a refused token is ``AuthenticationError``; no answer at the address is
 ``ServerUnavailable``; a stream that breaks and cannot be resumed within
 ``reconnect_timeout`` ends every unfinished task with ``ServerLost``.
+
+A client on the server's host (the embedded server always; one on loopback
+usually) proves it in ``Hello`` (a probe file in /dev/shm, see
+:mod:`sperse._wire`). Then:
+
+- each big out-of-band buffer of a task's arguments is written once into a
+  shared memory file that the server owns from then on, and a fetched value's
+  big buffers are mapped from the server's files copy-on-write (by the thread
+  that asked, never the I/O thread): a numpy array arrives without a copy, and
+  writable;
+- the session moves from gRPC to the server's same-host socket
+  (``_LocalStream``), where the thread that submits a task writes it itself,
+  and the I/O thread handles each server message as it is read: no gRPC
+  threads, and no wake-up of the I/O thread on the way out. A broken
+  same-host stream is resumed like a gRPC one (there first, then over gRPC).
+
+``shm=False`` (as a server elsewhere) keeps every byte on gRPC.
 """
 
 from __future__ import annotations
@@ -16,18 +33,20 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
+import functools
 import itertools
 import logging
 import os
 import platform
 import secrets
 import select
+import socket
 import subprocess
 import sys
 import threading
 import time
 import weakref
-from collections.abc import Coroutine, Iterable, Sequence
+from collections.abc import Callable, Coroutine, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
@@ -46,8 +65,19 @@ from sperse._backends.base import (
     StatementTask,
     TaskSpec,
 )
+from sperse._backends.runner import work_to_wire
 from sperse._serialize import RemoteRef, RemoteValue, dumps_oob, loads_oob
-from sperse._wire import MAX_MESSAGE, PROTOCOL, BlobReceiver, BlobSender, pb
+from sperse._serialize import shm as _shm
+from sperse._wire import (
+    MAX_MESSAGE,
+    PROTOCOL,
+    BlobReceiver,
+    BlobSender,
+    FrameReader,
+    local_frame,
+    local_socket_name,
+    pb,
+)
 from sperse._wire.sperse_pb2_grpc import SperseStub
 from sperse.errors import (
     AuthenticationError,
@@ -96,7 +126,10 @@ class SperseBackend:
         process: EmbeddedServer | None = None,
         client_name: str = "",
         python_version: str | None = None,
+        shm: bool | None = None,
     ) -> None:
+        """``shm``: None, use shared memory when the server turns out to be on this host;
+        False, never (every byte over gRPC)."""
         self.address = parse_url(address)
         self._token = token
         self._tls = tls or tls_ca is not None
@@ -115,13 +148,20 @@ class SperseBackend:
         self._tasks_lock = threading.Lock()
         self._requests = itertools.count(1)
         self._replies: dict[int, asyncio.Future[Any]] = {}
-        # Messages for the I/O thread, and whether a wake-up of it is already on its way.
-        self._outbox: collections.deque[pb.ClientMessage] = collections.deque()
+        # Messages for the I/O thread (tasks with their approximate size, merged into
+        # Submits there), and whether a wake-up of it is already on its way.
+        self._outbox: collections.deque[pb.ClientMessage | tuple[pb.Task, int]] = (
+            collections.deque()
+        )
         self._outbox_lock = threading.Lock()
         self._outbox_ready: asyncio.Event | None = None
         self._wake_scheduled = False
         self._welcome: pb.Welcome | None = None
         self._session_id = ""
+        self._shm_wanted = shm is not False
+        self._shm_prefix = ""  # non-empty: this stream may name shared memory files
+        self._local_address = ""  # the server's same-host socket, once it offered one
+        self._last_send = 0.0  # time.monotonic() of the last _send
         self._channel: grpc.aio.Channel | None = None
         self._stream: Any = None
         self._closed = False
@@ -175,6 +215,28 @@ class SperseBackend:
         self._main = asyncio.create_task(self._serve())
 
     async def _connect(self, *, resume: bool) -> None:
+        """Open the session's stream (a new session, or ``resume`` this one): on the
+        server's same-host socket when it offered one, else over gRPC."""
+        if self._local_address:
+            try:
+                await self._connect_local(resume=resume)
+                return
+            except (OSError, TimeoutError) as exc:  # gone: gRPC says whether the server is
+                log.info("same-host stream to %s failed (%s); using gRPC", self.address, exc)
+                self._local_address = ""
+        await self._connect_grpc(resume=resume)
+        if self._local_address:
+            try:  # the session moves to the same-host socket; the server ends the gRPC call
+                await self._connect_local(resume=True)
+            except (OSError, TimeoutError, SperseError) as exc:
+                log.info("same-host stream to %s failed (%s); using gRPC", self.address, exc)
+                self._local_address = ""
+                return
+            channel, self._channel = self._channel, None
+            if channel is not None:
+                await channel.close()
+
+    async def _connect_grpc(self, *, resume: bool) -> None:
         options = [
             ("grpc.max_send_message_length", MAX_MESSAGE),
             ("grpc.max_receive_message_length", MAX_MESSAGE),
@@ -194,6 +256,24 @@ class SperseBackend:
                 "is it running (sperse server --port PORT), and is the address right?"
             ) from None
         stream = SperseStub(channel).Session()  # type: ignore[no-untyped-call]
+        try:
+            await self._hello(stream, resume=resume)
+        except grpc.aio.AioRpcError as exc:
+            raise _translate(exc, self.address) from exc
+
+    async def _connect_local(self, *, resume: bool) -> None:
+        stream = await asyncio.wait_for(
+            _LocalStream.open(self._local_address), self._connect_timeout
+        )
+        try:
+            await self._hello(stream, resume=resume)
+        except BaseException:
+            stream.close()
+            raise
+
+    async def _hello(self, stream: Any, *, resume: bool) -> None:
+        """Hello on ``stream`` (with the same-host probe), Welcome back; the stream is the
+        session's from then on."""
         hello = pb.Hello(
             token=self._token,
             protocol=PROTOCOL,
@@ -202,11 +282,17 @@ class SperseBackend:
             session_id=self._session_id if resume else "",
             client_name=self._client_name,
         )
+        probe = ""
+        if self._shm_wanted and _shm.available():
+            with contextlib.suppress(OSError):
+                probe, nonce = _shm.make_probe()
+                hello.shm_probe, hello.shm_nonce = probe, nonce
         try:
             await stream.write(pb.ClientMessage(hello=hello))
             reply = await asyncio.wait_for(stream.read(), self._connect_timeout)
-        except grpc.aio.AioRpcError as exc:
-            raise _translate(exc, self.address) from exc
+        finally:
+            if probe:
+                _shm.unlink([probe])
         if reply is grpc.aio.EOF or reply is None:
             raise ServerLost(f"the server at {self.address} closed the session at once")
         kind = reply.WhichOneof("kind")
@@ -214,11 +300,18 @@ class SperseBackend:
             raise _error_from(reply.error, self.address)
         if kind != "welcome":
             raise ProtocolError(f"the server at {self.address} answered {kind!r} to hello")
-        self._welcome = reply.welcome
-        if resume and not reply.welcome.resumed:
+        welcome = reply.welcome
+        if resume and not welcome.resumed:
             raise ServerLost(f"the server at {self.address} no longer has this session")
-        self._session_id = reply.welcome.session_id
-        self._stream = stream
+        self._welcome = welcome
+        self._session_id = welcome.session_id
+        shm_on = welcome.shm and bool(probe)
+        self._shm_prefix = welcome.shm_prefix if shm_on else ""
+        if shm_on and welcome.local_address and _local_streams():
+            self._local_address = welcome.local_address
+        old, self._stream = self._stream, stream
+        if isinstance(old, _LocalStream) and old is not stream:
+            old.close()
 
     async def _serve(self) -> None:
         """Run the session; on a broken stream, resume it or end everything in ServerLost."""
@@ -228,7 +321,7 @@ class SperseBackend:
             try:
                 await self._receive_loop(self._stream, receiver)
                 error: BaseException | None = None
-            except grpc.aio.AioRpcError as exc:
+            except (grpc.aio.AioRpcError, OSError) as exc:
                 error = exc
             except SperseError as exc:
                 error = exc
@@ -265,7 +358,7 @@ class SperseBackend:
                 log.info("resumed session %s with %s", self._session_id, self.address)
                 self._ask_again()
                 return True
-            except (ServerUnavailable, ServerLost, grpc.aio.AioRpcError):
+            except (ServerUnavailable, ServerLost, grpc.aio.AioRpcError, OSError, TimeoutError):
                 if self._process is not None and not self._process.alive():
                     return False
             except SperseError:
@@ -281,8 +374,7 @@ class SperseBackend:
         with self._tasks_lock:
             ids = list(self._tasks)
         if ids:
-            tasks = [pb.Task(task_id=task_id) for task_id in ids]
-            self._send([pb.ClientMessage(submit=pb.Submit(tasks=tasks))])
+            self._send([(pb.Task(task_id=task_id), 64) for task_id in ids])
 
     async def _send_loop(self, stream: Any) -> None:
         ready = self._outbox_ready
@@ -290,34 +382,54 @@ class SperseBackend:
         while True:
             await ready.wait()
             ready.clear()
-            with self._outbox_lock:
-                batch = list(self._outbox)
-                self._outbox.clear()
-                self._wake_scheduled = False
-            for message in _merge_submits(batch):
+            if isinstance(stream, _LocalStream):
+                with stream.lock:  # atomically with the batch's removal: order is kept
+                    stream.send_frames(b"".join(map(local_frame, self._take_outbox())))
+                continue
+            for message in self._take_outbox():
                 await stream.write(message)
 
+    def _take_outbox(self) -> list[pb.ClientMessage]:
+        with self._outbox_lock:
+            batch = list(self._outbox)
+            self._outbox.clear()
+            self._wake_scheduled = False
+        return _merge_submits(batch)
+
     async def _receive_loop(self, stream: Any, receiver: BlobReceiver) -> None:
+        if isinstance(stream, _LocalStream):  # messages are handled as they are read
+            stream.handler = functools.partial(self._take, receiver)
         while True:
             message = await stream.read()
             if message is grpc.aio.EOF:
                 return
-            kind = message.WhichOneof("kind")
-            if kind == "blob":
-                receiver.add(message.blob)
-            elif kind == "events":
-                for event in message.events.events:
-                    self._on_event(event, receiver)
-            elif kind == "fetch_reply" or kind == "stats":
-                reply = getattr(message, kind)
-                future = self._replies.pop(reply.request_id, None)
-                if future is not None and not future.done():
-                    if kind == "fetch_reply" and not reply.error:
-                        future.set_result(receiver.pickled(reply.value))
-                    else:
-                        future.set_result(reply)
-            elif kind == "error":
+            if not self._take(receiver, message):
                 raise _error_from(message.error, self.address)
+
+    def _take(self, receiver: BlobReceiver, message: pb.ServerMessage) -> bool:
+        """Handle one server message (on the I/O thread). False: it is an ``Error``."""
+        kind = message.WhichOneof("kind")
+        if kind == "blob":
+            receiver.add(message.blob)
+        elif kind == "events":
+            for event in message.events.events:
+                self._on_event(event, receiver)
+        elif kind == "fetch_reply" or kind == "stats":
+            reply = getattr(message, kind)
+            future = self._replies.pop(reply.request_id, None)
+            if future is not None and not future.done():
+                if kind == "fetch_reply" and not reply.error:
+                    try:  # files are mapped by the caller's thread, not this one
+                        future.set_result(_received(reply.value, receiver))
+                    except KeyError as exc:
+                        future.set_exception(
+                            SperseError(f"cannot read the value fetched from {self.name}: {exc}")
+                        )
+                else:
+                    future.set_result(reply)
+        elif kind == "error":
+            return False
+        return True
 
     def _on_event(self, event: pb.Event, receiver: BlobReceiver) -> None:
         sink = self._sink
@@ -358,12 +470,16 @@ class SperseBackend:
             handle = RemoteValue(ref, self._fetch)
             weakref.finalize(handle, self._release_one, r.object_id)
             return handle
-        data, buffers = receiver.pickled(value.inline)
-        writable = [bytearray(b) for b in buffers]  # arrays the user may change in place
-        return loads_oob(data, writable, what=f"a result from {self.name}")
+        try:
+            data, buffers = _writable(*_received(value.inline, receiver))
+        except (OSError, KeyError) as exc:
+            raise SperseError(f"cannot read a result from {self.name}: {exc}") from exc
+        return loads_oob(data, buffers, what=f"a result from {self.name}")
 
     def _fail_everything(self, error: SperseError) -> None:
         self._lost = error
+        if isinstance(self._stream, _LocalStream):
+            self._stream.close()
         with self._tasks_lock:
             tasks, self._tasks = self._tasks, {}
         for future in self._replies.values():
@@ -386,6 +502,8 @@ class SperseBackend:
             with contextlib.suppress(Exception):  # the session is over: free it at once
                 await self._stream.write(pb.ClientMessage(goodbye=pb.Goodbye()))
                 await self._stream.done_writing()
+        if isinstance(self._stream, _LocalStream):
+            await self._stream.closed()
         if self._channel is not None:
             await self._channel.close()
 
@@ -395,30 +513,59 @@ class SperseBackend:
     def name(self) -> str:
         return self._welcome.server_name if self._welcome is not None else self.address
 
+    @property
+    def shm(self) -> bool:
+        """Whether big buffers travel through shared memory files (the server is here)."""
+        return bool(self._shm_prefix)
+
+    @property
+    def transport(self) -> str:
+        """``"local"`` (the server's same-host socket) or ``"grpc"``."""
+        return "local" if isinstance(self._stream, _LocalStream) else "grpc"
+
     def submit(self, specs: Sequence[TaskSpec]) -> None:
         if self._lost is not None:
             raise self._lost
-        messages: list[pb.ClientMessage] = []
-        tasks = []
-        for spec in specs:
-            data, buffers, refs = dumps_oob(spec.work, what=spec.label or "the task")
-            blobs: list[pb.Blob] = []
-            task = pb.Task(
-                task_id=spec.task_id,
-                work=self._sender.pickled(data, [b.raw() for b in buffers], blobs),
-                refs=refs,
-                retries=spec.retries,
-                inline_limit=self._inline_limit,
-                label=spec.label,
-            )
-            messages.extend(pb.ClientMessage(blob=b) for b in blobs)
-            tasks.append(task)
-        messages.append(pb.ClientMessage(submit=pb.Submit(tasks=tasks)))
-        with self._tasks_lock:
+        items: list[pb.ClientMessage | tuple[pb.Task, int]] = []
+        uploads: list[str] = []
+        prefix = self._shm_prefix
+        try:
             for spec in specs:
-                returns_names = isinstance(spec.work, StatementTask) and not spec.work.is_expression
-                self._tasks[spec.task_id] = _Task(spec, returns_names)
-        self._send(messages)
+                work = work_to_wire(spec.work)
+                data, buffers, refs = dumps_oob(work, what=spec.label or "the task")
+                blobs: list[pb.Blob] = []
+                size = len(data) + 64
+                if buffers:
+                    fields = []
+                    for buffer in buffers:
+                        raw = buffer.raw()
+                        field = _upload(raw, prefix, uploads) if prefix else None
+                        if field is None:
+                            field = self._sender.encode(raw, blobs)
+                            size += raw.nbytes
+                        fields.append(field)
+                    pickled = pb.Pickled(data=self._sender.encode(data, blobs), buffers=fields)
+                else:
+                    pickled = pb.Pickled(data=self._sender.encode(data, blobs))
+                task = pb.Task(
+                    task_id=spec.task_id,
+                    work=pickled,
+                    refs=refs,
+                    retries=spec.retries,
+                    inline_limit=self._inline_limit,
+                    label=spec.label,
+                )
+                items.extend(pb.ClientMessage(blob=b) for b in blobs)
+                items.append((task, size))
+            with self._tasks_lock:
+                for spec in specs:
+                    work = spec.work
+                    returns_names = isinstance(work, StatementTask) and not work.is_expression
+                    self._tasks[spec.task_id] = _Task(spec, returns_names)
+            self._send(items)
+        except BaseException:
+            _shm.unlink(uploads)  # not sent: still ours
+            raise
 
     def cancel(self, task_id: str) -> None:
         self._send([pb.ClientMessage(cancel=pb.Cancel(task_ids=[task_id]))])
@@ -426,17 +573,39 @@ class SperseBackend:
     def release(self, object_ids: Iterable[str]) -> None:
         ids = list(object_ids)
         if ids and not self._closed and self._lost is None:
-            self._send([pb.ClientMessage(release=pb.Release(object_ids=ids))])
+            # Through the I/O thread: a release may come from a finalizer, at any moment.
+            self._send([pb.ClientMessage(release=pb.Release(object_ids=ids))], direct=False)
 
     def _release_one(self, object_id: str) -> None:
         with contextlib.suppress(Exception):
             self.release([object_id])
 
-    def _send(self, messages: list[pb.ClientMessage]) -> None:
-        """Queue messages for the I/O thread (any thread); wakes it once per batch."""
+    def _send(
+        self, messages: Sequence[pb.ClientMessage | tuple[pb.Task, int]], *, direct: bool = True
+    ) -> None:
+        """Send messages (any thread): on a same-host stream, written by this thread at once
+        (``direct``), unless others wait in the queue or they come in a burst (a send right
+        after another: many tasks submitted in a row); else queued for the I/O thread, which
+        is woken once per batch and writes the batch at once. Messages that cannot be
+        written now are queued: they go out on the stream that resumes the session."""
         ready = self._outbox_ready
         if ready is None or self._closed:
             raise ServerLost(f"the connection to {self.address} is closed")
+        stream = self._stream
+        now = time.monotonic()
+        burst, self._last_send = now - self._last_send < _BURST, now
+        if direct and not burst and isinstance(stream, _LocalStream) and stream.writable:
+            with stream.lock:
+                if not self._outbox and not stream.sending:  # else order says: queue
+                    stream.sending = True
+                    try:
+                        frames = b"".join(map(local_frame, _merge_submits(list(messages))))
+                        stream.send_frames(frames)
+                        return
+                    except OSError:
+                        pass
+                    finally:
+                        stream.sending = False
         with self._outbox_lock:
             self._outbox.extend(messages)
             wake = not self._wake_scheduled
@@ -445,9 +614,15 @@ class SperseBackend:
             self._loop.call_soon_threadsafe(ready.set)
 
     def _fetch(self, ref: RemoteRef, timeout: float | None) -> Any:
-        data, buffers = self._call(self._request("fetch", object_id=ref.object_id), timeout)
-        writable = [bytearray(b) for b in buffers]  # arrays the user may change in place
-        return loads_oob(data, writable, what=f"{ref.type_name} fetched from {ref.server}")
+        received = self._call(self._request("fetch", object_id=ref.object_id), timeout)
+        what = f"{ref.type_name} fetched from {ref.server}"
+        try:
+            # Mapped here, so that the mapping is undone where the value is dropped, never
+            # on the I/O thread (unmapping 100 MB takes milliseconds).
+            data, buffers = _writable(*received)
+        except OSError as exc:
+            raise SperseError(f"cannot read {what}: {exc}") from exc
+        return loads_oob(data, buffers, what=what)
 
     def stats(self, timeout: float | None = 10.0) -> dict[str, int]:
         """The server's counters (objects held, tasks done, workers...)."""
@@ -489,31 +664,200 @@ class SperseBackend:
         ]
 
 
+def _local_streams() -> bool:
+    return sys.platform.startswith("linux")
+
+
+class _LocalStream(asyncio.Protocol):
+    """The client's end of a same-host stream (see :mod:`sperse._wire`), with the
+    ``read``/``write``/``done_writing`` of a gRPC stream-stream call. ``read`` returns
+    ``grpc.aio.EOF`` when the server has ended the stream, and raises ``ConnectionError``
+    when the connection broke.
+
+    Reading is the event loop's. Writing is not: any thread writes whole frames with
+    :meth:`send_frames`, holding ``lock``, on a duplicate of the socket's descriptor that
+    only :meth:`close` closes (so a descriptor number reused after the loop closed the
+    socket is never written to). A user's thread sends its task itself: no wake-up of the
+    I/O thread on the way out.
+    """
+
+    def __init__(self) -> None:
+        self._transport: asyncio.Transport | None = None
+        self._reader = FrameReader(MAX_MESSAGE)
+        self._inbox: collections.deque[pb.ServerMessage] = collections.deque()
+        self._readable: asyncio.Future[None] | None = None
+        self._eof = False
+        self._error: BaseException | None = None
+        self._closed: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self.lock = threading.RLock()
+        self.sending = False  # a frame is being written (by the thread holding `lock`)
+        # Set by the backend: handles a message as it is read (False: queue it for read()).
+        self.handler: Callable[[pb.ServerMessage], bool] | None = None
+        self._fd = -1
+        self._broken = False
+
+    @classmethod
+    async def open(cls, address: str) -> _LocalStream:
+        loop = asyncio.get_running_loop()
+        _, stream = await loop.create_unix_connection(cls, local_socket_name(address))
+        return stream
+
+    @property
+    def writable(self) -> bool:
+        return self._fd >= 0 and not self._broken
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        self._transport = transport
+        self._fd = os.dup(transport.get_extra_info("socket").fileno())
+        os.set_blocking(self._fd, False)
+
+    def data_received(self, data: bytes) -> None:
+        try:
+            for frame in self._reader.feed(data):
+                message = pb.ServerMessage.FromString(frame)
+                handler = self.handler
+                if handler is None or self._inbox or not handler(message):
+                    self._inbox.append(message)
+        except Exception as exc:  # not our protocol, or a bug: the stream is broken
+            self._error = ConnectionResetError(f"while reading from the server: {exc!r}")
+            self.handler = None
+            self.close()
+        self._wake()
+
+    def eof_received(self) -> bool:
+        self._eof = True
+        self._wake()
+        return False
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if exc is not None and self._error is None:
+            self._error = exc
+        self._eof = True
+        self._broken = True
+        self._wake()
+        if not self._closed.done():
+            self._closed.set_result(None)
+
+    def _wake(self) -> None:
+        if self._readable is not None and not self._readable.done():
+            self._readable.set_result(None)
+
+    async def read(self) -> Any:
+        while not self._inbox:
+            if self._error is not None:
+                raise ConnectionResetError(f"the same-host stream broke: {self._error}")
+            if self._eof:
+                return grpc.aio.EOF
+            self._readable = asyncio.get_running_loop().create_future()
+            await self._readable
+        return self._inbox.popleft()
+
+    def send_frames(self, data: bytes) -> None:
+        """Write ``data`` (whole frames) now, waiting while the server does not read. Call
+        holding ``lock``. Raises ``ConnectionError`` when the stream is closed or broken."""
+        view = memoryview(data)
+        while view:
+            if not self.writable:
+                raise ConnectionResetError("the same-host stream is closed")
+            try:
+                view = view[os.write(self._fd, view) :]
+            except BlockingIOError:
+                select.select([], [self._fd], [], 1.0)
+            except OSError as exc:
+                self._broken = True
+                raise ConnectionResetError(f"the same-host stream broke: {exc}") from exc
+
+    async def write(self, message: pb.ClientMessage) -> None:
+        with self.lock:
+            self.send_frames(local_frame(message))
+
+    async def done_writing(self) -> None:
+        with self.lock:
+            if self.writable:
+                with contextlib.suppress(OSError), socket.socket(fileno=os.dup(self._fd)) as sock:
+                    sock.shutdown(socket.SHUT_WR)
+
+    def close(self) -> None:
+        with self.lock:
+            if self._fd >= 0:
+                os.close(self._fd)
+                self._fd = -1
+        if self._transport is not None:
+            self._transport.close()
+
+    async def closed(self, timeout: float = 2.0) -> None:
+        """Wait until the server has closed its end (it has read what we sent), then close."""
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(asyncio.shield(self._closed), timeout)
+        self.close()
+
+
+_BURST = 200e-6  # seconds between sends under which they are batched, not sent one by one
 _SUBMIT_BYTES = MAX_MESSAGE // 2
+_SUBMIT_TASKS = 256  # tasks of one Submit: the server starts on them while more are read
 
 
-def _merge_submits(batch: list[pb.ClientMessage]) -> list[pb.ClientMessage]:
-    """Adjacent Submits become one (the server takes many tasks per message), within limits."""
+def _merge_submits(
+    batch: list[pb.ClientMessage | tuple[pb.Task, int]],
+) -> list[pb.ClientMessage]:
+    """Adjacent tasks go in one Submit (the server takes many per message), within limits."""
     out: list[pb.ClientMessage] = []
+    tasks: list[pb.Task] = []
     size = 0
-    for message in batch:
-        if message.WhichOneof("kind") != "submit":
-            out.append(message)
-            continue
-        for task in message.submit.tasks:
-            task_size = task.ByteSize()
-            last = out[-1] if out else None
-            if (
-                last is not None
-                and last.WhichOneof("kind") == "submit"
-                and size + task_size < _SUBMIT_BYTES
-            ):
-                last.submit.tasks.append(task)
-                size += task_size
-            else:
-                out.append(pb.ClientMessage(submit=pb.Submit(tasks=[task])))
-                size = task_size
+
+    def flush() -> None:
+        nonlocal size
+        if tasks:
+            out.append(pb.ClientMessage(submit=pb.Submit(tasks=tasks)))
+            tasks.clear()
+        size = 0
+
+    for item in batch:
+        if isinstance(item, tuple):
+            task, task_size = item
+            if tasks and (size + task_size >= _SUBMIT_BYTES or len(tasks) >= _SUBMIT_TASKS):
+                flush()
+            tasks.append(task)
+            size += task_size
+        else:
+            flush()
+            out.append(item)
+    flush()
     return out
+
+
+def _upload(raw: memoryview, prefix: str, uploads: list[str]) -> pb.Bytes | None:
+    """A big buffer written into a new shared memory file (None: small, or it failed)."""
+    if raw.nbytes < _shm.SHM_MIN:
+        return None
+    try:
+        name = _shm.write(prefix, raw)
+    except _shm.ShmError:
+        return None  # /dev/shm is full, say: gRPC it is
+    uploads.append(name)
+    return pb.Bytes(shm=name)
+
+
+@dataclass(frozen=True, slots=True)
+class _ShmName:
+    name: str
+
+
+def _received(field: pb.Pickled, receiver: BlobReceiver) -> tuple[bytes, list[bytes | _ShmName]]:
+    """The stream and buffers of a received value (on the I/O thread: its blobs are this
+    stream's), shared memory files by name."""
+    data = receiver.bytes(field.data)
+    parts: list[bytes | _ShmName] = []
+    for b in field.buffers:
+        parts.append(_ShmName(b.shm) if b.WhichOneof("kind") == "shm" else receiver.bytes(b))
+    return data, parts
+
+
+def _writable(data: bytes, parts: list[bytes | _ShmName]) -> tuple[bytes, list[Any]]:
+    """Writable buffers for arrays the user may change in place: bytes are copied, shared
+    memory files mapped copy-on-write."""
+    return data, [_shm.map_copy(p.name) if isinstance(p, _ShmName) else bytearray(p) for p in parts]
 
 
 def _kind(kind: str) -> Any:
@@ -629,7 +973,8 @@ class EmbeddedServer:
         return self.process.poll() is None
 
     def stop(self, timeout: float = 5.0) -> None:
-        """Close its stdin (it stops itself), then terminate, then kill: by its own pid."""
+        """Close its stdin (it stops itself), then terminate, then kill: by its own pid. Then
+        sweep the shared memory files it left (it sweeps its own, unless it was killed)."""
         with contextlib.suppress(Exception):
             assert self.process.stdin is not None
             self.process.stdin.close()
@@ -642,5 +987,6 @@ class EmbeddedServer:
             except subprocess.TimeoutExpired:
                 self.process.kill()
                 self.process.wait()
+        _shm.sweep(_shm.server_prefix(self.process.pid))
         if self.process.stdout is not None:
             self.process.stdout.close()

@@ -3,6 +3,10 @@
 Payload: the pickle of a ``StatementTask`` or ``CallTask``. Result: the
 pickle of ``(True, value)`` or ``(False, ErrorInfo)``. User exceptions, and
 results that cannot be pickled, are reported as data; the worker carries on.
+
+``work_to_wire``/``work_from_wire``: the form in which the sperse client sends a
+call of a function pickled once (``PickledFunction``): a plain tuple, which pickles
+and unpickles in a tenth of the time of the dataclasses.
 """
 
 from __future__ import annotations
@@ -17,7 +21,9 @@ from sperse._backends.base import CallTask, ErrorInfo, PickledFunction, Statemen
 from sperse._serialize import describe, dumps, loads
 from sperse.errors import SerializationError
 
-__all__ = ["encode_error", "execute", "run"]
+__all__ = ["encode_error", "execute", "run", "work_from_wire", "work_to_wire"]
+
+_CALL = "sperse-call/1"
 
 
 def run(payload: bytes) -> bytes:
@@ -56,6 +62,31 @@ def _unpicklable(work: StatementTask | CallTask, value: Any, exc: SerializationE
         f"cannot send the result ({describe(value)}) back: {exc.__cause__}. "
         "Return something picklable."
     )
+
+
+def work_to_wire(work: StatementTask | CallTask) -> Any:
+    """What to pickle for ``work``: a tuple for a call of a ``PickledFunction``."""
+    if isinstance(work, CallTask) and isinstance(work.fn, PickledFunction):
+        kwargs = work.kwargs if type(work.kwargs) is dict else dict(work.kwargs)
+        return (_CALL, work.fn.key, work.fn.data, work.args, kwargs)
+    return work
+
+
+def work_from_wire(obj: Any) -> StatementTask | CallTask | None:
+    """The work ``work_to_wire`` described; None if ``obj`` is no work at all."""
+    if isinstance(obj, StatementTask | CallTask):
+        return obj
+    if (
+        type(obj) is tuple
+        and len(obj) == 5
+        and obj[0] == _CALL
+        and isinstance(obj[1], str)
+        and isinstance(obj[2], bytes)
+        and isinstance(obj[3], tuple)
+        and isinstance(obj[4], dict)
+    ):
+        return CallTask(PickledFunction(obj[1], obj[2]), obj[3], obj[4])
+    return None
 
 
 def execute(work: StatementTask | CallTask) -> Any:

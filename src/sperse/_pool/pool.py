@@ -7,51 +7,73 @@ does the work. The owner (the server) submits ``(task_id, payload)`` and receive
 Invariants
 ----------
 - Every submitted task id gets exactly one terminal event, :class:`TaskDone` or
-  :class:`TaskFailed`. A task that reached a worker gets :class:`TaskStarted` first, then its
-  :class:`TaskOutput` events in the order they were written, then the terminal event.
-- ``on_event`` is called from one thread only, the pool's reader thread, in that order, and
-  never while a lock of the pool is held: it may call :meth:`WorkerPool.submit` and
-  :meth:`WorkerPool.cancel` (and :meth:`WorkerPool.close`). A slow callback delays the pool.
-- Tasks are dispatched first in, first out, to idle workers, one task per worker at a time.
-- A worker that dies is replaced; its task fails with ``reason="worker_died"``.
-- After :meth:`WorkerPool.close` returns, every worker process has exited and been reaped,
-  the reader thread has ended and no more events will come.
+  :class:`TaskFailed`. A task that reached a worker gets :class:`TaskStarted` first (once,
+  even if it is sent again, see "Pipelining"), then its :class:`TaskOutput` events in the
+  order they were written, then the terminal event.
+- The pool runs on one asyncio event loop: the owner's (``loop=``; the server passes its
+  own, so a result goes from the worker's pipe to the owner without a thread in between),
+  or else a private one on a thread of its own (the "reader thread"). ``on_event`` is called
+  on that loop's thread only, in order, and never while a lock of the pool is held: it may
+  call :meth:`WorkerPool.submit` and :meth:`WorkerPool.cancel` (and
+  :meth:`WorkerPool.close`). A slow callback delays the pool.
+- Tasks are dispatched first in, first out, to idle workers first.
+- A worker that dies is replaced; the task it was running fails with
+  ``reason="worker_died"``.
+- After :meth:`WorkerPool.close` returns (called from another thread than the loop's),
+  every worker process has exited and been reaped, the pool's file descriptors are no
+  longer watched, a private reader thread has ended, and no more events will come.
+
+Pipelining
+----------
+While the recent tasks took less than ``PIPELINE_TASK_MAX`` each (a moving average), a
+worker is sent up to ``pipeline`` tasks at once: it starts the next as soon as one ends,
+instead of waiting for the round trip through the parent. A worker whose current task has
+run longer than that gets no more until it is done, so few tasks wait behind a long one.
+A task sent ahead to a worker that dies before starting it goes back to the front of the
+queue (it does not get a second :class:`TaskStarted`).
 
 Cancel protocol
 ---------------
-``cancel()`` of a queued task removes it. ``cancel()`` of a running task writes the task's
-sequence number into the worker's shared ``cancel_seq`` and sends ``SIGUSR1``; the worker
-raises an interrupt in its main thread only if that sequence number is the task running
-now, and answers ``CANCELLED``. If no answer for the task arrives within ``cancel_grace``
-seconds (the task is stuck in C code or swallowed the interrupt), the worker is killed and
-replaced. Either way the task ends with exactly one ``TaskFailed(reason="cancelled")``: once
-``cancel()`` has returned True, even a result that was already on its way is dropped.
+``cancel()`` of a queued task removes it. ``cancel()`` of the task a worker runs now writes
+the task's sequence number into the worker's shared ``cancel_seq`` and sends ``SIGUSR1``;
+the worker raises an interrupt in its main thread only if that sequence number is the task
+running now, and answers ``CANCELLED``. If no answer for the task arrives within
+``cancel_grace`` seconds (the task is stuck in C code or swallowed the interrupt), the
+worker is killed and replaced. ``cancel()`` of a task sent ahead ends it at once and sends
+``CANCEL``: the worker reads it before it would start the task, and drops it. Either way the
+task ends with exactly one ``TaskFailed(reason="cancelled")``: once ``cancel()`` has
+returned True, even a result that was already on its way is dropped.
 
 Pipe format
 -----------
-One duplex ``multiprocessing.Pipe`` per worker carries pickled tuples whose first item is a
-:class:`sperse._pool.worker.Msg` value (an int); ``seq`` is the pool-wide sequence number of
-a dispatch, so a message about an earlier task is never taken for the current one::
+One ``multiprocessing.Pipe`` (a socket pair) per worker carries frames: a header
+``struct "!BQQ"`` (tag, seq, body length) and the body. The tag is a
+:class:`sperse._pool.worker.Msg`; ``seq`` is the pool-wide sequence number of a dispatch,
+so a message about an earlier task is never taken for the current one. Text bodies are
+UTF-8 (``surrogatepass``), their parts separated by NUL. Nothing on the pipe is pickled::
 
-    parent -> worker   (RUN, seq, payload: bytes)
-                       (STOP,)                                  finish and exit
-    worker -> parent   (READY, pid)                             runner loaded, idle
-                       (INIT_FAILED, message, traceback)        runner could not be loaded
-                       (OUTPUT, seq, stream: 1 | 2, text)       stdout | stderr
-                       (DONE, seq, result: bytes)
-                       (CANCELLED, seq)
-                       (RUNNER_ERROR, seq, message, traceback)  the runner raised
+    parent -> worker   RUN seq payload
+                       CANCEL seq                               drop it if not started
+                       STOP                                     exit
+    worker -> parent   READY pid                                runner loaded, idle
+                       INIT_FAILED 0 message NUL traceback      runner could not be loaded
+                       OUTPUT seq (1 | 2) text                  stdout | stderr
+                       DONE seq result
+                       CANCELLED seq
+                       RUNNER_ERROR seq message NUL traceback   the runner raised
 
-Exactly one of DONE, CANCELLED and RUNNER_ERROR answers each RUN, after its OUTPUT messages.
+Exactly one of DONE, CANCELLED and RUNNER_ERROR answers each RUN, after its OUTPUT frames.
 """
 
 from __future__ import annotations
 
+import asyncio
 import atexit
 import collections
 import contextlib
 import ctypes
 import logging
+import math
 import multiprocessing
 import os
 import signal
@@ -59,16 +81,18 @@ import threading
 import time
 import weakref
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from multiprocessing.connection import Connection, wait
 from multiprocessing.context import SpawnProcess
 from types import TracebackType
 from typing import Any, Literal
 
 from sperse._pool import worker as _worker_module
-from sperse._pool.worker import Msg
+from sperse._pool.worker import HEADER, Msg, decode_text
 
 __all__ = [
+    "PIPELINE",
+    "PIPELINE_TASK_MAX",
     "PoolEvent",
     "PoolStats",
     "TaskDone",
@@ -81,11 +105,16 @@ __all__ = [
 _log = logging.getLogger(__name__)
 
 _CTX = multiprocessing.get_context("spawn")
-_MAX_WAIT = 1.0  # the reader thread looks at the clock at least this often
 _ESCALATION_WAIT = 1.0  # after SIGTERM, then after SIGKILL, while stopping a worker
 _MAX_START_FAILURES = 3  # consecutive workers lost before READY: the pool is broken
-_READ_BATCH = 64  # messages read from one worker before looking at the others
+_READ_SIZE = 1 << 16  # os.read allocates this much for every read
+_LARGE_READ = 1 << 20
 _STREAMS: dict[int, Literal["stdout", "stderr"]] = {1: "stdout", 2: "stderr"}
+
+PIPELINE = 4  # tasks a worker may hold at once while tasks are short
+PIPELINE_TASK_MAX = 0.002  # seconds: "short"
+_PIPELINE_SAMPLES = 8  # tasks measured before pipelining starts
+_EMA = 0.2
 
 
 @dataclass(frozen=True, slots=True)
@@ -146,8 +175,10 @@ class PoolStats:
 @dataclass(slots=True, eq=False)
 class _Task:
     task_id: str
-    payload: bytes
+    payload: bytes  # kept until answered: a task sent ahead may be sent again
     seq: int = 0
+    announced: bool = False  # TaskStarted was emitted
+    ended: bool = False  # its terminal event was emitted; a late answer is dropped
     cancel_requested: bool = False
     kill_deadline: float | None = None
 
@@ -156,14 +187,21 @@ class _Task:
 class _Worker:
     process: SpawnProcess
     conn: Connection | None
+    fd: int
+    sentinel: int
     cancel_seq: ctypes.c_int64
     pid: int
     start_deadline: float
     ready: bool = False
-    task: _Task | None = None
-    sent_seq: int = 0  # the last task sent to it
-    answered_seq: int = 0  # the last task it answered
     killed: bool = False  # by the pool; it is gone as soon as its sentinel fires
+    inflight: collections.deque[_Task] = field(default_factory=collections.deque)
+    head_since: float = 0.0  # when the first of `inflight` became first
+    received: bytearray = field(default_factory=bytearray)
+    unsent: collections.deque[memoryview] = field(default_factory=collections.deque)
+    writing: bool = False  # a writer callback is registered for `fd`
+    reading: bool = False  # a reader callback is registered for `fd`
+    watched: bool = False  # its sentinel is registered with the loop
+    torn: bool = False  # a frame to it was left half-written when the pool closed
 
 
 @dataclass(slots=True)
@@ -197,6 +235,9 @@ class WorkerPool:
 
     Thread-safe: ``submit``, ``cancel``, ``stats`` and ``close`` may be called from any thread.
     Workers start in parallel at construction; tasks submitted before they are ready wait.
+    ``loop``: run on this (running) event loop instead of a thread of the pool's own.
+    ``on_events_delivered``: called (like ``on_event``) after each batch of events, e.g. to
+    send on at once what they produced.
     """
 
     def __init__(
@@ -208,6 +249,9 @@ class WorkerPool:
         name: str = "pool",
         cancel_grace: float = 1.0,
         start_timeout: float = 30.0,
+        loop: asyncio.AbstractEventLoop | None = None,
+        pipeline: int = PIPELINE,
+        on_events_delivered: Callable[[], None] | None = None,
     ) -> None:
         if size < 1:
             raise ValueError(f"a pool needs at least one worker, not {size}")
@@ -217,24 +261,37 @@ class WorkerPool:
         self._size = size
         self._runner = runner
         self._on_event = on_event
+        self._on_delivered = on_events_delivered
         self._name = name
         self._cancel_grace = cancel_grace
         self._start_timeout = start_timeout
+        self._pipeline = max(1, pipeline)
 
         self._lock = threading.Lock()
         self._queue: collections.deque[_Task] = collections.deque()
         self._tasks: dict[str, _Task] = {}  # every task without a terminal event yet
         self._workers: list[_Worker] = []
         self._outbox: collections.deque[PoolEvent] = collections.deque()
+        self._cancels: list[tuple[_Worker, int]] = []  # CANCEL frames to send
         self._counters = _Counters()
         self._next_seq = 1
         self._broken: TaskFailed | None = None  # template failure once workers cannot start
         self._closing = False
         self._close_timeout = 5.0
+        self._average: float | None = None  # seconds per task, a moving average
+        self._samples = 0
 
-        self._wake_r, self._wake_w = os.pipe()
-        os.set_blocking(self._wake_r, False)
-        os.set_blocking(self._wake_w, False)
+        self._own_loop = loop is None
+        self._loop = asyncio.new_event_loop() if loop is None else loop
+        self._loop_thread: int | None = None  # set once the pool runs on its loop
+        self._kicked = False
+        self._timer: asyncio.TimerHandle | None = None
+        self._timer_at = math.inf
+        self._detached = threading.Event()  # no more events: nothing is watched
+        self._stopped = threading.Event()  # the workers are gone
+        self._stopping = False
+        self._reader: threading.Thread | None = None
+
         try:
             for _ in range(size):
                 self._workers.append(self._start_worker())
@@ -242,13 +299,19 @@ class WorkerPool:
             for started in self._workers:
                 started.process.kill()
                 started.process.join()
-            os.close(self._wake_r)
-            os.close(self._wake_w)
+                if started.conn is not None:
+                    started.conn.close()
+            if self._own_loop:
+                self._loop.close()
             raise
-        self._reader = threading.Thread(
-            target=self._read_loop, name=f"sperse-{name}-reader", daemon=True
-        )
-        self._reader.start()
+        if self._own_loop:
+            self._loop.call_soon(self._attach)  # not running yet: no thread to race with
+            self._reader = threading.Thread(
+                target=self._run_own_loop, name=f"sperse-{name}-reader", daemon=True
+            )
+            self._reader.start()
+        else:
+            self._call_on_loop(self._attach)
         _live_pools.add(self)
 
     # -- public API ----------------------------------------------------------------------
@@ -265,6 +328,7 @@ class WorkerPool:
                 raise RuntimeError(f"pool {self._name!r} is closed; no more tasks can be submitted")
             if task_id in self._tasks:
                 raise ValueError(f"task {task_id!r} is already queued or running in this pool")
+            frames: dict[_Worker, list[bytes]] = {}
             if self._broken is not None:
                 self._counters.tasks_failed += 1
                 self._outbox.append(
@@ -276,7 +340,13 @@ class WorkerPool:
                 task = _Task(task_id, payload)
                 self._tasks[task_id] = task
                 self._queue.append(task)
-        self._wake()
+                if self._on_loop() and not self._detached.is_set():
+                    # On the loop (the owner's): a free worker gets it now; the events
+                    # (TaskStarted) are delivered after the caller returns, by the kick.
+                    frames = self._assign(time.monotonic())
+        for w, out in frames.items():
+            self._write(w, out)
+        self._kick()
 
     def cancel(self, task_id: str) -> bool:
         """Cancel a queued or running task: True, and it will end with ``TaskFailed(reason=
@@ -285,23 +355,26 @@ class WorkerPool:
             task = self._tasks.get(task_id)
             if task is None:
                 return False
+            holder = self._holder(task)
             if not task.seq:  # queued
                 self._queue.remove(task)
-                self._finish(task, None, TaskFailed(task_id, "cancelled", "cancelled while queued"))
+                self._finish(task, TaskFailed(task_id, "cancelled", "cancelled while queued"))
+            elif holder is not None and holder.inflight[0] is not task:  # sent ahead
+                self._finish(task, TaskFailed(task_id, "cancelled", "cancelled before it started"))
+                self._cancels.append((holder, task.seq))
             elif not task.cancel_requested:
                 task.cancel_requested = True
                 task.kill_deadline = time.monotonic() + self._cancel_grace
-                holder = self._worker_of(task)
                 if holder is not None and not holder.killed:
                     _interrupt(holder, task.seq)
-        self._wake()
+        self._kick()
         return True
 
     def stats(self) -> PoolStats:
         with self._lock:
             return PoolStats(
                 workers=tuple(w.pid for w in self._workers),
-                busy=sum(1 for w in self._workers if w.task is not None),
+                busy=sum(1 for w in self._workers if w.inflight),
                 queued=len(self._queue),
                 tasks_done=self._counters.tasks_done,
                 tasks_failed=self._counters.tasks_failed,
@@ -310,38 +383,49 @@ class WorkerPool:
 
     def close(self, timeout: float = 5.0) -> None:
         """Fail every queued and running task with ``TaskFailed("cancelled", "pool closed")``,
-        stop the workers and the reader thread.
+        then stop the workers.
 
         Workers get ``timeout`` seconds to exit (busy ones are interrupted first and get at
-        most ``cancel_grace``), then SIGTERM, then SIGKILL. Idempotent. Called from
-        ``on_event``, it returns at once and the reader thread stops the workers after the
-        callback returns.
+        most ``cancel_grace``), then SIGTERM, then SIGKILL. Idempotent. Called on the pool's
+        loop (from ``on_event``), it returns at once and the workers are stopped after the
+        callback returns; from any other thread, it returns once they are gone.
         """
         with self._lock:
-            if not self._closing:
+            first = not self._closing
+            if first:
                 self._closing = True
                 self._close_timeout = timeout
                 for task in list(self._tasks.values()):
-                    self._finish(
-                        task,
-                        self._worker_of(task),
-                        TaskFailed(task.task_id, "cancelled", "pool closed"),
-                    )
+                    self._finish(task, TaskFailed(task.task_id, "cancelled", "pool closed"))
                 self._queue.clear()
         _live_pools.discard(self)
-        self._wake()
-        if threading.current_thread() is self._reader:
+        if self._on_loop():
+            if first:
+                self._loop.call_soon(self._detach_all)
+                if self._own_loop:
+                    self._loop.call_soon(self._stop_own_loop)
+                else:
+                    self._loop.run_in_executor(None, self._stop_workers)
             return
-        self._reader.join(timeout + 3 * _ESCALATION_WAIT)
-        if self._reader.is_alive():
-            # The reader thread is stuck, most likely in on_event: stop the workers from here.
-            _log.error("pool %r: reader thread did not stop; killing workers", self._name)
+        if first and not self._call_on_loop(self._detach_all):
+            self._detach_all()  # the loop is gone (interpreter exit): nothing else runs
+        wait_for = timeout + 3 * _ESCALATION_WAIT
+        if not self._detached.wait(wait_for):
+            # The loop is stuck, most likely in on_event: stop the workers from here.
+            _log.error("pool %r: its event loop does not answer; killing workers", self._name)
             with self._lock:
                 processes = [w.process for w in self._workers]
             for process in processes:
                 with contextlib.suppress(ValueError):  # closed: reaped meanwhile
                     process.kill()
                     process.join(_ESCALATION_WAIT)
+            return
+        self._stop_workers()
+        self._stopped.wait(wait_for)
+        if self._reader is not None:
+            with contextlib.suppress(RuntimeError):  # closed already
+                self._loop.call_soon_threadsafe(self._loop.stop)
+            self._reader.join(wait_for)
 
     def __enter__(self) -> WorkerPool:
         return self
@@ -359,17 +443,18 @@ class WorkerPool:
 
     # -- state changes (call with self._lock held) ---------------------------------------
 
-    def _worker_of(self, task: _Task) -> _Worker | None:
+    def _holder(self, task: _Task) -> _Worker | None:
+        if not task.seq:
+            return None
         for w in self._workers:
-            if w.task is task:
+            if task in w.inflight:
                 return w
         return None
 
-    def _finish(self, task: _Task, holder: _Worker | None, event: TaskDone | TaskFailed) -> None:
+    def _finish(self, task: _Task, event: TaskDone | TaskFailed) -> None:
         """Record the terminal event of ``task``: the only place that emits one."""
         del self._tasks[task.task_id]
-        if holder is not None:
-            holder.task = None
+        task.ended = True
         if isinstance(event, TaskDone):
             self._counters.tasks_done += 1
         else:
@@ -387,31 +472,66 @@ class WorkerPool:
         )
         try:
             process.start()
+        except BaseException:
+            parent_conn.close()
+            raise
         finally:
             child_conn.close()
         assert process.pid is not None
+        fd = parent_conn.fileno()
+        os.set_blocking(fd, False)
         return _Worker(
             process=process,
             conn=parent_conn,
+            fd=fd,
+            sentinel=process.sentinel,
             cancel_seq=cancel_seq,
             pid=process.pid,
             start_deadline=time.monotonic() + self._start_timeout,
         )
 
-    def _assign(self) -> list[tuple[_Worker, _Task]]:
-        """Pair queued tasks with idle workers, first in first out."""
-        pairs: list[tuple[_Worker, _Task]] = []
-        for w in self._workers:
-            if not self._queue:
-                break
-            if w.ready and w.task is None and not w.killed and w.conn is not None:
-                task = self._queue.popleft()
+    def _pipelining(self) -> bool:
+        average = self._average
+        return (
+            self._pipeline > 1
+            and self._samples >= _PIPELINE_SAMPLES
+            and average is not None
+            and average < PIPELINE_TASK_MAX
+        )
+
+    def _assign(self, now: float) -> dict[_Worker, list[bytes]]:
+        """Send queued tasks to workers, first in first out: idle workers first, then (when
+        pipelining) up to ``pipeline`` each. Returns the frames to write."""
+        frames: dict[_Worker, list[bytes]] = {}
+        queue = self._queue
+        if not queue:
+            return frames
+        able = [w for w in self._workers if w.ready and not w.killed and w.conn is not None]
+        depth = self._pipeline if self._pipelining() else 1
+        for limit in range(1, depth + 1):
+            for w in able:
+                if not queue:
+                    return frames
+                inflight = w.inflight
+                if len(inflight) >= limit:
+                    continue
+                if inflight and now - w.head_since > PIPELINE_TASK_MAX:
+                    continue  # busy with a long task: keep the rest for the others
+                task = queue.popleft()
                 task.seq = self._next_seq
                 self._next_seq += 1
-                w.task = task
-                self._outbox.append(TaskStarted(task.task_id, w.pid))
-                pairs.append((w, task))
-        return pairs
+                if not inflight:
+                    w.head_since = now
+                inflight.append(task)
+                if not task.announced:
+                    task.announced = True
+                    self._outbox.append(TaskStarted(task.task_id, w.pid))
+                out = frames.get(w)
+                if out is None:
+                    out = frames[w] = []
+                out.append(HEADER.pack(Msg.RUN, task.seq, len(task.payload)))
+                out.append(task.payload)
+        return frames
 
     def _kill(self, w: _Worker) -> None:
         w.killed = True
@@ -419,7 +539,7 @@ class WorkerPool:
 
     def _check_deadlines(self, now: float) -> float:
         """Kill workers past their deadline; return when the next deadline falls."""
-        next_deadline = now + _MAX_WAIT
+        next_deadline = math.inf
         for w in self._workers:
             if w.killed:
                 continue
@@ -432,15 +552,14 @@ class WorkerPool:
                         self._start_timeout,
                     )
                     self._kill(w)
-                else:
-                    next_deadline = min(next_deadline, w.start_deadline)
-            task = w.task
-            if task is not None and task.kill_deadline is not None:
+                    continue
+                next_deadline = min(next_deadline, w.start_deadline)
+            task = w.inflight[0] if w.inflight else None
+            if task is not None and not task.ended and task.kill_deadline is not None:
                 if now >= task.kill_deadline:
                     self._kill(w)
                     self._finish(
                         task,
-                        w,
                         TaskFailed(
                             task.task_id,
                             "cancelled",
@@ -452,43 +571,65 @@ class WorkerPool:
                     next_deadline = min(next_deadline, task.kill_deadline)
         return next_deadline
 
-    def _on_message(self, w: _Worker, message: tuple[Any, ...]) -> None:
-        tag = message[0]
+    def _on_message(self, w: _Worker, tag: int, seq: int, body: bytes, now: float) -> None:
         if tag == Msg.READY:
             w.ready = True
             self._counters.start_failures = 0
         elif tag == Msg.INIT_FAILED:
-            _, text, tb = message
+            text, tb = decode_text(body, 2)
             self._break(
                 TaskFailed(
                     "", "runner_error", f"runner {self._runner!r} failed to load: {text}", tb
                 )
             )
         elif tag == Msg.OUTPUT:
-            _, seq, stream, text = message
-            task = w.task
-            if task is not None and task.seq == seq:
-                self._outbox.append(TaskOutput(task.task_id, _STREAMS[stream], text))
+            for task in w.inflight:
+                if task.seq == seq:
+                    if not task.ended and body:
+                        (text,) = decode_text(body[1:], 1)
+                        self._outbox.append(TaskOutput(task.task_id, _STREAMS[body[0]], text))
+                    break
         elif tag in (Msg.DONE, Msg.CANCELLED, Msg.RUNNER_ERROR):
-            seq = message[1]
-            w.answered_seq = seq
-            task = w.task
-            if task is None or task.seq != seq:
-                return  # the task already ended (cancel grace expired, or pool closed)
+            answered = self._answered(w, seq, now, count=tag == Msg.DONE)
+            if answered is None or answered.ended:
+                return  # it ended already (cancelled, or the pool closed)
             event: TaskDone | TaskFailed
-            if task.cancel_requested or tag == Msg.CANCELLED:
-                event = TaskFailed(task.task_id, "cancelled", "cancelled while running")
+            if answered.cancel_requested or tag == Msg.CANCELLED:
+                event = TaskFailed(answered.task_id, "cancelled", "cancelled while running")
             elif tag == Msg.DONE:
-                event = TaskDone(task.task_id, message[2])
+                event = TaskDone(answered.task_id, body)
             else:
-                event = TaskFailed(task.task_id, "runner_error", message[2], message[3])
-            self._finish(task, w, event)
+                message, tb = decode_text(body, 2)
+                event = TaskFailed(answered.task_id, "runner_error", message, tb)
+            self._finish(answered, event)
         else:
-            _log.error("pool %r: worker %d sent an unknown message; killing it", self._name, w.pid)
+            _log.error("pool %r: worker %d sent an unknown frame; killing it", self._name, w.pid)
             self._kill(w)
 
+    def _answered(self, w: _Worker, seq: int, now: float, *, count: bool) -> _Task | None:
+        """Take the task ``seq`` out of ``w``'s in-flight tasks (usually the first)."""
+        inflight = w.inflight
+        if inflight and inflight[0].seq == seq:
+            task = inflight.popleft()
+            if count:
+                spent = now - w.head_since
+                self._samples += 1
+                average = self._average
+                self._average = spent if average is None else average + _EMA * (spent - average)
+            w.head_since = now
+        else:
+            for task in inflight:
+                if task.seq == seq:
+                    inflight.remove(task)
+                    break
+            else:
+                return None
+        task.payload = b""
+        return task
+
     def _on_exit(self, w: _Worker, code: int | None) -> None:
-        """``w`` has exited with ``code``: fail its task, replace it."""
+        """``w`` has exited with ``code``: fail the task it ran, requeue those sent ahead,
+        replace it."""
         self._workers.remove(w)
         if code is not None and code < 0:
             try:
@@ -497,17 +638,26 @@ class WorkerPool:
                 how = f"killed by signal {-code}"
         else:
             how = f"exit code {code}"
-        task = w.task
-        if task is not None:
-            if task.cancel_requested:
-                event = TaskFailed(task.task_id, "cancelled", "cancelled while running")
+        ahead: list[_Task] = []
+        for position, task in enumerate(w.inflight):
+            if task.ended:
+                continue
+            if position > 0 and not self._closing:
+                task.seq = 0
+                ahead.append(task)
+            elif task.cancel_requested:
+                self._finish(task, TaskFailed(task.task_id, "cancelled", "cancelled while running"))
             else:
-                event = TaskFailed(
-                    task.task_id,
-                    "worker_died",
-                    f"worker {w.pid} died ({how}) while running task {task.task_id}",
+                self._finish(
+                    task,
+                    TaskFailed(
+                        task.task_id,
+                        "worker_died",
+                        f"worker {w.pid} died ({how}) while running task {task.task_id}",
+                    ),
                 )
-            self._finish(task, w, event)
+        w.inflight.clear()
+        self._queue.extendleft(reversed(ahead))
         if self._closing or self._broken is not None:
             return
         if not w.ready:
@@ -525,9 +675,12 @@ class WorkerPool:
         _log.warning("pool %r: worker %d exited (%s); starting another", self._name, w.pid, how)
         self._counters.workers_replaced += 1
         try:
-            self._workers.append(self._start_worker())
+            replacement = self._start_worker()
         except OSError as exc:
             self._break(TaskFailed("", "worker_died", f"cannot start a worker: {exc}"))
+            return
+        self._workers.append(replacement)
+        self._watch(replacement)
 
     def _break(self, failure: TaskFailed) -> None:
         """Workers cannot serve: fail what is queued now and everything submitted later."""
@@ -538,143 +691,299 @@ class WorkerPool:
         while self._queue:
             task = self._queue.popleft()
             self._finish(
-                task,
-                None,
-                TaskFailed(task.task_id, failure.reason, failure.message, failure.traceback),
+                task, TaskFailed(task.task_id, failure.reason, failure.message, failure.traceback)
             )
 
-    # -- the reader thread ---------------------------------------------------------------
+    # -- the loop ------------------------------------------------------------------------
 
-    def _wake(self) -> None:
-        with contextlib.suppress(OSError):  # full (it is awake already) or closed
-            os.write(self._wake_w, b"\0")
+    def _on_loop(self) -> bool:
+        return self._loop_thread == threading.get_ident()
+
+    def _call_on_loop(self, fn: Callable[[], None]) -> bool:
+        """Schedule ``fn`` on the loop; False if the loop will not run it."""
+        if self._on_loop():
+            self._loop.call_soon(fn)
+            return True
+        if self._loop.is_closed() or (
+            self._loop_thread is not None and not self._loop.is_running()
+        ):
+            return False
+        try:
+            self._loop.call_soon_threadsafe(fn)
+        except RuntimeError:  # closed meanwhile
+            return False
+        return True
+
+    def _kick(self) -> None:
+        """Have the loop dispatch and deliver soon (once, however many kicks)."""
+        if not self._kicked:
+            self._kicked = True
+            self._call_on_loop(self._pump)
+
+    def _run_own_loop(self) -> None:
+        loop = self._loop
+        asyncio.set_event_loop(loop)
+        try:
+            loop.run_forever()
+        finally:
+            loop.close()
+
+    def _attach(self) -> None:
+        """Start watching the workers (on the loop)."""
+        self._loop_thread = threading.get_ident()
+        with self._lock:
+            workers = list(self._workers)
+        for w in workers:
+            self._watch(w)
+        self._pump()
+
+    def _watch(self, w: _Worker) -> None:
+        if self._detached.is_set() or w.watched:
+            return
+        w.watched = True
+        self._loop.add_reader(w.sentinel, self._on_sentinel, w)
+        if w.conn is not None:
+            w.reading = True
+            self._loop.add_reader(w.fd, self._on_readable, w)
+
+    def _unwatch(self, w: _Worker) -> None:
+        # File descriptor numbers are reused: only ever unregister what is registered.
+        if w.watched:
+            w.watched = False
+            self._loop.remove_reader(w.sentinel)
+        if w.reading:
+            w.reading = False
+            self._loop.remove_reader(w.fd)
+        if w.writing:
+            w.writing = False
+            self._loop.remove_writer(w.fd)
+
+    def _pump(self) -> None:
+        """Dispatch what can be dispatched, send CANCEL frames, check deadlines, deliver."""
+        self._kicked = False
+        if self._detached.is_set():
+            return
+        now = time.monotonic()
+        with self._lock:
+            if self._closing:
+                frames: dict[_Worker, list[bytes]] = {}
+                deadline = math.inf
+            else:
+                frames = self._assign(now)
+                deadline = self._check_deadlines(now)
+            cancels, self._cancels = self._cancels, []
+        for w, seq in cancels:
+            frames.setdefault(w, []).append(HEADER.pack(Msg.CANCEL, seq, 0))
+        for w, out in frames.items():
+            self._write(w, out)
+        if deadline < self._timer_at:
+            if self._timer is not None:
+                self._timer.cancel()
+            self._timer_at = deadline
+            self._timer = self._loop.call_at(
+                self._loop.time() + max(0.0, deadline - now), self._on_timer
+            )
+        self._deliver()
+
+    def _on_timer(self) -> None:
+        self._timer = None
+        self._timer_at = math.inf
+        self._pump()
 
     def _deliver(self) -> None:
+        delivered = False
         while True:
             with self._lock:
                 if not self._outbox:
-                    return
-                event = self._outbox.popleft()
+                    break
+                events = list(self._outbox)
+                self._outbox.clear()
+            delivered = True
+            for event in events:
+                try:
+                    self._on_event(event)
+                except Exception:
+                    _log.exception("pool %r: on_event raised for %r", self._name, event)
+        if delivered and self._on_delivered is not None:
             try:
-                self._on_event(event)
+                self._on_delivered()
             except Exception:
-                _log.exception("pool %r: on_event raised for %r", self._name, event)
+                _log.exception("pool %r: on_events_delivered raised", self._name)
 
-    def _read_loop(self) -> None:
-        try:
-            while True:
+    def _write(self, w: _Worker, data: list[bytes]) -> None:
+        if w.conn is None:
+            return  # it is exiting; its sentinel will fail its tasks
+        w.unsent.extend(memoryview(d) for d in data if d)
+        if not w.writing:
+            self._flush(w)
+
+    def _flush(self, w: _Worker) -> None:
+        unsent = w.unsent
+        while unsent:
+            try:
+                n = os.writev(w.fd, list(unsent)[:64])
+            except BlockingIOError:
+                break
+            except OSError:
+                unsent.clear()  # the worker is gone; its sentinel will say so
                 with self._lock:
-                    if self._closing:
-                        break
-                    pairs = self._assign()
-                    deadline = self._check_deadlines(time.monotonic())
-                    watched: dict[Any, _Worker] = {}
-                    for w in self._workers:
-                        if w.conn is not None:
-                            watched[w.conn] = w
-                        watched[w.process.sentinel] = w
-                for w, task in pairs:
-                    self._send_task(w, task)
-                self._deliver()
-                timeout = max(0.0, deadline - time.monotonic())
-                ready = wait([self._wake_r, *watched], timeout)
-                for obj in ready:
-                    if isinstance(obj, Connection):
-                        self._read_messages(watched[obj])
-                    elif obj == self._wake_r:
-                        self._drain_wake_pipe()
-                    else:
-                        self._reap(watched[obj])
-        except BaseException:
-            _log.exception("pool %r: reader thread crashed; stopping the pool", self._name)
-            with self._lock:
-                self._closing = True
-                for task in list(self._tasks.values()):
-                    self._finish(
-                        task,
-                        self._worker_of(task),
-                        TaskFailed(
-                            task.task_id, "cancelled", "pool stopped after an internal error"
-                        ),
-                    )
-                self._queue.clear()
-        finally:
-            self._deliver()
-            self._stop_workers()
-            os.close(self._wake_r)
-            os.close(self._wake_w)
+                    if not w.killed:
+                        self._kill(w)
+                break
+            while n:
+                first = unsent[0]
+                if n >= len(first):
+                    n -= len(first)
+                    unsent.popleft()
+                else:
+                    unsent[0] = first[n:]
+                    n = 0
+        if unsent and not w.writing and w.reading:
+            w.writing = True
+            self._loop.add_writer(w.fd, self._flush, w)
+        elif not unsent and w.writing:
+            w.writing = False
+            self._loop.remove_writer(w.fd)
 
-    def _drain_wake_pipe(self) -> None:
-        try:
-            while os.read(self._wake_r, 4096):
-                pass
-        except BlockingIOError:
-            pass
+    def _on_readable(self, w: _Worker) -> None:
+        self._read(w)
+        self._pump()
 
-    def _send_task(self, w: _Worker, task: _Task) -> None:
-        payload, task.payload = task.payload, b""
-        w.sent_seq = task.seq
-        assert w.conn is not None
-        try:
-            w.conn.send((Msg.RUN.value, task.seq, payload))
-        except (OSError, ValueError):
-            # The worker is gone; its sentinel will fail the task as worker_died.
-            with self._lock:
-                if not w.killed:
-                    self._kill(w)
-
-    def _read_messages(self, w: _Worker, limit: int | None = _READ_BATCH) -> None:
-        """Handle the messages waiting from ``w`` (at most ``limit``, so that a worker that
-        prints without pause does not starve the others)."""
-        conn = w.conn
-        if conn is None:
+    def _read(self, w: _Worker, *, to_end: bool = False) -> None:
+        """Handle the frames waiting from ``w`` (all of them when ``to_end``)."""
+        if w.conn is None:
             return
-        count = 0
-        try:
-            while (limit is None or count < limit) and conn.poll():
-                message = conn.recv()
-                count += 1
-                with self._lock:
-                    self._on_message(w, message)
-        except (EOFError, OSError):
-            conn.close()
-            w.conn = None  # the worker is exiting; its sentinel follows
+        received = w.received
+        while True:
+            want = _READ_SIZE
+            if len(received) >= HEADER.size:  # a large frame in progress: bigger reads
+                left = HEADER.size + HEADER.unpack_from(received)[2] - len(received)
+                want = max(want, min(left, _LARGE_READ))
+            try:
+                chunk = os.read(w.fd, want)
+            except BlockingIOError:
+                break
+            except OSError:
+                chunk = b""
+            if not chunk:  # the worker is exiting; its sentinel follows
+                self._drop_conn(w)
+                break
+            received += chunk
+            if not to_end and len(chunk) < want:
+                break
+        messages = []
+        start = 0
+        size = len(received)
+        while size - start >= HEADER.size:
+            tag, seq, length = HEADER.unpack_from(received, start)
+            end = start + HEADER.size + length
+            if end > size:
+                break
+            messages.append((tag, seq, bytes(received[start + HEADER.size : end])))
+            start = end
+        if start:
+            del received[:start]
+        if messages:
+            now = time.monotonic()
+            with self._lock:
+                for tag, seq, body in messages:
+                    self._on_message(w, tag, seq, body, now)
 
-    def _reap(self, w: _Worker) -> None:
-        self._read_messages(w, limit=None)  # what it sent before it died counts
+    def _drop_conn(self, w: _Worker) -> None:
+        if w.conn is None:
+            return
+        if w.reading:
+            w.reading = False
+            self._loop.remove_reader(w.fd)
+        if w.writing:
+            w.writing = False
+            self._loop.remove_writer(w.fd)
+        w.unsent.clear()
+        w.conn.close()
+        w.conn = None
+
+    def _on_sentinel(self, w: _Worker) -> None:
+        """``w`` has exited: read what it sent before, reap it, replace it."""
+        self._read(w, to_end=True)  # what it sent before it died counts
+        self._unwatch(w)
+        self._drop_conn(w)
         w.process.join(_ESCALATION_WAIT)
         if w.process.exitcode is None:  # sentinel fired but still running: should not happen
             w.process.kill()
             w.process.join()
         code = w.process.exitcode
         w.process.close()  # its file descriptors, now rather than at garbage collection
-        if w.conn is not None:
-            w.conn.close()
-            w.conn = None
         with self._lock:
-            self._on_exit(w, code)
+            if w in self._workers:
+                self._on_exit(w, code)
+        self._pump()
 
-    def _stop_workers(self) -> None:
-        """Stop every worker: STOP (busy ones are interrupted first), SIGTERM, SIGKILL."""
+    # -- closing -------------------------------------------------------------------------
+
+    def _detach_all(self) -> None:
+        """On the loop, once closing: deliver the last events, stop watching everything."""
+        if self._detached.is_set():
+            return
+        self._deliver()
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
         with self._lock:
             workers = list(self._workers)
+        for w in workers:
+            if not self._loop.is_closed():  # closed: it watches nothing any more
+                self._unwatch(w)
+            w.torn = bool(w.unsent)
+            w.unsent.clear()
+        self._detached.set()
+
+    def _stop_own_loop(self) -> None:
+        """On the private loop's thread, after ``close()`` from ``on_event``."""
+        self._stop_workers()
+        self._loop.stop()
+
+    def _stop_workers(self) -> None:
+        """Stop every worker: STOP (busy ones are interrupted first), SIGTERM, SIGKILL.
+        Blocks; called once, off the loop or on a private loop that has nothing else to do."""
+        with self._lock:
+            if self._stopping:
+                return
+            self._stopping = True
+            workers = list(self._workers)
             timeout = self._close_timeout
+        try:
+            self._stop_processes(workers, timeout)
+        finally:
+            with self._lock:
+                self._workers.clear()
+            self._stopped.set()
+
+    def _stop_processes(self, workers: list[_Worker], timeout: float) -> None:
         now = time.monotonic()
         deadlines: dict[_Worker, float] = {}
         for w in workers:
+            try:
+                alive = w.process.is_alive()
+            except ValueError:  # closed: reaped already
+                continue
+            if not alive:
+                w.process.join()
+                w.process.close()
+                continue
             if not w.ready:
                 deadlines[w] = now  # still starting: nothing to lose, terminate it now
                 continue
-            busy = w.sent_seq > w.answered_seq
+            busy = bool(w.inflight)
             if busy:
-                _interrupt(w, w.sent_seq)
-            if w.conn is not None:
-                with contextlib.suppress(OSError, ValueError):
-                    w.conn.send((Msg.STOP.value,))
+                _interrupt(w, w.inflight[0].seq)
+            if w.conn is not None and not w.torn:
+                # Never blocks: a worker whose pipe is full is stopped by the escalation.
+                with contextlib.suppress(OSError):
+                    os.write(w.fd, HEADER.pack(Msg.STOP, 0, 0))
             deadlines[w] = now + (min(timeout, self._cancel_grace) if busy else timeout)
         escalation: dict[_Worker, int] = dict.fromkeys(workers, 0)
         while deadlines:
-            by_sentinel: dict[Any, _Worker] = {w.process.sentinel: w for w in deadlines}
+            by_sentinel: dict[Any, _Worker] = {w.sentinel: w for w in deadlines}
             timeout_left = max(0.0, min(deadlines.values()) - time.monotonic())
             for sentinel in wait(list(by_sentinel), timeout_left):
                 w = by_sentinel[sentinel]
@@ -699,5 +1008,3 @@ class WorkerPool:
             if w.conn is not None:
                 w.conn.close()
                 w.conn = None
-        with self._lock:
-            self._workers.clear()

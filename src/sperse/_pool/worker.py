@@ -3,16 +3,19 @@
 This module runs in every worker and is imported at each worker start, so it imports the
 standard library only: whatever it imports, every spawn pays for.
 
-A worker serves one task at a time from its pipe (the message format is documented in
-:mod:`sperse._pool.pool`, and the tags are :class:`Msg`). While a task runs, Python-level writes
-to ``sys.stdout``/``sys.stderr`` are sent back line by line, tagged with the task's sequence
-number.
+A worker runs the tasks it is sent one at a time, in the order they came (the pool may send
+a few ahead: see "Pipelining" in :mod:`sperse._pool.pool`). The frame format is documented
+there, and the tags are :class:`Msg`. Before it starts a task, the worker reads whatever
+else has arrived, so a ``CANCEL`` of a task that waits behind another is seen before that
+task would start. While a task runs, Python-level writes to ``sys.stdout``/``sys.stderr``
+are sent back line by line, tagged with the task's sequence number.
 
-Cancellation: the parent stores the sequence number of the task to cancel in a shared
-integer and sends ``SIGUSR1``. The handler raises :class:`TaskInterrupted` in the main thread
-only when that number is the task running now, so a signal that arrives late never cancels
-the next task. While the main thread is inside a pipe write, the interrupt is deferred until
-the write is complete: an exception in the middle of a message would corrupt the pipe.
+Cancellation of the running task: the parent stores the sequence number of the task to
+cancel in a shared integer and sends ``SIGUSR1``. The handler raises
+:class:`TaskInterrupted` in the main thread only when that number is the task running now,
+so a signal that arrives late never cancels the next task. While the main thread is inside
+a pipe write, the interrupt is deferred until the write is complete: an exception in the
+middle of a frame would corrupt the pipe.
 
 The worker ignores ``SIGINT`` (Ctrl-C in the parent's terminal is for the parent to handle),
 and exits when its parent dies: an idle worker sees its pipe close, and a busy one is stopped
@@ -21,13 +24,16 @@ by a watchdog thread waiting on the parent's sentinel.
 
 from __future__ import annotations
 
+import collections
 import ctypes
 import enum
 import importlib
 import io
 import multiprocessing
 import os
+import select
 import signal
+import struct
 import sys
 import threading
 import traceback
@@ -36,23 +42,38 @@ from multiprocessing.connection import Connection
 from types import FrameType, TracebackType
 from typing import Any, TextIO
 
-__all__ = ["Msg", "Runner", "TaskInterrupted", "load_runner", "main"]
+__all__ = [
+    "HEADER",
+    "Msg",
+    "Runner",
+    "TaskInterrupted",
+    "decode_text",
+    "encode_text",
+    "frame",
+    "keep_until_answered",
+    "load_runner",
+    "main",
+]
 
 Runner = Callable[[bytes], bytes]
 """Turns a payload into result bytes, in the worker. It encodes user errors in its result."""
 
+HEADER = struct.Struct("!BQQ")  # tag, seq, body length
 _STDOUT = 1
 _STDERR = 2
 _LINE_BREAKS = ("\n", "\r")
 _MAX_BUFFERED = 8192
+_READ_SIZE = 1 << 16
+_LARGE = 1 << 20  # a body at least this big is read straight into its own buffer
 
 
 class Msg(enum.IntEnum):
-    """The tag of every message on a worker's pipe; the first item of each tuple."""
+    """The tag of every frame on a worker's pipe."""
 
     # parent -> worker
     RUN = 1
     STOP = 2
+    CANCEL = 3
     # worker -> parent
     READY = 10
     INIT_FAILED = 11
@@ -69,6 +90,35 @@ class TaskInterrupted(BaseException):
     """
 
 
+def frame(tag: int, seq: int = 0, body: bytes = b"") -> bytes:
+    """One frame: the header, then the body."""
+    return HEADER.pack(tag, seq, len(body)) + body
+
+
+def encode_text(*parts: str) -> bytes:
+    """Strings as one body, NUL-separated (any ``str`` survives, lone surrogates too)."""
+    return "\0".join(parts).encode("utf-8", "surrogatepass")
+
+
+def decode_text(body: bytes | memoryview, count: int) -> list[str]:
+    parts = bytes(body).decode("utf-8", "surrogatepass").split("\0", count - 1)
+    return parts + [""] * (count - len(parts))
+
+
+_kept: list[Any] = []
+
+
+def keep_until_answered(*objects: Any) -> None:
+    """Keep ``objects`` alive until the answer of the task running now has been sent: a big
+    value is freed (its pages returned, its mapping undone) after the result is on its way,
+    not before. Outside a worker's task, the objects are simply dropped."""
+    if _serving:
+        _kept.extend(objects)
+
+
+_serving = False
+
+
 def load_runner(spec: str) -> Runner:
     """Resolve ``"package.module:function"`` (the function may be a dotted attribute path)."""
     module_name, sep, qualname = spec.partition(":")
@@ -83,11 +133,67 @@ def load_runner(spec: str) -> Runner:
     return runner
 
 
+class _Reader:
+    """Frames from the parent, over a blocking file descriptor."""
+
+    def __init__(self, fd: int) -> None:
+        self.fd = fd
+        self.buffer = bytearray()
+        self.poller = select.poll()
+        self.poller.register(fd, select.POLLIN)
+
+    def ready(self) -> bool:
+        """Whether a frame (or the end of the pipe) can be read without waiting."""
+        return self.buffered() or bool(self.poller.poll(0))
+
+    def buffered(self) -> bool:
+        """Whether a whole frame has been read already."""
+        buffer = self.buffer
+        if len(buffer) < HEADER.size:
+            return False
+        length: int = HEADER.unpack_from(buffer)[2]
+        return len(buffer) >= HEADER.size + length
+
+    def read(self) -> tuple[int, int, bytes] | None:
+        """The next frame, waiting for it; None when the parent has closed the pipe."""
+        buffer = self.buffer
+        while len(buffer) < HEADER.size:
+            if not self._fill():
+                return None
+        tag, seq, length = HEADER.unpack_from(buffer)
+        end = HEADER.size + length
+        if length >= _LARGE and len(buffer) < end:
+            body = bytearray(length)
+            have = len(buffer) - HEADER.size
+            body[:have] = buffer[HEADER.size :]
+            buffer.clear()
+            view = memoryview(body)
+            while have < length:
+                n = os.readv(self.fd, [view[have:]])
+                if not n:
+                    return None
+                have += n
+            return tag, seq, bytes(body)
+        while len(buffer) < end:
+            if not self._fill():
+                return None
+        data = bytes(buffer[HEADER.size : end])
+        del buffer[:end]
+        return tag, seq, data
+
+    def _fill(self) -> bool:
+        chunk = os.read(self.fd, _READ_SIZE)
+        self.buffer += chunk
+        return bool(chunk)
+
+
 class _Channel:
     """The worker's end of the pipe: sends are serialized and shielded from interrupts."""
 
     def __init__(self, conn: Connection) -> None:
-        self.conn = conn
+        self.conn = conn  # kept open: it owns the file descriptor
+        self.fd = conn.fileno()
+        self.reader = _Reader(self.fd)
         self._lock = threading.Lock()
         self._main = threading.main_thread().ident
         # Touched by the main thread only (the signal handler runs there too).
@@ -110,9 +216,18 @@ class _Channel:
                 self.deferred = False
                 raise TaskInterrupted
 
-    def send(self, message: tuple[Any, ...]) -> None:
+    def send(self, tag: int, seq: int = 0, body: bytes = b"") -> None:
         with self, self._lock:
-            self.conn.send(message)
+            if len(body) < _LARGE:
+                self._write(frame(tag, seq, body))
+            else:  # no copy of a large body
+                self._write(HEADER.pack(tag, seq, len(body)))
+                self._write(body)
+
+    def _write(self, data: bytes) -> None:
+        view = memoryview(data)
+        while view:
+            view = view[os.write(self.fd, view) :]
 
 
 class _TaskStream(io.TextIOBase):
@@ -170,7 +285,8 @@ class _TaskStream(io.TextIOBase):
             text = "".join(self._buffer)
             self._buffer.clear()
             self._buffered = 0
-            self._worker.channel.send((Msg.OUTPUT.value, seq, self._stream, text))
+            body = bytes((self._stream,)) + encode_text(text)
+            self._worker.channel.send(Msg.OUTPUT, seq, body)
 
 
 class _Worker:
@@ -179,6 +295,7 @@ class _Worker:
         self.runner = runner
         self.cancel_seq = cancel_seq
         self.running = 0  # sequence number of the task running now, 0 when idle
+        self.waiting: collections.OrderedDict[int, bytes] = collections.OrderedDict()
         self.stdout = _TaskStream(self, _STDOUT, sys.stdout)
         self.stderr = _TaskStream(self, _STDERR, sys.stderr)
 
@@ -193,36 +310,54 @@ class _Worker:
             raise TaskInterrupted
 
     def serve(self) -> None:
-        conn = self.channel.conn
+        reader = self.channel.reader
+        waiting = self.waiting
         while True:
-            try:
-                message = conn.recv()
-            except (EOFError, OSError):
-                return  # the parent closed the pipe or died
-            if message[0] == Msg.STOP:
+            if not waiting and not self._take(reader.read()):
                 return
-            _, seq, payload = message
-            self.channel.send(self.run_task(seq, payload))
+            # A CANCEL of a task that waits behind another is read before that task starts
+            # (frames already read always; the pipe is asked only when tasks queue up here).
+            while reader.buffered() or (len(waiting) > 1 and reader.ready()):
+                if not self._take(reader.read()):
+                    return
+            if waiting:
+                seq, payload = waiting.popitem(last=False)
+                self.channel.send(*self.run_task(seq, payload))
+                _kept.clear()
 
-    def run_task(self, seq: int, payload: bytes) -> tuple[Any, ...]:
-        outcome: tuple[Any, ...]
+    def _take(self, message: tuple[int, int, bytes] | None) -> bool:
+        """Handle one frame from the parent; False: stop serving."""
+        if message is None:
+            return False  # the parent closed the pipe or died
+        tag, seq, body = message
+        if tag == Msg.RUN:
+            self.waiting[seq] = body
+        elif tag == Msg.CANCEL:
+            if self.waiting.pop(seq, None) is not None:
+                self.channel.send(Msg.CANCELLED, seq)
+        elif tag == Msg.STOP:
+            return False
+        return True
+
+    def run_task(self, seq: int, payload: bytes) -> tuple[int, int, bytes]:
+        outcome: tuple[int, int, bytes]
         self.channel.deferred = False
         try:
             try:
                 self.running = seq
-                if self.cancel_seq.value == seq:  # cancelled before it arrived here
+                if self.cancel_seq.value == seq:  # cancelled before it started
                     raise TaskInterrupted
                 result = self.runner(payload)
                 if type(result) is not bytes:
                     raise TypeError(f"the runner returned {type(result).__name__}, not bytes")
-                outcome = (Msg.DONE.value, seq, result)
+                outcome = (Msg.DONE, seq, result)
             finally:
                 self.running = 0
         except TaskInterrupted:
-            outcome = (Msg.CANCELLED.value, seq)
+            outcome = (Msg.CANCELLED, seq, b"")
         except BaseException as exc:  # a bug in the runner; the worker keeps serving
             message = "".join(traceback.format_exception_only(exc)).strip()
-            outcome = (Msg.RUNNER_ERROR.value, seq, message, traceback.format_exc())
+            outcome = (Msg.RUNNER_ERROR, seq, encode_text(message, traceback.format_exc()))
         # No interrupt can arrive from here on: `running` is 0.
         self.stdout.drain(seq)
         self.stderr.drain(seq)
@@ -241,15 +376,22 @@ def main(conn: Connection, runner_spec: str, cancel_seq: ctypes.c_int64) -> None
     """Entry point of a worker process (the ``target`` of its ``multiprocessing.Process``)."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     threading.Thread(target=_exit_when_parent_dies, name="parent-watchdog", daemon=True).start()
+    channel_fd = conn.fileno()
+    os.set_blocking(channel_fd, True)
     try:
         runner = load_runner(runner_spec)
     except BaseException as exc:
         message = "".join(traceback.format_exception_only(exc)).strip()
-        conn.send((Msg.INIT_FAILED.value, message, traceback.format_exc()))
+        body = encode_text(message, traceback.format_exc())
+        view = memoryview(frame(Msg.INIT_FAILED, 0, body))
+        while view:
+            view = view[os.write(channel_fd, view) :]
         return
     worker = _Worker(conn, runner, cancel_seq)
     signal.signal(signal.SIGUSR1, worker.on_cancel_signal)
     sys.stdout = worker.stdout
     sys.stderr = worker.stderr
-    conn.send((Msg.READY.value, os.getpid()))
+    worker.channel.send(Msg.READY, os.getpid())
+    global _serving
+    _serving = True
     worker.serve()

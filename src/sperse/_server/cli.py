@@ -101,6 +101,11 @@ def build_parser() -> argparse.ArgumentParser:
         help="the largest value a client may send",
     )
     parser.add_argument(
+        "--no-shm",
+        action="store_true",
+        help="never move big values through shared memory files, even with clients on this host",
+    )
+    parser.add_argument(
         "--log-level", default="info", help="debug, info, warning or error (default info)"
     )
     return parser
@@ -201,6 +206,7 @@ def main(argv: list[str] | None = None) -> int:
         session_grace=args.session_grace,
         max_value_size=args.max_value_size,
         log_level=level,
+        shm=not args.no_shm,
     )
     if not is_loopback(config.host) and config.insecure and not config.tls:
         print(

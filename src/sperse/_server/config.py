@@ -48,7 +48,8 @@ class ServerConfig:
 
     ``name`` empty: ``HOSTNAME-PORT`` once the port is known. ``workers`` None: one per core.
     ``token`` empty: the server makes a random one (``SperseServer.token``); there is no
-    server without a token. ``inline_limit`` applies to tasks that give none (0).
+    server without a token. ``inline_limit`` applies to tasks that give none (0). ``shm``
+    False: every byte goes through gRPC and the worker pipes, even on one host.
     """
 
     host: str = "127.0.0.1"
@@ -66,6 +67,7 @@ class ServerConfig:
     max_value_size: int = DEFAULT_MAX_VALUE_SIZE
     log_level: str = "INFO"
     hello_timeout: float = 10.0  # a peer that sends no Hello within this is turned away
+    shm: bool = True  # big buffers through shared memory files, with clients on this host
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "tags", frozenset(self.tags))

@@ -2,14 +2,16 @@
 a result coming out.
 
 Both are pickles of plain data only (tuples, lists, str, bytes, int), made by the server or by
-our own runner, and read with an unpickler that refuses to look up any class or function: so
-reading one never runs code. The client's pickles travel inside them as opaque bytes; the
-server never unpickles those, the runner does, in a worker. Standard library only: workers
-and the server both import this module.
+our own runner. The server reads a result with an unpickler that refuses to look up any class
+or function, so reading one never runs code (a worker runs the client's code, and could send
+anything); a worker reads an envelope, made by the server, with the plain ``pickle.loads``.
+The client's pickles travel inside them as opaque bytes; the server never unpickles those,
+the runner does, in a worker. Standard library only: workers and the server both import
+this module.
 
 Envelope (server -> worker)::
 
-    ("sperse-envelope/1", task_id, label, server_name, inline_limit,
+    ("sperse-envelope/2", task_id, label, server_name, inline_limit, shm_prefix,
      (work_stream, [work_buffer, ...]),
      [(object_id, stream, [buffer, ...]), ...])      # the objects the work refers to
 
@@ -17,21 +19,32 @@ Result (worker -> server)::
 
     ("done", [(name, type_name, short_repr, stream, [buffer, ...]), ...])
     ("failed", kind, type_name, message, traceback)
+
+A buffer is ``bytes``, or ``(file_name, size)``: a shared memory file (see
+:mod:`sperse._serialize.shm`) the reader maps instead of receiving the bytes. The server
+passes the names of the files a client uploaded, and of the files of the objects it holds,
+without opening them. A runner writes the buffers of a value that will stay on the server
+(at least ``inline_limit`` bytes in all) into new files named ``shm_prefix`` + random, when
+``shm_prefix`` is not empty; those files belong to the server once the result arrives.
 """
 
 from __future__ import annotations
 
 import io
 import pickle
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from sperse._serialize.shm import valid_name
+
 __all__ = [
+    "Buffer",
     "Envelope",
     "PickledBytes",
     "ResultFailure",
     "ResultValue",
+    "ShmBuffer",
     "pack_envelope",
     "pack_failure",
     "pack_values",
@@ -39,21 +52,39 @@ __all__ = [
     "unpack_result",
 ]
 
-_ENVELOPE = "sperse-envelope/1"
+_ENVELOPE = "sperse-envelope/2"
 _DONE = "done"
 _FAILED = "failed"
 
 
 @dataclass(frozen=True, slots=True)
+class ShmBuffer:
+    """A buffer kept in the shared memory file ``name`` (``size`` bytes)."""
+
+    name: str
+    size: int
+
+
+Buffer = bytes | ShmBuffer
+
+
+@dataclass(frozen=True, slots=True)
 class PickledBytes:
-    """A pickle stream and its protocol-5 out-of-band buffers, as bytes."""
+    """A pickle stream and its protocol-5 out-of-band buffers."""
 
     data: bytes
-    buffers: tuple[bytes, ...] = ()
+    buffers: tuple[Buffer, ...] = ()
 
     @property
     def size(self) -> int:
-        return len(self.data) + sum(len(b) for b in self.buffers)
+        return len(self.data) + sum(
+            b.size if isinstance(b, ShmBuffer) else len(b) for b in self.buffers
+        )
+
+    def shm_names(self) -> Iterator[str]:
+        for b in self.buffers:
+            if isinstance(b, ShmBuffer):
+                yield b.name
 
 
 @dataclass(frozen=True, slots=True)
@@ -64,6 +95,7 @@ class Envelope:
     inline_limit: int
     work: PickledBytes
     objects: Mapping[str, PickledBytes] = field(default_factory=dict)
+    shm_prefix: str = ""  # empty: results travel as bytes
 
 
 @dataclass(frozen=True, slots=True)
@@ -99,16 +131,34 @@ def _dumps(obj: Any) -> bytes:
     return pickle.dumps(obj, protocol=5)
 
 
+def _plain_buffers(buffers: Sequence[Buffer]) -> list[Any]:
+    return [(b.name, b.size) if isinstance(b, ShmBuffer) else b for b in buffers]
+
+
+def _buffer(item: Any) -> Buffer:
+    if isinstance(item, bytes):
+        return item
+    if (
+        isinstance(item, tuple)
+        and len(item) == 2
+        and isinstance(item[0], str)
+        and valid_name(item[0])
+        and isinstance(item[1], int)
+        and item[1] >= 0
+    ):
+        return ShmBuffer(item[0], item[1])
+    raise ValueError("malformed pickled value buffers")
+
+
 def _pickled(stream: Any, buffers: Any) -> PickledBytes:
     if not isinstance(stream, bytes) or not isinstance(buffers, list | tuple):
         raise ValueError("malformed pickled value")
-    if not all(isinstance(b, bytes) for b in buffers):
-        raise ValueError("malformed pickled value buffers")
-    return PickledBytes(stream, tuple(buffers))
+    return PickledBytes(stream, tuple(map(_buffer, buffers)))
 
 
 def pack_envelope(envelope: Envelope) -> bytes:
-    objects = [(oid, p.data, list(p.buffers)) for oid, p in envelope.objects.items()]
+    objects = [(oid, p.data, _plain_buffers(p.buffers)) for oid, p in envelope.objects.items()]
+    work = envelope.work
     return _dumps(
         (
             _ENVELOPE,
@@ -116,7 +166,8 @@ def pack_envelope(envelope: Envelope) -> bytes:
             envelope.label,
             envelope.server,
             envelope.inline_limit,
-            (envelope.work.data, list(envelope.work.buffers)),
+            envelope.shm_prefix,
+            (work.data, _plain_buffers(work.buffers)),
             objects,
         )
     )
@@ -125,7 +176,7 @@ def pack_envelope(envelope: Envelope) -> bytes:
 def unpack_envelope(payload: bytes) -> Envelope:
     """Raises ``ValueError`` for anything that ``pack_envelope`` did not make."""
     try:
-        tag, task_id, label, server, inline_limit, work, objects = _plain_loads(payload)
+        tag, task_id, label, server, inline_limit, shm_prefix, work, objects = _plain_loads(payload)
     except (pickle.UnpicklingError, TypeError, ValueError, EOFError) as exc:
         raise ValueError(f"malformed task envelope: {exc}") from exc
     if tag != _ENVELOPE:
@@ -137,6 +188,7 @@ def unpack_envelope(payload: bytes) -> Envelope:
         inline_limit=int(inline_limit),
         work=_pickled(*work),
         objects={str(oid): _pickled(data, buffers) for oid, data, buffers in objects},
+        shm_prefix=str(shm_prefix),
     )
 
 
@@ -144,7 +196,10 @@ def pack_values(values: Sequence[ResultValue]) -> bytes:
     return _dumps(
         (
             _DONE,
-            [(v.name, v.type_name, v.repr, v.value.data, list(v.value.buffers)) for v in values],
+            [
+                (v.name, v.type_name, v.repr, v.value.data, _plain_buffers(v.value.buffers))
+                for v in values
+            ],
         )
     )
 

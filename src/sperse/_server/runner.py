@@ -6,15 +6,20 @@ Invariants:
 
 - The client's pickles are opened here, in a worker, never in the server process: the work
   itself and the held objects it refers to, which are resolved by id from the envelope and
-  unpickled at most once per task. Their out-of-band buffers are copied into writable
-  memory, so a numpy array arrives writable, as it would locally.
+  unpickled at most once per task. Their out-of-band buffers arrive writable, so a numpy
+  array arrives writable, as it would locally: a buffer in a shared memory file is mapped
+  copy-on-write (nothing is copied unless the task writes to it), one sent as bytes is
+  copied into writable memory.
 - Whatever the user's code does, the runner returns a result (values or a failure as data):
   a module missing while unpickling is ``missing_module`` naming the module and the server;
   other unpickling errors are ``serialization``; an exception of the user's code, even
   ``SystemExit``, is ``raised`` with its traceback; an unpicklable result is
   ``serialization`` naming the value. Only ``TaskInterrupted`` (a cancel) passes through.
 - Each value is pickled on its own, with its type name, a repr of at most ``REPR_MAX``
-  characters and its buffers apart; the server decides what stays in its object store.
+  characters and its buffers apart; the server decides what stays in its object store, by
+  the same rule the runner uses to put the big buffers (``SHM_MIN`` and up) of a value that
+  will stay (``inline_limit`` bytes and up) into new shared memory files, which are the
+  server's once the result is returned. A failure after some were written removes them.
 """
 
 from __future__ import annotations
@@ -24,14 +29,17 @@ import reprlib
 from typing import Any
 
 from sperse._backends.base import CallTask, StatementTask
-from sperse._backends.runner import encode_error, execute
-from sperse._pool.worker import TaskInterrupted
+from sperse._backends.runner import encode_error, execute, work_from_wire
+from sperse._pool.worker import TaskInterrupted, keep_until_answered
 from sperse._serialize import describe, dumps_oob, loads_oob
+from sperse._serialize import shm as _shm
 from sperse._server.envelope import (
+    Buffer,
     Envelope,
     PickledBytes,
     ResultFailure,
     ResultValue,
+    ShmBuffer,
     pack_failure,
     pack_values,
     unpack_envelope,
@@ -60,16 +68,23 @@ def run(payload: bytes) -> bytes:
         work = _load_work(envelope)
     except _Failed as failed:
         return pack_failure(failed.failure)
+    keep_until_answered(work)  # its arguments may map big files: unmapped after the reply
     try:
         value = execute(work)
     except TaskInterrupted:
         raise
     except BaseException as exc:  # the user's code, SystemExit included, ends here
         return pack_failure(_raised(exc))
+    keep_until_answered(value)
+    written: list[str] = []
     try:
-        return pack_values(_encode_values(work, value))
+        return pack_values(_encode_values(work, value, envelope, written))
     except _Failed as failed:
+        _shm.unlink(written)
         return pack_failure(failed.failure)
+    except BaseException:
+        _shm.unlink(written)
+        raise
 
 
 def _raised(exc: BaseException) -> ResultFailure:
@@ -92,7 +107,7 @@ def _load_work(envelope: Envelope) -> StatementTask | CallTask:
 
     what = f"task {envelope.label!r}" if envelope.label else "the task"
     try:
-        work = _loads(envelope.work, resolve, what)
+        obj = _loads(envelope.work, resolve if envelope.objects else None, what)
     except ModuleNotFoundError as exc:
         module = exc.name or str(exc)
         raise _Failed(
@@ -108,30 +123,43 @@ def _load_work(envelope: Envelope) -> StatementTask | CallTask:
         raise _Failed(
             ResultFailure("serialization", "SerializationError", f"on {envelope.server}: {exc}")
         ) from None
-    if not isinstance(work, StatementTask | CallTask):
+    work = work_from_wire(obj)
+    if work is None:
         raise _Failed(
             ResultFailure(
                 "serialization",
                 "SerializationError",
-                f"{what} is a {describe(work)}, not a StatementTask or CallTask",
+                f"{what} is a {describe(obj)}, not a StatementTask or CallTask",
             )
         )
     return work
 
 
 def _loads(held: PickledBytes, resolve: Any, what: str) -> Any:
-    # Writable copies: a numpy array arrives writable, as it was where it came from.
-    buffers = [memoryview(bytearray(b)) for b in held.buffers]
+    try:
+        buffers = [_writable(b) for b in held.buffers]
+    except _shm.ShmError as exc:
+        raise SerializationError(f"cannot load {what}: {exc}") from None
     return loads_oob(held.data, buffers, resolve=resolve, what=what)
 
 
-def _encode_values(work: StatementTask | CallTask, value: Any) -> list[ResultValue]:
+def _writable(buffer: Buffer) -> memoryview:
+    """A writable view of ``buffer``: a numpy array arrives writable, as it was where it came
+    from. A shared memory file is mapped copy-on-write; bytes are copied."""
+    if isinstance(buffer, ShmBuffer):
+        return _shm.map_copy(buffer.name, buffer.size)
+    return memoryview(bytearray(buffer))
+
+
+def _encode_values(
+    work: StatementTask | CallTask, value: Any, envelope: Envelope, written: list[str]
+) -> list[ResultValue]:
     if isinstance(work, StatementTask) and not work.is_expression:
-        return [_encode_value(name, part) for name, part in value.items()]
-    return [_encode_value("", value)]
+        return [_encode_value(name, part, envelope, written) for name, part in value.items()]
+    return [_encode_value("", value, envelope, written)]
 
 
-def _encode_value(name: str, value: Any) -> ResultValue:
+def _encode_value(name: str, value: Any, envelope: Envelope, written: list[str]) -> ResultValue:
     what = f"`{name}`" if name else "the result"
     try:
         data, buffers, _ = dumps_oob(value, what=what)
@@ -149,8 +177,24 @@ def _encode_value(name: str, value: Any) -> ResultValue:
                 "Return something picklable."
             )
         raise _Failed(ResultFailure("serialization", "SerializationError", message)) from None
-    held = PickledBytes(data, tuple(bytes(b.raw()) for b in buffers))
+    views = [b.raw() for b in buffers]
+    size = len(data) + sum(v.nbytes for v in views)
+    keep = bool(envelope.shm_prefix) and size >= envelope.inline_limit
+    held = PickledBytes(data, tuple(_buffer(v, envelope.shm_prefix, written, keep) for v in views))
     return ResultValue(name, type_name(value), short_repr(value), held)
+
+
+def _buffer(view: memoryview, prefix: str, written: list[str], keep: bool) -> Buffer:
+    """A result buffer as bytes, or (for a value that stays on the server) a new shared
+    memory file when it is big; bytes again if the file cannot be written."""
+    if keep and view.nbytes >= _shm.SHM_MIN:
+        try:
+            name = _shm.write(prefix, view)
+        except _shm.ShmError:
+            return bytes(view)
+        written.append(name)
+        return ShmBuffer(name, view.nbytes)
+    return bytes(view)
 
 
 def type_name(value: Any) -> str:
@@ -161,8 +205,13 @@ def type_name(value: Any) -> str:
     return qualname if module == "builtins" else f"{module}.{qualname}"
 
 
+_NUMBERS = frozenset({int, float, bool, type(None)})
+
+
 def short_repr(value: Any) -> str:
     """One line of at most ``REPR_MAX`` characters; never raises."""
+    if type(value) in _NUMBERS and (type(value) is not int or -(10**30) < value < 10**30):
+        return repr(value)  # the common case, without reprlib
     try:
         text = _repr.repr(value)
     except Exception as exc:  # reprlib catches most; a broken __repr__ of a container may not

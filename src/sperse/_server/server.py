@@ -9,6 +9,8 @@ Invariants:
 - ``stop()`` (and leaving ``async with``) ends every stream (queued events are sent first,
   within ``grace``), every session, and the workers: when it returns, every worker process
   has exited. It is idempotent.
+- Beside the gRPC port, a server with shared memory on also listens on an abstract Unix
+  socket (:mod:`sperse._server.local`) that it offers to clients on its host only.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from types import TracebackType
 import grpc
 import grpc.aio
 
+from sperse._server import local
 from sperse._server.config import ServerConfig, ServerConfigError, check_config, default_name
 from sperse._server.core import ServerCore, ServerStats
 from sperse._server.logs import log, log_event
@@ -61,6 +64,7 @@ class SperseServer:
         self._grpc: grpc.aio.Server | None = None
         self._core: ServerCore | None = None
         self._service: SessionService | None = None
+        self._local: local.LocalServer | None = None
         self._port = 0
         self._name = config.name
         self._stopping = False
@@ -114,6 +118,15 @@ class SperseServer:
         except Exception as exc:  # a bad certificate or key shows up here
             await server.stop(None)
             raise ServerConfigError(f"cannot start listening on {target}: {exc}") from exc
+        if config.shm and local.available():
+            listener = local.LocalServer(self._service)
+            try:
+                await listener.start()
+            except OSError as exc:
+                log_event(logging.WARNING, "local_listener_failed", error=exc)
+            else:
+                self._local = listener
+                self._service.local_address = listener.address
         self._core.start()
         log_event(
             logging.INFO,
@@ -135,8 +148,12 @@ class SperseServer:
         try:
             if self._service is not None:
                 self._service.stop()
+            stopping = []
             if self._grpc is not None:
-                await self._grpc.stop(grace)
+                stopping.append(self._grpc.stop(grace))
+            if self._local is not None:
+                stopping.append(self._local.stop(grace))
+            await asyncio.gather(*stopping)
             if self._core is not None:
                 await self._core.close()
             log_event(logging.INFO, "server_stopped", name=self._name)

@@ -9,15 +9,23 @@ Protocol rules are in :mod:`sperse._wire`; what this module adds:
   ``Error("version")``.
 - A stream has two tasks: a reader that turns client messages into calls on the
   :class:`~sperse._server.core.ServerCore` (synchronously, in arrival order), and a writer
-  that sends ``Welcome``, then replies and the session's queued events. Only the writer
-  writes. Events ready together go in one ``Events`` message, whose inline bytes stay under
-  ``BATCH_BYTES``: values beyond that budget travel as blobs, so every message stays well
-  under ``MAX_MESSAGE``.
+  that sends ``Welcome``, then replies and the session's queued events. Events ready
+  together go in one ``Events`` message, whose inline bytes stay under ``BATCH_BYTES``:
+  values beyond that budget travel as blobs, so every message stays well under
+  ``MAX_MESSAGE``.
+- A same-host stream (:mod:`sperse._server.local`) skips the tasks when it can: a message is
+  handled as soon as it is read (unless the reader has some queued, or it is a big
+  ``Submit``), and while the writer waits, what the session queues is written at once (after
+  each batch of worker events). The order of messages is the same either way, and only one
+  of the two writes at a time: the writer when it runs, ``_flush_now`` while it waits.
 - A malformed or unexpected message after ``Hello`` (a second ``Hello``, an empty message, a
-  reused blob id, a ``Bytes`` naming a blob never sent): ``Error("protocol")``, and that
-  stream ends. Its session stays for the grace period like any other broken stream.
+  reused blob id, a ``Bytes`` naming a blob never sent, a shared memory file named without
+  the probe or outside the session's prefix): ``Error("protocol")``, and that stream ends. Its session stays for the grace period like any other broken stream.
 - A blob over ``max_value_size`` is dropped as it arrives; the task that uses it fails with
-  ``serialization`` (its session carries on).
+  ``serialization`` (its session carries on). So does a task that names a shared memory
+  file that is gone or over that size (the server only ``stat``s it).
+- A ``Submit`` of many tasks is handled a chunk of ``SUBMIT_CHUNK`` tasks at a time, the
+  loop turning in between, so the workers are fed while the rest is read.
 - The stream ends: after ``Goodbye`` (the session ends too); when another stream resumes the
   session; when the server stops (after sending what is queued); or when the client goes
   away (half-close, cancel, broken connection: the session waits for a resume).
@@ -30,24 +38,30 @@ import collections
 import contextlib
 import hmac
 import logging
+import os
 import platform
-from collections.abc import Iterator
-from dataclasses import dataclass
+import stat
+import weakref
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
 from typing import Any
 
 import grpc
 import grpc.aio
 
+from sperse._serialize import shm
 from sperse._server import core
 from sperse._server.config import ServerConfig
-from sperse._server.envelope import PickledBytes
+from sperse._server.envelope import Buffer, PickledBytes, ShmBuffer
+from sperse._server.local import LocalCall
 from sperse._server.logs import log_event
 from sperse._wire import INLINE_MAX, PIECE, PROTOCOL, BlobReceiver, BlobSender, pb
 
-__all__ = ["BATCH_BYTES", "BATCH_EVENTS", "SessionService"]
+__all__ = ["BATCH_BYTES", "BATCH_EVENTS", "SUBMIT_CHUNK", "SessionService"]
 
 BATCH_BYTES = 4 << 20  # inline bytes of one Events message (MAX_MESSAGE is 8 MiB)
 BATCH_EVENTS = 1000
+SUBMIT_CHUNK = 100  # tasks of a Submit handled before the loop turns
 
 
 def _version() -> str:
@@ -64,7 +78,9 @@ def _is_broken_call(exc: BaseException) -> bool:
     """Whether ``exc`` (or all of a group) says the call is over, rather than a bug."""
     if isinstance(exc, BaseExceptionGroup):
         return all(_is_broken_call(e) for e in exc.exceptions)
-    return isinstance(exc, asyncio.InvalidStateError) or type(exc).__module__.startswith("grpc")
+    return isinstance(exc, asyncio.InvalidStateError | ConnectionError) or type(
+        exc
+    ).__module__.startswith("grpc")
 
 
 class _Violation(Exception):
@@ -78,18 +94,52 @@ class _Refused(Exception):
 @dataclass(frozen=True, slots=True)
 class _OutBlob:
     """A byte string to send as ``Blob`` pieces, cut one piece at a time as it is written
-    (so sending a large object never copies it whole)."""
+    (so sending a large object never copies it whole): bytes, or a shared memory file open
+    for reading (read with ``pread``, so a file that shrinks is an error, not a crash)."""
 
     blob_id: int
-    data: bytes
+    data: bytes | _OpenFile
 
     def pieces(self) -> Iterator[pb.ServerMessage]:
-        view = memoryview(self.data)
-        size = len(view)
+        source = self.data
+        size = source.size if isinstance(source, _OpenFile) else len(source)
+        view = memoryview(source) if isinstance(source, bytes) else None
         for start in range(0, max(size, 1), PIECE):
             end = min(start + PIECE, size)
-            piece = pb.Blob(blob_id=self.blob_id, data=view[start:end].tobytes(), last=end == size)
+            if view is not None:
+                data = view[start:end].tobytes()
+            else:
+                assert isinstance(source, _OpenFile)
+                data = source.read(start, end - start)
+                if end == size:
+                    source.close()
+            piece = pb.Blob(blob_id=self.blob_id, data=data, last=end == size)
             yield pb.ServerMessage(blob=piece)
+
+
+class _OpenFile:
+    """A shared memory file opened when a client fetched it (a later release cannot take it
+    away); closed once sent, or when garbage-collected (a reply never sent)."""
+
+    __slots__ = ("__weakref__", "_close", "fd", "size")
+
+    def __init__(self, fd: int, size: int) -> None:
+        self.fd = fd
+        self.size = size
+        self._close = weakref.finalize(self, os.close, fd)
+
+    @classmethod
+    def open(cls, buffer: ShmBuffer) -> _OpenFile:
+        return cls(shm.open_read(buffer.name, buffer.size), buffer.size)
+
+    def read(self, offset: int, length: int) -> bytes:
+        data = os.pread(self.fd, length, offset)
+        if len(data) != length:
+            raise OSError(f"a shared memory file shrank while it was sent (fd {self.fd})")
+        return data
+
+    def close(self) -> None:
+        self._close()
 
 
 class _Sender(BlobSender):
@@ -108,11 +158,26 @@ class _Sender(BlobSender):
         return pb.Bytes(blob_id=blob_id), 0
 
     def pickled_within(
-        self, value: PickledBytes, blobs: list[_OutBlob], budget: int
+        self,
+        value: PickledBytes,
+        blobs: list[_OutBlob],
+        budget: int,
+        files: dict[str, _OpenFile] | None = None,
     ) -> tuple[pb.Pickled, int]:
+        """``value`` as a ``Pickled``; its shared memory files by name, or (those in
+        ``files``, for a client on another host) as blobs read from the file."""
         data, used = self.encode_within(value.data, blobs, budget)
         buffers = []
         for buffer in value.buffers:
+            if isinstance(buffer, ShmBuffer):
+                opened = files.get(buffer.name) if files is not None else None
+                if opened is None:
+                    buffers.append(pb.Bytes(shm=buffer.name))
+                else:
+                    blob_id = next(self._ids)
+                    blobs.append(_OutBlob(blob_id, opened))
+                    buffers.append(pb.Bytes(blob_id=blob_id))
+                continue
             field, n = self.encode_within(buffer, blobs, budget - used)
             buffers.append(field)
             used += n
@@ -156,9 +221,13 @@ class _Receiver:
             raise _Violation(str(exc.args[0])) from None
         return data
 
-    def pickled(self, field: pb.Pickled) -> PickledBytes:
+    def pickled(self, field: pb.Pickled, upload: Callable[[str], ShmBuffer]) -> PickledBytes:
+        """The pickle's bytes, its buffers as bytes or (``upload``) shared memory files."""
         data = self.bytes(field.data)
-        return PickledBytes(data, tuple(self.bytes(b) for b in field.buffers))
+        buffers: list[Buffer] = []
+        for b in field.buffers:
+            buffers.append(upload(b.shm) if b.WhichOneof("kind") == "shm" else self.bytes(b))
+        return PickledBytes(data, tuple(buffers))
 
 
 @dataclass(frozen=True, slots=True)
@@ -166,6 +235,7 @@ class _FetchReply:
     request_id: int
     value: PickledBytes | None
     error: str = ""
+    files: dict[str, _OpenFile] = field(default_factory=dict)  # sent as blobs
 
 
 class _Stream:
@@ -177,12 +247,14 @@ class _Stream:
         session: core.Session,
         context: Any,
         peer: str,
+        shm_on: bool,
     ) -> None:
         self.service = service
         self.core = service.core
         self.session = session
         self.context = context
         self.peer = peer
+        self.shm = shm_on  # the client shares this host's /dev/shm
         self.sender = _Sender()
         self.receiver = _Receiver(service.config.max_value_size)
         self.replies: collections.deque[_FetchReply | pb.ServerMessage] = collections.deque()
@@ -190,10 +262,26 @@ class _Stream:
         self.kicked = False
         self.said_goodbye = False
         self._wake = asyncio.Event()
+        # What is being sent: one iterator of messages per reply, batch of events or blob.
+        self._carry: collections.deque[Iterator[pb.ServerMessage]] = collections.deque()
+        # A same-host call is served without its coroutines when it can be: a message is
+        # handled as it is read, and events are written as they are queued (see _take_now
+        # and _flush_now); the coroutines take over for what must wait.
+        self._direct = isinstance(context, LocalCall)
+        self._parked = False  # the writer waits for a wake-up
+        self._flush_scheduled = False
+        if isinstance(context, LocalCall):
+            context.handler = self._take_now
 
     # ---- core.Listener -----------------------------------------------------------------
 
     def wake(self) -> None:
+        if self._direct and self._parked:
+            if not self._flush_scheduled:
+                self._flush_scheduled = True
+                self.service.flushes.append(self)
+                asyncio.get_running_loop().call_soon(self.service.flush)
+            return
         self._wake.set()
 
     def kick(self) -> None:
@@ -213,22 +301,49 @@ class _Stream:
             message = await self.context.read()
             if message is grpc.aio.EOF:
                 return  # no more requests; events still go out until the call ends
+            if self.violation or self.said_goodbye:
+                return  # (ended by a message handled as it was read: see _take_now)
             try:
-                self._handle(message)
+                if message.WhichOneof("kind") == "submit":
+                    await self._submit(message.submit.tasks)
+                else:
+                    self._handle(message)
             except _Violation as exc:
-                self.violation = str(exc)
-                log_event(
-                    logging.WARNING,
-                    "protocol_error",
-                    session=self.session.session_id,
-                    peer=self.peer,
-                    error=self.violation,
-                )
-                self.wake()
+                self._protocol_error(exc)
                 return
             if self.said_goodbye:
                 self.wake()
                 return
+
+    def _protocol_error(self, exc: _Violation) -> None:
+        self.violation = str(exc)
+        log_event(
+            logging.WARNING,
+            "protocol_error",
+            session=self.session.session_id,
+            peer=self.peer,
+            error=self.violation,
+        )
+        self._wake.set()
+
+    def _take_now(self, message: pb.ClientMessage) -> bool:
+        """Handle a message of a same-host call as it is read (on the loop, from the
+        socket's callback). False: the read loop must (a big Submit, or after the end)."""
+        if self.violation or self.said_goodbye:
+            return False
+        tasks = message.submit.tasks if message.WhichOneof("kind") == "submit" else None
+        if tasks is not None and len(tasks) > SUBMIT_CHUNK:
+            return False
+        try:
+            if tasks is not None:
+                self._submit_chunk(tasks)
+            else:
+                self._handle(message)
+        except _Violation as exc:
+            self._protocol_error(exc)
+        if self.said_goodbye:
+            self._wake.set()
+        return True
 
     async def _write_loop(self, welcome: pb.ServerMessage) -> None:
         await self.context.write(welcome)
@@ -239,30 +354,77 @@ class _Stream:
                 return
             if self.kicked or self.said_goodbye:
                 return
-            messages = self._next_messages()
-            if messages:
-                for message in messages:
-                    if isinstance(message, _OutBlob):
-                        for piece in message.pieces():
-                            await self.context.write(piece)
-                    else:
-                        await self.context.write(message)
+            if self._fill():
+                for message in self._carry[0]:
+                    await self.context.write(message)
+                self._carry.popleft()
                 continue
             if self.service.stopping:
                 return
             self._wake.clear()
-            await self._wake.wait()
+            self._parked = True
+            try:
+                await self._wake.wait()
+            finally:
+                self._parked = False
+
+    def _fill(self) -> bool:
+        """Whether there is something to send (in ``_carry``), taking the next reply or
+        batch of events when it is empty."""
+        if not self._carry:
+            for item in self._next_messages():
+                self._carry.append(item.pieces() if isinstance(item, _OutBlob) else iter((item,)))
+        return bool(self._carry)
+
+    def _flush_now(self) -> None:
+        """Write what is queued, synchronously, while the same-host client reads; hand the
+        rest (and any ending) to the writer."""
+        if not self._flush_scheduled:
+            return  # flushed already
+        self._flush_scheduled = False
+        context = self.context
+        if not self._parked:
+            return  # the writer runs: it sends what is queued
+        assert isinstance(context, LocalCall)
+        if not (self.violation or self.kicked or self.said_goodbye or self.service.stopping):
+            try:
+                while not context.write_blocked and self._fill():
+                    for message in self._carry[0]:
+                        context.write_now(message)
+                        if context.write_blocked:
+                            break
+                    else:
+                        self._carry.popleft()
+            except ConnectionError:
+                pass  # the writer finds out, and the call ends
+            if not context.write_blocked and not self._carry:
+                return
+        self._wake.set()
 
     # ---- client messages -----------------------------------------------------------------
+
+    async def _submit(self, tasks: Any) -> None:
+        count = len(tasks)
+        for start in range(0, count, SUBMIT_CHUNK):
+            self._submit_chunk(tasks[start : start + SUBMIT_CHUNK])
+            if start + SUBMIT_CHUNK < count:
+                await asyncio.sleep(0)  # let the workers' results and the writer through
+
+    def _submit_chunk(self, tasks: Any) -> None:
+        requests: list[core.TaskRequest] = []
+        try:
+            for task in tasks:
+                requests.append(self._task_request(task))
+        except _Violation:
+            shm.unlink(name for request in requests for name in request.uploads)
+            raise
+        self.core.submit(self.session, requests)
 
     def _handle(self, message: pb.ClientMessage) -> None:
         kind = message.WhichOneof("kind")
         session = self.session
         if kind == "blob":
             self.receiver.add(message.blob)
-        elif kind == "submit":
-            requests = [self._task_request(task) for task in message.submit.tasks]
-            self.core.submit(session, requests)
         elif kind == "cancel":
             self.core.cancel(session, list(message.cancel.task_ids))
         elif kind == "fetch":
@@ -275,7 +437,7 @@ class _Stream:
                 )
                 self.replies.append(_FetchReply(fetch.request_id, None, error))
             else:
-                self.replies.append(_FetchReply(fetch.request_id, held.value))
+                self.replies.append(self._fetch_reply(fetch.request_id, held.value))
             self.wake()
         elif kind == "release":
             self.core.release(session, list(message.release.object_ids))
@@ -293,14 +455,31 @@ class _Stream:
                 f"(it speaks {PROTOCOL})"
             )
 
+    def _fetch_reply(self, request_id: int, value: PickledBytes) -> _FetchReply:
+        """A client on this host gets the object's files by name; another gets their bytes,
+        read from files opened now (a release after this cannot take them away)."""
+        files: dict[str, _OpenFile] = {}
+        if not self.shm:
+            try:
+                for buffer in value.buffers:
+                    if isinstance(buffer, ShmBuffer):
+                        files[buffer.name] = _OpenFile.open(buffer)
+            except OSError as exc:
+                return _FetchReply(request_id, None, f"server {self.core.name!r}: {exc}")
+        return _FetchReply(request_id, value, files=files)
+
     def _task_request(self, task: pb.Task) -> core.TaskRequest:
         if not task.task_id:
             raise _Violation("a Task without a task_id")
+        uploads = self._uploads(task.work)
         try:
-            work: PickledBytes | None = self.receiver.pickled(task.work)
+            work: PickledBytes | None = self.receiver.pickled(task.work, self._upload_size)
             refused = ""
         except _Refused as exc:
             work, refused = None, str(exc)
+        except _Violation:
+            shm.unlink(uploads)
+            raise
         return core.TaskRequest(
             task_id=task.task_id,
             work=work,
@@ -309,7 +488,48 @@ class _Stream:
             inline_limit=task.inline_limit,
             label=task.label,
             refused=refused,
+            uploads=uploads,
         )
+
+    def _uploads(self, work: pb.Pickled) -> tuple[str, ...]:
+        """The shared memory files a task's work names: checked, and the task's from now."""
+        names = tuple(b.shm for b in work.buffers if b.WhichOneof("kind") == "shm")
+        if not names:
+            return names
+        if not self.shm:
+            raise _Violation(
+                "a shared memory file named by a client whose Hello did not pass the "
+                "same-host probe"
+            )
+        prefix = self.session.shm_prefix
+        ours = tuple(n for n in names if n.startswith(prefix) and shm.valid_name(n))
+        if len(ours) != len(names):
+            shm.unlink(ours)
+            wrong = next(n for n in names if n not in ours)
+            raise _Violation(
+                f"shared memory file {wrong!r} does not start with this session's prefix "
+                f"{prefix!r} (Welcome.shm_prefix)"
+            )
+        return names
+
+    def _upload_size(self, name: str) -> ShmBuffer:
+        """The upload's size (the server looks at nothing else of it)."""
+        try:
+            info = os.lstat(os.path.join(shm.SHM_DIR, name))
+        except OSError as exc:
+            raise _Refused(
+                f"the shared memory file {name} the client wrote is gone or unreadable on "
+                f"server {self.core.name!r}: {exc.strerror}"
+            ) from None
+        if not stat.S_ISREG(info.st_mode):
+            raise _Refused(f"{name} in {shm.SHM_DIR} is not a regular file")
+        if info.st_size > self.service.config.max_value_size:
+            raise _Refused(
+                f"a value of more than {self.service.config.max_value_size} bytes was sent; "
+                "this server refuses values that large (its --max-value-size): keep the data "
+                "where it is and compute there, or send it in parts"
+            )
+        return ShmBuffer(name, info.st_size)
 
     def _stats_reply(self, request_id: int) -> pb.ServerMessage:
         s = self.core.stats(self.session)
@@ -338,7 +558,9 @@ class _Stream:
             if isinstance(reply, _FetchReply):
                 fetch_reply = pb.FetchReply(request_id=reply.request_id, error=reply.error)
                 if reply.value is not None:
-                    value, _ = self.sender.pickled_within(reply.value, blobs, BATCH_BYTES)
+                    value, _ = self.sender.pickled_within(
+                        reply.value, blobs, BATCH_BYTES, reply.files
+                    )
                     fetch_reply.value.CopyFrom(value)
                 reply = pb.ServerMessage(fetch_reply=fetch_reply)
             return [*blobs, reply]
@@ -394,7 +616,17 @@ class SessionService:
         self.core = server_core
         self._token = token.encode()
         self.stopping = False
+        self.local_address = ""  # of the same-host listener, offered with shared memory
         self._streams: set[_Stream] = set()
+        self.flushes: list[_Stream] = []  # same-host streams with events to write
+        server_core.after_pool_events = self.flush
+
+    def flush(self) -> None:
+        """Write the events queued for same-host streams: after a batch of events from the
+        workers (at once), or on the loop's next turn (any other event)."""
+        streams, self.flushes = self.flushes, []
+        for stream in streams:
+            stream._flush_now()
 
     def stop(self) -> None:
         """Streams send what is queued and end."""
@@ -423,11 +655,16 @@ class SessionService:
             return
         hello = first.hello
         session, resumed = self.core.open_session(hello.session_id, hello.client_name, peer)
-        stream = _Stream(self, session, context, peer)
+        shm_on = (
+            self.config.shm
+            and bool(hello.shm_probe)
+            and shm.check_probe(hello.shm_probe, hello.shm_nonce)
+        )
+        stream = _Stream(self, session, context, peer, shm_on)
         self._streams.add(stream)
         self.core.attach(session, stream)
         try:
-            await stream.run(self._welcome(session, resumed))
+            await stream.run(self._welcome(session, resumed, shm_on))
         except Exception as exc:  # the session lives on, for a resume
             broken = _is_broken_call(exc)  # else a bug of ours: say so loudly
             log_event(
@@ -489,7 +726,7 @@ class SessionService:
         with contextlib.suppress(Exception):  # the peer may be gone already
             await context.write(pb.ServerMessage(error=pb.Error(code=code, message=message)))
 
-    def _welcome(self, session: core.Session, resumed: bool) -> pb.ServerMessage:
+    def _welcome(self, session: core.Session, resumed: bool, shm_on: bool) -> pb.ServerMessage:
         config = self.config
         return pb.ServerMessage(
             welcome=pb.Welcome(
@@ -501,5 +738,8 @@ class SessionService:
                 workers=config.worker_count,
                 session_id=session.session_id,
                 resumed=resumed,
+                shm=shm_on,
+                shm_prefix=session.shm_prefix if shm_on else "",
+                local_address=self.local_address if shm_on else "",
             )
         )

@@ -27,28 +27,34 @@ class ClientMessage(_message.Message):
     def __init__(self, hello: _Optional[_Union[Hello, _Mapping]] = ..., blob: _Optional[_Union[Blob, _Mapping]] = ..., submit: _Optional[_Union[Submit, _Mapping]] = ..., cancel: _Optional[_Union[Cancel, _Mapping]] = ..., fetch: _Optional[_Union[Fetch, _Mapping]] = ..., release: _Optional[_Union[Release, _Mapping]] = ..., stats: _Optional[_Union[StatsRequest, _Mapping]] = ..., goodbye: _Optional[_Union[Goodbye, _Mapping]] = ...) -> None: ...
 
 class Hello(_message.Message):
-    __slots__ = ("token", "protocol", "client_version", "python_version", "session_id", "client_name")
+    __slots__ = ("token", "protocol", "client_version", "python_version", "session_id", "client_name", "shm_probe", "shm_nonce")
     TOKEN_FIELD_NUMBER: _ClassVar[int]
     PROTOCOL_FIELD_NUMBER: _ClassVar[int]
     CLIENT_VERSION_FIELD_NUMBER: _ClassVar[int]
     PYTHON_VERSION_FIELD_NUMBER: _ClassVar[int]
     SESSION_ID_FIELD_NUMBER: _ClassVar[int]
     CLIENT_NAME_FIELD_NUMBER: _ClassVar[int]
+    SHM_PROBE_FIELD_NUMBER: _ClassVar[int]
+    SHM_NONCE_FIELD_NUMBER: _ClassVar[int]
     token: str
     protocol: str
     client_version: str
     python_version: str
     session_id: str
     client_name: str
-    def __init__(self, token: _Optional[str] = ..., protocol: _Optional[str] = ..., client_version: _Optional[str] = ..., python_version: _Optional[str] = ..., session_id: _Optional[str] = ..., client_name: _Optional[str] = ...) -> None: ...
+    shm_probe: str
+    shm_nonce: bytes
+    def __init__(self, token: _Optional[str] = ..., protocol: _Optional[str] = ..., client_version: _Optional[str] = ..., python_version: _Optional[str] = ..., session_id: _Optional[str] = ..., client_name: _Optional[str] = ..., shm_probe: _Optional[str] = ..., shm_nonce: _Optional[bytes] = ...) -> None: ...
 
 class Bytes(_message.Message):
-    __slots__ = ("data", "blob_id")
+    __slots__ = ("data", "blob_id", "shm")
     DATA_FIELD_NUMBER: _ClassVar[int]
     BLOB_ID_FIELD_NUMBER: _ClassVar[int]
+    SHM_FIELD_NUMBER: _ClassVar[int]
     data: bytes
     blob_id: int
-    def __init__(self, data: _Optional[bytes] = ..., blob_id: _Optional[int] = ...) -> None: ...
+    shm: str
+    def __init__(self, data: _Optional[bytes] = ..., blob_id: _Optional[int] = ..., shm: _Optional[str] = ...) -> None: ...
 
 class Blob(_message.Message):
     __slots__ = ("blob_id", "data", "last")
@@ -137,7 +143,7 @@ class ServerMessage(_message.Message):
     def __init__(self, welcome: _Optional[_Union[Welcome, _Mapping]] = ..., blob: _Optional[_Union[Blob, _Mapping]] = ..., events: _Optional[_Union[Events, _Mapping]] = ..., fetch_reply: _Optional[_Union[FetchReply, _Mapping]] = ..., stats: _Optional[_Union[StatsReply, _Mapping]] = ..., error: _Optional[_Union[Error, _Mapping]] = ...) -> None: ...
 
 class Welcome(_message.Message):
-    __slots__ = ("server_name", "server_version", "python_version", "tags", "resources", "workers", "session_id", "resumed")
+    __slots__ = ("server_name", "server_version", "python_version", "tags", "resources", "workers", "session_id", "resumed", "shm", "shm_prefix", "local_address")
     class ResourcesEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -153,6 +159,9 @@ class Welcome(_message.Message):
     WORKERS_FIELD_NUMBER: _ClassVar[int]
     SESSION_ID_FIELD_NUMBER: _ClassVar[int]
     RESUMED_FIELD_NUMBER: _ClassVar[int]
+    SHM_FIELD_NUMBER: _ClassVar[int]
+    SHM_PREFIX_FIELD_NUMBER: _ClassVar[int]
+    LOCAL_ADDRESS_FIELD_NUMBER: _ClassVar[int]
     server_name: str
     server_version: str
     python_version: str
@@ -161,7 +170,10 @@ class Welcome(_message.Message):
     workers: int
     session_id: str
     resumed: bool
-    def __init__(self, server_name: _Optional[str] = ..., server_version: _Optional[str] = ..., python_version: _Optional[str] = ..., tags: _Optional[_Iterable[str]] = ..., resources: _Optional[_Mapping[str, float]] = ..., workers: _Optional[int] = ..., session_id: _Optional[str] = ..., resumed: _Optional[bool] = ...) -> None: ...
+    shm: bool
+    shm_prefix: str
+    local_address: str
+    def __init__(self, server_name: _Optional[str] = ..., server_version: _Optional[str] = ..., python_version: _Optional[str] = ..., tags: _Optional[_Iterable[str]] = ..., resources: _Optional[_Mapping[str, float]] = ..., workers: _Optional[int] = ..., session_id: _Optional[str] = ..., resumed: _Optional[bool] = ..., shm: _Optional[bool] = ..., shm_prefix: _Optional[str] = ..., local_address: _Optional[str] = ...) -> None: ...
 
 class Events(_message.Message):
     __slots__ = ("events",)

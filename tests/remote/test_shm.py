@@ -1,0 +1,97 @@
+"""Big arrays between a client and a server on one host: through shared memory files.
+
+The embedded server is always on this host; a client that does not use shared memory
+(``shm=False``, as one on another host) still gets every value, over gRPC. No test leaves a
+file of the server's in /dev/shm once its values are released and the server has stopped.
+"""
+
+from __future__ import annotations
+
+import gc
+import os
+from collections.abc import Iterator
+from typing import Any
+
+import numpy as np
+import pytest
+
+import sperse
+from sperse._backends.remote import EmbeddedServer, SperseBackend
+from sperse._serialize import shm
+
+pytestmark = pytest.mark.skipif(not shm.available(), reason="no /dev/shm on this host")
+
+WAIT = 60.0
+N = 100_000_000 // 8  # a 100 MB float64 array
+
+
+def files(server: EmbeddedServer) -> set[str]:
+    prefix = shm.server_prefix(server.process.pid)
+    return {name for name in os.listdir(shm.SHM_DIR) if name.startswith(prefix)}
+
+
+@pytest.fixture
+def server() -> Iterator[EmbeddedServer]:
+    process = EmbeddedServer(workers=2, name="here")
+    try:
+        yield process
+    finally:
+        process.stop()
+        assert files(process) == set(), "files left after the server stopped"
+
+
+def add_one_and_sum(a: Any) -> float:
+    a += 1  # the input arrives writable
+    return float(a.sum())
+
+
+def ones(n: int) -> Any:
+    import numpy
+
+    return numpy.ones(n)
+
+
+def total(a: Any) -> float:
+    return float(a.sum())
+
+
+def test_a_100_mb_array_up_down_and_by_reference(server: EmbeddedServer) -> None:
+    backend = SperseBackend(server.address, token=server.token)
+    with sperse.Cluster(backend) as cluster:
+        assert backend.shm
+        array = np.ones(N)
+        # Up: written once into a file the server owns, mapped by the worker.
+        assert sperse.remote(add_one_and_sum)(array).result(WAIT) == 2.0 * N
+        assert (array == 1.0).all(), "the client's array is untouched"
+        assert files(server) == set(), "the upload went when its task ended"
+
+        # Down: kept in a file on the server, mapped here copy-on-write.
+        p = sperse.remote(ones)(N)
+        sperse.wait([p], timeout=WAIT)
+        assert len(files(server)) == 1
+        value = p.result(WAIT)
+        assert value.shape == (N,) and value.flags.writeable
+        assert (value == 1.0).all()
+        value[:10] = 5.0  # copy-on-write: the file (and the server's object) stay as they were
+
+        # By reference: the next task maps the same file, nothing crosses the client.
+        assert sperse.remote(total)(p).result(WAIT) == float(N)
+        assert float(value[:10].sum()) == 50.0
+
+        del p, value
+        gc.collect()
+        assert cluster.stats()["objects"] == 0
+        assert files(server) == set()
+
+
+def test_a_client_without_shared_memory_gets_everything_over_grpc(
+    server: EmbeddedServer,
+) -> None:
+    backend = SperseBackend(server.address, token=server.token, shm=False)
+    with sperse.Cluster(backend):
+        assert not backend.shm
+        array = np.ones(N // 10)
+        assert sperse.remote(add_one_and_sum)(array).result(WAIT) == 2.0 * (N // 10)
+        value = sperse.remote(ones)(N // 10).result(WAIT)
+        assert value.flags.writeable and float(value.sum()) == float(N // 10)
+        value += 1

@@ -1,0 +1,90 @@
+"""The client's two transports to a server: its same-host socket, and gRPC.
+
+A client on the server's host (the embedded server) moves its session to the server's
+Unix socket; ``shm=False`` (as a client on another host) stays on gRPC. Both give the same
+results, output and errors, and a broken same-host stream is resumed like a gRPC one.
+"""
+
+from __future__ import annotations
+
+import gc
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import sperse
+from sperse._backends.remote import EmbeddedServer, SperseBackend
+from sperse._serialize import shm
+from sperse._server import local
+
+WAIT = 30.0
+
+
+@pytest.fixture(scope="module")
+def server() -> Iterator[EmbeddedServer]:
+    process = EmbeddedServer(workers=2, name="both")
+    yield process
+    process.stop()
+
+
+def chatty(n: int) -> int:
+    print("working on", n)
+    return n * 2
+
+
+def fails() -> None:
+    raise KeyError("missing")
+
+
+def big(n: int) -> np.ndarray:
+    return np.arange(n, dtype="f8")
+
+
+def wait_for(path: str) -> str:
+    deadline = time.monotonic() + WAIT
+    while not Path(path).exists():
+        if time.monotonic() > deadline:
+            return "gave up"
+        time.sleep(0.01)
+    return "seen"
+
+
+@pytest.mark.parametrize("use_shm", [None, False], ids=["same-host", "grpc"])
+def test_both_transports_give_the_same_results(
+    server: EmbeddedServer, use_shm: bool | None, capsys: pytest.CaptureFixture[str]
+) -> None:
+    backend = SperseBackend(server.address, token=server.token, shm=use_shm)
+    with sperse.Cluster(backend) as cluster:
+        same_host = use_shm is None and local.available() and shm.available()
+        assert backend.transport == ("local" if same_host else "grpc")
+        assert sperse.remote(chatty)(21).result(WAIT) == 42
+        assert "[both] working on 21" in capsys.readouterr().out
+        with pytest.raises(sperse.RemoteError, match="KeyError"):
+            sperse.remote(fails)().result(WAIT)
+        doubled = [sperse.remote(chatty)(i) for i in range(200)]
+        assert sperse.gather(*doubled, timeout=WAIT) == [2 * i for i in range(200)]
+        p = sperse.remote(big)(1 << 18)
+        value = p.result(WAIT)
+        assert value.flags.writeable and (value == np.arange(1 << 18)).all()
+        del p, value
+        gc.collect()
+        assert cluster.stats()["objects"] == 0
+
+
+@pytest.mark.skipif(not local.available() or not shm.available(), reason="no same-host stream")
+def test_a_broken_same_host_stream_is_resumed(server: EmbeddedServer, tmp_path: Path) -> None:
+    backend = SperseBackend(server.address, token=server.token)
+    with sperse.Cluster(backend):
+        assert backend.transport == "local"
+        flag = tmp_path / "go"
+        running = sperse.remote(wait_for)(str(flag))
+        assert sperse.remote(chatty)(1).result(WAIT) == 2
+        stream = backend._stream
+        backend._loop.call_soon_threadsafe(stream.close)  # the connection breaks
+        flag.touch()
+        assert running.result(WAIT) == "seen"  # the task ran on through the break
+        assert backend._stream is not stream and backend.transport == "local"
+        assert sperse.remote(chatty)(2).result(WAIT) == 4

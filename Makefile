@@ -5,7 +5,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: run test lint format bench clean
+.PHONY: run test lint format bench clean wasm-example
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -33,6 +33,15 @@ bench: $(STAMP)
 	$(BIN)/python bench/analysis.py
 	$(BIN)/python bench/remote.py
 	$(BIN)/python bench/repl.py
+	$(BIN)/python bench/jobs.py
+
+# The WebAssembly example of `sperse submit` (docs/jobs.md). The built module is committed, so
+# `make test` needs no C toolchain; this rebuilds it with zig from PyPI (the ziglang package;
+# the same version gives the same bytes).
+wasm-example: $(STAMP)
+	$(BIN)/pip install --quiet 'ziglang==0.17.1'
+	$(BIN)/python -m ziglang cc -target wasm32-wasi -Os -s -Wl,-z,stack-size=65536 \
+		-o examples/wasm/summer.wasm examples/wasm/summer.c
 
 clean:
 	rm -rf $(VENV) build dist src/*.egg-info .pytest_cache .mypy_cache .ruff_cache

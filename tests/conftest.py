@@ -2,18 +2,36 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import importlib.util
+import logging
+import os
+from collections.abc import Callable, Iterator
 
 import pytest
 
 import sperse
 
+# Ray reads these when it is first imported: its node stays on 127.0.0.1, and it reports
+# nothing home. Set here, before any test module can import it.
+os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
+os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 
-def _local() -> sperse.Cluster:
+RAY_INSTALLED = importlib.util.find_spec("ray") is not None
+# The session's Ray node: custom resources stand for tags (DESIGN §4 `sperse server --tag`),
+# and its `sperse/name` label names it "local", like the other backends' one server.
+RAY_TAGS = {"db": 1.0, "fast": 1.0}
+RAY_NAME = "local"
+
+# Conformance tests that cannot apply to the Ray backend, with the reason. Consulted when the
+# suite is collected (`pytest_collection_modifyitems`): each is reported as skipped with it.
+NOT_ON_RAY: dict[str, str] = {}
+
+
+def _local(request: pytest.FixtureRequest) -> sperse.Cluster:
     return sperse.Cluster(sperse.LocalBackend(2))
 
 
-def _server() -> sperse.Cluster:
+def _server(request: pytest.FixtureRequest) -> sperse.Cluster:
     """A real ``sperse server`` child process on loopback, as ``sperse.connect()`` starts."""
     from sperse._backends.remote import EmbeddedServer, SperseBackend
 
@@ -21,11 +39,68 @@ def _server() -> sperse.Cluster:
     return sperse.Cluster(SperseBackend(server.address, token=server.token, process=server))
 
 
-# Every backend the conformance tests run against (the Ray backend joins when it lands).
-BACKENDS = {"local": _local, "server": _server}
+def _ray(request: pytest.FixtureRequest) -> sperse.Cluster:
+    """A ``RayBackend`` on the session's Ray (one per module, like the others' servers)."""
+    from sperse._backends.ray import RayBackend
+
+    request.getfixturevalue("ray_session")
+    return sperse.Cluster(RayBackend())
 
 
-@pytest.fixture(scope="module", params=sorted(BACKENDS))
+# Every backend the conformance tests run against.
+BACKENDS: dict[str, Callable[[pytest.FixtureRequest], sperse.Cluster]] = {
+    "local": _local,
+    "ray": _ray,
+    "server": _server,
+}
+
+
+def _backend_param(name: str) -> object:
+    if name != "ray":
+        return name
+    marks = [pytest.mark.ray]
+    if not RAY_INSTALLED:
+        marks.append(pytest.mark.skip(reason="Ray is not installed: pip install -e '.[ray]'"))
+    return pytest.param(name, marks=marks)
+
+
+@pytest.fixture(scope="session")
+def ray_session() -> Iterator[str]:
+    """One local Ray for the whole session (it takes seconds to start): 2 CPUs, the tags of
+    ``RAY_TAGS``, loopback only; shut down (its processes stopped) when the session ends.
+    Yields the address of its head, for processes that join it."""
+    from sperse._backends.ray import NAME_LABEL, import_ray
+
+    ray = import_ray()
+    ray.init(
+        address="local",
+        num_cpus=2,
+        resources=RAY_TAGS,
+        labels={NAME_LABEL: RAY_NAME},
+        include_dashboard=False,
+        _node_ip_address="127.0.0.1",
+        log_to_driver=False,
+        logging_level=logging.ERROR,
+    )
+    try:
+        addresses = {node["NodeManagerAddress"] for node in ray.nodes()}
+        assert addresses == {"127.0.0.1"}, f"Ray's node is at {addresses}, not 127.0.0.1"
+        yield str(ray.get_runtime_context().gcs_address)
+    finally:
+        ray.shutdown()
+
+
+@pytest.fixture(scope="module", params=[_backend_param(name) for name in sorted(BACKENDS)])
 def cluster(request: pytest.FixtureRequest) -> Iterator[sperse.Cluster]:
-    with BACKENDS[request.param]() as c:
+    with BACKENDS[request.param](request) as c:
         yield c
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        callspec = getattr(item, "callspec", None)
+        if callspec is None or callspec.params.get("cluster") != "ray":
+            continue
+        reason = NOT_ON_RAY.get(getattr(item, "originalname", item.name))
+        if reason is not None:
+            item.add_marker(pytest.mark.skip(reason=f"not on Ray: {reason}"))

@@ -39,6 +39,7 @@ if TYPE_CHECKING:
     from sperse._pending import Pending, RemoteFunction, as_completed, gather, remote, wait
     from sperse._serialize import RemoteValue
     from sperse._workspace import Cell, CellEvent, Workspace
+    from sperse.jobs._job import Job, submit_job
 
 __version__ = "0.1.0"
 
@@ -49,6 +50,7 @@ __all__ = [
     "CellEvent",
     "Cluster",
     "CycleError",
+    "Job",
     "LocalBackend",
     "MapResult",
     "NoMatchingServer",
@@ -76,6 +78,7 @@ __all__ = [
     "mapreduce",
     "reduce",
     "remote",
+    "submit_job",
     "wait",
 ]
 
@@ -98,6 +101,8 @@ _LAZY = {
     "Cell": "sperse._workspace",
     "CellEvent": "sperse._workspace",
     "Workspace": "sperse._workspace",
+    "Job": "sperse.jobs._job",
+    "submit_job": "sperse.jobs._job",
 }
 
 

@@ -20,6 +20,7 @@ import time
 from collections import deque
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Literal
 
 from sperse._backends.base import Backend, BackendEvent, Done, Failed, ServerInfo, TaskSpec
 from sperse._routing import check_placement
@@ -204,7 +205,7 @@ def connect(
     url: str | None = None,
     token: str | None = None,
     *,
-    backend: Backend | None = None,
+    backend: Backend | Literal["ray"] | None = None,
     workers: int | None = None,
     tags: Sequence[str] = (),
     token_file: str | os.PathLike[str] | None = None,
@@ -220,12 +221,21 @@ def connect(
       ``SPERSE_TOKEN_FILE`` environment variables. ``tls_ca`` (a PEM file)
       turns on TLS and names the certificate authority to trust.
     - ``connect(backend=...)`` uses a backend object (``sperse.LocalBackend``).
+    - ``connect(backend="ray")`` runs remote work as Ray tasks (docs/ray.md): on the Ray this
+      machine runs, or on a local Ray started here (``workers`` CPUs, ``tags`` as custom
+      resources). With ``url``, on the Ray at that address, as ``ray.init`` takes it:
+      ``HOST:PORT`` of a head, ``"auto"``, ``ray://HOST:PORT`` (Ray Client). A ``ray://``
+      url alone, ``connect("ray://HOST:PORT")``, means the same.
 
     A previous default cluster is closed.
     """
     global _default
-    if backend is None:
+    if backend == "ray" or (backend is None and url is not None and url.startswith("ray://")):
+        backend = _ray_backend(url, workers, tags)
+    elif backend is None:
         backend = _backend_for(url, token, workers, tags, token_file, tls_ca)
+    elif isinstance(backend, str):
+        raise ValueError(f"unknown backend {backend!r}: pass a Backend object, or 'ray'")
     cluster = Cluster(backend)
     with _default_lock:
         old, _default = _default, cluster
@@ -254,6 +264,12 @@ def _backend_for(
     secret = token or _token_from(token_file)
     ca = Path(tls_ca).read_bytes() if tls_ca is not None else None
     return SperseBackend(url, token=secret, tls_ca=ca, tls=ca is not None)
+
+
+def _ray_backend(url: str | None, workers: int | None, tags: Sequence[str]) -> Backend:
+    from sperse._backends.ray import RayBackend
+
+    return RayBackend(url, num_cpus=workers, resources=dict.fromkeys(tags, 1.0))
 
 
 def _token_from(token_file: str | os.PathLike[str] | None) -> str:

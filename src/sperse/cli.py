@@ -1,8 +1,10 @@
 """The ``sperse`` command.
 
     sperse [--connect URL [--token T]] [--workers N] [--local]   the REPL
+    sperse --ray ADDRESS                                          the REPL, on a Ray cluster
     sperse run [-i] [-q] [--connect URL ...] script.py [args...]   a script, as the REPL runs it
     sperse server ...                                             a server (`sperse server --help`)
+    sperse submit (--wasm M | --python F) --input D --output D    a batch job (`sperse submit -h`)
     sperse demo                                                   a guided tour
 
 Imports stay light at the top: worker processes re-import the main module,
@@ -43,6 +45,13 @@ def _cluster_options(parser: argparse.ArgumentParser, *, nested: bool = False) -
         default=argparse.SUPPRESS if nested else False,
         help="run remote work in local worker processes, without a server",
     )
+    group.add_argument(
+        "--ray",
+        metavar="ADDRESS",
+        default=default,
+        help="run remote work as Ray tasks on the Ray at ADDRESS: HOST:PORT of its head, "
+        "ray://HOST:PORT (Ray Client), auto (the one this machine runs) or local (a new one)",
+    )
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -67,6 +76,19 @@ def main(argv: list[str] | None = None) -> int:
     _cluster_options(run, nested=True)
     run.add_argument("script", help="the Python file")
     run.add_argument("args", nargs=argparse.REMAINDER, help="its arguments (sys.argv[1:])")
+    submit = commands.add_parser(
+        "submit",
+        help="run a batch job: a WebAssembly module or Python function over a directory",
+        description="Run a program over every file of a directory (each file a unit of work) "
+        "on the cluster, writing each output under the same name. Units whose output exists "
+        "are skipped: run the same command again to finish an interrupted job. Exit code 0 "
+        "when every unit has its output, 1 when some failed (see OUTPUT/_failed.jsonl), 2 "
+        "when the job could not start.",
+    )
+    from sperse.jobs._options import add_arguments as submit_arguments
+
+    submit_arguments(submit)
+    _cluster_options(submit, nested=True)
     commands.add_parser("demo", help="a guided tour of the reactive workspace")
     commands.add_parser(
         "server", help="run a sperse server (see `sperse server --help`)", add_help=False
@@ -84,13 +106,19 @@ def main(argv: list[str] | None = None) -> int:
         demo()
         return 0
 
-    from sperse.repl._main import ClusterOptions, main_repl, main_run
+    from sperse.repl._main import ClusterOptions, main_repl, main_run, main_submit
 
     if args.token is not None and args.connect is None:
         parser.error("--token goes with --connect URL")
     if args.local and args.connect is not None:
         parser.error("--local and --connect exclude each other")
-    options = ClusterOptions(args.connect, args.token, args.workers, args.local)
+    if args.ray is not None and (args.local or args.connect is not None):
+        parser.error("--ray excludes --local and --connect")
+    options = ClusterOptions(args.connect, args.token, args.workers, args.local, args.ray)
+    if args.command == "submit":
+        from sperse.jobs._options import request_from
+
+        return main_submit(options, request_from(args))
     if args.command == "run":
         return main_run(
             options, args.script, args.args, interactive=args.interactive, quiet=args.quiet

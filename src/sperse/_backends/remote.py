@@ -354,7 +354,10 @@ class SperseBackend:
                 if self._channel is not None:
                     await self._channel.close()
             try:
-                await self._connect(resume=True)
+                # Each attempt within what is left of the budget: a dying server must not
+                # hold the client for a whole connect_timeout.
+                budget = max(0.05, deadline - time.monotonic())
+                await asyncio.wait_for(self._connect(resume=True), budget)
                 log.info("resumed session %s with %s", self._session_id, self.address)
                 self._ask_again()
                 return True
@@ -477,10 +480,10 @@ class SperseBackend:
         return loads_oob(data, buffers, what=f"a result from {self.name}")
 
     def _fail_everything(self, error: SperseError) -> None:
-        self._lost = error
         if isinstance(self._stream, _LocalStream):
             self._stream.close()
-        with self._tasks_lock:
+        with self._tasks_lock:  # with submit's check: a task is either failed here or refused
+            self._lost = error
             tasks, self._tasks = self._tasks, {}
         for future in self._replies.values():
             if not future.done():
@@ -558,6 +561,8 @@ class SperseBackend:
                 items.extend(pb.ClientMessage(blob=b) for b in blobs)
                 items.append((task, size))
             with self._tasks_lock:
+                if self._lost is not None:  # lost while these were prepared: never sent
+                    raise self._lost
                 for spec in specs:
                     work = spec.work
                     returns_names = isinstance(work, StatementTask) and not work.is_expression

@@ -1,4 +1,4 @@
-"""What ``sperse`` and ``sperse run`` do once their arguments are parsed.
+"""What ``sperse``, ``sperse run`` and ``sperse submit`` do once their arguments are parsed.
 
 The cluster is opened here and closed here: leaving the REPL or the end of a
 script cancels the workspace's pending work and closes the cluster, which
@@ -12,24 +12,32 @@ import platform
 import sys
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from sperse._cluster import Cluster, connect
 from sperse._workspace import Workspace
 from sperse.errors import SperseError
 
-__all__ = ["ClusterOptions", "main_repl", "main_run"]
+if TYPE_CHECKING:
+    from sperse.jobs._options import SubmitRequest
+
+__all__ = ["ClusterOptions", "main_repl", "main_run", "main_submit"]
 
 
 @dataclass(frozen=True, slots=True)
 class ClusterOptions:
-    """Where remote work runs: a server at ``url``, in-process workers, or an embedded server."""
+    """Where remote work runs: a server at ``url``, in-process workers, a Ray cluster at
+    ``ray`` (an address as ``ray.init`` takes it), or an embedded server."""
 
     url: str | None = None
     token: str | None = None
     workers: int | None = None
     local: bool = False
+    ray: str | None = None
 
     def open(self) -> Cluster:
+        if self.ray is not None:
+            return connect(self.ray, backend="ray", workers=self.workers)
         if self.local:
             from sperse._backends.local import LocalBackend
 
@@ -43,7 +51,7 @@ def _open(options: ClusterOptions) -> Cluster | None:
     try:
         return options.open()
     except (SperseError, ValueError, OSError) as exc:
-        where = options.url or "an embedded server"
+        where = options.url or (f"Ray at {options.ray}" if options.ray else "an embedded server")
         print(f"sperse: cannot connect to {where}: {exc}", file=sys.stderr)
         return None
 
@@ -113,3 +121,11 @@ def main_run(
         return Repl(ws, history=history or history_path(), session=repl_session).run()
     finally:
         _close(ws, cluster)
+
+
+def main_submit(options: ClusterOptions, request: SubmitRequest) -> int:
+    """``sperse submit ...``: the job runs on a cluster it opens with ``options`` (and opens
+    again if every server is lost: a fresh embedded server, or the same URL), and closes."""
+    from sperse.jobs._cli import run_submit
+
+    return run_submit(options.open, request)

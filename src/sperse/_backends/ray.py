@@ -40,7 +40,6 @@ import io
 import itertools
 import logging
 import os
-import reprlib
 import sys
 import threading
 import time
@@ -63,7 +62,15 @@ from sperse._backends.base import (
     StatementTask,
     TaskSpec,
 )
-from sperse._backends.runner import encode_error, execute, work_from_wire, work_to_wire
+from sperse._backends.runner import (
+    cannot_send_back,
+    encode_error,
+    execute,
+    short_repr,
+    type_name,
+    work_from_wire,
+    work_to_wire,
+)
 from sperse._lang.placement import And, Placement, Resources, Tag, TagExpr
 from sperse._routing import eligible, no_match_message
 from sperse._serialize import RemoteRef, RemoteValue, describe, dumps_oob, loads_oob
@@ -92,7 +99,6 @@ OUTPUT_GRACE: Final = 5.0  # the longest a result waits for output still in the 
 CANCEL_GRACE: Final = 1.0  # a cancelled task still running this long has its worker killed
 NODES_TTL: Final = 2.0  # how long a snapshot of the cluster's nodes is used
 START_TIMEOUT: Final = 60.0  # the longest start() waits for the mailbox actor
-REPR_MAX: Final = 80
 _PARTIAL_MAX: Final = 1 << 16
 
 _NOT_TAGS: Final = frozenset({"CPU", "memory", "object_store_memory"})
@@ -114,27 +120,6 @@ def import_ray() -> ModuleType:
 
 
 # ==== the worker side ==========================================================================
-
-
-def type_name(value: Any) -> str:
-    kind = type(value)
-    module = getattr(kind, "__module__", "") or ""
-    qualname = getattr(kind, "__qualname__", kind.__name__)
-    return str(qualname if module == "builtins" else f"{module}.{qualname}")
-
-
-_repr = reprlib.Repr()
-_repr.maxstring = _repr.maxother = _repr.maxlong = REPR_MAX
-
-
-def short_repr(value: Any) -> str:
-    """One line of at most ``REPR_MAX`` characters; never raises."""
-    try:
-        text = _repr.repr(value)
-    except Exception as exc:
-        text = f"<{type_name(value)}: repr failed with {type(exc).__name__}>"
-    text = " ".join(text.split())
-    return text if len(text) <= REPR_MAX else text[: REPR_MAX - 1] + "…"
 
 
 def _buffers(buffers: Sequence[Any], copy_under: int) -> list[Any]:
@@ -403,18 +388,7 @@ def _encode_value(name: str, value: Any, inline_limit: int) -> tuple[list[Any], 
     try:
         data, buffers, _ = dumps_oob(value, what=f"`{name}`" if name else "the result")
     except SerializationError as exc:
-        cause = exc.__cause__ or exc
-        if name:
-            message = (
-                f"cannot send `{name}` ({describe(value)}) back from the remote cell: {cause}. "
-                "Keep it remote (use it inside the remote cell), delete it at the end of the "
-                "cell, or make it picklable."
-            )
-        else:
-            message = (
-                f"cannot send the result ({describe(value)}) back: {cause}. "
-                "Return something picklable."
-            )
+        message = cannot_send_back(name, value, exc.__cause__ or exc)
         raise _Failure(ErrorInfo("serialization", "SerializationError", message)) from None
     views = [b.raw() for b in buffers]
     size = len(data) + sum(v.nbytes for v in views)

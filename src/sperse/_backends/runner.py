@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import builtins
 import linecache
+import reprlib
 import traceback
 from collections.abc import Callable
 from typing import Any
@@ -21,7 +22,17 @@ from sperse._backends.base import CallTask, ErrorInfo, PickledFunction, Statemen
 from sperse._serialize import describe, dumps, loads
 from sperse.errors import SerializationError
 
-__all__ = ["encode_error", "execute", "run", "work_from_wire", "work_to_wire"]
+__all__ = [
+    "REPR_MAX",
+    "cannot_send_back",
+    "encode_error",
+    "execute",
+    "run",
+    "short_repr",
+    "type_name",
+    "work_from_wire",
+    "work_to_wire",
+]
 
 _CALL = "sperse-call/1"
 
@@ -53,15 +64,47 @@ def _unpicklable(work: StatementTask | CallTask, value: Any, exc: SerializationE
         try:
             dumps(part)
         except SerializationError as inner:
-            return (
-                f"cannot send `{name}` ({describe(part)}) back from the remote cell: "
-                f"{inner.__cause__}. Keep it remote (use it inside the remote cell), "
-                "delete it at the end of the cell, or make it picklable."
-            )
-    return (
-        f"cannot send the result ({describe(value)}) back: {exc.__cause__}. "
-        "Return something picklable."
-    )
+            return cannot_send_back(name, part, inner.__cause__ or inner)
+    return cannot_send_back("", value, exc.__cause__ or exc)
+
+
+def cannot_send_back(name: str, value: Any, cause: BaseException) -> str:
+    """The message for a result (``name`` "") or a remote cell's name that cannot be pickled."""
+    if name:
+        return (
+            f"cannot send `{name}` ({describe(value)}) back from the remote cell: {cause}. "
+            "Keep it remote (use it inside the remote cell), delete it at the end of the "
+            "cell, or make it picklable."
+        )
+    return f"cannot send the result ({describe(value)}) back: {cause}. Return something picklable."
+
+
+REPR_MAX = 80
+_repr = reprlib.Repr()
+_repr.maxstring = _repr.maxother = _repr.maxlong = REPR_MAX
+_NUMBERS = frozenset({int, float, bool, type(None)})
+
+
+def type_name(value: Any) -> str:
+    """``module.qualname`` of the value's type (just ``qualname`` for builtins)."""
+    kind = type(value)
+    module = getattr(kind, "__module__", "") or ""
+    qualname = getattr(kind, "__qualname__", kind.__name__)
+    return str(qualname if module == "builtins" else f"{module}.{qualname}")
+
+
+def short_repr(value: Any) -> str:
+    """One line of at most ``REPR_MAX`` characters; never raises."""
+    if type(value) in _NUMBERS and (type(value) is not int or -(10**30) < value < 10**30):
+        return repr(value)  # the common case, without reprlib
+    try:
+        text = _repr.repr(value)
+    except Exception as exc:  # reprlib catches most; a broken __repr__ of a container may not
+        text = f"<{type_name(value)}: repr failed with {type(exc).__name__}>"
+    text = " ".join(text.split())
+    if len(text) > REPR_MAX:
+        text = text[: REPR_MAX - 1] + "…"
+    return text
 
 
 def work_to_wire(work: StatementTask | CallTask) -> Any:

@@ -25,11 +25,17 @@ Invariants:
 from __future__ import annotations
 
 import pickle
-import reprlib
 from typing import Any
 
 from sperse._backends.base import CallTask, StatementTask
-from sperse._backends.runner import encode_error, execute, work_from_wire
+from sperse._backends.runner import (
+    cannot_send_back,
+    encode_error,
+    execute,
+    short_repr,
+    type_name,
+    work_from_wire,
+)
 from sperse._pool.worker import TaskInterrupted, keep_until_answered
 from sperse._serialize import describe, dumps_oob, loads_oob
 from sperse._serialize import shm as _shm
@@ -46,14 +52,7 @@ from sperse._server.envelope import (
 )
 from sperse.errors import SerializationError
 
-__all__ = ["REPR_MAX", "run", "short_repr", "type_name"]
-
-REPR_MAX = 80
-
-_repr = reprlib.Repr()
-_repr.maxstring = REPR_MAX
-_repr.maxother = REPR_MAX
-_repr.maxlong = REPR_MAX
+__all__ = ["run"]
 
 
 class _Failed(Exception):
@@ -164,18 +163,7 @@ def _encode_value(name: str, value: Any, envelope: Envelope, written: list[str])
     try:
         data, buffers, _ = dumps_oob(value, what=what)
     except SerializationError as exc:
-        cause = exc.__cause__ or exc
-        if name:
-            message = (
-                f"cannot send `{name}` ({describe(value)}) back from the remote cell: {cause}. "
-                "Keep it remote (use it inside the remote cell), delete it at the end of the "
-                "cell, or make it picklable."
-            )
-        else:
-            message = (
-                f"cannot send the result ({describe(value)}) back: {cause}. "
-                "Return something picklable."
-            )
+        message = cannot_send_back(name, value, exc.__cause__ or exc)
         raise _Failed(ResultFailure("serialization", "SerializationError", message)) from None
     views = [b.raw() for b in buffers]
     size = len(data) + sum(v.nbytes for v in views)
@@ -195,28 +183,3 @@ def _buffer(view: memoryview, prefix: str, written: list[str], keep: bool) -> Bu
         written.append(name)
         return ShmBuffer(name, view.nbytes)
     return bytes(view)
-
-
-def type_name(value: Any) -> str:
-    """``module.qualname`` of the value's type (just ``qualname`` for builtins)."""
-    kind = type(value)
-    module = getattr(kind, "__module__", "") or ""
-    qualname = getattr(kind, "__qualname__", kind.__name__)
-    return qualname if module == "builtins" else f"{module}.{qualname}"
-
-
-_NUMBERS = frozenset({int, float, bool, type(None)})
-
-
-def short_repr(value: Any) -> str:
-    """One line of at most ``REPR_MAX`` characters; never raises."""
-    if type(value) in _NUMBERS and (type(value) is not int or -(10**30) < value < 10**30):
-        return repr(value)  # the common case, without reprlib
-    try:
-        text = _repr.repr(value)
-    except Exception as exc:  # reprlib catches most; a broken __repr__ of a container may not
-        text = f"<{type_name(value)}: repr failed with {type(exc).__name__}>"
-    text = " ".join(text.split())
-    if len(text) > REPR_MAX:
-        text = text[: REPR_MAX - 1] + "…"
-    return text

@@ -823,32 +823,6 @@ def reduce(
     return _start_reduce(cluster, op, inputs, label, tracker)
 
 
-@overload
-def mapreduce(
-    f: RemoteFunction[[T], U],
-    items: Iterable[T],
-    combine: Callable[[U, U], U] | RemoteFunction[[U, U], U],
-    *,
-    on: str | Placement | None = None,
-    chunksize: int | None = None,
-    initial: U = ...,
-    progress: bool | None = None,
-) -> Reduction[U]: ...
-
-
-@overload
-def mapreduce(
-    f: Callable[[T], U],
-    items: Iterable[T],
-    combine: Callable[[U, U], U] | RemoteFunction[[U, U], U],
-    *,
-    on: str | Placement | None = None,
-    chunksize: int | None = None,
-    initial: U = ...,
-    progress: bool | None = None,
-) -> Reduction[U]: ...
-
-
 def mapreduce(
     f: Callable[[T], U] | RemoteFunction[[T], U],
     items: Iterable[T],

@@ -34,6 +34,9 @@ bench: $(STAMP)
 	$(BIN)/python bench/remote.py
 	$(BIN)/python bench/repl.py
 	$(BIN)/python bench/jobs.py
+	$(BIN)/python bench/routing.py
+	$(BIN)/python bench/mapreduce.py
+	$(BIN)/python bench/objects.py
 
 # The WebAssembly example of `sperse submit` (docs/jobs.md). The built module is committed, so
 # `make test` needs no C toolchain; this rebuilds it with zig from PyPI (the ziglang package;

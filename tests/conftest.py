@@ -39,6 +39,27 @@ def _server(request: pytest.FixtureRequest) -> sperse.Cluster:
     return sperse.Cluster(SperseBackend(server.address, token=server.token, process=server))
 
 
+def _many(request: pytest.FixtureRequest) -> sperse.Cluster:
+    """Two real servers (one worker each, one shared token) behind one ``ClusterBackend``.
+    The first is named "local", like the other backends' one server."""
+    import secrets
+
+    from sperse._backends.multi import ClusterBackend
+    from sperse._backends.remote import EmbeddedServer
+
+    token = secrets.token_urlsafe(16)
+    servers: list[EmbeddedServer] = []
+    try:
+        for name in ("local", "two"):
+            servers.append(EmbeddedServer(workers=1, name=name, token=token))
+        backend = ClusterBackend([s.address for s in servers], token=token, processes=servers)
+        return sperse.Cluster(backend)
+    except BaseException:
+        for server in servers:
+            server.stop()
+        raise
+
+
 def _ray(request: pytest.FixtureRequest) -> sperse.Cluster:
     """A ``RayBackend`` on the session's Ray (one per module, like the others' servers)."""
     from sperse._backends.ray import RayBackend
@@ -50,6 +71,7 @@ def _ray(request: pytest.FixtureRequest) -> sperse.Cluster:
 # Every backend the conformance tests run against.
 BACKENDS: dict[str, Callable[[pytest.FixtureRequest], sperse.Cluster]] = {
     "local": _local,
+    "many": _many,
     "ray": _ray,
     "server": _server,
 }

@@ -16,9 +16,11 @@ from typing import TYPE_CHECKING, Any
 from sperse.errors import (
     AuthenticationError,
     CellError,
+    ClientGone,
     CycleError,
     NoMatchingServer,
     NotReadyError,
+    ObjectLost,
     ProtocolError,
     RemoteError,
     SerializationError,
@@ -27,6 +29,7 @@ from sperse.errors import (
     SperseError,
     StatementError,
     TaskCancelled,
+    UnknownObject,
     UpstreamError,
     UsageError,
     WorkerDied,
@@ -34,10 +37,13 @@ from sperse.errors import (
 
 if TYPE_CHECKING:
     from sperse._backends.local import LocalBackend
+    from sperse._callbacks import Callback, callback
     from sperse._cluster import Cluster, connect, current
     from sperse._mapreduce import MapResult, map, mapreduce, reduce
+    from sperse._objects import ObjectProxy, RemoteClass, get_object, objects
     from sperse._pending import Pending, RemoteFunction, as_completed, gather, remote, wait
     from sperse._serialize import RemoteValue
+    from sperse._state import state, worker_cache
     from sperse._workspace import Cell, CellEvent, Workspace
     from sperse.jobs._job import Job, submit_job
 
@@ -45,9 +51,11 @@ __version__ = "0.1.0"
 
 __all__ = [
     "AuthenticationError",
+    "Callback",
     "Cell",
     "CellError",
     "CellEvent",
+    "ClientGone",
     "Cluster",
     "CycleError",
     "Job",
@@ -55,8 +63,11 @@ __all__ = [
     "MapResult",
     "NoMatchingServer",
     "NotReadyError",
+    "ObjectLost",
+    "ObjectProxy",
     "Pending",
     "ProtocolError",
+    "RemoteClass",
     "RemoteError",
     "RemoteFunction",
     "RemoteValue",
@@ -66,24 +77,32 @@ __all__ = [
     "SperseError",
     "StatementError",
     "TaskCancelled",
+    "UnknownObject",
     "UpstreamError",
     "UsageError",
     "WorkerDied",
     "Workspace",
     "as_completed",
+    "callback",
     "connect",
     "current",
     "gather",
+    "get_object",
     "map",
     "mapreduce",
+    "objects",
     "reduce",
     "remote",
+    "state",
     "submit_job",
     "wait",
+    "worker_cache",
 ]
 
 _LAZY = {
     "LocalBackend": "sperse._backends.local",
+    "Callback": "sperse._callbacks",
+    "callback": "sperse._callbacks",
     "Cluster": "sperse._cluster",
     "connect": "sperse._cluster",
     "current": "sperse._cluster",
@@ -91,6 +110,10 @@ _LAZY = {
     "map": "sperse._mapreduce",
     "mapreduce": "sperse._mapreduce",
     "reduce": "sperse._mapreduce",
+    "ObjectProxy": "sperse._objects",
+    "RemoteClass": "sperse._objects",
+    "get_object": "sperse._objects",
+    "objects": "sperse._objects",
     "Pending": "sperse._pending",
     "RemoteFunction": "sperse._pending",
     "as_completed": "sperse._pending",
@@ -98,6 +121,8 @@ _LAZY = {
     "remote": "sperse._pending",
     "wait": "sperse._pending",
     "RemoteValue": "sperse._serialize",
+    "state": "sperse._state",
+    "worker_cache": "sperse._state",
     "Cell": "sperse._workspace",
     "CellEvent": "sperse._workspace",
     "Workspace": "sperse._workspace",

@@ -20,13 +20,13 @@ import time
 from collections import deque
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 from sperse._backends.base import Backend, BackendEvent, Done, Failed, ServerInfo, TaskSpec
 from sperse._routing import check_placement
 from sperse.errors import AuthenticationError
 
-__all__ = ["Cluster", "connect", "current"]
+__all__ = ["Cluster", "connect", "current", "worker_cluster"]
 
 Listener = Callable[[BackendEvent], None]
 
@@ -85,6 +85,25 @@ class Cluster:
     def stats(self) -> dict[str, int]:
         """Counters of the backend (objects held, tasks done, workers replaced, ...)."""
         return self.backend.stats()
+
+    def state(self, server: str, timeout: float | None = 60.0) -> dict[str, Any]:
+        """A copy of the per-server store of ``server`` (``sperse.state()`` there), for
+        inspection: every key and its value."""
+        from sperse._lang.placement import Placement
+        from sperse._pending import submit_call
+        from sperse._state import snapshot
+
+        pending = submit_call(
+            self,
+            snapshot,
+            (),
+            {},
+            placement=Placement(pin=server),
+            retries=0,
+            label=f"the state of {server}",
+        )
+        found: dict[str, Any] = pending.result(timeout)
+        return found
 
     def _on_event(self, event: BackendEvent) -> None:
         with self._cond:
@@ -202,7 +221,7 @@ _default_lock = threading.Lock()
 
 
 def connect(
-    url: str | None = None,
+    url: str | Sequence[str] | None = None,
     token: str | None = None,
     *,
     backend: Backend | Literal["ray"] | None = None,
@@ -216,10 +235,13 @@ def connect(
     - ``connect()`` starts an embedded ``sperse server`` as a child process on
       a random loopback port, with ``workers`` worker processes (one per core
       by default) and ``tags``; it stops when this process exits.
-    - ``connect("sperse://host:port", token=...)`` joins a running server; the
-      token may also come from ``token_file`` or the ``SPERSE_TOKEN`` or
-      ``SPERSE_TOKEN_FILE`` environment variables. ``tls_ca`` (a PEM file)
-      turns on TLS and names the certificate authority to trust.
+    - ``connect("sperse://host:port", token=...)`` joins a running server, or the
+      servers a coordinator lists there (``sperse coordinator``, ``sperse up``),
+      following them as they join and leave. ``connect([url, url, ...])`` uses a
+      fixed list of servers. The token may also come from ``token_file`` or the
+      ``SPERSE_TOKEN`` or ``SPERSE_TOKEN_FILE`` environment variables; servers of
+      one cluster share it. ``tls_ca`` (a PEM file) turns on TLS and names the
+      certificate authority to trust.
     - ``connect(backend=...)`` uses a backend object (``sperse.LocalBackend``).
     - ``connect(backend="ray")`` runs remote work as Ray tasks (docs/ray.md): on the Ray this
       machine runs, or on a local Ray started here (``workers`` CPUs, ``tags`` as custom
@@ -230,7 +252,10 @@ def connect(
     A previous default cluster is closed.
     """
     global _default
-    if backend == "ray" or (backend is None and url is not None and url.startswith("ray://")):
+    ray_url = isinstance(url, str) and url.startswith("ray://")
+    if backend == "ray" or (backend is None and ray_url):
+        if url is not None and not isinstance(url, str):
+            raise ValueError("the Ray backend takes one address, not a list")
         backend = _ray_backend(url, workers, tags)
     elif backend is None:
         backend = _backend_for(url, token, workers, tags, token_file, tls_ca)
@@ -245,13 +270,14 @@ def connect(
 
 
 def _backend_for(
-    url: str | None,
+    url: str | Sequence[str] | None,
     token: str | None,
     workers: int | None,
     tags: Sequence[str],
     token_file: str | os.PathLike[str] | None,
     tls_ca: str | os.PathLike[str] | None,
 ) -> Backend:
+    from sperse._backends.multi import ClusterBackend, is_coordinator
     from sperse._backends.remote import EmbeddedServer, SperseBackend
 
     if url is None:
@@ -263,6 +289,13 @@ def _backend_for(
             raise
     secret = token or _token_from(token_file)
     ca = Path(tls_ca).read_bytes() if tls_ca is not None else None
+    if not isinstance(url, str):
+        urls = list(url)
+        if not urls:
+            raise ValueError("connect([]): give at least one server url")
+        return ClusterBackend(urls, token=secret, tls_ca=ca)
+    if is_coordinator(url, tls_ca=ca):
+        return ClusterBackend(coordinator=url, token=secret, tls_ca=ca)
     return SperseBackend(url, token=secret, tls_ca=ca, tls=ca is not None)
 
 
@@ -287,7 +320,8 @@ def _token_from(token_file: str | os.PathLike[str] | None) -> str:
 
 
 def current() -> Cluster:
-    """The cluster in use here: the innermost ``with cluster:``, else the default one."""
+    """The cluster in use here: the innermost ``with cluster:``, else the default one; in
+    remote code (a worker of a server), the server it runs on (nested work)."""
     cluster = _current.get()
     if cluster is not None and not cluster.closed:
         return cluster
@@ -295,7 +329,38 @@ def current() -> Cluster:
         cluster = _default
     if cluster is not None and not cluster.closed:
         return cluster
-    return connect()
+    return worker_cluster() or connect()
+
+
+# A server gives its workers its address and the cluster token (WorkerPool's env), so that
+# remote code can itself submit work and call remote objects, on that server or another.
+WORKER_SERVER_ENV = "SPERSE_WORKER_SERVER"
+WORKER_TOKEN_ENV = "SPERSE_WORKER_TOKEN"
+WORKER_CA_ENV = "SPERSE_WORKER_CA"  # the server's certificate, when it has TLS
+_worker_clusters: dict[str, Cluster] = {}
+_worker_lock = threading.Lock()
+
+
+def worker_cluster(address: str = "") -> Cluster | None:
+    """In a worker of a ``sperse server``: this process's connection to the server at
+    ``address`` (default: its own), made once. None anywhere else."""
+    own = os.environ.get(WORKER_SERVER_ENV)
+    token = os.environ.get(WORKER_TOKEN_ENV)
+    if not own or not token:
+        return None
+    target = address or own
+    with _worker_lock:
+        cluster = _worker_clusters.get(target)
+        if cluster is None or cluster.closed:
+            from sperse._backends.remote import SperseBackend
+
+            name = f"worker {os.getpid()} of {own}"
+            ca_file = os.environ.get(WORKER_CA_ENV)
+            ca = Path(ca_file).read_bytes() if ca_file else None
+            backend = SperseBackend(target, token=token, client_name=name, tls_ca=ca)
+            cluster = Cluster(backend)
+            _worker_clusters[target] = cluster
+    return cluster
 
 
 def use(cluster: Cluster) -> contextvars.Token[Cluster | None]:

@@ -6,7 +6,8 @@ Built only on ``submit_call`` and ``Pending``, so it runs on every backend.
   sends one task per chunk that applies ``f`` to each item, and returns a ``MapResult`` at
   once: a ``Pending`` of the list of results in input order, which can also be iterated in
   order or ``as_completed()`` as chunks arrive. With several eligible servers, chunks are
-  pinned to them in turn, in proportion to their workers.
+  pinned to them in turn, in proportion to their workers, unless the backend spreads tasks
+  itself (``balances_load``: the many-servers backend sends each chunk where there is room).
 - ``reduce(op, pendings)`` combines values pairwise as they arrive: a tree in which only
   neighbours are combined, so ``op`` needs to be associative but not commutative. Two values
   held on servers are combined there (on the server holding more of their bytes); values
@@ -359,7 +360,11 @@ def _send_chunks(
     if not chunks:
         return []
     shipped = _ship(worker_fn, what)
-    pins = spread(fits, len(chunks)) if len(fits) > 1 and placement.pin is None else None
+    # A backend that spreads tasks itself (many servers: it sends each where there is room)
+    # gets them unpinned, so a server that joins or dies mid-map changes where they go.
+    balances = getattr(cluster.backend, "balances_load", False)
+    spreading = len(fits) > 1 and placement.pin is None and not balances
+    pins = spread(fits, len(chunks)) if spreading else None
     out = []
     for k, (start, chunk) in enumerate(chunks):
         where = placement if pins is None else replace(placement, pin=pins[k])

@@ -16,7 +16,7 @@ import hashlib
 import threading
 import time
 from collections.abc import Callable, Generator, Iterable, Iterator, Mapping
-from typing import Any, Generic, Literal, ParamSpec, TypeVar, overload
+from typing import TYPE_CHECKING, Any, Generic, Literal, ParamSpec, TypeVar, overload
 
 from sperse._backends.base import (
     BackendEvent,
@@ -27,19 +27,33 @@ from sperse._backends.base import (
     PickledFunction,
     Started,
     TaskSpec,
+    Work,
 )
 from sperse._cluster import Cluster, current
 from sperse._lang.placement import Placement, placement_from_options
 from sperse._serialize import RemoteValue, dumps
 from sperse.errors import (
     NotReadyError,
+    ObjectLost,
     SerializationError,
     SperseError,
     TaskCancelled,
     UpstreamError,
 )
 
-__all__ = ["OutputPrinter", "Pending", "RemoteFunction", "as_completed", "gather", "remote", "wait"]
+if TYPE_CHECKING:
+    from sperse._objects import RemoteClass
+
+__all__ = [
+    "Gate",
+    "OutputPrinter",
+    "Pending",
+    "RemoteFunction",
+    "as_completed",
+    "gather",
+    "remote",
+    "wait",
+]
 
 T = TypeVar("T")
 U = TypeVar("U")
@@ -275,39 +289,79 @@ def submit_call(
     label: str,
 ) -> Pending[Any]:
     """Send ``fn(*args, **kwargs)``, first waiting for any Pending among the arguments."""
-    pending: Pending[Any] = Pending(cluster, label=label)
-    inputs = [a for a in (*args, *kwargs.values()) if isinstance(a, Pending)]
+    return submit_work(
+        cluster,
+        functools.partial(CallTask, fn),
+        args,
+        kwargs,
+        placement=placement,
+        retries=retries,
+        label=label,
+    )
+
+
+def submit_work(
+    cluster: Cluster,
+    make: Callable[[tuple[Any, ...], dict[str, Any]], Work],
+    args: tuple[Any, ...],
+    kwargs: Mapping[str, Any],
+    *,
+    placement: Placement | Callable[[], Placement],
+    retries: int,
+    label: str,
+    pending: Pending[Any] | None = None,
+    after: Iterable[Pending[Any] | Gate] = (),
+    sent: Gate | None = None,
+) -> Pending[Any]:
+    """Send the work ``make(args, kwargs)`` once the Pendings among the arguments (and those
+    of ``after``) have settled, with their values; an argument that failed fails it with
+    ``UpstreamError``. ``placement`` may be computed then; ``pending`` is the one to settle
+    (a new one by default); ``sent`` is opened once the work is sent (or will never be)."""
+    if pending is None:
+        pending = Pending(cluster, label=label)
+    out = pending
+    inputs: list[Pending[Any] | Gate] = [
+        a for a in (*args, *kwargs.values()) if isinstance(a, Pending)
+    ]
+    inputs.extend(after)
     # One count per input plus one for this function, released after every hook
     # is registered: an input that settles meanwhile is counted exactly once.
     remaining = [len(inputs) + 1]
     lock = threading.Lock()
 
     def send() -> None:
-        if pending.done():  # cancelled while it waited for its inputs
+        try:
+            submit()
+        finally:
+            if sent is not None:
+                sent.open()
+
+    def submit() -> None:
+        if out.done():  # cancelled while it waited for its inputs
             return
         for arg in inputs:
             if arg._error is not None:
-                pending._settle(
-                    error=UpstreamError(
-                        f"{label}: an argument failed ({arg.label or 'a Pending'}): {arg._error}",
-                        upstream=arg.label,
+                error = arg._error
+                if not isinstance(error, ObjectLost):  # a remote object's: says it all
+                    name = arg.label or "a Pending"
+                    error = UpstreamError(
+                        f"{label}: an argument failed ({name}): {error}", upstream=arg.label
                     )
-                )
+                out._settle(error=error)
                 return
         real_args = tuple(a._value if isinstance(a, Pending) else a for a in args)
         real_kwargs = {k: v._value if isinstance(v, Pending) else v for k, v in kwargs.items()}
         task_id = cluster.new_task_id()
-        pending._task_id = task_id
+        out._task_id = task_id
         printer = OutputPrinter(cluster)
-        spec = TaskSpec(
-            task_id, CallTask(fn, real_args, real_kwargs), placement, retries, label=label
-        )
         try:
-            cluster.submit(spec, lambda event: pending._listen(event, printer))
+            where = placement() if callable(placement) else placement
+            spec = TaskSpec(task_id, make(real_args, real_kwargs), where, retries, label=label)
+            cluster.submit(spec, lambda event: out._listen(event, printer))
         except SperseError as exc:
-            pending._settle(error=exc)
+            out._settle(error=exc)
 
-    def input_settled(_: Pending[Any]) -> None:
+    def input_settled(_: object) -> None:
         with lock:
             remaining[0] -= 1
             last = remaining[0] == 0
@@ -316,8 +370,42 @@ def submit_call(
 
     for arg in inputs:
         arg._on_settle(input_settled)
-    input_settled(pending)
-    return pending
+    input_settled(out)
+    return out
+
+
+class Gate:
+    """Opens once; what waits for it (``submit_work(after=...)``) goes on then. Lighter than
+    a Pending (no cluster, no wake-up): the send order of a remote object's calls."""
+
+    __slots__ = ("_error", "_hooks", "_lock", "_open", "_value", "label")
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._open = False
+        self._hooks: list[Callable[[Gate], None]] = []
+        self._error: BaseException | None = None
+        self._value: Any = None
+        self.label = ""
+
+    def done(self) -> bool:
+        return self._open
+
+    def open(self) -> None:
+        with self._lock:
+            if self._open:
+                return
+            self._open = True
+            hooks, self._hooks = self._hooks, []
+        for hook in hooks:
+            hook(self)
+
+    def _on_settle(self, hook: Callable[[Gate], None]) -> None:
+        with self._lock:
+            if not self._open:
+                self._hooks.append(hook)
+                return
+        hook(self)
 
 
 class RemoteFunction(Generic[P, T]):
@@ -387,6 +475,10 @@ class RemoteFunction(Generic[P, T]):
 
 
 @overload
+def remote(fn: type[T], /) -> RemoteClass[T]: ...  # type: ignore[overload-overlap]
+
+
+@overload
 def remote(fn: Callable[P, T], /) -> RemoteFunction[P, T]: ...
 
 
@@ -396,26 +488,53 @@ def remote(
     on: str | None = None,
     resources: Mapping[str, float] | None = None,
     retries: int = 0,
-) -> Callable[[Callable[P, T]], RemoteFunction[P, T]]: ...
+    name: str | None = None,
+    max_concurrency: int | None = None,
+    restart: bool | None = None,
+) -> Callable[[Callable[P, T]], Any]: ...
 
 
 def remote(
-    fn: Callable[P, T] | None = None,
+    fn: Any = None,
     /,
     *,
     on: str | None = None,
     resources: Mapping[str, float] | None = None,
     retries: int = 0,
-) -> RemoteFunction[P, T] | Callable[[Callable[P, T]], RemoteFunction[P, T]]:
-    """Make a function run remotely: each call returns a ``Pending`` at once.
+    name: str | None = None,
+    max_concurrency: int | None = None,
+    restart: bool | None = None,
+) -> Any:
+    """Make a function run remotely (each call returns a ``Pending`` at once), or a class
+    whose instances live on a server (``sperse.remote(Counter)(on="db")`` returns an
+    ``ObjectProxy`` whose method calls return ``Pending``).
 
     ``on`` is a tag expression (``"gpu & !slow"``) or ``"@server"`` to pin;
     ``resources`` the needs (``{"gpu_mem": 16}``); ``retries`` how many times
-    to run it again when its worker dies (exceptions it raises are not retried).
+    to run it again when its worker dies (exceptions it raises are not retried). For a
+    class: ``name`` (find it with ``sperse.get_object``), ``max_concurrency`` (calls at
+    once; default 1, in call order) and ``restart`` (rebuild it if its worker dies).
     """
     placement = placement_from_options(on, resources)
+    for_class = {"name": name, "max_concurrency": max_concurrency, "restart": restart}
 
-    def wrap(f: Callable[P, T]) -> RemoteFunction[P, T]:
+    def wrap(f: Any) -> Any:
+        if isinstance(f, type):
+            from sperse._objects import RemoteClass
+
+            return RemoteClass(
+                f,
+                placement=placement,
+                name=name or "",
+                max_concurrency=max_concurrency or 1,
+                restart=bool(restart),
+            )
+        given = [k for k, v in for_class.items() if v is not None]
+        if given:
+            raise TypeError(
+                f"{', '.join(given)}: only for classes (remote objects), not for function "
+                f"{getattr(f, '__qualname__', f)!r}"
+            )
         return RemoteFunction(f, placement=placement, retries=retries)
 
     return wrap(fn) if fn is not None else wrap

@@ -678,6 +678,9 @@ class Workspace:
             return self._finish(record.id, run.run_id)  # same inputs: same result
         record.digest = None
         cluster = self.cluster
+        creation = self._object_creation(record, inputs)
+        if creation is not None:
+            return self._create_object(record, run, creation, digest)
         task_id = cluster.new_task_id()
         record.task_id = task_id
         record.runs += 1
@@ -719,6 +722,78 @@ class Workspace:
         except SperseError as exc:
             record.task_id = None
             return self._fail(record.id, run.run_id, exc)
+        return []
+
+    def _object_creation(
+        self, record: _Record, inputs: Mapping[str, Any]
+    ) -> tuple[str, Any, ast.Call] | None:
+        """``c = remote[db] Counter(...)`` where ``Counter`` is a class defined at the prompt
+        (or a ``sperse.remote`` class): the target, the class and the call, to create a remote
+        object instead of sending the instance back. Other classes (``pd.DataFrame``) are
+        plain calls whose value comes back, as any remote statement's."""
+        assert record.remote is not None
+        try:
+            (statement,) = ast.parse(record.remote.source).body
+        except (SyntaxError, ValueError):
+            return None
+        if not (
+            isinstance(statement, ast.Assign)
+            and len(statement.targets) == 1
+            and isinstance(statement.targets[0], ast.Name)
+            and isinstance(statement.value, ast.Call)
+            and isinstance(statement.value.func, ast.Name)
+        ):
+            return None
+        callee = statement.value.func.id
+        cls = inputs.get(callee, self.namespace.get(callee))
+        from sperse._objects import RemoteClass
+
+        made_here = isinstance(cls, type) and cls.__module__ == self.namespace["__name__"]
+        if not (made_here or isinstance(cls, RemoteClass)):
+            return None
+        return statement.targets[0].id, cls, statement.value
+
+    def _create_object(
+        self, record: _Record, run: Run, creation: tuple[str, Any, ast.Call], digest: bytes
+    ) -> list[Action]:
+        """Create the remote object of ``_object_creation``; the cell is done once it exists,
+        with the proxy as its value (arguments are evaluated here, as in a script)."""
+        from sperse._objects import RemoteClass
+
+        assert record.remote is not None
+        target, cls, call = creation
+        cell_id, run_id = record.id, run.run_id
+        namespace = dict(self.namespace)
+        try:
+            args = [
+                eval(compile(ast.Expression(a), record.filename, "eval"), namespace)
+                for a in call.args
+            ]
+            kwargs = {
+                k.arg: eval(compile(ast.Expression(k.value), record.filename, "eval"), namespace)
+                for k in call.keywords
+                if k.arg is not None
+            }
+        except Exception as exc:
+            return self._fail(cell_id, run_id, exc)
+        remote_class = cls if isinstance(cls, RemoteClass) else RemoteClass(cls)
+        if str(record.remote.placement):
+            remote_class = remote_class.with_placement(record.remote.placement)
+        record.runs += 1
+        record.started_at = time.monotonic()
+        record.finished_at = None
+        proxy = remote_class.create_on(self.cluster, tuple(args), kwargs)
+        cluster = self.cluster
+
+        def placed(ready: Pending[Any]) -> None:  # any thread: post the outcome
+            if ready._error is not None:
+                error = ready._error
+                cluster.post(lambda: self._apply(self._fail(cell_id, run_id, error)))
+                return
+            record.where = proxy.where
+            cluster.post(lambda: self._remote_done(cell_id, run_id, {target: proxy}, digest))
+
+        proxy._when_ready(placed)
         return []
 
     def _digest(self, record: _Record, inputs: Mapping[str, Any]) -> bytes:

@@ -4,6 +4,9 @@
     sperse --ray ADDRESS                                          the REPL, on a Ray cluster
     sperse run [-i] [-q] [--connect URL ...] script.py [args...]   a script, as the REPL runs it
     sperse server ...                                             a server (`sperse server --help`)
+    sperse coordinator ...                                        a cluster registry
+    sperse up [--servers N] [--tags LIST] [--config F.toml]       a local cluster, until Ctrl-C
+    sperse status [URL] [--json]                                  the servers of a cluster
     sperse submit (--wasm M | --python F) --input D --output D    a batch job (`sperse submit -h`)
     sperse demo                                                   a guided tour
 
@@ -25,12 +28,21 @@ def _cluster_options(parser: argparse.ArgumentParser, *, nested: bool = False) -
     default = argparse.SUPPRESS if nested else None
     group = parser.add_argument_group("where remote work runs (default: an embedded server)")
     group.add_argument(
-        "--connect", metavar="URL", default=default, help="a running server: sperse://HOST:PORT"
+        "--connect",
+        metavar="URL",
+        default=default,
+        help="a running server or coordinator: sperse://HOST:PORT (several servers: URL,URL,...)",
     )
     group.add_argument(
         "--token",
         default=default,
         help="its token (default: $SPERSE_TOKEN or the file $SPERSE_TOKEN_FILE)",
+    )
+    group.add_argument(
+        "--token-file",
+        metavar="PATH",
+        default=default,
+        help="read the token from this file (as `sperse up --token-file` writes it)",
     )
     group.add_argument(
         "--workers",
@@ -93,11 +105,30 @@ def main(argv: list[str] | None = None) -> int:
     commands.add_parser(
         "server", help="run a sperse server (see `sperse server --help`)", add_help=False
     )
+    delegated = {
+        "coordinator": "run a cluster registry that servers join (`sperse coordinator --help`)",
+        "up": "start a local cluster: a coordinator and servers, until Ctrl-C",
+        "status": "list the servers of a cluster, from its coordinator",
+    }
+    for name, text in delegated.items():
+        commands.add_parser(name, help=text, add_help=False)
     args, rest = parser.parse_known_args(argv)
     if args.command == "server":
         from sperse.server import main as server
 
         return server(rest)
+    if args.command == "coordinator":
+        from sperse._coordinator.cli import main as coordinator
+
+        return coordinator(rest)
+    if args.command == "up":
+        from sperse._up import main as up
+
+        return up(rest)
+    if args.command == "status":
+        from sperse._status import main as status
+
+        return status(rest)
     if rest:
         parser.error(f"unrecognized arguments: {' '.join(rest)}")
     if args.command == "demo":
@@ -110,11 +141,17 @@ def main(argv: list[str] | None = None) -> int:
 
     if args.token is not None and args.connect is None:
         parser.error("--token goes with --connect URL")
+    if args.token_file is not None and args.connect is None:
+        parser.error("--token-file goes with --connect URL")
+    if args.token is not None and args.token_file is not None:
+        parser.error("give --token or --token-file, not both")
     if args.local and args.connect is not None:
         parser.error("--local and --connect exclude each other")
     if args.ray is not None and (args.local or args.connect is not None):
         parser.error("--ray excludes --local and --connect")
-    options = ClusterOptions(args.connect, args.token, args.workers, args.local, args.ray)
+    options = ClusterOptions(
+        args.connect, args.token, args.workers, args.local, args.ray, args.token_file
+    )
     if args.command == "submit":
         from sperse.jobs._options import request_from
 

@@ -29,9 +29,11 @@ from __future__ import annotations
 __all__ = [
     "AuthenticationError",
     "CellError",
+    "ClientGone",
     "CycleError",
     "NoMatchingServer",
     "NotReadyError",
+    "ObjectLost",
     "ProtocolError",
     "RemoteError",
     "SerializationError",
@@ -40,6 +42,7 @@ __all__ = [
     "SperseError",
     "StatementError",
     "TaskCancelled",
+    "UnknownObject",
     "UpstreamError",
     "UsageError",
     "WorkerDied",
@@ -125,6 +128,19 @@ class NoMatchingServer(SperseError):
 
 class WorkerDied(SperseError):
     """The worker process running the task died (killed, crashed, out of memory)."""
+
+
+class ObjectLost(SperseError):
+    """A remote object is gone: closed, released, or its worker process died (and it was not
+    created with ``restart=True``, or it was rebuilt and lost its state)."""
+
+
+class UnknownObject(SperseError, LookupError):
+    """No remote object has that name on the servers of the cluster."""
+
+
+class ClientGone(SperseError):
+    """Remote code called back a client (``sperse.callback``) that has left."""
 
 
 class ServerLost(SperseError):

@@ -46,3 +46,26 @@ def test_server_doc_blocks_run() -> None:
     blocks = python_blocks(ROOT / "docs" / "server.md")
     assert len(blocks) == 2
     run_blocks(blocks)
+
+
+def test_state_doc_blocks_run() -> None:
+    blocks = python_blocks(ROOT / "docs" / "state.md")
+    out = run_blocks(blocks).splitlines()
+    assert out == [
+        "(100, 60, 20)",
+        "[2, 0]",
+        "[1, 2, 3, 4, 5, 6, 7, 8, 9, 10]",
+        "1",
+        "['index', 'owner:job-1', 'queue']",
+        "[0, 1, 2, 3, 4, 5]",
+        "True",
+    ]
+
+
+def test_objects_doc_blocks_run() -> None:
+    outputs = [run_blocks([block]) for block in python_blocks(ROOT / "docs" / "objects.md")]
+    assert len(outputs) == 3
+    counter, tally, callbacks = outputs
+    assert counter.splitlines()[:2] == ["[11, 12, 13, 14, 15]", "15"]
+    assert tally.splitlines() == ["3", "['a', 'b', 'c']"]
+    assert callbacks.splitlines() == ["trained", "['1/3', '2/3', '3/3']"]

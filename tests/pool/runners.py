@@ -10,6 +10,7 @@ import contextlib
 import os
 import signal
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -86,6 +87,22 @@ def boom(_: str) -> bytes:
     raise RuntimeError("runner bug")
 
 
+_barriers: dict[str, threading.Barrier] = {}
+_barriers_lock = threading.Lock()
+
+
+def meet(argument: str) -> bytes:
+    """``parties:tag``: print the tag, wait until ``parties`` tasks of this worker have come
+    (only tasks that run at once can), print again. Proves concurrency and output tagging."""
+    parties, _, tag = argument.partition(":")
+    with _barriers_lock:
+        barrier = _barriers.setdefault(parties, threading.Barrier(int(parties)))
+    print(f"{tag} arrived")
+    barrier.wait(_WAIT_CAP)
+    print(f"{tag} leaves")
+    return tag.encode()
+
+
 def command(payload: bytes) -> bytes:
     verb, _, argument = payload.decode().partition(":")
     match verb:
@@ -107,4 +124,6 @@ def command(payload: bytes) -> bytes:
             return stubborn(argument)
         case "boom":
             return boom(argument)
+        case "meet":
+            return meet(argument)
     raise ValueError(f"unknown test command {verb!r}")

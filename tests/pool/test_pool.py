@@ -20,6 +20,7 @@ import threading
 from collections.abc import Callable, Iterator
 from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 import pytest
 import runners
@@ -110,7 +111,7 @@ MakePool = Callable[..., tuple[WorkerPool, Events]]
 def make_pool() -> Iterator[MakePool]:
     pools: list[WorkerPool] = []
 
-    def make(size: int = 1, runner: str = COMMAND, **options: float) -> tuple[WorkerPool, Events]:
+    def make(size: int = 1, runner: str = COMMAND, **options: Any) -> tuple[WorkerPool, Events]:
         events = Events()
         pool = WorkerPool(size, runner, events, name="test", **options)
         pools.append(pool)
@@ -556,6 +557,121 @@ def test_a_pool_on_the_owners_event_loop() -> None:
         for pid in workers:
             assert_no_process(pid)
         events.assert_well_formed()
+    finally:
+        loop.call_soon_threadsafe(loop.stop)
+        thread.join(DEADLINE)
+        loop.close()
+
+
+# -- concurrent workers and the front of the queue --------------------------------------------
+
+
+def test_a_concurrent_worker_runs_its_tasks_at_once(make_pool: MakePool) -> None:
+    pool, events = make_pool(1, concurrency=3)
+    ids = ["a", "b", "c"]
+    for task_id in ids:  # each waits until all three have arrived: only together can they end
+        pool.submit(task_id, f"meet:3:{task_id}".encode())
+    ended = events.wait_terminal(*ids)
+    assert ended == {t: TaskDone(t, t.encode()) for t in ids}
+    for task_id in ids:  # each line is tagged with the task that printed it
+        text = "".join(e.text for e in events.of(task_id) if isinstance(e, TaskOutput))
+        assert text == f"{task_id} arrived\n{task_id} leaves\n"
+    assert len({e.worker for e in events.items if isinstance(e, TaskStarted)}) == 1
+    events.assert_well_formed()
+    pool.close()
+
+
+def test_cancel_in_a_concurrent_worker_ends_the_task_at_once(
+    make_pool: MakePool, tmp_path: Path
+) -> None:
+    pool, events = make_pool(1, concurrency=2)
+    flag = tmp_path / "go"
+    pool.submit("slow", f"wait_for_file:{flag}".encode())
+    worker = events.wait_output("slow")
+    assert pool.cancel("slow") is True
+    failed = events.wait_terminal("slow")["slow"]
+    assert failed == TaskFailed("slow", "cancelled", "cancelled while running")
+    pool.submit("beside", b"echo:beside")  # the other slot is free
+    assert events.wait_terminal("beside")["beside"] == TaskDone("beside", b"beside")
+    flag.touch()  # the cancelled task ends now; its answer is dropped
+    pool.submit("after", b"pid")
+    assert events.wait_terminal("after")["after"] == TaskDone("after", str(worker).encode())
+    assert len(events.terminal("slow")) == 1
+    assert pool.stats().workers_replaced == 0  # neither interrupted nor killed
+    events.assert_well_formed()
+    pool.close()
+
+
+def test_a_concurrent_worker_that_dies_fails_every_task_it_ran(
+    make_pool: MakePool, tmp_path: Path
+) -> None:
+    exits: list[tuple[int, str, int]] = []
+    recorded: list[Events] = []
+
+    def on_worker_exit(pid: int, how: str) -> None:  # on the pool's loop, like on_event
+        ended = [e for e in recorded[0].items if isinstance(e, TaskDone | TaskFailed)]
+        exits.append((pid, how, len(ended)))
+
+    pool, events = make_pool(1, concurrency=2, on_worker_exit=on_worker_exit)
+    recorded.append(events)
+    flag = tmp_path / "never"
+    pool.submit("one", f"wait_for_file:{flag}".encode())
+    pool.submit("two", f"wait_for_file:{flag}".encode())
+    worker = events.wait_output("one")
+    events.wait_output("two")
+    os.kill(worker, signal.SIGKILL)
+    ended = events.wait_terminal("one", "two")
+    for task_id in ("one", "two"):
+        message = f"worker {worker} died (killed by SIGKILL) while running task {task_id}"
+        assert ended[task_id] == TaskFailed(task_id, "worker_died", message)
+    assert exits == [(worker, "killed by SIGKILL", 0)]  # before the tasks' failures
+    pool.submit("next", b"echo:next")
+    assert events.wait_terminal("next")["next"] == TaskDone("next", b"next")
+    events.assert_well_formed()
+    pool.close()
+
+
+def test_submit_to_the_front(make_pool: MakePool, tmp_path: Path) -> None:
+    pool, events = make_pool(1)
+    flag = tmp_path / "go"
+    pool.submit("first", f"wait_for_file:{flag}".encode())
+    events.wait_output("first")
+    for task_id in ("b", "c"):
+        pool.submit(task_id, f"echo:{task_id}".encode())
+    pool.submit("urgent", b"echo:urgent", front=True)
+    flag.touch()
+    events.wait_terminal("first", "b", "c", "urgent")
+    started = [e.task_id for e in events.items if isinstance(e, TaskStarted)]
+    assert started == ["first", "urgent", "b", "c"]
+    pool.close()
+
+
+def test_closed_from_on_event_on_the_owners_loop_it_leaves_nothing_watched() -> None:
+    """The workers' file descriptors are closed only once the loop no longer watches them: a
+    number left registered would be reused by a later file that the loop then never sees."""
+    loop = asyncio.new_event_loop()
+    thread = threading.Thread(target=loop.run_forever, name="owner-loop")
+    thread.start()
+
+    def watched() -> set[int]:
+        async def snapshot() -> set[int]:
+            return set(loop._selector.get_map())  # type: ignore[attr-defined]
+
+        return asyncio.run_coroutine_threadsafe(snapshot(), loop).result(DEADLINE)
+
+    try:
+        before = watched()
+        events = Events()
+        pool = WorkerPool(2, COMMAND, events, name="owned", loop=loop)
+        events.hook = lambda event: pool.close() if isinstance(event, TaskDone) else None
+        pool.submit("a", b"echo:a")
+        events.wait_terminal("a")
+        pool.close()  # from this thread: waits until the workers are gone
+        assert watched() == before
+        again = Events()
+        with WorkerPool(1, COMMAND, again, name="again", loop=loop) as second:
+            second.submit("b", b"echo:b")
+            assert again.wait_terminal("b")["b"] == TaskDone("b", b"b")
     finally:
         loop.call_soon_threadsafe(loop.stop)
         thread.join(DEADLINE)

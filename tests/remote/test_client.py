@@ -64,8 +64,8 @@ def test_code_defined_here_runs_there(cluster: sperse.Cluster) -> None:
 def test_workspace_cells_use_prompt_definitions(cluster: sperse.Cluster) -> None:
     ws = sperse.Workspace(cluster)
     ws.run("class P:\n    def __init__(self, v):\n        self.v = v\n")
-    ws.run("import numpy as np\nscale = lambda a: a * 2")
-    ws.run("p = remote P(np.ones(3))")
+    ws.run("import numpy as np\nscale = lambda a: a * 2\nmake = lambda v: P(v)")
+    ws.run("p = remote make(np.ones(3))")  # (`remote P(...)` would make a remote object)
     ws.run("q = remote scale(p.v).sum()")
     assert ws.wait("q", timeout=WAIT) == 6.0
     assert ws.cell("q").where == "alpha"

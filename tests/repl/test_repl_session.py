@@ -61,13 +61,18 @@ def test_values_and_assignments(shown: Shown) -> None:
 
 
 def test_remote_statement_then_arrivals(shown: Shown) -> None:
-    assert shown("x = remote sum(range(5))") == (True, "", "")
+    # x takes a moment, so that y is entered while x is pending (else y runs at once).
+    shown("def slow_sum(n):\n    import time\n    time.sleep(0.5)\n    return sum(range(n))\n")
+    assert shown("x = remote slow_sum(5)") == (True, "", "")
     ok, out, _ = shown("y = x * 10")
     assert ok
     out2, err = shown.wait()
     lines = (out + out2).splitlines()
     assert any(
-        line.startswith("[") and "x ready on local" in line and "x = 10" in line for line in lines
+        line.startswith("[")
+        and f"x ready on {shown.ws.cell('x').where}" in line
+        and "x = 10" in line
+        for line in lines
     ), lines
     assert any("y ready" in line and "y = 100" in line for line in lines), lines
     assert err == ""
@@ -103,9 +108,10 @@ def test_remote_error_is_marked_remote(shown: Shown) -> None:
     _, _, err2 = shown("y = x + 1")  # x may have failed already: y is blocked at once
     _, err3 = shown.wait()
     err = err1 + err2 + err3
-    assert "x failed on local" in err
+    on = shown.ws.cell("x").where
+    assert f"x failed on {on}" in err
     assert "RemoteError: cell [" in err and "ZeroDivisionError: division by zero" in err
-    assert "This happened remotely on local:\nTraceback" in err
+    assert f"This happened remotely on {on}:\nTraceback" in err
     assert "upstream error in x" in err  # "y not computed: ..." or, if x failed first, at once
     assert "_workspace.py" not in err and "_app.py" not in err
 

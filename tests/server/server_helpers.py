@@ -258,7 +258,7 @@ class RawSession:
         task = pb.Task(
             task_id=task_id,
             work=pickled,
-            refs=refs,
+            refs=[r.object_id for r in refs],
             retries=retries,
             inline_limit=inline_limit,
             label=label,

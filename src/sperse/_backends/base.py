@@ -19,6 +19,8 @@ from typing import Any, Literal, Protocol
 
 from sperse._lang.placement import Placement
 from sperse.errors import (
+    NoMatchingServer,
+    ObjectLost,
     RemoteError,
     SerializationError,
     ServerLost,
@@ -36,12 +38,17 @@ __all__ = [
     "ErrorKind",
     "EventSink",
     "Failed",
+    "ObjectCall",
+    "ObjectClose",
+    "ObjectCreate",
+    "ObjectInfo",
     "Output",
     "PickledFunction",
     "ServerInfo",
     "Started",
     "StatementTask",
     "TaskSpec",
+    "Work",
 ]
 
 
@@ -79,9 +86,49 @@ class CallTask:
 
 
 @dataclass(frozen=True, slots=True)
+class ObjectCreate:
+    """Create a remote object: ``cls(*args, **kwargs)``, in a worker process of its own.
+
+    ``object_id`` is chosen by the client (random). ``methods``: the public methods of
+    ``cls``, for proxies made elsewhere (from a listing, or unpickled in remote code)."""
+
+    object_id: str
+    cls: Callable[..., Any] | PickledFunction
+    args: tuple[Any, ...]
+    kwargs: Mapping[str, Any]
+    name: str = ""
+    max_concurrency: int = 1
+    restart: bool = False
+    type_name: str = ""
+    methods: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class ObjectCall:
+    """A call of method ``name`` of a remote object, or (``attribute``) the read of its
+    attribute ``name``. Only public names (no leading ``_``) are allowed."""
+
+    object_id: str
+    name: str
+    args: tuple[Any, ...] = ()
+    kwargs: Mapping[str, Any] = field(default_factory=dict)
+    attribute: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class ObjectClose:
+    """Destroy a remote object now (its pending calls fail with ``ObjectLost``)."""
+
+    object_id: str
+
+
+Work = StatementTask | CallTask | ObjectCreate | ObjectCall | ObjectClose
+
+
+@dataclass(frozen=True, slots=True)
 class TaskSpec:
     task_id: str
-    work: StatementTask | CallTask
+    work: Work
     placement: Placement = field(default_factory=Placement)
     retries: int = 0
     label: str = ""
@@ -94,6 +141,8 @@ ErrorKind = Literal[
     "serialization",
     "missing_module",
     "server_lost",
+    "no_server",
+    "object_lost",
     "internal",
 ]
 
@@ -125,6 +174,10 @@ class ErrorInfo:
             return SerializationError(f"{context}{self.message}")
         if self.kind == "server_lost":
             return ServerLost(f"{context}{self.message}")
+        if self.kind == "no_server":
+            return NoMatchingServer(f"{context}{self.message}")
+        if self.kind == "object_lost":
+            return ObjectLost(f"{context}{self.message}")
         return SperseError(f"{context}{self.type_name}: {self.message}")
 
 
@@ -161,6 +214,22 @@ EventSink = Callable[[BackendEvent], None]
 
 
 @dataclass(frozen=True, slots=True)
+class ObjectInfo:
+    """A remote object as its server lists it."""
+
+    object_id: str
+    server: str
+    name: str = ""
+    type_name: str = ""
+    methods: tuple[str, ...] = ()
+    max_concurrency: int = 1
+    restart: bool = False
+    calls: int = 0
+    restarts: int = 0
+    pid: int = 0
+
+
+@dataclass(frozen=True, slots=True)
 class ServerInfo:
     name: str
     tags: frozenset[str] = frozenset()
@@ -188,5 +257,9 @@ class Backend(Protocol):
     def servers(self) -> list[ServerInfo]: ...
 
     def stats(self) -> dict[str, int]: ...
+
+    def objects(self, name: str = "") -> list[ObjectInfo]:
+        """The remote objects the servers hold (only the one called ``name``, if given)."""
+        ...
 
     def close(self) -> None: ...

@@ -18,6 +18,7 @@ from sperse._backends.base import (
     ErrorInfo,
     EventSink,
     Failed,
+    ObjectInfo,
     Output,
     ServerInfo,
     Started,
@@ -25,6 +26,8 @@ from sperse._backends.base import (
 )
 from sperse._pool import PoolEvent, TaskDone, TaskFailed, TaskOutput, TaskStarted, WorkerPool
 from sperse._serialize import dumps, loads
+from sperse._server.config import DEFAULT_MAX_VALUE_SIZE
+from sperse._server.store import StateStore, start_state_store
 from sperse.errors import SerializationError, SperseError
 
 __all__ = ["LocalBackend"]
@@ -62,12 +65,19 @@ class LocalBackend:
         self._sink: EventSink | None = None
         self._tasks: dict[str, _Task] = {}
         self._lock = threading.Lock()
+        self._state: StateStore | None = None  # sperse.state() of its tasks
 
     def start(self, sink: EventSink) -> None:
         if self._pool is not None:
             raise SperseError("this LocalBackend is already started")
         self._sink = sink
-        self._pool = WorkerPool(self._size, RUNNER, self._on_pool_event, name=self.name)
+        # Before the pool: its workers inherit the store's address (see _server.store).
+        self._state = start_state_store(DEFAULT_MAX_VALUE_SIZE, self._worker_pids)
+        try:
+            self._pool = WorkerPool(self._size, RUNNER, self._on_pool_event, name=self.name)
+        except BaseException:
+            self._stop_state()
+            raise
 
     def submit(self, specs: Sequence[TaskSpec]) -> None:
         pool = self._require_pool()
@@ -109,11 +119,25 @@ class LocalBackend:
             "tasks_done": s.tasks_done,
             "tasks_failed": s.tasks_failed,
             "workers_replaced": s.workers_replaced,
+            **_state_stats(self._state),
         }
+
+    def objects(self, name: str = "") -> list[ObjectInfo]:
+        """None: remote objects need a server (this is an in-process pool for unit tests)."""
+        return []
 
     def close(self) -> None:
         if self._pool is not None:
             self._pool.close()
+        self._stop_state()
+
+    def _worker_pids(self) -> tuple[int, ...]:
+        return self._pool.stats().workers if self._pool is not None else ()  # thread-safe
+
+    def _stop_state(self) -> None:
+        store, self._state = self._state, None
+        if store is not None:
+            store.stop()
 
     def _require_pool(self) -> WorkerPool:
         if self._pool is None:
@@ -157,3 +181,10 @@ class LocalBackend:
                     return
                 kind = "internal" if reason == "runner_error" else reason
                 sink(Failed(task_id, where, ErrorInfo(kind, reason, message, tb)))
+
+
+def _state_stats(store: StateStore | None) -> dict[str, int]:
+    if store is None:
+        return {}
+    s = store.stats()
+    return {"state_keys": s.keys, "state_bytes": s.bytes, "state_ops": s.ops}

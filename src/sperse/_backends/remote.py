@@ -59,13 +59,19 @@ from sperse._backends.base import (
     ErrorKind,
     EventSink,
     Failed,
+    ObjectCall,
+    ObjectClose,
+    ObjectCreate,
+    ObjectInfo,
     Output,
     ServerInfo,
     Started,
     StatementTask,
     TaskSpec,
+    Work,
 )
 from sperse._backends.runner import work_to_wire
+from sperse._callbacks import deliver, sending_to
 from sperse._serialize import RemoteRef, RemoteValue, dumps_oob, loads_oob
 from sperse._serialize import shm as _shm
 from sperse._wire import (
@@ -81,7 +87,9 @@ from sperse._wire import (
 from sperse._wire.sperse_pb2_grpc import SperseStub
 from sperse.errors import (
     AuthenticationError,
+    ClientGone,
     ProtocolError,
+    SerializationError,
     ServerLost,
     ServerUnavailable,
     SperseError,
@@ -167,6 +175,9 @@ class SperseBackend:
         self._closed = False
         self._lost: SperseError | None = None
         self._main: asyncio.Task[None] | None = None
+        # Set by a many-servers backend: a server's address by its name (values held by
+        # other servers travel to this one as PeerRefs).
+        self.locate: Callable[[str], str | None] | None = None
 
     # ---- lifecycle -----------------------------------------------------------
 
@@ -417,7 +428,9 @@ class SperseBackend:
         elif kind == "events":
             for event in message.events.events:
                 self._on_event(event, receiver)
-        elif kind == "fetch_reply" or kind == "stats":
+        elif kind == "callback":
+            self._on_callback(message.callback, receiver)
+        elif kind in ("fetch_reply", "stats", "objects", "callback_reply"):
             reply = getattr(message, kind)
             future = self._replies.pop(reply.request_id, None)
             if future is not None and not future.done():
@@ -465,6 +478,41 @@ class SperseBackend:
             f = event.failed
             info = ErrorInfo(_kind(f.kind), f.type_name, f.message, f.traceback)
             sink(Failed(task_id, where, info))
+
+    def _on_callback(self, message: pb.Callback, receiver: BlobReceiver) -> None:
+        """Remote code called one of this client's callbacks: run it on the user's thread."""
+        try:
+            data, buffers = _writable(*_received(message.args, receiver))
+            args, kwargs = loads_oob(data, buffers, what="the arguments of a callback")
+        except Exception as exc:  # not ours to raise on the I/O thread: say it
+            log.warning("a callback from %s could not be read: %s", self.name, exc)
+            return
+        if not deliver(message.callback_id, args, kwargs):
+            log.warning("remote code called back callback %s, which is gone", message.callback_id)
+
+    def call_back(
+        self,
+        session_id: str,
+        callback_id: str,
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+        *,
+        what: str = "a callback",
+        timeout: float | None = 30.0,
+    ) -> None:
+        """Hand ``(args, kwargs)`` to the client of ``session_id`` on this server, which runs
+        its callback ``callback_id`` (remote code calling back its client)."""
+        data, buffers, _ = dumps_oob((args, kwargs), what=f"the arguments of callback {what}")
+        blobs: list[pb.Blob] = []
+        raws = [b.raw() for b in buffers]
+        pickled = pb.Pickled(
+            data=self._sender.encode(data, blobs),
+            buffers=[self._sender.encode(r, blobs) for r in raws],
+        )
+        call = pb.CallbackCall(session_id=session_id, callback_id=callback_id, args=pickled)
+        reply = self._call(self._request("callback", call=call, blobs=blobs), timeout)
+        if reply.error:
+            raise ClientGone(f"callback {what}: {reply.error}")
 
     def _value(self, value: pb.Value, receiver: BlobReceiver) -> Any:
         if value.WhichOneof("kind") == "ref":
@@ -535,7 +583,8 @@ class SperseBackend:
         try:
             for spec in specs:
                 work = work_to_wire(spec.work)
-                data, buffers, refs = dumps_oob(work, what=spec.label or "the task")
+                with sending_to(self.address, self._session_id):
+                    data, buffers, refs = dumps_oob(work, what=spec.label or "the task")
                 blobs: list[pb.Blob] = []
                 size = len(data) + 64
                 if buffers:
@@ -553,11 +602,15 @@ class SperseBackend:
                 task = pb.Task(
                     task_id=spec.task_id,
                     work=pickled,
-                    refs=refs,
+                    refs=[r.object_id for r in refs],
+                    peer_refs=self._peer_refs(refs, spec.label or spec.task_id),
                     retries=spec.retries,
                     inline_limit=self._inline_limit,
                     label=spec.label,
                 )
+                op = _object_op(spec.work)
+                if op is not None:
+                    task.object.CopyFrom(op)
                 items.extend(pb.ClientMessage(blob=b) for b in blobs)
                 items.append((task, size))
             with self._tasks_lock:
@@ -571,6 +624,22 @@ class SperseBackend:
         except BaseException:
             _shm.unlink(uploads)  # not sent: still ours
             raise
+
+    def _peer_refs(self, refs: Sequence[RemoteRef], what: str) -> list[pb.PeerRef]:
+        """Where the values held by other servers of the cluster are: this server pulls them."""
+        out: list[pb.PeerRef] = []
+        name = self.name
+        for ref in refs:
+            if ref.server == name:
+                continue
+            address = self.locate(ref.server) if self.locate is not None else None
+            if address is None:
+                raise SerializationError(
+                    f"{what}: an input is a value held on server {ref.server!r}, which is not "
+                    f"part of this cluster (any more): fetch it first, or compute it again"
+                )
+            out.append(pb.PeerRef(object_id=ref.object_id, server=ref.server, address=address))
+        return out
 
     def cancel(self, task_id: str) -> None:
         self._send([pb.ClientMessage(cancel=pb.Cancel(task_ids=[task_id]))])
@@ -643,6 +712,14 @@ class SperseBackend:
         self._replies[request_id] = future
         if kind == "fetch":
             message = pb.ClientMessage(fetch=pb.Fetch(request_id=request_id, **fields))
+        elif kind == "objects":
+            message = pb.ClientMessage(objects=pb.ObjectsRequest(request_id=request_id, **fields))
+        elif kind == "callback":
+            call = fields["call"]
+            call.request_id = request_id
+            blobs = [pb.ClientMessage(blob=b) for b in fields["blobs"]]
+            self._send([*blobs, pb.ClientMessage(callback=call)])
+            return await future
         else:
             message = pb.ClientMessage(stats=pb.StatsRequest(request_id=request_id))
         self._send([message])
@@ -650,6 +727,25 @@ class SperseBackend:
         if kind == "fetch" and isinstance(reply, pb.FetchReply):
             raise SperseError(f"fetch of {fields.get('object_id')} failed: {reply.error}")
         return reply
+
+    def objects(self, name: str = "", timeout: float | None = 10.0) -> list[ObjectInfo]:
+        """The remote objects this server holds (only the one called ``name``, if given)."""
+        reply = self._call(self._request("objects", name=name), timeout)
+        return [
+            ObjectInfo(
+                o.object_id,
+                self.name,
+                o.name,
+                o.type_name,
+                tuple(o.methods),
+                o.max_concurrency,
+                o.restart,
+                o.calls,
+                o.restarts,
+                o.pid,
+            )
+            for o in reply.objects
+        ]
 
     def servers(self) -> list[ServerInfo]:
         w = self._welcome
@@ -667,6 +763,25 @@ class SperseBackend:
                 address=self.address,
             )
         ]
+
+
+def _object_op(work: Work) -> pb.ObjectOp | None:
+    """What the server needs to know of a remote object's task without unpickling it."""
+    if isinstance(work, ObjectCreate):
+        return pb.ObjectOp(
+            object_id=work.object_id,
+            kind="create",
+            name=work.name,
+            max_concurrency=work.max_concurrency,
+            restart=work.restart,
+            type_name=work.type_name,
+            methods=work.methods,
+        )
+    if isinstance(work, ObjectCall):
+        return pb.ObjectOp(object_id=work.object_id, kind="call")
+    if isinstance(work, ObjectClose):
+        return pb.ObjectOp(object_id=work.object_id, kind="close")
+    return None
 
 
 def _local_streams() -> bool:
@@ -866,7 +981,15 @@ def _writable(data: bytes, parts: list[bytes | _ShmName]) -> tuple[bytes, list[A
 
 
 def _kind(kind: str) -> Any:
-    known = {"raised", "worker_died", "cancelled", "serialization", "missing_module", "internal"}
+    known = {
+        "raised",
+        "worker_died",
+        "cancelled",
+        "serialization",
+        "missing_module",
+        "object_lost",
+        "internal",
+    }
     return kind if kind in known else "internal"
 
 
@@ -928,8 +1051,12 @@ class EmbeddedServer:
         resources: dict[str, float] | None = None,
         ready_timeout: float = 30.0,
         log_level: str = "warning",
+        token: str | None = None,
+        extra_args: Sequence[str] = (),
     ) -> None:
-        self.token = secrets.token_urlsafe(32)
+        """``token``: the cluster's (default: a new random one). ``extra_args``: more
+        ``sperse server`` options (``--join``, ...)."""
+        self.token = token or secrets.token_urlsafe(32)
         args = [sys.executable, "-m", "sperse.server", "--host", "127.0.0.1", "--port", "0"]
         args += ["--token-stdin", "--name", name, "--log-level", log_level]
         if workers:
@@ -938,6 +1065,7 @@ class EmbeddedServer:
             args += ["--tag", tag]
         for key, value in (resources or {}).items():
             args += ["--resource", f"{key}={value}"]
+        args += extra_args
         self.process = subprocess.Popen(
             args,
             stdin=subprocess.PIPE,

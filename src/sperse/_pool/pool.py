@@ -16,9 +16,12 @@ Invariants
   on that loop's thread only, in order, and never while a lock of the pool is held: it may
   call :meth:`WorkerPool.submit` and :meth:`WorkerPool.cancel` (and
   :meth:`WorkerPool.close`). A slow callback delays the pool.
-- Tasks are dispatched first in, first out, to idle workers first.
-- A worker that dies is replaced; the task it was running fails with
-  ``reason="worker_died"``.
+- Tasks are dispatched first in, first out, to idle workers first; ``submit(front=True)``
+  puts a task before every queued one.
+- A worker that dies is replaced; the task it was running (a concurrent worker: every task
+  it was running) fails with ``reason="worker_died"``. ``on_worker_exit(pid, how)``, if
+  given, is called (like ``on_event``) for every worker that exits while the pool is open,
+  before the events of the tasks it fails, and before its replacement can take a task.
 - After :meth:`WorkerPool.close` returns (called from another thread than the loop's),
   every worker process has exited and been reaped, the pool's file descriptors are no
   longer watched, a private reader thread has ended, and no more events will come.
@@ -32,14 +35,25 @@ run longer than that gets no more until it is done, so few tasks wait behind a l
 A task sent ahead to a worker that dies before starting it goes back to the front of the
 queue (it does not get a second :class:`TaskStarted`).
 
+Concurrent workers
+------------------
+With ``concurrency`` N > 1, each worker runs up to N tasks at once, in threads (see
+:mod:`sperse._pool.worker`): it is sent up to N tasks whatever the pipelining heuristics say,
+all of which run. ``cancel()`` of a task such a worker runs ends the task at once with
+``TaskFailed(reason="cancelled")``: the worker is neither interrupted nor killed (other
+tasks run beside it), the task runs on to its end and its answer is dropped; until then it
+still counts among the worker's N. (A task not started yet when the worker reads ``CANCEL``
+does not run.) A worker that dies fails every task it was running.
+
 Cancel protocol
 ---------------
-``cancel()`` of a queued task removes it. ``cancel()`` of the task a worker runs now writes
-the task's sequence number into the worker's shared ``cancel_seq`` and sends ``SIGUSR1``;
-the worker raises an interrupt in its main thread only if that sequence number is the task
-running now, and answers ``CANCELLED``. If no answer for the task arrives within
-``cancel_grace`` seconds (the task is stuck in C code or swallowed the interrupt), the
-worker is killed and replaced. ``cancel()`` of a task sent ahead ends it at once and sends
+``cancel()`` of a queued task removes it. ``cancel()`` of the task a worker runs now (a
+worker of concurrency 1; see above for the others) writes the task's sequence number into
+the worker's shared ``cancel_seq`` and sends ``SIGUSR1``; the worker raises an interrupt in
+its main thread only if that sequence number is the task running now, and answers
+``CANCELLED``. If no answer for the task arrives within ``cancel_grace`` seconds (the task
+is stuck in C code or swallowed the interrupt), the worker is killed and replaced
+(``cancel_grace=math.inf``: never). ``cancel()`` of a task sent ahead ends it at once and sends
 ``CANCEL``: the worker reads it before it would start the task, and drops it. Either way the
 task ends with exactly one ``TaskFailed(reason="cancelled")``: once ``cancel()`` has
 returned True, even a result that was already on its way is dropped.
@@ -80,7 +94,7 @@ import signal
 import threading
 import time
 import weakref
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from multiprocessing.connection import Connection, wait
 from multiprocessing.context import SpawnProcess
@@ -161,6 +175,14 @@ PoolEvent = TaskStarted | TaskOutput | TaskDone | TaskFailed
 
 
 @dataclass(frozen=True, slots=True)
+class _WorkerExit:
+    """For ``on_worker_exit``: delivered in order with the events."""
+
+    pid: int
+    how: str
+
+
+@dataclass(frozen=True, slots=True)
 class PoolStats:
     """A snapshot. ``workers`` are the pids of the pool's live (or starting) workers."""
 
@@ -238,6 +260,9 @@ class WorkerPool:
     ``loop``: run on this (running) event loop instead of a thread of the pool's own.
     ``on_events_delivered``: called (like ``on_event``) after each batch of events, e.g. to
     send on at once what they produced.
+    ``concurrency``: tasks each worker runs at once (see "Concurrent workers").
+    ``on_worker_exit``: called with the pid of a worker that exited and how (``"killed by
+    SIGKILL"``, ``"exit code 1"``), see the invariants above.
     """
 
     def __init__(
@@ -252,6 +277,9 @@ class WorkerPool:
         loop: asyncio.AbstractEventLoop | None = None,
         pipeline: int = PIPELINE,
         on_events_delivered: Callable[[], None] | None = None,
+        concurrency: int = 1,
+        on_worker_exit: Callable[[int, str], None] | None = None,
+        env: Mapping[str, str] | None = None,
     ) -> None:
         if size < 1:
             raise ValueError(f"a pool needs at least one worker, not {size}")
@@ -260,18 +288,21 @@ class WorkerPool:
             raise ValueError(f"runner {runner!r} is not of the form 'package.module:function'")
         self._size = size
         self._runner = runner
+        self._env = dict(env or {})  # set in each worker's os.environ before its runner loads
         self._on_event = on_event
         self._on_delivered = on_events_delivered
         self._name = name
         self._cancel_grace = cancel_grace
         self._start_timeout = start_timeout
         self._pipeline = max(1, pipeline)
+        self._concurrency = max(1, concurrency)
+        self._on_worker_exit = on_worker_exit
 
         self._lock = threading.Lock()
         self._queue: collections.deque[_Task] = collections.deque()
         self._tasks: dict[str, _Task] = {}  # every task without a terminal event yet
         self._workers: list[_Worker] = []
-        self._outbox: collections.deque[PoolEvent] = collections.deque()
+        self._outbox: collections.deque[PoolEvent | _WorkerExit] = collections.deque()
         self._cancels: list[tuple[_Worker, int]] = []  # CANCEL frames to send
         self._counters = _Counters()
         self._next_seq = 1
@@ -320,9 +351,9 @@ class WorkerPool:
     def size(self) -> int:
         return self._size
 
-    def submit(self, task_id: str, payload: bytes) -> None:
-        """Queue a task. Raises ``ValueError`` for an id still in use, ``RuntimeError`` once
-        the pool is closed."""
+    def submit(self, task_id: str, payload: bytes, *, front: bool = False) -> None:
+        """Queue a task (``front``: before every queued task). Raises ``ValueError`` for an
+        id still in use, ``RuntimeError`` once the pool is closed."""
         with self._lock:
             if self._closing:
                 raise RuntimeError(f"pool {self._name!r} is closed; no more tasks can be submitted")
@@ -339,7 +370,10 @@ class WorkerPool:
             else:
                 task = _Task(task_id, payload)
                 self._tasks[task_id] = task
-                self._queue.append(task)
+                if front:
+                    self._queue.appendleft(task)
+                else:
+                    self._queue.append(task)
                 if self._on_loop() and not self._detached.is_set():
                     # On the loop (the owner's): a free worker gets it now; the events
                     # (TaskStarted) are delivered after the caller returns, by the kick.
@@ -359,6 +393,9 @@ class WorkerPool:
             if not task.seq:  # queued
                 self._queue.remove(task)
                 self._finish(task, TaskFailed(task_id, "cancelled", "cancelled while queued"))
+            elif holder is not None and self._concurrency > 1:  # never interrupted
+                self._finish(task, TaskFailed(task_id, "cancelled", "cancelled while running"))
+                self._cancels.append((holder, task.seq))
             elif holder is not None and holder.inflight[0] is not task:  # sent ahead
                 self._finish(task, TaskFailed(task_id, "cancelled", "cancelled before it started"))
                 self._cancels.append((holder, task.seq))
@@ -405,7 +442,7 @@ class WorkerPool:
                 if self._own_loop:
                     self._loop.call_soon(self._stop_own_loop)
                 else:
-                    self._loop.run_in_executor(None, self._stop_workers)
+                    self._loop.call_soon(self._stop_in_executor)  # after _detach_all
             return
         if first and not self._call_on_loop(self._detach_all):
             self._detach_all()  # the loop is gone (interpreter exit): nothing else runs
@@ -466,7 +503,7 @@ class WorkerPool:
         cancel_seq = _CTX.RawValue(ctypes.c_int64, 0)
         process = _CTX.Process(
             target=_worker_module.main,
-            args=(child_conn, self._runner, cancel_seq),
+            args=(child_conn, self._runner, cancel_seq, self._concurrency, self._env),
             name=f"{self._name}-worker",
             daemon=False,
         )
@@ -507,7 +544,9 @@ class WorkerPool:
         if not queue:
             return frames
         able = [w for w in self._workers if w.ready and not w.killed and w.conn is not None]
-        depth = self._pipeline if self._pipelining() else 1
+        concurrent = self._concurrency > 1
+        pipeline = self._pipeline if self._pipelining() else 1
+        depth = self._concurrency if concurrent else pipeline
         for limit in range(1, depth + 1):
             for w in able:
                 if not queue:
@@ -515,7 +554,7 @@ class WorkerPool:
                 inflight = w.inflight
                 if len(inflight) >= limit:
                     continue
-                if inflight and now - w.head_since > PIPELINE_TASK_MAX:
+                if inflight and not concurrent and now - w.head_since > PIPELINE_TASK_MAX:
                     continue  # busy with a long task: keep the rest for the others
                 task = queue.popleft()
                 task.seq = self._next_seq
@@ -611,7 +650,7 @@ class WorkerPool:
         inflight = w.inflight
         if inflight and inflight[0].seq == seq:
             task = inflight.popleft()
-            if count:
+            if count and self._concurrency == 1:
                 spent = now - w.head_since
                 self._samples += 1
                 average = self._average
@@ -638,11 +677,13 @@ class WorkerPool:
                 how = f"killed by signal {-code}"
         else:
             how = f"exit code {code}"
+        if self._on_worker_exit is not None and not self._closing:
+            self._outbox.append(_WorkerExit(w.pid, how))
         ahead: list[_Task] = []
         for position, task in enumerate(w.inflight):
             if task.ended:
                 continue
-            if position > 0 and not self._closing:
+            if position > 0 and not self._closing and self._concurrency == 1:
                 task.seq = 0
                 ahead.append(task)
             elif task.cancel_requested:
@@ -801,7 +842,11 @@ class WorkerPool:
             delivered = True
             for event in events:
                 try:
-                    self._on_event(event)
+                    if isinstance(event, _WorkerExit):
+                        if self._on_worker_exit is not None:
+                            self._on_worker_exit(event.pid, event.how)
+                    else:
+                        self._on_event(event)
                 except Exception:
                     _log.exception("pool %r: on_event raised for %r", self._name, event)
         if delivered and self._on_delivered is not None:
@@ -936,6 +981,12 @@ class WorkerPool:
             w.torn = bool(w.unsent)
             w.unsent.clear()
         self._detached.set()
+
+    def _stop_in_executor(self) -> None:
+        """On the owner's loop, after ``_detach_all``: stopping the workers closes their file
+        descriptors, which must not be watched by then (a number the loop still watched
+        could be reused by a new file that the loop would then never watch)."""
+        self._loop.run_in_executor(None, self._stop_workers)
 
     def _stop_own_loop(self) -> None:
         """On the private loop's thread, after ``close()`` from ``on_event``."""

@@ -10,6 +10,13 @@ else has arrived, so a ``CANCEL`` of a task that waits behind another is seen be
 task would start. While a task runs, Python-level writes to ``sys.stdout``/``sys.stderr``
 are sent back line by line, tagged with the task's sequence number.
 
+A worker started with ``concurrency`` N > 1 runs up to N tasks at once instead, each in a
+thread of its own (threads are started as tasks need them, and kept); the main thread only
+reads frames. Output is tagged with the task of the writing thread (a context variable, so
+that a coroutine the task hands to an event loop in another thread is tagged with it too),
+and each answer is written whole under the channel's lock. Such a worker is never
+interrupted: a ``CANCEL`` only drops a task that has not started.
+
 Cancellation of the running task: the parent stores the sequence number of the task to
 cancel in a shared integer and sends ``SIGUSR1``. The handler raises
 :class:`TaskInterrupted` in the main thread only when that number is the task running now,
@@ -25,12 +32,14 @@ by a watchdog thread waiting on the parent's sentinel.
 from __future__ import annotations
 
 import collections
+import contextvars
 import ctypes
 import enum
 import importlib
 import io
 import multiprocessing
 import os
+import queue
 import select
 import signal
 import struct
@@ -105,7 +114,7 @@ def decode_text(body: bytes | memoryview, count: int) -> list[str]:
     return parts + [""] * (count - len(parts))
 
 
-_kept: list[Any] = []
+_kept = threading.local()  # .items: of the task that runs on this thread
 
 
 def keep_until_answered(*objects: Any) -> None:
@@ -113,10 +122,20 @@ def keep_until_answered(*objects: Any) -> None:
     value is freed (its pages returned, its mapping undone) after the result is on its way,
     not before. Outside a worker's task, the objects are simply dropped."""
     if _serving:
-        _kept.extend(objects)
+        items: list[Any] | None = getattr(_kept, "items", None)
+        if items is None:
+            items = _kept.items = []
+        items.extend(objects)
+
+
+def _drop_kept() -> None:
+    items: list[Any] | None = getattr(_kept, "items", None)
+    if items:
+        items.clear()
 
 
 _serving = False
+_task_seq: contextvars.ContextVar[int] = contextvars.ContextVar("sperse_task_seq", default=0)
 
 
 def load_runner(spec: str) -> Runner:
@@ -230,6 +249,16 @@ class _Channel:
             view = view[os.write(self.fd, view) :]
 
 
+class _Buffered:
+    """The text a task wrote that is not sent yet."""
+
+    __slots__ = ("parts", "size")
+
+    def __init__(self) -> None:
+        self.parts: list[str] = []
+        self.size = 0
+
+
 class _TaskStream(io.TextIOBase):
     """``sys.stdout``/``sys.stderr`` of a worker: forwards text to the parent, line-buffered.
 
@@ -245,8 +274,8 @@ class _TaskStream(io.TextIOBase):
         self._stream = stream
         self._original = original
         self._lock = threading.Lock()
-        self._buffer: list[str] = []
-        self._buffered = 0
+        # Per task: several run at once in a concurrent worker.
+        self._buffers: dict[int, _Buffered] = {}
 
     def writable(self) -> bool:
         return True
@@ -257,20 +286,25 @@ class _TaskStream(io.TextIOBase):
     def write(self, text: str) -> int:
         if not isinstance(text, str):
             raise TypeError(f"write() argument must be str, not {type(text).__name__}")
-        seq = self._worker.running
-        if not seq:
-            if self._original is not None:
-                self._original.write(text)
-            return len(text)
-        with self._worker.channel, self._lock:
-            self._buffer.append(text)
-            self._buffered += len(text)
-            if self._buffered > _MAX_BUFFERED or any(b in text for b in _LINE_BREAKS):
-                self._send(seq)
+        worker = self._worker
+        seq = worker.current()
+        if seq:
+            with worker.channel, self._lock:
+                if worker.is_running(seq):  # checked under the lock: drain() takes it too
+                    buffered = self._buffers.get(seq)
+                    if buffered is None:
+                        buffered = self._buffers[seq] = _Buffered()
+                    buffered.parts.append(text)
+                    buffered.size += len(text)
+                    if buffered.size > _MAX_BUFFERED or any(b in text for b in _LINE_BREAKS):
+                        self._send(seq)
+                    return len(text)
+        if self._original is not None:
+            self._original.write(text)
         return len(text)
 
     def flush(self) -> None:
-        seq = self._worker.running
+        seq = self._worker.current()
         if seq:
             with self._worker.channel, self._lock:
                 self._send(seq)
@@ -281,16 +315,16 @@ class _TaskStream(io.TextIOBase):
             self._send(seq)
 
     def _send(self, seq: int) -> None:
-        if self._buffer:
-            text = "".join(self._buffer)
-            self._buffer.clear()
-            self._buffered = 0
-            body = bytes((self._stream,)) + encode_text(text)
+        buffered = self._buffers.pop(seq, None)
+        if buffered is not None and buffered.parts:
+            body = bytes((self._stream,)) + encode_text("".join(buffered.parts))
             self._worker.channel.send(Msg.OUTPUT, seq, body)
 
 
 class _Worker:
-    def __init__(self, conn: Connection, runner: Runner, cancel_seq: ctypes.c_int64) -> None:
+    def __init__(
+        self, conn: Connection, runner: Runner, cancel_seq: ctypes.c_int64, concurrency: int = 1
+    ) -> None:
         self.channel = _Channel(conn)
         self.runner = runner
         self.cancel_seq = cancel_seq
@@ -298,6 +332,22 @@ class _Worker:
         self.waiting: collections.OrderedDict[int, bytes] = collections.OrderedDict()
         self.stdout = _TaskStream(self, _STDOUT, sys.stdout)
         self.stderr = _TaskStream(self, _STDERR, sys.stderr)
+        # A concurrent worker (concurrency > 1): tasks run in threads.
+        self.concurrency = concurrency
+        self.active: set[int] = set()  # tasks running now
+        self.pending: set[int] = set()  # received, not started yet
+        self.dropped: set[int] = set()  # cancelled before they started
+        self.jobs: queue.SimpleQueue[tuple[int, bytes]] = queue.SimpleQueue()
+        self.threads = 0
+        self.idle = 0  # threads waiting for a job
+        self.threads_lock = threading.Lock()
+
+    def current(self) -> int:
+        """The task whose code runs on this thread (or in this context), 0 if none."""
+        return self.running if self.concurrency == 1 else _task_seq.get()
+
+    def is_running(self, seq: int) -> bool:
+        return seq == self.running if self.concurrency == 1 else seq in self.active
 
     def on_cancel_signal(self, signum: int, frame: FrameType | None) -> None:
         seq = self.running
@@ -310,6 +360,9 @@ class _Worker:
             raise TaskInterrupted
 
     def serve(self) -> None:
+        if self.concurrency > 1:
+            self.serve_concurrently()
+            return
         reader = self.channel.reader
         waiting = self.waiting
         while True:
@@ -323,7 +376,7 @@ class _Worker:
             if waiting:
                 seq, payload = waiting.popitem(last=False)
                 self.channel.send(*self.run_task(seq, payload))
-                _kept.clear()
+                _drop_kept()
 
     def _take(self, message: tuple[int, int, bytes] | None) -> bool:
         """Handle one frame from the parent; False: stop serving."""
@@ -347,21 +400,86 @@ class _Worker:
                 self.running = seq
                 if self.cancel_seq.value == seq:  # cancelled before it started
                     raise TaskInterrupted
-                result = self.runner(payload)
-                if type(result) is not bytes:
-                    raise TypeError(f"the runner returned {type(result).__name__}, not bytes")
-                outcome = (Msg.DONE, seq, result)
+                outcome = self._run(seq, payload)
             finally:
                 self.running = 0
         except TaskInterrupted:
             outcome = (Msg.CANCELLED, seq, b"")
-        except BaseException as exc:  # a bug in the runner; the worker keeps serving
-            message = "".join(traceback.format_exception_only(exc)).strip()
-            outcome = (Msg.RUNNER_ERROR, seq, encode_text(message, traceback.format_exc()))
         # No interrupt can arrive from here on: `running` is 0.
         self.stdout.drain(seq)
         self.stderr.drain(seq)
         return outcome
+
+    def _run(self, seq: int, payload: bytes) -> tuple[int, int, bytes]:
+        """Run the runner; ``TaskInterrupted`` passes through."""
+        try:
+            result = self.runner(payload)
+            if type(result) is not bytes:
+                raise TypeError(f"the runner returned {type(result).__name__}, not bytes")
+        except TaskInterrupted:
+            raise
+        except BaseException as exc:  # a bug in the runner; the worker keeps serving
+            message = "".join(traceback.format_exception_only(exc)).strip()
+            return (Msg.RUNNER_ERROR, seq, encode_text(message, traceback.format_exc()))
+        return (Msg.DONE, seq, result)
+
+    # -- a concurrent worker ---------------------------------------------------------------
+
+    def serve_concurrently(self) -> None:
+        """Read frames; each task goes to a thread (the pool sends at most ``concurrency``
+        unanswered tasks, so one is free or about to be)."""
+        reader = self.channel.reader
+        while True:
+            message = reader.read()
+            if message is None:
+                return
+            tag, seq, body = message
+            if tag == Msg.RUN:
+                with self.threads_lock:
+                    self.pending.add(seq)
+                    start = self.idle == 0 and self.threads < self.concurrency
+                    if start:
+                        self.threads += 1
+                    else:
+                        self.idle -= 1
+                self.jobs.put((seq, body))
+                if start:
+                    threading.Thread(
+                        target=self._serve_jobs, name=f"sperse-task-{self.threads}", daemon=True
+                    ).start()
+            elif tag == Msg.CANCEL:
+                with self.threads_lock:
+                    if seq in self.pending:  # else it runs: the pool ignores its answer
+                        self.pending.discard(seq)
+                        self.dropped.add(seq)
+            elif tag == Msg.STOP:
+                return
+
+    def _serve_jobs(self) -> None:
+        while True:
+            seq, payload = self.jobs.get()
+            with self.threads_lock:
+                self.pending.discard(seq)
+                dropped = seq in self.dropped
+                self.dropped.discard(seq)
+            if dropped:
+                self.channel.send(Msg.CANCELLED, seq)
+            else:
+                self.active.add(seq)
+                token = _task_seq.set(seq)
+                try:
+                    outcome = self._run(seq, payload)
+                except TaskInterrupted:  # raised by the runner itself: take it as a cancel
+                    outcome = (Msg.CANCELLED, seq, b"")
+                finally:
+                    _task_seq.reset(token)
+                    self.active.discard(seq)
+                self.stdout.drain(seq)
+                self.stderr.drain(seq)
+                self.channel.send(*outcome)
+                _drop_kept()
+            with self.threads_lock:
+                self.idle += 1
 
 
 def _exit_when_parent_dies() -> None:
@@ -372,8 +490,17 @@ def _exit_when_parent_dies() -> None:
     os._exit(1)
 
 
-def main(conn: Connection, runner_spec: str, cancel_seq: ctypes.c_int64) -> None:
-    """Entry point of a worker process (the ``target`` of its ``multiprocessing.Process``)."""
+def main(
+    conn: Connection,
+    runner_spec: str,
+    cancel_seq: ctypes.c_int64,
+    concurrency: int = 1,
+    env: dict[str, str] | None = None,
+) -> None:
+    """Entry point of a worker process (the ``target`` of its ``multiprocessing.Process``).
+    ``env``: set in ``os.environ`` first (what the pool's owner gives its workers only)."""
+    if env:
+        os.environ.update(env)
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     threading.Thread(target=_exit_when_parent_dies, name="parent-watchdog", daemon=True).start()
     channel_fd = conn.fileno()
@@ -387,7 +514,7 @@ def main(conn: Connection, runner_spec: str, cancel_seq: ctypes.c_int64) -> None
         while view:
             view = view[os.write(channel_fd, view) :]
         return
-    worker = _Worker(conn, runner, cancel_seq)
+    worker = _Worker(conn, runner, cancel_seq, max(1, concurrency))
     signal.signal(signal.SIGUSR1, worker.on_cancel_signal)
     sys.stdout = worker.stdout
     sys.stderr = worker.stderr

@@ -110,15 +110,15 @@ def _size(n: int) -> str:
 
 
 class _Pickler(cloudpickle.CloudPickler):  # type: ignore[misc]
-    """cloudpickle that writes RemoteValues as references and records their ids."""
+    """cloudpickle that writes RemoteValues as references and records them."""
 
     def __init__(self, file: io.BytesIO, buffers: list[pickle.PickleBuffer]) -> None:
         super().__init__(file, protocol=PROTOCOL, buffer_callback=buffers.append)
-        self.refs: list[str] = []
+        self.refs: list[RemoteRef] = []
 
     def persistent_id(self, obj: Any) -> Any:
         if isinstance(obj, RemoteValue):
-            self.refs.append(obj.ref.object_id)
+            self.refs.append(obj.ref)
             return (_REF_TAG, obj.ref.object_id)
         return None
 
@@ -150,8 +150,9 @@ def _plain(obj: Any, depth: int = 0) -> bool:
 
 def dumps_oob(
     obj: Any, *, what: str = "a value"
-) -> tuple[bytes, list[pickle.PickleBuffer], list[str]]:
-    """Pickle ``obj`` with out-of-band buffers; returns (stream, buffers, referenced ids)."""
+) -> tuple[bytes, list[pickle.PickleBuffer], list[RemoteRef]]:
+    """Pickle ``obj`` with out-of-band buffers; returns (stream, buffers, the references to
+    held values it contains, in order, with repeats)."""
     if _plain(obj):
         return pickle.dumps(obj, protocol=PROTOCOL), [], []
     _register_local_modules()

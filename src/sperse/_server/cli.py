@@ -11,7 +11,8 @@ Contract with launchers (the embedded server of ``sperse.connect()``):
   on a command line; the server then keeps reading standard input and stops when it reaches
   end of file: that is how it notices that its parent has died.
 - SIGTERM and SIGINT stop it gracefully; the workers exit before it does. Exit status: 0
-  after a stop, 2 for a configuration it refuses (with the reason on standard error).
+  after a stop, 2 for a configuration it refuses (with the reason on standard error), which
+  includes a coordinator (``--join``) that refuses it or does not answer within 10 s.
 """
 
 from __future__ import annotations
@@ -104,6 +105,22 @@ def build_parser() -> argparse.ArgumentParser:
         "--no-shm",
         action="store_true",
         help="never move big values through shared memory files, even with clients on this host",
+    )
+    parser.add_argument(
+        "--join",
+        default="",
+        metavar="HOST:PORT",
+        help="register with the coordinator there (this server's token is the cluster token)",
+    )
+    parser.add_argument(
+        "--advertise",
+        default="",
+        metavar="HOST:PORT",
+        help="the address to register with --join (default: --host, or this host's name for "
+        "0.0.0.0, and the port it listens on)",
+    )
+    parser.add_argument(
+        "--join-ca", metavar="PEM", help="the CA of a coordinator that uses TLS (with --join)"
     )
     parser.add_argument(
         "--log-level", default="info", help="debug, info, warning or error (default info)"
@@ -207,6 +224,9 @@ def main(argv: list[str] | None = None) -> int:
         max_value_size=args.max_value_size,
         log_level=level,
         shm=not args.no_shm,
+        join=args.join,
+        advertise=args.advertise,
+        join_tls_ca=args.join_ca,
     )
     if not is_loopback(config.host) and config.insecure and not config.tls:
         print(

@@ -68,6 +68,9 @@ class ServerConfig:
     log_level: str = "INFO"
     hello_timeout: float = 10.0  # a peer that sends no Hello within this is turned away
     shm: bool = True  # big buffers through shared memory files, with clients on this host
+    join: str = ""  # HOST:PORT of a coordinator to register with (sperse._server.join)
+    advertise: str = ""  # HOST:PORT to register; empty: the bound host (or host name), port
+    join_tls_ca: str | None = None  # PEM of the CA of a coordinator that uses TLS
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "tags", frozenset(self.tags))
@@ -127,3 +130,9 @@ def check_config(config: ServerConfig) -> None:
         raise ServerConfigError(
             f"unknown log level {config.log_level!r}: use debug, info, warning or error"
         )
+    for option, address in (("--join", config.join), ("--advertise", config.advertise)):
+        host, sep, port = address.removeprefix("sperse://").rpartition(":")
+        if address and not (sep and host and port.isdigit() and 0 < int(port) <= 65535):
+            raise ServerConfigError(f"{option} {address!r} is not HOST:PORT")
+    if config.join_tls_ca and not os.path.isfile(config.join_tls_ca):
+        raise ServerConfigError(f"--join-ca {config.join_tls_ca!r} does not exist or is not a file")

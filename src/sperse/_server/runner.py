@@ -1,6 +1,9 @@
 """The runner of a server's worker processes: a task envelope in, a result out.
 
 Loaded in every worker as ``"sperse._server.runner:run"`` (see :mod:`sperse._pool.worker`).
+The workers of remote objects run :mod:`sperse._server.actor_runner`, which opens envelopes
+and encodes results with the functions here (``load_work``, ``pack_result``), so that the
+server treats a method's result exactly as a task's.
 
 Invariants:
 
@@ -27,11 +30,12 @@ from __future__ import annotations
 import pickle
 from typing import Any
 
-from sperse._backends.base import CallTask, StatementTask
+from sperse._backends.base import CallTask, StatementTask, Work
 from sperse._backends.runner import (
     cannot_send_back,
     encode_error,
     execute,
+    object_work_from_wire,
     short_repr,
     type_name,
     work_from_wire,
@@ -52,10 +56,12 @@ from sperse._server.envelope import (
 )
 from sperse.errors import SerializationError
 
-__all__ = ["run"]
+__all__ = ["LoadFailed", "load_work", "pack_result", "raised", "run"]
 
 
-class _Failed(Exception):
+class LoadFailed(Exception):
+    """The work of an envelope cannot be loaded: ``failure`` says why, as a result."""
+
     def __init__(self, failure: ResultFailure) -> None:
         super().__init__(failure.message)
         self.failure = failure
@@ -64,21 +70,28 @@ class _Failed(Exception):
 def run(payload: bytes) -> bytes:
     envelope = unpack_envelope(payload)  # made by the server: a failure here is a server bug
     try:
-        work = _load_work(envelope)
-    except _Failed as failed:
+        work = load_work(envelope)
+    except LoadFailed as failed:
         return pack_failure(failed.failure)
+    assert isinstance(work, StatementTask | CallTask)
     keep_until_answered(work)  # its arguments may map big files: unmapped after the reply
     try:
         value = execute(work)
     except TaskInterrupted:
         raise
     except BaseException as exc:  # the user's code, SystemExit included, ends here
-        return pack_failure(_raised(exc))
+        return pack_failure(raised(exc, skip_frames=2))  # run() and execute()
+    return pack_result(work, value, envelope)
+
+
+def pack_result(work: Work, value: Any, envelope: Envelope) -> bytes:
+    """The result of ``work`` that returned ``value``: its values, or a failure when one
+    cannot be pickled."""
     keep_until_answered(value)
     written: list[str] = []
     try:
         return pack_values(_encode_values(work, value, envelope, written))
-    except _Failed as failed:
+    except LoadFailed as failed:
         _shm.unlink(written)
         return pack_failure(failed.failure)
     except BaseException:
@@ -86,12 +99,15 @@ def run(payload: bytes) -> bytes:
         raise
 
 
-def _raised(exc: BaseException) -> ResultFailure:
-    info = encode_error(exc, skip_frames=2)  # run() and execute()
+def raised(exc: BaseException, *, skip_frames: int) -> ResultFailure:
+    """An exception of the user's code, its traceback without the first ``skip_frames``."""
+    info = encode_error(exc, skip_frames=skip_frames)
     return ResultFailure("raised", info.type_name, info.message, info.traceback)
 
 
-def _load_work(envelope: Envelope) -> StatementTask | CallTask:
+def load_work(envelope: Envelope, *, objects: bool = False) -> Work:
+    """The work of ``envelope``, its held objects resolved: a statement or a call, or
+    (``objects``) a remote object's creation or method call. Raises ``LoadFailed``."""
     loaded: dict[str, Any] = {}
 
     def resolve(object_id: str) -> Any:
@@ -109,7 +125,7 @@ def _load_work(envelope: Envelope) -> StatementTask | CallTask:
         obj = _loads(envelope.work, resolve if envelope.objects else None, what)
     except ModuleNotFoundError as exc:
         module = exc.name or str(exc)
-        raise _Failed(
+        raise LoadFailed(
             ResultFailure(
                 "missing_module",
                 "ModuleNotFoundError",
@@ -119,16 +135,17 @@ def _load_work(envelope: Envelope) -> StatementTask | CallTask:
             )
         ) from None
     except SerializationError as exc:
-        raise _Failed(
+        raise LoadFailed(
             ResultFailure("serialization", "SerializationError", f"on {envelope.server}: {exc}")
         ) from None
-    work = work_from_wire(obj)
+    work: Work | None = object_work_from_wire(obj) if objects else work_from_wire(obj)
     if work is None:
-        raise _Failed(
+        expected = "remote object work" if objects else "a StatementTask or CallTask"
+        raise LoadFailed(
             ResultFailure(
                 "serialization",
                 "SerializationError",
-                f"{what} is a {describe(obj)}, not a StatementTask or CallTask",
+                f"{what} is a {describe(obj)}, not {expected}",
             )
         )
     return work
@@ -151,7 +168,7 @@ def _writable(buffer: Buffer) -> memoryview:
 
 
 def _encode_values(
-    work: StatementTask | CallTask, value: Any, envelope: Envelope, written: list[str]
+    work: Work, value: Any, envelope: Envelope, written: list[str]
 ) -> list[ResultValue]:
     if isinstance(work, StatementTask) and not work.is_expression:
         return [_encode_value(name, part, envelope, written) for name, part in value.items()]
@@ -164,7 +181,7 @@ def _encode_value(name: str, value: Any, envelope: Envelope, written: list[str])
         data, buffers, _ = dumps_oob(value, what=what)
     except SerializationError as exc:
         message = cannot_send_back(name, value, exc.__cause__ or exc)
-        raise _Failed(ResultFailure("serialization", "SerializationError", message)) from None
+        raise LoadFailed(ResultFailure("serialization", "SerializationError", message)) from None
     views = [b.raw() for b in buffers]
     size = len(data) + sum(v.nbytes for v in views)
     keep = bool(envelope.shm_prefix) and size >= envelope.inline_limit

@@ -11,23 +11,29 @@ Invariants:
   has exited. It is idempotent.
 - Beside the gRPC port, a server with shared memory on also listens on an abstract Unix
   socket (:mod:`sperse._server.local`) that it offers to clients on its host only.
+- With ``join`` (a coordinator), ``start()`` ends by registering there (a refusal stops the
+  server: ``ServerConfigError``) and ``stop()`` begins by leaving (:mod:`sperse._server.join`).
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import secrets
 from types import TracebackType
 
 import grpc
 import grpc.aio
 
+from sperse._cluster import WORKER_CA_ENV, WORKER_SERVER_ENV, WORKER_TOKEN_ENV
 from sperse._server import local
 from sperse._server.config import ServerConfig, ServerConfigError, check_config, default_name
 from sperse._server.core import ServerCore, ServerStats
+from sperse._server.join import Joiner
 from sperse._server.logs import log, log_event
 from sperse._server.service import SessionService
+from sperse._server.store import StateStore, start_state_store
 from sperse._wire import MAX_MESSAGE
 from sperse._wire.sperse_pb2_grpc import add_SperseServicer_to_server
 
@@ -65,10 +71,12 @@ class SperseServer:
         self._core: ServerCore | None = None
         self._service: SessionService | None = None
         self._local: local.LocalServer | None = None
+        self.state_store: StateStore | None = None  # sperse.state() of its tasks
         self._port = 0
         self._name = config.name
         self._stopping = False
         self._closed = asyncio.Event()
+        self._joiner: Joiner | None = None
 
     @property
     def port(self) -> int:
@@ -110,6 +118,7 @@ class SperseServer:
         self._port = port
         self._name = config.name or default_name(port)
         self._core = ServerCore(config, self._name, asyncio.get_running_loop())
+        self._core.worker_env = self._worker_env(port)
         self._service = SessionService(config, self.token, self._core)
         add_SperseServicer_to_server(self._service, server)  # type: ignore[no-untyped-call]
         self._grpc = server
@@ -127,6 +136,10 @@ class SperseServer:
             else:
                 self._local = listener
                 self._service.local_address = listener.address
+        # Before the pool: its workers inherit the store's address (see _server.store).
+        self.state_store = start_state_store(
+            config.max_value_size, self._worker_pids, asyncio.get_running_loop()
+        )
         self._core.start()
         log_event(
             logging.INFO,
@@ -137,6 +150,27 @@ class SperseServer:
             tls=config.tls,
             tags=",".join(sorted(config.tags)) or "-",
         )
+        if config.join:  # last: registered only once it serves; a refusal stops it
+            try:
+                joiner = Joiner.for_server(config, self.token, self._name, port, self.stats)
+                await joiner.start()
+            except BaseException:
+                await self.stop()
+                raise
+            self._joiner = joiner
+
+    def _worker_env(self, port: int) -> dict[str, str]:
+        """What remote code needs to reach this server: its address (loopback when it listens
+        on every interface) and the cluster token (remote code is trusted with it, as the
+        client that sent it is)."""
+        host = self.config.host
+        if host in ("", "0.0.0.0", "::", "[::]"):
+            host = "127.0.0.1"
+        host = f"[{host}]" if ":" in host else host
+        env = {WORKER_SERVER_ENV: f"{host}:{port}", WORKER_TOKEN_ENV: self.token}
+        if self.config.tls_cert:
+            env[WORKER_CA_ENV] = os.path.abspath(self.config.tls_cert)
+        return env
 
     async def stop(self, grace: float | None = 1.0) -> None:
         """Stop: streams flush and end (cancelled after ``grace`` seconds), sessions end,
@@ -146,6 +180,8 @@ class SperseServer:
             return
         self._stopping = True
         try:
+            if self._joiner is not None:  # first: clients stop picking this server
+                await self._joiner.stop()
             if self._service is not None:
                 self._service.stop()
             stopping = []
@@ -156,9 +192,18 @@ class SperseServer:
             await asyncio.gather(*stopping)
             if self._core is not None:
                 await self._core.close()
+            if self.state_store is not None:  # after the workers: none is left to use it
+                self.state_store.stop()
             log_event(logging.INFO, "server_stopped", name=self._name)
         finally:
             self._closed.set()
+
+    def _worker_pids(self) -> tuple[int, ...]:
+        """Whose ``sperse.state()`` the store serves: the pool's and remote objects' workers."""
+        if self._core is None:
+            return ()
+        stats = self._core.stats()
+        return stats.worker_pids + stats.object_worker_pids
 
     async def wait_closed(self) -> None:
         await self._closed.wait()

@@ -29,6 +29,14 @@ Protocol rules are in :mod:`sperse._wire`; what this module adds:
 - The stream ends: after ``Goodbye`` (the session ends too); when another stream resumes the
   session; when the server stops (after sending what is queued); or when the client goes
   away (half-close, cancel, broken connection: the session waits for a resume).
+- ``ObjectsRequest`` is answered with an ``ObjectsReply`` listing this server's live remote
+  objects (of every session), or the one of the name asked for. A ``Task`` with ``object``
+  set creates, calls or closes a remote object (see :mod:`sperse._server.core`); a
+  ``Release`` naming a remote object its session created destroys it.
+- ``Pull`` (server to server): the token first (wrong: ``UNAUTHENTICATED``, nothing else is
+  read), then the object of any session of this server, as a ``PullHeader`` and chunks of
+  at most ``PULL_CHUNK`` bytes, or one ``PullChunk(error)`` when it is unknown. The object
+  is pinned while it is sent.
 """
 
 from __future__ import annotations
@@ -42,7 +50,7 @@ import os
 import platform
 import stat
 import weakref
-from collections.abc import Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Generator, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -55,6 +63,7 @@ from sperse._server.config import ServerConfig
 from sperse._server.envelope import Buffer, PickledBytes, ShmBuffer
 from sperse._server.local import LocalCall
 from sperse._server.logs import log_event
+from sperse._server.peers import PULL_CHUNK, PeerClient
 from sperse._wire import INLINE_MAX, PIECE, PROTOCOL, BlobReceiver, BlobSender, pb
 
 __all__ = ["BATCH_BYTES", "BATCH_EVENTS", "SUBMIT_CHUNK", "SessionService"]
@@ -230,6 +239,40 @@ class _Receiver:
         return PickledBytes(data, tuple(buffers))
 
 
+def _buffer_size(buffer: Buffer) -> int:
+    return buffer.size if isinstance(buffer, ShmBuffer) else len(buffer)
+
+
+def _pull_pieces(value: PickledBytes) -> Generator[bytes, None, None]:
+    """The pickle stream, then each buffer, in pieces of at most ``PULL_CHUNK`` bytes; a
+    shared memory file is read a piece at a time (``pread``: a file that shrank is an
+    ``OSError``, never a crash)."""
+    for part in (value.data, *value.buffers):
+        if isinstance(part, bytes):
+            view = memoryview(part)
+            for start in range(0, len(part), PULL_CHUNK):
+                yield view[start : start + PULL_CHUNK].tobytes()
+            continue
+        opened = _OpenFile.open(part)
+        try:
+            for start in range(0, part.size, PULL_CHUNK):
+                yield opened.read(start, min(PULL_CHUNK, part.size - start))
+        finally:
+            opened.close()
+
+
+def _object_op(op: pb.ObjectOp) -> core.ObjectOp:
+    return core.ObjectOp(
+        object_id=op.object_id,
+        kind=op.kind,
+        name=op.name,
+        max_concurrency=op.max_concurrency,
+        restart=op.restart,
+        type_name=op.type_name,
+        methods=tuple(op.methods),
+    )
+
+
 @dataclass(frozen=True, slots=True)
 class _FetchReply:
     request_id: int
@@ -269,6 +312,7 @@ class _Stream:
         # and _flush_now); the coroutines take over for what must wait.
         self._direct = isinstance(context, LocalCall)
         self._parked = False  # the writer waits for a wake-up
+        self._reading = False  # the read loop is handling a message (see _read_loop)
         self._flush_scheduled = False
         if isinstance(context, LocalCall):
             context.handler = self._take_now
@@ -303,6 +347,9 @@ class _Stream:
                 return  # no more requests; events still go out until the call ends
             if self.violation or self.said_goodbye:
                 return  # (ended by a message handled as it was read: see _take_now)
+            # While this message is handled (a big Submit yields between its chunks), later
+            # ones wait behind it: tasks, and the calls of a remote object, keep their order.
+            self._reading = True
             try:
                 if message.WhichOneof("kind") == "submit":
                     await self._submit(message.submit.tasks)
@@ -311,6 +358,8 @@ class _Stream:
             except _Violation as exc:
                 self._protocol_error(exc)
                 return
+            finally:
+                self._reading = False
             if self.said_goodbye:
                 self.wake()
                 return
@@ -329,7 +378,7 @@ class _Stream:
     def _take_now(self, message: pb.ClientMessage) -> bool:
         """Handle a message of a same-host call as it is read (on the loop, from the
         socket's callback). False: the read loop must (a big Submit, or after the end)."""
-        if self.violation or self.said_goodbye:
+        if self.violation or self.said_goodbye or self._reading:
             return False
         tasks = message.submit.tasks if message.WhichOneof("kind") == "submit" else None
         if tasks is not None and len(tasks) > SUBMIT_CHUNK:
@@ -444,6 +493,19 @@ class _Stream:
         elif kind == "stats":
             self.replies.append(self._stats_reply(message.stats.request_id))
             self.wake()
+        elif kind == "objects":
+            self.replies.append(self._objects_reply(message.objects))
+            self.wake()
+        elif kind == "callback":
+            call = message.callback
+            try:
+                args = self.receiver.pickled(call.args, self._upload_size)
+                error = self.core.call_back(call.session_id, call.callback_id, args)
+            except _Refused as exc:
+                error = str(exc)
+            reply = pb.CallbackReply(request_id=call.request_id, error=error)
+            self.replies.append(pb.ServerMessage(callback_reply=reply))
+            self.wake()
         elif kind == "goodbye":
             self.core.close_session(session, "session_closed", reason="goodbye")
             self.said_goodbye = True
@@ -489,6 +551,8 @@ class _Stream:
             label=task.label,
             refused=refused,
             uploads=uploads,
+            peer_refs=tuple(core.PeerRef(p.object_id, p.server, p.address) for p in task.peer_refs),
+            object=_object_op(task.object) if task.HasField("object") else None,
         )
 
     def _uploads(self, work: pb.Pickled) -> tuple[str, ...]:
@@ -545,8 +609,31 @@ class _Stream:
                 busy=s.busy,
                 workers_replaced=s.workers_replaced,
                 sessions=s.sessions,
+                objects_pulled=s.objects_pulled,
+                bytes_pulled=s.bytes_pulled,
+                objects_served=s.objects_served,
+                bytes_served=s.bytes_served,
+                remote_objects=s.remote_objects,
             )
         )
+
+    def _objects_reply(self, request: pb.ObjectsRequest) -> pb.ServerMessage:
+        infos = [
+            pb.ObjectInfo(
+                object_id=o.object_id,
+                name=o.name,
+                type_name=o.type_name,
+                methods=o.methods,
+                max_concurrency=o.max_concurrency,
+                restart=o.restart,
+                calls=o.calls,
+                restarts=o.restarts,
+                pid=o.pid,
+            )
+            for o in self.core.remote_objects(request.name)
+        ]
+        reply = pb.ObjectsReply(request_id=request.request_id, objects=infos)
+        return pb.ServerMessage(objects=reply)
 
     # ---- server messages -----------------------------------------------------------------
 
@@ -564,6 +651,12 @@ class _Stream:
                     fetch_reply.value.CopyFrom(value)
                 reply = pb.ServerMessage(fetch_reply=fetch_reply)
             return [*blobs, reply]
+        callbacks = self.session.callbacks
+        if callbacks:
+            callback_id, args = callbacks.popleft()
+            pickled, _ = self.sender.pickled_within(args, blobs, BATCH_BYTES)
+            call = pb.Callback(callback_id=callback_id, args=pickled)
+            return [*blobs, pb.ServerMessage(callback=call)]
         outbox = self.session.outbox
         if not outbox:
             return []
@@ -620,6 +713,8 @@ class SessionService:
         self._streams: set[_Stream] = set()
         self.flushes: list[_Stream] = []  # same-host streams with events to write
         server_core.after_pool_events = self.flush
+        # Closed by the core when it closes (the server stops).
+        server_core.peers = PeerClient(config, token, server_core.name)
 
     def flush(self) -> None:
         """Write the events queued for same-host streams: after a batch of events from the
@@ -678,6 +773,56 @@ class SessionService:
         finally:
             self._streams.discard(stream)
             self.core.detach(session, stream)
+
+    async def Pull(self, request: pb.PullRequest, context: Any) -> AsyncIterator[pb.PullChunk]:
+        """Another server of the cluster pulls an object of any session of this one, for a
+        task of its own. The token is checked first; the object is pinned while it is sent,
+        so that a release meanwhile waits for the end."""
+        peer = str(context.peer())
+        name = self.core.name
+        if not hmac.compare_digest(request.token.encode(), self._token):
+            log_event(logging.WARNING, "auth_failed", peer=peer, code="pull", server=request.server)
+            await context.abort(
+                grpc.StatusCode.UNAUTHENTICATED,
+                f"server {name!r} refused the token of server {request.server or peer!r}: "
+                "servers of one cluster must share a token",
+            )
+            return
+        held = self.core.find(request.object_id)
+        if held is None:
+            yield pb.PullChunk(
+                error=f"server {name!r} holds no object {request.object_id!r}: it was "
+                "released, or the session that held it ended"
+            )
+            return
+        value = held.value
+        self.core.pin(held)
+        try:
+            yield pb.PullChunk(
+                header=pb.PullHeader(
+                    type_name=held.type_name,
+                    repr=held.repr,
+                    data_size=len(value.data),
+                    buffer_sizes=[_buffer_size(b) for b in value.buffers],
+                )
+            )
+            with contextlib.closing(_pull_pieces(value)) as pieces:
+                for piece in pieces:
+                    yield pb.PullChunk(data=piece)
+        except OSError as exc:  # a file of the object cannot be read
+            yield pb.PullChunk(error=f"server {name!r} cannot read the object: {exc}")
+            return
+        finally:
+            self.core.unpin(held)
+        self.core.objects_served += 1
+        self.core.bytes_served += value.size
+        log_event(
+            logging.INFO,
+            "object_served",
+            object=request.object_id,
+            to=request.server or peer,
+            bytes=value.size,
+        )
 
     def _check_hello(self, message: pb.ClientMessage) -> tuple[str, str]:
         """("", "") when the Hello is good, else the error code and message."""

@@ -7,7 +7,7 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 DESCRIPTOR: _descriptor.FileDescriptor
 
 class ClientMessage(_message.Message):
-    __slots__ = ("hello", "blob", "submit", "cancel", "fetch", "release", "stats", "goodbye")
+    __slots__ = ("hello", "blob", "submit", "cancel", "fetch", "release", "stats", "goodbye", "objects", "callback")
     HELLO_FIELD_NUMBER: _ClassVar[int]
     BLOB_FIELD_NUMBER: _ClassVar[int]
     SUBMIT_FIELD_NUMBER: _ClassVar[int]
@@ -16,6 +16,8 @@ class ClientMessage(_message.Message):
     RELEASE_FIELD_NUMBER: _ClassVar[int]
     STATS_FIELD_NUMBER: _ClassVar[int]
     GOODBYE_FIELD_NUMBER: _ClassVar[int]
+    OBJECTS_FIELD_NUMBER: _ClassVar[int]
+    CALLBACK_FIELD_NUMBER: _ClassVar[int]
     hello: Hello
     blob: Blob
     submit: Submit
@@ -24,7 +26,29 @@ class ClientMessage(_message.Message):
     release: Release
     stats: StatsRequest
     goodbye: Goodbye
-    def __init__(self, hello: _Optional[_Union[Hello, _Mapping]] = ..., blob: _Optional[_Union[Blob, _Mapping]] = ..., submit: _Optional[_Union[Submit, _Mapping]] = ..., cancel: _Optional[_Union[Cancel, _Mapping]] = ..., fetch: _Optional[_Union[Fetch, _Mapping]] = ..., release: _Optional[_Union[Release, _Mapping]] = ..., stats: _Optional[_Union[StatsRequest, _Mapping]] = ..., goodbye: _Optional[_Union[Goodbye, _Mapping]] = ...) -> None: ...
+    objects: ObjectsRequest
+    callback: CallbackCall
+    def __init__(self, hello: _Optional[_Union[Hello, _Mapping]] = ..., blob: _Optional[_Union[Blob, _Mapping]] = ..., submit: _Optional[_Union[Submit, _Mapping]] = ..., cancel: _Optional[_Union[Cancel, _Mapping]] = ..., fetch: _Optional[_Union[Fetch, _Mapping]] = ..., release: _Optional[_Union[Release, _Mapping]] = ..., stats: _Optional[_Union[StatsRequest, _Mapping]] = ..., goodbye: _Optional[_Union[Goodbye, _Mapping]] = ..., objects: _Optional[_Union[ObjectsRequest, _Mapping]] = ..., callback: _Optional[_Union[CallbackCall, _Mapping]] = ...) -> None: ...
+
+class CallbackCall(_message.Message):
+    __slots__ = ("request_id", "session_id", "callback_id", "args")
+    REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
+    SESSION_ID_FIELD_NUMBER: _ClassVar[int]
+    CALLBACK_ID_FIELD_NUMBER: _ClassVar[int]
+    ARGS_FIELD_NUMBER: _ClassVar[int]
+    request_id: int
+    session_id: str
+    callback_id: str
+    args: Pickled
+    def __init__(self, request_id: _Optional[int] = ..., session_id: _Optional[str] = ..., callback_id: _Optional[str] = ..., args: _Optional[_Union[Pickled, _Mapping]] = ...) -> None: ...
+
+class ObjectsRequest(_message.Message):
+    __slots__ = ("request_id", "name")
+    REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    request_id: int
+    name: str
+    def __init__(self, request_id: _Optional[int] = ..., name: _Optional[str] = ...) -> None: ...
 
 class Hello(_message.Message):
     __slots__ = ("token", "protocol", "client_version", "python_version", "session_id", "client_name", "shm_probe", "shm_nonce")
@@ -75,20 +99,52 @@ class Pickled(_message.Message):
     def __init__(self, data: _Optional[_Union[Bytes, _Mapping]] = ..., buffers: _Optional[_Iterable[_Union[Bytes, _Mapping]]] = ...) -> None: ...
 
 class Task(_message.Message):
-    __slots__ = ("task_id", "work", "refs", "retries", "inline_limit", "label")
+    __slots__ = ("task_id", "work", "refs", "retries", "inline_limit", "label", "peer_refs", "object")
     TASK_ID_FIELD_NUMBER: _ClassVar[int]
     WORK_FIELD_NUMBER: _ClassVar[int]
     REFS_FIELD_NUMBER: _ClassVar[int]
     RETRIES_FIELD_NUMBER: _ClassVar[int]
     INLINE_LIMIT_FIELD_NUMBER: _ClassVar[int]
     LABEL_FIELD_NUMBER: _ClassVar[int]
+    PEER_REFS_FIELD_NUMBER: _ClassVar[int]
+    OBJECT_FIELD_NUMBER: _ClassVar[int]
     task_id: str
     work: Pickled
     refs: _containers.RepeatedScalarFieldContainer[str]
     retries: int
     inline_limit: int
     label: str
-    def __init__(self, task_id: _Optional[str] = ..., work: _Optional[_Union[Pickled, _Mapping]] = ..., refs: _Optional[_Iterable[str]] = ..., retries: _Optional[int] = ..., inline_limit: _Optional[int] = ..., label: _Optional[str] = ...) -> None: ...
+    peer_refs: _containers.RepeatedCompositeFieldContainer[PeerRef]
+    object: ObjectOp
+    def __init__(self, task_id: _Optional[str] = ..., work: _Optional[_Union[Pickled, _Mapping]] = ..., refs: _Optional[_Iterable[str]] = ..., retries: _Optional[int] = ..., inline_limit: _Optional[int] = ..., label: _Optional[str] = ..., peer_refs: _Optional[_Iterable[_Union[PeerRef, _Mapping]]] = ..., object: _Optional[_Union[ObjectOp, _Mapping]] = ...) -> None: ...
+
+class ObjectOp(_message.Message):
+    __slots__ = ("object_id", "kind", "name", "max_concurrency", "restart", "type_name", "methods")
+    OBJECT_ID_FIELD_NUMBER: _ClassVar[int]
+    KIND_FIELD_NUMBER: _ClassVar[int]
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    MAX_CONCURRENCY_FIELD_NUMBER: _ClassVar[int]
+    RESTART_FIELD_NUMBER: _ClassVar[int]
+    TYPE_NAME_FIELD_NUMBER: _ClassVar[int]
+    METHODS_FIELD_NUMBER: _ClassVar[int]
+    object_id: str
+    kind: str
+    name: str
+    max_concurrency: int
+    restart: bool
+    type_name: str
+    methods: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, object_id: _Optional[str] = ..., kind: _Optional[str] = ..., name: _Optional[str] = ..., max_concurrency: _Optional[int] = ..., restart: _Optional[bool] = ..., type_name: _Optional[str] = ..., methods: _Optional[_Iterable[str]] = ...) -> None: ...
+
+class PeerRef(_message.Message):
+    __slots__ = ("object_id", "server", "address")
+    OBJECT_ID_FIELD_NUMBER: _ClassVar[int]
+    SERVER_FIELD_NUMBER: _ClassVar[int]
+    ADDRESS_FIELD_NUMBER: _ClassVar[int]
+    object_id: str
+    server: str
+    address: str
+    def __init__(self, object_id: _Optional[str] = ..., server: _Optional[str] = ..., address: _Optional[str] = ...) -> None: ...
 
 class Submit(_message.Message):
     __slots__ = ("tasks",)
@@ -127,20 +183,72 @@ class Goodbye(_message.Message):
     def __init__(self) -> None: ...
 
 class ServerMessage(_message.Message):
-    __slots__ = ("welcome", "blob", "events", "fetch_reply", "stats", "error")
+    __slots__ = ("welcome", "blob", "events", "fetch_reply", "stats", "error", "objects", "callback_reply", "callback")
     WELCOME_FIELD_NUMBER: _ClassVar[int]
     BLOB_FIELD_NUMBER: _ClassVar[int]
     EVENTS_FIELD_NUMBER: _ClassVar[int]
     FETCH_REPLY_FIELD_NUMBER: _ClassVar[int]
     STATS_FIELD_NUMBER: _ClassVar[int]
     ERROR_FIELD_NUMBER: _ClassVar[int]
+    OBJECTS_FIELD_NUMBER: _ClassVar[int]
+    CALLBACK_REPLY_FIELD_NUMBER: _ClassVar[int]
+    CALLBACK_FIELD_NUMBER: _ClassVar[int]
     welcome: Welcome
     blob: Blob
     events: Events
     fetch_reply: FetchReply
     stats: StatsReply
     error: Error
-    def __init__(self, welcome: _Optional[_Union[Welcome, _Mapping]] = ..., blob: _Optional[_Union[Blob, _Mapping]] = ..., events: _Optional[_Union[Events, _Mapping]] = ..., fetch_reply: _Optional[_Union[FetchReply, _Mapping]] = ..., stats: _Optional[_Union[StatsReply, _Mapping]] = ..., error: _Optional[_Union[Error, _Mapping]] = ...) -> None: ...
+    objects: ObjectsReply
+    callback_reply: CallbackReply
+    callback: Callback
+    def __init__(self, welcome: _Optional[_Union[Welcome, _Mapping]] = ..., blob: _Optional[_Union[Blob, _Mapping]] = ..., events: _Optional[_Union[Events, _Mapping]] = ..., fetch_reply: _Optional[_Union[FetchReply, _Mapping]] = ..., stats: _Optional[_Union[StatsReply, _Mapping]] = ..., error: _Optional[_Union[Error, _Mapping]] = ..., objects: _Optional[_Union[ObjectsReply, _Mapping]] = ..., callback_reply: _Optional[_Union[CallbackReply, _Mapping]] = ..., callback: _Optional[_Union[Callback, _Mapping]] = ...) -> None: ...
+
+class CallbackReply(_message.Message):
+    __slots__ = ("request_id", "error")
+    REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
+    ERROR_FIELD_NUMBER: _ClassVar[int]
+    request_id: int
+    error: str
+    def __init__(self, request_id: _Optional[int] = ..., error: _Optional[str] = ...) -> None: ...
+
+class Callback(_message.Message):
+    __slots__ = ("callback_id", "args")
+    CALLBACK_ID_FIELD_NUMBER: _ClassVar[int]
+    ARGS_FIELD_NUMBER: _ClassVar[int]
+    callback_id: str
+    args: Pickled
+    def __init__(self, callback_id: _Optional[str] = ..., args: _Optional[_Union[Pickled, _Mapping]] = ...) -> None: ...
+
+class ObjectsReply(_message.Message):
+    __slots__ = ("request_id", "objects")
+    REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
+    OBJECTS_FIELD_NUMBER: _ClassVar[int]
+    request_id: int
+    objects: _containers.RepeatedCompositeFieldContainer[ObjectInfo]
+    def __init__(self, request_id: _Optional[int] = ..., objects: _Optional[_Iterable[_Union[ObjectInfo, _Mapping]]] = ...) -> None: ...
+
+class ObjectInfo(_message.Message):
+    __slots__ = ("object_id", "name", "type_name", "methods", "max_concurrency", "restart", "calls", "restarts", "pid")
+    OBJECT_ID_FIELD_NUMBER: _ClassVar[int]
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    TYPE_NAME_FIELD_NUMBER: _ClassVar[int]
+    METHODS_FIELD_NUMBER: _ClassVar[int]
+    MAX_CONCURRENCY_FIELD_NUMBER: _ClassVar[int]
+    RESTART_FIELD_NUMBER: _ClassVar[int]
+    CALLS_FIELD_NUMBER: _ClassVar[int]
+    RESTARTS_FIELD_NUMBER: _ClassVar[int]
+    PID_FIELD_NUMBER: _ClassVar[int]
+    object_id: str
+    name: str
+    type_name: str
+    methods: _containers.RepeatedScalarFieldContainer[str]
+    max_concurrency: int
+    restart: bool
+    calls: int
+    restarts: int
+    pid: int
+    def __init__(self, object_id: _Optional[str] = ..., name: _Optional[str] = ..., type_name: _Optional[str] = ..., methods: _Optional[_Iterable[str]] = ..., max_concurrency: _Optional[int] = ..., restart: _Optional[bool] = ..., calls: _Optional[int] = ..., restarts: _Optional[int] = ..., pid: _Optional[int] = ...) -> None: ...
 
 class Welcome(_message.Message):
     __slots__ = ("server_name", "server_version", "python_version", "tags", "resources", "workers", "session_id", "resumed", "shm", "shm_prefix", "local_address")
@@ -260,7 +368,7 @@ class FetchReply(_message.Message):
     def __init__(self, request_id: _Optional[int] = ..., value: _Optional[_Union[Pickled, _Mapping]] = ..., error: _Optional[str] = ...) -> None: ...
 
 class StatsReply(_message.Message):
-    __slots__ = ("request_id", "objects", "object_bytes", "objects_total", "tasks_done", "tasks_failed", "workers", "busy", "workers_replaced", "sessions")
+    __slots__ = ("request_id", "objects", "object_bytes", "objects_total", "tasks_done", "tasks_failed", "workers", "busy", "workers_replaced", "sessions", "objects_pulled", "bytes_pulled", "objects_served", "bytes_served", "remote_objects")
     REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
     OBJECTS_FIELD_NUMBER: _ClassVar[int]
     OBJECT_BYTES_FIELD_NUMBER: _ClassVar[int]
@@ -271,6 +379,11 @@ class StatsReply(_message.Message):
     BUSY_FIELD_NUMBER: _ClassVar[int]
     WORKERS_REPLACED_FIELD_NUMBER: _ClassVar[int]
     SESSIONS_FIELD_NUMBER: _ClassVar[int]
+    OBJECTS_PULLED_FIELD_NUMBER: _ClassVar[int]
+    BYTES_PULLED_FIELD_NUMBER: _ClassVar[int]
+    OBJECTS_SERVED_FIELD_NUMBER: _ClassVar[int]
+    BYTES_SERVED_FIELD_NUMBER: _ClassVar[int]
+    REMOTE_OBJECTS_FIELD_NUMBER: _ClassVar[int]
     request_id: int
     objects: int
     object_bytes: int
@@ -281,7 +394,12 @@ class StatsReply(_message.Message):
     busy: int
     workers_replaced: int
     sessions: int
-    def __init__(self, request_id: _Optional[int] = ..., objects: _Optional[int] = ..., object_bytes: _Optional[int] = ..., objects_total: _Optional[int] = ..., tasks_done: _Optional[int] = ..., tasks_failed: _Optional[int] = ..., workers: _Optional[int] = ..., busy: _Optional[int] = ..., workers_replaced: _Optional[int] = ..., sessions: _Optional[int] = ...) -> None: ...
+    objects_pulled: int
+    bytes_pulled: int
+    objects_served: int
+    bytes_served: int
+    remote_objects: int
+    def __init__(self, request_id: _Optional[int] = ..., objects: _Optional[int] = ..., object_bytes: _Optional[int] = ..., objects_total: _Optional[int] = ..., tasks_done: _Optional[int] = ..., tasks_failed: _Optional[int] = ..., workers: _Optional[int] = ..., busy: _Optional[int] = ..., workers_replaced: _Optional[int] = ..., sessions: _Optional[int] = ..., objects_pulled: _Optional[int] = ..., bytes_pulled: _Optional[int] = ..., objects_served: _Optional[int] = ..., bytes_served: _Optional[int] = ..., remote_objects: _Optional[int] = ...) -> None: ...
 
 class Error(_message.Message):
     __slots__ = ("code", "message")
@@ -290,3 +408,124 @@ class Error(_message.Message):
     code: str
     message: str
     def __init__(self, code: _Optional[str] = ..., message: _Optional[str] = ...) -> None: ...
+
+class PullRequest(_message.Message):
+    __slots__ = ("token", "object_id", "server")
+    TOKEN_FIELD_NUMBER: _ClassVar[int]
+    OBJECT_ID_FIELD_NUMBER: _ClassVar[int]
+    SERVER_FIELD_NUMBER: _ClassVar[int]
+    token: str
+    object_id: str
+    server: str
+    def __init__(self, token: _Optional[str] = ..., object_id: _Optional[str] = ..., server: _Optional[str] = ...) -> None: ...
+
+class PullHeader(_message.Message):
+    __slots__ = ("type_name", "repr", "data_size", "buffer_sizes")
+    TYPE_NAME_FIELD_NUMBER: _ClassVar[int]
+    REPR_FIELD_NUMBER: _ClassVar[int]
+    DATA_SIZE_FIELD_NUMBER: _ClassVar[int]
+    BUFFER_SIZES_FIELD_NUMBER: _ClassVar[int]
+    type_name: str
+    repr: str
+    data_size: int
+    buffer_sizes: _containers.RepeatedScalarFieldContainer[int]
+    def __init__(self, type_name: _Optional[str] = ..., repr: _Optional[str] = ..., data_size: _Optional[int] = ..., buffer_sizes: _Optional[_Iterable[int]] = ...) -> None: ...
+
+class PullChunk(_message.Message):
+    __slots__ = ("header", "data", "error")
+    HEADER_FIELD_NUMBER: _ClassVar[int]
+    DATA_FIELD_NUMBER: _ClassVar[int]
+    ERROR_FIELD_NUMBER: _ClassVar[int]
+    header: PullHeader
+    data: bytes
+    error: str
+    def __init__(self, header: _Optional[_Union[PullHeader, _Mapping]] = ..., data: _Optional[bytes] = ..., error: _Optional[str] = ...) -> None: ...
+
+class Member(_message.Message):
+    __slots__ = ("name", "address", "tags", "resources", "workers", "busy", "queued", "objects", "object_bytes", "sessions", "joined", "last_heartbeat", "tls")
+    class ResourcesEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: float
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[float] = ...) -> None: ...
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    ADDRESS_FIELD_NUMBER: _ClassVar[int]
+    TAGS_FIELD_NUMBER: _ClassVar[int]
+    RESOURCES_FIELD_NUMBER: _ClassVar[int]
+    WORKERS_FIELD_NUMBER: _ClassVar[int]
+    BUSY_FIELD_NUMBER: _ClassVar[int]
+    QUEUED_FIELD_NUMBER: _ClassVar[int]
+    OBJECTS_FIELD_NUMBER: _ClassVar[int]
+    OBJECT_BYTES_FIELD_NUMBER: _ClassVar[int]
+    SESSIONS_FIELD_NUMBER: _ClassVar[int]
+    JOINED_FIELD_NUMBER: _ClassVar[int]
+    LAST_HEARTBEAT_FIELD_NUMBER: _ClassVar[int]
+    TLS_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    address: str
+    tags: _containers.RepeatedScalarFieldContainer[str]
+    resources: _containers.ScalarMap[str, float]
+    workers: int
+    busy: int
+    queued: int
+    objects: int
+    object_bytes: int
+    sessions: int
+    joined: float
+    last_heartbeat: float
+    tls: bool
+    def __init__(self, name: _Optional[str] = ..., address: _Optional[str] = ..., tags: _Optional[_Iterable[str]] = ..., resources: _Optional[_Mapping[str, float]] = ..., workers: _Optional[int] = ..., busy: _Optional[int] = ..., queued: _Optional[int] = ..., objects: _Optional[int] = ..., object_bytes: _Optional[int] = ..., sessions: _Optional[int] = ..., joined: _Optional[float] = ..., last_heartbeat: _Optional[float] = ..., tls: _Optional[bool] = ...) -> None: ...
+
+class JoinRequest(_message.Message):
+    __slots__ = ("token", "member")
+    TOKEN_FIELD_NUMBER: _ClassVar[int]
+    MEMBER_FIELD_NUMBER: _ClassVar[int]
+    token: str
+    member: Member
+    def __init__(self, token: _Optional[str] = ..., member: _Optional[_Union[Member, _Mapping]] = ...) -> None: ...
+
+class JoinReply(_message.Message):
+    __slots__ = ("heartbeat_interval",)
+    HEARTBEAT_INTERVAL_FIELD_NUMBER: _ClassVar[int]
+    heartbeat_interval: float
+    def __init__(self, heartbeat_interval: _Optional[float] = ...) -> None: ...
+
+class HeartbeatRequest(_message.Message):
+    __slots__ = ("token", "member")
+    TOKEN_FIELD_NUMBER: _ClassVar[int]
+    MEMBER_FIELD_NUMBER: _ClassVar[int]
+    token: str
+    member: Member
+    def __init__(self, token: _Optional[str] = ..., member: _Optional[_Union[Member, _Mapping]] = ...) -> None: ...
+
+class HeartbeatReply(_message.Message):
+    __slots__ = ("known",)
+    KNOWN_FIELD_NUMBER: _ClassVar[int]
+    known: bool
+    def __init__(self, known: _Optional[bool] = ...) -> None: ...
+
+class LeaveRequest(_message.Message):
+    __slots__ = ("token", "name")
+    TOKEN_FIELD_NUMBER: _ClassVar[int]
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    token: str
+    name: str
+    def __init__(self, token: _Optional[str] = ..., name: _Optional[str] = ...) -> None: ...
+
+class LeaveReply(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class WatchRequest(_message.Message):
+    __slots__ = ("token",)
+    TOKEN_FIELD_NUMBER: _ClassVar[int]
+    token: str
+    def __init__(self, token: _Optional[str] = ...) -> None: ...
+
+class Membership(_message.Message):
+    __slots__ = ("members",)
+    MEMBERS_FIELD_NUMBER: _ClassVar[int]
+    members: _containers.RepeatedCompositeFieldContainer[Member]
+    def __init__(self, members: _Optional[_Iterable[_Union[Member, _Mapping]]] = ...) -> None: ...

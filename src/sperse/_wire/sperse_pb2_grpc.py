@@ -39,6 +39,11 @@ class SperseStub:
                 request_serializer=sperse_dot___wire_dot_sperse__pb2.ClientMessage.SerializeToString,
                 response_deserializer=sperse_dot___wire_dot_sperse__pb2.ServerMessage.FromString,
                 _registered_method=True)
+        self.Pull = channel.unary_stream(
+                '/sperse.v1.Sperse/Pull',
+                request_serializer=sperse_dot___wire_dot_sperse__pb2.PullRequest.SerializeToString,
+                response_deserializer=sperse_dot___wire_dot_sperse__pb2.PullChunk.FromString,
+                _registered_method=True)
 
 
 class SperseServicer:
@@ -52,6 +57,16 @@ class SperseServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Pull(self, request, context):
+        """Server to server: the bytes of an object this server holds, for a task on the asking
+        server (a value moves A -> B, never through the client). The token is the cluster's:
+        servers of one cluster share it. Answer: a PullHeader, then the bytes of the pickle
+        stream and of each buffer in order, in chunks; or one PullChunk with error set.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_SperseServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -59,6 +74,11 @@ def add_SperseServicer_to_server(servicer, server):
                     servicer.Session,
                     request_deserializer=sperse_dot___wire_dot_sperse__pb2.ClientMessage.FromString,
                     response_serializer=sperse_dot___wire_dot_sperse__pb2.ServerMessage.SerializeToString,
+            ),
+            'Pull': grpc.unary_stream_rpc_method_handler(
+                    servicer.Pull,
+                    request_deserializer=sperse_dot___wire_dot_sperse__pb2.PullRequest.FromString,
+                    response_serializer=sperse_dot___wire_dot_sperse__pb2.PullChunk.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -88,6 +108,242 @@ class Sperse:
             '/sperse.v1.Sperse/Session',
             sperse_dot___wire_dot_sperse__pb2.ClientMessage.SerializeToString,
             sperse_dot___wire_dot_sperse__pb2.ServerMessage.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Pull(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/sperse.v1.Sperse/Pull',
+            sperse_dot___wire_dot_sperse__pb2.PullRequest.SerializeToString,
+            sperse_dot___wire_dot_sperse__pb2.PullChunk.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+
+class CoordinatorStub:
+    """The optional registry of a cluster (`sperse coordinator`). Every request carries the
+    cluster token; a wrong one is UNAUTHENTICATED. Nothing here is pickled.
+    """
+
+    def __init__(self, channel):
+        """Constructor.
+
+        Args:
+            channel: A grpc.Channel.
+        """
+        self.Join = channel.unary_unary(
+                '/sperse.v1.Coordinator/Join',
+                request_serializer=sperse_dot___wire_dot_sperse__pb2.JoinRequest.SerializeToString,
+                response_deserializer=sperse_dot___wire_dot_sperse__pb2.JoinReply.FromString,
+                _registered_method=True)
+        self.Heartbeat = channel.unary_unary(
+                '/sperse.v1.Coordinator/Heartbeat',
+                request_serializer=sperse_dot___wire_dot_sperse__pb2.HeartbeatRequest.SerializeToString,
+                response_deserializer=sperse_dot___wire_dot_sperse__pb2.HeartbeatReply.FromString,
+                _registered_method=True)
+        self.Leave = channel.unary_unary(
+                '/sperse.v1.Coordinator/Leave',
+                request_serializer=sperse_dot___wire_dot_sperse__pb2.LeaveRequest.SerializeToString,
+                response_deserializer=sperse_dot___wire_dot_sperse__pb2.LeaveReply.FromString,
+                _registered_method=True)
+        self.Watch = channel.unary_stream(
+                '/sperse.v1.Coordinator/Watch',
+                request_serializer=sperse_dot___wire_dot_sperse__pb2.WatchRequest.SerializeToString,
+                response_deserializer=sperse_dot___wire_dot_sperse__pb2.Membership.FromString,
+                _registered_method=True)
+
+
+class CoordinatorServicer:
+    """The optional registry of a cluster (`sperse coordinator`). Every request carries the
+    cluster token; a wrong one is UNAUTHENTICATED. Nothing here is pickled.
+    """
+
+    def Join(self, request, context):
+        """a server registers
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def Heartbeat(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def Leave(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def Watch(self, request, context):
+        """clients: every change, live
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+
+def add_CoordinatorServicer_to_server(servicer, server):
+    rpc_method_handlers = {
+            'Join': grpc.unary_unary_rpc_method_handler(
+                    servicer.Join,
+                    request_deserializer=sperse_dot___wire_dot_sperse__pb2.JoinRequest.FromString,
+                    response_serializer=sperse_dot___wire_dot_sperse__pb2.JoinReply.SerializeToString,
+            ),
+            'Heartbeat': grpc.unary_unary_rpc_method_handler(
+                    servicer.Heartbeat,
+                    request_deserializer=sperse_dot___wire_dot_sperse__pb2.HeartbeatRequest.FromString,
+                    response_serializer=sperse_dot___wire_dot_sperse__pb2.HeartbeatReply.SerializeToString,
+            ),
+            'Leave': grpc.unary_unary_rpc_method_handler(
+                    servicer.Leave,
+                    request_deserializer=sperse_dot___wire_dot_sperse__pb2.LeaveRequest.FromString,
+                    response_serializer=sperse_dot___wire_dot_sperse__pb2.LeaveReply.SerializeToString,
+            ),
+            'Watch': grpc.unary_stream_rpc_method_handler(
+                    servicer.Watch,
+                    request_deserializer=sperse_dot___wire_dot_sperse__pb2.WatchRequest.FromString,
+                    response_serializer=sperse_dot___wire_dot_sperse__pb2.Membership.SerializeToString,
+            ),
+    }
+    generic_handler = grpc.method_handlers_generic_handler(
+            'sperse.v1.Coordinator', rpc_method_handlers)
+    server.add_generic_rpc_handlers((generic_handler,))
+    server.add_registered_method_handlers('sperse.v1.Coordinator', rpc_method_handlers)
+
+
+ # This class is part of an EXPERIMENTAL API.
+class Coordinator:
+    """The optional registry of a cluster (`sperse coordinator`). Every request carries the
+    cluster token; a wrong one is UNAUTHENTICATED. Nothing here is pickled.
+    """
+
+    @staticmethod
+    def Join(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/sperse.v1.Coordinator/Join',
+            sperse_dot___wire_dot_sperse__pb2.JoinRequest.SerializeToString,
+            sperse_dot___wire_dot_sperse__pb2.JoinReply.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Heartbeat(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/sperse.v1.Coordinator/Heartbeat',
+            sperse_dot___wire_dot_sperse__pb2.HeartbeatRequest.SerializeToString,
+            sperse_dot___wire_dot_sperse__pb2.HeartbeatReply.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Leave(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/sperse.v1.Coordinator/Leave',
+            sperse_dot___wire_dot_sperse__pb2.LeaveRequest.SerializeToString,
+            sperse_dot___wire_dot_sperse__pb2.LeaveReply.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Watch(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/sperse.v1.Coordinator/Watch',
+            sperse_dot___wire_dot_sperse__pb2.WatchRequest.SerializeToString,
+            sperse_dot___wire_dot_sperse__pb2.Membership.FromString,
             options,
             channel_credentials,
             insecure,

@@ -34,6 +34,7 @@ class ClusterOptions:
     workers: int | None = None
     local: bool = False
     ray: str | None = None
+    token_file: str | None = None
 
     def open(self) -> Cluster:
         if self.ray is not None:
@@ -43,7 +44,9 @@ class ClusterOptions:
 
             return connect(backend=LocalBackend(self.workers))
         if self.url is not None:
-            return connect(self.url, token=self.token)
+            urls = [u for u in self.url.split(",") if u]
+            target = urls if len(urls) > 1 else self.url
+            return connect(target, token=self.token, token_file=self.token_file)
         return connect(workers=self.workers)
 
 

@@ -1,0 +1,136 @@
+"""Callbacks: a function of the client that remote code calls (a progress report, say).
+
+``sperse.callback(fn)`` wraps ``fn``. Passed to remote code (an argument of a remote
+function, method or statement), it arrives as a stand-in: calling it there sends the
+arguments back through the server to this client, where ``fn`` runs on the user's thread
+(like a ``then`` callback: inside ``result()``, ``sperse.wait``, the REPL's prompt). The
+remote call returns ``None`` once the client has the arguments, without waiting for ``fn``;
+it raises ``ClientGone`` if the client has left (its session ended).
+
+Functions passed to remote code are otherwise shipped by value and run remotely; only a
+``sperse.callback`` comes back. Callbacks need a ``sperse server`` (one, or many).
+"""
+
+from __future__ import annotations
+
+import contextvars
+import itertools
+import threading
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from typing import Any
+
+from sperse._cluster import Cluster, current, worker_cluster
+from sperse.errors import SerializationError
+
+__all__ = ["Callback", "callback", "deliver", "sending_to"]
+
+# Where the task being pickled goes: (the server's address, the session id) of its client.
+_destination: contextvars.ContextVar[tuple[str, str] | None] = contextvars.ContextVar(
+    "sperse_callback_destination", default=None
+)
+_ids = itertools.count(1)
+_registry: dict[str, Callback] = {}  # kept for the life of this process, the newest _KEPT
+_KEPT = 10_000
+_lock = threading.Lock()
+
+
+class Callback:
+    """A function of this client that remote code may call (the newest ``_KEPT`` callbacks
+    made by this process stay callable)."""
+
+    __slots__ = ("__weakref__", "_cluster", "fn", "id", "name")
+
+    def __init__(self, fn: Callable[..., Any], cluster: Cluster | None = None) -> None:
+        if not callable(fn):
+            raise TypeError(f"sperse.callback takes a function, not {fn!r}")
+        self.fn = fn
+        self.name = getattr(fn, "__qualname__", repr(fn))
+        self.id = f"cb{next(_ids)}"
+        self._cluster = cluster
+        with _lock:
+            _registry[self.id] = self
+            while len(_registry) > _KEPT:
+                del _registry[next(iter(_registry))]
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        return self.fn(*args, **kwargs)
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        destination = _destination.get()
+        if destination is None:
+            raise SerializationError(
+                f"callback {self.name}: only remote work on sperse servers can call back "
+                "(not Ray, not the in-process LocalBackend)"
+            )
+        address, session_id = destination
+        return (_RemoteCallback, (address, session_id, self.id, self.name))
+
+    def _run(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
+        cluster = self._cluster or current()
+        cluster.post(lambda: self.fn(*args, **kwargs))
+
+    def __repr__(self) -> str:
+        return f"<sperse.callback {self.name}>"
+
+
+def callback(fn: Callable[..., Any]) -> Callback:
+    """Wrap a function of this client so that remote code can call it back (see the module
+    documentation): ``train(data, progress=sperse.callback(print))``."""
+    try:
+        cluster: Cluster | None = current()
+    except Exception:  # no cluster yet: the one current when it is called back
+        cluster = None
+    return Callback(fn, cluster)
+
+
+@contextmanager
+def sending_to(address: str, session_id: str) -> Iterator[None]:
+    """While a task for this server and session is pickled: callbacks name them."""
+    token = _destination.set((address, session_id))
+    try:
+        yield
+    finally:
+        _destination.reset(token)
+
+
+def deliver(callback_id: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> bool:
+    """Run the callback ``callback_id`` with these arguments on the user's thread (False:
+    it is gone here)."""
+    with _lock:
+        found = _registry.get(callback_id)
+    if found is None:
+        return False
+    found._run(args, kwargs)
+    return True
+
+
+class _RemoteCallback:
+    """A callback as remote code sees it: calling it hands the arguments to the client."""
+
+    __slots__ = ("_address", "_callback_id", "_name", "_session_id")
+
+    def __init__(self, address: str, session_id: str, callback_id: str, name: str) -> None:
+        self._address = address
+        self._session_id = session_id
+        self._callback_id = callback_id
+        self._name = name
+
+    def __call__(self, *args: Any, **kwargs: Any) -> None:
+        cluster = worker_cluster(self._address)
+        if cluster is None:
+            raise SerializationError(
+                f"callback {self._name} can be called only from remote code on a sperse server"
+            )
+        call_back = getattr(cluster.backend, "call_back", None)
+        assert call_back is not None
+        call_back(self._session_id, self._callback_id, args, kwargs, what=self._name)
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (
+            _RemoteCallback,
+            (self._address, self._session_id, self._callback_id, self._name),
+        )
+
+    def __repr__(self) -> str:
+        return f"<callback {self._name} of a client>"

@@ -1,0 +1,371 @@
+"""``CoordinatorServer``: the cluster registry over gRPC (service ``Coordinator``).
+
+Invariants:
+
+- The configuration is checked before anything listens (``CoordinatorConfigError``), with
+  the server's rules: no listening beyond loopback without TLS unless ``insecure``.
+- Every RPC checks the cluster token first (``hmac.compare_digest``) and ends UNAUTHENTICATED
+  without reading anything else of a request that does not carry it.
+- The membership is a :class:`~sperse._coordinator.registry.Registry`, touched only on the
+  server's event loop. A sweep task removes members silent for ``heartbeat_timeout``; it runs
+  every ``heartbeat_timeout / 4`` (at most once a second, at least every 50 ms), so a dead
+  server is gone within ``1.25 * heartbeat_timeout``.
+- ``Watch`` sends the whole membership at once, then again after every join, leave and
+  removal, and at most once per ``LOAD_INTERVAL`` when only the load changed.
+- ``stop()`` ends every ``Watch`` stream first (watchers see the stream end and reconnect
+  elsewhere or later), then the gRPC server, then the sweep task. It is idempotent.
+- One log line per join, leave and removal, with the reason. Tokens are never logged.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hmac
+import logging
+import os
+import secrets
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from types import TracebackType
+from typing import Any, NoReturn
+
+import grpc
+import grpc.aio
+
+from sperse._coordinator.registry import Change, NameTaken, Registry
+from sperse._server.config import ServerConfigError, is_loopback
+from sperse._server.logs import _value  # one format for every sperse log line
+from sperse._wire import pb
+from sperse._wire.sperse_pb2_grpc import add_CoordinatorServicer_to_server
+
+__all__ = [
+    "LOAD_INTERVAL",
+    "CoordinatorConfig",
+    "CoordinatorConfigError",
+    "CoordinatorServer",
+    "check_config",
+]
+
+log = logging.getLogger("sperse.coordinator")
+
+_Context = Any  # grpc.aio.ServicerContext: grpc ships no type hints
+
+LOAD_INTERVAL = 1.0  # seconds between two snapshots sent for load changes alone
+
+_GRPC_OPTIONS = [
+    ("grpc.so_reuseport", 0),  # two coordinators must never share a port unnoticed
+    ("grpc.keepalive_time_ms", 20_000),  # find dead watchers
+    ("grpc.keepalive_timeout_ms", 10_000),
+    ("grpc.keepalive_permit_without_calls", 1),
+    ("grpc.http2.min_ping_interval_without_data_ms", 5_000),
+    ("grpc.http2.max_pings_without_data", 0),
+]
+
+
+def log_event(level: int, event: str, **fields: object) -> None:
+    if log.isEnabledFor(level):
+        parts = [f"event={event}"]
+        parts.extend(f"{key}={_value(value)}" for key, value in fields.items())
+        log.log(level, " ".join(parts))
+
+
+class CoordinatorConfigError(ServerConfigError):
+    """The coordinator cannot start with this configuration (the message says how to fix it)."""
+
+
+@dataclass(frozen=True, slots=True)
+class CoordinatorConfig:
+    """How a coordinator listens and authenticates. ``token`` empty: a random one
+    (``CoordinatorServer.token``)."""
+
+    host: str = "127.0.0.1"
+    port: int = 0
+    token: str = field(default="", repr=False)  # a secret: never in logs or reprs
+    tls_cert: str | None = None
+    tls_key: str | None = None
+    insecure: bool = False
+    heartbeat_timeout: float = 5.0
+    log_level: str = "INFO"
+
+    @property
+    def tls(self) -> bool:
+        return bool(self.tls_cert or self.tls_key)
+
+
+def check_config(config: CoordinatorConfig) -> None:
+    """Raise ``CoordinatorConfigError`` for a configuration the coordinator must not run
+    with."""
+    if not is_loopback(config.host) and not config.tls and not config.insecure:
+        raise CoordinatorConfigError(
+            f"refusing to listen on {config.host!r} without TLS: anyone who can reach the port "
+            "could watch the cluster token go by and join servers of their own. Give "
+            "--tls-cert and --tls-key, or listen on 127.0.0.1 and reach it through a tunnel "
+            "(ssh -L), or pass --insecure if the network is private and trusted."
+        )
+    if bool(config.tls_cert) != bool(config.tls_key):
+        given, missing = (
+            ("--tls-cert", "--tls-key") if config.tls_cert else ("--tls-key", "--tls-cert")
+        )
+        raise CoordinatorConfigError(f"{given} was given without {missing}: TLS needs both files")
+    for path in (config.tls_cert, config.tls_key):
+        if path and not os.path.isfile(path):
+            raise CoordinatorConfigError(f"TLS file {path!r} does not exist or is not a file")
+    if not 0 <= config.port <= 65535:
+        raise CoordinatorConfigError(f"port {config.port} is not between 0 and 65535")
+    if not config.heartbeat_timeout > 0:
+        raise CoordinatorConfigError(
+            f"--heartbeat-timeout must be more than 0 seconds, not {config.heartbeat_timeout}"
+        )
+    if not isinstance(logging.getLevelName(config.log_level.upper()), int):
+        raise CoordinatorConfigError(
+            f"unknown log level {config.log_level!r}: use debug, info, warning or error"
+        )
+
+
+def _read(path: str, what: str) -> bytes:
+    try:
+        with open(path, "rb") as file:
+            return file.read()
+    except OSError as exc:
+        raise CoordinatorConfigError(
+            f"cannot read the TLS {what} {path!r}: {exc.strerror}"
+        ) from exc
+
+
+def _valid_address(address: str) -> bool:
+    host, sep, port = address.rpartition(":")
+    return bool(sep and host and port.isdigit() and 0 < int(port) <= 65535)
+
+
+class _Service:
+    """The ``Coordinator`` servicer: token check, then the registry. Runs on the loop."""
+
+    def __init__(self, token: str, registry: Registry) -> None:
+        self._token = token.encode()
+        self.registry = registry
+        self._changed = asyncio.Event()
+        self.stopping = False
+
+    # ---- helpers ----------------------------------------------------------------------
+
+    async def _check_token(self, token: str, context: _Context) -> None:
+        if not hmac.compare_digest(token.encode(), self._token):
+            peer = context.peer()
+            log_event(logging.WARNING, "token_refused", peer=peer)
+            await context.abort(
+                grpc.StatusCode.UNAUTHENTICATED,
+                "wrong or missing cluster token: pass the cluster token, the one the "
+                "coordinator was started with (--token, --token-file, --token-stdin); a "
+                "server joins with its own token, so it must be that one",
+            )
+
+    def notify(self) -> None:
+        """Wake every watcher (each one decides whether to send)."""
+        self._changed.set()
+        self._changed = asyncio.Event()
+
+    def apply(self, changes: list[Change]) -> None:
+        for change in changes:
+            level = logging.WARNING if change.kind == "removed" else logging.INFO
+            log_event(
+                level,
+                f"member_{change.kind}",
+                name=change.name,
+                address=change.address,
+                reason=change.reason,
+                members=len(self.registry),
+            )
+        if changes:
+            self.notify()
+
+    # ---- RPCs -------------------------------------------------------------------------
+
+    async def Join(self, request: pb.JoinRequest, context: _Context) -> pb.JoinReply:
+        await self._check_token(request.token, context)
+        member = request.member
+        if not member.name:
+            await _abort(context, grpc.StatusCode.INVALID_ARGUMENT, "a member needs a name")
+        if not _valid_address(member.address):
+            await _abort(
+                context,
+                grpc.StatusCode.INVALID_ARGUMENT,
+                f"{member.address!r} is not HOST:PORT: give the address clients reach the "
+                "server at (sperse server --advertise HOST:PORT)",
+            )
+        try:
+            change = self.registry.join(member)
+        except NameTaken as taken:
+            log_event(
+                logging.WARNING,
+                "join_refused",
+                name=member.name,
+                address=member.address,
+                reason=f"the name is held by the live member at {taken.address}",
+            )
+            await _abort(
+                context,
+                grpc.StatusCode.ALREADY_EXISTS,
+                f"the name {member.name!r} is taken by the server at {taken.address}, which is "
+                "alive: give this server another name (sperse server --name NAME), or stop "
+                "the other one first",
+            )
+        self.apply([change])
+        return pb.JoinReply(heartbeat_interval=self.registry.timeout / 5)
+
+    async def Heartbeat(self, request: pb.HeartbeatRequest, context: _Context) -> pb.HeartbeatReply:
+        await self._check_token(request.token, context)
+        known = self.registry.heartbeat(request.member)
+        if known:
+            self.notify()  # watchers send the new load within LOAD_INTERVAL
+        return pb.HeartbeatReply(known=known)
+
+    async def Leave(self, request: pb.LeaveRequest, context: _Context) -> pb.LeaveReply:
+        await self._check_token(request.token, context)
+        change = self.registry.leave(request.name)
+        self.apply([change] if change is not None else [])
+        return pb.LeaveReply()
+
+    async def Watch(
+        self, request: pb.WatchRequest, context: _Context
+    ) -> AsyncIterator[pb.Membership]:
+        await self._check_token(request.token, context)
+        loop = asyncio.get_running_loop()
+        registry = self.registry
+        while not self.stopping:
+            members_seen, load_seen = registry.members_version, registry.load_version
+            yield registry.snapshot()
+            sent = loop.time()
+            while not self.stopping and registry.members_version == members_seen:
+                changed = self._changed
+                if registry.load_version != load_seen:
+                    delay = sent + LOAD_INTERVAL - loop.time()
+                    if delay <= 0:
+                        break
+                    with contextlib.suppress(TimeoutError):
+                        async with asyncio.timeout(delay):
+                            await changed.wait()
+                else:
+                    await changed.wait()
+
+
+async def _abort(context: _Context, code: grpc.StatusCode, details: str) -> NoReturn:
+    await context.abort(code, details)
+    raise AssertionError("context.abort returned")  # pragma: no cover
+
+
+class CoordinatorServer:
+    """A coordinator. ``async with CoordinatorServer(config) as c:`` listens on ``c.address``
+    until the block ends."""
+
+    def __init__(self, config: CoordinatorConfig) -> None:
+        self.config = config
+        self.token = config.token or secrets.token_urlsafe(32)
+        self._grpc: grpc.aio.Server | None = None
+        self._service: _Service | None = None
+        self._sweeper: asyncio.Task[None] | None = None
+        self._port = 0
+        self._stopping = False
+        self._closed = asyncio.Event()
+
+    @property
+    def port(self) -> int:
+        """The port it listens on (the one chosen when the config said 0)."""
+        return self._port
+
+    @property
+    def address(self) -> str:
+        host = self.config.host
+        return f"[{host}]:{self._port}" if ":" in host else f"{host}:{self._port}"
+
+    def members(self) -> pb.Membership:
+        """The membership now (call it on the coordinator's event loop)."""
+        if self._service is None:
+            raise RuntimeError("the coordinator is not started")
+        return self._service.registry.snapshot()
+
+    async def start(self) -> None:
+        if self._grpc is not None:
+            raise RuntimeError("this CoordinatorServer was started already")
+        config = self.config
+        check_config(config)
+        log.setLevel(config.log_level.upper())
+        server = grpc.aio.server(options=_GRPC_OPTIONS)
+        host = f"[{config.host}]" if ":" in config.host else config.host
+        target = f"{host}:{config.port}"
+        try:
+            if config.tls:
+                assert config.tls_cert and config.tls_key  # check_config: both or neither
+                credentials = grpc.ssl_server_credentials(
+                    [(_read(config.tls_key, "key"), _read(config.tls_cert, "certificate"))]
+                )
+                port = server.add_secure_port(target, credentials)
+            else:
+                port = server.add_insecure_port(target)
+        except RuntimeError as exc:
+            raise CoordinatorConfigError(
+                f"cannot listen on {target}: {exc}. Is another process using the port? Choose "
+                "another --port, or 0 for any free one"
+            ) from exc
+        self._port = port
+        self._service = _Service(self.token, Registry(config.heartbeat_timeout))
+        add_CoordinatorServicer_to_server(self._service, server)  # type: ignore[no-untyped-call]
+        self._grpc = server
+        try:
+            await server.start()
+        except Exception as exc:  # a bad certificate or key shows up here
+            await server.stop(None)
+            raise CoordinatorConfigError(f"cannot start listening on {target}: {exc}") from exc
+        self._sweeper = asyncio.create_task(self._sweep(), name="coordinator-sweep")
+        log_event(
+            logging.INFO,
+            "coordinator_started",
+            address=self.address,
+            tls=config.tls,
+            heartbeat_timeout=config.heartbeat_timeout,
+        )
+
+    async def _sweep(self) -> None:
+        assert self._service is not None
+        service = self._service
+        interval = min(1.0, max(0.05, self.config.heartbeat_timeout / 4))
+        while True:
+            await asyncio.sleep(interval)
+            service.apply(service.registry.sweep())
+
+    async def stop(self, grace: float | None = 1.0) -> None:
+        """Stop: watch streams end, then the server (calls cancelled after ``grace``)."""
+        if self._stopping:
+            await self._closed.wait()
+            return
+        self._stopping = True
+        try:
+            if self._service is not None:
+                self._service.stopping = True
+                self._service.notify()
+            if self._grpc is not None:
+                await self._grpc.stop(grace)
+            if self._sweeper is not None:
+                self._sweeper.cancel()
+                await asyncio.wait([self._sweeper])
+            log_event(logging.INFO, "coordinator_stopped", address=self.address)
+        finally:
+            self._closed.set()
+
+    async def wait_closed(self) -> None:
+        await self._closed.wait()
+
+    async def __aenter__(self) -> CoordinatorServer:
+        await self.start()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.stop()
+
+    def __repr__(self) -> str:
+        return f"<CoordinatorServer at {self.address}>"

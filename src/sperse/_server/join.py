@@ -1,0 +1,276 @@
+"""``Joiner``: a server's membership in a coordinator (``sperse server --join HOST:PORT``).
+
+It runs on the server's event loop and uses the server's own token as the cluster token.
+
+Invariants:
+
+- ``start()`` returns once the coordinator has registered the server, or raises
+  ``ServerConfigError``: at once when the coordinator refuses the token or the name (or is
+  not a coordinator), after ``start_timeout`` seconds of retries (with backoff) when nothing
+  answers. The server then does not run.
+- After that it never raises: a heartbeat every ``heartbeat_interval`` (the coordinator's
+  word) carries the server's load; a failed one logs one warning per outage and the next
+  one tries again; ``known=False`` (the coordinator dropped the server, or restarted) makes
+  it join again.
+- ``stop()`` ends the heartbeats, then says Leave (within ``LEAVE_TIMEOUT``) if the
+  coordinator last knew the server as this one, and closes the channel. Idempotent.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import socket
+from collections.abc import Callable
+
+import grpc
+import grpc.aio
+
+from sperse._server.config import ServerConfig, ServerConfigError
+from sperse._server.core import ServerStats
+from sperse._server.logs import log_event
+from sperse._wire import pb
+from sperse._wire.sperse_pb2_grpc import CoordinatorStub
+
+__all__ = ["LEAVE_TIMEOUT", "Joiner", "advertised_address"]
+
+LEAVE_TIMEOUT = 1.0
+_RETRY_MIN, _RETRY_MAX = 0.1, 2.0  # backoff between join attempts at start
+_INTERVAL_MIN, _INTERVAL_MAX = 0.05, 60.0  # what we accept as a heartbeat interval
+_UNANSWERED = (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED)
+
+
+def advertised_address(host: str, port: int) -> str:
+    """The address to register for a server bound to ``host``: the host name for a wildcard
+    address, which no one can connect to."""
+    if host in ("", "0.0.0.0", "::", "[::]"):
+        host = socket.gethostname()
+    elif ":" in host and not host.startswith("["):
+        host = f"[{host}]"
+    return f"{host}:{port}"
+
+
+def _join_address(join: str) -> str:
+    return join.removeprefix("sperse://").rstrip("/")
+
+
+class Joiner:
+    """Keeps one server registered with the coordinator at ``coordinator`` (HOST:PORT)."""
+
+    def __init__(
+        self,
+        coordinator: str,
+        token: str,
+        member: pb.Member,
+        stats: Callable[[], ServerStats],
+        *,
+        tls_ca: bytes | None = None,
+        start_timeout: float = 10.0,
+    ) -> None:
+        self.coordinator = _join_address(coordinator)
+        self._token = token
+        self._member = member  # what does not change: name, address, tags, resources, ...
+        self._stats = stats
+        self._tls_ca = tls_ca
+        self._start_timeout = start_timeout
+        self._channel: grpc.aio.Channel | None = None
+        self._stub: CoordinatorStub | None = None
+        self._task: asyncio.Task[None] | None = None
+        self._interval = 1.0
+        self._registered = False  # the coordinator last said it knows this server
+        self._stopped = False
+
+    @classmethod
+    def for_server(
+        cls,
+        config: ServerConfig,
+        token: str,
+        name: str,
+        port: int,
+        stats: Callable[[], ServerStats],
+    ) -> Joiner:
+        """The joiner of a server with this configuration, name and bound port."""
+        member = pb.Member(
+            name=name,
+            address=_join_address(config.advertise) or advertised_address(config.host, port),
+            tags=sorted(config.tags),
+            resources=dict(config.resources),
+            workers=config.worker_count,
+            tls=config.tls,
+        )
+        tls_ca = None
+        if config.join_tls_ca:
+            try:
+                with open(config.join_tls_ca, "rb") as file:
+                    tls_ca = file.read()
+            except OSError as exc:
+                raise ServerConfigError(
+                    f"cannot read --join-ca {config.join_tls_ca!r}: {exc.strerror}"
+                ) from exc
+        return cls(config.join, token, member, stats, tls_ca=tls_ca)
+
+    @property
+    def name(self) -> str:
+        return self._member.name
+
+    def _loaded(self) -> pb.Member:
+        """The member with the server's load now."""
+        stats = self._stats()
+        member = pb.Member()
+        member.CopyFrom(self._member)
+        member.busy = stats.busy
+        member.queued = stats.queued
+        member.objects = stats.objects_total
+        member.object_bytes = stats.object_bytes_total
+        member.sessions = stats.sessions
+        return member
+
+    def _take_interval(self, reply: pb.JoinReply) -> None:
+        interval = reply.heartbeat_interval or 1.0
+        self._interval = min(_INTERVAL_MAX, max(_INTERVAL_MIN, interval))
+
+    # ---- start -------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        """Join; raise ``ServerConfigError`` if the coordinator refuses or never answers."""
+        if self._channel is not None:
+            raise RuntimeError("this Joiner was started already")
+        if self._tls_ca is not None:
+            credentials = grpc.ssl_channel_credentials(root_certificates=self._tls_ca)
+            self._channel = grpc.aio.secure_channel(self.coordinator, credentials)
+        else:
+            self._channel = grpc.aio.insecure_channel(self.coordinator)
+        self._stub = CoordinatorStub(self._channel)  # type: ignore[no-untyped-call]
+        try:
+            await self._first_join()
+        except BaseException:
+            await self._close_channel()
+            raise
+        self._task = asyncio.create_task(self._heartbeats(), name="coordinator-heartbeats")
+
+    async def _first_join(self) -> None:
+        assert self._stub is not None
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self._start_timeout
+        delay = _RETRY_MIN
+        while True:
+            left = deadline - loop.time()
+            request = pb.JoinRequest(token=self._token, member=self._loaded())
+            try:
+                reply = await self._stub.Join(request, timeout=max(0.1, min(left, 5.0)))
+            except grpc.aio.AioRpcError as exc:
+                if exc.code() in _UNANSWERED and loop.time() + delay < deadline:
+                    await asyncio.sleep(delay)
+                    delay = min(delay * 2, _RETRY_MAX)
+                    continue
+                raise ServerConfigError(self._refusal(exc)) from None
+            break
+        self._take_interval(reply)
+        self._registered = True
+        log_event(
+            logging.INFO,
+            "joined",
+            coordinator=self.coordinator,
+            name=self.name,
+            address=self._member.address,
+            heartbeat_interval=self._interval,
+        )
+
+    def _refusal(self, exc: grpc.aio.AioRpcError) -> str:
+        code, details, where = exc.code(), exc.details(), self.coordinator
+        if code == grpc.StatusCode.UNAUTHENTICATED:
+            return (
+                f"the coordinator at {where} refused this server's token: a server joins "
+                "with its own token, so start it with the cluster token, the one the "
+                "coordinator was given (--token, --token-file or --token-stdin)"
+            )
+        if code == grpc.StatusCode.ALREADY_EXISTS:
+            return f"the coordinator at {where} refused the name {self.name!r}: {details}"
+        if code in _UNANSWERED:
+            return (
+                f"no coordinator answered at {where} within {self._start_timeout:g} s "
+                f"({details}): is `sperse coordinator` running there, and is --join right?"
+            )
+        if code == grpc.StatusCode.UNIMPLEMENTED:
+            return (
+                f"{where} is not a sperse coordinator: --join takes the address that "
+                "`sperse coordinator` printed, not a server's"
+            )
+        return f"the coordinator at {where} refused to register this server: {code.name}: {details}"
+
+    # ---- heartbeats --------------------------------------------------------------------
+
+    async def _heartbeats(self) -> None:
+        stub = self._stub
+        assert stub is not None
+        outage = False
+        while True:
+            await asyncio.sleep(self._interval)
+            timeout = max(1.0, 2 * self._interval)
+            try:
+                request = pb.HeartbeatRequest(token=self._token, member=self._loaded())
+                reply = await stub.Heartbeat(request, timeout=timeout)
+                if not reply.known:
+                    self._registered = False
+                    join = pb.JoinRequest(token=self._token, member=self._loaded())
+                    self._take_interval(await stub.Join(join, timeout=timeout))
+                    self._registered = True
+                    log_event(
+                        logging.INFO,
+                        "joined_again",
+                        coordinator=self.coordinator,
+                        name=self.name,
+                        reason="the coordinator no longer knew this server",
+                    )
+            except grpc.aio.AioRpcError as exc:
+                if not outage:
+                    log_event(
+                        logging.WARNING,
+                        "heartbeat_failed",
+                        coordinator=self.coordinator,
+                        name=self.name,
+                        error=f"{exc.code().name}: {exc.details()}",
+                        hint="the server keeps working and keeps trying",
+                    )
+                outage = True
+                continue
+            if outage:
+                log_event(logging.INFO, "heartbeat_resumed", coordinator=self.coordinator)
+                outage = False
+
+    # ---- stop --------------------------------------------------------------------------
+
+    async def stop(self) -> None:
+        """Stop heartbeating, Leave, close the channel. Never raises; idempotent."""
+        if self._stopped:
+            return
+        self._stopped = True
+        if self._task is not None:
+            self._task.cancel()
+            await asyncio.wait([self._task])
+        if self._stub is not None and self._registered:
+            # Only when registered: the name may have passed to another server meanwhile.
+            try:
+                async with asyncio.timeout(LEAVE_TIMEOUT):
+                    await self._stub.Leave(pb.LeaveRequest(token=self._token, name=self.name))
+                log_event(logging.INFO, "left", coordinator=self.coordinator, name=self.name)
+            except (grpc.aio.AioRpcError, TimeoutError) as exc:
+                log_event(
+                    logging.WARNING,
+                    "leave_failed",
+                    coordinator=self.coordinator,
+                    error=(
+                        f"no answer within {LEAVE_TIMEOUT:g} s"
+                        if isinstance(exc, TimeoutError)
+                        else f"{exc.code().name}: {exc.details()}"
+                    ),
+                    hint="the coordinator removes this server when its heartbeats stop",
+                )
+        await self._close_channel()
+
+    async def _close_channel(self) -> None:
+        channel, self._channel = self._channel, None
+        if channel is not None:
+            with contextlib.suppress(Exception):
+                await channel.close()

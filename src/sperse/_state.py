@@ -1,0 +1,616 @@
+"""``sperse.state()``, ``sperse.worker_cache()``: state that remote code keeps on its server.
+
+``state()`` is the key-value store of the server a task runs on, shared by all of that
+server's worker processes (the store itself is :mod:`sperse._server.store`, on the server's
+event loop). In a Ray worker it is the store actor of the worker's node instead, with the
+same semantics (:mod:`sperse._backends.ray_state`; what follows is the sperse-server side).
+``worker_cache()`` is a dict of this process, for what cannot be pickled.
+
+Invariants:
+
+- Values cross to the store as plain ints and floats (kept as numbers there, so ``incr``
+  and ``cas`` work in the store) or as pickles made here; the store never opens a pickle.
+  Pickles are opened here, in the worker that reads the value.
+- One connection per thread (usually one per worker process: a task runs on its main
+  thread). A key lock belongs to the connection that took it, so a thread that waits for a
+  lock never holds up the other threads, and a worker that dies, or a connection dropped in
+  the middle of an exchange (a cancel), releases every lock it held.
+- Any failure during an exchange closes the connection, so a late reply is never read as
+  the answer to the next request. The next call connects again; a read, ``set``, ``delete``
+  or ``setdefault`` whose connection turned out to be broken is sent once more, on a new one.
+- ``worker_cache`` runs a factory once per process and key, even when threads ask at the
+  same time; a process forked from this one starts with an empty cache and no connection.
+
+Wire format
+-----------
+A stream socket (an abstract Unix socket). The worker speaks first, and waits for the
+reply to each request before it sends the next; a request that needs a key lock is
+answered once it has the lock::
+
+    hello    "!4sH"   b"SPS1", key length; then the key (ASCII): the first frame
+             -> OK INT max_value_size, or ERROR REFUSED message (and the store closes)
+    request  "!QBH"   length of what follows the header, op, key length; then the key
+                      (UTF-8), then the op's values: each "!BQ" kind, length, then its bytes
+    reply    "!BBQ"   status (OK | ERROR), kind (when OK) or error code, length; then bytes
+
+Kinds: ``MISSING`` (no bytes), ``INT`` (two's complement, big-endian, as few bytes as it
+takes), ``FLOAT`` (``"!d"``), ``PICKLE``, ``LIST`` (each key as ``"!I"`` length + UTF-8 for
+KEYS; for ITEMS each key is followed by its value, ``"!BQ"`` + bytes). ERROR: a UTF-8
+message. Ops, with the values they carry, and their reply::
+
+    GET                  -> the value, or MISSING
+    SET v                -> MISSING
+    DELETE               -> INT 1 if the key was there, else 0
+    INCR n               -> the new number; ERROR TYPE if the key holds a pickle
+    SETDEFAULT v         -> the value the key holds now
+    CAS expected new     -> INT 1 if the key held ``expected`` and now holds ``new``, else 0
+    KEYS, ITEMS          -> LIST (the key is empty)
+    LOCK_GET             -> the value (or MISSING), once this connection holds the key lock
+    ONCE_GET             -> the value if the key has one; else, once this connection holds
+                            the lock and the key is still missing, MISSING (lock kept)
+    SET_UNLOCK v         -> MISSING: set the key, release its lock
+    UNLOCK               -> MISSING
+
+A ``SET``, ``DELETE``, ``INCR``, ``SETDEFAULT`` or ``CAS`` of a key another connection has
+locked waits for the lock to be released: an ``update`` is atomic against them too.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import enum
+import os
+import socket
+import struct
+import sys
+import threading
+import weakref
+from collections.abc import Callable, Hashable
+from typing import Any, Final, TypeVar
+
+from sperse.errors import SperseError
+
+__all__ = [
+    "ADDRESS_ENV",
+    "DOUBLE",
+    "HELLO",
+    "KEY_ENV",
+    "MAGIC",
+    "REPLY",
+    "REQUEST",
+    "VALUE",
+    "ErrorCode",
+    "Kind",
+    "Op",
+    "State",
+    "Status",
+    "int_bytes",
+    "snapshot",
+    "state",
+    "worker_cache",
+]
+
+T = TypeVar("T")
+
+ADDRESS_ENV: Final = "SPERSE_STATE_ADDRESS"  # the stores a worker may use, comma-separated
+KEY_ENV: Final = "SPERSE_STATE_KEY"  # their keys, in the same order
+
+MAGIC: Final = b"SPS1"
+HELLO: Final = struct.Struct("!4sH")
+REQUEST: Final = struct.Struct("!QBH")
+VALUE: Final = struct.Struct("!BQ")
+REPLY: Final = struct.Struct("!BBQ")
+DOUBLE: Final = struct.Struct("!d")
+_LENGTH = struct.Struct("!I")
+_KEY_MAX = 0xFFFF
+_READ_SIZE = 1 << 16
+
+
+class Op(enum.IntEnum):
+    GET = 1
+    SET = 2
+    DELETE = 3
+    INCR = 4
+    SETDEFAULT = 5
+    CAS = 6
+    KEYS = 7
+    ITEMS = 8
+    LOCK_GET = 9
+    ONCE_GET = 10
+    SET_UNLOCK = 11
+    UNLOCK = 12
+
+
+class Kind(enum.IntEnum):
+    MISSING = 0
+    INT = 1
+    FLOAT = 2
+    PICKLE = 3
+    LIST = 4
+
+
+class Status(enum.IntEnum):
+    OK = 0
+    ERROR = 1
+
+
+class ErrorCode(enum.IntEnum):
+    TYPE = 1  # INCR of a key that holds a pickle
+    TOO_LARGE = 2  # a value over the server's max value size
+    LOCK = 3  # a lock taken twice by one connection, or released without being held
+    REFUSED = 4  # the hello: wrong key, or a process that is not a worker of the server
+    PROTOCOL = 5  # a malformed request (the store closes the connection)
+
+
+# Sent again, once, on a new connection when an old one turned out to be broken: they mean
+# the same the second time (a lock taken on the broken connection went with it).
+_RETRIED = frozenset(
+    {Op.GET, Op.SET, Op.DELETE, Op.SETDEFAULT, Op.KEYS, Op.ITEMS, Op.LOCK_GET, Op.ONCE_GET}
+)
+
+_OUTSIDE = (
+    "sperse.state() works only inside remote code: a task running on a sperse server, a "
+    "LocalBackend worker or a Ray worker. This process is not one of their workers. Call it "
+    "in a @sperse.remote function; to look at a server's store from here, run a small task "
+    "on that server that returns what you need (cluster.state(server) does)."
+)
+
+
+def int_bytes(n: int) -> bytes:
+    """``n`` as two's complement, big-endian, in as few bytes as it takes."""
+    return n.to_bytes((n.bit_length() + 8) // 8, "big", signed=True)
+
+
+def _recv_reply(sock: socket.socket) -> tuple[int, int, bytes]:
+    """One reply: (status, kind or error code, bytes). ``ConnectionError`` at the end of
+    the stream."""
+    data = sock.recv(_READ_SIZE)
+    while len(data) < REPLY.size:
+        if not data:
+            raise ConnectionResetError("the server's state store closed the connection")
+        more = sock.recv(_READ_SIZE)
+        if not more:
+            raise ConnectionResetError("the server's state store closed the connection")
+        data += more
+    status, kind, length = REPLY.unpack_from(data)
+    end = REPLY.size + length
+    if len(data) == end:
+        return status, kind, data[REPLY.size :]
+    if len(data) > end:  # one request, one reply: nothing may follow it
+        raise ConnectionResetError("the server's state store sent more than one reply")
+    body = bytearray(length)
+    have = len(data) - REPLY.size
+    body[:have] = data[REPLY.size :]
+    view = memoryview(body)
+    while have < length:
+        n = sock.recv_into(view[have:])
+        if not n:
+            raise ConnectionResetError("the server's state store closed the connection")
+        have += n
+    return status, kind, bytes(body)
+
+
+class _Connection:
+    """One thread's connection to the store. Closed on any failure of an exchange."""
+
+    __slots__ = ("__weakref__", "closed", "max_value", "sock")
+
+    def __init__(self, sock: socket.socket, max_value: int) -> None:
+        self.sock = sock
+        self.max_value = max_value
+        self.closed = False
+        weakref.finalize(self, sock.close)  # a thread that ends drops its connection
+
+    def call(
+        self, op: int, key: bytes, values: tuple[tuple[int, bytes], ...] = ()
+    ) -> tuple[int, bytes]:
+        """Send one request, return the reply's (kind, bytes); a store error raises."""
+        if values:
+            parts = [key]
+            size = len(key)
+            for kind, data in values:
+                parts.append(VALUE.pack(kind, len(data)))
+                parts.append(data)
+                size += VALUE.size + len(data)
+            frame = [REQUEST.pack(size, op, len(key)), *parts]
+        else:
+            size = len(key)
+            frame = [REQUEST.pack(size, op, len(key)), key]
+        try:
+            if size < _READ_SIZE:
+                self.sock.sendall(b"".join(frame))
+            else:  # no copy of a big value
+                for part in frame:
+                    self.sock.sendall(part)
+            status, kind, data = _recv_reply(self.sock)
+        except BaseException:  # a cancel or a broken socket: the exchange is lost
+            self.close()
+            raise
+        if status != Status.OK:
+            raise _store_error(kind, data)
+        return kind, data
+
+    def close(self) -> None:
+        self.closed = True
+        self.sock.close()
+
+
+def _store_error(code: int, data: bytes) -> Exception:
+    message = data.decode("utf-8", "replace")
+    if code == ErrorCode.TYPE:
+        return TypeError(message)
+    return SperseError(message)
+
+
+def _connect() -> _Connection:
+    addresses = [a for a in os.environ.get(ADDRESS_ENV, "").split(",") if a]
+    keys = os.environ.get(KEY_ENV, "").split(",")
+    if not addresses:
+        raise SperseError(_OUTSIDE)
+    reasons: list[str] = []
+    for address, key in zip(addresses, keys, strict=False):
+        name = "\0" + address[1:] if address.startswith("@") else address
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            sock.connect(name)
+            secret = key.encode("ascii")
+            sock.sendall(HELLO.pack(MAGIC, len(secret)) + secret)
+            status, kind, data = _recv_reply(sock)
+        except (OSError, UnicodeError) as exc:
+            sock.close()
+            reasons.append(f"{address}: {exc}")
+            continue
+        if status == Status.OK and kind == Kind.INT:
+            return _Connection(sock, int.from_bytes(data, "big", signed=True))
+        sock.close()
+        reasons.append(f"{address}: {data.decode('utf-8', 'replace')}")
+    raise SperseError(f"{_OUTSIDE} (Stores tried: {'; '.join(reasons)}.)")
+
+
+_local = threading.local()
+
+
+def _connection() -> tuple[_Connection, bool]:
+    """This thread's connection, and whether it was made just now."""
+    conn: _Connection | None = getattr(_local, "conn", None)
+    if conn is not None and not conn.closed:
+        return conn, False
+    conn = _connect()
+    _local.conn = conn
+    return conn, True
+
+
+def _lost(exc: BaseException) -> SperseError:
+    return SperseError(
+        f"the connection to this server's state store was lost ({exc}); the server may be "
+        "stopping. The operation may or may not have been applied"
+    )
+
+
+def _exchange(
+    op: Op, key: bytes, values: tuple[tuple[int, bytes], ...] = ()
+) -> tuple[_Connection, int, bytes]:
+    """One request on this thread's connection: the connection, and the reply."""
+    conn, fresh = _connection()
+    try:
+        return conn, *conn.call(op, key, values)
+    except OSError as exc:
+        if fresh or op not in _RETRIED:
+            raise _lost(exc) from exc
+    conn, _ = _connection()
+    try:
+        return conn, *conn.call(op, key, values)
+    except OSError as exc:
+        raise _lost(exc) from exc
+
+
+def _call(op: Op, key: bytes, values: tuple[tuple[int, bytes], ...] = ()) -> tuple[int, bytes]:
+    _, kind, data = _exchange(op, key, values)
+    return kind, data
+
+
+def _key(key: str) -> bytes:
+    if type(key) is not str:
+        raise TypeError(f"a state key is a str, not {type(key).__name__}: {key!r}")
+    data = key.encode("utf-8", "surrogatepass")
+    if len(data) > _KEY_MAX:
+        raise ValueError(f"a state key is at most {_KEY_MAX} bytes (UTF-8), not {len(data)}")
+    return data
+
+
+def _encode(value: Any, key: str, max_value: int) -> tuple[int, bytes]:
+    kind = type(value)
+    if kind is int:
+        return Kind.INT, int_bytes(value)
+    if kind is float:
+        return Kind.FLOAT, DOUBLE.pack(value)
+    from sperse._serialize import dumps
+
+    data = dumps(value, what=f"the value of state key {key!r}")
+    if len(data) > max_value:
+        raise SperseError(
+            f"the value of state key {key!r} is {len(data)} bytes pickled, more than this "
+            f"server's max value size ({max_value} bytes). Keep big values in a file or in "
+            "the task's result; start the server with a larger --max-value-size"
+        )
+    return Kind.PICKLE, data
+
+
+def _decode(kind: int, data: bytes, key: str) -> Any:
+    if kind == Kind.INT:
+        return int.from_bytes(data, "big", signed=True)
+    if kind == Kind.FLOAT:
+        return DOUBLE.unpack(data)[0]
+    if kind == Kind.PICKLE:
+        from sperse._serialize import loads
+
+        return loads(data, what=f"the value of state key {key!r}")
+    raise SperseError(f"the state store sent a value of unknown kind {kind} for key {key!r}")
+
+
+def _number(n: int | float) -> tuple[int, bytes]:
+    kind = type(n)
+    if kind is int:
+        return Kind.INT, int_bytes(n)  # type: ignore[arg-type]
+    if kind is float:
+        return Kind.FLOAT, DOUBLE.pack(n)
+    raise TypeError(f"incr() adds an int or a float, not {type(n).__name__}")
+
+
+class State:
+    """The key-value store of the server this code runs on: ``sperse.state()``.
+
+    Shared by every task on that server, in all of its worker processes; every operation
+    is atomic. Keys are strings. Values are any picklable object; ints and floats are kept
+    as numbers by the store, so ``incr`` and ``cas`` on them happen there. The store lives
+    as long as the server; values are not persisted.
+    """
+
+    __slots__ = ()
+
+    def get(self, key: str, default: Any = None) -> Any:
+        """The value of ``key``, or ``default`` when it has none."""
+        kind, data = _call(Op.GET, _key(key))
+        return default if kind == Kind.MISSING else _decode(kind, data, key)
+
+    def set(self, key: str, value: Any) -> None:
+        conn, _ = _connection()
+        _call(Op.SET, _key(key), (_encode(value, key, conn.max_value),))
+
+    def delete(self, key: str) -> bool:
+        """Remove ``key``; whether it was there."""
+        _, data = _call(Op.DELETE, _key(key))
+        return data == b"\x01"
+
+    def incr(self, key: str, n: int | float = 1) -> int | float:
+        """Add ``n`` to the number ``key`` holds (a missing key holds 0); the new number.
+
+        ``TypeError`` if the key holds anything else than an int or a float.
+        """
+        encoded, number = _key(key), _number(n)
+        try:
+            kind, data = _call(Op.INCR, encoded, (number,))
+        except TypeError as exc:
+            held = type(self.get(key)).__name__
+            raise TypeError(
+                f"state key {key!r} holds a {held}, not a number: incr() adds to an int or "
+                "a float only"
+            ) from exc
+        new: int | float = _decode(kind, data, key)
+        return new
+
+    def setdefault(self, key: str, value: Any) -> Any:
+        """Set ``key`` to ``value`` unless it has a value; the value it holds now."""
+        conn, _ = _connection()
+        kind, data = _call(Op.SETDEFAULT, _key(key), (_encode(value, key, conn.max_value),))
+        return _decode(kind, data, key)
+
+    def cas(self, key: str, expected: Any, new: Any) -> bool:
+        """Compare and set: if ``key`` holds ``expected``, set it to ``new`` and return True.
+
+        Numbers (int, float) compare as numbers. Anything else compares by its pickle: two
+        values are equal when they pickle to the same bytes, which holds for str, bytes,
+        and tuples of them, but not always for dicts or sets built in different orders.
+        A missing key matches nothing (create a key with ``setdefault``).
+        """
+        conn, _ = _connection()
+        values = (_encode(expected, key, conn.max_value), _encode(new, key, conn.max_value))
+        _, data = _call(Op.CAS, _key(key), values)
+        return data == b"\x01"
+
+    def update(self, key: str, fn: Callable[[Any], Any], default: Any = None) -> Any:
+        """Set ``key`` to ``fn(value)`` atomically (``fn(default)`` when it has no value), and
+        return the new value.
+
+        ``fn`` runs here, while the key is locked: other ``update``/``once`` calls and
+        writes of the key wait for it. If ``fn`` raises, nothing changes and the error
+        propagates; if this process dies meanwhile, the lock is released.
+        """
+        encoded = _key(key)
+        conn: _Connection | None = None
+        try:
+            conn, kind, data = _exchange(Op.LOCK_GET, encoded)  # the lock is conn's
+            old = default if kind == Kind.MISSING else _decode(kind, data, key)
+            new = fn(old)
+            value = _encode(new, key, conn.max_value)
+        except Exception:
+            if conn is not None:
+                _unlock(conn, encoded)
+            raise
+        except BaseException:  # a cancel, at any moment: the lock goes with the connection
+            _drop_connection()
+            raise
+        try:
+            conn.call(Op.SET_UNLOCK, encoded, (value,))
+        except OSError as exc:
+            raise _lost(exc) from exc
+        return new
+
+    def once(self, key: str, factory: Callable[[], T]) -> T:
+        """The value of ``key``, made by ``factory()`` if it has none: once per server.
+
+        When many tasks ask at the same time, one runs ``factory`` and the others wait and
+        get its value. If ``factory`` raises, the error goes to that task only, and the next
+        one to ask runs its factory. The value must be picklable (for what is not, use
+        :func:`worker_cache`).
+        """
+        encoded = _key(key)
+        conn: _Connection | None = None
+        try:
+            conn, kind, data = _exchange(Op.ONCE_GET, encoded)
+            if kind != Kind.MISSING:  # made already: no lock was taken
+                found: T = _decode(kind, data, key)
+                return found
+            value = factory()
+            payload = _encode(value, key, conn.max_value)
+        except Exception:
+            if conn is not None and kind == Kind.MISSING:
+                _unlock(conn, encoded)
+            raise
+        except BaseException:  # a cancel, at any moment: the lock goes with the connection
+            _drop_connection()
+            raise
+        try:
+            conn.call(Op.SET_UNLOCK, encoded, (payload,))
+        except OSError as exc:
+            raise _lost(exc) from exc
+        return value
+
+    def keys(self) -> list[str]:
+        """The keys, as they are now."""
+        _, data = _call(Op.KEYS, b"")
+        keys: list[str] = []
+        view = memoryview(data)
+        at = 0
+        while at < len(view):
+            (length,) = _LENGTH.unpack_from(view, at)
+            at += _LENGTH.size
+            keys.append(bytes(view[at : at + length]).decode("utf-8", "surrogatepass"))
+            at += length
+        return keys
+
+    def items(self) -> list[tuple[str, Any]]:
+        """The keys and their values, as they are now."""
+        _, data = _call(Op.ITEMS, b"")
+        items: list[tuple[str, Any]] = []
+        view = memoryview(data)
+        at = 0
+        while at < len(view):
+            (length,) = _LENGTH.unpack_from(view, at)
+            at += _LENGTH.size
+            key = bytes(view[at : at + length]).decode("utf-8", "surrogatepass")
+            at += length
+            kind, size = VALUE.unpack_from(view, at)
+            at += VALUE.size
+            items.append((key, _decode(kind, bytes(view[at : at + size]), key)))
+            at += size
+        return items
+
+    def __repr__(self) -> str:
+        return "<sperse.state(): the store of this server>"
+
+
+def _unlock(conn: _Connection, key: bytes) -> None:
+    if conn.closed:
+        return  # the store released the lock with the connection
+    with contextlib.suppress(OSError):  # closed: released with it
+        conn.call(Op.UNLOCK, key)
+
+
+def _drop_connection() -> None:
+    """Close this thread's connection: the store releases every lock it held."""
+    conn: _Connection | None = getattr(_local, "conn", None)
+    if conn is not None:
+        conn.close()
+
+
+_STATE = State()
+
+
+def state() -> State:
+    """The key-value store of the server this remote code runs on (see :class:`State`).
+
+    ``SperseError`` outside remote code, where there is no such store. In a Ray worker it
+    is the store of the worker's node (:mod:`sperse._backends.ray_state`).
+    """
+    on_ray = _ray_state()
+    if on_ray is not None:
+        return on_ray
+    try:
+        _connection()
+    except OSError as exc:
+        raise _lost(exc) from exc
+    return _STATE
+
+
+def _ray_state() -> State | None:
+    """The store of this node when this process is a Ray worker, else None. (A Ray worker
+    has imported Ray before it runs any task; other processes may never import it.)"""
+    if "ray" not in sys.modules:
+        return None
+    from sperse._backends.ray_state import node_state
+
+    return node_state()
+
+
+def snapshot() -> dict[str, Any]:
+    """All keys and values of this server's store (run it as a task to look at a store)."""
+    return dict(state().items())
+
+
+_MISSING: Any = object()
+_cache: dict[Hashable, Any] = {}
+_cache_lock = threading.Lock()
+_building: dict[Hashable, tuple[threading.Lock, int]] = {}  # key -> (lock, builder's thread)
+
+
+def worker_cache(key: Hashable, factory: Callable[[], T]) -> T:
+    """``factory()``, made once in this process for ``key`` and kept: for what cannot be
+    pickled or sent (a database connection, a loaded model).
+
+    Threads that ask while the factory runs wait for its value; if it raises, the error
+    propagates and the next call runs it again. Each worker process has its own cache.
+    """
+    value = _cache.get(key, _MISSING)
+    if value is not _MISSING:
+        return value  # type: ignore[no-any-return]
+    me = threading.get_ident()
+    with _cache_lock:
+        value = _cache.get(key, _MISSING)
+        if value is not _MISSING:
+            return value  # type: ignore[no-any-return]
+        lock, builder = _building.get(key, (None, 0))
+        if lock is None:
+            lock = threading.Lock()
+            _building[key] = (lock, me)
+            lock.acquire()
+            builder = me
+        elif builder == me:
+            raise RuntimeError(
+                f"worker_cache({key!r}) was called again by its own factory: it would wait "
+                "for itself forever"
+            )
+    if builder != me:
+        with lock:  # the builder releases it when done, made or failed
+            pass
+        return worker_cache(key, factory)
+    try:
+        made = factory()
+        with _cache_lock:
+            _cache[key] = made
+        return made
+    finally:
+        with _cache_lock:
+            _building.pop(key, None)
+        lock.release()
+
+
+def _after_fork_in_child() -> None:
+    global _local, _cache_lock
+    _local = threading.local()
+    _cache_lock = threading.Lock()
+    _cache.clear()
+    _building.clear()
+
+
+os.register_at_fork(after_in_child=_after_fork_in_child)

@@ -1,0 +1,198 @@
+"""``sperse status [URL]``: the servers of a cluster as its coordinator sees them, once.
+
+A table on a terminal (rich), aligned plain text otherwise, a JSON list with ``--json``.
+Exit status: 0 with the list (even an empty one), 1 when the coordinator refuses the token
+or nothing answers (one line on standard error says which, and what to do), 2 for wrong
+usage.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from sperse.errors import SperseError
+
+if TYPE_CHECKING:
+    from sperse._coordinator.client import MemberInfo
+
+__all__ = ["build_parser", "main"]
+
+COLUMNS = (
+    "server",
+    "address",
+    "tags",
+    "resources",
+    "workers",
+    "busy",
+    "queued",
+    "objects",
+    "heartbeat",
+)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="sperse status",
+        description="List the servers of a cluster, as its coordinator sees them: tags, "
+        "resources, workers and load, and how long ago each one was heard from.",
+    )
+    parser.add_argument(
+        "url",
+        nargs="?",
+        default=None,
+        metavar="URL",
+        help="the coordinator: sperse://HOST:PORT (default: $SPERSE_COORDINATOR)",
+    )
+    tokens = parser.add_mutually_exclusive_group()
+    tokens.add_argument("--token", help="the cluster token (default: $SPERSE_TOKEN)")
+    tokens.add_argument(
+        "--token-file", metavar="PATH", help="read the token from this file ($SPERSE_TOKEN_FILE)"
+    )
+    parser.add_argument("--tls-ca", metavar="PEM", help="the CA of a coordinator that uses TLS")
+    parser.add_argument("--json", action="store_true", help="print a JSON list instead")
+    parser.add_argument(
+        "--timeout", type=float, default=10.0, metavar="SECONDS", help="give up after this"
+    )
+    return parser
+
+
+def _size(n: int) -> str:
+    from sperse.repl._display import format_size
+
+    return format_size(n)
+
+
+def _age(seconds: float) -> str:
+    seconds = max(0.0, seconds)  # the coordinator's clock may be ahead of ours
+    if seconds < 60:
+        return f"{seconds:.1f} s ago"
+    if seconds < 3600:
+        return f"{seconds / 60:.0f} min ago"
+    return f"{seconds / 3600:.1f} h ago"
+
+
+def _number(value: float) -> str:
+    return f"{value:g}"
+
+
+def rows(members: Sequence[MemberInfo], now: float) -> list[tuple[str, ...]]:
+    """The table's cells, one tuple per server, in ``COLUMNS`` order."""
+    return [
+        (
+            member.name,
+            member.address + (" (tls)" if member.tls else ""),
+            ",".join(sorted(member.tags)) or "-",
+            ",".join(f"{k}={_number(v)}" for k, v in sorted(member.resources.items())) or "-",
+            str(member.workers),
+            str(member.busy),
+            str(member.queued),
+            f"{member.objects} ({_size(member.object_bytes)})",
+            _age(now - member.last_heartbeat),
+        )
+        for member in members
+    ]
+
+
+def as_json(members: Sequence[MemberInfo]) -> list[dict[str, object]]:
+    return [
+        {
+            "name": m.name,
+            "address": m.address,
+            "tags": sorted(m.tags),
+            "resources": dict(m.resources),
+            "workers": m.workers,
+            "busy": m.busy,
+            "queued": m.queued,
+            "objects": m.objects,
+            "object_bytes": m.object_bytes,
+            "sessions": m.sessions,
+            "joined": m.joined,
+            "last_heartbeat": m.last_heartbeat,
+            "tls": m.tls,
+        }
+        for m in members
+    ]
+
+
+def plain_table(table: Sequence[tuple[str, ...]]) -> str:
+    lines = [COLUMNS, *table]
+    widths = [max(len(line[i]) for line in lines) for i in range(len(COLUMNS))]
+    return "\n".join(
+        "  ".join(cell.ljust(width) for cell, width in zip(line, widths, strict=True)).rstrip()
+        for line in lines
+    )
+
+
+def _print_table(url: str, table: list[tuple[str, ...]]) -> None:
+    if not sys.stdout.isatty():
+        print(plain_table(table))
+        return
+    from rich import box
+    from rich.console import Console
+    from rich.table import Table
+
+    # Narrow terminals: no side borders, and no column that says "-" for every server.
+    shown = [i for i in range(len(COLUMNS)) if i < 2 or any(row[i] != "-" for row in table)]
+    view = Table(
+        title=f"servers of {url}",
+        title_justify="left",
+        box=box.SIMPLE_HEAD,
+        show_edge=False,
+        pad_edge=False,
+        collapse_padding=True,
+    )
+    for i in shown:
+        numeric = COLUMNS[i] in ("workers", "busy", "queued")
+        view.add_column(COLUMNS[i], justify="right" if numeric else "left", no_wrap=i < 2)
+    for row in table:
+        view.add_row(*(row[i] for i in shown))
+    Console().print(view)
+
+
+def _fail(message: str) -> int:
+    print(f"sperse status: error: {message}", file=sys.stderr)
+    return 1
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    url = args.url or os.environ.get("SPERSE_COORDINATOR")
+    if not url:
+        parser.error("give the coordinator's URL (sperse://HOST:PORT) or set SPERSE_COORDINATOR")
+    from sperse._backends.remote import parse_url
+    from sperse._cluster import _token_from
+    from sperse._coordinator.client import members
+
+    try:
+        parse_url(url)
+    except ValueError as exc:
+        parser.error(str(exc))
+    try:
+        token = args.token or _token_from(args.token_file)
+        tls_ca = Path(args.tls_ca).read_bytes() if args.tls_ca else None
+    except OSError as exc:
+        return _fail(f"cannot read {exc.filename!r}: {exc.strerror}")
+    except SperseError:  # no token anywhere
+        return _fail(
+            "no token: pass --token or --token-file, or set SPERSE_TOKEN or SPERSE_TOKEN_FILE "
+            "(the cluster token: the one the coordinator was started with)"
+        )
+    try:
+        found = members(url, token, tls_ca=tls_ca, timeout=args.timeout)
+    except SperseError as exc:
+        return _fail(str(exc))
+    if args.json:
+        print(json.dumps(as_json(found), indent=2))
+    elif not found:
+        print(f"no server has joined the coordinator at {url}")
+    else:
+        _print_table(url, rows(found, time.time()))
+    return 0

@@ -55,6 +55,10 @@ def total(a: Any) -> float:
     return float(a.sum())
 
 
+def type_of(value: Any) -> type:
+    return type(value)
+
+
 def hold(path: str, seconds: float) -> tuple[float, float]:
     """Runs for ``seconds``; returns when it started and ended (to compare two runs)."""
     began = time.time()
@@ -390,7 +394,7 @@ def test_a_module_missing_on_the_node_is_named(
     monkeypatch.syspath_prepend(str(tmp_path))
     import elsewhere_only
 
-    p = sperse.remote(type)(elsewhere_only.Thing())
+    p = sperse.remote(type_of)(elsewhere_only.Thing())  # (remote(type) is a remote class)
     with pytest.raises(sperse.SerializationError) as info:
         p.result(timeout=WAIT)
     message = str(info.value)

@@ -26,8 +26,21 @@ start and output travel in the summary); the I/O thread long-polls the mailbox i
 that output has been reported (or ``OUTPUT_GRACE`` passed): output always comes before the
 result.
 
+Remote objects (DESIGN §5): one actor each, ``_ObjectActor``, which builds the instance in its
+``__init__`` (so that Ray's ``max_restarts`` rebuilds it) and runs calls through
+``_run_work``, the part of ``_run_task`` that loads work, runs it and answers with a summary.
+A creation or a call is then a task to the I/O thread: its summary and slots are handled
+alike. The relay serves several tasks of one process at once (the calls of an object with
+``max_concurrency`` N): output goes to the task of the writing context. Ray's
+``RayActorError``s become ``ObjectLost`` here. A close, or a call of an object known to be
+gone, ends at once, reported by the I/O thread like any end. Remote code runs with
+``sperse.current()`` set to a ``RayBackend`` of its worker, started on first use (nested
+work, and proxies passed to remote code).
+
 Invariants: every submitted task ends in exactly one ``Done`` or ``Failed`` (``close`` fails
 what is left); events of a task come in the order ``Started``, ``Output``..., then the end.
+The actors of the remote objects a backend created are killed when they are released or
+closed, and when the backend closes.
 
 Ray is imported lazily: ``import sperse`` never imports it.
 """
@@ -35,7 +48,11 @@ Ray is imported lazily: ``import sperse`` never imports it.
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import contextlib
+import contextvars
+import functools
+import inspect
 import io
 import itertools
 import logging
@@ -45,17 +62,22 @@ import threading
 import time
 import uuid
 import weakref
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from types import ModuleType
 from typing import Any, Final, Literal
 
 from sperse._backends.base import (
+    CallTask,
     Done,
     ErrorInfo,
     ErrorKind,
     EventSink,
     Failed,
+    ObjectCall,
+    ObjectClose,
+    ObjectCreate,
+    ObjectInfo,
     Output,
     ServerInfo,
     Started,
@@ -66,11 +88,13 @@ from sperse._backends.runner import (
     cannot_send_back,
     encode_error,
     execute,
+    object_work_from_wire,
     short_repr,
     type_name,
     work_from_wire,
     work_to_wire,
 )
+from sperse._cluster import Cluster, unuse, use
 from sperse._lang.placement import And, Placement, Resources, Tag, TagExpr
 from sperse._routing import eligible, no_match_message
 from sperse._serialize import RemoteRef, RemoteValue, describe, dumps_oob, loads_oob
@@ -99,6 +123,10 @@ OUTPUT_GRACE: Final = 5.0  # the longest a result waits for output still in the 
 CANCEL_GRACE: Final = 1.0  # a cancelled task still running this long has its worker killed
 NODES_TTL: Final = 2.0  # how long a snapshot of the cluster's nodes is used
 START_TIMEOUT: Final = 60.0  # the longest start() waits for the mailbox actor
+OBJECTS_NAMESPACE: Final = "sperse-objects"  # the Ray namespace of remote objects' actors
+INFO_TIMEOUT: Final = 5.0  # the longest objects() waits for an object's actor to answer
+_INFO_GROUP: Final = "sperse-info"  # the concurrency group of _ObjectActor.info
+_GONE_KEPT: Final = 10_000  # objects remembered as gone, to say why a later call fails
 _PARTIAL_MAX: Final = 1 << 16
 
 _NOT_TAGS: Final = frozenset({"CPU", "memory", "object_store_memory"})
@@ -132,9 +160,9 @@ def _buffers(buffers: Sequence[Any], copy_under: int) -> list[Any]:
     return out
 
 
-@dataclass(slots=True)
+@dataclass(slots=True, eq=False)
 class _Running:
-    """The task a worker runs now, as its relay sees it."""
+    """A task (or a call of a remote object) that a worker runs now, as its relay sees it."""
 
     task_id: str
     mailbox: tuple[str, str]
@@ -143,18 +171,26 @@ class _Running:
     partial: dict[str, str] = field(default_factory=dict)
     sent: int = 0  # items handed to the mailbox for this task
     started_sent: bool = False
+    active: bool = True
+
+
+# The task whose code runs in this context: several run at once in an object's actor with
+# max_concurrency > 1, each on a thread of its own (and a coroutine a call hands to the
+# object's event loop runs in a copy of its caller's context).
+_RUNNING: contextvars.ContextVar[_Running | None] = contextvars.ContextVar(
+    "sperse_ray_task", default=None
+)
 
 
 class _TaskStream(io.TextIOBase):
-    """``sys.stdout``/``sys.stderr`` during a task: text goes to the relay, line by line."""
+    """``sys.stdout``/``sys.stderr`` while tasks run: text goes to the relay, line by line."""
 
     encoding = "utf-8"  # shadows TextIOBase's read-only attribute
 
-    def __init__(self, relay: _Relay, name: Literal["stdout", "stderr"], original: Any) -> None:
+    def __init__(self, relay: _Relay, name: Literal["stdout", "stderr"]) -> None:
         super().__init__()
         self._relay = relay
         self._name = name
-        self._original = original
 
     def writable(self) -> bool:
         return True
@@ -166,7 +202,7 @@ class _TaskStream(io.TextIOBase):
         if not isinstance(text, str):
             raise TypeError(f"write() argument must be str, not {type(text).__name__}")
         if not self._relay.write(self._name, text):
-            self._original.write(text)  # a thread of an earlier task: to Ray's worker log
+            self._relay.original(self._name).write(text)  # no task of its own: Ray's log
         return len(text)
 
     def flush(self) -> None:
@@ -174,35 +210,61 @@ class _TaskStream(io.TextIOBase):
 
 
 class _Relay:
-    """One per worker process: ships the running task's output, and word that it started, to
-    its backend's mailbox. Its thread does the sending, so user code never waits for it."""
+    """One per worker process: ships the output of the tasks it runs, and word that they
+    started, to their backends' mailboxes. Its thread does the sending, so user code never
+    waits for it.
+
+    Output goes to the task of the writing context; a write from a context of no running
+    task (a thread the task started) goes to the task if it is the only one running, else
+    to the worker's own stream. ``sys.stdout``/``sys.stderr`` are the relay's while at least
+    one task runs.
+    """
 
     def __init__(self, node_id: str, server: str) -> None:
         self.node_id = node_id
         self.server = server  # its name, for messages (the driver names nodes the same way)
         self._cond = threading.Condition()
-        self._task: _Running | None = None
+        self._tasks: list[_Running] = []
+        self._saved: tuple[Any, Any] = (sys.stdout, sys.stderr)
         self._handles: dict[tuple[str, str], Any] = {}
-        self.stdout = _TaskStream(self, "stdout", sys.stdout)
-        self.stderr = _TaskStream(self, "stderr", sys.stderr)
+        self.stdout = _TaskStream(self, "stdout")
+        self.stderr = _TaskStream(self, "stderr")
         threading.Thread(target=self._loop, name="sperse-relay", daemon=True).start()
 
-    def begin(self, task_id: str, mailbox: tuple[str, str]) -> None:
+    def begin(self, task_id: str, mailbox: tuple[str, str]) -> tuple[_Running, Any]:
+        """A task starts in this context: its running record, and the token to end it."""
+        task = _Running(task_id, mailbox, time.monotonic())
         with self._cond:
-            self._task = _Running(task_id, mailbox, time.monotonic())
+            if not self._tasks:
+                self._saved = (sys.stdout, sys.stderr)
+                sys.stdout, sys.stderr = self.stdout, self.stderr
+            self._tasks.append(task)
+        return task, _RUNNING.set(task)
 
-    def end(self) -> tuple[int, list[list[str]]]:
+    def end(self, task: _Running, token: Any) -> tuple[int, list[list[str]]]:
         """The task is over: how many items went to the mailbox, and the output left."""
+        _RUNNING.reset(token)
         with self._cond:
-            task, self._task = self._task, None
-        if task is None:
-            return 0, []
+            task.active = False
+            self._tasks.remove(task)
+            if not self._tasks:
+                sys.stdout, sys.stderr = self._saved
         tail = [[s, t] for s, t in task.chunks] + [[s, t] for s, t in task.partial.items() if t]
         return task.sent, tail
 
+    def original(self, stream: str) -> Any:
+        return self._saved[0] if stream == "stdout" else self._saved[1]
+
+    def _current(self) -> _Running | None:
+        """The task a write in this context belongs to (under the lock)."""
+        task = _RUNNING.get()
+        if task is not None and task.active:
+            return task
+        return self._tasks[0] if len(self._tasks) == 1 else None
+
     def write(self, stream: str, text: str) -> bool:
         with self._cond:
-            task = self._task
+            task = self._current()
             if task is None:
                 return False
             text = task.partial.get(stream, "") + text
@@ -217,7 +279,7 @@ class _Relay:
 
     def flush(self, stream: str) -> None:
         with self._cond:
-            task = self._task
+            task = self._current()
             if task is not None and task.partial.get(stream):
                 task.chunks.append((stream, task.partial.pop(stream)))
                 self._cond.notify()
@@ -225,28 +287,29 @@ class _Relay:
     def _loop(self) -> None:
         while True:
             with self._cond:
-                batch = self._take()
-                while batch is None:
+                batches = self._take()
+                while not batches:  # (a poll: waking it for each task would cost more)
                     self._cond.wait(STARTED_AFTER)
-                    batch = self._take()
-                mailbox, items = batch
-            self._send(mailbox, items)
+                    batches = self._take()
+            for mailbox, items in batches.items():
+                self._send(mailbox, items)
 
-    def _take(self) -> tuple[tuple[str, str], list[list[str]]] | None:
-        """What to send now (under the lock), counted as sent."""
-        task = self._task
-        if task is None:
-            return None
-        if task.chunks:
-            items = [[task.task_id, self.node_id, "output", s, t] for s, t in task.chunks]
-            task.chunks = []
-        elif not task.started_sent and time.monotonic() - task.began >= STARTED_AFTER:
-            items = [[task.task_id, self.node_id, "started", "", ""]]
-        else:
-            return None
-        task.started_sent = True
-        task.sent += len(items)
-        return task.mailbox, items
+    def _take(self) -> dict[tuple[str, str], list[list[str]]]:
+        """What to send now, by mailbox (under the lock), counted as sent."""
+        batches: dict[tuple[str, str], list[list[str]]] = {}
+        now = time.monotonic()
+        for task in self._tasks:
+            if task.chunks:
+                items = [[task.task_id, self.node_id, "output", s, t] for s, t in task.chunks]
+                task.chunks = []
+            elif not task.started_sent and now - task.began >= STARTED_AFTER:
+                items = [[task.task_id, self.node_id, "started", "", ""]]
+            else:
+                continue
+            task.started_sent = True
+            task.sent += len(items)
+            batches.setdefault(task.mailbox, []).extend(items)
+        return batches
 
     def _send(self, mailbox: tuple[str, str], items: list[list[str]]) -> None:
         ray = import_ray()
@@ -291,15 +354,29 @@ def _run_task(header: list[Any], *held: list[Any]) -> Any:
     its own. Lists, not tuples, here and in what comes back: Ray sends lists of plain
     values as msgpack, and pickles tuples.
     """
+    return _run_work(header, held, work_from_wire, _execute)
+
+
+def _run_work(
+    header: list[Any],
+    held: Sequence[list[Any]],
+    decode: Callable[[Any], Any],
+    run: Callable[[Any], Any],
+    *,
+    relay_output: bool = True,
+) -> Any:
+    """Load the work of ``header`` (``decode`` tells what it is), ``run`` it, and return the
+    summary and value slots of ``_run_task``; ``run`` raises ``_Failure`` for an error.
+    Shared by tasks and the calls of remote objects, so the driver treats both alike. The
+    work runs with this worker's cluster as ``sperse.current()`` (nested work)."""
     data, buffers, ref_ids, task_id, namespace, mailbox, inline_limit, names = header
     relay = _worker_relay()
-    relay.begin(task_id, (namespace, mailbox))
-    saved = sys.stdout, sys.stderr
-    sys.stdout, sys.stderr = relay.stdout, relay.stderr
+    running = relay.begin(task_id, (namespace, mailbox)) if relay_output else None
+    nested = use(_nested_cluster())
     try:
         try:
-            work = _load_work(data, buffers, ref_ids, held, inline_limit, relay.server)
-            value = _execute(work)
+            work = _load_work(data, buffers, ref_ids, held, inline_limit, relay.server, decode)
+            value = run(work)
             entries, objects = _encode(names, value, inline_limit)
             outcome: list[Any] = [True, entries]
         except _Failure as failure:
@@ -307,8 +384,8 @@ def _run_task(header: list[Any], *held: list[Any]) -> Any:
             outcome = [False, [info.kind, info.type_name, info.message, info.traceback]]
             objects = [None] * (len(names) if names is not None else 1)
     finally:
-        sys.stdout, sys.stderr = saved
-        sent, tail = relay.end()
+        unuse(nested)
+        sent, tail = relay.end(*running) if running is not None else (0, [])
     summary = [relay.node_id, sent, tail, *outcome]
     return (summary, *objects) if objects else summary
 
@@ -327,6 +404,7 @@ def _load_work(
     held: Sequence[list[Any]],
     inline_limit: int,
     server: str,
+    decode: Callable[[Any], Any],
 ) -> Any:
     loaded: dict[str, Any] = {}
     index = {object_id: i for i, object_id in enumerate(ref_ids)}
@@ -362,7 +440,7 @@ def _load_work(
         ) from None
     except SerializationError as exc:
         raise _Failure(ErrorInfo("serialization", "SerializationError", str(exc))) from None
-    work = work_from_wire(obj)
+    work = decode(obj)
     if work is None:
         raise _Failure(
             ErrorInfo("serialization", "SerializationError", f"the task is {describe(obj)}")
@@ -417,6 +495,268 @@ class _Mailbox:
         return items
 
 
+# ---- remote objects: one actor each -----------------------------------------------------------
+
+_NOT_BUILT: Final[Any] = object()
+# Frames of these files are ours: the traceback of a method's error starts after them.
+_OUR_FILES: Final = frozenset(
+    {
+        __file__,
+        execute.__code__.co_filename,
+        asyncio.tasks.__file__,
+        asyncio.futures.__file__,
+        asyncio.events.__file__,
+        asyncio.base_events.__file__,
+        concurrent.futures._base.__file__,
+    }
+)
+
+
+class _ObjectActor:
+    """The Ray actor of one remote object (DESIGN §5, docs/ray.md).
+
+    ``__init__`` builds the user's instance from the ``ObjectCreate`` it is given, so that
+    Ray's ``max_restarts`` rebuilds it from its constructor's arguments. A constructor that
+    raises leaves the actor up without an instance (the driver removes it): ``created``
+    reports the construction as ``_run_task`` reports a task, its error as data.
+
+    ``call`` runs one ``ObjectCall`` and answers as ``_run_task`` does. Only public names are
+    exposed. A method that returns an awaitable (``async def``) is awaited on one event loop
+    of the actor, in a thread of its own: the coroutines of one object share it, and with
+    ``max_concurrency`` N, N of them await at once (each actor thread waits for its own).
+    ``info`` runs in a concurrency group of its own: a listing never waits behind a call.
+    """
+
+    def __init__(self, header: list[Any], *held: list[Any]) -> None:
+        self._rebuilt = bool(import_ray().get_runtime_context().was_current_actor_reconstructed)
+        self._instance: Any = _NOT_BUILT
+        self._create: ObjectCreate | None = None
+        self._calls = 0  # calls that ended
+        self._lock = threading.Lock()
+        self._loop: asyncio.AbstractEventLoop | None = None
+        # A rebuild's output goes to Ray's worker log: the creation it would belong to is over.
+        self._created = _run_work(
+            header, held, object_work_from_wire, self._build, relay_output=not self._rebuilt
+        )
+        self._unbuilt = ""  # why there is no instance
+        summary = self._created[0]
+        if not summary[3]:
+            _, error_type, message, _ = summary[4]
+            what = "rebuild (after its process died)" if self._rebuilt else "creation"
+            self._unbuilt = f"its {what} failed: {error_type}: {message}"
+
+    def created(self) -> tuple[Any, ...]:
+        """The construction's summary and slot (``num_returns=2``)."""
+        return tuple(self._created)
+
+    def call(self, header: list[Any], *held: list[Any]) -> Any:
+        """One call (``num_returns=2``): what ``_run_task`` returns for a task."""
+        return _run_work(header, held, object_work_from_wire, self._call)
+
+    def info(self) -> list[Any]:
+        """``[pid, calls, built, node id, methods, max_concurrency, restart]``."""
+        create = self._create
+        with self._lock:
+            calls = self._calls
+        built = self._instance is not _NOT_BUILT
+        node_id = _worker_relay().node_id
+        if create is None:
+            return [os.getpid(), calls, built, node_id, [], 1, False]
+        return [
+            os.getpid(),
+            calls,
+            built,
+            node_id,
+            list(create.methods),
+            create.max_concurrency,
+            create.restart,
+        ]
+
+    def _build(self, work: Any) -> None:
+        if not isinstance(work, ObjectCreate):
+            raise _Failure(ErrorInfo("internal", "SperseError", f"not a creation: {work!r}"))
+        self._create = work
+        self._instance = _execute(CallTask(work.cls, work.args, work.kwargs))
+
+    def _call(self, work: Any) -> Any:
+        if not isinstance(work, ObjectCall):
+            raise _Failure(ErrorInfo("internal", "SperseError", f"not a call: {work!r}"))
+        instance = self._instance
+        if instance is _NOT_BUILT:
+            what = f"remote object ({self._type_name()} {work.object_id[:8]})"
+            raise _Failure(
+                ErrorInfo("object_lost", "ObjectLost", f"{what} does not exist: {self._unbuilt}")
+            )
+        try:
+            member = _member(instance, work, self._type_name())
+            value = member if work.attribute else member(*work.args, **work.kwargs)
+            if inspect.isawaitable(value):
+                value = self._await(value)
+        except _Failure:
+            raise
+        except (Exception, SystemExit) as exc:  # the user's code; KeyboardInterrupt: a cancel
+            raise _Failure(_user_error(exc)) from None
+        finally:
+            with self._lock:
+                self._calls += 1
+        return value
+
+    def _type_name(self) -> str:
+        create = self._create
+        if create is not None and create.type_name:
+            return create.type_name
+        return type(self._instance).__qualname__
+
+    def _await(self, awaitable: Awaitable[Any]) -> Any:
+        """Run ``awaitable`` on the object's event loop; wait here for its value."""
+        future = asyncio.run_coroutine_threadsafe(_awaited(awaitable), self._event_loop())
+        try:
+            return future.result()
+        except BaseException:
+            future.cancel()  # interrupted (a cancel): the coroutine is cancelled too
+            raise
+
+    def _event_loop(self) -> asyncio.AbstractEventLoop:
+        with self._lock:
+            if self._loop is None:
+                loop = asyncio.new_event_loop()
+                threading.Thread(
+                    target=loop.run_forever, name="sperse-object-loop", daemon=True
+                ).start()
+                self._loop = loop
+            return self._loop
+
+
+async def _awaited(awaitable: Awaitable[Any]) -> Any:
+    return await awaitable
+
+
+def _member(instance: Any, work: ObjectCall, what: str) -> Any:
+    """The attribute ``work`` names, checked as a sperse server checks it: public, present,
+    callable or not as asked. A refusal is an error of kind ``raised`` without a traceback;
+    a property that raises is the user's error."""
+    name = work.name
+
+    def refuse(error_type: str, message: str) -> _Failure:
+        return _Failure(ErrorInfo("raised", error_type, message))
+
+    if not name or name.startswith("_"):
+        raise refuse(
+            "AttributeError",
+            f"{name or '(empty)'!r} of remote object {what} is not exposed: only public names "
+            "(not starting with '_') can be called or read through a proxy",
+        )
+    if inspect.getattr_static(instance, name, _NOT_BUILT) is _NOT_BUILT:
+        try:
+            getattr(instance, name)  # a __getattr__ may still provide it
+        except AttributeError:
+            kind = type(instance)
+            methods = sorted(
+                n
+                for n in dir(kind)
+                if not n.startswith("_") and callable(inspect.getattr_static(kind, n, None))
+            )
+            raise refuse(
+                "AttributeError",
+                f"remote object {what} has no attribute {name!r}; its public methods: "
+                f"{', '.join(methods) or '(none)'}",
+            ) from None
+    member = getattr(instance, name)
+    if work.attribute:
+        if inspect.ismethod(member) or inspect.isroutine(member):
+            raise refuse(
+                "TypeError",
+                f"{name!r} of remote object {what} is a method: call it (proxy.{name}(...)) "
+                "rather than read it",
+            )
+    elif not callable(member):
+        raise refuse(
+            "TypeError",
+            f"{name!r} of remote object {what} is {_article(type(member).__name__)}, not a "
+            f"method: read it as an attribute (proxy.{name}) rather than call it",
+        )
+    return member
+
+
+def _article(noun: str) -> str:
+    return f"an {noun}" if noun[:1] in "aeiouAEIOU" else f"a {noun}"
+
+
+def _user_error(exc: BaseException) -> ErrorInfo:
+    """``exc`` as data, its traceback starting at the user's code."""
+    tb = exc.__traceback__
+    ours = 0
+    while tb is not None and tb.tb_frame.f_code.co_filename in _OUR_FILES:
+        ours += 1
+        tb = tb.tb_next
+    return encode_error(exc, skip_frames=ours)
+
+
+# ---- nested work: remote code that uses Sperse ------------------------------------------------
+
+
+class _NestedBackend:
+    """The backend of remote code on Ray (``sperse.current()`` in a task or a method): a
+    ``RayBackend`` that joins the Ray its worker belongs to, started on first use, since
+    it starts a mailbox actor and most remote code never needs one."""
+
+    def __init__(self) -> None:
+        self._sink: EventSink | None = None
+        self._backend: RayBackend | None = None
+        self._lock = threading.Lock()
+
+    def _started(self) -> RayBackend:
+        with self._lock:
+            if self._backend is None:
+                assert self._sink is not None
+                backend = RayBackend()
+                backend.start(self._sink)
+                self._backend = backend
+            return self._backend
+
+    def start(self, sink: EventSink) -> None:
+        self._sink = sink
+
+    def submit(self, specs: Sequence[TaskSpec]) -> None:
+        self._started().submit(specs)
+
+    def cancel(self, task_id: str) -> None:
+        if self._backend is not None:
+            self._backend.cancel(task_id)
+
+    def release(self, object_ids: Iterable[str]) -> None:
+        if self._backend is not None:
+            self._backend.release(object_ids)
+
+    def servers(self) -> list[ServerInfo]:
+        return self._started().servers()
+
+    def stats(self) -> dict[str, int]:
+        return self._started().stats()
+
+    def objects(self, name: str = "") -> list[ObjectInfo]:
+        return self._started().objects(name)
+
+    def close(self) -> None:
+        if self._backend is not None:
+            self._backend.close()
+
+
+_nested: Cluster | None = None
+
+
+def _nested_cluster() -> Cluster:
+    """This worker's cluster for nested work (made once; cheap until it is used)."""
+    global _nested
+    cluster = _nested
+    if cluster is None or cluster.closed:
+        with _relay_lock:
+            cluster = _nested
+            if cluster is None or cluster.closed:
+                cluster = _nested = Cluster(_NestedBackend())
+    return cluster
+
+
 # ==== the driver side ==========================================================================
 
 
@@ -449,6 +789,36 @@ class _Task:
     ended: list[Any] | None = None  # its summary, once it ended
     wait_until: float = 0.0
     kill_at: float = 0.0  # cancelled: when to kill its worker if it still runs
+    obj: _Object | None = None  # the remote object it creates or calls
+    creating: bool = False
+
+
+@dataclass(slots=True, eq=False)
+class _Object:
+    """A remote object this backend created (``owned``) or found (a borrowed proxy's)."""
+
+    object_id: str
+    type_name: str
+    name: str
+    restart: bool
+    owned: bool
+    handle: Any = None  # its actor's handle, once created
+    where: str = ""  # its node's name, once created here
+
+    def describe(self) -> str:
+        return _describe(self.object_id, self.type_name, self.name)
+
+
+@dataclass(slots=True)
+class _Prepared:
+    """A task ready to go: ``send()`` sends it and returns what Ray returned, or the event
+    that ends it at once (a close; a call of an object known to be gone)."""
+
+    task_id: str
+    send: Callable[[], Any]
+    names: tuple[str, ...] | None = None
+    obj: _Object | None = None
+    creating: bool = False
 
 
 class RayBackend:
@@ -460,6 +830,11 @@ class RayBackend:
     Client. A Ray this process already runs (``ray.init`` called before) is used as it is,
     and left running by ``close``. A Ray started here listens on 127.0.0.1 only, with
     ``num_cpus``, custom ``resources`` (tags) and the server name ``name``.
+
+    Remote objects are actors (``_ObjectActor``), named in ``OBJECTS_NAMESPACE`` by their
+    object id, type and name (``_actor_name``), so that any process of the cluster finds
+    them. The actors this backend created are killed when released, closed, or when it
+    closes; Ray kills them too when this process exits (they are not detached).
     """
 
     def __init__(
@@ -501,6 +876,10 @@ class RayBackend:
         self._thread: threading.Thread | None = None
         self._closed = False
         self._broken: SperseError | None = None  # the I/O thread failed: no more tasks
+        self._immediate: list[tuple[_Task, Done | Failed]] = []  # ended when submitted
+        self._remote_objects: dict[str, _Object] = {}  # object id -> a live remote object
+        self._gone: dict[str, str] = {}  # object id -> what became of it (for messages)
+        self._actor_class: Any = None
 
     # ---- lifecycle -------------------------------------------------------------------------
 
@@ -611,6 +990,9 @@ class RayBackend:
             self._mailbox = None
         with self._cond:
             self._objects.clear()
+            owned = [o for o in self._remote_objects.values() if o.owned]
+        for obj in owned:  # a shared cluster keeps no object of a client that left
+            self._forget(obj, "is gone: the client that created it closed its cluster", True)
         self._shutdown_ray()
 
     def _shutdown_ray(self) -> None:
@@ -624,19 +1006,33 @@ class RayBackend:
     def submit(self, specs: Sequence[TaskSpec]) -> None:
         self._require_started()
         prepared = [self._prepare(spec) for spec in specs]  # raises before anything is sent
-        for task_id, fn, args, names in prepared:
-            refs = fn.remote(*args)
-            summary, slots = (refs[0], list(refs[1:])) if isinstance(refs, list) else (refs, [])
-            task = _Task(task_id, summary, slots, names)
+        for ready in prepared:
+            sent = ready.send()
+            ended = sent if isinstance(sent, Done | Failed) else None
+            if ended is not None:
+                task = _Task(ready.task_id, None, [], None, obj=ready.obj)
+            else:
+                summary, slots = (sent[0], list(sent[1:])) if isinstance(sent, list) else (sent, [])
+                task = _Task(ready.task_id, summary, slots, ready.names)
+                task.obj, task.creating = ready.obj, ready.creating
             with self._cond:
                 if self._closed or self._broken is not None:
-                    with contextlib.suppress(Exception):
-                        self._ray.cancel(summary, force=True)
-                    raise self._broken or ServerLost("the Ray backend is closed")
-                self._tasks[task_id] = task
-                self._new.append(task)
-                self._counters["tasks_submitted"] += 1
-                self._cond.notify_all()
+                    if ended is None:
+                        with contextlib.suppress(Exception):
+                            self._ray.cancel(task.summary, force=True)
+                    stray = ready.obj if ready.creating else None
+                else:
+                    self._tasks[ready.task_id] = task
+                    if ended is not None:
+                        self._immediate.append((task, ended))
+                    else:
+                        self._new.append(task)
+                    self._counters["tasks_submitted"] += 1
+                    self._cond.notify_all()
+                    continue
+            if stray is not None:  # created as the backend closed: it must not stay
+                self._forget(stray, "is gone: the Ray backend is closed", True)
+            raise self._broken or ServerLost("the Ray backend is closed")
 
     def cancel(self, task_id: str) -> None:
         """Interrupt the task (``KeyboardInterrupt`` in it); if it is still running
@@ -644,18 +1040,74 @@ class RayBackend:
         ``time.sleep`` to return), kill its worker."""
         with self._cond:
             task = self._tasks.get(task_id)
-            if task is None or task.kill_at:
+            if task is None or task.kill_at or task.summary is None:
                 return
-            task.kill_at = _now() + CANCEL_GRACE
-            self._cancelling.append(task)
-            self._cond.notify_all()
+            if task.obj is None:  # a call of a remote object: its actor is never killed
+                task.kill_at = _now() + CANCEL_GRACE
+                self._cancelling.append(task)
+                self._cond.notify_all()
         with contextlib.suppress(Exception):  # already over: nothing to cancel
             self._ray.cancel(task.summary, force=False, recursive=True)
 
     def release(self, object_ids: Iterable[str]) -> None:
+        """Drop held values; kill the actors of remote objects this backend created."""
+        released: list[_Object] = []
         with self._cond:
             for object_id in object_ids:
-                self._objects.pop(object_id, None)
+                if self._objects.pop(object_id, None) is not None:
+                    continue
+                obj = self._remote_objects.get(object_id)
+                if obj is not None and obj.owned:
+                    released.append(obj)
+                elif obj is None and object_id not in self._gone:
+                    # An object released before its creation was sent: it never will be.
+                    self._remember(object_id, f"{_describe(object_id, '', '')} was released")
+        for obj in released:
+            self._forget(obj, "was released (its proxy was garbage-collected)", True)
+
+    def objects(self, name: str = "") -> list[ObjectInfo]:
+        """The remote objects of the Ray cluster, every client's (only the one called
+        ``name``, if given): the actors in ``OBJECTS_NAMESPACE``, as each describes itself.
+        One that does not answer within ``INFO_TIMEOUT`` (being created, or dying) is left
+        out."""
+        self._require_started()
+        ray = self._ray
+        asked: list[tuple[_ActorName, Any, Any]] = []
+        for entry in self._object_actors():
+            if (name and entry.name != name) or self._gone_reason(entry.object_id):
+                continue
+            try:
+                handle = ray.get_actor(entry.actor_name, namespace=OBJECTS_NAMESPACE)
+            except ValueError:  # gone since it was listed
+                continue
+            asked.append(
+                (entry, handle, handle.info.options(concurrency_group=_INFO_GROUP).remote())
+            )
+        if asked:
+            refs = [ref for _, _, ref in asked]
+            ray.wait(refs, num_returns=len(refs), timeout=INFO_TIMEOUT)
+        found: list[ObjectInfo] = []
+        for entry, handle, ref in asked:
+            try:
+                pid, calls, built, node_id, methods, concurrency, restart = ray.get(ref, timeout=0)
+            except Exception:  # it died, or has not answered yet
+                continue
+            if built:
+                found.append(
+                    ObjectInfo(
+                        entry.object_id,
+                        self._where(node_id),
+                        entry.name,
+                        entry.type_name,
+                        tuple(methods),
+                        concurrency,
+                        restart,
+                        calls,
+                        _restarts(handle),
+                        pid,
+                    )
+                )
+        return found
 
     def servers(self) -> list[ServerInfo]:
         nodes = self._current_nodes()
@@ -684,6 +1136,7 @@ class RayBackend:
             counters = dict(self._counters)
             counters["tasks_running"] = len(self._tasks)
             counters["objects_held"] = len(self._objects)
+            counters["remote_objects"] = sum(o.owned for o in self._remote_objects.values())
         counters["nodes"] = len(self._current_nodes())
         return counters
 
@@ -697,13 +1150,27 @@ class RayBackend:
         if self._broken is not None:
             raise self._broken
 
-    def _prepare(self, spec: TaskSpec) -> tuple[str, Any, tuple[Any, ...], Any]:
-        what = spec.label or spec.task_id
-        options = self._placement_options(spec.placement, what)
+    def _prepare(self, spec: TaskSpec) -> _Prepared:
         work = spec.work
+        if isinstance(work, ObjectCreate):
+            return self._prepare_create(spec, work)
+        if isinstance(work, ObjectCall):
+            return self._prepare_call(spec, work)
+        if isinstance(work, ObjectClose):
+            return self._prepare_close(spec, work)
+        options = self._placement_options(spec.placement, spec.label or spec.task_id)
         names = work.defs if isinstance(work, StatementTask) and not work.is_expression else None
-        data, buffers, refs = dumps_oob(work_to_wire(work), what=spec.label or "the task")
-        ref_ids = list(dict.fromkeys(refs))
+        header, held = self._header(spec, names)
+        returns = 1 + (len(names) if names is not None else 1)
+        fn = self._function(returns, spec.retries, options)
+        return _Prepared(spec.task_id, functools.partial(fn.remote, header, *held), names)
+
+    def _header(self, spec: TaskSpec, names: tuple[str, ...] | None) -> tuple[list[Any], list[Any]]:
+        """The one argument of ``_run_task`` (and of an object's ``call``) for ``spec``, and
+        the held values it refers to (the arguments after it)."""
+        what = spec.label or spec.task_id
+        data, buffers, refs = dumps_oob(work_to_wire(spec.work), what=spec.label or "the task")
+        ref_ids = list(dict.fromkeys(r.object_id for r in refs))
         with self._cond:
             held = [self._objects.get(object_id) for object_id in ref_ids]
         if any(ref is None for ref in held):
@@ -711,8 +1178,6 @@ class RayBackend:
                 f"{what}: an input is a remote value that this Ray backend does not hold (it "
                 "was released, or comes from another cluster): fetch it, or compute it again"
             )
-        returns = 1 + (len(names) if names is not None else 1)
-        fn = self._function(returns, spec.retries, options)
         header = [
             data,
             buffers,  # PickleBuffers: Ray sends them out of band
@@ -722,31 +1187,194 @@ class RayBackend:
             self._inline_limit,
             list(names) if names is not None else None,
         ]
-        return spec.task_id, fn, (header, *held), names
+        return header, held
 
     def _function(self, returns: int, retries: int, options: tuple[Any, ...]) -> Any:
         key = (returns, retries, options)
         fn = self._functions.get(key)
         if fn is None:
-            num_cpus, num_gpus, resources, node_id = options
             kwargs: dict[str, Any] = {
                 "num_returns": returns,
                 "max_retries": retries,
                 "retry_exceptions": False,
+                **self._ray_resources(options),
             }
-            if num_cpus is not None:
-                kwargs["num_cpus"] = num_cpus
-            if num_gpus is not None:
-                kwargs["num_gpus"] = num_gpus
-            if resources:
-                kwargs["resources"] = dict(resources)
-            if node_id:
-                kwargs["scheduling_strategy"] = self._affinity(node_id)
             fn = self._task_fn.options(**kwargs)
             if len(self._functions) > 256:
                 self._functions.clear()
             self._functions[key] = fn
         return fn
+
+    def _ray_resources(self, options: tuple[Any, ...]) -> dict[str, Any]:
+        """Ray's options of a task or an actor for what ``_placement_options`` returned."""
+        num_cpus, num_gpus, resources, node_id = options
+        kwargs: dict[str, Any] = {}
+        if num_cpus is not None:
+            kwargs["num_cpus"] = num_cpus
+        if num_gpus is not None:
+            kwargs["num_gpus"] = num_gpus
+        if resources:
+            kwargs["resources"] = dict(resources)
+        if node_id:
+            kwargs["scheduling_strategy"] = self._affinity(node_id)
+        return kwargs
+
+    # ---- remote objects ----------------------------------------------------------------------
+
+    def _prepare_create(self, spec: TaskSpec, work: ObjectCreate) -> _Prepared:
+        """An actor placed as a task would be, whose creation reports like a task (``created``
+        returns a task's summary). Without ``resources`` it takes Ray's default for actors: a
+        CPU to be placed, none while it lives."""
+        task_id, object_id = spec.task_id, work.object_id
+        options = self._placement_options(spec.placement, spec.label or task_id)
+        obj = _Object(object_id, work.type_name, work.name, work.restart, owned=True)
+        refused = self._gone_reason(object_id)
+        if not refused and work.name:
+            twin = next((e for e in self._object_actors() if e.name == work.name), None)
+            if twin is not None and not self._gone_reason(twin.object_id):
+                refused = (
+                    f"a remote object named {work.name!r} exists already in this Ray cluster "
+                    f"({twin.type_name} {twin.object_id[:8]}): close it, or choose another name"
+                )
+        if refused:
+            info = ErrorInfo("raised", "ValueError", refused)
+            return _Prepared(task_id, lambda: Failed(task_id, "", info))
+        header, held = self._header(spec, None)
+        actor_options = {
+            "name": _actor_name(object_id, work.type_name, work.name),
+            "namespace": OBJECTS_NAMESPACE,
+            "max_concurrency": max(1, work.max_concurrency),
+            "max_restarts": -1 if work.restart else 0,
+            "max_task_retries": 0,  # a call in flight when its process dies fails
+            **self._ray_resources(options),
+        }
+
+        def send() -> Any:
+            if self._actor_class is None:
+                concurrency_groups = {_INFO_GROUP: 1}
+                self._actor_class = self._ray.remote(concurrency_groups=concurrency_groups)(
+                    _ObjectActor
+                )
+            obj.handle = self._actor_class.options(**actor_options).remote(header, *held)
+            with self._cond:
+                self._remote_objects[object_id] = obj
+            return obj.handle.created.options(num_returns=2).remote()
+
+        return _Prepared(task_id, send, obj=obj, creating=True)
+
+    def _prepare_call(self, spec: TaskSpec, work: ObjectCall) -> _Prepared:
+        task_id = spec.task_id
+        header, held = self._header(spec, None)
+        obj, gone = self._object_of(work.object_id)
+        if obj is None:
+            info = ErrorInfo("object_lost", "ObjectLost", gone)
+            return _Prepared(task_id, lambda: Failed(task_id, "", info))
+        method = obj.handle.call.options(num_returns=2)
+        return _Prepared(task_id, functools.partial(method.remote, header, *held), obj=obj)
+
+    def _prepare_close(self, spec: TaskSpec, work: ObjectClose) -> _Prepared:
+        """Kill the actor (whoever created it), and end the task at once."""
+        task_id = spec.task_id
+        obj, _ = self._object_of(work.object_id)
+
+        def send() -> Done:
+            if obj is None:
+                return Done(task_id, "", None)  # gone already
+            self._forget(obj, "was closed", True)
+            return Done(task_id, obj.where, None)
+
+        return _Prepared(task_id, send)
+
+    def _object_of(self, object_id: str) -> tuple[_Object | None, str]:
+        """The live object ``object_id`` (one this backend does not know yet is looked up in
+        Ray by its actor's name), or None and what became of it."""
+        with self._cond:
+            obj = self._remote_objects.get(object_id)
+            gone = self._gone.get(object_id, "")
+        if obj is not None or gone:
+            return obj, gone
+        missing = (
+            f"{_describe(object_id, '', '')} does not exist in this Ray cluster: it was closed "
+            "or released, its process died, or the client that created it left"
+        )
+        entry = next((e for e in self._object_actors() if e.object_id == object_id), None)
+        if entry is None:
+            return None, missing
+        try:
+            handle = self._ray.get_actor(entry.actor_name, namespace=OBJECTS_NAMESPACE)
+        except ValueError:  # gone since it was listed
+            return None, missing
+        found = _Object(object_id, entry.type_name, entry.name, False, owned=False, handle=handle)
+        with self._cond:
+            return self._remote_objects.setdefault(object_id, found), ""
+
+    def _object_actors(self) -> list[_ActorName]:
+        """The actors of remote objects in the Ray cluster (every client's)."""
+        try:
+            listed = self._ray.util.list_named_actors(all_namespaces=True)
+        except Exception as exc:
+            raise ServerLost(f"cannot list the remote objects of the Ray cluster: {exc}") from exc
+        found = []
+        for entry in listed:
+            if entry.get("namespace") == OBJECTS_NAMESPACE:
+                parsed = _parse_actor_name(str(entry.get("name", "")))
+                if parsed is not None:
+                    found.append(parsed)
+        return found
+
+    def _forget(self, obj: _Object, reason: str, kill: bool) -> None:
+        """``obj`` is gone (``reason`` says how, after its description): later calls fail
+        with that at once; ``kill``: end its actor (never to be restarted)."""
+        with self._cond:
+            if self._remote_objects.get(obj.object_id) is obj:
+                del self._remote_objects[obj.object_id]
+            self._remember(obj.object_id, f"{obj.describe()} {reason}")
+            handle, obj.handle = obj.handle, None
+        if kill and handle is not None:
+            with contextlib.suppress(Exception):  # dead already
+                self._ray.kill(handle, no_restart=True)
+
+    def _remember(self, object_id: str, message: str) -> None:
+        """(Under the lock.) What became of a gone object, for the calls still to come."""
+        gone = self._gone
+        gone.pop(object_id, None)
+        gone[object_id] = message
+        while len(gone) > _GONE_KEPT:
+            del gone[next(iter(gone))]
+
+    def _gone_reason(self, object_id: str) -> str:
+        with self._cond:
+            return self._gone.get(object_id, "")
+
+    def _object_lost(self, task: _Task, obj: _Object, exc: BaseException) -> ErrorInfo:
+        """A call's (or the creation's) ``RayActorError`` as Sperse's error: the object is
+        gone, or (restarted) has lost its state; the message names it."""
+        known = self._gone_reason(obj.object_id)
+        if known:
+            return ErrorInfo("object_lost", "ObjectLost", known)
+        errors = self._ray.exceptions
+        cause = _first_line(exc)
+        if isinstance(exc, errors.ActorUnavailableError) and (obj.restart or not obj.owned):
+            message = (
+                f"{obj.describe()} lost this call and its state: its process died while the "
+                f"call ran ({cause}). Created with restart=True, it is rebuilt from its "
+                "constructor's arguments, its state reset; later calls go to the new one"
+            )
+            return ErrorInfo("object_lost", "ObjectLost", message)
+        text = str(exc)
+        if task.creating:
+            reason = f"could not be created: its process died ({cause})"
+        elif "ray.kill" in text:
+            reason = "was closed or released (by the client that created it, or a proxy of it)"
+        elif "owner" in text:
+            reason = "is gone: the client that created it left"
+        else:
+            reason = (
+                f"is lost: its process died ({cause}). Create it with restart=True to have it "
+                "rebuilt when that happens"
+            )
+        self._forget(obj, reason, obj.owned)
+        return ErrorInfo("object_lost", "ObjectLost", f"{obj.describe()} {reason}")
 
     def _affinity(self, node_id: str) -> Any:
         strategy = self._strategies.get(node_id)
@@ -844,13 +1472,19 @@ class RayBackend:
         report what happened. False once closed. The tasks that ended are locals, dropped on
         return: they hold ObjectRefs that Ray frees once nobody does."""
         with self._cond:
-            while not (self._closed or self._new or loop.active or loop.waiting):
+            while not (self._closed or self._new or self._immediate or loop.active or loop.waiting):
                 self._cond.wait()
             if self._closed:
                 return False
             new, self._new = self._new, []
+            immediate, self._immediate = self._immediate, []
             loop.cancelling += self._cancelling
             self._cancelling.clear()
+        for task, event in immediate:
+            if isinstance(event, Done):
+                assert self._sink is not None
+                self._sink(Started(task.task_id, event.where))
+            self._end(task, event)
         loop.active.update((t.summary, t) for t in new)
         if loop.cancelling:
             loop.cancelling = self._kill_stuck(loop.cancelling, loop.active)
@@ -941,7 +1575,11 @@ class RayBackend:
             summaries = [self._get_one(t.summary) for t in ended]
         for task, summary in zip(ended, summaries, strict=True):
             if isinstance(summary, BaseException):
-                self._fail(task, _ray_error(summary, task.node))
+                obj = task.obj
+                if obj is not None and isinstance(summary, self._ray.exceptions.RayActorError):
+                    self._fail(task, self._object_lost(task, obj, summary))
+                else:
+                    self._fail(task, _ray_error(summary, task.node))
                 continue
             task.ended = summary
             if task.received >= summary[1]:
@@ -1002,6 +1640,14 @@ class RayBackend:
         self._end(task, Failed(task.task_id, where, info))
 
     def _end(self, task: _Task, event: Done | Failed) -> None:
+        obj = task.obj
+        if obj is not None and task.creating:
+            if isinstance(event, Done):
+                obj.where = event.where
+            elif not self._gone_reason(obj.object_id):  # its actor is of no use
+                self._forget(
+                    obj, f"does not exist: its creation failed: {event.error.message}", True
+                )
         with self._cond:
             self._tasks.pop(task.task_id, None)
             if isinstance(event, Done):
@@ -1123,6 +1769,45 @@ def _nodes_of(listed: list[dict[str, Any]]) -> dict[str, _Node]:
         )
         nodes[node_id] = _Node(node_id, info)
     return nodes
+
+
+def _describe(object_id: str, type_name: str, name: str) -> str:
+    """A remote object as ``ObjectProxy`` names it: ``remote object 'hits' (Counter 1a2b3c4d)``."""
+    named = f" {name!r}" if name else ""
+    kind = f"{type_name} " if type_name else ""
+    return f"remote object{named} ({kind}{object_id[:8]})"
+
+
+@dataclass(frozen=True, slots=True)
+class _ActorName:
+    """What the name of a remote object's actor says: ``OBJECT_ID/TYPE/NAME``."""
+
+    actor_name: str
+    object_id: str
+    type_name: str
+    name: str
+
+
+def _actor_name(object_id: str, type_name: str, name: str) -> str:
+    return f"{object_id}/{type_name}/{name}"
+
+
+def _parse_actor_name(actor_name: str) -> _ActorName | None:
+    parts = actor_name.split("/", 2)
+    if len(parts) != 3 or not parts[0]:
+        return None
+    return _ActorName(actor_name, *parts)
+
+
+def _restarts(handle: Any) -> int:
+    """How often Ray rebuilt an actor (from the GCS's actor table; 0 if it cannot say)."""
+    try:
+        from ray._private import state
+
+        record = state.actors(handle._actor_id.hex())
+        return int(record.get("NumRestarts", 0))
+    except Exception:
+        return 0
 
 
 def _first_line(exc: BaseException) -> str:

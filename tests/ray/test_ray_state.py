@@ -1,0 +1,314 @@
+"""``sperse.state()`` on Ray (docs/state.md "On Ray"): one store actor per node.
+
+The store's semantics are tested on every backend, Ray's included, in
+tests/state/test_state.py. Here is what only Ray shows: the store actor itself (its name,
+namespace, node, lifetime and resources), one store shared by the tasks and the remote
+objects of a node, a lock request withdrawn by a cancel, and the liveness check of a lock's
+holder: by ``/proc`` for a process of the node, by Ray's record of the worker otherwise.
+Remote code may sleep (its workload); the tests only wait with a deadline.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import time
+import uuid
+from collections.abc import Awaitable, Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+import sperse
+
+ray = pytest.importorskip("ray")
+
+from sperse._backends import ray_state  # noqa: E402  (needs Ray)
+from sperse._backends.ray_state import (  # noqa: E402
+    STATE_NAMESPACE,
+    _NodeStore,
+    _pid_namespace,
+    _start_time,
+)
+
+pytestmark = pytest.mark.ray
+
+WAIT = 60.0  # a deadline, never a delay
+LOCAL = "@local"  # the session Ray's node
+
+
+@pytest.fixture(autouse=True)
+def _current(ray_cluster: sperse.Cluster) -> Iterator[None]:
+    assert sperse.current() is ray_cluster
+    yield
+
+
+@pytest.fixture
+def key(request: pytest.FixtureRequest) -> str:
+    return f"{request.node.name}-{uuid.uuid4().hex[:8]}"
+
+
+@pytest.fixture
+def store() -> Any:
+    """A handle of the session node's store actor (made by a first task if need be)."""
+    write(f"made-{uuid.uuid4().hex[:8]}", 0).result(timeout=WAIT)
+    return ray.get_actor(_node_id(), namespace=STATE_NAMESPACE)
+
+
+def _node_id() -> str:
+    (node,) = [n for n in ray.nodes() if n["Alive"]]
+    return str(node["NodeID"])
+
+
+def _wait_until(done: Callable[[], bool], what: str) -> None:
+    deadline = time.monotonic() + WAIT
+    while not done():
+        assert time.monotonic() < deadline, f"timed out waiting until {what}"
+        time.sleep(0.01)
+
+
+def _stats(store: Any) -> dict[str, int]:
+    stats: dict[str, int] = ray.get(store.stats.remote(), timeout=WAIT)
+    return stats
+
+
+# ---- remote code -------------------------------------------------------------------------
+
+
+@sperse.remote(on=LOCAL)
+def write(key: str, value: Any) -> None:
+    sperse.state().set(key, value)
+
+
+@sperse.remote(on=LOCAL)
+def read(key: str) -> Any:
+    return sperse.state().get(key)
+
+
+@sperse.remote(on=LOCAL)
+def bump(key: str) -> int:
+    new: int = sperse.state().update(key, lambda n: n + 1, default=0)
+    return new
+
+
+@sperse.remote(on=LOCAL)
+def hold_until(key: str, folder: str, value: int) -> int:
+    """``update`` that sets ``value``, holding the lock until the file ``go`` exists."""
+
+    def fn(_: Any) -> int:
+        Path(folder, "locked").write_text("")
+        while not Path(folder, "go").exists():
+            time.sleep(0.01)
+        return value
+
+    new: int = sperse.state().update(key, fn)
+    return new
+
+
+@sperse.remote(on=LOCAL)
+def die_saying_who(path: str) -> None:
+    """Write this worker's Ray id, then die (SIGKILL): a worker id that Ray knows is dead."""
+    Path(path).write_text(ray.get_runtime_context().get_worker_id())
+    os.kill(os.getpid(), signal.SIGKILL)
+
+
+class Tally:
+    """A remote object that counts in its node's store."""
+
+    def add(self, key: str) -> int:
+        return int(sperse.state().incr(key))
+
+    def worker_id(self) -> str:
+        return str(ray.get_runtime_context().get_worker_id())
+
+
+# ---- the store actor -----------------------------------------------------------------------
+
+
+def test_the_store_is_a_detached_actor_named_by_its_nodes_id(store: Any) -> None:
+    from ray._private import state
+
+    record = state.actors(store._actor_id.hex())
+    assert record["ActorClassName"] == "_NodeStore"
+    assert record["Name"] == _node_id()
+    assert record["Address"]["NodeID"] == _node_id()  # pinned to its node
+    assert record["IsDetached"] is True  # it lives as long as its node
+    named = ray.util.list_named_actors(all_namespaces=True)
+    assert {"name": _node_id(), "namespace": STATE_NAMESPACE} in named
+    assert [n for n in named if n["namespace"] == STATE_NAMESPACE] == [
+        {"name": _node_id(), "namespace": STATE_NAMESPACE}
+    ]  # one per node: every task of the node found the same one
+
+
+def test_tasks_and_remote_objects_of_a_node_share_its_store(key: str) -> None:
+    tally = sperse.remote(Tally)(on=LOCAL)
+    try:
+        write(key, 10).result(timeout=WAIT)
+        assert tally.add(key).result(timeout=WAIT) == 11
+        assert bump(key).result(timeout=WAIT) == 12
+        assert read(key).result(timeout=WAIT) == 12
+    finally:
+        tally.close()
+
+
+def test_the_client_sees_a_nodes_store(ray_cluster: sperse.Cluster, key: str) -> None:
+    write(key, ("a", 1)).result(timeout=WAIT)
+    assert ray_cluster.state("local")[key] == ("a", 1)
+
+
+def test_state_in_the_driver_is_still_a_clear_error() -> None:
+    assert ray.is_initialized()  # Ray is imported and joined here: still not remote code
+    with pytest.raises(sperse.SperseError, match="only inside remote code"):
+        sperse.state()
+
+
+# ---- locks ------------------------------------------------------------------------------------
+
+
+def test_a_cancelled_request_never_takes_the_lock(key: str, tmp_path: Path, store: Any) -> None:
+    holder = hold_until(key, str(tmp_path), 10)
+    _wait_until((tmp_path / "locked").exists, "the holder has the lock")
+    waiting = _stats(store)["waiting"]
+    asker = bump(key)
+    _wait_until(lambda: _stats(store)["waiting"] > waiting, "the second update waits")
+    assert asker.cancel()
+    with pytest.raises(sperse.TaskCancelled):
+        asker.result(timeout=WAIT)
+    (tmp_path / "go").write_text("")
+    assert holder.result(timeout=WAIT) == 10
+    # The cancelled update was withdrawn (or its worker, killed, found dead): never applied.
+    assert bump(key).result(timeout=WAIT) == 11
+
+
+def test_a_live_holder_keeps_its_lock_while_others_wait(
+    key: str, ray_cluster: sperse.Cluster, store: Any
+) -> None:
+    tally = sperse.remote(Tally)(on=LOCAL)
+    try:
+        worker = tally.worker_id().result(timeout=WAIT)
+        # A holder in another pid namespace: the store asks Ray, which says it is alive.
+        process = (worker, 1, 0, "pid:[0]")
+        token = uuid.uuid4().hex
+        status, _ = ray.get(store.lock.remote(key, token, f"{worker}:1", process, False))
+        assert status == "locked"
+        checked = _stats(store)["checked"]
+        waiter = bump(key)
+        _wait_until(lambda: _stats(store)["checked"] > checked, "the waiter checked the holder")
+        assert not waiter.done()
+        ray.get(store.set_unlock.remote(key, token, 5))
+        assert waiter.result(timeout=WAIT) == 6
+    finally:
+        tally.close()
+
+
+def test_a_dead_holder_outside_the_nodes_pid_namespace_is_found_by_rays_record(
+    key: str, tmp_path: Path, store: Any
+) -> None:
+    said = tmp_path / "worker"
+    with pytest.raises(sperse.WorkerDied):
+        die_saying_who(str(said)).result(timeout=WAIT)
+    dead = said.read_text()
+    process = (dead, 1, 0, "pid:[0]")  # not a pid the store can look at: it asks Ray
+    status, _ = ray.get(store.lock.remote(key, uuid.uuid4().hex, f"{dead}:1", process, False))
+    assert status == "locked"
+    assert bump(key).result(timeout=WAIT) == 1  # once a check (each HOLDER_CHECK s) found it dead
+    assert _stats(store)["dead"] >= 1
+
+
+def test_a_lock_released_twice_or_by_another_token_changes_nothing(key: str, store: Any) -> None:
+    token = uuid.uuid4().hex
+    status, _ = ray.get(store.lock.remote(key, token, "me:1", ("me", 1, 0, ""), False))
+    assert status == "locked"
+    ok, message = ray.get(store.set_unlock.remote(key, uuid.uuid4().hex, 1))
+    assert not ok and "was lost" in message
+    ray.get(store.unlock.remote(key, token))
+    ray.get(store.unlock.remote(key, token))  # released already: remembered, harmless
+    assert bump(key).result(timeout=WAIT) == 1
+
+
+# ---- the store actor's class, in this process (no Ray: its methods on an event loop) -------
+
+
+def _in_loop(scenario: Callable[[_NodeStore], Awaitable[None]]) -> None:
+    asyncio.run(asyncio.wait_for(scenario(_NodeStore()), WAIT))
+
+
+async def _until(done: Callable[[], bool]) -> None:
+    while not done():
+        await asyncio.sleep(0)  # a turn of the loop: the store's coroutines go on
+
+
+def _this_process(started: int | None = None) -> tuple[str, int, int, str]:
+    """This process as a lock holder: its start time (or ``started``, as if the pid had been
+    reused by another process), in this pid namespace, so the store looks at ``/proc``."""
+    pid = os.getpid()
+    return ("w1", pid, _start_time(pid) if started is None else started, _pid_namespace())
+
+
+@pytest.fixture
+def quick_checks(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(ray_state, "HOLDER_CHECK", 0.01)
+
+
+def test_an_unlock_that_comes_before_its_request_withdraws_it() -> None:
+    async def scenario(store: _NodeStore) -> None:
+        await store.unlock("k", "t1")  # calls of one caller may start out of order
+        assert await store.lock("k", "t1", "w1:1", _this_process(), False) == ["withdrawn", None]
+        assert await store.lock("k", "t2", "w1:1", _this_process(), False) == ["locked", None]
+
+    _in_loop(scenario)
+
+
+def test_a_request_withdrawn_while_it_waits_never_takes_the_lock() -> None:
+    async def scenario(store: _NodeStore) -> None:
+        assert (await store.lock("k", "t1", "w1:1", _this_process(), False))[0] == "locked"
+        waiter = asyncio.create_task(store.lock("k", "t2", "w1:2", _this_process(), False))
+        await _until(lambda: "t2" in store._waiting)
+        await store.unlock("k", "t2")  # its caller was cancelled
+        assert await store.set_unlock("k", "t1", 1) == [True, None]
+        assert await waiter == ["withdrawn", None]
+        assert (await store.stats())["locks"] == 0
+
+    _in_loop(scenario)
+
+
+def test_writes_wait_for_the_lock_but_not_its_own_holders() -> None:
+    async def scenario(store: _NodeStore) -> None:
+        assert (await store.lock("k", "t1", "w1:1", _this_process(), False))[0] == "locked"
+        await store.set("k", 1, "w1:1")  # the holder writes (inside its own update)
+        write = asyncio.create_task(store.incr("k", 5, "w1:2"))
+        await _until(lambda: store._parked == 1)
+        assert not write.done()
+        assert await store.get("k") == 1  # reads do not wait
+        await store.set_unlock("k", "t1", 10)
+        assert await write == [True, 15]
+
+    _in_loop(scenario)
+
+
+@pytest.mark.usefixtures("quick_checks")
+def test_a_holder_whose_pid_is_another_process_now_is_taken_for_dead() -> None:
+    async def scenario(store: _NodeStore) -> None:
+        reused = _this_process(started=1)  # the pid lives, but started at another time
+        assert (await store.lock("k", "t1", "w1:1", reused, False))[0] == "locked"
+        assert await store.incr("k", 1, "w2:1") == [True, 1]  # after a check found it dead
+        stats = await store.stats()
+        assert stats["locks"] == 0 and stats["dead"] == 1
+
+    _in_loop(scenario)
+
+
+@pytest.mark.usefixtures("quick_checks")
+def test_a_live_holder_is_checked_and_kept() -> None:
+    async def scenario(store: _NodeStore) -> None:
+        assert (await store.lock("k", "t1", "w1:1", _this_process(), False))[0] == "locked"
+        waiter = asyncio.create_task(store.lock("k", "t2", "w1:2", _this_process(), True))
+        await _until(lambda: store._checks >= 3)
+        assert not waiter.done()
+        await store.set_unlock("k", "t1", b"made")
+        assert await waiter == ["value", b"made"]  # once(): made meanwhile, no lock taken
+        assert (await store.stats())["locks"] == 0
+
+    _in_loop(scenario)

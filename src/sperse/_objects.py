@@ -376,7 +376,12 @@ class ObjectProxy:
         )
 
     def _placement(self) -> Placement:
-        return Placement(pin=self._server) if self._server else Placement()
+        if not self._server:
+            return _ANYWHERE
+        pinned = _PINS.get(self._server)
+        if pinned is None:
+            pinned = _PINS[self._server] = Placement(pin=self._server)
+        return pinned
 
     # ---- pickling: a borrowed proxy of the same object ---------------------------------
 
@@ -401,6 +406,10 @@ class ObjectProxy:
     def __repr__(self) -> str:
         where = f" on {self._server}" if self._server else ""
         return f"<{self._describe()}{where}>"
+
+
+_ANYWHERE = Placement()
+_PINS: dict[str, Placement] = {}  # one per server name: made once, not per call
 
 
 class _Method:

@@ -251,7 +251,14 @@ def eligible(placement: Placement, servers: Sequence[ServerInfo]) -> list[Server
 
 def check_placement(placement: Placement, servers: Sequence[ServerInfo], what: str) -> None:
     """Raise ``NoMatchingServer`` (naming the constraint and what exists) if none fits."""
-    if not str(placement) or eligible(placement, servers):
+    if not str(placement):
+        return
+    pin = placement.pin
+    if pin is not None and placement.tags is None and not placement.resources:
+        for server in servers:  # a pin alone (a remote object's calls): the common case
+            if server.name == pin:
+                return
+    elif eligible(placement, servers):
         return
     raise NoMatchingServer(no_match_message(placement, servers, what))
 

@@ -178,6 +178,7 @@ class SperseBackend:
         # Set by a many-servers backend: a server's address by its name (values held by
         # other servers travel to this one as PeerRefs).
         self.locate: Callable[[str], str | None] | None = None
+        self._info: ServerInfo | None = None  # the server as the Welcome describes it
 
     # ---- lifecycle -----------------------------------------------------------
 
@@ -753,14 +754,18 @@ class SperseBackend:
             return []
         with self._tasks_lock:
             busy = len(self._tasks)
-        return [
-            ServerInfo(
+        info = self._info
+        if info is None or info.name != w.server_name:  # once per Welcome, not per call
+            info = self._info = ServerInfo(
                 w.server_name,
                 frozenset(w.tags),
                 dict(w.resources),
                 workers=w.workers,
-                busy=busy,
                 address=self.address,
+            )
+        return [
+            ServerInfo(
+                info.name, info.tags, info.resources, info.workers, busy, address=info.address
             )
         ]
 

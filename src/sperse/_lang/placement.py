@@ -35,7 +35,7 @@ import math
 import re
 from abc import ABC, abstractmethod
 from collections.abc import Collection, Iterable, Iterator, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import ClassVar, Final
 
 from sperse.errors import SperseError
@@ -343,6 +343,7 @@ class Placement:
     tags: TagExpr | None = None
     pin: str | None = None
     resources: Mapping[str, float] = _NO_RESOURCES
+    _text: str = field(default="", init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         if self.tags is not None and not isinstance(self.tags, TagExpr):
@@ -353,8 +354,12 @@ class Placement:
             raise ValueError(f"invalid server name {self.pin!r}: letters, digits, '_', '.' or '-'")
         if not isinstance(self.resources, Resources):
             object.__setattr__(self, "resources", Resources(self.resources))
+        object.__setattr__(self, "_text", self._format())  # asked for on every submit
 
     def __str__(self) -> str:
+        return self._text
+
+    def _format(self) -> str:
         parts: list[str] = []
         if self.tags is not None:
             parts.append(str(self.tags))

@@ -139,12 +139,23 @@ def _plain(obj: Any, depth: int = 0) -> bool:
         return len(obj) <= _PLAIN_BYTES_MAX
     if depth >= 3:
         return False
+    # Loops, not all(generator), and atoms checked inline: this runs for every task sent.
     if kind is tuple or kind is list:
-        return len(obj) <= _PLAIN_ITEMS_MAX and all(_plain(item, depth + 1) for item in obj)
+        if len(obj) > _PLAIN_ITEMS_MAX:
+            return False
+        for item in obj:
+            if type(item) not in _PLAIN_ATOMS and not _plain(item, depth + 1):
+                return False
+        return True
     if kind is dict:
-        return len(obj) <= _PLAIN_ITEMS_MAX and all(
-            type(key) is str and _plain(value, depth + 1) for key, value in obj.items()
-        )
+        if len(obj) > _PLAIN_ITEMS_MAX:
+            return False
+        for key, value in obj.items():
+            if type(key) is not str:
+                return False
+            if type(value) not in _PLAIN_ATOMS and not _plain(value, depth + 1):
+                return False
+        return True
     return False
 
 

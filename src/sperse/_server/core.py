@@ -512,6 +512,7 @@ class ServerCore:
         self._to_unlink: list[str] = []
         # Set by the stream layer: send now what a batch of pool events has produced.
         self.after_pool_events: Callable[[], None] | None = None
+        self.in_pool_batch = False  # events of the pool are being delivered
         self.tasks_done = 0
         self.tasks_failed = 0
         # Given to every worker (set by the server once it listens): how remote code reaches
@@ -1358,6 +1359,7 @@ class ServerCore:
     # ---- events from the pool (on the loop) ----------------------------------------------
 
     def _on_pool_event(self, event: PoolEvent) -> None:
+        self.in_pool_batch = True  # until _after_pool_events: streams flush then
         task = self._attempts.get(event.task_id)
         if task is None:  # its session has ended
             if isinstance(event, TaskDone):
@@ -1408,6 +1410,7 @@ class ServerCore:
             self._on_failed(task, event)
 
     def _after_pool_events(self) -> None:
+        self.in_pool_batch = False
         if self.after_pool_events is not None:
             self.after_pool_events()
 

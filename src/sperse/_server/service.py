@@ -324,7 +324,8 @@ class _Stream:
             if not self._flush_scheduled:
                 self._flush_scheduled = True
                 self.service.flushes.append(self)
-                asyncio.get_running_loop().call_soon(self.service.flush)
+                if not self.core.in_pool_batch:  # else the batch's end flushes: no extra turn
+                    asyncio.get_running_loop().call_soon(self.service.flush)
             return
         self._wake.set()
 

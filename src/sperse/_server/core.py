@@ -1406,8 +1406,24 @@ class ServerCore:
                     )
                 else:
                     self._finish(task, Done(task.task_id, values))
+            self._forget_announced()
         else:
             self._on_failed(task, event)
+            self._forget_announced()
+
+    def _forget_announced(self) -> None:
+        """Drop the held-back Started events of tasks that ended; no entry left, no timer
+        (a short task must not cost a wake-up of the loop 5 ms later)."""
+        queue = self._unannounced
+        while queue:
+            _, task, pool_id = queue[0]
+            if task.pool_id == pool_id and self._attempts.get(pool_id) is task:
+                if not task.announced:
+                    break
+            queue.popleft()
+        if not queue and self._announce_timer is not None:
+            self._announce_timer.cancel()
+            self._announce_timer = None
 
     def _after_pool_events(self) -> None:
         self.in_pool_batch = False

@@ -8,7 +8,8 @@ remote call returns ``None`` once the client has the arguments, without waiting 
 it raises ``ClientGone`` if the client has left (its session ended).
 
 Functions passed to remote code are otherwise shipped by value and run remotely; only a
-``sperse.callback`` comes back. Callbacks need a ``sperse server`` (one, or many).
+``sperse.callback`` comes back. Callbacks need sperse servers or Ray (not the in-process
+``LocalBackend``).
 """
 
 from __future__ import annotations
@@ -25,8 +26,10 @@ from sperse.errors import SerializationError
 
 __all__ = ["Callback", "callback", "deliver", "sending_to"]
 
-# Where the task being pickled goes: (the server's address, the session id) of its client.
-_destination: contextvars.ContextVar[tuple[str, str] | None] = contextvars.ContextVar(
+# Where the task being pickled goes, so that its callbacks can come back:
+# ("sperse", the server's address, the client's session id) or ("ray", the namespace and
+# name of the client's mailbox actor).
+_destination: contextvars.ContextVar[tuple[str, str, str] | None] = contextvars.ContextVar(
     "sperse_callback_destination", default=None
 )
 _ids = itertools.count(1)
@@ -60,11 +63,10 @@ class Callback:
         destination = _destination.get()
         if destination is None:
             raise SerializationError(
-                f"callback {self.name}: only remote work on sperse servers can call back "
-                "(not Ray, not the in-process LocalBackend)"
+                f"callback {self.name}: only remote work on sperse servers or Ray can call "
+                "back (not the in-process LocalBackend)"
             )
-        address, session_id = destination
-        return (_RemoteCallback, (address, session_id, self.id, self.name))
+        return (_RemoteCallback, (*destination, self.id, self.name))
 
     def _run(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
         cluster = self._cluster or current()
@@ -85,9 +87,11 @@ def callback(fn: Callable[..., Any]) -> Callback:
 
 
 @contextmanager
-def sending_to(address: str, session_id: str) -> Iterator[None]:
-    """While a task for this server and session is pickled: callbacks name them."""
-    token = _destination.set((address, session_id))
+def sending_to(address: str, session_id: str, *, via: str = "sperse") -> Iterator[None]:
+    """While a task for this server and session is pickled: callbacks name them. ``via``
+    "ray": ``address`` and ``session_id`` are the namespace and name of the client's
+    mailbox actor."""
+    token = _destination.set((via, address, session_id))
     try:
         yield
     finally:
@@ -108,15 +112,23 @@ def deliver(callback_id: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> 
 class _RemoteCallback:
     """A callback as remote code sees it: calling it hands the arguments to the client."""
 
-    __slots__ = ("_address", "_callback_id", "_name", "_session_id")
+    __slots__ = ("_address", "_callback_id", "_name", "_session_id", "_via")
 
-    def __init__(self, address: str, session_id: str, callback_id: str, name: str) -> None:
+    def __init__(
+        self, via: str, address: str, session_id: str, callback_id: str, name: str
+    ) -> None:
+        self._via = via
         self._address = address
         self._session_id = session_id
         self._callback_id = callback_id
         self._name = name
 
     def __call__(self, *args: Any, **kwargs: Any) -> None:
+        if self._via == "ray":
+            from sperse._backends.ray import call_back as by_ray
+
+            by_ray(self._address, self._session_id, self._callback_id, args, kwargs, self._name)
+            return
         cluster = worker_cluster(self._address)
         if cluster is None:
             raise SerializationError(
@@ -129,7 +141,7 @@ class _RemoteCallback:
     def __reduce__(self) -> tuple[Any, ...]:
         return (
             _RemoteCallback,
-            (self._address, self._session_id, self._callback_id, self._name),
+            (self._via, self._address, self._session_id, self._callback_id, self._name),
         )
 
     def __repr__(self) -> str:

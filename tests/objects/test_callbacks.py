@@ -10,6 +10,7 @@ import pytest
 
 import sperse
 from sperse._backends.multi import ClusterBackend
+from sperse._backends.ray import RayBackend
 from sperse._backends.remote import SperseBackend
 
 WAIT = 60.0  # a deadline, never a delay
@@ -27,8 +28,8 @@ def call_later(progress: Callable[[str], None]) -> None:
 
 @pytest.fixture(scope="module")
 def servers(cluster: sperse.Cluster) -> Iterator[sperse.Cluster]:
-    if not isinstance(cluster.backend, SperseBackend | ClusterBackend):
-        pytest.skip(f"callbacks need sperse servers, not {type(cluster.backend).__name__}")
+    if not isinstance(cluster.backend, SperseBackend | ClusterBackend | RayBackend):
+        pytest.skip(f"callbacks need sperse servers or Ray, not {type(cluster.backend).__name__}")
     yield cluster
 
 
@@ -46,7 +47,9 @@ def test_remote_code_reports_progress_to_the_client(servers: sperse.Cluster) -> 
 
 def test_a_callback_of_a_client_that_left_is_client_gone(servers: sperse.Cluster) -> None:
     backend = servers.backend
-    if isinstance(backend, SperseBackend):
+    if isinstance(backend, RayBackend):
+        other = sperse.Cluster(RayBackend())
+    elif isinstance(backend, SperseBackend):
         other = sperse.Cluster(SperseBackend(backend.address, token=backend._token))
     else:
         assert isinstance(backend, ClusterBackend)

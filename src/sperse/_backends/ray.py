@@ -94,11 +94,21 @@ from sperse._backends.runner import (
     work_from_wire,
     work_to_wire,
 )
+from sperse._callbacks import deliver, sending_to
 from sperse._cluster import Cluster, unuse, use
 from sperse._lang.placement import And, Placement, Resources, Tag, TagExpr
 from sperse._routing import eligible, no_match_message
-from sperse._serialize import RemoteRef, RemoteValue, describe, dumps_oob, loads_oob
+from sperse._serialize import (
+    RemoteRef,
+    RemoteValue,
+    describe,
+    dumps,
+    dumps_oob,
+    loads,
+    loads_oob,
+)
 from sperse.errors import (
+    ClientGone,
     NoMatchingServer,
     SerializationError,
     ServerLost,
@@ -473,6 +483,38 @@ def _encode_value(name: str, value: Any, inline_limit: int) -> tuple[list[Any], 
     if size <= inline_limit:
         return ["inline", data, [bytes(v) for v in views]], None
     return ["held", type_name(value), size, short_repr(value)], [data, buffers]
+
+
+def call_back(
+    namespace: str,
+    mailbox: str,
+    callback_id: str,
+    args: tuple[Any, ...],
+    kwargs: dict[str, Any],
+    what: str,
+) -> None:
+    """In remote code on Ray: hand a callback's arguments to its client, by the client's
+    mailbox actor. Returns once the mailbox has them; ``ClientGone`` if the client left."""
+    ray = import_ray()
+    data = dumps((args, kwargs), what=f"the arguments of callback {what}")
+    try:
+        box = ray.get_actor(mailbox, namespace=namespace)
+        ray.get(box.put.remote([["", "", "callback", callback_id, data]]))
+    except (ValueError, ray.exceptions.RayActorError) as exc:
+        raise ClientGone(
+            f"callback {what}: the client that made it has gone (its Ray mailbox is gone: "
+            f"{_first_line(exc)})"
+        ) from None
+
+
+def _deliver_callback(callback_id: str, data: bytes) -> None:
+    try:
+        args, kwargs = loads(data, what="the arguments of a callback")
+    except SerializationError as exc:
+        log.warning("a callback's arguments could not be read: %s", exc)
+        return
+    if not deliver(callback_id, args, kwargs):
+        log.warning("remote code called back callback %s, which is gone", callback_id)
 
 
 class _Mailbox:
@@ -1169,7 +1211,8 @@ class RayBackend:
         """The one argument of ``_run_task`` (and of an object's ``call``) for ``spec``, and
         the held values it refers to (the arguments after it)."""
         what = spec.label or spec.task_id
-        data, buffers, refs = dumps_oob(work_to_wire(spec.work), what=spec.label or "the task")
+        with sending_to(*self._mailbox_name, via="ray"):  # callbacks come back by the mailbox
+            data, buffers, refs = dumps_oob(work_to_wire(spec.work), what=spec.label or "the task")
         ref_ids = list(dict.fromkeys(r.object_id for r in refs))
         with self._cond:
             held = [self._objects.get(object_id) for object_id in ref_ids]
@@ -1555,6 +1598,9 @@ class RayBackend:
             tasks = self._tasks
             found = [(tasks.get(item[0]), item) for item in items]
         for task, (_, node_id, kind, stream, text) in found:
+            if kind == "callback":  # remote code called back: stream is its id, text the args
+                _deliver_callback(stream, text)
+                continue
             if task is None:
                 continue  # over, or cancelled
             task.received += 1

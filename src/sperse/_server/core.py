@@ -1417,9 +1417,9 @@ class ServerCore:
         queue = self._unannounced
         while queue:
             _, task, pool_id = queue[0]
-            if task.pool_id == pool_id and self._attempts.get(pool_id) is task:
-                if not task.announced:
-                    break
+            running = task.pool_id == pool_id and self._attempts.get(pool_id) is task
+            if running and not task.announced:
+                break
             queue.popleft()
         if not queue and self._announce_timer is not None:
             self._announce_timer.cancel()

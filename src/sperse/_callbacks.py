@@ -24,7 +24,14 @@ from typing import Any
 from sperse._cluster import Cluster, current, worker_cluster
 from sperse.errors import SerializationError
 
-__all__ = ["Callback", "callback", "deliver", "sending_to"]
+__all__ = [
+    "Callback",
+    "callback",
+    "callback_destination",
+    "callback_destination_reset",
+    "deliver",
+    "sending_to",
+]
 
 # Where the task being pickled goes, so that its callbacks can come back:
 # ("sperse", the server's address, the client's session id) or ("ray", the namespace and
@@ -84,6 +91,16 @@ def callback(fn: Callable[..., Any]) -> Callback:
     except Exception:  # no cluster yet: the one current when it is called back
         cluster = None
     return Callback(fn, cluster)
+
+
+def callback_destination(address: str, session_id: str) -> contextvars.Token[Any]:
+    """``sending_to`` without a context manager (on the path of every task sent): undo
+    with ``callback_destination_reset``."""
+    return _destination.set(("sperse", address, session_id))
+
+
+def callback_destination_reset(token: contextvars.Token[Any]) -> None:
+    _destination.reset(token)
 
 
 @contextmanager

@@ -71,7 +71,7 @@ from sperse._backends.base import (
     Work,
 )
 from sperse._backends.runner import work_to_wire
-from sperse._callbacks import deliver, sending_to
+from sperse._callbacks import callback_destination, callback_destination_reset, deliver
 from sperse._serialize import RemoteRef, RemoteValue, dumps_oob, loads_oob
 from sperse._serialize import shm as _shm
 from sperse._wire import (
@@ -581,11 +581,11 @@ class SperseBackend:
         items: list[pb.ClientMessage | tuple[pb.Task, int]] = []
         uploads: list[str] = []
         prefix = self._shm_prefix
+        destination = callback_destination(self.address, self._session_id)
         try:
             for spec in specs:
                 work = work_to_wire(spec.work)
-                with sending_to(self.address, self._session_id):
-                    data, buffers, refs = dumps_oob(work, what=spec.label or "the task")
+                data, buffers, refs = dumps_oob(work, what=spec.label or "the task")
                 blobs: list[pb.Blob] = []
                 size = len(data) + 64
                 if buffers:
@@ -600,18 +600,21 @@ class SperseBackend:
                     pickled = pb.Pickled(data=self._sender.encode(data, blobs), buffers=fields)
                 else:
                     pickled = pb.Pickled(data=self._sender.encode(data, blobs))
+                fields_of: dict[str, Any] = {}
+                if refs:
+                    fields_of["refs"] = [r.object_id for r in refs]
+                    fields_of["peer_refs"] = self._peer_refs(refs, spec.label or spec.task_id)
+                op = _object_op(spec.work)
+                if op is not None:
+                    fields_of["object"] = op
                 task = pb.Task(
                     task_id=spec.task_id,
                     work=pickled,
-                    refs=[r.object_id for r in refs],
-                    peer_refs=self._peer_refs(refs, spec.label or spec.task_id),
                     retries=spec.retries,
                     inline_limit=self._inline_limit,
                     label=spec.label,
+                    **fields_of,
                 )
-                op = _object_op(spec.work)
-                if op is not None:
-                    task.object.CopyFrom(op)
                 items.extend(pb.ClientMessage(blob=b) for b in blobs)
                 items.append((task, size))
             with self._tasks_lock:
@@ -625,6 +628,8 @@ class SperseBackend:
         except BaseException:
             _shm.unlink(uploads)  # not sent: still ours
             raise
+        finally:
+            callback_destination_reset(destination)
 
     def _peer_refs(self, refs: Sequence[RemoteRef], what: str) -> list[pb.PeerRef]:
         """Where the values held by other servers of the cluster are: this server pulls them."""

@@ -37,6 +37,7 @@ bench: $(STAMP)
 	$(BIN)/python bench/routing.py
 	$(BIN)/python bench/mapreduce.py
 	$(BIN)/python bench/objects.py
+	$(BIN)/python bench/state.py
 
 # The WebAssembly example of `sperse submit` (docs/jobs.md). The built module is committed, so
 # `make test` needs no C toolchain; this rebuilds it with zig from PyPI (the ziglang package;

@@ -22,7 +22,15 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, Literal
 
-from sperse._backends.base import Backend, BackendEvent, Done, Failed, ServerInfo, TaskSpec
+from sperse._backends.base import (
+    Backend,
+    BackendEvent,
+    Done,
+    ErrorInfo,
+    Failed,
+    ServerInfo,
+    TaskSpec,
+)
 from sperse._routing import check_placement
 from sperse.errors import AuthenticationError
 
@@ -188,6 +196,14 @@ class Cluster:
             return
         self._closed = True
         self.backend.close()
+        # Nothing stays pending forever: what had not ended ends now, in an error.
+        with self._cond:
+            left, self._listeners = self._listeners, {}
+        for task_id, listener in left.items():
+            info = ErrorInfo(
+                "server_lost", "ServerLost", "the cluster was closed before this task ended"
+            )
+            listener(Failed(task_id, "", info))
         self.drain()
         global _default
         with _default_lock:

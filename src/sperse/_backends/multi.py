@@ -185,16 +185,16 @@ class ClusterBackend:
         for thread in threads:
             thread.join()
         with self._lock:
-            duplicates = []
+            unused = []  # two urls for one server, or this backend closed meanwhile
             for member in joined:
                 member.name = member.backend.name
                 old = self._members.get(member.name)
-                if old is not None and old.alive:  # two urls for one server
-                    duplicates.append(member)
+                if self._closed or (old is not None and old.alive):
+                    unused.append(member)
                     continue
                 self._members[member.name] = member
-            sends = self._pump()
-        for member in duplicates:
+            sends = self._pump() if not self._closed else []
+        for member in unused:
             member.backend.close()
         if strict and errors:
             raise errors[0]

@@ -176,6 +176,9 @@ def test_a_cancelled_request_never_takes_the_lock(key: str, tmp_path: Path, stor
     assert asker.cancel()
     with pytest.raises(sperse.TaskCancelled):
         asker.result(timeout=WAIT)
+    # Ray interrupts a task no sooner than CANCEL_SETTLE after it was sent: the holder lets
+    # go once the cancelled request is withdrawn.
+    _wait_until(lambda: _stats(store)["waiting"] == waiting, "the cancelled update withdrawn")
     (tmp_path / "go").write_text("")
     assert holder.result(timeout=WAIT) == 10
     # The cancelled update was withdrawn (or its worker, killed, found dead): never applied.

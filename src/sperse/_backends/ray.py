@@ -131,6 +131,7 @@ SWEEP_EVERY: Final = 0.2  # ... and on all of them this often
 MAILBOX_POLL: Final = 1.0  # the mailbox's long poll
 OUTPUT_GRACE: Final = 5.0  # the longest a result waits for output still in the mailbox
 CANCEL_GRACE: Final = 1.0  # a cancelled task still running this long has its worker killed
+CANCEL_SETTLE: Final = 0.5  # a task is interrupted no sooner than this after it was sent
 NODES_TTL: Final = 2.0  # how long a snapshot of the cluster's nodes is used
 START_TIMEOUT: Final = 60.0  # the longest start() waits for the mailbox actor
 OBJECTS_NAMESPACE: Final = "sperse-objects"  # the Ray namespace of remote objects' actors
@@ -833,6 +834,8 @@ class _Task:
     kill_at: float = 0.0  # cancelled: when to kill its worker if it still runs
     obj: _Object | None = None  # the remote object it creates or calls
     creating: bool = False
+    sent_at: float = 0.0  # when it was handed to Ray
+    interrupt_at: float = 0.0  # cancelled: when to ask Ray to interrupt it (0: asked)
 
 
 @dataclass(slots=True, eq=False)
@@ -1055,7 +1058,7 @@ class RayBackend:
                 task = _Task(ready.task_id, None, [], None, obj=ready.obj)
             else:
                 summary, slots = (sent[0], list(sent[1:])) if isinstance(sent, list) else (sent, [])
-                task = _Task(ready.task_id, summary, slots, ready.names)
+                task = _Task(ready.task_id, summary, slots, ready.names, sent_at=_now())
                 task.obj, task.creating = ready.obj, ready.creating
             with self._cond:
                 if self._closed or self._broken is not None:
@@ -1085,9 +1088,15 @@ class RayBackend:
             if task is None or task.kill_at or task.summary is None:
                 return
             if task.obj is None:  # a call of a remote object: its actor is never killed
-                task.kill_at = _now() + CANCEL_GRACE
+                # Ray (2.60) can abort the driver ("Tried to complete task that was not
+                # pending") when a task is cancelled while it is being pushed to a worker,
+                # so a task cancelled just after it was sent is interrupted only once it
+                # has had CANCEL_SETTLE seconds to get there (its result is dropped anyway).
+                task.interrupt_at = max(_now(), task.sent_at + CANCEL_SETTLE)
+                task.kill_at = task.interrupt_at + CANCEL_GRACE
                 self._cancelling.append(task)
                 self._cond.notify_all()
+                return
         with contextlib.suppress(Exception):  # already over: nothing to cancel
             self._ray.cancel(task.summary, force=False, recursive=True)
 
@@ -1548,6 +1557,7 @@ class RayBackend:
         few = len(refs) <= FEW_IN_FLIGHT
         slice_ = WAIT_SLICE if few else BATCH_SLICE
         deadlines = [t.wait_until for t in waiting] + [t.kill_at for t in loop.cancelling]
+        deadlines += [t.interrupt_at for t in loop.cancelling if t.interrupt_at]
         if deadlines:
             slice_ = max(0.0, min(slice_, min(deadlines) - _now()))
         wanted = 1 if few else len(refs)
@@ -1578,6 +1588,10 @@ class RayBackend:
         for task in cancelling:
             if task.summary not in active:
                 continue  # it ended
+            if task.interrupt_at and task.interrupt_at <= now:
+                task.interrupt_at = 0.0
+                with contextlib.suppress(Exception):  # over meanwhile: nothing to cancel
+                    self._ray.cancel(task.summary, force=False, recursive=True)
             if task.kill_at > now:
                 left.append(task)
                 continue

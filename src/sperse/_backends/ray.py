@@ -263,6 +263,16 @@ class _Relay:
         tail = [[s, t] for s, t in task.chunks] + [[s, t] for s, t in task.partial.items() if t]
         return task.sent, tail
 
+    def count_item(self) -> str:
+        """An item this context's task sends to its mailbox itself (a callback): counted, so
+        the driver waits for it before it ends the task. Its task id ("" if none)."""
+        with self._cond:
+            task = self._current()
+            if task is None:
+                return ""
+            task.sent += 1
+            return task.task_id
+
     def original(self, stream: str) -> Any:
         return self._saved[0] if stream == "stdout" else self._saved[1]
 
@@ -498,9 +508,11 @@ def call_back(
     mailbox actor. Returns once the mailbox has them; ``ClientGone`` if the client left."""
     ray = import_ray()
     data = dumps((args, kwargs), what=f"the arguments of callback {what}")
+    relay = _worker_relay()
+    task_id = relay.count_item()  # the driver ends the task only once it has this too
     try:
         box = ray.get_actor(mailbox, namespace=namespace)
-        ray.get(box.put.remote([["", "", "callback", callback_id, data]]))
+        ray.get(box.put.remote([[task_id, relay.node_id, "callback", callback_id, data]]))
     except (ValueError, ray.exceptions.RayActorError) as exc:
         raise ClientGone(
             f"callback {what}: the client that made it has gone (its Ray mailbox is gone: "
@@ -1614,12 +1626,11 @@ class RayBackend:
         for task, (_, node_id, kind, stream, text) in found:
             if kind == "callback":  # remote code called back: stream is its id, text the args
                 _deliver_callback(stream, text)
-                continue
             if task is None:
-                continue  # over, or cancelled
+                continue  # over, or cancelled (or a callback from no task of ours)
             task.received += 1
             task_id = task.task_id
-            if not task.started:
+            if kind != "callback" and not task.started:
                 task.started = True
                 task.node = node_id
                 sink(Started(task_id, self._where(node_id)))

@@ -1074,9 +1074,8 @@ class RayBackend:
                 task.obj, task.creating = ready.obj, ready.creating
             with self._cond:
                 if self._closed or self._broken is not None:
-                    if ended is None:
-                        with contextlib.suppress(Exception):
-                            self._ray.cancel(task.summary, force=True)
+                    # Not cancelled: a task cancelled as it is pushed to a worker can abort
+                    # Ray's driver (see cancel); its result is never read.
                     stray = ready.obj if ready.creating else None
                 else:
                     self._tasks[ready.task_id] = task
@@ -1742,9 +1741,16 @@ class RayBackend:
         else:
             message = "the Ray backend was closed before the task ended"
             info = ErrorInfo("server_lost", "ServerLost", message)
+        # Leave no work running in a shared cluster: cancel what is left, but nothing sent
+        # less than CANCEL_SETTLE ago (see cancel): wait until it is that old.
+        youngest = max((t.sent_at for t in left if t.summary is not None), default=0.0)
+        settle = youngest + CANCEL_SETTLE - _now()
+        if settle > 0:
+            time.sleep(min(settle, CANCEL_SETTLE))
         for task in left:
-            with contextlib.suppress(Exception):  # leave no work running in a shared cluster
-                self._ray.cancel(task.summary, force=True, recursive=True)
+            if task.summary is not None:
+                with contextlib.suppress(Exception):
+                    self._ray.cancel(task.summary, force=True, recursive=True)
             self._fail(task, info)
 
     # ---- held values ---------------------------------------------------------------------------

@@ -29,7 +29,7 @@ from sperse._coordinator.service import (
     CoordinatorServer,
     log_event,
 )
-from sperse._server.cli import _public_host, _token, _watch_stdin
+from sperse._server.cli import _log_to_stderr, _public_host, _token, _watch_stdin
 from sperse._server.config import is_loopback
 
 __all__ = ["build_parser", "main"]
@@ -105,12 +105,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     token, generated = _token(args, parser)
-    level = str(args.log_level).upper()
-    logging.basicConfig(
-        level=level if isinstance(logging.getLevelName(level), int) else logging.INFO,
-        stream=sys.stderr,
-        format="%(asctime)s %(levelname)s %(name)s %(message)s",
-    )
+    level = _log_to_stderr(args.log_level)
     config = CoordinatorConfig(
         host=args.host,
         port=args.port,

@@ -36,6 +36,7 @@ import grpc.aio
 from sperse._coordinator.registry import Change, NameTaken, Registry
 from sperse._server.config import ServerConfigError, is_loopback
 from sperse._server.logs import _value  # one format for every sperse log line
+from sperse._server.server import add_port
 from sperse._wire import pb
 from sperse._wire.sperse_pb2_grpc import add_CoordinatorServicer_to_server
 
@@ -121,16 +122,6 @@ def check_config(config: CoordinatorConfig) -> None:
         raise CoordinatorConfigError(
             f"unknown log level {config.log_level!r}: use debug, info, warning or error"
         )
-
-
-def _read(path: str, what: str) -> bytes:
-    try:
-        with open(path, "rb") as file:
-            return file.read()
-    except OSError as exc:
-        raise CoordinatorConfigError(
-            f"cannot read the TLS {what} {path!r}: {exc.strerror}"
-        ) from exc
 
 
 def _valid_address(address: str) -> bool:
@@ -291,22 +282,14 @@ class CoordinatorServer:
         check_config(config)
         log.setLevel(config.log_level.upper())
         server = grpc.aio.server(options=_GRPC_OPTIONS)
-        host = f"[{config.host}]" if ":" in config.host else config.host
-        target = f"{host}:{config.port}"
-        try:
-            if config.tls:
-                assert config.tls_cert and config.tls_key  # check_config: both or neither
-                credentials = grpc.ssl_server_credentials(
-                    [(_read(config.tls_key, "key"), _read(config.tls_cert, "certificate"))]
-                )
-                port = server.add_secure_port(target, credentials)
-            else:
-                port = server.add_insecure_port(target)
-        except RuntimeError as exc:
-            raise CoordinatorConfigError(
-                f"cannot listen on {target}: {exc}. Is another process using the port? Choose "
-                "another --port, or 0 for any free one"
-            ) from exc
+        port = add_port(
+            server,
+            config.host,
+            config.port,
+            config.tls_cert,
+            config.tls_key,
+            CoordinatorConfigError,
+        )
         self._port = port
         self._service = _Service(self.token, Registry(config.heartbeat_timeout))
         add_CoordinatorServicer_to_server(self._service, server)  # type: ignore[no-untyped-call]
@@ -315,7 +298,9 @@ class CoordinatorServer:
             await server.start()
         except Exception as exc:  # a bad certificate or key shows up here
             await server.stop(None)
-            raise CoordinatorConfigError(f"cannot start listening on {target}: {exc}") from exc
+            raise CoordinatorConfigError(
+                f"cannot start listening on {self.address}: {exc}"
+            ) from exc
         self._sweeper = asyncio.create_task(self._sweep(), name="coordinator-sweep")
         log_event(
             logging.INFO,

@@ -158,6 +158,18 @@ def _token(args: argparse.Namespace, parser: argparse.ArgumentParser) -> tuple[s
     return token, False
 
 
+def _log_to_stderr(log_level: str) -> str:
+    """Log lines to standard error from ``log_level`` up (INFO for a name it does not
+    know: the config check says so); the level's name, upper case."""
+    level = str(log_level).upper()
+    logging.basicConfig(
+        level=level if isinstance(logging.getLevelName(level), int) else logging.INFO,
+        stream=sys.stderr,
+        format="%(asctime)s %(levelname)s %(name)s %(message)s",
+    )
+    return level
+
+
 def _watch_stdin(loop: asyncio.AbstractEventLoop, stop: asyncio.Event) -> None:
     """Stop the server when stdin reaches EOF (the parent that holds its other end died)."""
     try:
@@ -203,12 +215,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     token, generated = _token(args, parser)
-    level = str(args.log_level).upper()
-    logging.basicConfig(
-        level=level if isinstance(logging.getLevelName(level), int) else logging.INFO,
-        stream=sys.stderr,
-        format="%(asctime)s %(levelname)s %(name)s %(message)s",
-    )
+    level = _log_to_stderr(args.log_level)
     config = ServerConfig(
         host=args.host,
         port=args.port,

@@ -52,12 +52,41 @@ _GRPC_OPTIONS = [
 ]
 
 
-def _read(path: str, what: str) -> bytes:
+def add_port(
+    server: grpc.aio.Server,
+    host: str,
+    port: int,
+    tls_cert: str | None,
+    tls_key: str | None,
+    error: type[ServerConfigError] = ServerConfigError,
+) -> int:
+    """Have ``server`` listen on ``host:port`` (with TLS when given the certificate and key
+    files, both checked by the caller's config check); the port chosen. Raises ``error``
+    saying what to fix (the server's, or the coordinator's)."""
+    bracketed = f"[{host}]" if ":" in host else host
+    target = f"{bracketed}:{port}"
+
+    def read(path: str, what: str) -> bytes:
+        try:
+            with open(path, "rb") as file:
+                return file.read()
+        except OSError as exc:
+            raise error(f"cannot read the TLS {what} {path!r}: {exc.strerror}") from exc
+
     try:
-        with open(path, "rb") as file:
-            return file.read()
-    except OSError as exc:
-        raise ServerConfigError(f"cannot read the TLS {what} {path!r}: {exc.strerror}") from exc
+        if tls_cert and tls_key:
+            credentials = grpc.ssl_server_credentials(
+                [(read(tls_key, "key"), read(tls_cert, "certificate"))]
+            )
+            bound: int = server.add_secure_port(target, credentials)
+        else:
+            bound = server.add_insecure_port(target)
+    except RuntimeError as exc:
+        raise error(
+            f"cannot listen on {target}: {exc}. Is another process using the port? Choose "
+            "another --port, or 0 for any free one"
+        ) from exc
+    return bound
 
 
 class SperseServer:
@@ -99,22 +128,7 @@ class SperseServer:
         check_config(config)
         log.setLevel(config.log_level.upper())
         server = grpc.aio.server(options=_GRPC_OPTIONS)
-        host = f"[{config.host}]" if ":" in config.host else config.host
-        target = f"{host}:{config.port}"
-        try:
-            if config.tls:
-                assert config.tls_cert and config.tls_key  # check_config: both or neither
-                credentials = grpc.ssl_server_credentials(
-                    [(_read(config.tls_key, "key"), _read(config.tls_cert, "certificate"))]
-                )
-                port = server.add_secure_port(target, credentials)
-            else:
-                port = server.add_insecure_port(target)
-        except RuntimeError as exc:
-            raise ServerConfigError(
-                f"cannot listen on {target}: {exc}. Is another process using the port? Choose "
-                "another --port, or 0 for any free one"
-            ) from exc
+        port = add_port(server, config.host, config.port, config.tls_cert, config.tls_key)
         self._port = port
         self._name = config.name or default_name(port)
         self._core = ServerCore(config, self._name, asyncio.get_running_loop())
@@ -126,7 +140,7 @@ class SperseServer:
             await server.start()
         except Exception as exc:  # a bad certificate or key shows up here
             await server.stop(None)
-            raise ServerConfigError(f"cannot start listening on {target}: {exc}") from exc
+            raise ServerConfigError(f"cannot start listening on {self.address}: {exc}") from exc
         if config.shm and local.available():
             listener = local.LocalServer(self._service)
             try:

@@ -1,34 +1,68 @@
 # The two commands a new user needs: `make run` and `make test`.
-# Both create the virtual environment and install everything first.
+# Both create the virtual environment and install what they need first: `make run` the
+# runtime only, `make test` the development tools and every test dependency as well, at the
+# exact versions of requirements/lock.txt (`make lock` refreshes it; `make test-latest` runs
+# the suite against the newest releases instead, to meet the next breaking one on purpose).
 PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
-STAMP  := $(VENV)/.installed
+LOCK   := requirements/lock.txt
+PIP    := $(BIN)/pip install --quiet --constraint $(LOCK)
 
-.PHONY: run test lint format bench clean wasm-example
+.PHONY: run test test-pure lint format bench clean lock test-latest wasm-example
 
-$(STAMP): pyproject.toml
+$(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
-	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet -e '.[dev]'
-	touch $(STAMP)
+	$(PIP) --upgrade pip
 
-run: $(STAMP)
+$(VENV)/.installed-run: pyproject.toml $(LOCK) | $(BIN)/python
+	$(PIP) -e .
+	touch $@
+
+$(VENV)/.installed-dev: pyproject.toml $(LOCK) | $(BIN)/python
+	$(PIP) -e '.[dev]'
+	touch $@ $(VENV)/.installed-run
+
+run: $(VENV)/.installed-run
 	$(BIN)/sperse
 
-test: $(STAMP) lint
+test: lint
 	$(BIN)/python -m pytest -q
+	bash scripts/test_other_pythons.sh
 
-lint: $(STAMP)
+# The pure layers' tests on every other supported Python found here (3.12, 3.13).
+test-pure:
+	bash scripts/test_other_pythons.sh
+
+lint: $(VENV)/.installed-dev
 	$(BIN)/ruff check src tests bench examples
 	$(BIN)/ruff format --check src tests bench examples
 	$(BIN)/mypy
 
-format: $(STAMP)
+format: $(VENV)/.installed-dev
 	$(BIN)/ruff format src tests bench examples
 	$(BIN)/ruff check --fix src tests bench examples
 
-bench: $(STAMP)
+# The lock: what `pip install -e '.[dev]'` resolves today, in a scratch environment.
+lock:
+	rm -rf .venv-lock
+	$(PYTHON) -m venv .venv-lock
+	.venv-lock/bin/pip install --quiet --upgrade pip
+	.venv-lock/bin/pip install --quiet -e '.[dev]'
+	{ echo "# Exact versions for make run / make test. Refresh with: make lock"; \
+	  .venv-lock/bin/pip freeze --exclude-editable --all | grep -v -E '^(setuptools|wheel)=='; \
+	} > $(LOCK)
+	rm -rf .venv-lock
+
+# Every test against the newest releases of everything (no lock), in a separate environment.
+test-latest:
+	rm -rf .venv-latest
+	$(PYTHON) -m venv .venv-latest
+	.venv-latest/bin/pip install --quiet --upgrade pip
+	.venv-latest/bin/pip install --quiet --upgrade --upgrade-strategy eager -e '.[dev]'
+	.venv-latest/bin/python -m pytest -q
+
+bench: $(VENV)/.installed-dev
 	$(BIN)/python bench/graph.py
 	$(BIN)/python bench/analysis.py
 	$(BIN)/python bench/remote.py
@@ -42,10 +76,10 @@ bench: $(STAMP)
 # The WebAssembly example of `sperse submit` (docs/jobs.md). The built module is committed, so
 # `make test` needs no C toolchain; this rebuilds it with zig from PyPI (the ziglang package;
 # the same version gives the same bytes).
-wasm-example: $(STAMP)
+wasm-example: $(VENV)/.installed-dev
 	$(BIN)/pip install --quiet 'ziglang==0.17.1'
 	$(BIN)/python -m ziglang cc -target wasm32-wasi -Os -s -Wl,-z,stack-size=65536 \
 		-o examples/wasm/summer.wasm examples/wasm/summer.c
 
 clean:
-	rm -rf $(VENV) build dist src/*.egg-info .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) .venv-* build dist src/*.egg-info .pytest_cache .mypy_cache .ruff_cache

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import atexit
 import importlib.util
 import logging
 import os
+import shutil
+import tempfile
 from collections.abc import Callable, Iterator
 
 import pytest
@@ -15,6 +18,14 @@ import sperse
 # nothing home. Set here, before any test module can import it.
 os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+
+# What Sperse writes under the user's directories (the record of `sperse up`, embedded
+# servers' logs) goes to a folder of the test session instead, for every process it starts.
+_USER_DIRS = tempfile.mkdtemp(prefix="sperse-tests-")
+os.environ["XDG_RUNTIME_DIR"] = os.path.join(_USER_DIRS, "run")
+os.environ["XDG_STATE_HOME"] = os.path.join(_USER_DIRS, "state")
+os.makedirs(os.environ["XDG_RUNTIME_DIR"], mode=0o700)
+atexit.register(shutil.rmtree, _USER_DIRS, ignore_errors=True)
 
 RAY_INSTALLED = importlib.util.find_spec("ray") is not None
 # The session's Ray node: custom resources stand for tags (DESIGN §4 `sperse server --tag`),

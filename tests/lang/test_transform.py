@@ -1,8 +1,14 @@
-"""The `remote` source transform: rewriting, ordinary uses of the name, errors, round trips."""
+"""The `remote` source transform: rewriting, ordinary uses of the name, errors, round trips.
+
+Cases in syntax that only Python 3.12+ parses (PEP 701 f-strings: nested same quotes,
+backslashes, comments and line breaks in replacement fields) say so and are skipped on
+older Pythons; ``scripts/test_other_pythons.sh`` runs them.
+"""
 
 from __future__ import annotations
 
 import ast
+import sys
 from dataclasses import dataclass
 
 import pytest
@@ -13,6 +19,13 @@ from sperse._lang.placement import And, Not, Or, Placement, Tag, TagExpr, parse_
 from sperse._lang.transform import MARKER, remote_placement, to_remote_syntax, transform
 
 M = MARKER
+PY312 = (3, 12)
+
+
+def needs(python: tuple[int, int]) -> pytest.MarkDecorator:
+    return pytest.mark.skipif(
+        sys.version_info < python, reason=f"the syntax needs Python {python[0]}.{python[1]}"
+    )
 
 
 @dataclass(frozen=True)
@@ -20,6 +33,7 @@ class Case:
     source: str
     expected: str
     canonical: bool = True  # written in canonical spacing: to_remote_syntax gives it back
+    python: tuple[int, int] = (3, 11)  # the oldest Python that parses `source`
 
 
 TRANSFORM_CASES: list[Case] = [
@@ -75,6 +89,14 @@ TRANSFORM_CASES: list[Case] = [
     Case("x = remote[!!a] f()\n", f'with {M}("!!a"): x = f()\n'),
     Case("x = remote[cpu=0.5, n=2] f()\n", f'with {M}("cpu=0.5, n=2"): x = f()\n'),
     Case("x = remote[@db-1, gpu] f()\n", f'with {M}("gpu, @db-1"): x = f()\n', False),
+    # placements that Python 3.12+'s tokenizer rejects ("invalid octal literal" ...)
+    Case("x = remote[A-0O] f(y)\n", f'with {M}("A-0O"): x = f(y)\n'),
+    Case("x = remote[gpu-0x, @node-1_] f()\n", f'with {M}("gpu-0x, @node-1_"): x = f()\n'),
+    Case(
+        "remote[a-0b &  # the fast ones]\n       !z-1e]:\n    pass\n",
+        f'with {M}("a-0b & !z-1e") \\\n:\n    pass\n',
+        canonical=False,
+    ),
     # comments, strings, several statements, several lines
     Case("remote f()  # remote g()\n", f"with {M}(): f()  # remote g()\n"),
     Case("remote[db]:  # fetch\n    pass\n", f'with {M}("db"):  # fetch\n    pass\n'),
@@ -111,19 +133,68 @@ TRANSFORM_CASES: list[Case] = [
     Case("remote[gpu]:", f'with {M}("gpu"):'),
     Case("x = remote f(", f"with {M}(): x = f("),
     Case("x = remote f(a,\n", f"with {M}(): x = f(a,\n"),
+    Case('x = remote f(f"{a', f'with {M}(): x = f(f"{{a'),
+    # f-strings: an f-string is one string, whatever its replacement fields hold
+    Case("x = remote f(f\"{'a'}\")\n", f"with {M}(): x = f(f\"{{'a'}}\")\n"),
+    Case('x = remote f"{x!r:>{w}}"\n', f'with {M}(): x = f"{{x!r:>{{w}}}}"\n'),
+    Case('x = remote f(f"{x=}", y)\n', f'with {M}(): x = f(f"{{x=}}", y)\n'),
+    Case('x = remote f"{{remote}} {a}"\n', f'with {M}(): x = f"{{{{remote}}}} {{a}}"\n'),
+    Case(
+        'x = remote[gpu] f(f"{a}", f"{b:{c}}"); y = f"{x}"\n',
+        f'with {M}("gpu"): x = f(f"{{a}}", f"{{b:{{c}}}}"); y = f"{{x}}"\n',
+    ),
+    Case(
+        'x = remote f(f"""\n{a}\n""")\nz = 2\n',
+        f'with {M}(): x = f(f"""\n{{a}}\n""")\nz = 2\n',
+    ),
+    # f-strings of PEP 701
+    Case('x = remote f(f"{"a"}")\n', f'with {M}(): x = f(f"{{"a"}}")\n', python=PY312),
+    Case(
+        'x = remote[gpu] g(f"{a["k"]=}"); z = 1\n',
+        f'with {M}("gpu"): x = g(f"{{a["k"]=}}"); z = 1\n',
+        python=PY312,
+    ),
+    Case(
+        'x = remote f"{f"{f"{a}"}"}"\n', f'with {M}(): x = f"{{f"{{f"{{a}}"}}"}}"\n', python=PY312
+    ),
+    Case(
+        'x = remote f(f"{"\\n".join(xs)}")\n',
+        f'with {M}(): x = f(f"{{"\\n".join(xs)}}")\n',
+        python=PY312,
+    ),
+    Case(
+        'x = remote f(f"{a  # remote g()\n}")\ny = 1\n',
+        f'with {M}(): x = f(f"{{a  # remote g()\n}}")\ny = 1\n',
+        python=PY312,
+    ),
+    Case(
+        'x = remote f(f"""{\n    g(a,\n      b)\n}""")\n',
+        f'with {M}(): x = f(f"""{{\n    g(a,\n      b)\n}}""")\n',
+        python=PY312,
+    ),
+    Case(
+        'x = remote[gpu] f(f"{a:{"="}}")\n',
+        f'with {M}("gpu"): x = f(f"{{a:{{"="}}}}")\n',
+        python=PY312,
+    ),
+    Case(
+        'remote[db]:\n    y = f"{d["k"]!r:>{w}}"\n',
+        f'with {M}("db"):\n    y = f"{{d["k"]!r:>{{w}}}}"\n',
+        python=PY312,
+    ),
 ]
 
 
-def _id(case: Case) -> str:
-    return case.source
+def _params(cases: list[Case]) -> list[object]:
+    return [pytest.param(case, id=case.source, marks=needs(case.python)) for case in cases]
 
 
-@pytest.mark.parametrize("case", TRANSFORM_CASES, ids=_id)
+@pytest.mark.parametrize("case", _params(TRANSFORM_CASES))
 def test_transform(case: Case) -> None:
     assert transform(case.source) == case.expected
 
 
-@pytest.mark.parametrize("case", [c for c in TRANSFORM_CASES if c.canonical], ids=_id)
+@pytest.mark.parametrize("case", _params([c for c in TRANSFORM_CASES if c.canonical]))
 def test_round_trip(case: Case) -> None:
     assert to_remote_syntax(transform(case.source)) == case.source
 
@@ -131,7 +202,7 @@ def test_round_trip(case: Case) -> None:
 COMPLETE = [c for c in TRANSFORM_CASES if c.source.endswith("\n") and not c.source.endswith(",\n")]
 
 
-@pytest.mark.parametrize("case", COMPLETE, ids=_id)
+@pytest.mark.parametrize("case", _params(COMPLETE))
 def test_transformed_source_parses(case: Case) -> None:
     source = transform(case.source)
     tree = ast.parse(source)  # `await` at top level is fine for ast.parse
@@ -203,10 +274,25 @@ ORDINARY: list[str] = [
     "remote = 1\nx = (remote,\n     remote)\n",
     "remote = 3\ndel remote\n",
     "import asyncio\n\n\nasync def g(remote):\n    return [x async for x in remote]\n",
+    # in the replacement fields of f-strings, which are strings, never remote forms
+    "def remote(x):\n    return x\n\n\nx = f'{remote (1)}'\n",
+    "remote = [1]\nx = f'{remote [0]}'\n",
+    "remote = 1\nx = f'{remote = }'\n",
+    "remote = 1\nx = f'{remote!r:>{remote}}'\n",
+]
+
+# The same in the f-strings of PEP 701.
+ORDINARY_312: list[str] = [
+    'remote = {"k": 1}\nx = f"{remote ["k"]}"\n',
+    'def remote(x):\n    return x\n\n\nx = f"{remote ("a")}"\n',
+    'remote = 2\nx = f"""{\n    remote (1) if False else remote  # remote f()\n}"""\n',
+    'remote = 1\nx = f"{f"{remote [0] if False else remote}"}"\n',
 ]
 
 
-@pytest.mark.parametrize("source", ORDINARY)
+@pytest.mark.parametrize(
+    "source", [*ORDINARY, *(pytest.param(source, marks=needs(PY312)) for source in ORDINARY_312)]
+)
 def test_ordinary_name_is_untouched(source: str) -> None:
     assert transform(source) is source
     exec(compile(transform(source), "<test>", "exec"), {})
@@ -257,10 +343,23 @@ BAD: list[tuple[str, int, int, str]] = [
     ("remote x = remote f()\n", 1, 12, "only one `remote`"),
     ("remote def f(): pass\n", 1, 8, "expected an expression after `remote`, got `def`"),
     ("x = remote[gpu] return\n", 1, 17, "expected an expression after `remote`"),
+    ('x = f"""\n{a}\n"""; remote g()\n', 3, 6, "must begin its line"),
+    ("x = remote f(f'{a}') + remote g()\n", 1, 24, "`remote` must start a statement"),
+    ("def f():\n    remote[a-0x] g()\n", 2, 5, "only allowed at top level"),
 ]
 
 
-@pytest.mark.parametrize(("source", "lineno", "offset", "message"), BAD)
+# The same after the f-strings of PEP 701.
+BAD_312: list[tuple[str, int, int, str]] = [
+    ('x = f"{"a"}"; remote g()\n', 1, 15, "must begin its line"),
+    ('x = f"{a  # remote g()\n}"; remote g()\n', 2, 5, "must begin its line"),
+]
+
+
+@pytest.mark.parametrize(
+    ("source", "lineno", "offset", "message"),
+    [*BAD, *(pytest.param(*bad, marks=needs(PY312)) for bad in BAD_312)],
+)
 def test_malformed(source: str, lineno: int, offset: int, message: str) -> None:
     with pytest.raises(SyntaxError) as info:
         transform(source, "cell.py")

@@ -30,6 +30,16 @@ The rules, and why:
   (not defs); names they read before binding them are refs. Methods and comprehensions in
   a class body do not see the class namespace (Python skips it), except the first
   iterable of a comprehension, which is evaluated in the class body.
+- **Type parameters** (PEP 695: ``def f[T]``, ``class C[T]``, ``type A[T] = ...``) live in
+  an annotation scope of their own: they are seen by the annotations, bases, keywords and
+  body of their function or class, never outside it (decorators and argument defaults are
+  evaluated outside), so they are no refs. Bounds, constraints and defaults of type
+  parameters and the value of a ``type`` statement are evaluated lazily, when first used,
+  so they read like deferred code; the ``type`` statement defines its name. Code in an
+  annotation scope right inside a class sees the class namespace: annotations as it is
+  when the ``def`` runs, lazy parts as it is when the class body has finished. A generic
+  class body that reads a name it binds only later reads the global, not the type
+  parameter (``class C[T]: x = T; T = 1``), as any class body does.
 - **Comprehension variables never leak**; a walrus in a comprehension binds in the
   enclosing function, or at top level is a def of the statement.
 - **Builtins are not refs** unless the caller says the workspace has shadowed them
@@ -61,6 +71,8 @@ _MODULE: Final = 0
 _FUNCTION: Final = 1
 _CLASS: Final = 2
 _COMPREHENSION: Final = 3
+_ANNOTATION: Final = 4  # the scope of PEP 695 type parameters; `bound` holds them
+_LAZY: Final = 5  # a bound, constraint or default of a type parameter, or a `type` value
 
 
 @dataclass(frozen=True, slots=True)
@@ -95,12 +107,25 @@ class _Scope:
     """One Python scope met while walking the statement.
 
     ``bound`` holds the names bound in the scope (for a comprehension, its loop
-    variables). ``assigned`` is the definite-assignment state of a module or class body
-    at the current point of the walk. ``uses`` holds names read in a deferred function or
-    class body that are resolved when the scope closes, once all its bindings are known.
+    variables; for an annotation scope, its type parameters). ``assigned`` is the
+    definite-assignment state of a module or class body at the current point of the walk.
+    ``uses`` holds names read in a function body, or in a class body that is deferred or
+    generic, that are resolved when the scope closes, once all its bindings are known;
+    ``lazy_uses``, names that lazily evaluated code reads from a class namespace, which
+    are resolved against what the class body has bound when it ends.
     """
 
-    __slots__ = ("assigned", "bound", "deferred", "globals", "kind", "nonlocals", "parent", "uses")
+    __slots__ = (
+        "assigned",
+        "bound",
+        "deferred",
+        "globals",
+        "kind",
+        "lazy_uses",
+        "nonlocals",
+        "parent",
+        "uses",
+    )
 
     def __init__(self, kind: int, parent: _Scope | None, deferred: bool) -> None:
         self.kind = kind
@@ -109,6 +134,7 @@ class _Scope:
         self.bound: set[str] = set()
         self.assigned: set[str] = set()
         self.uses: set[str] = set()
+        self.lazy_uses: set[str] = set()
         self.globals: set[str] = set()
         self.nonlocals: set[str] = set()
 
@@ -206,12 +232,18 @@ class _Analyzer:
 
     def _resolve(self, name: str, scope: _Scope, skip_class: bool, deferred: bool) -> None:
         """Resolve a read of ``name`` that was not local, starting at ``scope``."""
+        lazy = False
         while True:
             kind = scope.kind
             if kind == _FUNCTION:
                 scope.uses.add(name)  # resolved when that function closes
                 return
-            if kind == _COMPREHENSION:
+            if kind == _ANNOTATION:
+                if name in scope.bound:
+                    return  # a type parameter
+            elif kind == _LAZY:
+                lazy = True
+            elif kind == _COMPREHENSION:
                 if name in scope.bound:
                     return
                 skip_class = True  # a comprehension body does not see a class namespace
@@ -219,15 +251,21 @@ class _Analyzer:
                 if name in scope.globals:
                     break
                 if name not in scope.nonlocals:
+                    if lazy:
+                        scope.lazy_uses.add(name)  # resolved when the class body closes
+                        return
                     if name in scope.assigned:
                         return
-                    if scope.deferred:
+                    if scope.deferred or scope.parent.kind == _ANNOTATION:
                         scope.uses.add(name)  # resolved when the class body closes
                         return
                 skip_class = True
             elif kind == _MODULE:
                 break
             scope = scope.parent
+        self._global_read(name, deferred)
+
+    def _global_read(self, name: str, deferred: bool) -> None:
         if deferred:
             self._deferred.add(name)
         elif name not in self._module.assigned and (
@@ -579,6 +617,7 @@ class _Analyzer:
         self._visit_all(node.decorator_list)
         args = node.args
         self._defaults(args)
+        outer = self._type_params(getattr(node, "type_params", []))
         for arg in (*args.args, *args.posonlyargs):
             if arg.annotation is not None:
                 self.visit(arg.annotation)
@@ -592,6 +631,7 @@ class _Analyzer:
         if node.returns is not None:
             self.visit(node.returns)
         self._function_body(args, node.body)
+        self._scope = outer
         self._store(node.name)
 
     visit_FunctionDef = _function_def
@@ -638,6 +678,7 @@ class _Analyzer:
 
     def visit_ClassDef(self, node: ast.ClassDef) -> None:
         self._visit_all(node.decorator_list)
+        outer = self._type_params(getattr(node, "type_params", []))
         self._visit_all(node.bases)
         for keyword in node.keywords:
             self.visit(keyword.value)
@@ -646,15 +687,56 @@ class _Analyzer:
         self._scope, self._flow, self._alive, self._breaks = scope, scope.assigned, True, []
         self._visit_all(node.body)
         self._scope, self._flow, self._alive, self._breaks = saved
-        # Reads a deferred class body made before binding the name: a name the body
-        # binds somewhere is looked up in the globals; any other goes to the enclosing
-        # function first.
+        # Reads a deferred or generic class body made before binding the name: a name the
+        # body binds somewhere is looked up in the globals; any other goes to the
+        # enclosing type parameters or function first.
+        deferred = scope.deferred
         for name in scope.uses:
             if name in scope.bound:
-                self._deferred.add(name)
+                self._global_read(name, deferred)
             else:
+                self._resolve(name, scope.parent, True, deferred)
+        # Lazy code sees the class namespace as the body left it.
+        for name in scope.lazy_uses:
+            if name not in scope.assigned:
                 self._resolve(name, scope.parent, True, True)
+        self._scope = outer
         self._store(node.name)
+
+    def visit_TypeAlias(self, node: Any) -> None:  # ast.TypeAlias, Python 3.12+
+        outer = self._type_params(node.type_params)
+        self._lazy([node.value])
+        self._scope = outer
+        self.visit(node.name)
+
+    def _type_params(self, params: list[Any]) -> _Scope:
+        """Enter the annotation scope of PEP 695 type parameters, if there are any.
+
+        Returns the scope to restore once the function, class or alias is done.
+        """
+        outer = self._scope
+        if not params:
+            return outer
+        scope = _Scope(_ANNOTATION, outer, deferred=outer.deferred)
+        scope.bound.update(param.name for param in params)
+        self._scope = scope
+        lazy: list[ast.expr] = []
+        for param in params:
+            for field in ("bound", "default_value"):  # default_value: Python 3.13+
+                value = getattr(param, field, None)
+                if value is not None:
+                    lazy.append(value)
+        self._lazy(lazy)
+        return outer
+
+    def _lazy(self, nodes: list[ast.expr]) -> None:
+        """Visit expressions that Python evaluates later, when they are first used."""
+        if not nodes:
+            return
+        outer = self._scope
+        self._scope = _Scope(_LAZY, outer, deferred=True)
+        self._visit_all(nodes)
+        self._scope = outer
 
     # -- expressions ----------------------------------------------------------------
 

@@ -29,6 +29,10 @@ or if else in is for async as import from``, a number, a string, ``{``, ``~``, `
 Invariants:
 
 - Work is done on tokens, never on raw text, so strings and comments are never touched.
+  That holds for f-strings too: from Python 3.12 (PEP 701) the tokenizer splits them into
+  ``FSTRING_START``, the tokens of their replacement fields and ``FSTRING_END``; those are
+  joined back into one string token, as Python 3.11 reports it, so the code inside an
+  f-string is never read as a `remote` form and every Python transforms the same way.
 - Line numbers are kept: one-line forms stay on their line, block bodies are untouched. Where
   a removed ``[...]`` spanned lines, its newlines come back as backslash continuations.
 - Source without remote forms comes back unchanged: the very same string.
@@ -83,7 +87,15 @@ _COMPOUND: Final = frozenset(
 )
 _OPENERS: Final = frozenset("([{")
 _CLOSERS: Final = frozenset(")]}")
-_FSTRING_START: Final = getattr(tokenize, "FSTRING_START", None)
+# Tokens that open and close an f-string (3.12+) or a t-string (3.14+); absent before.
+_STRING_STARTS: Final = frozenset(
+    getattr(tokenize, name)
+    for name in ("FSTRING_START", "TSTRING_START")
+    if hasattr(tokenize, name)
+)
+_STRING_ENDS: Final = frozenset(
+    getattr(tokenize, name) for name in ("FSTRING_END", "TSTRING_END") if hasattr(tokenize, name)
+)
 _SKIPPED: Final = frozenset(
     {tokenize.NL, tokenize.COMMENT, tokenize.INDENT, tokenize.DEDENT, tokenize.ENDMARKER}
 )
@@ -158,13 +170,56 @@ class _Source:
         return SyntaxError(message, (self.filename, row, col + 1, self.text[start:end]))
 
 
-def _logical_lines(source: str) -> list[_Line]:
+def _joined_string(
+    source: _Source, start: tokenize.TokenInfo, end: tuple[int, int]
+) -> tokenize.TokenInfo:
+    """One STRING token for the f-string from ``start``, its FSTRING_START, to ``end``."""
+    text = source.text[source.offset(start.start) : source.offset(end)]
+    return tokenize.TokenInfo(tokenize.STRING, text, start.start, end, start.line)
+
+
+def _logical_lines(source: _Source) -> list[_Line]:
+    """The logical lines of ``source``, read by Python's tokenizer.
+
+    From Python 3.12 that is the compiler's own tokenizer, which rejects some text that a
+    placement may hold (``remote[a-0x]``: "invalid hexadecimal literal"). When it fails
+    inside the bracket of a ``remote[...]``, the text in the bracket is blanked out (same
+    length, same newlines) and the source read again; the placement itself is always read
+    from the original text, at the same offsets.
+    """
+    text = source.text
+    while True:
+        lines, blanked = _read_lines(source, text)
+        if blanked is None:
+            return lines
+        text = blanked
+
+
+def _read_lines(source: _Source, text: str) -> tuple[list[_Line], str | None]:
+    """The logical lines of ``text`` (``source.text``, maybe with placements blanked out);
+    or, if the tokenizer failed inside the placement of a ``remote[``, the text to read
+    instead."""
     lines: list[_Line] = []
     level = 0
     line_level = 0
     current: list[tokenize.TokenInfo] = []
+    # The FSTRING_START of the outermost f-string being read, and how deeply they nest.
+    string_start: tokenize.TokenInfo | None = None
+    string_depth = 0
     try:
-        for token in tokenize.generate_tokens(io.StringIO(source).readline):
+        for token in tokenize.generate_tokens(io.StringIO(text).readline):
+            if string_start is not None:
+                if token.type in _STRING_STARTS:
+                    string_depth += 1
+                elif token.type in _STRING_ENDS:
+                    string_depth -= 1
+                if string_depth:
+                    continue
+                token = _joined_string(source, string_start, token.end)
+                string_start = None
+            elif token.type in _STRING_STARTS:
+                string_start, string_depth = token, 1
+                continue
             if token.type == tokenize.INDENT:
                 level += 1
             elif token.type == tokenize.DEDENT:
@@ -184,10 +239,52 @@ def _logical_lines(source: str) -> list[_Line]:
     except (tokenize.TokenError, SyntaxError):
         # Unfinished input (EOF inside brackets or a string) or bad indentation: keep what was
         # read; Python reports the problem, or asks for more input, when it compiles the result.
-        pass
+        if string_start is not None:  # an f-string that is not closed runs to the end
+            if not current:
+                line_level = level
+            current.append(_joined_string(source, string_start, source.position(len(text))))
+        else:
+            blanked = _blank_open_placement(source, text, current)
+            if blanked is not None:
+                return [], blanked
     if current:
         lines.append(_Line(line_level, tuple(current)))
-    return lines
+    return lines, None
+
+
+def _blank_open_placement(
+    source: _Source, text: str, tokens: list[tokenize.TokenInfo]
+) -> str | None:
+    """``text`` with the inside of the ``remote[...]`` that ``tokens`` end in blanked out.
+
+    None if the tokens do not end inside such a bracket, if it is never closed, or if it is
+    blank already (so each bracket is blanked at most once).
+    """
+    for index in range(len(tokens) - 2, -1, -1):
+        bracket = tokens[index + 1]
+        if (
+            _is_remote(tokens[index])
+            and _is_op(bracket, "[")
+            and bracket.start == tokens[index].end
+            and not (index > 0 and _is_op(tokens[index - 1], "."))
+        ):
+            break
+    else:
+        return None
+    if _matching(tuple(tokens), index + 1) is not None:
+        return None
+    start = end = source.offset(bracket.end)
+    while end < len(text) and text[end] != "]":  # placements hold no `]`, comments may
+        if text[end] == "#":
+            newline = text.find("\n", end)
+            end = len(text) if newline < 0 else newline
+        else:
+            end += 1
+    inside = text[start:end]
+    if end == len(text) or not inside.strip():
+        return None
+    blank = "".join(char if char == "\n" else " " for char in inside)
+    return text[:start] + blank + text[end:]
 
 
 def _is_op(token: tokenize.TokenInfo, text: str) -> bool:
@@ -216,7 +313,7 @@ def _matching(tokens: tuple[tokenize.TokenInfo, ...], open_index: int) -> int | 
 def _starts_only(tokens: tuple[tokenize.TokenInfo, ...], index: int) -> bool:
     """Whether the token can start an expression but cannot continue one."""
     token = tokens[index]
-    if token.type in (tokenize.NUMBER, tokenize.STRING, _FSTRING_START):
+    if token.type in (tokenize.NUMBER, tokenize.STRING):
         return True
     if token.type == tokenize.OP:
         return token.string in ("{", "~", "...")
@@ -442,7 +539,7 @@ def transform(source: str, filename: str = "<input>") -> str:
         return source
     text = _Source(source, filename)
     edits: list[_Edit] = []
-    for line in _logical_lines(source):
+    for line in _logical_lines(text):
         if any(_is_remote(token) for token in line.tokens):
             edits.extend(_LineTransformer(text, line).edits())
     return _apply(source, edits) if edits else source
@@ -544,7 +641,7 @@ def to_remote_syntax(source: str) -> str:
         return source
     text = _Source(source, "<display>")
     edits: list[_Edit] = []
-    for line in _logical_lines(source):
+    for line in _logical_lines(text):
         tokens = line.tokens
         header = _marker_header(tokens) if line.level == 0 else None
         if header is None:

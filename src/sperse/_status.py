@@ -1,9 +1,11 @@
 """``sperse status [URL]``: the servers of a cluster as its coordinator sees them, once.
 
+The coordinator is the URL given, else ``$SPERSE_COORDINATOR``, else the one the running
+``sperse up`` recorded (with its token file, unless a token option is given).
 A table on a terminal (rich), aligned plain text otherwise, a JSON list with ``--json``.
-Exit status: 0 with the list (even an empty one), 1 when the coordinator refuses the token
-or nothing answers (one line on standard error says which, and what to do), 2 for wrong
-usage.
+Exit status: 0 with the list (even an empty one), 1 when there is no coordinator to ask
+(none given, none recorded), the coordinator refuses the token or nothing answers (one line
+on standard error says which, and what to do), 2 for wrong usage.
 """
 
 from __future__ import annotations
@@ -48,7 +50,8 @@ def build_parser() -> argparse.ArgumentParser:
         nargs="?",
         default=None,
         metavar="URL",
-        help="the coordinator: sperse://HOST:PORT (default: $SPERSE_COORDINATOR)",
+        help="the coordinator: sperse://HOST:PORT (default: $SPERSE_COORDINATOR, else the "
+        "cluster of the running `sperse up`)",
     )
     tokens = parser.add_mutually_exclusive_group()
     tokens.add_argument("--token", help="the cluster token (default: $SPERSE_TOKEN)")
@@ -164,19 +167,31 @@ def _fail(message: str) -> int:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    url = args.url or os.environ.get("SPERSE_COORDINATOR")
-    if not url:
-        parser.error("give the coordinator's URL (sperse://HOST:PORT) or set SPERSE_COORDINATOR")
     from sperse._backends.remote import parse_url
     from sperse._cluster import _token_from
     from sperse._coordinator.client import members
+    from sperse._up import ClusterRecord, recorded_cluster
 
+    url = args.url or os.environ.get("SPERSE_COORDINATOR")
+    token_file = args.token_file
+    record: ClusterRecord | None = None
+    if not url:
+        try:
+            record = recorded_cluster(
+                or_else="give the coordinator's URL (sperse status sperse://HOST:PORT) or set "
+                "SPERSE_COORDINATOR"
+            )
+        except SperseError as exc:
+            return _fail(str(exc))
+        url = record.url
+        if args.token is None and token_file is None:
+            token_file = record.token_file
     try:
         parse_url(url)
     except ValueError as exc:
         parser.error(str(exc))
     try:
-        token = args.token or _token_from(args.token_file)
+        token = args.token or _token_from(token_file)
         tls_ca = Path(args.tls_ca).read_bytes() if args.tls_ca else None
     except OSError as exc:
         return _fail(f"cannot read {exc.filename!r}: {exc.strerror}")
@@ -188,7 +203,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         found = members(url, token, tls_ca=tls_ca, timeout=args.timeout)
     except SperseError as exc:
-        return _fail(str(exc))
+        where = f" (the cluster of {record.describe()})" if record is not None else ""
+        return _fail(f"{exc}{where}")
     if args.json:
         print(json.dumps(as_json(found), indent=2))
     elif not found:

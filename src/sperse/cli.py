@@ -1,8 +1,9 @@
 """The ``sperse`` command.
 
     sperse [--connect URL [--token T]] [--workers N] [--local]   the REPL
+    sperse --up                                                   the REPL, on `sperse up`'s cluster
     sperse --ray ADDRESS                                          the REPL, on a Ray cluster
-    sperse run [-i] [-q] [--connect URL ...] script.py [args...]   a script, as the REPL runs it
+    sperse run [-i] [-q] [--connect URL ... | --up] script.py ...  a script, as the REPL runs it
     sperse server ...                                             a server (`sperse server --help`)
     sperse coordinator ...                                        a cluster registry
     sperse up [--servers N] [--tags LIST] [--config F.toml]       a local cluster, until Ctrl-C
@@ -32,6 +33,12 @@ def _cluster_options(parser: argparse.ArgumentParser, *, nested: bool = False) -
         metavar="URL",
         default=default,
         help="a running server or coordinator: sperse://HOST:PORT (several servers: URL,URL,...)",
+    )
+    group.add_argument(
+        "--up",
+        action="store_true",
+        default=argparse.SUPPRESS if nested else False,
+        help="the cluster of the running `sperse up`: the coordinator and token file it recorded",
     )
     group.add_argument(
         "--token",
@@ -149,9 +156,22 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("--local and --connect exclude each other")
     if args.ray is not None and (args.local or args.connect is not None):
         parser.error("--ray excludes --local and --connect")
-    options = ClusterOptions(
-        args.connect, args.token, args.workers, args.local, args.ray, args.token_file
-    )
+    if args.up and (args.connect is not None or args.local or args.ray is not None):
+        parser.error(
+            "--up (the cluster `sperse up` recorded) excludes --connect, --local and --ray"
+        )
+    url, token_file = args.connect, args.token_file
+    if args.up:
+        from sperse._up import recorded_cluster
+        from sperse.errors import ServerUnavailable
+
+        try:
+            record = recorded_cluster(or_else="name one with --connect URL --token-file PATH")
+        except ServerUnavailable as exc:
+            print(f"sperse: error: {exc}", file=sys.stderr)
+            return 1
+        url, token_file = record.url, record.token_file
+    options = ClusterOptions(url, args.token, args.workers, args.local, args.ray, token_file)
     if args.command == "submit":
         from sperse.jobs._options import request_from
 

@@ -47,7 +47,10 @@ def sperse(*args: str, env: dict[str, str] | None = None) -> subprocess.Complete
 # ---- sperse up, a real process ------------------------------------------------------------
 
 
-def test_sperse_up_with_a_config_file(tmp_path: Path, start_child: StartChild) -> None:
+def test_sperse_up_with_a_config_file(
+    tmp_path: Path, start_child: StartChild, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("XDG_RUNTIME_DIR", str(tmp_path))  # its record, not the developer's
     config = tmp_path / "cluster.toml"
     config.write_text(
         "[coordinator]\n"
@@ -64,7 +67,7 @@ def test_sperse_up_with_a_config_file(tmp_path: Path, start_child: StartChild) -
     )
     token_file = tmp_path / "token"
     up = start_child("sperse.cli", ["up", "--config", str(config), "--token-file", str(token_file)])
-    lines = up.read_lines(6)
+    lines = up.read_lines(7)
     match = CLUSTER_READY.match(lines[0])
     assert match, lines
     url = match.group(1)
@@ -73,6 +76,8 @@ def test_sperse_up_with_a_config_file(tmp_path: Path, start_child: StartChild) -
     assert lines[2].split()[0] == "plain"
     assert f'sperse.connect("{url}", token_file="{token_file}")' in lines[3]
     assert stat.S_IMODE(token_file.stat().st_mode) == 0o600
+    record = json.loads((tmp_path / "sperse" / "cluster.json").read_text())
+    assert record == {"url": url, "token_file": str(token_file), "pid": up.pid}
     children = children_of(up.pid)
     assert len(children) == 3  # the coordinator and two servers
 
@@ -93,6 +98,8 @@ def test_sperse_up_with_a_config_file(tmp_path: Path, start_child: StartChild) -
     assert up.wait() == 0
     gone = [pid for pid in children if pid_alive(pid)]
     assert not gone, f"children {gone} outlived sperse up"
+    assert list((tmp_path / "sperse").iterdir()) == []
+    assert token_file.exists()  # given with --token-file: it stays
 
 
 def test_sperse_up_refuses_a_bad_config(tmp_path: Path) -> None:

@@ -143,7 +143,10 @@ class _Service:
     async def _check_token(self, token: str, context: _Context) -> None:
         if not hmac.compare_digest(token.encode(), self._token):
             peer = context.peer()
-            log_event(logging.WARNING, "token_refused", peer=peer)
+            # No token at all is how clients ask "is this a coordinator?" (is_coordinator):
+            # not worth a warning on the terminal of `sperse up`; a wrong one is.
+            level = logging.WARNING if token else logging.DEBUG
+            log_event(level, "token_refused" if token else "token_missing", peer=peer)
             await context.abort(
                 grpc.StatusCode.UNAUTHENTICATED,
                 "wrong or missing cluster token: pass the cluster token, the one the "

@@ -29,6 +29,7 @@ from sperse.errors import (
     SperseError,
     StatementError,
     TaskCancelled,
+    TaskTimeout,
     UnknownObject,
     UpstreamError,
     UsageError,
@@ -39,9 +40,17 @@ if TYPE_CHECKING:
     from sperse._backends.local import LocalBackend
     from sperse._callbacks import Callback, callback
     from sperse._cluster import Cluster, connect, current
-    from sperse._mapreduce import MapResult, map, mapreduce, reduce
+    from sperse._mapreduce import MapResult, Reduction, Tracked, map, mapreduce, reduce
     from sperse._objects import ObjectProxy, RemoteClass, get_object, objects
-    from sperse._pending import Pending, RemoteFunction, as_completed, gather, remote, wait
+    from sperse._pending import (
+        Pending,
+        RemoteFunction,
+        as_completed,
+        gather,
+        remote,
+        run_on_all,
+        wait,
+    )
     from sperse._serialize import RemoteValue
     from sperse._state import state, worker_cache
     from sperse._workspace import Cell, CellEvent, Workspace
@@ -67,6 +76,7 @@ __all__ = [
     "ObjectProxy",
     "Pending",
     "ProtocolError",
+    "Reduction",
     "RemoteClass",
     "RemoteError",
     "RemoteFunction",
@@ -77,6 +87,8 @@ __all__ = [
     "SperseError",
     "StatementError",
     "TaskCancelled",
+    "TaskTimeout",
+    "Tracked",
     "UnknownObject",
     "UpstreamError",
     "UsageError",
@@ -93,6 +105,7 @@ __all__ = [
     "objects",
     "reduce",
     "remote",
+    "run_on_all",
     "state",
     "submit_job",
     "wait",
@@ -107,6 +120,8 @@ _LAZY = {
     "connect": "sperse._cluster",
     "current": "sperse._cluster",
     "MapResult": "sperse._mapreduce",
+    "Reduction": "sperse._mapreduce",
+    "Tracked": "sperse._mapreduce",
     "map": "sperse._mapreduce",
     "mapreduce": "sperse._mapreduce",
     "reduce": "sperse._mapreduce",
@@ -119,6 +134,7 @@ _LAZY = {
     "as_completed": "sperse._pending",
     "gather": "sperse._pending",
     "remote": "sperse._pending",
+    "run_on_all": "sperse._pending",
     "wait": "sperse._pending",
     "RemoteValue": "sperse._serialize",
     "state": "sperse._state",

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import atexit
 import contextvars
+import heapq
 import itertools
 import os
 import threading
@@ -46,11 +47,15 @@ class Cluster:
         self.backend = backend
         self._cond = threading.Condition()
         self._work: deque[Callable[[], None]] = deque()
+        self._user_thread: int | None = None  # the thread that drains the queue
         self._listeners: dict[str, Listener] = {}
         self._wakers: dict[int, Callable[[], None]] = {}
         self._ids = itertools.count(1)
         self._closed = False
         self._token: contextvars.Token[Cluster | None] | None = None
+        self._timers: list[tuple[float, int, Callable[[], object]]] = []  # a heap, by deadline
+        self._timer_cond = threading.Condition()  # not _cond: posts need not wake the timer
+        self._timer_thread: threading.Thread | None = None
         backend.start(self._on_event)
 
     # ---- tasks ---------------------------------------------------------------
@@ -122,6 +127,37 @@ class Cluster:
         if listener is not None:
             listener(event)
 
+    # ---- deadlines ---------------------------------------------------------------
+
+    def call_later(self, delay: float, fn: Callable[[], object]) -> None:
+        """Call ``fn`` (on the cluster's timer thread: data only, as on a backend's) once
+        ``delay`` seconds have passed, unless the cluster is closed first. One thread serves
+        every deadline, started on first use."""
+        with self._timer_cond:
+            if self._closed:
+                return
+            heapq.heappush(self._timers, (time.monotonic() + delay, next(self._ids), fn))
+            if self._timer_thread is None:
+                self._timer_thread = threading.Thread(
+                    target=self._run_timers, name="sperse-timers", daemon=True
+                )
+                self._timer_thread.start()
+            self._timer_cond.notify_all()
+
+    def _run_timers(self) -> None:
+        while True:
+            with self._timer_cond:
+                while True:
+                    if self._closed:
+                        return
+                    now = time.monotonic()
+                    if self._timers and self._timers[0][0] <= now:
+                        _, _, fn = heapq.heappop(self._timers)
+                        break
+                    wait = self._timers[0][0] - now if self._timers else None
+                    self._timer_cond.wait(wait)
+            fn()
+
     # ---- the user-thread queue ----------------------------------------------
 
     def post(self, fn: Callable[[], None]) -> None:
@@ -137,8 +173,13 @@ class Cluster:
         """Wake anyone waiting in ``run_until`` to re-check their condition."""
         self.post(_nothing)
 
+    def is_user_thread(self) -> bool:
+        """Whether this thread is the one that runs the queue (the one that drained it last)."""
+        return self._user_thread == threading.get_ident()
+
     def drain(self) -> int:
         """Run everything queued so far, on this thread. Returns how many ran."""
+        self._user_thread = threading.get_ident()
         ran = 0
         while True:
             with self._cond:
@@ -194,7 +235,10 @@ class Cluster:
         """Stop the backend; pending work ends in errors. Idempotent."""
         if self._closed:
             return
-        self._closed = True
+        with self._timer_cond:
+            self._closed = True
+            self._timers.clear()
+            self._timer_cond.notify_all()
         self.backend.close()
         # Nothing stays pending forever: what had not ended ends now, in an error.
         with self._cond:

@@ -22,10 +22,10 @@ Invariants:
   Pending, and with it the whole map, fails with ``RemoteError("map(f) item 7 (0): ...")``.
 - User code on the client (a local ``op``) runs only on the user's thread (DESIGN.md §2
   rule 6): the backend's thread only records outcomes and posts work.
-- A progress bar (rich) is shown only while someone waits in ``result()``, only when
-  ``sys.stdout`` is a terminal, and only once the work has taken more than a second (or
-  at once with ``progress=True``); ``progress=False`` never shows it. Nothing is printed
-  otherwise.
+- A progress bar (rich) is shown only while someone waits (``result()``, iterating a map,
+  ``as_completed``), only when ``sys.stdout`` is a terminal, and only once the work has
+  taken more than a second (or at once with ``progress=True``); ``progress=False`` never
+  shows it. Nothing is printed otherwise.
 """
 
 from __future__ import annotations
@@ -47,7 +47,7 @@ from sperse._backends.base import ErrorInfo, PickledFunction, ServerInfo
 from sperse._backends.runner import encode_error
 from sperse._cluster import Cluster, current
 from sperse._lang.placement import Placement, placement_from_options
-from sperse._pending import Pending, RemoteFunction, as_completed, submit_call
+from sperse._pending import Pending, RemoteFunction, submit_call
 from sperse._routing import Busy, Router, check_placement, eligible, input_locations
 from sperse._serialize import RemoteValue, dumps
 from sperse.errors import SperseError
@@ -55,7 +55,7 @@ from sperse.errors import SperseError
 if TYPE_CHECKING:
     from rich.progress import Progress
 
-__all__ = ["MapResult", "Reduction", "map", "mapreduce", "reduce"]
+__all__ = ["MapResult", "Reduction", "Tracked", "map", "mapreduce", "reduce"]
 
 T = TypeVar("T")
 U = TypeVar("U")
@@ -385,7 +385,39 @@ def _send_chunks(
 # ---- map ------------------------------------------------------------------------------------
 
 
-class MapResult(Pending[list[T]]):
+class Tracked(Pending[T]):
+    """A Pending of many items' work (``map``, ``reduce``, ``mapreduce``): ``progress`` says
+    how many items are done, and wherever the user waits on it (``result()``, iterating a
+    map, ``as_completed``) a progress bar shows in a terminal (see the module doc)."""
+
+    __slots__ = ("_tracker",)
+
+    def __init__(self, cluster: Cluster, label: str, tracker: _Tracker) -> None:
+        super().__init__(cluster, label=label)
+        self._tracker = tracker
+
+    @property
+    def progress(self) -> tuple[int, int]:
+        """``(items done, items in all)``, now."""
+        return self._tracker.completed, self._tracker.total
+
+    def _wait(self, finished: Callable[[], bool], timeout: float | None) -> None:
+        """Wait until ``finished()`` with the bar; ``TimeoutError`` after ``timeout``."""
+        if not finished() and not wait_with_progress(
+            self._cluster, finished, self._tracker, timeout
+        ):
+            raise TimeoutError(
+                f"{self!r} did not finish within {timeout} s; it is still running "
+                "(call .cancel() to stop it, or wait longer)"
+            )
+
+    def result(self, timeout: float | None = None) -> T:
+        deadline = None if timeout is None else time.monotonic() + timeout
+        self._wait(self.done, timeout)
+        return super().result(_remaining(deadline))
+
+
+class MapResult(Tracked[list[T]]):
     """The results of ``sperse.map``: a ``Pending`` of the list of results, in input order.
 
     Besides everything a Pending does (``result``, ``then``, ``await``, passing it to remote
@@ -396,7 +428,7 @@ class MapResult(Pending[list[T]]):
     running.
     """
 
-    __slots__ = ("_chunks", "_length", "_tracker")
+    __slots__ = ("_chunks", "_length")
 
     def __init__(
         self,
@@ -406,10 +438,9 @@ class MapResult(Pending[list[T]]):
         label: str,
         tracker: _Tracker,
     ) -> None:
-        super().__init__(cluster, label=label)
+        super().__init__(cluster, label, tracker)
         self._chunks = chunks
         self._length = sum(length for _, length, _ in chunks)
-        self._tracker = tracker
         if not chunks:
             self._settle([])
             return
@@ -468,29 +499,23 @@ class MapResult(Pending[list[T]]):
     def __len__(self) -> int:
         return self._length
 
-    def result(self, timeout: float | None = None) -> list[T]:
-        """The list of results in input order; raises the first failure met."""
-        deadline = None if timeout is None else time.monotonic() + timeout
-        if not self.done() and not wait_with_progress(
-            self._cluster, self.done, self._tracker, timeout
-        ):
-            raise TimeoutError(
-                f"{self!r} did not finish within {timeout} s; its chunks are still running "
-                "(call .cancel() to stop them, or wait longer)"
-            )
-        return super().result(_remaining(deadline))
-
     def __iter__(self) -> Iterator[T]:
         """Each result in input order, as soon as its chunk has arrived."""
         for _, _, chunk in self._chunks:
+            self._wait(chunk.done, None)
             yield from chunk.result()
 
     def as_completed(self, timeout: float | None = None) -> Iterator[tuple[int, T]]:
         """``(index, value)`` for every item, chunk by chunk as chunks finish."""
-        starts = {id(chunk): start for start, _, chunk in self._chunks}
-        for chunk in as_completed(self.chunks, timeout):
-            for offset, value in enumerate(chunk.result()):
-                yield starts[id(chunk)] + offset, value
+        deadline = None if timeout is None else time.monotonic() + timeout
+        left = list(self._chunks)
+        while left:
+            self._wait(lambda: any(chunk.done() for _, _, chunk in left), _remaining(deadline))
+            for entry in [e for e in left if e[2].done()]:
+                left.remove(entry)
+                start, _, chunk = entry
+                for offset, value in enumerate(chunk.result()):
+                    yield start + offset, value
 
     def cancel(self) -> bool:
         """Cancel every chunk still running. False if the map had already finished."""
@@ -567,26 +592,11 @@ def map(
 # ---- reduce ---------------------------------------------------------------------------------
 
 
-class Reduction(Pending[T]):
-    """The Pending of ``sperse.reduce`` and ``sperse.mapreduce``: ``result()`` shows a
-    progress bar while it waits (see the module doc)."""
+class Reduction(Tracked[T]):
+    """The Pending of ``sperse.reduce`` and ``sperse.mapreduce``: a ``Tracked`` Pending,
+    like a map's (``progress``, a bar while waiting in ``result()``)."""
 
-    __slots__ = ("_tracker",)
-
-    def __init__(self, cluster: Cluster, label: str, tracker: _Tracker) -> None:
-        super().__init__(cluster, label=label)
-        self._tracker = tracker
-
-    def result(self, timeout: float | None = None) -> T:
-        deadline = None if timeout is None else time.monotonic() + timeout
-        if not self.done() and not wait_with_progress(
-            self._cluster, self.done, self._tracker, timeout
-        ):
-            raise TimeoutError(
-                f"{self!r} did not finish within {timeout} s; it is still running "
-                "(call .cancel() to stop it, or wait longer)"
-            )
-        return super().result(_remaining(deadline))
+    __slots__ = ()
 
 
 class _Node:

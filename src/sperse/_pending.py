@@ -11,6 +11,7 @@ with ``UpstreamError`` and is never sent.
 from __future__ import annotations
 
 import asyncio
+import collections
 import functools
 import hashlib
 import threading
@@ -29,15 +30,18 @@ from sperse._backends.base import (
     TaskSpec,
     Work,
 )
+from sperse._backends.runner import short_repr
 from sperse._cluster import Cluster, current
 from sperse._lang.placement import Placement, placement_from_options
 from sperse._serialize import RemoteValue, dumps
 from sperse.errors import (
+    NoMatchingServer,
     NotReadyError,
     ObjectLost,
     SerializationError,
     SperseError,
     TaskCancelled,
+    TaskTimeout,
     UpstreamError,
 )
 
@@ -52,6 +56,7 @@ __all__ = [
     "as_completed",
     "gather",
     "remote",
+    "run_on_all",
     "wait",
 ]
 
@@ -60,6 +65,35 @@ U = TypeVar("U")
 P = ParamSpec("P")
 
 _UNSET: Any = object()
+
+
+_hook_queue = threading.local()
+
+
+def run_hooks(hooks: Iterable[Callable[[Any], None]], subject: Any) -> None:
+    """Call each hook with ``subject``; hooks that settle more (a chain of 10,000 calls of a
+    remote object, each sent when the one before it has gone) run after these, from the
+    outermost call on this thread, so a chain never deepens the stack. A hook that raises
+    does not stop the others; the first error is raised once all have run."""
+    queue: collections.deque[tuple[Callable[[Any], None], Any]] | None = getattr(
+        _hook_queue, "queue", None
+    )
+    if queue is not None:
+        queue.extend((hook, subject) for hook in hooks)
+        return
+    queue = _hook_queue.queue = collections.deque((hook, subject) for hook in hooks)
+    error: BaseException | None = None
+    try:
+        while queue:
+            hook, arg = queue.popleft()
+            try:
+                hook(arg)
+            except BaseException as exc:
+                error = error or exc
+    finally:
+        _hook_queue.queue = None
+    if error is not None:
+        raise error
 
 
 class Pending(Generic[T]):
@@ -101,8 +135,7 @@ class Pending(Generic[T]):
             self._value = value
             self._error = error
             hooks, self._hooks = self._hooks, []
-        for hook in hooks:
-            hook(self)
+        run_hooks(hooks, self)
         self._cluster.wake()
         return True
 
@@ -164,7 +197,10 @@ class Pending(Generic[T]):
         return self.result(0)
 
     def then(self, fn: Callable[[T], U]) -> Pending[U]:
-        """A Pending of ``fn(value)``; ``fn`` runs on the user's thread when this is ready.
+        """A Pending of ``fn(value)``; ``fn`` runs on the user's thread when this is ready
+        (at once if it is ready and this is the user's thread: a statement that reads a
+        settled Pending at the prompt sees its callback run before the next statement, as
+        ``result()`` would have run it under plain Python).
 
         If this fails, the returned Pending fails with the same error and ``fn``
         never runs.
@@ -180,16 +216,30 @@ class Pending(Generic[T]):
             except BaseException as exc:
                 child._settle(error=exc)
 
-        self._on_settle(lambda _: self._cluster.post(run_callback))
+        if self._settled and self._cluster.is_user_thread():
+            run_callback()  # ready already, and this is where it would run: now, in order
+        else:
+            self._on_settle(lambda _: self._cluster.post(run_callback))
         return child
 
     def cancel(self) -> bool:
         """Stop the work. False if it had already finished."""
-        if not self._settle(error=TaskCancelled(f"{self.label or 'the task'} was cancelled")):
+        return self._stop(TaskCancelled(f"{self.label or 'the task'} was cancelled"))
+
+    def _stop(self, error: TaskCancelled) -> bool:
+        if not self._settle(error=error):
             return False
         if self._task_id is not None:
             self._cluster.cancel(self._task_id)
         return True
+
+    def _time_out_after(self, seconds: float) -> None:
+        """Cancel the work with ``TaskTimeout`` if it has not ended ``seconds`` from now."""
+        error = TaskTimeout(
+            f"{self.label or 'the task'} did not finish within its timeout of {seconds:g} s, "
+            "so it was cancelled: give it a longer timeout=, or make it faster"
+        )
+        self._cluster.call_later(seconds, functools.partial(self._stop, error))
 
     def __await__(self) -> Generator[Any, None, T]:
         return self._wait_async().__await__()
@@ -221,10 +271,7 @@ class Pending(Generic[T]):
             return f"<Pending{name}: running on {self.where} for {elapsed:.1f} s>"
         if self._error is not None:
             return f"<Pending{name}: failed: {type(self._error).__name__}>"
-        text = repr(self._value)
-        if len(text) > 60:
-            text = text[:57] + "..."
-        return f"<Pending{name}: done: {text}>"
+        return f"<Pending{name}: done: {short_repr(self._value, 60)}>"
 
     # ---- running a task ------------------------------------------------------
 
@@ -397,8 +444,7 @@ class Gate:
                 return
             self._open = True
             hooks, self._hooks = self._hooks, []
-        for hook in hooks:
-            hook(self)
+        run_hooks(hooks, self)
 
     def _on_settle(self, hook: Callable[[Gate], None]) -> None:
         with self._lock:
@@ -412,12 +458,18 @@ class RemoteFunction(Generic[P, T]):
     """A function whose calls run on the cluster and return ``Pending`` at once."""
 
     def __init__(
-        self, fn: Callable[P, T], *, placement: Placement | None = None, retries: int = 0
+        self,
+        fn: Callable[P, T],
+        *,
+        placement: Placement | None = None,
+        retries: int = 0,
+        timeout: float | None = None,
     ) -> None:
         functools.update_wrapper(self, fn)
         self._fn = fn
         self.placement = placement or Placement()
         self.retries = retries
+        self.timeout = _checked_timeout(timeout)
         self._pickled: PickledFunction | None = None
 
     def __call__(self, *args: P.args, **kwargs: P.kwargs) -> Pending[T]:
@@ -428,7 +480,7 @@ class RemoteFunction(Generic[P, T]):
             failed: Pending[T] = Pending(cluster, label=self._label())
             failed._settle(error=exc)
             return failed
-        return submit_call(
+        call = submit_call(
             cluster,
             fn,
             args,
@@ -437,6 +489,9 @@ class RemoteFunction(Generic[P, T]):
             retries=self.retries,
             label=self._label(),
         )
+        if self.timeout is not None:
+            call._time_out_after(self.timeout)
+        return call
 
     def _label(self) -> str:
         return f"{getattr(self._fn, '__qualname__', 'function')}()"
@@ -458,11 +513,15 @@ class RemoteFunction(Generic[P, T]):
         on: str | None = None,
         resources: Mapping[str, float] | None = None,
         retries: int | None = None,
+        timeout: float | None = None,
     ) -> RemoteFunction[P, T]:
-        """The same function with other placement or retries."""
+        """The same function with other placement, retries or timeout."""
         placement = placement_from_options(on, resources) if on or resources else self.placement
         return RemoteFunction(
-            self._fn, placement=placement, retries=self.retries if retries is None else retries
+            self._fn,
+            placement=placement,
+            retries=self.retries if retries is None else retries,
+            timeout=self.timeout if timeout is None else timeout,
         )
 
     def local(self, *args: P.args, **kwargs: P.kwargs) -> T:
@@ -488,6 +547,7 @@ def remote(
     on: str | None = None,
     resources: Mapping[str, float] | None = None,
     retries: int = 0,
+    timeout: float | None = None,
     name: str | None = None,
     max_concurrency: int | None = None,
     restart: bool | None = None,
@@ -501,6 +561,7 @@ def remote(
     on: str | None = None,
     resources: Mapping[str, float] | None = None,
     retries: int = 0,
+    timeout: float | None = None,
     name: str | None = None,
     max_concurrency: int | None = None,
     restart: bool | None = None,
@@ -511,7 +572,9 @@ def remote(
 
     ``on`` is a tag expression (``"gpu & !slow"``) or ``"@server"`` to pin;
     ``resources`` the needs (``{"gpu_mem": 16}``); ``retries`` how many times
-    to run it again when its worker dies (exceptions it raises are not retried). For a
+    to run it again when its worker dies (exceptions it raises are not retried);
+    ``timeout`` the seconds from a call to its result, after which the call is cancelled
+    (waiting, queued or running) and fails with ``TaskTimeout``. For a
     class: ``name`` (find it with ``sperse.get_object``), ``max_concurrency`` (calls at
     once; default 1, in call order) and ``restart`` (rebuild it if its worker dies).
     """
@@ -535,9 +598,67 @@ def remote(
                 f"{', '.join(given)}: only for classes (remote objects), not for function "
                 f"{getattr(f, '__qualname__', f)!r}"
             )
-        return RemoteFunction(f, placement=placement, retries=retries)
+        return RemoteFunction(f, placement=placement, retries=retries, timeout=timeout)
 
+    if timeout is not None and isinstance(fn, type):
+        raise TypeError("timeout: only for functions, not for classes (remote objects)")
     return wrap(fn) if fn is not None else wrap
+
+
+def _checked_timeout(timeout: float | None) -> float | None:
+    if timeout is None:
+        return None
+    if isinstance(timeout, bool) or not isinstance(timeout, int | float) or not timeout > 0:
+        raise ValueError(f"timeout must be a positive number of seconds, not {timeout!r}")
+    return float(timeout)
+
+
+def run_on_all(
+    fn: Callable[..., T],
+    /,
+    *args: Any,
+    timeout: float | None = 60.0,
+    on_error: Literal["raise", "return"] = "raise",
+    **kwargs: Any,
+) -> dict[str, T | BaseException]:
+    """Run ``fn(*args, **kwargs)`` once on every server of the current cluster (a worker of
+    each), as Dask's ``client.run`` and ipyparallel's ``%px`` do: to warm a cache, load a
+    model, check an environment. Returns ``{server name: result}``, in the servers' order.
+
+    ``on_error="raise"`` raises the first error met (the others still ran);
+    ``"return"`` puts each error in the dict instead. ``TimeoutError`` after ``timeout``
+    seconds (the calls go on).
+    """
+    cluster = current()
+    servers = [s.name for s in cluster.servers()]
+    if not servers:
+        raise NoMatchingServer("run_on_all: the cluster has no server yet")
+    remote_fn = fn if isinstance(fn, RemoteFunction) else RemoteFunction(fn)
+    shipped = remote_fn._shipped()  # pickled once for every server
+    label = remote_fn._label()
+    calls = {
+        name: submit_call(
+            cluster,
+            shipped,
+            args,
+            kwargs,
+            placement=Placement(pin=name),
+            retries=0,
+            label=f"{label} on {name}",
+        )
+        for name in servers
+    }
+    _, left = wait(calls.values(), timeout)
+    if left:
+        names = ", ".join(n for n, p in calls.items() if p in left)
+        raise TimeoutError(f"run_on_all({label}): no answer within {timeout} s from {names}")
+    out: dict[str, T | BaseException] = {}
+    for name, call in calls.items():
+        error = call._error
+        if error is not None and on_error == "raise":
+            raise error
+        out[name] = error if error is not None else call.result(0)
+    return out
 
 
 def wait(
@@ -565,11 +686,24 @@ def wait(
     return done, set(items) - done
 
 
-def gather(*pendings: Pending[Any], timeout: float | None = None) -> list[Any]:
-    """The values of all ``pendings``, in order; raises the first error met."""
+def gather(
+    *pendings: Pending[Any] | Iterable[Pending[Any]], timeout: float | None = None
+) -> list[Any]:
+    """The values of all ``pendings``, in order; raises the first error met.
+
+    Takes the Pendings as arguments (``gather(p1, p2)``) or one iterable of them
+    (``gather([p1, p2])``, as Ray's ``get`` and Dask's ``gather`` do)."""
+    items: Iterable[Any] = pendings
+    if len(pendings) == 1 and not isinstance(pendings[0], Pending):
+        items = pendings[0]
     deadline = None if timeout is None else time.monotonic() + timeout
     out = []
-    for p in pendings:
+    for p in items:
+        if not isinstance(p, Pending):
+            raise TypeError(
+                f"sperse.gather takes Pendings (or one list of them), not {type(p).__name__}: "
+                "pass what a remote call returned"
+            )
         remaining = None if deadline is None else max(0.0, deadline - time.monotonic())
         out.append(p.result(remaining))
     return out

@@ -19,17 +19,19 @@ import ast
 import builtins
 import hashlib
 import linecache
+import re
 import textwrap
 import time
 from collections import deque
 from collections.abc import Callable, Container, Iterator, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from types import CodeType
 from typing import Any, Literal
 
 from sperse._backends.base import (
     BackendEvent,
     Done,
+    ErrorInfo,
     Failed,
     Output,
     Started,
@@ -61,11 +63,13 @@ from sperse.errors import (
     SperseError,
     StatementError,
     UpstreamError,
+    did_you_mean,
 )
 
 __all__ = ["Cell", "CellEvent", "Workspace"]
 
 _LABEL_WIDTH = 60
+_NAME_ERROR = re.compile(r"name '([A-Za-z_][A-Za-z0-9_]*)' is not defined")
 
 
 @dataclass(slots=True)
@@ -382,6 +386,11 @@ class Workspace:
     def _describe_wait(self, cell_id: CellId) -> str:
         record = self._records[cell_id]
         if self._graph.status(cell_id) is CellStatus.RUNNING:
+            if record.pendings:  # a local cell that made Pendings: say where they run
+                running = [p for p in record.pendings.values() if not p.done()]
+                where = sorted({p.where for p in running if p.where})
+                on = f" on {', '.join(where)}" if where else ""
+                return f"waiting for {len(running)} Pending{'s' * (len(running) != 1)}{on}"
             if record.started_at is not None:
                 return f"running on {record.where} for {time.monotonic() - record.started_at:.1f} s"
             return "submitted"
@@ -636,7 +645,8 @@ class Workspace:
     def _await_pendings(
         self, record: _Record, run_id: RunId, waiting: dict[str, Pending[Any]]
     ) -> None:
-        """A local cell produced Pendings: its names stay pending until they settle."""
+        """A local cell produced Pendings: its names stay pending until they settle (then
+        hold the settled Pendings), an expression's value until it arrives."""
         record.pendings = waiting
         cluster = self.cluster
         for pending in waiting.values():
@@ -651,16 +661,14 @@ class Workspace:
         if not all(p.done() for p in record.pendings.values()):
             return
         waiting, record.pendings = record.pendings, {}
-        for key, pending in waiting.items():
-            error = pending._error
-            if error is not None:
-                self._apply(self._fail(cell_id, run_id, error))
+        shown = waiting.get("<value>")
+        if shown is not None:  # what the prompt shows of an expression: its value
+            if shown._error is not None:
+                self._apply(self._fail(cell_id, run_id, shown._error))
                 return
-            if key == "<value>":
-                record.value = pending._value
-            else:
-                record.outputs[key] = pending._value
-        self._sync_namespace(record)
+            record.value = shown._value
+        # A name keeps its Pending (now settled), as under plain Python: see
+        # docs/decisions.md, "One calling convention".
         self._apply(self._finish(cell_id, run_id))
 
     def _submit(self, record: _Record, run: Run) -> list[Action]:
@@ -681,6 +689,9 @@ class Workspace:
         creation = self._object_creation(record, inputs)
         if creation is not None:
             return self._create_object(record, run, creation, digest)
+        object_call = self._object_call(record, inputs)
+        if object_call is not None:
+            return self._call_object(record, run, object_call)
         task_id = cluster.new_task_id()
         record.task_id = task_id
         record.runs += 1
@@ -714,7 +725,7 @@ class Workspace:
                     cluster.post(lambda: self._remote_done(cell_id, run_id, value, digest))
                 case Failed(where=where, error=error):
                     printer.flush()
-                    exc = error.to_exception(spec.label, where)
+                    exc = self._hinted(error).to_exception(spec.label, where)
                     cluster.post(lambda: self._apply(self._fail(cell_id, run_id, exc)))
 
         try:
@@ -752,6 +763,80 @@ class Workspace:
         if not (made_here or isinstance(cls, RemoteClass)):
             return None
         return statement.targets[0].id, cls, statement.value
+
+    def _hinted(self, error: ErrorInfo) -> ErrorInfo:
+        """A remote ``NameError`` for a name misspelt at the prompt, with Python's hint:
+        the remote side cannot give it (it sees only the cell's inputs)."""
+        found = _NAME_ERROR.fullmatch(error.message) if error.type_name == "NameError" else None
+        if found is None:
+            return error
+        hint = did_you_mean(found[1], [*self.namespace, *dir(builtins)])
+        return replace(error, message=f"{error.message}.{hint}") if hint else error
+
+    def _object_call(
+        self, record: _Record, inputs: Mapping[str, Any]
+    ) -> tuple[str, ast.expr] | None:
+        """``n = remote c.incr(...)`` or ``remote c.count`` where ``c`` is a remote object: the
+        target ("" for an expression) and the expression, to call the object from here (it
+        lives on its server already) with the value, not the Pending, as the cell's result."""
+        assert record.remote is not None
+        try:
+            (statement,) = ast.parse(record.remote.source).body
+        except (SyntaxError, ValueError):
+            return None
+        target = ""
+        if (
+            isinstance(statement, ast.Assign)
+            and len(statement.targets) == 1
+            and isinstance(statement.targets[0], ast.Name)
+        ):
+            target, expression = statement.targets[0].id, statement.value
+        elif isinstance(statement, ast.Expr) and record.is_expression:
+            expression = statement.value
+        else:
+            return None
+        reached = expression.func if isinstance(expression, ast.Call) else expression
+        if not (isinstance(reached, ast.Attribute) and isinstance(reached.value, ast.Name)):
+            return None
+        from sperse._objects import ObjectProxy
+
+        name = reached.value.id
+        if not isinstance(inputs.get(name, self.namespace.get(name)), ObjectProxy):
+            return None
+        return target, expression
+
+    def _call_object(
+        self, record: _Record, run: Run, object_call: tuple[str, ast.expr]
+    ) -> list[Action]:
+        """Make the call of ``_object_call`` here; the cell is done with its value. Calls have
+        effects, so unlike other remote cells they are made again on every run."""
+        target, expression = object_call
+        cell_id, run_id = record.id, run.run_id
+        record.runs += 1
+        record.started_at = time.monotonic()
+        record.finished_at = None
+        try:
+            code = compile(ast.Expression(expression), record.filename, "eval")
+            outcome = eval(code, dict(self.namespace))
+        except Exception as exc:
+            return self._fail(cell_id, run_id, exc)
+        cluster = self.cluster
+
+        def arrived(call: Pending[Any]) -> None:  # any thread: post the outcome
+            error = call._error
+            if error is not None:
+                cluster.post(lambda: self._apply(self._fail(cell_id, run_id, error)))
+                return
+            record.where = call.where
+            value = call._value if record.is_expression else {target: call._value}
+            cluster.post(lambda: self._remote_done(cell_id, run_id, value, b""))
+
+        if not isinstance(outcome, Pending):  # a local attribute of the proxy (`c.where`)
+            outcome_pending: Pending[Any] = Pending(cluster)
+            outcome_pending._settle(outcome)
+            outcome = outcome_pending
+        outcome._on_settle(arrived)
+        return []
 
     def _create_object(
         self, record: _Record, run: Run, creation: tuple[str, Any, ast.Call], digest: bytes

@@ -13,6 +13,7 @@ outside (``WorkerDied``)::
     ├── UpstreamError       a name could not be computed because an input failed
     ├── NotReadyError       a name or Pending is still pending
     ├── TaskCancelled       the work was cancelled before it finished
+    │   └── TaskTimeout     ... because it passed its ``timeout=``
     ├── SerializationError  a value could not be pickled or unpickled
     ├── NoMatchingServer    no server meets a task's constraint (tags, pin, resources)
     ├── WorkerDied          the process running the work died
@@ -25,6 +26,10 @@ Messages say what happened, the likely cause, and what to do.
 """
 
 from __future__ import annotations
+
+import difflib
+import sys
+from collections.abc import Iterable
 
 __all__ = [
     "AuthenticationError",
@@ -42,11 +47,19 @@ __all__ = [
     "SperseError",
     "StatementError",
     "TaskCancelled",
+    "TaskTimeout",
     "UnknownObject",
     "UpstreamError",
     "UsageError",
     "WorkerDied",
 ]
+
+
+def did_you_mean(word: str, candidates: Iterable[str]) -> str:
+    """`` Did you mean: 'slow'?`` for the candidate closest to ``word``, as Python 3.11+
+    says for a misspelt name; "" when none is close."""
+    found = difflib.get_close_matches(word, [c for c in candidates if c != word], n=1)
+    return f" Did you mean: {found[0]!r}?" if found else ""
 
 
 class SperseError(Exception):
@@ -79,6 +92,11 @@ class RemoteError(SperseError):
 
     ``type_name`` is the qualified name of the remote exception's type and
     ``remote_traceback`` its formatted traceback as the remote side printed it.
+
+    ``RemoteError.of(...)`` makes the error a user catches: when the remote type is one this
+    process already has (a builtin, or a class of a module imported here), it is an instance
+    of that type too, so ``except ZeroDivisionError`` catches a remote ``1 / 0`` (as Ray's
+    task errors do). Nothing is imported to find the type.
     """
 
     def __init__(
@@ -89,10 +107,30 @@ class RemoteError(SperseError):
         remote_traceback: str = "",
         where: str = "",
     ) -> None:
-        super().__init__(message)
+        Exception.__init__(self, message)  # not the remote type's own __init__ (see ``of``)
         self.type_name = type_name
         self.remote_traceback = remote_traceback
         self.where = where
+
+    @staticmethod
+    def of(
+        message: str, *, type_name: str = "", remote_traceback: str = "", where: str = ""
+    ) -> RemoteError:
+        """A ``RemoteError`` that is also an instance of the remote type, where this process
+        has that type and it can be combined with ``RemoteError``."""
+        kind = _remote_kind(_local_type(type_name))
+        try:
+            return kind(
+                message, type_name=type_name, remote_traceback=remote_traceback, where=where
+            )
+        except Exception:  # an exception type whose __new__ wants more: plain RemoteError
+            return RemoteError(
+                message, type_name=type_name, remote_traceback=remote_traceback, where=where
+            )
+
+    def __reduce__(self) -> tuple[object, ...]:
+        text = Exception.__str__(self)
+        return _rebuild_remote_error, (text, self.type_name, self.remote_traceback, self.where)
 
     def __str__(self) -> str:
         text = super().__str__()
@@ -100,6 +138,58 @@ class RemoteError(SperseError):
             origin = f" on {self.where}" if self.where else ""
             text += f"\n\nThis happened remotely{origin}:\n{self.remote_traceback.rstrip()}"
         return text
+
+
+def _rebuild_remote_error(
+    message: str, type_name: str, remote_traceback: str, where: str
+) -> RemoteError:
+    return RemoteError.of(
+        message, type_name=type_name, remote_traceback=remote_traceback, where=where
+    )
+
+
+def _local_type(type_name: str) -> type[Exception] | None:
+    """The exception type named ``type_name`` (``ValueError``, ``pkg.mod.Error``) if a module
+    already imported here defines it; None otherwise."""
+    module_name, _, qualname = type_name.rpartition(".")
+    module_name = module_name or "builtins"
+    while True:
+        module = sys.modules.get(module_name)
+        if module is not None:
+            found: object = module
+            for part in qualname.split("."):
+                found = getattr(found, part, None)
+            if isinstance(found, type) and issubclass(found, Exception):
+                return found
+            return None
+        # `pkg.Outer.Error`: the module is a prefix of the name; try a shorter one.
+        module_name, _, head = module_name.rpartition(".")
+        if not module_name:
+            return None
+        qualname = f"{head}.{qualname}"
+
+
+_REMOTE_KINDS: dict[type[Exception], type[RemoteError]] = {}
+
+
+def _remote_kind(kind: type[Exception] | None) -> type[RemoteError]:
+    """``RemoteError`` combined with ``kind`` (made once per type), or plain ``RemoteError``
+    where the two cannot be combined (exceptions with their own C layout, such as
+    ``OSError``) or ``kind`` is a Sperse error already."""
+    if kind is None or issubclass(kind, SperseError):
+        return RemoteError
+    combined = _REMOTE_KINDS.get(kind)
+    if combined is None:
+        try:
+            combined = type(
+                f"RemoteError({kind.__name__})",
+                (RemoteError, kind),
+                {"__module__": __name__, "__doc__": RemoteError.__doc__},
+            )
+        except TypeError:
+            combined = RemoteError
+        _REMOTE_KINDS[kind] = combined
+    return combined
 
 
 class UpstreamError(SperseError):
@@ -116,6 +206,10 @@ class NotReadyError(SperseError):
 
 class TaskCancelled(SperseError):
     """The work was cancelled (by the user, or because its inputs changed)."""
+
+
+class TaskTimeout(TaskCancelled, TimeoutError):
+    """The work did not finish within its ``timeout=`` and was cancelled."""
 
 
 class SerializationError(SperseError):

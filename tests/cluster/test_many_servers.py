@@ -121,6 +121,7 @@ def test_no_matching_server_names_the_constraint_and_the_servers(three: sperse.C
     message = str(caught.value)
     assert "[tpu]" in message and "no server has the tag tpu" in message
     assert "db-1 (db, fast)" in message and "plain-1 (no tags)" in message
+    assert message.count("where_am_i()") == 1  # the task's label once, not twice
 
 
 def test_the_workspace_routes_remote_statements(three: sperse.Cluster) -> None:

@@ -507,20 +507,29 @@ def test_nothing_is_printed_on_a_real_backend_either(
     assert capsys.readouterr() == ("", "")
 
 
-@pytest.mark.parametrize("job", ["map", "mapreduce"])
+@pytest.mark.parametrize("job", ["map", "mapreduce", "iterate", "as_completed"])
 def test_a_bar_is_shown_in_a_terminal(monkeypatch: pytest.MonkeyPatch, job: str) -> None:
+    """Wherever the user waits on a long map: result(), iterating it, as_completed()."""
     terminal = Terminal()
     monkeypatch.setattr(sys, "stdout", terminal)
     backend = ManyServers(THREE, hold=True)
     with sperse.Cluster(backend) as cluster:
-        if job == "map":
-            result: Pending[Any] = mr.map(square, [1, 2, 3], chunksize=1, progress=True)
-        else:
+        result: mr.Tracked[Any]
+        if job == "mapreduce":
             result = mr.mapreduce(square, [1, 2, 3], operator.add, chunksize=1, progress=True)
-        assert not result.done()
-        cluster.post(backend.run_held)  # the work runs while result() waits
-        assert result.result(timeout=WAIT) in ([1, 4, 9], 14)
-    assert f"{job}(square)" in terminal.getvalue()
+        else:
+            result = mr.map(square, [1, 2, 3], chunksize=1, progress=True)
+        assert not result.done() and result.progress == (0, 3)
+        cluster.post(backend.run_held)  # the work runs while we wait
+        if job == "iterate":
+            assert list(result) == [1, 4, 9]
+        elif job == "as_completed":
+            assert sorted(result.as_completed(timeout=WAIT)) == [(0, 1), (1, 4), (2, 9)]
+        else:
+            assert result.result(timeout=WAIT) in ([1, 4, 9], 14)
+        assert result.progress == (3, 3)
+    name = "mapreduce" if job == "mapreduce" else "map"
+    assert f"{name}(square)" in terminal.getvalue()
     assert "3/3" in terminal.getvalue()
 
 

@@ -281,11 +281,17 @@ def test_the_prompt_makes_remote_objects_and_pending_cells(servers: sperse.Clust
         ws.run(PROMPT_COUNTER)
         ws.run("start = 5")
         ws.run("c = remote Counter(start)")
-        ws.run("n = c.incr()")
+        ws.run("n = remote c.incr()")  # `remote`: the value, like every remote statement
         assert ws.wait("n", WAIT) == 6
         assert isinstance(ws["c"], sperse.ObjectProxy)
         assert ws.cell("c").where == ws["c"].where != ""
         ws.run("start = 10")  # a new object; n runs again, on it
         assert ws.wait("n", WAIT) == 11
+        ws.run("remote c.n")  # an attribute: its value is the cell's value
+        ws.wait(timeout=WAIT)
+        assert ws.cells()[-1].value == 11
+        ws.run("p = c.incr()")  # the script form: a Pending, as under plain Python
+        p = ws.wait("p", WAIT)
+        assert isinstance(p, sperse.Pending) and p.value() == 12
     finally:
         ws.close()

@@ -153,11 +153,31 @@ def test_wrong_token_is_refused(server: EmbeddedServer) -> None:
 
 
 def test_no_server_at_the_address() -> None:
+    """A refused connection is an error at once, not after the connect timeout."""
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    with pytest.raises(sperse.ServerUnavailable, match="no sperse server answered"):
-        sperse.Cluster(SperseBackend(f"127.0.0.1:{port}", token="t", connect_timeout=1))
+    with pytest.raises(sperse.ServerUnavailable, match=r"nothing listens at .* refused"):
+        sperse.Cluster(SperseBackend(f"127.0.0.1:{port}", token="t", connect_timeout=3600))
+    with pytest.raises(sperse.ServerUnavailable, match="refused"):
+        sperse.connect(f"sperse://127.0.0.1:{port}", token="t")
+
+
+def test_a_socket_that_never_answers_times_out() -> None:
+    with socket.socket() as s:  # listens, never accepts: a host that does not answer
+        s.bind(("127.0.0.1", 0))
+        s.listen(0)
+        port = s.getsockname()[1]
+        with pytest.raises(sperse.ServerUnavailable, match="no sperse server answered"):
+            sperse.Cluster(SperseBackend(f"127.0.0.1:{port}", token="t", connect_timeout=1))
+
+
+@pytest.mark.parametrize(
+    "url", ["http://127.0.0.1:8000", "https://host:1", "127.0.0.1", "sperse://h:1/path"]
+)
+def test_a_bad_url_names_the_accepted_forms(url: str) -> None:
+    with pytest.raises(ValueError, match="sperse://HOST:PORT or HOST:PORT"):
+        sperse.connect(url, token="t")
 
 
 def test_python_version_mismatch_is_a_clear_error(server: EmbeddedServer) -> None:
@@ -179,6 +199,11 @@ def test_unpicklable_argument_and_result(cluster: sperse.Cluster) -> None:
 
     with pytest.raises(sperse.SerializationError, match="lock"):
         sperse.remote(lambda v: 1)(threading.Lock()).result(WAIT)
+    # The argument is named as the user wrote it, not as the task that carries it.
+    with pytest.raises(sperse.SerializationError, match=r"argument 2 of \S*<lambda>\(\) \(a _thr"):
+        sperse.remote(lambda a, b: 1)(1, threading.Lock()).result(WAIT)
+    with pytest.raises(sperse.SerializationError, match=r"argument `b` of \S*<lambda>\(\)"):
+        sperse.remote(lambda a, b: 1)(1, b=threading.Lock()).result(WAIT)
     with pytest.raises(sperse.SerializationError, match="cannot send"):
         sperse.remote(lambda: threading.Lock())().result(WAIT)
     assert sperse.remote(abs)(-1).result(WAIT) == 1

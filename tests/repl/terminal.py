@@ -31,7 +31,7 @@ import subprocess
 import sys
 import termios
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pexpect
@@ -258,3 +258,15 @@ class Terminal:
         assert self.screen.cursor.y < ROWS - 1, "the screen is full: make ROWS larger"
         echo_rows = 1 + line.count("\r") + line.count("\n")
         return self.lines()[start + echo_rows : self.screen.cursor.y]
+
+
+@contextlib.contextmanager
+def running(args: list[str], history: Path) -> Iterator[Terminal]:
+    """A started REPL in a terminal, closed (with everything it started) at the end."""
+    terminal = Terminal(args, history)
+    try:
+        terminal.start()
+        terminal.track_descendants()
+        yield terminal
+    finally:
+        terminal.close()

@@ -42,6 +42,7 @@ def test_parse(line: str, values: dict[str, object]) -> None:
         ("%nope", "unknown command %nope; %help lists the commands"),
         ("%", "a command name must follow `%`; %help lists the commands"),
         ("%help nope", "unknown command %nope; %help lists the commands"),
+        ("%pendign", "unknown command %pendign; Did you mean: '%pending'? %help lists the"),
     ],
 )
 def test_wrong_use_is_a_usage_error(line: str, message: str) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -13,7 +14,7 @@ ROOT = Path(__file__).resolve().parents[2]
 pytestmark = pytest.mark.slow
 
 
-def sperse_run(*args: str) -> subprocess.CompletedProcess[str]:
+def sperse_run(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
     workers = [] if "--connect" in args else ["--workers", "2"]
     return subprocess.run(
         [sys.executable, "-m", "sperse.cli", "run", *workers, *args],
@@ -21,6 +22,7 @@ def sperse_run(*args: str) -> subprocess.CompletedProcess[str]:
         capture_output=True,
         text=True,
         timeout=120,
+        env=None if env is None else {**os.environ, **env},
     )
 
 
@@ -85,6 +87,27 @@ def test_remote_error_exits_non_zero(tmp_path: Path) -> None:
     assert "x failed on local" in done.stderr
     assert "This happened remotely on local:" in done.stderr
     assert "ZeroDivisionError: division by zero" in done.stderr
+
+
+def test_remote_traceback_names_the_script_its_line_and_text(tmp_path: Path) -> None:
+    script = tmp_path / "fail.py"
+    script.write_text("def inverse(x):\n    return 1 / x\n\ny = remote inverse(0)\n")
+    done = sperse_run(str(script))
+    assert done.returncode == 1
+    assert f'File "{script}", line 2, in inverse\n    return 1 / x\n' in done.stderr, done.stderr
+
+
+def test_server_logs_go_to_a_file_not_the_terminal(tmp_path: Path) -> None:
+    """A worker killed under a task: the user sees the error once; the embedded server's
+    warning about it is in its log file, not on the terminal before the error."""
+    script = tmp_path / "dies.py"
+    script.write_text("import os\nx = remote os._exit(3)\n")
+    done = sperse_run(str(script), env={"XDG_STATE_HOME": str(tmp_path / "state")})
+    assert done.returncode == 1
+    assert "WorkerDied" in done.stderr
+    assert "WARNING" not in done.stderr, done.stderr
+    (log,) = (tmp_path / "state" / "sperse" / "logs").glob("server-local-*.log")
+    assert "WARNING" in log.read_text()
 
 
 def test_syntax_error_and_missing_file(tmp_path: Path) -> None:

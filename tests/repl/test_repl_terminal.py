@@ -10,7 +10,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from terminal import PROMPT, CtrlC, CtrlD, CtrlU, Tab, Terminal, Up, wait_gone
+from terminal import PROMPT, CtrlC, CtrlD, CtrlU, Tab, Terminal, Up, running, wait_gone
 
 pytestmark = pytest.mark.slow
 
@@ -22,13 +22,8 @@ def history(tmp_path: Path) -> Path:
 
 @pytest.fixture
 def term(history: Path) -> Iterator[Terminal]:
-    terminal = Terminal(["--workers", "2"], history)
-    try:
-        terminal.start()
-        terminal.track_descendants()
+    with running(["--workers", "2"], history) as terminal:
         yield terminal
-    finally:
-        terminal.close()
 
 
 def define_slow(term: Terminal) -> None:

@@ -224,3 +224,18 @@ def test_remote_as_an_ordinary_name(ws: Workspace) -> None:
     ws.run("remote: int = 7")  # an annotation, not a block
     assert ws["remote"] == 7
     _still_works(ws)
+
+
+def test_a_misspelt_name_gets_pythons_hint_locally_and_remotely(ws: Workspace) -> None:
+    from sperse.repl._display import format_error
+
+    ws.run("undefined_name = 3\ndef slow(n):\n    return n")
+    with pytest.raises(sperse.CellError) as local:
+        ws.run("print(undefined_nme)")
+    assert format_error(local.value).endswith(
+        "NameError: name 'undefined_nme' is not defined. Did you mean: 'undefined_name'?"
+    )
+    ws.run("y = remote slwo(3)")
+    with pytest.raises(sperse.RemoteError, match=r"Did you mean: 'slow'\?") as remote:
+        ws.wait("y", timeout=WAIT)
+    assert isinstance(remote.value, NameError)

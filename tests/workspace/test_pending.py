@@ -7,6 +7,7 @@ its workload; the tests themselves only ever wait on results with a deadline.
 from __future__ import annotations
 
 import asyncio
+import linecache
 import os
 import signal
 import sys
@@ -173,6 +174,27 @@ def test_cancel_a_running_task(cluster: sperse.Cluster) -> None:
     assert add(2, 2).result(timeout=WAIT) == 4  # the cluster still serves calls
 
 
+def test_a_call_past_its_timeout_is_cancelled(cluster: sperse.Cluster) -> None:
+    p = slow.options(timeout=0.5)("never", LONG)
+    with pytest.raises(sperse.TaskTimeout, match=r"within its timeout of 0\.5 s") as caught:
+        p.result(timeout=WAIT)
+    assert isinstance(caught.value, TimeoutError | sperse.TaskCancelled)
+    # The worker really stopped: it is free again, well before LONG seconds.
+    assert cluster.run_until(lambda: cluster.servers()[0].busy == 0, WAIT)
+    assert slow.options(timeout=WAIT)(3, 0.0).result(timeout=WAIT) == 3  # in time: its value
+    with pytest.raises(ValueError, match="positive number of seconds"):
+        slow.options(timeout=-1)
+
+
+def test_run_on_all_runs_once_on_every_server(cluster: sperse.Cluster) -> None:
+    names = [s.name for s in cluster.servers()]
+    assert sperse.run_on_all(add, 2, b=3) == dict.fromkeys(names, 5)
+    with pytest.raises(ValueError, match="bad value 1"):
+        sperse.run_on_all(fail_with, "bad value 1")
+    errors = sperse.run_on_all(fail_with, "bad value 2", on_error="return")
+    assert list(errors) == names and all(isinstance(e, ValueError) for e in errors.values())
+
+
 def test_cancel_a_call_that_waits_for_its_inputs(tmp_path: Path) -> None:
     marker = tmp_path / "ran"
     upstream = slow(1, 0.3)
@@ -273,6 +295,20 @@ def test_gather_raises_the_first_error() -> None:
         sperse.gather(add(1, 1), fail_with("gathered"), timeout=WAIT)
 
 
+def test_gather_takes_a_list_too() -> None:
+    assert sperse.gather([add(1, 2), add(3, 4)], timeout=WAIT) == [3, 7]
+    assert sperse.gather((add(i, i) for i in range(3)), timeout=WAIT) == [0, 2, 4]
+    with pytest.raises(TypeError, match="takes Pendings"):
+        sperse.gather([1, 2])
+
+
+def test_a_remote_exception_is_caught_by_its_own_type() -> None:
+    with pytest.raises(ValueError, match="bad value 7") as info:
+        fail_with("bad value 7").result(timeout=WAIT)
+    assert isinstance(info.value, sperse.RemoteError)
+    assert "fail_with" in info.value.remote_traceback
+
+
 def test_as_completed_yields_in_completion_order() -> None:
     slow_one = slow("slow", 2.0)
     fast_one = slow("fast", 0)
@@ -297,6 +333,41 @@ def test_remote_exception_is_a_remote_error() -> None:
     assert "fail_with" in error.remote_traceback
     assert f"This happened remotely on {error.where}" in str(error)
     assert error.where in {s.name for s in sperse.current().servers()}
+
+
+def _defined_in(filename: str, source: str) -> dict[str, object]:
+    """The globals of ``source`` compiled as ``filename``, in a module no server can import."""
+    namespace: dict[str, object] = {"__name__": "sperse_test_user_code"}
+    exec(compile(source, filename, "exec"), namespace)
+    return namespace
+
+
+INVERSE = "import math\n\ndef inverse(x):\n    y = math.floor(x)\n    return 1 / y\n"
+
+
+def test_remote_traceback_names_the_file_line_and_text(tmp_path: Path) -> None:
+    path = tmp_path / "user_code.py"
+    path.write_text(INVERSE)
+    inverse = _defined_in(str(path), INVERSE)["inverse"]
+    with pytest.raises(sperse.RemoteError) as info:
+        sperse.remote(inverse)(0).result(timeout=WAIT)  # type: ignore[arg-type]
+    trace = info.value.remote_traceback
+    assert f'File "{path}", line 5, in inverse\n    return 1 / y\n' in trace, trace
+    assert "dynamic-code" not in trace
+
+
+def test_remote_traceback_of_code_only_the_client_has_shows_its_text() -> None:
+    """Code typed at a prompt or in a notebook cell has no file: its lines travel with it."""
+    filename = f"<sperse-test-cell-{os.getpid()}>"
+    linecache.cache[filename] = (len(INVERSE), None, INVERSE.splitlines(True), filename)
+    try:
+        inverse = _defined_in(filename, INVERSE)["inverse"]
+        with pytest.raises(sperse.RemoteError) as info:
+            sperse.remote(inverse)(0).result(timeout=WAIT)  # type: ignore[arg-type]
+    finally:
+        del linecache.cache[filename]
+    trace = info.value.remote_traceback
+    assert f'File "{filename}", line 5, in inverse\n    return 1 / y\n' in trace, trace
 
 
 def test_remote_output_reaches_the_client_prefixed(capsys: pytest.CaptureFixture[str]) -> None:

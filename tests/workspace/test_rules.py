@@ -204,11 +204,23 @@ def test_remote_uses_prompt_function_and_class(ws: Workspace) -> None:
 
 
 def test_pending_returned_by_local_cell_makes_name_pending(ws: Workspace) -> None:
+    """The name holds the Pending, as under plain Python; its readers run once it settled."""
     ws.run("import sperse\n@sperse.remote\ndef double(v):\n    return v * 2\n")
-    ws.run("a = 5\nm = double(a)\nk = m + 1")
+    ws.run("a = 5\nm = double(a)\nk = m.value() + 1")  # value(): no wait, m has settled
     assert ws.wait("k", timeout=WAIT) == 11
+    assert isinstance(ws["m"], sperse.Pending) and ws["m"].done()
     ws.run("a = 6")
     assert ws.wait("k", timeout=WAIT) == 13
+
+
+def test_a_failed_pending_is_a_value_its_readers_handle(ws: Workspace) -> None:
+    ws.run("import sperse\n@sperse.remote\ndef inverse(v):\n    return 1 / v\n")
+    ws.run("m = inverse(0)")
+    ws.run(
+        "try:\n    k = m.result()\nexcept ZeroDivisionError as exc:\n"
+        "    k = isinstance(exc, sperse.RemoteError) and 'caught'\n"
+    )
+    assert ws.wait("k", timeout=WAIT) == "caught"
 
 
 def test_graph_shows_upstream_and_downstream_of_a_name(ws: Workspace) -> None:

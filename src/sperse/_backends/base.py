@@ -158,9 +158,10 @@ class ErrorInfo:
 
     def to_exception(self, label: str = "", where: str = "") -> SperseError:
         """The local exception a user sees for this error."""
-        context = f"{label}: " if label else ""
+        # The label once: a message made where the task was known may carry it already.
+        context = f"{label}: " if label and not self.message.startswith(f"{label}: ") else ""
         if self.kind == "raised":
-            return RemoteError(
+            return RemoteError.of(
                 f"{context}{self.type_name}: {self.message}",
                 type_name=self.type_name,
                 remote_traceback=self.traceback,

@@ -24,8 +24,9 @@ from sperse._backends.base import (
     Started,
     TaskSpec,
 )
+from sperse._backends.runner import dumps_work
 from sperse._pool import PoolEvent, TaskDone, TaskFailed, TaskOutput, TaskStarted, WorkerPool
-from sperse._serialize import dumps, loads
+from sperse._serialize import loads
 from sperse._server.config import DEFAULT_MAX_VALUE_SIZE
 from sperse._server.store import StateStore, start_state_store
 from sperse.errors import SerializationError, SperseError
@@ -82,7 +83,7 @@ class LocalBackend:
     def submit(self, specs: Sequence[TaskSpec]) -> None:
         pool = self._require_pool()
         prepared = [
-            _Task(spec, dumps(spec.work, what=spec.label or "the task"), spec.retries)
+            _Task(spec, dumps_work(spec.work, spec.label or "the task"), spec.retries)
             for spec in specs
         ]
         with self._lock:

@@ -286,7 +286,14 @@ class ClusterBackend:
                     flight.reroutes += 1
                     self._waiting.appendleft(flight.spec.task_id)
             sends = self._pump()
-        log.warning("server %s lost: %s; %d task(s) moved", member.name, why, len(flights))
+        moved = len(flights) - len(failed)
+        log.warning(
+            "server %s lost: %s; %s moved elsewhere, %s failed",
+            member.name,
+            why,
+            _count(moved, "task"),
+            _count(len(failed), "task"),
+        )
         for event in failed:
             self._emit(event)
         self._send(sends)
@@ -566,3 +573,8 @@ def _inputs(spec: TaskSpec) -> list[Any]:
     if isinstance(work, StatementTask):
         return list(work.inputs.values())
     return []
+
+
+def _count(n: int, noun: str) -> str:
+    """``1 task``, ``2 tasks``."""
+    return f"{n} {noun}" if n == 1 else f"{n} {noun}s"

@@ -86,13 +86,13 @@ from sperse._backends.base import (
 )
 from sperse._backends.runner import (
     cannot_send_back,
+    dumps_work_oob,
     encode_error,
     execute,
     object_work_from_wire,
     short_repr,
     type_name,
     work_from_wire,
-    work_to_wire,
 )
 from sperse._callbacks import deliver, sending_to
 from sperse._cluster import Cluster, unuse, use
@@ -1232,7 +1232,7 @@ class RayBackend:
         the held values it refers to (the arguments after it)."""
         what = spec.label or spec.task_id
         with sending_to(*self._mailbox_name, via="ray"):  # callbacks come back by the mailbox
-            data, buffers, refs = dumps_oob(work_to_wire(spec.work), what=spec.label or "the task")
+            data, buffers, refs = dumps_work_oob(spec.work, spec.label or "the task")
         ref_ids = list(dict.fromkeys(r.object_id for r in refs))
         with self._cond:
             held = [self._objects.get(object_id) for object_id in ref_ids]

@@ -70,7 +70,7 @@ from sperse._backends.base import (
     TaskSpec,
     Work,
 )
-from sperse._backends.runner import work_to_wire
+from sperse._backends.runner import dumps_work_oob
 from sperse._callbacks import callback_destination, callback_destination_reset, deliver
 from sperse._serialize import RemoteRef, RemoteValue, dumps_oob, loads_oob
 from sperse._serialize import shm as _shm
@@ -103,13 +103,43 @@ T = TypeVar("T")
 DEFAULT_INLINE_LIMIT = 1 << 20
 
 
+ACCEPTED_URLS = (
+    "sperse://HOST:PORT or HOST:PORT (a server or a coordinator), a list of those, "
+    "or ray://HOST:PORT"
+)
+
+
 def parse_url(url: str) -> str:
     """``sperse://host:port`` (or ``host:port``) → ``host:port``."""
+    scheme, sep, _ = url.partition("://")
+    if sep and scheme != "sperse":
+        raise ValueError(
+            f"{url!r} is not a Sperse address: {scheme}:// is not spoken here; give {ACCEPTED_URLS}"
+        )
     address = url.removeprefix("sperse://").rstrip("/")
     host, sep, port = address.rpartition(":")
-    if not sep or not host or not port.isdigit():
-        raise ValueError(f"not a server address: {url!r}; expected sperse://HOST:PORT")
+    if not sep or not host or not port.isdigit() or "/" in address:
+        raise ValueError(f"not a server address: {url!r}; give {ACCEPTED_URLS}")
     return address
+
+
+async def _refused_at_once(address: str, timeout: float) -> None:
+    """Raise ``ServerUnavailable`` now if nothing listens at ``address`` (the connection is
+    refused), instead of waiting ``timeout`` for gRPC to give up; anything else (no answer,
+    no route) is left to gRPC, which waits and says so."""
+    host, _, port = address.rpartition(":")
+    try:
+        _, writer = await asyncio.wait_for(
+            asyncio.open_connection(host.strip("[]"), int(port)), timeout
+        )
+    except ConnectionRefusedError:
+        raise ServerUnavailable(
+            f"nothing listens at {address} (the connection was refused): start a server there "
+            "(sperse server --port PORT, or sperse up), or check the host and port"
+        ) from None
+    except (OSError, TimeoutError):
+        return
+    writer.close()
 
 
 @dataclass(slots=True)
@@ -259,6 +289,8 @@ class SperseBackend:
         else:
             channel = grpc.aio.insecure_channel(self.address, options=options)
         self._channel = channel
+        if not resume:
+            await _refused_at_once(self.address, self._connect_timeout)
         try:
             await asyncio.wait_for(channel.channel_ready(), self._connect_timeout)
         except TimeoutError:
@@ -584,8 +616,7 @@ class SperseBackend:
         destination = callback_destination(self.address, self._session_id)
         try:
             for spec in specs:
-                work = work_to_wire(spec.work)
-                data, buffers, refs = dumps_oob(work, what=spec.label or "the task")
+                data, buffers, refs = dumps_work_oob(spec.work, spec.label or "the task")
                 blobs: list[pb.Blob] = []
                 size = len(data) + 64
                 if buffers:
@@ -1044,12 +1075,46 @@ def _version() -> str:
 # ---- the embedded server ---------------------------------------------------------------
 
 
+def _server_log_path(name: str) -> str | None:
+    """Where an embedded server logs: ``SPERSE_SERVER_LOG`` (``-``: None, our stderr), else a
+    file of its own under the user's state directory."""
+    chosen = os.environ.get("SPERSE_SERVER_LOG", "")
+    if chosen == "-":
+        return None
+    if chosen:
+        return chosen
+    state = os.environ.get("XDG_STATE_HOME") or os.path.expanduser("~/.local/state")
+    folder = os.path.join(state, "sperse", "logs")
+    os.makedirs(folder, mode=0o700, exist_ok=True)
+    safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in name)
+    return os.path.join(folder, f"server-{safe}-{os.getpid()}.log")
+
+
+def _tail(path: str | None, lines: int = 20) -> str:
+    """The last ``lines`` of the log at ``path``, to quote in an error ("" if none)."""
+    if path is None:
+        return ""
+    try:
+        with open(path, "rb") as file:
+            text = file.read()[-8192:].decode(errors="replace")
+    except OSError:
+        return ""
+    last = text.strip().splitlines()[-lines:]
+    return (":\n" + "\n".join(last)) if last else ""
+
+
 class EmbeddedServer:
     """A ``sperse server`` child process on a random loopback port, owned by this client.
 
     The token goes to it on its stdin, never on a command line (where ``ps``
     shows it). It keeps reading stdin: when this process dies, stdin closes
     and the server stops by itself, so no orphan survives its client.
+
+    Its log (and its workers' stray output) goes to ``log_path``, not to this process's
+    terminal, where it would land before the exception it describes: by default
+    ``$XDG_STATE_HOME/sperse/logs/server-NAME-PID.log`` (``~/.local/state/...``), removed
+    at ``stop`` when empty. ``SPERSE_SERVER_LOG`` names another file, or ``-`` for this
+    process's standard error.
     """
 
     def __init__(
@@ -1076,12 +1141,19 @@ class EmbeddedServer:
         for key, value in (resources or {}).items():
             args += ["--resource", f"{key}={value}"]
         args += extra_args
-        self.process = subprocess.Popen(
-            args,
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            start_new_session=True,  # Ctrl-C at the prompt is ours to handle, not the server's
-        )
+        self.log_path = _server_log_path(name)
+        log = None if self.log_path is None else open(self.log_path, "ab")  # noqa: SIM115
+        try:
+            self.process = subprocess.Popen(
+                args,
+                stdin=subprocess.PIPE,
+                stdout=subprocess.PIPE,
+                stderr=log,
+                start_new_session=True,  # Ctrl-C at the prompt is ours, not the server's
+            )
+        finally:
+            if log is not None:
+                log.close()  # the child has its own descriptor
         assert self.process.stdin is not None and self.process.stdout is not None
         self.process.stdin.write(self.token.encode() + b"\n")
         self.process.stdin.flush()
@@ -1096,9 +1168,10 @@ class EmbeddedServer:
             remaining = deadline - time.monotonic()
             if remaining <= 0 or self.process.poll() is not None:
                 self.stop()
+                where = "above" if self.log_path is None else f"in {self.log_path}"
                 raise ServerUnavailable(
-                    f"the embedded sperse server did not start (exit code {self.process.returncode}); "
-                    "its error output is above"
+                    "the embedded sperse server did not start (exit code "
+                    f"{self.process.returncode}); its log is {where}{_tail(self.log_path)}"
                 )
             ready, _, _ = select.select([stdout], [], [], remaining)
             if ready:
@@ -1133,3 +1206,7 @@ class EmbeddedServer:
         _shm.sweep(_shm.server_prefix(self.process.pid))
         if self.process.stdout is not None:
             self.process.stdout.close()
+        if self.log_path is not None:
+            with contextlib.suppress(OSError):
+                if os.path.getsize(self.log_path) == 0:
+                    os.unlink(self.log_path)

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import builtins
 import linecache
+import re
 import reprlib
 import traceback
 from collections.abc import Callable
@@ -30,12 +31,14 @@ from sperse._backends.base import (
     StatementTask,
     Work,
 )
-from sperse._serialize import describe, dumps, loads
+from sperse._serialize import describe, dumps, dumps_oob, loads
 from sperse.errors import SerializationError
 
 __all__ = [
     "REPR_MAX",
     "cannot_send_back",
+    "dumps_work",
+    "dumps_work_oob",
     "encode_error",
     "execute",
     "object_work_from_wire",
@@ -94,8 +97,10 @@ def cannot_send_back(name: str, value: Any, cause: BaseException) -> str:
 
 REPR_MAX = 80
 _repr = reprlib.Repr()
-_repr.maxstring = _repr.maxother = _repr.maxlong = REPR_MAX
+_repr.maxstring = _repr.maxlong = REPR_MAX
+_repr.maxother = 4 * REPR_MAX  # cut at the end by ``_cut``, not in the middle of a type name
 _NUMBERS = frozenset({int, float, bool, type(None)})
+_WORD = re.compile(r"[\w.]+$")
 
 
 def type_name(value: Any) -> str:
@@ -106,18 +111,29 @@ def type_name(value: Any) -> str:
     return str(qualname if module == "builtins" else f"{module}.{qualname}")
 
 
-def short_repr(value: Any) -> str:
-    """One line of at most ``REPR_MAX`` characters; never raises."""
+def short_repr(value: Any, limit: int = REPR_MAX) -> str:
+    """One line of at most ``limit`` characters; never raises."""
     if type(value) in _NUMBERS and (type(value) is not int or -(10**30) < value < 10**30):
         return repr(value)  # the common case, without reprlib
     try:
         text = _repr.repr(value)
     except Exception as exc:  # reprlib catches most; a broken __repr__ of a container may not
         text = f"<{type_name(value)}: repr failed with {type(exc).__name__}>"
-    text = " ".join(text.split())
-    if len(text) > REPR_MAX:
-        text = text[: REPR_MAX - 1] + "…"
-    return text
+    return _cut(" ".join(text.split()), limit)
+
+
+def _cut(text: str, limit: int) -> str:
+    """``text`` cut to ``limit`` characters, ending in "…"; a name that would be cut in its
+    middle (``[1, 2, numpy.ndar…``) is left out whole instead, unless it starts in the first
+    quarter (then there is little else to show)."""
+    if len(text) <= limit:
+        return text
+    head = text[: limit - 1]
+    if text[limit - 1].isalnum() or text[limit - 1] in "_.":
+        word = _WORD.search(head)
+        if word is not None and word.start() >= limit // 4:
+            head = head[: word.start()]
+    return head.rstrip() + "…"
 
 
 def work_to_wire(work: Work) -> Any:
@@ -130,6 +146,41 @@ def work_to_wire(work: Work) -> Any:
         kwargs = work.kwargs if type(work.kwargs) is dict else dict(work.kwargs)
         return (_OBJECT_CALL, work.object_id, work.name, work.args, kwargs, work.attribute)
     return work
+
+
+def dumps_work(work: Work, what: str) -> bytes:
+    """``work`` pickled in band (``dumps``), failures naming the part that cannot be sent."""
+    try:
+        return dumps(work, what=what)
+    except SerializationError as exc:
+        raise _unpicklable_part(work, what, exc) from exc.__cause__
+
+
+def dumps_work_oob(work: Work, what: str) -> tuple[bytes, list[Any], list[Any]]:
+    """``work`` as ``work_to_wire`` sends it, pickled with out-of-band buffers
+    (``dumps_oob``), failures naming the part that cannot be sent."""
+    try:
+        return dumps_oob(work_to_wire(work), what=what)
+    except SerializationError as exc:
+        raise _unpicklable_part(work, what, exc) from exc.__cause__
+
+
+def _unpicklable_part(work: Work, what: str, error: SerializationError) -> SerializationError:
+    """The error for the first argument (or function) of ``work`` that cannot be pickled,
+    named as the user wrote it ("argument 2 of f()"), not as the task that carries it."""
+    parts: list[tuple[str, Any]] = []
+    if isinstance(work, CallTask | ObjectCreate):
+        function = work.fn if isinstance(work, CallTask) else work.cls
+        parts.append((f"the function of {what}", function))
+    if isinstance(work, CallTask | ObjectCreate | ObjectCall):
+        parts += [(f"argument {i} of {what}", a) for i, a in enumerate(work.args, 1)]
+        parts += [(f"argument `{k}` of {what}", v) for k, v in work.kwargs.items()]
+    for name, part in parts:
+        try:
+            dumps(part, what=name)
+        except SerializationError as exc:
+            return exc
+    return error
 
 
 def work_from_wire(obj: Any) -> StatementTask | CallTask | None:

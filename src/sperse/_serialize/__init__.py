@@ -15,6 +15,11 @@
 - Between processes of one host, big out-of-band buffers may travel as shared
   memory files: :mod:`sperse._serialize.shm`.
 
+- Code objects keep their file name and carry the source lines they span
+  (``_named_code``): picklers may rename code (cloudpickle 3.1.3 calls all of it
+  ``<dynamic-code>``), and code typed at a prompt or in a notebook cell exists nowhere
+  else, yet a remote traceback must name the user's file, line and text.
+
 Failures become ``SerializationError`` with a message naming what could not be
 sent and why.
 """
@@ -22,12 +27,14 @@ sent and why.
 from __future__ import annotations
 
 import io
+import linecache
 import os
 import pickle
 import site
 import sys
 import sysconfig
 import threading
+import types
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -110,11 +117,34 @@ def _size(n: int) -> str:
 
 
 class _Pickler(cloudpickle.CloudPickler):  # type: ignore[misc]
-    """cloudpickle that writes RemoteValues as references and records them."""
+    """cloudpickle that writes RemoteValues as references and records them, and code
+    with its file name and source lines."""
 
-    def __init__(self, file: io.BytesIO, buffers: list[pickle.PickleBuffer]) -> None:
-        super().__init__(file, protocol=PROTOCOL, buffer_callback=buffers.append)
+    def __init__(self, file: io.BytesIO, buffers: list[pickle.PickleBuffer] | None = None) -> None:
+        super().__init__(
+            file, protocol=PROTOCOL, buffer_callback=None if buffers is None else buffers.append
+        )
         self.refs: list[RemoteRef] = []
+        self._spans: dict[str, list[tuple[int, int]]] = {}
+
+    def reducer_override(self, obj: Any) -> Any:
+        if type(obj) is types.CodeType:
+            return self._code_reduce(obj)
+        return super().reducer_override(obj)
+
+    def _code_reduce(self, code: types.CodeType) -> Any:
+        """Code as cloudpickle builds it, renamed back to its file on load, with the lines
+        of source it spans (once per pickle: a nested function's lines are its parent's)."""
+        _, args = _CLOUDPICKLE_CODE_REDUCE(code)
+        filename = code.co_filename
+        first = code.co_firstlineno
+        last = max((line for _, _, line in code.co_lines() if line), default=first)
+        spans = self._spans.setdefault(filename, [])
+        lines: tuple[str, ...] = ()
+        if not any(a <= first and last <= b for a, b in spans):
+            spans.append((first, last))
+            lines = tuple(linecache.getlines(filename)[first - 1 : last])
+        return _named_code, (args, filename, first, lines)
 
     def persistent_id(self, obj: Any) -> Any:
         if isinstance(obj, RemoteValue):
@@ -224,10 +254,43 @@ def loads_oob(
 def dumps(obj: Any, *, what: str = "a value") -> bytes:
     """Pickle ``obj`` in band; ``what`` names it in the error (``"input x of cell [3]"``)."""
     _register_local_modules()
+    file = io.BytesIO()
     try:
-        return bytes(cloudpickle.dumps(obj, protocol=PROTOCOL))
+        _Pickler(file).dump(obj)
     except Exception as exc:
         raise _cannot_send(obj, what, exc) from exc
+    return file.getvalue()
+
+
+# ---- code keeps its file name and source lines ----------------------------------------
+
+_CLOUDPICKLE_CODE_REDUCE: Callable[[types.CodeType], tuple[Any, tuple[Any, ...]]] = (
+    cloudpickle.CloudPickler.dispatch_table[types.CodeType]
+)
+_carried: set[str] = set()  # files whose lines in linecache came with code, not from disk
+
+
+def _named_code(
+    args: tuple[Any, ...], filename: str, first: int, lines: tuple[str, ...]
+) -> types.CodeType:
+    """The code cloudpickle's ``args`` build, named ``filename`` again; its source ``lines``
+    (from line ``first``) go into ``linecache`` unless this host reads that file itself."""
+    code = types.CodeType(*args).replace(co_filename=filename)
+    if lines and (filename in _carried or not linecache.getlines(filename)):
+        _remember_lines(filename, first, lines)
+    return code
+
+
+def _remember_lines(filename: str, first: int, lines: tuple[str, ...]) -> None:
+    entry = linecache.cache.get(filename)
+    known = list(entry[2]) if entry is not None and len(entry) == 4 else []
+    end = first - 1 + len(lines)
+    if len(known) < end:
+        known.extend("\n" for _ in range(end - len(known)))
+    known[first - 1 : end] = lines
+    # mtime None: linecache.checkcache keeps the entry (there is no file to compare with).
+    linecache.cache[filename] = (sum(map(len, known)), None, known, filename)
+    _carried.add(filename)
 
 
 def loads(data: bytes, *, what: str = "a value") -> Any:

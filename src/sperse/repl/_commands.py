@@ -25,7 +25,7 @@ from types import FrameType
 from typing import Literal
 
 from sperse._workspace import Workspace
-from sperse.errors import SperseError, UsageError
+from sperse.errors import SperseError, UsageError, did_you_mean
 from sperse.repl._display import (
     describe_name,
     format_error,
@@ -178,7 +178,8 @@ class CommandRegistry:
     def lookup(self, name: str) -> Command:
         command = self._commands.get(name)
         if command is None:
-            raise UsageError(f"unknown command %{name}; %help lists the commands")
+            hint = did_you_mean(name, self._commands).replace(" '", " '%")
+            raise UsageError(f"unknown command %{name};{hint or ''} %help lists the commands")
         return command
 
     def execute(self, ws: Workspace, line: str, say: Callable[[str], None] = _print) -> str:

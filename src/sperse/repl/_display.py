@@ -27,6 +27,7 @@ from sperse.errors import (
     RemoteError,
     SperseError,
     TaskCancelled,
+    did_you_mean,
 )
 
 __all__ = [
@@ -151,15 +152,31 @@ def _user_frames(tb: TracebackType | None) -> traceback.StackSummary:
 def _traceback(exc: BaseException) -> str:
     if isinstance(exc, SyntaxError):
         return "".join(traceback.format_exception_only(exc)).rstrip("\n")
-    if isinstance(exc, RemoteError):
-        return f"{type(exc).__name__}: {exc}"
+    if isinstance(exc, RemoteError):  # its message names the remote type already
+        return f"RemoteError: {exc}"
     frames = _user_frames(exc.__traceback__)
     lines = []
     if frames:
         lines.append("Traceback (most recent call last):\n")
         lines.extend(frames.format())
-    lines.extend(traceback.format_exception_only(exc))
-    return "".join(lines).rstrip("\n")
+    last = "".join(traceback.format_exception_only(exc)).rstrip("\n")
+    return "".join(lines) + last + _name_hint(exc, last)
+
+
+def _name_hint(exc: BaseException, text: str) -> str:
+    """Python's "Did you mean" for a misspelt name, which its interpreter prints but its
+    traceback module (3.11) does not; found among the names the failing frame could see."""
+    name = getattr(exc, "name", None)
+    tb = exc.__traceback__
+    if not isinstance(exc, NameError) or not isinstance(name, str) or tb is None:
+        return ""
+    if "Did you mean" in text:  # 3.12+: the traceback module gave it
+        return ""
+    while tb.tb_next is not None:
+        tb = tb.tb_next
+    frame = tb.tb_frame
+    hint = did_you_mean(name, [*frame.f_locals, *frame.f_globals, *frame.f_builtins])
+    return "." + hint if hint else ""
 
 
 def format_error(exc: BaseException) -> str:

@@ -66,7 +66,10 @@ def _banner(cluster: Cluster) -> str:
         servers = cluster.servers()
     except SperseError:
         servers = []
-    where = ", ".join(f"{s.name} ({s.workers} workers)" for s in servers) or "no server yet"
+    where = ", ".join(
+        f"{s.name} ({s.workers} worker{'' if s.workers == 1 else 's'})" for s in servers
+    )
+    where = where or "no server yet"
     return (
         f"sperse {__version__} on Python {platform.python_version()}; servers: {where}\n"
         "`x = remote f(y)` runs remotely; %help lists the commands; Ctrl-D exits."

@@ -40,3 +40,14 @@ def test_did_you_mean() -> None:
     assert did_you_mean("slwo", ["slow", "fast"]) == " Did you mean: 'slow'?"
     assert did_you_mean("zzz", ["slow", "fast"]) == ""
     assert did_you_mean("slow", ["slow"]) == ""  # the name itself is no suggestion
+
+
+def test_tokens_never_start_with_a_dash(monkeypatch: pytest.MonkeyPatch) -> None:
+    """`--token -xyz` is a missing value to argparse: one random token in 64 started so."""
+    import secrets
+
+    from sperse._tokens import new_token
+
+    drawn = iter(["-first", "-second", "third"])
+    monkeypatch.setattr(secrets, "token_urlsafe", lambda nbytes: next(drawn))
+    assert new_token() == "third"

@@ -28,7 +28,6 @@ import argparse
 import contextlib
 import json
 import os
-import secrets
 import select
 import signal
 import subprocess
@@ -42,6 +41,7 @@ from pathlib import Path
 from types import MappingProxyType
 from typing import IO, Any
 
+from sperse._tokens import new_token
 from sperse.errors import ServerUnavailable, SperseError
 
 __all__ = [
@@ -238,7 +238,7 @@ class LocalCluster:
         names = [spec.name for spec in specs]
         if len(set(names)) != len(names):
             raise ValueError(f"server names must differ: {names}")
-        self.token = token or secrets.token_urlsafe(32)
+        self.token = token or new_token()
         self.heartbeat_timeout = heartbeat_timeout
         self.servers: list[ClusterProcess] = []
         self._log_level = log_level
@@ -602,7 +602,7 @@ def build_parser() -> argparse.ArgumentParser:
 def _token(path: str | None) -> tuple[str, str]:
     """The token, and a note on where it came from (for stderr; empty: none)."""
     if path is None:
-        return secrets.token_urlsafe(32), ""
+        return new_token(), ""
     if os.path.exists(path):
         try:
             token = Path(path).read_text(encoding="utf-8").strip()
@@ -615,7 +615,7 @@ def _token(path: str | None) -> tuple[str, str]:
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     except OSError as exc:
         raise _ConfigError(f"cannot create the token file {path!r}: {exc.strerror}") from exc
-    token = secrets.token_urlsafe(32)
+    token = new_token()
     with os.fdopen(fd, "w", encoding="utf-8") as file:
         os.fchmod(file.fileno(), 0o600)  # exactly 0600, whatever the umask
         file.write(token + "\n")

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import gc
 import os
+import threading
+import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -28,6 +30,15 @@ N = 100_000_000 // 8  # a 100 MB float64 array
 def files(server: EmbeddedServer) -> set[str]:
     prefix = shm.server_prefix(server.process.pid)
     return {name for name in os.listdir(shm.SHM_DIR) if name.startswith(prefix)}
+
+
+def files_once_settled(server: EmbeddedServer, count: int) -> set[str]:
+    """The server's files once there are ``count`` of them, or what is there at the deadline:
+    the server unlinks a file just after its reply is sent, so the client may look first."""
+    deadline = time.monotonic() + WAIT
+    while len(found := files(server)) != count and time.monotonic() < deadline:
+        threading.Event().wait(0.01)  # a poll of /dev/shm with a deadline
+    return found
 
 
 @pytest.fixture
@@ -63,12 +74,12 @@ def test_a_100_mb_array_up_down_and_by_reference(server: EmbeddedServer) -> None
         # Up: written once into a file the server owns, mapped by the worker.
         assert sperse.remote(add_one_and_sum)(array).result(WAIT) == 2.0 * N
         assert (array == 1.0).all(), "the client's array is untouched"
-        assert files(server) == set(), "the upload went when its task ended"
+        assert files_once_settled(server, 0) == set(), "the upload went when its task ended"
 
         # Down: kept in a file on the server, mapped here copy-on-write.
         p = sperse.remote(ones)(N)
         sperse.wait([p], timeout=WAIT)
-        assert len(files(server)) == 1
+        assert len(files_once_settled(server, 1)) == 1
         value = p.result(WAIT)
         assert value.shape == (N,) and value.flags.writeable
         assert (value == 1.0).all()
@@ -81,7 +92,7 @@ def test_a_100_mb_array_up_down_and_by_reference(server: EmbeddedServer) -> None
         del p, value
         gc.collect()
         assert cluster.stats()["objects"] == 0
-        assert files(server) == set()
+        assert files_once_settled(server, 0) == set()
 
 
 def test_a_client_without_shared_memory_gets_everything_over_grpc(

@@ -38,7 +38,6 @@ import itertools
 import logging
 import os
 import platform
-import secrets
 import select
 import socket
 import subprocess
@@ -74,6 +73,7 @@ from sperse._backends.runner import dumps_work_oob
 from sperse._callbacks import callback_destination, callback_destination_reset, deliver
 from sperse._serialize import RemoteRef, RemoteValue, dumps_oob, loads_oob
 from sperse._serialize import shm as _shm
+from sperse._tokens import new_token
 from sperse._wire import (
     MAX_MESSAGE,
     PROTOCOL,
@@ -1131,7 +1131,7 @@ class EmbeddedServer:
     ) -> None:
         """``token``: the cluster's (default: a new random one). ``extra_args``: more
         ``sperse server`` options (``--join``, ...)."""
-        self.token = token or secrets.token_urlsafe(32)
+        self.token = token or new_token()
         args = [sys.executable, "-m", "sperse.server", "--host", "127.0.0.1", "--port", "0"]
         args += ["--token-stdin", "--name", name, "--log-level", log_level]
         if workers:

@@ -24,7 +24,6 @@ import contextlib
 import hmac
 import logging
 import os
-import secrets
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from types import TracebackType
@@ -37,6 +36,7 @@ from sperse._coordinator.registry import Change, NameTaken, Registry
 from sperse._server.config import ServerConfigError, is_loopback
 from sperse._server.logs import _value  # one format for every sperse log line
 from sperse._server.server import add_port
+from sperse._tokens import new_token
 from sperse._wire import pb
 from sperse._wire.sperse_pb2_grpc import add_CoordinatorServicer_to_server
 
@@ -254,7 +254,7 @@ class CoordinatorServer:
 
     def __init__(self, config: CoordinatorConfig) -> None:
         self.config = config
-        self.token = config.token or secrets.token_urlsafe(32)
+        self.token = config.token or new_token()
         self._grpc: grpc.aio.Server | None = None
         self._service: _Service | None = None
         self._sweeper: asyncio.Task[None] | None = None

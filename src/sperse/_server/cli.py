@@ -22,7 +22,6 @@ import asyncio
 import contextlib
 import logging
 import os
-import secrets
 import signal
 import socket
 import sys
@@ -36,6 +35,7 @@ from sperse._server.config import (
 )
 from sperse._server.logs import log_event
 from sperse._server.server import SperseServer
+from sperse._tokens import new_token
 
 __all__ = ["build_parser", "main"]
 
@@ -152,7 +152,7 @@ def _token(args: argparse.Namespace, parser: argparse.ArgumentParser) -> tuple[s
     elif args.token_stdin:
         token = _read_token_line()
     else:
-        return secrets.token_urlsafe(32), True
+        return new_token(), True
     if not token:
         parser.error("the token is empty: give a non-empty secret")
     return token, False

@@ -20,7 +20,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
-import secrets
 from types import TracebackType
 
 import grpc
@@ -34,6 +33,7 @@ from sperse._server.join import Joiner
 from sperse._server.logs import log, log_event
 from sperse._server.service import SessionService
 from sperse._server.store import StateStore, start_state_store
+from sperse._tokens import new_token
 from sperse._wire import MAX_MESSAGE
 from sperse._wire.sperse_pb2_grpc import add_SperseServicer_to_server
 
@@ -95,7 +95,7 @@ class SperseServer:
 
     def __init__(self, config: ServerConfig) -> None:
         self.config = config
-        self.token = config.token or secrets.token_urlsafe(32)
+        self.token = config.token or new_token()
         self._grpc: grpc.aio.Server | None = None
         self._core: ServerCore | None = None
         self._service: SessionService | None = None

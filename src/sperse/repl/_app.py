@@ -8,6 +8,11 @@ it after queuing work) and drains the queue inside ``run_in_terminal``: the
 prompt is hidden, arrivals print, and the prompt is drawn again below them
 with the half-typed line, cursor and completion state intact.
 
+Keys typed before the next prompt is drawn (while a statement runs, while
+arrivals print, in the gap between two prompts) act as if typed at that prompt:
+the terminal stays in the prompt's raw mode except while a statement runs, and
+then Ctrl-D is an ordinary key (see :mod:`sperse.repl._tty`).
+
 Keys: Enter runs a complete input and otherwise adds a line (indented after a
 colon); Alt-Enter (Esc Enter) runs it whatever it is; Tab completes, or indents
 at the start of a line; Ctrl-C clears the line at the prompt and interrupts a
@@ -27,6 +32,7 @@ from prompt_toolkit.application import get_app, run_in_terminal
 from prompt_toolkit.filters import Condition
 from prompt_toolkit.formatted_text import FormattedText
 from prompt_toolkit.history import FileHistory, History, InMemoryHistory
+from prompt_toolkit.input import Input
 from prompt_toolkit.key_binding import KeyBindings, KeyPressEvent
 from prompt_toolkit.lexers import PygmentsLexer
 from prompt_toolkit.styles import Style
@@ -37,6 +43,7 @@ from sperse.repl._completion import WorkspaceCompleter
 from sperse.repl._input import indent_after, is_complete
 from sperse.repl._lexer import STYLE, SperseLexer
 from sperse.repl._session import Session
+from sperse.repl._tty import TtyModes, prompt_input
 
 __all__ = ["Repl", "history_path"]
 
@@ -78,8 +85,10 @@ class Repl:
         self.ws = ws
         self.session = session or Session(ws, commands=commands)
         self._loop: asyncio.AbstractEventLoop | None = None
+        self._input = prompt_input()  # one input for every prompt: keys typed ahead pass on
         self._prompt: PromptSession[str] = PromptSession(
             PROMPT,
+            input=self._input,
             multiline=True,
             prompt_continuation=lambda width, line, wrapped: CONTINUATION.rjust(width),
             lexer=PygmentsLexer(SperseLexer),
@@ -100,21 +109,24 @@ class Repl:
         loop = asyncio.new_event_loop()  # not asyncio.run: it would turn Ctrl-C into cancelling
         self._loop = loop
         try:
-            while True:
-                self._drain()
-                try:
-                    text = loop.run_until_complete(self._read())
-                except KeyboardInterrupt:
-                    continue  # Ctrl-C at the prompt: a fresh line
-                except EOFError:
-                    if self._confirm_exit():
-                        return 0
-                    continue
-                try:
-                    self.session.execute(text)
+            with TtyModes() as tty:
+                while True:
+                    tty.hold()  # again: an interrupt may have cut the way back short
                     self._drain()
-                except KeyboardInterrupt:
-                    self.session.error("KeyboardInterrupt")
+                    try:
+                        text = loop.run_until_complete(self._read())
+                    except KeyboardInterrupt:
+                        continue  # Ctrl-C at the prompt: a fresh line
+                    except EOFError:
+                        if self._confirm_exit():
+                            return 0
+                        continue
+                    try:
+                        with tty.statement():
+                            self.session.execute(text)
+                        self._drain()
+                    except KeyboardInterrupt:
+                        self.session.error("KeyboardInterrupt")
         finally:
             self._loop = None
             loop.close()
@@ -177,7 +189,7 @@ class Repl:
         question = f"{len(pending)} pending ({names}): cancel and exit? [y/N] "
         assert self._loop is not None
         try:
-            answer = self._loop.run_until_complete(_ask(question))
+            answer = self._loop.run_until_complete(_ask(question, self._input))
         except EOFError:
             answer = "y"  # Ctrl-D twice: leave
         except KeyboardInterrupt:
@@ -185,8 +197,8 @@ class Repl:
         return answer.strip().lower() in ("y", "yes")
 
 
-async def _ask(question: str) -> str:
-    asker: PromptSession[str] = PromptSession(history=InMemoryHistory())
+async def _ask(question: str, keys: Input) -> str:
+    asker: PromptSession[str] = PromptSession(history=InMemoryHistory(), input=keys)
     return await asker.prompt_async(question)
 
 

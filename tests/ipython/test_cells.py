@@ -1,12 +1,13 @@
-"""Which statements of a cell (after IPython's own transforms) go to the workspace."""
+"""Which statements of a cell (after IPython's own transforms) go to the workspace, and how."""
 
 from __future__ import annotations
 
+import ast
 from dataclasses import dataclass
 
 import pytest
 
-from sperse.ipython._cells import Segment, remote_block, route_cell, split_cell
+from sperse.ipython._cells import Segment, plan_cell, remote_block, route_tree, split_cell
 
 IP = "get_ipython()"
 
@@ -95,15 +96,59 @@ def test_remote_block_header(placement: str, header: str) -> None:
     assert remote_block(placement, "x = 1\n") == f"{header}\n    x = 1\n"
 
 
-def test_route_cell_keeps_ipython_lines_and_line_numbers() -> None:
-    lines = [f"{IP}.run_line_magic('load_ext', 'sperse')\n", "# a comment\n", "a = 1\n", "b = 2\n"]
-    out = route_cell(lines, "sperse_cell")
-    workspace_source = "\n\na = 1\nb = 2\n"
-    assert out == [
-        lines[0],
-        "\n",
-        f"{IP}.run_cell_magic('sperse_cell', '', {workspace_source!r})\n",
-        "\n",
-    ]
-    only_ipython = [f"{IP}.system('ls')\n"]
-    assert route_cell(only_ipython, "sperse_cell") is only_ipython
+def test_a_cell_without_workspace_statements_has_no_plan() -> None:
+    assert plan_cell(f"{IP}.system('ls')\n") is None
+    assert plan_cell("x = (\n") is None  # IPython reports it
+
+
+def test_the_text_is_kept_but_for_remote_forms() -> None:
+    source = f"a = 1\n{IP}.run_line_magic('pending', '')\nb = a + 1;\n"
+    plan = plan_cell(source)
+    assert plan is not None and plan.text == source
+    remote = plan_cell("x = remote f(1)\ny = x;\n")
+    assert remote is not None
+    assert remote.text == "with __sperse_remote__(): x = f(1)\ny = x;\n"
+
+
+def runner_source(stmt: ast.stmt) -> str:
+    """The source ``get_ipython().run_cell_magic('sperse_cell', '', source)`` passes."""
+    assert isinstance(stmt, ast.Expr) and isinstance(stmt.value, ast.Call)
+    runner, line, source = (ast.literal_eval(a) for a in stmt.value.args)
+    assert ast.unparse(stmt.value.func) == "get_ipython().run_cell_magic"
+    assert (runner, line) == ("sperse_cell", "")
+    return str(source)
+
+
+def test_route_tree_keeps_ipython_statements_and_line_numbers() -> None:
+    source = (
+        f"{IP}.run_line_magic('load_ext', 'sperse')\n# a comment\na = 1\nb = 2\n"
+        f"{IP}.system('ls')\nx = remote f(a)\n@dec\ndef g():\n    pass\n"
+    )
+    plan = plan_cell(source)
+    assert plan is not None
+    tree = route_tree(ast.parse(plan.text), plan, "sperse_cell")
+    magic, first, shell, second = tree.body
+    assert ast.unparse(magic) == f"{IP}.run_line_magic('load_ext', 'sperse')"
+    assert ast.unparse(shell) == f"{IP}.system('ls')"
+    assert (first.lineno, shell.lineno, second.lineno) == (3, 5, 6)
+    assert runner_source(first) == "\n\na = 1\nb = 2\n"
+    assert runner_source(second) == "\n" * 5 + "x = remote f(a)\n@dec\ndef g():\n    pass\n"
+    assert plan.on_cell_lines(runner_source(first)) and plan.on_cell_lines(runner_source(second))
+    assert not plan.on_cell_lines("a = 1\n")
+    compile(tree, "<cell>", "exec")  # every node has its positions
+
+
+def test_route_tree_of_a_remote_cell_magic() -> None:
+    plan = plan_cell(f"{IP}.run_cell_magic('remote', 'gpu', 'z = 1\\n')\n")
+    assert plan is not None
+    (call,) = route_tree(ast.parse(plan.text), plan, "sperse_cell").body
+    block = runner_source(call)
+    assert block == "remote[gpu]:\n    z = 1\n"
+    assert not plan.on_cell_lines(block)  # its lines are not the cell's
+
+
+def test_route_tree_refuses_a_tree_of_another_text() -> None:
+    plan = plan_cell("a = 1\n")
+    assert plan is not None
+    with pytest.raises(ValueError, match="lines 1-2"):
+        route_tree(ast.parse("a = (1,\n 2)\n"), plan, "sperse_cell")

@@ -173,6 +173,7 @@ def test_commands_are_line_magics_and_a_taken_name_gets_a_prefix(
         assert "sperse_graph" not in line_magics and "pending" not in line_magics
         assert shell.run_line_magic("graph", "") == "theirs"
         assert not any("sperse" in repr(t) for t in shell.input_transformers_post)
+        assert not any("sperse" in repr(t) for t in shell.ast_transformers)
     finally:
         shell.run_line_magic("unload_ext", "sperse")
         InteractiveShell.clear_instance()
@@ -199,3 +200,13 @@ def test_code_that_magics_run_stays_plain_ipython(ip: Shell) -> None:
     ip.run("%time r = q + 1")
     assert len(ip.ws.cells()) == cells  # not one cell per timing loop
     assert ip.shell.user_ns["r"] == 5 and "r" not in ip.ws
+
+
+def test_a_remote_traceback_quotes_a_function_from_an_earlier_part_of_the_cell(
+    ip: Shell,
+) -> None:
+    # The magic cuts the cell in two parts; `fails` is pickled while the second one runs.
+    ip.run("def fails(n):\n    raise ValueError(n)\n%xmode Context\nr = remote fails(1)")
+    with pytest.raises(sperse.RemoteError) as failed:
+        ip.ws.wait("r", 30)
+    assert "    raise ValueError(n)\n" in str(failed.value)

@@ -1,7 +1,7 @@
 """Which statements of an IPython cell go to the workspace, and which stay IPython's.
 
-The extension's input transformer sees a cell after IPython's own transforms, where
-IPython's syntax has become calls on ``get_ipython()``::
+The extension sees a cell after IPython's own transforms, where IPython's syntax has become
+calls on ``get_ipython()``::
 
     %pending          ->  get_ipython().run_line_magic('pending', '')
     !ls               ->  get_ipython().system('ls')
@@ -13,12 +13,19 @@ with a top-level ``await``, which IPython runs as a coroutine) are *IPython's* a
 IPython runs them; every run of other statements goes to the workspace as one source text,
 and so does a statement that is a bare name, on its own, to be *looked at* rather than
 entered (as at the REPL). A ``%%remote [placement]`` cell becomes a ``remote[placement]:``
-block. :func:`route_cell` writes the cell back, each workspace segment as one call on the
-line where it started, so every statement keeps its line number.
+block.
 
-Invariants: a cell without workspace statements comes back unchanged; remote forms are
-checked (:func:`sperse._lang.transform.transform`) and workspace statements compiled here,
-so a malformed one is a ``SyntaxError`` before anything in the cell runs, as in Python.
+The cell's text is not rewritten: IPython stores, caches and parses it as it would without
+the extension (``In[n]``, ``_i``, a trailing ``;``, the lines in tracebacks), except that remote
+forms, which are not Python, are written as the ``with`` statements of
+:func:`sperse._lang.transform.transform` (:attr:`Plan.text`). The routing happens on the parsed
+tree instead: :func:`route_tree` replaces the statements of each workspace segment by one call
+on the line where the segment starts, so every statement keeps its line number.
+
+Invariants: a cell without workspace statements has no :class:`Plan` and stays IPython's;
+remote forms are checked (:func:`sperse._lang.transform.transform`) and workspace statements
+compiled here, so a malformed one is a ``SyntaxError`` before anything in the cell runs, as
+in Python.
 """
 
 from __future__ import annotations
@@ -30,7 +37,7 @@ from typing import Final, Literal
 
 from sperse._lang.transform import remote_placement, transform
 
-__all__ = ["FILENAME", "Segment", "remote_block", "route_cell", "split_cell"]
+__all__ = ["FILENAME", "Plan", "Segment", "plan_cell", "remote_block", "route_tree", "split_cell"]
 
 FILENAME: Final = "<cell>"
 
@@ -186,24 +193,78 @@ def _check(stmts: list[ast.stmt]) -> None:
     compile(ast.Module(stmts, []), FILENAME, "exec", dont_inherit=True)
 
 
-def route_cell(lines: list[str], runner: str, *, remote_magic: str | None = "remote") -> list[str]:
-    """The cell with each workspace segment replaced by ``get_ipython().run_cell_magic(runner, ...)``.
+@dataclass(frozen=True, slots=True)
+class Plan:
+    """How a cell with workspace statements runs.
 
-    IPython's segments stay as they are, on their lines.
+    ``source``: the cell as IPython's transforms left it (remote forms as typed);
+    ``text``: the same cell as IPython parses it (remote forms as ``with`` statements, on the
+    same lines); ``segments``: :func:`split_cell` of it.
     """
-    source = "".join(lines)
+
+    source: str
+    text: str
+    segments: tuple[Segment, ...]
+
+    def on_cell_lines(self, source: str) -> bool:
+        """Whether ``source`` is the source of one of the cell's workspace segments that is
+        written on the cell's own lines (every one but a ``%%remote`` block)."""
+        lines = self.source.splitlines(keepends=True)
+        return any(
+            s.kind != "ipython"
+            and s.source == source
+            and source == "\n" * (s.first - 1) + "".join(lines[s.first - 1 : s.last])
+            for s in self.segments
+        )
+
+
+def plan_cell(source: str, *, remote_magic: str | None = "remote") -> Plan | None:
+    """The plan of a cell, or None when all of it is IPython's.
+
+    Raises ``SyntaxError`` as :func:`split_cell` does.
+    """
     segments = split_cell(source, remote_magic=remote_magic)
     if all(segment.kind == "ipython" for segment in segments):
-        return lines
-    out: list[str] = []
-    line = 1
-    for segment in segments:
-        out.extend("\n" for _ in range(segment.first - line))
+        return None
+    return Plan(source, transform(source, FILENAME), tuple(segments))
+
+
+def route_tree(tree: ast.Module, plan: Plan, runner: str) -> ast.Module:
+    """``tree`` (parsed from ``plan.text``) with each workspace segment's statements replaced
+    by one ``get_ipython().run_cell_magic(runner, '', source)`` on the segment's first line.
+
+    IPython's statements stay as they are. Raises ``ValueError`` when ``tree`` is not the
+    tree of ``plan.text`` (a statement lies outside every segment).
+    """
+    body: list[ast.stmt] = []
+    called: set[int] = set()
+    for stmt in tree.body:
+        first, last = _first_line(stmt), stmt.end_lineno or stmt.lineno
+        index = next(
+            (i for i, s in enumerate(plan.segments) if s.first <= first and last <= s.last),
+            None,
+        )
+        if index is None:
+            raise ValueError(f"the statement on lines {first}-{last} is in no part of the cell")
+        segment = plan.segments[index]
         if segment.kind == "ipython":
-            text = segment.source
-            out.append(text if text.endswith("\n") else text + "\n")
-        else:
-            out.append(f"get_ipython().run_cell_magic({runner!r}, '', {segment.source!r})\n")
-            out.extend("\n" for _ in range(segment.last - segment.first))
-        line = segment.last + 1
-    return out
+            body.append(stmt)
+        elif index not in called:
+            called.add(index)
+            body.append(_runner_call(runner, segment))
+    return ast.Module(body, tree.type_ignores)
+
+
+def _runner_call(runner: str, segment: Segment) -> ast.stmt:
+    """``get_ipython().run_cell_magic(runner, '', segment.source)``, on the segment's first
+    line (an expression statement: IPython shows the value it returns as ``Out[n]``)."""
+    shell = ast.Call(ast.Name("get_ipython", ast.Load()), [], [])
+    call = ast.Call(
+        ast.Attribute(shell, "run_cell_magic", ast.Load()),
+        [ast.Constant(runner), ast.Constant(""), ast.Constant(segment.source)],
+        [],
+    )
+    stmt = ast.Expr(call)
+    stmt.lineno = stmt.end_lineno = segment.first
+    stmt.col_offset = stmt.end_col_offset = 0
+    return ast.fix_missing_locations(stmt)

@@ -65,6 +65,7 @@ U = TypeVar("U")
 P = ParamSpec("P")
 
 _UNSET: Any = object()
+LOGS_KEPT = 1 << 20  # characters of a task's output a Pending keeps for ``logs()``
 
 
 _hook_queue = threading.local()
@@ -105,6 +106,7 @@ class Pending(Generic[T]):
         "_error",
         "_hooks",
         "_lock",
+        "_logs",
         "_settled",
         "_started_at",
         "_task_id",
@@ -124,6 +126,7 @@ class Pending(Generic[T]):
         self._value: Any = _UNSET
         self._error: BaseException | None = None
         self._hooks: list[Callable[[Pending[T]], None]] = []
+        self._logs: list[tuple[str, str]] = []  # (stream, text) as the task printed it
 
     # ---- settling (any thread) ----------------------------------------------
 
@@ -275,6 +278,27 @@ class Pending(Generic[T]):
 
     # ---- running a task ------------------------------------------------------
 
+    def logs(self, stream: Literal["stdout", "stderr"] | None = None) -> str:
+        """What the task printed so far (both streams in the order it arrived, or only
+        ``stream``), as it printed it: the last ``LOGS_KEPT`` characters of it."""
+        with self._lock:
+            return "".join(text for s, text in self._logs if stream is None or s == stream)
+
+    def _keep_log(self, stream: str, text: str) -> None:
+        with self._lock:
+            self._logs.append((stream, text))
+            size = sum(len(t) for _, t in self._logs) if len(self._logs) % 64 == 0 else 0
+            if size > LOGS_KEPT or len(text) > LOGS_KEPT:  # keep the last LOGS_KEPT
+                kept: list[tuple[str, str]] = []
+                room = LOGS_KEPT
+                for s, t in reversed(self._logs):
+                    kept.append((s, t[-room:]))
+                    room -= len(kept[-1][1])
+                    if room <= 0:
+                        break
+                kept.reverse()
+                self._logs = kept
+
     def _listen(self, event: BackendEvent, printer: OutputPrinter) -> None:
         """Listener for this Pending's task (backend thread)."""
         match event:
@@ -283,6 +307,7 @@ class Pending(Generic[T]):
                 self._started_at = time.monotonic()
             case Output(where=where, stream=stream, text=text):
                 printer.write(where, stream, text)
+                self._keep_log(stream, text)
             case Done(value=value):
                 printer.flush()
                 self._settle(value)

@@ -23,7 +23,7 @@ import re
 import textwrap
 import time
 from collections import deque
-from collections.abc import Callable, Container, Iterator, Mapping
+from collections.abc import Callable, Container, Hashable, Iterator, Mapping
 from dataclasses import dataclass, field, replace
 from types import CodeType
 from typing import Any, Literal
@@ -47,6 +47,7 @@ from sperse._graph.graph import (
     CellStatus,
     Drop,
     Graph,
+    Held,
     Mode,
     Run,
     RunId,
@@ -90,6 +91,7 @@ class _Prepared:
     is_expression: bool
     code: CodeType | None
     remote: _Remote | None
+    effect: bool = False  # changes an object it reads (rule 9)
 
 
 @dataclass(slots=True)
@@ -121,11 +123,13 @@ class CellEvent:
     """Something happened to a cell; front ends subscribe to show it.
 
     ``kind``: "done" (``value`` is set for expression cells), "failed"
-    (``error``), "blocked" (``error`` is the UpstreamError).
+    (``error``), "blocked" (``error`` is the UpstreamError), "held" (a statement that
+    changes an object it reads was not run again when its inputs changed: DESIGN.md §2
+    rule 9; ``run_stale`` applies it).
     """
 
     cell: Cell
-    kind: Literal["done", "failed", "blocked"]
+    kind: Literal["done", "failed", "blocked", "held"]
     value: Any = None
     error: BaseException | None = None
 
@@ -153,6 +157,10 @@ class Cell:
     @property
     def defs(self) -> frozenset[str]:
         return self._record.defs
+
+    @property
+    def refs(self) -> frozenset[str]:
+        return self._ws._graph.view(self.id).refs
 
     @property
     def is_remote(self) -> bool:
@@ -227,11 +235,18 @@ class Workspace:
     """A reactive namespace: statements become cells that re-run when their inputs change.
 
     ``cluster`` runs the remote cells (default: ``sperse.current()``, resolved
-    the first time a remote cell runs). ``mode`` is "auto" or "lazy".
+    the first time a remote cell runs). ``mode`` is "auto" (the newest definition of a name
+    wins; what reads it runs again), "lazy" (what reads it goes stale, and runs on request)
+    or "notebook" (as Python binds: a new definition in another notebook cell shadows the
+    name for what comes after; running a notebook cell again replaces its statements, and
+    what read them runs again; DESIGN.md §2 rule 10).
     """
 
     def __init__(
-        self, cluster: Cluster | None = None, *, mode: Literal["auto", "lazy"] = "auto"
+        self,
+        cluster: Cluster | None = None,
+        *,
+        mode: Literal["auto", "lazy", "notebook"] = "auto",
     ) -> None:
         self._cluster = cluster
         self._graph = Graph(Mode(mode))
@@ -239,14 +254,20 @@ class Workspace:
         self._names = _Names(self._graph)
         self._inputs = 0
         self._subscribers: list[Callable[[CellEvent], None]] = []
+        self._units: dict[Hashable, list[CellId]] = {}  # notebook cell -> its statements
         self.namespace: dict[str, Any] = {"__name__": "__main__", "__builtins__": builtins}
 
     # ---- entering statements -------------------------------------------------
 
-    def run(self, source: str, filename: str | None = None) -> list[Cell]:
+    def run(
+        self, source: str, filename: str | None = None, *, unit: Hashable | None = None
+    ) -> list[Cell]:
         """Enter every top-level statement of ``source`` as a cell, in order.
 
         ``filename`` names the source in tracebacks (default ``<sperse-input-N>``).
+        ``unit`` names the notebook cell the source is (Jupyter's cell id): in notebook mode,
+        running a unit again replaces the statements it entered before (DESIGN.md §2
+        rule 10).
 
         Local cells run now, on this thread; remote cells are sent and their
         names stay pending. Raises ``SyntaxError`` before anything runs when
@@ -273,14 +294,25 @@ class Workspace:
             defined_here.update(cell.defs)
             prepared.append(cell)
         cells = []
-        for cell in prepared:
-            cell_id = self._enter(cell)
-            cells.append(Cell(self, cell_id))
-            record = self._records.get(cell_id)
-            if record is not None:
-                record.entered = True
-                if record.error is not None and self._graph.status(cell_id) is CellStatus.FAILED:
-                    raise record.error
+        replaced: frozenset[CellId] = frozenset()
+        if unit is not None:
+            replaced = frozenset(c for c in self._units.get(unit, ()) if c in self._graph)
+            self._units[unit] = []
+        try:
+            for cell in prepared:
+                cell_id = self._enter(cell, replaced)
+                if unit is not None:
+                    self._units[unit].append(cell_id)
+                cells.append(Cell(self, cell_id))
+                record = self._records.get(cell_id)
+                if record is not None:
+                    record.entered = True
+                    failed = self._graph.status(cell_id) is CellStatus.FAILED
+                    if record.error is not None and failed:
+                        raise record.error
+        finally:
+            if replaced:
+                self._apply(self._graph.retire(replaced))
         return cells
 
     def _prepare(
@@ -312,10 +344,14 @@ class Workspace:
             code = compile(ast.Expression(stmt.value), filename, "eval")
         else:
             code = compile(ast.Module([stmt], []), filename, "exec")
-        return _Prepared(label, filename, info.defs, refs, is_expression, code, remote)
+        # A remote statement changes copies on its server: only a local one has effects here.
+        effect = info.effect and remote is None
+        return _Prepared(label, filename, info.defs, refs, is_expression, code, remote, effect)
 
-    def _enter(self, cell: _Prepared) -> CellId:
-        cell_id, actions = self._graph.add_cell(cell.defs, cell.refs, label=cell.label)
+    def _enter(self, cell: _Prepared, replaces: frozenset[CellId] = frozenset()) -> CellId:
+        cell_id, actions = self._graph.add_cell(
+            cell.defs, cell.refs, label=cell.label, effect=cell.effect, replaces=replaces
+        )
         self._records[cell_id] = _Record(
             cell_id,
             cell.label,
@@ -367,7 +403,7 @@ class Workspace:
             raise self._upstream_error(cell_id, what)
         if status is CellStatus.STALE:
             raise NotReadyError(
-                f"{what} is stale: its inputs changed in lazy mode; ws.run_stale() runs it"
+                f"{what} is stale: {self.stale_reason(cell_id)}; ws.run_stale() runs it"
             )
         raise NotReadyError(f"{what} is pending ({self._describe_wait(cell_id)}); ws.wait() waits")
 
@@ -461,8 +497,26 @@ class Workspace:
         self._apply(self._graph.set_mode(Mode(mode)))
 
     def run_stale(self) -> None:
-        """Lazy mode: run every cell whose inputs changed."""
+        """Run every stale cell: in lazy mode, every cell whose inputs changed; in any mode,
+        the statements that change objects they read which were not applied again when
+        their inputs changed (``held()``, DESIGN.md §2 rule 9)."""
         self._apply(self._graph.run_stale())
+
+    def stale_reason(self, cell_id: CellId) -> str:
+        """Why a stale cell waits for ``run_stale``: lazy mode, or rule 9."""
+        graph = self._graph
+        if graph.is_held(cell_id):
+            return "not re-applied to its new inputs (it changes an object it reads)"
+        for upstream in graph.upstream(cell_id):
+            if graph.is_held(upstream):
+                label = self._records[upstream].label
+                return f"it reads what `{label}` defines, which was not re-applied"
+        return "its inputs changed in lazy mode"
+
+    def held(self) -> list[Cell]:
+        """The statements that change an object they read (``x[0] = 99``) which were not
+        run again when their inputs changed (rule 9): ``run_stale()`` applies them."""
+        return [Cell(self, cell_id) for cell_id in self._graph.held()]
 
     def cancel(self, name: str) -> bool:
         """Cancel the running cell that defines ``name``; its names end in TaskCancelled."""
@@ -570,6 +624,8 @@ class Workspace:
                 record = self._records[action.cell]
                 record.error = self._upstream_error(action.cell, record.label)
                 self._notify(CellEvent(Cell(self, action.cell), "blocked", error=record.error))
+            elif isinstance(action, Held):
+                self._notify(CellEvent(Cell(self, action.cell), "held"))
 
     def _start(self, run: Run) -> list[Action]:
         record = self._records[run.cell]
@@ -581,8 +637,10 @@ class Workspace:
     def _run_local(self, record: _Record, run: Run) -> list[Action]:
         ns = self.namespace
         definer = self._graph.definer
+        earlier: list[str] = []  # names read from an earlier definition than the current one
         for name, parent in run.inputs.items():
             if parent is not None and definer(name) != parent:  # reads an earlier definition
+                earlier.append(name)
                 outputs = self._records[parent].outputs
                 if name in outputs:
                     ns[name] = outputs[name]
@@ -620,6 +678,7 @@ class Workspace:
         finally:
             if token is not None:
                 unuse(token)
+            self._restore(earlier, record.defs)
         outputs = {name: ns[name] for name in record.defs if name in ns}
         record.outputs = outputs
         self._sync_namespace(record)
@@ -630,6 +689,18 @@ class Workspace:
             self._await_pendings(record, run.run_id, waiting)
             return []
         return self._finish(record.id, run.run_id)
+
+    def _restore(self, names: list[str], defs: frozenset[str]) -> None:
+        """After a cell read earlier definitions of ``names`` (notebook mode: an earlier
+        notebook cell run again), the namespace shows the current ones again."""
+        ns = self.namespace
+        for name in names:
+            if name in defs:
+                continue
+            owner = self._graph.definer(name)
+            outputs = self._records[owner].outputs if owner is not None else {}
+            if name in outputs:
+                ns[name] = outputs[name]
 
     def _sync_namespace(self, record: _Record) -> None:
         """After ``record`` ran: each name it defines shows its current definer's value."""

@@ -13,6 +13,7 @@ from sperse._graph.graph import (
     CellStatus,
     Drop,
     Graph,
+    Held,
     Mode,
     Run,
 )
@@ -259,3 +260,204 @@ def test_rerun_runs_downstream() -> None:
     a = enter(g, "a")
     b = enter(g, "b", "a")
     assert complete(g, g.rerun(a)) == [a, b]
+
+
+# ---- rule 9: re-runs repeat derivations, not effects -------------------------------------
+
+
+def effect(g: Graph, refs: str, defs: str = "") -> CellId:
+    """Enter an effect cell (``x[0] = 99``: it changes an object it reads) and run it."""
+    cell, actions = g.add_cell(defs.split(), refs.split(), label=f"effect on {refs}", effect=True)
+    complete(g, actions)
+    return cell
+
+
+@dataclass(frozen=True)
+class HeldCase:
+    """Cells entered in order, ("!", refs) marking an effect cell; then a new definition of
+    ``redefine``: the effect cells expected held, and the cells expected to run again."""
+
+    id: str
+    cells: list[tuple[str, str]]
+    redefine: str
+    held: list[int]
+    reran: list[int]
+    mode: Mode = Mode.AUTO
+
+
+HELD_CASES = [
+    HeldCase(
+        "effect held, reader of the name runs",
+        [("x", ""), ("!", "x"), ("t", "x")],
+        "x",
+        held=[2],
+        reran=[3],
+    ),
+    HeldCase(
+        "effect on two names held once",
+        [("x", ""), ("i", ""), ("!", "x i")],
+        "i",
+        held=[3],
+        reran=[],
+    ),
+    HeldCase(
+        "no effect upstream of the change",
+        [("x", ""), ("y", ""), ("!", "x")],
+        "y",
+        held=[],
+        reran=[],
+    ),
+    HeldCase(
+        "effect that also defines: what reads it waits with it",
+        [("x", ""), ("!b", "x"), ("c", "b")],
+        "x",
+        held=[2],
+        reran=[],
+    ),
+    HeldCase(
+        "a chain: the effect below a derivation is held",
+        [("a", ""), ("x", "a"), ("!", "x"), ("y", "x")],
+        "a",
+        held=[3],
+        reran=[2, 4],
+    ),
+    HeldCase(
+        "lazy mode: held as well",
+        [("x", ""), ("!", "x"), ("t", "x")],
+        "x",
+        held=[2],
+        reran=[],
+        mode=Mode.LAZY,
+    ),
+]
+
+
+@pytest.mark.parametrize("case", HELD_CASES, ids=lambda c: c.id)
+def test_effect_cells_are_held_not_run_again(case: HeldCase) -> None:
+    g = Graph(case.mode)
+    for defs, refs in case.cells:
+        if defs.startswith("!"):
+            effect(g, refs, defs[1:])
+        else:
+            enter(g, defs, refs)
+    _, actions = g.add_cell(case.redefine.split(), [], label=f"{case.redefine} = new")
+    held = [a.cell for a in actions if isinstance(a, Held)]
+    ran = complete(g, actions)
+    assert held == case.held
+    assert ran[1:] == case.reran  # ran[0] is the new definition
+    assert g.held() == case.held
+    for cell in case.held:
+        assert g.status(cell) is CellStatus.STALE
+        assert all(g.status(d) is CellStatus.STALE for d in g.downstream(cell))
+
+
+def test_run_stale_applies_held_effects_and_what_waits_for_them() -> None:
+    g = Graph()
+    enter(g, "x")
+    e = effect(g, "x", "b")
+    c = enter(g, "c", "b")
+    complete(g, g.add_cell(["x"], [], label="x = new")[1])
+    assert g.held() == [e]
+    assert complete(g, g.set_mode(Mode.AUTO)) == []  # switching modes applies nothing
+    assert complete(g, g.run_stale()) == [e, c]
+    assert g.held() == [] and g.status(e) is CellStatus.DONE
+
+
+def test_an_effect_cell_runs_when_entered_and_when_rerun() -> None:
+    g = Graph()
+    enter(g, "x")
+    e, actions = g.add_cell([], ["x"], label="x[0] = 1", effect=True)
+    assert runs(actions) == [e]  # entered: it runs
+    complete(g, actions)
+    complete(g, g.add_cell(["x"], [], label="x = new")[1])
+    assert g.held() == [e]
+    assert complete(g, g.rerun(e)) == [e]  # asked for: it runs
+    assert g.held() == []
+
+
+def test_lazy_mode_back_to_auto_runs_stale_derivations_not_held_effects() -> None:
+    g = Graph(Mode.LAZY)
+    enter(g, "x")
+    e = effect(g, "x")
+    t = enter(g, "t", "x")
+    complete(g, g.add_cell(["x"], [], label="x = new")[1])
+    assert complete(g, g.set_mode(Mode.AUTO)) == [t]
+    assert g.held() == [e]
+
+
+# ---- rule 10: notebook mode binds as Python does ------------------------------------------
+
+
+def nb(g: Graph, defs: str, refs: str = "", replaces: tuple[int, ...] = ()) -> tuple[CellId, list]:
+    """Enter a notebook statement; returns the cell and the cells that ran."""
+    cell, actions = g.add_cell(
+        defs.split(),
+        refs.split(),
+        label=f"{defs} <- {refs}",
+        replaces={CellId(c) for c in replaces},
+    )
+    return cell, complete(g, actions)
+
+
+def test_notebook_a_later_cell_shadows_earlier_readers_keep_their_binding() -> None:
+    g = Graph(Mode.NOTEBOOK)
+    nb(g, "x")
+    y, _ = nb(g, "y", "x")
+    x2, ran = nb(g, "x")
+    assert ran == [x2]  # y does not run again: it read the first x
+    assert g.parents(y) == {"x": 1} and g.definer("x") == x2
+    assert 1 in g  # kept: y still reads it
+    z, _ = nb(g, "z", "x")
+    assert g.parents(z) == {"x": x2}  # a later cell reads the new binding
+
+
+def test_notebook_reexecuting_a_cell_hands_its_readers_over_and_reruns_them() -> None:
+    g = Graph(Mode.NOTEBOOK)
+    nb(g, "x")  # notebook cell A
+    y, _ = nb(g, "y", "x")  # notebook cell B
+    nb(g, "x")  # notebook cell C shadows x
+    x4, ran = nb(g, "x", replaces=(1,))  # A again
+    assert ran == [x4, y]  # what read A's x runs again, on the new x
+    assert g.parents(y) == {"x": x4}
+    assert g.definer("x") == 3  # C binds x later in the notebook: it stays the binding
+    complete(g, g.retire([CellId(1)]))
+    assert 1 not in g  # A's old x: nothing needs it
+
+
+def test_notebook_statements_of_one_cell_bind_in_order() -> None:
+    g = Graph(Mode.NOTEBOOK)
+    nb(g, "x")
+    y, _ = nb(g, "y", "x")
+    nb(g, "x")  # the same notebook cell, a later statement: `x = 1; y = x; x = 5`
+    assert g.parents(y) == {"x": 1}
+
+
+def test_notebook_an_update_in_a_later_cell_runs_again_on_the_new_definition() -> None:
+    g = Graph(Mode.NOTEBOOK)
+    nb(g, "x")
+    u, _ = nb(g, "x", "x")  # `x += 1` in another cell
+    x3, ran = nb(g, "x", replaces=(1,))
+    assert ran == [x3, u] and g.parents(u) == {"x": x3}
+
+
+def test_notebook_rebinding_what_an_earlier_cell_reads_is_no_cycle() -> None:
+    g = Graph(Mode.NOTEBOOK)
+    nb(g, "x")
+    nb(g, "y", "x")
+    nb(g, "x", "y")  # x = y + 1 in a later cell: Python runs it; no cycle
+    auto = Graph()
+    enter(auto, "x")
+    enter(auto, "y", "x")
+    with pytest.raises(CycleError):
+        auto.add_cell(["x"], ["y"], label="x = y + 1")
+
+
+def test_notebook_retire_removes_old_statements_nothing_needs() -> None:
+    g = Graph(Mode.NOTEBOOK)
+    nb(g, "x")  # cell A: `x = 1` ...
+    shown, _ = nb(g, "", "x")  # ... `print(x)`
+    keep, _ = nb(g, "b")  # ... `b = 2`
+    nb(g, "x", replaces=(1, 2, 3))  # A becomes `x = 2`
+    actions = g.retire([CellId(1), shown, keep])
+    assert [a.cell for a in actions if isinstance(a, Drop)] == [shown]
+    assert keep in g and g.definer("b") == keep  # b keeps its value, as in Python

@@ -115,9 +115,24 @@ class Kernel:
             f"no matching iopub message within {timeout} s; last: {self.messages[-5:]}"
         )
 
-    def execute(self, code: str, timeout: float = 30) -> Execution:
-        """Run a cell; return when its reply and its last output (status idle) are in."""
-        msg_id = self.kc.execute(code)
+    def execute(self, code: str, timeout: float = 30, cell_id: str | None = None) -> Execution:
+        """Run a cell; return when its reply and its last output (status idle) are in.
+        ``cell_id``: the notebook cell's id, as Jupyter sends it (the same id again: the
+        same cell, re-executed)."""
+        if cell_id is None:
+            msg_id = self.kc.execute(code)
+        else:  # as JupyterLab sends it: the cell's id in the request's metadata
+            content = {
+                "code": code,
+                "silent": False,
+                "store_history": True,
+                "user_expressions": {},
+                "allow_stdin": False,
+                "stop_on_error": True,
+            }
+            msg = self.kc.session.msg("execute_request", content, metadata={"cellId": cell_id})
+            self.kc.shell_channel.send(msg)
+            msg_id = msg["header"]["msg_id"]
         reply: Message = self.kc.get_shell_msg(timeout=timeout)
         assert reply["parent_header"]["msg_id"] == msg_id
         self.wait_for(

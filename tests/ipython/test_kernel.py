@@ -27,7 +27,7 @@ def update_of(did: str, text: str) -> Callable[[Message], bool]:
 
 
 def test_values_arrive_in_the_cells_that_asked_while_the_kernel_is_idle(kernel: Kernel) -> None:
-    x_cell = kernel.execute("x = remote slow(2)")
+    x_cell = kernel.execute("x = remote slow(2)", cell_id="x-cell")
     y_cell = kernel.execute("y = x * 10")
     for cell in (x_cell, y_cell):
         assert cell.reply["content"]["status"] == "ok", cell.text()
@@ -54,7 +54,7 @@ def test_values_arrive_in_the_cells_that_asked_while_the_kernel_is_idle(kernel: 
     x_ready = kernel.wait_for(update_of(str(display_id(x_display)), "x = 2"))
     assert x_ready["parent_header"]["msg_id"] == x_cell.msg_id
 
-    again = kernel.execute("x = remote slow(3)")
+    again = kernel.execute("x = remote slow(3)", cell_id="x-cell")  # the x cell, re-executed
     assert again.reply["content"]["status"] == "ok", again.text()
     kernel.wait_for(update_of(y_id, "<pending y: waiting for x>"))
     y_again = kernel.wait_for(update_of(y_id, "y = 30"))
@@ -157,3 +157,22 @@ def test_remote_output_streams_back_while_idle(kernel: Kernel) -> None:
     kernel.wait_for(
         lambda m: m["msg_type"] == "stream" and "[local] hello from 42" in output_text(m)
     )
+
+
+def test_ipython_keeps_the_cells_as_typed(kernel: Kernel) -> None:
+    """A trailing `;`, `In[n]` and the lines a traceback quotes are IPython's (rule 10)."""
+    assert kernel.execute("21 * 2").outputs[-1]["content"]["data"]["text/plain"] == "42"
+    quiet = kernel.execute("10+20;")
+    assert quiet.reply["content"]["status"] == "ok" and quiet.outputs == []
+    assert kernel.execute("_").outputs[-1]["content"]["data"]["text/plain"] == "42"
+    typed = kernel.execute("In[-2], In[-3]").outputs[-1]["content"]["data"]["text/plain"]
+    assert typed == "('_', '10+20;')"
+
+    failing = kernel.execute("def k(x):\n    return 1 / x\n%xmode Verbose\nk(0)\nk(1)")
+    try:
+        text = failing.text()
+        assert "----> 4 k(0)" in text and "      5 k(1)" in text
+        assert "      3 get_ipython().run_line_magic('xmode', 'Verbose')" in text
+        assert "----> 2     return 1 / x" in text
+    finally:
+        assert kernel.execute("%xmode Context").reply["content"]["status"] == "ok"

@@ -56,6 +56,7 @@ class Case:
     shadowed: str = ""
     expr: bool = False
     python: tuple[int, int] = (3, 11)  # the oldest Python that parses `src`
+    effect: bool = False  # it stores into or deletes an item or attribute (rule 9)
 
 
 def needs(python: tuple[int, int]) -> pytest.MarkDecorator:
@@ -79,26 +80,32 @@ CASES = [
     Case("assign-nested-targets", "(a, [b, c]) = d", defs="a b c", refs="d"),
     Case("assign-list-target", "[a, b] = pair", defs="a b", refs="pair"),
     Case("assign-starred-nested", "first, *(mid, last) = seq", defs="first mid last", refs="seq"),
-    Case("assign-attribute-is-mutation", "x.a = 1", refs="x"),
-    Case("assign-subscript-is-mutation", "x[i] = v", refs="x i v"),
-    Case("assign-slice", "x[a:b] = y", refs="x a b y"),
-    Case("assign-mixed-targets", "a, b.c, d[e] = t", defs="a", refs="b d e t"),
-    Case("assign-earlier-target-read-by-later", "i, x[i] = 0, 5", defs="i", refs="x"),
-    Case("assign-chained-with-attribute", "a = b.c = v", defs="a", refs="b v"),
-    Case("assign-chained-target-reads-earlier", "n = items[n] = 0", defs="n", refs="items"),
+    Case("assign-attribute-is-mutation", "x.a = 1", refs="x", effect=True),
+    Case("assign-subscript-is-mutation", "x[i] = v", refs="x i v", effect=True),
+    Case("assign-slice", "x[a:b] = y", refs="x a b y", effect=True),
+    Case("assign-mixed-targets", "a, b.c, d[e] = t", defs="a", refs="b d e t", effect=True),
+    Case("assign-earlier-target-read-by-later", "i, x[i] = 0, 5", defs="i", refs="x", effect=True),
+    Case("assign-chained-with-attribute", "a = b.c = v", defs="a", refs="b v", effect=True),
+    Case(
+        "assign-chained-target-reads-earlier",
+        "n = items[n] = 0",
+        defs="n",
+        refs="items",
+        effect=True,
+    ),
     Case("assign-value-reads-target-first", "total = total + 1", defs="total", refs="total"),
     Case("augassign-name", "x += 1", defs="x", refs="x"),
     Case("augassign-value", "total *= factor", defs="total", refs="total factor"),
-    Case("augassign-attribute", "x.count += 1", refs="x"),
-    Case("augassign-subscript", "d[k] -= v", refs="d k v"),
+    Case("augassign-attribute", "x.count += 1", refs="x", effect=True),
+    Case("augassign-subscript", "d[k] -= v", refs="d k v", effect=True),
     Case("annassign-value", "x: int = y", defs="x", refs="y"),
     Case("annassign-no-value-defines-nothing", "x: Foo", refs="Foo"),
     Case("annassign-generic-builtin", "n: list[int] = []", defs="n"),
     Case(
         "annassign-annotation-names", "m: Mapping[str, Model] = {}", defs="m", refs="Mapping Model"
     ),
-    Case("annassign-attribute-no-value", "obj.a: T", refs="obj T"),
-    Case("annassign-subscript-value", "d[k]: T = v", refs="d k T v"),
+    Case("annassign-attribute-no-value", "obj.a: T", refs="obj T", effect=True),
+    Case("annassign-subscript-value", "d[k]: T = v", refs="d k T v", effect=True),
     Case("annassign-annotation-after-store", "x: x = 1", defs="x"),
     Case("annassign-value-reads-target", "x: int = x + 1", defs="x", refs="x"),
     # -- walrus -------------------------------------------------------------------------
@@ -201,7 +208,13 @@ CASES = [
         refs="grid",
     ),
     Case("comprehension-starred-target", "r = [h for h, *t in seqs]", defs="r", refs="seqs"),
-    Case("comprehension-attribute-target", "[0 for o.attr in xs]", refs="xs o", expr=True),
+    Case(
+        "comprehension-attribute-target",
+        "[0 for o.attr in xs]",
+        refs="xs o",
+        expr=True,
+        effect=True,
+    ),
     Case(
         "comprehension-variable-named-like-shadowed-builtin",
         "r = [len for len in xs]",
@@ -596,9 +609,15 @@ CASES = [
     # -- loops --------------------------------------------------------------------------
     Case("for-accumulate", "for i in range(n):\n    total += i", defs="i total", refs="n total"),
     Case("for-target", "for i in items:\n    print(i)", defs="i", refs="items"),
-    Case("for-tuple-target", "for (i, j) in pairs:\n    m[i] = j", defs="i j", refs="pairs m"),
+    Case(
+        "for-tuple-target",
+        "for (i, j) in pairs:\n    m[i] = j",
+        defs="i j",
+        refs="pairs m",
+        effect=True,
+    ),
     Case("for-nested-target", "for k, (a, b) in d.items():\n    pass", defs="k a b", refs="d"),
-    Case("for-attribute-target", "for obj.attr in xs:\n    pass", refs="obj xs"),
+    Case("for-attribute-target", "for obj.attr in xs:\n    pass", refs="obj xs", effect=True),
     Case(
         "for-body-not-definite-after",
         "if go:\n    for v in vs:\n        last = v\n    print(last)",
@@ -808,7 +827,7 @@ CASES = [
         defs="s r",
         refs="session u",
     ),
-    Case("with-attribute-target", "with cm as obj.attr:\n    pass", refs="cm obj"),
+    Case("with-attribute-target", "with cm as obj.attr:\n    pass", refs="cm obj", effect=True),
     # -- match --------------------------------------------------------------------------
     Case(
         "match-sequence-captures",
@@ -893,9 +912,9 @@ CASES = [
     Case("del-name", "del x", defs="x", refs="x", deletes="x"),
     Case("del-several", "del a, b", defs="a b", refs="a b", deletes="a b"),
     Case("del-tuple", "del (a, [b])", defs="a b", refs="a b", deletes="a b"),
-    Case("del-subscript", "del x[0]", refs="x"),
-    Case("del-slice", "del x[i:j]", refs="x i j"),
-    Case("del-attribute", "del x.a", refs="x"),
+    Case("del-subscript", "del x[0]", refs="x", effect=True),
+    Case("del-slice", "del x[i:j]", refs="x i j", effect=True),
+    Case("del-attribute", "del x.a", refs="x", effect=True),
     Case(
         "del-after-assign",
         "if go:\n    tmp = f()\n    use(tmp)\n    del tmp",
@@ -1303,6 +1322,7 @@ def test_statement(case: Case) -> None:
         refs=names(case.refs),
         deletes=names(case.deletes),
         is_expression=case.expr,
+        effect=case.effect,
     )
 
 
@@ -1833,3 +1853,33 @@ def test_analysis_is_sound_against_execution(
         changed = {key for key in final if key not in initial or final[key] is not initial[key]}
         assert changed - {"err"} <= info.defs, (source, initial)
         assert set(initial) - set(final) <= info.deletes, (source, initial)
+
+
+# ---- effects (DESIGN.md §2 rule 9): statements that change an object they read -------------
+
+EFFECTS = [
+    ("x[0] = 99", True),
+    ("df.col = v", True),
+    ("x[i] += 1", True),
+    ("del d[k]", True),
+    ("del obj.attr", True),
+    ("a, b.c = 1, 2", True),
+    ("for i in range(3):\n    x[i] = i", True),
+    ("if flag:\n    config.debug = True", True),
+    ("with open(f) as self.fh:\n    pass", True),
+    ("x = 1", False),
+    ("x += 1", False),
+    ("del x", False),
+    ("lst.append(1)", False),  # rule 8: method calls are not seen
+    ("y = x[0]", False),
+    ("def f():\n    x[0] = 1", False),
+    ("class C:\n    a = 1\n    def m(self):\n        self.a = 2", False),
+    ("f = lambda: x.__setitem__(0, 1)", False),
+    ("[y for y in x]", False),
+]
+
+
+@pytest.mark.parametrize(("source", "effect"), EFFECTS, ids=[s for s, _ in EFFECTS])
+def test_statements_that_change_objects_they_read(source: str, effect: bool) -> None:
+    (stmt,) = ast.parse(source).body
+    assert analyze(stmt).effect is effect

@@ -37,7 +37,7 @@ def test_parse(line: str, values: dict[str, object]) -> None:
         ("%wait x 1 2", "%wait: unexpected `2`; usage: %wait name [timeout]"),
         ("%wait 'x", "%wait: No closing quotation; usage: %wait name [timeout]"),
         ("%where 3x", "%where: `3x` is not a name; usage: %where name"),
-        ("%mode fast", "%mode: mode must be one of auto, lazy, not `fast`"),
+        ("%mode fast", "%mode: mode must be one of auto, lazy, notebook, not `fast`"),
         ("%pending now", "%pending: unexpected `now`; usage: %pending"),
         ("%nope", "unknown command %nope; %help lists the commands"),
         ("%", "a command name must follow `%`; %help lists the commands"),

@@ -61,8 +61,10 @@ def test_nothing_inside_strings_or_comments(ws: sperse.Workspace) -> None:
 
 def test_commands_and_their_arguments(ws: sperse.Workspace) -> None:
     assert set(complete(ws, "%wa")) == {"wait"}
-    assert complete(ws, "%ru") == {"run_stale": "Lazy mode: run every cell whose inputs changed."}
+    assert complete(ws, "%ru") == {
+        "run_stale": "Run the stale cells: lazy mode's, and statements not re-applied (x[0] = 1)."
+    }
     assert complete(ws, "%wait text_") == {"text_later": "pending", "text_value": "str"}
-    assert set(complete(ws, "%mode ")) == {"auto", "lazy"}
+    assert set(complete(ws, "%mode ")) == {"auto", "lazy", "notebook"}
     assert set(complete(ws, "%help gr")) == {"graph"}
     assert complete(ws, "%wait text_later ") == {}  # the timeout: nothing to offer

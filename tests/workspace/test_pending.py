@@ -378,6 +378,9 @@ def test_remote_output_reaches_the_client_prefixed(capsys: pytest.CaptureFixture
     assert f"[{on}] hello\n[{on}] world\n" in captured.out
     assert f"[{on}] tail" in captured.out  # a last line without "\n" is not lost
     assert f"[{on}] oops\n" in captured.err
+    # What it printed stays with its Pending, as it printed it.
+    assert p.logs("stdout") == "hello\nworld\ntail" and p.logs("stderr") == "oops\n"
+    assert sorted(p.logs()) == sorted(p.logs("stdout") + p.logs("stderr"))  # both, in order
 
 
 def test_remote_output_is_live(cluster: sperse.Cluster, capsys: pytest.CaptureFixture[str]) -> None:

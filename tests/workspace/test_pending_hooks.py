@@ -47,3 +47,20 @@ def test_a_hook_that_raises_does_not_stop_the_others() -> None:
     with pytest.raises(ValueError, match="boom"):
         run_hooks([fails, lambda _: ran.append("after")], None)
     assert ran == ["fails", "after"]
+
+
+def test_logs_keep_the_last_characters_a_task_printed() -> None:
+    from sperse import _pending
+
+    p = _pending.Pending.__new__(_pending.Pending)
+    p._lock = __import__("threading").Lock()
+    p._logs = []
+    chunk = "x" * 1000 + "\n"
+    for _ in range(3 * _pending.LOGS_KEPT // len(chunk)):
+        p._keep_log("stdout", chunk)
+    p._keep_log("stderr", "the end\n")
+    text = p.logs()
+    assert len(text) <= _pending.LOGS_KEPT + len(chunk) * 64  # bounded
+    assert text.endswith(chunk + "the end\n") and p.logs("stderr") == "the end\n"
+    p._keep_log("stdout", "y" * (2 * _pending.LOGS_KEPT))  # one huge chunk: its tail
+    assert len(p.logs()) == _pending.LOGS_KEPT and p.logs().endswith("y")

@@ -232,3 +232,48 @@ def test_graph_shows_upstream_and_downstream_of_a_name(ws: Workspace) -> None:
     assert "[2] b = a + 1" in up and "[3] c = a * 2" in up and "[1] a = 1" in up
     assert "[5] e = d" in down and "a = 1" not in down
     assert "defines: e" in ws.graph()
+
+
+def test_rule_9_a_mutation_is_not_applied_again_to_a_new_object(ws: Workspace) -> None:
+    held: list[str] = []
+    ws.subscribe(lambda event: held.append(event.cell.label) if event.kind == "held" else None)
+    ws.run("x = [0, 1, 2, 3, 4]\nx[0] = 99\ntotal = sum(x)")
+    assert ws["x"] == [99, 1, 2, 3, 4] and ws["total"] == 109
+    ws.run("x = [0, 0, 0]")
+    assert ws["x"] == [0, 0, 0]  # the new x untouched
+    assert ws.wait("total", timeout=WAIT) == 0  # a derivation runs again
+    assert held == ["x[0] = 99"] and [c.label for c in ws.held()] == ["x[0] = 99"]
+    ws.run_stale()  # on request, it is applied
+    assert ws["x"] == [99, 0, 0] and ws.held() == []
+
+
+def test_rule_9_augmented_item_assignment_and_del(ws: Workspace) -> None:
+    ws.run("d = {'a': 1, 'b': 2}\ndel d['a']\nd['b'] += 10")
+    assert ws["d"] == {"b": 12}
+    ws.run("d = {'a': 5, 'b': 5}")
+    assert ws["d"] == {"a": 5, "b": 5}
+    assert [c.label for c in ws.held()] == ["del d['a']", "d['b'] += 10"]
+
+
+def test_rule_10_notebook_cells_keep_their_linear_meaning(ws: Workspace) -> None:
+    ws.mode = "notebook"
+    ws.run("x1 = [1, 2, 3]\nx1[0] = 99", unit="a")
+    ws.run("first = list(x1)", unit="b")
+    ws.run("x1 = [1, 2, 3]", unit="c")  # another notebook cell binds x1 again: shadows
+    assert ws["first"] == [99, 2, 3]  # earlier notebook cells keep their results
+    assert ws["x1"] == [1, 2, 3] and ws.held() == []  # x1[0] = 99 is not re-applied
+    ws.run("later = list(x1)", unit="d")
+    assert ws["later"] == [1, 2, 3]  # later cells read the new binding
+
+
+def test_rule_10_running_a_notebook_cell_again_replaces_it(ws: Workspace) -> None:
+    ws.mode = "notebook"
+    ws.run("n = 2\nprint('a ran')", unit="a")
+    ws.run("doubled = n * 2", unit="b")
+    ws.run("n = 5", unit="a")  # the same notebook cell, edited and run again
+    assert ws.wait("doubled", timeout=WAIT) == 10  # what read its names runs again
+    assert [c.label for c in ws.cells()] == ["doubled = n * 2", "n = 5"]  # replaced, not added
+    ws.run("m = remote n + 1", unit="c")  # remote work flows in notebook mode too
+    assert ws.wait("m", timeout=WAIT) == 6
+    ws.run("n = 7", unit="a")
+    assert ws.wait("m", timeout=WAIT) == 8 and ws.wait("doubled", timeout=WAIT) == 14

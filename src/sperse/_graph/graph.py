@@ -21,6 +21,17 @@ Invariants (DESIGN.md §2):
   ignored, so a result computed from stale inputs is never applied.
 - A cell that loses its last name to newer definitions and has no dependents
   is dropped, and so, in turn, are the cells only it kept alive.
+- Notebook mode (rule 10) binds like Python, not like a spreadsheet: a new
+  definition of a name does not move the cells that read it already; they keep
+  reading the definition they were entered with (their follower edges become
+  fixed). Only the definitions it ``replaces`` (the statements of the same
+  notebook cell, executed before) hand their readers over to it. ``retire``
+  removes replaced statements that nothing needs any more.
+- Re-runs repeat derivations, not effects (rule 9): an *effect* cell (one whose
+  statement changes an object it reads: ``x[0] = 99``, ``df.col = v``) runs when
+  it is entered or asked for, but when its inputs change it is *held*: ``STALE``
+  with everything downstream of it, reported with ``Held``, and run only by
+  ``run_stale`` (or ``rerun``), never by switching modes.
 - Nothing recurses: every traversal uses an explicit work list, so chains of
   any length and fan-outs of any width work.
 """
@@ -30,7 +41,7 @@ from __future__ import annotations
 import enum
 import itertools
 from collections import deque
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Container, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import NewType
 
@@ -44,6 +55,7 @@ __all__ = [
     "CellStatus",
     "Drop",
     "Graph",
+    "Held",
     "Mode",
     "Run",
     "RunId",
@@ -65,6 +77,7 @@ class CellStatus(enum.Enum):
 class Mode(enum.Enum):
     AUTO = "auto"
     LAZY = "lazy"
+    NOTEBOOK = "notebook"  # as AUTO, with Python's binding: see the module docstring
 
 
 @dataclass(frozen=True, slots=True)
@@ -103,13 +116,23 @@ class Blocked:
     upstream: CellId
 
 
-Action = Run | Cancel | Drop | Blocked
+@dataclass(frozen=True, slots=True)
+class Held:
+    """The effect cell ``cell`` was not run again although its inputs changed (rule 9):
+    it is STALE until ``run_stale`` applies it."""
+
+    cell: CellId
+
+
+Action = Run | Cancel | Drop | Blocked | Held
 
 
 class _Cell:
     __slots__ = (
         "defs",
+        "effect",
         "fixed_children",
+        "held",
         "id",
         "label",
         "owned",
@@ -129,6 +152,8 @@ class _Cell:
         self.parents: dict[str, CellId | None] = {}
         self.fixed_children: set[CellId] = set()
         self.status = CellStatus.PENDING
+        self.effect = False  # changes an object it reads (rule 9)
+        self.held = False  # an effect cell not run again after its inputs changed
         self.run_id = RunId(0)
         # How many of the leading parents (in ``parents`` order) are known DONE
         # while this cell is PENDING: makes a wide fan-in linear, not quadratic.
@@ -225,9 +250,18 @@ class Graph:
     # ---- events --------------------------------------------------------------
 
     def add_cell(
-        self, defs: Iterable[str], refs: Iterable[str], *, label: str = ""
+        self,
+        defs: Iterable[str],
+        refs: Iterable[str],
+        *,
+        label: str = "",
+        effect: bool = False,
+        replaces: Container[CellId] = (),
     ) -> tuple[CellId, list[Action]]:
         """Enter a new cell; it becomes the definer of ``defs`` and is scheduled.
+        ``effect``: its statement changes an object it reads (rule 9: held, not re-run).
+        ``replaces``: in notebook mode, the cells this one replaces (the earlier statements of
+        its notebook cell): their readers read this one's definitions of the same names.
 
         Raises ``CycleError`` (leaving the graph unchanged) when the new
         definitions would make a cell depend on itself.
@@ -235,11 +269,13 @@ class Graph:
         defs = frozenset(defs)
         refs = frozenset(refs)
         parents: dict[str, CellId | None] = {name: self._definer.get(name) for name in refs}
-        self._check_cycle(defs, parents, label)
+        movers = self._movers(defs, replaces)
+        self._check_cycle(movers, parents, label)
 
         cell_id = CellId(self._next_cell)
         self._next_cell += 1
         cell = _Cell(cell_id, defs, refs, label)
+        cell.effect = effect
         cell.parents = parents
         self._cells[cell_id] = cell
         for name, parent in parents.items():
@@ -252,12 +288,33 @@ class Graph:
         losers: list[CellId] = []
         for name in defs:
             old = self._definer.get(name)
+            # A notebook cell executed again, whose name a later notebook cell binds now:
+            # that binding stays the current one (it comes later in the notebook).
+            keeps = self.mode is Mode.NOTEBOOK and bool(replaces) and old is not None
+            keeps = keeps and old not in replaces
+            for reader in movers.get(name, ()):
+                self._move(reader, name, cell_id, fixed=keeps)
+            if keeps:
+                cell.owned.discard(name)
+                continue
             if old is not None:
                 self._cells[old].owned.discard(name)
                 losers.append(old)
             self._definer[name] = cell_id
-            for follower in self._followers.get(name, ()):
+            followers = self._followers.setdefault(name, set())
+            followers.discard(cell_id)
+            if self.mode is Mode.NOTEBOOK:
+                moving = movers.get(name, ())
+                for follower in list(followers):  # the rest keep the binding they read
+                    if follower in moving:
+                        continue
+                    followers.discard(follower)
+                    if old is not None:
+                        self._cells[old].fixed_children.add(follower)
+            for follower in followers:
                 self._cells[follower].parents[name] = cell_id
+            if not followers:
+                del self._followers[name]
 
         actions: list[Action] = []
         self._drop_orphans(losers, actions)
@@ -265,6 +322,20 @@ class Graph:
         revived = self._revive_stale_ancestors(cell_id)
         self._schedule([*revived, cell_id], actions)
         return cell_id, actions
+
+    def retire(self, cells: Iterable[CellId]) -> list[Action]:
+        """Notebook mode: remove the replaced ``cells`` that define nothing any more and that
+        nothing reads (an old ``print(x)``, an old ``x[0] = 1``); the others stay, as Python
+        keeps the values of names a cell no longer assigns."""
+        actions: list[Action] = []
+        parents: list[CellId] = []
+        for cell_id in cells:
+            c = self._cells.get(cell_id)
+            if c is None or c.owned or self.children(cell_id):
+                continue
+            parents.extend(self._remove(cell_id, actions))
+        self._drop_orphans(parents, actions)
+        return actions
 
     def finished(self, cell: CellId, run_id: RunId) -> list[Action]:
         """The run ``run_id`` of ``cell`` produced values."""
@@ -297,19 +368,37 @@ class Graph:
         self._schedule([cell], actions)
         return actions
 
-    def run_stale(self) -> list[Action]:
-        """Lazy mode: run every stale cell (in dependency order)."""
-        stale = [c.id for c in self._cells.values() if c.status is CellStatus.STALE]
+    def run_stale(self, *, held: bool = True) -> list[Action]:
+        """Run every stale cell (in dependency order): lazy mode's, and the effect cells
+        held by rule 9 with what is downstream of them (unless ``held`` is False)."""
+        kept: set[CellId] = set()
+        if not held:
+            for cell in self.held():
+                kept.add(cell)
+                kept.update(self.downstream(cell))
+        stale = [
+            c.id for c in self._cells.values() if c.status is CellStatus.STALE and c.id not in kept
+        ]
         for cell in stale:
             self._cells[cell].status = CellStatus.PENDING
+            self._cells[cell].held = False
         actions: list[Action] = []
         self._schedule(stale, actions)
         return actions
 
+    def is_held(self, cell: CellId) -> bool:
+        """Whether ``cell`` is an effect cell held by rule 9."""
+        return self._cells[cell].held
+
+    def held(self) -> list[CellId]:
+        """The effect cells held by rule 9, in the order they were entered."""
+        return [c.id for c in self._cells.values() if c.held]
+
     def set_mode(self, mode: Mode) -> list[Action]:
-        """Switch modes; going back to auto runs whatever went stale."""
+        """Switch modes; going back to auto runs whatever went stale in lazy mode (effect
+        cells held by rule 9 stay held: only ``run_stale`` applies them)."""
         self.mode = mode
-        return self.run_stale() if mode is Mode.AUTO else []
+        return self.run_stale(held=False) if mode is Mode.AUTO else []
 
     # ---- internals -----------------------------------------------------------
 
@@ -329,15 +418,51 @@ class Graph:
                     todo.append(other)
         return order
 
+    def _movers(self, defs: frozenset[str], replaces: Container[CellId]) -> dict[str, set[CellId]]:
+        """The cells that will read each of ``defs`` from a new cell: those that read it from
+        its current definer (all of them but in notebook mode, where only if that definer is
+        replaced), and, in notebook mode, those that read it from a replaced cell."""
+        movers: dict[str, set[CellId]] = {}
+        notebook = self.mode is Mode.NOTEBOOK
+        for name in defs:
+            found: set[CellId] = set()
+            definer = self._definer.get(name)
+            if not notebook or (definer is not None and definer in replaces):
+                found.update(self._followers.get(name, ()))
+            if notebook and replaces:
+                for cell in self._cells.values():
+                    parent = cell.parents.get(name)
+                    if parent is not None and parent != definer and parent in replaces:
+                        found.add(cell.id)
+            if found:
+                movers[name] = found
+        return movers
+
+    def _move(self, reader: CellId, name: str, new: CellId, *, fixed: bool = False) -> None:
+        """``reader`` reads ``name`` from ``new`` from now on: a fixed edge if it also defines
+        the name or ``fixed`` (``new`` will not be the name's definer), else a follower."""
+        r = self._cells[reader]
+        old = r.parents.get(name)
+        r.parents[name] = new
+        if old is not None and old in self._cells and old not in r.parents.values():
+            self._cells[old].fixed_children.discard(reader)
+        followers = self._followers.get(name)
+        if fixed or name in r.defs:
+            self._cells[new].fixed_children.add(reader)
+            if followers is not None:
+                followers.discard(reader)
+        else:
+            self._followers.setdefault(name, set()).add(reader)
+
     def _check_cycle(
-        self, defs: frozenset[str], parents: Mapping[str, CellId | None], label: str
+        self, movers: Mapping[str, set[CellId]], parents: Mapping[str, CellId | None], label: str
     ) -> None:
         # Cells that will read the new definitions: a cycle exists iff one of
         # them is also upstream of the new cell.
         readers: dict[CellId, str] = {}
-        for name in defs:
-            for follower in self._followers.get(name, ()):
-                readers.setdefault(follower, name)
+        for name, cells in movers.items():
+            for reader in cells:
+                readers.setdefault(reader, name)
         if not readers:
             return
         came_from: dict[CellId, CellId | None] = {}
@@ -372,24 +497,32 @@ class Graph:
             c = self._cells.get(cell_id)
             if c is None or c.owned or not c.defs or self.children(cell_id):
                 continue
-            del self._cells[cell_id]
-            if c.status is CellStatus.RUNNING:
-                actions.append(Cancel(cell_id, c.run_id))
-            actions.append(Drop(cell_id))
-            for name, parent in c.parents.items():
-                if name in c.defs:
-                    if parent is not None and parent in self._cells:
-                        self._cells[parent].fixed_children.discard(cell_id)
-                        todo.append(parent)
-                else:
-                    followers = self._followers.get(name)
-                    if followers is not None:
-                        followers.discard(cell_id)
-                        if not followers:
-                            del self._followers[name]
+            todo.extend(self._remove(cell_id, actions))
+
+    def _remove(self, cell_id: CellId, actions: list[Action]) -> list[CellId]:
+        """Take ``cell_id`` out of the graph; returns the parents it held by a fixed edge
+        (they may be orphans now)."""
+        c = self._cells.pop(cell_id)
+        if c.status is CellStatus.RUNNING:
+            actions.append(Cancel(cell_id, c.run_id))
+        actions.append(Drop(cell_id))
+        parents: list[CellId] = []
+        for name, parent in c.parents.items():
+            if parent is not None and parent in self._cells:
+                fixed = self._cells[parent].fixed_children
+                if cell_id in fixed:
+                    fixed.discard(cell_id)
+                    parents.append(parent)
+            followers = self._followers.get(name)
+            if followers is not None:
+                followers.discard(cell_id)
+                if not followers:
+                    del self._followers[name]
+        return parents
 
     def _invalidate(self, roots: list[CellId], actions: list[Action]) -> None:
-        """Mark roots PENDING and everything downstream PENDING (or STALE)."""
+        """Mark roots PENDING and everything downstream PENDING (or STALE); an effect cell
+        downstream is held (STALE, with what is downstream of it)."""
         downstream_status = CellStatus.STALE if self.mode is Mode.LAZY else CellStatus.PENDING
         seen = set(roots)
         todo = deque((cell, CellStatus.PENDING) for cell in roots)
@@ -398,12 +531,24 @@ class Graph:
             c = self._cells[cell_id]
             if c.status is CellStatus.RUNNING:
                 actions.append(Cancel(cell_id, c.run_id))
+            if cell_id in roots:
+                c.held = False  # entered again, or asked for: it runs
+            elif c.effect:
+                status = CellStatus.STALE
+                if not c.held:
+                    c.held = True
+                    actions.append(Held(cell_id))
             c.status = status
             c.scan = 0
+            below = CellStatus.STALE if status is CellStatus.STALE else downstream_status
             for child in self.children(cell_id):
                 if child not in seen:
                     seen.add(child)
-                    todo.append((child, downstream_status))
+                    todo.append((child, below))
+                elif (
+                    below is CellStatus.STALE and self._cells[child].status is not CellStatus.STALE
+                ):
+                    todo.append((child, below))  # reached first on a path without the hold
 
     def _revive_stale_ancestors(self, cell: CellId) -> list[CellId]:
         """Lazy mode: a newly entered cell first brings its stale inputs up to date.
@@ -417,6 +562,7 @@ class Graph:
             for parent in self._cells[todo.popleft()].parents.values():
                 if parent is not None and self._cells[parent].status is CellStatus.STALE:
                     self._cells[parent].status = CellStatus.PENDING
+                    self._cells[parent].held = False  # a new cell asks for what it defines
                     revived.append(parent)
                     todo.append(parent)
         revived.reverse()  # farthest ancestors first; _schedule only runs ready ones anyway

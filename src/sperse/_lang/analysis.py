@@ -87,6 +87,12 @@ class StatementInfo:
     """Names a ``del`` at top level may remove; each is also in ``defs``."""
     is_expression: bool
     """The statement is an expression statement, whose value a front end shows."""
+    effect: bool = False
+    """The statement changes an object it reads: it assigns or deletes an item or an
+    attribute (``x[0] = 99``, ``df.col = v``, ``x[i] += 1``, ``del d[k]``) outside the
+    bodies of functions and classes it defines. Re-runs repeat derivations, not effects
+    (DESIGN.md §2 rule 9): the workspace holds such a statement when its inputs change.
+    Method calls that mutate (``lst.append(v)``) are not seen (rule 8)."""
 
 
 def analyze(stmt: ast.stmt, *, shadowed: Container[str] = frozenset()) -> StatementInfo:
@@ -100,7 +106,28 @@ def analyze(stmt: ast.stmt, *, shadowed: Container[str] = frozenset()) -> Statem
     """
     analyzer = _Analyzer(shadowed)
     analyzer.visit(stmt)
-    return analyzer.result(isinstance(stmt, ast.Expr))
+    return analyzer.result(isinstance(stmt, ast.Expr), _changes_objects(stmt))
+
+
+_BODIES: Final = (ast.FunctionDef, ast.AsyncFunctionDef, ast.Lambda, ast.ClassDef)
+
+
+def _changes_objects(stmt: ast.stmt) -> bool:
+    """Whether ``stmt`` stores into or deletes an item or attribute, at top level (see
+    ``StatementInfo.effect``); what functions and classes it defines do later is not."""
+    todo: list[ast.AST] = [stmt]
+    while todo:
+        node = todo.pop()
+        if isinstance(node, ast.Attribute | ast.Subscript) and isinstance(
+            node.ctx, ast.Store | ast.Del
+        ):
+            return True
+        if isinstance(node, _BODIES) and node is not stmt:
+            continue  # decorators, defaults and bases cannot store into anything
+        if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef | ast.ClassDef):
+            continue  # the statement itself defines a function or class: a derivation
+        todo.extend(ast.iter_child_nodes(node))
+    return False
 
 
 class _Scope:
@@ -180,7 +207,7 @@ class _Analyzer:
         # Global names read by deferred code, kept until the statement's defs are known.
         self._deferred: set[str] = set()
 
-    def result(self, is_expression: bool) -> StatementInfo:
+    def result(self, is_expression: bool, effect: bool) -> StatementInfo:
         defs = self._defs
         refs = self._refs
         shadowed = self._shadowed
@@ -192,6 +219,7 @@ class _Analyzer:
             refs=frozenset(refs),
             deletes=frozenset(self._deletes),
             is_expression=is_expression,
+            effect=effect,
         )
 
     # -- dispatch -------------------------------------------------------------------

@@ -1,11 +1,25 @@
 """The extension object: one workspace per IPython shell, its displays and its magics.
 
-Routing. An input transformer (``input_transformers_post``) rewrites each cell with
-:func:`~sperse.ipython._cells.route_cell`: IPython's own statements stay, the rest become
-calls of the hidden ``%%sperse_cell`` magic, which enters them into the workspace and
-returns the value of a last expression that is ready, so IPython shows it as ``Out[n]``.
-The workspace's namespace *is* the shell's ``user_ns``: IPython's tools (completion,
-``%who``, ``x?``) see the cells' names, and cells see IPython's (``In``, ``Out``, ``_``).
+Routing. IPython keeps the cell as it was typed: its history (``In[n]``, ``_i``), the lines
+its tracebacks quote, and the input a trailing ``;`` is read from (``DisplayHook.quiet``) are
+what they are without the extension. Only remote forms, which are not Python, are written as
+``with`` statements for IPython's parser (``input_transformers_post``, which also plans the
+cell with :func:`~sperse.ipython._cells.plan_cell`). The routing happens on the parsed tree
+(an ``ast_transformers`` entry, :func:`~sperse.ipython._cells.route_tree`): IPython's own
+statements stay, the rest become calls of the hidden ``%%sperse_cell`` magic, which enters them
+into the workspace and returns the value of a last expression that is ready, so IPython shows
+it as ``Out[n]`` (or not, after a ``;``). The workspace compiles them under file names that
+IPython calls the cell's, holding the cell's lines, so tracebacks say "Cell In[5], line 2" and
+quote the cell, in every ``%xmode``. The workspace's namespace *is* the shell's ``user_ns``:
+IPython's tools (completion, ``%who``, ``x?``) see the cells' names, and cells see IPython's
+(``In``, ``Out``, ``_``).
+
+Only the cell the person runs is routed: code that a magic transforms while a cell executes
+(``%timeit``, ``%%time``, ``%prun``, ``%%capture``) stays plain IPython code, so that ``%timeit
+f(x)`` does not enter a cell a million times. Invariant: the plan the text transform makes of
+a cell is used by the next tree transform, and by no other. That one is the same cell's:
+IPython parses the text it was given just after ``pre_execute``, and magics transform code
+only later, while the cell runs (the text transform ignores them, ``_executing``).
 
 Displays. A cell that is not settled when its IPython cell ends (pending, running, stale,
 blocked) gets a display with an id: a placeholder (``<pending y: waiting for x>``), updated in
@@ -27,19 +41,22 @@ drained before and after each cell (``pre_execute``/``post_execute``) and inside
 
 from __future__ import annotations
 
+import ast
 import asyncio
 import builtins
 import contextlib
 import contextvars
+import linecache
 import os
 import shlex
 import threading
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Hashable, Iterator
 from dataclasses import dataclass, field
 from types import TracebackType
 from typing import Any, Final
 
+from IPython.core.error import InputRejected
 from IPython.core.error import UsageError as IPythonUsageError
 from IPython.core.interactiveshell import InteractiveShell
 from IPython.display import display
@@ -48,7 +65,7 @@ import sperse
 from sperse._cluster import Cluster, connect, current
 from sperse._workspace import Cell, CellEvent, Workspace
 from sperse.errors import CellError, SperseError, UsageError
-from sperse.ipython._cells import remote_block, route_cell
+from sperse.ipython._cells import Plan, plan_cell, remote_block, route_tree
 from sperse.repl._commands import COMMANDS, Command, CommandRegistry
 from sperse.repl._display import describe_name, format_arrival, format_error, short_repr
 from sperse.repl._input import bare_name
@@ -86,8 +103,11 @@ class Extension:
         commands: CommandRegistry = COMMANDS,
     ) -> None:
         self.shell = shell
-        self.ws = Workspace(cluster if cluster is not None else current())
+        # Notebook mode (DESIGN.md §2 rule 10): an ordinary notebook computes the same with
+        # the extension; `%mode auto` gives the REPL's "newest definition wins".
+        self.ws = Workspace(cluster if cluster is not None else current(), mode="notebook")
         self.ws.namespace = shell.user_ns
+        self._parts = 0  # workspace parts of the IPython cell running now
         self._displays: dict[int, list[_Display]] = {}
         self._dirty: set[int] = set()
         self._entering: int | None = None  # cells above this id are the ones being entered
@@ -101,9 +121,14 @@ class Extension:
         self._tagged: list[BaseException] = []
         self._replay: dict[str, _Display] = {}  # updated while idle: sent again in the next cell
         self._magics: list[tuple[str, str]] = []
+        self._planned: Plan | None = None  # planned by transform(), for the next route()
+        self._cell: Plan | None = None  # the plan of the IPython cell running now
+        self._router = _Router(self)
         self._unsubscribe = self.ws.subscribe(self._on_event)
         self.remote_magic = self._free_name("remote", "cell")
         shell.input_transformers_post.append(self.transform)
+        # First: the tree must be the one parsed from the text transform() planned.
+        shell.ast_transformers.insert(0, self._router)
         shell.events.register("pre_execute", self._pre_execute)
         shell.events.register("post_execute", self._post_execute)
         self._register_magics(commands)
@@ -119,6 +144,8 @@ class Extension:
         shell = self.shell
         with contextlib.suppress(ValueError):
             shell.input_transformers_post.remove(self.transform)
+        with contextlib.suppress(ValueError):
+            shell.ast_transformers.remove(self._router)
         for event, fn in (("pre_execute", self._pre_execute), ("post_execute", self._post_execute)):
             with contextlib.suppress(ValueError):
                 shell.events.unregister(event, fn)
@@ -138,19 +165,34 @@ class Extension:
             magics[kind].pop(name, None)
         self._untag()
 
-    # ---- the input transformer and the cell magic ----------------------------
+    # ---- routing: the input transformer, the tree transformer and the cell magic ----
 
     def transform(self, lines: list[str]) -> list[str]:
-        """``input_transformers_post``: workspace statements become ``%%sperse_cell`` calls.
+        """``input_transformers_post``: plan the cell; remote forms become ``with`` statements.
 
-        Only a cell the person runs: code that a magic transforms while a cell executes
-        (``%timeit``, ``%%time``, ``%prun``, ``%%capture``) stays plain IPython code, so that
-        ``%timeit f(x)`` does not enter a cell a million times.
+        A cell without remote forms comes back unchanged, so IPython's history holds what it
+        holds without the extension. Only a cell the person runs: while a cell executes, code
+        that a magic transforms stays plain IPython code.
         """
         if self._executing:
             return lines
         remote = self.remote_magic if self.remote_magic == "remote" else None
-        return route_cell(lines, CELL_MAGIC, remote_magic=remote)
+        plan = plan_cell("".join(lines), remote_magic=remote)  # SyntaxError: IPython shows it
+        self._planned = self._cell = plan
+        if plan is None or plan.text == plan.source:
+            return lines
+        return plan.text.splitlines(keepends=True)
+
+    def route(self, tree: ast.AST) -> ast.AST:
+        """``ast_transformers``: the workspace segments of the planned cell become calls of
+        ``%%sperse_cell``. Any other tree (one a magic parses) is left alone."""
+        plan, self._planned = self._planned, None
+        if plan is None or not isinstance(tree, ast.Module):
+            return tree
+        try:
+            return route_tree(tree, plan, CELL_MAGIC)
+        except ValueError as exc:  # IPython unregisters a transformer that fails otherwise
+            raise InputRejected(f"sperse could not route this cell: {exc}") from None
 
     def run(self, source: str) -> Any:
         """Enter ``source`` into the workspace; the value to show as ``Out[n]``, or None.
@@ -166,13 +208,16 @@ class Extension:
         self._entering = before
         failure: BaseException | None = None
         cells: list[Cell] = []
-        # IPython's name for the cell: its tracebacks say "Cell In[5], line 2".
-        filename = self.shell.compile.cache(source, self._execution_count())
+        filename, lines = self._cell_file(source)
+        unit = (self._notebook_cell(), self._parts)  # a cell's parts: split by its magic lines
+        self._parts += 1
         try:
-            cells = ws.run(source, filename)
+            cells = ws.run(source, filename, unit=unit)
         except (SyntaxError, SperseError, KeyboardInterrupt) as exc:
             failure = exc
         finally:
+            if lines is not None:  # the workspace cached the lines of `source`, blank around it
+                linecache.cache[filename] = (sum(map(len, lines)), None, lines, filename)
             self._entering = None
             self._reconcile(new_after=before)
         if failure is not None:
@@ -180,6 +225,30 @@ class Extension:
         if cells and cells[-1].status == "done":
             return cells[-1].value
         return None
+
+    def _cell_file(self, source: str) -> tuple[str, list[str] | None]:
+        """The file name to compile ``source`` with, and the lines that file has in the end.
+
+        A name of its own for ``source`` (two parts of a cell are two files), which IPython's
+        tracebacks call the cell's ("Cell In[5], line 2"). When ``source`` is written on the
+        lines of the IPython cell running now, the file's lines are the whole cell's, so that
+        a traceback quotes the lines around a statement as IPython does; else None.
+        """
+        filename = self.shell.compile.cache(source, self._execution_count())
+        plan = self._cell
+        if plan is None or not plan.on_cell_lines(source):
+            return filename, None
+        return filename, [line + "\n" for line in plan.source.splitlines()]
+
+    def _notebook_cell(self) -> Hashable:
+        """The notebook cell running now: Jupyter's cell id (a front end sends it with each
+        execution), else the execution number, so every execution is a cell of its own."""
+        parent = getattr(self.shell, "parent_header", None)
+        metadata = parent.get("metadata") if isinstance(parent, dict) else None
+        cell_id = metadata.get("cellId") if isinstance(metadata, dict) else None
+        if isinstance(cell_id, str) and cell_id:
+            return cell_id
+        return self._execution_count()
 
     def _execution_count(self) -> int:
         """The number of the IPython cell running now (``In[n]``)."""
@@ -221,8 +290,11 @@ class Extension:
             exc = exc.__cause__
         elif isinstance(exc, SperseError):
             return self._tag(exc, format_error(exc).splitlines())
+        # From the user's statement on, as IPython shows a cell's traceback from the cell's
+        # frame on: no frame to skip (IPython's own tb_offset skips its run_code frame).
         tb = _user_traceback(exc.__traceback__)
-        return self._tag(exc, self.shell.InteractiveTB.structured_traceback(type(exc), exc, tb))
+        stb = self.shell.InteractiveTB.structured_traceback(type(exc), exc, tb, tb_offset=0)
+        return self._tag(exc, stb)
 
     def _tag(self, exc: BaseException, stb: list[str] | None) -> BaseException:
         """Give ``exc`` IPython's ``_render_traceback_`` hook (ipyparallel's way), until the
@@ -371,6 +443,7 @@ class Extension:
 
     def _pre_execute(self) -> None:
         self._executing = True
+        self._parts = 0
         replay, self._replay = self._replay, {}
         for d in replay.values():
             self._publish(d, d.data)
@@ -509,6 +582,19 @@ class Extension:
             print("this workspace keeps its cluster (it is not the default one)", flush=True)
 
 
+class _Router(ast.NodeTransformer):
+    """The extension's entry in ``shell.ast_transformers`` (IPython calls ``visit``)."""
+
+    def __init__(self, extension: Extension) -> None:
+        self._extension = extension
+
+    def visit(self, node: ast.AST) -> ast.AST:
+        return self._extension.route(node)
+
+    def __repr__(self) -> str:
+        return "<sperse cell router>"
+
+
 def _running_loop() -> asyncio.AbstractEventLoop | None:
     """The asyncio loop running this thread: in a kernel, the one its cells run in."""
     try:
@@ -539,7 +625,7 @@ def _placeholder(ws: Workspace, cell: Cell, status: str) -> str:
     if names:
         return "\n".join(describe_name(ws, n) or f"<pending {n}>" for n in names)
     if status == "stale":
-        return f"<stale [{cell.id}]: its inputs changed in lazy mode; %run_stale runs it>"
+        return f"<stale [{cell.id}]: {ws.stale_reason(cell.id)}; %run_stale runs it>"
     if status == "running":
         if cell.where:
             return f"<pending [{cell.id}]: running on {cell.where} for {cell.elapsed or 0.0:.1f} s>"

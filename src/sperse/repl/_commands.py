@@ -375,11 +375,17 @@ COMMANDS = CommandRegistry(
         ),
         Command(
             "mode",
-            (Arg("mode", "choice", optional=True, choices=("auto", "lazy")),),
-            "Show or set the mode: auto re-runs dependents on change, lazy marks them stale.",
+            (Arg("mode", "choice", optional=True, choices=("auto", "lazy", "notebook")),),
+            "Show or set the mode: auto re-runs dependents on change, lazy marks them stale,"
+            " notebook binds names as Python does (a later cell shadows).",
             _mode,
         ),
-        Command("run_stale", (), "Lazy mode: run every cell whose inputs changed.", _run_stale),
+        Command(
+            "run_stale",
+            (),
+            "Run the stale cells: lazy mode's, and statements not re-applied (x[0] = 1).",
+            _run_stale,
+        ),
         Command(
             "where",
             _NAME,

@@ -102,7 +102,7 @@ def describe_name(ws: Workspace, name: str) -> str | None:
     except KeyError:
         return None
     if status == "stale":
-        return f"<stale {name}: its inputs changed in lazy mode; %run_stale runs it>"
+        return f"<stale {name}: {ws.stale_reason(ws.cell(name).id)}; %run_stale runs it>"
     return None
 
 
@@ -126,6 +126,12 @@ def format_arrival(ws: Workspace, event: CellEvent) -> str:
         if event.value is None:
             return ""  # `print(x)` and the like: its output is the news
         return f"{head} {label} ready{where}{seconds}: {short_repr(event.value)}"
+    if event.kind == "held":
+        inputs = ", ".join(sorted(cell.refs)) or "its input"
+        return (
+            f"{head} `{cell.label}` not re-applied to the new {inputs} (it changes an object "
+            "it reads; re-running it would change the new one): %run_stale applies it"
+        )
     error = event.error
     if event.kind == "blocked":
         return f"{head} {label} not computed: {error}"

@@ -277,3 +277,17 @@ def test_rule_10_running_a_notebook_cell_again_replaces_it(ws: Workspace) -> Non
     assert ws.wait("m", timeout=WAIT) == 6
     ws.run("n = 7", unit="a")
     assert ws.wait("m", timeout=WAIT) == 8 and ws.wait("doubled", timeout=WAIT) == 14
+
+
+def test_rule_10_a_reexecuted_cell_cancels_its_running_work(
+    ws: Workspace, cluster: sperse.Cluster
+) -> None:
+    ws.mode = "notebook"
+    ws.run("import time\ndef slow(v, t):\n    time.sleep(t)\n    return v\n", unit="defs")
+    ws.run("x = remote slow('first', 60)", unit="a")  # 60 s: it must be cancelled, not awaited
+    ws.run("shown = f'x is {x}'", unit="b")
+    assert cluster.run_until(lambda: ws.cell("x").where != "", WAIT), "x never started"
+    ws.run("x = remote slow('second', 0)", unit="a")  # cell a edited and run again
+    assert ws.wait("shown", timeout=WAIT) == "x is second"
+    # The first run was stopped: its worker is free again, well before 60 s.
+    assert cluster.run_until(lambda: sum(s.busy for s in cluster.servers()) == 0, WAIT)

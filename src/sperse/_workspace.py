@@ -678,7 +678,8 @@ class Workspace:
         finally:
             if token is not None:
                 unuse(token)
-            self._restore(earlier, record.defs)
+            if earlier:
+                self._restore(earlier, record.defs)
         outputs = {name: ns[name] for name in record.defs if name in ns}
         record.outputs = outputs
         self._sync_namespace(record)

@@ -424,6 +424,12 @@ class Graph:
         replaced), and, in notebook mode, those that read it from a replaced cell."""
         movers: dict[str, set[CellId]] = {}
         notebook = self.mode is Mode.NOTEBOOK
+        if not notebook:  # the common case: whoever reads a name follows its newest definition
+            for name in defs:
+                followers = self._followers.get(name)
+                if followers:
+                    movers[name] = set(followers)
+            return movers
         for name in defs:
             found: set[CellId] = set()
             definer = self._definer.get(name)

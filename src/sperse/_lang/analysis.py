@@ -106,28 +106,7 @@ def analyze(stmt: ast.stmt, *, shadowed: Container[str] = frozenset()) -> Statem
     """
     analyzer = _Analyzer(shadowed)
     analyzer.visit(stmt)
-    return analyzer.result(isinstance(stmt, ast.Expr), _changes_objects(stmt))
-
-
-_BODIES: Final = (ast.FunctionDef, ast.AsyncFunctionDef, ast.Lambda, ast.ClassDef)
-
-
-def _changes_objects(stmt: ast.stmt) -> bool:
-    """Whether ``stmt`` stores into or deletes an item or attribute, at top level (see
-    ``StatementInfo.effect``); what functions and classes it defines do later is not."""
-    todo: list[ast.AST] = [stmt]
-    while todo:
-        node = todo.pop()
-        if isinstance(node, ast.Attribute | ast.Subscript) and isinstance(
-            node.ctx, ast.Store | ast.Del
-        ):
-            return True
-        if isinstance(node, _BODIES) and node is not stmt:
-            continue  # decorators, defaults and bases cannot store into anything
-        if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef | ast.ClassDef):
-            continue  # the statement itself defines a function or class: a derivation
-        todo.extend(ast.iter_child_nodes(node))
-    return False
+    return analyzer.result(isinstance(stmt, ast.Expr))
 
 
 class _Scope:
@@ -181,6 +160,7 @@ class _Analyzer:
         "_defs",
         "_del_log",
         "_deletes",
+        "_effect",
         "_flow",
         "_module",
         "_refs",
@@ -206,8 +186,9 @@ class _Analyzer:
         self._deletes: set[str] = set()
         # Global names read by deferred code, kept until the statement's defs are known.
         self._deferred: set[str] = set()
+        self._effect = False  # an item or attribute stored or deleted at top level
 
-    def result(self, is_expression: bool, effect: bool) -> StatementInfo:
+    def result(self, is_expression: bool) -> StatementInfo:
         defs = self._defs
         refs = self._refs
         shadowed = self._shadowed
@@ -219,7 +200,7 @@ class _Analyzer:
             refs=frozenset(refs),
             deletes=frozenset(self._deletes),
             is_expression=is_expression,
-            effect=effect,
+            effect=self._effect,
         )
 
     # -- dispatch -------------------------------------------------------------------
@@ -807,11 +788,25 @@ class _Analyzer:
             self.visit(keyword.value)
 
     def visit_Attribute(self, node: ast.Attribute) -> None:
+        if type(node.ctx) is not ast.Load:
+            self._note_effect()
         self.visit(node.value)
 
     def visit_Subscript(self, node: ast.Subscript) -> None:
+        if type(node.ctx) is not ast.Load:
+            self._note_effect()
         self.visit(node.value)
         self.visit(node.slice)
+
+    def _note_effect(self) -> None:
+        """An item or attribute is stored or deleted: an effect of the statement when this
+        runs now (at top level, or in a comprehension there), not in a function or class
+        body it defines (``StatementInfo.effect``)."""
+        scope = self._scope
+        while scope.kind == _COMPREHENSION and scope.parent is not scope:
+            scope = scope.parent
+        if scope.kind == _MODULE:
+            self._effect = True
 
     def visit_BinOp(self, node: ast.BinOp) -> None:
         self.visit(node.left)

@@ -19,18 +19,22 @@ import os
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import Any, Literal
 
 from sperse._backends.base import (
     Backend,
     BackendEvent,
+    CallTask,
     Done,
     ErrorInfo,
     Failed,
     ServerInfo,
+    StatementTask,
     TaskSpec,
+    pip_requirements,
 )
 from sperse._routing import check_placement
 from sperse.errors import AuthenticationError
@@ -43,7 +47,9 @@ Listener = Callable[[BackendEvent], None]
 class Cluster:
     """A started backend plus the queue of work for the user's thread."""
 
-    def __init__(self, backend: Backend) -> None:
+    def __init__(self, backend: Backend, *, env: Mapping[str, object] | None = None) -> None:
+        """``env``: the environment of every task that gives none (``{"pip": [...]}``)."""
+        self.pip = pip_requirements(env)
         self.backend = backend
         self._cond = threading.Condition()
         self._work: deque[Callable[[], None]] = deque()
@@ -68,7 +74,15 @@ class Cluster:
         self.submit_many([(spec, listener)])
 
     def submit_many(self, tasks: Sequence[tuple[TaskSpec, Listener]]) -> None:
-        """Send tasks. Raises ``NoMatchingServer`` or ``SerializationError``; nothing is sent then."""
+        """Send tasks. Raises ``NoMatchingServer`` or ``SerializationError``; nothing is sent then.
+        A task without an environment of its own gets the cluster's (``connect(env=...)``)."""
+        if self.pip:
+            tasks = [
+                (replace(spec, pip=self.pip), listener)
+                if not spec.pip and isinstance(spec.work, CallTask | StatementTask)
+                else (spec, listener)
+                for spec, listener in tasks
+            ]
         constrained = [spec for spec, _ in tasks if str(spec.placement)]
         if constrained:
             servers = self.backend.servers()
@@ -289,8 +303,14 @@ def connect(
     tags: Sequence[str] = (),
     token_file: str | os.PathLike[str] | None = None,
     tls_ca: str | os.PathLike[str] | None = None,
+    env: Mapping[str, object] | None = None,
 ) -> Cluster:
     """Connect to a cluster and make it the default for ``@sperse.remote`` and workspaces.
+
+    ``env={"pip": ["pkg==1.2", ...]}``: what remote work needs installed; each server
+    installs it once, cached by content, and runs the work in workers that have it (a task's
+    own ``env`` replaces it). A server that cannot install it fails the work with
+    ``EnvUnavailable``, quoting pip. On sperse servers only.
 
     - ``connect()`` starts an embedded ``sperse server`` as a child process on
       a random loopback port, with ``workers`` worker processes (one per core
@@ -312,6 +332,7 @@ def connect(
     A previous default cluster is closed.
     """
     global _default
+    pip_requirements(env)  # a wrong env is an error before anything starts
     ray_url = isinstance(url, str) and url.startswith("ray://")
     if backend == "ray" or (backend is None and ray_url):
         if url is not None and not isinstance(url, str):
@@ -321,7 +342,7 @@ def connect(
         backend = _backend_for(url, token, workers, tags, token_file, tls_ca)
     elif isinstance(backend, str):
         raise ValueError(f"unknown backend {backend!r}: pass a Backend object, or 'ray'")
-    cluster = Cluster(backend)
+    cluster = Cluster(backend, env=env)
     with _default_lock:
         old, _default = _default, cluster
     if old is not None:

@@ -29,6 +29,7 @@ from sperse._backends.base import (
     Started,
     TaskSpec,
     Work,
+    pip_requirements,
 )
 from sperse._backends.runner import short_repr
 from sperse._cluster import Cluster, current
@@ -359,6 +360,7 @@ def submit_call(
     placement: Placement,
     retries: int,
     label: str,
+    pip: tuple[str, ...] = (),
 ) -> Pending[Any]:
     """Send ``fn(*args, **kwargs)``, first waiting for any Pending among the arguments."""
     return submit_work(
@@ -369,6 +371,7 @@ def submit_call(
         placement=placement,
         retries=retries,
         label=label,
+        pip=pip,
     )
 
 
@@ -384,6 +387,7 @@ def submit_work(
     pending: Pending[Any] | None = None,
     after: Iterable[Pending[Any] | Gate] = (),
     sent: Gate | None = None,
+    pip: tuple[str, ...] = (),
 ) -> Pending[Any]:
     """Send the work ``make(args, kwargs)`` once the Pendings among the arguments (and those
     of ``after``) have settled, with their values; an argument that failed fails it with
@@ -428,7 +432,9 @@ def submit_work(
         printer = OutputPrinter(cluster)
         try:
             where = placement() if callable(placement) else placement
-            spec = TaskSpec(task_id, make(real_args, real_kwargs), where, retries, label=label)
+            spec = TaskSpec(
+                task_id, make(real_args, real_kwargs), where, retries, label=label, pip=pip
+            )
             cluster.submit(spec, lambda event: out._listen(event, printer))
         except SperseError as exc:
             out._settle(error=exc)
@@ -489,12 +495,15 @@ class RemoteFunction(Generic[P, T]):
         placement: Placement | None = None,
         retries: int = 0,
         timeout: float | None = None,
+        env: Mapping[str, object] | None = None,
     ) -> None:
         functools.update_wrapper(self, fn)
         self._fn = fn
         self.placement = placement or Placement()
         self.retries = retries
         self.timeout = _checked_timeout(timeout)
+        self.env = env
+        self._pip = pip_requirements(env)
         self._pickled: PickledFunction | None = None
 
     def __call__(self, *args: P.args, **kwargs: P.kwargs) -> Pending[T]:
@@ -513,6 +522,7 @@ class RemoteFunction(Generic[P, T]):
             placement=self.placement,
             retries=self.retries,
             label=self._label(),
+            pip=self._pip,
         )
         if self.timeout is not None:
             call._time_out_after(self.timeout)
@@ -539,14 +549,16 @@ class RemoteFunction(Generic[P, T]):
         resources: Mapping[str, float] | None = None,
         retries: int | None = None,
         timeout: float | None = None,
+        env: Mapping[str, object] | None = None,
     ) -> RemoteFunction[P, T]:
-        """The same function with other placement, retries or timeout."""
+        """The same function with other placement, retries, timeout or environment."""
         placement = placement_from_options(on, resources) if on or resources else self.placement
         return RemoteFunction(
             self._fn,
             placement=placement,
             retries=self.retries if retries is None else retries,
             timeout=self.timeout if timeout is None else timeout,
+            env=self.env if env is None else env,
         )
 
     def local(self, *args: P.args, **kwargs: P.kwargs) -> T:
@@ -573,6 +585,7 @@ def remote(
     resources: Mapping[str, float] | None = None,
     retries: int = 0,
     timeout: float | None = None,
+    env: Mapping[str, object] | None = None,
     name: str | None = None,
     max_concurrency: int | None = None,
     restart: bool | None = None,
@@ -587,6 +600,7 @@ def remote(
     resources: Mapping[str, float] | None = None,
     retries: int = 0,
     timeout: float | None = None,
+    env: Mapping[str, object] | None = None,
     name: str | None = None,
     max_concurrency: int | None = None,
     restart: bool | None = None,
@@ -599,7 +613,8 @@ def remote(
     ``resources`` the needs (``{"gpu_mem": 16}``); ``retries`` how many times
     to run it again when its worker dies (exceptions it raises are not retried);
     ``timeout`` the seconds from a call to its result, after which the call is cancelled
-    (waiting, queued or running) and fails with ``TaskTimeout``. For a
+    (waiting, queued or running) and fails with ``TaskTimeout``; ``env`` what it needs
+    installed (``{"pip": ["pkg==1.2"]}``, see ``sperse.connect``). For a
     class: ``name`` (find it with ``sperse.get_object``), ``max_concurrency`` (calls at
     once; default 1, in call order) and ``restart`` (rebuild it if its worker dies).
     """
@@ -623,10 +638,10 @@ def remote(
                 f"{', '.join(given)}: only for classes (remote objects), not for function "
                 f"{getattr(f, '__qualname__', f)!r}"
             )
-        return RemoteFunction(f, placement=placement, retries=retries, timeout=timeout)
+        return RemoteFunction(f, placement=placement, retries=retries, timeout=timeout, env=env)
 
-    if timeout is not None and isinstance(fn, type):
-        raise TypeError("timeout: only for functions, not for classes (remote objects)")
+    if (timeout is not None or env is not None) and isinstance(fn, type):
+        raise TypeError("timeout, env: only for functions, not for classes (remote objects)")
     return wrap(fn) if fn is not None else wrap
 
 

@@ -17,6 +17,7 @@ outside (``WorkerDied``)::
     ├── SerializationError  a value could not be pickled or unpickled
     ├── NoMatchingServer    no server meets a task's constraint (tags, pin, resources)
     ├── WorkerDied          the process running the work died
+    ├── EnvUnavailable      a server could not install the pip packages a task asked for
     ├── ServerLost          the connection to a server broke and could not be resumed
     ├── ServerUnavailable   no server answered at the address given
     ├── AuthenticationError the server refused the token
@@ -36,6 +37,7 @@ __all__ = [
     "CellError",
     "ClientGone",
     "CycleError",
+    "EnvUnavailable",
     "NoMatchingServer",
     "NotReadyError",
     "ObjectLost",
@@ -222,6 +224,11 @@ class NoMatchingServer(SperseError):
 
 class WorkerDied(SperseError):
     """The worker process running the task died (killed, crashed, out of memory)."""
+
+
+class EnvUnavailable(SperseError):
+    """A server could not prepare the environment a task asked for (``env={"pip": [...]}``):
+    pip failed, or took too long. The message quotes pip."""
 
 
 class ObjectLost(SperseError):

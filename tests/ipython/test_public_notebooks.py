@@ -199,6 +199,11 @@ _MASKS: list[tuple[re.Pattern[str], str]] = [
     (re.compile(r"kernel-[0-9a-f-]{36}"), "kernel-<uuid>"),
     (re.compile(r'"(\w+_port)": \d+'), r'"\1": <port>'),
     (re.compile(r'"key": "[^"]*"'), '"key": "<key>"'),
+    # `df -h`: the machine's disk use changes while the notebooks run (other processes).
+    (
+        re.compile(r"^(\S+\s+)[\d.]+[KMGTP]?\s+[\d.]+[KMGTP]?\s+[\d.]+[KMGTP]?\s+\d+%", re.M),
+        r"\1<size> <used> <avail> <use%>",
+    ),
 ]
 
 

@@ -19,6 +19,7 @@ from typing import Any, Literal, Protocol
 
 from sperse._lang.placement import Placement
 from sperse.errors import (
+    EnvUnavailable,
     NoMatchingServer,
     ObjectLost,
     RemoteError,
@@ -49,6 +50,7 @@ __all__ = [
     "StatementTask",
     "TaskSpec",
     "Work",
+    "pip_requirements",
 ]
 
 
@@ -132,6 +134,31 @@ class TaskSpec:
     placement: Placement = field(default_factory=Placement)
     retries: int = 0
     label: str = ""
+    pip: tuple[str, ...] = ()  # the pip requirements it runs with (``env={"pip": [...]}``)
+
+
+def pip_requirements(env: Mapping[str, object] | None) -> tuple[str, ...]:
+    """The pip requirements of an ``env=`` option (``{"pip": ["pkg==1.2", ...]}``), checked."""
+    if env is None:
+        return ()
+    if not isinstance(env, Mapping):
+        raise TypeError(f'env must be a dict such as {{"pip": ["requests==2.32.3"]}}, not {env!r}')
+    unknown = sorted(set(env) - {"pip"})
+    if unknown:
+        hint = (
+            " (your own modules travel with your functions already; send data as arguments)"
+            if "files" in unknown
+            else ""
+        )
+        raise ValueError(f"env: unknown key(s) {', '.join(map(repr, unknown))}; only 'pip'{hint}")
+    pip = env.get("pip", ())
+    if (
+        isinstance(pip, str)
+        or not isinstance(pip, Iterable)
+        or not all(isinstance(r, str) and r.strip() for r in pip)
+    ):
+        raise TypeError(f'env["pip"] must be a list of requirement strings, not {pip!r}')
+    return tuple(sorted({str(r).strip() for r in pip}))
 
 
 ErrorKind = Literal[
@@ -143,6 +170,7 @@ ErrorKind = Literal[
     "server_lost",
     "no_server",
     "object_lost",
+    "environment",
     "internal",
 ]
 
@@ -179,6 +207,8 @@ class ErrorInfo:
             return NoMatchingServer(f"{context}{self.message}")
         if self.kind == "object_lost":
             return ObjectLost(f"{context}{self.message}")
+        if self.kind == "environment":
+            return EnvUnavailable(f"{context}{self.message}")
         return SperseError(f"{context}{self.type_name}: {self.message}")
 
 

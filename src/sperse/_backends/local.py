@@ -29,7 +29,7 @@ from sperse._pool import PoolEvent, TaskDone, TaskFailed, TaskOutput, TaskStarte
 from sperse._serialize import loads
 from sperse._server.config import DEFAULT_MAX_VALUE_SIZE
 from sperse._server.store import StateStore, start_state_store
-from sperse.errors import SerializationError, SperseError
+from sperse.errors import EnvUnavailable, SerializationError, SperseError
 
 __all__ = ["LocalBackend"]
 
@@ -81,6 +81,7 @@ class LocalBackend:
             raise
 
     def submit(self, specs: Sequence[TaskSpec]) -> None:
+        _no_environments(specs, "LocalBackend")
         pool = self._require_pool()
         prepared = [
             _Task(spec, dumps_work(spec.work, spec.label or "the task"), spec.retries)
@@ -189,3 +190,14 @@ def _state_stats(store: StateStore | None) -> dict[str, int]:
         return {}
     s = store.stats()
     return {"state_keys": s.keys, "state_bytes": s.bytes, "state_ops": s.ops}
+
+
+def _no_environments(specs: Sequence[TaskSpec], backend: str) -> None:
+    """``env=`` needs sperse servers: say so before anything is sent."""
+    for spec in specs:
+        if spec.pip:
+            raise EnvUnavailable(
+                f"{spec.label or spec.task_id}: env={{'pip': [...]}} needs sperse servers "
+                f"(sperse.connect()), not {backend}: install {', '.join(spec.pip)} where "
+                "it runs, or connect to a server"
+            )

@@ -109,6 +109,7 @@ from sperse._serialize import (
 )
 from sperse.errors import (
     ClientGone,
+    EnvUnavailable,
     NoMatchingServer,
     SerializationError,
     ServerLost,
@@ -1062,6 +1063,12 @@ class RayBackend:
 
     def submit(self, specs: Sequence[TaskSpec]) -> None:
         self._require_started()
+        for spec in specs:
+            if spec.pip:
+                raise EnvUnavailable(
+                    f"{spec.label or spec.task_id}: env={{'pip': [...]}} is for sperse servers;"
+                    " on Ray, give the cluster a runtime_env (ray.init(runtime_env=...))"
+                )
         prepared = [self._prepare(spec) for spec in specs]  # raises before anything is sent
         for ready in prepared:
             sent = ready.send()

@@ -638,6 +638,8 @@ class SperseBackend:
                 op = _object_op(spec.work)
                 if op is not None:
                     fields_of["object"] = op
+                if spec.pip:
+                    fields_of["pip"] = spec.pip
                 task = pb.Task(
                     task_id=spec.task_id,
                     work=pickled,
@@ -1029,6 +1031,7 @@ def _kind(kind: str) -> Any:
         "serialization",
         "missing_module",
         "object_lost",
+        "environment",
         "internal",
     }
     return kind if kind in known else "internal"

@@ -498,9 +498,12 @@ def main(
     env: dict[str, str] | None = None,
 ) -> None:
     """Entry point of a worker process (the ``target`` of its ``multiprocessing.Process``).
-    ``env``: set in ``os.environ`` first (what the pool's owner gives its workers only)."""
+    ``env``: set in ``os.environ`` first (what the pool's owner gives its workers only); its
+    ``PYTHONPATH`` goes first on ``sys.path`` too, as it would in a Python started with it."""
     if env:
         os.environ.update(env)
+        paths = [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p]
+        sys.path[0:0] = [p for p in paths if p not in sys.path]
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     threading.Thread(target=_exit_when_parent_dies, name="parent-watchdog", daemon=True).start()
     channel_fd = conn.fileno()

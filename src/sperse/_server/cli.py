@@ -88,6 +88,20 @@ def build_parser() -> argparse.ArgumentParser:
         help="allow listening beyond loopback without TLS (trusted networks only)",
     )
     parser.add_argument(
+        "--env-dir",
+        default="",
+        metavar="DIR",
+        help="where the pip environments tasks ask for (env=) are installed, one folder each "
+        "(default $XDG_CACHE_HOME/sperse/envs)",
+    )
+    parser.add_argument(
+        "--env-timeout",
+        type=float,
+        default=600.0,
+        metavar="SECONDS",
+        help="an environment whose pip install takes longer fails its tasks (default 600)",
+    )
+    parser.add_argument(
         "--session-grace",
         type=float,
         default=30.0,
@@ -228,6 +242,8 @@ def main(argv: list[str] | None = None) -> int:
         tls_key=args.tls_key,
         insecure=args.insecure,
         session_grace=args.session_grace,
+        env_dir=args.env_dir,
+        env_timeout=args.env_timeout,
         max_value_size=args.max_value_size,
         log_level=level,
         shm=not args.no_shm,

@@ -71,10 +71,21 @@ class ServerConfig:
     join: str = ""  # HOST:PORT of a coordinator to register with (sperse._server.join)
     advertise: str = ""  # HOST:PORT to register; empty: the bound host (or host name), port
     join_tls_ca: str | None = None  # PEM of the CA of a coordinator that uses TLS
+    # Where pip environments of tasks (env={"pip": [...]}) are installed, one folder each;
+    # empty: $XDG_CACHE_HOME/sperse/envs (~/.cache/sperse/envs). See sperse._server.envs.
+    env_dir: str = ""
+    env_timeout: float = 600.0  # an installation that takes longer is stopped
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "tags", frozenset(self.tags))
         object.__setattr__(self, "resources", _frozen_resources(self.resources))
+
+    @property
+    def env_root(self) -> str:
+        if self.env_dir:
+            return self.env_dir
+        cache = os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache")
+        return os.path.join(cache, "sperse", "envs")
 
     @property
     def worker_count(self) -> int:

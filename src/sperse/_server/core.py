@@ -108,6 +108,7 @@ from sperse._server.envelope import (
     pack_envelope,
     unpack_result,
 )
+from sperse._server.envs import PipEnvs
 from sperse._server.logs import log_event
 
 __all__ = [
@@ -197,6 +198,7 @@ class TaskRequest:
     uploads: tuple[str, ...] = ()
     peer_refs: tuple[PeerRef, ...] = ()
     object: ObjectOp | None = None
+    pip: tuple[str, ...] = ()  # the pip environment it runs in (sperse._server.envs)
 
 
 # ---- what comes out ----------------------------------------------------------------------
@@ -379,6 +381,7 @@ class _Task:
     waiting: dict[str, PeerRef] = field(default_factory=dict)  # pulls it waits for
     obj: _RemoteObject | None = None  # the remote object it creates or calls
     creates: bool = False
+    pip: tuple[str, ...] = ()  # runs in that pip environment's pool
 
 
 @dataclass(slots=True, eq=False)
@@ -496,6 +499,9 @@ class ServerCore:
         self._sessions: dict[str, Session] = {}
         self._attempts: dict[str, _Task] = {}  # by pool task id
         self._pool: WorkerPool | None = None
+        self.envs = PipEnvs(
+            config.env_root, name, self._env_pool, timeout=config.env_timeout
+        )  # the pools of pip environments that tasks ask for
         self._pool_error = ""
         self._pool_started: asyncio.Task[None] | None = None
         self._early: dict[str, bytes] = {}  # pool id -> payload, submitted before the pool
@@ -584,6 +590,7 @@ class ServerCore:
             await self._pool_started
         if self._pool is not None:
             await asyncio.to_thread(self._pool.close)
+        await self.envs.close()
         if self._announce_timer is not None:
             self._announce_timer.cancel()
             self._announce_timer = None
@@ -669,6 +676,8 @@ class ServerCore:
             self._attempts.pop(task.pool_id, None)
             if task.obj is not None:
                 pass  # a call runs on (others use the object), its result is dropped
+            elif task.pip:
+                self.envs.cancel(task.pip, task.pool_id)
             elif self._early.pop(task.pool_id, None) is None and self._pool is not None:
                 self._pool.cancel(task.pool_id)  # its files are swept when it ends
             self._release_task(task)
@@ -784,6 +793,7 @@ class ServerCore:
             waiting=waiting,
             obj=obj,
             creates=op is not None and op.kind == "create",
+            pip=request.pip if obj is None else (),
         )
         session.tasks[task_id] = task
         if not waiting:
@@ -928,6 +938,9 @@ class ServerCore:
         if obj is not None:
             self._submit_to_object(obj, task, pool_id, payload)
             return
+        if task.pip:
+            self.envs.submit(task.pip, pool_id, payload, self._env_failed)
+            return
         if self._pool is not None:
             try:
                 self._pool.submit(pool_id, payload)
@@ -957,6 +970,11 @@ class ServerCore:
                     )
                 elif obj.pool is not None:
                     obj.pool.cancel(task.pool_id)  # never kills the object's worker
+            elif task.pip:
+                if self.envs.cancel(task.pip, task.pool_id):  # still waiting for pip
+                    self._fail_attempt(
+                        task.pool_id, "cancelled", "TaskCancelled", "cancelled while queued"
+                    )
             elif self._early.pop(task.pool_id, None) is not None:
                 self._fail_attempt(
                     task.pool_id, "cancelled", "TaskCancelled", "cancelled while queued"
@@ -1165,6 +1183,21 @@ class ServerCore:
             obj.pool.submit(pool_id, payload)
         except RuntimeError:  # pragma: no cover - closed only once the object is gone
             self._fail_attempt(pool_id, "object_lost", "ObjectLost", self._gone_reason(obj))
+
+    def _env_pool(self, label: str, folder: str) -> WorkerPool:
+        """The worker pool of a pip environment: its folder first on the workers' path."""
+        return WorkerPool(
+            self.config.worker_count,
+            RUNNER,
+            self._on_pool_event,
+            name=f"{self.name}/env/{label}",
+            loop=self._loop,
+            on_events_delivered=self._after_pool_events,
+            env={**self.worker_env, "PYTHONPATH": folder},
+        )
+
+    def _env_failed(self, pool_id: str, message: str) -> None:
+        self._fail_attempt(pool_id, "environment", "EnvUnavailable", message)
 
     def _start_object_pool(self, obj: _RemoteObject) -> None:
         started = self._loop.create_task(self._object_pool(obj))

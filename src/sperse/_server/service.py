@@ -92,6 +92,10 @@ def _is_broken_call(exc: BaseException) -> bool:
     ).__module__.startswith("grpc")
 
 
+_PIP_MAX = 64  # requirements of one task's environment
+_PIP_TEXT_MAX = 1000  # characters of one requirement
+
+
 class _Violation(Exception):
     """The client broke the protocol: the stream ends with ``Error("protocol")``."""
 
@@ -543,6 +547,12 @@ class _Stream:
         except _Violation:
             shm.unlink(uploads)
             raise
+        if len(task.pip) > _PIP_MAX or any(len(r) > _PIP_TEXT_MAX for r in task.pip):
+            work = None
+            refused = (
+                f"an environment of at most {_PIP_MAX} pip requirements of at most "
+                f"{_PIP_TEXT_MAX} characters each (this one has {len(task.pip)})"
+            )
         return core.TaskRequest(
             task_id=task.task_id,
             work=work,
@@ -554,6 +564,7 @@ class _Stream:
             uploads=uploads,
             peer_refs=tuple(core.PeerRef(p.object_id, p.server, p.address) for p in task.peer_refs),
             object=_object_op(task.object) if task.HasField("object") else None,
+            pip=tuple(task.pip),
         )
 
     def _uploads(self, work: pb.Pickled) -> tuple[str, ...]:

@@ -27,6 +27,7 @@ from sperse._backends.base import (
     Output,
     PickledFunction,
     Started,
+    SupportsLogs,
     TaskSpec,
     Work,
     pip_requirements,
@@ -278,6 +279,15 @@ class Pending(Generic[T]):
         return f"<Pending{name}: done: {short_repr(self._value, 60)}>"
 
     # ---- running a task ------------------------------------------------------
+
+    @property
+    def log_id(self) -> str | None:
+        """The key under which its server keeps what it printed for a while after it ended
+        (``sperse logs LOG_ID``), once it started on a server that keeps logs; else None."""
+        backend = self._cluster.backend
+        if self._task_id is None or not self.where or not isinstance(backend, SupportsLogs):
+            return None
+        return backend.log_id(self._task_id, self.where)
 
     def logs(self, stream: Literal["stdout", "stderr"] | None = None) -> str:
         """What the task printed so far (both streams in the order it arrived, or only

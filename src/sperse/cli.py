@@ -108,6 +108,15 @@ def main(argv: list[str] | None = None) -> int:
 
     submit_arguments(submit)
     _cluster_options(submit, nested=True)
+    logs = commands.add_parser(
+        "logs",
+        help="what a task printed, from the server that ran it (kept 10 minutes after)",
+        description="Print what a task printed, as its server kept it. LOG_ID is the task's "
+        "`Pending.log_id` (SESSION/TASK). Exit code 1 when no server of the cluster has it.",
+    )
+    logs.add_argument("log_id", metavar="LOG_ID", help="the task's log id (p.log_id)")
+    logs.add_argument("--stream", choices=("stdout", "stderr"), help="only this stream")
+    _cluster_options(logs, nested=True)
     commands.add_parser("demo", help="a guided tour of the reactive workspace")
     commands.add_parser(
         "server", help="run a sperse server (see `sperse server --help`)", add_help=False
@@ -144,7 +153,7 @@ def main(argv: list[str] | None = None) -> int:
         demo()
         return 0
 
-    from sperse.repl._main import ClusterOptions, main_repl, main_run, main_submit
+    from sperse.repl._main import ClusterOptions, main_logs, main_repl, main_run, main_submit
 
     if args.token is not None and args.connect is None:
         parser.error("--token goes with --connect URL")
@@ -172,6 +181,10 @@ def main(argv: list[str] | None = None) -> int:
             return 1
         url, token_file = record.url, record.token_file
     options = ClusterOptions(url, args.token, args.workers, args.local, args.ray, token_file)
+    if args.command == "logs":
+        if url is None:
+            parser.error("sperse logs needs the cluster: --connect URL (or --up)")
+        return main_logs(options, args.log_id, args.stream)
     if args.command == "submit":
         from sperse.jobs._options import request_from
 

@@ -290,6 +290,9 @@ def test_the_prompt_makes_remote_objects_and_pending_cells(servers: sperse.Clust
         ws.run("remote c.n")  # an attribute: its value is the cell's value
         ws.wait(timeout=WAIT)
         assert ws.cells()[-1].value == 11
+        ws.run("c.n")  # without `remote`: a Pending, shown as its value when it arrives
+        ws.wait(timeout=WAIT)
+        assert ws.cells()[-1].value == 11
         ws.run("p = c.incr()")  # the script form: a Pending, as under plain Python
         p = ws.wait("p", WAIT)
         assert isinstance(p, sperse.Pending) and p.value() == 12

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Literal, Protocol
+from typing import Any, Literal, Protocol, runtime_checkable
 
 from sperse._lang.placement import Placement
 from sperse.errors import (
@@ -48,6 +48,7 @@ __all__ = [
     "ServerInfo",
     "Started",
     "StatementTask",
+    "SupportsLogs",
     "TaskSpec",
     "Work",
     "pip_requirements",
@@ -268,6 +269,17 @@ class ServerInfo:
     workers: int = 0
     busy: int = 0
     address: str = ""
+
+
+@runtime_checkable
+class SupportsLogs(Protocol):
+    """A backend whose servers keep what tasks printed (``sperse logs``)."""
+
+    def log_id(self, task_id: str, server: str) -> str | None:
+        """The key of the log of task ``task_id`` that ran on ``server``."""
+
+    def logs(self, task: str, timeout: float | None = 10.0) -> Any:
+        """What the task of log key ``task`` printed (a ``TaskOutputLog``), or None."""
 
 
 class Backend(Protocol):

@@ -41,7 +41,13 @@ from sperse._backends.base import (
     StatementTask,
     TaskSpec,
 )
-from sperse._backends.remote import DEFAULT_INLINE_LIMIT, EmbeddedServer, SperseBackend, parse_url
+from sperse._backends.remote import (
+    DEFAULT_INLINE_LIMIT,
+    EmbeddedServer,
+    SperseBackend,
+    TaskOutputLog,
+    parse_url,
+)
 from sperse._routing import Busy, Router, check_placement, input_locations
 from sperse.errors import NoMatchingServer, SerializationError, ServerUnavailable, SperseError
 
@@ -529,6 +535,21 @@ class ClusterBackend:
         with self._lock:
             members = self._live()
         return [info for m in members for info in m.backend.objects(name)]
+
+    def log_id(self, task_id: str, server: str) -> str | None:
+        """The key of a task's log on ``server`` (see ``SperseBackend.log_id``)."""
+        member = self._members.get(server)
+        return member.backend.log_id(task_id) if member is not None else None
+
+    def logs(self, task: str, timeout: float | None = 10.0) -> TaskOutputLog | None:
+        """What a task printed, from whichever server of the cluster kept it."""
+        with self._lock:
+            members = self._live()
+        for member in members:
+            found = member.backend.logs(task, timeout)
+            if found is not None:
+                return found
+        return None
 
     def backend_of(self, name: str) -> SperseBackend:
         """The connection to one server (for its ``stats``, ``transport``, ...)."""

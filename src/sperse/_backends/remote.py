@@ -142,6 +142,18 @@ async def _refused_at_once(address: str, timeout: float) -> None:
     writer.close()
 
 
+@dataclass(frozen=True, slots=True)
+class TaskOutputLog:
+    """What a task printed, as its server kept it: ``(stream, text)`` in order."""
+
+    chunks: tuple[tuple[str, str], ...]
+    running: bool
+    truncated: bool
+
+    def text(self, stream: str | None = None) -> str:
+        return "".join(t for s, t in self.chunks if stream is None or s == stream)
+
+
 @dataclass(slots=True)
 class _Task:
     spec: TaskSpec
@@ -463,7 +475,7 @@ class SperseBackend:
                 self._on_event(event, receiver)
         elif kind == "callback":
             self._on_callback(message.callback, receiver)
-        elif kind in ("fetch_reply", "stats", "objects", "callback_reply"):
+        elif kind in ("fetch_reply", "stats", "objects", "callback_reply", "logs"):
             reply = getattr(message, kind)
             future = self._replies.pop(reply.request_id, None)
             if future is not None and not future.done():
@@ -753,6 +765,8 @@ class SperseBackend:
             message = pb.ClientMessage(fetch=pb.Fetch(request_id=request_id, **fields))
         elif kind == "objects":
             message = pb.ClientMessage(objects=pb.ObjectsRequest(request_id=request_id, **fields))
+        elif kind == "logs":
+            message = pb.ClientMessage(logs=pb.LogsRequest(request_id=request_id, **fields))
         elif kind == "callback":
             call = fields["call"]
             call.request_id = request_id
@@ -766,6 +780,21 @@ class SperseBackend:
         if kind == "fetch" and isinstance(reply, pb.FetchReply):
             raise SperseError(f"fetch of {fields.get('object_id')} failed: {reply.error}")
         return reply
+
+    def log_id(self, task_id: str, server: str = "") -> str:
+        """The key of a task's log on this server (``SESSION/TASK``): what ``sperse logs``
+        takes. A capability: the session id is this client's secret."""
+        return f"{self._session_id}/{task_id}"
+
+    def logs(self, task: str, timeout: float | None = 10.0) -> TaskOutputLog | None:
+        """What a task printed, as this server keeps it (``task``: ``SESSION/TASK``, or a
+        task id of this session); None if the server has no log of it (unknown, or ended
+        more than ten minutes ago)."""
+        reply = self._call(self._request("logs", task=task), timeout)
+        if not reply.found:
+            return None
+        chunks = tuple(("stderr" if c.stderr else "stdout", c.text) for c in reply.chunks)
+        return TaskOutputLog(chunks, reply.running, reply.truncated)
 
     def objects(self, name: str = "", timeout: float | None = 10.0) -> list[ObjectInfo]:
         """The remote objects this server holds (only the one called ``name``, if given)."""

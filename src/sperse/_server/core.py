@@ -110,6 +110,7 @@ from sperse._server.envelope import (
 )
 from sperse._server.envs import PipEnvs
 from sperse._server.logs import log_event
+from sperse._server.task_logs import TaskLogs
 
 __all__ = [
     "ACTOR_RUNNER",
@@ -499,6 +500,7 @@ class ServerCore:
         self._sessions: dict[str, Session] = {}
         self._attempts: dict[str, _Task] = {}  # by pool task id
         self._pool: WorkerPool | None = None
+        self.task_logs = TaskLogs()  # what tasks printed, for a while after (sperse logs)
         self.envs = PipEnvs(
             config.env_root, name, self._env_pool, timeout=config.env_timeout
         )  # the pools of pip environments that tasks ask for
@@ -1410,6 +1412,7 @@ class ServerCore:
         elif isinstance(event, TaskOutput):
             self._announce_now(task)
             text = event.text
+            self.task_logs.add(f"{session.session_id}/{task.task_id}", event.stream, text)
             for start in range(0, len(text), OUTPUT_CHUNK):
                 session.emit(Output(task.task_id, event.stream, text[start : start + OUTPUT_CHUNK]))
         elif isinstance(event, TaskDone):
@@ -1610,6 +1613,7 @@ class ServerCore:
     def _finish(self, task: _Task, event: Done | Failed) -> None:
         self._release_task(task)
         session = task.session
+        self.task_logs.ended(f"{session.session_id}/{task.task_id}")
         if session.tasks.get(task.task_id) is task:
             del session.tasks[task.task_id]
         self._record(session, event)

@@ -501,6 +501,9 @@ class _Stream:
         elif kind == "objects":
             self.replies.append(self._objects_reply(message.objects))
             self.wake()
+        elif kind == "logs":
+            self.replies.append(self._logs_reply(session, message.logs))
+            self.wake()
         elif kind == "callback":
             call = message.callback
             try:
@@ -628,6 +631,18 @@ class _Stream:
                 remote_objects=s.remote_objects,
             )
         )
+
+    def _logs_reply(self, session: core.Session, request: pb.LogsRequest) -> pb.ServerMessage:
+        key = request.task if "/" in request.task else f"{session.session_id}/{request.task}"
+        log = self.core.task_logs.get(key)
+        reply = pb.LogsReply(request_id=request.request_id, found=log is not None)
+        if log is not None:
+            reply.running = log.ended is None
+            reply.truncated = log.truncated
+            reply.chunks.extend(
+                pb.LogChunk(stderr=stream == "stderr", text=text) for stream, text in log.chunks
+            )
+        return pb.ServerMessage(logs=reply)
 
     def _objects_reply(self, request: pb.ObjectsRequest) -> pb.ServerMessage:
         infos = [

@@ -7,7 +7,7 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 DESCRIPTOR: _descriptor.FileDescriptor
 
 class ClientMessage(_message.Message):
-    __slots__ = ("hello", "blob", "submit", "cancel", "fetch", "release", "stats", "goodbye", "objects", "callback")
+    __slots__ = ("hello", "blob", "submit", "cancel", "fetch", "release", "stats", "goodbye", "objects", "callback", "logs")
     HELLO_FIELD_NUMBER: _ClassVar[int]
     BLOB_FIELD_NUMBER: _ClassVar[int]
     SUBMIT_FIELD_NUMBER: _ClassVar[int]
@@ -18,6 +18,7 @@ class ClientMessage(_message.Message):
     GOODBYE_FIELD_NUMBER: _ClassVar[int]
     OBJECTS_FIELD_NUMBER: _ClassVar[int]
     CALLBACK_FIELD_NUMBER: _ClassVar[int]
+    LOGS_FIELD_NUMBER: _ClassVar[int]
     hello: Hello
     blob: Blob
     submit: Submit
@@ -28,7 +29,16 @@ class ClientMessage(_message.Message):
     goodbye: Goodbye
     objects: ObjectsRequest
     callback: CallbackCall
-    def __init__(self, hello: _Optional[_Union[Hello, _Mapping]] = ..., blob: _Optional[_Union[Blob, _Mapping]] = ..., submit: _Optional[_Union[Submit, _Mapping]] = ..., cancel: _Optional[_Union[Cancel, _Mapping]] = ..., fetch: _Optional[_Union[Fetch, _Mapping]] = ..., release: _Optional[_Union[Release, _Mapping]] = ..., stats: _Optional[_Union[StatsRequest, _Mapping]] = ..., goodbye: _Optional[_Union[Goodbye, _Mapping]] = ..., objects: _Optional[_Union[ObjectsRequest, _Mapping]] = ..., callback: _Optional[_Union[CallbackCall, _Mapping]] = ...) -> None: ...
+    logs: LogsRequest
+    def __init__(self, hello: _Optional[_Union[Hello, _Mapping]] = ..., blob: _Optional[_Union[Blob, _Mapping]] = ..., submit: _Optional[_Union[Submit, _Mapping]] = ..., cancel: _Optional[_Union[Cancel, _Mapping]] = ..., fetch: _Optional[_Union[Fetch, _Mapping]] = ..., release: _Optional[_Union[Release, _Mapping]] = ..., stats: _Optional[_Union[StatsRequest, _Mapping]] = ..., goodbye: _Optional[_Union[Goodbye, _Mapping]] = ..., objects: _Optional[_Union[ObjectsRequest, _Mapping]] = ..., callback: _Optional[_Union[CallbackCall, _Mapping]] = ..., logs: _Optional[_Union[LogsRequest, _Mapping]] = ...) -> None: ...
+
+class LogsRequest(_message.Message):
+    __slots__ = ("request_id", "task")
+    REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
+    TASK_FIELD_NUMBER: _ClassVar[int]
+    request_id: int
+    task: str
+    def __init__(self, request_id: _Optional[int] = ..., task: _Optional[str] = ...) -> None: ...
 
 class CallbackCall(_message.Message):
     __slots__ = ("request_id", "session_id", "callback_id", "args")
@@ -185,7 +195,7 @@ class Goodbye(_message.Message):
     def __init__(self) -> None: ...
 
 class ServerMessage(_message.Message):
-    __slots__ = ("welcome", "blob", "events", "fetch_reply", "stats", "error", "objects", "callback_reply", "callback")
+    __slots__ = ("welcome", "blob", "events", "fetch_reply", "stats", "error", "objects", "callback_reply", "callback", "logs")
     WELCOME_FIELD_NUMBER: _ClassVar[int]
     BLOB_FIELD_NUMBER: _ClassVar[int]
     EVENTS_FIELD_NUMBER: _ClassVar[int]
@@ -195,6 +205,7 @@ class ServerMessage(_message.Message):
     OBJECTS_FIELD_NUMBER: _ClassVar[int]
     CALLBACK_REPLY_FIELD_NUMBER: _ClassVar[int]
     CALLBACK_FIELD_NUMBER: _ClassVar[int]
+    LOGS_FIELD_NUMBER: _ClassVar[int]
     welcome: Welcome
     blob: Blob
     events: Events
@@ -204,7 +215,30 @@ class ServerMessage(_message.Message):
     objects: ObjectsReply
     callback_reply: CallbackReply
     callback: Callback
-    def __init__(self, welcome: _Optional[_Union[Welcome, _Mapping]] = ..., blob: _Optional[_Union[Blob, _Mapping]] = ..., events: _Optional[_Union[Events, _Mapping]] = ..., fetch_reply: _Optional[_Union[FetchReply, _Mapping]] = ..., stats: _Optional[_Union[StatsReply, _Mapping]] = ..., error: _Optional[_Union[Error, _Mapping]] = ..., objects: _Optional[_Union[ObjectsReply, _Mapping]] = ..., callback_reply: _Optional[_Union[CallbackReply, _Mapping]] = ..., callback: _Optional[_Union[Callback, _Mapping]] = ...) -> None: ...
+    logs: LogsReply
+    def __init__(self, welcome: _Optional[_Union[Welcome, _Mapping]] = ..., blob: _Optional[_Union[Blob, _Mapping]] = ..., events: _Optional[_Union[Events, _Mapping]] = ..., fetch_reply: _Optional[_Union[FetchReply, _Mapping]] = ..., stats: _Optional[_Union[StatsReply, _Mapping]] = ..., error: _Optional[_Union[Error, _Mapping]] = ..., objects: _Optional[_Union[ObjectsReply, _Mapping]] = ..., callback_reply: _Optional[_Union[CallbackReply, _Mapping]] = ..., callback: _Optional[_Union[Callback, _Mapping]] = ..., logs: _Optional[_Union[LogsReply, _Mapping]] = ...) -> None: ...
+
+class LogsReply(_message.Message):
+    __slots__ = ("request_id", "found", "running", "truncated", "chunks")
+    REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
+    FOUND_FIELD_NUMBER: _ClassVar[int]
+    RUNNING_FIELD_NUMBER: _ClassVar[int]
+    TRUNCATED_FIELD_NUMBER: _ClassVar[int]
+    CHUNKS_FIELD_NUMBER: _ClassVar[int]
+    request_id: int
+    found: bool
+    running: bool
+    truncated: bool
+    chunks: _containers.RepeatedCompositeFieldContainer[LogChunk]
+    def __init__(self, request_id: _Optional[int] = ..., found: _Optional[bool] = ..., running: _Optional[bool] = ..., truncated: _Optional[bool] = ..., chunks: _Optional[_Iterable[_Union[LogChunk, _Mapping]]] = ...) -> None: ...
+
+class LogChunk(_message.Message):
+    __slots__ = ("stderr", "text")
+    STDERR_FIELD_NUMBER: _ClassVar[int]
+    TEXT_FIELD_NUMBER: _ClassVar[int]
+    stderr: bool
+    text: str
+    def __init__(self, stderr: _Optional[bool] = ..., text: _Optional[str] = ...) -> None: ...
 
 class CallbackReply(_message.Message):
     __slots__ = ("request_id", "error")

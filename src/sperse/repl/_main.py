@@ -129,6 +129,37 @@ def main_run(
         _close(ws, cluster)
 
 
+def main_logs(options: ClusterOptions, log_id: str, stream: str | None = None) -> int:
+    """``sperse logs LOG_ID``: what the task printed, from the server that kept it."""
+    from sperse._backends.base import SupportsLogs
+
+    cluster = _open(options)
+    if cluster is None:
+        return 2
+    with cluster:
+        backend = cluster.backend
+        if not isinstance(backend, SupportsLogs):
+            print("sperse logs: this cluster's servers keep no logs", file=sys.stderr)
+            return 2
+        try:
+            found = backend.logs(log_id)
+        except SperseError as exc:
+            print(f"sperse logs: {exc}", file=sys.stderr)
+            return 2
+    if found is None:
+        print(
+            f"sperse logs: no server of {options.url} has a log {log_id!r}: a log is kept "
+            "10 minutes after its task ended (and only its last MiB); check the id "
+            "(Pending.log_id) and the cluster",
+            file=sys.stderr,
+        )
+        return 1
+    sys.stdout.write(found.text(stream))
+    if found.truncated:
+        print("sperse logs: (only the last part of this log was kept)", file=sys.stderr)
+    return 0
+
+
 def main_submit(options: ClusterOptions, request: SubmitRequest) -> int:
     """``sperse submit ...``: the job runs on a cluster it opens with ``options`` (and opens
     again if every server is lost: a fresh embedded server, or the same URL), and closes."""

@@ -1,0 +1,115 @@
+"""What tasks printed, kept on their server for a while after they end (``sperse logs``).
+
+A task's log is found by its key, ``SESSION/TASK``: the session id is a random secret of the
+client that sent the task, so the key is a capability (whoever has it may read the log, as
+with a remote object's id), and no client can list or guess another's.
+
+Bounds, all checked where text arrives: ``per_task`` characters a task keeps (the last ones:
+the end of a log says most), ``total`` characters for all (the logs of tasks that ended
+longest ago go first), ``keep`` seconds after a task ended. Pure: the clock is given.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import OrderedDict
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+__all__ = ["TaskLog", "TaskLogs"]
+
+
+@dataclass(slots=True)
+class TaskLog:
+    """One task's output: ``(stream, text)`` in the order printed; ``ended`` None: running."""
+
+    chunks: list[tuple[str, str]] = field(default_factory=list)
+    size: int = 0
+    truncated: bool = False
+    ended: float | None = None
+
+
+class TaskLogs:
+    def __init__(
+        self,
+        *,
+        per_task: int = 1 << 20,
+        total: int = 64 << 20,
+        keep: float = 600.0,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._per_task = per_task
+        self._total = total
+        self._keep = keep
+        self._clock = clock
+        self._logs: OrderedDict[str, TaskLog] = OrderedDict()  # oldest first
+        self._size = 0
+
+    def __len__(self) -> int:
+        return len(self._logs)
+
+    @property
+    def size(self) -> int:
+        return self._size
+
+    def add(self, key: str, stream: str, text: str) -> None:
+        log = self._logs.get(key)
+        if log is None:
+            log = self._logs[key] = TaskLog()
+        log.chunks.append((stream, text))
+        log.size += len(text)
+        self._size += len(text)
+        if log.size > self._per_task:
+            self._trim(log)
+        if self._size > self._total:
+            self._shed(keep=key)
+
+    def ended(self, key: str) -> None:
+        log = self._logs.get(key)
+        if log is not None and log.ended is None:
+            log.ended = self._clock()
+            self._logs.move_to_end(key)
+        self.expire()
+
+    def get(self, key: str) -> TaskLog | None:
+        self.expire()
+        return self._logs.get(key)
+
+    def expire(self) -> None:
+        """Forget the logs of tasks that ended more than ``keep`` seconds ago."""
+        cutoff = self._clock() - self._keep
+        for key in [k for k, log in self._logs.items() if log.ended is not None]:
+            log = self._logs[key]
+            if log.ended is not None and log.ended < cutoff:
+                self._drop(key)
+            else:
+                break  # ended logs are kept in the order they ended
+
+    def _trim(self, log: TaskLog) -> None:
+        """Keep the last ``per_task`` characters of ``log``."""
+        room = self._per_task
+        kept: list[tuple[str, str]] = []
+        for stream, text in reversed(log.chunks):
+            part = text[-room:]
+            kept.append((stream, part))
+            room -= len(part)
+            if room <= 0:
+                break
+        kept.reverse()
+        size = sum(len(t) for _, t in kept)
+        self._size -= log.size - size
+        log.chunks, log.size, log.truncated = kept, size, True
+
+    def _shed(self, keep: str) -> None:
+        """Forget whole logs, those of tasks that ended first, then the oldest running ones,
+        until the total fits (never the one written now)."""
+        order = sorted(self._logs, key=lambda k: self._logs[k].ended is None)
+        for key in order:
+            if self._size <= self._total:
+                return
+            if key != keep:
+                self._drop(key)
+
+    def _drop(self, key: str) -> None:
+        log = self._logs.pop(key)
+        self._size -= log.size

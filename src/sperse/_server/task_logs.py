@@ -43,6 +43,7 @@ class TaskLogs:
         self._keep = keep
         self._clock = clock
         self._logs: OrderedDict[str, TaskLog] = OrderedDict()  # oldest first
+        self._ended: OrderedDict[str, float] = OrderedDict()  # in the order their tasks ended
         self._size = 0
 
     def __len__(self) -> int:
@@ -68,7 +69,7 @@ class TaskLogs:
         log = self._logs.get(key)
         if log is not None and log.ended is None:
             log.ended = self._clock()
-            self._logs.move_to_end(key)
+            self._ended[key] = log.ended
         self.expire()
 
     def get(self, key: str) -> TaskLog | None:
@@ -76,14 +77,14 @@ class TaskLogs:
         return self._logs.get(key)
 
     def expire(self) -> None:
-        """Forget the logs of tasks that ended more than ``keep`` seconds ago."""
+        """Forget the logs of tasks that ended more than ``keep`` seconds ago (from the
+        oldest on: the cost is the number forgotten)."""
         cutoff = self._clock() - self._keep
-        for key in [k for k, log in self._logs.items() if log.ended is not None]:
-            log = self._logs[key]
-            if log.ended is not None and log.ended < cutoff:
-                self._drop(key)
-            else:
-                break  # ended logs are kept in the order they ended
+        while self._ended:
+            key, when = next(iter(self._ended.items()))
+            if when >= cutoff:
+                return
+            self._drop(key)
 
     def _trim(self, log: TaskLog) -> None:
         """Keep the last ``per_task`` characters of ``log``."""
@@ -103,8 +104,9 @@ class TaskLogs:
     def _shed(self, keep: str) -> None:
         """Forget whole logs, those of tasks that ended first, then the oldest running ones,
         until the total fits (never the one written now)."""
-        order = sorted(self._logs, key=lambda k: self._logs[k].ended is None)
-        for key in order:
+        while self._size > self._total and self._ended:
+            self._drop(next(iter(self._ended)))
+        for key in list(self._logs):
             if self._size <= self._total:
                 return
             if key != keep:
@@ -112,4 +114,5 @@ class TaskLogs:
 
     def _drop(self, key: str) -> None:
         log = self._logs.pop(key)
+        self._ended.pop(key, None)
         self._size -= log.size

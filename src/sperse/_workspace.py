@@ -313,6 +313,11 @@ class Workspace:
         finally:
             if replaced:
                 self._apply(self._graph.retire(replaced))
+            if len(self._units) > 2 * len(self._records) + 64:  # units whose cells are all gone
+                graph = self._graph
+                self._units = {
+                    u: ids for u, ids in self._units.items() if any(c in graph for c in ids)
+                }
         return cells
 
     def _prepare(

@@ -291,3 +291,12 @@ def test_rule_10_a_reexecuted_cell_cancels_its_running_work(
     assert ws.wait("shown", timeout=WAIT) == "x is second"
     # The first run was stopped: its worker is free again, well before 60 s.
     assert cluster.run_until(lambda: sum(s.busy for s in cluster.servers()) == 0, WAIT)
+
+
+def test_rule_10_units_of_cells_that_are_gone_are_forgotten(ws: Workspace) -> None:
+    """Terminal IPython makes every execution a unit of its own: they must not pile up."""
+    ws.mode = "notebook"
+    for i in range(300):
+        ws.run(f"x = {i}", unit=i)
+    assert ws["x"] == 299
+    assert len(ws._units) <= 2 * len(ws.cells()) + 64

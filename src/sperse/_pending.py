@@ -140,7 +140,8 @@ class Pending(Generic[T]):
             self._value = value
             self._error = error
             hooks, self._hooks = self._hooks, []
-        run_hooks(hooks, self)
+        if hooks:
+            run_hooks(hooks, self)
         self._cluster.wake()
         return True
 
@@ -485,7 +486,8 @@ class Gate:
                 return
             self._open = True
             hooks, self._hooks = self._hooks, []
-        run_hooks(hooks, self)
+        if hooks:
+            run_hooks(hooks, self)
 
     def _on_settle(self, hook: Callable[[Gate], None]) -> None:
         with self._lock:

@@ -23,7 +23,7 @@ import re
 import textwrap
 import time
 from collections import deque
-from collections.abc import Callable, Container, Hashable, Iterator, Mapping
+from collections.abc import Callable, Container, Hashable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field, replace
 from types import CodeType
 from typing import Any, Literal
@@ -683,8 +683,8 @@ class Workspace:
         finally:
             if token is not None:
                 unuse(token)
-            if earlier:
-                self._restore(earlier, record.defs)
+            if earlier:  # its own defs are shown by _sync_namespace below
+                self._show_current(n for n in earlier if n not in record.defs)
         outputs = {name: ns[name] for name in record.defs if name in ns}
         record.outputs = outputs
         self._sync_namespace(record)
@@ -696,22 +696,15 @@ class Workspace:
             return []
         return self._finish(record.id, run.run_id)
 
-    def _restore(self, names: list[str], defs: frozenset[str]) -> None:
-        """After a cell read earlier definitions of ``names`` (notebook mode: an earlier
-        notebook cell run again), the namespace shows the current ones again."""
-        ns = self.namespace
-        for name in names:
-            if name in defs:
-                continue
-            owner = self._graph.definer(name)
-            outputs = self._records[owner].outputs if owner is not None else {}
-            if name in outputs:
-                ns[name] = outputs[name]
-
     def _sync_namespace(self, record: _Record) -> None:
         """After ``record`` ran: each name it defines shows its current definer's value."""
+        self._show_current(record.defs)
+
+    def _show_current(self, names: Iterable[str]) -> None:
+        """Each of ``names`` in the namespace holds its current definer's value (or is
+        absent): after a cell ran, or read earlier definitions (notebook mode)."""
         ns = self.namespace
-        for name in record.defs:
+        for name in names:
             owner = self._graph.definer(name)
             outputs = self._records[owner].outputs if owner is not None else {}
             if name in outputs:

@@ -243,12 +243,13 @@ class Masking:
 
     def outputs(self, cell: nbformat.NotebookNode) -> tuple[Output, ...]:
         """The cell's outputs in order, in a form two runs can be compared in (module
-        docstring). Consecutive writes to one stream are joined: where they split is timing."""
+        docstring). Consecutive writes to one stream are joined before masking: where they
+        split is timing, and a split may fall inside what a mask matches."""
         result: list[Output] = []
         for out in cell.get("outputs", []):
             kind = out["output_type"]
             if kind == "stream":
-                text = self.text(out["text"])
+                text = out["text"]
                 if result and result[-1][:2] == ("stream", out["name"]):
                     result[-1] = ("stream", out["name"], result[-1][2] + text)
                 else:
@@ -264,7 +265,9 @@ class Masking:
                 result.append((kind,))
         for page in cell.get("pager", []):
             result.append(("pager", self.text(page)))
-        return tuple(result)
+        return tuple(
+            (out[0], out[1], self.text(out[2])) if out[0] == "stream" else out for out in result
+        )
 
 
 def show(outputs: tuple[Output, ...]) -> str:

@@ -293,7 +293,7 @@ class SperseSystem(System):
     def __init__(self) -> None:
         import sperse
         import sperse._backends.remote
-        import sperse._objects  # imported before anything is timed
+        import sperse._cluster.objects  # imported before anything is timed
 
         self.sperse = sperse
         self.cluster: Any = None

@@ -100,7 +100,7 @@ class SperseSystem(System):
         import sperse
         import sperse._backends.local
         import sperse._backends.remote
-        import sperse._pending  # imported before the timed start, like ray and dask
+        import sperse._cluster.remote  # imported before the timed start, like ray and dask
 
         self.sperse = sperse
         self.backend = backend

@@ -25,9 +25,9 @@ from dataclasses import replace
 from typing import Any
 
 from sperse._backends import multi
-from sperse._backends.base import CallTask, ServerInfo, TaskSpec
+from sperse._core import CallTask, ServerInfo, TaskSpec
+from sperse._core.routing import Busy, Router
 from sperse._lang.placement import Placement, parse_placement
-from sperse._routing import Busy, Router
 
 TARGET_US = 50.0
 TAG_POOL = ("gpu", "db", "big", "slow", "fast", "ssd", "eu", "us")

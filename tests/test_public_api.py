@@ -46,4 +46,4 @@ def test_importing_sperse_is_light() -> None:
     out = subprocess.run(
         [sys.executable, "-c", code], capture_output=True, text=True, check=True
     ).stdout
-    assert out.strip() == "['sperse', 'sperse.errors']"
+    assert out.strip() == "['sperse', 'sperse._version', 'sperse.errors']"

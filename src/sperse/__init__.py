@@ -39,25 +39,19 @@ from sperse.errors import (
 
 if TYPE_CHECKING:
     from sperse._backends.local import LocalBackend
-    from sperse._callbacks import Callback, callback
-    from sperse._cluster import Cluster, connect, current
-    from sperse._mapreduce import MapResult, Reduction, Tracked, map, mapreduce, reduce
-    from sperse._objects import ObjectProxy, RemoteClass, get_object, objects
-    from sperse._pending import (
-        Pending,
-        RemoteFunction,
-        as_completed,
-        gather,
-        remote,
-        run_on_all,
-        wait,
-    )
+    from sperse._cluster.callbacks import Callback, callback
+    from sperse._cluster.cluster import Cluster
+    from sperse._cluster.connect import connect, current
+    from sperse._cluster.mapreduce import MapResult, Reduction, Tracked, map, mapreduce, reduce
+    from sperse._cluster.objects import ObjectProxy, RemoteClass, get_object, objects
+    from sperse._cluster.pending import Pending, as_completed, gather, wait
+    from sperse._cluster.remote import RemoteFunction, remote, run_on_all
     from sperse._serialize import RemoteValue
     from sperse._state import state, worker_cache
     from sperse._workspace import Cell, CellEvent, Workspace
     from sperse.jobs._job import Job, submit_job
 
-__version__ = "0.1.0"
+from sperse._version import __version__ as __version__
 
 __all__ = [
     "AuthenticationError",
@@ -116,28 +110,28 @@ __all__ = [
 
 _LAZY = {
     "LocalBackend": "sperse._backends.local",
-    "Callback": "sperse._callbacks",
-    "callback": "sperse._callbacks",
-    "Cluster": "sperse._cluster",
-    "connect": "sperse._cluster",
-    "current": "sperse._cluster",
-    "MapResult": "sperse._mapreduce",
-    "Reduction": "sperse._mapreduce",
-    "Tracked": "sperse._mapreduce",
-    "map": "sperse._mapreduce",
-    "mapreduce": "sperse._mapreduce",
-    "reduce": "sperse._mapreduce",
-    "ObjectProxy": "sperse._objects",
-    "RemoteClass": "sperse._objects",
-    "get_object": "sperse._objects",
-    "objects": "sperse._objects",
-    "Pending": "sperse._pending",
-    "RemoteFunction": "sperse._pending",
-    "as_completed": "sperse._pending",
-    "gather": "sperse._pending",
-    "remote": "sperse._pending",
-    "run_on_all": "sperse._pending",
-    "wait": "sperse._pending",
+    "Callback": "sperse._cluster.callbacks",
+    "callback": "sperse._cluster.callbacks",
+    "Cluster": "sperse._cluster.cluster",
+    "connect": "sperse._cluster.connect",
+    "current": "sperse._cluster.connect",
+    "MapResult": "sperse._cluster.mapreduce",
+    "Reduction": "sperse._cluster.mapreduce",
+    "Tracked": "sperse._cluster.mapreduce",
+    "map": "sperse._cluster.mapreduce",
+    "mapreduce": "sperse._cluster.mapreduce",
+    "reduce": "sperse._cluster.mapreduce",
+    "ObjectProxy": "sperse._cluster.objects",
+    "RemoteClass": "sperse._cluster.objects",
+    "get_object": "sperse._cluster.objects",
+    "objects": "sperse._cluster.objects",
+    "Pending": "sperse._cluster.pending",
+    "RemoteFunction": "sperse._cluster.remote",
+    "as_completed": "sperse._cluster.pending",
+    "gather": "sperse._cluster.pending",
+    "remote": "sperse._cluster.remote",
+    "run_on_all": "sperse._cluster.remote",
+    "wait": "sperse._cluster.pending",
     "RemoteValue": "sperse._serialize",
     "state": "sperse._state",
     "worker_cache": "sperse._state",

@@ -62,7 +62,6 @@ import enum
 import os
 import socket
 import struct
-import sys
 import threading
 import weakref
 from collections.abc import Callable, Hashable
@@ -526,6 +525,11 @@ def _drop_connection() -> None:
 
 _STATE = State()
 
+# Stores of backends whose workers run remote code in-process, each asked in turn before the
+# server's: a provider returns this process's store, or None when it is not one of its
+# workers. The Ray backend's store registers itself (sperse._backends.ray_state).
+PROVIDERS: list[Callable[[], State | None]] = []
+
 
 def state() -> State:
     """The key-value store of the server this remote code runs on (see :class:`State`).
@@ -533,24 +537,15 @@ def state() -> State:
     ``SperseError`` outside remote code, where there is no such store. In a Ray worker it
     is the store of the worker's node (:mod:`sperse._backends.ray_state`).
     """
-    on_ray = _ray_state()
-    if on_ray is not None:
-        return on_ray
+    for provider in PROVIDERS:
+        found = provider()
+        if found is not None:
+            return found
     try:
         _connection()
     except OSError as exc:
         raise _lost(exc) from exc
     return _STATE
-
-
-def _ray_state() -> State | None:
-    """The store of this node when this process is a Ray worker, else None. (A Ray worker
-    has imported Ray before it runs any task; other processes may never import it.)"""
-    if "ray" not in sys.modules:
-        return None
-    from sperse._backends.ray_state import node_state
-
-    return node_state()
 
 
 def snapshot() -> dict[str, Any]:

@@ -168,7 +168,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     from sperse._backends.remote import parse_url
-    from sperse._cluster import _token_from
+    from sperse._cluster.connect import _token_from
     from sperse._coordinator.client import members
     from sperse._up import ClusterRecord, recorded_cluster
 

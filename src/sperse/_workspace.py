@@ -28,7 +28,10 @@ from dataclasses import dataclass, field, replace
 from types import CodeType
 from typing import Any, Literal
 
-from sperse._backends.base import (
+from sperse._cluster.cluster import Cluster, unuse, use
+from sperse._cluster.connect import current
+from sperse._cluster.pending import OutputPrinter, Pending
+from sperse._core import (
     BackendEvent,
     Done,
     ErrorInfo,
@@ -38,7 +41,6 @@ from sperse._backends.base import (
     StatementTask,
     TaskSpec,
 )
-from sperse._cluster import Cluster, current, unuse, use
 from sperse._graph.graph import (
     Action,
     Blocked,
@@ -55,7 +57,6 @@ from sperse._graph.graph import (
 from sperse._lang.analysis import analyze
 from sperse._lang.placement import Placement
 from sperse._lang.transform import MARKER, remote_placement, transform
-from sperse._pending import OutputPrinter, Pending
 from sperse._serialize import RemoteValue, describe, dumps_oob
 from sperse.errors import (
     CellError,
@@ -827,7 +828,7 @@ class Workspace:
             return None
         callee = statement.value.func.id
         cls = inputs.get(callee, self.namespace.get(callee))
-        from sperse._objects import RemoteClass
+        from sperse._cluster.objects import RemoteClass
 
         made_here = isinstance(cls, type) and cls.__module__ == self.namespace["__name__"]
         if not (made_here or isinstance(cls, RemoteClass)):
@@ -868,7 +869,7 @@ class Workspace:
         reached = expression.func if isinstance(expression, ast.Call) else expression
         if not (isinstance(reached, ast.Attribute) and isinstance(reached.value, ast.Name)):
             return None
-        from sperse._objects import ObjectProxy
+        from sperse._cluster.objects import ObjectProxy
 
         name = reached.value.id
         if not isinstance(inputs.get(name, self.namespace.get(name)), ObjectProxy):
@@ -913,7 +914,7 @@ class Workspace:
     ) -> list[Action]:
         """Create the remote object of ``_object_creation``; the cell is done once it exists,
         with the proxy as its value (arguments are evaluated here, as in a script)."""
-        from sperse._objects import RemoteClass
+        from sperse._cluster.objects import RemoteClass
 
         assert record.remote is not None
         target, cls, call = creation

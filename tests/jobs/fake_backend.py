@@ -11,7 +11,7 @@ from typing import Any
 
 import cloudpickle
 
-from sperse._backends.base import (
+from sperse._core import (
     CallTask,
     Done,
     ErrorInfo,

@@ -20,8 +20,10 @@ import numpy as np
 import pytest
 
 import sperse
-import sperse._mapreduce as mr
-from sperse._backends.base import (
+import sperse._cluster.mapreduce as mr
+from sperse._backends.runner import _function, encode_error
+from sperse._cluster.pending import Pending
+from sperse._core import (
     CallTask,
     Done,
     EventSink,
@@ -31,9 +33,7 @@ from sperse._backends.base import (
     Started,
     TaskSpec,
 )
-from sperse._backends.runner import _function, encode_error
-from sperse._pending import Pending
-from sperse._routing import Busy, Router
+from sperse._core.routing import Busy, Router
 from sperse._serialize import RemoteRef, RemoteValue
 
 WAIT = 30.0  # a deadline, never a delay

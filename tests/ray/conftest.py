@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 import sperse
-from sperse._backends.base import BackendEvent, Done, Failed
+from sperse._core import BackendEvent, Done, Failed
 
 HERE = Path(__file__).parent
 sys.path.insert(0, str(HERE))  # ray_head

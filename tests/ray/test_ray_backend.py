@@ -21,9 +21,9 @@ import numpy as np
 import pytest
 
 import sperse
-import sperse._mapreduce as mr
+import sperse._cluster.mapreduce as mr
 from conftest import Recorder
-from sperse._backends.base import CallTask, Done, Failed, Output, ServerInfo, Started, TaskSpec
+from sperse._core import CallTask, Done, Failed, Output, ServerInfo, Started, TaskSpec
 from sperse._lang.placement import placement_from_options
 from sperse._serialize import RemoteRef, RemoteValue
 

@@ -25,7 +25,7 @@ import pytest
 
 import sperse
 from conftest import Recorder
-from sperse._backends.base import Done, Failed, ObjectCall, ObjectCreate, Output, Started, TaskSpec
+from sperse._core import Done, Failed, ObjectCall, ObjectCreate, Output, Started, TaskSpec
 
 ray = pytest.importorskip("ray")
 

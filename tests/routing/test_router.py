@@ -12,9 +12,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from sperse._backends.base import ServerInfo
+from sperse._core import ServerInfo
+from sperse._core.routing import Busy, Router, check_placement, eligible, input_locations
 from sperse._lang.placement import And, Not, Or, Placement, Resources, Tag, TagExpr, parse_placement
-from sperse._routing import Busy, Router, check_placement, eligible, input_locations
 from sperse._serialize import RemoteRef, RemoteValue
 from sperse.errors import NoMatchingServer
 

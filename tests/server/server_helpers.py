@@ -20,7 +20,7 @@ from typing import Any, TypeVar
 import grpc
 import grpc.aio
 
-from sperse._backends.base import CallTask, StatementTask
+from sperse._core import CallTask, StatementTask
 from sperse._serialize import dumps_oob, loads_oob, shm
 from sperse._server import ServerConfig, ServerStats, SperseServer
 from sperse._wire import MAX_MESSAGE, PROTOCOL, BlobReceiver, BlobSender, pb

@@ -20,8 +20,8 @@ import numpy as np
 from server_helpers import DEADLINE, TOKEN, RawSession, ServerThread, call_work, run, shm_files
 from test_server_security import _self_signed
 
-from sperse._backends.base import BackendEvent, CallTask, Done, Failed, TaskSpec
 from sperse._backends.remote import SperseBackend
+from sperse._core import BackendEvent, CallTask, Done, Failed, TaskSpec
 from sperse._serialize import RemoteRef, RemoteValue, shm
 from sperse._wire import pb
 from sperse._wire.sperse_pb2_grpc import SperseServicer, add_SperseServicer_to_server
@@ -270,8 +270,12 @@ def test_two_clients_end_to_end(make_server: MakeServer) -> None:
     b = make_server(name="beta")
     ends_a, ends_b = Ends(), Ends()
     backend_a = SperseBackend(a.address, token=TOKEN, client_name="client-a")
-    backend_b = SperseBackend(b.address, token=TOKEN, client_name="client-b")
-    backend_b.locate = lambda name: a.address if name == a.name else None
+    backend_b = SperseBackend(
+        b.address,
+        token=TOKEN,
+        client_name="client-b",
+        locate=lambda name: a.address if name == a.name else None,
+    )
     backend_a.start(ends_a)
     try:
         backend_b.start(ends_b)

@@ -6,7 +6,7 @@ import sys
 
 import pytest
 
-from sperse._pending import Gate, run_hooks
+from sperse._cluster.pending import Gate, run_hooks
 
 
 def test_a_chain_of_gates_runs_in_order_without_deepening_the_stack() -> None:
@@ -50,7 +50,7 @@ def test_a_hook_that_raises_does_not_stop_the_others() -> None:
 
 
 def test_logs_keep_the_last_characters_a_task_printed() -> None:
-    from sperse import _pending
+    from sperse._cluster import pending as _pending
 
     p = _pending.Pending.__new__(_pending.Pending)
     p._lock = __import__("threading").Lock()

@@ -13,7 +13,8 @@ import threading
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
-from sperse._backends.base import (
+from sperse._backends.runner import dumps_work
+from sperse._core import (
     Done,
     ErrorInfo,
     EventSink,
@@ -24,7 +25,6 @@ from sperse._backends.base import (
     Started,
     TaskSpec,
 )
-from sperse._backends.runner import dumps_work
 from sperse._pool import PoolEvent, TaskDone, TaskFailed, TaskOutput, TaskStarted, WorkerPool
 from sperse._serialize import loads
 from sperse._server.config import DEFAULT_MAX_VALUE_SIZE

@@ -27,7 +27,14 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-from sperse._backends.base import (
+from sperse._backends.remote import (
+    DEFAULT_INLINE_LIMIT,
+    EmbeddedServer,
+    SperseBackend,
+    TaskOutputLog,
+    parse_url,
+)
+from sperse._core import (
     BackendEvent,
     CallTask,
     Done,
@@ -41,14 +48,7 @@ from sperse._backends.base import (
     StatementTask,
     TaskSpec,
 )
-from sperse._backends.remote import (
-    DEFAULT_INLINE_LIMIT,
-    EmbeddedServer,
-    SperseBackend,
-    TaskOutputLog,
-    parse_url,
-)
-from sperse._routing import Busy, Router, check_placement, input_locations
+from sperse._core.routing import Busy, Router, check_placement, input_locations
 from sperse.errors import NoMatchingServer, SerializationError, ServerUnavailable, SperseError
 
 __all__ = ["ClusterBackend", "is_coordinator"]
@@ -215,8 +215,8 @@ class ClusterBackend:
             connect_timeout=self._connect_timeout,
             reconnect_timeout=self._reconnect_timeout,
             inline_limit=self._inline_limit,
+            locate=self._locate,
         )
-        backend.locate = self._locate
         backend.start(functools.partial(self._on_event, backend))
         return backend
 

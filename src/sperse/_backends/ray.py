@@ -64,10 +64,21 @@ import uuid
 import weakref
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
-from types import ModuleType
 from typing import Any, Final, Literal
 
-from sperse._backends.base import (
+from sperse._backends.ray_import import import_ray
+from sperse._backends.ray_state import node_state as node_state
+from sperse._backends.runner import (
+    cannot_send_back,
+    dumps_work_oob,
+    encode_error,
+    execute,
+    object_work_from_wire,
+    short_repr,
+    type_name,
+    work_from_wire,
+)
+from sperse._core import (
     CallTask,
     Done,
     ErrorInfo,
@@ -84,20 +95,10 @@ from sperse._backends.base import (
     StatementTask,
     TaskSpec,
 )
-from sperse._backends.runner import (
-    cannot_send_back,
-    dumps_work_oob,
-    encode_error,
-    execute,
-    object_work_from_wire,
-    short_repr,
-    type_name,
-    work_from_wire,
-)
-from sperse._callbacks import deliver, sending_to
-from sperse._cluster import Cluster, unuse, use
+from sperse._core.callbacks import SENDERS, deliver, sending_to
+from sperse._core.nested import running_nested, stop_nested
+from sperse._core.routing import eligible, no_match_message
 from sperse._lang.placement import And, Placement, Resources, Tag, TagExpr
-from sperse._routing import eligible, no_match_message
 from sperse._serialize import (
     RemoteRef,
     RemoteValue,
@@ -143,20 +144,6 @@ _PARTIAL_MAX: Final = 1 << 16
 
 _NOT_TAGS: Final = frozenset({"CPU", "memory", "object_store_memory"})
 _NOT_RESOURCES: Final = frozenset({"memory", "object_store_memory"})
-
-
-def import_ray() -> ModuleType:
-    """``ray``, imported on first use.
-
-    Before the first import: no usage statistics are sent and Ray's node addresses stay as
-    given (``RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0``), unless the environment says otherwise.
-    """
-    if "ray" not in sys.modules:
-        os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
-        os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
-    import ray
-
-    return ray
 
 
 # ==== the worker side ==========================================================================
@@ -394,7 +381,7 @@ def _run_work(
     data, buffers, ref_ids, task_id, namespace, mailbox, inline_limit, names = header
     relay = _worker_relay()
     running = relay.begin(task_id, (namespace, mailbox)) if relay_output else None
-    nested = use(_nested_cluster())
+    nested = running_nested(_NestedBackend)
     try:
         try:
             work = _load_work(data, buffers, ref_ids, held, inline_limit, relay.server, decode)
@@ -406,7 +393,7 @@ def _run_work(
             outcome = [False, [info.kind, info.type_name, info.message, info.traceback]]
             objects = [None] * (len(names) if names is not None else 1)
     finally:
-        unuse(nested)
+        stop_nested(nested)
         sent, tail = relay.end(*running) if running is not None else (0, [])
     summary = [relay.node_id, sent, tail, *outcome]
     return (summary, *objects) if objects else summary
@@ -519,6 +506,9 @@ def call_back(
             f"callback {what}: the client that made it has gone (its Ray mailbox is gone: "
             f"{_first_line(exc)})"
         ) from None
+
+
+SENDERS["ray"] = call_back  # how a callback pickled for Ray (via "ray") calls back
 
 
 def _deliver_callback(callback_id: str, data: bytes) -> None:
@@ -796,21 +786,6 @@ class _NestedBackend:
     def close(self) -> None:
         if self._backend is not None:
             self._backend.close()
-
-
-_nested: Cluster | None = None
-
-
-def _nested_cluster() -> Cluster:
-    """This worker's cluster for nested work (made once; cheap until it is used)."""
-    global _nested
-    cluster = _nested
-    if cluster is None or cluster.closed:
-        with _relay_lock:
-            cluster = _nested
-            if cluster is None or cluster.closed:
-                cluster = _nested = Cluster(_NestedBackend())
-    return cluster
 
 
 # ==== the driver side ==========================================================================

@@ -48,7 +48,8 @@ import uuid
 from collections.abc import Callable
 from typing import Any, Final, TypeVar
 
-from sperse._state import State, _key
+from sperse._backends.ray_import import import_ray
+from sperse._state import PROVIDERS, State, _key
 from sperse.errors import SperseError
 
 __all__ = ["HOLDER_CHECK", "STATE_NAMESPACE", "RayState", "node_state"]
@@ -331,8 +332,6 @@ def _store() -> tuple[Any, Process]:
     actor, process = _actor, _process
     if actor is not None and process is not None and process[1] == os.getpid():
         return actor, process
-    from sperse._backends.ray import import_ray
-
     ray = import_ray()
     from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
@@ -376,8 +375,6 @@ def _caller(process: Process) -> Caller:
 
 def _result(actor: Any, ref: Any) -> Any:
     """The answer of a call of the store actor; ``SperseError`` if the call failed."""
-    from sperse._backends.ray import import_ray
-
     ray = import_ray()
     try:
         return ray.get(ref)
@@ -503,6 +500,7 @@ class RayState(State):
 
 
 _RAY_STATE: Final = RayState()
+PROVIDERS.append(node_state)  # sperse.state() in a Ray worker: the store of its node
 
 
 class _KeyLock:

@@ -52,7 +52,8 @@ from typing import Any, TypeVar
 import grpc
 import grpc.aio
 
-from sperse._backends.base import (
+from sperse._backends.runner import dumps_work_oob
+from sperse._core import (
     Done,
     ErrorInfo,
     ErrorKind,
@@ -69,11 +70,11 @@ from sperse._backends.base import (
     TaskSpec,
     Work,
 )
-from sperse._backends.runner import dumps_work_oob
-from sperse._callbacks import callback_destination, callback_destination_reset, deliver
+from sperse._core.callbacks import callback_destination, callback_destination_reset, deliver
 from sperse._serialize import RemoteRef, RemoteValue, dumps_oob, loads_oob
 from sperse._serialize import shm as _shm
 from sperse._tokens import new_token
+from sperse._version import __version__
 from sperse._wire import (
     MAX_MESSAGE,
     PROTOCOL,
@@ -177,9 +178,12 @@ class SperseBackend:
         client_name: str = "",
         python_version: str | None = None,
         shm: bool | None = None,
+        locate: Callable[[str], str | None] | None = None,
     ) -> None:
         """``shm``: None, use shared memory when the server turns out to be on this host;
-        False, never (every byte over gRPC)."""
+        False, never (every byte over gRPC). ``locate``: a server's address by its name,
+        for a many-servers backend (values held by other servers travel to this one as
+        PeerRefs)."""
         self.address = parse_url(address)
         self._token = token
         self._tls = tls or tls_ca is not None
@@ -217,9 +221,7 @@ class SperseBackend:
         self._closed = False
         self._lost: SperseError | None = None
         self._main: asyncio.Task[None] | None = None
-        # Set by a many-servers backend: a server's address by its name (values held by
-        # other servers travel to this one as PeerRefs).
-        self.locate: Callable[[str], str | None] | None = None
+        self._locate = locate
         self._info: ServerInfo | None = None  # the server as the Welcome describes it
 
     # ---- lifecycle -----------------------------------------------------------
@@ -683,7 +685,7 @@ class SperseBackend:
         for ref in refs:
             if ref.server == name:
                 continue
-            address = self.locate(ref.server) if self.locate is not None else None
+            address = self._locate(ref.server) if self._locate is not None else None
             if address is None:
                 raise SerializationError(
                     f"{what}: an input is a value held on server {ref.server!r}, which is not "
@@ -1099,8 +1101,6 @@ def _describe_grpc(error: BaseException) -> str:
 
 
 def _version() -> str:
-    from sperse import __version__
-
     return __version__
 
 

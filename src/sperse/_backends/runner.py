@@ -21,7 +21,7 @@ import traceback
 from collections.abc import Callable
 from typing import Any
 
-from sperse._backends.base import (
+from sperse._core import (
     CallTask,
     ErrorInfo,
     ObjectCall,

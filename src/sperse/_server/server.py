@@ -25,7 +25,7 @@ from types import TracebackType
 import grpc
 import grpc.aio
 
-from sperse._cluster import WORKER_CA_ENV, WORKER_SERVER_ENV, WORKER_TOKEN_ENV
+from sperse._core.nested import WORKER_CA_ENV, WORKER_SERVER_ENV, WORKER_TOKEN_ENV
 from sperse._server import local
 from sperse._server.config import ServerConfig, ServerConfigError, check_config, default_name
 from sperse._server.core import ServerCore, ServerStats

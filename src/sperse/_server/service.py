@@ -64,6 +64,7 @@ from sperse._server.envelope import Buffer, PickledBytes, ShmBuffer
 from sperse._server.local import LocalCall
 from sperse._server.logs import log_event
 from sperse._server.peers import PULL_CHUNK, PeerClient
+from sperse._version import __version__
 from sperse._wire import INLINE_MAX, PIECE, PROTOCOL, BlobReceiver, BlobSender, pb
 
 __all__ = ["BATCH_BYTES", "BATCH_EVENTS", "SUBMIT_CHUNK", "SessionService"]
@@ -74,9 +75,7 @@ SUBMIT_CHUNK = 100  # tasks of a Submit handled before the loop turns
 
 
 def _version() -> str:
-    import sperse
-
-    return sperse.__version__
+    return __version__
 
 
 def _major_minor(version: str) -> str:

@@ -61,8 +61,8 @@ from IPython.core.error import UsageError as IPythonUsageError
 from IPython.core.interactiveshell import InteractiveShell
 from IPython.display import display
 
-import sperse
-from sperse._cluster import Cluster, connect, current
+from sperse._cluster.cluster import Cluster
+from sperse._cluster.connect import connect, current
 from sperse._workspace import Cell, CellEvent, Workspace
 from sperse.errors import CellError, SperseError, UsageError
 from sperse.ipython._cells import Plan, plan_cell, remote_block, route_tree
@@ -76,7 +76,7 @@ CELL_MAGIC: Final = "sperse_cell"
 _UNSETTLED: Final = frozenset({"pending", "running", "stale"})
 _SETTLED: Final = frozenset({"done", "failed", "blocked"})
 _VALUE_WIDTH: Final = 200
-_SPERSE_DIR: Final = os.path.dirname(os.path.abspath(sperse.__file__))
+_SPERSE_DIR: Final = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 Data = dict[str, Any]
 
 

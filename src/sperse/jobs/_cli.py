@@ -12,7 +12,7 @@ import json
 import sys
 from collections.abc import Callable
 
-from sperse._cluster import Cluster
+from sperse._cluster.cluster import Cluster
 from sperse.errors import SperseError
 from sperse.jobs._job import Job, submit_job
 from sperse.jobs._options import SubmitRequest

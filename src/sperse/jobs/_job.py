@@ -51,11 +51,12 @@ from dataclasses import dataclass, replace
 from types import MappingProxyType
 from typing import IO, Any, Final
 
-from sperse._backends.base import PickledFunction
-from sperse._cluster import Cluster, current
+from sperse._cluster.cluster import Cluster
+from sperse._cluster.connect import current
+from sperse._cluster.pending import Pending, submit_call
+from sperse._core import PickledFunction
+from sperse._core.routing import eligible, no_match_message
 from sperse._lang.placement import Placement, placement_from_options
-from sperse._pending import Pending, submit_call
-from sperse._routing import eligible, no_match_message
 from sperse._serialize import RemoteValue
 from sperse.errors import (
     NoMatchingServer,

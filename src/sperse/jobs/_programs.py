@@ -23,7 +23,7 @@ import sysconfig
 from collections.abc import Callable
 from typing import Any, Protocol
 
-from sperse._backends.base import PickledFunction
+from sperse._core import PickledFunction
 from sperse._serialize import dumps
 from sperse.errors import SerializationError
 from sperse.jobs._results import JobError

@@ -14,7 +14,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from sperse._cluster import Cluster, connect
+from sperse._cluster.cluster import Cluster
+from sperse._cluster.connect import connect
+from sperse._version import __version__
 from sperse._workspace import Workspace
 from sperse.errors import SperseError
 
@@ -60,8 +62,6 @@ def _open(options: ClusterOptions) -> Cluster | None:
 
 
 def _banner(cluster: Cluster) -> str:
-    from sperse import __version__
-
     try:
         servers = cluster.servers()
     except SperseError:
@@ -131,7 +131,7 @@ def main_run(
 
 def main_logs(options: ClusterOptions, log_id: str, stream: str | None = None) -> int:
     """``sperse logs LOG_ID``: what the task printed, from the server that kept it."""
-    from sperse._backends.base import SupportsLogs
+    from sperse._core import SupportsLogs
 
     cluster = _open(options)
     if cluster is None:

@@ -35,7 +35,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Final
 
-from sperse._backends.base import ServerInfo
+from sperse._core import ServerInfo
 from sperse._lang.placement import Placement, TagExpr
 from sperse._serialize import RemoteValue
 from sperse.errors import NoMatchingServer

@@ -11,20 +11,18 @@ interpreter exit.
 
 from __future__ import annotations
 
-import atexit
 import contextvars
 import heapq
 import itertools
-import os
 import threading
 import time
 from collections import deque
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import replace
-from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
-from sperse._backends.base import (
+from sperse._cluster.pending import submit_call
+from sperse._core import (
     Backend,
     BackendEvent,
     CallTask,
@@ -36,10 +34,11 @@ from sperse._backends.base import (
     TaskSpec,
     pip_requirements,
 )
-from sperse._routing import check_placement
-from sperse.errors import AuthenticationError
+from sperse._core.routing import check_placement
+from sperse._lang.placement import Placement
+from sperse._state import snapshot
 
-__all__ = ["Cluster", "connect", "current", "worker_cluster"]
+__all__ = ["Cluster", "default", "in_use", "replace_default", "unuse", "use"]
 
 Listener = Callable[[BackendEvent], None]
 
@@ -116,10 +115,6 @@ class Cluster:
     def state(self, server: str, timeout: float | None = 60.0) -> dict[str, Any]:
         """A copy of the per-server store of ``server`` (``sperse.state()`` there), for
         inspection: every key and its value."""
-        from sperse._lang.placement import Placement
-        from sperse._pending import submit_call
-        from sperse._state import snapshot
-
         pending = submit_call(
             self,
             snapshot,
@@ -294,168 +289,30 @@ _default: Cluster | None = None
 _default_lock = threading.Lock()
 
 
-def connect(
-    url: str | Sequence[str] | None = None,
-    token: str | None = None,
-    *,
-    backend: Backend | Literal["ray"] | None = None,
-    workers: int | None = None,
-    tags: Sequence[str] = (),
-    token_file: str | os.PathLike[str] | None = None,
-    tls_ca: str | os.PathLike[str] | None = None,
-    env: Mapping[str, object] | None = None,
-) -> Cluster:
-    """Connect to a cluster and make it the default for ``@sperse.remote`` and workspaces.
-
-    ``env={"pip": ["pkg==1.2", ...]}``: what remote work needs installed; each server
-    installs it once, cached by content, and runs the work in workers that have it (a task's
-    own ``env`` replaces it). A server that cannot install it fails the work with
-    ``EnvUnavailable``, quoting pip. On sperse servers only.
-
-    - ``connect()`` starts an embedded ``sperse server`` as a child process on
-      a random loopback port, with ``workers`` worker processes (one per core
-      by default) and ``tags``; it stops when this process exits.
-    - ``connect("sperse://host:port", token=...)`` joins a running server, or the
-      servers a coordinator lists there (``sperse coordinator``, ``sperse up``),
-      following them as they join and leave. ``connect([url, url, ...])`` uses a
-      fixed list of servers. The token may also come from ``token_file`` or the
-      ``SPERSE_TOKEN`` or ``SPERSE_TOKEN_FILE`` environment variables; servers of
-      one cluster share it. ``tls_ca`` (a PEM file) turns on TLS and names the
-      certificate authority to trust.
-    - ``connect(backend=...)`` uses a backend object (``sperse.LocalBackend``).
-    - ``connect(backend="ray")`` runs remote work as Ray tasks (docs/ray.md): on the Ray this
-      machine runs, or on a local Ray started here (``workers`` CPUs, ``tags`` as custom
-      resources). With ``url``, on the Ray at that address, as ``ray.init`` takes it:
-      ``HOST:PORT`` of a head, ``"auto"``, ``ray://HOST:PORT`` (Ray Client). A ``ray://``
-      url alone, ``connect("ray://HOST:PORT")``, means the same.
-
-    A previous default cluster is closed.
-    """
-    global _default
-    pip_requirements(env)  # a wrong env is an error before anything starts
-    ray_url = isinstance(url, str) and url.startswith("ray://")
-    if backend == "ray" or (backend is None and ray_url):
-        if url is not None and not isinstance(url, str):
-            raise ValueError("the Ray backend takes one address, not a list")
-        backend = _ray_backend(url, workers, tags)
-    elif backend is None:
-        backend = _backend_for(url, token, workers, tags, token_file, tls_ca)
-    elif isinstance(backend, str):
-        raise ValueError(f"unknown backend {backend!r}: pass a Backend object, or 'ray'")
-    cluster = Cluster(backend, env=env)
-    with _default_lock:
-        old, _default = _default, cluster
-    if old is not None:
-        old.close()
-    return cluster
-
-
-def _backend_for(
-    url: str | Sequence[str] | None,
-    token: str | None,
-    workers: int | None,
-    tags: Sequence[str],
-    token_file: str | os.PathLike[str] | None,
-    tls_ca: str | os.PathLike[str] | None,
-) -> Backend:
-    from sperse._backends.multi import ClusterBackend, is_coordinator
-    from sperse._backends.remote import EmbeddedServer, SperseBackend
-
-    if url is None:
-        server = EmbeddedServer(workers=workers, tags=tags)
-        try:
-            return SperseBackend(server.address, token=server.token, process=server)
-        except BaseException:
-            server.stop()
-            raise
-    secret = token or _token_from(token_file)
-    ca = Path(tls_ca).read_bytes() if tls_ca is not None else None
-    if not isinstance(url, str):
-        urls = list(url)
-        if not urls:
-            raise ValueError("connect([]): give at least one server url")
-        return ClusterBackend(urls, token=secret, tls_ca=ca)
-    if is_coordinator(url, tls_ca=ca):
-        return ClusterBackend(coordinator=url, token=secret, tls_ca=ca)
-    return SperseBackend(url, token=secret, tls_ca=ca, tls=ca is not None)
-
-
-def _ray_backend(url: str | None, workers: int | None, tags: Sequence[str]) -> Backend:
-    from sperse._backends.ray import RayBackend
-
-    return RayBackend(url, num_cpus=workers, resources=dict.fromkeys(tags, 1.0))
-
-
-def _token_from(token_file: str | os.PathLike[str] | None) -> str:
-    path = token_file or os.environ.get("SPERSE_TOKEN_FILE")
-    if path:
-        return Path(path).read_text().strip()
-    env = os.environ.get("SPERSE_TOKEN")
-    if env:
-        return env
-    raise AuthenticationError(
-        "no token to connect with: pass connect(url, token=...), token_file=..., or set "
-        "SPERSE_TOKEN (the server printed its token when it started, or read it from its "
-        "--token-file)"
-    )
-
-
-def current() -> Cluster:
-    """The cluster in use here: the innermost ``with cluster:``, else the default one; in
-    remote code (a worker of a server), the server it runs on (nested work)."""
-    cluster = _current.get()
-    if cluster is not None and not cluster.closed:
-        return cluster
-    with _default_lock:
-        cluster = _default
-    if cluster is not None and not cluster.closed:
-        return cluster
-    return worker_cluster() or connect()
-
-
-# A server gives its workers its address and the cluster token (WorkerPool's env), so that
-# remote code can itself submit work and call remote objects, on that server or another.
-WORKER_SERVER_ENV = "SPERSE_WORKER_SERVER"
-WORKER_TOKEN_ENV = "SPERSE_WORKER_TOKEN"
-WORKER_CA_ENV = "SPERSE_WORKER_CA"  # the server's certificate, when it has TLS
-_worker_clusters: dict[str, Cluster] = {}
-_worker_lock = threading.Lock()
-
-
-def worker_cluster(address: str = "") -> Cluster | None:
-    """In a worker of a ``sperse server``: this process's connection to the server at
-    ``address`` (default: its own), made once. None anywhere else."""
-    own = os.environ.get(WORKER_SERVER_ENV)
-    token = os.environ.get(WORKER_TOKEN_ENV)
-    if not own or not token:
-        return None
-    target = address or own
-    with _worker_lock:
-        cluster = _worker_clusters.get(target)
-        if cluster is None or cluster.closed:
-            from sperse._backends.remote import SperseBackend
-
-            name = f"worker {os.getpid()} of {own}"
-            ca_file = os.environ.get(WORKER_CA_ENV)
-            ca = Path(ca_file).read_bytes() if ca_file else None
-            backend = SperseBackend(target, token=token, client_name=name, tls_ca=ca)
-            cluster = Cluster(backend)
-            _worker_clusters[target] = cluster
-    return cluster
-
-
 def use(cluster: Cluster) -> contextvars.Token[Cluster | None]:
     return _current.set(cluster)
 
 
-def unuse(token: contextvars.Token[Cluster | None]) -> None:
-    _current.reset(token)
+def in_use() -> Cluster | None:
+    """The cluster of the innermost ``with cluster:`` or ``use``, if it is open."""
+    cluster = _current.get()
+    return cluster if cluster is not None and not cluster.closed else None
 
 
-@atexit.register
-def _close_default() -> None:
+def default() -> Cluster | None:
+    """The default cluster (the one ``connect`` made last), if it is open."""
     with _default_lock:
         cluster = _default
-    if cluster is not None:
-        cluster.drain()
-        cluster.close()
+    return cluster if cluster is not None and not cluster.closed else None
+
+
+def replace_default(cluster: Cluster) -> Cluster | None:
+    """Make ``cluster`` the default; returns the previous default (the caller closes it)."""
+    global _default
+    with _default_lock:
+        old, _default = _default, cluster
+    return old
+
+
+def unuse(token: contextvars.Token[Cluster | None]) -> None:
+    _current.reset(token)

@@ -28,18 +28,19 @@ import weakref
 from collections.abc import Callable, Mapping
 from typing import Any, Generic, TypeVar
 
-from sperse._backends.base import (
+from sperse._cluster.cluster import Cluster
+from sperse._cluster.connect import current, worker_cluster
+from sperse._cluster.pending import Gate, Pending, submit_work
+from sperse._core import (
     ObjectCall,
     ObjectClose,
     ObjectCreate,
     ObjectInfo,
     PickledFunction,
 )
-from sperse._cluster import Cluster, current, worker_cluster
 from sperse._lang.placement import Placement, placement_from_options
-from sperse._pending import Gate, Pending, submit_work
 from sperse._serialize import dumps
-from sperse.errors import ObjectLost, SerializationError, SperseError, UnknownObject
+from sperse.errors import ObjectLost, SerializationError, UnknownObject
 
 __all__ = ["ObjectProxy", "RemoteClass", "get_object", "objects", "public_methods"]
 
@@ -467,12 +468,7 @@ def proxy_of(info: ObjectInfo, cluster: Cluster) -> ObjectProxy:
 
 def objects(name: str = "") -> list[ObjectInfo]:
     """The remote objects on the servers of the current cluster (named ``name``, if given)."""
-    backend = current().backend
-    lister = getattr(backend, "objects", None)
-    if lister is None:
-        raise SperseError(f"{type(backend).__name__} has no remote objects")
-    found: list[ObjectInfo] = lister(name)
-    return found
+    return current().backend.objects(name)
 
 
 def get_object(name: str) -> ObjectProxy:

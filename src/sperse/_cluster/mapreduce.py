@@ -43,12 +43,14 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any, Final, TypeVar, overload
 
-from sperse._backends.base import ErrorInfo, PickledFunction, ServerInfo
 from sperse._backends.runner import encode_error
-from sperse._cluster import Cluster, current
+from sperse._cluster.cluster import Cluster
+from sperse._cluster.connect import current
+from sperse._cluster.pending import Pending, submit_call
+from sperse._cluster.remote import RemoteFunction
+from sperse._core import BalancesLoad, ErrorInfo, PickledFunction, ServerInfo
+from sperse._core.routing import Busy, Router, check_placement, eligible, input_locations
 from sperse._lang.placement import Placement, placement_from_options
-from sperse._pending import Pending, RemoteFunction, submit_call
-from sperse._routing import Busy, Router, check_placement, eligible, input_locations
 from sperse._serialize import RemoteValue, dumps
 from sperse.errors import SperseError
 
@@ -362,7 +364,7 @@ def _send_chunks(
     shipped = _ship(worker_fn, what)
     # A backend that spreads tasks itself (many servers: it sends each where there is room)
     # gets them unpinned, so a server that joins or dies mid-map changes where they go.
-    balances = getattr(cluster.backend, "balances_load", False)
+    balances = isinstance(cluster.backend, BalancesLoad) and cluster.backend.balances_load
     spreading = len(fits) > 1 and placement.pin is None and not balances
     pins = spread(fits, len(chunks)) if spreading else None
     out = []

@@ -14,35 +14,19 @@ Functions passed to remote code are otherwise shipped by value and run remotely;
 
 from __future__ import annotations
 
-import contextvars
 import itertools
-import threading
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from typing import Any
 
-from sperse._cluster import Cluster, current, worker_cluster
+from sperse._cluster.cluster import Cluster
+from sperse._cluster.connect import current, worker_cluster
+from sperse._core.backend import CallsBack
+from sperse._core.callbacks import SENDERS, destination, register
 from sperse.errors import SerializationError
 
-__all__ = [
-    "Callback",
-    "callback",
-    "callback_destination",
-    "callback_destination_reset",
-    "deliver",
-    "sending_to",
-]
+__all__ = ["Callback", "callback"]
 
-# Where the task being pickled goes, so that its callbacks can come back:
-# ("sperse", the server's address, the client's session id) or ("ray", the namespace and
-# name of the client's mailbox actor).
-_destination: contextvars.ContextVar[tuple[str, str, str] | None] = contextvars.ContextVar(
-    "sperse_callback_destination", default=None
-)
 _ids = itertools.count(1)
-_registry: dict[str, Callback] = {}  # kept for the life of this process, the newest _KEPT
-_KEPT = 10_000
-_lock = threading.Lock()
 
 
 class Callback:
@@ -58,22 +42,19 @@ class Callback:
         self.name = getattr(fn, "__qualname__", repr(fn))
         self.id = f"cb{next(_ids)}"
         self._cluster = cluster
-        with _lock:
-            _registry[self.id] = self
-            while len(_registry) > _KEPT:
-                del _registry[next(iter(_registry))]
+        register(self.id, self._run)
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         return self.fn(*args, **kwargs)
 
     def __reduce__(self) -> tuple[Any, ...]:
-        destination = _destination.get()
-        if destination is None:
+        where = destination()
+        if where is None:
             raise SerializationError(
                 f"callback {self.name}: only remote work on sperse servers or Ray can call "
                 "back (not the in-process LocalBackend)"
             )
-        return (_RemoteCallback, (*destination, self.id, self.name))
+        return (_RemoteCallback, (*where, self.id, self.name))
 
     def _run(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
         cluster = self._cluster or current()
@@ -93,39 +74,6 @@ def callback(fn: Callable[..., Any]) -> Callback:
     return Callback(fn, cluster)
 
 
-def callback_destination(address: str, session_id: str) -> contextvars.Token[Any]:
-    """``sending_to`` without a context manager (on the path of every task sent): undo
-    with ``callback_destination_reset``."""
-    return _destination.set(("sperse", address, session_id))
-
-
-def callback_destination_reset(token: contextvars.Token[Any]) -> None:
-    _destination.reset(token)
-
-
-@contextmanager
-def sending_to(address: str, session_id: str, *, via: str = "sperse") -> Iterator[None]:
-    """While a task for this server and session is pickled: callbacks name them. ``via``
-    "ray": ``address`` and ``session_id`` are the namespace and name of the client's
-    mailbox actor."""
-    token = _destination.set((via, address, session_id))
-    try:
-        yield
-    finally:
-        _destination.reset(token)
-
-
-def deliver(callback_id: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> bool:
-    """Run the callback ``callback_id`` with these arguments on the user's thread (False:
-    it is gone here)."""
-    with _lock:
-        found = _registry.get(callback_id)
-    if found is None:
-        return False
-    found._run(args, kwargs)
-    return True
-
-
 class _RemoteCallback:
     """A callback as remote code sees it: calling it hands the arguments to the client."""
 
@@ -141,19 +89,22 @@ class _RemoteCallback:
         self._name = name
 
     def __call__(self, *args: Any, **kwargs: Any) -> None:
-        if self._via == "ray":
-            from sperse._backends.ray import call_back as by_ray
-
-            by_ray(self._address, self._session_id, self._callback_id, args, kwargs, self._name)
+        send = SENDERS.get(self._via)
+        if send is not None:
+            send(self._address, self._session_id, self._callback_id, args, kwargs, self._name)
             return
         cluster = worker_cluster(self._address)
         if cluster is None:
             raise SerializationError(
                 f"callback {self._name} can be called only from remote code on a sperse server"
             )
-        call_back = getattr(cluster.backend, "call_back", None)
-        assert call_back is not None
-        call_back(self._session_id, self._callback_id, args, kwargs, what=self._name)
+        if not isinstance(cluster.backend, CallsBack):
+            raise SerializationError(
+                f"callback {self._name}: this worker's backend cannot call back"
+            )
+        cluster.backend.call_back(
+            self._session_id, self._callback_id, args, kwargs, what=self._name
+        )
 
     def __reduce__(self) -> tuple[Any, ...]:
         return (

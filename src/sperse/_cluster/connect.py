@@ -1,0 +1,176 @@
+"""``connect``: the one place that picks and builds concrete backends (the composition root),
+and ``current``, the cluster in use here."""
+
+from __future__ import annotations
+
+import atexit
+import os
+import threading
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Literal
+
+from sperse._backends.multi import ClusterBackend, is_coordinator
+from sperse._backends.remote import EmbeddedServer, SperseBackend
+from sperse._cluster.cluster import Cluster, default, in_use, replace_default
+from sperse._core import (
+    Backend,
+    pip_requirements,
+)
+from sperse._core.nested import WORKER_CA_ENV, WORKER_SERVER_ENV, WORKER_TOKEN_ENV, nested_backend
+from sperse.errors import AuthenticationError
+
+__all__ = ["connect", "current", "worker_cluster"]
+
+
+def connect(
+    url: str | Sequence[str] | None = None,
+    token: str | None = None,
+    *,
+    backend: Backend | Literal["ray"] | None = None,
+    workers: int | None = None,
+    tags: Sequence[str] = (),
+    token_file: str | os.PathLike[str] | None = None,
+    tls_ca: str | os.PathLike[str] | None = None,
+    env: Mapping[str, object] | None = None,
+) -> Cluster:
+    """Connect to a cluster and make it the default for ``@sperse.remote`` and workspaces.
+
+    ``env={"pip": ["pkg==1.2", ...]}``: what remote work needs installed; each server
+    installs it once, cached by content, and runs the work in workers that have it (a task's
+    own ``env`` replaces it). A server that cannot install it fails the work with
+    ``EnvUnavailable``, quoting pip. On sperse servers only.
+
+    - ``connect()`` starts an embedded ``sperse server`` as a child process on
+      a random loopback port, with ``workers`` worker processes (one per core
+      by default) and ``tags``; it stops when this process exits.
+    - ``connect("sperse://host:port", token=...)`` joins a running server, or the
+      servers a coordinator lists there (``sperse coordinator``, ``sperse up``),
+      following them as they join and leave. ``connect([url, url, ...])`` uses a
+      fixed list of servers. The token may also come from ``token_file`` or the
+      ``SPERSE_TOKEN`` or ``SPERSE_TOKEN_FILE`` environment variables; servers of
+      one cluster share it. ``tls_ca`` (a PEM file) turns on TLS and names the
+      certificate authority to trust.
+    - ``connect(backend=...)`` uses a backend object (``sperse.LocalBackend``).
+    - ``connect(backend="ray")`` runs remote work as Ray tasks (docs/ray.md): on the Ray this
+      machine runs, or on a local Ray started here (``workers`` CPUs, ``tags`` as custom
+      resources). With ``url``, on the Ray at that address, as ``ray.init`` takes it:
+      ``HOST:PORT`` of a head, ``"auto"``, ``ray://HOST:PORT`` (Ray Client). A ``ray://``
+      url alone, ``connect("ray://HOST:PORT")``, means the same.
+
+    A previous default cluster is closed.
+    """
+    pip_requirements(env)  # a wrong env is an error before anything starts
+    ray_url = isinstance(url, str) and url.startswith("ray://")
+    if backend == "ray" or (backend is None and ray_url):
+        if url is not None and not isinstance(url, str):
+            raise ValueError("the Ray backend takes one address, not a list")
+        backend = _ray_backend(url, workers, tags)
+    elif backend is None:
+        backend = _backend_for(url, token, workers, tags, token_file, tls_ca)
+    elif isinstance(backend, str):
+        raise ValueError(f"unknown backend {backend!r}: pass a Backend object, or 'ray'")
+    cluster = Cluster(backend, env=env)
+    old = replace_default(cluster)
+    if old is not None:
+        old.close()
+    return cluster
+
+
+def _backend_for(
+    url: str | Sequence[str] | None,
+    token: str | None,
+    workers: int | None,
+    tags: Sequence[str],
+    token_file: str | os.PathLike[str] | None,
+    tls_ca: str | os.PathLike[str] | None,
+) -> Backend:
+    if url is None:
+        server = EmbeddedServer(workers=workers, tags=tags)
+        try:
+            return SperseBackend(server.address, token=server.token, process=server)
+        except BaseException:
+            server.stop()
+            raise
+    secret = token or _token_from(token_file)
+    ca = Path(tls_ca).read_bytes() if tls_ca is not None else None
+    if not isinstance(url, str):
+        urls = list(url)
+        if not urls:
+            raise ValueError("connect([]): give at least one server url")
+        return ClusterBackend(urls, token=secret, tls_ca=ca)
+    if is_coordinator(url, tls_ca=ca):
+        return ClusterBackend(coordinator=url, token=secret, tls_ca=ca)
+    return SperseBackend(url, token=secret, tls_ca=ca, tls=ca is not None)
+
+
+def _ray_backend(url: str | None, workers: int | None, tags: Sequence[str]) -> Backend:
+    from sperse._backends.ray import RayBackend
+
+    return RayBackend(url, num_cpus=workers, resources=dict.fromkeys(tags, 1.0))
+
+
+def _token_from(token_file: str | os.PathLike[str] | None) -> str:
+    path = token_file or os.environ.get("SPERSE_TOKEN_FILE")
+    if path:
+        return Path(path).read_text().strip()
+    env = os.environ.get("SPERSE_TOKEN")
+    if env:
+        return env
+    raise AuthenticationError(
+        "no token to connect with: pass connect(url, token=...), token_file=..., or set "
+        "SPERSE_TOKEN (the server printed its token when it started, or read it from its "
+        "--token-file)"
+    )
+
+
+def current() -> Cluster:
+    """The cluster in use here: the innermost ``with cluster:``, else the default one; in
+    remote code (a worker of a server), the server it runs on (nested work)."""
+    return in_use() or _nested_cluster() or default() or worker_cluster() or connect()
+
+
+def _nested_cluster() -> Cluster | None:
+    """While a task of an in-process backend (Ray) runs here: the cluster its nested work
+    goes to (``sperse._core.nested``), made once per backend factory."""
+    factory = nested_backend()
+    if factory is None:
+        return None
+    with _worker_lock:
+        cluster = _nested_clusters.get(factory)
+        if cluster is None or cluster.closed:
+            cluster = _nested_clusters[factory] = Cluster(factory())
+    return cluster
+
+
+_worker_clusters: dict[str, Cluster] = {}
+_nested_clusters: dict[object, Cluster] = {}
+_worker_lock = threading.Lock()
+
+
+def worker_cluster(address: str = "") -> Cluster | None:
+    """In a worker of a ``sperse server``: this process's connection to the server at
+    ``address`` (default: its own), made once. None anywhere else."""
+    own = os.environ.get(WORKER_SERVER_ENV)
+    token = os.environ.get(WORKER_TOKEN_ENV)
+    if not own or not token:
+        return None
+    target = address or own
+    with _worker_lock:
+        cluster = _worker_clusters.get(target)
+        if cluster is None or cluster.closed:
+            name = f"worker {os.getpid()} of {own}"
+            ca_file = os.environ.get(WORKER_CA_ENV)
+            ca = Path(ca_file).read_bytes() if ca_file else None
+            backend = SperseBackend(target, token=token, client_name=name, tls_ca=ca)
+            cluster = Cluster(backend)
+            _worker_clusters[target] = cluster
+    return cluster
+
+
+@atexit.register
+def _close_default() -> None:
+    cluster = default()
+    if cluster is not None:
+        cluster.drain()
+        cluster.close()

@@ -1,0 +1,114 @@
+"""What happens to a task, as a backend reports it: ``Started``, ``Output``, then exactly one
+of ``Done`` or ``Failed``, whose ``ErrorInfo`` is an error as data."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from sperse.errors import (
+    EnvUnavailable,
+    NoMatchingServer,
+    ObjectLost,
+    RemoteError,
+    SerializationError,
+    ServerLost,
+    SperseError,
+    TaskCancelled,
+    WorkerDied,
+)
+
+__all__ = [
+    "BackendEvent",
+    "Done",
+    "ErrorInfo",
+    "ErrorKind",
+    "EventSink",
+    "Failed",
+    "Output",
+    "Started",
+]
+
+
+ErrorKind = Literal[
+    "raised",
+    "worker_died",
+    "cancelled",
+    "serialization",
+    "missing_module",
+    "server_lost",
+    "no_server",
+    "object_lost",
+    "environment",
+    "internal",
+]
+
+
+@dataclass(frozen=True, slots=True)
+class ErrorInfo:
+    """An error as data: it crosses processes and networks without pickling exceptions."""
+
+    kind: ErrorKind
+    type_name: str
+    message: str
+    traceback: str = ""
+
+    def to_exception(self, label: str = "", where: str = "") -> SperseError:
+        """The local exception a user sees for this error."""
+        # The label once: a message made where the task was known may carry it already.
+        context = f"{label}: " if label and not self.message.startswith(f"{label}: ") else ""
+        if self.kind == "raised":
+            return RemoteError.of(
+                f"{context}{self.type_name}: {self.message}",
+                type_name=self.type_name,
+                remote_traceback=self.traceback,
+                where=where,
+            )
+        if self.kind == "worker_died":
+            return WorkerDied(f"{context}{self.message}")
+        if self.kind == "cancelled":
+            return TaskCancelled(f"{context}{self.message}")
+        if self.kind in ("serialization", "missing_module"):
+            return SerializationError(f"{context}{self.message}")
+        if self.kind == "server_lost":
+            return ServerLost(f"{context}{self.message}")
+        if self.kind == "no_server":
+            return NoMatchingServer(f"{context}{self.message}")
+        if self.kind == "object_lost":
+            return ObjectLost(f"{context}{self.message}")
+        if self.kind == "environment":
+            return EnvUnavailable(f"{context}{self.message}")
+        return SperseError(f"{context}{self.type_name}: {self.message}")
+
+
+@dataclass(frozen=True, slots=True)
+class Started:
+    task_id: str
+    where: str
+
+
+@dataclass(frozen=True, slots=True)
+class Output:
+    task_id: str
+    where: str
+    stream: Literal["stdout", "stderr"]
+    text: str
+
+
+@dataclass(frozen=True, slots=True)
+class Done:
+    task_id: str
+    where: str
+    value: Any
+
+
+@dataclass(frozen=True, slots=True)
+class Failed:
+    task_id: str
+    where: str
+    error: ErrorInfo
+
+
+BackendEvent = Started | Output | Done | Failed
+EventSink = Callable[[BackendEvent], None]

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from sperse._backends.multi import _count
-from sperse._backends.runner import short_repr
+from sperse._exec.runner import short_repr
 from sperse.errors import did_you_mean
 
 

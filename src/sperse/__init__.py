@@ -4,7 +4,7 @@ The public API. Everything else lives in private modules (``sperse._*``)
 whose names may change; ``sperse.errors`` is public too.
 
 Names are imported on first use (PEP 562), so a worker process that only needs
-``sperse._backends.runner`` does not pay for the workspace, the graph or the
+``sperse._exec.runner`` does not pay for the workspace, the graph or the
 client: it starts in tens of milliseconds.
 """
 

@@ -167,10 +167,10 @@ def _fail(message: str) -> int:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    from sperse._backends.remote import parse_url
     from sperse._cluster.connect import _token_from
     from sperse._coordinator.client import members
     from sperse._up import ClusterRecord, recorded_cluster
+    from sperse._wire.urls import parse_url
 
     url = args.url or os.environ.get("SPERSE_COORDINATOR")
     token_file = args.token_file

@@ -21,7 +21,6 @@ import pytest
 
 import sperse
 import sperse._cluster.mapreduce as mr
-from sperse._backends.runner import _function, encode_error
 from sperse._cluster.pending import Pending
 from sperse._core import (
     CallTask,
@@ -34,6 +33,7 @@ from sperse._core import (
     TaskSpec,
 )
 from sperse._core.routing import Busy, Router
+from sperse._exec.runner import _function, encode_error
 from sperse._serialize import RemoteRef, RemoteValue
 
 WAIT = 30.0  # a deadline, never a delay

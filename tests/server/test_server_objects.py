@@ -20,8 +20,8 @@ from typing import Any
 
 from server_helpers import DEADLINE, RawSession, ServerThread, pid_alive, run
 
-from sperse._backends.runner import work_to_wire
 from sperse._core import ObjectCall, ObjectClose, ObjectCreate, PickledFunction, Work
+from sperse._exec.runner import work_to_wire
 from sperse._serialize import dumps
 from sperse._wire import pb
 

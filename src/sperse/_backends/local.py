@@ -13,7 +13,6 @@ import threading
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
-from sperse._backends.runner import dumps_work
 from sperse._core import (
     Done,
     ErrorInfo,
@@ -25,6 +24,7 @@ from sperse._core import (
     Started,
     TaskSpec,
 )
+from sperse._exec.runner import dumps_work
 from sperse._pool import PoolEvent, TaskDone, TaskFailed, TaskOutput, TaskStarted, WorkerPool
 from sperse._serialize import loads
 from sperse._server.config import DEFAULT_MAX_VALUE_SIZE
@@ -33,7 +33,7 @@ from sperse.errors import EnvUnavailable, SerializationError, SperseError
 
 __all__ = ["LocalBackend"]
 
-RUNNER = "sperse._backends.runner:run"
+RUNNER = "sperse._exec.runner:run"
 
 
 @dataclass(slots=True)

@@ -68,16 +68,6 @@ from typing import Any, Final, Literal
 
 from sperse._backends.ray_import import import_ray
 from sperse._backends.ray_state import node_state as node_state
-from sperse._backends.runner import (
-    cannot_send_back,
-    dumps_work_oob,
-    encode_error,
-    execute,
-    object_work_from_wire,
-    short_repr,
-    type_name,
-    work_from_wire,
-)
 from sperse._core import (
     CallTask,
     Done,
@@ -98,6 +88,16 @@ from sperse._core import (
 from sperse._core.callbacks import SENDERS, deliver, sending_to
 from sperse._core.nested import running_nested, stop_nested
 from sperse._core.routing import eligible, no_match_message
+from sperse._exec.runner import (
+    cannot_send_back,
+    dumps_work_oob,
+    encode_error,
+    execute,
+    object_work_from_wire,
+    short_repr,
+    type_name,
+    work_from_wire,
+)
 from sperse._lang.placement import And, Placement, Resources, Tag, TagExpr
 from sperse._serialize import (
     RemoteRef,

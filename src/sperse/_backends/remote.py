@@ -52,7 +52,6 @@ from typing import Any, TypeVar
 import grpc
 import grpc.aio
 
-from sperse._backends.runner import dumps_work_oob
 from sperse._core import (
     Done,
     ErrorInfo,
@@ -71,6 +70,7 @@ from sperse._core import (
     Work,
 )
 from sperse._core.callbacks import callback_destination, callback_destination_reset, deliver
+from sperse._exec.runner import dumps_work_oob
 from sperse._serialize import RemoteRef, RemoteValue, dumps_oob, loads_oob
 from sperse._serialize import shm as _shm
 from sperse._tokens import new_token
@@ -86,6 +86,7 @@ from sperse._wire import (
     pb,
 )
 from sperse._wire.sperse_pb2_grpc import SperseStub
+from sperse._wire.urls import parse_url
 from sperse.errors import (
     AuthenticationError,
     ClientGone,
@@ -102,26 +103,6 @@ log = logging.getLogger("sperse.client")
 T = TypeVar("T")
 
 DEFAULT_INLINE_LIMIT = 1 << 20
-
-
-ACCEPTED_URLS = (
-    "sperse://HOST:PORT or HOST:PORT (a server or a coordinator), a list of those, "
-    "or ray://HOST:PORT"
-)
-
-
-def parse_url(url: str) -> str:
-    """``sperse://host:port`` (or ``host:port``) → ``host:port``."""
-    scheme, sep, _ = url.partition("://")
-    if sep and scheme != "sperse":
-        raise ValueError(
-            f"{url!r} is not a Sperse address: {scheme}:// is not spoken here; give {ACCEPTED_URLS}"
-        )
-    address = url.removeprefix("sperse://").rstrip("/")
-    host, sep, port = address.rpartition(":")
-    if not sep or not host or not port.isdigit() or "/" in address:
-        raise ValueError(f"not a server address: {url!r}; give {ACCEPTED_URLS}")
-    return address
 
 
 async def _refused_at_once(address: str, timeout: float) -> None:

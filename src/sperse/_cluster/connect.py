@@ -10,6 +10,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Literal
 
+from sperse._backends.local import LocalBackend
 from sperse._backends.multi import ClusterBackend, is_coordinator
 from sperse._backends.remote import EmbeddedServer, SperseBackend
 from sperse._cluster.cluster import Cluster, default, in_use, replace_default
@@ -27,7 +28,7 @@ def connect(
     url: str | Sequence[str] | None = None,
     token: str | None = None,
     *,
-    backend: Backend | Literal["ray"] | None = None,
+    backend: Backend | Literal["ray", "local"] | None = None,
     workers: int | None = None,
     tags: Sequence[str] = (),
     token_file: str | os.PathLike[str] | None = None,
@@ -51,7 +52,9 @@ def connect(
       ``SPERSE_TOKEN`` or ``SPERSE_TOKEN_FILE`` environment variables; servers of
       one cluster share it. ``tls_ca`` (a PEM file) turns on TLS and names the
       certificate authority to trust.
-    - ``connect(backend=...)`` uses a backend object (``sperse.LocalBackend``).
+    - ``connect(backend=...)`` uses a backend object (``sperse.LocalBackend``);
+      ``connect(backend="local")`` the in-process pool of ``workers`` processes (no server:
+      for unit tests and debugging).
     - ``connect(backend="ray")`` runs remote work as Ray tasks (docs/ray.md): on the Ray this
       machine runs, or on a local Ray started here (``workers`` CPUs, ``tags`` as custom
       resources). With ``url``, on the Ray at that address, as ``ray.init`` takes it:
@@ -68,8 +71,10 @@ def connect(
         backend = _ray_backend(url, workers, tags)
     elif backend is None:
         backend = _backend_for(url, token, workers, tags, token_file, tls_ca)
+    elif backend == "local":
+        backend = LocalBackend(workers)
     elif isinstance(backend, str):
-        raise ValueError(f"unknown backend {backend!r}: pass a Backend object, or 'ray'")
+        raise ValueError(f"unknown backend {backend!r}: pass a Backend object, 'ray' or 'local'")
     cluster = Cluster(backend, env=env)
     old = replace_default(cluster)
     if old is not None:

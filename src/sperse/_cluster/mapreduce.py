@@ -43,13 +43,13 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any, Final, TypeVar, overload
 
-from sperse._backends.runner import encode_error
 from sperse._cluster.cluster import Cluster
 from sperse._cluster.connect import current
 from sperse._cluster.pending import Pending, submit_call
 from sperse._cluster.remote import RemoteFunction
 from sperse._core import BalancesLoad, ErrorInfo, PickledFunction, ServerInfo
 from sperse._core.routing import Busy, Router, check_placement, eligible, input_locations
+from sperse._exec.runner import encode_error
 from sperse._lang.placement import Placement, placement_from_options
 from sperse._serialize import RemoteValue, dumps
 from sperse.errors import SperseError

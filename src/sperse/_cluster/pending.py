@@ -18,7 +18,6 @@ import time
 from collections.abc import Callable, Generator, Iterable, Iterator, Mapping
 from typing import TYPE_CHECKING, Any, Generic, Literal, ParamSpec, TypeVar
 
-from sperse._backends.runner import short_repr
 from sperse._core import (
     BackendEvent,
     CallTask,
@@ -31,6 +30,7 @@ from sperse._core import (
     TaskSpec,
     Work,
 )
+from sperse._exec.runner import short_repr
 from sperse._lang.placement import Placement
 from sperse._serialize import RemoteValue
 from sperse.errors import (

@@ -23,9 +23,9 @@ from typing import Any
 
 import grpc
 
-from sperse._backends.remote import parse_url
 from sperse._wire import pb
 from sperse._wire.sperse_pb2_grpc import CoordinatorStub
+from sperse._wire.urls import parse_url
 from sperse.errors import AuthenticationError, ServerUnavailable, SperseError
 
 __all__ = ["MemberInfo", "MembershipWatch", "members"]

@@ -34,8 +34,8 @@ from collections.abc import Awaitable
 from types import TracebackType
 from typing import Any
 
-from sperse._backends.runner import execute
 from sperse._core import CallTask, ObjectCall, ObjectCreate
+from sperse._exec.runner import execute
 from sperse._pool.worker import TaskInterrupted, keep_until_answered
 from sperse._server.envelope import Envelope, ResultFailure, pack_failure, unpack_envelope
 from sperse._server.runner import LoadFailed, load_work, pack_result, raised

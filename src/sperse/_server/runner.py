@@ -30,7 +30,8 @@ from __future__ import annotations
 import pickle
 from typing import Any
 
-from sperse._backends.runner import (
+from sperse._core import CallTask, StatementTask, Work
+from sperse._exec.runner import (
     cannot_send_back,
     encode_error,
     execute,
@@ -39,7 +40,6 @@ from sperse._backends.runner import (
     type_name,
     work_from_wire,
 )
-from sperse._core import CallTask, StatementTask, Work
 from sperse._pool.worker import TaskInterrupted, keep_until_answered
 from sperse._serialize import describe, dumps_oob, loads_oob
 from sperse._serialize import shm as _shm

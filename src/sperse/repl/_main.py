@@ -42,9 +42,7 @@ class ClusterOptions:
         if self.ray is not None:
             return connect(self.ray, backend="ray", workers=self.workers)
         if self.local:
-            from sperse._backends.local import LocalBackend
-
-            return connect(backend=LocalBackend(self.workers))
+            return connect(backend="local", workers=self.workers)
         if self.url is not None:
             urls = [u for u in self.url.split(",") if u]
             target = urls if len(urls) > 1 else self.url

@@ -13,7 +13,7 @@ from collections.abc import Callable, Iterator
 import pytest
 
 from sperse._server.store import StateStore
-from sperse._state import HELLO, MAGIC, REPLY, REQUEST, VALUE, ErrorCode, Kind, Op, Status
+from sperse._state.wire import HELLO, MAGIC, REPLY, REQUEST, VALUE, ErrorCode, Kind, Op, Status
 
 WAIT = 30.0  # a deadline, never a delay
 

@@ -1,8 +1,9 @@
 """``StateStore``: the per-server key-value store behind ``sperse.state()``.
 
 The store listens on an abstract Unix socket and serves it on a thread of its own; its
-owner's workers connect to it (:mod:`sperse._state` is their side, and documents the wire
-format). The owner starts it before its worker pool, so the workers inherit its address
+owner's workers connect to it (:mod:`sperse._state.client` is their side, and
+:mod:`sperse._state.wire` the wire format); what it keeps and how it answers is the pure
+table of :mod:`sperse._state.table`. The owner starts it before its worker pool, so the workers inherit its address
 and key through the environment (see "Finding the store").
 
 Why a thread and not the owner's event loop: a request is a few microseconds of work, and
@@ -60,18 +61,17 @@ from collections.abc import Callable, Collection, Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from sperse._state import (
+from sperse._state.table import BadRequest, Holder, Reply, Request, Table, Value, error, reply
+from sperse._state.wire import (
     ADDRESS_ENV,
     DOUBLE,
     HELLO,
     KEY_ENV,
     MAGIC,
-    REPLY,
     REQUEST,
     VALUE,
     ErrorCode,
     Kind,
-    Op,
     Status,
     int_bytes,
 )
@@ -86,14 +86,9 @@ _log = logging.getLogger("sperse.server")
 _KEY_SIZE_MAX = 256  # bytes of the hello's key
 _HELLO_TIMEOUT = 10.0  # seconds a peer has to say hello
 _LINEAGE_DEPTH = 16  # parents looked at to find a worker among a peer's ancestors
-_LENGTH = struct.Struct("!I")
 _CREDENTIALS = struct.Struct("3i")  # struct ucred: pid, uid, gid
 _READ_SIZE = 1 << 16  # into a buffer made once: recv(n) would allocate n bytes each time
-_WRITE_APART = 1 << 16  # a reply at least this big is sent without joining it
 _STOP_TIMEOUT = 10.0
-
-Value = int | float | bytes  # bytes: a pickle the store does not open
-Reply = bytes | tuple[bytes, bytes]
 
 
 @dataclass(frozen=True, slots=True)
@@ -107,38 +102,6 @@ class StateStats:
     connections: int
     locks: int
     waiting: int
-
-
-def _size(value: Value) -> int:
-    return len(value) if isinstance(value, bytes) else 8
-
-
-def _reply(status: int, kind: int, data: bytes = b"") -> bytes:
-    return REPLY.pack(status, kind, len(data)) + data
-
-
-_OK_MISSING = _reply(Status.OK, Kind.MISSING)
-_TRUE = _reply(Status.OK, Kind.INT, b"\x01")
-_FALSE = _reply(Status.OK, Kind.INT, b"\x00")
-
-
-def _value_reply(value: Value | None) -> Reply:
-    if value is None:
-        return _OK_MISSING
-    if isinstance(value, bytes):
-        header = REPLY.pack(Status.OK, Kind.PICKLE, len(value))
-        return (header, value) if len(value) >= _WRITE_APART else header + value
-    if isinstance(value, int):
-        return _reply(Status.OK, Kind.INT, int_bytes(value))
-    return _reply(Status.OK, Kind.FLOAT, DOUBLE.pack(value))
-
-
-def _error(code: ErrorCode, message: str) -> bytes:
-    return _reply(Status.ERROR, code, message.encode("utf-8", "replace"))
-
-
-def _show(key: bytes) -> str:
-    return repr(key.decode("utf-8", "replace"))
 
 
 def _lineage(pid: int) -> Iterator[int]:
@@ -156,42 +119,22 @@ def _lineage(pid: int) -> Iterator[int]:
             return
 
 
-class _Request:
-    __slots__ = ("key", "op", "peer", "values")
-
-    def __init__(self, peer: _Peer, op: int, key: bytes, values: list[Value]) -> None:
-        self.peer = peer
-        self.op = op
-        self.key = key
-        self.values = values
-
-
-class _Lock:
-    __slots__ = ("owner", "waiters")
-
-    def __init__(self, owner: _Peer) -> None:
-        self.owner = owner
-        self.waiters: collections.deque[_Request] = collections.deque()
-
-
-class _Peer:
-    """One connection (one thread of a worker)."""
+class _Peer(Holder):
+    """One connection (one thread of a worker): a holder of key locks in the table."""
 
     __slots__ = (
         "authenticated",
         "buffer",
         "checking",
-        "closed",
         "fd",
-        "held",
         "hello_deadline",
-        "parked",
         "pid",
         "sock",
         "unsent",
     )
 
     def __init__(self, sock: socket.socket, pid: int, hello_deadline: float) -> None:
+        super().__init__()
         self.sock = sock
         self.fd = sock.fileno()
         self.pid = pid
@@ -200,9 +143,6 @@ class _Peer:
         self.unsent = bytearray()
         self.authenticated = False
         self.checking = False  # its hello waits for the owner to say whether it is a worker
-        self.parked = False  # a request of this connection waits for a key lock
-        self.closed = False  # nothing more is read or answered (what was sent still goes)
-        self.held: set[bytes] = set()
 
     @property
     def waiting(self) -> bool:
@@ -230,11 +170,7 @@ class StateStore:
         self._frame_max = 2 * (max_value_size + VALUE.size) + 0xFFFF
         self._members = members
         self._members_loop = loop
-        self._values: dict[bytes, Value] = {}
-        self._locks: dict[bytes, _Lock] = {}
         self._peers: dict[int, _Peer] = {}  # by file descriptor
-        self._bytes = 0
-        self._ops = 0
         self._listener: socket.socket | None = None
         self._epoll: select.epoll | None = None
         self._wake_r = self._wake_w = -1
@@ -244,22 +180,7 @@ class StateStore:
         self._running = False
         self._scratch = memoryview(bytearray(_READ_SIZE))
         self._greeting: set[_Peer] = set()  # connected, not welcomed yet
-        self._handlers: dict[int, Callable[[_Request], Reply | None]] = {
-            Op.GET: self._get,
-            Op.SET: self._set,
-            Op.DELETE: self._delete,
-            Op.INCR: self._incr,
-            Op.SETDEFAULT: self._setdefault,
-            Op.CAS: self._cas,
-            Op.KEYS: self._keys,
-            Op.ITEMS: self._items,
-            Op.LOCK_GET: self._lock_get,
-            Op.ONCE_GET: self._once_get,
-            Op.SET_UNLOCK: self._set_unlock,
-            Op.UNLOCK: self._unlock,
-        }
-        # Ops that write their key: they wait while another connection holds its lock.
-        self._writes = frozenset({Op.SET, Op.DELETE, Op.INCR, Op.SETDEFAULT, Op.CAS})
+        self._table: Table[_Peer] = Table(max_value_size, self._send, self._resumable.append)
 
     # ---- life cycle (from the owner's thread) -------------------------------------------
 
@@ -304,16 +225,16 @@ class StateStore:
     def stats(self) -> StateStats:
         """A snapshot (from any thread)."""
         return StateStats(
-            ops=self._ops,
-            keys=len(self._values),
-            bytes=self._bytes,
+            ops=self._table.ops,
+            keys=self._table.keys,
+            bytes=self._table.bytes,
             connections=len(self._peers),
-            locks=len(self._locks),
-            waiting=sum(len(lock.waiters) for lock in list(self._locks.values())),
+            locks=self._table.locks,
+            waiting=self._table.waiting,
         )
 
     def __repr__(self) -> str:
-        return f"<StateStore {self.address} keys={len(self._values)}>"
+        return f"<StateStore {self.address} keys={self._table.keys}>"
 
     def _post(self, fn: Callable[[], None]) -> None:
         """Run ``fn`` on the store's thread (from any thread)."""
@@ -461,7 +382,7 @@ class StateStore:
         self._greeting.discard(peer)
         if not peer.closed:
             peer.closed = True
-            self._drop(peer)
+            self._table.drop(peer)
         if (now or not peer.unsent) and self._peers.pop(peer.fd, None) is not None:
             with contextlib.suppress(OSError):
                 self._epoll.unregister(peer.fd)
@@ -530,7 +451,7 @@ class StateStore:
                     self._protocol_error(peer, f"a value of kind {kind}")
                     return
             start = end
-            self._request(_Request(peer, op, key, values))
+            self._request(Request(peer, op, key, values))
         if start:
             del buffer[:start]
 
@@ -572,221 +493,23 @@ class StateStore:
     def _welcome(self, peer: _Peer) -> None:
         peer.authenticated = True
         self._greeting.discard(peer)
-        self._send(peer, _reply(Status.OK, Kind.INT, int_bytes(self._max_value)))
+        self._send(peer, reply(Status.OK, Kind.INT, int_bytes(self._max_value)))
 
     def _refuse(self, peer: _Peer, why: str) -> None:
         _log.debug("event=state_refused pid=%d why=%r", peer.pid, why)
-        self._send(peer, _error(ErrorCode.REFUSED, why))
+        self._send(peer, error(ErrorCode.REFUSED, why))
         self._close(peer)
 
     def _protocol_error(self, peer: _Peer, what: str) -> None:
         _log.warning("event=state_protocol_error pid=%d what=%r", peer.pid, what)
-        self._send(peer, _error(ErrorCode.PROTOCOL, f"malformed request: {what}"))
+        self._send(peer, error(ErrorCode.PROTOCOL, f"malformed request: {what}"))
         self._close(peer)
 
-    def _drop(self, peer: _Peer) -> None:
-        """``peer`` is done: release its locks (its waiting request is skipped)."""
-        for key in list(peer.held):
-            self._release(key)
-
-    def _request(self, request: _Request) -> None:
-        op = request.op
-        peer = request.peer
-        if op in self._writes:
-            lock = self._locks.get(request.key)
-            if lock is not None and lock.owner is not peer:
-                self._park(lock, request)
-                return
-        handler = self._handlers.get(op)
-        if handler is None:
-            self._protocol_error(peer, f"unknown op {op}")
-            return
-        if len(request.values) != _ARITY.get(op, 0):
-            self._protocol_error(peer, f"op {op} with {len(request.values)} values")
-            return
-        reply = handler(request)
-        if reply is not None:
-            self._ops += 1
-            self._send(peer, reply)
-
-    def _park(self, lock: _Lock, request: _Request) -> None:
-        request.peer.parked = True
-        lock.waiters.append(request)
-
-    def _release(self, key: bytes) -> None:
-        """Release the lock of ``key``; its waiters go on in order, until one locks it."""
-        lock = self._locks.pop(key)
-        lock.owner.held.discard(key)
-        waiters = lock.waiters
-        while waiters:
-            request = waiters.popleft()
-            peer = request.peer
-            if peer.closed:
-                continue
-            peer.parked = False
-            self._request(request)
-            if not peer.parked:
-                self._resumable.append(peer)  # the requests behind it, if any
-            relocked = self._locks.get(key)
-            if relocked is not None:
-                relocked.waiters.extend(waiters)  # the rest wait for the new holder
-                break
-
-    # ---- operations (each returns its reply, or None when the request waits) ------------
-
-    def _put(self, key: bytes, value: Value) -> None:
-        old = self._values.get(key)
-        self._bytes += _size(value) - (0 if old is None else _size(old))
-        self._values[key] = value
-
-    def _too_large(self, request: _Request) -> bytes | None:
-        for value in request.values:
-            if type(value) is bytes and len(value) > self._max_value:
-                return _error(
-                    ErrorCode.TOO_LARGE,
-                    f"the value of state key {_show(request.key)} is {len(value)} bytes, more "
-                    f"than this server's max value size ({self._max_value} bytes)",
-                )
-        return None
-
-    def _get(self, request: _Request) -> bytes | tuple[bytes, bytes]:
-        return _value_reply(self._values.get(request.key))
-
-    def _set(self, request: _Request) -> bytes:
-        refused = self._too_large(request)
-        if refused is not None:
-            return refused
-        self._put(request.key, request.values[0])
-        return _OK_MISSING
-
-    def _delete(self, request: _Request) -> bytes:
-        old = self._values.pop(request.key, None)
-        if old is None:
-            return _FALSE
-        self._bytes -= _size(old)
-        return _TRUE
-
-    def _incr(self, request: _Request) -> bytes | tuple[bytes, bytes]:
-        key = request.key
-        old = self._values.get(key, 0)
-        n = request.values[0]
-        if type(old) is bytes or type(n) is bytes:
-            return _error(
-                ErrorCode.TYPE,
-                f"state key {_show(key)} holds a value that is not a number: incr() adds to "
-                "an int or a float only",
-            )
-        new = old + n  # type: ignore[operator]
-        self._put(key, new)
-        return _value_reply(new)
-
-    def _setdefault(self, request: _Request) -> bytes | tuple[bytes, bytes]:
-        held = self._values.get(request.key)
-        if held is None:
-            refused = self._too_large(request)
-            if refused is not None:
-                return refused
-            held = request.values[0]
-            self._put(request.key, held)
-        return _value_reply(held)
-
-    def _cas(self, request: _Request) -> bytes:
-        refused = self._too_large(request)
-        if refused is not None:
-            return refused
-        expected, new = request.values
-        held = self._values.get(request.key)
-        if held is None:
-            equal = False
-        elif type(held) is bytes or type(expected) is bytes:
-            equal = type(held) is type(expected) and held == expected
-        else:
-            equal = held == expected
-        if not equal:
-            return _FALSE
-        self._put(request.key, new)
-        return _TRUE
-
-    def _keys(self, request: _Request) -> bytes:
-        parts = []
-        for key in self._values:
-            parts.append(_LENGTH.pack(len(key)))
-            parts.append(key)
-        return _reply(Status.OK, Kind.LIST, b"".join(parts))
-
-    def _items(self, request: _Request) -> bytes:
-        parts = []
-        for key, value in self._values.items():
-            parts.append(_LENGTH.pack(len(key)))
-            parts.append(key)
-            if type(value) is bytes:
-                kind, data = Kind.PICKLE, value
-            elif type(value) is int:
-                kind, data = Kind.INT, int_bytes(value)
-            else:
-                kind, data = Kind.FLOAT, DOUBLE.pack(value)
-            parts.append(VALUE.pack(kind, len(data)))
-            parts.append(data)
-        return _reply(Status.OK, Kind.LIST, b"".join(parts))
-
-    def _take_lock(self, request: _Request) -> bytes | None:
-        """Lock the key for the request's connection: None when done, else the reply (an
-        error); the request waits (``parked``) when another connection holds it."""
-        key, peer = request.key, request.peer
-        lock = self._locks.get(key)
-        if lock is None:
-            self._locks[key] = _Lock(peer)
-            peer.held.add(key)
-            return None
-        if lock.owner is peer:
-            return _error(
-                ErrorCode.LOCK,
-                f"state key {_show(key)} is already locked by this thread: update() or once() "
-                "of a key cannot be called inside update() or once() of the same key",
-            )
-        self._park(lock, request)
-        return None
-
-    def _lock_get(self, request: _Request) -> bytes | tuple[bytes, bytes] | None:
-        refused = self._take_lock(request)
-        if refused is not None or request.peer.parked:
-            return refused
-        return _value_reply(self._values.get(request.key))
-
-    def _once_get(self, request: _Request) -> bytes | tuple[bytes, bytes] | None:
-        held = self._values.get(request.key)
-        if held is not None:
-            return _value_reply(held)
-        refused = self._take_lock(request)
-        if refused is not None or request.peer.parked:
-            return refused
-        return _OK_MISSING  # the asker makes the value, holding the lock
-
-    def _held(self, request: _Request) -> bytes | None:
-        lock = self._locks.get(request.key)
-        if lock is None or lock.owner is not request.peer:
-            return _error(
-                ErrorCode.LOCK, f"state key {_show(request.key)} is not locked by this thread"
-            )
-        return None
-
-    def _set_unlock(self, request: _Request) -> bytes:
-        refused = self._held(request) or self._too_large(request)
-        if refused is not None:
-            return refused
-        self._put(request.key, request.values[0])
-        self._release(request.key)
-        return _OK_MISSING
-
-    def _unlock(self, request: _Request) -> bytes:
-        refused = self._held(request)
-        if refused is not None:
-            return refused
-        self._release(request.key)
-        return _OK_MISSING
-
-
-_ARITY: dict[int, int] = {Op.SET: 1, Op.INCR: 1, Op.SETDEFAULT: 1, Op.CAS: 2, Op.SET_UNLOCK: 1}
+    def _request(self, request: Request[_Peer]) -> None:
+        try:
+            self._table.request(request)
+        except BadRequest as exc:
+            self._protocol_error(request.holder, str(exc))
 
 
 # ---- the environment workers inherit ---------------------------------------------------

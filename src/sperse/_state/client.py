@@ -21,125 +21,44 @@ Invariants:
 - ``worker_cache`` runs a factory once per process and key, even when threads ask at the
   same time; a process forked from this one starts with an empty cache and no connection.
 
-Wire format
------------
-A stream socket (an abstract Unix socket). The worker speaks first, and waits for the
-reply to each request before it sends the next; a request that needs a key lock is
-answered once it has the lock::
-
-    hello    "!4sH"   b"SPS1", key length; then the key (ASCII): the first frame
-             -> OK INT max_value_size, or ERROR REFUSED message (and the store closes)
-    request  "!QBH"   length of what follows the header, op, key length; then the key
-                      (UTF-8), then the op's values: each "!BQ" kind, length, then its bytes
-    reply    "!BBQ"   status (OK | ERROR), kind (when OK) or error code, length; then bytes
-
-Kinds: ``MISSING`` (no bytes), ``INT`` (two's complement, big-endian, as few bytes as it
-takes), ``FLOAT`` (``"!d"``), ``PICKLE``, ``LIST`` (each key as ``"!I"`` length + UTF-8 for
-KEYS; for ITEMS each key is followed by its value, ``"!BQ"`` + bytes). ERROR: a UTF-8
-message. Ops, with the values they carry, and their reply::
-
-    GET                  -> the value, or MISSING
-    SET v                -> MISSING
-    DELETE               -> INT 1 if the key was there, else 0
-    INCR n               -> the new number; ERROR TYPE if the key holds a pickle
-    SETDEFAULT v         -> the value the key holds now
-    CAS expected new     -> INT 1 if the key held ``expected`` and now holds ``new``, else 0
-    KEYS, ITEMS          -> LIST (the key is empty)
-    LOCK_GET             -> the value (or MISSING), once this connection holds the key lock
-    ONCE_GET             -> the value if the key has one; else, once this connection holds
-                            the lock and the key is still missing, MISSING (lock kept)
-    SET_UNLOCK v         -> MISSING: set the key, release its lock
-    UNLOCK               -> MISSING
-
-A ``SET``, ``DELETE``, ``INCR``, ``SETDEFAULT`` or ``CAS`` of a key another connection has
-locked waits for the lock to be released: an ``update`` is atomic against them too.
+The wire format is :mod:`sperse._state.wire`; the store's semantics, one table for every
+backend, :mod:`sperse._state.table`.
 """
 
 from __future__ import annotations
 
 import contextlib
-import enum
 import os
 import socket
-import struct
 import threading
 import weakref
 from collections.abc import Callable, Hashable
-from typing import Any, Final, TypeVar
+from typing import Any, TypeVar
 
+from sperse._state.wire import (
+    ADDRESS_ENV,
+    DOUBLE,
+    HELLO,
+    KEY_ENV,
+    KEY_MAX,
+    LENGTH,
+    MAGIC,
+    REPLY,
+    REQUEST,
+    VALUE,
+    ErrorCode,
+    Kind,
+    Op,
+    Status,
+    int_bytes,
+)
 from sperse.errors import SperseError
 
-__all__ = [
-    "ADDRESS_ENV",
-    "DOUBLE",
-    "HELLO",
-    "KEY_ENV",
-    "MAGIC",
-    "REPLY",
-    "REQUEST",
-    "VALUE",
-    "ErrorCode",
-    "Kind",
-    "Op",
-    "State",
-    "Status",
-    "int_bytes",
-    "snapshot",
-    "state",
-    "worker_cache",
-]
+__all__ = ["PROVIDERS", "State", "snapshot", "state", "worker_cache"]
 
 T = TypeVar("T")
 
-ADDRESS_ENV: Final = "SPERSE_STATE_ADDRESS"  # the stores a worker may use, comma-separated
-KEY_ENV: Final = "SPERSE_STATE_KEY"  # their keys, in the same order
-
-MAGIC: Final = b"SPS1"
-HELLO: Final = struct.Struct("!4sH")
-REQUEST: Final = struct.Struct("!QBH")
-VALUE: Final = struct.Struct("!BQ")
-REPLY: Final = struct.Struct("!BBQ")
-DOUBLE: Final = struct.Struct("!d")
-_LENGTH = struct.Struct("!I")
-_KEY_MAX = 0xFFFF
 _READ_SIZE = 1 << 16
-
-
-class Op(enum.IntEnum):
-    GET = 1
-    SET = 2
-    DELETE = 3
-    INCR = 4
-    SETDEFAULT = 5
-    CAS = 6
-    KEYS = 7
-    ITEMS = 8
-    LOCK_GET = 9
-    ONCE_GET = 10
-    SET_UNLOCK = 11
-    UNLOCK = 12
-
-
-class Kind(enum.IntEnum):
-    MISSING = 0
-    INT = 1
-    FLOAT = 2
-    PICKLE = 3
-    LIST = 4
-
-
-class Status(enum.IntEnum):
-    OK = 0
-    ERROR = 1
-
-
-class ErrorCode(enum.IntEnum):
-    TYPE = 1  # INCR of a key that holds a pickle
-    TOO_LARGE = 2  # a value over the server's max value size
-    LOCK = 3  # a lock taken twice by one connection, or released without being held
-    REFUSED = 4  # the hello: wrong key, or a process that is not a worker of the server
-    PROTOCOL = 5  # a malformed request (the store closes the connection)
-
 
 # Sent again, once, on a new connection when an old one turned out to be broken: they mean
 # the same the second time (a lock taken on the broken connection went with it).
@@ -153,11 +72,6 @@ _OUTSIDE = (
     "in a @sperse.remote function; to look at a server's store from here, run a small task "
     "on that server that returns what you need (cluster.state(server) does)."
 )
-
-
-def int_bytes(n: int) -> bytes:
-    """``n`` as two's complement, big-endian, in as few bytes as it takes."""
-    return n.to_bytes((n.bit_length() + 8) // 8, "big", signed=True)
 
 
 def _recv_reply(sock: socket.socket) -> tuple[int, int, bytes]:
@@ -312,8 +226,8 @@ def _key(key: str) -> bytes:
     if type(key) is not str:
         raise TypeError(f"a state key is a str, not {type(key).__name__}: {key!r}")
     data = key.encode("utf-8", "surrogatepass")
-    if len(data) > _KEY_MAX:
-        raise ValueError(f"a state key is at most {_KEY_MAX} bytes (UTF-8), not {len(data)}")
+    if len(data) > KEY_MAX:
+        raise ValueError(f"a state key is at most {KEY_MAX} bytes (UTF-8), not {len(data)}")
     return data
 
 
@@ -482,8 +396,8 @@ class State:
         view = memoryview(data)
         at = 0
         while at < len(view):
-            (length,) = _LENGTH.unpack_from(view, at)
-            at += _LENGTH.size
+            (length,) = LENGTH.unpack_from(view, at)
+            at += LENGTH.size
             keys.append(bytes(view[at : at + length]).decode("utf-8", "surrogatepass"))
             at += length
         return keys
@@ -495,8 +409,8 @@ class State:
         view = memoryview(data)
         at = 0
         while at < len(view):
-            (length,) = _LENGTH.unpack_from(view, at)
-            at += _LENGTH.size
+            (length,) = LENGTH.unpack_from(view, at)
+            at += LENGTH.size
             key = bytes(view[at : at + length]).decode("utf-8", "surrogatepass")
             at += length
             kind, size = VALUE.unpack_from(view, at)

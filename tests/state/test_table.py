@@ -157,8 +157,17 @@ def test_counts_follow_what_is_held() -> None:
 
 
 _ops = st.sampled_from(
-    [(Op.GET, ()), (Op.INCR, (1,)), (Op.SET, (5,)), (Op.LOCK_GET, ()), (Op.ONCE_GET, ())]
-    + [(Op.UNLOCK, ()), (Op.SET_UNLOCK, (3,)), (Op.DELETE, ()), ("drop", ())]
+    [
+        (Op.GET, ()),
+        (Op.INCR, (1,)),
+        (Op.SET, (5,)),
+        (Op.LOCK_GET, ()),
+        (Op.ONCE_GET, ()),
+        (Op.UNLOCK, ()),
+        (Op.SET_UNLOCK, (3,)),
+        (Op.DELETE, ()),
+        ("drop", ()),
+    ]
 )
 
 

@@ -36,10 +36,35 @@ RAY_NAME = "local"
 # Conformance tests that cannot apply to the Ray backend, with the reason. Consulted when the
 # suite is collected (`pytest_collection_modifyitems`): each is reported as skipped with it.
 NOT_ON_RAY: dict[str, str] = {}
+# The same for the in-memory backend: its tasks are threads of this process.
+_IN_PROCESS = "its tasks run in this process: one that kills its process would kill the tests"
+_THREAD = "its tasks are threads, which cannot be stopped mid-call (a cancel replaces the thread)"
+NOT_ON_MEMORY: dict[str, str] = {
+    "test_retry_after_the_worker_dies": _IN_PROCESS,
+    "test_worker_death_without_retries_is_worker_died": _IN_PROCESS,
+    "test_worker_killed_is_object_lost_and_restart_rebuilds": _IN_PROCESS,
+    "test_a_worker_killed_inside_update_leaves_the_key_unlocked": _IN_PROCESS,
+    "test_failing_units_fail_alone": _IN_PROCESS,
+    "test_a_task_cancelled_inside_update_leaves_the_key_unlocked": _THREAD,
+    "test_once_runs_the_factory_once_for_16_concurrent_tasks": "one process: no worker pids",
+    "test_releasing_the_last_proxy_frees_the_object": "one process: an object has no worker",
+    "test_threads_of_one_task_share_the_store_safely": (
+        "sperse.state() is known to the task's own thread, not to threads it starts"
+    ),
+}
+NOT_ON = {"ray": NOT_ON_RAY, "memory": NOT_ON_MEMORY}
 
 
 def _local(request: pytest.FixtureRequest) -> sperse.Cluster:
     return sperse.Cluster(sperse.LocalBackend(2))
+
+
+def _memory(request: pytest.FixtureRequest) -> sperse.Cluster:
+    """Everything in this process (``MemoryBackend``), two threads for tasks, like the
+    other backends' two workers."""
+    from sperse._backends.memory import MemoryBackend
+
+    return sperse.Cluster(MemoryBackend(2))
 
 
 def _server(request: pytest.FixtureRequest) -> sperse.Cluster:
@@ -83,6 +108,7 @@ def _ray(request: pytest.FixtureRequest) -> sperse.Cluster:
 BACKENDS: dict[str, Callable[[pytest.FixtureRequest], sperse.Cluster]] = {
     "local": _local,
     "many": _many,
+    "memory": _memory,
     "ray": _ray,
     "server": _server,
 }
@@ -132,8 +158,9 @@ def cluster(request: pytest.FixtureRequest) -> Iterator[sperse.Cluster]:
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     for item in items:
         callspec = getattr(item, "callspec", None)
-        if callspec is None or callspec.params.get("cluster") != "ray":
+        backend = callspec.params.get("cluster") if callspec is not None else None
+        if backend not in NOT_ON:
             continue
-        reason = NOT_ON_RAY.get(getattr(item, "originalname", item.name))
+        reason = NOT_ON[backend].get(getattr(item, "originalname", item.name))
         if reason is not None:
-            item.add_marker(pytest.mark.skip(reason=f"not on Ray: {reason}"))
+            item.add_marker(pytest.mark.skip(reason=f"not on {backend}: {reason}"))

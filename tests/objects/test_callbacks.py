@@ -9,6 +9,7 @@ from collections.abc import Callable, Iterator
 import pytest
 
 import sperse
+from sperse._backends.memory import MemoryBackend
 from sperse._backends.multi import ClusterBackend
 from sperse._backends.ray import RayBackend
 from sperse._backends.remote import SperseBackend
@@ -28,7 +29,7 @@ def call_later(progress: Callable[[str], None]) -> None:
 
 @pytest.fixture(scope="module")
 def servers(cluster: sperse.Cluster) -> Iterator[sperse.Cluster]:
-    if not isinstance(cluster.backend, SperseBackend | ClusterBackend | RayBackend):
+    if not isinstance(cluster.backend, SperseBackend | ClusterBackend | RayBackend | MemoryBackend):
         pytest.skip(f"callbacks need sperse servers or Ray, not {type(cluster.backend).__name__}")
     yield cluster
 
@@ -51,6 +52,8 @@ def test_a_callback_of_a_client_that_left_is_client_gone(servers: sperse.Cluster
         other = sperse.Cluster(RayBackend())
     elif isinstance(backend, SperseBackend):
         other = sperse.Cluster(SperseBackend(backend.address, token=backend._token))
+    elif isinstance(backend, MemoryBackend):
+        other = sperse.Cluster(MemoryBackend())
     else:
         assert isinstance(backend, ClusterBackend)
         urls = [s.address for s in backend.servers()]

@@ -17,6 +17,7 @@ from collections.abc import Callable, Iterator
 import pytest
 
 import sperse
+from sperse._backends.memory import MemoryBackend
 from sperse._backends.multi import ClusterBackend
 from sperse._backends.ray import RayBackend
 from sperse._backends.remote import SperseBackend
@@ -94,7 +95,7 @@ def wait_until(predicate: Callable[[], bool], what: str) -> None:
 
 @pytest.fixture(scope="module")
 def servers(cluster: sperse.Cluster) -> Iterator[sperse.Cluster]:
-    if not isinstance(cluster.backend, SperseBackend | ClusterBackend | RayBackend):
+    if not isinstance(cluster.backend, SperseBackend | ClusterBackend | RayBackend | MemoryBackend):
         pytest.skip(f"no remote objects on {type(cluster.backend).__name__}")
     yield cluster
 
@@ -109,6 +110,8 @@ def second_client(cluster: sperse.Cluster) -> sperse.Cluster:
         return sperse.Cluster(RayBackend())
     if isinstance(backend, SperseBackend):
         return sperse.Cluster(SperseBackend(backend.address, token=backend._token))
+    if isinstance(backend, MemoryBackend):
+        return sperse.Cluster(backend.client())
     assert isinstance(backend, ClusterBackend)
     urls = [s.address for s in backend.servers()]
     return sperse.Cluster(ClusterBackend(urls, token=backend._token))

@@ -17,5 +17,5 @@ def test_local_names_the_in_process_pool() -> None:
 
 
 def test_an_unknown_name_says_which_are_known() -> None:
-    with pytest.raises(ValueError, match=r"unknown backend 'lokal'.*'ray' or 'local'"):
+    with pytest.raises(ValueError, match=r"unknown backend 'lokal'.*'ray', 'local' or 'memory'"):
         sperse.connect(backend="lokal")  # type: ignore[arg-type]

@@ -81,7 +81,7 @@ class LocalBackend:
             raise
 
     def submit(self, specs: Sequence[TaskSpec]) -> None:
-        _no_environments(specs, "LocalBackend")
+        no_environments(specs, "LocalBackend")
         pool = self._require_pool()
         prepared = [
             _Task(spec, dumps_work(spec.work, spec.label or "the task"), spec.retries)
@@ -192,7 +192,7 @@ def _state_stats(store: StateStore | None) -> dict[str, int]:
     return {"state_keys": s.keys, "state_bytes": s.bytes, "state_ops": s.ops}
 
 
-def _no_environments(specs: Sequence[TaskSpec], backend: str) -> None:
+def no_environments(specs: Sequence[TaskSpec], backend: str) -> None:
     """``env=`` needs sperse servers: say so before anything is sent."""
     for spec in specs:
         if spec.pip:

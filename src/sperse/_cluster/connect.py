@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Literal
 
 from sperse._backends.local import LocalBackend
+from sperse._backends.memory import MemoryBackend
 from sperse._backends.multi import ClusterBackend, is_coordinator
 from sperse._backends.remote import EmbeddedServer, SperseBackend
 from sperse._cluster.cluster import Cluster, default, in_use, replace_default
@@ -28,7 +29,7 @@ def connect(
     url: str | Sequence[str] | None = None,
     token: str | None = None,
     *,
-    backend: Backend | Literal["ray", "local"] | None = None,
+    backend: Backend | Literal["ray", "local", "memory"] | None = None,
     workers: int | None = None,
     tags: Sequence[str] = (),
     token_file: str | os.PathLike[str] | None = None,
@@ -54,7 +55,9 @@ def connect(
       certificate authority to trust.
     - ``connect(backend=...)`` uses a backend object (``sperse.LocalBackend``);
       ``connect(backend="local")`` the in-process pool of ``workers`` processes (no server:
-      for unit tests and debugging).
+      for unit tests and debugging); ``connect(backend="memory")`` runs everything in this
+      process, in ``workers`` threads (default 1: the same order on every run), objects,
+      callbacks and ``sperse.state()`` included (``MemoryBackend``).
     - ``connect(backend="ray")`` runs remote work as Ray tasks (docs/ray.md): on the Ray this
       machine runs, or on a local Ray started here (``workers`` CPUs, ``tags`` as custom
       resources). With ``url``, on the Ray at that address, as ``ray.init`` takes it:
@@ -73,8 +76,12 @@ def connect(
         backend = _backend_for(url, token, workers, tags, token_file, tls_ca)
     elif backend == "local":
         backend = LocalBackend(workers)
+    elif backend == "memory":
+        backend = MemoryBackend(workers or 1)
     elif isinstance(backend, str):
-        raise ValueError(f"unknown backend {backend!r}: pass a Backend object, 'ray' or 'local'")
+        raise ValueError(
+            f"unknown backend {backend!r}: pass a Backend object, 'ray', 'local' or 'memory'"
+        )
     cluster = Cluster(backend, env=env)
     old = replace_default(cluster)
     if old is not None:

@@ -160,10 +160,18 @@ class ObjectHost:
             if self._loop is None:
                 loop = asyncio.new_event_loop()
                 threading.Thread(
-                    target=loop.run_forever, name="sperse-object-loop", daemon=True
+                    target=_run_until_stopped, args=(loop,), name="sperse-object-loop", daemon=True
                 ).start()
                 self._loop = loop
             return self._loop
+
+
+def _run_until_stopped(loop: asyncio.AbstractEventLoop) -> None:
+    """The loop's thread: it runs until ``close`` stops it, then closes it."""
+    try:
+        loop.run_forever()
+    finally:
+        loop.close()
 
 
 async def _wrap(awaitable: Awaitable[Any]) -> Any:

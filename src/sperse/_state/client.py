@@ -33,7 +33,7 @@ import socket
 import threading
 import weakref
 from collections.abc import Callable, Hashable
-from typing import Any, TypeVar
+from typing import Any, Protocol, TypeVar
 
 from sperse._state.wire import (
     ADDRESS_ENV,
@@ -54,7 +54,7 @@ from sperse._state.wire import (
 )
 from sperse.errors import SperseError
 
-__all__ = ["PROVIDERS", "State", "snapshot", "state", "worker_cache"]
+__all__ = ["PROVIDERS", "Connection", "Link", "State", "snapshot", "state", "worker_cache"]
 
 T = TypeVar("T")
 
@@ -183,14 +183,46 @@ def _connect() -> _Connection:
 _local = threading.local()
 
 
-def _connection() -> tuple[_Connection, bool]:
-    """This thread's connection, and whether it was made just now."""
-    conn: _Connection | None = getattr(_local, "conn", None)
-    if conn is not None and not conn.closed:
-        return conn, False
-    conn = _connect()
-    _local.conn = conn
-    return conn, True
+class Connection(Protocol):
+    """One thread's way to the store: a request, its reply's (kind, bytes)."""
+
+    max_value: int
+    closed: bool
+
+    def call(
+        self, op: int, key: bytes, values: tuple[tuple[int, bytes], ...] = ()
+    ) -> tuple[int, bytes]: ...
+
+    def close(self) -> None: ...
+
+
+class Link(Protocol):
+    """How a ``State`` reaches its store: this thread's connection, made on demand."""
+
+    def connection(self) -> tuple[Connection, bool]:
+        """This thread's connection, and whether it was made just now."""
+        ...
+
+    def drop(self) -> None:
+        """Close this thread's connection: the store releases every lock it held."""
+        ...
+
+
+class _SocketLink:
+    """The server's store, over the abstract Unix socket its workers inherit."""
+
+    def connection(self) -> tuple[Connection, bool]:
+        conn: _Connection | None = getattr(_local, "conn", None)
+        if conn is not None and not conn.closed:
+            return conn, False
+        conn = _connect()
+        _local.conn = conn
+        return conn, True
+
+    def drop(self) -> None:
+        conn: _Connection | None = getattr(_local, "conn", None)
+        if conn is not None:
+            conn.close()
 
 
 def _lost(exc: BaseException) -> SperseError:
@@ -201,24 +233,26 @@ def _lost(exc: BaseException) -> SperseError:
 
 
 def _exchange(
-    op: Op, key: bytes, values: tuple[tuple[int, bytes], ...] = ()
-) -> tuple[_Connection, int, bytes]:
+    link: Link, op: Op, key: bytes, values: tuple[tuple[int, bytes], ...] = ()
+) -> tuple[Connection, int, bytes]:
     """One request on this thread's connection: the connection, and the reply."""
-    conn, fresh = _connection()
+    conn, fresh = link.connection()
     try:
         return conn, *conn.call(op, key, values)
     except OSError as exc:
         if fresh or op not in _RETRIED:
             raise _lost(exc) from exc
-    conn, _ = _connection()
+    conn, _ = link.connection()
     try:
         return conn, *conn.call(op, key, values)
     except OSError as exc:
         raise _lost(exc) from exc
 
 
-def _call(op: Op, key: bytes, values: tuple[tuple[int, bytes], ...] = ()) -> tuple[int, bytes]:
-    _, kind, data = _exchange(op, key, values)
+def _call(
+    link: Link, op: Op, key: bytes, values: tuple[tuple[int, bytes], ...] = ()
+) -> tuple[int, bytes]:
+    _, kind, data = _exchange(link, op, key, values)
     return kind, data
 
 
@@ -279,20 +313,24 @@ class State:
     as long as the server; values are not persisted.
     """
 
-    __slots__ = ()
+    __slots__ = ("_link",)
+
+    def __init__(self, link: Link | None = None) -> None:
+        """``link``: how to reach the store (default: the server's, over its socket)."""
+        self._link: Link = link if link is not None else _SOCKETS
 
     def get(self, key: str, default: Any = None) -> Any:
         """The value of ``key``, or ``default`` when it has none."""
-        kind, data = _call(Op.GET, _key(key))
+        kind, data = _call(self._link, Op.GET, _key(key))
         return default if kind == Kind.MISSING else _decode(kind, data, key)
 
     def set(self, key: str, value: Any) -> None:
-        conn, _ = _connection()
-        _call(Op.SET, _key(key), (_encode(value, key, conn.max_value),))
+        conn, _ = self._link.connection()
+        _call(self._link, Op.SET, _key(key), (_encode(value, key, conn.max_value),))
 
     def delete(self, key: str) -> bool:
         """Remove ``key``; whether it was there."""
-        _, data = _call(Op.DELETE, _key(key))
+        _, data = _call(self._link, Op.DELETE, _key(key))
         return data == b"\x01"
 
     def incr(self, key: str, n: int | float = 1) -> int | float:
@@ -302,7 +340,7 @@ class State:
         """
         encoded, number = _key(key), _number(n)
         try:
-            kind, data = _call(Op.INCR, encoded, (number,))
+            kind, data = _call(self._link, Op.INCR, encoded, (number,))
         except TypeError as exc:
             held = type(self.get(key)).__name__
             raise TypeError(
@@ -314,8 +352,10 @@ class State:
 
     def setdefault(self, key: str, value: Any) -> Any:
         """Set ``key`` to ``value`` unless it has a value; the value it holds now."""
-        conn, _ = _connection()
-        kind, data = _call(Op.SETDEFAULT, _key(key), (_encode(value, key, conn.max_value),))
+        conn, _ = self._link.connection()
+        kind, data = _call(
+            self._link, Op.SETDEFAULT, _key(key), (_encode(value, key, conn.max_value),)
+        )
         return _decode(kind, data, key)
 
     def cas(self, key: str, expected: Any, new: Any) -> bool:
@@ -326,9 +366,9 @@ class State:
         and tuples of them, but not always for dicts or sets built in different orders.
         A missing key matches nothing (create a key with ``setdefault``).
         """
-        conn, _ = _connection()
+        conn, _ = self._link.connection()
         values = (_encode(expected, key, conn.max_value), _encode(new, key, conn.max_value))
-        _, data = _call(Op.CAS, _key(key), values)
+        _, data = _call(self._link, Op.CAS, _key(key), values)
         return data == b"\x01"
 
     def update(self, key: str, fn: Callable[[Any], Any], default: Any = None) -> Any:
@@ -340,9 +380,9 @@ class State:
         propagates; if this process dies meanwhile, the lock is released.
         """
         encoded = _key(key)
-        conn: _Connection | None = None
+        conn: Connection | None = None
         try:
-            conn, kind, data = _exchange(Op.LOCK_GET, encoded)  # the lock is conn's
+            conn, kind, data = _exchange(self._link, Op.LOCK_GET, encoded)  # the lock is conn's
             old = default if kind == Kind.MISSING else _decode(kind, data, key)
             new = fn(old)
             value = _encode(new, key, conn.max_value)
@@ -351,7 +391,7 @@ class State:
                 _unlock(conn, encoded)
             raise
         except BaseException:  # a cancel, at any moment: the lock goes with the connection
-            _drop_connection()
+            self._link.drop()
             raise
         try:
             conn.call(Op.SET_UNLOCK, encoded, (value,))
@@ -368,9 +408,9 @@ class State:
         :func:`worker_cache`).
         """
         encoded = _key(key)
-        conn: _Connection | None = None
+        conn: Connection | None = None
         try:
-            conn, kind, data = _exchange(Op.ONCE_GET, encoded)
+            conn, kind, data = _exchange(self._link, Op.ONCE_GET, encoded)
             if kind != Kind.MISSING:  # made already: no lock was taken
                 found: T = _decode(kind, data, key)
                 return found
@@ -381,7 +421,7 @@ class State:
                 _unlock(conn, encoded)
             raise
         except BaseException:  # a cancel, at any moment: the lock goes with the connection
-            _drop_connection()
+            self._link.drop()
             raise
         try:
             conn.call(Op.SET_UNLOCK, encoded, (payload,))
@@ -391,7 +431,7 @@ class State:
 
     def keys(self) -> list[str]:
         """The keys, as they are now."""
-        _, data = _call(Op.KEYS, b"")
+        _, data = _call(self._link, Op.KEYS, b"")
         keys: list[str] = []
         view = memoryview(data)
         at = 0
@@ -404,7 +444,7 @@ class State:
 
     def items(self) -> list[tuple[str, Any]]:
         """The keys and their values, as they are now."""
-        _, data = _call(Op.ITEMS, b"")
+        _, data = _call(self._link, Op.ITEMS, b"")
         items: list[tuple[str, Any]] = []
         view = memoryview(data)
         at = 0
@@ -423,20 +463,14 @@ class State:
         return "<sperse.state(): the store of this server>"
 
 
-def _unlock(conn: _Connection, key: bytes) -> None:
+def _unlock(conn: Connection, key: bytes) -> None:
     if conn.closed:
         return  # the store released the lock with the connection
     with contextlib.suppress(OSError):  # closed: released with it
         conn.call(Op.UNLOCK, key)
 
 
-def _drop_connection() -> None:
-    """Close this thread's connection: the store releases every lock it held."""
-    conn: _Connection | None = getattr(_local, "conn", None)
-    if conn is not None:
-        conn.close()
-
-
+_SOCKETS = _SocketLink()
 _STATE = State()
 
 # Stores of backends whose workers run remote code in-process, each asked in turn before the
@@ -456,7 +490,7 @@ def state() -> State:
         if found is not None:
             return found
     try:
-        _connection()
+        _SOCKETS.connection()
     except OSError as exc:
         raise _lost(exc) from exc
     return _STATE

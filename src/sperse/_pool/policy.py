@@ -245,7 +245,7 @@ class PoolPolicy:
                 self._break(TaskFailed("", "runner_error", failure, traceback), out)
             case Malformed(worker):
                 w = self._workers.get(worker)
-                if w is not None:
+                if w is not None and not w.killed:
                     out.append(
                         Log(
                             logging.ERROR,

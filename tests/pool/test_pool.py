@@ -581,6 +581,24 @@ def test_a_concurrent_worker_runs_its_tasks_at_once(make_pool: MakePool) -> None
     pool.close()
 
 
+def test_a_huge_concurrency_costs_nothing_more(make_pool: MakePool) -> None:
+    # A client may ask for max_concurrency 2**32-1: tasks submitted before the worker is
+    # ready and after must all be assigned and run (assigning once walked every slot).
+    pool, events = make_pool(1, concurrency=2**32 - 1)
+    early = [f"early{i}" for i in range(5)]
+    for task_id in early:
+        pool.submit(task_id, f"echo:{task_id}".encode())
+    events.wait_terminal(*early)
+    late = [f"late{i}" for i in range(20)]
+    for task_id in late:
+        pool.submit(task_id, f"echo:{task_id}".encode())
+    ended = events.wait_terminal(*late)
+    assert ended == {t: TaskDone(t, t.encode()) for t in late}
+    assert [e.task_id for e in events.items if isinstance(e, TaskStarted)] == early + late
+    events.assert_well_formed()
+    pool.close()
+
+
 def test_cancel_in_a_concurrent_worker_ends_the_task_at_once(
     make_pool: MakePool, tmp_path: Path
 ) -> None:

@@ -4,6 +4,14 @@ The pool knows nothing of cells, pickles of user code or networks: a *runner*, n
 ``"package.module:function"`` and loaded in every worker (see :mod:`sperse._pool.worker`),
 does the work. The owner (the server) submits ``(task_id, payload)`` and receives events.
 
+Structure
+---------
+:mod:`sperse._pool.policy` decides (a pure state machine: which worker gets which task,
+cancels, deadlines, restarts); :class:`WorkerPool` here is its shell: it feeds the policy what
+happens and carries out the actions it returns, with :mod:`sperse._pool.procs` (processes and
+pipes) and :mod:`sperse._pool.outbox` (delivery); :mod:`sperse._pool.events` holds the
+vocabulary of all of them.
+
 Invariants
 ----------
 - Every submitted task id gets exactly one terminal event, :class:`TaskDone` or
@@ -83,26 +91,50 @@ from __future__ import annotations
 
 import asyncio
 import atexit
-import collections
 import contextlib
-import ctypes
 import logging
 import math
-import multiprocessing
-import os
-import signal
 import threading
 import time
 import weakref
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
-from multiprocessing.connection import Connection, wait
-from multiprocessing.context import SpawnProcess
 from types import TracebackType
-from typing import Any, Literal
 
-from sperse._pool import worker as _worker_module
-from sperse._pool.worker import HEADER, Msg, decode_text
+from sperse._pool import procs
+from sperse._pool.events import (
+    Action,
+    Cancel,
+    Close,
+    Event,
+    Exited,
+    Hangup,
+    Interrupt,
+    Kill,
+    Log,
+    Open,
+    PoolEvent,
+    PoolStats,
+    Send,
+    SendCancel,
+    SetTimer,
+    Spawned,
+    SpawnFailed,
+    StartWorker,
+    Stopped,
+    Submit,
+    TaskDone,
+    TaskFailed,
+    TaskOutput,
+    TaskStarted,
+    Tick,
+    WorkerExited,
+    WorkerId,
+    WriteFailed,
+)
+from sperse._pool.outbox import Outbox
+from sperse._pool.policy import PIPELINE, PIPELINE_TASK_MAX, PolicyConfig, PoolPolicy
+from sperse._pool.procs import ESCALATION_WAIT, WorkerProcess
+from sperse._pool.worker import HEADER, Msg
 
 __all__ = [
     "PIPELINE",
@@ -117,129 +149,6 @@ __all__ = [
 ]
 
 _log = logging.getLogger(__name__)
-
-_CTX = multiprocessing.get_context("spawn")
-_ESCALATION_WAIT = 1.0  # after SIGTERM, then after SIGKILL, while stopping a worker
-_MAX_START_FAILURES = 3  # consecutive workers lost before READY: the pool is broken
-_READ_SIZE = 1 << 16  # os.read allocates this much for every read
-_LARGE_READ = 1 << 20
-_STREAMS: dict[int, Literal["stdout", "stderr"]] = {1: "stdout", 2: "stderr"}
-
-PIPELINE = 4  # tasks a worker may hold at once while tasks are short
-PIPELINE_TASK_MAX = 0.002  # seconds: "short"
-_PIPELINE_SAMPLES = 8  # tasks measured before pipelining starts
-_EMA = 0.2
-
-
-@dataclass(frozen=True, slots=True)
-class TaskStarted:
-    """The task reached a worker; ``worker`` is the worker's pid."""
-
-    task_id: str
-    worker: int
-
-
-@dataclass(frozen=True, slots=True)
-class TaskOutput:
-    """Text the task wrote to ``sys.stdout`` or ``sys.stderr`` (a line or more)."""
-
-    task_id: str
-    stream: Literal["stdout", "stderr"]
-    text: str
-
-
-@dataclass(frozen=True, slots=True)
-class TaskDone:
-    """The runner returned ``result`` (which encodes any error of user code)."""
-
-    task_id: str
-    result: bytes
-
-
-@dataclass(frozen=True, slots=True)
-class TaskFailed:
-    """The task ended without a result.
-
-    ``worker_died``: the worker process died (killed, crashed), or workers could not start.
-    ``cancelled``: :meth:`WorkerPool.cancel` or :meth:`WorkerPool.close`.
-    ``runner_error``: the runner raised or could not be loaded; ``traceback`` is the worker's.
-    """
-
-    task_id: str
-    reason: Literal["worker_died", "cancelled", "runner_error"]
-    message: str
-    traceback: str = ""
-
-
-PoolEvent = TaskStarted | TaskOutput | TaskDone | TaskFailed
-
-
-@dataclass(frozen=True, slots=True)
-class _WorkerExit:
-    """For ``on_worker_exit``: delivered in order with the events."""
-
-    pid: int
-    how: str
-
-
-@dataclass(frozen=True, slots=True)
-class PoolStats:
-    """A snapshot. ``workers`` are the pids of the pool's live (or starting) workers."""
-
-    workers: tuple[int, ...]
-    busy: int
-    queued: int
-    tasks_done: int
-    tasks_failed: int
-    workers_replaced: int
-
-
-@dataclass(slots=True, eq=False)
-class _Task:
-    task_id: str
-    payload: bytes  # kept until answered: a task sent ahead may be sent again
-    seq: int = 0
-    announced: bool = False  # TaskStarted was emitted
-    ended: bool = False  # its terminal event was emitted; a late answer is dropped
-    cancel_requested: bool = False
-    kill_deadline: float | None = None
-
-
-@dataclass(slots=True, eq=False)
-class _Worker:
-    process: SpawnProcess
-    conn: Connection | None
-    fd: int
-    sentinel: int
-    cancel_seq: ctypes.c_int64
-    pid: int
-    start_deadline: float
-    ready: bool = False
-    killed: bool = False  # by the pool; it is gone as soon as its sentinel fires
-    inflight: collections.deque[_Task] = field(default_factory=collections.deque)
-    head_since: float = 0.0  # when the first of `inflight` became first
-    received: bytearray = field(default_factory=bytearray)
-    unsent: collections.deque[memoryview] = field(default_factory=collections.deque)
-    writing: bool = False  # a writer callback is registered for `fd`
-    reading: bool = False  # a reader callback is registered for `fd`
-    watched: bool = False  # its sentinel is registered with the loop
-    torn: bool = False  # a frame to it was left half-written when the pool closed
-
-
-@dataclass(slots=True)
-class _Counters:
-    tasks_done: int = 0
-    tasks_failed: int = 0
-    workers_replaced: int = 0
-    start_failures: int = 0  # consecutive
-
-
-def _interrupt(w: _Worker, seq: int) -> None:
-    """Ask ``w`` to interrupt task ``seq`` (see "Cancel protocol" above)."""
-    w.cancel_seq.value = seq
-    with contextlib.suppress(ProcessLookupError):  # it died; its sentinel will say so
-        os.kill(w.pid, signal.SIGUSR1)
-
 
 _live_pools: weakref.WeakSet[WorkerPool] = weakref.WeakSet()
 
@@ -263,6 +172,11 @@ class WorkerPool:
     ``concurrency``: tasks each worker runs at once (see "Concurrent workers").
     ``on_worker_exit``: called with the pid of a worker that exited and how (``"killed by
     SIGKILL"``, ``"exit code 1"``), see the invariants above.
+
+    The decisions are the :class:`~sperse._pool.policy.PoolPolicy`'s; this class feeds it
+    what happens (under ``_lock``) and carries out the actions it returns. Frames to write
+    wait in ``_frames`` and timers in ``_wake_at`` until the loop's ``_pump`` takes them:
+    only the loop writes to a pipe or arms a timer.
     """
 
     def __init__(
@@ -289,28 +203,27 @@ class WorkerPool:
         self._size = size
         self._runner = runner
         self._env = dict(env or {})  # set in each worker's os.environ before its runner loads
-        self._on_event = on_event
-        self._on_delivered = on_events_delivered
         self._name = name
         self._cancel_grace = cancel_grace
-        self._start_timeout = start_timeout
-        self._pipeline = max(1, pipeline)
         self._concurrency = max(1, concurrency)
-        self._on_worker_exit = on_worker_exit
+        self._policy = PoolPolicy(
+            PolicyConfig(
+                name=name,
+                runner=runner,
+                size=size,
+                concurrency=concurrency,
+                pipeline=pipeline,
+                cancel_grace=cancel_grace,
+                start_timeout=start_timeout,
+            )
+        )
 
         self._lock = threading.Lock()
-        self._queue: collections.deque[_Task] = collections.deque()
-        self._tasks: dict[str, _Task] = {}  # every task without a terminal event yet
-        self._workers: list[_Worker] = []
-        self._outbox: collections.deque[PoolEvent | _WorkerExit] = collections.deque()
-        self._cancels: list[tuple[_Worker, int]] = []  # CANCEL frames to send
-        self._counters = _Counters()
-        self._next_seq = 1
-        self._broken: TaskFailed | None = None  # template failure once workers cannot start
-        self._closing = False
+        self._procs: dict[WorkerId, WorkerProcess] = {}  # the live (or starting) workers
+        self._outbox = Outbox(name, self._lock, on_event, on_events_delivered, on_worker_exit)
+        self._frames: dict[WorkerId, list[bytes]] = {}  # to write, on the loop
+        self._wake_at = math.inf  # the policy's next deadline, for the loop to arm
         self._close_timeout = 5.0
-        self._average: float | None = None  # seconds per task, a moving average
-        self._samples = 0
 
         self._own_loop = loop is None
         self._loop = asyncio.new_event_loop() if loop is None else loop
@@ -324,14 +237,10 @@ class WorkerPool:
         self._reader: threading.Thread | None = None
 
         try:
-            for _ in range(size):
-                self._workers.append(self._start_worker())
+            with self._lock:
+                self._perform(self._policy.handle(Open(), time.monotonic()), strict=True)
         except BaseException:
-            for started in self._workers:
-                started.process.kill()
-                started.process.join()
-                if started.conn is not None:
-                    started.conn.close()
+            procs.discard(list(self._procs.values()))
             if self._own_loop:
                 self._loop.close()
             raise
@@ -355,68 +264,26 @@ class WorkerPool:
         """Queue a task (``front``: before every queued task). Raises ``ValueError`` for an
         id still in use, ``RuntimeError`` once the pool is closed."""
         with self._lock:
-            if self._closing:
-                raise RuntimeError(f"pool {self._name!r} is closed; no more tasks can be submitted")
-            if task_id in self._tasks:
-                raise ValueError(f"task {task_id!r} is already queued or running in this pool")
-            frames: dict[_Worker, list[bytes]] = {}
-            if self._broken is not None:
-                self._counters.tasks_failed += 1
-                self._outbox.append(
-                    TaskFailed(
-                        task_id, self._broken.reason, self._broken.message, self._broken.traceback
-                    )
-                )
-            else:
-                task = _Task(task_id, payload)
-                self._tasks[task_id] = task
-                if front:
-                    self._queue.appendleft(task)
-                else:
-                    self._queue.append(task)
-                if self._on_loop() and not self._detached.is_set():
-                    # On the loop (the owner's): a free worker gets it now; the events
-                    # (TaskStarted) are delivered after the caller returns, by the kick.
-                    frames = self._assign(time.monotonic())
-        for w, out in frames.items():
-            self._write(w, out)
+            self._perform(self._policy.handle(Submit(task_id, payload, front), time.monotonic()))
+        if self._on_loop():
+            # On the loop (the owner's): a free worker gets it now; the events
+            # (TaskStarted) are delivered after the caller returns, by the kick.
+            self._write_frames()
         self._kick()
 
     def cancel(self, task_id: str) -> bool:
         """Cancel a queued or running task: True, and it will end with ``TaskFailed(reason=
         "cancelled")``. False if the id is unknown or the task has already ended."""
         with self._lock:
-            task = self._tasks.get(task_id)
-            if task is None:
+            if not self._policy.pending(task_id):
                 return False
-            holder = self._holder(task)
-            if not task.seq:  # queued
-                self._queue.remove(task)
-                self._finish(task, TaskFailed(task_id, "cancelled", "cancelled while queued"))
-            elif holder is not None and self._concurrency > 1:  # never interrupted
-                self._finish(task, TaskFailed(task_id, "cancelled", "cancelled while running"))
-                self._cancels.append((holder, task.seq))
-            elif holder is not None and holder.inflight[0] is not task:  # sent ahead
-                self._finish(task, TaskFailed(task_id, "cancelled", "cancelled before it started"))
-                self._cancels.append((holder, task.seq))
-            elif not task.cancel_requested:
-                task.cancel_requested = True
-                task.kill_deadline = time.monotonic() + self._cancel_grace
-                if holder is not None and not holder.killed:
-                    _interrupt(holder, task.seq)
+            self._perform(self._policy.handle(Cancel(task_id), time.monotonic()))
         self._kick()
         return True
 
     def stats(self) -> PoolStats:
         with self._lock:
-            return PoolStats(
-                workers=tuple(w.pid for w in self._workers),
-                busy=sum(1 for w in self._workers if w.inflight),
-                queued=len(self._queue),
-                tasks_done=self._counters.tasks_done,
-                tasks_failed=self._counters.tasks_failed,
-                workers_replaced=self._counters.workers_replaced,
-            )
+            return self._policy.stats()
 
     def close(self, timeout: float = 5.0) -> None:
         """Fail every queued and running task with ``TaskFailed("cancelled", "pool closed")``,
@@ -428,13 +295,10 @@ class WorkerPool:
         callback returns; from any other thread, it returns once they are gone.
         """
         with self._lock:
-            first = not self._closing
+            first = not self._policy.closing
             if first:
-                self._closing = True
                 self._close_timeout = timeout
-                for task in list(self._tasks.values()):
-                    self._finish(task, TaskFailed(task.task_id, "cancelled", "pool closed"))
-                self._queue.clear()
+                self._perform(self._policy.handle(Close(), time.monotonic()))
         _live_pools.discard(self)
         if self._on_loop():
             if first:
@@ -446,16 +310,13 @@ class WorkerPool:
             return
         if first and not self._call_on_loop(self._detach_all):
             self._detach_all()  # the loop is gone (interpreter exit): nothing else runs
-        wait_for = timeout + 3 * _ESCALATION_WAIT
+        wait_for = timeout + 3 * ESCALATION_WAIT
         if not self._detached.wait(wait_for):
             # The loop is stuck, most likely in on_event: stop the workers from here.
             _log.error("pool %r: its event loop does not answer; killing workers", self._name)
             with self._lock:
-                processes = [w.process for w in self._workers]
-            for process in processes:
-                with contextlib.suppress(ValueError):  # closed: reaped meanwhile
-                    process.kill()
-                    process.join(_ESCALATION_WAIT)
+                workers = list(self._procs.values())
+            procs.kill_now(workers)
             return
         self._stop_workers()
         self._stopped.wait(wait_for)
@@ -478,262 +339,51 @@ class WorkerPool:
     def __repr__(self) -> str:
         return f"<WorkerPool {self._name!r} size={self._size} runner={self._runner!r}>"
 
-    # -- state changes (call with self._lock held) ---------------------------------------
+    # -- carrying out the policy's actions (with self._lock held) ------------------------
 
-    def _holder(self, task: _Task) -> _Worker | None:
-        if not task.seq:
-            return None
-        for w in self._workers:
-            if task in w.inflight:
-                return w
-        return None
+    def _handle(self, events: list[Event]) -> None:
+        self._perform(self._policy.handle_all(events, time.monotonic()))
 
-    def _finish(self, task: _Task, event: TaskDone | TaskFailed) -> None:
-        """Record the terminal event of ``task``: the only place that emits one."""
-        del self._tasks[task.task_id]
-        task.ended = True
-        if isinstance(event, TaskDone):
-            self._counters.tasks_done += 1
-        else:
-            self._counters.tasks_failed += 1
-        self._outbox.append(event)
+    def _perform(self, actions: list[Action], *, strict: bool = False) -> None:
+        """Do what can be done from any thread now; leave frames and timers to the loop."""
+        for action in actions:
+            match action:
+                case TaskStarted() | TaskOutput() | TaskDone() | TaskFailed():
+                    self._outbox.put(action)
+                case WorkerExited():
+                    self._outbox.put(action)
+                case Send(worker, seq, payload):
+                    out = self._frames.setdefault(worker, [])
+                    out.append(HEADER.pack(Msg.RUN, seq, len(payload)))
+                    out.append(payload)
+                case SendCancel(worker, seq):
+                    self._frames.setdefault(worker, []).append(HEADER.pack(Msg.CANCEL, seq, 0))
+                case Interrupt(worker, seq):
+                    if (w := self._procs.get(worker)) is not None:
+                        procs.interrupt(w, seq)
+                case Kill(worker):
+                    if (w := self._procs.get(worker)) is not None:
+                        procs.kill(w)
+                case SetTimer(at):
+                    self._wake_at = min(self._wake_at, at)
+                case Log(level, message):
+                    _log.log(level, "%s", message)
+                case StartWorker(worker):
+                    self._start_worker(worker, strict=strict)
 
-    def _start_worker(self) -> _Worker:
-        parent_conn, child_conn = _CTX.Pipe(duplex=True)
-        cancel_seq = _CTX.RawValue(ctypes.c_int64, 0)
-        process = _CTX.Process(
-            target=_worker_module.main,
-            args=(child_conn, self._runner, cancel_seq, self._concurrency, self._env),
-            name=f"{self._name}-worker",
-            daemon=False,
-        )
+    def _start_worker(self, worker: WorkerId, *, strict: bool) -> None:
+        """Spawn (strict: let any error out, for the constructor) and tell the policy."""
         try:
-            process.start()
-        except BaseException:
-            parent_conn.close()
-            raise
-        finally:
-            child_conn.close()
-        assert process.pid is not None
-        fd = parent_conn.fileno()
-        os.set_blocking(fd, False)
-        return _Worker(
-            process=process,
-            conn=parent_conn,
-            fd=fd,
-            sentinel=process.sentinel,
-            cancel_seq=cancel_seq,
-            pid=process.pid,
-            start_deadline=time.monotonic() + self._start_timeout,
-        )
-
-    def _pipelining(self) -> bool:
-        average = self._average
-        return (
-            self._pipeline > 1
-            and self._samples >= _PIPELINE_SAMPLES
-            and average is not None
-            and average < PIPELINE_TASK_MAX
-        )
-
-    def _assign(self, now: float) -> dict[_Worker, list[bytes]]:
-        """Send queued tasks to workers, first in first out: idle workers first, then (when
-        pipelining) up to ``pipeline`` each. Returns the frames to write."""
-        frames: dict[_Worker, list[bytes]] = {}
-        queue = self._queue
-        if not queue:
-            return frames
-        able = [w for w in self._workers if w.ready and not w.killed and w.conn is not None]
-        concurrent = self._concurrency > 1
-        pipeline = self._pipeline if self._pipelining() else 1
-        depth = self._concurrency if concurrent else pipeline
-        for limit in range(1, depth + 1):
-            for w in able:
-                if not queue:
-                    return frames
-                inflight = w.inflight
-                if len(inflight) >= limit:
-                    continue
-                if inflight and not concurrent and now - w.head_since > PIPELINE_TASK_MAX:
-                    continue  # busy with a long task: keep the rest for the others
-                task = queue.popleft()
-                task.seq = self._next_seq
-                self._next_seq += 1
-                if not inflight:
-                    w.head_since = now
-                inflight.append(task)
-                if not task.announced:
-                    task.announced = True
-                    self._outbox.append(TaskStarted(task.task_id, w.pid))
-                out = frames.get(w)
-                if out is None:
-                    out = frames[w] = []
-                out.append(HEADER.pack(Msg.RUN, task.seq, len(task.payload)))
-                out.append(task.payload)
-        return frames
-
-    def _kill(self, w: _Worker) -> None:
-        w.killed = True
-        w.process.kill()
-
-    def _check_deadlines(self, now: float) -> float:
-        """Kill workers past their deadline; return when the next deadline falls."""
-        next_deadline = math.inf
-        for w in self._workers:
-            if w.killed:
-                continue
-            if not w.ready:
-                if now >= w.start_deadline:
-                    _log.warning(
-                        "pool %r: worker %d not ready after %.1fs; killing it",
-                        self._name,
-                        w.pid,
-                        self._start_timeout,
-                    )
-                    self._kill(w)
-                    continue
-                next_deadline = min(next_deadline, w.start_deadline)
-            task = w.inflight[0] if w.inflight else None
-            if task is not None and not task.ended and task.kill_deadline is not None:
-                if now >= task.kill_deadline:
-                    self._kill(w)
-                    self._finish(
-                        task,
-                        TaskFailed(
-                            task.task_id,
-                            "cancelled",
-                            f"cancelled; worker {w.pid} did not stop within "
-                            f"{self._cancel_grace:g}s and was killed",
-                        ),
-                    )
-                else:
-                    next_deadline = min(next_deadline, task.kill_deadline)
-        return next_deadline
-
-    def _on_message(self, w: _Worker, tag: int, seq: int, body: bytes, now: float) -> None:
-        if tag == Msg.READY:
-            w.ready = True
-            self._counters.start_failures = 0
-        elif tag == Msg.INIT_FAILED:
-            text, tb = decode_text(body, 2)
-            self._break(
-                TaskFailed(
-                    "", "runner_error", f"runner {self._runner!r} failed to load: {text}", tb
-                )
-            )
-        elif tag == Msg.OUTPUT:
-            for task in w.inflight:
-                if task.seq == seq:
-                    if not task.ended and body:
-                        (text,) = decode_text(body[1:], 1)
-                        self._outbox.append(TaskOutput(task.task_id, _STREAMS[body[0]], text))
-                    break
-        elif tag in (Msg.DONE, Msg.CANCELLED, Msg.RUNNER_ERROR):
-            answered = self._answered(w, seq, now, count=tag == Msg.DONE)
-            if answered is None or answered.ended:
-                return  # it ended already (cancelled, or the pool closed)
-            event: TaskDone | TaskFailed
-            if answered.cancel_requested or tag == Msg.CANCELLED:
-                event = TaskFailed(answered.task_id, "cancelled", "cancelled while running")
-            elif tag == Msg.DONE:
-                event = TaskDone(answered.task_id, body)
-            else:
-                message, tb = decode_text(body, 2)
-                event = TaskFailed(answered.task_id, "runner_error", message, tb)
-            self._finish(answered, event)
-        else:
-            _log.error("pool %r: worker %d sent an unknown frame; killing it", self._name, w.pid)
-            self._kill(w)
-
-    def _answered(self, w: _Worker, seq: int, now: float, *, count: bool) -> _Task | None:
-        """Take the task ``seq`` out of ``w``'s in-flight tasks (usually the first)."""
-        inflight = w.inflight
-        if inflight and inflight[0].seq == seq:
-            task = inflight.popleft()
-            if count and self._concurrency == 1:
-                spent = now - w.head_since
-                self._samples += 1
-                average = self._average
-                self._average = spent if average is None else average + _EMA * (spent - average)
-            w.head_since = now
-        else:
-            for task in inflight:
-                if task.seq == seq:
-                    inflight.remove(task)
-                    break
-            else:
-                return None
-        task.payload = b""
-        return task
-
-    def _on_exit(self, w: _Worker, code: int | None) -> None:
-        """``w`` has exited with ``code``: fail the task it ran, requeue those sent ahead,
-        replace it."""
-        self._workers.remove(w)
-        if code is not None and code < 0:
-            try:
-                how = f"killed by {signal.Signals(-code).name}"
-            except ValueError:
-                how = f"killed by signal {-code}"
-        else:
-            how = f"exit code {code}"
-        if self._on_worker_exit is not None and not self._closing:
-            self._outbox.append(_WorkerExit(w.pid, how))
-        ahead: list[_Task] = []
-        for position, task in enumerate(w.inflight):
-            if task.ended:
-                continue
-            if position > 0 and not self._closing and self._concurrency == 1:
-                task.seq = 0
-                ahead.append(task)
-            elif task.cancel_requested:
-                self._finish(task, TaskFailed(task.task_id, "cancelled", "cancelled while running"))
-            else:
-                self._finish(
-                    task,
-                    TaskFailed(
-                        task.task_id,
-                        "worker_died",
-                        f"worker {w.pid} died ({how}) while running task {task.task_id}",
-                    ),
-                )
-        w.inflight.clear()
-        self._queue.extendleft(reversed(ahead))
-        if self._closing or self._broken is not None:
-            return
-        if not w.ready:
-            self._counters.start_failures += 1
-            if self._counters.start_failures >= _MAX_START_FAILURES:
-                self._break(
-                    TaskFailed(
-                        "",
-                        "worker_died",
-                        f"workers of pool {self._name!r} die before they are ready "
-                        f"(the last one: {how}); see the server's log",
-                    )
-                )
-                return
-        _log.warning("pool %r: worker %d exited (%s); starting another", self._name, w.pid, how)
-        self._counters.workers_replaced += 1
-        try:
-            replacement = self._start_worker()
+            w = procs.spawn(worker, self._runner, self._concurrency, self._env, self._name)
         except OSError as exc:
-            self._break(TaskFailed("", "worker_died", f"cannot start a worker: {exc}"))
+            if strict:
+                raise
+            self._handle([SpawnFailed(worker, str(exc))])
             return
-        self._workers.append(replacement)
-        self._watch(replacement)
-
-    def _break(self, failure: TaskFailed) -> None:
-        """Workers cannot serve: fail what is queued now and everything submitted later."""
-        if self._broken is not None:
-            return
-        _log.error("pool %r is broken: %s", self._name, failure.message)
-        self._broken = failure
-        while self._queue:
-            task = self._queue.popleft()
-            self._finish(
-                task, TaskFailed(task.task_id, failure.reason, failure.message, failure.traceback)
-            )
+        self._procs[worker] = w
+        self._handle([Spawned(worker, w.pid)])
+        if self._loop_thread is not None:  # attached: a replacement, spawned on the loop
+            self._watch(w)
 
     # -- the loop ------------------------------------------------------------------------
 
@@ -756,7 +406,7 @@ class WorkerPool:
         return True
 
     def _kick(self) -> None:
-        """Have the loop dispatch and deliver soon (once, however many kicks)."""
+        """Have the loop write, arm its timer and deliver soon (once, however many kicks)."""
         if not self._kicked:
             self._kicked = True
             self._call_on_loop(self._pump)
@@ -773,194 +423,81 @@ class WorkerPool:
         """Start watching the workers (on the loop)."""
         self._loop_thread = threading.get_ident()
         with self._lock:
-            workers = list(self._workers)
+            workers = list(self._procs.values())
         for w in workers:
             self._watch(w)
         self._pump()
 
-    def _watch(self, w: _Worker) -> None:
-        if self._detached.is_set() or w.watched:
-            return
-        w.watched = True
-        self._loop.add_reader(w.sentinel, self._on_sentinel, w)
-        if w.conn is not None:
-            w.reading = True
-            self._loop.add_reader(w.fd, self._on_readable, w)
-
-    def _unwatch(self, w: _Worker) -> None:
-        # File descriptor numbers are reused: only ever unregister what is registered.
-        if w.watched:
-            w.watched = False
-            self._loop.remove_reader(w.sentinel)
-        if w.reading:
-            w.reading = False
-            self._loop.remove_reader(w.fd)
-        if w.writing:
-            w.writing = False
-            self._loop.remove_writer(w.fd)
-
     def _pump(self) -> None:
-        """Dispatch what can be dispatched, send CANCEL frames, check deadlines, deliver."""
+        """Write the frames the policy asked for, arm the timer, deliver the events."""
         self._kicked = False
         if self._detached.is_set():
             return
-        now = time.monotonic()
+        self._write_frames()
         with self._lock:
-            if self._closing:
-                frames: dict[_Worker, list[bytes]] = {}
-                deadline = math.inf
-            else:
-                frames = self._assign(now)
-                deadline = self._check_deadlines(now)
-            cancels, self._cancels = self._cancels, []
-        for w, seq in cancels:
-            frames.setdefault(w, []).append(HEADER.pack(Msg.CANCEL, seq, 0))
-        for w, out in frames.items():
-            self._write(w, out)
+            deadline, self._wake_at = self._wake_at, math.inf
         if deadline < self._timer_at:
             if self._timer is not None:
                 self._timer.cancel()
             self._timer_at = deadline
-            self._timer = self._loop.call_at(
-                self._loop.time() + max(0.0, deadline - now), self._on_timer
-            )
-        self._deliver()
+            delay = max(0.0, deadline - time.monotonic())
+            self._timer = self._loop.call_at(self._loop.time() + delay, self._on_timer)
+        self._outbox.deliver()
 
     def _on_timer(self) -> None:
         self._timer = None
         self._timer_at = math.inf
+        with self._lock:
+            self._handle([Tick()])
         self._pump()
 
-    def _deliver(self) -> None:
-        delivered = False
-        while True:
-            with self._lock:
-                if not self._outbox:
-                    break
-                events = list(self._outbox)
-                self._outbox.clear()
-            delivered = True
-            for event in events:
-                try:
-                    if isinstance(event, _WorkerExit):
-                        if self._on_worker_exit is not None:
-                            self._on_worker_exit(event.pid, event.how)
-                    else:
-                        self._on_event(event)
-                except Exception:
-                    _log.exception("pool %r: on_event raised for %r", self._name, event)
-        if delivered and self._on_delivered is not None:
-            try:
-                self._on_delivered()
-            except Exception:
-                _log.exception("pool %r: on_events_delivered raised", self._name)
+    def _write_frames(self) -> None:
+        """On the loop: write the frames waiting (a worker gone meanwhile gets none)."""
+        with self._lock:
+            if not self._frames:
+                return
+            frames = [(self._procs.get(worker), out) for worker, out in self._frames.items()]
+            self._frames = {}
+        for w, out in frames:
+            if w is not None and w.conn is not None:  # None: exiting; its sentinel follows
+                w.write(self._loop, out, self._write_failed)
 
-    def _write(self, w: _Worker, data: list[bytes]) -> None:
-        if w.conn is None:
-            return  # it is exiting; its sentinel will fail its tasks
-        w.unsent.extend(memoryview(d) for d in data if d)
-        if not w.writing:
-            self._flush(w)
+    def _watch(self, w: WorkerProcess) -> None:
+        if not self._detached.is_set():
+            w.watch(self._loop, self._on_sentinel, self._on_readable)
 
-    def _flush(self, w: _Worker) -> None:
-        unsent = w.unsent
-        while unsent:
-            try:
-                n = os.writev(w.fd, list(unsent)[:64])
-            except BlockingIOError:
-                break
-            except OSError:
-                unsent.clear()  # the worker is gone; its sentinel will say so
-                with self._lock:
-                    if not w.killed:
-                        self._kill(w)
-                break
-            while n:
-                first = unsent[0]
-                if n >= len(first):
-                    n -= len(first)
-                    unsent.popleft()
-                else:
-                    unsent[0] = first[n:]
-                    n = 0
-        if unsent and not w.writing and w.reading:
-            w.writing = True
-            self._loop.add_writer(w.fd, self._flush, w)
-        elif not unsent and w.writing:
-            w.writing = False
-            self._loop.remove_writer(w.fd)
+    def _write_failed(self, w: WorkerProcess) -> None:
+        with self._lock:
+            self._handle([WriteFailed(w.id)])
 
-    def _on_readable(self, w: _Worker) -> None:
+    def _on_readable(self, w: WorkerProcess) -> None:
         self._read(w)
         self._pump()
 
-    def _read(self, w: _Worker, *, to_end: bool = False) -> None:
-        """Handle the frames waiting from ``w`` (all of them when ``to_end``)."""
-        if w.conn is None:
-            return
-        received = w.received
-        while True:
-            want = _READ_SIZE
-            if len(received) >= HEADER.size:  # a large frame in progress: bigger reads
-                left = HEADER.size + HEADER.unpack_from(received)[2] - len(received)
-                want = max(want, min(left, _LARGE_READ))
-            try:
-                chunk = os.read(w.fd, want)
-            except BlockingIOError:
-                break
-            except OSError:
-                chunk = b""
-            if not chunk:  # the worker is exiting; its sentinel follows
-                self._drop_conn(w)
-                break
-            received += chunk
-            if not to_end and len(chunk) < want:
-                break
-        messages = []
-        start = 0
-        size = len(received)
-        while size - start >= HEADER.size:
-            tag, seq, length = HEADER.unpack_from(received, start)
-            end = start + HEADER.size + length
-            if end > size:
-                break
-            messages.append((tag, seq, bytes(received[start + HEADER.size : end])))
-            start = end
-        if start:
-            del received[:start]
-        if messages:
-            now = time.monotonic()
+    def _read(self, w: WorkerProcess, *, to_end: bool = False) -> None:
+        """Hand the frames waiting from ``w`` to the policy (all of them when ``to_end``)."""
+        events, eof = procs.read_events(w, to_end=to_end)
+        if eof:
+            w.drop_conn(self._loop)
+            events.append(Hangup(w.id))
+        if events:
             with self._lock:
-                for tag, seq, body in messages:
-                    self._on_message(w, tag, seq, body, now)
+                self._handle(events)
 
-    def _drop_conn(self, w: _Worker) -> None:
-        if w.conn is None:
-            return
-        if w.reading:
-            w.reading = False
-            self._loop.remove_reader(w.fd)
-        if w.writing:
-            w.writing = False
-            self._loop.remove_writer(w.fd)
-        w.unsent.clear()
-        w.conn.close()
-        w.conn = None
-
-    def _on_sentinel(self, w: _Worker) -> None:
-        """``w`` has exited: read what it sent before, reap it, replace it."""
+    def _on_sentinel(self, w: WorkerProcess) -> None:
+        """``w`` has exited: read what it sent before, reap it, let the policy decide."""
         self._read(w, to_end=True)  # what it sent before it died counts
-        self._unwatch(w)
-        self._drop_conn(w)
-        w.process.join(_ESCALATION_WAIT)
+        w.unwatch(self._loop)
+        w.drop_conn(self._loop)
+        w.process.join(ESCALATION_WAIT)
         if w.process.exitcode is None:  # sentinel fired but still running: should not happen
             w.process.kill()
             w.process.join()
         code = w.process.exitcode
         w.process.close()  # its file descriptors, now rather than at garbage collection
         with self._lock:
-            if w in self._workers:
-                self._on_exit(w, code)
+            if self._procs.pop(w.id, None) is not None:
+                self._handle([Exited(w.id, code)])
         self._pump()
 
     # -- closing -------------------------------------------------------------------------
@@ -969,15 +506,16 @@ class WorkerPool:
         """On the loop, once closing: deliver the last events, stop watching everything."""
         if self._detached.is_set():
             return
-        self._deliver()
+        self._outbox.deliver()
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
         with self._lock:
-            workers = list(self._workers)
+            workers = list(self._procs.values())
+            self._frames.clear()  # for tasks that the close has ended
         for w in workers:
             if not self._loop.is_closed():  # closed: it watches nothing any more
-                self._unwatch(w)
+                w.unwatch(self._loop)
             w.torn = bool(w.unsent)
             w.unsent.clear()
         self._detached.set()
@@ -994,68 +532,21 @@ class WorkerPool:
         self._loop.stop()
 
     def _stop_workers(self) -> None:
-        """Stop every worker: STOP (busy ones are interrupted first), SIGTERM, SIGKILL.
-        Blocks; called once, off the loop or on a private loop that has nothing else to do."""
+        """Stop every worker (see :func:`procs.stop`). Blocks; called once, off the loop or
+        on a private loop that has nothing else to do."""
         with self._lock:
             if self._stopping:
                 return
             self._stopping = True
-            workers = list(self._workers)
+            workers = [
+                (w, self._policy.is_ready(w.id), self._policy.head_seq(w.id))
+                for w in self._procs.values()
+            ]
             timeout = self._close_timeout
         try:
-            self._stop_processes(workers, timeout)
+            procs.stop(workers, timeout, self._cancel_grace, self._name)
         finally:
             with self._lock:
-                self._workers.clear()
+                self._procs.clear()
+                self._handle([Stopped()])
             self._stopped.set()
-
-    def _stop_processes(self, workers: list[_Worker], timeout: float) -> None:
-        now = time.monotonic()
-        deadlines: dict[_Worker, float] = {}
-        for w in workers:
-            try:
-                alive = w.process.is_alive()
-            except ValueError:  # closed: reaped already
-                continue
-            if not alive:
-                w.process.join()
-                w.process.close()
-                continue
-            if not w.ready:
-                deadlines[w] = now  # still starting: nothing to lose, terminate it now
-                continue
-            busy = bool(w.inflight)
-            if busy:
-                _interrupt(w, w.inflight[0].seq)
-            if w.conn is not None and not w.torn:
-                # Never blocks: a worker whose pipe is full is stopped by the escalation.
-                with contextlib.suppress(OSError):
-                    os.write(w.fd, HEADER.pack(Msg.STOP, 0, 0))
-            deadlines[w] = now + (min(timeout, self._cancel_grace) if busy else timeout)
-        escalation: dict[_Worker, int] = dict.fromkeys(workers, 0)
-        while deadlines:
-            by_sentinel: dict[Any, _Worker] = {w.sentinel: w for w in deadlines}
-            timeout_left = max(0.0, min(deadlines.values()) - time.monotonic())
-            for sentinel in wait(list(by_sentinel), timeout_left):
-                w = by_sentinel[sentinel]
-                w.process.join()
-                w.process.close()
-                del deadlines[w]
-            now = time.monotonic()
-            for w, deadline in list(deadlines.items()):
-                if deadline > now:
-                    continue
-                escalation[w] += 1
-                if escalation[w] == 1:
-                    w.process.terminate()
-                    deadlines[w] = now + _ESCALATION_WAIT
-                elif escalation[w] == 2:
-                    w.process.kill()
-                    deadlines[w] = now + _ESCALATION_WAIT
-                else:
-                    _log.error("pool %r: worker %d survives SIGKILL", self._name, w.pid)
-                    del deadlines[w]
-        for w in workers:
-            if w.conn is not None:
-                w.conn.close()
-                w.conn = None

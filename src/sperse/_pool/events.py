@@ -1,0 +1,330 @@
+"""The pool's vocabulary, values only (frozen, slotted dataclasses).
+
+- What the pool tells its owner: a task's events (:data:`PoolEvent`), a worker's exit
+  (:class:`WorkerExited`), a snapshot (:class:`PoolStats`).
+- What the process shell tells the policy (:data:`Event`: the owner's calls, the frames a
+  worker sent, its exit, a timer) and what the policy asks of the shell (:data:`Action`: start
+  a worker, write a frame, signal or kill it, set a timer, log; and the events above, to
+  deliver). See :mod:`sperse._pool.policy` and :mod:`sperse._pool.pool`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal, NewType
+
+__all__ = [
+    "Action",
+    "Cancel",
+    "Close",
+    "Event",
+    "Exited",
+    "Hangup",
+    "InitFailed",
+    "Interrupt",
+    "Interrupted",
+    "Kill",
+    "Log",
+    "Malformed",
+    "Open",
+    "Output",
+    "PoolEvent",
+    "PoolStats",
+    "Ready",
+    "Result",
+    "RunnerRaised",
+    "Send",
+    "SendCancel",
+    "SetTimer",
+    "SpawnFailed",
+    "Spawned",
+    "StartWorker",
+    "Stopped",
+    "Submit",
+    "TaskDone",
+    "TaskFailed",
+    "TaskOutput",
+    "TaskStarted",
+    "Tick",
+    "WorkerExited",
+    "WorkerId",
+    "WriteFailed",
+]
+
+
+@dataclass(frozen=True, slots=True)
+class TaskStarted:
+    """The task reached a worker; ``worker`` is the worker's pid."""
+
+    task_id: str
+    worker: int
+
+
+@dataclass(frozen=True, slots=True)
+class TaskOutput:
+    """Text the task wrote to ``sys.stdout`` or ``sys.stderr`` (a line or more)."""
+
+    task_id: str
+    stream: Literal["stdout", "stderr"]
+    text: str
+
+
+@dataclass(frozen=True, slots=True)
+class TaskDone:
+    """The runner returned ``result`` (which encodes any error of user code)."""
+
+    task_id: str
+    result: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class TaskFailed:
+    """The task ended without a result.
+
+    ``worker_died``: the worker process died (killed, crashed), or workers could not start.
+    ``cancelled``: :meth:`WorkerPool.cancel` or :meth:`WorkerPool.close`.
+    ``runner_error``: the runner raised or could not be loaded; ``traceback`` is the worker's.
+    """
+
+    task_id: str
+    reason: Literal["worker_died", "cancelled", "runner_error"]
+    message: str
+    traceback: str = ""
+
+
+PoolEvent = TaskStarted | TaskOutput | TaskDone | TaskFailed
+
+
+@dataclass(frozen=True, slots=True)
+class WorkerExited:
+    """For ``on_worker_exit``: a worker exited while the pool was open (delivered in order
+    with the events, before those of the tasks it failed)."""
+
+    pid: int
+    how: str
+
+
+@dataclass(frozen=True, slots=True)
+class PoolStats:
+    """A snapshot. ``workers`` are the pids of the pool's live (or starting) workers."""
+
+    workers: tuple[int, ...]
+    busy: int
+    queued: int
+    tasks_done: int
+    tasks_failed: int
+    workers_replaced: int
+
+
+WorkerId = NewType("WorkerId", int)  # the policy's name of a worker process, never reused
+
+
+# -- events: what happened ---------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Open:
+    """The pool was created: start its workers."""
+
+
+@dataclass(frozen=True, slots=True)
+class Submit:
+    task_id: str
+    payload: bytes
+    front: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class Cancel:
+    task_id: str
+
+
+@dataclass(frozen=True, slots=True)
+class Close:
+    """Fail every task; from now on, no task is assigned and no worker replaced."""
+
+
+@dataclass(frozen=True, slots=True)
+class Stopped:
+    """The shell has stopped every worker (after :class:`Close`)."""
+
+
+@dataclass(frozen=True, slots=True)
+class Tick:
+    """A timer set with :class:`SetTimer` fell due."""
+
+
+@dataclass(frozen=True, slots=True)
+class Spawned:
+    """:class:`StartWorker` was carried out: the process runs as ``pid``."""
+
+    worker: WorkerId
+    pid: int
+
+
+@dataclass(frozen=True, slots=True)
+class SpawnFailed:
+    worker: WorkerId
+    message: str
+
+
+@dataclass(frozen=True, slots=True)
+class Ready:
+    """``READY``: the runner is loaded."""
+
+    worker: WorkerId
+
+
+@dataclass(frozen=True, slots=True)
+class InitFailed:
+    """``INIT_FAILED``: the runner cannot be loaded."""
+
+    worker: WorkerId
+    message: str
+    traceback: str
+
+
+@dataclass(frozen=True, slots=True)
+class Output:
+    worker: WorkerId
+    seq: int
+    stream: Literal["stdout", "stderr"]
+    text: str
+
+
+@dataclass(frozen=True, slots=True)
+class Result:
+    """``DONE``: the runner returned ``result``."""
+
+    worker: WorkerId
+    seq: int
+    result: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class Interrupted:
+    """``CANCELLED``: the worker dropped or interrupted the task."""
+
+    worker: WorkerId
+    seq: int
+
+
+@dataclass(frozen=True, slots=True)
+class RunnerRaised:
+    """``RUNNER_ERROR``."""
+
+    worker: WorkerId
+    seq: int
+    message: str
+    traceback: str
+
+
+@dataclass(frozen=True, slots=True)
+class Malformed:
+    """The worker sent a frame that is not in the protocol."""
+
+    worker: WorkerId
+
+
+@dataclass(frozen=True, slots=True)
+class Hangup:
+    """The worker's pipe reached its end (it is exiting): send it nothing more."""
+
+    worker: WorkerId
+
+
+@dataclass(frozen=True, slots=True)
+class WriteFailed:
+    """A write to the worker's pipe failed: it is gone or going."""
+
+    worker: WorkerId
+
+
+@dataclass(frozen=True, slots=True)
+class Exited:
+    """The worker process exited with ``code`` (negative: killed by that signal)."""
+
+    worker: WorkerId
+    code: int | None
+
+
+Event = (
+    Open
+    | Submit
+    | Cancel
+    | Close
+    | Stopped
+    | Tick
+    | Spawned
+    | SpawnFailed
+    | Ready
+    | InitFailed
+    | Output
+    | Result
+    | Interrupted
+    | RunnerRaised
+    | Malformed
+    | Hangup
+    | WriteFailed
+    | Exited
+)
+
+
+# -- actions: what to do -----------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class StartWorker:
+    """Start a worker process; answer with :class:`Spawned` or :class:`SpawnFailed`."""
+
+    worker: WorkerId
+
+
+@dataclass(frozen=True, slots=True)
+class Send:
+    """Write ``RUN seq payload`` to the worker."""
+
+    worker: WorkerId
+    seq: int
+    payload: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class SendCancel:
+    """Write ``CANCEL seq``: the worker drops the task if it has not started it."""
+
+    worker: WorkerId
+    seq: int
+
+
+@dataclass(frozen=True, slots=True)
+class Interrupt:
+    """Interrupt task ``seq`` if the worker runs it now (``cancel_seq`` and ``SIGUSR1``)."""
+
+    worker: WorkerId
+    seq: int
+
+
+@dataclass(frozen=True, slots=True)
+class Kill:
+    """``SIGKILL`` the worker; its :class:`Exited` follows."""
+
+    worker: WorkerId
+
+
+@dataclass(frozen=True, slots=True)
+class SetTimer:
+    """Feed :class:`Tick` at ``at`` (or earlier: a tick is harmless)."""
+
+    at: float
+
+
+@dataclass(frozen=True, slots=True)
+class Log:
+    level: int
+    message: str
+
+
+Action = (
+    StartWorker | Send | SendCancel | Interrupt | Kill | SetTimer | Log | WorkerExited | PoolEvent
+)

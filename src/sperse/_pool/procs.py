@@ -1,0 +1,343 @@
+"""The pool's worker processes as the shell sees them: start, signal, read, stop.
+
+No policy here (:mod:`sperse._pool.policy` decides) and no event loop (:mod:`sperse._pool.
+pool` watches the file descriptors): these functions do the system calls, and turn the
+frames a worker sent (the format is in :mod:`sperse._pool.pool`) into policy events.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import contextlib
+import ctypes
+import logging
+import multiprocessing
+import os
+import signal
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from multiprocessing.connection import Connection, wait
+from multiprocessing.context import SpawnProcess
+from typing import Any, Literal
+
+from sperse._pool import worker as _worker_module
+from sperse._pool.events import (
+    Event,
+    InitFailed,
+    Interrupted,
+    Malformed,
+    Output,
+    Ready,
+    Result,
+    RunnerRaised,
+    WorkerId,
+)
+from sperse._pool.worker import HEADER, Msg, decode_text
+
+__all__ = [
+    "ESCALATION_WAIT",
+    "WorkerProcess",
+    "discard",
+    "interrupt",
+    "kill",
+    "kill_now",
+    "read_events",
+    "spawn",
+    "stop",
+]
+
+_log = logging.getLogger("sperse._pool.pool")
+
+_CTX = multiprocessing.get_context("spawn")
+ESCALATION_WAIT = 1.0  # after SIGTERM, then after SIGKILL, while stopping a worker
+_READ_SIZE = 1 << 16  # os.read allocates this much for every read
+_LARGE_READ = 1 << 20
+_STREAMS: dict[int, Literal["stdout", "stderr"]] = {1: "stdout", 2: "stderr"}
+
+
+@dataclass(slots=True, eq=False)
+class WorkerProcess:
+    """One worker process and its end of the pipe (the policy's :class:`WorkerId` ``id``)."""
+
+    id: WorkerId
+    process: SpawnProcess
+    conn: Connection | None
+    fd: int
+    sentinel: int
+    cancel_seq: ctypes.c_int64
+    pid: int
+    received: bytearray = field(default_factory=bytearray)
+    unsent: collections.deque[memoryview] = field(default_factory=collections.deque)
+    writing: bool = False  # a writer callback is registered for `fd`
+    reading: bool = False  # a reader callback is registered for `fd`
+    watched: bool = False  # its sentinel is registered with the loop
+    torn: bool = False  # a frame to it was left half-written when the pool closed
+
+    # The methods below run on the pool's event loop only.
+
+    def watch(
+        self,
+        loop: asyncio.AbstractEventLoop,
+        on_exit: Callable[[WorkerProcess], None],
+        on_readable: Callable[[WorkerProcess], None],
+    ) -> None:
+        if self.watched:
+            return
+        self.watched = True
+        loop.add_reader(self.sentinel, on_exit, self)
+        if self.conn is not None:
+            self.reading = True
+            loop.add_reader(self.fd, on_readable, self)
+
+    def unwatch(self, loop: asyncio.AbstractEventLoop) -> None:
+        # File descriptor numbers are reused: only ever unregister what is registered.
+        if self.watched:
+            self.watched = False
+            loop.remove_reader(self.sentinel)
+        if self.reading:
+            self.reading = False
+            loop.remove_reader(self.fd)
+        if self.writing:
+            self.writing = False
+            loop.remove_writer(self.fd)
+
+    def write(
+        self,
+        loop: asyncio.AbstractEventLoop,
+        frames: list[bytes],
+        on_error: Callable[[WorkerProcess], None],
+    ) -> None:
+        """Write ``frames`` now, or (the pipe is full) as the loop finds it writable."""
+        if self.conn is None:
+            return  # it is exiting; its sentinel will fail its tasks
+        self.unsent.extend(memoryview(d) for d in frames if d)
+        if not self.writing:
+            self._flush(loop, on_error)
+
+    def _flush(
+        self, loop: asyncio.AbstractEventLoop, on_error: Callable[[WorkerProcess], None]
+    ) -> None:
+        unsent = self.unsent
+        while unsent:
+            try:
+                n = os.writev(self.fd, list(unsent)[:64])
+            except BlockingIOError:
+                break
+            except OSError:
+                unsent.clear()  # the worker is gone; its sentinel will say so
+                on_error(self)
+                break
+            while n:
+                first = unsent[0]
+                if n >= len(first):
+                    n -= len(first)
+                    unsent.popleft()
+                else:
+                    unsent[0] = first[n:]
+                    n = 0
+        if unsent and not self.writing and self.reading:
+            self.writing = True
+            loop.add_writer(self.fd, self._flush, loop, on_error)
+        elif not unsent and self.writing:
+            self.writing = False
+            loop.remove_writer(self.fd)
+
+    def drop_conn(self, loop: asyncio.AbstractEventLoop) -> None:
+        """Stop reading and writing: the pipe has reached its end, or the worker exited."""
+        if self.conn is None:
+            return
+        if self.reading:
+            self.reading = False
+            loop.remove_reader(self.fd)
+        if self.writing:
+            self.writing = False
+            loop.remove_writer(self.fd)
+        self.unsent.clear()
+        self.conn.close()
+        self.conn = None
+
+
+def spawn(
+    worker: WorkerId, runner: str, concurrency: int, env: Mapping[str, str], name: str
+) -> WorkerProcess:
+    """Start a worker process (it answers ``READY`` once its runner is loaded)."""
+    parent_conn, child_conn = _CTX.Pipe(duplex=True)
+    cancel_seq = _CTX.RawValue(ctypes.c_int64, 0)
+    process = _CTX.Process(
+        target=_worker_module.main,
+        args=(child_conn, runner, cancel_seq, concurrency, dict(env)),
+        name=f"{name}-worker",
+        daemon=False,
+    )
+    try:
+        process.start()
+    except BaseException:
+        parent_conn.close()
+        raise
+    finally:
+        child_conn.close()
+    assert process.pid is not None
+    fd = parent_conn.fileno()
+    os.set_blocking(fd, False)
+    return WorkerProcess(
+        id=worker,
+        process=process,
+        conn=parent_conn,
+        fd=fd,
+        sentinel=process.sentinel,
+        cancel_seq=cancel_seq,
+        pid=process.pid,
+    )
+
+
+def interrupt(w: WorkerProcess, seq: int) -> None:
+    """Ask ``w`` to interrupt task ``seq`` (see "Cancel protocol" in the pool's docstring)."""
+    w.cancel_seq.value = seq
+    with contextlib.suppress(ProcessLookupError):  # it died; its sentinel will say so
+        os.kill(w.pid, signal.SIGUSR1)
+
+
+def kill(w: WorkerProcess) -> None:
+    with contextlib.suppress(ValueError):  # closed: it has been reaped already
+        w.process.kill()
+
+
+def discard(workers: list[WorkerProcess]) -> None:
+    """Kill and reap workers just started (the pool could not start them all)."""
+    for w in workers:
+        w.process.kill()
+        w.process.join()
+        if w.conn is not None:
+            w.conn.close()
+
+
+def kill_now(workers: list[WorkerProcess]) -> None:
+    """Kill workers without the loop's help (it is stuck): a last resort."""
+    for w in workers:
+        with contextlib.suppress(ValueError):  # closed: reaped meanwhile
+            w.process.kill()
+            w.process.join(ESCALATION_WAIT)
+
+
+def read_events(w: WorkerProcess, *, to_end: bool = False) -> tuple[list[Event], bool]:
+    """Read what ``w`` sent (all of it when ``to_end``): its complete frames as events, and
+    whether the pipe reached its end (the worker is exiting)."""
+    received = w.received
+    eof = False
+    while w.conn is not None:
+        want = _READ_SIZE
+        if len(received) >= HEADER.size:  # a large frame in progress: bigger reads
+            left = HEADER.size + HEADER.unpack_from(received)[2] - len(received)
+            want = max(want, min(left, _LARGE_READ))
+        try:
+            chunk = os.read(w.fd, want)
+        except BlockingIOError:
+            break
+        except OSError:
+            chunk = b""
+        if not chunk:  # the worker is exiting; its sentinel follows
+            eof = True
+            break
+        received += chunk
+        if not to_end and len(chunk) < want:
+            break
+    events: list[Event] = []
+    start = 0
+    size = len(received)
+    while size - start >= HEADER.size:
+        tag, seq, length = HEADER.unpack_from(received, start)
+        end = start + HEADER.size + length
+        if end > size:
+            break
+        event = _event(w.id, tag, seq, bytes(received[start + HEADER.size : end]))
+        if event is not None:
+            events.append(event)
+        start = end
+    if start:
+        del received[:start]
+    return events, eof
+
+
+def _event(worker: WorkerId, tag: int, seq: int, body: bytes) -> Event | None:
+    if tag == Msg.READY:
+        return Ready(worker)
+    if tag == Msg.INIT_FAILED:
+        text, tb = decode_text(body, 2)
+        return InitFailed(worker, text, tb)
+    if tag == Msg.OUTPUT:
+        if not body:
+            return None
+        stream = _STREAMS.get(body[0])
+        if stream is None:
+            return Malformed(worker)
+        (text,) = decode_text(body[1:], 1)
+        return Output(worker, seq, stream, text)
+    if tag == Msg.DONE:
+        return Result(worker, seq, body)
+    if tag == Msg.CANCELLED:
+        return Interrupted(worker, seq)
+    if tag == Msg.RUNNER_ERROR:
+        message, tb = decode_text(body, 2)
+        return RunnerRaised(worker, seq, message, tb)
+    return Malformed(worker)
+
+
+def stop(
+    workers: list[tuple[WorkerProcess, bool, int | None]],
+    timeout: float,
+    cancel_grace: float,
+    name: str,
+) -> None:
+    """Stop ``(worker, ready, seq of the task it holds first)``s: STOP (busy ones are
+    interrupted first), SIGTERM, SIGKILL. Blocks until each has exited and been reaped."""
+    now = time.monotonic()
+    deadlines: dict[WorkerProcess, float] = {}
+    for w, ready, head_seq in workers:
+        try:
+            alive = w.process.is_alive()
+        except ValueError:  # closed: reaped already
+            continue
+        if not alive:
+            w.process.join()
+            w.process.close()
+            continue
+        if not ready:
+            deadlines[w] = now  # still starting: nothing to lose, terminate it now
+            continue
+        busy = head_seq is not None
+        if head_seq is not None:
+            interrupt(w, head_seq)
+        if w.conn is not None and not w.torn:
+            # Never blocks: a worker whose pipe is full is stopped by the escalation.
+            with contextlib.suppress(OSError):
+                os.write(w.fd, HEADER.pack(Msg.STOP, 0, 0))
+        deadlines[w] = now + (min(timeout, cancel_grace) if busy else timeout)
+    escalation: dict[WorkerProcess, int] = {w: 0 for w, _, _ in workers}
+    while deadlines:
+        by_sentinel: dict[Any, WorkerProcess] = {w.sentinel: w for w in deadlines}
+        timeout_left = max(0.0, min(deadlines.values()) - time.monotonic())
+        for sentinel in wait(list(by_sentinel), timeout_left):
+            w = by_sentinel[sentinel]
+            w.process.join()
+            w.process.close()
+            del deadlines[w]
+        now = time.monotonic()
+        for w, deadline in list(deadlines.items()):
+            if deadline > now:
+                continue
+            escalation[w] += 1
+            if escalation[w] == 1:
+                w.process.terminate()
+                deadlines[w] = now + ESCALATION_WAIT
+            elif escalation[w] == 2:
+                w.process.kill()
+                deadlines[w] = now + ESCALATION_WAIT
+            else:
+                _log.error("pool %r: worker %d survives SIGKILL", name, w.pid)
+                del deadlines[w]
+    for w, _, _ in workers:
+        if w.conn is not None:
+            w.conn.close()
+            w.conn = None

@@ -92,14 +92,12 @@ from __future__ import annotations
 
 import asyncio
 import collections
-import dataclasses
 import logging
-import os
 import secrets
 import time
 from collections.abc import Callable, Iterable, Sequence
 
-from sperse._pool import PoolEvent, TaskDone, TaskFailed, TaskOutput, TaskStarted, WorkerPool
+from sperse._pool import PoolEvent, TaskDone, TaskFailed, TaskOutput, TaskStarted
 from sperse._serialize import shm
 from sperse._server.actions import (
     Action,
@@ -125,11 +123,8 @@ from sperse._server.config import ServerConfig
 from sperse._server.envelope import (
     PickledBytes,
     ResultFailure,
-    ResultValue,
-    ShmBuffer,
-    unpack_result,
 )
-from sperse._server.envs import PipEnvs
+from sperse._server.files import Files, read_inlines, unpack
 from sperse._server.logs import log_event
 from sperse._server.model import (
     ACTOR_RUNNER,
@@ -156,10 +151,12 @@ from sperse._server.model import (
     TaskRequest,
 )
 from sperse._server.object_pools import ObjectPools
+from sperse._server.pull_runner import PullRunner
 from sperse._server.remote import REBUILD
 from sperse._server.sessions import SessionState
 from sperse._server.state import SESSION_END, ServerState
 from sperse._server.task_logs import TaskLogs
+from sperse._server.task_pools import TaskPools
 
 __all__ = [
     "ACTOR_RUNNER",
@@ -218,51 +215,6 @@ class Session:
         return f"<Session {self.session_id} {self.state!r}>"
 
 
-def _read_inline(value: PickledBytes) -> PickledBytes:
-    """``value`` with its shared memory files read into bytes (and unlinked): for a value
-    sent inline, whose files nobody would own."""
-    names = list(value.shm_names())
-    if not names:
-        return value
-    buffers = []
-    try:
-        for b in value.buffers:
-            if isinstance(b, ShmBuffer):
-                fd = shm.open_read(b.name, b.size)
-                try:
-                    buffers.append(os.pread(fd, b.size, 0))
-                finally:
-                    os.close(fd)
-            else:
-                buffers.append(b)
-    finally:
-        shm.unlink(names)
-    return PickledBytes(value.data, tuple(buffers))
-
-
-def _read_inlines(values: list[ResultValue], limit: int) -> list[ResultValue] | ResultFailure:
-    """The values below ``limit`` (sent inline) read into bytes. A file that cannot be read
-    fails the task; the files of the values not read yet go then (nobody would own them)."""
-    out: list[ResultValue] = []
-    for i, v in enumerate(values):
-        if v.value.size >= limit:
-            out.append(v)
-            continue
-        try:
-            out.append(dataclasses.replace(v, value=_read_inline(v.value)))
-        except OSError as exc:
-            shm.unlink(n for v in [*out, *values[i + 1 :]] for n in v.value.shm_names())
-            return ResultFailure("internal", "SharedMemoryError", str(exc))
-    return out
-
-
-def _unpack(payload: bytes) -> list[ResultValue] | ResultFailure:
-    try:
-        return unpack_result(payload)
-    except ValueError as exc:
-        return ResultFailure("internal", "RunnerError", str(exc))
-
-
 class ServerCore:
     """The driver of one server's :class:`~sperse._server.state.ServerState`: feeds it what
     the streams, the pools, the peers and the timers say, and takes the actions it returns.
@@ -284,15 +236,16 @@ class ServerCore:
         self.shm_prefix = shm.server_prefix()  # of every shared memory file of this server
         self.state = ServerState(config, name, self.shm_prefix, lambda: secrets.token_hex(16))
         self._sessions: dict[str, Session] = {}
-        self._pool: WorkerPool | None = None
         self.task_logs = TaskLogs()  # what tasks printed, for a while after (sperse logs)
-        self.envs = PipEnvs(
-            config.env_root, name, self._env_pool, timeout=config.env_timeout
-        )  # the pools of pip environments that tasks ask for
-        self._pool_error = ""
-        self._pool_started: asyncio.Task[None] | None = None
-        self._early: dict[str, bytes] = {}  # pool id -> payload, submitted before the pool
-        self._closing = False
+        self._pools = TaskPools(
+            config,
+            name,
+            loop,
+            on_event=self._on_pool_event,
+            on_delivered=self._after_pool_events,
+            fail=self._fail_attempt,
+            env=lambda: self.worker_env,
+        )
         self._objects = ObjectPools(
             name,
             loop,
@@ -304,8 +257,7 @@ class ServerCore:
             env=lambda: self.worker_env,
         )
         self._announce_timer: asyncio.TimerHandle | None = None
-        self._to_sweep: set[str] = set()
-        self._to_unlink: list[str] = []
+        self._files = Files(loop)
         # Set by the stream layer: send now what a batch of pool events has produced.
         self.after_pool_events: Callable[[], None] | None = None
         self.in_pool_batch = False  # events of the pool are being delivered
@@ -313,8 +265,7 @@ class ServerCore:
         # this server (nested work, remote objects, callbacks). See sperse._cluster.
         self.worker_env: dict[str, str] = {}
         self._peers: Peers | None = None
-        self._pulls: dict[int, asyncio.Task[None]] = {}  # by pull id: in flight
-        self._pull_tasks: set[asyncio.Task[None]] = set()  # running, cancelled ones too
+        self._pulls = PullRunner(loop, clock, self.state, self._perform)
         self.objects_served = 0  # counted by the stream layer, which serves them
         self.bytes_served = 0
 
@@ -330,11 +281,11 @@ class ServerCore:
 
     @property
     def tasks_done(self) -> int:
-        return self.state.tasks_done
+        return self.state.tasks.tasks_done
 
     @property
     def tasks_failed(self) -> int:
-        return self.state.tasks_failed
+        return self.state.tasks.tasks_failed
 
     @property
     def objects_pulled(self) -> int:
@@ -350,39 +301,11 @@ class ServerCore:
         """Start the workers in the background: tasks wait (in the pool) until they are ready."""
         if self.config.shm:
             shm.sweep_dead_servers()
-        self._pool_started = self._loop.create_task(self._start_pool())
-
-    async def _start_pool(self) -> None:
-        try:
-            pool = await asyncio.to_thread(
-                WorkerPool,
-                self.config.worker_count,
-                RUNNER,
-                self._on_pool_event,
-                name=self.name,
-                loop=self._loop,
-                on_events_delivered=self._after_pool_events,
-                env=self.worker_env,
-            )
-        except Exception as exc:
-            self._pool_error = f"the worker processes of server {self.name!r} cannot start: {exc}"
-            log_event(logging.ERROR, "pool_failed", error=exc)
-            early, self._early = self._early, {}
-            for pool_id in early:
-                self._fail_attempt(pool_id, "internal", "PoolError", self._pool_error)
-            return
-        if self._closing:
-            await asyncio.to_thread(pool.close)
-            return
-        self._pool = pool
-        early, self._early = self._early, {}
-        for pool_id, payload in early.items():
-            pool.submit(pool_id, payload)
+        self._pools.start()
 
     async def close(self) -> None:
         """End every session, stop the workers (and wait for them to exit), sweep the
         shared memory files left."""
-        self._closing = True
         for session in list(self._sessions.values()):
             self.close_session(session, "session_closed", reason="server_stopping")
         # pragma: no cover - their sessions ended, and their objects with them
@@ -390,21 +313,14 @@ class ServerCore:
         self._perform(self.state.destroy_objects(why))
         while self._objects.tasks:  # their workers are gone after this
             await asyncio.gather(*list(self._objects.tasks), return_exceptions=True)
-        pulls = list(self._pull_tasks)  # cancelled: no task waits for them any more
-        for pull in pulls:
-            pull.cancel()
-        await asyncio.gather(*pulls, return_exceptions=True)
+        await self._pulls.close()
         if self._peers is not None:
             await self._peers.close()
-        if self._pool_started is not None:
-            await self._pool_started
-        if self._pool is not None:
-            await asyncio.to_thread(self._pool.close)
-        await self.envs.close()
+        await self._pools.close()
         if self._announce_timer is not None:
             self._announce_timer.cancel()
             self._announce_timer = None
-        self._unlink_pending()
+        self._files.unlink_pending()
         shm.sweep(self.shm_prefix)
 
     # ---- sessions --------------------------------------------------------------------
@@ -508,7 +424,7 @@ class ServerCore:
         sessions = list(self._sessions.values())
         objects_total = sum(len(s.state.objects) for s in sessions)
         bytes_total = sum(s.state.object_bytes for s in sessions)
-        pool = self._pool.stats() if self._pool is not None else None
+        pool = self._pools.stats()
         replicas = state.held.replicas
         return ServerStats(
             sessions=len(sessions),
@@ -517,14 +433,14 @@ class ServerCore:
             object_bytes=session.state.object_bytes if session is not None else bytes_total,
             objects_total=objects_total,
             object_bytes_total=bytes_total,
-            tasks_active=len(state.attempts),
-            tasks_done=state.tasks_done,
-            tasks_failed=state.tasks_failed,
+            tasks_active=len(state.tasks.attempts),
+            tasks_done=state.tasks.tasks_done,
+            tasks_failed=state.tasks.tasks_failed,
             workers=self.config.worker_count,
             worker_pids=pool.workers if pool is not None else (),
             busy=pool.busy if pool is not None else 0,
             queued=(pool.queued if pool is not None else 0)
-            + len(self._early)
+            + len(self._pools.early)
             + state.pulls.waiting_tasks,
             workers_replaced=pool.workers_replaced if pool is not None else 0,
             objects_pulled=state.pulls.objects_pulled,
@@ -566,17 +482,19 @@ class ServerCore:
         self.in_pool_batch = True  # until _after_pool_events: streams flush then
         state = self.state
         if isinstance(event, TaskStarted):
-            actions = state.started(event.task_id, event.worker, self._clock())
+            actions = state.tasks.started(event.task_id, event.worker, self._clock())
         elif isinstance(event, TaskOutput):
-            actions = state.output(event.task_id, event.stream, event.text)
+            actions = state.tasks.output(event.task_id, event.stream, event.text)
         elif isinstance(event, TaskDone):
-            result = _unpack(event.result)
-            limit = state.inline_limit(event.task_id)
+            result = unpack(event.result)
+            limit = state.tasks.inline_limit(event.task_id)
             if limit is not None and not isinstance(result, ResultFailure):
-                result = _read_inlines(result, limit)
-            actions = state.done(event.task_id, result)
+                result = read_inlines(result, limit)
+            actions = state.tasks.done(event.task_id, result)
         else:
-            actions = state.failed(event.task_id, event.reason, event.message, event.traceback)
+            actions = state.tasks.failed(
+                event.task_id, event.reason, event.message, event.traceback
+            )
         self._perform(actions)
 
     def _after_pool_events(self) -> None:
@@ -588,7 +506,7 @@ class ServerCore:
         if not event.task_id.startswith(REBUILD):
             self._on_pool_event(event)
         elif isinstance(event, TaskDone):
-            self._perform(self.state.rebuilt(object_id, event.task_id, _unpack(event.result)))
+            self._perform(self.state.rebuilt(object_id, event.task_id, unpack(event.result)))
         elif isinstance(event, TaskFailed):  # (a constructor's result writes no file)
             actions = self.state.rebuild_failed(
                 object_id, event.task_id, event.reason, event.message
@@ -602,23 +520,8 @@ class ServerCore:
         log_event(logging.ERROR, "object_pool_failed", object=object_id, error=error)
         self._perform(self.state.object_start_failed(object_id, error))
 
-    def _env_pool(self, label: str, folder: str) -> WorkerPool:
-        """The worker pool of a pip environment: its folder first on the workers' path."""
-        return WorkerPool(
-            self.config.worker_count,
-            RUNNER,
-            self._on_pool_event,
-            name=f"{self.name}/env/{label}",
-            loop=self._loop,
-            on_events_delivered=self._after_pool_events,
-            env={**self.worker_env, "PYTHONPATH": folder},
-        )
-
-    def _env_failed(self, pool_id: str, message: str) -> None:
-        self._fail_attempt(pool_id, "environment", "EnvUnavailable", message)
-
     def _fail_attempt(self, pool_id: str, kind: str, type_name: str, message: str) -> None:
-        self._perform(self.state.attempt_failed(pool_id, kind, type_name, message))
+        self._perform(self.state.tasks.attempt_failed(pool_id, kind, type_name, message))
 
     # ---- actions -------------------------------------------------------------------------
 
@@ -637,9 +540,9 @@ class ServerCore:
             elif isinstance(action, Log):
                 log_event(action.level, action.event, **dict(action.fields))  # type: ignore[arg-type]
             elif isinstance(action, Submit):
-                self._submit(action)
+                self._pools.submit(action)
             elif isinstance(action, Cancel):
-                self._cancel(action)
+                self._pools.cancel(action)
             elif isinstance(action, StartObject):
                 self._objects.start(action)
             elif isinstance(action, SubmitToObject):
@@ -651,17 +554,16 @@ class ServerCore:
                 self._objects.stop(action)
             elif isinstance(action, Unlink):
                 if action.soon:
-                    self._unlink_soon(action.names)
+                    self._files.unlink_soon(action.names)
                 else:
                     shm.unlink(action.names)
             elif isinstance(action, Sweep):
-                self._sweep_soon(action.prefix)
+                self._files.sweep_soon(action.prefix)
             elif isinstance(action, StartPull):
-                self._start_pull(action)
+                assert self._peers is not None  # the machine starts none without
+                self._pulls.start(action, self._peers)
             elif isinstance(action, CancelPull):
-                pull = self._pulls.pop(action.pull_id, None)
-                if pull is not None:
-                    pull.cancel()
+                self._pulls.cancel(action.pull_id)
             elif isinstance(action, SetAnnounceTimer):
                 self._set_announce_timer(action.at)
             elif isinstance(action, SetExpiry):
@@ -670,31 +572,6 @@ class ServerCore:
                 self.task_logs.add(action.key, action.stream, action.text)
             elif isinstance(action, EndTaskLog):
                 self.task_logs.ended(action.key)
-
-    def _submit(self, action: Submit) -> None:
-        pool_id, payload = action.pool_id, action.payload
-        if action.pip:
-            self.envs.submit(action.pip, pool_id, payload, self._env_failed)
-        elif self._pool is not None:
-            try:
-                self._pool.submit(pool_id, payload)
-            except RuntimeError:  # closed: the server is stopping
-                self._fail_attempt(pool_id, "internal", "ServerStopping", "the server is stopping")
-        elif self._pool_error:
-            self._fail_attempt(pool_id, "internal", "PoolError", self._pool_error)
-        else:
-            self._early[pool_id] = payload
-
-    def _cancel(self, action: Cancel) -> None:
-        pool_id = action.pool_id
-        if action.pip:
-            queued = self.envs.cancel(action.pip, pool_id)  # still waiting for pip
-        else:
-            queued = self._early.pop(pool_id, None) is not None
-            if not queued and self._pool is not None:
-                self._pool.cancel(pool_id)  # False: its terminal event is on its way
-        if queued:
-            self._fail_attempt(pool_id, "cancelled", "TaskCancelled", "cancelled while queued")
 
     def _set_announce_timer(self, at: float | None) -> None:
         if self._announce_timer is not None:
@@ -706,7 +583,7 @@ class ServerCore:
 
     def _announce(self) -> None:
         self._announce_timer = None
-        self._perform(self.state.announce(self._clock()))
+        self._perform(self.state.tasks.announce(self._clock()))
 
     def _set_expiry(self, session_id: str, at: float | None) -> None:
         session = self._sessions.get(session_id)
@@ -718,53 +595,3 @@ class ServerCore:
         if at is not None:
             delay = max(0.0, at - self._clock())
             session.expiry = self._loop.call_later(delay, self._expire, session)
-
-    def _start_pull(self, action: StartPull) -> None:
-        assert self._peers is not None  # the machine starts none without
-        pull = self._loop.create_task(self._pull(action, self._peers))
-        self._pulls[action.pull_id] = pull
-        self._pull_tasks.add(pull)
-        pull.add_done_callback(self._pull_tasks.discard)
-
-    async def _pull(self, action: StartPull, peers: Peers) -> None:
-        """Pull the object, then tell the machine. Cancelled when no task waits any more;
-        ``peers.pull`` then leaves no file behind."""
-        ref = action.ref
-        log_event(logging.DEBUG, "pull_started", object=ref.object_id, holder=ref.server)
-        started = self._clock()
-        try:
-            pulled = await peers.pull(ref, action.shm_prefix)
-        except PullFailed as exc:
-            actions = self.state.pull_failed(action.pull_id, exc.reason, exc.advice)
-        except Exception as exc:  # a bug of ours: the tasks fail rather than wait forever
-            log_event(logging.ERROR, "pull_error", exc_info=True, object=ref.object_id)
-            reason = f"{type(exc).__name__}: {exc}"
-            actions = self.state.pull_failed(action.pull_id, reason, "report this as a bug")
-        else:
-            actions = self.state.pulled(action.pull_id, pulled, self._clock() - started)
-        self._pulls.pop(action.pull_id, None)
-        self._perform(actions)
-
-    # ---- files ---------------------------------------------------------------------------
-
-    def _sweep_soon(self, prefix: str) -> None:
-        """Sweep the files an attempt's worker may have written, soon: in one pass over the
-        directory for all attempts that end together."""
-        if not self._to_sweep:
-            self._loop.call_soon(self._sweep)
-        self._to_sweep.add(prefix)
-
-    def _sweep(self) -> None:
-        prefixes, self._to_sweep = self._to_sweep, set()
-        shm.sweep(*prefixes)
-
-    def _unlink_soon(self, names: Iterable[str]) -> None:
-        """Unlink these files once the events queued now are on their way: freeing the pages
-        of a big file takes milliseconds, which the reply should not wait for."""
-        if not self._to_unlink:
-            self._loop.call_soon(self._unlink_pending)
-        self._to_unlink.extend(names)
-
-    def _unlink_pending(self) -> None:
-        names, self._to_unlink = self._to_unlink, []
-        shm.unlink(names)

@@ -4,14 +4,15 @@ Every method that takes an event returns the actions to take, in order
 (:mod:`sperse._server.actions`); the driver (:class:`sperse._server.core.ServerCore`) takes
 them. Nothing here reads a clock (``now`` is given), touches a file, a pool or a stream, or
 starts a task; so each rule of :mod:`sperse._server.core`'s docstring can be tested by
-feeding events (``tests/server/test_server_state.py``). Its parts: :mod:`~.sessions` (a
-session's tasks and retained events), :mod:`~.held` (held values and their files),
-:mod:`~.pulls` (objects pulled from other servers), :mod:`~.remote` (remote objects),
-:mod:`~.holdback` (the ``Started`` hold-back).
+feeding events (``tests/server/test_server_state*.py``).
 
-Pool events come by the driver's pool id (``SESSION/ATTEMPT``): each attempt has its own, so
-an event of an earlier attempt, or of a task that has ended, is dropped (its result files
-are unlinked, an attempt that failed has its files swept).
+This class keeps the sessions and takes the requests (submit, cancel, release), the
+outcomes of pulls and the news of remote objects' workers; its parts: :mod:`~.tasks`
+(``TaskTable``: attempts, the pools' events, retries, a task's end; the driver feeds it the
+pools' events directly), :mod:`~.sessions` (a session's tasks and retained events),
+:mod:`~.held` (held values and their files), :mod:`~.pulls` (objects pulled from other
+servers), :mod:`~.remote` (remote objects), :mod:`~.holdback` (the ``Started`` hold-back).
+All of them append to one action list, which each event method returns and empties.
 """
 
 from __future__ import annotations

@@ -14,11 +14,12 @@ from collections import Counter, defaultdict
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from state_harness import Machine, files, machine, value
+from state_harness import Machine, call, create, files, machine, value
 
-from sperse._server.actions import Submit, Unlink
+from sperse._server.actions import StartObject, StopObject, Submit, SubmitToObject, Unlink
 from sperse._server.envelope import ResultFailure
-from sperse._server.model import Done, Failed, HeldObject, Output, Started
+from sperse._server.model import Done, Failed, HeldObject, ObjectOp, Output, Started
+from sperse._server.remote import REBUILD
 
 TASKS = ("t1", "t2", "t3")
 
@@ -162,3 +163,65 @@ def test_a_held_values_files_go_once_after_release_and_last_use(
         gone = [u for u in m.of(Unlink) if "f" in u.names]
         assert len(gone) == (1 if released and not running and not pins else 0)
     assert held.users == len(running) + pins
+
+
+object_ops = st.lists(
+    st.one_of(
+        st.tuples(st.just("call"), st.integers(0, 3)),
+        st.tuples(st.sampled_from(["start", "done", "died", "cancel"]), st.integers(0, 3)),
+        st.tuples(st.sampled_from(["exit", "rebuilt", "rebuild_failed", "close"]), st.just(0)),
+        st.tuples(st.just("release"), st.just(0)),
+    ),
+    max_size=30,
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.booleans(), object_ops)
+def test_every_call_of_a_remote_object_ends_once(restart: bool, sequence: list) -> None:
+    """Calls from another session, the object's worker dying (rebuilt or not), closes and
+    releases in any order: every call gets one terminal event; a dead object gets nothing
+    more submitted and is stopped once."""
+    m = machine("s", "other")
+    m.submit("c", object=create("o1", restart=restart))
+    m.done("c")
+    calls: list[str] = []
+    rebuilds = 0
+    for n, (verb, i) in enumerate(sequence):
+        pick = calls[i % len(calls)] if calls else None
+        if verb == "call":
+            calls.append(f"k{n}")
+            m.submit(f"k{n}", session="other", object=call("o1"))
+        elif verb == "exit":
+            m.feed(m.state.object_worker_exited("o1", 7, "killed"))
+        elif verb in ("rebuilt", "rebuild_failed"):
+            rebuilds += 1
+            pool_id = f"{REBUILD}o1/{rebuilds}"
+            if verb == "rebuilt":
+                m.feed(m.state.rebuilt("o1", pool_id, [value()]))
+            else:
+                m.feed(m.state.rebuild_failed("o1", pool_id, "runner_error", "broken"))
+        elif verb == "close":
+            m.submit(f"x{n}", session="other", object=ObjectOp("o1", "close"))
+        elif verb == "release":
+            m.feed(m.state.release("s", "o1"))
+        elif pick is not None and pick in m.pool_ids:
+            if verb == "start":
+                if m.pool_id(pick) not in m.started:
+                    m.started.add(m.pool_id(pick))
+                    m.start(pick)
+            elif verb == "done":
+                m.done(pick)
+            elif verb == "died":
+                m.fail(pick, "worker_died")
+            else:
+                m.cancel(pick, session="other")
+    drain(m)
+    ends = Counter(e.event.task_id for e in m.emits("other") if isinstance(e.event, Done | Failed))
+    assert all(ends[k] == 1 for k in calls), ends
+    stops = [i for i, a in enumerate(m.actions) if isinstance(a, StopObject)]
+    assert len(stops) <= 1
+    if stops:
+        assert m.state.objects.alive == {}
+        later = m.actions[stops[0] :]
+        assert not [a for a in later if isinstance(a, SubmitToObject | StartObject)]

@@ -43,7 +43,9 @@ __all__ = ["TaskTable"]
 
 class TaskTable:
     """The attempts of server ``name`` in flight, and the rules of a task's end. Shares the
-    action list ``out`` with the machine it is part of."""
+    action list ``out`` with the machine it is part of: the methods that return actions take
+    an event (the driver calls them); the others are steps the machine composes (they add
+    their actions to ``out``)."""
 
     def __init__(
         self,

@@ -308,7 +308,7 @@ class ServerCore:
         shared memory files left."""
         for session in list(self._sessions.values()):
             self.close_session(session, "session_closed", reason="server_stopping")
-        # pragma: no cover - their sessions ended, and their objects with them
+        # None should be left (their sessions ended, and their objects with them).
         why = f"was destroyed: {SESSION_END['server_stopping']}"
         self._perform(self.state.destroy_objects(why))
         while self._objects.tasks:  # their workers are gone after this

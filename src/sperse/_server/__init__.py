@@ -1,7 +1,8 @@
 """The sperse server: sessions over gRPC, an object store, and a pool of worker processes.
 
 Layers: :mod:`~sperse._server.config` (what to run), :mod:`~sperse._server.core` (sessions,
-tasks, objects; no gRPC), :mod:`~sperse._server.service` (the ``Session`` stream),
+tasks, objects; no gRPC: the driver of :mod:`~sperse._server.state`, a pure state machine,
+events in, actions out), :mod:`~sperse._server.service` (the ``Session`` stream),
 :mod:`~sperse._server.server` (``SperseServer``, the async context manager),
 :mod:`~sperse._server.runner` and :mod:`~sperse._server.envelope` (what runs in the workers).
 

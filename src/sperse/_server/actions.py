@@ -1,0 +1,210 @@
+"""What the server's state machine (:mod:`sperse._server.state`) asks its driver to do.
+
+The machine decides; the driver (:class:`sperse._server.core.ServerCore`) does, in the order
+the actions come: it owns the worker pools, the timers, the pull tasks, the files and the
+streams. Some actions may not be doable (a pool that never started, a task still waiting for
+its pip environment when it is cancelled); the driver then tells the machine with an event
+(``ServerState.attempt_failed``), never by deciding itself.
+
+Pool ids: ``SESSION/ATTEMPT`` for the attempts of tasks (each attempt has its own), and
+``rebuild/OBJECT/N`` for the rebuilds of remote objects.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from sperse._server.model import PeerRef, TaskEvent
+
+__all__ = [
+    "Action",
+    "Cancel",
+    "CancelObjectCall",
+    "CancelPull",
+    "Emit",
+    "EndSession",
+    "EndTaskLog",
+    "Log",
+    "SetAnnounceTimer",
+    "SetExpiry",
+    "StartObject",
+    "StartPull",
+    "StopObject",
+    "Submit",
+    "SubmitToObject",
+    "Sweep",
+    "TaskLogOutput",
+    "Unlink",
+    "log",
+]
+
+
+@dataclass(frozen=True, slots=True)
+class Emit:
+    """Put ``event`` in the session's outbox, and wake the stream attached to it."""
+
+    session_id: str
+    event: TaskEvent
+
+
+@dataclass(frozen=True, slots=True)
+class EndSession:
+    """The session has ended: drop its outbox; nothing more is sent to it."""
+
+    session_id: str
+
+
+@dataclass(frozen=True, slots=True)
+class Log:
+    """A structured log line (:func:`sperse._server.logs.log_event`)."""
+
+    level: int
+    event: str
+    fields: tuple[tuple[str, object], ...] = ()
+
+    def get(self, name: str) -> object:
+        return dict(self.fields).get(name)
+
+
+def log(level: int, event: str, **fields: object) -> Log:
+    return Log(level, event, tuple(fields.items()))
+
+
+@dataclass(frozen=True, slots=True)
+class Submit:
+    """Run an attempt in the server's pool (``pip`` empty) or in that pip environment's. Not
+    doable (no pool, it is closed): the driver fails the attempt."""
+
+    pool_id: str
+    payload: bytes
+    pip: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class Cancel:
+    """Cancel an attempt of the server's pool or of a pip environment's. Still queued in the
+    driver (the pool is starting, the environment is being installed): the driver fails it
+    with ``TaskCancelled``; running: the pool's ``TaskFailed`` comes later."""
+
+    pool_id: str
+    pip: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class StartObject:
+    """Start the one-worker pool of a remote object; its create (``pool_id``, ``payload``)
+    runs first there, before the calls submitted to it meanwhile."""
+
+    object_id: str
+    label: str
+    max_concurrency: int
+    pool_id: str
+    payload: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class SubmitToObject:
+    """Run a call (or, ``front``, a rebuild) in the object's pool; queued while it starts."""
+
+    object_id: str
+    pool_id: str
+    payload: bytes
+    front: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class CancelObjectCall:
+    """Queued in the driver: failed with ``TaskCancelled``; else the pool cancels it (which
+    never kills the object's worker)."""
+
+    object_id: str
+    pool_id: str
+
+
+@dataclass(frozen=True, slots=True)
+class StopObject:
+    """Close the object's pool (and drop what is queued for it), without blocking the loop."""
+
+    object_id: str
+
+
+@dataclass(frozen=True, slots=True)
+class Unlink:
+    """Unlink these shared memory files: ``soon`` once the events queued now are on their way
+    (freeing a big file's pages takes milliseconds), else at once."""
+
+    names: tuple[str, ...]
+    soon: bool = True
+
+
+@dataclass(frozen=True, slots=True)
+class Sweep:
+    """Soon, unlink every file whose name starts with ``prefix`` (an attempt's)."""
+
+    prefix: str
+
+
+@dataclass(frozen=True, slots=True)
+class StartPull:
+    """Pull ``ref`` from its server (its big buffers to files named ``shm_prefix`` + random),
+    then report ``ServerState.pulled`` or ``pull_failed`` with ``pull_id``."""
+
+    pull_id: int
+    ref: PeerRef
+    shm_prefix: str
+
+
+@dataclass(frozen=True, slots=True)
+class CancelPull:
+    pull_id: int
+
+
+@dataclass(frozen=True, slots=True)
+class SetAnnounceTimer:
+    """Call ``ServerState.announce`` at time ``at`` (the machine's clock); None: no timer.
+    Replaces the timer set before."""
+
+    at: float | None
+
+
+@dataclass(frozen=True, slots=True)
+class SetExpiry:
+    """Call ``ServerState.expire`` for the session at ``at``; None: cancel its timer."""
+
+    session_id: str
+    at: float | None
+
+
+@dataclass(frozen=True, slots=True)
+class TaskLogOutput:
+    """Keep what a task printed, for ``sperse logs`` (``key``: ``SESSION/TASK``)."""
+
+    key: str
+    stream: str
+    text: str
+
+
+@dataclass(frozen=True, slots=True)
+class EndTaskLog:
+    key: str
+
+
+Action = (
+    Emit
+    | EndSession
+    | Log
+    | Submit
+    | Cancel
+    | StartObject
+    | SubmitToObject
+    | CancelObjectCall
+    | StopObject
+    | Unlink
+    | Sweep
+    | StartPull
+    | CancelPull
+    | SetAnnounceTimer
+    | SetExpiry
+    | TaskLogOutput
+    | EndTaskLog
+)

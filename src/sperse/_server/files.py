@@ -1,0 +1,98 @@
+"""The shared memory files of a server, on the driver's side: results read, files unlinked.
+
+Unlinking waits for the loop's next turn (``Files.unlink_soon``, ``sweep_soon``), so that the
+events queued meanwhile (a task's ``Done``) are not held up by the freeing of a big file's
+pages; and the sweeps of the attempts that end together share one pass over the directory.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import os
+from collections.abc import Iterable
+
+from sperse._serialize import shm
+from sperse._server.envelope import (
+    PickledBytes,
+    ResultFailure,
+    ResultValue,
+    ShmBuffer,
+    unpack_result,
+)
+
+__all__ = ["Files", "read_inline", "read_inlines", "unpack"]
+
+
+class Files:
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._loop = loop
+        self._to_sweep: set[str] = set()
+        self._to_unlink: list[str] = []
+
+    def sweep_soon(self, prefix: str) -> None:
+        """Sweep the files whose names start with ``prefix`` (an attempt's), soon."""
+        if not self._to_sweep:
+            self._loop.call_soon(self._sweep)
+        self._to_sweep.add(prefix)
+
+    def _sweep(self) -> None:
+        prefixes, self._to_sweep = self._to_sweep, set()
+        shm.sweep(*prefixes)
+
+    def unlink_soon(self, names: Iterable[str]) -> None:
+        """Unlink these files once the events queued now are on their way: freeing the pages
+        of a big file takes milliseconds, which the reply should not wait for."""
+        if not self._to_unlink:
+            self._loop.call_soon(self.unlink_pending)
+        self._to_unlink.extend(names)
+
+    def unlink_pending(self) -> None:
+        names, self._to_unlink = self._to_unlink, []
+        shm.unlink(names)
+
+
+def unpack(payload: bytes) -> list[ResultValue] | ResultFailure:
+    """A worker's result; one that cannot be read is the runner's failure."""
+    try:
+        return unpack_result(payload)
+    except ValueError as exc:
+        return ResultFailure("internal", "RunnerError", str(exc))
+
+
+def read_inline(value: PickledBytes) -> PickledBytes:
+    """``value`` with its shared memory files read into bytes (and unlinked): for a value
+    sent inline, whose files nobody would own."""
+    names = list(value.shm_names())
+    if not names:
+        return value
+    buffers = []
+    try:
+        for b in value.buffers:
+            if isinstance(b, ShmBuffer):
+                fd = shm.open_read(b.name, b.size)
+                try:
+                    buffers.append(os.pread(fd, b.size, 0))
+                finally:
+                    os.close(fd)
+            else:
+                buffers.append(b)
+    finally:
+        shm.unlink(names)
+    return PickledBytes(value.data, tuple(buffers))
+
+
+def read_inlines(values: list[ResultValue], limit: int) -> list[ResultValue] | ResultFailure:
+    """The values below ``limit`` (sent inline) read into bytes. A file that cannot be read
+    fails the task; the files of the other values go then (nobody would own them)."""
+    out: list[ResultValue] = []
+    for i, v in enumerate(values):
+        if v.value.size >= limit:
+            out.append(v)
+            continue
+        try:
+            out.append(dataclasses.replace(v, value=read_inline(v.value)))
+        except OSError as exc:
+            shm.unlink(n for w in [*out, *values[i + 1 :]] for n in w.value.shm_names())
+            return ResultFailure("internal", "SharedMemoryError", str(exc))
+    return out

@@ -1,0 +1,249 @@
+"""The values that go in and out of a server's sessions: task requests, task events, held
+objects, statistics. Plain data; see :mod:`sperse._server.core` for what they mean together.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal, Protocol
+
+from sperse._server.envelope import PickledBytes
+
+__all__ = [
+    "ACTOR_RUNNER",
+    "GONE_KEPT",
+    "OUTPUT_CHUNK",
+    "RETAIN_EVENTS",
+    "RUNNER",
+    "STARTED_HOLD",
+    "TEXT_MAX",
+    "Done",
+    "Failed",
+    "HeldObject",
+    "HeldValue",
+    "InlineValue",
+    "Listener",
+    "ObjectOp",
+    "Output",
+    "PeerRef",
+    "Peers",
+    "PullFailed",
+    "Pulled",
+    "RemoteObjectInfo",
+    "ServerStats",
+    "Started",
+    "TaskEvent",
+    "TaskRequest",
+]
+
+RUNNER = "sperse._server.runner:run"
+ACTOR_RUNNER = "sperse._server.actor_runner:run"
+GONE_KEPT = 4096  # destroyed remote objects whose end is remembered, for later calls
+RETAIN_EVENTS = 1024  # terminal events kept per session for resubmissions after a resume
+OUTPUT_CHUNK = 256 << 10  # characters of one Output event (at most 1 MiB in UTF-8)
+TEXT_MAX = 64 << 10  # characters kept of a failure's message and of its traceback
+STARTED_HOLD = 0.005  # seconds a Started event waits for its task's end, to share a message
+
+
+# ---- what goes in ------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class PeerRef:
+    """An object another server of the cluster holds: ``server`` (its name) at ``address``."""
+
+    object_id: str
+    server: str
+    address: str
+
+
+@dataclass(frozen=True, slots=True)
+class ObjectOp:
+    """What a task does to a remote object (``Task.object``): ``kind`` is "create", "call"
+    or "close"; the other fields are the create's."""
+
+    object_id: str
+    kind: str
+    name: str = ""
+    max_concurrency: int = 1
+    restart: bool = False
+    type_name: str = ""
+    methods: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class TaskRequest:
+    """One task of a ``Submit``. ``work`` None: its bytes were refused (``refused`` says why).
+    ``uploads``: the shared memory files its work names (the task owns them from now on).
+    ``peer_refs``: where the refs this server may not hold are (it pulls them from there)."""
+
+    task_id: str
+    work: PickledBytes | None
+    refs: tuple[str, ...] = ()
+    retries: int = 0
+    inline_limit: int = 0
+    label: str = ""
+    refused: str = ""
+    uploads: tuple[str, ...] = ()
+    peer_refs: tuple[PeerRef, ...] = ()
+    object: ObjectOp | None = None
+    pip: tuple[str, ...] = ()  # the pip environment it runs in (sperse._server.envs)
+
+
+# ---- what comes out ----------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Started:
+    task_id: str
+    worker: int
+
+
+@dataclass(frozen=True, slots=True)
+class Output:
+    task_id: str
+    stream: Literal["stdout", "stderr"]
+    text: str
+
+
+@dataclass(frozen=True, slots=True)
+class InlineValue:
+    name: str
+    value: PickledBytes
+
+
+@dataclass(frozen=True, slots=True)
+class HeldValue:
+    name: str
+    object_id: str
+    type_name: str
+    size: int
+    repr: str
+
+
+@dataclass(frozen=True, slots=True)
+class Done:
+    task_id: str
+    values: tuple[InlineValue | HeldValue, ...]
+
+    @property
+    def inline_bytes(self) -> int:
+        return sum(v.value.size for v in self.values if isinstance(v, InlineValue))
+
+
+@dataclass(frozen=True, slots=True)
+class Failed:
+    task_id: str
+    kind: str
+    type_name: str
+    message: str
+    traceback: str = ""
+
+
+TaskEvent = Started | Output | Done | Failed
+
+
+@dataclass(slots=True, eq=False)
+class HeldObject:
+    """A value kept in the object store: its pickle, never opened by the server, whose big
+    buffers may be shared memory files. ``users``: queued or running tasks that use it."""
+
+    value: PickledBytes
+    type_name: str
+    repr: str
+    users: int = 0
+    released: bool = False
+
+    @property
+    def size(self) -> int:
+        return self.value.size
+
+    @property
+    def freed(self) -> bool:
+        """Released, and no task uses it: its files go."""
+        return self.released and self.users == 0
+
+
+@dataclass(frozen=True, slots=True)
+class ServerStats:
+    """A snapshot. ``objects``/``object_bytes``: of one session when asked for one, else all."""
+
+    sessions: int
+    attached: int
+    objects: int
+    object_bytes: int
+    objects_total: int
+    object_bytes_total: int
+    tasks_active: int
+    tasks_done: int
+    tasks_failed: int
+    workers: int
+    worker_pids: tuple[int, ...]
+    busy: int
+    queued: int
+    workers_replaced: int
+    objects_pulled: int = 0  # from other servers, for tasks here
+    bytes_pulled: int = 0
+    objects_served: int = 0  # to other servers that pulled them
+    bytes_served: int = 0
+    replicas: int = 0  # pulled copies that tasks still use
+    replica_bytes: int = 0
+    remote_objects: int = 0  # alive (or being built), all sessions
+    object_worker_pids: tuple[int, ...] = ()  # of the remote objects' workers
+
+
+@dataclass(frozen=True, slots=True)
+class RemoteObjectInfo:
+    """A live remote object, as listed (``pid``: of its worker, 0 while it starts)."""
+
+    object_id: str
+    name: str
+    type_name: str
+    methods: tuple[str, ...]
+    max_concurrency: int
+    restart: bool
+    calls: int
+    restarts: int
+    pid: int
+
+
+@dataclass(frozen=True, slots=True)
+class Pulled:
+    """An object pulled from another server: its pickle, buffers as bytes or as shared memory
+    files this server now owns."""
+
+    value: PickledBytes
+    type_name: str
+    repr: str
+
+
+class PullFailed(Exception):
+    """A pull did not bring the object: ``reason`` says why, ``advice`` what to do."""
+
+    def __init__(self, reason: str, advice: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+        self.advice = advice
+
+
+class Peers(Protocol):
+    """The other servers of the cluster, as this server reaches them (the gRPC side is
+    :class:`sperse._server.peers.PeerClient`)."""
+
+    async def pull(self, ref: PeerRef, shm_prefix: str) -> Pulled:
+        """The object ``ref`` names, or ``PullFailed``. Buffers of at least ``shm.SHM_MIN``
+        bytes go to new files named ``shm_prefix`` + random, when it is not empty (none is
+        left behind when the pull fails or is cancelled)."""
+        ...
+
+    async def close(self) -> None: ...
+
+
+class Listener(Protocol):
+    """The stream attached to a session."""
+
+    def wake(self) -> None:
+        """Events are waiting in the session's outbox."""
+
+    def kick(self) -> None:
+        """Another stream took the session over: end this one."""

@@ -1,0 +1,146 @@
+"""The one-worker pools of remote objects: the I/O side of :mod:`sperse._server.remote`.
+
+Takes the machine's ``StartObject``, ``SubmitToObject``, ``CancelObjectCall`` and
+``StopObject`` actions, and reports what the pools tell (their events, their worker's
+death, a pool that cannot start) through the callbacks it is given. What is submitted while
+a pool starts waits here, in order (a create first, a rebuild at the front).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import math
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+
+from sperse._pool import PoolEvent, WorkerPool
+from sperse._server.actions import CancelObjectCall, StartObject, StopObject, SubmitToObject
+from sperse._server.model import ACTOR_RUNNER
+
+__all__ = ["OBJECT_STOP_TIMEOUT", "ObjectPools"]
+
+OBJECT_STOP_TIMEOUT = 1.0  # seconds a destroyed object's worker gets to exit
+
+
+@dataclass(slots=True, eq=False)
+class _ObjectPool:
+    early: dict[str, bytes] = field(default_factory=dict)  # pool id -> payload, till it starts
+    pool: WorkerPool | None = None
+    stopped: bool = False
+
+
+class ObjectPools:
+    """``on_event(object_id, event)``, ``on_exit(object_id, pid, how)``: what the pools say;
+    ``failed(object_id, error)``: a pool cannot start; ``fail(pool_id, kind, type_name,
+    message)``: an attempt cannot run (cancelled while queued, or its pool is closed)."""
+
+    def __init__(
+        self,
+        server: str,
+        loop: asyncio.AbstractEventLoop,
+        *,
+        on_event: Callable[[str, PoolEvent], None],
+        on_exit: Callable[[str, int, str], None],
+        on_delivered: Callable[[], None],
+        failed: Callable[[str, str], None],
+        fail: Callable[[str, str, str, str], None],
+        env: Callable[[], Mapping[str, str]],
+    ) -> None:
+        self._server = server
+        self._loop = loop
+        self._on_event = on_event
+        self._on_exit = on_exit
+        self._on_delivered = on_delivered
+        self._failed = failed
+        self._fail = fail
+        self._env = env
+        self._pools: dict[str, _ObjectPool] = {}  # by object id: of live objects
+        self.tasks: set[asyncio.Task[None]] = set()  # pools starting, or stopping
+
+    def start(self, action: StartObject) -> None:
+        record = self._pools.setdefault(action.object_id, _ObjectPool())
+        # The create first, before the calls sent while it waited for a pull.
+        record.early = {action.pool_id: action.payload, **record.early}
+        self._own(self._loop.create_task(self._start(action, record)))
+
+    def _own(self, task: asyncio.Task[None]) -> None:
+        self.tasks.add(task)
+        task.add_done_callback(self.tasks.discard)
+
+    async def _start(self, action: StartObject, record: _ObjectPool) -> None:
+        """Start the object's worker (in a thread: spawning takes milliseconds), then send
+        what waits for it."""
+        object_id = action.object_id
+        try:
+            pool = await asyncio.to_thread(
+                WorkerPool,
+                1,
+                ACTOR_RUNNER,
+                functools.partial(self._on_event, object_id),
+                name=f"{self._server}/object/{action.label}",
+                loop=self._loop,
+                cancel_grace=math.inf,  # a cancel never kills the object's worker
+                concurrency=action.max_concurrency,
+                on_events_delivered=self._on_delivered,
+                on_worker_exit=functools.partial(self._on_exit, object_id),
+                env=dict(self._env()),
+            )
+        except Exception as exc:
+            self._failed(object_id, str(exc))
+            return
+        if record.stopped:  # destroyed meanwhile
+            await asyncio.to_thread(pool.close, OBJECT_STOP_TIMEOUT)
+            return
+        record.pool = pool
+        early, record.early = record.early, {}
+        for pool_id, payload in early.items():
+            pool.submit(pool_id, payload)
+
+    def submit(self, action: SubmitToObject, gone: str) -> None:
+        record = self._pools.setdefault(action.object_id, _ObjectPool())
+        if record.pool is None:
+            if action.front:
+                record.early = {action.pool_id: action.payload, **record.early}
+            else:
+                record.early[action.pool_id] = action.payload
+            return
+        try:
+            record.pool.submit(action.pool_id, action.payload, front=action.front)
+        except RuntimeError:  # pragma: no cover - closed only once the object is gone
+            self._fail(action.pool_id, "object_lost", "ObjectLost", gone)
+
+    def cancel(self, action: CancelObjectCall) -> None:
+        record = self._pools.get(action.object_id)
+        if record is None:
+            return
+        if record.early.pop(action.pool_id, None) is not None:
+            self._fail(action.pool_id, "cancelled", "TaskCancelled", "cancelled while queued")
+        elif record.pool is not None:
+            record.pool.cancel(action.pool_id)  # never kills the object's worker
+
+    def stop(self, action: StopObject) -> None:
+        record = self._pools.pop(action.object_id, None)
+        if record is None:
+            return
+        record.stopped = True
+        record.early.clear()
+        pool, record.pool = record.pool, None
+        if pool is not None:
+            pool.close(OBJECT_STOP_TIMEOUT)  # on the loop: returns at once, its tasks end now
+            # ... and this waits till its worker is gone.
+            self._own(self._loop.create_task(asyncio.to_thread(pool.close, OBJECT_STOP_TIMEOUT)))
+
+    def pid(self, object_id: str) -> int:
+        """Of the object's worker; 0 while it starts."""
+        record = self._pools.get(object_id)
+        workers = record.pool.stats().workers if record and record.pool is not None else ()
+        return workers[0] if workers else 0
+
+    def worker_pids(self) -> tuple[int, ...]:
+        return tuple(
+            pid
+            for record in self._pools.values()
+            if record.pool is not None
+            for pid in record.pool.stats().workers
+        )

@@ -1,0 +1,237 @@
+"""Remote objects (actors) of a server: their registry and life cycle, pure.
+
+See :mod:`sperse._server.core` for the rules. This part decides; the server's state machine
+(:mod:`sperse._server.state`) fails the calls of an object that dies, and its driver runs
+the object's one-worker pool (``StartObject``, ``SubmitToObject``, ``StopObject``).
+
+Invariants: an object id is used once per server (ids and names of live objects are unique;
+the end of the last ``GONE_KEPT`` destroyed ones is remembered, for the calls that come
+later); a dead object never comes back; a restart object is rebuilt from its kept create
+envelope, whose held values stay pinned and whose uploads stay on disk until it dies.
+"""
+
+from __future__ import annotations
+
+import collections
+import logging
+import pickle
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+from sperse._server.actions import Action, Log, SubmitToObject, Unlink, log
+from sperse._server.envelope import PickledBytes, ResultFailure, ResultValue
+from sperse._server.model import GONE_KEPT, Done, Failed, HeldObject, InlineValue, ObjectOp
+
+if TYPE_CHECKING:
+    from sperse._server.sessions import SessionState, TaskState
+
+__all__ = ["CLOSED", "REBUILD", "RemoteObject", "RemoteObjects"]
+
+REBUILD = "rebuild/"  # the pool ids of rebuilds start so (those of tasks: session/attempt)
+CLOSED = InlineValue("", PickledBytes(pickle.dumps(None, protocol=5)))  # a close's value
+
+
+@dataclass(slots=True, eq=False)
+class RemoteObject:
+    """A remote object: what its listing and a rebuild need."""
+
+    object_id: str
+    owner: SessionState
+    name: str
+    type_name: str
+    methods: tuple[str, ...]
+    max_concurrency: int
+    restart: bool
+    create_payload: bytes = b""  # restart only: the create's envelope, for a rebuild ...
+    pinned: dict[str, HeldObject] = field(default_factory=dict)  # ... the values it names
+    uploads: tuple[str, ...] = ()  # ... and its uploads
+    alive: bool = True
+    built: bool = False  # its constructor returned in its current worker
+    calls: int = 0  # that ended
+    restarts: int = 0
+    rebuild_id: str = ""  # pool id of the rebuild in flight
+    rebuilt_after: str = ""  # how the worker it was rebuilt after died
+
+    @property
+    def label(self) -> str:
+        return self.name or self.object_id[:12]
+
+
+class RemoteObjects:
+    """The live remote objects of server ``server``, and the end of the recent dead ones."""
+
+    def __init__(self, server: str) -> None:
+        self._server = server
+        self.alive: dict[str, RemoteObject] = {}  # by id
+        self.named: dict[str, RemoteObject] = {}  # by name, those with one
+        self._gone: collections.OrderedDict[str, str] = collections.OrderedDict()  # id: why
+
+    def create(
+        self, session: SessionState, task_id: str, op: ObjectOp, what: str
+    ) -> RemoteObject | Failed:
+        """Register the object a "create" names, owned by ``session``; or why the task
+        (``what``) is refused."""
+        object_id = op.object_id
+        if not object_id or object_id in self.alive or object_id in self._gone:
+            return Failed(
+                task_id,
+                "internal",
+                "DuplicateObject",
+                f"{what}: remote object id {object_id!r} is empty or was used before on server "
+                f"{self._server!r}: every remote object needs an id of its own",
+            )
+        if op.name and op.name in self.named:
+            return Failed(
+                task_id,
+                "raised",
+                "ValueError",
+                f"a remote object named {op.name!r} exists on server {self._server!r} "
+                f"already: pick another name, or reach that one with "
+                f"sperse.get_object({op.name!r})",
+            )
+        obj = RemoteObject(
+            object_id,
+            session,
+            op.name,
+            op.type_name,
+            op.methods,
+            max(1, op.max_concurrency),
+            op.restart,
+        )
+        self.alive[object_id] = obj
+        if obj.name:
+            self.named[obj.name] = obj
+        session.remote_objects[object_id] = obj
+        return obj
+
+    @staticmethod
+    def created(obj: RemoteObject) -> Log:
+        return log(
+            logging.INFO,
+            "object_created",
+            session=obj.owner.session_id,
+            object=obj.object_id,
+            name=obj.name or "-",
+            type=obj.type_name or "-",
+            max_concurrency=obj.max_concurrency,
+            restart=obj.restart,
+        )
+
+    def describe(self, obj: RemoteObject) -> str:
+        named = f"remote object {obj.name!r}" if obj.name else "remote object"
+        kind = obj.type_name or "of unknown type"
+        return f"{named} ({kind}, id {obj.object_id}) on server {self._server!r}"
+
+    def gone_reason(self, obj: RemoteObject) -> str:
+        return self._gone.get(obj.object_id, f"{self.describe(obj)} is gone")
+
+    def lost(self, task_id: str, object_id: str) -> Failed:
+        """The failure of a call of an object that is not alive here."""
+        message = self._gone.get(object_id) or (
+            f"server {self._server!r} has no remote object {object_id!r}: it never existed "
+            "here, or was destroyed long ago (a proxy reaches its object on the server that "
+            "created it)"
+        )
+        return Failed(task_id, "object_lost", "ObjectLost", message)
+
+    def unregister(self, obj: RemoteObject, why: str, event: str) -> Log:
+        """``obj`` is dead from now on (``obj.alive`` was True): why is remembered."""
+        obj.alive = False
+        object_id = obj.object_id
+        self.alive.pop(object_id, None)
+        if obj.name and self.named.get(obj.name) is obj:
+            del self.named[obj.name]
+        obj.owner.remote_objects.pop(object_id, None)
+        self._gone[object_id] = f"{self.describe(obj)} {why}"
+        while len(self._gone) > GONE_KEPT:
+            self._gone.popitem(last=False)
+        return log(
+            logging.WARNING if event == "object_lost" else logging.INFO,
+            event,
+            object=object_id,
+            name=obj.name or "-",
+            type=obj.type_name or "-",
+            calls=obj.calls,
+            reason=why,
+        )
+
+    @staticmethod
+    def keep_create(obj: RemoteObject, task: TaskState, payload: bytes) -> None:
+        """A restart object keeps its create for a rebuild, with what it names (pinned)."""
+        obj.create_payload = payload
+        obj.pinned = dict(task.objects)
+        for held in obj.pinned.values():
+            held.users += 1
+        obj.uploads, task.uploads = task.uploads, ()
+
+    @staticmethod
+    def worker_exited(obj: RemoteObject, pid: int, how: str) -> str | list[Action]:
+        """Its worker died: why it is lost (a str), or the actions of its rebuild."""
+        died = f"its worker (pid {pid}) died ({how})"
+        if not obj.built:  # the constructor runs (or was about to): not retried
+            when = (
+                f"while it was rebuilt after {obj.rebuilt_after}"
+                if obj.restarts
+                else "before it was built"
+            )
+            return f"is lost: {died} {when}"
+        if not obj.restart:
+            return (
+                f"is lost: {died}. Create it again; created with restart=True, an object is "
+                "rebuilt when its worker dies"
+            )
+        obj.built = False
+        obj.restarts += 1
+        obj.rebuilt_after = died
+        obj.rebuild_id = f"{REBUILD}{obj.object_id}/{obj.restarts}"
+        return [
+            log(
+                logging.WARNING,
+                "object_rebuilding",
+                object=obj.object_id,
+                name=obj.name or "-",
+                reason=died,
+                restarts=obj.restarts,
+            ),
+            SubmitToObject(obj.object_id, obj.rebuild_id, obj.create_payload, front=True),
+        ]
+
+    @staticmethod
+    def rebuilt(obj: RemoteObject, result: list[ResultValue] | ResultFailure) -> str | list[Action]:
+        """Its rebuild returned: why it is lost, or what to do (the value's files go)."""
+        obj.rebuild_id = ""
+        if isinstance(result, ResultFailure):
+            return (
+                f"is lost: it was rebuilt after {obj.rebuilt_after}, and its constructor "
+                f"raised {result.type_name}: {result.message}"
+            )
+        obj.built = True
+        names = tuple(name for v in result for name in v.value.shm_names())
+        return [
+            Unlink(names, soon=False),
+            log(logging.INFO, "object_rebuilt", object=obj.object_id),
+        ]
+
+    @staticmethod
+    def rebuild_failed(obj: RemoteObject, reason: str, message: str) -> str:
+        """Its rebuild failed without a result: why it is lost ("" if the worker died: its
+        exit says what happens)."""
+        obj.rebuild_id = ""
+        if reason == "worker_died":
+            return ""
+        return f"is lost: rebuilding it after {obj.rebuilt_after} failed: {message}"
+
+    @staticmethod
+    def task_ended(obj: RemoteObject, task: TaskState, event: Done | Failed) -> str:
+        """A create or a call of the live ``obj`` has ended: why it dies now ("": it lives)."""
+        if not task.creates:
+            obj.calls += 1
+            return ""
+        if isinstance(event, Done):
+            obj.built = True
+            return ""
+        if event.kind == "raised":
+            return f"was never built: its constructor raised {event.type_name}: {event.message}"
+        if event.kind == "cancelled":
+            return "was never built: its creation was cancelled"
+        return f"was never built: {event.message}"

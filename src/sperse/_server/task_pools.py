@@ -1,0 +1,138 @@
+"""The worker pools that run tasks: the server's own, and those of pip environments. The I/O
+side of the machine's ``Submit`` and ``Cancel`` actions.
+
+The server's pool starts in the background (spawning takes a while); what is submitted
+meanwhile waits here, in order. A pool that cannot start fails what waits and what comes
+later (``PoolError``); one that is closed (the server stops) fails what comes
+(``ServerStopping``); an attempt cancelled while it waits here is failed
+(``TaskCancelled``). Failures go back to the machine through ``fail``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable, Mapping
+
+from sperse._pool import PoolEvent, PoolStats, WorkerPool
+from sperse._server.actions import Cancel, Submit
+from sperse._server.config import ServerConfig
+from sperse._server.envs import PipEnvs
+from sperse._server.logs import log_event
+from sperse._server.model import RUNNER
+
+__all__ = ["TaskPools"]
+
+
+class TaskPools:
+    """``on_event``/``on_delivered``: the pools' events; ``fail(pool_id, kind, type_name,
+    message)``: an attempt that cannot run; ``env()``: the workers' environment."""
+
+    def __init__(
+        self,
+        config: ServerConfig,
+        name: str,
+        loop: asyncio.AbstractEventLoop,
+        *,
+        on_event: Callable[[PoolEvent], None],
+        on_delivered: Callable[[], None],
+        fail: Callable[[str, str, str, str], None],
+        env: Callable[[], Mapping[str, str]],
+    ) -> None:
+        self._config = config
+        self._name = name
+        self._loop = loop
+        self._on_event = on_event
+        self._on_delivered = on_delivered
+        self._fail = fail
+        self._env = env
+        self.pool: WorkerPool | None = None
+        self.envs = PipEnvs(
+            config.env_root, name, self._env_pool, timeout=config.env_timeout
+        )  # the pools of pip environments that tasks ask for
+        self._error = ""
+        self._started: asyncio.Task[None] | None = None
+        self.early: dict[str, bytes] = {}  # pool id -> payload, submitted before the pool
+        self._closing = False
+
+    def start(self) -> None:
+        self._started = self._loop.create_task(self._start())
+
+    async def _start(self) -> None:
+        try:
+            pool = await asyncio.to_thread(
+                WorkerPool,
+                self._config.worker_count,
+                RUNNER,
+                self._on_event,
+                name=self._name,
+                loop=self._loop,
+                on_events_delivered=self._on_delivered,
+                env=dict(self._env()),
+            )
+        except Exception as exc:
+            self._error = f"the worker processes of server {self._name!r} cannot start: {exc}"
+            log_event(logging.ERROR, "pool_failed", error=exc)
+            early, self.early = self.early, {}
+            for pool_id in early:
+                self._fail(pool_id, "internal", "PoolError", self._error)
+            return
+        if self._closing:
+            await asyncio.to_thread(pool.close)
+            return
+        self.pool = pool
+        early, self.early = self.early, {}
+        for pool_id, payload in early.items():
+            pool.submit(pool_id, payload)
+
+    async def close(self) -> None:
+        """Stop every worker (and wait for them to exit)."""
+        self._closing = True
+        if self._started is not None:
+            await self._started
+        if self.pool is not None:
+            await asyncio.to_thread(self.pool.close)
+        await self.envs.close()
+
+    def _env_pool(self, label: str, folder: str) -> WorkerPool:
+        """The worker pool of a pip environment: its folder first on the workers' path."""
+        return WorkerPool(
+            self._config.worker_count,
+            RUNNER,
+            self._on_event,
+            name=f"{self._name}/env/{label}",
+            loop=self._loop,
+            on_events_delivered=self._on_delivered,
+            env={**self._env(), "PYTHONPATH": folder},
+        )
+
+    def _env_failed(self, pool_id: str, message: str) -> None:
+        self._fail(pool_id, "environment", "EnvUnavailable", message)
+
+    def submit(self, action: Submit) -> None:
+        pool_id, payload = action.pool_id, action.payload
+        if action.pip:
+            self.envs.submit(action.pip, pool_id, payload, self._env_failed)
+        elif self.pool is not None:
+            try:
+                self.pool.submit(pool_id, payload)
+            except RuntimeError:  # closed: the server is stopping
+                self._fail(pool_id, "internal", "ServerStopping", "the server is stopping")
+        elif self._error:
+            self._fail(pool_id, "internal", "PoolError", self._error)
+        else:
+            self.early[pool_id] = payload
+
+    def cancel(self, action: Cancel) -> None:
+        pool_id = action.pool_id
+        if action.pip:
+            queued = self.envs.cancel(action.pip, pool_id)  # still waiting for pip
+        else:
+            queued = self.early.pop(pool_id, None) is not None
+            if not queued and self.pool is not None:
+                self.pool.cancel(pool_id)  # False: its terminal event is on its way
+        if queued:
+            self._fail(pool_id, "cancelled", "TaskCancelled", "cancelled while queued")
+
+    def stats(self) -> PoolStats | None:
+        return self.pool.stats() if self.pool is not None else None

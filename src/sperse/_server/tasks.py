@@ -1,0 +1,303 @@
+"""The tasks of a server's sessions, from dispatch to their one terminal event: a pure part
+of the server's state machine (:mod:`sperse._server.state`).
+
+Each attempt of a task has its own pool id (``SESSION/ATTEMPT``); an event of an attempt that
+is not current (an earlier one, or one of a task that ended) is dropped, its result's files
+unlinked, a failed attempt's files swept. A task whose worker died is dispatched again while
+it has retries left (a call of a remote object never is), with a ``Started`` of its own. A
+task that ends releases what it used (its uploads, its held values, its pulls) and gets its
+terminal event, recorded in its session (retained for resubmissions) and emitted.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+from collections.abc import Iterable
+from typing import Literal
+
+from sperse._server.actions import (
+    Action,
+    Emit,
+    EndTaskLog,
+    StartObject,
+    StopObject,
+    Submit,
+    SubmitToObject,
+    Sweep,
+    TaskLogOutput,
+    Unlink,
+    log,
+)
+from sperse._server.config import ServerConfig
+from sperse._server.envelope import Envelope, ResultFailure, ResultValue, pack_envelope
+from sperse._server.held import HeldValues
+from sperse._server.holdback import StartedHoldBack
+from sperse._server.model import OUTPUT_CHUNK, Done, Failed, Output, Started
+from sperse._server.pulls import Pulls
+from sperse._server.remote import RemoteObject, RemoteObjects
+from sperse._server.sessions import SessionState, TaskState, clip, clipped
+
+__all__ = ["TaskTable"]
+
+
+class TaskTable:
+    """The attempts of server ``name`` in flight, and the rules of a task's end. Shares the
+    action list ``out`` with the machine it is part of: the methods that return actions take
+    an event (the driver calls them); the others are steps the machine composes (they add
+    their actions to ``out``)."""
+
+    def __init__(
+        self,
+        config: ServerConfig,
+        name: str,
+        shm_prefix: str,
+        parts: tuple[HeldValues, Pulls, RemoteObjects],
+        out: list[Action],
+    ) -> None:
+        self.config = config
+        self.name = name
+        self.shm_prefix = shm_prefix
+        self.held, self.pulls, self.objects = parts
+        self.attempts: dict[str, TaskState] = {}  # by pool id: queued or running
+        self.hold_back = StartedHoldBack()
+        self.tasks_done = 0
+        self.tasks_failed = 0
+        self._attempt_ids = itertools.count(1)
+        self._out = out
+
+    def _take(self) -> list[Action]:
+        actions = list(self._out)
+        self._out.clear()
+        return actions
+
+    def dispatch(self, task: TaskState) -> None:
+        work = task.work
+        assert work is not None
+        obj = task.obj
+        if obj is not None and not obj.alive:  # destroyed while the task waited for a pull
+            self.finish(task, self.objects.lost(task.task_id, obj.object_id))
+            return
+        attempt = next(self._attempt_ids)
+        pool_id = f"{task.session.session_id}/{attempt}"
+        payload = pack_envelope(
+            Envelope(
+                task_id=task.task_id,
+                label=task.label,
+                server=self.name,
+                inline_limit=task.inline_limit,
+                work=work,
+                objects={ref: held.value for ref, held in task.objects.items()},
+                shm_prefix=f"{self.shm_prefix}a{attempt}-" if self.config.shm else "",
+            )
+        )
+        task.pool_id = pool_id
+        if task.retries_left == 0:
+            task.work = None
+        self.attempts[pool_id] = task
+        if obj is None:
+            self._out.append(Submit(pool_id, payload, task.pip))
+        elif not task.creates:
+            self._out.append(SubmitToObject(obj.object_id, pool_id, payload))
+        else:
+            if obj.restart:  # kept for a rebuild, with what it names
+                RemoteObjects.keep_create(obj, task, payload)
+            # First, before calls sent while it waited for a pull; its pool starts now.
+            self._out.append(
+                StartObject(obj.object_id, obj.label, obj.max_concurrency, pool_id, payload)
+            )
+
+    # ---- events of the pools -------------------------------------------------------------
+
+    def inline_limit(self, pool_id: str) -> int | None:
+        """The inline limit of the attempt's task; None: it is not known (any more)."""
+        task = self.attempts.get(pool_id)
+        return task.inline_limit if task is not None else None
+
+    def started(self, pool_id: str, worker: int, now: float) -> list[Action]:
+        task = self.attempts.get(pool_id)
+        if task is None:
+            return []
+        task.worker = worker
+        return self.hold_back.hold(task, pool_id, now)
+
+    def output(self, pool_id: str, stream: Literal["stdout", "stderr"], text: str) -> list[Action]:
+        task = self.attempts.get(pool_id)
+        if task is None:
+            return []
+        self.announce_now(task)
+        self._out.append(TaskLogOutput(task.log_key, stream, text))
+        for start in range(0, len(text), OUTPUT_CHUNK):
+            chunk = Output(task.task_id, stream, text[start : start + OUTPUT_CHUNK])
+            self._out.append(Emit(task.session.session_id, chunk))
+        return self._take()
+
+    def done(self, pool_id: str, result: list[ResultValue] | ResultFailure) -> list[Action]:
+        """The attempt returned ``result`` (its inline values read into bytes already)."""
+        task = self.attempts.pop(pool_id, None)
+        if task is None:  # its session has ended: nobody will own its files
+            if not isinstance(result, ResultFailure):
+                self.unlink([n for v in result for n in v.value.shm_names()], soon=False)
+            return self._take()
+        self.announce_now(task)
+        if isinstance(result, ResultFailure):
+            failed = Failed(
+                task.task_id, result.kind, result.type_name, result.message, result.traceback
+            )
+            self.finish(task, failed)
+        else:
+            values = self.held.keep(task.session, result, task.inline_limit)
+            self.finish(task, Done(task.task_id, values))
+        self._out.extend(self.hold_back.forget(self._current))
+        return self._take()
+
+    def failed(self, pool_id: str, reason: str, message: str, traceback: str) -> list[Action]:
+        """The attempt ended without its result (``reason``: worker_died, cancelled,
+        runner_error): its files are swept; it may be retried."""
+        task = self.attempts.pop(pool_id, None)
+        self._sweep_attempt(pool_id)
+        if task is not None:
+            self._on_failed(task, pool_id, reason, message, traceback)
+            self._out.extend(self.hold_back.forget(self._current))
+        return self._take()
+
+    def _on_failed(
+        self, task: TaskState, pool_id: str, reason: str, message: str, traceback: str
+    ) -> None:
+        # The pool names its own task id; the client knows the task by its id or label.
+        message = message.replace(pool_id, task.label or task.task_id)
+        obj = task.obj
+        if obj is not None and reason == "worker_died":
+            if obj.alive and obj.rebuilt_after:  # see object_worker_exited
+                message = (
+                    f"{self.objects.describe(obj)} was rebuilt after {obj.rebuilt_after}: its "
+                    "state was reset, and this call did not complete"
+                )
+                failed = Failed(task.task_id, "object_lost", "ObjectLost", message)
+            else:
+                failed = self.objects.lost(task.task_id, obj.object_id)
+        elif reason == "worker_died":
+            self._out.append(
+                log(logging.WARNING, "worker_replaced", task=task.task_id, reason=message)
+            )
+            if task.retries_left > 0 and not task.cancel_requested:
+                task.retries_left -= 1
+                self._out.append(
+                    log(
+                        logging.WARNING,
+                        "task_retried",
+                        session=task.session.session_id,
+                        task=task.task_id,
+                        retries_left=task.retries_left,
+                    )
+                )
+                self.announce_now(task)  # each attempt has a Started of its own
+                self.dispatch(task)
+                return
+            if task.retries:
+                message += f" (the last of {task.retries + 1} attempts)"
+            failed = Failed(task.task_id, "worker_died", "WorkerDied", message)
+        elif reason == "cancelled":
+            failed = Failed(task.task_id, "cancelled", "TaskCancelled", message)
+        else:
+            failed = Failed(task.task_id, "internal", "RunnerError", message, traceback)
+        self.announce_now(task)
+        self.finish(task, failed)
+
+    def attempt_failed(self, pool_id: str, kind: str, type_name: str, message: str) -> list[Action]:
+        """The driver could not run the attempt (or dropped it, cancelled, before it ran)."""
+        task = self.attempts.pop(pool_id, None)
+        if task is not None:
+            self.finish(task, Failed(task.task_id, kind, type_name, message))
+        return self._take()
+
+    def announce(self, now: float) -> list[Action]:
+        """The hold-back timer fired: emit the Started events that are due."""
+        tasks, timer = self.hold_back.due(now, self._current)
+        for task in tasks:
+            self.announce_now(task)
+        self._out.extend(timer)
+        return self._take()
+
+    def _current(self, task: TaskState, pool_id: str) -> bool:
+        return task.pool_id == pool_id and self.attempts.get(pool_id) is task
+
+    def announce_now(self, task: TaskState) -> None:
+        if not task.announced:
+            task.announced = True
+            self._out.append(Emit(task.session.session_id, Started(task.task_id, task.worker)))
+
+    def _sweep_attempt(self, pool_id: str) -> None:
+        if self.config.shm:
+            self._out.append(Sweep(f"{self.shm_prefix}a{pool_id.rpartition('/')[2]}-"))
+
+    def object_dies(self, obj: RemoteObject, why: str, *, event: str = "object_lost") -> None:
+        """Destroy ``obj``: its calls fail, ``why`` is remembered, its worker stops."""
+        if not obj.alive:
+            return
+        self._out.append(self.objects.unregister(obj, why, event))
+        for pool_id, task in list(self.attempts.items()):
+            if task.obj is obj:
+                del self.attempts[pool_id]
+                self.announce_now(task)
+                self.finish(task, self.objects.lost(task.task_id, obj.object_id))
+        pinned, obj.pinned = obj.pinned, {}
+        for held_id, held in pinned.items():
+            self._out.extend(self.held.unuse(held_id, held))
+        if obj.uploads:
+            self.unlink(obj.uploads)
+            obj.uploads = ()
+        obj.create_payload = b""
+        self._out.append(StopObject(obj.object_id))
+
+    # ---- ends ----------------------------------------------------------------------------
+
+    def release_task(self, task: TaskState) -> None:
+        """The task has ended: its uploads go, the objects it used may go."""
+        task.work = None
+        if task.uploads:
+            self.unlink(task.uploads)
+            task.uploads = ()
+        if task.waiting:
+            self._out.extend(self.pulls.stop_waiting(task))
+        objects, task.objects = task.objects, {}
+        for object_id, held in objects.items():
+            self._out.extend(self.held.unuse(object_id, held))
+
+    def finish(self, task: TaskState, event: Done | Failed) -> None:
+        self.release_task(task)
+        session = task.session
+        self._out.append(EndTaskLog(task.log_key))
+        if session.tasks.get(task.task_id) is task:
+            del session.tasks[task.task_id]
+        self.record(session, event)
+        obj = task.obj
+        if obj is not None and obj.alive:
+            why = RemoteObjects.task_ended(obj, task, event)
+            if why:
+                self.object_dies(obj, why)
+
+    def record(self, session: SessionState, event: Done | Failed) -> None:
+        if isinstance(event, Failed):
+            event = clipped(event)
+            self.tasks_failed += 1
+            self._out.append(
+                log(
+                    logging.INFO if event.kind in ("raised", "cancelled") else logging.WARNING,
+                    "task_failed",
+                    session=session.session_id,
+                    task=event.task_id,
+                    kind=event.kind,
+                    type=event.type_name,
+                    message=clip(event.message, 200),
+                )
+            )
+        else:
+            self.tasks_done += 1
+        session.retain(event)
+        self._out.append(Emit(session.session_id, event))
+
+    def unlink(self, names: Iterable[str], *, soon: bool = True) -> None:
+        found = tuple(names)
+        if found:
+            self._out.append(Unlink(found, soon))

@@ -55,6 +55,7 @@ from sperse._graph.graph import (
     RunId,
 )
 from sperse._lang.analysis import analyze
+from sperse._lang.objects import object_call, object_creation
 from sperse._lang.placement import Placement
 from sperse._lang.transform import MARKER, remote_placement, transform
 from sperse._serialize import RemoteValue, describe, dumps_oob
@@ -814,26 +815,16 @@ class Workspace:
         object instead of sending the instance back. Other classes (``pd.DataFrame``) are
         plain calls whose value comes back, as any remote statement's."""
         assert record.remote is not None
-        try:
-            (statement,) = ast.parse(record.remote.source).body
-        except (SyntaxError, ValueError):
+        shape = object_creation(record.remote.source)
+        if shape is None:
             return None
-        if not (
-            isinstance(statement, ast.Assign)
-            and len(statement.targets) == 1
-            and isinstance(statement.targets[0], ast.Name)
-            and isinstance(statement.value, ast.Call)
-            and isinstance(statement.value.func, ast.Name)
-        ):
-            return None
-        callee = statement.value.func.id
-        cls = inputs.get(callee, self.namespace.get(callee))
+        cls = inputs.get(shape.callee, self.namespace.get(shape.callee))
         from sperse._cluster.objects import RemoteClass
 
         made_here = isinstance(cls, type) and cls.__module__ == self.namespace["__name__"]
         if not (made_here or isinstance(cls, RemoteClass)):
             return None
-        return statement.targets[0].id, cls, statement.value
+        return shape.target, cls, shape.call
 
     def _hinted(self, error: ErrorInfo) -> ErrorInfo:
         """A remote ``NameError`` for a name misspelt at the prompt, with Python's hint:
@@ -851,30 +842,15 @@ class Workspace:
         target ("" for an expression) and the expression, to call the object from here (it
         lives on its server already) with the value, not the Pending, as the cell's result."""
         assert record.remote is not None
-        try:
-            (statement,) = ast.parse(record.remote.source).body
-        except (SyntaxError, ValueError):
-            return None
-        target = ""
-        if (
-            isinstance(statement, ast.Assign)
-            and len(statement.targets) == 1
-            and isinstance(statement.targets[0], ast.Name)
-        ):
-            target, expression = statement.targets[0].id, statement.value
-        elif isinstance(statement, ast.Expr) and record.is_expression:
-            expression = statement.value
-        else:
-            return None
-        reached = expression.func if isinstance(expression, ast.Call) else expression
-        if not (isinstance(reached, ast.Attribute) and isinstance(reached.value, ast.Name)):
+        shape = object_call(record.remote.source, is_expression=record.is_expression)
+        if shape is None:
             return None
         from sperse._cluster.objects import ObjectProxy
 
-        name = reached.value.id
+        name = shape.receiver
         if not isinstance(inputs.get(name, self.namespace.get(name)), ObjectProxy):
             return None
-        return target, expression
+        return shape.target, shape.expression
 
     def _call_object(
         self, record: _Record, run: Run, object_call: tuple[str, ast.expr]

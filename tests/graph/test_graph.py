@@ -13,6 +13,7 @@ from sperse._graph.graph import (
     CellStatus,
     Drop,
     Graph,
+    GraphView,
     Held,
     Mode,
     Run,
@@ -461,3 +462,16 @@ def test_notebook_retire_removes_old_statements_nothing_needs() -> None:
     actions = g.retire([CellId(1), shown, keep])
     assert [a.cell for a in actions if isinstance(a, Drop)] == [shown]
     assert keep in g and g.definer("b") == keep  # b keeps its value, as in Python
+
+
+def test_graph_satisfies_the_read_only_view() -> None:
+    """``GraphView`` lists queries only, and ``Graph`` answers each of them."""
+    view: GraphView = Graph()  # mypy checks the Protocol
+    members = [
+        n for n in vars(GraphView) if not n.startswith("_") or n in ("__contains__", "__len__")
+    ]
+    assert {"definer", "status", "children", "held", "mode"} <= set(members)
+    for name in members:
+        assert hasattr(view, name), name
+    mutators = {"add_cell", "retire", "finished", "failed", "rerun", "run_stale", "set_mode"}
+    assert not mutators & set(members)

@@ -38,14 +38,25 @@ Invariants (DESIGN.md §2):
 
 from __future__ import annotations
 
-import enum
 import itertools
 from collections import deque
-from collections.abc import Container, Iterable, Iterator, Mapping
-from dataclasses import dataclass
-from typing import NewType
+from collections.abc import Container, Iterable
 
-from sperse.errors import CycleError
+from sperse._graph.model import (
+    Action,
+    Blocked,
+    Cancel,
+    CellId,
+    CellStatus,
+    CellView,
+    Drop,
+    Held,
+    Mode,
+    Run,
+    RunId,
+)
+from sperse._graph.structure import Node, Structure
+from sperse._graph.view import GraphView
 
 __all__ = [
     "Action",
@@ -53,199 +64,23 @@ __all__ = [
     "Cancel",
     "CellId",
     "CellStatus",
+    "CellView",
     "Drop",
     "Graph",
+    "GraphView",
     "Held",
     "Mode",
     "Run",
     "RunId",
 ]
 
-CellId = NewType("CellId", int)
-RunId = NewType("RunId", int)
 
+class Graph(Structure):
+    """Cells, names and their states; ``handle``-style methods return actions.
 
-class CellStatus(enum.Enum):
-    PENDING = "pending"  # must run; waits until every parent is DONE
-    RUNNING = "running"  # a Run action was issued; waiting for its outcome
-    DONE = "done"  # ran; its values are current
-    FAILED = "failed"  # its last run raised
-    BLOCKED = "blocked"  # an upstream cell failed
-    STALE = "stale"  # lazy mode: inputs changed, runs on request
-
-
-class Mode(enum.Enum):
-    AUTO = "auto"
-    LAZY = "lazy"
-    NOTEBOOK = "notebook"  # as AUTO, with Python's binding: see the module docstring
-
-
-@dataclass(frozen=True, slots=True)
-class Run:
-    """Run ``cell`` now; report the outcome with ``run_id``.
-
-    ``inputs`` maps every ref of the cell to the cell it reads it from (None:
-    nobody defines it, so it is a builtin or a NameError waiting to happen).
+    The structure and its queries are ``Structure``'s; this class adds the events and
+    how a change propagates (invalidating, reviving and scheduling cells).
     """
-
-    cell: CellId
-    run_id: RunId
-    inputs: Mapping[str, CellId | None]
-
-
-@dataclass(frozen=True, slots=True)
-class Cancel:
-    """Stop the run ``run_id`` of ``cell``: its inputs changed or it was dropped."""
-
-    cell: CellId
-    run_id: RunId
-
-
-@dataclass(frozen=True, slots=True)
-class Drop:
-    """``cell`` left the graph: forget its values."""
-
-    cell: CellId
-
-
-@dataclass(frozen=True, slots=True)
-class Blocked:
-    """``cell`` will not run because ``upstream`` (a failed cell) is among its ancestors."""
-
-    cell: CellId
-    upstream: CellId
-
-
-@dataclass(frozen=True, slots=True)
-class Held:
-    """The effect cell ``cell`` was not run again although its inputs changed (rule 9):
-    it is STALE until ``run_stale`` applies it."""
-
-    cell: CellId
-
-
-Action = Run | Cancel | Drop | Blocked | Held
-
-
-class _Cell:
-    __slots__ = (
-        "defs",
-        "effect",
-        "fixed_children",
-        "held",
-        "id",
-        "label",
-        "owned",
-        "parents",
-        "refs",
-        "run_id",
-        "scan",
-        "status",
-    )
-
-    def __init__(self, cell_id: CellId, defs: frozenset[str], refs: frozenset[str], label: str):
-        self.id = cell_id
-        self.defs = defs
-        self.refs = refs
-        self.label = label
-        self.owned: set[str] = set(defs)
-        self.parents: dict[str, CellId | None] = {}
-        self.fixed_children: set[CellId] = set()
-        self.status = CellStatus.PENDING
-        self.effect = False  # changes an object it reads (rule 9)
-        self.held = False  # an effect cell not run again after its inputs changed
-        self.run_id = RunId(0)
-        # How many of the leading parents (in ``parents`` order) are known DONE
-        # while this cell is PENDING: makes a wide fan-in linear, not quadratic.
-        self.scan = 0
-
-
-@dataclass(frozen=True, slots=True)
-class CellView:
-    """A snapshot of one cell, for front ends and tests."""
-
-    id: CellId
-    label: str
-    defs: frozenset[str]
-    refs: frozenset[str]
-    owned: frozenset[str]
-    status: CellStatus
-    parents: Mapping[str, CellId | None]
-
-
-class Graph:
-    """Cells, names and their states; ``handle``-style methods return actions."""
-
-    def __init__(self, mode: Mode = Mode.AUTO) -> None:
-        self._cells: dict[CellId, _Cell] = {}
-        self._definer: dict[str, CellId] = {}
-        # Cells that read a name from whoever defines it now (including nobody).
-        self._followers: dict[str, set[CellId]] = {}
-        self._next_cell = 1
-        self._next_run = 1
-        self.mode = mode
-
-    # ---- queries -------------------------------------------------------------
-
-    def __contains__(self, cell: CellId) -> bool:
-        return cell in self._cells
-
-    def __len__(self) -> int:
-        return len(self._cells)
-
-    def cells(self) -> Iterator[CellId]:
-        return iter(self._cells)
-
-    def definer(self, name: str) -> CellId | None:
-        return self._definer.get(name)
-
-    def names(self) -> Iterator[str]:
-        return iter(self._definer)
-
-    def status(self, cell: CellId) -> CellStatus:
-        return self._cells[cell].status
-
-    def run_id(self, cell: CellId) -> RunId:
-        return self._cells[cell].run_id
-
-    def view(self, cell: CellId) -> CellView:
-        c = self._cells[cell]
-        return CellView(
-            c.id, c.label, c.defs, c.refs, frozenset(c.owned), c.status, dict(c.parents)
-        )
-
-    def parents(self, cell: CellId) -> Mapping[str, CellId | None]:
-        return self._cells[cell].parents
-
-    def children(self, cell: CellId) -> set[CellId]:
-        c = self._cells[cell]
-        out = set(c.fixed_children)
-        for name in c.owned:
-            out.update(self._followers.get(name, ()))
-        out.discard(cell)
-        return out
-
-    def failed_ancestor(self, cell: CellId) -> CellId | None:
-        """The nearest FAILED cell upstream of a BLOCKED (or FAILED) ``cell``."""
-        seen = {cell}
-        todo = deque([cell])
-        while todo:
-            c = self._cells[todo.popleft()]
-            if c.status is CellStatus.FAILED:
-                return c.id
-            for parent in c.parents.values():
-                if parent is not None and parent not in seen:
-                    seen.add(parent)
-                    todo.append(parent)
-        return None
-
-    def upstream(self, cell: CellId) -> list[CellId]:
-        """Every ancestor of ``cell``, nearest first."""
-        return self._walk(cell, up=True)
-
-    def downstream(self, cell: CellId) -> list[CellId]:
-        """Every descendant of ``cell``, nearest first."""
-        return self._walk(cell, up=False)
 
     # ---- events --------------------------------------------------------------
 
@@ -274,7 +109,7 @@ class Graph:
 
         cell_id = CellId(self._next_cell)
         self._next_cell += 1
-        cell = _Cell(cell_id, defs, refs, label)
+        cell = Node(cell_id, defs, refs, label)
         cell.effect = effect
         cell.parents = parents
         self._cells[cell_id] = cell
@@ -386,14 +221,6 @@ class Graph:
         self._schedule(stale, actions)
         return actions
 
-    def is_held(self, cell: CellId) -> bool:
-        """Whether ``cell`` is an effect cell held by rule 9."""
-        return self._cells[cell].held
-
-    def held(self) -> list[CellId]:
-        """The effect cells held by rule 9, in the order they were entered."""
-        return [c.id for c in self._cells.values() if c.held]
-
     def set_mode(self, mode: Mode) -> list[Action]:
         """Switch modes; going back to auto runs whatever went stale in lazy mode (effect
         cells held by rule 9 stay held: only ``run_stale`` applies them)."""
@@ -401,130 +228,7 @@ class Graph:
         return self.run_stale(held=False) if mode is Mode.AUTO else []
 
     # ---- internals -----------------------------------------------------------
-
-    def _walk(self, start: CellId, *, up: bool) -> list[CellId]:
-        seen = {start}
-        order: list[CellId] = []
-        todo = deque([start])
-        while todo:
-            cell = todo.popleft()
-            nxt: Iterable[CellId | None] = (
-                self._cells[cell].parents.values() if up else self.children(cell)
-            )
-            for other in nxt:
-                if other is not None and other not in seen:
-                    seen.add(other)
-                    order.append(other)
-                    todo.append(other)
-        return order
-
-    def _movers(self, defs: frozenset[str], replaces: Container[CellId]) -> dict[str, set[CellId]]:
-        """The cells that will read each of ``defs`` from a new cell: those that read it from
-        its current definer (all of them but in notebook mode, where only if that definer is
-        replaced), and, in notebook mode, those that read it from a replaced cell."""
-        movers: dict[str, set[CellId]] = {}
-        notebook = self.mode is Mode.NOTEBOOK
-        if not notebook:  # the common case: whoever reads a name follows its newest definition
-            for name in defs:
-                followers = self._followers.get(name)
-                if followers:
-                    movers[name] = set(followers)
-            return movers
-        for name in defs:
-            found: set[CellId] = set()
-            definer = self._definer.get(name)
-            if not notebook or (definer is not None and definer in replaces):
-                found.update(self._followers.get(name, ()))
-            if notebook and replaces:
-                for cell in self._cells.values():
-                    parent = cell.parents.get(name)
-                    if parent is not None and parent != definer and parent in replaces:
-                        found.add(cell.id)
-            if found:
-                movers[name] = found
-        return movers
-
-    def _move(self, reader: CellId, name: str, new: CellId, *, fixed: bool = False) -> None:
-        """``reader`` reads ``name`` from ``new`` from now on: a fixed edge if it also defines
-        the name or ``fixed`` (``new`` will not be the name's definer), else a follower."""
-        r = self._cells[reader]
-        old = r.parents.get(name)
-        r.parents[name] = new
-        if old is not None and old in self._cells and old not in r.parents.values():
-            self._cells[old].fixed_children.discard(reader)
-        followers = self._followers.get(name)
-        if fixed or name in r.defs:
-            self._cells[new].fixed_children.add(reader)
-            if followers is not None:
-                followers.discard(reader)
-        else:
-            self._followers.setdefault(name, set()).add(reader)
-
-    def _check_cycle(
-        self, movers: Mapping[str, set[CellId]], parents: Mapping[str, CellId | None], label: str
-    ) -> None:
-        # Cells that will read the new definitions: a cycle exists iff one of
-        # them is also upstream of the new cell.
-        readers: dict[CellId, str] = {}
-        for name, cells in movers.items():
-            for reader in cells:
-                readers.setdefault(reader, name)
-        if not readers:
-            return
-        came_from: dict[CellId, CellId | None] = {}
-        todo: deque[CellId] = deque()
-        for parent in parents.values():
-            if parent is not None and parent not in came_from:
-                came_from[parent] = None
-                todo.append(parent)
-        while todo:
-            cell = todo.popleft()
-            if cell in readers:
-                path = [cell]
-                prev = came_from[cell]
-                while prev is not None:
-                    path.append(prev)
-                    prev = came_from[prev]
-                chain = " -> ".join(f"[{c}] {self._cells[c].label}" for c in path)
-                raise CycleError(
-                    f"`{label}` would create a cycle: it reads what {chain} computes, "
-                    f"and [{cell}] reads `{readers[cell]}`, which this statement defines. "
-                    f"Rename one of the names, or merge the statements into one."
-                )
-            for parent in self._cells[cell].parents.values():
-                if parent is not None and parent not in came_from:
-                    came_from[parent] = cell
-                    todo.append(parent)
-
-    def _drop_orphans(self, candidates: list[CellId], actions: list[Action]) -> None:
-        todo = deque(candidates)
-        while todo:
-            cell_id = todo.popleft()
-            c = self._cells.get(cell_id)
-            if c is None or c.owned or not c.defs or self.children(cell_id):
-                continue
-            todo.extend(self._remove(cell_id, actions))
-
-    def _remove(self, cell_id: CellId, actions: list[Action]) -> list[CellId]:
-        """Take ``cell_id`` out of the graph; returns the parents it held by a fixed edge
-        (they may be orphans now)."""
-        c = self._cells.pop(cell_id)
-        if c.status is CellStatus.RUNNING:
-            actions.append(Cancel(cell_id, c.run_id))
-        actions.append(Drop(cell_id))
-        parents: list[CellId] = []
-        for name, parent in c.parents.items():
-            if parent is not None and parent in self._cells:
-                fixed = self._cells[parent].fixed_children
-                if cell_id in fixed:
-                    fixed.discard(cell_id)
-                    parents.append(parent)
-            followers = self._followers.get(name)
-            if followers is not None:
-                followers.discard(cell_id)
-                if not followers:
-                    del self._followers[name]
-        return parents
+    # ---- propagation ---------------------------------------------------------
 
     def _invalidate(self, roots: list[CellId], actions: list[Action]) -> None:
         """Mark roots PENDING and everything downstream PENDING (or STALE); an effect cell

@@ -46,6 +46,7 @@ __all__ = ["INFO_TIMEOUT", "ObjectTable"]
 
 INFO_TIMEOUT: Final = 5.0  # the longest objects() waits for an object's actor to answer
 _GONE_KEPT: Final = 10_000  # objects remembered as gone, to say why a later call fails
+_ONCE: Final = {"max_task_retries": 0}  # a call's options: never retried (prepare_create)
 
 Header = tuple[list[Any], list[Any]]  # a task's header and the held values it refers to
 
@@ -77,7 +78,7 @@ class ObjectTable:
             except ValueError:  # gone since it was listed
                 continue
             asked.append(
-                (entry, handle, handle.info.options(concurrency_group=INFO_GROUP).remote())
+                (entry, handle, handle.info.options(concurrency_group=INFO_GROUP, **_ONCE).remote())
             )
         if asked:
             refs = [ref for _, _, ref in asked]
@@ -134,7 +135,11 @@ class ObjectTable:
             "namespace": OBJECTS_NAMESPACE,
             "max_concurrency": max(1, work.max_concurrency),
             "max_restarts": -1 if work.restart else 0,
-            "max_task_retries": 0,  # a call in flight when its process dies fails
+            # Ray fails at once the calls made while it rebuilds an actor whose own
+            # max_task_retries is 0 (ActorUnavailableError "The actor is restarting"): -1
+            # has them wait for the rebuild. Each call still has max_task_retries=0
+            # (_ONCE): one in flight when the process dies fails, it never runs twice.
+            "max_task_retries": -1 if work.restart else 0,
             **placed,
         }
 
@@ -147,7 +152,7 @@ class ObjectTable:
             obj.handle = self._actor_class.options(**actor_options).remote(header, *held)
             with self._lock:
                 self._live[object_id] = obj
-            return obj.handle.created.options(num_returns=2).remote()
+            return obj.handle.created.options(num_returns=2, **_ONCE).remote()
 
         return Prepared(task_id, send, obj=obj, creating=True)
 
@@ -158,7 +163,7 @@ class ObjectTable:
         if obj is None:
             info = ErrorInfo("object_lost", "ObjectLost", gone)
             return Prepared(task_id, lambda: Failed(task_id, "", info))
-        method = obj.handle.call.options(num_returns=2)
+        method = obj.handle.call.options(num_returns=2, **_ONCE)
         return Prepared(task_id, functools.partial(method.remote, header_, *held), obj=obj)
 
     def prepare_close(self, spec: TaskSpec, work: ObjectClose) -> Prepared:

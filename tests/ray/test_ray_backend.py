@@ -33,7 +33,7 @@ from sperse._backends.ray import RayBackend  # noqa: E402  (after the skip: Ray 
 from sperse._backends.ray.errors import ray_error  # noqa: E402
 from sperse._backends.ray.inflight import CANCEL_GRACE  # noqa: E402
 from sperse._backends.ray.placement import nodes_of  # noqa: E402
-from sperse._backends.ray.protocol import STARTED_AFTER  # noqa: E402
+from sperse._backends.ray.relay import STARTED_AFTER  # noqa: E402
 
 pytestmark = pytest.mark.ray
 

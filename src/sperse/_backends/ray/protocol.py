@@ -43,7 +43,6 @@ __all__ = [
     "INFO_GROUP",
     "NAME_LABEL",
     "OBJECTS_NAMESPACE",
-    "STARTED_AFTER",
     "ActorName",
     "actor_name",
     "describe_object",
@@ -52,7 +51,6 @@ __all__ = [
 ]
 
 NAME_LABEL: Final = "sperse/name"  # a node's server name: `ray start --labels sperse/name=db-1`
-STARTED_AFTER: Final = 0.05  # a task running this long reports that it started
 OBJECTS_NAMESPACE: Final = "sperse-objects"  # the Ray namespace of remote objects' actors
 INFO_GROUP: Final = "sperse-info"  # the concurrency group of _ObjectActor.info
 

@@ -25,10 +25,11 @@ from dataclasses import dataclass, field
 from typing import Any, Final, Literal
 
 from sperse._backends.ray.imports import import_ray
-from sperse._backends.ray.protocol import NAME_LABEL, STARTED_AFTER
+from sperse._backends.ray.protocol import NAME_LABEL
 
-__all__ = ["Relay", "_Mailbox", "worker_relay"]
+__all__ = ["STARTED_AFTER", "Relay", "_Mailbox", "worker_relay"]
 
+STARTED_AFTER: Final = 0.05  # a task running this long reports that it started
 _PARTIAL_MAX: Final = 1 << 16  # a line longer than this without its end goes as it is
 
 

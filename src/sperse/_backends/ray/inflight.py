@@ -45,6 +45,8 @@ class RemoteObject:
 
 @dataclass(slots=True)
 class Task:
+    """A task sent to Ray (or ended as it was submitted: ``summary`` None)."""
+
     task_id: str  # (not the spec: the task's inputs are not kept once sent)
     summary: Any  # the ObjectRef of the summary
     slots: list[Any]  # the ObjectRefs of the values

@@ -156,15 +156,17 @@ class ObjectTable:
 
         return Prepared(task_id, send, obj=obj, creating=True)
 
-    def prepare_call(self, spec: TaskSpec, work: ObjectCall, header: Header) -> Prepared:
+    def prepare_call(self, spec: TaskSpec, work: ObjectCall, arguments: Header) -> Prepared:
+        """A method call of the actor, which answers as a task does; or, for an object
+        known to be gone, the failure that ends the task at once."""
         task_id = spec.task_id
-        header_, held = header
+        header, held = arguments
         obj, gone = self._object_of(work.object_id)
         if obj is None:
             info = ErrorInfo("object_lost", "ObjectLost", gone)
             return Prepared(task_id, lambda: Failed(task_id, "", info))
         method = obj.handle.call.options(num_returns=2, **_ONCE)
-        return Prepared(task_id, functools.partial(method.remote, header_, *held), obj=obj)
+        return Prepared(task_id, functools.partial(method.remote, header, *held), obj=obj)
 
     def prepare_close(self, spec: TaskSpec, work: ObjectClose) -> Prepared:
         """Kill the actor (whoever created it), and end the task at once."""

@@ -29,13 +29,11 @@ from sperse._serialize import RemoteRef, RemoteValue
 
 ray = pytest.importorskip("ray")
 
-from sperse._backends.ray import (  # noqa: E402  (after the skip: Ray is needed below)
-    CANCEL_GRACE,
-    STARTED_AFTER,
-    RayBackend,
-    _nodes_of,
-    _ray_error,
-)
+from sperse._backends.ray import RayBackend  # noqa: E402  (after the skip: Ray is needed below)
+from sperse._backends.ray.errors import ray_error  # noqa: E402
+from sperse._backends.ray.inflight import CANCEL_GRACE  # noqa: E402
+from sperse._backends.ray.placement import nodes_of  # noqa: E402
+from sperse._backends.ray.relay import STARTED_AFTER  # noqa: E402
 
 pytestmark = pytest.mark.ray
 
@@ -104,7 +102,7 @@ def test_nodes_are_named_by_label_else_by_node_id() -> None:
         }
 
     a, b, c, d = ("a" * 56, "b" * 56, "c" * 56, "d" * 56)
-    nodes = _nodes_of(
+    nodes = nodes_of(
         [
             record(a, {"sperse/name": "db-1"}, {"CPU": 8, "db": 1, "memory": 1e9}),
             record(b, {}, {"CPU": 4, "GPU": 1, "node:10.0.0.2": 1, "object_store_memory": 1e9}),
@@ -285,7 +283,7 @@ def test_close_fails_what_is_unfinished_and_removes_the_mailbox(
 ) -> None:
     b = RayBackend()
     b.start(recorder)
-    namespace, name = b._mailbox_name
+    namespace, name = b._started.mailbox_name
     b.submit([TaskSpec("t-left", CallTask(time.sleep, (60,), {}))])
     b.close()
     end = recorder.end_of("t-left")
@@ -321,7 +319,7 @@ def _raised() -> Any:
     ],
 )
 def test_ray_errors_become_sperse_errors(make: Any, kind: str, error: type[Exception]) -> None:
-    info = _ray_error(make(), "f" * 56)
+    info = ray_error(make(), "f" * 56)
     assert info.kind == kind
     exc = info.to_exception("f(1)", "local")
     assert isinstance(exc, error)
@@ -374,7 +372,7 @@ def test_a_failure_of_the_io_thread_ends_every_task(
         def broken(*args: Any) -> None:
             raise RuntimeError("a bug")
 
-        monkeypatch.setattr(b, "_on_ended", broken)
+        monkeypatch.setattr(b._started.io, "_on_ended", broken)
         b.submit([TaskSpec("t-first", CallTask(add, (1, 2), {}))])
         end = recorder.end_of("t-first")
         assert isinstance(end, Failed) and end.error.kind == "internal"

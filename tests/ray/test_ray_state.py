@@ -25,8 +25,8 @@ import sperse
 
 ray = pytest.importorskip("ray")
 
-from sperse._backends import ray_state  # noqa: E402  (needs Ray)
-from sperse._backends.ray_state import (  # noqa: E402
+from sperse._backends.ray import state as ray_state  # noqa: E402  (needs Ray)
+from sperse._backends.ray.state import (  # noqa: E402
     STATE_NAMESPACE,
     _NodeStore,
     _pid_namespace,

@@ -3,7 +3,7 @@
 ``state()`` is the key-value store of the server a task runs on, shared by all of that
 server's worker processes (the store itself is :mod:`sperse._server.store`, on the server's
 event loop). In a Ray worker it is the store actor of the worker's node instead, with the
-same semantics (:mod:`sperse._backends.ray_state`; what follows is the sperse-server side).
+same semantics (:mod:`sperse._backends.ray.state`; what follows is the sperse-server side).
 ``worker_cache()`` is a dict of this process, for what cannot be pickled.
 
 Invariants:
@@ -475,7 +475,7 @@ _STATE = State()
 
 # Stores of backends whose workers run remote code in-process, each asked in turn before the
 # server's: a provider returns this process's store, or None when it is not one of its
-# workers. The Ray backend's store registers itself (sperse._backends.ray_state).
+# workers. The Ray backend's store registers itself (sperse._backends.ray.state).
 PROVIDERS: list[Callable[[], State | None]] = []
 
 
@@ -483,7 +483,7 @@ def state() -> State:
     """The key-value store of the server this remote code runs on (see :class:`State`).
 
     ``SperseError`` outside remote code, where there is no such store. In a Ray worker it
-    is the store of the worker's node (:mod:`sperse._backends.ray_state`).
+    is the store of the worker's node (:mod:`sperse._backends.ray.state`).
     """
     for provider in PROVIDERS:
         found = provider()

@@ -48,7 +48,7 @@ import uuid
 from collections.abc import Callable
 from typing import Any, Final, TypeVar
 
-from sperse._backends.ray_import import import_ray
+from sperse._backends.ray.imports import import_ray
 from sperse._state import PROVIDERS, State, _key
 from sperse.errors import SperseError
 

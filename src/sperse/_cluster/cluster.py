@@ -12,7 +12,6 @@ interpreter exit.
 from __future__ import annotations
 
 import contextvars
-import heapq
 import itertools
 import threading
 import time
@@ -34,6 +33,7 @@ from sperse._core import (
     TaskSpec,
     pip_requirements,
 )
+from sperse._core.clock import Clock, SystemClock
 from sperse._core.routing import check_placement
 from sperse._lang.placement import Placement
 from sperse._state import snapshot
@@ -46,8 +46,16 @@ Listener = Callable[[BackendEvent], None]
 class Cluster:
     """A started backend plus the queue of work for the user's thread."""
 
-    def __init__(self, backend: Backend, *, env: Mapping[str, object] | None = None) -> None:
-        """``env``: the environment of every task that gives none (``{"pip": [...]}``)."""
+    def __init__(
+        self,
+        backend: Backend,
+        *,
+        env: Mapping[str, object] | None = None,
+        clock: Clock | None = None,
+    ) -> None:
+        """``env``: the environment of every task that gives none (``{"pip": [...]}``).
+        ``clock``: what deadlines (``timeout=``) are measured by; a ``MockClock`` in tests
+        (the default reads ``time.monotonic``)."""
         self.pip = pip_requirements(env)
         self.backend = backend
         self._cond = threading.Condition()
@@ -58,9 +66,7 @@ class Cluster:
         self._ids = itertools.count(1)
         self._closed = False
         self._token: contextvars.Token[Cluster | None] | None = None
-        self._timers: list[tuple[float, int, Callable[[], object]]] = []  # a heap, by deadline
-        self._timer_cond = threading.Condition()  # not _cond: posts need not wake the timer
-        self._timer_thread: threading.Thread | None = None
+        self._clock: Clock = clock if clock is not None else SystemClock()
         backend.start(self._on_event)
 
     # ---- tasks ---------------------------------------------------------------
@@ -139,33 +145,10 @@ class Cluster:
     # ---- deadlines ---------------------------------------------------------------
 
     def call_later(self, delay: float, fn: Callable[[], object]) -> None:
-        """Call ``fn`` (on the cluster's timer thread: data only, as on a backend's) once
-        ``delay`` seconds have passed, unless the cluster is closed first. One thread serves
-        every deadline, started on first use."""
-        with self._timer_cond:
-            if self._closed:
-                return
-            heapq.heappush(self._timers, (time.monotonic() + delay, next(self._ids), fn))
-            if self._timer_thread is None:
-                self._timer_thread = threading.Thread(
-                    target=self._run_timers, name="sperse-timers", daemon=True
-                )
-                self._timer_thread.start()
-            self._timer_cond.notify_all()
-
-    def _run_timers(self) -> None:
-        while True:
-            with self._timer_cond:
-                while True:
-                    if self._closed:
-                        return
-                    now = time.monotonic()
-                    if self._timers and self._timers[0][0] <= now:
-                        _, _, fn = heapq.heappop(self._timers)
-                        break
-                    wait = self._timers[0][0] - now if self._timers else None
-                    self._timer_cond.wait(wait)
-            fn()
+        """Call ``fn`` once ``delay`` seconds have passed on the cluster's clock, unless the
+        cluster is closed first: on the clock's thread (data only, as on a backend's), or in
+        ``MockClock.advance``."""
+        self._clock.call_later(delay, lambda: None if self._closed else fn())
 
     # ---- the user-thread queue ----------------------------------------------
 
@@ -244,10 +227,8 @@ class Cluster:
         """Stop the backend; pending work ends in errors. Idempotent."""
         if self._closed:
             return
-        with self._timer_cond:
-            self._closed = True
-            self._timers.clear()
-            self._timer_cond.notify_all()
+        self._closed = True
+        self._clock.close()
         self.backend.close()
         # Nothing stays pending forever: what had not ended ends now, in an error.
         with self._cond:

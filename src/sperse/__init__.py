@@ -39,6 +39,7 @@ from sperse.errors import (
 
 if TYPE_CHECKING:
     from sperse._backends.local import LocalBackend
+    from sperse._backends.memory import MemoryBackend
     from sperse._cluster.callbacks import Callback, callback
     from sperse._cluster.cluster import Cluster
     from sperse._cluster.connect import connect, current
@@ -46,6 +47,7 @@ if TYPE_CHECKING:
     from sperse._cluster.objects import ObjectProxy, RemoteClass, get_object, objects
     from sperse._cluster.pending import Pending, as_completed, gather, wait
     from sperse._cluster.remote import RemoteFunction, remote, run_on_all
+    from sperse._core.clock import MockClock
     from sperse._serialize import RemoteValue
     from sperse._state import state, worker_cache
     from sperse._workspace import Cell, CellEvent, Workspace
@@ -66,6 +68,8 @@ __all__ = [
     "Job",
     "LocalBackend",
     "MapResult",
+    "MemoryBackend",
+    "MockClock",
     "NoMatchingServer",
     "NotReadyError",
     "ObjectLost",
@@ -110,6 +114,8 @@ __all__ = [
 
 _LAZY = {
     "LocalBackend": "sperse._backends.local",
+    "MemoryBackend": "sperse._backends.memory",
+    "MockClock": "sperse._core.clock",
     "Callback": "sperse._cluster.callbacks",
     "callback": "sperse._cluster.callbacks",
     "Cluster": "sperse._cluster.cluster",

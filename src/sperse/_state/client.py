@@ -35,6 +35,7 @@ import weakref
 from collections.abc import Callable, Hashable
 from typing import Any, Protocol, TypeVar
 
+from sperse._serialize import dumps, loads
 from sperse._state.wire import (
     ADDRESS_ENV,
     DOUBLE,
@@ -271,8 +272,6 @@ def _encode(value: Any, key: str, max_value: int) -> tuple[int, bytes]:
         return Kind.INT, int_bytes(value)
     if kind is float:
         return Kind.FLOAT, DOUBLE.pack(value)
-    from sperse._serialize import dumps
-
     data = dumps(value, what=f"the value of state key {key!r}")
     if len(data) > max_value:
         raise SperseError(
@@ -289,8 +288,6 @@ def _decode(kind: int, data: bytes, key: str) -> Any:
     if kind == Kind.FLOAT:
         return DOUBLE.unpack(data)[0]
     if kind == Kind.PICKLE:
-        from sperse._serialize import loads
-
         return loads(data, what=f"the value of state key {key!r}")
     raise SperseError(f"the state store sent a value of unknown kind {kind} for key {key!r}")
 

@@ -13,6 +13,7 @@ import time
 from collections.abc import Mapping
 from typing import Any
 
+from sperse._cluster.objects import ObjectProxy, RemoteClass
 from sperse._cluster.pending import Pending
 from sperse._graph.graph import Action, Run
 from sperse._lang.objects import object_call, object_creation
@@ -37,8 +38,6 @@ class RemoteObjects(WorkspaceCore):
         if shape is None:
             return None
         cls = inputs.get(shape.callee, self.namespace.get(shape.callee))
-        from sperse._cluster.objects import RemoteClass
-
         made_here = isinstance(cls, type) and cls.__module__ == self.namespace["__name__"]
         if not (made_here or isinstance(cls, RemoteClass)):
             return None
@@ -54,8 +53,6 @@ class RemoteObjects(WorkspaceCore):
         shape = object_call(record.remote.source, is_expression=record.is_expression)
         if shape is None:
             return None
-        from sperse._cluster.objects import ObjectProxy
-
         name = shape.receiver
         if not isinstance(inputs.get(name, self.namespace.get(name)), ObjectProxy):
             return None
@@ -99,8 +96,6 @@ class RemoteObjects(WorkspaceCore):
     ) -> list[Action]:
         """Create the remote object of ``_object_creation``; the cell is done once it exists,
         with the proxy as its value (arguments are evaluated here, as in a script)."""
-        from sperse._cluster.objects import RemoteClass
-
         assert record.remote is not None
         target, cls, call = creation
         cell_id, run_id = record.id, run.run_id

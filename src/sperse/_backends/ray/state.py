@@ -49,6 +49,7 @@ from collections.abc import Callable
 from typing import Any, Final, TypeVar
 
 from sperse._backends.ray.imports import import_ray
+from sperse._serialize import dumps, loads
 from sperse._state import PROVIDERS, State, _key
 from sperse.errors import SperseError
 
@@ -395,8 +396,6 @@ def _stored(value: Any, key: str) -> Value:
     if kind is int or kind is float:
         number: int | float = value
         return number
-    from sperse._serialize import dumps
-
     return dumps(value, what=f"the value of state key {key!r}")
 
 
@@ -404,8 +403,6 @@ def _loaded(value: Value | None, key: str, default: Any = None) -> Any:
     if value is None:
         return default
     if type(value) is bytes:
-        from sperse._serialize import loads
-
         return loads(value, what=f"the value of state key {key!r}")
     return value
 

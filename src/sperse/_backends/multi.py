@@ -27,12 +27,11 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-from sperse._backends.remote import (
+from sperse._backends.sperse import (
     DEFAULT_INLINE_LIMIT,
     EmbeddedServer,
     SperseBackend,
     TaskOutputLog,
-    parse_url,
 )
 from sperse._core import (
     BackendEvent,
@@ -49,6 +48,7 @@ from sperse._core import (
     TaskSpec,
 )
 from sperse._core.routing import Busy, Router, check_placement, input_locations
+from sperse._wire.urls import parse_url
 from sperse.errors import NoMatchingServer, SerializationError, ServerUnavailable, SperseError
 
 __all__ = ["ClusterBackend", "is_coordinator"]

@@ -17,9 +17,9 @@ import logging
 import threading
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, replace
-from typing import Any
 
 from sperse._backends.dispatch import Decision, Dispatcher, MemberId
+from sperse._backends.membership import MemberInfo, MembershipWatch
 from sperse._backends.sperse import (
     DEFAULT_INLINE_LIMIT,
     EmbeddedServer,
@@ -85,7 +85,7 @@ class ClusterBackend:
         self._dispatcher = Dispatcher(max_reroutes=max_reroutes)
         self._connections: dict[MemberId, _Connection] = {}
         self._members: dict[SperseBackend, MemberId] = {}
-        self._watch: Any = None
+        self._watch: MembershipWatch | None = None
         self._closed = False
 
     # ---- lifecycle -----------------------------------------------------------------
@@ -95,8 +95,6 @@ class ClusterBackend:
         answer, or a coordinator that refuses the token)."""
         self._sink = sink
         if self._coordinator is not None:
-            from sperse._coordinator.client import MembershipWatch
-
             self._watch = MembershipWatch(
                 self._coordinator,
                 self._token,
@@ -191,7 +189,7 @@ class ClusterBackend:
 
     # ---- membership ----------------------------------------------------------------
 
-    def _on_membership(self, members: Sequence[Any]) -> None:
+    def _on_membership(self, members: Sequence[MemberInfo]) -> None:
         """A coordinator's snapshot (on the watch's thread): connect to new servers, drop
         the ones that left (their tasks go elsewhere)."""
         with self._lock:
@@ -281,7 +279,10 @@ class ClusterBackend:
             sink(event)
 
     def _live(self) -> list[SperseBackend]:
-        return [self._connections[m].backend for m in self._dispatcher.live()]
+        """The live members' connections (safe without ``_lock``, as ``release`` calls it:
+        a member joined this instant may be missing)."""
+        connections = [self._connections.get(m) for m in self._dispatcher.live()]
+        return [c.backend for c in connections if c is not None]
 
     # ---- the Backend protocol ------------------------------------------------------
 
@@ -337,7 +338,8 @@ class ClusterBackend:
     def log_id(self, task_id: str, server: str) -> str | None:
         """The key of a task's log on ``server`` (see ``SperseBackend.log_id``)."""
         member = self._dispatcher.member(server)
-        return self._connections[member].backend.log_id(task_id) if member is not None else None
+        connection = self._connections.get(member) if member is not None else None
+        return connection.backend.log_id(task_id) if connection is not None else None
 
     def logs(self, task: str, timeout: float | None = 10.0) -> TaskOutputLog | None:
         """What a task printed, from whichever server of the cluster kept it."""
@@ -352,9 +354,10 @@ class ClusterBackend:
     def backend_of(self, name: str) -> SperseBackend:
         """The connection to one server (for its ``stats``, ``transport``, ...)."""
         member = self._dispatcher.member(name, alive=True)
-        if member is None:
+        connection = self._connections.get(member) if member is not None else None
+        if connection is None:
             raise SperseError(f"no server {name!r} in this cluster")
-        return self._connections[member].backend
+        return connection.backend
 
 
 def is_coordinator(url: str, *, tls_ca: bytes | None = None, timeout: float = 5.0) -> bool:

@@ -221,7 +221,7 @@ def in_process(s: Settings) -> tuple[float, list[int], list[int]]:
 @contextlib.contextmanager
 def sperse_one_server() -> Iterator[Any]:
     import sperse
-    from sperse._backends.remote import EmbeddedServer, SperseBackend
+    from sperse._backends.sperse import EmbeddedServer, SperseBackend
 
     server = EmbeddedServer(workers=1, name="one")
     try:
@@ -237,7 +237,7 @@ def sperse_one_server() -> Iterator[Any]:
 def sperse_two_servers() -> Iterator[Any]:
     import sperse
     from sperse._backends.multi import ClusterBackend
-    from sperse._backends.remote import EmbeddedServer
+    from sperse._backends.sperse import EmbeddedServer
 
     token = secrets.token_urlsafe(16)
     servers: list[Any] = []

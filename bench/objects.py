@@ -292,7 +292,7 @@ class SperseSystem(System):
 
     def __init__(self) -> None:
         import sperse
-        import sperse._backends.remote
+        import sperse._backends.sperse
         import sperse._cluster.objects  # imported before anything is timed
 
         self.sperse = sperse

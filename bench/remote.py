@@ -99,7 +99,7 @@ class SperseSystem(System):
     def __init__(self, backend: str) -> None:
         import sperse
         import sperse._backends.local
-        import sperse._backends.remote
+        import sperse._backends.sperse
         import sperse._cluster.remote  # imported before the timed start, like ray and dask
 
         self.sperse = sperse

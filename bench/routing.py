@@ -9,9 +9,9 @@ Scenarios: no constraint; a tag expression (``gpu & !slow | big``); a pin; a res
 (``gpu=1``, reserved while "running"); a tag plus a resource need with input locations on a
 few servers (the full rule chain).
 
-Then the same decision as the many-servers client makes it, ``ClusterBackend._pump``, with
-connections stubbed out (no network): a burst of tasks, then the steady state of a long map
-(one task ends, the next is sent). This is the per-task scheduling cost a user pays.
+Then the same decision as the many-servers client makes it, its ``Dispatcher`` (pure: no
+network): a burst of tasks, then the steady state of a long map (one task ends, the next is
+sent). This is the per-task scheduling cost a user pays.
 """
 
 from __future__ import annotations
@@ -19,12 +19,9 @@ from __future__ import annotations
 import argparse
 import random
 import statistics
-import threading
 import time
-from dataclasses import replace
-from typing import Any
 
-from sperse._backends import multi
+from sperse._backends.dispatch import Dispatcher, depth
 from sperse._core import CallTask, ServerInfo, TaskSpec
 from sperse._core.routing import Busy, Router
 from sperse._lang.placement import Placement, parse_placement
@@ -75,41 +72,26 @@ def scenario(
     return elapsed / decisions
 
 
-class _StubConnection:
-    """What ``ClusterBackend`` asks of a server's connection while it schedules."""
-
-    def __init__(self, info: ServerInfo) -> None:
-        self.name = info.name
-        self._info = info
-        self._lock = threading.Lock()
-
-    def servers(self) -> list[ServerInfo]:
-        return [self._info]
-
-
 def _work(x: int) -> int:
     return x
 
 
 def scheduling(servers: list[ServerInfo], tasks: int) -> tuple[float, float]:
-    """Seconds per task of ``ClusterBackend._pump``: in a burst, and one ends / one sent."""
-    backend = multi.ClusterBackend(["127.0.0.1:1"], token="-")
+    """Seconds per task of the many-servers ``Dispatcher``: a burst (``submit``), and one
+    ends / one sent (``finish``)."""
+    dispatcher = Dispatcher()
     for info in servers:
-        stub: Any = _StubConnection(replace(info, busy=0))
-        backend._members[info.name] = multi._Member(info.name, info.address, stub)
-    room = sum(m.depth for m in backend._members.values())
+        dispatcher.join(info.name, info)
+    room = sum(depth(info.workers) for info in servers)
     specs = [TaskSpec(f"t{k}", CallTask(_work, (k,), {})) for k in range(room + tasks)]
-    for spec in specs:
-        backend._flights[spec.task_id] = multi._Flight(spec)
-        backend._waiting.append(spec.task_id)
     start = time.perf_counter()
-    backend._pump()
+    dispatcher.submit(specs)
     burst = (time.perf_counter() - start) / room
     start = time.perf_counter()
     for spec in specs[:tasks]:
-        flight = backend._flights.get(spec.task_id)
-        backend._finish(spec.task_id, flight.member if flight else None)
-        backend._pump()
+        member = dispatcher.owner(spec.task_id)
+        if member is not None:
+            dispatcher.finish([spec.task_id], member)
     steady = (time.perf_counter() - start) / tasks
     return burst, steady
 

@@ -69,7 +69,7 @@ def _memory(request: pytest.FixtureRequest) -> sperse.Cluster:
 
 def _server(request: pytest.FixtureRequest) -> sperse.Cluster:
     """A real ``sperse server`` child process on loopback, as ``sperse.connect()`` starts."""
-    from sperse._backends.remote import EmbeddedServer, SperseBackend
+    from sperse._backends.sperse import EmbeddedServer, SperseBackend
 
     server = EmbeddedServer(workers=2)
     return sperse.Cluster(SperseBackend(server.address, token=server.token, process=server))
@@ -81,7 +81,7 @@ def _many(request: pytest.FixtureRequest) -> sperse.Cluster:
     import secrets
 
     from sperse._backends.multi import ClusterBackend
-    from sperse._backends.remote import EmbeddedServer
+    from sperse._backends.sperse import EmbeddedServer
 
     token = secrets.token_urlsafe(16)
     servers: list[EmbeddedServer] = []

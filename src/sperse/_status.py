@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING
 from sperse.errors import SperseError
 
 if TYPE_CHECKING:
-    from sperse._coordinator.client import MemberInfo
+    from sperse._backends.membership import MemberInfo
 
 __all__ = ["build_parser", "main"]
 
@@ -167,8 +167,8 @@ def _fail(message: str) -> int:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    from sperse._backends.membership import members
     from sperse._cluster.connect import _token_from
-    from sperse._coordinator.client import members
     from sperse._up import ClusterRecord, recorded_cluster
     from sperse._wire.urls import parse_url
 

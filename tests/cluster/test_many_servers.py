@@ -17,7 +17,7 @@ import pytest
 
 import sperse
 from sperse._backends.multi import ClusterBackend
-from sperse._backends.remote import EmbeddedServer
+from sperse._backends.sperse import EmbeddedServer
 from sperse.errors import NoMatchingServer, ServerLost
 
 WAIT = 60.0  # a deadline, never a delay

@@ -11,7 +11,7 @@ import grpc
 import pytest
 from coordinator_helpers import TOKEN, CoordinatorThread, member, wait_until
 
-from sperse._coordinator.client import MemberInfo, MembershipWatch, members
+from sperse._backends.membership import MemberInfo, MembershipWatch, members
 from sperse._coordinator.service import CoordinatorConfig, CoordinatorConfigError, check_config
 from sperse._wire import pb
 from sperse._wire.sperse_pb2_grpc import CoordinatorStub

@@ -21,7 +21,7 @@ from coordinator_helpers import (
     wait_until,
 )
 
-from sperse._coordinator.client import MembershipWatch
+from sperse._backends.membership import MembershipWatch
 from sperse._server.config import ServerConfigError
 from sperse._server.join import Joiner, advertised_address
 from sperse._wire import pb

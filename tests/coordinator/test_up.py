@@ -25,7 +25,7 @@ from coordinator_helpers import (
 )
 
 from sperse import _status, _up
-from sperse._coordinator.client import MembershipWatch
+from sperse._backends.membership import MembershipWatch
 from sperse._up import LocalCluster, ServerSpec
 
 StartChild = Callable[..., Child]

@@ -11,7 +11,7 @@ import os
 from pathlib import Path
 
 import sperse
-from sperse._backends.remote import EmbeddedServer, SperseBackend
+from sperse._backends.sperse import EmbeddedServer, SperseBackend
 
 ROOT = Path(__file__).resolve().parents[2]
 SUMMER = ROOT / "examples" / "wasm" / "summer.wasm"

@@ -14,7 +14,7 @@ import pytest
 from job_helpers import SUMMER, embedded_cluster, leftovers, outputs, sums
 
 import sperse
-from sperse._backends.remote import EmbeddedServer
+from sperse._backends.sperse import EmbeddedServer
 from sperse.jobs import JobError, submit_job
 
 

@@ -241,7 +241,7 @@ def test_mapreduce_errors_name_the_item(real: sperse.Cluster) -> None:
 @pytest.fixture(scope="module")
 def server_cluster() -> Iterator[sperse.Cluster]:
     """A real server: the only backend that keeps large values where they were made."""
-    from sperse._backends.remote import EmbeddedServer, SperseBackend
+    from sperse._backends.sperse import EmbeddedServer, SperseBackend
 
     server = EmbeddedServer(workers=2)
     with sperse.Cluster(SperseBackend(server.address, token=server.token, process=server)) as c:

@@ -20,7 +20,7 @@ import sperse
 from sperse._backends.memory import MemoryBackend
 from sperse._backends.multi import ClusterBackend
 from sperse._backends.ray import RayBackend
-from sperse._backends.remote import SperseBackend
+from sperse._backends.sperse import SperseBackend
 
 WAIT = 60.0  # a deadline, never a delay
 

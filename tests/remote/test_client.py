@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 
 import sperse
-from sperse._backends.remote import EmbeddedServer, SperseBackend
+from sperse._backends.sperse import EmbeddedServer, SperseBackend
 
 WAIT = 30.0
 

@@ -9,7 +9,7 @@ import pytest
 
 import sperse
 from sperse._backends.multi import ClusterBackend
-from sperse._backends.remote import EmbeddedServer, SperseBackend
+from sperse._backends.sperse import EmbeddedServer, SperseBackend
 
 WAIT = 30.0  # a deadline, never a delay
 

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 import sperse
-from sperse._backends.remote import EmbeddedServer, SperseBackend
+from sperse._backends.sperse import EmbeddedServer, SperseBackend
 
 pytestmark = pytest.mark.slow
 

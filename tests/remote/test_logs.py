@@ -10,7 +10,7 @@ from collections.abc import Iterator
 import pytest
 
 import sperse
-from sperse._backends.remote import EmbeddedServer, SperseBackend
+from sperse._backends.sperse import EmbeddedServer, SperseBackend
 
 pytestmark = pytest.mark.slow
 

@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 
 import sperse
-from sperse._backends.remote import EmbeddedServer, SperseBackend
+from sperse._backends.sperse import EmbeddedServer, SperseBackend
 from sperse._serialize import shm
 
 pytestmark = pytest.mark.skipif(not shm.available(), reason="no /dev/shm on this host")

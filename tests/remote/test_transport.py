@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 
 import sperse
-from sperse._backends.remote import EmbeddedServer, SperseBackend
+from sperse._backends.sperse import EmbeddedServer, SperseBackend
 from sperse._serialize import shm
 from sperse._server import local
 
@@ -82,9 +82,9 @@ def test_a_broken_same_host_stream_is_resumed(server: EmbeddedServer, tmp_path: 
         flag = tmp_path / "go"
         running = sperse.remote(wait_for)(str(flag))
         assert sperse.remote(chatty)(1).result(WAIT) == 2
-        stream = backend._stream
+        stream = backend._session.stream
         backend._loop.call_soon_threadsafe(stream.close)  # the connection breaks
         flag.touch()
         assert running.result(WAIT) == "seen"  # the task ran on through the break
-        assert backend._stream is not stream and backend.transport == "local"
+        assert backend._session.stream is not stream and backend.transport == "local"
         assert sperse.remote(chatty)(2).result(WAIT) == 4

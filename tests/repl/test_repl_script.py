@@ -123,7 +123,7 @@ def test_syntax_error_and_missing_file(tmp_path: Path) -> None:
 
 
 def test_connect_to_a_running_server(tmp_path: Path) -> None:
-    from sperse._backends.remote import EmbeddedServer
+    from sperse._backends.sperse import EmbeddedServer
 
     script = tmp_path / "on_db.py"
     script.write_text("x = remote[db] 6 * 7\nprint('x is', x)\n")

@@ -20,7 +20,7 @@ import numpy as np
 from server_helpers import DEADLINE, TOKEN, RawSession, ServerThread, call_work, run, shm_files
 from test_server_security import _self_signed
 
-from sperse._backends.remote import SperseBackend
+from sperse._backends.sperse import SperseBackend
 from sperse._core import BackendEvent, CallTask, Done, Failed, TaskSpec
 from sperse._serialize import RemoteRef, RemoteValue, shm
 from sperse._wire import pb

@@ -13,7 +13,7 @@ from typing import Literal
 from sperse._backends.local import LocalBackend
 from sperse._backends.memory import MemoryBackend
 from sperse._backends.multi import ClusterBackend, is_coordinator
-from sperse._backends.remote import EmbeddedServer, SperseBackend
+from sperse._backends.sperse import EmbeddedServer, SperseBackend
 from sperse._cluster.cluster import Cluster, default, in_use, replace_default
 from sperse._core import (
     Backend,

@@ -3,9 +3,9 @@ watch the membership.
 
 Layers: :mod:`~sperse._coordinator.registry` (the membership, a pure state machine),
 :mod:`~sperse._coordinator.service` (``CoordinatorServer``: gRPC, token, sweep, watch
-streams), :mod:`~sperse._coordinator.cli` (the command), :mod:`~sperse._coordinator.client`
-(``MembershipWatch`` and ``members``, for clients). Servers join through
-:mod:`sperse._server.join`.
+streams), :mod:`~sperse._coordinator.cli` (the command). Servers join through
+:mod:`sperse._server.join`; clients watch the membership with
+:mod:`sperse._backends.membership` (``MembershipWatch`` and ``members``), on the client side.
 
 Names are imported on first use (PEP 562), so that importing one layer does not load gRPC.
 """
@@ -16,7 +16,6 @@ import importlib
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from sperse._coordinator.client import MemberInfo, MembershipWatch, members
     from sperse._coordinator.service import (
         CoordinatorConfig,
         CoordinatorConfigError,
@@ -27,18 +26,12 @@ __all__ = [
     "CoordinatorConfig",
     "CoordinatorConfigError",
     "CoordinatorServer",
-    "MemberInfo",
-    "MembershipWatch",
-    "members",
 ]
 
 _LAZY = {
     "CoordinatorConfig": "sperse._coordinator.service",
     "CoordinatorConfigError": "sperse._coordinator.service",
     "CoordinatorServer": "sperse._coordinator.service",
-    "MemberInfo": "sperse._coordinator.client",
-    "MembershipWatch": "sperse._coordinator.client",
-    "members": "sperse._coordinator.client",
 }
 
 

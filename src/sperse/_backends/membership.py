@@ -1,5 +1,5 @@
-"""What a client of a coordinator uses: ``MembershipWatch`` (a live view of the servers) and
-``members`` (one snapshot, for ``sperse status``).
+"""What a client of a coordinator uses: ``MembershipWatch`` (a live view of the servers, for
+the many-servers backend) and ``members`` (one snapshot, for ``sperse status``).
 
 Both read the ``Watch`` stream with sync gRPC; errors of grpc are translated here, in
 ``_translate`` only: a refused token is ``AuthenticationError``; nothing answering, or an

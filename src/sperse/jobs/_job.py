@@ -56,15 +56,15 @@ class Job:
 
     def progress(self) -> JobProgress:
         """How far the job is, now."""
-        return self._runner.progress()
+        return self._runner.tally.progress()
 
     def done(self) -> bool:
-        return self._runner.finished.is_set()
+        return self._runner.tally.finished.is_set()
 
     @property
     def summary(self) -> JobSummary:
         """How the job ended; ``NotReadyError`` while it runs (``wait()`` waits for it)."""
-        summary = self._runner.summary
+        summary = self._runner.tally.summary
         if summary is None:
             raise NotReadyError(f"the job {self.name} is still running; use job.wait()")
         return summary
@@ -86,11 +86,13 @@ class Job:
         started are closed when it has ended.
         """
         out = stream if stream is not None else sys.stderr
-        display = None if self._runner.finished.is_set() else self._display(progress, out, interval)
+        display = (
+            None if self._runner.tally.finished.is_set() else self._display(progress, out, interval)
+        )
         deadline = None if timeout is None else time.monotonic() + timeout
         tick = 0.1 if isinstance(display, Bar) else min(interval, 0.5)
         try:
-            while not self._runner.finished.is_set():
+            while not self._runner.tally.finished.is_set():
                 for cluster in self._runner.clusters:
                     cluster.drain()
                 if display is not None:
@@ -101,7 +103,9 @@ class Job:
                         f"the job {self.name} did not finish within {timeout} s; it goes on "
                         "(job.cancel() stops it)"
                     )
-                self._runner.finished.wait(tick if remaining is None else min(tick, remaining))
+                self._runner.tally.finished.wait(
+                    tick if remaining is None else min(tick, remaining)
+                )
         finally:
             if display is not None:
                 display.close(self.progress())
@@ -118,7 +122,7 @@ class Job:
             for cluster in self._runner.clusters:
                 cluster.drain()
             try:
-                result = self._runner.next_result(deadline)
+                result = self._runner.tally.next_result(deadline)
             except TimeoutError:
                 raise TimeoutError(f"no unit of {self.name} finished within {timeout} s") from None
             if result is None:
@@ -132,7 +136,7 @@ class Job:
 
     def close(self) -> None:
         """Cancel the job if it runs, and close the clusters it started."""
-        if not self._runner.finished.is_set():
+        if not self._runner.tally.finished.is_set():
             self.cancel()
         owned, self._runner.owned = self._runner.owned, []
         for cluster in owned:

@@ -25,7 +25,6 @@ import traceback
 from collections import deque
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, replace
-from types import MappingProxyType
 from typing import Any, Final
 
 from sperse._cluster.cluster import Cluster
@@ -42,10 +41,7 @@ from sperse.errors import (
 )
 from sperse.jobs._io import DirectoryInput, LinesInput, OutputDir, Unit, is_reserved
 from sperse.jobs._programs import Program
-from sperse.jobs._progress import Rate
 from sperse.jobs._results import (
-    JobProgress,
-    JobSummary,
     UnitError,
     UnitResult,
 )
@@ -72,13 +68,12 @@ from sperse.jobs._schedule import (
     Wait,
     WorkerGone,
 )
+from sperse.jobs._tally import JobTally
 from sperse.jobs._worker import NEED_MODULE
 from sperse.jobs._worker import Outcome as UnitOutcome
 
 __all__ = ["JobRunner", "Source", "slots_of"]
 
-RESULTS_KEPT: Final = 100_000  # unread results for as_completed(); older ones are dropped
-FAILURES_KEPT: Final = 1000  # failures kept in the summary (all are in _failed.jsonl)
 FETCH_TIMEOUT: Final = 300.0
 
 Source = DirectoryInput | LinesInput
@@ -122,7 +117,7 @@ def slots_of(cluster: Cluster, placement: Placement) -> list[_Slot]:
 
 class JobRunner:
     """The job's thread and its state: the shell of the ``JobScheduler``, doing the I/O its
-    actions ask for. The ``Job`` reads its counters, results and summary (under ``lock``).
+    actions ask for. The ``Job`` reads what it has done in its ``tally``.
     """
 
     def __init__(
@@ -150,7 +145,6 @@ class JobRunner:
         self.clusters = clusters
         self._factory = factory
         self.owned = owned
-        self.started = time.monotonic()
         self._schedule = JobScheduler(
             [],
             retries=retries,
@@ -160,26 +154,11 @@ class JobRunner:
         ids = self._schedule.add_slots([slot.capacity for slot in slots])
         self._slots: dict[SlotId, _Slot] = dict(zip(ids, slots, strict=True))
 
-        self.lock = threading.Lock()
-        self._events = threading.Condition(self.lock)  # the job's thread waits here
-        self.changed = threading.Condition(self.lock)  # readers of results wait here
+        self.tally = JobTally(results=results)
+        self._events = threading.Condition(self.tally.lock)  # the job's thread waits here
         self._settled: deque[_Batch] = deque()
         self._cancel_requested = False
-        self.finished = threading.Event()
-
-        # Counters, written by the job's thread under the lock, read by anyone.
-        self._total: int | None = None
-        self._seen = 0
-        self._succeeded = 0
-        self._failed = 0
-        self._skipped = 0
-        self._running = 0
-        self._rate = Rate()
-        self.results: deque[UnitResult] = deque(maxlen=RESULTS_KEPT if results else 0)
-        self._failures: list[UnitResult] = []
-        self.summary: JobSummary | None = None
         self._error: str | None = None  # why the job stopped early
-        self._stats = {"batches": 0, "module_sends": 0, "retried": 0, "replaced_clusters": 0}
 
         # The job thread's own state: the units and batches the scheduler knows.
         self._inputs: Iterator[Unit] = iter(source)
@@ -194,37 +173,10 @@ class JobRunner:
 
     # ---- for the Job (any thread) -------------------------------------------------------
 
-    def progress(self) -> JobProgress:
-        """How far the job is, now."""
-        now = time.monotonic()
-        with self.lock:
-            rate = self._rate.add(now, self._succeeded + self._failed)
-            return JobProgress(
-                total=self._total,
-                succeeded=self._succeeded,
-                failed=self._failed,
-                skipped=self._skipped,
-                running=self._running,
-                elapsed=now - self.started,
-                rate=rate,
-                finished=self.finished.is_set(),
-            )
-
-    def next_result(self, deadline: float | None) -> UnitResult | None:
-        """The oldest unread result, waiting for one until ``deadline`` (``TimeoutError``);
-        None once the job has ended and every result was read."""
-        with self.lock:
-            while not self.results and not self.finished.is_set():
-                remaining = None if deadline is None else deadline - time.monotonic()
-                if remaining is not None and remaining <= 0:
-                    raise TimeoutError
-                self.changed.wait(1.0 if remaining is None else min(remaining, 1.0))
-            return self.results.popleft() if self.results else None
-
     def cancel(self) -> bool:
         """Stop the job's thread; False if the job had already ended."""
-        with self.lock:
-            if self.finished.is_set():
+        with self.tally.lock:
+            if self.tally.finished.is_set():
                 return False
             self._cancel_requested = True
             self._events.notify_all()
@@ -248,8 +200,8 @@ class JobRunner:
     def _run(self) -> None:
         if isinstance(self._source, DirectoryInput):
             total = self._source.count()
-            with self.lock:
-                self._total = total
+            with self.tally.lock:
+                self.tally.total = total
             self._schedule.inputs_counted(total)
         while True:
             self._handle_settled()
@@ -290,8 +242,8 @@ class JobRunner:
             self._replace_cluster()
         elif isinstance(action, Skip):
             del self._units[action.unit]
-            with self.lock:
-                self._skipped += 1
+            with self.tally.lock:
+                self.tally.skipped += 1
         elif isinstance(action, Fail):
             unit = self._units.pop(action.unit)
             self._fail(unit, UnitError(action.kind, action.message), where, action.attempts)
@@ -308,7 +260,7 @@ class JobRunner:
                 batch.started_told = True
 
     def _wait_for_events(self, until: float | None) -> None:
-        with self.lock:
+        with self.tally.lock:
             while not self._settled and not self._cancel_requested:
                 timeout = None
                 if until is not None:
@@ -323,12 +275,12 @@ class JobRunner:
         unit = next(self._inputs, None)
         if unit is None:
             self._schedule.inputs_ended()
-            with self.lock:
-                self._total = self._seen
+            with self.tally.lock:
+                self.tally.total = self.tally.seen
             return
-        with self.lock:
-            self._seen += 1
-            uid = UnitId(self._seen)
+        with self.tally.lock:
+            self.tally.seen += 1
+            uid = UnitId(self.tally.seen)
         self._units[uid] = unit
         if is_reserved(unit.name):
             message = f"the name {unit.name!r} is the job's own in the output directory"
@@ -345,15 +297,15 @@ class JobRunner:
             data = [self._read.pop(uid) for uid in send.units]
             batch = _Batch(send.batch, self._slots[send.slot], send.units, units, data)
             self._batches[batch.id] = batch
-            with self.lock:
-                self._running += len(units)
-                self._stats["batches"] += 1
+            with self.tally.lock:
+                self.tally.running += len(units)
+                self.tally.stats["batches"] += 1
         slot = batch.slot
         args: tuple[Any, ...] = (batch.data,)
         if send.with_module:
             args = (batch.data, self._program.module)
-            with self.lock:
-                self._stats["module_sends"] += 1
+            with self.tally.lock:
+                self.tally.stats["module_sends"] += 1
         try:
             pending = submit_call(
                 slot.cluster,
@@ -373,7 +325,7 @@ class JobRunner:
 
     def _on_settled(self, batch: _Batch, _: Pending[Any]) -> None:
         """On a backend's thread: only queue it."""
-        with self.lock:
+        with self.tally.lock:
             self._settled.append(batch)
             self._events.notify_all()
 
@@ -381,7 +333,7 @@ class JobRunner:
 
     def _handle_settled(self) -> None:
         while True:
-            with self.lock:
+            with self.tally.lock:
                 if not self._settled:
                     return
                 batch = self._settled.popleft()
@@ -407,8 +359,8 @@ class JobRunner:
         actions = self._schedule.settled(batch.id, outcome, time.monotonic())
         if not any(isinstance(a, Send) and a.batch == batch.id for a in actions):
             del self._batches[batch.id]  # it is over (else: sent again with the module)
-            with self.lock:
-                self._running -= len(batch.units)
+            with self.tally.lock:
+                self.tally.running -= len(batch.units)
         for action in actions:
             self._do(action, where)
 
@@ -449,7 +401,7 @@ class JobRunner:
                     self._fail(unit, error, where, max(1, tried), took)
                     continue
                 result = UnitResult(unit.name, True, path, None, where, tried + 1, took)
-                self._add_result(result, ok=True)
+                self.tally.add_result(result)
                 nbytes += len(data) + len(output)
             else:
                 _, kind, message, detail, took = outcome
@@ -464,18 +416,7 @@ class JobRunner:
     ) -> None:
         result = UnitResult(unit.name, False, None, error, where, attempts, seconds)
         self._out.record_failure(result.to_json())
-        self._add_result(result, ok=False)
-
-    def _add_result(self, result: UnitResult, *, ok: bool) -> None:
-        with self.lock:
-            if ok:
-                self._succeeded += 1
-            else:
-                self._failed += 1
-                if len(self._failures) < FAILURES_KEPT:
-                    self._failures.append(result)
-            self.results.append(result)
-            self.changed.notify_all()
+        self.tally.add_result(result)
 
     # ---- a fresh cluster, the end ------------------------------------------------------
 
@@ -490,8 +431,8 @@ class JobRunner:
         self.clusters.append(cluster)
         self.owned.append(cluster)
         slots = slots_of(cluster, self._placement)
-        with self.lock:
-            self._stats["replaced_clusters"] += 1
+        with self.tally.lock:
+            self.tally.stats["replaced_clusters"] += 1
         ids = self._schedule.add_slots([slot.capacity for slot in slots])
         self._slots.update(zip(ids, slots, strict=True))
 
@@ -501,26 +442,14 @@ class JobRunner:
                 _cancel(batch.pending)
         self._batches.clear()
         self._out.close()
-        with self.lock:
-            self._stats["retried"] = self._schedule.retried
-            total = self._total if self._total is not None else self._seen
-            done = self._succeeded + self._failed + self._skipped
-            self.summary = JobSummary(
-                output=self._out.root,
-                total=total,
-                succeeded=self._succeeded,
-                failed=self._failed,
-                skipped=self._skipped,
-                not_run=max(0, total - done),
-                seconds=time.monotonic() - self.started,
-                failures=tuple(self._failures),
-                failed_list=self._out.failed_list if self._failed else None,
-                error=self._error,
-                cancelled=self._cancel_requested,
-                extra=MappingProxyType(dict(self._stats)),
-            )
-            self.finished.set()
-            self.changed.notify_all()
+        with self.tally.lock:
+            self.tally.stats["retried"] = self._schedule.retried
+        self.tally.finish(
+            output=self._out.root,
+            failed_list=self._out.failed_list,
+            error=self._error,
+            cancelled=self._cancel_requested,
+        )
 
 
 def _cancel(pending: Pending[Any]) -> None:

@@ -15,6 +15,10 @@ Built only on ``submit_call`` and ``Pending``, so it runs on every backend.
 - ``mapreduce(f, items, combine)`` reduces each chunk on its server (``f`` then ``combine``
   over the chunk's items), then merges the chunks' partial results with ``reduce``.
 
+The parts: ``chunks`` (cutting items and spreading chunks, and what a chunk's task runs on
+the worker), ``tracking`` (the progress counter, the bar, the ``Tracked`` Pending),
+``treereduce`` (``reduce`` and ``mapreduce``); ``map`` and ``MapResult`` are here.
+
 Invariants:
 
 - An exception raised by ``f`` (or ``combine``) on an item is caught by the chunk's task and

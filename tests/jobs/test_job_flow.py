@@ -13,7 +13,7 @@ from job_units import behave
 
 import sperse
 from sperse.jobs import submit_job
-from sperse.jobs._job import DEPTH, MAX_BATCH_UNITS
+from sperse.jobs._schedule import DEPTH, MAX_BATCH_UNITS
 
 
 class CountingLines:

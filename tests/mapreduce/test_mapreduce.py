@@ -21,6 +21,8 @@ import pytest
 
 import sperse
 import sperse._cluster.mapreduce as mr
+from sperse._cluster import chunks as mrchunks
+from sperse._cluster import tracking
 from sperse._cluster.pending import Pending
 from sperse._core import (
     CallTask,
@@ -135,7 +137,7 @@ def test_an_error_names_the_item(real: sperse.Cluster) -> None:
     assert str(error).startswith("map(inverse) item 3 (0): ZeroDivisionError: division by zero")
     assert error.type_name == "ZeroDivisionError"
     assert "return 1 / x" in error.remote_traceback
-    assert "_apply_chunk" not in error.remote_traceback  # the user's frames only
+    assert "apply_chunk" not in error.remote_traceback  # the user's frames only
     assert isinstance(result.chunks[1].exception(WAIT), sperse.RemoteError)
     assert result.chunks[0].result(WAIT) == [1.0, 0.5]
 
@@ -261,7 +263,7 @@ def test_large_values_are_combined_where_they_are_held(server_cluster: sperse.Cl
 
 def test_a_numpy_array_is_split_into_views() -> None:
     data = np.arange(100.0)
-    chunks = mr.split(mr.sliceable(data), 30)
+    chunks = mrchunks.split(mrchunks.sliceable(data), 30)
     assert [start for start, _ in chunks] == [0, 30, 60, 90]
     assert all(np.shares_memory(chunk, data) for _, chunk in chunks)
     assert np.array_equal(np.concatenate([c for _, c in chunks]), data)
@@ -269,11 +271,11 @@ def test_a_numpy_array_is_split_into_views() -> None:
 
 def test_sliceable_keeps_sequences_and_lists_the_rest() -> None:
     items = [1, 2, 3]
-    assert mr.sliceable(items) is items
-    assert mr.sliceable(range(3)) == range(3)
-    assert mr.sliceable(iter(items)) == items
+    assert mrchunks.sliceable(items) is items
+    assert mrchunks.sliceable(range(3)) == range(3)
+    assert mrchunks.sliceable(iter(items)) == items
     with pytest.raises(TypeError, match="0-d"):
-        mr.sliceable(np.array(1.0))
+        mrchunks.sliceable(np.array(1.0))
 
 
 @pytest.mark.parametrize(
@@ -281,21 +283,21 @@ def test_sliceable_keeps_sequences_and_lists_the_rest() -> None:
     [(0, 2, 1), (1, 2, 1), (8, 2, 1), (9, 2, 2), (100, 2, 13), (100, 0, 25), (10**6, 64, 3907)],
 )
 def test_default_chunksize(count: int, workers: int, expected: int) -> None:
-    assert mr.default_chunksize(count, workers) == expected
+    assert mrchunks.default_chunksize(count, workers) == expected
 
 
 def test_bad_chunksize() -> None:
     with pytest.raises(ValueError, match="at least 1"):
-        mr.split([1], 0)
+        mrchunks.split([1], 0)
 
 
 def test_spread_follows_worker_counts_interleaved() -> None:
     servers = [ServerInfo("a", workers=1), ServerInfo("b", workers=1), ServerInfo("c", workers=2)]
-    names = mr.spread(servers, 8)
+    names = mrchunks.spread(servers, 8)
     assert Counter(names) == {"a": 2, "b": 2, "c": 4}
     assert names[:4] == names[4:]  # one period, repeated
     assert all(x != y or x == "c" for x, y in itertools.pairwise(names))
-    assert mr.spread([], 3) == [] and mr.spread(servers, 0) == []
+    assert mrchunks.spread([], 3) == [] and mrchunks.spread(servers, 0) == []
 
 
 # ---- several servers, in memory -----------------------------------------------------------
@@ -548,7 +550,7 @@ def test_the_bar_appears_after_a_second_of_work(
     monkeypatch.setattr(sys, "stdout", terminal)
     cluster = sperse.current()
     work: Pending[int] = Pending(cluster)
-    tracker = mr._Tracker("job", 1, None, started=100.0)
+    tracker = tracking.Tracker("job", 1, None, started=100.0)
 
     def finish() -> None:
         tracker.add(1)
@@ -556,5 +558,5 @@ def test_the_bar_appears_after_a_second_of_work(
 
     cluster.post(finish)
     clock: Callable[[], float] = lambda: 100.0 + elapsed  # noqa: E731
-    assert mr.wait_with_progress(cluster, work.done, tracker, WAIT, clock=clock)
+    assert tracking.wait_with_progress(cluster, work.done, tracker, WAIT, clock=clock)
     assert ("job" in terminal.getvalue()) is shown

@@ -43,9 +43,6 @@ class Unit:
     name: str
     path: str | None = None  # read when sent (a directory's file)
     data: bytes | None = None  # held (a line of stdin)
-    attempts: int = 0  # attempts that counted against the retries
-    alone: bool = False  # send it in a batch of its own (its batch's worker died)
-    avoid: Any = None  # the slot it failed on, to try elsewhere first
 
     def read(self) -> bytes:
         if self.data is not None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+from pathlib import Path
 
 import pytest
 
@@ -19,13 +20,26 @@ def ws(cluster: sperse.Cluster) -> Workspace:
     workspace.close()
 
 
-def test_remote_cell_is_pending_then_ready(ws: Workspace) -> None:
-    ws.run("import time\ndef slow(v, t=0.2):\n    time.sleep(t)\n    return v\n")
-    ws.run("x = remote slow(21)")
+# Remote code that returns only once the test opens its gate (a file: every backend's workers
+# see this host's files): the window in which a cell is pending is the test's to close.
+GATED = """
+import os, time
+def gated(v, gate):
+    while not os.path.exists(gate):
+        time.sleep(0.005)
+    return v
+"""
+
+
+def test_remote_cell_is_pending_then_ready(ws: Workspace, tmp_path: Path) -> None:
+    gate = tmp_path / "gate"
+    ws.run(GATED)
+    ws.run(f"x = remote gated(21, {str(gate)!r})")
     ws.run("y = x * 2")
     assert set(ws.pending()) == {"x", "y"}
     with pytest.raises(sperse.NotReadyError, match="y is pending"):
         ws["y"]
+    gate.touch()
     assert ws.wait("y", timeout=WAIT) == 42
     assert ws["x"] == 21
     assert ws.cell("x").where in {s.name for s in ws.cluster.servers()}
@@ -125,13 +139,20 @@ def test_rule5_changed_input_cancels_running_cell(ws: Workspace) -> None:
     assert seen.count(cell.id) == 1  # only the fresh result was ever shown
 
 
-def test_rule5_stale_result_is_never_observed(ws: Workspace) -> None:
-    ws.run("import time\na = 1")
-    ws.run("def slow(v):\n    time.sleep(0.3)\n    return v\n")
-    ws.run("r = remote slow(a)")
+def test_rule5_stale_result_is_never_observed(ws: Workspace, tmp_path: Path) -> None:
+    gate = tmp_path / "gate"
+    seen: list[object] = []
+    ws.subscribe(
+        lambda e: seen.append(ws["r"]) if e.kind == "done" and e.cell.defs == {"r"} else None
+    )
+    ws.run(GATED)
+    ws.run(f"a = 1\ng = {str(gate)!r}")
+    ws.run("r = remote gated(a, g)")  # held at the gate while a changes twice
     ws.run("a = 2")
     ws.run("a = 3")
+    gate.touch()
     assert ws.wait("r", timeout=WAIT) == 3
+    assert seen == [3]  # the runs on a == 1 and 2 were never shown
 
 
 def test_rule6_results_applied_only_on_the_user_thread(ws: Workspace) -> None:

@@ -8,7 +8,7 @@ is its driver: it feeds it what streams, pools, peers and timers say, and takes 
 (:mod:`~sperse._server.actions`); :mod:`~sperse._server.object_pools` runs the remote
 objects' pools. The invariants below are the machine's, and its tests check them.
 
-This module knows no gRPC and no protobuf: the stream layer (:mod:`sperse._server.service`)
+This module knows no gRPC and no protobuf: the stream layer (:mod:`sperse._server.stream`)
 turns client messages into calls here and the events queued here into server messages.
 
 Threads: everything runs on the server's event loop, the worker pool too (it watches its

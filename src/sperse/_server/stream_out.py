@@ -17,6 +17,7 @@ from __future__ import annotations
 import collections
 from dataclasses import dataclass, field
 
+from sperse._core import ErrorInfo
 from sperse._server import core
 from sperse._server.blobs import OpenFile, OutBlob, StreamSender
 from sperse._server.envelope import PickledBytes, ShmBuffer
@@ -27,6 +28,7 @@ __all__ = [
     "BATCH_EVENTS",
     "FetchReply",
     "StreamOutput",
+    "failure_message",
     "logs_reply",
     "objects_reply",
     "stats_reply",
@@ -107,14 +109,9 @@ class StreamOutput:
             output = pb.Output(stream=event.stream, text=event.text)
             return pb.Event(task_id=event.task_id, output=output), len(event.text.encode())
         if isinstance(event, core.Failed):
-            failure = pb.Failure(
-                kind=event.kind,
-                type_name=event.type_name,
-                message=event.message,
-                traceback=event.traceback,
-            )
-            size = len(event.message.encode()) + len(event.traceback.encode())
-            return pb.Event(task_id=event.task_id, failed=failure), size
+            error = event.error
+            size = len(error.message.encode()) + len(error.traceback.encode())
+            return pb.Event(task_id=event.task_id, failed=failure_message(error)), size
         values = []
         used = 0
         for v in event.values:
@@ -129,6 +126,17 @@ class StreamOutput:
                 values.append(pb.Value(name=v.name, ref=ref))
                 used += 256
         return pb.Event(task_id=event.task_id, done=pb.Done(values=values)), used
+
+
+def failure_message(error: ErrorInfo) -> pb.Failure:
+    """The one place a task's error becomes its wire form (read back into an ``ErrorInfo``
+    by the client)."""
+    return pb.Failure(
+        kind=error.kind,
+        type_name=error.type_name,
+        message=error.message,
+        traceback=error.traceback,
+    )
 
 
 def stats_reply(

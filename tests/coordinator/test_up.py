@@ -24,9 +24,9 @@ from coordinator_helpers import (
     wait_until,
 )
 
-from sperse import _status, _up
+from sperse import _status
 from sperse._backends.membership import MembershipWatch
-from sperse._up import LocalCluster, ServerSpec
+from sperse._up import LocalCluster, ServerSpec, options
 
 StartChild = Callable[..., Child]
 
@@ -114,7 +114,7 @@ def test_sperse_up_refuses_a_bad_config(tmp_path: Path) -> None:
 
 
 def plan(*args: str) -> list[ServerSpec]:
-    return _up._plan(_up.build_parser().parse_args(list(args))).specs
+    return options.read_plan(options.build_parser().parse_args(list(args))).specs
 
 
 @pytest.mark.parametrize(
@@ -142,7 +142,7 @@ def test_plan_from_options(args: tuple[str, ...], expected: list[tuple[str, set[
     ],
 )
 def test_plan_refuses(args: tuple[str, ...], message: str) -> None:
-    with pytest.raises(_up._ConfigError, match=message):
+    with pytest.raises(options.ConfigError, match=message):
         plan(*args)
 
 
@@ -155,7 +155,7 @@ def test_plan_from_a_config_file(tmp_path: Path) -> None:
     assert (first.name, set(first.tags), first.workers) == ("server-1", {"db"}, 3)
     assert first.cwd == str(tmp_path / "w")
     assert (second.name, second.workers, second.cwd) == ("server-2", 2, None)
-    with pytest.raises(_up._ConfigError, match="--servers and --tags do not apply"):
+    with pytest.raises(options.ConfigError, match="--servers and --tags do not apply"):
         plan("--config", str(config), "--servers", "3")
 
 

@@ -22,6 +22,7 @@ import pytest
 from coordinator_helpers import DEADLINE, Child, children_of, pid_alive
 
 from sperse import _status, _up, cli
+from sperse._up import record as up_record
 
 StartChild = Callable[..., Child]
 
@@ -173,14 +174,14 @@ def test_a_broken_record_is_refused_saying_so(
 
 
 def test_a_record_is_removed_only_by_the_sperse_up_that_wrote_it(record_dir: Path) -> None:
-    mine = _up._write_record("sperse://127.0.0.1:1", "a-token", None, record_dir)
+    mine = up_record.write_record("sperse://127.0.0.1:1", "a-token", None, record_dir)
     token_file = record_dir / f"token-{os.getpid()}"
     assert (mine.token_file, mine.pid) == (str(token_file), os.getpid())
     assert token_file.read_text() == "a-token\n"
     assert _up.recorded_cluster() == mine
     later = {"url": "sperse://127.0.0.1:2", "token_file": "/elsewhere", "pid": os.getppid()}
-    _up._write_private(mine.path, json.dumps(later))  # what a later `sperse up` writes
-    _up._forget_record(mine, token_written=True)
+    up_record.write_private(mine.path, json.dumps(later))  # what a later `sperse up` writes
+    up_record.forget_record(mine, token_written=True)
     assert json.loads(mine.path.read_text()) == later
     assert not token_file.exists()  # its own token file goes, whoever holds the record
 
@@ -189,10 +190,10 @@ def test_a_given_token_file_is_recorded_by_its_absolute_path(
     record_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.chdir(tmp_path)
-    record = _up._write_record("sperse://127.0.0.1:1", "ignored", "my-token", record_dir)
+    record = up_record.write_record("sperse://127.0.0.1:1", "ignored", "my-token", record_dir)
     assert record.token_file == str(tmp_path / "my-token")
     assert sorted(p.name for p in record_dir.iterdir()) == ["cluster.json"]  # no token written
-    _up._forget_record(record, token_written=False)
+    up_record.forget_record(record, token_written=False)
     assert list(record_dir.iterdir()) == []
 
 
@@ -202,9 +203,9 @@ def test_token_files_of_dead_sperse_ups_are_swept(record_dir: Path) -> None:
     dead.write_text("old\n")
     alive = record_dir / f"token-{os.getpid()}"  # a running process's
     alive.write_text("in use\n")
-    record = _up._write_record("sperse://127.0.0.1:1", "t", str(alive), record_dir)
+    record = up_record.write_record("sperse://127.0.0.1:1", "t", str(alive), record_dir)
     assert not dead.exists() and alive.exists()
-    _up._forget_record(record, token_written=False)
+    up_record.forget_record(record, token_written=False)
     assert alive.exists()  # given with --token-file: not ours to remove
 
 

@@ -13,6 +13,7 @@ from collections import defaultdict
 from dataclasses import dataclass, field
 from typing import Any
 
+from sperse._core import ErrorInfo
 from sperse._server.actions import (
     Action,
     Emit,
@@ -23,7 +24,7 @@ from sperse._server.actions import (
     SubmitToObject,
 )
 from sperse._server.config import ServerConfig
-from sperse._server.envelope import PickledBytes, ResultFailure, ResultValue, ShmBuffer
+from sperse._server.envelope import PickledBytes, ResultValue, ShmBuffer
 from sperse._server.model import Done, Failed, ObjectOp, Output, PeerRef, Started, TaskRequest
 from sperse._server.state import ServerState
 
@@ -48,7 +49,7 @@ def describe(event: Any) -> str:
     if isinstance(event, Done):
         return f"done {event.task_id}"
     assert isinstance(event, Failed)
-    return f"failed {event.task_id} {event.type_name}"
+    return f"failed {event.task_id} {event.error.type_name}"
 
 
 @dataclass
@@ -107,7 +108,7 @@ class Machine:
         return self.feed(self.state.tasks.done(self.pool_id(task_id, attempt), result))
 
     def raised(self, task_id: str) -> list[Action]:
-        failure = ResultFailure("raised", "ZeroDivisionError", "division by zero", "tb")
+        failure = ErrorInfo("raised", "ZeroDivisionError", "division by zero", "tb")
         return self.feed(self.state.tasks.done(self.pool_id(task_id), failure))
 
     def fail(self, task_id: str, reason: str = "worker_died", attempt: int = -1) -> list[Action]:

@@ -8,6 +8,7 @@ from dataclasses import dataclass
 import pytest
 from state_harness import PREFIX, WORK, Machine, files, machine, value
 
+from sperse._core import ErrorInfo
 from sperse._server.actions import (
     Cancel,
     EndSession,
@@ -55,7 +56,11 @@ def run(m: Machine, step: str) -> None:
     elif verb == "cancel":
         m.cancel(task)
     elif verb == "queued":  # the driver dropped the attempt, cancelled, before it ran
-        m.feed(m.state.tasks.attempt_failed(m.pool_id(task), "cancelled", "TaskCancelled", "q"))
+        m.feed(
+            m.state.tasks.attempt_failed(
+                m.pool_id(task), ErrorInfo("cancelled", "TaskCancelled", "q")
+            )
+        )
     else:  # pragma: no cover - a typo in a case
         raise ValueError(step)
 
@@ -219,7 +224,7 @@ def test_the_pool_id_in_a_failure_is_the_tasks_label() -> None:
     m.submit("t1", label="fit")
     m.fail("t1", "runner_error")
     (failed,) = [e.event for e in m.emits() if isinstance(e.event, Failed)]
-    assert failed.message == "task fit: runner_error"
+    assert failed.error.message == "task fit: runner_error"
 
 
 def test_the_last_of_the_attempts_is_said() -> None:
@@ -228,7 +233,7 @@ def test_the_last_of_the_attempts_is_said() -> None:
     for _ in range(3):
         m.fail("t1")
     (failed,) = [e.event for e in m.emits() if isinstance(e.event, Failed)]
-    assert failed.message.endswith("(the last of 3 attempts)")
+    assert failed.error.message.endswith("(the last of 3 attempts)")
 
 
 def test_failed_attempt_files_are_swept() -> None:
@@ -252,7 +257,7 @@ def test_no_sweep_without_shared_memory() -> None:
 def test_retained_events_are_bounded() -> None:
     session = SessionState("s")
     for i in range(RETAIN_EVENTS + 3):
-        session.retain(Failed(f"t{i}", "raised", "E", ""))
+        session.retain(Failed(f"t{i}", ErrorInfo("raised", "E", "")))
     assert len(session.finished) == RETAIN_EVENTS
     assert "t0" not in session.finished and f"t{RETAIN_EVENTS + 2}" in session.finished
 
@@ -261,8 +266,8 @@ def test_failure_text_is_clipped() -> None:
     m = machine()
     m.submit("t1", work=None, refused="x" * 100_000)
     (failed,) = [e.event for e in m.emits()]
-    assert failed.type_name == "SerializationError"
-    assert len(failed.message) < 70_000 and failed.message.endswith("characters cut]")
+    assert failed.error.type_name == "SerializationError"
+    assert len(failed.error.message) < 70_000 and failed.error.message.endswith("characters cut]")
 
 
 # ---- values: inline or held, and their files --------------------------------------------

@@ -8,6 +8,7 @@ from dataclasses import dataclass
 import pytest
 from state_harness import Machine, call, create, files, machine, peer, value
 
+from sperse._core import ErrorInfo
 from sperse._server.actions import (
     CancelObjectCall,
     CancelPull,
@@ -19,7 +20,6 @@ from sperse._server.actions import (
     SubmitToObject,
     Unlink,
 )
-from sperse._server.envelope import ResultFailure
 from sperse._server.model import Done, Failed, ObjectOp, Pulled
 from sperse._server.remote import CLOSED, REBUILD
 
@@ -66,7 +66,7 @@ def test_a_failed_pull_fails_its_tasks() -> None:
     (start,) = m.of(StartPull)
     m.feed(m.state.pull_failed(start.pull_id, "it is gone", "compute it again"))
     assert m.sent() == ["failed t1 ObjectUnavailable", "failed t2 ObjectUnavailable"]
-    assert "it is gone; compute it again" in failures(m)["t1"].message
+    assert "it is gone; compute it again" in failures(m)["t1"].error.message
     assert Unlink(("u1",)) in m.actions and m.of(Submit) == []
 
 
@@ -106,7 +106,7 @@ def test_create_starts_a_pool_and_calls_go_to_it() -> None:
     m.cancel("k1")
     assert m.of(CancelObjectCall) == [CancelObjectCall("o1", submit.pool_id)]
     m.fail("k1", "worker_died")  # a call is never retried
-    assert failures(m)["k1"].type_name == "ObjectLost"
+    assert failures(m)["k1"].error.type_name == "ObjectLost"
 
 
 @dataclass(frozen=True)
@@ -130,7 +130,7 @@ def test_object_operations_refused(case: Refused) -> None:
     m = machine()
     m.submit("c", object=create("o1", name="counter"))
     m.submit("t", object=case.op, uploads=("u",))
-    assert failures(m)["t"].type_name == case.type_name
+    assert failures(m)["t"].error.type_name == case.type_name
     assert len(m.of(StartObject)) == 1 and m.of(SubmitToObject) == []
     assert Unlink(("u",), soon=False) in m.actions
 
@@ -173,7 +173,7 @@ def test_an_object_that_dies_fails_its_calls_and_stops(case: Death) -> None:
     assert m.sent("other")[:2] == ["started k", "failed k ObjectLost"]
     assert m.of(StopObject) == [StopObject("o1")]
     m.submit("k2", session="other", object=call("o1"))
-    assert case.reason in failures(m, "other")["k2"].message
+    assert case.reason in failures(m, "other")["k2"].error.message
     assert m.state.objects.alive == {}
 
 
@@ -188,12 +188,12 @@ def test_a_restart_object_is_rebuilt_when_its_worker_dies() -> None:
     assert again.front and again.pool_id == f"{REBUILD}o1/1"
     assert again.payload == m.of(StartObject)[0].payload  # its create, kept
     m.fail("k1", "worker_died")
-    assert "was rebuilt after its worker (pid 7) died" in failures(m, "other")["k1"].message
+    assert "was rebuilt after its worker (pid 7) died" in failures(m, "other")["k1"].error.message
     m.feed(m.state.rebuilt("o1", again.pool_id, [value("", files("cf"))]))
     assert m.of(Unlink) == [Unlink(("cf",), soon=False)]  # its constructor's value
     assert m.state.objects.alive["o1"].built
     m.feed(m.state.object_worker_exited("o1", 8, "killed"))
-    failed = ResultFailure("raised", "OSError", "no disk")
+    failed = ErrorInfo("raised", "OSError", "no disk")
     m.feed(m.state.rebuilt("o1", f"{REBUILD}o1/2", failed))
     assert m.state.objects.alive == {} and m.of(StopObject) == [StopObject("o1")]
     assert Unlink(("u",)) in m.actions  # the create's uploads, kept till now
@@ -205,7 +205,7 @@ def test_a_constructor_that_raises_leaves_no_object() -> None:
     m.raised("c")
     assert m.state.objects.alive == {} and m.of(StopObject) == [StopObject("o1")]
     m.submit("k", object=call("o1"))
-    assert "its constructor raised ZeroDivisionError" in failures(m)["k"].message
+    assert "its constructor raised ZeroDivisionError" in failures(m)["k"].error.message
 
 
 def test_calls_count_and_objects_are_logged() -> None:

@@ -16,8 +16,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from state_harness import Machine, call, create, files, machine, value
 
+from sperse._core import ErrorInfo
 from sperse._server.actions import StartObject, StopObject, Submit, SubmitToObject, Unlink
-from sperse._server.envelope import ResultFailure
 from sperse._server.model import Done, Failed, HeldObject, ObjectOp, Output, Started
 from sperse._server.remote import REBUILD
 
@@ -68,9 +68,9 @@ def apply(m: Machine, op: tuple, uploads: itertools.count) -> None:
     elif verb == "done":
         m.feed(tasks.done(pool_id, [value()]))
     elif verb == "raise":
-        m.feed(tasks.done(pool_id, ResultFailure("raised", "E", "e")))
+        m.feed(tasks.done(pool_id, ErrorInfo("raised", "E", "e")))
     elif verb == "drop":  # the driver could not run it (its pool is gone, ...)
-        m.feed(tasks.attempt_failed(pool_id, "internal", "PoolError", "no pool"))
+        m.feed(tasks.attempt_failed(pool_id, ErrorInfo("internal", "PoolError", "no pool")))
     else:
         m.feed(tasks.failed(pool_id, arg, "died", ""))
 

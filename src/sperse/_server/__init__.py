@@ -2,7 +2,8 @@
 
 Layers: :mod:`~sperse._server.config` (what to run), :mod:`~sperse._server.core` (sessions,
 tasks, objects; no gRPC: the driver of :mod:`~sperse._server.state`, a pure state machine,
-events in, actions out), :mod:`~sperse._server.service` (the ``Session`` stream),
+events in, actions out), :mod:`~sperse._server.service` (the servicer: ``Session`` streams,
+whose parts are :mod:`~sperse._server.stream` and its neighbours, and ``Pull``),
 :mod:`~sperse._server.server` (``SperseServer``, the async context manager),
 :mod:`~sperse._server.runner` and :mod:`~sperse._server.envelope` (what runs in the workers).
 

@@ -23,11 +23,12 @@ from __future__ import annotations
 
 import os
 
-from sperse._core import ObjectCall, ObjectCreate
+from sperse._core import ErrorInfo, ObjectCall, ObjectCreate
 from sperse._exec.objects import ObjectHost, Refused, our_frames
+from sperse._exec.runner import encode_error
 from sperse._pool.worker import TaskInterrupted, keep_until_answered
-from sperse._server.envelope import Envelope, ResultFailure, pack_failure, unpack_envelope
-from sperse._server.runner import LoadFailed, load_work, pack_result, raised
+from sperse._server.envelope import Envelope, pack_failure, unpack_envelope
+from sperse._server.runner import LoadFailed, load_work, pack_result
 
 __all__ = ["run"]
 
@@ -40,14 +41,14 @@ def run(payload: bytes) -> bytes:
     try:
         work = load_work(envelope, objects=True)
     except LoadFailed as failed:
-        return pack_failure(failed.failure)
+        return pack_failure(failed.error)
     keep_until_answered(work)  # its arguments may map big files: unmapped after the reply
     if isinstance(work, ObjectCreate):
         return _create(work, envelope)
     if isinstance(work, ObjectCall):
         return _call(work, envelope)
     return pack_failure(  # a close is the server's business: it never reaches a worker
-        ResultFailure("internal", "RunnerError", f"{type(work).__name__} reached a worker")
+        ErrorInfo("internal", "RunnerError", f"{type(work).__name__} reached a worker")
     )
 
 
@@ -64,7 +65,7 @@ def _create(work: ObjectCreate, envelope: Envelope) -> bytes:
 def _call(work: ObjectCall, envelope: Envelope) -> bytes:
     if not _host.built:
         return pack_failure(
-            ResultFailure(
+            ErrorInfo(
                 "object_lost",
                 "ObjectLost",
                 f"remote object {work.object_id} is not built in worker {os.getpid()} "
@@ -74,7 +75,7 @@ def _call(work: ObjectCall, envelope: Envelope) -> bytes:
     try:
         value = _host.call(work)
     except Refused as refused:
-        return pack_failure(ResultFailure("raised", refused.type_name, refused.message))
+        return pack_failure(ErrorInfo("raised", refused.type_name, refused.message))
     except TaskInterrupted:
         raise
     except BaseException as exc:  # the method's error, SystemExit included
@@ -82,6 +83,6 @@ def _call(work: ObjectCall, envelope: Envelope) -> bytes:
     return pack_result(work, value, envelope)
 
 
-def _user_error(exc: BaseException) -> ResultFailure:
+def _user_error(exc: BaseException) -> ErrorInfo:
     """``exc`` as a failure whose traceback starts at the user's code."""
-    return raised(exc, skip_frames=our_frames(exc.__traceback__, _OUR_FILES))
+    return encode_error(exc, skip_frames=our_frames(exc.__traceback__, _OUR_FILES))

@@ -8,7 +8,7 @@ is its driver: it feeds it what streams, pools, peers and timers say, and takes 
 (:mod:`~sperse._server.actions`); :mod:`~sperse._server.object_pools` runs the remote
 objects' pools. The invariants below are the machine's, and its tests check them.
 
-This module knows no gRPC and no protobuf: the stream layer (:mod:`sperse._server.service`)
+This module knows no gRPC and no protobuf: the stream layer (:mod:`sperse._server.stream`)
 turns client messages into calls here and the events queued here into server messages.
 
 Threads: everything runs on the server's event loop, the worker pool too (it watches its
@@ -97,6 +97,7 @@ import secrets
 import time
 from collections.abc import Callable, Iterable, Sequence
 
+from sperse._core import ErrorInfo
 from sperse._pool import PoolEvent, TaskDone, TaskFailed, TaskOutput, TaskStarted
 from sperse._serialize import shm
 from sperse._server.actions import (
@@ -120,10 +121,7 @@ from sperse._server.actions import (
     Unlink,
 )
 from sperse._server.config import ServerConfig
-from sperse._server.envelope import (
-    PickledBytes,
-    ResultFailure,
-)
+from sperse._server.envelope import PickledBytes
 from sperse._server.files import Files, read_inlines, unpack
 from sperse._server.logs import log_event
 from sperse._server.model import (
@@ -488,7 +486,7 @@ class ServerCore:
         elif isinstance(event, TaskDone):
             result = unpack(event.result)
             limit = state.tasks.inline_limit(event.task_id)
-            if limit is not None and not isinstance(result, ResultFailure):
+            if limit is not None and not isinstance(result, ErrorInfo):
                 result = read_inlines(result, limit)
             actions = state.tasks.done(event.task_id, result)
         else:
@@ -520,8 +518,8 @@ class ServerCore:
         log_event(logging.ERROR, "object_pool_failed", object=object_id, error=error)
         self._perform(self.state.object_start_failed(object_id, error))
 
-    def _fail_attempt(self, pool_id: str, kind: str, type_name: str, message: str) -> None:
-        self._perform(self.state.tasks.attempt_failed(pool_id, kind, type_name, message))
+    def _fail_attempt(self, pool_id: str, error: ErrorInfo) -> None:
+        self._perform(self.state.tasks.attempt_failed(pool_id, error))
 
     # ---- actions -------------------------------------------------------------------------
 
@@ -546,7 +544,7 @@ class ServerCore:
             elif isinstance(action, StartObject):
                 self._objects.start(action)
             elif isinstance(action, SubmitToObject):
-                gone = self.state.objects.lost("", action.object_id).message
+                gone = self.state.objects.lost("", action.object_id).error.message
                 self._objects.submit(action, gone)
             elif isinstance(action, CancelObjectCall):
                 self._objects.cancel(action)

@@ -6,8 +6,11 @@ our own runner. The server reads a result with an unpickler that refuses to look
 or function, so reading one never runs code (a worker runs the client's code, and could send
 anything); a worker reads an envelope, made by the server, with the plain ``pickle.loads``.
 The client's pickles travel inside them as opaque bytes; the server never unpickles those,
-the runner does, in a worker. Standard library only: workers and the server both import
-this module.
+the runner does, in a worker. A failure is read back as the
+:class:`~sperse._core.events.ErrorInfo` it was made from (a kind this version does not know
+becomes ``internal``, as the client would make it): the one error type from the worker to the
+client. Standard library and plain sperse modules only (no gRPC): workers and the server both
+import this module.
 
 Envelope (server -> worker)::
 
@@ -18,7 +21,7 @@ Envelope (server -> worker)::
 Result (worker -> server)::
 
     ("done", [(name, type_name, short_repr, stream, [buffer, ...]), ...])
-    ("failed", kind, type_name, message, traceback)
+    ("failed", kind, type_name, message, traceback)      # an ErrorInfo's fields
 
 A buffer is ``bytes``, or ``(file_name, size)``: a shared memory file (see
 :mod:`sperse._serialize.shm`) the reader maps instead of receiving the bytes. The server
@@ -34,15 +37,15 @@ import io
 import pickle
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, get_args
 
+from sperse._core.events import ErrorInfo, ErrorKind
 from sperse._serialize.shm import valid_name
 
 __all__ = [
     "Buffer",
     "Envelope",
     "PickledBytes",
-    "ResultFailure",
     "ResultValue",
     "ShmBuffer",
     "pack_envelope",
@@ -55,6 +58,7 @@ __all__ = [
 _ENVELOPE = "sperse-envelope/2"
 _DONE = "done"
 _FAILED = "failed"
+_KINDS: dict[str, ErrorKind] = {kind: kind for kind in get_args(ErrorKind)}
 
 
 @dataclass(frozen=True, slots=True)
@@ -106,14 +110,6 @@ class ResultValue:
     type_name: str
     repr: str
     value: PickledBytes
-
-
-@dataclass(frozen=True, slots=True)
-class ResultFailure:
-    kind: str
-    type_name: str
-    message: str
-    traceback: str = ""
 
 
 class _PlainUnpickler(pickle.Unpickler):
@@ -204,11 +200,11 @@ def pack_values(values: Sequence[ResultValue]) -> bytes:
     )
 
 
-def pack_failure(failure: ResultFailure) -> bytes:
-    return _dumps((_FAILED, failure.kind, failure.type_name, failure.message, failure.traceback))
+def pack_failure(error: ErrorInfo) -> bytes:
+    return _dumps((_FAILED, error.kind, error.type_name, error.message, error.traceback))
 
 
-def unpack_result(payload: bytes) -> list[ResultValue] | ResultFailure:
+def unpack_result(payload: bytes) -> list[ResultValue] | ErrorInfo:
     """Raises ``ValueError`` for anything that ``pack_values``/``pack_failure`` did not make."""
     try:
         result = _plain_loads(payload)
@@ -219,7 +215,8 @@ def unpack_result(payload: bytes) -> list[ResultValue] | ResultFailure:
             ]
         if result[0] == _FAILED:
             _, kind, type_name, message, traceback = result
-            return ResultFailure(str(kind), str(type_name), str(message), str(traceback))
+            known = _KINDS.get(str(kind), "internal")
+            return ErrorInfo(known, str(type_name), str(message), str(traceback))
     except (pickle.UnpicklingError, TypeError, ValueError, EOFError, IndexError) as exc:
         raise ValueError(f"malformed task result: {exc}") from exc
     raise ValueError(f"malformed task result: unknown tag {result[0]!r}")

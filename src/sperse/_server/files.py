@@ -12,10 +12,10 @@ import dataclasses
 import os
 from collections.abc import Iterable
 
+from sperse._core import ErrorInfo
 from sperse._serialize import shm
 from sperse._server.envelope import (
     PickledBytes,
-    ResultFailure,
     ResultValue,
     ShmBuffer,
     unpack_result,
@@ -52,12 +52,12 @@ class Files:
         shm.unlink(names)
 
 
-def unpack(payload: bytes) -> list[ResultValue] | ResultFailure:
+def unpack(payload: bytes) -> list[ResultValue] | ErrorInfo:
     """A worker's result; one that cannot be read is the runner's failure."""
     try:
         return unpack_result(payload)
     except ValueError as exc:
-        return ResultFailure("internal", "RunnerError", str(exc))
+        return ErrorInfo("internal", "RunnerError", str(exc))
 
 
 def read_inline(value: PickledBytes) -> PickledBytes:
@@ -82,7 +82,7 @@ def read_inline(value: PickledBytes) -> PickledBytes:
     return PickledBytes(value.data, tuple(buffers))
 
 
-def read_inlines(values: list[ResultValue], limit: int) -> list[ResultValue] | ResultFailure:
+def read_inlines(values: list[ResultValue], limit: int) -> list[ResultValue] | ErrorInfo:
     """The values below ``limit`` (sent inline) read into bytes. A file that cannot be read
     fails the task; the files of the other values go then (nobody would own them)."""
     out: list[ResultValue] = []
@@ -94,5 +94,5 @@ def read_inlines(values: list[ResultValue], limit: int) -> list[ResultValue] | R
             out.append(dataclasses.replace(v, value=read_inline(v.value)))
         except OSError as exc:
             shm.unlink(n for w in [*out, *values[i + 1 :]] for n in w.value.shm_names())
-            return ResultFailure("internal", "SharedMemoryError", str(exc))
+            return ErrorInfo("internal", "SharedMemoryError", str(exc))
     return out

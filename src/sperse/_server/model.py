@@ -7,6 +7,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal, Protocol
 
+from sperse._core import ErrorInfo
 from sperse._server.envelope import PickledBytes
 
 __all__ = [
@@ -133,11 +134,11 @@ class Done:
 
 @dataclass(frozen=True, slots=True)
 class Failed:
+    """A task's failure: the error as its worker (or the server) made it, the one type from
+    the worker to the client (clipped before it is recorded: ``sessions.clipped``)."""
+
     task_id: str
-    kind: str
-    type_name: str
-    message: str
-    traceback: str = ""
+    error: ErrorInfo
 
 
 TaskEvent = Started | Output | Done | Failed

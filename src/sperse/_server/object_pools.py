@@ -14,6 +14,7 @@ import math
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
+from sperse._core import ErrorInfo
 from sperse._pool import PoolEvent, WorkerPool
 from sperse._server.actions import CancelObjectCall, StartObject, StopObject, SubmitToObject
 from sperse._server.model import ACTOR_RUNNER
@@ -32,8 +33,8 @@ class _ObjectPool:
 
 class ObjectPools:
     """``on_event(object_id, event)``, ``on_exit(object_id, pid, how)``: what the pools say;
-    ``failed(object_id, error)``: a pool cannot start; ``fail(pool_id, kind, type_name,
-    message)``: an attempt cannot run (cancelled while queued, or its pool is closed)."""
+    ``failed(object_id, error)``: a pool cannot start; ``fail(pool_id, error)``: an attempt
+    cannot run (cancelled while queued, or its pool is closed)."""
 
     def __init__(
         self,
@@ -44,7 +45,7 @@ class ObjectPools:
         on_exit: Callable[[str, int, str], None],
         on_delivered: Callable[[], None],
         failed: Callable[[str, str], None],
-        fail: Callable[[str, str, str, str], None],
+        fail: Callable[[str, ErrorInfo], None],
         env: Callable[[], Mapping[str, str]],
     ) -> None:
         self._server = server
@@ -108,14 +109,16 @@ class ObjectPools:
         try:
             record.pool.submit(action.pool_id, action.payload, front=action.front)
         except RuntimeError:  # pragma: no cover - closed only once the object is gone
-            self._fail(action.pool_id, "object_lost", "ObjectLost", gone)
+            self._fail(action.pool_id, ErrorInfo("object_lost", "ObjectLost", gone))
 
     def cancel(self, action: CancelObjectCall) -> None:
         record = self._pools.get(action.object_id)
         if record is None:
             return
         if record.early.pop(action.pool_id, None) is not None:
-            self._fail(action.pool_id, "cancelled", "TaskCancelled", "cancelled while queued")
+            self._fail(
+                action.pool_id, ErrorInfo("cancelled", "TaskCancelled", "cancelled while queued")
+            )
         elif record.pool is not None:
             record.pool.cancel(action.pool_id)  # never kills the object's worker
 

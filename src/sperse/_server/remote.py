@@ -18,8 +18,9 @@ import pickle
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
+from sperse._core import ErrorInfo
 from sperse._server.actions import Action, Log, SubmitToObject, Unlink, log
-from sperse._server.envelope import PickledBytes, ResultFailure, ResultValue
+from sperse._server.envelope import PickledBytes, ResultValue
 from sperse._server.model import GONE_KEPT, Done, Failed, HeldObject, InlineValue, ObjectOp
 
 if TYPE_CHECKING:
@@ -75,19 +76,23 @@ class RemoteObjects:
         if not object_id or object_id in self.alive or object_id in self._gone:
             return Failed(
                 task_id,
-                "internal",
-                "DuplicateObject",
-                f"{what}: remote object id {object_id!r} is empty or was used before on server "
-                f"{self._server!r}: every remote object needs an id of its own",
+                ErrorInfo(
+                    "internal",
+                    "DuplicateObject",
+                    f"{what}: remote object id {object_id!r} is empty or was used before on server "
+                    f"{self._server!r}: every remote object needs an id of its own",
+                ),
             )
         if op.name and op.name in self.named:
             return Failed(
                 task_id,
-                "raised",
-                "ValueError",
-                f"a remote object named {op.name!r} exists on server {self._server!r} "
-                f"already: pick another name, or reach that one with "
-                f"sperse.get_object({op.name!r})",
+                ErrorInfo(
+                    "raised",
+                    "ValueError",
+                    f"a remote object named {op.name!r} exists on server {self._server!r} "
+                    f"already: pick another name, or reach that one with "
+                    f"sperse.get_object({op.name!r})",
+                ),
             )
         obj = RemoteObject(
             object_id,
@@ -132,7 +137,7 @@ class RemoteObjects:
             "here, or was destroyed long ago (a proxy reaches its object on the server that "
             "created it)"
         )
-        return Failed(task_id, "object_lost", "ObjectLost", message)
+        return Failed(task_id, ErrorInfo("object_lost", "ObjectLost", message))
 
     def unregister(self, obj: RemoteObject, why: str, event: str) -> Log:
         """``obj`` is dead from now on (``obj.alive`` was True): why is remembered."""
@@ -197,10 +202,10 @@ class RemoteObjects:
         ]
 
     @staticmethod
-    def rebuilt(obj: RemoteObject, result: list[ResultValue] | ResultFailure) -> str | list[Action]:
+    def rebuilt(obj: RemoteObject, result: list[ResultValue] | ErrorInfo) -> str | list[Action]:
         """Its rebuild returned: why it is lost, or what to do (the value's files go)."""
         obj.rebuild_id = ""
-        if isinstance(result, ResultFailure):
+        if isinstance(result, ErrorInfo):
             return (
                 f"is lost: it was rebuilt after {obj.rebuilt_after}, and its constructor "
                 f"raised {result.type_name}: {result.message}"
@@ -230,8 +235,9 @@ class RemoteObjects:
         if isinstance(event, Done):
             obj.built = True
             return ""
-        if event.kind == "raised":
-            return f"was never built: its constructor raised {event.type_name}: {event.message}"
-        if event.kind == "cancelled":
+        error = event.error
+        if error.kind == "raised":
+            return f"was never built: its constructor raised {error.type_name}: {error.message}"
+        if error.kind == "cancelled":
             return "was never built: its creation was cancelled"
-        return f"was never built: {event.message}"
+        return f"was never built: {error.message}"

@@ -30,7 +30,7 @@ from __future__ import annotations
 import pickle
 from typing import Any
 
-from sperse._core import CallTask, StatementTask, Work
+from sperse._core import CallTask, ErrorInfo, StatementTask, Work
 from sperse._exec.runner import (
     cannot_send_back,
     encode_error,
@@ -47,7 +47,6 @@ from sperse._server.envelope import (
     Buffer,
     Envelope,
     PickledBytes,
-    ResultFailure,
     ResultValue,
     ShmBuffer,
     pack_failure,
@@ -56,15 +55,15 @@ from sperse._server.envelope import (
 )
 from sperse.errors import SerializationError
 
-__all__ = ["LoadFailed", "load_work", "pack_result", "raised", "run"]
+__all__ = ["LoadFailed", "load_work", "pack_result", "run"]
 
 
 class LoadFailed(Exception):
-    """The work of an envelope cannot be loaded: ``failure`` says why, as a result."""
+    """The work of an envelope cannot be loaded: ``error`` says why, as a result."""
 
-    def __init__(self, failure: ResultFailure) -> None:
-        super().__init__(failure.message)
-        self.failure = failure
+    def __init__(self, error: ErrorInfo) -> None:
+        super().__init__(error.message)
+        self.error = error
 
 
 def run(payload: bytes) -> bytes:
@@ -72,7 +71,7 @@ def run(payload: bytes) -> bytes:
     try:
         work = load_work(envelope)
     except LoadFailed as failed:
-        return pack_failure(failed.failure)
+        return pack_failure(failed.error)
     assert isinstance(work, StatementTask | CallTask)
     keep_until_answered(work)  # its arguments may map big files: unmapped after the reply
     try:
@@ -80,7 +79,7 @@ def run(payload: bytes) -> bytes:
     except TaskInterrupted:
         raise
     except BaseException as exc:  # the user's code, SystemExit included, ends here
-        return pack_failure(raised(exc, skip_frames=2))  # run() and execute()
+        return pack_failure(encode_error(exc, skip_frames=2))  # run() and execute()
     return pack_result(work, value, envelope)
 
 
@@ -93,16 +92,10 @@ def pack_result(work: Work, value: Any, envelope: Envelope) -> bytes:
         return pack_values(_encode_values(work, value, envelope, written))
     except LoadFailed as failed:
         _shm.unlink(written)
-        return pack_failure(failed.failure)
+        return pack_failure(failed.error)
     except BaseException:
         _shm.unlink(written)
         raise
-
-
-def raised(exc: BaseException, *, skip_frames: int) -> ResultFailure:
-    """An exception of the user's code, its traceback without the first ``skip_frames``."""
-    info = encode_error(exc, skip_frames=skip_frames)
-    return ResultFailure("raised", info.type_name, info.message, info.traceback)
 
 
 def load_work(envelope: Envelope, *, objects: bool = False) -> Work:
@@ -126,7 +119,7 @@ def load_work(envelope: Envelope, *, objects: bool = False) -> Work:
     except ModuleNotFoundError as exc:
         module = exc.name or str(exc)
         raise LoadFailed(
-            ResultFailure(
+            ErrorInfo(
                 "missing_module",
                 "ModuleNotFoundError",
                 f"module {module!r} is not installed on server {envelope.server!r}: install it "
@@ -136,13 +129,13 @@ def load_work(envelope: Envelope, *, objects: bool = False) -> Work:
         ) from None
     except SerializationError as exc:
         raise LoadFailed(
-            ResultFailure("serialization", "SerializationError", f"on {envelope.server}: {exc}")
+            ErrorInfo("serialization", "SerializationError", f"on {envelope.server}: {exc}")
         ) from None
     work: Work | None = object_work_from_wire(obj) if objects else work_from_wire(obj)
     if work is None:
         expected = "remote object work" if objects else "a StatementTask or CallTask"
         raise LoadFailed(
-            ResultFailure(
+            ErrorInfo(
                 "serialization",
                 "SerializationError",
                 f"{what} is a {describe(obj)}, not {expected}",
@@ -181,7 +174,7 @@ def _encode_value(name: str, value: Any, envelope: Envelope, written: list[str])
         data, buffers, _ = dumps_oob(value, what=what)
     except SerializationError as exc:
         message = cannot_send_back(name, value, exc.__cause__ or exc)
-        raise LoadFailed(ResultFailure("serialization", "SerializationError", message)) from None
+        raise LoadFailed(ErrorInfo("serialization", "SerializationError", message)) from None
     views = [b.raw() for b in buffers]
     size = len(data) + sum(v.nbytes for v in views)
     keep = bool(envelope.shm_prefix) and size >= envelope.inline_limit

@@ -8,6 +8,7 @@ inline bytes of them), and how a failure's text is clipped before it is recorded
 from __future__ import annotations
 
 import collections
+import dataclasses
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
@@ -91,10 +92,6 @@ def clip(text: str, limit: int = TEXT_MAX, *, keep_end: bool = False) -> str:
 
 
 def clipped(event: Failed) -> Failed:
-    return Failed(
-        event.task_id,
-        event.kind,
-        event.type_name,
-        clip(event.message),
-        clip(event.traceback, keep_end=True),
-    )
+    error = event.error
+    message, traceback = clip(error.message), clip(error.traceback, keep_end=True)
+    return Failed(event.task_id, dataclasses.replace(error, message=message, traceback=traceback))

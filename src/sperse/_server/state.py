@@ -20,6 +20,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 
+from sperse._core import ErrorInfo
 from sperse._server.actions import (
     Action,
     Cancel,
@@ -30,7 +31,7 @@ from sperse._server.actions import (
     log,
 )
 from sperse._server.config import ServerConfig
-from sperse._server.envelope import ResultFailure, ResultValue
+from sperse._server.envelope import ResultValue
 from sperse._server.held import HeldValues
 from sperse._server.model import (
     Done,
@@ -265,7 +266,9 @@ class ServerState:
             return []  # unknown or finished: nothing to do (its terminal event is sent)
         task.cancel_requested = True
         if task.waiting:  # for a pull: not queued in the pool yet
-            self.tasks.finish(task, Failed(task.task_id, "cancelled", "TaskCancelled", _QUEUED))
+            self.tasks.finish(
+                task, Failed(task.task_id, ErrorInfo("cancelled", "TaskCancelled", _QUEUED))
+            )
         elif task.obj is not None:
             self._out.append(CancelObjectCall(task.obj.object_id, task.pool_id))
         else:
@@ -358,7 +361,9 @@ class ServerState:
                 f"{reason}; {advice}"
             )
             task.waiting.pop(ref.object_id, None)
-            self.tasks.finish(task, Failed(task.task_id, "internal", "ObjectUnavailable", message))
+            self.tasks.finish(
+                task, Failed(task.task_id, ErrorInfo("internal", "ObjectUnavailable", message))
+            )
 
     # ---- remote objects ------------------------------------------------------------------
 
@@ -374,7 +379,7 @@ class ServerState:
         return outcome
 
     def rebuilt(
-        self, object_id: str, pool_id: str, result: list[ResultValue] | ResultFailure
+        self, object_id: str, pool_id: str, result: list[ResultValue] | ErrorInfo
     ) -> list[Action]:
         obj = self.objects.alive.get(object_id)
         if obj is None or pool_id != obj.rebuild_id:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from sperse._core import ErrorInfo
 from sperse._server.model import Failed, TaskRequest
 from sperse._server.sessions import SessionState
 
@@ -18,32 +19,38 @@ def refusal(request: TaskRequest, session: SessionState, server: str) -> Failed 
     the request itself tells; a remote object it names is checked next)."""
     task_id = request.task_id
     if request.work is None:
-        return Failed(task_id, "serialization", "SerializationError", request.refused)
+        return Failed(task_id, ErrorInfo("serialization", "SerializationError", request.refused))
     if not request.work.data:
         return Failed(
             task_id,
-            "internal",
-            "UnknownTask",
-            f"{what(request)} is not known to server {server!r} and came without work: it "
-            "finished too long ago to be remembered, or its session was lost",
+            ErrorInfo(
+                "internal",
+                "UnknownTask",
+                f"{what(request)} is not known to server {server!r} and came without work: it "
+                "finished too long ago to be remembered, or its session was lost",
+            ),
         )
     elsewhere = {p.object_id for p in request.peer_refs}
     missing = [r for r in request.refs if r not in session.objects and r not in elsewhere]
     if missing:
         return Failed(
             task_id,
-            "internal",
-            "UnknownObject",
-            f"{what(request)} uses object {missing[0]!r}, which server {server!r} does not "
-            "hold (it was released, or its session expired): compute it again",
+            ErrorInfo(
+                "internal",
+                "UnknownObject",
+                f"{what(request)} uses object {missing[0]!r}, which server {server!r} does not "
+                "hold (it was released, or its session expired): compute it again",
+            ),
         )
     op = request.object
     if op is not None and op.kind not in ("create", "call"):
         return Failed(
             task_id,
-            "internal",
-            "UnknownObjectOp",
-            f"{what(request)}: {op.kind!r} is not an operation on remote objects this server "
-            "knows (create, call, close): install the same sperse version on both sides",
+            ErrorInfo(
+                "internal",
+                "UnknownObjectOp",
+                f"{what(request)}: {op.kind!r} is not an operation on remote objects this server "
+                "knows (create, call, close): install the same sperse version on both sides",
+            ),
         )
     return None

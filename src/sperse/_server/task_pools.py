@@ -14,6 +14,7 @@ import asyncio
 import logging
 from collections.abc import Callable, Mapping
 
+from sperse._core import ErrorInfo
 from sperse._pool import PoolEvent, PoolStats, WorkerPool
 from sperse._server.actions import Cancel, Submit
 from sperse._server.config import ServerConfig
@@ -25,8 +26,8 @@ __all__ = ["TaskPools"]
 
 
 class TaskPools:
-    """``on_event``/``on_delivered``: the pools' events; ``fail(pool_id, kind, type_name,
-    message)``: an attempt that cannot run; ``env()``: the workers' environment."""
+    """``on_event``/``on_delivered``: the pools' events; ``fail(pool_id, error)``: an
+    attempt that cannot run; ``env()``: the workers' environment."""
 
     def __init__(
         self,
@@ -36,7 +37,7 @@ class TaskPools:
         *,
         on_event: Callable[[PoolEvent], None],
         on_delivered: Callable[[], None],
-        fail: Callable[[str, str, str, str], None],
+        fail: Callable[[str, ErrorInfo], None],
         env: Callable[[], Mapping[str, str]],
     ) -> None:
         self._config = config
@@ -75,7 +76,7 @@ class TaskPools:
             log_event(logging.ERROR, "pool_failed", error=exc)
             early, self.early = self.early, {}
             for pool_id in early:
-                self._fail(pool_id, "internal", "PoolError", self._error)
+                self._fail(pool_id, ErrorInfo("internal", "PoolError", self._error))
             return
         if self._closing:
             await asyncio.to_thread(pool.close)
@@ -107,7 +108,7 @@ class TaskPools:
         )
 
     def _env_failed(self, pool_id: str, message: str) -> None:
-        self._fail(pool_id, "environment", "EnvUnavailable", message)
+        self._fail(pool_id, ErrorInfo("environment", "EnvUnavailable", message))
 
     def submit(self, action: Submit) -> None:
         pool_id, payload = action.pool_id, action.payload
@@ -117,9 +118,11 @@ class TaskPools:
             try:
                 self.pool.submit(pool_id, payload)
             except RuntimeError:  # closed: the server is stopping
-                self._fail(pool_id, "internal", "ServerStopping", "the server is stopping")
+                self._fail(
+                    pool_id, ErrorInfo("internal", "ServerStopping", "the server is stopping")
+                )
         elif self._error:
-            self._fail(pool_id, "internal", "PoolError", self._error)
+            self._fail(pool_id, ErrorInfo("internal", "PoolError", self._error))
         else:
             self.early[pool_id] = payload
 
@@ -132,7 +135,7 @@ class TaskPools:
             if not queued and self.pool is not None:
                 self.pool.cancel(pool_id)  # False: its terminal event is on its way
         if queued:
-            self._fail(pool_id, "cancelled", "TaskCancelled", "cancelled while queued")
+            self._fail(pool_id, ErrorInfo("cancelled", "TaskCancelled", "cancelled while queued"))
 
     def stats(self) -> PoolStats | None:
         return self.pool.stats() if self.pool is not None else None

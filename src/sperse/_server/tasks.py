@@ -16,6 +16,7 @@ import logging
 from collections.abc import Iterable
 from typing import Literal
 
+from sperse._core import ErrorInfo
 from sperse._server.actions import (
     Action,
     Emit,
@@ -30,7 +31,7 @@ from sperse._server.actions import (
     log,
 )
 from sperse._server.config import ServerConfig
-from sperse._server.envelope import Envelope, ResultFailure, ResultValue, pack_envelope
+from sperse._server.envelope import Envelope, ResultValue, pack_envelope
 from sperse._server.held import HeldValues
 from sperse._server.holdback import StartedHoldBack
 from sperse._server.model import OUTPUT_CHUNK, Done, Failed, Output, Started
@@ -132,19 +133,16 @@ class TaskTable:
             self._out.append(Emit(task.session.session_id, chunk))
         return self._take()
 
-    def done(self, pool_id: str, result: list[ResultValue] | ResultFailure) -> list[Action]:
+    def done(self, pool_id: str, result: list[ResultValue] | ErrorInfo) -> list[Action]:
         """The attempt returned ``result`` (its inline values read into bytes already)."""
         task = self.attempts.pop(pool_id, None)
         if task is None:  # its session has ended: nobody will own its files
-            if not isinstance(result, ResultFailure):
+            if not isinstance(result, ErrorInfo):
                 self.unlink([n for v in result for n in v.value.shm_names()], soon=False)
             return self._take()
         self.announce_now(task)
-        if isinstance(result, ResultFailure):
-            failed = Failed(
-                task.task_id, result.kind, result.type_name, result.message, result.traceback
-            )
-            self.finish(task, failed)
+        if isinstance(result, ErrorInfo):
+            self.finish(task, Failed(task.task_id, result))
         else:
             values = self.held.keep(task.session, result, task.inline_limit)
             self.finish(task, Done(task.task_id, values))
@@ -173,7 +171,7 @@ class TaskTable:
                     f"{self.objects.describe(obj)} was rebuilt after {obj.rebuilt_after}: its "
                     "state was reset, and this call did not complete"
                 )
-                failed = Failed(task.task_id, "object_lost", "ObjectLost", message)
+                failed = Failed(task.task_id, ErrorInfo("object_lost", "ObjectLost", message))
             else:
                 failed = self.objects.lost(task.task_id, obj.object_id)
         elif reason == "worker_died":
@@ -196,19 +194,19 @@ class TaskTable:
                 return
             if task.retries:
                 message += f" (the last of {task.retries + 1} attempts)"
-            failed = Failed(task.task_id, "worker_died", "WorkerDied", message)
+            failed = Failed(task.task_id, ErrorInfo("worker_died", "WorkerDied", message))
         elif reason == "cancelled":
-            failed = Failed(task.task_id, "cancelled", "TaskCancelled", message)
+            failed = Failed(task.task_id, ErrorInfo("cancelled", "TaskCancelled", message))
         else:
-            failed = Failed(task.task_id, "internal", "RunnerError", message, traceback)
+            failed = Failed(task.task_id, ErrorInfo("internal", "RunnerError", message, traceback))
         self.announce_now(task)
         self.finish(task, failed)
 
-    def attempt_failed(self, pool_id: str, kind: str, type_name: str, message: str) -> list[Action]:
+    def attempt_failed(self, pool_id: str, error: ErrorInfo) -> list[Action]:
         """The driver could not run the attempt (or dropped it, cancelled, before it ran)."""
         task = self.attempts.pop(pool_id, None)
         if task is not None:
-            self.finish(task, Failed(task.task_id, kind, type_name, message))
+            self.finish(task, Failed(task.task_id, error))
         return self._take()
 
     def announce(self, now: float) -> list[Action]:
@@ -280,16 +278,17 @@ class TaskTable:
     def record(self, session: SessionState, event: Done | Failed) -> None:
         if isinstance(event, Failed):
             event = clipped(event)
+            error = event.error
             self.tasks_failed += 1
             self._out.append(
                 log(
-                    logging.INFO if event.kind in ("raised", "cancelled") else logging.WARNING,
+                    logging.INFO if error.kind in ("raised", "cancelled") else logging.WARNING,
                     "task_failed",
                     session=session.session_id,
                     task=event.task_id,
-                    kind=event.kind,
-                    type=event.type_name,
-                    message=clip(event.message, 200),
+                    kind=error.kind,
+                    type=error.type_name,
+                    message=clip(error.message, 200),
                 )
             )
         else:

@@ -1,0 +1,173 @@
+"""Bytes on a ``Session`` stream: blobs in (:class:`StreamReceiver`), blobs out
+(:class:`StreamSender`, :class:`OutBlob`), and shared memory files read for a client on
+another host (:class:`OpenFile`).
+
+Invariants:
+
+- A blob going out is cut into ``Blob`` pieces one piece at a time, as it is written: sending
+  a large object never copies it whole.
+- A shared memory file is read with ``pread`` from a descriptor opened when it was asked for:
+  a later release cannot take it away, and a file that shrinks is an ``OSError``, never a
+  crash.
+- A blob coming in over ``max_value_size`` is dropped as it arrives, and the ``Bytes`` field
+  that names it raises :class:`Refused` (the task fails; the session carries on). A reused
+  blob id, or a ``Bytes`` naming a blob never sent, raises :class:`Violation`.
+"""
+
+from __future__ import annotations
+
+import os
+import weakref
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+
+from sperse._serialize import shm
+from sperse._server.envelope import Buffer, PickledBytes, ShmBuffer
+from sperse._wire import INLINE_MAX, PIECE, BlobReceiver, BlobSender, pb
+
+__all__ = ["OpenFile", "OutBlob", "Refused", "StreamReceiver", "StreamSender", "Violation"]
+
+
+class Violation(Exception):
+    """The client broke the protocol: the stream ends with ``Error("protocol")``."""
+
+
+class Refused(Exception):
+    """A Bytes field names a blob that was dropped for its size."""
+
+
+@dataclass(frozen=True, slots=True)
+class OutBlob:
+    """A byte string to send as ``Blob`` pieces, cut one piece at a time as it is written
+    (so sending a large object never copies it whole): bytes, or a shared memory file open
+    for reading (read with ``pread``, so a file that shrinks is an error, not a crash)."""
+
+    blob_id: int
+    data: bytes | OpenFile
+
+    def pieces(self) -> Iterator[pb.ServerMessage]:
+        source = self.data
+        size = source.size if isinstance(source, OpenFile) else len(source)
+        view = memoryview(source) if isinstance(source, bytes) else None
+        for start in range(0, max(size, 1), PIECE):
+            end = min(start + PIECE, size)
+            if view is not None:
+                data = view[start:end].tobytes()
+            else:
+                assert isinstance(source, OpenFile)
+                data = source.read(start, end - start)
+                if end == size:
+                    source.close()
+            piece = pb.Blob(blob_id=self.blob_id, data=data, last=end == size)
+            yield pb.ServerMessage(blob=piece)
+
+
+class OpenFile:
+    """A shared memory file opened when a client fetched it (a later release cannot take it
+    away); closed once sent, or when garbage-collected (a reply never sent)."""
+
+    __slots__ = ("__weakref__", "_close", "fd", "size")
+
+    def __init__(self, fd: int, size: int) -> None:
+        self.fd = fd
+        self.size = size
+        self._close = weakref.finalize(self, os.close, fd)
+
+    @classmethod
+    def open(cls, buffer: ShmBuffer) -> OpenFile:
+        return cls(shm.open_read(buffer.name, buffer.size), buffer.size)
+
+    def read(self, offset: int, length: int) -> bytes:
+        data = os.pread(self.fd, length, offset)
+        if len(data) != length:
+            raise OSError(f"a shared memory file shrank while it was sent (fd {self.fd})")
+        return data
+
+    def close(self) -> None:
+        self._close()
+
+
+class StreamSender(BlobSender):
+    """A ``BlobSender`` whose blobs are cut lazily (``OutBlob``), and which also sends a small
+    byte string as a blob when one message's inline budget is spent (``BlobSender.encode``
+    inlines everything up to INLINE_MAX)."""
+
+    def encode_within(self, data: bytes, blobs: list[OutBlob], budget: int) -> tuple[pb.Bytes, int]:
+        """``data`` as a ``Bytes`` field, and the inline bytes it used out of ``budget``."""
+        if not data or len(data) <= min(INLINE_MAX, budget):
+            return pb.Bytes(data=data), len(data)
+        blob_id = next(self._ids)  # the base class's sequence: ids stay unique per stream
+        blobs.append(OutBlob(blob_id, data))
+        return pb.Bytes(blob_id=blob_id), 0
+
+    def pickled_within(
+        self,
+        value: PickledBytes,
+        blobs: list[OutBlob],
+        budget: int,
+        files: dict[str, OpenFile] | None = None,
+    ) -> tuple[pb.Pickled, int]:
+        """``value`` as a ``Pickled``; its shared memory files by name, or (those in
+        ``files``, for a client on another host) as blobs read from the file."""
+        data, used = self.encode_within(value.data, blobs, budget)
+        buffers = []
+        for buffer in value.buffers:
+            if isinstance(buffer, ShmBuffer):
+                opened = files.get(buffer.name) if files is not None else None
+                if opened is None:
+                    buffers.append(pb.Bytes(shm=buffer.name))
+                else:
+                    blob_id = next(self._ids)
+                    blobs.append(OutBlob(blob_id, opened))
+                    buffers.append(pb.Bytes(blob_id=blob_id))
+                continue
+            field, n = self.encode_within(buffer, blobs, budget - used)
+            buffers.append(field)
+            used += n
+        return pb.Pickled(data=data, buffers=buffers), used
+
+
+class StreamReceiver:
+    """A ``BlobReceiver`` that drops (rather than refuses) a blob over the size limit and
+    treats a reused blob id as a protocol error."""
+
+    def __init__(self, max_value: int) -> None:
+        self._blobs = BlobReceiver(max_value)
+        self._max_value = max_value
+        self._complete: set[int] = set()  # ids whose last piece has arrived
+        self._refused: dict[int, str] = {}
+
+    def add(self, blob: pb.Blob) -> None:
+        blob_id = blob.blob_id
+        if blob_id in self._refused:
+            return
+        if blob_id in self._complete:
+            raise Violation(f"blob id {blob_id} was used twice on this stream")
+        try:
+            self._blobs.add(blob)
+        except ValueError:
+            self._refused[blob_id] = (
+                f"a value of more than {self._max_value} bytes was sent; this server "
+                "refuses values that large (its --max-value-size): keep the data where it is "
+                "and compute there, or send it in parts"
+            )
+            return
+        if blob.last:
+            self._complete.add(blob_id)
+
+    def bytes(self, field: pb.Bytes) -> bytes:
+        if field.WhichOneof("kind") == "blob_id" and field.blob_id in self._refused:
+            raise Refused(self._refused.pop(field.blob_id))
+        try:
+            data: bytes = self._blobs.bytes(field)
+        except KeyError as exc:
+            raise Violation(str(exc.args[0])) from None
+        return data
+
+    def pickled(self, field: pb.Pickled, upload: Callable[[str], ShmBuffer]) -> PickledBytes:
+        """The pickle's bytes, its buffers as bytes or (``upload``) shared memory files."""
+        data = self.bytes(field.data)
+        buffers: list[Buffer] = []
+        for b in field.buffers:
+            buffers.append(upload(b.shm) if b.WhichOneof("kind") == "shm" else self.bytes(b))
+        return PickledBytes(data, tuple(buffers))

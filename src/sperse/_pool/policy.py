@@ -346,6 +346,16 @@ class PoolPolicy:
             return
         concurrent = self._concurrency > 1
         depth = self._concurrency if concurrent else self._pipeline if self._pipelining() else 1
+        if len(self._workers) == 1:  # a remote object's pool: no order among workers to keep
+            (w,) = self._workers.values()
+            if w.ready and not w.killed and not w.hung_up:
+                held = len(w.inflight)
+                if held and not concurrent and now - w.head_since > PIPELINE_TASK_MAX:
+                    return
+                while queue and held < depth:
+                    self._send(queue.popleft(), w, now, out)
+                    held += 1
+            return
         room: list[tuple[int, int, _Worker]] = []
         for position, w in enumerate(self._workers.values()):
             if not w.ready or w.killed or w.hung_up:
@@ -359,21 +369,23 @@ class PoolPolicy:
         heapq.heapify(room)
         while queue and room:
             held, position, w = room[0]
-            task = queue.popleft()
-            task.seq = self._next_seq
-            self._next_seq += 1
-            task.worker = w.id
-            if not w.inflight:
-                w.head_since = now
-            w.inflight[task.seq] = task
-            if not task.announced:
-                task.announced = True
-                out.append(TaskStarted(task.task_id, w.pid))
-            out.append(Send(w.id, task.seq, task.payload))
+            self._send(queue.popleft(), w, now, out)
             if held + 1 < depth:
                 heapq.heapreplace(room, (held + 1, position, w))
             else:
                 heapq.heappop(room)
+
+    def _send(self, task: _Task, w: _Worker, now: float, out: list[Action]) -> None:
+        task.seq = self._next_seq
+        self._next_seq += 1
+        task.worker = w.id
+        if not w.inflight:
+            w.head_since = now
+        w.inflight[task.seq] = task
+        if not task.announced:
+            task.announced = True
+            out.append(TaskStarted(task.task_id, w.pid))
+        out.append(Send(w.id, task.seq, task.payload))
 
     # -- answers, deadlines, exits -------------------------------------------------------
 

@@ -96,6 +96,7 @@ import logging
 import secrets
 import time
 from collections.abc import Callable, Iterable, Sequence
+from typing import Any
 
 from sperse._core import ErrorInfo
 from sperse._pool import PoolEvent, TaskDone, TaskFailed, TaskOutput, TaskStarted
@@ -264,6 +265,7 @@ class ServerCore:
         self.worker_env: dict[str, str] = {}
         self._peers: Peers | None = None
         self._pulls = PullRunner(loop, clock, self.state, self._perform)
+        self._doers = self._action_doers()
         self.objects_served = 0  # counted by the stream layer, which serves them
         self.bytes_served = 0
 
@@ -524,52 +526,49 @@ class ServerCore:
     # ---- actions -------------------------------------------------------------------------
 
     def _perform(self, actions: Iterable[Action]) -> None:
-        """Take the machine's actions, in order. One that cannot be taken is reported back
+        """Take the machine's actions, in order (by a table of their types: this runs for
+        every event of every task). One that cannot be taken is reported back
         (``ServerState.attempt_failed``) at once, before the next."""
+        doers = self._doers
         for action in actions:
-            if isinstance(action, Emit):
-                session = self._sessions.get(action.session_id)
-                if session is not None:  # else it has ended: nothing more is sent
-                    session.emit(action.event)
-            elif isinstance(action, EndSession):
-                ended = self._sessions.pop(action.session_id, None)
-                if ended is not None:
-                    ended.outbox.clear()
-            elif isinstance(action, Log):
-                log_event(action.level, action.event, **dict(action.fields))  # type: ignore[arg-type]
-            elif isinstance(action, Submit):
-                self._pools.submit(action)
-            elif isinstance(action, Cancel):
-                self._pools.cancel(action)
-            elif isinstance(action, StartObject):
-                self._objects.start(action)
-            elif isinstance(action, SubmitToObject):
-                gone = self.state.objects.lost("", action.object_id).error.message
-                self._objects.submit(action, gone)
-            elif isinstance(action, CancelObjectCall):
-                self._objects.cancel(action)
-            elif isinstance(action, StopObject):
-                self._objects.stop(action)
-            elif isinstance(action, Unlink):
-                if action.soon:
-                    self._files.unlink_soon(action.names)
-                else:
-                    shm.unlink(action.names)
-            elif isinstance(action, Sweep):
-                self._files.sweep_soon(action.prefix)
-            elif isinstance(action, StartPull):
-                assert self._peers is not None  # the machine starts none without
-                self._pulls.start(action, self._peers)
-            elif isinstance(action, CancelPull):
-                self._pulls.cancel(action.pull_id)
-            elif isinstance(action, SetAnnounceTimer):
-                self._set_announce_timer(action.at)
-            elif isinstance(action, SetExpiry):
-                self._set_expiry(action.session_id, action.at)
-            elif isinstance(action, TaskLogOutput):
-                self.task_logs.add(action.key, action.stream, action.text)
-            elif isinstance(action, EndTaskLog):
-                self.task_logs.ended(action.key)
+            doers[type(action)](action)
+
+    def _action_doers(self) -> dict[type, Callable[[Any], object]]:
+        return {
+            Emit: self._emit,
+            EndSession: self._end_session,
+            Log: lambda a: log_event(a.level, a.event, **dict(a.fields)),
+            Submit: self._pools.submit,
+            Cancel: self._pools.cancel,
+            StartObject: self._objects.start,
+            SubmitToObject: lambda a: self._objects.submit(
+                a, self.state.objects.lost("", a.object_id).error.message
+            ),
+            CancelObjectCall: self._objects.cancel,
+            StopObject: self._objects.stop,
+            Unlink: lambda a: self._files.unlink_soon(a.names) if a.soon else shm.unlink(a.names),
+            Sweep: lambda a: self._files.sweep_soon(a.prefix),
+            StartPull: self._start_pull,
+            CancelPull: lambda a: self._pulls.cancel(a.pull_id),
+            SetAnnounceTimer: lambda a: self._set_announce_timer(a.at),
+            SetExpiry: lambda a: self._set_expiry(a.session_id, a.at),
+            TaskLogOutput: lambda a: self.task_logs.add(a.key, a.stream, a.text),
+            EndTaskLog: lambda a: self.task_logs.ended(a.key),
+        }
+
+    def _emit(self, action: Emit) -> None:
+        session = self._sessions.get(action.session_id)
+        if session is not None:  # else it has ended: nothing more is sent
+            session.emit(action.event)
+
+    def _start_pull(self, action: StartPull) -> None:
+        assert self._peers is not None  # the machine starts none without
+        self._pulls.start(action, self._peers)
+
+    def _end_session(self, action: EndSession) -> None:
+        ended = self._sessions.pop(action.session_id, None)
+        if ended is not None:
+            ended.outbox.clear()
 
     def _set_announce_timer(self, at: float | None) -> None:
         if self._announce_timer is not None:

@@ -81,6 +81,8 @@ class PickledBytes:
 
     @property
     def size(self) -> int:
+        if not self.buffers:  # the common case: asked for each value, more than once
+            return len(self.data)
         return len(self.data) + sum(
             b.size if isinstance(b, ShmBuffer) else len(b) for b in self.buffers
         )

@@ -91,7 +91,8 @@ def read_inlines(values: list[ResultValue], limit: int) -> list[ResultValue] | E
             out.append(v)
             continue
         try:
-            out.append(dataclasses.replace(v, value=read_inline(v.value)))
+            read = read_inline(v.value)
+            out.append(v if read is v.value else dataclasses.replace(v, value=read))
         except OSError as exc:
             shm.unlink(n for w in [*out, *values[i + 1 :]] for n in w.value.shm_names())
             return ErrorInfo("internal", "SharedMemoryError", str(exc))

@@ -25,7 +25,7 @@ from typing import Any
 import pytest
 import runners
 
-from sperse._pool import (
+from sperse._pool.pool import (
     PoolEvent,
     TaskDone,
     TaskFailed,
@@ -454,7 +454,7 @@ def test_workers_exit_when_the_parent_dies(tmp_path: Path) -> None:
             f"""
             import sys, threading
             sys.path.insert(0, {str(RUNNERS_DIR)!r})
-            from sperse._pool import TaskStarted, WorkerPool
+            from sperse._pool.pool import TaskStarted, WorkerPool
 
             def main():
                 started = threading.Event()

@@ -25,7 +25,7 @@ from sperse._core import (
     TaskSpec,
 )
 from sperse._exec.runner import dumps_work
-from sperse._pool import PoolEvent, TaskDone, TaskFailed, TaskOutput, TaskStarted, WorkerPool
+from sperse._pool.pool import PoolEvent, TaskDone, TaskFailed, TaskOutput, TaskStarted, WorkerPool
 from sperse._serialize import loads
 from sperse._server.config import DEFAULT_MAX_VALUE_SIZE
 from sperse._server.store import StateStore, start_state_store

@@ -1,25 +1,7 @@
-"""A pool of worker processes that turns payload bytes into result bytes (see ``pool``)."""
+"""A pool of worker processes that turns payload bytes into result bytes: ``pool`` (the
+shell, ``WorkerPool``), ``policy`` (its decisions), ``events`` (what it reports), ``procs``
+and ``worker`` (the worker processes).
 
-from __future__ import annotations
-
-from sperse._pool.pool import (
-    PoolEvent,
-    PoolStats,
-    TaskDone,
-    TaskFailed,
-    TaskOutput,
-    TaskStarted,
-    WorkerPool,
-)
-from sperse._pool.worker import Runner
-
-__all__ = [
-    "PoolEvent",
-    "PoolStats",
-    "Runner",
-    "TaskDone",
-    "TaskFailed",
-    "TaskOutput",
-    "TaskStarted",
-    "WorkerPool",
-]
+Nothing is imported here: a worker process imports this package before ``worker``, and
+should not pay for the pool's side.
+"""

@@ -99,7 +99,7 @@ from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 from sperse._core import ErrorInfo
-from sperse._pool import PoolEvent, TaskDone, TaskFailed, TaskOutput, TaskStarted
+from sperse._pool.pool import PoolEvent, TaskDone, TaskFailed, TaskOutput, TaskStarted
 from sperse._serialize import shm
 from sperse._server.actions import (
     Action,
@@ -542,7 +542,7 @@ class ServerCore:
             Cancel: self._pools.cancel,
             StartObject: self._objects.start,
             SubmitToObject: lambda a: self._objects.submit(
-                a, self.state.objects.lost("", a.object_id).error.message
+                a, lambda: self.state.objects.lost("", a.object_id).error.message
             ),
             CancelObjectCall: self._objects.cancel,
             StopObject: self._objects.stop,

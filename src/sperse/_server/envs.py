@@ -25,7 +25,7 @@ from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
-from sperse._pool import WorkerPool
+from sperse._pool.pool import WorkerPool
 
 __all__ = ["EnvUnavailable", "PipEnvs", "env_digest"]
 

@@ -15,7 +15,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
 from sperse._core import ErrorInfo
-from sperse._pool import PoolEvent, WorkerPool
+from sperse._pool.pool import PoolEvent, WorkerPool
 from sperse._server.actions import CancelObjectCall, StartObject, StopObject, SubmitToObject
 from sperse._server.model import ACTOR_RUNNER
 
@@ -98,7 +98,8 @@ class ObjectPools:
         for pool_id, payload in early.items():
             pool.submit(pool_id, payload)
 
-    def submit(self, action: SubmitToObject, gone: str) -> None:
+    def submit(self, action: SubmitToObject, gone: Callable[[], str]) -> None:
+        """``gone``: why the object is gone, asked only if its pool turns out closed."""
         record = self._pools.setdefault(action.object_id, _ObjectPool())
         if record.pool is None:
             if action.front:
@@ -109,7 +110,7 @@ class ObjectPools:
         try:
             record.pool.submit(action.pool_id, action.payload, front=action.front)
         except RuntimeError:  # pragma: no cover - closed only once the object is gone
-            self._fail(action.pool_id, ErrorInfo("object_lost", "ObjectLost", gone))
+            self._fail(action.pool_id, ErrorInfo("object_lost", "ObjectLost", gone()))
 
     def cancel(self, action: CancelObjectCall) -> None:
         record = self._pools.get(action.object_id)

@@ -15,7 +15,7 @@ import logging
 from collections.abc import Callable, Mapping
 
 from sperse._core import ErrorInfo
-from sperse._pool import PoolEvent, PoolStats, WorkerPool
+from sperse._pool.pool import PoolEvent, PoolStats, WorkerPool
 from sperse._server.actions import Cancel, Submit
 from sperse._server.config import ServerConfig
 from sperse._server.envs import PipEnvs

@@ -30,6 +30,7 @@ from sperse._core import (
     TaskSpec,
     Work,
 )
+from sperse._core.chunks import last_characters
 from sperse._exec.runner import short_repr
 from sperse._lang.placement import Placement
 from sperse._serialize import RemoteValue
@@ -294,16 +295,8 @@ class Pending(Generic[T]):
         with self._lock:
             self._logs.append((stream, text))
             size = sum(len(t) for _, t in self._logs) if len(self._logs) % 64 == 0 else 0
-            if size > LOGS_KEPT or len(text) > LOGS_KEPT:  # keep the last LOGS_KEPT
-                kept: list[tuple[str, str]] = []
-                room = LOGS_KEPT
-                for s, t in reversed(self._logs):
-                    kept.append((s, t[-room:]))
-                    room -= len(kept[-1][1])
-                    if room <= 0:
-                        break
-                kept.reverse()
-                self._logs = kept
+            if size > LOGS_KEPT or len(text) > LOGS_KEPT:
+                self._logs = last_characters(self._logs, LOGS_KEPT)
 
     def _listen(self, event: BackendEvent, printer: OutputPrinter) -> None:
         """Listener for this Pending's task (backend thread)."""

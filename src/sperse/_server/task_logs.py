@@ -16,6 +16,8 @@ from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+from sperse._core.chunks import last_characters
+
 __all__ = ["TaskLog", "TaskLogs"]
 
 
@@ -88,15 +90,7 @@ class TaskLogs:
 
     def _trim(self, log: TaskLog) -> None:
         """Keep the last ``per_task`` characters of ``log``."""
-        room = self._per_task
-        kept: list[tuple[str, str]] = []
-        for stream, text in reversed(log.chunks):
-            part = text[-room:]
-            kept.append((stream, part))
-            room -= len(part)
-            if room <= 0:
-                break
-        kept.reverse()
+        kept = last_characters(log.chunks, self._per_task)
         size = sum(len(t) for _, t in kept)
         self._size -= log.size - size
         log.chunks, log.size, log.truncated = kept, size, True

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import pytest
+
+from sperse._core.chunks import last_characters
 from sperse._server.task_logs import TaskLogs
 
 
@@ -59,3 +62,23 @@ def test_the_total_bound_sheds_logs_of_ended_tasks_first() -> None:
     assert logs.get("s/old") is None
     assert text(logs, "s/running") == "y" * 10 and text(logs, "s/new") == "z" * 10
     assert logs.size == 20
+
+
+@pytest.mark.parametrize(
+    ("chunks", "limit", "kept"),
+    [
+        ([], 5, []),
+        ([("stdout", "abc")], 5, [("stdout", "abc")]),
+        ([("stdout", "abc"), ("stderr", "defg")], 5, [("stdout", "c"), ("stderr", "defg")]),
+        ([("stdout", "abcdefgh")], 3, [("stdout", "fgh")]),
+        (
+            [("stdout", "ab"), ("stdout", "cd"), ("stdout", "ef")],
+            4,
+            [("stdout", "cd"), ("stdout", "ef")],
+        ),
+    ],
+)
+def test_the_last_characters_are_kept_chunk_by_chunk(
+    chunks: list[tuple[str, str]], limit: int, kept: list[tuple[str, str]]
+) -> None:
+    assert last_characters(chunks, limit) == kept

@@ -72,3 +72,13 @@ def test_objects_doc_blocks_run() -> None:
     assert counter.splitlines()[:2] == ["[11, 12, 13, 14, 15]", "15"]
     assert tally.splitlines() == ["3", "['a', 'b', 'c']"]
     assert callbacks.splitlines() == ["trained", "['1/3', '2/3', '3/3']"]
+
+
+def test_testing_doc_blocks_run() -> None:
+    path = ROOT / "docs" / "testing.md"
+    blocks = python_blocks(path)
+    assert len(blocks) == 3
+    outputs = [run_blocks([block]) for block in blocks]
+    printed = re.findall(r"\nprints\n\n```\n(.*?)```", path.read_text(), flags=re.S)
+    assert outputs[:2] == printed  # what the doc says each block prints
+    assert outputs[2] == ""

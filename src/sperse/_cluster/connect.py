@@ -10,8 +10,6 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Literal
 
-from sperse._backends.local import LocalBackend
-from sperse._backends.memory import MemoryBackend
 from sperse._backends.multi import ClusterBackend, is_coordinator
 from sperse._backends.sperse import EmbeddedServer, SperseBackend
 from sperse._cluster.cluster import Cluster, default, in_use, replace_default
@@ -74,10 +72,8 @@ def connect(
         backend = _ray_backend(url, workers, tags)
     elif backend is None:
         backend = _backend_for(url, token, workers, tags, token_file, tls_ca)
-    elif backend == "local":
-        backend = LocalBackend(workers)
-    elif backend == "memory":
-        backend = MemoryBackend(workers or 1)
+    elif backend in ("local", "memory"):
+        backend = _in_process_backend(backend, workers)
     elif isinstance(backend, str):
         raise ValueError(
             f"unknown backend {backend!r}: pass a Backend object, 'ray', 'local' or 'memory'"
@@ -114,6 +110,18 @@ def _backend_for(
     if is_coordinator(url, tls_ca=ca):
         return ClusterBackend(coordinator=url, token=secret, tls_ca=ca)
     return SperseBackend(url, token=secret, tls_ca=ca, tls=ca is not None)
+
+
+def _in_process_backend(kind: str, workers: int | None) -> Backend:
+    # Imported here, not above: what every connect() would load for backends it rarely
+    # wants (the pool's and the server store's modules, about 65 ms).
+    if kind == "local":
+        from sperse._backends.local import LocalBackend
+
+        return LocalBackend(workers)
+    from sperse._backends.memory import MemoryBackend
+
+    return MemoryBackend(workers or 1)
 
 
 def _ray_backend(url: str | None, workers: int | None, tags: Sequence[str]) -> Backend:

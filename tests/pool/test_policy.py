@@ -501,6 +501,26 @@ def test_submit_while_closing_or_twice_is_refused_and_changes_nothing() -> None:
     assert not policy.pending("a") and not policy.pending("b")
 
 
+def test_submit_all_takes_every_task_or_none() -> None:
+    policy = make(1)
+    policy.handle(submit("a"), 0)
+    with pytest.raises(ValueError, match="'a' is already queued or running"):
+        policy.submit_all([submit("b"), submit("a")], 0)
+    with pytest.raises(ValueError, match="already queued or running"):
+        policy.submit_all([submit("c"), submit("c")], 0)
+    assert not policy.pending("b") and not policy.pending("c")
+    actions = policy.submit_all([submit("b"), submit("c")], 0)
+    assert actions == []  # the worker holds "a"; "b" and "c" wait in order
+    assert policy.handle(Result(W1, 1, b"A"), 0) == [
+        TaskDone("a", b"A"),
+        *started("b", W1, 2),
+    ]
+    policy.handle(Close(), 0)
+    with pytest.raises(RuntimeError, match="closed"):
+        policy.submit_all([submit("d")], 0)
+    assert not policy.pending("d")
+
+
 def test_stats_count_what_the_actions_said() -> None:
     policy = make(2)
     for task_id in "abc":
@@ -601,12 +621,22 @@ def test_assignment_matches_the_level_by_level_reference(
 # -- random runs against a simulated shell ---------------------------------------------------
 
 
+class AlwaysChecks(PoolPolicy):
+    """The policy without its shortcut: every event checks the deadlines (an oracle)."""
+
+    def handle_all(self, events: list[Event], now: float) -> list[Action]:
+        self._quiet = False
+        return super().handle_all(events, now)
+
+
 class World:
     """A shell that carries out the policy's actions like the real one would, and checks
-    every invariant on each step. Workers answer in order unless they are concurrent."""
+    every invariant on each step. Workers answer in order unless they are concurrent. A
+    twin policy that checks deadlines on every event must answer every step the same."""
 
     def __init__(self, config: PolicyConfig) -> None:
         self.policy = PoolPolicy(config)
+        self.oracle = AlwaysChecks(config)
         self.concurrent = config.concurrency > 1
         self.limit = config.concurrency if self.concurrent else max(1, config.pipeline)
         self.now = 0.0
@@ -622,7 +652,9 @@ class World:
         self.do(Open())
 
     def do(self, event: Event) -> None:
-        for action in self.policy.handle(event, self.now):
+        actions = self.policy.handle(event, self.now)
+        assert actions == self.oracle.handle(event, self.now), event
+        for action in actions:
             self.carry_out(action)
 
     def carry_out(self, action: Action) -> None:

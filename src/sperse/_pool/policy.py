@@ -153,6 +153,11 @@ class PoolPolicy:
         self._failed = 0
         self._replaced = 0
         self._start_failures = 0  # consecutive
+        # Deadlines: none can pass while ``_quiet`` (the last check found no worker still
+        # starting, and no worker has started since) and no task awaits a kill
+        # (``_kill_pending``: tasks with a ``kill_deadline`` and no terminal event yet).
+        self._quiet = False
+        self._kill_pending = 0
 
     # -- queries -------------------------------------------------------------------------
 
@@ -200,19 +205,33 @@ class PoolPolicy:
             self._apply(event, now, out)
         if not self._closing:
             self._assign(now, out)
-            self._check_deadlines(now, out)
+            if not self._quiet or self._kill_pending:
+                self._check_deadlines(now, out)
         return out
+
+    def submit_all(self, submits: list[Submit], now: float) -> list[Action]:
+        """``handle_all`` for many tasks at once, all or none: raises as :meth:`handle` does,
+        before any is queued."""
+        if self._closing:
+            raise RuntimeError(
+                f"pool {self._config.name!r} is closed; no more tasks can be submitted"
+            )
+        ids = {s.task_id for s in submits}
+        if len(ids) < len(submits) or not self._tasks.keys().isdisjoint(ids):
+            taken = [s.task_id for s in submits if s.task_id in self._tasks] or sorted(ids)
+            raise ValueError(f"task {taken[0]!r} is already queued or running in this pool")
+        return self.handle_all(list(submits), now)
 
     def _apply(self, event: Event, now: float, out: list[Action]) -> None:
         match event:
-            case Submit():
-                self._submit(event, out)
-            case Cancel(task_id):
-                self._cancel(task_id, now, out)
             case Result() | Interrupted() | RunnerRaised():
                 w = self._workers.get(event.worker)
                 if w is not None:
                     self._answer(w, event, now, out)
+            case Submit():
+                self._submit(event, out)
+            case Cancel(task_id):
+                self._cancel(task_id, now, out)
             case Output(worker, seq, stream, text):
                 w = self._workers.get(worker)
                 task = w.inflight.get(seq) if w is not None else None
@@ -228,6 +247,7 @@ class PoolPolicy:
                 if w is not None:
                     self._exited(w, describe_exit(code), out)
             case _:
+                self._quiet = False
                 self._apply_rare(event, now, out)
 
     def _apply_rare(self, event: Event, now: float, out: list[Action]) -> None:
@@ -319,6 +339,7 @@ class PoolPolicy:
         elif not task.cancel_requested:
             task.cancel_requested = True
             task.kill_deadline = now + self._config.cancel_grace
+            self._kill_pending += 1
             if holder is not None and not holder.killed:
                 out.append(Interrupt(holder.id, task.seq))
 
@@ -419,6 +440,8 @@ class PoolPolicy:
         """Record the terminal event of ``task``: the only place that emits one."""
         del self._tasks[task.task_id]
         task.ended = True
+        if task.kill_deadline is not None:
+            self._kill_pending -= 1
         if isinstance(event, TaskDone):
             self._done += 1
         else:
@@ -459,6 +482,7 @@ class PoolPolicy:
                     self._finish(task, TaskFailed(task.task_id, "cancelled", message), out)
                 else:
                     next_deadline = min(next_deadline, task.kill_deadline)
+        self._quiet = next_deadline == math.inf
         if next_deadline < math.inf:
             out.append(SetTimer(next_deadline))
 

@@ -97,7 +97,7 @@ import math
 import threading
 import time
 import weakref
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from types import TracebackType
 
 from sperse._pool import procs
@@ -271,6 +271,16 @@ class WorkerPool:
             self._write_frames()
         self._kick()
 
+    def submit_many(self, tasks: Sequence[tuple[str, bytes]]) -> None:
+        """``submit`` each ``(task_id, payload)``, in order, all or none: raises as
+        ``submit`` does, before any is queued."""
+        submits = [Submit(task_id, payload) for task_id, payload in tasks]
+        with self._lock:
+            self._perform(self._policy.submit_all(submits, time.monotonic()))
+        if self._on_loop():
+            self._write_frames()
+        self._kick()
+
     def cancel(self, task_id: str) -> bool:
         """Cancel a queued or running task: True, and it will end with ``TaskFailed(reason=
         "cancelled")``. False if the id is unknown or the task has already ended."""
@@ -346,30 +356,34 @@ class WorkerPool:
 
     def _perform(self, actions: list[Action], *, strict: bool = False) -> None:
         """Do what can be done from any thread now; leave frames and timers to the loop."""
+        put = self._outbox.put
         for action in actions:
-            match action:
-                case TaskStarted() | TaskOutput() | TaskDone() | TaskFailed():
-                    self._outbox.put(action)
-                case WorkerExited():
-                    self._outbox.put(action)
-                case Send(worker, seq, payload):
-                    out = self._frames.setdefault(worker, [])
-                    out.append(HEADER.pack(Msg.RUN, seq, len(payload)))
-                    out.append(payload)
-                case SendCancel(worker, seq):
-                    self._frames.setdefault(worker, []).append(HEADER.pack(Msg.CANCEL, seq, 0))
-                case Interrupt(worker, seq):
-                    if (w := self._procs.get(worker)) is not None:
-                        procs.interrupt(w, seq)
-                case Kill(worker):
-                    if (w := self._procs.get(worker)) is not None:
-                        procs.kill(w)
-                case SetTimer(at):
-                    self._wake_at = min(self._wake_at, at)
-                case Log(level, message):
-                    _log.log(level, "%s", message)
-                case StartWorker(worker):
-                    self._start_worker(worker, strict=strict)
+            if isinstance(action, (TaskStarted, TaskOutput, TaskDone, TaskFailed, WorkerExited)):
+                put(action)
+            elif isinstance(action, Send):
+                payload = action.payload
+                out = self._frames.setdefault(action.worker, [])
+                out.append(HEADER.pack(Msg.RUN, action.seq, len(payload)))
+                out.append(payload)
+            else:
+                self._perform_rare(action, strict=strict)
+
+    def _perform_rare(self, action: Action, *, strict: bool) -> None:
+        match action:
+            case SendCancel(worker, seq):
+                self._frames.setdefault(worker, []).append(HEADER.pack(Msg.CANCEL, seq, 0))
+            case Interrupt(worker, seq):
+                if (w := self._procs.get(worker)) is not None:
+                    procs.interrupt(w, seq)
+            case Kill(worker):
+                if (w := self._procs.get(worker)) is not None:
+                    procs.kill(w)
+            case SetTimer(at):
+                self._wake_at = min(self._wake_at, at)
+            case Log(level, message):
+                _log.log(level, "%s", message)
+            case StartWorker(worker):
+                self._start_worker(worker, strict=strict)
 
     def _start_worker(self, worker: WorkerId, *, strict: bool) -> None:
         """Spawn (strict: let any error out, for the constructor) and tell the policy."""

@@ -261,6 +261,8 @@ def read_events(w: WorkerProcess, *, to_end: bool = False) -> tuple[list[Event],
 
 
 def _event(worker: WorkerId, tag: int, seq: int, body: bytes) -> Event | None:
+    if tag == Msg.DONE:  # the most frequent first
+        return Result(worker, seq, body)
     if tag == Msg.READY:
         return Ready(worker)
     if tag == Msg.INIT_FAILED:
@@ -274,8 +276,6 @@ def _event(worker: WorkerId, tag: int, seq: int, body: bytes) -> Event | None:
             return Malformed(worker)
         (text,) = decode_text(body[1:], 1)
         return Output(worker, seq, stream, text)
-    if tag == Msg.DONE:
-        return Result(worker, seq, body)
     if tag == Msg.CANCELLED:
         return Interrupted(worker, seq)
     if tag == Msg.RUNNER_ERROR:

@@ -378,8 +378,22 @@ class ServerCore:
     # ---- requests ----------------------------------------------------------------------
 
     def submit(self, session: Session, requests: Sequence[TaskRequest]) -> None:
+        """The tasks of one message: the machine decides on each, then the actions are
+        taken in order, the tasks for the server's pool handed to it in one call."""
+        actions: list[Action] = []
         for request in requests:
-            self._perform(self.state.submit(session.session_id, request))
+            actions += self.state.submit(session.session_id, request)
+        run: list[Submit] = []  # consecutive submits, not yet handed over
+        for action in actions:
+            if isinstance(action, Submit):
+                run.append(action)
+                continue
+            if run:
+                self._pools.submit_many(run)
+                run = []
+            self._perform((action,))
+        if run:
+            self._pools.submit_many(run)
 
     def cancel(self, session: Session, task_ids: Iterable[str]) -> None:
         for task_id in task_ids:
@@ -480,22 +494,21 @@ class ServerCore:
 
     def _on_pool_event(self, event: PoolEvent) -> None:
         self.in_pool_batch = True  # until _after_pool_events: streams flush then
-        state = self.state
-        if isinstance(event, TaskStarted):
-            actions = state.tasks.started(event.task_id, event.worker, self._clock())
-        elif isinstance(event, TaskOutput):
-            actions = state.tasks.output(event.task_id, event.stream, event.text)
-        elif isinstance(event, TaskDone):
+        tasks = self.state.tasks
+        if isinstance(event, TaskDone):
             result = unpack(event.result)
-            limit = state.tasks.inline_limit(event.task_id)
+            limit = tasks.inline_limit(event.task_id)
             if limit is not None and not isinstance(result, ErrorInfo):
                 result = read_inlines(result, limit)
-            actions = state.tasks.done(event.task_id, result)
+            actions = tasks.done(event.task_id, result)
+        elif isinstance(event, TaskStarted):
+            actions = tasks.started(event.task_id, event.worker, self._clock())
+        elif isinstance(event, TaskOutput):
+            actions = tasks.output(event.task_id, event.stream, event.text)
         else:
-            actions = state.tasks.failed(
-                event.task_id, event.reason, event.message, event.traceback
-            )
-        self._perform(actions)
+            actions = tasks.failed(event.task_id, event.reason, event.message, event.traceback)
+        if actions:
+            self._perform(actions)
 
     def _after_pool_events(self) -> None:
         self.in_pool_batch = False

@@ -126,6 +126,22 @@ class TaskPools:
         else:
             self.early[pool_id] = payload
 
+    def submit_many(self, actions: list[Submit]) -> None:
+        """``submit`` each, in order: to the server's pool in one call when it runs (the
+        tasks of one message from a client)."""
+        if self.pool is None or any(a.pip for a in actions):
+            for action in actions:
+                self.submit(action)
+            return
+        try:
+            self.pool.submit_many([(a.pool_id, a.payload) for a in actions])
+        except RuntimeError:  # closed: the server is stopping
+            for action in actions:
+                self._fail(
+                    action.pool_id,
+                    ErrorInfo("internal", "ServerStopping", "the server is stopping"),
+                )
+
     def cancel(self, action: Cancel) -> None:
         pool_id = action.pool_id
         if action.pip:

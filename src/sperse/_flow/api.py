@@ -66,7 +66,9 @@ class Executor(Protocol):
 class InProcess:
     """The :class:`Executor` that runs every replica in this process on one thread."""
 
-    def __init__(self, *, seed: int | None = None, batch: int = 1024, check_pickle: bool = True) -> None:
+    def __init__(
+        self, *, seed: int | None = None, batch: int = 1024, check_pickle: bool = True
+    ) -> None:
         self.seed = seed
         self.batch = batch
         self.check_pickle = check_pickle
@@ -259,4 +261,3 @@ class Run:
 
     def __repr__(self) -> str:
         return f"<Run of flow {self.flow.name!r}: {self.progress().state}>"
-

@@ -85,9 +85,7 @@ class Controller:
     def __init__(self, plan: PhysicalPlan) -> None:
         self._plan = plan
         self._sinks: dict[NodeId, dict[int, Any]] = {n: {} for n in plan.sinks()}
-        self._replicas = {
-            n: plan.stages[plan.stage_of[n]].replicas for n in self._sinks
-        }
+        self._replicas = {n: plan.stages[plan.stage_of[n]].replicas for n in self._sinks}
         self._settled: set[NodeId] = set()
         self._loops: dict[LoopId, _Loop] = {}
         for spec in plan.loops.values():

@@ -41,8 +41,8 @@ from sperse._flow.messages import (
     Deliver,
     End,
     FlowError,
-    Report,
     ReplicaEvent,
+    Report,
     Send,
     Settle,
     Stopped,
@@ -157,7 +157,9 @@ class LocalExecutor:
         }
         self.controller = Controller(plan)
         self._fifo: collections.deque[tuple[StageId, int, ReplicaEvent]] = collections.deque()
-        self._channels: dict[tuple[Any, ...], collections.deque[tuple[StageId, int, ReplicaEvent]]] = {}
+        self._channels: dict[
+            tuple[Any, ...], collections.deque[tuple[StageId, int, ReplicaEvent]]
+        ] = {}
         self._feeds = [
             _Feed(plan.stage_of[n.id], plan.stages[plan.stage_of[n.id]].replicas, n.args)
             for n in plan.logical.nodes

@@ -79,7 +79,7 @@ def stable_hash(key: Hashable) -> int:
     if isinstance(key, frozenset):
         return sum(stable_hash(part) for part in key) & 0xFFFFFFFFFFFF
     if isinstance(key, float) and math.isnan(key):
-        return struct.unpack("<q", struct.pack("<d", key))[0] & 0xFFFF
+        return int(struct.unpack("<q", struct.pack("<d", key))[0]) & 0xFFFF
     return hash(key) & 0xFFFFFFFFFFFF
 
 
@@ -129,7 +129,7 @@ class Map(Op):
         self.fn = fn
 
     def on_batch(self, port: int, items: list[Any], ctx: Ctx) -> list[Any]:
-        fn, out = self.fn, []
+        fn, out = self.fn, list[Any]()
         append = out.append
         item = None
         try:
@@ -144,7 +144,7 @@ class Filter(Map):
     __slots__ = ()
 
     def on_batch(self, port: int, items: list[Any], ctx: Ctx) -> list[Any]:
-        fn, out = self.fn, []
+        fn, out = self.fn, list[Any]()
         append = out.append
         item = None
         try:
@@ -160,7 +160,7 @@ class FlatMap(Map):
     __slots__ = ()
 
     def on_batch(self, port: int, items: list[Any], ctx: Ctx) -> list[Any]:
-        fn, out = self.fn, []
+        fn, out = self.fn, list[Any]()
         extend = out.extend
         item = None
         try:
@@ -189,7 +189,7 @@ class KeyBy(Map):
     __slots__ = ()
 
     def on_batch(self, port: int, items: list[Any], ctx: Ctx) -> list[Any]:
-        fn, out = self.fn, []
+        fn, out = self.fn, list[Any]()
         append = out.append
         item = None
         try:
@@ -200,8 +200,10 @@ class KeyBy(Map):
         except TypeError as exc:
             if "unhashable" in str(exc):
                 raise ItemError(
-                    item, exc, f"the key of this item is unhashable ({exc}): return a str, "
-                    "number or tuple from the key function"
+                    item,
+                    exc,
+                    f"the key of this item is unhashable ({exc}): return a str, "
+                    "number or tuple from the key function",
                 ) from exc
             raise ItemError(item, exc) from exc
         except Exception as exc:
@@ -213,7 +215,7 @@ class MapValues(Map):
     __slots__ = ()
 
     def on_batch(self, port: int, items: list[Any], ctx: Ctx) -> list[Any]:
-        fn, out = self.fn, []
+        fn, out = self.fn, list[Any]()
         append = out.append
         item = None
         try:
@@ -231,7 +233,9 @@ class BatchMap(Map):
         try:
             return list(self.fn(list(items)))
         except Exception as exc:
-            raise ItemError(items[0] if len(items) == 1 else f"a batch of {len(items)} items", exc) from exc
+            raise ItemError(
+                items[0] if len(items) == 1 else f"a batch of {len(items)} items", exc
+            ) from exc
 
 
 class Fold(Op):
@@ -287,7 +291,7 @@ class Scan(Fold):
     __slots__ = ()
 
     def on_batch(self, port: int, items: list[Any], ctx: Ctx) -> list[Any]:
-        state, fn, init, out = self.state, self.fn, self.init, []
+        state, fn, init, out = self.state, self.fn, self.init, list[Any]()
         item = None
         try:
             for item in items:

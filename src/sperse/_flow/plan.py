@@ -185,15 +185,15 @@ class LogicalPlan:
                 "operator its own name="
             )
         self._names.add(label)
-        self.nodes.append(
-            Node(node_id, kind, label, args, ins, placement, replicas, keyed, loop)
-        )
+        self.nodes.append(Node(node_id, kind, label, args, ins, placement, replicas, keyed, loop))
         return node_id
 
     def node(self, node_id: NodeId) -> Node:
         return self.nodes[node_id]
 
-    def place(self, node_id: NodeId, placement: Placement | None, replicas: Replicas | None) -> None:
+    def place(
+        self, node_id: NodeId, placement: Placement | None, replicas: Replicas | None
+    ) -> None:
         """Change where a node runs (``Stream.on``)."""
         node = self.nodes[node_id]
         if replicas is not None:
@@ -249,7 +249,9 @@ class LogicalPlan:
                         "waits for the end of its input; use iterate_bulk or replay"
                     )
                 if node.kind in SINKS or node.kind in SOURCES:
-                    raise ValueError(f"{node.name}: a loop body ({loop.name}) cannot hold a {node.kind}")
+                    raise ValueError(
+                        f"{node.name}: a loop body ({loop.name}) cannot hold a {node.kind}"
+                    )
                 for src, _ in node.inputs:
                     if src not in members and node_id != loop.gate:
                         raise ValueError(
@@ -286,7 +288,9 @@ def _check_replicas(replicas: object, name: str) -> None:
     if replicas == "per_server":
         return
     if not isinstance(replicas, int) or isinstance(replicas, bool) or replicas < 1:
-        raise ValueError(f"{name}: replicas must be a positive int or 'per_server', not {replicas!r}")
+        raise ValueError(
+            f"{name}: replicas must be a positive int or 'per_server', not {replicas!r}"
+        )
 
 
 # -- the physical plan ------------------------------------------------------------------------
@@ -357,7 +361,8 @@ class PhysicalPlan:
             )
             where = f" on {stage.placement}" if str(stage.placement) else ""
             lines.append(
-                f"stage {stage.id} x{stage.replicas}{where}: {ops}" + (f" => {outs}" if outs else "")
+                f"stage {stage.id} x{stage.replicas}{where}: {ops}"
+                + (f" => {outs}" if outs else "")
             )
         return "\n".join(lines)
 

@@ -47,8 +47,8 @@ from sperse._flow.messages import (
     Message,
     OuterEnded,
     Partial,
-    Report,
     ReplicaEvent,
+    Report,
     RoundState,
     Send,
     SinkDone,
@@ -290,7 +290,9 @@ class Replica:
         actions = self._route(leave, 0, ctx, roles=(Role.EXIT,))
         body = self._route(again, rnd, ctx, roles=(Role.BODY,), weight=weight)
         returned = Fraction(0) if body else weight
-        report = LoopWeight(self.loop.id, weight if outer else Fraction(0), returned, exceeded, example)
+        report = LoopWeight(
+            self.loop.id, weight if outer else Fraction(0), returned, exceeded, example
+        )
         return [*actions, *body, Report(report)]
 
     # ---- output --------------------------------------------------------------------------

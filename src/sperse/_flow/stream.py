@@ -64,11 +64,17 @@ class Stream:
             inputs.append((other._node, partition))
         return self._flow.plan.add(kind, name, args, inputs, keyed=keyed, loop=self._loop)
 
-    def _then(self, kind: str, name: str | None, args: tuple[Any, ...] = (), partition: Partition = F) -> Stream:
+    def _then(
+        self, kind: str, name: str | None, args: tuple[Any, ...] = (), partition: Partition = F
+    ) -> Stream:
         return Stream(self._flow, self._add(kind, name, args, partition), self._loop)
 
-    def _keyed(self, kind: str, name: str | None, args: tuple[Any, ...] = (), partition: Partition = F) -> KeyedStream:
-        return KeyedStream(self._flow, self._add(kind, name, args, partition, keyed=True), self._loop)
+    def _keyed(
+        self, kind: str, name: str | None, args: tuple[Any, ...] = (), partition: Partition = F
+    ) -> KeyedStream:
+        return KeyedStream(
+            self._flow, self._add(kind, name, args, partition, keyed=True), self._loop
+        )
 
     @property
     def name(self) -> str:
@@ -98,7 +104,9 @@ class Stream:
         """Call ``fn`` on each item (for its effect), and pass the item on."""
         return self._then("inspect", name, (fn,))
 
-    def batch_map(self, fn: Callable[[list[Any]], Iterable[Any]], *, name: str | None = None) -> Stream:
+    def batch_map(
+        self, fn: Callable[[list[Any]], Iterable[Any]], *, name: str | None = None
+    ) -> Stream:
         """``fn`` on each batch as it comes: a list in, a list out (vectorised work)."""
         return self._then("batch_map", name, (fn,))
 
@@ -193,7 +201,9 @@ class Stream:
     ) -> Stream:
         """Like ``iterate_bulk``, with this stream's items as every round's input (k-means,
         PageRank over an edge list)."""
-        return self._bulk("replay", state, body, fold, combine, until, max_rounds, zero, delta, name)
+        return self._bulk(
+            "replay", state, body, fold, combine, until, max_rounds, zero, delta, name
+        )
 
     def _bulk(
         self,
@@ -210,7 +220,7 @@ class Stream:
     ) -> Stream:
         flow = self._flow
         loop = LoopId(len(flow.plan.loops))
-        label = name or f"{kind == 'bulk' and 'iterate_bulk' or 'replay'}#{len(flow.plan.nodes)}"
+        label = name or f"{(kind == 'bulk' and 'iterate_bulk') or 'replay'}#{len(flow.plan.nodes)}"
         ref = StateRef(state)
         gate = flow.plan.add("bulk_gate", label, (), [(self._node, F)], loop=loop)
         out = body(Stream(flow, gate, loop), ref)
@@ -266,12 +276,16 @@ class KeyedStream(Stream):
 
     H = Partition.HASH
 
-    def fold(self, init: Any, fn: Callable[[Any, Any], Any], *, name: str | None = None) -> KeyedStream:
+    def fold(
+        self, init: Any, fn: Callable[[Any, Any], Any], *, name: str | None = None
+    ) -> KeyedStream:
         """One ``(key, acc)`` per key when the input ends: ``acc = fn(acc, value)`` from a
         copy of ``init``."""
         return self._keyed("fold", name, (init, fn), self.H)
 
-    def scan(self, init: Any, fn: Callable[[Any, Any], tuple[Any, Any]], *, name: str | None = None) -> KeyedStream:
+    def scan(
+        self, init: Any, fn: Callable[[Any, Any], tuple[Any, Any]], *, name: str | None = None
+    ) -> KeyedStream:
         """``fn(state, value) -> (state, output)``: one ``(key, output)`` per item, the state
         kept per key."""
         return self._keyed("scan", name, (init, fn), self.H)
@@ -332,4 +346,3 @@ def _rounds(max_rounds: int) -> int:
     if not isinstance(max_rounds, int) or max_rounds < 1:
         raise ValueError(f"max_rounds must be a positive int, not {max_rounds!r}")
     return max_rounds
-

@@ -114,10 +114,13 @@ CASES = [
         [
             (
                 Batch(0, 0, [f"{A} {B} {A}"]),
-                [
-                    Send(S2, h(A), Batch(0, 0, [(A, A), (A, A)])),
-                    Send(S2, h(B), Batch(0, 0, [(B, B)])),
-                ],
+                sorted(
+                    [
+                        Send(S2, h(A), Batch(0, 0, [(A, A), (A, A)])),
+                        Send(S2, h(B), Batch(0, 0, [(B, B)])),
+                    ],
+                    key=lambda send: send.replica,
+                ),
             ),
             (End(0, 0), [Send(S2, 0, End(0, 0)), Send(S2, 1, End(0, 0))]),
         ],

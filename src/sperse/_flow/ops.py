@@ -29,7 +29,8 @@ __all__ = [
     "stable_hash",
 ]
 
-_IMMUTABLE = (int, float, complex, str, bytes, bool, type(None), tuple, frozenset)
+# Atomic values need no copy; a tuple may hold mutable parts (a tuple of arrays), so it is copied.
+_IMMUTABLE = (int, float, complex, str, bytes, bool, type(None))
 
 
 class ItemError(Exception):

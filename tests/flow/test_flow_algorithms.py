@@ -8,10 +8,10 @@ import collections
 from typing import Any
 
 import networkx as nx
-from networkx.algorithms.link_analysis.pagerank_alg import _pagerank_python
 import numpy as np
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from networkx.algorithms.link_analysis.pagerank_alg import _pagerank_python
 
 import sperse
 from sperse._flow.api import InProcess
@@ -93,9 +93,7 @@ def pagerank(g: nx.DiGraph, seed: int | None, replicas: int) -> dict[int, float]
             for k, v in part.items():
                 total[k] = total.get(k, 0.0) + v
         dangling = total.pop(-1, 0.0)
-        return {
-            u: (1 - DAMPING) / n + DAMPING * (total.get(u, 0.0) + dangling / n) for u in nodes
-        }
+        return {u: (1 - DAMPING) / n + DAMPING * (total.get(u, 0.0) + dangling / n) for u in nodes}
 
     def l1(old: dict[int, float], new: dict[int, float]) -> float:
         return sum(abs(new[u] - old[u]) for u in nodes)
@@ -131,16 +129,23 @@ def test_pagerank_is_networkx(graph_seed: int, seed: int | None, replicas: int) 
 # -- connected components ------------------------------------------------------------------------
 
 
-def components(edges: list[tuple[int, int]], nodes: list[int], seed: int | None, r: int) -> dict[int, int]:
+def components(
+    edges: list[tuple[int, int]], nodes: list[int], seed: int | None, r: int
+) -> dict[int, int]:
     def body(s: Any, st: Any) -> Any:
         def spread(edge: tuple[int, int]) -> list[tuple[int, int]]:
             label = st.get()
             u, v = edge
             return [(v, label[u]), (u, label[v])]
 
-        return s.flat_map(spread).on(replicas=r).key_by(lambda kv: kv[0]).map_values(
-            lambda kv: kv[1]
-        ).reduce(min).on(replicas=r)
+        return (
+            s.flat_map(spread)
+            .on(replicas=r)
+            .key_by(lambda kv: kv[0])
+            .map_values(lambda kv: kv[1])
+            .reduce(min)
+            .on(replicas=r)
+        )
 
     def fold(acc: dict[int, int], kv: tuple[int, int]) -> dict[int, int]:
         acc[kv[0]] = min(kv[1], acc.get(kv[0], kv[1]))
@@ -156,7 +161,9 @@ def components(edges: list[tuple[int, int]], nodes: list[int], seed: int | None,
     f = sperse.Flow("cc")
     out = (
         f.source(edges)
-        .replay({u: u for u in nodes}, body, fold, combine, lambda old, new: old == new, 10_000, zero={})
+        .replay(
+            {u: u for u in nodes}, body, fold, combine, lambda old, new: old == new, 10_000, zero={}
+        )
         .collect()
     )
     run(f, seed)

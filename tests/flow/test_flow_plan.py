@@ -47,13 +47,15 @@ CASES = [
     ),
     Case(
         "keyed operators shuffle by key hash; after them a forward edge keeps the chain",
-        lambda f: f.source([1])
-        .on(replicas=2)
-        .key_by(ident)
-        .fold(0, max)
-        .on(replicas=4)
-        .map_values(ident)
-        .collect(),
+        lambda f: (
+            f.source([1])
+            .on(replicas=2)
+            .key_by(ident)
+            .fold(0, max)
+            .on(replicas=4)
+            .map_values(ident)
+            .collect()
+        ),
         [
             "stage 0 x2: source#0 -> key_by#1 => key-hash to stage 1",
             "stage 1 x4: fold#2 -> map_values#3 => round-robin to stage 2",
@@ -99,9 +101,11 @@ CASES = [
     ),
     Case(
         "a bulk loop chains gate, body and fold; its state leaves by the exit",
-        lambda f: f.source([1])
-        .iterate_bulk(0, lambda s, st: s.map(ident), max, max, max, name="b")
-        .collect(),
+        lambda f: (
+            f.source([1])
+            .iterate_bulk(0, lambda s, st: s.map(ident), max, max, max, name="b")
+            .collect()
+        ),
         [
             "stage 0 x1: source#0 => forward to stage 1",
             "stage 1 x1: b -> map#2 -> b.fold => forward to stage 2 (exit), forward to stage 1 (feedback)",
@@ -144,17 +148,19 @@ BAD = [
     ),
     Bad(
         "state in a per-item loop",
-        lambda f: f.source([1])
-        .iterate(lambda s: s.key_by(ident).fold(0, max).pairs(), bool, name="it")
-        .collect(),
+        lambda f: (
+            f.source([1])
+            .iterate(lambda s: s.key_by(ident).fold(0, max).pairs(), bool, name="it")
+            .collect()
+        ),
         r"cannot hold fold\(\) state",
     ),
     Bad(
         "a loop body that reads from outside",
         lambda f: (
-            lambda outside: f.source([1])
-            .iterate(lambda s: s.union(outside), bool, name="it")
-            .collect()
+            lambda outside: (
+                f.source([1]).iterate(lambda s: s.union(outside), bool, name="it").collect()
+            )
         )(f.source([2])),
         "reads a stream from outside",
     ),

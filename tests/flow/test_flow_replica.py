@@ -144,7 +144,10 @@ CASES = [
         0,
         [
             (Batch(0, 0, ["a b c"]), [Send(S1, 0, Batch(0, 0, ["a b c"]))]),
-            (Batch(0, 0, ["d", "e"]), [Send(S1, 0, Batch(0, 0, ["e"])), Send(S1, 1, Batch(0, 0, ["d"]))]),
+            (
+                Batch(0, 0, ["d", "e"]),
+                [Send(S1, 0, Batch(0, 0, ["e"])), Send(S1, 1, Batch(0, 0, ["d"]))],
+            ),
         ],
     ),
     Case(
@@ -178,7 +181,10 @@ CASES = [
         S2,
         0,
         [
-            (Batch(0, 0, [8], 0, Fraction(1, 2)), [Send(S1, 0, Batch(1, 0, [4], 1, Fraction(1, 2)))]),
+            (
+                Batch(0, 0, [8], 0, Fraction(1, 2)),
+                [Send(S1, 0, Batch(1, 0, [4], 1, Fraction(1, 2)))],
+            ),
         ],
     ),
     Case(
@@ -199,7 +205,14 @@ CASES = [
             ),
             (StartRound(L0, 1, 23), []),  # waits for the items of round 0 to come back
             (Batch(1, 0, [11, 12]), []),
-            (End(1, 0, 0), [Send(S1, 0, Batch(1, 0, [34, 35], 1)), Send(S1, 0, End(1, 0, 1)), Report(Partial(L0, 1, 0, 69))]),
+            (
+                End(1, 0, 0),
+                [
+                    Send(S1, 0, Batch(1, 0, [34, 35], 1)),
+                    Send(S1, 0, End(1, 0, 1)),
+                    Report(Partial(L0, 1, 0, 69)),
+                ],
+            ),
             (LoopDone(L0, 69), [Send(S2, 0, Batch(0, 0, [69])), Send(S2, 0, End(0, 0))]),
         ],
     ),
@@ -223,7 +236,10 @@ CASES = [
             (Batch(0, 0, ["x", "y"]), []),
             (
                 End(0, 0),
-                [WriteFile("/out/part-00000", "x\ny\n"), Report(SinkDone(NodeId(1), 0, ["/out/part-00000"]))],
+                [
+                    WriteFile("/out/part-00000", "x\ny\n"),
+                    Report(SinkDone(NodeId(1), 0, ["/out/part-00000"])),
+                ],
             ),
         ],
     ),

@@ -27,18 +27,81 @@ def collected(build: Any, seed: int | None = None, replicas: int = 1) -> Any:
 
 
 OPS = [
-    ("map", lambda f, r: f.source(range(5)).map(lambda x: x * 2).on(replicas=r).collect(), [0, 2, 4, 6, 8]),
-    ("filter", lambda f, r: f.source(range(6)).filter(lambda x: x % 2).on(replicas=r).collect(), [1, 3, 5]),
-    ("flat_map", lambda f, r: f.source(["a b", "c"]).flat_map(str.split).on(replicas=r).collect(), ["a", "b", "c"]),
-    ("batch_map", lambda f, r: f.source(range(20)).batch_map(lambda xs: [sum(xs)]).on(replicas=r).map(lambda x: 1).collect(), None),
-    ("union", lambda f, r: f.source([1, 2]).union(f.source([3])).on(replicas=r).collect(), [1, 2, 3]),
+    (
+        "map",
+        lambda f, r: f.source(range(5)).map(lambda x: x * 2).on(replicas=r).collect(),
+        [0, 2, 4, 6, 8],
+    ),
+    (
+        "filter",
+        lambda f, r: f.source(range(6)).filter(lambda x: x % 2).on(replicas=r).collect(),
+        [1, 3, 5],
+    ),
+    (
+        "flat_map",
+        lambda f, r: f.source(["a b", "c"]).flat_map(str.split).on(replicas=r).collect(),
+        ["a", "b", "c"],
+    ),
+    (
+        "batch_map",
+        lambda f, r: (
+            f.source(range(20))
+            .batch_map(lambda xs: [sum(xs)])
+            .on(replicas=r)
+            .map(lambda x: 1)
+            .collect()
+        ),
+        None,
+    ),
+    (
+        "union",
+        lambda f, r: f.source([1, 2]).union(f.source([3])).on(replicas=r).collect(),
+        [1, 2, 3],
+    ),
     ("shuffle", lambda f, r: f.source(range(9)).shuffle().on(replicas=r).collect(), list(range(9))),
-    ("window count", lambda f, r: f.source(range(5)).window(count=2).collect(), [[0, 1], [2, 3], [4]]),
-    ("fold", lambda f, r: f.source("abca").key_by(str).fold(0, lambda n, _: n + 1).on(replicas=r).collect(), {"a": 2, "b": 1, "c": 1}),
-    ("reduce", lambda f, r: f.source([("a", 1), ("b", 5), ("a", 3)]).key_by(lambda p: p[0]).map_values(lambda p: p[1]).reduce(max).on(replicas=r).collect(), {"a": 3, "b": 5}),
-    ("map_values", lambda f, r: f.source([1, 2]).key_by(str).map_values(lambda x: x * 10).on(replicas=r).collect(), {"1": 10, "2": 20}),
-    ("keyed window", lambda f, r: f.source([1, 1, 1, 2]).key_by(str).window(count=2).on(replicas=r).pairs().collect(), [("1", [1, 1]), ("1", [1]), ("2", [2])]),
-    ("keyed filter", lambda f, r: f.source([1, 2, 3]).key_by(str).filter(lambda kv: kv[1] > 1).collect(), {"2": 2, "3": 3}),
+    (
+        "window count",
+        lambda f, r: f.source(range(5)).window(count=2).collect(),
+        [[0, 1], [2, 3], [4]],
+    ),
+    (
+        "fold",
+        lambda f, r: (
+            f.source("abca").key_by(str).fold(0, lambda n, _: n + 1).on(replicas=r).collect()
+        ),
+        {"a": 2, "b": 1, "c": 1},
+    ),
+    (
+        "reduce",
+        lambda f, r: (
+            f.source([("a", 1), ("b", 5), ("a", 3)])
+            .key_by(lambda p: p[0])
+            .map_values(lambda p: p[1])
+            .reduce(max)
+            .on(replicas=r)
+            .collect()
+        ),
+        {"a": 3, "b": 5},
+    ),
+    (
+        "map_values",
+        lambda f, r: (
+            f.source([1, 2]).key_by(str).map_values(lambda x: x * 10).on(replicas=r).collect()
+        ),
+        {"1": 10, "2": 20},
+    ),
+    (
+        "keyed window",
+        lambda f, r: (
+            f.source([1, 1, 1, 2]).key_by(str).window(count=2).on(replicas=r).pairs().collect()
+        ),
+        [("1", [1, 1]), ("1", [1]), ("2", [2])],
+    ),
+    (
+        "keyed filter",
+        lambda f, r: f.source([1, 2, 3]).key_by(str).filter(lambda kv: kv[1] > 1).collect(),
+        {"2": 2, "3": 3},
+    ),
     ("values", lambda f, r: f.source([1, 2]).key_by(str).values().collect(), [1, 2]),
 ]
 
@@ -62,13 +125,15 @@ def test_scan_keeps_state_per_key_one_output_per_item() -> None:
         return total + x, total + x
 
     got = collected(
-        lambda f, r: f.source([("a", 1), ("b", 10), ("a", 2), ("a", 3)])
-        .key_by(lambda p: p[0])
-        .map_values(lambda p: p[1])
-        .scan(0, running)
-        .on(replicas=r)
-        .pairs()
-        .collect(),
+        lambda f, r: (
+            f.source([("a", 1), ("b", 10), ("a", 2), ("a", 3)])
+            .key_by(lambda p: p[0])
+            .map_values(lambda p: p[1])
+            .scan(0, running)
+            .on(replicas=r)
+            .pairs()
+            .collect()
+        ),
         replicas=2,
     )
     assert sorted(got) == [("a", 1), ("a", 3), ("a", 6), ("b", 10)]
@@ -76,7 +141,11 @@ def test_scan_keeps_state_per_key_one_output_per_item() -> None:
 
 def test_join_pairs_every_left_with_every_right_of_its_key() -> None:
     def build(f: sperse.Flow, r: int) -> Any:
-        left = f.source([("k", 1), ("k", 2), ("z", 0)]).key_by(lambda p: p[0]).map_values(lambda p: p[1])
+        left = (
+            f.source([("k", 1), ("k", 2), ("z", 0)])
+            .key_by(lambda p: p[0])
+            .map_values(lambda p: p[1])
+        )
         right = f.source([("k", "x"), ("q", "y")]).key_by(lambda p: p[0]).map_values(lambda p: p[1])
         return left.join(right).on(replicas=r).pairs().collect()
 
@@ -161,7 +230,10 @@ def fails(build: Any, *, seed: int | None = None) -> sperse.FlowFailed:
 
 def test_an_operator_that_raises_names_itself_and_the_item() -> None:
     error = fails(
-        lambda f: [f.source([1, 2, 0, 4]).map(lambda x: 1 / x, name="inv").collect(), f.source([5]).collect()]
+        lambda f: [
+            f.source([1, 2, 0, 4]).map(lambda x: 1 / x, name="inv").collect(),
+            f.source([5]).collect(),
+        ]
     )
     assert error.operator == "inv" and error.item == "0" and error.type_name == "ZeroDivisionError"
     assert "flow 'bad': the operator 'inv' on the item 0 raised ZeroDivisionError" in str(error)
@@ -170,7 +242,9 @@ def test_an_operator_that_raises_names_itself_and_the_item() -> None:
 
 
 def test_an_unhashable_key_is_named() -> None:
-    error = fails(lambda f: [f.source([[1], [2]]).key_by(lambda x: x, name="k").fold(0, max).collect()])
+    error = fails(
+        lambda f: [f.source([[1], [2]]).key_by(lambda x: x, name="k").fold(0, max).collect()]
+    )
     assert error.operator == "k" and error.item == "[1]"
     assert "unhashable" in str(error)
 
@@ -178,7 +252,10 @@ def test_an_unhashable_key_is_named() -> None:
 def test_an_unpicklable_item_is_named_with_the_operator_that_made_it() -> None:
     error = fails(
         lambda f: [
-            f.source([1, 2]).map(lambda x: threading.Lock() if x == 2 else x, name="mk").on(replicas=2).collect()
+            f.source([1, 2])
+            .map(lambda x: threading.Lock() if x == 2 else x, name="mk")
+            .on(replicas=2)
+            .collect()
         ]
     )
     assert error.operator == "mk" and error.item.startswith("<unlocked _thread.lock")
@@ -193,7 +270,9 @@ def test_a_loop_that_does_not_end_says_how_many_items_were_left() -> None:
     error = fails(
         lambda f: [
             f.source(range(10))
-            .iterate(lambda s: s.map(lambda x: x + 1), until=lambda x: x >= 5, max_rounds=3, name="up")
+            .iterate(
+                lambda s: s.map(lambda x: x + 1), until=lambda x: x >= 5, max_rounds=3, name="up"
+            )
             .collect()
         ]
     )
@@ -205,7 +284,14 @@ def test_an_error_in_combine_names_the_loop() -> None:
     error = fails(
         lambda f: [
             f.source([1])
-            .replay(0, lambda s, st: s.map(lambda x: x), lambda a, x: x, lambda old, parts: 1 / 0, lambda o, n: True, name="rp")
+            .replay(
+                0,
+                lambda s, st: s.map(lambda x: x),
+                lambda a, x: x,
+                lambda old, parts: 1 / 0,
+                lambda o, n: True,
+                name="rp",
+            )
             .collect()
         ]
     )

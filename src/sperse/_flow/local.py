@@ -28,7 +28,7 @@ import random
 import tempfile
 import threading
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -49,7 +49,7 @@ from sperse._flow.messages import (
     Tick,
     WriteFile,
 )
-from sperse._flow.plan import NodeId, PhysicalPlan, StageId
+from sperse._flow.plan import PhysicalPlan, StageId
 from sperse._flow.replica import Action, Replica
 from sperse._serialize import dumps
 from sperse.errors import SerializationError
@@ -306,7 +306,3 @@ def write_atomically(path: Path, text: str) -> None:
     except BaseException:
         os.unlink(tmp)
         raise
-
-
-def sources_of(plan: PhysicalPlan) -> Iterable[NodeId]:
-    return (n.id for n in plan.logical.nodes if n.kind == "source")

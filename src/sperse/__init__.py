@@ -19,6 +19,7 @@ from sperse.errors import (
     ClientGone,
     CycleError,
     EnvUnavailable,
+    FlowFailed,
     NoMatchingServer,
     NotReadyError,
     ObjectLost,
@@ -48,6 +49,7 @@ if TYPE_CHECKING:
     from sperse._cluster.pending import Pending, as_completed, gather, wait
     from sperse._cluster.remote import RemoteFunction, remote, run_on_all
     from sperse._core.clock import MockClock
+    from sperse._flow.api import Flow
     from sperse._serialize import RemoteValue
     from sperse._state import state, worker_cache
     from sperse._workspace import Cell, CellEvent, Workspace
@@ -65,6 +67,8 @@ __all__ = [
     "Cluster",
     "CycleError",
     "EnvUnavailable",
+    "Flow",
+    "FlowFailed",
     "Job",
     "LocalBackend",
     "MapResult",
@@ -116,6 +120,7 @@ _LAZY = {
     "LocalBackend": "sperse._backends.local",
     "MemoryBackend": "sperse._backends.memory",
     "MockClock": "sperse._core.clock",
+    "Flow": "sperse._flow.api",
     "Callback": "sperse._cluster.callbacks",
     "callback": "sperse._cluster.callbacks",
     "Cluster": "sperse._cluster.cluster",

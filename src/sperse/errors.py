@@ -11,6 +11,7 @@ outside (``WorkerDied``)::
     ├── CellError           a local cell raised; ``__cause__`` is the exception
     ├── RemoteError         remote code raised; carries the remote type and traceback
     ├── UpstreamError       a name could not be computed because an input failed
+    ├── FlowFailed          a flow's operator raised, or met an item it cannot handle
     ├── NotReadyError       a name or Pending is still pending
     ├── TaskCancelled       the work was cancelled before it finished
     │   └── TaskTimeout     ... because it passed its ``timeout=``
@@ -38,6 +39,7 @@ __all__ = [
     "ClientGone",
     "CycleError",
     "EnvUnavailable",
+    "FlowFailed",
     "NoMatchingServer",
     "NotReadyError",
     "ObjectLost",
@@ -200,6 +202,62 @@ class UpstreamError(SperseError):
     def __init__(self, message: str, *, upstream: str = "") -> None:
         super().__init__(message)
         self.upstream = upstream
+
+
+class FlowFailed(SperseError):
+    """A flow (``sperse.Flow``) stopped: an operator raised, or met an item it cannot handle
+    (an unhashable key, an item that cannot be pickled), or a per-item loop did not end.
+
+    ``flow`` and ``operator`` name where (the operator's ``name=``), ``item`` is a short
+    repr of the item it was handling ("" when no single item is to blame), ``type_name`` the
+    type of the original exception, and ``remote_traceback`` its formatted traceback.
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        flow: str = "",
+        operator: str = "",
+        item: str = "",
+        type_name: str = "",
+        remote_traceback: str = "",
+    ) -> None:
+        super().__init__(message)
+        self.flow = flow
+        self.operator = operator
+        self.item = item
+        self.type_name = type_name
+        self.remote_traceback = remote_traceback
+
+    def __reduce__(self) -> tuple[object, ...]:
+        return _rebuild_flow_failed, (
+            Exception.__str__(self),
+            self.flow,
+            self.operator,
+            self.item,
+            self.type_name,
+            self.remote_traceback,
+        )
+
+    def __str__(self) -> str:
+        text = super().__str__()
+        if self.remote_traceback:
+            text += f"\n\nThe operator's traceback:\n{self.remote_traceback.rstrip()}"
+        return text
+
+
+def _rebuild_flow_failed(
+    message: str, flow: str, operator: str, item: str, type_name: str, remote_traceback: str
+) -> FlowFailed:
+    return FlowFailed(
+        message,
+        flow=flow,
+        operator=operator,
+        item=item,
+        type_name=type_name,
+        remote_traceback=remote_traceback,
+    )
 
 
 class NotReadyError(SperseError):

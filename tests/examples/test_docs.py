@@ -82,3 +82,10 @@ def test_testing_doc_blocks_run() -> None:
     printed = re.findall(r"\nprints\n\n```\n(.*?)```", path.read_text(), flags=re.S)
     assert outputs[:2] == printed  # what the doc says each block prints
     assert outputs[2] == ""
+
+
+def test_flows_doc_first_block_runs() -> None:
+    first = python_blocks(ROOT / "docs" / "flows.md")[0]
+    prelude = "lines = ['the cat', 'the dog']\n"
+    check = "\nassert out.result(0) == {'the': 2, 'cat': 1, 'dog': 1}\n"
+    run_blocks([first + check], prelude)

@@ -16,7 +16,7 @@ import itertools
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import replace
 from typing import Any
 
@@ -27,7 +27,9 @@ from sperse._core import (
     CallTask,
     Done,
     ErrorInfo,
+    EventSink,
     Failed,
+    ObjectInfo,
     ServerInfo,
     StatementTask,
     TaskSpec,
@@ -37,8 +39,9 @@ from sperse._core.clock import Clock, SystemClock
 from sperse._core.routing import check_placement
 from sperse._lang.placement import Placement
 from sperse._state import snapshot
+from sperse.errors import NoMatchingServer
 
-__all__ = ["Cluster", "default", "in_use", "replace_default", "unuse", "use"]
+__all__ = ["Cluster", "default", "detached", "in_use", "replace_default", "unuse", "use"]
 
 Listener = Callable[[BackendEvent], None]
 
@@ -297,3 +300,49 @@ def replace_default(cluster: Cluster) -> Cluster | None:
 
 def unuse(token: contextvars.Token[Cluster | None]) -> None:
     _current.reset(token)
+
+
+class _NoServers:
+    """The backend of :func:`detached`: no servers; remote work sent to it fails at once."""
+
+    def start(self, sink: EventSink) -> None:
+        pass
+
+    def submit(self, specs: Sequence[TaskSpec]) -> None:
+        raise NoMatchingServer(
+            "no cluster is connected, so there is no server to run this on: call "
+            "sperse.connect() (or use a `with cluster:` block) first"
+        )
+
+    def cancel(self, task_id: str) -> None:
+        pass
+
+    def release(self, object_ids: Iterable[str]) -> None:
+        pass
+
+    def servers(self) -> list[ServerInfo]:
+        return []
+
+    def stats(self) -> dict[str, int]:
+        return {}
+
+    def objects(self, name: str = "") -> list[ObjectInfo]:
+        return []
+
+    def close(self) -> None:
+        pass
+
+
+_detached: Cluster | None = None
+
+
+def detached() -> Cluster:
+    """A cluster without servers, made once per process and never the default: the home of
+    Pendings that a computation in this process settles when no cluster is in use (a flow
+    run in-process, ``sperse.Flow(...).run()`` before any ``connect``). It starts no thread
+    and no process; remote work sent to it fails with ``NoMatchingServer``."""
+    global _detached
+    with _default_lock:
+        if _detached is None or _detached.closed:
+            _detached = Cluster(_NoServers())
+        return _detached

@@ -1,0 +1,263 @@
+"""The public API of flows: ``sperse.Flow``, its streams, and a run.
+
+A :class:`Flow` is built by calling operators on streams; nothing runs until ``run()``.
+Each call adds one node to the flow's logical plan (:mod:`sperse._flow.plan`); ``collect``
+returns a :class:`~sperse.Pending` settled when the run ends. ``run`` makes the physical
+plan (chaining) and hands it to an :class:`Executor`: in this version always the in-process
+one (:mod:`sperse._flow.local`), on a thread of its own, whatever the cluster; the server
+executor will run the same replica state machines on servers and only add the transport.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol
+
+from sperse._cluster.cluster import Cluster, default, detached, in_use
+from sperse._cluster.pending import Pending
+from sperse._flow.control import RoundDone
+from sperse._flow.local import LocalExecutor, PushQueue
+from sperse._flow.messages import Settle, Stopped
+from sperse._flow.plan import LogicalPlan, NodeId, PhysicalPlan, physical
+from sperse._flow.stream import KeyedStream, Stream
+from sperse.errors import TaskCancelled
+
+__all__ = ["Executor", "Flow", "FlowProgress", "KeyedStream", "QueueStream", "Run", "Stream"]
+
+
+@dataclass(frozen=True, slots=True)
+class FlowProgress:
+    """A run as it stands: ``state`` (``"running"``, ``"done"``, ``"failed"``,
+    ``"cancelled"``), ``items`` taken in per operator (summed over replicas), and the rounds
+    bulk loops have finished with their deltas."""
+
+    state: str
+    items: dict[str, int]
+    rounds: tuple[RoundDone, ...]
+
+
+class RunHandle(Protocol):
+    """A running flow as an executor shows it."""
+
+    def wait(self, timeout: float | None) -> Stopped | None: ...
+
+    def cancel(self) -> None: ...
+
+    def counts(self) -> dict[str, int]: ...
+
+    def rounds(self) -> list[RoundDone]: ...
+
+
+class Executor(Protocol):
+    """Where a flow runs: in this process, or (next) on servers. ``settle`` is called once
+    per sink, from any thread; ``done`` once at the end."""
+
+    def start(
+        self,
+        plan: PhysicalPlan,
+        settle: Callable[[Settle], None],
+        done: Callable[[Stopped], None],
+    ) -> RunHandle: ...
+
+
+class InProcess:
+    """The :class:`Executor` that runs every replica in this process on one thread."""
+
+    def __init__(
+        self, *, seed: int | None = None, batch: int = 1024, check_pickle: bool = True
+    ) -> None:
+        self.seed = seed
+        self.batch = batch
+        self.check_pickle = check_pickle
+
+    def start(
+        self,
+        plan: PhysicalPlan,
+        settle: Callable[[Settle], None],
+        done: Callable[[Stopped], None],
+    ) -> RunHandle:
+        executor = LocalExecutor(
+            plan, settle, seed=self.seed, batch=self.batch, check_pickle=self.check_pickle
+        )
+        return _Thread(executor, done, plan.logical.name)
+
+
+class _Thread:
+    def __init__(self, executor: LocalExecutor, done: Callable[[Stopped], None], name: str) -> None:
+        self._executor = executor
+        self._stopped: Stopped | None = None
+        self._finished = threading.Event()
+        self._done = done
+        self._thread = threading.Thread(target=self._run, name=f"sperse-flow-{name}", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        try:
+            self._stopped = self._executor.run()
+        finally:
+            self._finished.set()
+            if self._stopped is not None:
+                self._done(self._stopped)
+
+    def wait(self, timeout: float | None) -> Stopped | None:
+        self._finished.wait(timeout)
+        return self._stopped
+
+    def cancel(self) -> None:
+        self._executor.cancel()
+
+    def counts(self) -> dict[str, int]:
+        return self._executor.counts()
+
+    def rounds(self) -> list[RoundDone]:
+        return list(self._executor.controller.rounds)
+
+
+class Flow:
+    """A dataflow: sources, operators and sinks, run by ``run()``.
+
+    ``cluster``: where it runs and whose Pendings ``collect`` returns; None: the cluster in
+    use (``with cluster:``, else the one ``connect`` made), or none at all: the flow runs in
+    this process either way in this version."""
+
+    def __init__(self, name: str = "flow", cluster: Cluster | None = None) -> None:
+        self.name = name
+        self.cluster = cluster if cluster is not None else (in_use() or default() or detached())
+        self.plan = LogicalPlan(name)
+        self._sinks: dict[NodeId, Pending[Any]] = {}
+        self._run: Run | None = None
+
+    # ---- sources -------------------------------------------------------------------------
+
+    def source(self, items: Iterable[Any], *, name: str | None = None) -> Stream:
+        """A stream of the items of ``items`` (read once, in batches, when the flow runs)."""
+        return self._source(("iterable", items), name)
+
+    def read_lines(self, path: str | Path, *, name: str | None = None) -> Stream:
+        """The lines of a file (without their newline), or of every file of a directory in
+        name order; with replicas, the files are shared out among them."""
+        p = Path(path)
+        if not p.exists():
+            raise FileNotFoundError(f"read_lines: no file or directory {str(p)!r}")
+        return self._source(("lines", str(p)), name)
+
+    def queue(self, *, name: str | None = None) -> QueueStream:
+        """A stream of what is pushed into it (``push(*items)``, any thread) until
+        ``close()``."""
+        push = PushQueue()
+        node = self.plan.add("source", name, ("queue", push))
+        return QueueStream(self, node, push)
+
+    def _source(self, spec: tuple[Any, ...], name: str | None) -> Stream:
+        self._building()
+        return Stream(self, self.plan.add("source", name, spec))
+
+    # ---- running -------------------------------------------------------------------------
+
+    def explain(self, servers: int = 1) -> str:
+        """The physical plan: one line per stage (chained operators), its replicas and
+        where its output goes."""
+        return physical(self.plan, servers).describe()
+
+    def run(self, *, executor: Executor | None = None, servers: int = 1) -> Run:
+        """Start the flow (once); its sinks' Pendings settle when it ends. ``servers``:
+        what ``replicas="per_server"`` means in this process."""
+        self._building()
+        plan = physical(self.plan, servers)
+        self._run = Run(self, plan, executor or InProcess())
+        return self._run
+
+    def _pending(self, node: NodeId, label: str) -> Pending[Any]:
+        pending: Pending[Any] = Pending(self.cluster, label=f"{self.name}.{label}")
+        self._sinks[node] = pending
+        return pending
+
+    def _building(self) -> None:
+        if self._run is not None:
+            raise ValueError(
+                f"flow {self.name!r} has been run already: a flow runs once; build a new "
+                "Flow to run again"
+            )
+
+    def __repr__(self) -> str:
+        return f"<Flow {self.name!r}: {len(self.plan.nodes)} operators>"
+
+
+class QueueStream(Stream):
+    """The stream of ``Flow.queue()``: push items into it while the flow runs."""
+
+    def __init__(self, flow: Flow, node: NodeId, push: PushQueue) -> None:
+        super().__init__(flow, node)
+        self._push = push
+
+    def push(self, *items: Any) -> None:
+        self._push.push(*items)
+
+    def close(self) -> None:
+        """No more items: the stream ends."""
+        self._push.close()
+
+
+class Run:
+    """A started flow: ``result()`` waits for its end, ``cancel()`` stops it, ``progress()``
+    tells how far it is."""
+
+    def __init__(self, flow: Flow, plan: PhysicalPlan, executor: Executor) -> None:
+        self.flow = flow
+        self.plan = plan
+        self._stopped: Stopped | None = None
+        self._handle = executor.start(plan, self._settle, self._done)
+
+    def _settle(self, settle: Settle) -> None:
+        pending = self.flow._sinks.get(settle.node)
+        if pending is None:
+            return
+        if settle.cancelled:
+            pending._settle(error=TaskCancelled(f"flow {self.flow.name!r} was cancelled"))
+        elif settle.error is not None:
+            pending._settle(error=settle.error.to_exception(self.flow.name))
+        else:
+            pending._settle(settle.value)
+
+    def _done(self, stopped: Stopped) -> None:
+        self._stopped = stopped
+        self.flow.cluster.wake()
+
+    def done(self) -> bool:
+        return self._stopped is not None
+
+    def result(self, timeout: float | None = None) -> FlowProgress:
+        """Wait for the end; the final progress, or raise what failed it (``FlowFailed``,
+        ``TaskCancelled``)."""
+        if not self.flow.cluster.run_until(self.done, timeout):
+            raise TimeoutError(f"flow {self.flow.name!r} did not end within {timeout} s")
+        stopped = self._stopped
+        assert stopped is not None
+        if stopped.cancelled:
+            raise TaskCancelled(f"flow {self.flow.name!r} was cancelled")
+        if stopped.error is not None:
+            raise stopped.error.to_exception(self.flow.name)
+        return self.progress()
+
+    def cancel(self) -> bool:
+        """Stop the run; False if it had ended."""
+        if self.done():
+            return False
+        self._handle.cancel()
+        return True
+
+    def progress(self) -> FlowProgress:
+        stopped = self._stopped
+        if stopped is None:
+            state = "running"
+        elif stopped.cancelled:
+            state = "cancelled"
+        else:
+            state = "failed" if stopped.error is not None else "done"
+        return FlowProgress(state, self._handle.counts(), tuple(self._handle.rounds()))
+
+    def __repr__(self) -> str:
+        return f"<Run of flow {self.flow.name!r}: {self.progress().state}>"

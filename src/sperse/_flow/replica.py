@@ -1,0 +1,381 @@
+"""One replica of one stage: a pure state machine, ``handle(event) -> list[action]``.
+
+A replica runs its stage's chained operators (:mod:`sperse._flow.ops`) on each batch that
+comes, and spreads what the last one emits over the stage's output edges by their
+partitioning: one :class:`~sperse._flow.messages.Send` per receiving replica with items.
+When every sender on every input port has sent its ``End``, it flushes the operators in
+chain order (what one emits at its end goes through the ones after it), sends ``End``
+on every output, and a sink reports its value.
+
+Loops (the plan's ``LoopSpec``):
+
+- **Per item.** The gate (a stage of its own) tests ``until`` on each item that enters
+  (round 0) or comes back (round r): it leaves by the exit edges, or is dropped and counted
+  once it has been round ``max_rounds`` times, or goes into the body. Body stages are
+  stateless and never see an ``End``; the controller decides when the loop is empty by
+  **weight throwing** (Huang/Mattern): each batch entering the loop is given weight 1 (the
+  gate reports it created); a replica that handles a loop batch splits its weight evenly
+  over the batches it sends on, or reports it returned when it sends none. Weight is
+  conserved, every batch in flight holds some, so the loop is empty exactly when every gate
+  replica has seen the end of its input and returned == created: no second wave, whatever
+  the order reports arrive in. Weights are exact fractions.
+- **Bulk.** The gate buffers the loop's input. On ``StartRound(r, state)`` from the
+  controller it sends ``RoundState`` and then the round's items (the input in round 0 and,
+  for ``replay``, in every round; else what the last round's end kept) and ``End(r)``
+  through the body. Stateful operators in the body are reset after each round's end. The
+  end folds the round's output per replica and reports the partial; on ``LoopDone`` its
+  replica 0 emits the final state out of the loop.
+
+No clock (``now`` comes in events), no I/O, no threads. An operator that raises makes one
+``Report(FlowError)``, naming the operator and the item; the replica ignores everything
+after that.
+"""
+
+from __future__ import annotations
+
+from fractions import Fraction
+from typing import Any
+
+from sperse._core import ErrorInfo
+from sperse._exec.runner import encode_error, short_repr
+from sperse._flow.messages import (
+    Batch,
+    End,
+    FlowError,
+    LoopDone,
+    LoopWeight,
+    Message,
+    OuterEnded,
+    Partial,
+    ReplicaEvent,
+    Report,
+    RoundState,
+    Send,
+    SinkDone,
+    StartRound,
+    Tick,
+    WriteFile,
+)
+from sperse._flow.ops import BulkEnd, Ctx, ItemError, Op, make_op, stable_hash
+from sperse._flow.plan import OutEdge, Partition, PhysicalPlan, Role, StageId
+
+__all__ = ["Action", "Replica"]
+
+Action = Send | Report | WriteFile
+_INSIDE = (Role.NORMAL, Role.BODY)
+
+
+class Replica:
+    """Replica ``index`` of stage ``stage`` of ``plan`` (see the module docstring)."""
+
+    def __init__(self, plan: PhysicalPlan, stage: StageId, index: int) -> None:
+        self.stage = plan.stages[stage]
+        self.index = index
+        nodes = [plan.node(n) for n in self.stage.nodes]
+        self.ops: list[Op] = [make_op(n.kind, n.name, n.args, n.keyed) for n in nodes]
+        self.head = nodes[0].kind
+        self.loop = plan.loops.get(self.stage.loop) if self.stage.loop is not None else None
+        self.bulk = self.loop is not None and self.loop.kind != "item"
+        self.item_body = (
+            self.loop is not None and self.loop.kind == "item" and self.head != "item_gate"
+        )
+        self._senders = {i.port: i.senders for i in self.stage.inputs}
+        self._ended: dict[tuple[int, int], int] = {}  # (port, round) -> Ends seen
+        self._turn = [0] * len(self.stage.outputs)  # round-robin position per output
+        self._at = 0  # the op running, for errors
+        self._failed = False
+        self._state_round = -1
+        # bulk gate:
+        self._outer: list[Any] = []
+        self._fed: dict[int, list[Any]] = {}  # round -> items that came back for it
+        self._start: StartRound | None = None
+        self._next_round = 0
+
+    # ---- the state machine ---------------------------------------------------------------
+
+    def handle(self, event: ReplicaEvent) -> list[Action]:
+        if self._failed:
+            return []
+        try:
+            match event:
+                case Batch():
+                    return self._batch(event)
+                case End():
+                    return self._end(event)
+                case RoundState():
+                    return self._round_state(event)
+                case StartRound():
+                    self._start = event
+                    return self._try_round()
+                case LoopDone():
+                    return self._loop_done(event)
+                case Tick(now=now):
+                    return self._tick(now)
+        except ItemError as exc:
+            return self._fail(exc)
+        raise TypeError(f"a replica cannot handle {event!r}")
+
+    @property
+    def failed(self) -> bool:
+        return self._failed
+
+    def counts(self) -> dict[str, int]:
+        """Items each operator of this replica has taken in so far."""
+        return {op.name: op.count for op in self.ops}
+
+    # ---- events --------------------------------------------------------------------------
+
+    def _batch(self, ev: Batch) -> list[Action]:
+        ctx = Ctx(self.index, self.stage.replicas, ev.now)
+        if self.head == "item_gate":
+            return self._gate_items(ev, ctx)
+        if self.head == "bulk_gate":
+            self.ops[0].count += len(ev.items)
+            if ev.port == 0:
+                self._outer.extend(ev.items)
+            else:
+                self._fed.setdefault(ev.round + 1, []).extend(ev.items)
+            return []
+        out = self._run(0, ev.port, ev.items, ctx)
+        if self.item_body:
+            assert ev.weight is not None
+            actions = self._route(out, ev.round, ctx, weight=ev.weight)
+            if not actions:
+                return [Report(LoopWeight(self._loop_id(), returned=ev.weight))]
+            return actions
+        return self._route(out, ev.round, ctx)
+
+    def _end(self, ev: End) -> list[Action]:
+        key = (ev.port, ev.round)
+        self._ended[key] = self._ended.get(key, 0) + 1
+        if self.head == "bulk_gate" and ev.port == 1:
+            return self._try_round()
+        if self.head in ("item_gate", "bulk_gate"):
+            if self._ended[key] == self._senders[0]:
+                return [Report(OuterEnded(self._loop_id(), self.index))]
+            return []
+        ports = [i.port for i in self.stage.inputs if not i.feedback]
+        if any(self._ended.get((p, ev.round), 0) < self._senders[p] for p in ports):
+            return []
+        for p in ports:
+            del self._ended[(p, ev.round)]
+        return self._finish_round(0, ev.round, Ctx(self.index, self.stage.replicas))
+
+    def _round_state(self, ev: RoundState) -> list[Action]:
+        if ev.round <= self._state_round:
+            return []
+        self._set_state(ev)
+        return self._sends(ev, _INSIDE)
+
+    def _set_state(self, ev: RoundState) -> None:
+        self._state_round = ev.round
+        assert self.loop is not None
+        ref = self.loop.ref
+        if ref is not None:
+            ref.set(ev.state)
+
+    def _try_round(self) -> list[Action]:
+        """A bulk gate starts the round it was told to once what it needs has come."""
+        start = self._start
+        assert self.loop is not None
+        if start is None:
+            return []
+        r = start.round
+        if r == 0 or self.loop.kind == "replay":
+            items = list(self._outer)
+        else:
+            feedback = next(i for i in self.stage.inputs if i.feedback)
+            if self._ended.get((1, r - 1), 0) < feedback.senders:
+                return []
+            del self._ended[(1, r - 1)]
+            items = self._fed.pop(r, [])
+        self._start = None
+        ctx = Ctx(self.index, self.stage.replicas)
+        state = RoundState(start.loop, r, start.state)
+        self._set_state(state)
+        actions: list[Action] = self._sends(state, _INSIDE)
+        out = self._run(1, 0, items, ctx) if len(self.ops) > 1 else items
+        if not isinstance(self.ops[-1], BulkEnd):
+            actions += self._route(out, r, ctx, roles=_INSIDE)
+        return actions + self._finish_round(1, r, ctx)
+
+    def _loop_done(self, ev: LoopDone) -> list[Action]:
+        ctx = Ctx(self.index, self.stage.replicas)
+        actions: list[Action] = []
+        if self.bulk and self.index == 0:
+            actions += self._route([ev.state], 0, ctx, roles=(Role.EXIT,))
+        return actions + self._ends(0, (Role.EXIT,))
+
+    def _tick(self, now: float) -> list[Action]:
+        if self.loop is not None:
+            return []
+        ctx = Ctx(self.index, self.stage.replicas, now)
+        carry: list[Any] = []
+        for i, op in enumerate(self.ops):
+            self._at = i
+            if carry:
+                op.count += len(carry)
+                carry = op.on_batch(0, carry, ctx)
+            carry += op.on_tick(ctx)
+        return self._route(carry, 0, ctx)
+
+    # ---- running the chain ---------------------------------------------------------------
+
+    def _run(self, start: int, port: int, items: list[Any], ctx: Ctx) -> list[Any]:
+        """``items`` through the ops from ``start`` on; what the last one emits."""
+        for i in range(start, len(self.ops)):
+            if not items:
+                return items
+            self._at = i
+            op = self.ops[i]
+            op.count += len(items)
+            items = op.on_batch(port if i == start else 0, items, ctx)
+        return items
+
+    def _finish_round(self, start: int, rnd: int, ctx: Ctx) -> list[Action]:
+        """Every input ended (for round ``rnd``): flush the ops from ``start`` in chain order,
+        send what comes out and the ends; a sink reports; a bulk end reports its partial."""
+        carry: list[Any] = []
+        for i in range(start, len(self.ops)):
+            self._at = i
+            op = self.ops[i]
+            if carry:
+                op.count += len(carry)
+                carry = op.on_batch(0, carry, ctx)
+            carry += op.on_end(ctx)
+        last = self.ops[-1]
+        actions: list[Action] = []
+        if isinstance(last, BulkEnd):
+            assert self.loop is not None
+            partial, kept = last.take()
+            actions += self._route(kept, rnd, ctx, roles=(Role.FEEDBACK,))
+            actions += self._ends(rnd, (Role.FEEDBACK,))
+            actions.append(Report(Partial(self.loop.id, rnd, self.index, partial)))
+        else:
+            actions += self._route(carry, rnd, ctx)
+            actions += self._ends(rnd, _INSIDE if self.bulk else (Role.NORMAL,))
+        sink = last.finish(ctx)
+        if sink is not None:
+            if sink.path:
+                actions.append(WriteFile(sink.path, sink.text))
+            actions.append(Report(SinkDone(self.stage.nodes[-1], self.index, sink.value)))
+        if self.bulk:
+            for op in self.ops[start:]:
+                op.reset()
+        return actions
+
+    def _gate_items(self, ev: Batch, ctx: Ctx) -> list[Action]:
+        """A per-item loop's gate: out, dropped at ``max_rounds``, or round again."""
+        assert self.loop is not None
+        gate = self.ops[0]
+        gate.count += len(ev.items)
+        until, limit = self.loop.until, self.loop.max_rounds
+        outer = ev.port == 0
+        rnd = 0 if outer else ev.round
+        weight = Fraction(1) if outer else ev.weight
+        assert weight is not None
+        leave, again, exceeded, example = [], [], 0, ""
+        item = None
+        try:
+            for item in ev.items:
+                if until(item):
+                    leave.append(item)
+                elif rnd >= limit:
+                    exceeded += 1
+                    example = example or short_repr(item)
+                else:
+                    again.append(item)
+        except Exception as exc:
+            raise ItemError(item, exc) from exc
+        actions = self._route(leave, 0, ctx, roles=(Role.EXIT,))
+        body = self._route(again, rnd, ctx, roles=(Role.BODY,), weight=weight)
+        returned = Fraction(0) if body else weight
+        report = LoopWeight(
+            self.loop.id, weight if outer else Fraction(0), returned, exceeded, example
+        )
+        return [*actions, *body, Report(report)]
+
+    # ---- output --------------------------------------------------------------------------
+
+    def _route(
+        self,
+        items: list[Any],
+        rnd: int,
+        ctx: Ctx,
+        *,
+        roles: tuple[Role, ...] = (Role.NORMAL, Role.FEEDBACK),
+        weight: Fraction | None = None,
+    ) -> list[Action]:
+        """``items`` spread over the outputs with one of ``roles``, one Send per receiving
+        replica; ``weight`` split evenly over those Sends."""
+        if not items:
+            return []
+        parts: list[tuple[OutEdge, int, list[Any]]] = []
+        for n, edge in enumerate(self.stage.outputs):
+            if edge.role in roles:
+                parts.extend((edge, r, part) for r, part in self._spread(n, edge, items))
+        share = weight / len(parts) if weight is not None and parts else None
+        actions: list[Action] = []
+        for edge, replica, part in parts:
+            # A per-item body's output goes round again: one more trip.
+            next_round = rnd + 1 if edge.role is Role.FEEDBACK and not self.bulk else rnd
+            batch = Batch(edge.port, self.index, part, next_round, share, ctx.now)
+            actions.append(Send(edge.stage, replica, batch))
+        return actions
+
+    def _spread(self, n: int, edge: OutEdge, items: list[Any]) -> list[tuple[int, list[Any]]]:
+        count = edge.replicas
+        if count == 1:
+            return [(0, items)]
+        if edge.partition is Partition.FORWARD:
+            return [(self.index, items)]
+        if edge.partition is Partition.BROADCAST:
+            return [(r, list(items)) for r in range(count)]
+        parts: list[list[Any]] = [[] for _ in range(count)]
+        if edge.partition is Partition.ROUND_ROBIN:
+            start = self._turn[n]
+            for r in range(count):
+                parts[r] = items[(r - start) % count :: count]
+            self._turn[n] = (start + len(items)) % count
+        else:
+            item = None
+            try:
+                for item in items:
+                    parts[stable_hash(item[0]) % count].append(item)
+            except Exception as exc:
+                raise ItemError(item, exc, f"its key cannot be hashed: {exc}") from exc
+        return [(r, part) for r, part in enumerate(parts) if part]
+
+    def _ends(self, rnd: int, roles: tuple[Role, ...]) -> list[Action]:
+        """An End to every replica of every output with one of ``roles``."""
+        actions: list[Action] = []
+        for edge in self.stage.outputs:
+            if edge.role not in roles:
+                continue
+            targets = [self.index] if edge.partition is Partition.FORWARD else range(edge.replicas)
+            if edge.replicas == 1:
+                targets = [0]
+            actions.extend(Send(edge.stage, r, End(edge.port, self.index, rnd)) for r in targets)
+        return actions
+
+    def _sends(self, message: Message, roles: tuple[Role, ...]) -> list[Action]:
+        """``message`` to every replica of every output with one of ``roles``."""
+        return [
+            Send(edge.stage, r, message)
+            for edge in self.stage.outputs
+            if edge.role in roles
+            for r in range(edge.replicas)
+        ]
+
+    def _fail(self, exc: ItemError) -> list[Action]:
+        self._failed = True
+        op = self.ops[self._at]
+        if exc.cause is None:
+            info = ErrorInfo("internal", "FlowFailed", exc.message)
+        else:
+            info = encode_error(exc.cause)
+        return [Report(FlowError(op.name, short_repr(exc.item), info, exc.message))]
+
+    def _loop_id(self) -> Any:
+        assert self.loop is not None
+        return self.loop.id

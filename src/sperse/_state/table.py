@@ -1,8 +1,9 @@
 """The state store's semantics, as one pure table: values, key locks and their holders.
 
 Every store is this table behind a shell that carries requests to it: the server's store
-(:mod:`sperse._server.store`, a socket per worker thread), and any backend that keeps the
-store in-process. The table does no I/O and reads no clock; it hears ``Request``s and
+(:mod:`sperse._server.store`, a socket per worker thread), the Ray backend's store actor
+(:mod:`sperse._backends.ray.state`, an actor call per request), and any backend that keeps
+the store in-process (:mod:`sperse._state.local`). The table does no I/O and reads no clock; it hears ``Request``s and
 answers each through ``reply(holder, reply)`` exactly once, in the order of that holder's
 requests.
 

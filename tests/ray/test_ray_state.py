@@ -5,17 +5,17 @@ tests/state/test_state.py. Here is what only Ray shows: the store actor itself (
 namespace, node, lifetime and resources), one store shared by the tasks and the remote
 objects of a node, a lock request withdrawn by a cancel, and the liveness check of a lock's
 holder: by ``/proc`` for a process of the node, by Ray's record of the worker otherwise.
+The actor's class and the worker's side, in this process, are in test_ray_state_shell.py.
 Remote code may sleep (its workload); the tests only wait with a deadline.
 """
 
 from __future__ import annotations
 
-import asyncio
 import os
 import signal
 import time
 import uuid
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -25,13 +25,9 @@ import sperse
 
 ray = pytest.importorskip("ray")
 
-from sperse._backends.ray import state as ray_state  # noqa: E402  (needs Ray)
-from sperse._backends.ray.state import (  # noqa: E402
-    STATE_NAMESPACE,
-    _NodeStore,
-    _pid_namespace,
-    _start_time,
-)
+from sperse._backends.ray.state import STATE_NAMESPACE  # noqa: E402  (needs Ray)
+from sperse._state.table import Value, read_reply  # noqa: E402
+from sperse._state.wire import ErrorCode, Kind, Op, Status  # noqa: E402
 
 pytestmark = pytest.mark.ray
 
@@ -72,6 +68,23 @@ def _wait_until(done: Callable[[], bool], what: str) -> None:
 def _stats(store: Any) -> dict[str, int]:
     stats: dict[str, int] = ray.get(store.stats.remote(), timeout=WAIT)
     return stats
+
+
+class _Requests:
+    """Requests to the store actor as one connection of ``process`` sends them."""
+
+    def __init__(self, store: Any, process: tuple[str, int, int, str]) -> None:
+        self.store = store
+        self.process = process
+        self.connection = uuid.uuid4().hex
+        self.instance, _ = ray.get(store.hello.remote(), timeout=WAIT)
+
+    def ask(self, op: Op, key: str, *values: Value) -> tuple[int, int, bytes] | None:
+        sent = self.store.call.remote(
+            self.instance, self.connection, self.process, op, key.encode(), list(values)
+        )
+        answer = ray.get(sent, timeout=WAIT)
+        return None if answer is None else read_reply(answer)
 
 
 # ---- remote code -------------------------------------------------------------------------
@@ -192,15 +205,13 @@ def test_a_live_holder_keeps_its_lock_while_others_wait(
     try:
         worker = tally.worker_id().result(timeout=WAIT)
         # A holder in another pid namespace: the store asks Ray, which says it is alive.
-        process = (worker, 1, 0, "pid:[0]")
-        token = uuid.uuid4().hex
-        status, _ = ray.get(store.lock.remote(key, token, f"{worker}:1", process, False))
-        assert status == "locked"
+        holder = _Requests(store, (worker, 1, 0, "pid:[0]"))
+        assert holder.ask(Op.LOCK_GET, key) == (Status.OK, Kind.MISSING, b"")
         checked = _stats(store)["checked"]
         waiter = bump(key)
         _wait_until(lambda: _stats(store)["checked"] > checked, "the waiter checked the holder")
         assert not waiter.done()
-        ray.get(store.set_unlock.remote(key, token, 5))
+        assert holder.ask(Op.SET_UNLOCK, key, 5) == (Status.OK, Kind.MISSING, b"")
         assert waiter.result(timeout=WAIT) == 6
     finally:
         tally.close()
@@ -212,106 +223,22 @@ def test_a_dead_holder_outside_the_nodes_pid_namespace_is_found_by_rays_record(
     said = tmp_path / "worker"
     with pytest.raises(sperse.WorkerDied):
         die_saying_who(str(said)).result(timeout=WAIT)
-    dead = said.read_text()
-    process = (dead, 1, 0, "pid:[0]")  # not a pid the store can look at: it asks Ray
-    status, _ = ray.get(store.lock.remote(key, uuid.uuid4().hex, f"{dead}:1", process, False))
-    assert status == "locked"
+    # Not a pid the store can look at: it asks Ray.
+    holder = _Requests(store, (said.read_text(), 1, 0, "pid:[0]"))
+    assert holder.ask(Op.LOCK_GET, key) == (Status.OK, Kind.MISSING, b"")
     assert bump(key).result(timeout=WAIT) == 1  # once a check (each HOLDER_CHECK s) found it dead
     assert _stats(store)["dead"] >= 1
 
 
-def test_a_lock_released_twice_or_by_another_token_changes_nothing(key: str, store: Any) -> None:
-    token = uuid.uuid4().hex
-    status, _ = ray.get(store.lock.remote(key, token, "me:1", ("me", 1, 0, ""), False))
-    assert status == "locked"
-    ok, message = ray.get(store.set_unlock.remote(key, uuid.uuid4().hex, 1))
-    assert not ok and "was lost" in message
-    ray.get(store.unlock.remote(key, token))
-    ray.get(store.unlock.remote(key, token))  # released already: remembered, harmless
+def test_a_lock_released_twice_or_by_another_connection_changes_nothing(
+    key: str, store: Any
+) -> None:
+    holder, other = _Requests(store, ("me", 1, 0, "")), _Requests(store, ("me", 1, 0, ""))
+    assert holder.ask(Op.LOCK_GET, key) == (Status.OK, Kind.MISSING, b"")
+    refused = other.ask(Op.SET_UNLOCK, key, 1)
+    assert refused is not None and refused[:2] == (Status.ERROR, ErrorCode.LOCK)
+    assert b"not locked" in refused[2]
+    ray.get(store.drop.remote(holder.connection), timeout=WAIT)
+    ray.get(store.drop.remote(holder.connection), timeout=WAIT)  # dropped already: harmless
+    assert holder.ask(Op.GET, key) is None  # a dropped connection is answered no more
     assert bump(key).result(timeout=WAIT) == 1
-
-
-# ---- the store actor's class, in this process (no Ray: its methods on an event loop) -------
-
-
-def _in_loop(scenario: Callable[[_NodeStore], Awaitable[None]]) -> None:
-    asyncio.run(asyncio.wait_for(scenario(_NodeStore()), WAIT))
-
-
-async def _until(done: Callable[[], bool]) -> None:
-    while not done():
-        await asyncio.sleep(0)  # a turn of the loop: the store's coroutines go on
-
-
-def _this_process(started: int | None = None) -> tuple[str, int, int, str]:
-    """This process as a lock holder: its start time (or ``started``, as if the pid had been
-    reused by another process), in this pid namespace, so the store looks at ``/proc``."""
-    pid = os.getpid()
-    return ("w1", pid, _start_time(pid) if started is None else started, _pid_namespace())
-
-
-@pytest.fixture
-def quick_checks(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(ray_state, "HOLDER_CHECK", 0.01)
-
-
-def test_an_unlock_that_comes_before_its_request_withdraws_it() -> None:
-    async def scenario(store: _NodeStore) -> None:
-        await store.unlock("k", "t1")  # calls of one caller may start out of order
-        assert await store.lock("k", "t1", "w1:1", _this_process(), False) == ["withdrawn", None]
-        assert await store.lock("k", "t2", "w1:1", _this_process(), False) == ["locked", None]
-
-    _in_loop(scenario)
-
-
-def test_a_request_withdrawn_while_it_waits_never_takes_the_lock() -> None:
-    async def scenario(store: _NodeStore) -> None:
-        assert (await store.lock("k", "t1", "w1:1", _this_process(), False))[0] == "locked"
-        waiter = asyncio.create_task(store.lock("k", "t2", "w1:2", _this_process(), False))
-        await _until(lambda: "t2" in store._waiting)
-        await store.unlock("k", "t2")  # its caller was cancelled
-        assert await store.set_unlock("k", "t1", 1) == [True, None]
-        assert await waiter == ["withdrawn", None]
-        assert (await store.stats())["locks"] == 0
-
-    _in_loop(scenario)
-
-
-def test_writes_wait_for_the_lock_but_not_its_own_holders() -> None:
-    async def scenario(store: _NodeStore) -> None:
-        assert (await store.lock("k", "t1", "w1:1", _this_process(), False))[0] == "locked"
-        await store.set("k", 1, "w1:1")  # the holder writes (inside its own update)
-        write = asyncio.create_task(store.incr("k", 5, "w1:2"))
-        await _until(lambda: store._parked == 1)
-        assert not write.done()
-        assert await store.get("k") == 1  # reads do not wait
-        await store.set_unlock("k", "t1", 10)
-        assert await write == [True, 15]
-
-    _in_loop(scenario)
-
-
-@pytest.mark.usefixtures("quick_checks")
-def test_a_holder_whose_pid_is_another_process_now_is_taken_for_dead() -> None:
-    async def scenario(store: _NodeStore) -> None:
-        reused = _this_process(started=1)  # the pid lives, but started at another time
-        assert (await store.lock("k", "t1", "w1:1", reused, False))[0] == "locked"
-        assert await store.incr("k", 1, "w2:1") == [True, 1]  # after a check found it dead
-        stats = await store.stats()
-        assert stats["locks"] == 0 and stats["dead"] == 1
-
-    _in_loop(scenario)
-
-
-@pytest.mark.usefixtures("quick_checks")
-def test_a_live_holder_is_checked_and_kept() -> None:
-    async def scenario(store: _NodeStore) -> None:
-        assert (await store.lock("k", "t1", "w1:1", _this_process(), False))[0] == "locked"
-        waiter = asyncio.create_task(store.lock("k", "t2", "w1:2", _this_process(), True))
-        await _until(lambda: store._checks >= 3)
-        assert not waiter.done()
-        await store.set_unlock("k", "t1", b"made")
-        assert await waiter == ["value", b"made"]  # once(): made meanwhile, no lock taken
-        assert (await store.stats())["locks"] == 0
-
-    _in_loop(scenario)

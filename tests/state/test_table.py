@@ -7,8 +7,18 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from sperse._state.table import BadRequest, Holder, Reply, Request, Table, Value
-from sperse._state.wire import DOUBLE, REPLY, ErrorCode, Kind, Op, Status
+from sperse._state.table import (
+    WRITE_APART,
+    BadRequest,
+    Holder,
+    Reply,
+    Request,
+    Table,
+    Value,
+    read_reply,
+    wire_value,
+)
+from sperse._state.wire import DOUBLE, REPLY, ErrorCode, Kind, Op, Status, int_bytes
 
 MAX_VALUE = 64
 
@@ -143,6 +153,48 @@ def test_a_request_that_cannot_be_one_is_refused_and_changes_nothing(
     with pytest.raises(BadRequest):
         shell.table.request(Request(h, op, b"k", values))
     assert shell.replies[h] == [] and shell.table.keys == 0 and shell.table.ops == 0
+
+
+def test_the_holder_of_a_lock_is_whom_its_waiters_wait_for() -> None:
+    shell = Shell()
+    a, b = shell.holder(), shell.holder()
+    assert shell.table.lock_holder(b"k") is None
+    shell.send(a, Op.LOCK_GET)
+    shell.send(b, Op.LOCK_GET)
+    assert shell.table.lock_holder(b"k") is a
+    shell.send(a, Op.UNLOCK)
+    assert shell.table.lock_holder(b"k") is b  # the next in line has it now
+    shell.table.drop(b)
+    assert shell.table.lock_holder(b"k") is None
+
+
+@pytest.mark.parametrize(
+    ("kind", "data", "value"),
+    [
+        (Kind.INT, int_bytes(-(2**70)), -(2**70)),
+        (Kind.FLOAT, DOUBLE.pack(2.5), 2.5),
+        (Kind.PICKLE, b"\x80pickle", b"\x80pickle"),
+    ],
+)
+def test_a_value_as_the_wire_carries_it_is_the_tables(kind: int, data: bytes, value: Value) -> None:
+    assert wire_value(kind, data) == value
+    assert type(wire_value(kind, data)) is type(value)
+
+
+@pytest.mark.parametrize("size", [3, WRITE_APART])  # joined, and (header, data)
+def test_a_reply_reads_back_as_status_kind_and_bytes(size: int) -> None:
+    answers: list[Reply] = []
+    table: Table[Holder] = Table(
+        WRITE_APART, lambda _, answer: answers.append(answer), lambda _: None
+    )
+    h = Holder()
+    for op, values in [(Op.SET, [b"x" * size]), (Op.GET, []), (Op.UNLOCK, [])]:
+        table.request(Request(h, op, b"k", list[Value](values)))
+    _, value, refused = answers
+    assert isinstance(value, bytes) == (size < WRITE_APART)
+    assert read_reply(value) == (OK, Kind.PICKLE, b"x" * size)
+    status, code, message = read_reply(refused)
+    assert (status, code) == (ERR, ErrorCode.LOCK) and b"not locked" in message
 
 
 def test_counts_follow_what_is_held() -> None:

@@ -2,8 +2,9 @@
 
 ``state()`` is the key-value store of the server a task runs on, shared by all of that
 server's worker processes (the store itself is :mod:`sperse._server.store`, on the server's
-event loop). In a Ray worker it is the store actor of the worker's node instead, with the
-same semantics (:mod:`sperse._backends.ray.state`; what follows is the sperse-server side).
+event loop). In a Ray worker it is the store actor of the worker's node instead, the same
+table behind a ``Link`` of its own (:mod:`sperse._backends.ray.state`; what follows is the
+sperse-server side).
 ``worker_cache()`` is a dict of this process, for what cannot be pickled.
 
 Invariants:

@@ -13,8 +13,8 @@ from __future__ import annotations
 import threading
 
 from sperse._state.client import Connection, State, _store_error
-from sperse._state.table import Holder, Reply, Request, Table, Value
-from sperse._state.wire import DOUBLE, REPLY, Kind, Status
+from sperse._state.table import Holder, Reply, Request, Table, read_reply, wire_value
+from sperse._state.wire import Status
 
 __all__ = ["LocalStore"]
 
@@ -35,15 +35,13 @@ class _Connection(Holder):
     ) -> tuple[int, bytes]:
         if self.closed:
             raise ConnectionResetError("this thread's connection to the store was dropped")
-        decoded = [_value(kind, data) for kind, data in values]
+        decoded = [wire_value(kind, data) for kind, data in values]
         with self._store.cond:
             self._store.table.request(Request(self, op, key, decoded))
             while self.answer is None:
                 self._store.cond.wait()
             answer, self.answer = self.answer, None
-        data = answer if isinstance(answer, bytes) else b"".join(answer)
-        status, kind, length = REPLY.unpack_from(data)
-        body = data[REPLY.size : REPLY.size + length]
+        status, kind, body = read_reply(answer)
         if status != Status.OK:
             raise _store_error(kind, body)
         return kind, body
@@ -52,15 +50,6 @@ class _Connection(Holder):
         with self._store.cond:
             if not self.closed:
                 self._store.table.drop(self)
-
-
-def _value(kind: int, data: bytes) -> Value:
-    if kind == Kind.INT:
-        return int.from_bytes(data, "big", signed=True)
-    if kind == Kind.FLOAT:
-        value: float = DOUBLE.unpack(data)[0]
-        return value
-    return data
 
 
 class LocalStore:

@@ -1,8 +1,9 @@
 """The state store's semantics, as one pure table: values, key locks and their holders.
 
 Every store is this table behind a shell that carries requests to it: the server's store
-(:mod:`sperse._server.store`, a socket per worker thread), and any backend that keeps the
-store in-process. The table does no I/O and reads no clock; it hears ``Request``s and
+(:mod:`sperse._server.store`, a socket per worker thread), the Ray backend's store actor
+(:mod:`sperse._backends.ray.state`, an actor call per request), and any backend that keeps
+the store in-process (:mod:`sperse._state.local`). The table does no I/O and reads no clock; it hears ``Request``s and
 answers each through ``reply(holder, reply)`` exactly once, in the order of that holder's
 requests.
 
@@ -16,7 +17,8 @@ requests.
   or bytes (a pickle the table never opens, compared by its bytes); a pickle over
   ``max_value`` bytes is refused with ``ErrorCode.TOO_LARGE``.
 - Replies are in the wire format (:mod:`sperse._state.wire`): the shells send them as
-  they are, or read them back (``read_reply``).
+  they are, or read them back (``read_reply``); a shell that gets values as the wire
+  carries them turns them into the table's with ``wire_value``.
 """
 
 from __future__ import annotations
@@ -27,7 +29,16 @@ from typing import Final, Generic, TypeVar
 
 from sperse._state.wire import DOUBLE, LENGTH, REPLY, VALUE, ErrorCode, Kind, Op, Status, int_bytes
 
-__all__ = ["BadRequest", "Holder", "Reply", "Request", "Table", "Value"]
+__all__ = [
+    "BadRequest",
+    "Holder",
+    "Reply",
+    "Request",
+    "Table",
+    "Value",
+    "read_reply",
+    "wire_value",
+]
 
 Value = int | float | bytes  # bytes: a pickle the table does not open
 Reply = bytes | tuple[bytes, bytes]  # (header, data): a big value, not joined
@@ -104,6 +115,26 @@ def error(code: ErrorCode, message: str) -> bytes:
     return reply(Status.ERROR, code, message.encode("utf-8", "replace"))
 
 
+def read_reply(answer: Reply) -> tuple[int, int, bytes]:
+    """A reply as (status, kind or error code, bytes), without joining a big one."""
+    if isinstance(answer, bytes):
+        status, kind, length = REPLY.unpack_from(answer)
+        return status, kind, answer[REPLY.size : REPLY.size + length]
+    header, data = answer
+    status, kind, _ = REPLY.unpack(header)
+    return status, kind, data
+
+
+def wire_value(kind: int, data: bytes) -> Value:
+    """A value as the wire carries it (kind, bytes), as the table keeps it."""
+    if kind == Kind.INT:
+        return int.from_bytes(data, "big", signed=True)
+    if kind == Kind.FLOAT:
+        number: float = DOUBLE.unpack(data)[0]
+        return number
+    return data
+
+
 def _show(key: bytes) -> str:
     return repr(key.decode("utf-8", "replace"))
 
@@ -154,6 +185,11 @@ class Table(Generic[H]):
     @property
     def waiting(self) -> int:
         return sum(len(lock.waiters) for lock in self._locks.values())
+
+    def lock_holder(self, key: bytes) -> H | None:
+        """Who holds the lock of ``key`` now (None: nobody): whom its waiters wait for."""
+        lock = self._locks.get(key)
+        return None if lock is None else lock.owner
 
     def request(self, request: Request[H]) -> None:
         """Answer ``request`` now, or park it until the key lock it waits for is released.

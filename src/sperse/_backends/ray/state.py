@@ -7,32 +7,42 @@ after the node's id in the namespace ``STATE_NAMESPACE``, pinned to its node (no
 long as its node, not as long as the worker or the client that happened to create it. Ray
 restarts it (empty) if its process dies.
 
-Worker side (``RayState``, what ``sperse.state()`` returns in a Ray worker): one actor call
-per operation. Values cross as :mod:`sperse._state` sends them to a sperse server's store:
-ints and floats as numbers (``incr`` and the numeric comparison of ``cas`` happen in the
-actor), everything else as a pickle made here with Sperse's serializer; the actor never
-unpickles, and compares pickles by their bytes.
+The actor is a shell around the store's one table (:mod:`sperse._state.table`), as a sperse
+server's store is: what it keeps and how it answers are the table's, and its replies are in
+the wire format (:mod:`sperse._state.wire`). The worker's side is a ``Link`` of
+:mod:`sperse._state.client`, so ``sperse.state()`` on Ray is the same ``State`` code as on a
+server, over one actor call per request instead of a socket:
 
-Locks (``update``, ``once``): the actor keeps a lock per key, held by one thread of one
-worker process; that thread runs ``fn``/``factory`` and then sets and releases in one call.
-Other locks and writes of the key wait in the actor (an ``asyncio.Event``: no polling).
+    hello()                                   -> (the store's instance id, max value size)
+    call(instance, connection, process, op, key, values)
+                                              -> the table's reply, or None: the connection
+                                                 is closed (dropped, or the store restarted)
+    drop(connection)                          -> None: release its locks, withdraw its request
+    stats()                                   -> counts (see ``_NodeStore.stats``)
+
+A *connection* is a random id made by one thread of one worker process, the table's holder
+of key locks; ``process`` is that process (Ray worker id, pid, start time, pid namespace).
+A thread waits for each reply before it sends the next request.
 
 Invariants:
 
-- A lock never outlives its holder's process. A lock records its holder's Ray worker id,
-  pid, process start time and pid namespace. A request that waits for a lock checks every
-  ``HOLDER_CHECK`` seconds whether the holder's process is alive: from ``/proc`` when the
-  holder is in the actor's pid namespace (callers of a store are always processes of its
-  node), else from Ray's record of the worker (the GCS's worker table, which Ray marks dead
-  as soon as the raylet sees the worker go). A dead holder's locks are released and the
-  next in line goes on. Nobody waits, nobody checks: an uncontended lock costs nothing.
-- A caller interrupted while it asks for a lock or holds one (a cancel raises
-  ``KeyboardInterrupt`` in the task) sends ``unlock`` with the request's token: it releases
-  the lock if the request got it, or withdraws the request if it still waits (calls of one
-  caller may start out of order on an async actor: an ``unlock`` that comes first is
-  remembered, and the request is refused when it comes).
-- The actor runs everything on its event loop: each operation is atomic; only waiting for
-  a lock awaits.
+- A lock never outlives its holder's process. A request that waits for a lock checks every
+  ``HOLDER_CHECK`` seconds whether the process of the lock's holder is alive: from ``/proc``
+  when the holder is in the actor's pid namespace (callers of a store are always processes
+  of its node), else from Ray's record of the worker (the GCS's worker table, which Ray
+  marks dead as soon as the raylet sees the worker go). Every connection of a dead holder's
+  worker is dropped, and its locks go to the next in line. A request that got a lock after
+  waiting for it checks its own process likewise, and is dropped if that died meanwhile.
+  Nobody waits, nobody checks: an uncontended lock costs nothing.
+- A caller interrupted in the middle of an exchange (a cancel raises ``KeyboardInterrupt``
+  in the task) closes its connection, as a socket closing does for a server's store: it
+  sends ``drop``, which releases the connection's locks and withdraws its waiting request.
+  Calls of one caller may start out of order on an async actor: a ``drop`` that comes first
+  is remembered, and the connection's request is refused when it comes.
+- Requests of a connection made with an earlier instance of the store (it restarted, empty)
+  are refused: the locks the connection took went with that instance.
+- The actor runs everything on its event loop: each request is atomic; only waiting for a
+  lock (and asking Ray whether a worker is alive) awaits.
 """
 
 from __future__ import annotations
@@ -45,33 +55,36 @@ import os
 import sys
 import threading
 import uuid
-from collections.abc import Callable
-from typing import Any, Final, TypeVar
+from typing import Any, Final
 
+from sperse._backends.ray.errors import first_line
 from sperse._backends.ray.imports import import_ray
-from sperse._serialize import dumps, loads
-from sperse._state import PROVIDERS, State, _key
+from sperse._state.client import PROVIDERS, Connection, State, _store_error
+from sperse._state.table import (
+    BadRequest,
+    Holder,
+    Reply,
+    Request,
+    Table,
+    Value,
+    error,
+    read_reply,
+    wire_value,
+)
+from sperse._state.wire import ErrorCode, Status
 from sperse.errors import SperseError
 
 __all__ = ["HOLDER_CHECK", "STATE_NAMESPACE", "RayState", "node_state"]
-
-T = TypeVar("T")
 
 log = logging.getLogger("sperse.ray")
 
 STATE_NAMESPACE: Final = "sperse-state"  # the Ray namespace of the store actors, named by node id
 HOLDER_CHECK: Final = 1.0  # a request waiting for a lock checks its holder this often
 MAX_CONCURRENCY: Final = 10_000  # requests the store actor serves at once (waiting ones too)
-_REMEMBERED: Final = 10_000  # unlocks that came before their request, dead workers
+MAX_VALUE: Final = sys.maxsize  # no max value size on Ray (docs/state.md, "On Ray")
+_REMEMBERED: Final = 10_000  # connections dropped, dead workers
 
-Value = int | float | bytes  # bytes: a pickle the actor does not open
-Caller = str  # "RAY_WORKER_ID:THREAD_IDENT": who holds a lock, or writes
 Process = tuple[str, int, int, str]  # (Ray worker id, pid, start time, pid namespace)
-
-_NESTED = (
-    "state key {key!r} is already locked by this thread: update() or once() of a key cannot "
-    "be called inside update() or once() of the same key"
-)
 
 
 # ==== the store actor ============================================================================
@@ -117,174 +130,145 @@ def _ray_worker_alive(worker_id: str) -> bool:
         return True
 
 
-class _Lock:
-    __slots__ = ("caller", "process", "released", "token")
+class _Caller(Holder):
+    """One connection (one thread of a worker process): a holder of the table's key locks,
+    with the reply to its one request in flight."""
 
-    def __init__(self, token: str, caller: Caller, process: Process) -> None:
-        self.token = token
-        self.caller = caller
+    __slots__ = ("answer", "answered", "id", "process")
+
+    def __init__(self, connection: str, process: Process) -> None:
+        super().__init__()
+        self.id = connection
         self.process = process
-        self.released = asyncio.Event()
+        self.answer: Reply | None = None
+        self.answered = asyncio.Event()  # the answer came, or the connection was dropped
 
 
 class _NodeStore:
     """The store actor of one node (async: every method runs on the actor's event loop).
-
-    Values are numbers or pickles (bytes); None stands for a missing key. The methods that
-    can fail answer ``[ok, value or message]``: errors are data, not Ray task errors.
-    """
+    The requests and replies are the table's (see the module's docstring)."""
 
     def __init__(self) -> None:
-        self._values: dict[str, Value] = {}
-        self._locks: dict[str, _Lock] = {}
-        self._waiting: set[str] = set()  # tokens of lock requests waiting now
-        self._withdrawn: set[str] = set()  # ... and those of them whose caller gave up
-        self._early: collections.OrderedDict[str, None] = collections.OrderedDict()
+        self._instance = uuid.uuid4().hex
+        self._table: Table[_Caller] = Table(MAX_VALUE, self._reply, self._resumed)
+        self._callers: dict[str, _Caller] = {}  # those that hold a lock or wait for one
+        self._dropped: collections.OrderedDict[str, None] = collections.OrderedDict()
         self._dead: collections.OrderedDict[str, None] = collections.OrderedDict()
         self._namespace = _pid_namespace()
         self._parked = 0  # requests (lock requests and writes) waiting for a lock now
         self._checks = 0  # holders checked by a waiting request
 
-    # ---- plain operations --------------------------------------------------------------------
+    async def hello(self) -> tuple[str, int]:
+        """A connection's first call: this instance of the store, and the max value size."""
+        return self._instance, MAX_VALUE
 
-    async def get(self, key: str) -> Value | None:
-        return self._values.get(key)
+    async def call(
+        self,
+        instance: str,
+        connection: str,
+        process: Process,
+        op: int,
+        key: bytes,
+        values: list[Value],
+    ) -> Reply | None:
+        """One request of ``connection``, answered once it is (it may wait for a key lock);
+        None when the connection is closed."""
+        if instance != self._instance or connection in self._dropped:
+            return None
+        caller = self._callers.get(connection)
+        if caller is None:
+            caller = _Caller(connection, process)
+        elif caller.parked or caller.answer is not None:
+            self._drop(caller)
+            return error(ErrorCode.PROTOCOL, "a request while the last one waits")
+        caller.answered.clear()
+        try:
+            self._table.request(Request(caller, op, key, values))
+        except BadRequest as exc:
+            self._drop(caller)
+            return error(ErrorCode.PROTOCOL, f"malformed request: {exc}")
+        if caller.parked:
+            self._callers[connection] = caller
+            try:
+                await self._wait(caller, key)
+                if key in caller.held and not await self._alive(process):
+                    self._drop(caller)  # it died while it waited: the lock goes on
+            except asyncio.CancelledError:  # nobody will take the answer
+                self._drop(caller)
+                raise
+        answer, caller.answer = caller.answer, None
+        if caller.closed:
+            return None
+        if caller.held:
+            self._callers[connection] = caller
+        else:  # nothing held, nothing waits: a new one is the same
+            self._callers.pop(connection, None)
+        return answer
 
-    async def set(self, key: str, value: Value, caller: Caller) -> None:
-        await self._turn(key, caller)
-        self._values[key] = value
-
-    async def delete(self, key: str, caller: Caller) -> bool:
-        await self._turn(key, caller)
-        return self._values.pop(key, None) is not None
-
-    async def incr(self, key: str, n: int | float, caller: Caller) -> list[Any]:
-        await self._turn(key, caller)
-        old = self._values.get(key, 0)
-        if isinstance(old, bytes):
-            return [False, f"state key {key!r} holds a value that is not a number"]
-        new = old + n
-        self._values[key] = new
-        return [True, new]
-
-    async def setdefault(self, key: str, value: Value, caller: Caller) -> Value:
-        await self._turn(key, caller)
-        return self._values.setdefault(key, value)
-
-    async def cas(self, key: str, expected: Value, new: Value, caller: Caller) -> bool:
-        await self._turn(key, caller)
-        held = self._values.get(key)
-        if held is None:
-            return False
-        if type(held) is bytes or type(expected) is bytes:
-            equal = type(held) is type(expected) and held == expected
+    async def drop(self, connection: str) -> None:
+        """Close ``connection``: release its locks, withdraw its waiting request; refuse its
+        requests that come after this."""
+        caller = self._callers.get(connection)
+        if caller is None:
+            _remember(self._dropped, connection)
         else:
-            equal = held == expected
-        if equal:
-            self._values[key] = new
-        return equal
-
-    async def keys(self) -> list[str]:
-        return list(self._values)
-
-    async def items(self) -> list[tuple[str, Value]]:
-        return list(self._values.items())
+            self._drop(caller)
 
     async def stats(self) -> dict[str, int]:
         """A snapshot: ``keys`` held, ``locks`` held, requests ``waiting`` for a lock,
         holders ``checked`` by waiting requests, workers found ``dead`` (holders or
-        requesters)."""
+        requesters), ``ops`` requests answered."""
         return {
-            "keys": len(self._values),
-            "locks": len(self._locks),
+            "keys": self._table.keys,
+            "locks": self._table.locks,
             "waiting": self._parked,
             "checked": self._checks,
             "dead": len(self._dead),
+            "ops": self._table.ops,
         }
-
-    # ---- locks ----------------------------------------------------------------------------------
-
-    async def lock(
-        self, key: str, token: str, caller: Caller, process: Process, once: bool
-    ) -> list[Any]:
-        """Lock ``key`` for ``caller``: ``["locked", value or None]``. With ``once``, a key
-        that has a value is not locked: ``["value", value]``. ``["error", message]`` for a
-        lock the caller holds already; ``["withdrawn", None]`` if the caller gave up."""
-        if once and key in self._values:
-            return ["value", self._values[key]]
-        if token in self._early:  # its caller gave up before it started
-            del self._early[token]
-            return ["withdrawn", None]
-        self._waiting.add(token)
-        try:
-            waited = False
-            while (lock := self._locks.get(key)) is not None:
-                if lock.caller == caller:
-                    return ["error", _NESTED.format(key=key)]
-                waited = True
-                await self._wait(lock)
-            if token in self._withdrawn or (waited and not await self._alive(process)):
-                return ["withdrawn", None]
-            if once and key in self._values:  # made while this request waited
-                return ["value", self._values[key]]
-            self._locks[key] = _Lock(token, caller, process)
-            return ["locked", self._values.get(key)]
-        finally:
-            self._waiting.discard(token)
-            self._withdrawn.discard(token)
-
-    async def set_unlock(self, key: str, token: str, value: Value) -> list[Any]:
-        """Set ``key`` and release its lock, held by the request ``token``."""
-        lock = self._locks.get(key)
-        if lock is None or lock.token != token:
-            return [
-                False,
-                f"the lock of state key {key!r} was lost (its store restarted, or took its "
-                "holder for dead): the value was not set",
-            ]
-        self._values[key] = value
-        self._release(key)
-        return [True, None]
-
-    async def unlock(self, key: str, token: str) -> None:
-        """Release the lock of request ``token``, or withdraw that request."""
-        lock = self._locks.get(key)
-        if lock is not None and lock.token == token:
-            self._release(key)
-        elif token in self._waiting:
-            self._withdrawn.add(token)
-        else:  # its request has not started yet: it will be refused when it does
-            _remember(self._early, token)
 
     # ---- inside the actor -----------------------------------------------------------------------
 
-    async def _turn(self, key: str, caller: Caller) -> None:
-        """Wait until ``key`` is not locked by another caller than ``caller``."""
-        while (lock := self._locks.get(key)) is not None and lock.caller != caller:
-            await self._wait(lock)
+    def _reply(self, caller: _Caller, answer: Reply) -> None:
+        caller.answer = answer
+        caller.answered.set()
 
-    async def _wait(self, lock: _Lock) -> None:
-        """Wait until ``lock`` is released, or its holder is found dead (then release it)."""
+    def _resumed(self, caller: _Caller) -> None:
+        """Nothing queued behind: a connection sends its next request after this answer."""
+
+    def _drop(self, caller: _Caller) -> None:
+        if not caller.closed:
+            self._table.drop(caller)
+        caller.answered.set()
+        self._callers.pop(caller.id, None)
+        _remember(self._dropped, caller.id)
+
+    async def _wait(self, caller: _Caller, key: bytes) -> None:
+        """Wait until ``caller``'s request is answered or the caller is dropped; meanwhile,
+        check every ``HOLDER_CHECK`` seconds that the holder of ``key``'s lock is alive."""
         self._parked += 1
         try:
-            async with asyncio.timeout(HOLDER_CHECK):
-                await lock.released.wait()
-        except TimeoutError:
-            pass
+            while not caller.answered.is_set():
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(HOLDER_CHECK):
+                        await caller.answered.wait()
+                if not caller.answered.is_set():
+                    await self._check(key)
         finally:
             self._parked -= 1
-        if lock.released.is_set():
+
+    async def _check(self, key: bytes) -> None:
+        """Drop every connection of the worker that holds ``key``'s lock if it is dead."""
+        holder = self._table.lock_holder(key)
+        if holder is None:
             return
         self._checks += 1
-        if await self._alive(lock.process):
+        if await self._alive(holder.process):
             return
-        dead = lock.process[0]
+        dead = holder.process[0]
         log.warning("releasing the state locks of Ray worker %s: its process died", dead[:8])
-        for key in [k for k, held in self._locks.items() if held.process[0] == dead]:
-            self._release(key)
-
-    def _release(self, key: str) -> None:
-        self._locks.pop(key).released.set()
+        for caller in [c for c in self._callers.values() if c.process[0] == dead]:
+            self._drop(caller)
 
     async def _alive(self, process: Process) -> bool:
         worker_id, pid, started, namespace = process
@@ -370,10 +354,6 @@ def _forget_store(actor: Any) -> None:
             _actor = None
 
 
-def _caller(process: Process) -> Caller:
-    return f"{process[0]}:{threading.get_ident()}"
-
-
 def _result(actor: Any, ref: Any) -> Any:
     """The answer of a call of the store actor; ``SperseError`` if the call failed."""
     ray = import_ray()
@@ -382,172 +362,99 @@ def _result(actor: Any, ref: Any) -> Any:
     except ray.exceptions.RayError as exc:
         if isinstance(exc, ray.exceptions.RayActorError):
             _forget_store(actor)  # a new handle next time (Ray may be restarting the store)
-        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
         raise SperseError(
-            f"the state store of this Ray node failed ({first}); the node may be stopping, or "
-            "the store's process died and Ray restarts it empty. The operation may or may "
-            f"not have been applied. (The store is the actor named by the node's id in the "
-            f"Ray namespace {STATE_NAMESPACE!r}.)"
+            f"the state store of this Ray node failed ({first_line(exc)}); the node may be "
+            "stopping, or the store's process died and Ray restarts it empty. The operation "
+            "may or may not have been applied. (The store is the actor named by the node's "
+            f"id in the Ray namespace {STATE_NAMESPACE!r}.)"
         ) from exc
 
 
-def _stored(value: Any, key: str) -> Value:
-    kind = type(value)
-    if kind is int or kind is float:
-        number: int | float = value
-        return number
-    return dumps(value, what=f"the value of state key {key!r}")
+class _Connection:
+    """One thread's connection to its node's store (a ``Connection`` of
+    :mod:`sperse._state.client`): one actor call per request. Closed on any failure of an
+    exchange, telling the store to drop it."""
+
+    __slots__ = ("actor", "closed", "id", "instance", "max_value", "process")
+
+    def __init__(self, actor: Any, process: Process, instance: str, max_value: int) -> None:
+        self.actor = actor
+        self.process = process
+        self.instance = instance
+        self.max_value = max_value
+        self.id = uuid.uuid4().hex
+        self.closed = False
+
+    def call(
+        self, op: int, key: bytes, values: tuple[tuple[int, bytes], ...] = ()
+    ) -> tuple[int, bytes]:
+        """Send one request, return the reply's (kind, bytes); a store error raises."""
+        if self.closed:
+            raise ConnectionResetError("this thread's connection to the store was closed")
+        decoded = [wire_value(kind, data) for kind, data in values]
+        try:
+            ref = self.actor.call.remote(self.instance, self.id, self.process, op, key, decoded)
+            answer: Reply | None = _result(self.actor, ref)
+        except BaseException:  # a cancel, or Ray failed: the exchange is lost
+            self.close()
+            raise
+        if answer is None:
+            self.closed = True
+            raise ConnectionResetError(
+                "the state store of this Ray node closed this thread's connection: the store "
+                "restarted (empty), or took this worker for dead"
+            )
+        status, kind, data = read_reply(answer)
+        if status != Status.OK:
+            if kind == ErrorCode.PROTOCOL:  # the store dropped the connection
+                self.closed = True
+            raise _store_error(kind, data)
+        return kind, data
+
+    def close(self) -> None:
+        """Tell the store to drop this connection (it releases the connection's locks);
+        errors are not raised (a store that failed took its locks with it)."""
+        if self.closed:
+            return
+        self.closed = True
+        with contextlib.suppress(Exception):
+            _result(self.actor, self.actor.drop.remote(self.id))  # applied even if interrupted
 
 
-def _loaded(value: Value | None, key: str, default: Any = None) -> Any:
-    if value is None:
-        return default
-    if type(value) is bytes:
-        return loads(value, what=f"the value of state key {key!r}")
-    return value
+class _Link:
+    """How a ``State`` reaches this node's store: this thread's connection (a ``Link`` of
+    :mod:`sperse._state.client`), made on demand."""
+
+    def __init__(self) -> None:
+        self._local = threading.local()
+
+    def connection(self) -> tuple[Connection, bool]:
+        conn: _Connection | None = getattr(self._local, "conn", None)
+        if conn is not None and not conn.closed and conn.process[1] == os.getpid():
+            return conn, False
+        actor, process = _store()  # (a forked child makes its own, leaving the parent's be)
+        instance, max_value = _result(actor, actor.hello.remote())
+        conn = _Connection(actor, process, instance, max_value)
+        self._local.conn = conn
+        return conn, True
+
+    def drop(self) -> None:
+        conn: _Connection | None = getattr(self._local, "conn", None)
+        if conn is not None and conn.process[1] == os.getpid():
+            conn.close()
 
 
 class RayState(State):
     """``sperse.state()`` in remote code on Ray: the store of this node (see the module's
-    docstring). The same operations and semantics as on a sperse server."""
+    docstring). The same operations and semantics as on a sperse server: ``State``'s own
+    code, over this node's store actor."""
 
     __slots__ = ()
 
-    def get(self, key: str, default: Any = None) -> Any:
-        _key(key)
-        actor, _ = _store()
-        return _loaded(_result(actor, actor.get.remote(key)), key, default)
-
-    def set(self, key: str, value: Any) -> None:
-        _key(key)
-        actor, process = _store()
-        _result(actor, actor.set.remote(key, _stored(value, key), _caller(process)))
-
-    def delete(self, key: str) -> bool:
-        _key(key)
-        actor, process = _store()
-        return bool(_result(actor, actor.delete.remote(key, _caller(process))))
-
-    def incr(self, key: str, n: int | float = 1) -> int | float:
-        _key(key)
-        if type(n) is not int and type(n) is not float:
-            raise TypeError(f"incr() adds an int or a float, not {type(n).__name__}")
-        actor, process = _store()
-        ok, new = _result(actor, actor.incr.remote(key, n, _caller(process)))
-        if not ok:
-            held = type(self.get(key)).__name__
-            raise TypeError(
-                f"state key {key!r} holds a {held}, not a number: incr() adds to an int or "
-                "a float only"
-            )
-        number: int | float = new
-        return number
-
-    def setdefault(self, key: str, value: Any) -> Any:
-        _key(key)
-        actor, process = _store()
-        held = _result(actor, actor.setdefault.remote(key, _stored(value, key), _caller(process)))
-        return _loaded(held, key)
-
-    def cas(self, key: str, expected: Any, new: Any) -> bool:
-        _key(key)
-        values = _stored(expected, key), _stored(new, key)
-        actor, process = _store()
-        return bool(_result(actor, actor.cas.remote(key, *values, _caller(process))))
-
-    def update(self, key: str, fn: Callable[[Any], Any], default: Any = None) -> Any:
-        _key(key)
-        lock = _KeyLock(key)
-        try:
-            found = lock.take(once=False)
-            new = fn(_loaded(found, key, default))
-            lock.set_release(_stored(new, key))
-        except BaseException:  # fn raised, or a cancel, at any moment: nothing changes
-            lock.release()
-            raise
-        return new
-
-    def once(self, key: str, factory: Callable[[], T]) -> T:
-        _key(key)
-        lock = _KeyLock(key)
-        try:
-            found = lock.take(once=True)
-            if not lock.held:  # made already: no lock was taken
-                made: T = _loaded(found, key)
-                return made
-            value = factory()
-            lock.set_release(_stored(value, key))
-        except BaseException:  # the next once() of the key runs its factory
-            lock.release()
-            raise
-        return value
-
-    def keys(self) -> list[str]:
-        actor, _ = _store()
-        keys: list[str] = _result(actor, actor.keys.remote())
-        return keys
-
-    def items(self) -> list[tuple[str, Any]]:
-        actor, _ = _store()
-        found: list[tuple[str, Value]] = _result(actor, actor.items.remote())
-        return [(key, _loaded(value, key)) for key, value in found]
-
+    # The one override: ``State`` cannot tell a node's store from a server's.
     def __repr__(self) -> str:
         return "<sperse.state(): the store of this Ray node>"
 
 
-_RAY_STATE: Final = RayState()
+_RAY_STATE: Final = RayState(_Link())
 PROVIDERS.append(node_state)  # sperse.state() in a Ray worker: the store of its node
-
-
-class _KeyLock:
-    """One ``update``/``once`` of a key by this thread: its lock request and the lock.
-
-    ``release`` is safe at any moment (a cancel may come anywhere): it releases the lock if
-    the store gave it, withdraws the request if it was sent and not answered, and does
-    nothing when the store answered without a lock.
-    """
-
-    __slots__ = ("actor", "held", "key", "sent", "token")
-
-    def __init__(self, key: str) -> None:
-        self.key = key
-        self.token = uuid.uuid4().hex
-        self.actor: Any = None
-        self.sent = False  # the request went to the store, and its answer has not come
-        self.held = False
-
-    def take(self, *, once: bool) -> Value | None:
-        """Lock the key: its value (None: missing). With ``once``, a key that has a value
-        is not locked (``held`` stays False)."""
-        actor, process = _store()
-        self.actor = actor
-        self.sent = True
-        status, found = _result(
-            actor, actor.lock.remote(self.key, self.token, _caller(process), process, once)
-        )
-        self.held = status == "locked"
-        self.sent = False
-        if status == "error":
-            raise SperseError(found)
-        if status == "withdrawn":
-            raise SperseError(f"the lock request of state key {self.key!r} was withdrawn")
-        value: Value | None = found
-        return value
-
-    def release(self) -> None:
-        """Release the lock, or withdraw the request; errors are not raised (a store that
-        failed took its locks with it)."""
-        if self.held or self.sent:
-            with contextlib.suppress(Exception):
-                sent = self.actor.unlock.remote(self.key, self.token)
-                self.held = self.sent = False
-                _result(self.actor, sent)  # (it is applied even if this wait is interrupted)
-
-    def set_release(self, value: Value) -> None:
-        """Set the key to ``value`` and release the lock, in one call."""
-        sent = self.actor.set_unlock.remote(self.key, self.token, value)
-        self.held = False  # (after the call is sent: a cancel before it releases the lock)
-        ok, message = _result(self.actor, sent)
-        if not ok:
-            raise SperseError(message)

@@ -11,8 +11,14 @@ import tempfile
 from collections.abc import Callable, Iterator
 
 import pytest
+from hypothesis import settings
 
 import sperse
+
+# No time limit per example: Hypothesis's default deadline (200 ms) is a timing threshold,
+# and the machines that run the tests are shared and noisy.
+settings.register_profile("sperse", deadline=None)
+settings.load_profile("sperse")
 
 # Ray reads these when it is first imported: its node stays on 127.0.0.1, and it reports
 # nothing home. Set here, before any test module can import it.

@@ -84,8 +84,11 @@ class ErrorInfo:
 
 @dataclass(frozen=True, slots=True)
 class Started:
+    """The task reached a worker; ``worker`` is that process's pid where known, else 0."""
+
     task_id: str
     where: str
+    worker: int = 0
 
 
 @dataclass(frozen=True, slots=True)

@@ -99,7 +99,11 @@ from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 from sperse._core import ErrorInfo
-from sperse._pool.pool import PoolEvent, TaskDone, TaskFailed, TaskOutput, TaskStarted
+from sperse._core.events import BackendEvent
+from sperse._core.events import Done as PoolDone
+from sperse._core.events import Failed as PoolFailed
+from sperse._core.events import Output as PoolOutput
+from sperse._core.events import Started as PoolStarted
 from sperse._serialize import shm
 from sperse._server.actions import (
     Action,
@@ -492,21 +496,21 @@ class ServerCore:
 
     # ---- events of the pools (on the loop) -----------------------------------------------
 
-    def _on_pool_event(self, event: PoolEvent) -> None:
+    def _on_pool_event(self, event: BackendEvent) -> None:
         self.in_pool_batch = True  # until _after_pool_events: streams flush then
         tasks = self.state.tasks
-        if isinstance(event, TaskDone):
-            result = unpack(event.result)
+        if isinstance(event, PoolDone):
+            result = unpack(event.value)
             limit = tasks.inline_limit(event.task_id)
             if limit is not None and not isinstance(result, ErrorInfo):
                 result = read_inlines(result, limit)
             actions = tasks.done(event.task_id, result)
-        elif isinstance(event, TaskStarted):
+        elif isinstance(event, PoolStarted):
             actions = tasks.started(event.task_id, event.worker, self._clock())
-        elif isinstance(event, TaskOutput):
+        elif isinstance(event, PoolOutput):
             actions = tasks.output(event.task_id, event.stream, event.text)
         else:
-            actions = tasks.failed(event.task_id, event.reason, event.message, event.traceback)
+            actions = tasks.failed(event.task_id, event.error)
         if actions:
             self._perform(actions)
 
@@ -515,16 +519,13 @@ class ServerCore:
         if self.after_pool_events is not None:
             self.after_pool_events()
 
-    def _on_object_event(self, object_id: str, event: PoolEvent) -> None:
+    def _on_object_event(self, object_id: str, event: BackendEvent) -> None:
         if not event.task_id.startswith(REBUILD):
             self._on_pool_event(event)
-        elif isinstance(event, TaskDone):
-            self._perform(self.state.rebuilt(object_id, event.task_id, unpack(event.result)))
-        elif isinstance(event, TaskFailed):  # (a constructor's result writes no file)
-            actions = self.state.rebuild_failed(
-                object_id, event.task_id, event.reason, event.message
-            )
-            self._perform(actions)
+        elif isinstance(event, PoolDone):
+            self._perform(self.state.rebuilt(object_id, event.task_id, unpack(event.value)))
+        elif isinstance(event, PoolFailed):  # (a constructor's result writes no file)
+            self._perform(self.state.rebuild_failed(object_id, event.task_id, event.error))
 
     def _on_object_worker_exit(self, object_id: str, pid: int, how: str) -> None:
         self._perform(self.state.object_worker_exited(object_id, pid, how))

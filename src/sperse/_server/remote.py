@@ -218,13 +218,13 @@ class RemoteObjects:
         ]
 
     @staticmethod
-    def rebuild_failed(obj: RemoteObject, reason: str, message: str) -> str:
-        """Its rebuild failed without a result: why it is lost ("" if the worker died: its
-        exit says what happens)."""
+    def rebuild_failed(obj: RemoteObject, error: ErrorInfo) -> str:
+        """Its rebuild failed without a result (the pool's ``error``): why it is lost (""
+        if the worker died: its exit says what happens)."""
         obj.rebuild_id = ""
-        if reason == "worker_died":
+        if error.kind == "worker_died":
             return ""
-        return f"is lost: rebuilding it after {obj.rebuilt_after} failed: {message}"
+        return f"is lost: rebuilding it after {obj.rebuilt_after} failed: {error.message}"
 
     @staticmethod
     def task_ended(obj: RemoteObject, task: TaskState, event: Done | Failed) -> str:

@@ -390,13 +390,11 @@ class ServerState:
             return self._take()
         return outcome
 
-    def rebuild_failed(
-        self, object_id: str, pool_id: str, reason: str, message: str
-    ) -> list[Action]:
+    def rebuild_failed(self, object_id: str, pool_id: str, error: ErrorInfo) -> list[Action]:
         obj = self.objects.alive.get(object_id)
         if obj is None or pool_id != obj.rebuild_id:
             return []
-        why = RemoteObjects.rebuild_failed(obj, reason, message)
+        why = RemoteObjects.rebuild_failed(obj, error)
         if why:
             self.tasks.object_dies(obj, why, event="object_lost")
         return self._take()

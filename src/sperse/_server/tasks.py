@@ -149,23 +149,22 @@ class TaskTable:
         self._out.extend(self.hold_back.forget(self._current))
         return self._take()
 
-    def failed(self, pool_id: str, reason: str, message: str, traceback: str) -> list[Action]:
-        """The attempt ended without its result (``reason``: worker_died, cancelled,
-        runner_error): its files are swept; it may be retried."""
+    def failed(self, pool_id: str, error: ErrorInfo) -> list[Action]:
+        """The attempt ended without its result, with the pool's ``error`` (its worker died,
+        it was cancelled, or the runner failed): its files are swept; it may be retried."""
         task = self.attempts.pop(pool_id, None)
         self._sweep_attempt(pool_id)
         if task is not None:
-            self._on_failed(task, pool_id, reason, message, traceback)
+            self._on_failed(task, pool_id, error)
             self._out.extend(self.hold_back.forget(self._current))
         return self._take()
 
-    def _on_failed(
-        self, task: TaskState, pool_id: str, reason: str, message: str, traceback: str
-    ) -> None:
+    def _on_failed(self, task: TaskState, pool_id: str, error: ErrorInfo) -> None:
         # The pool names its own task id; the client knows the task by its id or label.
-        message = message.replace(pool_id, task.label or task.task_id)
+        message = error.message.replace(pool_id, task.label or task.task_id)
         obj = task.obj
-        if obj is not None and reason == "worker_died":
+        died = error.kind == "worker_died"
+        if obj is not None and died:
             if obj.alive and obj.rebuilt_after:  # see object_worker_exited
                 message = (
                     f"{self.objects.describe(obj)} was rebuilt after {obj.rebuilt_after}: its "
@@ -174,31 +173,30 @@ class TaskTable:
                 failed = Failed(task.task_id, ErrorInfo("object_lost", "ObjectLost", message))
             else:
                 failed = self.objects.lost(task.task_id, obj.object_id)
-        elif reason == "worker_died":
-            self._out.append(
-                log(logging.WARNING, "worker_replaced", task=task.task_id, reason=message)
-            )
-            if task.retries_left > 0 and not task.cancel_requested:
-                task.retries_left -= 1
-                self._out.append(
-                    log(
-                        logging.WARNING,
-                        "task_retried",
-                        session=task.session.session_id,
-                        task=task.task_id,
-                        retries_left=task.retries_left,
-                    )
-                )
-                self.announce_now(task)  # each attempt has a Started of its own
-                self.dispatch(task)
-                return
-            if task.retries:
-                message += f" (the last of {task.retries + 1} attempts)"
-            failed = Failed(task.task_id, ErrorInfo("worker_died", "WorkerDied", message))
-        elif reason == "cancelled":
-            failed = Failed(task.task_id, ErrorInfo("cancelled", "TaskCancelled", message))
         else:
-            failed = Failed(task.task_id, ErrorInfo("internal", "RunnerError", message, traceback))
+            if died:
+                self._out.append(
+                    log(logging.WARNING, "worker_replaced", task=task.task_id, reason=message)
+                )
+                if task.retries_left > 0 and not task.cancel_requested:
+                    task.retries_left -= 1
+                    self._out.append(
+                        log(
+                            logging.WARNING,
+                            "task_retried",
+                            session=task.session.session_id,
+                            task=task.task_id,
+                            retries_left=task.retries_left,
+                        )
+                    )
+                    self.announce_now(task)  # each attempt has a Started of its own
+                    self.dispatch(task)
+                    return
+                if task.retries:
+                    message += f" (the last of {task.retries + 1} attempts)"
+            # The pool's error (WorkerDied, TaskCancelled, RunnerError), told of the client's task.
+            error = ErrorInfo(error.kind, error.type_name, message, error.traceback)
+            failed = Failed(task.task_id, error)
         self.announce_now(task)
         self.finish(task, failed)
 

@@ -13,7 +13,7 @@ from collections import defaultdict
 from dataclasses import dataclass, field
 from typing import Any
 
-from sperse._core import ErrorInfo
+from sperse._core import Done, ErrorInfo, Failed, Output, Started
 from sperse._pool.events import cancelled, runner_error, worker_died
 from sperse._server.actions import (
     Action,
@@ -26,7 +26,7 @@ from sperse._server.actions import (
 )
 from sperse._server.config import ServerConfig
 from sperse._server.envelope import PickledBytes, ResultValue, ShmBuffer
-from sperse._server.model import Done, Failed, ObjectOp, Output, PeerRef, Started, TaskRequest
+from sperse._server.model import ObjectOp, PeerRef, TaskRequest
 from sperse._server.state import ServerState
 
 PREFIX = "sperse-1-"  # the server's file prefix

@@ -16,9 +16,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from state_harness import Machine, call, create, files, machine, pool_error, value
 
-from sperse._core import ErrorInfo
+from sperse._core import Done, ErrorInfo, Failed, Output, Started
 from sperse._server.actions import StartObject, StopObject, Submit, SubmitToObject, Unlink
-from sperse._server.model import Done, Failed, HeldObject, ObjectOp, Output, Started
+from sperse._server.model import HeldObject, ObjectOp
 from sperse._server.remote import REBUILD
 
 TASKS = ("t1", "t2", "t3")

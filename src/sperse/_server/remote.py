@@ -18,10 +18,10 @@ import pickle
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
-from sperse._core import ErrorInfo
+from sperse._core import Done, ErrorInfo, Failed
 from sperse._server.actions import Action, Log, SubmitToObject, Unlink, log
 from sperse._server.envelope import PickledBytes, ResultValue
-from sperse._server.model import GONE_KEPT, Done, Failed, HeldObject, InlineValue, ObjectOp
+from sperse._server.model import GONE_KEPT, HeldObject, InlineValue, ObjectOp
 
 if TYPE_CHECKING:
     from sperse._server.sessions import SessionState, TaskState
@@ -76,6 +76,7 @@ class RemoteObjects:
         if not object_id or object_id in self.alive or object_id in self._gone:
             return Failed(
                 task_id,
+                self._server,
                 ErrorInfo(
                     "internal",
                     "DuplicateObject",
@@ -86,6 +87,7 @@ class RemoteObjects:
         if op.name and op.name in self.named:
             return Failed(
                 task_id,
+                self._server,
                 ErrorInfo(
                     "raised",
                     "ValueError",
@@ -137,7 +139,7 @@ class RemoteObjects:
             "here, or was destroyed long ago (a proxy reaches its object on the server that "
             "created it)"
         )
-        return Failed(task_id, ErrorInfo("object_lost", "ObjectLost", message))
+        return Failed(task_id, self._server, ErrorInfo("object_lost", "ObjectLost", message))
 
     def unregister(self, obj: RemoteObject, why: str, event: str) -> Log:
         """``obj`` is dead from now on (``obj.alive`` was True): why is remembered."""

@@ -16,7 +16,7 @@ import logging
 from collections.abc import Iterable
 from typing import Literal
 
-from sperse._core import ErrorInfo
+from sperse._core import Done, ErrorInfo, Failed, Output, Started
 from sperse._server.actions import (
     Action,
     Emit,
@@ -34,7 +34,7 @@ from sperse._server.config import ServerConfig
 from sperse._server.envelope import Envelope, ResultValue, pack_envelope
 from sperse._server.held import HeldValues
 from sperse._server.holdback import StartedHoldBack
-from sperse._server.model import OUTPUT_CHUNK, Done, Failed, Output, Started
+from sperse._server.model import OUTPUT_CHUNK
 from sperse._server.pulls import Pulls
 from sperse._server.remote import RemoteObject, RemoteObjects
 from sperse._server.sessions import SessionState, TaskState, clip, clipped
@@ -129,7 +129,7 @@ class TaskTable:
         self.announce_now(task)
         self._out.append(TaskLogOutput(task.log_key, stream, text))
         for start in range(0, len(text), OUTPUT_CHUNK):
-            chunk = Output(task.task_id, stream, text[start : start + OUTPUT_CHUNK])
+            chunk = Output(task.task_id, self.name, stream, text[start : start + OUTPUT_CHUNK])
             self._out.append(Emit(task.session.session_id, chunk))
         return self._take()
 
@@ -142,10 +142,10 @@ class TaskTable:
             return self._take()
         self.announce_now(task)
         if isinstance(result, ErrorInfo):
-            self.finish(task, Failed(task.task_id, result))
+            self.finish(task, Failed(task.task_id, self.name, result))
         else:
             values = self.held.keep(task.session, result, task.inline_limit)
-            self.finish(task, Done(task.task_id, values))
+            self.finish(task, Done(task.task_id, self.name, values))
         self._out.extend(self.hold_back.forget(self._current))
         return self._take()
 
@@ -170,7 +170,8 @@ class TaskTable:
                     f"{self.objects.describe(obj)} was rebuilt after {obj.rebuilt_after}: its "
                     "state was reset, and this call did not complete"
                 )
-                failed = Failed(task.task_id, ErrorInfo("object_lost", "ObjectLost", message))
+                lost = ErrorInfo("object_lost", "ObjectLost", message)
+                failed = Failed(task.task_id, self.name, lost)
             else:
                 failed = self.objects.lost(task.task_id, obj.object_id)
         else:
@@ -196,7 +197,7 @@ class TaskTable:
                     message += f" (the last of {task.retries + 1} attempts)"
             # The pool's error (WorkerDied, TaskCancelled, RunnerError), told of the client's task.
             error = ErrorInfo(error.kind, error.type_name, message, error.traceback)
-            failed = Failed(task.task_id, error)
+            failed = Failed(task.task_id, self.name, error)
         self.announce_now(task)
         self.finish(task, failed)
 
@@ -204,7 +205,7 @@ class TaskTable:
         """The driver could not run the attempt (or dropped it, cancelled, before it ran)."""
         task = self.attempts.pop(pool_id, None)
         if task is not None:
-            self.finish(task, Failed(task.task_id, error))
+            self.finish(task, Failed(task.task_id, self.name, error))
         return self._take()
 
     def announce(self, now: float) -> list[Action]:
@@ -221,7 +222,8 @@ class TaskTable:
     def announce_now(self, task: TaskState) -> None:
         if not task.announced:
             task.announced = True
-            self._out.append(Emit(task.session.session_id, Started(task.task_id, task.worker)))
+            started = Started(task.task_id, self.name, task.worker)
+            self._out.append(Emit(task.session.session_id, started))
 
     def _sweep_attempt(self, pool_id: str) -> None:
         if self.config.shm:

@@ -85,7 +85,7 @@ class Submit:
 class Cancel:
     """Cancel an attempt of the server's pool or of a pip environment's. Still queued in the
     driver (the pool is starting, the environment is being installed): the driver fails it
-    with ``TaskCancelled``; running: the pool's ``TaskFailed`` comes later."""
+    with ``TaskCancelled``; running: the pool's ``Failed`` comes later."""
 
     pool_id: str
     pip: tuple[str, ...] = ()

@@ -9,12 +9,13 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
 
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from sperse._core.events import Done, ErrorInfo, ErrorKind, Failed, Output, Started
 from sperse._pool.events import (
     Action,
     Cancel,
@@ -29,7 +30,7 @@ from sperse._pool.events import (
     Log,
     Malformed,
     Open,
-    Output,
+    Printed,
     Ready,
     Result,
     RunnerRaised,
@@ -41,10 +42,6 @@ from sperse._pool.events import (
     StartWorker,
     Stopped,
     Submit,
-    TaskDone,
-    TaskFailed,
-    TaskOutput,
-    TaskStarted,
     Tick,
     WorkerExited,
     WorkerId,
@@ -59,10 +56,32 @@ from sperse._pool.policy import (
 
 W1, W2, W3 = WorkerId(1), WorkerId(2), WorkerId(3)
 HUGE = 2**32 - 1
+POOL = "p"  # the policy's name: ``where`` of its events
+
+# The pool's reasons of a failure, as the (kind, type_name) of the error it reports: those a
+# server made of them before the pool reported errors (users' messages depend on them).
+REASONS: dict[str, tuple[ErrorKind, str]] = {
+    "worker_died": ("worker_died", "WorkerDied"),
+    "cancelled": ("cancelled", "TaskCancelled"),
+    "runner_error": ("internal", "RunnerError"),
+}
 
 
 def pid(worker: WorkerId) -> int:
     return 100 + worker
+
+
+def task_done(task_id: str, result: bytes) -> Done:
+    return Done(task_id, POOL, result)
+
+
+def task_output(task_id: str, stream: Literal["stdout", "stderr"], text: str) -> Output:
+    return Output(task_id, POOL, stream, text)
+
+
+def task_failed(task_id: str, reason: str, message: str, traceback: str = "") -> Failed:
+    kind, type_name = REASONS[reason]
+    return Failed(task_id, POOL, ErrorInfo(kind, type_name, message, traceback))
 
 
 def spawn_all(policy: PoolPolicy, actions: list[Action], now: float = 0.0) -> list[Action]:
@@ -80,7 +99,7 @@ def spawn_all(policy: PoolPolicy, actions: list[Action], now: float = 0.0) -> li
 
 def make(size: int = 1, *, ready: bool = True, **config: Any) -> PoolPolicy:
     """A policy whose ``size`` workers have started (and said READY)."""
-    policy = PoolPolicy(PolicyConfig(name="p", runner="m:f", size=size, **config))
+    policy = PoolPolicy(PolicyConfig(name=POOL, runner="m:f", size=size, **config))
     spawn_all(policy, policy.handle(Open(), 0.0))
     if ready:
         for n in range(1, size + 1):
@@ -94,7 +113,7 @@ def submit(task_id: str, *, front: bool = False) -> Submit:
 
 
 def started(task_id: str, worker: WorkerId, seq: int) -> list[Action]:
-    return [TaskStarted(task_id, pid(worker)), Send(worker, seq, task_id.encode())]
+    return [Started(task_id, POOL, pid(worker)), Send(worker, seq, task_id.encode())]
 
 
 def warm_up(policy: PoolPolicy, worker: WorkerId = W1, now: float = 0.0) -> None:
@@ -133,7 +152,7 @@ CASES = [
         [
             (0, submit("a"), started("a", W1, 1)),
             (0, submit("b"), []),
-            (0, Result(W1, 1, b"ra"), [TaskDone("a", b"ra"), *started("b", W1, 2)]),
+            (0, Result(W1, 1, b"ra"), [task_done("a", b"ra"), *started("b", W1, 2)]),
         ],
     ),
     Case(
@@ -143,7 +162,7 @@ CASES = [
             (0, submit("b"), started("b", W2, 2)),
             (0, submit("c"), started("c", W3, 3)),
             (0, submit("d"), []),
-            (0, Result(W2, 2, b""), [TaskDone("b", b""), *started("d", W2, 4)]),
+            (0, Result(W2, 2, b""), [task_done("b", b""), *started("d", W2, 4)]),
         ],
         size=3,
     ),
@@ -158,16 +177,16 @@ CASES = [
             (0, submit("a"), started("a", W1, 1)),
             (0, submit("b"), []),
             (0, submit("c", front=True), []),
-            (0, Result(W1, 1, b""), [TaskDone("a", b""), *started("c", W1, 2)]),
+            (0, Result(W1, 1, b""), [task_done("a", b""), *started("c", W1, 2)]),
         ],
     ),
     Case(
         "output of a running task; of an unknown sequence number, nothing",
         [
             (0, submit("a"), started("a", W1, 1)),
-            (0, Output(W1, 1, "stderr", "hi\n"), [TaskOutput("a", "stderr", "hi\n")]),
-            (0, Output(W1, 7, "stdout", "?"), []),
-            (0, RunnerRaised(W1, 1, "bug", "tb"), [TaskFailed("a", "runner_error", "bug", "tb")]),
+            (0, Printed(W1, 1, "stderr", "hi\n"), [task_output("a", "stderr", "hi\n")]),
+            (0, Printed(W1, 7, "stdout", "?"), []),
+            (0, RunnerRaised(W1, 1, "bug", "tb"), [task_failed("a", "runner_error", "bug", "tb")]),
         ],
     ),
     Case(
@@ -175,8 +194,8 @@ CASES = [
         [
             (0, submit("a"), started("a", W1, 1)),
             (0, submit("b"), []),
-            (0, Cancel("b"), [TaskFailed("b", "cancelled", "cancelled while queued")]),
-            (0, Result(W1, 1, b""), [TaskDone("a", b"")]),
+            (0, Cancel("b"), [task_failed("b", "cancelled", "cancelled while queued")]),
+            (0, Result(W1, 1, b""), [task_done("a", b"")]),
         ],
     ),
     Case(
@@ -185,7 +204,7 @@ CASES = [
             (0, submit("a"), started("a", W1, 1)),
             (5, Cancel("a"), [Interrupt(W1, 1), SetTimer(6)]),
             (5.5, Cancel("a"), [SetTimer(6)]),  # asked again: nothing more
-            (5.5, Interrupted(W1, 1), [TaskFailed("a", "cancelled", "cancelled while running")]),
+            (5.5, Interrupted(W1, 1), [task_failed("a", "cancelled", "cancelled while running")]),
             (7, Tick(), []),
         ],
     ),
@@ -194,7 +213,7 @@ CASES = [
         [
             (0, submit("a"), started("a", W1, 1)),
             (0, Cancel("a"), [Interrupt(W1, 1), SetTimer(1)]),
-            (0, Result(W1, 1, b"late"), [TaskFailed("a", "cancelled", "cancelled while running")]),
+            (0, Result(W1, 1, b"late"), [task_failed("a", "cancelled", "cancelled while running")]),
         ],
     ),
     Case(
@@ -209,7 +228,7 @@ CASES = [
                 Tick(),
                 [
                     Kill(W1),
-                    TaskFailed(
+                    task_failed(
                         "a",
                         "cancelled",
                         "cancelled; worker 101 did not stop within 2s and was killed",
@@ -239,7 +258,7 @@ CASES = [
             (0, submit("c"), started("c", W1, 11)),
             (0, submit("d"), started("d", W1, 12)),
             (0, submit("e"), []),
-            (0, Result(W1, 9, b""), [TaskDone("a", b""), *started("e", W1, 13)]),
+            (0, Result(W1, 9, b""), [task_done("a", b""), *started("e", W1, 13)]),
         ],
         warm=True,
     ),
@@ -259,7 +278,7 @@ CASES = [
             (
                 0,
                 Cancel("b"),
-                [TaskFailed("b", "cancelled", "cancelled before it started"), SendCancel(W1, 10)],
+                [task_failed("b", "cancelled", "cancelled before it started"), SendCancel(W1, 10)],
             ),
             (0, Interrupted(W1, 10), []),  # the worker's answer to CANCEL: dropped
         ],
@@ -276,7 +295,7 @@ CASES = [
                 Exited(W1, 1),
                 [
                     WorkerExited(101, "exit code 1"),
-                    TaskFailed(
+                    task_failed(
                         "a", "worker_died", "worker 101 died (exit code 1) while running task a"
                     ),
                     StartWorker(W2),
@@ -284,7 +303,7 @@ CASES = [
             ),
             (0, submit("d"), []),
             (0, Spawned(W2, 102), [SetTimer(30)]),
-            # Announced already: no second TaskStarted; still pipelining.
+            # Announced already: no second Started; still pipelining.
             (
                 0,
                 Ready(W2),
@@ -301,7 +320,7 @@ CASES = [
             (0, submit("c"), started("c", W1, 3)),
             (0, submit("d"), started("d", W2, 4)),
             (0, submit("e"), []),
-            (0, Result(W2, 2, b""), [TaskDone("b", b""), *started("e", W2, 5)]),
+            (0, Result(W2, 2, b""), [task_done("b", b""), *started("e", W2, 5)]),
         ],
         size=2,
         config={"concurrency": 2},
@@ -314,7 +333,7 @@ CASES = [
             (
                 0,
                 Cancel("a"),
-                [TaskFailed("a", "cancelled", "cancelled while running"), SendCancel(W1, 1)],
+                [task_failed("a", "cancelled", "cancelled while running"), SendCancel(W1, 1)],
             ),
             (0, submit("c"), []),  # "a" runs on to its end: it still takes one of the two
             (0, Result(W1, 1, b"dropped"), started("c", W1, 3)),
@@ -331,12 +350,12 @@ CASES = [
                 Exited(W1, -9),
                 [
                     WorkerExited(101, "killed by SIGKILL"),
-                    TaskFailed(
+                    task_failed(
                         "a",
                         "worker_died",
                         "worker 101 died (killed by SIGKILL) while running task a",
                     ),
-                    TaskFailed(
+                    task_failed(
                         "b",
                         "worker_died",
                         "worker 101 died (killed by SIGKILL) while running task b",
@@ -370,7 +389,7 @@ CASES = [
                 Exited(W3, 1),
                 [
                     WorkerExited(103, "exit code 1"),
-                    TaskFailed(
+                    task_failed(
                         "a",
                         "worker_died",
                         "workers of pool 'p' die before they are ready (the last one: exit "
@@ -382,7 +401,7 @@ CASES = [
                 0,
                 submit("b"),
                 [
-                    TaskFailed(
+                    task_failed(
                         "b",
                         "worker_died",
                         "workers of pool 'p' die before they are ready (the last one: exit "
@@ -401,7 +420,7 @@ CASES = [
                 0,
                 InitFailed(W1, "No module named 'm'", "tb"),
                 [
-                    TaskFailed(
+                    task_failed(
                         "a",
                         "runner_error",
                         "runner 'm:f' failed to load: No module named 'm'",
@@ -423,7 +442,7 @@ CASES = [
                 Exited(W1, 1),
                 [
                     WorkerExited(101, "exit code 1"),
-                    TaskFailed(
+                    task_failed(
                         "a", "worker_died", "worker 101 died (exit code 1) while running task a"
                     ),
                     StartWorker(W2),
@@ -432,7 +451,7 @@ CASES = [
             (
                 0,
                 SpawnFailed(W2, "no memory"),
-                [TaskFailed("b", "worker_died", "cannot start a worker: no memory")],
+                [task_failed("b", "worker_died", "cannot start a worker: no memory")],
             ),
         ],
     ),
@@ -458,8 +477,8 @@ CASES = [
                 0,
                 Close(),
                 [
-                    TaskFailed("a", "cancelled", "pool closed"),
-                    TaskFailed("b", "cancelled", "pool closed"),
+                    task_failed("a", "cancelled", "pool closed"),
+                    task_failed("b", "cancelled", "pool closed"),
                 ],
             ),
             (0, Result(W1, 1, b"late"), []),
@@ -472,7 +491,7 @@ CASES = [
         [
             (0, Ready(W3), []),
             (0, Result(W3, 1, b""), []),
-            (0, Output(W3, 1, "stdout", "x"), []),
+            (0, Printed(W3, 1, "stdout", "x"), []),
             (0, Exited(W3, 0), []),
             (0, Malformed(W3), []),
         ],
@@ -512,7 +531,7 @@ def test_submit_all_takes_every_task_or_none() -> None:
     actions = policy.submit_all([submit("b"), submit("c")], 0)
     assert actions == []  # the worker holds "a"; "b" and "c" wait in order
     assert policy.handle(Result(W1, 1, b"A"), 0) == [
-        TaskDone("a", b"A"),
+        task_done("a", b"A"),
         *started("b", W1, 2),
     ]
     policy.handle(Close(), 0)
@@ -676,15 +695,15 @@ class World:
                 self.killed.add(worker)
             case SetTimer(at):
                 assert at > self.now or at == self.now
-            case TaskStarted() | TaskOutput() | TaskDone() | TaskFailed():
+            case Started() | Output() | Done() | Failed():
                 events = self.events.setdefault(action.task_id, [])
-                assert not any(isinstance(e, TaskDone | TaskFailed) for e in events), (
+                assert not any(isinstance(e, Done | Failed) for e in events), (
                     "an event after the terminal one",
                     action,
                     events,
                 )
-                if isinstance(action, TaskStarted):
-                    assert not events, ("TaskStarted not first, or twice", action, events)
+                if isinstance(action, Started):
+                    assert not events, ("Started not first, or twice", action, events)
                     self.started_order.append(action.task_id)
                 events.append(action)
             case WorkerExited() | Log():
@@ -708,7 +727,7 @@ class World:
         seq = data.draw(st.sampled_from(seqs)) if self.concurrent else seqs[0]
         task_id = self.sent[worker].pop(seq)
         if data.draw(st.booleans()):
-            self.do(Output(worker, seq, "stdout", f"{task_id} says hi"))
+            self.do(Printed(worker, seq, "stdout", f"{task_id} says hi"))
         kind = data.draw(st.sampled_from(["done", "done", "cancelled", "error"]))
         if kind == "done":
             self.do(Result(worker, seq, task_id.encode()))
@@ -782,13 +801,13 @@ def test_random_runs_keep_the_invariants(config: PolicyConfig, data: st.DataObje
         stats = world.policy.stats()
         assert stats.busy <= len(world.alive)
         assert stats.tasks_done + stats.tasks_failed == sum(
-            1 for events in world.events.values() if isinstance(events[-1], TaskDone | TaskFailed)
+            1 for events in world.events.values() if isinstance(events[-1], Done | Failed)
         )
     world.close()
     # Every submitted task ended exactly once (the World refused a second terminal event).
     for task_id in world.submitted:
         events = world.events.get(task_id, [])
-        assert events and isinstance(events[-1], TaskDone | TaskFailed), (task_id, events)
+        assert events and isinstance(events[-1], Done | Failed), (task_id, events)
         assert not world.policy.pending(task_id)
     # First in, first out: tasks start in the order they were submitted (those put in
     # front aside).
@@ -796,5 +815,5 @@ def test_random_runs_keep_the_invariants(config: PolicyConfig, data: st.DataObje
     assert order == sorted(order, key=lambda t: int(t[1:]))
     # A task that never started printed nothing and got no result.
     for events in world.events.values():
-        if not isinstance(events[0], TaskStarted):
-            assert len(events) == 1 and isinstance(events[0], TaskFailed), events
+        if not isinstance(events[0], Started):
+            assert len(events) == 1 and isinstance(events[0], Failed), events

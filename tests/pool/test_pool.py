@@ -25,18 +25,37 @@ from typing import Any
 import pytest
 import runners
 
-from sperse._pool.pool import (
-    PoolEvent,
-    TaskDone,
-    TaskFailed,
-    TaskOutput,
-    TaskStarted,
-    WorkerPool,
-)
+from sperse._core.events import BackendEvent, Done, ErrorInfo, ErrorKind, Failed, Output, Started
+from sperse._pool.pool import WorkerPool
 
 RUNNERS_DIR = Path(runners.__file__).parent
 COMMAND = f"{runners.__name__}:command"
 DEADLINE = 10.0
+POOL = "test"  # the name of make_pool's pools: ``where`` of their events
+
+# The pool's reasons of a failure, as the (kind, type_name) of the error it reports.
+REASONS: dict[str, tuple[ErrorKind, str]] = {
+    "worker_died": ("worker_died", "WorkerDied"),
+    "cancelled": ("cancelled", "TaskCancelled"),
+    "runner_error": ("internal", "RunnerError"),
+}
+
+
+def task_done(task_id: str, result: bytes, where: str = POOL) -> Done:
+    return Done(task_id, where, result)
+
+
+def task_failed(task_id: str, reason: str, message: str) -> Failed:
+    kind, type_name = REASONS[reason]
+    return Failed(task_id, POOL, ErrorInfo(kind, type_name, message))
+
+
+def reason(event: BackendEvent) -> str:
+    """The pool's reason of a failure (worker_died, cancelled, runner_error)."""
+    assert isinstance(event, Failed), event
+    error = event.error
+    (found,) = [r for r, names in REASONS.items() if names == (error.kind, error.type_name)]
+    return found
 
 
 class Events:
@@ -44,11 +63,11 @@ class Events:
 
     def __init__(self) -> None:
         self._cond = threading.Condition()
-        self.items: list[PoolEvent] = []
+        self.items: list[BackendEvent] = []
         self.threads: set[int] = set()
-        self.hook: Callable[[PoolEvent], None] | None = None
+        self.hook: Callable[[BackendEvent], None] | None = None
 
-    def __call__(self, event: PoolEvent) -> None:
+    def __call__(self, event: BackendEvent) -> None:
         with self._cond:
             self.items.append(event)
             self.threads.add(threading.get_ident())
@@ -56,21 +75,21 @@ class Events:
         if self.hook is not None:
             self.hook(event)
 
-    def wait_for(self, predicate: Callable[[list[PoolEvent]], bool]) -> None:
+    def wait_for(self, predicate: Callable[[list[BackendEvent]], bool]) -> None:
         with self._cond:
             if not self._cond.wait_for(lambda: predicate(self.items), DEADLINE):
                 raise AssertionError(f"timed out after {DEADLINE}s; events: {self.items}")
 
-    def of(self, task_id: str) -> list[PoolEvent]:
+    def of(self, task_id: str) -> list[BackendEvent]:
         with self._cond:
             return [e for e in self.items if e.task_id == task_id]
 
-    def terminal(self, task_id: str) -> list[TaskDone | TaskFailed]:
-        return [e for e in self.of(task_id) if isinstance(e, TaskDone | TaskFailed)]
+    def terminal(self, task_id: str) -> list[Done | Failed]:
+        return [e for e in self.of(task_id) if isinstance(e, Done | Failed)]
 
-    def wait_terminal(self, *task_ids: str) -> dict[str, TaskDone | TaskFailed]:
-        def ended(items: list[PoolEvent]) -> bool:
-            done = {e.task_id for e in items if isinstance(e, TaskDone | TaskFailed)}
+    def wait_terminal(self, *task_ids: str) -> dict[str, Done | Failed]:
+        def ended(items: list[BackendEvent]) -> bool:
+            done = {e.task_id for e in items if isinstance(e, Done | Failed)}
             return done.issuperset(task_ids)
 
         self.wait_for(ended)
@@ -79,26 +98,26 @@ class Events:
     def wait_started(self, task_id: str) -> int:
         """Wait until the task has been sent to a worker; return the worker's pid."""
         self.wait_for(
-            lambda items: any(isinstance(e, TaskStarted) and e.task_id == task_id for e in items)
+            lambda items: any(isinstance(e, Started) and e.task_id == task_id for e in items)
         )
-        return next(e.worker for e in self.of(task_id) if isinstance(e, TaskStarted))
+        return next(e.worker for e in self.of(task_id) if isinstance(e, Started))
 
     def wait_output(self, task_id: str) -> int:
         """Wait until the task has printed (so it really runs); return the worker's pid."""
         self.wait_for(
-            lambda items: any(isinstance(e, TaskOutput) and e.task_id == task_id for e in items)
+            lambda items: any(isinstance(e, Output) and e.task_id == task_id for e in items)
         )
         return self.wait_started(task_id)
 
     def assert_well_formed(self) -> None:
-        """Per task: at most one TaskStarted first, outputs, exactly one terminal event last."""
+        """Per task: at most one Started first, outputs, exactly one terminal event last."""
         with self._cond:
             ids = {e.task_id for e in self.items}
         for task_id in ids:
             events = self.of(task_id)
-            assert isinstance(events[-1], TaskDone | TaskFailed), events
+            assert isinstance(events[-1], Done | Failed), events
             assert len(self.terminal(task_id)) == 1, events
-            starts = [i for i, e in enumerate(events) if isinstance(e, TaskStarted)]
+            starts = [i for i, e in enumerate(events) if isinstance(e, Started)]
             assert starts in ([], [0]), events
             if not starts:
                 assert len(events) == 1, events  # never reached a worker: no output either
@@ -150,10 +169,10 @@ def test_many_tasks_across_two_workers_each_end_once(make_pool: MakePool) -> Non
     for task_id in ids:
         pool.submit(task_id, f"echo:{task_id}".encode())
     ended = events.wait_terminal(*ids)
-    assert ended == {task_id: TaskDone(task_id, task_id.encode()) for task_id in ids}
+    assert ended == {task_id: task_done(task_id, task_id.encode()) for task_id in ids}
     events.assert_well_formed()
     workers = set(pool.stats().workers)
-    assert {e.worker for e in events.items if isinstance(e, TaskStarted)} <= workers
+    assert {e.worker for e in events.items if isinstance(e, Started)} <= workers
     assert len(workers) == 2
     assert len(events.threads) == 1 and threading.get_ident() not in events.threads
     stats = pool.stats()
@@ -169,7 +188,7 @@ def test_one_worker_dispatches_first_in_first_out(make_pool: MakePool) -> None:
     for task_id in ids:
         pool.submit(task_id, b"echo:x")
     events.wait_terminal(*ids)
-    assert [e.task_id for e in events.items if isinstance(e, TaskStarted)] == ids
+    assert [e.task_id for e in events.items if isinstance(e, Started)] == ids
     events.assert_well_formed()
     pool.close()
 
@@ -179,10 +198,10 @@ def test_duplicate_task_id_is_refused(make_pool: MakePool) -> None:
     pool.submit("a", b"sleep:0.2")
     with pytest.raises(ValueError, match="already queued or running"):
         pool.submit("a", b"echo:again")
-    assert events.wait_terminal("a")["a"] == TaskDone("a", b"slept")
+    assert events.wait_terminal("a")["a"] == task_done("a", b"slept")
     pool.submit("a", b"echo:again")  # free once ended
-    events.wait_for(lambda items: len([e for e in items if isinstance(e, TaskDone)]) == 2)
-    assert events.terminal("a") == [TaskDone("a", b"slept"), TaskDone("a", b"again")]
+    events.wait_for(lambda items: len([e for e in items if isinstance(e, Done)]) == 2)
+    assert events.terminal("a") == [task_done("a", b"slept"), task_done("a", b"again")]
     pool.close()
 
 
@@ -192,11 +211,11 @@ def test_output_streams_while_the_task_runs(make_pool: MakePool, tmp_path: Path)
     pool.submit("w", f"wait_for_file:{flag}".encode())
     # The task only ends once the file exists, and the file is only created once the first
     # line has arrived here: the output cannot have waited for the end of the task.
-    events.wait_for(lambda items: any(isinstance(e, TaskOutput) for e in items))
+    events.wait_for(lambda items: any(isinstance(e, Output) for e in items))
     assert not events.terminal("w")
     flag.touch()
-    assert events.wait_terminal("w")["w"] == TaskDone("w", b"seen")
-    outputs = [(e.stream, e.text) for e in events.of("w") if isinstance(e, TaskOutput)]
+    assert events.wait_terminal("w")["w"] == task_done("w", b"seen")
+    outputs = [(e.stream, e.text) for e in events.of("w") if isinstance(e, Output)]
     stdout = "".join(text for stream, text in outputs if stream == "stdout")
     assert stdout == f"waiting for {flag}\nseen\n"
     assert [text for stream, text in outputs if stream == "stderr"] == ["on stderr\n"]
@@ -207,8 +226,8 @@ def test_output_streams_while_the_task_runs(make_pool: MakePool, tmp_path: Path)
 def test_output_keeps_order_and_the_unfinished_last_line(make_pool: MakePool) -> None:
     pool, events = make_pool(1)
     pool.submit("p", b"lines:50")
-    assert events.wait_terminal("p")["p"] == TaskDone("p", b"printed")
-    text = "".join(e.text for e in events.of("p") if isinstance(e, TaskOutput))
+    assert events.wait_terminal("p")["p"] == task_done("p", b"printed")
+    text = "".join(e.text for e in events.of("p") if isinstance(e, Output))
     assert text == "".join(f"line {i}\n" for i in range(50)) + "no newline at the end"
     events.assert_well_formed()
     pool.close()
@@ -218,14 +237,14 @@ def test_on_event_can_submit(make_pool: MakePool) -> None:
     pool, events = make_pool(1)
     chain = {"a": "b", "b": "c"}
 
-    def submit_next(event: PoolEvent) -> None:
-        if isinstance(event, TaskDone) and event.task_id in chain:
+    def submit_next(event: BackendEvent) -> None:
+        if isinstance(event, Done) and event.task_id in chain:
             pool.submit(chain[event.task_id], f"echo:{chain[event.task_id]}".encode())
 
     events.hook = submit_next
     pool.submit("a", b"echo:a")
-    assert events.wait_terminal("c")["c"] == TaskDone("c", b"c")
-    assert [e.task_id for e in events.items if isinstance(e, TaskDone)] == ["a", "b", "c"]
+    assert events.wait_terminal("c")["c"] == task_done("c", b"c")
+    assert [e.task_id for e in events.items if isinstance(e, Done)] == ["a", "b", "c"]
     pool.close()
 
 
@@ -242,11 +261,11 @@ def test_a_worker_that_dies_is_replaced(make_pool: MakePool, payload: bytes, how
     pool.submit("later", b"pid")  # queued behind it
     ended = events.wait_terminal("dies", "later")
     first = events.wait_started("dies")
-    assert ended["dies"] == TaskFailed(
+    assert ended["dies"] == task_failed(
         "dies", "worker_died", f"worker {first} died ({how}) while running task dies"
     )
     second = events.wait_started("later")
-    assert ended["later"] == TaskDone("later", str(second).encode())
+    assert ended["later"] == task_done("later", str(second).encode())
     assert second != first
     stats = pool.stats()
     assert stats.workers == (second,)
@@ -265,12 +284,15 @@ def test_sigkill_from_outside_mid_task(make_pool: MakePool) -> None:
     os.kill(victim, signal.SIGKILL)
     ended = events.wait_terminal("victim", "bystander")
     failed = ended["victim"]
-    assert isinstance(failed, TaskFailed)
-    assert failed.reason == "worker_died"
-    assert failed.message == f"worker {victim} died (killed by SIGKILL) while running task victim"
-    assert ended["bystander"] == TaskDone("bystander", b"slept")
+    assert isinstance(failed, Failed)
+    assert reason(failed) == "worker_died"
+    assert (
+        failed.error.message
+        == f"worker {victim} died (killed by SIGKILL) while running task victim"
+    )
+    assert ended["bystander"] == task_done("bystander", b"slept")
     pool.submit("after", b"echo:ok")
-    assert events.wait_terminal("after")["after"] == TaskDone("after", b"ok")
+    assert events.wait_terminal("after")["after"] == task_done("after", b"ok")
     assert pool.stats().workers_replaced == 1
     assert victim not in pool.stats().workers
     events.assert_well_formed()
@@ -283,11 +305,11 @@ def test_runner_error_keeps_the_worker(make_pool: MakePool) -> None:
     pool.submit("good", b"pid")
     ended = events.wait_terminal("bad", "good")
     failed = ended["bad"]
-    assert isinstance(failed, TaskFailed)
-    assert (failed.reason, failed.message) == ("runner_error", "RuntimeError: runner bug")
-    assert "in boom" in failed.traceback
+    assert isinstance(failed, Failed)
+    assert (reason(failed), failed.error.message) == ("runner_error", "RuntimeError: runner bug")
+    assert "in boom" in failed.error.traceback
     worker = events.wait_started("bad")
-    assert ended["good"] == TaskDone("good", str(worker).encode())
+    assert ended["good"] == task_done("good", str(worker).encode())
     assert pool.stats().workers_replaced == 0
     pool.close()
 
@@ -296,8 +318,8 @@ def test_a_runner_that_returns_something_else_than_bytes(make_pool: MakePool) ->
     pool, events = make_pool(1, runner=f"{runners.__name__}:text")
     pool.submit("t", b"abc")
     failed = events.wait_terminal("t")["t"]
-    assert isinstance(failed, TaskFailed)
-    assert (failed.reason, failed.message) == (
+    assert isinstance(failed, Failed)
+    assert (reason(failed), failed.error.message) == (
         "runner_error",
         "TypeError: the runner returned str, not bytes",
     )
@@ -308,9 +330,9 @@ def test_a_runner_that_cannot_be_loaded_fails_every_task(make_pool: MakePool) ->
     pool, events = make_pool(2, runner=f"{runners.__name__}:no_such_runner")
     pool.submit("a", b"echo:a")
     failed = events.wait_terminal("a")["a"]
-    assert isinstance(failed, TaskFailed)
-    assert failed.reason == "runner_error"
-    assert "no_such_runner" in failed.message
+    assert isinstance(failed, Failed)
+    assert reason(failed) == "runner_error"
+    assert "no_such_runner" in failed.error.message
     pool.submit("b", b"echo:b")  # fails at once, nothing restarts forever
     assert events.wait_terminal("b")["b"] == replace(failed, task_id="b")
     assert pool.stats().workers_replaced == 0
@@ -328,7 +350,7 @@ def test_workers_ignore_sigint_and_stray_cancel_signals(make_pool: MakePool) -> 
     worker = events.wait_output("t")
     os.kill(worker, signal.SIGINT)  # Ctrl-C in the terminal is the parent's business
     os.kill(worker, signal.SIGUSR1)  # an interrupt nobody asked for (no cancel)
-    assert events.wait_terminal("t")["t"] == TaskDone("t", b"slept")
+    assert events.wait_terminal("t")["t"] == task_done("t", b"slept")
     assert pool.stats().workers == (worker,)
     pool.close()
 
@@ -343,7 +365,7 @@ def test_cancel_queued(make_pool: MakePool) -> None:
     events.wait_started("running")
     assert pool.cancel("queued") is True
     assert pool.cancel("queued") is False  # ended already
-    assert events.wait_terminal("queued")["queued"] == TaskFailed(
+    assert events.wait_terminal("queued")["queued"] == task_failed(
         "queued", "cancelled", "cancelled while queued"
     )
     assert events.of("queued") == [events.terminal("queued")[0]]  # never started
@@ -357,11 +379,11 @@ def test_cancel_running_interrupts_and_keeps_the_worker(make_pool: MakePool) -> 
     worker = events.wait_output("long")
     assert pool.cancel("long") is True
     pool.cancel("long")  # again: True or False depending on timing, never a second event
-    assert events.wait_terminal("long")["long"] == TaskFailed(
+    assert events.wait_terminal("long")["long"] == task_failed(
         "long", "cancelled", "cancelled while running"
     )
     pool.submit("next", b"pid")
-    assert events.wait_terminal("next")["next"] == TaskDone("next", str(worker).encode())
+    assert events.wait_terminal("next")["next"] == task_done("next", str(worker).encode())
     assert pool.cancel("long") is False
     assert pool.stats().workers_replaced == 0
     events.assert_well_formed()
@@ -374,13 +396,13 @@ def test_cancel_a_task_that_ignores_the_interrupt_kills_its_worker(make_pool: Ma
     worker = events.wait_output("stuck")  # a cancel before it runs would stop it cleanly
     assert pool.cancel("stuck") is True
     failed = events.wait_terminal("stuck")["stuck"]
-    assert isinstance(failed, TaskFailed)
-    assert failed.reason == "cancelled"
-    assert f"worker {worker} did not stop within 0.3s" in failed.message
+    assert isinstance(failed, Failed)
+    assert reason(failed) == "cancelled"
+    assert f"worker {worker} did not stop within 0.3s" in failed.error.message
     pool.submit("next", b"pid")
     done = events.wait_terminal("next")["next"]
-    assert isinstance(done, TaskDone)
-    assert done.result != str(worker).encode()
+    assert isinstance(done, Done)
+    assert done.value != str(worker).encode()
     assert pool.stats().workers_replaced == 1
     assert len(events.terminal("stuck")) == 1
     assert_no_process(worker)
@@ -396,7 +418,7 @@ def test_cancel_after_done_is_false_and_silent(make_pool: MakePool) -> None:
     assert pool.cancel("unknown") is False
     pool.submit("marker", b"echo:m")  # any late event for "quick" would come before this one
     events.wait_terminal("marker")
-    assert events.of("quick")[-1] == TaskDone("quick", b"q")
+    assert events.of("quick")[-1] == task_done("quick", b"q")
     assert len(events.terminal("quick")) == 1
     pool.close()
 
@@ -413,7 +435,7 @@ def test_close_cancels_everything_and_leaves_no_process(make_pool: MakePool) -> 
     assert set(pool.stats().workers) == workers
     pool.close()
     for task_id in ("sleeping", "stuck", "queued"):
-        assert events.terminal(task_id) == [TaskFailed(task_id, "cancelled", "pool closed")]
+        assert events.terminal(task_id) == [task_failed(task_id, "cancelled", "pool closed")]
     for pid in workers:
         assert_no_process(pid)
     assert pool.stats().workers == ()
@@ -438,11 +460,11 @@ def test_context_manager_closes() -> None:
 
 def test_close_from_on_event(make_pool: MakePool) -> None:
     pool, events = make_pool(1)
-    events.hook = lambda event: pool.close() if isinstance(event, TaskDone) else None
+    events.hook = lambda event: pool.close() if isinstance(event, Done) else None
     pool.submit("a", b"echo:a")
     pool.submit("b", b"sleep:30")
     events.wait_terminal("a", "b")
-    assert events.terminal("b") == [TaskFailed("b", "cancelled", "pool closed")]
+    assert events.terminal("b") == [task_failed("b", "cancelled", "pool closed")]
     pool.close()  # from this thread: waits until the workers are gone
     assert pool.stats().workers == ()
 
@@ -454,12 +476,13 @@ def test_workers_exit_when_the_parent_dies(tmp_path: Path) -> None:
             f"""
             import sys, threading
             sys.path.insert(0, {str(RUNNERS_DIR)!r})
-            from sperse._pool.pool import TaskStarted, WorkerPool
+            from sperse._core.events import Started
+            from sperse._pool.pool import WorkerPool
 
             def main():
                 started = threading.Event()
                 def on_event(event):
-                    if isinstance(event, TaskStarted):
+                    if isinstance(event, Started):
                         started.set()
                 pool = WorkerPool(2, {COMMAND!r}, on_event)
                 pool.submit("busy", b"sleep:60")  # one busy worker, one idle
@@ -510,9 +533,9 @@ def test_tasks_sent_ahead_of_a_worker_that_dies_run_on_its_replacement(
     for task_id in behind:  # some of them may be sent to the worker that dies
         pool.submit(task_id, f"echo:{task_id}".encode())
     ended = events.wait_terminal("dies", *behind)
-    assert isinstance(ended["dies"], TaskFailed) and ended["dies"].reason == "worker_died"
-    assert [ended[t] for t in behind] == [TaskDone(t, t.encode()) for t in behind]
-    events.assert_well_formed()  # one TaskStarted each, even for a task sent twice
+    assert reason(ended["dies"]) == "worker_died"
+    assert [ended[t] for t in behind] == [task_done(t, t.encode()) for t in behind]
+    events.assert_well_formed()  # one Started each, even for a task sent twice
     assert pool.stats().workers_replaced == 1
     pool.close()
 
@@ -526,11 +549,11 @@ def test_cancel_a_task_waiting_behind_another(make_pool: MakePool, tmp_path: Pat
     events.wait_output("first")
     assert pool.cancel("behind") is True
     failed = events.wait_terminal("behind")["behind"]
-    assert isinstance(failed, TaskFailed) and failed.reason == "cancelled"
+    assert reason(failed) == "cancelled"
     flag.touch()
-    assert events.wait_terminal("first")["first"] == TaskDone("first", b"seen")
+    assert events.wait_terminal("first")["first"] == task_done("first", b"seen")
     pool.submit("next", b"echo:next")
-    assert events.wait_terminal("next")["next"] == TaskDone("next", b"next")
+    assert events.wait_terminal("next")["next"] == task_done("next", b"next")
     assert len(events.terminal("behind")) == 1
     assert pool.stats().workers_replaced == 0
     events.assert_well_formed()
@@ -549,7 +572,7 @@ def test_a_pool_on_the_owners_event_loop() -> None:
             for task_id in ids:
                 pool.submit(task_id, f"echo:{task_id}".encode())
             ended = events.wait_terminal(*ids)
-            assert ended == {t: TaskDone(t, t.encode()) for t in ids}
+            assert ended == {t: task_done(t, t.encode(), "owned") for t in ids}
             assert events.threads == {thread.ident}  # on the owner's loop, nowhere else
             workers = pool.stats().workers
         finally:
@@ -572,11 +595,11 @@ def test_a_concurrent_worker_runs_its_tasks_at_once(make_pool: MakePool) -> None
     for task_id in ids:  # each waits until all three have arrived: only together can they end
         pool.submit(task_id, f"meet:3:{task_id}".encode())
     ended = events.wait_terminal(*ids)
-    assert ended == {t: TaskDone(t, t.encode()) for t in ids}
+    assert ended == {t: task_done(t, t.encode()) for t in ids}
     for task_id in ids:  # each line is tagged with the task that printed it
-        text = "".join(e.text for e in events.of(task_id) if isinstance(e, TaskOutput))
+        text = "".join(e.text for e in events.of(task_id) if isinstance(e, Output))
         assert text == f"{task_id} arrived\n{task_id} leaves\n"
-    assert len({e.worker for e in events.items if isinstance(e, TaskStarted)}) == 1
+    assert len({e.worker for e in events.items if isinstance(e, Started)}) == 1
     events.assert_well_formed()
     pool.close()
 
@@ -593,8 +616,8 @@ def test_a_huge_concurrency_costs_nothing_more(make_pool: MakePool) -> None:
     for task_id in late:
         pool.submit(task_id, f"echo:{task_id}".encode())
     ended = events.wait_terminal(*late)
-    assert ended == {t: TaskDone(t, t.encode()) for t in late}
-    assert [e.task_id for e in events.items if isinstance(e, TaskStarted)] == early + late
+    assert ended == {t: task_done(t, t.encode()) for t in late}
+    assert [e.task_id for e in events.items if isinstance(e, Started)] == early + late
     events.assert_well_formed()
     pool.close()
 
@@ -608,12 +631,12 @@ def test_cancel_in_a_concurrent_worker_ends_the_task_at_once(
     worker = events.wait_output("slow")
     assert pool.cancel("slow") is True
     failed = events.wait_terminal("slow")["slow"]
-    assert failed == TaskFailed("slow", "cancelled", "cancelled while running")
+    assert failed == task_failed("slow", "cancelled", "cancelled while running")
     pool.submit("beside", b"echo:beside")  # the other slot is free
-    assert events.wait_terminal("beside")["beside"] == TaskDone("beside", b"beside")
+    assert events.wait_terminal("beside")["beside"] == task_done("beside", b"beside")
     flag.touch()  # the cancelled task ends now; its answer is dropped
     pool.submit("after", b"pid")
-    assert events.wait_terminal("after")["after"] == TaskDone("after", str(worker).encode())
+    assert events.wait_terminal("after")["after"] == task_done("after", str(worker).encode())
     assert len(events.terminal("slow")) == 1
     assert pool.stats().workers_replaced == 0  # neither interrupted nor killed
     events.assert_well_formed()
@@ -627,7 +650,7 @@ def test_a_concurrent_worker_that_dies_fails_every_task_it_ran(
     recorded: list[Events] = []
 
     def on_worker_exit(pid: int, how: str) -> None:  # on the pool's loop, like on_event
-        ended = [e for e in recorded[0].items if isinstance(e, TaskDone | TaskFailed)]
+        ended = [e for e in recorded[0].items if isinstance(e, Done | Failed)]
         exits.append((pid, how, len(ended)))
 
     pool, events = make_pool(1, concurrency=2, on_worker_exit=on_worker_exit)
@@ -641,10 +664,10 @@ def test_a_concurrent_worker_that_dies_fails_every_task_it_ran(
     ended = events.wait_terminal("one", "two")
     for task_id in ("one", "two"):
         message = f"worker {worker} died (killed by SIGKILL) while running task {task_id}"
-        assert ended[task_id] == TaskFailed(task_id, "worker_died", message)
+        assert ended[task_id] == task_failed(task_id, "worker_died", message)
     assert exits == [(worker, "killed by SIGKILL", 0)]  # before the tasks' failures
     pool.submit("next", b"echo:next")
-    assert events.wait_terminal("next")["next"] == TaskDone("next", b"next")
+    assert events.wait_terminal("next")["next"] == task_done("next", b"next")
     events.assert_well_formed()
     pool.close()
 
@@ -659,7 +682,7 @@ def test_submit_to_the_front(make_pool: MakePool, tmp_path: Path) -> None:
     pool.submit("urgent", b"echo:urgent", front=True)
     flag.touch()
     events.wait_terminal("first", "b", "c", "urgent")
-    started = [e.task_id for e in events.items if isinstance(e, TaskStarted)]
+    started = [e.task_id for e in events.items if isinstance(e, Started)]
     assert started == ["first", "urgent", "b", "c"]
     pool.close()
 
@@ -681,7 +704,7 @@ def test_closed_from_on_event_on_the_owners_loop_it_leaves_nothing_watched() -> 
         before = watched()
         events = Events()
         pool = WorkerPool(2, COMMAND, events, name="owned", loop=loop)
-        events.hook = lambda event: pool.close() if isinstance(event, TaskDone) else None
+        events.hook = lambda event: pool.close() if isinstance(event, Done) else None
         pool.submit("a", b"echo:a")
         events.wait_terminal("a")
         pool.close()  # from this thread: waits until the workers are gone
@@ -689,7 +712,7 @@ def test_closed_from_on_event_on_the_owners_loop_it_leaves_nothing_watched() -> 
         again = Events()
         with WorkerPool(1, COMMAND, again, name="again", loop=loop) as second:
             second.submit("b", b"echo:b")
-            assert again.wait_terminal("b")["b"] == TaskDone("b", b"b")
+            assert again.wait_terminal("b")["b"] == task_done("b", b"b", "again")
     finally:
         loop.call_soon_threadsafe(loop.stop)
         thread.join(DEADLINE)

@@ -13,7 +13,8 @@ from collections import defaultdict
 from dataclasses import dataclass, field
 from typing import Any
 
-from sperse._core import ErrorInfo
+from sperse._core import Done, ErrorInfo, Failed, Output, Started
+from sperse._pool.events import cancelled, runner_error, worker_died
 from sperse._server.actions import (
     Action,
     Emit,
@@ -25,7 +26,7 @@ from sperse._server.actions import (
 )
 from sperse._server.config import ServerConfig
 from sperse._server.envelope import PickledBytes, ResultValue, ShmBuffer
-from sperse._server.model import Done, Failed, ObjectOp, Output, PeerRef, Started, TaskRequest
+from sperse._server.model import ObjectOp, PeerRef, TaskRequest
 from sperse._server.state import ServerState
 
 PREFIX = "sperse-1-"  # the server's file prefix
@@ -39,6 +40,13 @@ def files(*names: str) -> PickledBytes:
 
 def value(name: str = "x", data: PickledBytes | None = None) -> ResultValue:
     return ResultValue(name, "int", "1", data if data is not None else PickledBytes(b"1"))
+
+
+def pool_error(reason: str, message: str) -> ErrorInfo:
+    """The error the pool reports for a task that ended for ``reason`` (worker_died,
+    cancelled, runner_error)."""
+    make = {"worker_died": worker_died, "cancelled": cancelled, "runner_error": runner_error}
+    return make[reason](message)
 
 
 def describe(event: Any) -> str:
@@ -114,7 +122,7 @@ class Machine:
     def fail(self, task_id: str, reason: str = "worker_died", attempt: int = -1) -> list[Action]:
         pool_id = self.pool_id(task_id, attempt)
         message = f"task {pool_id}: {reason}"
-        return self.feed(self.state.tasks.failed(pool_id, reason, message, ""))
+        return self.feed(self.state.tasks.failed(pool_id, pool_error(reason, message)))
 
     def cancel(self, task_id: str, session: str = "s") -> list[Action]:
         return self.feed(self.state.cancel(session, task_id))

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 import pytest
 from state_harness import PREFIX, WORK, Machine, files, machine, value
 
-from sperse._core import ErrorInfo
+from sperse._core import ErrorInfo, Failed
 from sperse._server.actions import (
     Cancel,
     EndSession,
@@ -25,7 +25,6 @@ from sperse._server.model import (
     OUTPUT_CHUNK,
     RETAIN_EVENTS,
     STARTED_HOLD,
-    Failed,
     HeldValue,
     TaskRequest,
 )
@@ -257,7 +256,7 @@ def test_no_sweep_without_shared_memory() -> None:
 def test_retained_events_are_bounded() -> None:
     session = SessionState("s")
     for i in range(RETAIN_EVENTS + 3):
-        session.retain(Failed(f"t{i}", ErrorInfo("raised", "E", "")))
+        session.retain(Failed(f"t{i}", "srv", ErrorInfo("raised", "E", "")))
     assert len(session.finished) == RETAIN_EVENTS
     assert "t0" not in session.finished and f"t{RETAIN_EVENTS + 2}" in session.finished
 
@@ -279,7 +278,7 @@ def test_big_values_are_held_small_ones_inline() -> None:
     big = value("big", files(f"{PREFIX}a1-0"))
     m.done("t1", value("small"), big)
     (done,) = [e.event for e in m.emits()]
-    small, held = done.values
+    small, held = done.value
     assert small.name == "small" and held == HeldValue("big", "obj1", "int", big.value.size, "1")
     assert m.state.sessions["s"].objects["obj1"].value == big.value
 

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 import pytest
 from state_harness import Machine, call, create, files, machine, peer, value
 
-from sperse._core import ErrorInfo
+from sperse._core import Done, ErrorInfo, Failed
 from sperse._server.actions import (
     CancelObjectCall,
     CancelPull,
@@ -20,7 +20,7 @@ from sperse._server.actions import (
     SubmitToObject,
     Unlink,
 )
-from sperse._server.model import Done, Failed, ObjectOp, Pulled
+from sperse._server.model import ObjectOp, Pulled
 from sperse._server.remote import CLOSED, REBUILD
 
 
@@ -162,7 +162,7 @@ def test_an_object_that_dies_fails_its_calls_and_stops(case: Death) -> None:
     if case.how == "close":
         m.submit("x", session="other", object=ObjectOp("o1", "close"))
         (closed,) = [e.event for e in m.emits("other") if e.event.task_id == "x"]
-        assert closed == Done("x", (CLOSED,))
+        assert closed == Done("x", "srv", (CLOSED,))
     elif case.how == "release":
         m.feed(m.state.release("s", "o1"))
     elif case.how == "end":

@@ -14,11 +14,11 @@ from collections import Counter, defaultdict
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from state_harness import Machine, call, create, files, machine, value
+from state_harness import Machine, call, create, files, machine, pool_error, value
 
-from sperse._core import ErrorInfo
+from sperse._core import Done, ErrorInfo, Failed, Output, Started
 from sperse._server.actions import StartObject, StopObject, Submit, SubmitToObject, Unlink
-from sperse._server.model import Done, Failed, HeldObject, ObjectOp, Output, Started
+from sperse._server.model import HeldObject, ObjectOp
 from sperse._server.remote import REBUILD
 
 TASKS = ("t1", "t2", "t3")
@@ -72,7 +72,7 @@ def apply(m: Machine, op: tuple, uploads: itertools.count) -> None:
     elif verb == "drop":  # the driver could not run it (its pool is gone, ...)
         m.feed(tasks.attempt_failed(pool_id, ErrorInfo("internal", "PoolError", "no pool")))
     else:
-        m.feed(tasks.failed(pool_id, arg, "died", ""))
+        m.feed(tasks.failed(pool_id, pool_error(arg, "died")))
 
 
 def drain(m: Machine) -> None:
@@ -200,7 +200,7 @@ def test_every_call_of_a_remote_object_ends_once(restart: bool, sequence: list) 
             if verb == "rebuilt":
                 m.feed(m.state.rebuilt("o1", pool_id, [value()]))
             else:
-                m.feed(m.state.rebuild_failed("o1", pool_id, "runner_error", "broken"))
+                m.feed(m.state.rebuild_failed("o1", pool_id, pool_error("runner_error", "broken")))
         elif verb == "close":
             m.submit(f"x{n}", session="other", object=ObjectOp("o1", "close"))
         elif verb == "release":

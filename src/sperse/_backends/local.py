@@ -14,18 +14,17 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
 from sperse._core import (
+    BackendEvent,
     Done,
     ErrorInfo,
     EventSink,
     Failed,
     ObjectInfo,
-    Output,
     ServerInfo,
-    Started,
     TaskSpec,
 )
 from sperse._exec.runner import dumps_work
-from sperse._pool.pool import PoolEvent, TaskDone, TaskFailed, TaskOutput, TaskStarted, WorkerPool
+from sperse._pool.pool import WorkerPool
 from sperse._serialize import loads
 from sperse._server.config import DEFAULT_MAX_VALUE_SIZE
 from sperse._server.store import StateStore, start_state_store
@@ -146,16 +145,13 @@ class LocalBackend:
             raise SperseError("LocalBackend.start() was not called")
         return self._pool
 
-    def _on_pool_event(self, event: PoolEvent) -> None:
+    def _on_pool_event(self, event: BackendEvent) -> None:
+        """The pool's events are this backend's (the pool has its name), but for the end:
+        the result bytes are unpickled, a task whose worker died may be run again."""
         sink = self._sink
         assert sink is not None
-        where = self.name
         match event:
-            case TaskStarted(task_id=task_id):
-                sink(Started(task_id, where))
-            case TaskOutput(task_id=task_id, stream=stream, text=text):
-                sink(Output(task_id, where, stream, text))
-            case TaskDone(task_id=task_id, result=result):
+            case Done(task_id=task_id, where=where, value=result):
                 with self._lock:
                     self._tasks.pop(task_id, None)
                 try:
@@ -170,10 +166,12 @@ class LocalBackend:
                     )
                     return
                 sink(Done(task_id, where, value) if ok else Failed(task_id, where, value))
-            case TaskFailed(task_id=task_id, reason=reason, message=message, traceback=tb):
+            case Failed(task_id=task_id, error=error):
                 with self._lock:
                     task = self._tasks.get(task_id)
-                    retry = reason == "worker_died" and task is not None and task.attempts_left > 0
+                    retry = (
+                        error.kind == "worker_died" and task is not None and task.attempts_left > 0
+                    )
                     if retry and task is not None:
                         task.attempts_left -= 1
                     else:
@@ -181,8 +179,9 @@ class LocalBackend:
                 if retry and task is not None:
                     self._require_pool().submit(task_id, task.payload)
                     return
-                kind = "internal" if reason == "runner_error" else reason
-                sink(Failed(task_id, where, ErrorInfo(kind, reason, message, tb)))
+                sink(event)
+            case _:  # Started, Output
+                sink(event)
 
 
 def _state_stats(store: StateStore | None) -> dict[str, int]:

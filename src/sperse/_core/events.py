@@ -1,5 +1,13 @@
-"""What happens to a task, as a backend reports it: ``Started``, ``Output``, then exactly one
-of ``Done`` or ``Failed``, whose ``ErrorInfo`` is an error as data."""
+"""What happens to a task: ``Started``, ``Output``, then exactly one of ``Done`` or
+``Failed``, whose ``ErrorInfo`` is an error as data.
+
+The one vocabulary of a task's outcome, from the worker pool to ``Pending``: the pool
+reports in it to its owner (``where``: the pool's name; ``Done.value``: the runner's result,
+bytes), a server's state machine to its sessions (``where``: the server's name;
+``Done.value``: the task's values, inline or held: ``sperse._server.model.Values``), and
+every backend to the client (``where``: the server that ran the task, as the client names
+it; ``Done.value``: the task's value).
+"""
 
 from __future__ import annotations
 
@@ -84,8 +92,11 @@ class ErrorInfo:
 
 @dataclass(frozen=True, slots=True)
 class Started:
+    """The task reached a worker; ``worker`` is that process's pid where known, else 0."""
+
     task_id: str
     where: str
+    worker: int = 0
 
 
 @dataclass(frozen=True, slots=True)

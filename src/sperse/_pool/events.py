@@ -1,7 +1,10 @@
 """The pool's vocabulary, values only (frozen, slotted dataclasses).
 
-- What the pool tells its owner: a task's events (:data:`PoolEvent`), a worker's exit
-  (:class:`WorkerExited`), a snapshot (:class:`PoolStats`).
+- What the pool tells its owner: a task's events, in the one vocabulary of a task's outcome
+  (:mod:`sperse._core.events`: ``Started`` with the worker's pid, ``Output``, ``Done`` whose
+  value is the runner's result bytes, ``Failed`` with one of the errors made by
+  :func:`worker_died`, :func:`cancelled` and :func:`runner_error`; ``where`` is the pool's
+  name); a worker's exit (:class:`WorkerExited`); a snapshot (:class:`PoolStats`).
 - What the process shell tells the policy (:data:`Event`: the owner's calls, the frames a
   worker sent, its exit, a timer) and what the policy asks of the shell (:data:`Action`: start
   a worker, write a frame, signal or kill it, set a timer, log; and the events above, to
@@ -12,6 +15,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from typing import Literal, NewType
+
+from sperse._core.events import BackendEvent, ErrorInfo
 
 __all__ = [
     "Action",
@@ -27,9 +32,8 @@ __all__ = [
     "Log",
     "Malformed",
     "Open",
-    "Output",
-    "PoolEvent",
     "PoolStats",
+    "Printed",
     "Ready",
     "Result",
     "RunnerRaised",
@@ -41,58 +45,31 @@ __all__ = [
     "StartWorker",
     "Stopped",
     "Submit",
-    "TaskDone",
-    "TaskFailed",
-    "TaskOutput",
-    "TaskStarted",
     "Tick",
     "WorkerExited",
     "WorkerId",
     "WriteFailed",
+    "cancelled",
+    "runner_error",
+    "worker_died",
 ]
 
 
-@dataclass(frozen=True, slots=True)
-class TaskStarted:
-    """The task reached a worker; ``worker`` is the worker's pid."""
-
-    task_id: str
-    worker: int
+def worker_died(message: str) -> ErrorInfo:
+    """The error of a task whose worker process died (killed, crashed), or of every task
+    once workers cannot start."""
+    return ErrorInfo("worker_died", "WorkerDied", message)
 
 
-@dataclass(frozen=True, slots=True)
-class TaskOutput:
-    """Text the task wrote to ``sys.stdout`` or ``sys.stderr`` (a line or more)."""
-
-    task_id: str
-    stream: Literal["stdout", "stderr"]
-    text: str
+def cancelled(message: str) -> ErrorInfo:
+    """The error of a task ended by :meth:`WorkerPool.cancel` or :meth:`WorkerPool.close`."""
+    return ErrorInfo("cancelled", "TaskCancelled", message)
 
 
-@dataclass(frozen=True, slots=True)
-class TaskDone:
-    """The runner returned ``result`` (which encodes any error of user code)."""
-
-    task_id: str
-    result: bytes
-
-
-@dataclass(frozen=True, slots=True)
-class TaskFailed:
-    """The task ended without a result.
-
-    ``worker_died``: the worker process died (killed, crashed), or workers could not start.
-    ``cancelled``: :meth:`WorkerPool.cancel` or :meth:`WorkerPool.close`.
-    ``runner_error``: the runner raised or could not be loaded; ``traceback`` is the worker's.
-    """
-
-    task_id: str
-    reason: Literal["worker_died", "cancelled", "runner_error"]
-    message: str
-    traceback: str = ""
-
-
-PoolEvent = TaskStarted | TaskOutput | TaskDone | TaskFailed
+def runner_error(message: str, traceback: str = "") -> ErrorInfo:
+    """The error of a task whose runner raised or could not be loaded (``traceback``: the
+    worker's). An error of user code is no runner error: it is in the runner's result."""
+    return ErrorInfo("internal", "RunnerError", message, traceback)
 
 
 @dataclass(frozen=True, slots=True)
@@ -185,7 +162,9 @@ class InitFailed:
 
 
 @dataclass(frozen=True, slots=True)
-class Output:
+class Printed:
+    """``OUTPUT``: text the task wrote to ``sys.stdout`` or ``sys.stderr`` (a line or more)."""
+
     worker: WorkerId
     seq: int
     stream: Literal["stdout", "stderr"]
@@ -259,7 +238,7 @@ Event = (
     | SpawnFailed
     | Ready
     | InitFailed
-    | Output
+    | Printed
     | Result
     | Interrupted
     | RunnerRaised
@@ -326,5 +305,13 @@ class Log:
 
 
 Action = (
-    StartWorker | Send | SendCancel | Interrupt | Kill | SetTimer | Log | WorkerExited | PoolEvent
+    StartWorker
+    | Send
+    | SendCancel
+    | Interrupt
+    | Kill
+    | SetTimer
+    | Log
+    | WorkerExited
+    | BackendEvent
 )

@@ -9,7 +9,8 @@ import logging
 import threading
 from collections.abc import Callable
 
-from sperse._pool.events import PoolEvent, WorkerExited
+from sperse._core.events import BackendEvent
+from sperse._pool.events import WorkerExited
 
 __all__ = ["Outbox"]
 
@@ -23,7 +24,7 @@ class Outbox:
         self,
         name: str,
         lock: threading.Lock,
-        on_event: Callable[[PoolEvent], None],
+        on_event: Callable[[BackendEvent], None],
         on_delivered: Callable[[], None] | None,
         on_worker_exit: Callable[[int, str], None] | None,
     ) -> None:
@@ -32,9 +33,9 @@ class Outbox:
         self._on_event = on_event
         self._on_delivered = on_delivered
         self._on_worker_exit = on_worker_exit
-        self._events: collections.deque[PoolEvent | WorkerExited] = collections.deque()
+        self._events: collections.deque[BackendEvent | WorkerExited] = collections.deque()
 
-    def put(self, event: PoolEvent | WorkerExited) -> None:
+    def put(self, event: BackendEvent | WorkerExited) -> None:
         """With the lock held."""
         if not isinstance(event, WorkerExited) or self._on_worker_exit is not None:
             self._events.append(event)

@@ -11,8 +11,9 @@ semantics are documented in :mod:`sperse._pool.pool`.
 
 Invariants
 ----------
-- Every submitted task id gets exactly one terminal action (:class:`TaskDone` or
-  :class:`TaskFailed`); a task that reached a worker gets :class:`TaskStarted` first, once.
+- Every submitted task id gets exactly one terminal action (``Done`` or ``Failed``); a task
+  that reached a worker gets ``Started`` first, once. These are the task events of
+  :mod:`sperse._core.events`, with the pool's name as ``where``.
 - A worker holds at most ``concurrency`` tasks (N > 1), else at most ``pipeline`` tasks while
   tasks are short and one otherwise. Within one worker, tasks are sent in the order they were
   queued; the queue is first in, first out (``front`` puts a task before every queued one).
@@ -31,6 +32,7 @@ import math
 import signal
 from dataclasses import dataclass, field
 
+from sperse._core.events import Done, ErrorInfo, Failed, Output, Started
 from sperse._pool.events import (
     Action,
     Cancel,
@@ -45,8 +47,8 @@ from sperse._pool.events import (
     Log,
     Malformed,
     Open,
-    Output,
     PoolStats,
+    Printed,
     Ready,
     Result,
     RunnerRaised,
@@ -58,14 +60,13 @@ from sperse._pool.events import (
     StartWorker,
     Stopped,
     Submit,
-    TaskDone,
-    TaskFailed,
-    TaskOutput,
-    TaskStarted,
     Tick,
     WorkerExited,
     WorkerId,
     WriteFailed,
+    cancelled,
+    runner_error,
+    worker_died,
 )
 
 __all__ = [
@@ -101,7 +102,7 @@ class _Task:
     payload: bytes  # kept until answered: a task sent ahead may be sent again
     seq: int = 0  # of its dispatch; 0 while queued
     worker: WorkerId | None = None  # that holds it, while seq != 0
-    announced: bool = False  # TaskStarted was emitted
+    announced: bool = False  # Started was emitted
     ended: bool = False  # its terminal event was emitted; a late answer is dropped
     cancel_requested: bool = False
     kill_deadline: float | None = None
@@ -138,6 +139,7 @@ class PoolPolicy:
 
     def __init__(self, config: PolicyConfig) -> None:
         self._config = config
+        self._name = config.name  # where its events happen
         self._concurrency = max(1, config.concurrency)
         self._pipeline = max(1, config.pipeline)
         self._queue: collections.deque[_Task] = collections.deque()
@@ -145,7 +147,7 @@ class PoolPolicy:
         self._workers: dict[WorkerId, _Worker] = {}  # in the order they started
         self._last_worker = 0
         self._next_seq = 1
-        self._broken: TaskFailed | None = None  # template failure once workers cannot start
+        self._broken: ErrorInfo | None = None  # the error of every task once workers cannot start
         self._closing = False
         self._average: float | None = None  # seconds per task, a moving average
         self._samples = 0
@@ -232,11 +234,11 @@ class PoolPolicy:
                 self._submit(event, out)
             case Cancel(task_id):
                 self._cancel(task_id, now, out)
-            case Output(worker, seq, stream, text):
+            case Printed(worker, seq, stream, text):
                 w = self._workers.get(worker)
                 task = w.inflight.get(seq) if w is not None else None
                 if task is not None and not task.ended:
-                    out.append(TaskOutput(task.task_id, stream, text))
+                    out.append(Output(task.task_id, self._name, stream, text))
             case Ready(worker):
                 w = self._workers.get(worker)
                 if w is not None:
@@ -258,11 +260,11 @@ class PoolPolicy:
             case Spawned(worker, pid):
                 self._workers[worker] = _Worker(worker, pid, now + self._config.start_timeout)
             case SpawnFailed(_, message):
-                self._break(TaskFailed("", "worker_died", f"cannot start a worker: {message}"), out)
+                self._break(worker_died(f"cannot start a worker: {message}"), out)
             case InitFailed(_, message, traceback):
                 runner = self._config.runner
                 failure = f"runner {runner!r} failed to load: {message}"
-                self._break(TaskFailed("", "runner_error", failure, traceback), out)
+                self._break(runner_error(failure, traceback), out)
             case Malformed(worker):
                 w = self._workers.get(worker)
                 if w is not None and not w.killed:
@@ -284,7 +286,7 @@ class PoolPolicy:
             case Close():
                 self._closing = True
                 for task in list(self._tasks.values()):
-                    self._finish(task, TaskFailed(task.task_id, "cancelled", "pool closed"), out)
+                    self._finish(task, cancelled("pool closed"), out)
                 self._queue.clear()
             case Stopped():
                 self._workers.clear()
@@ -312,7 +314,7 @@ class PoolPolicy:
         broken = self._broken
         if broken is not None:
             self._failed += 1
-            out.append(TaskFailed(task_id, broken.reason, broken.message, broken.traceback))
+            out.append(Failed(task_id, self._name, broken))
             return
         task = _Task(task_id, event.payload)
         self._tasks[task_id] = task
@@ -328,13 +330,12 @@ class PoolPolicy:
         holder = self._workers.get(task.worker) if task.worker is not None else None
         if not task.seq:  # queued
             self._queue.remove(task)
-            self._finish(task, TaskFailed(task_id, "cancelled", "cancelled while queued"), out)
+            self._finish(task, cancelled("cancelled while queued"), out)
         elif holder is not None and self._concurrency > 1:  # never interrupted
-            self._finish(task, TaskFailed(task_id, "cancelled", "cancelled while running"), out)
+            self._finish(task, cancelled("cancelled while running"), out)
             out.append(SendCancel(holder.id, task.seq))
         elif holder is not None and holder.head() is not task:  # sent ahead
-            message = "cancelled before it started"
-            self._finish(task, TaskFailed(task_id, "cancelled", message), out)
+            self._finish(task, cancelled("cancelled before it started"), out)
             out.append(SendCancel(holder.id, task.seq))
         elif not task.cancel_requested:
             task.cancel_requested = True
@@ -405,7 +406,7 @@ class PoolPolicy:
         w.inflight[task.seq] = task
         if not task.announced:
             task.announced = True
-            out.append(TaskStarted(task.task_id, w.pid))
+            out.append(Started(task.task_id, self._name, w.pid))
         out.append(Send(w.id, task.seq, task.payload))
 
     # -- answers, deadlines, exits -------------------------------------------------------
@@ -427,26 +428,26 @@ class PoolPolicy:
         task.worker = None
         if task.ended:
             return  # it ended already (cancelled, or the pool closed)
-        result: TaskDone | TaskFailed
         if task.cancel_requested or isinstance(event, Interrupted):
-            result = TaskFailed(task.task_id, "cancelled", "cancelled while running")
+            self._finish(task, cancelled("cancelled while running"), out)
         elif isinstance(event, Result):
-            result = TaskDone(task.task_id, event.result)
+            self._finish(task, event.result, out)
         else:
-            result = TaskFailed(task.task_id, "runner_error", event.message, event.traceback)
-        self._finish(task, result, out)
+            self._finish(task, runner_error(event.message, event.traceback), out)
 
-    def _finish(self, task: _Task, event: TaskDone | TaskFailed, out: list[Action]) -> None:
-        """Record the terminal event of ``task``: the only place that emits one."""
+    def _finish(self, task: _Task, end: bytes | ErrorInfo, out: list[Action]) -> None:
+        """Emit the terminal event of ``task``, ``Done`` with the runner's result or
+        ``Failed`` with the error: the only place that emits one."""
         del self._tasks[task.task_id]
         task.ended = True
         if task.kill_deadline is not None:
             self._kill_pending -= 1
-        if isinstance(event, TaskDone):
-            self._done += 1
-        else:
+        if isinstance(end, ErrorInfo):
             self._failed += 1
-        out.append(event)
+            out.append(Failed(task.task_id, self._name, end))
+        else:
+            self._done += 1
+            out.append(Done(task.task_id, self._name, end))
 
     def _kill(self, w: _Worker, out: list[Action]) -> None:
         w.killed = True
@@ -479,7 +480,7 @@ class PoolPolicy:
                     message = (
                         f"cancelled; worker {w.pid} did not stop within {grace:g}s and was killed"
                     )
-                    self._finish(task, TaskFailed(task.task_id, "cancelled", message), out)
+                    self._finish(task, cancelled(message), out)
                 else:
                     next_deadline = min(next_deadline, task.kill_deadline)
         self._quiet = next_deadline == math.inf
@@ -499,11 +500,10 @@ class PoolPolicy:
                 task.seq = 0
                 ahead.append(task)
             elif task.cancel_requested:
-                message = "cancelled while running"
-                self._finish(task, TaskFailed(task.task_id, "cancelled", message), out)
+                self._finish(task, cancelled("cancelled while running"), out)
             else:
                 message = f"worker {w.pid} died ({how}) while running task {task.task_id}"
-                self._finish(task, TaskFailed(task.task_id, "worker_died", message), out)
+                self._finish(task, worker_died(message), out)
         w.inflight.clear()
         self._queue.extendleft(reversed(ahead))
         if self._closing or self._broken is not None:
@@ -515,7 +515,7 @@ class PoolPolicy:
                     f"workers of pool {self._config.name!r} die before they are ready "
                     f"(the last one: {how}); see the server's log"
                 )
-                self._break(TaskFailed("", "worker_died", message), out)
+                self._break(worker_died(message), out)
                 return
         out.append(
             Log(logging.WARNING, f"{self._who} worker {w.pid} exited ({how}); starting another")
@@ -523,13 +523,11 @@ class PoolPolicy:
         self._replaced += 1
         out.append(StartWorker(self._new_worker_id()))
 
-    def _break(self, failure: TaskFailed, out: list[Action]) -> None:
+    def _break(self, error: ErrorInfo, out: list[Action]) -> None:
         """Workers cannot serve: fail what is queued now and everything submitted later."""
         if self._broken is not None:
             return
-        out.append(Log(logging.ERROR, f"pool {self._config.name!r} is broken: {failure.message}"))
-        self._broken = failure
+        out.append(Log(logging.ERROR, f"pool {self._config.name!r} is broken: {error.message}"))
+        self._broken = error
         while self._queue:
-            task = self._queue.popleft()
-            reason, message, tb = failure.reason, failure.message, failure.traceback
-            self._finish(task, TaskFailed(task.task_id, reason, message, tb), out)
+            self._finish(self._queue.popleft(), error, out)

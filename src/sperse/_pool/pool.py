@@ -2,7 +2,9 @@
 
 The pool knows nothing of cells, pickles of user code or networks: a *runner*, named as
 ``"package.module:function"`` and loaded in every worker (see :mod:`sperse._pool.worker`),
-does the work. The owner (the server) submits ``(task_id, payload)`` and receives events.
+does the work. The owner (the server) submits ``(task_id, payload)`` and receives events: a
+task's, in the vocabulary of every task's outcome (:mod:`sperse._core.events`, with the
+pool's name as ``where``; ``Done.value`` is the result bytes), and its workers' exits.
 
 Structure
 ---------
@@ -14,10 +16,13 @@ vocabulary of all of them.
 
 Invariants
 ----------
-- Every submitted task id gets exactly one terminal event, :class:`TaskDone` or
-  :class:`TaskFailed`. A task that reached a worker gets :class:`TaskStarted` first (once,
-  even if it is sent again, see "Pipelining"), then its :class:`TaskOutput` events in the
-  order they were written, then the terminal event.
+- Every submitted task id gets exactly one terminal event, ``Done`` (the runner's result)
+  or ``Failed``. A task that reached a worker gets ``Started`` first (once, even if it is
+  sent again, see "Pipelining"; ``worker`` is that worker's pid), then its ``Output`` events
+  in the order they were written, then the terminal event. A ``Failed`` carries one of three
+  errors (:mod:`sperse._pool.events`): ``worker_died`` (the worker died, or workers cannot
+  start), ``cancelled`` (``cancel`` or ``close``), or ``internal`` ``RunnerError`` (the
+  runner raised, or could not be loaded; with the worker's traceback).
 - The pool runs on one asyncio event loop: the owner's (``loop=``; the server passes its
   own, so a result goes from the worker's pipe to the owner without a thread in between),
   or else a private one on a thread of its own (the "reader thread"). ``on_event`` is called
@@ -27,7 +32,7 @@ Invariants
 - Tasks are dispatched first in, first out, to idle workers first; ``submit(front=True)``
   puts a task before every queued one.
 - A worker that dies is replaced; the task it was running (a concurrent worker: every task
-  it was running) fails with ``reason="worker_died"``. ``on_worker_exit(pid, how)``, if
+  it was running) fails with a ``worker_died`` error. ``on_worker_exit(pid, how)``, if
   given, is called (like ``on_event``) for every worker that exits while the pool is open,
   before the events of the tasks it fails, and before its replacement can take a task.
 - After :meth:`WorkerPool.close` returns (called from another thread than the loop's),
@@ -41,14 +46,14 @@ worker is sent up to ``pipeline`` tasks at once: it starts the next as soon as o
 instead of waiting for the round trip through the parent. A worker whose current task has
 run longer than that gets no more until it is done, so few tasks wait behind a long one.
 A task sent ahead to a worker that dies before starting it goes back to the front of the
-queue (it does not get a second :class:`TaskStarted`).
+queue (it does not get a second ``Started``).
 
 Concurrent workers
 ------------------
 With ``concurrency`` N > 1, each worker runs up to N tasks at once, in threads (see
 :mod:`sperse._pool.worker`): it is sent up to N tasks whatever the pipelining heuristics say,
 all of which run. ``cancel()`` of a task such a worker runs ends the task at once with
-``TaskFailed(reason="cancelled")``: the worker is neither interrupted nor killed (other
+a ``cancelled`` error: the worker is neither interrupted nor killed (other
 tasks run beside it), the task runs on to its end and its answer is dropped; until then it
 still counts among the worker's N. (A task not started yet when the worker reads ``CANCEL``
 does not run.) A worker that dies fails every task it was running.
@@ -63,7 +68,7 @@ its main thread only if that sequence number is the task running now, and answer
 is stuck in C code or swallowed the interrupt), the worker is killed and replaced
 (``cancel_grace=math.inf``: never). ``cancel()`` of a task sent ahead ends it at once and sends
 ``CANCEL``: the worker reads it before it would start the task, and drops it. Either way the
-task ends with exactly one ``TaskFailed(reason="cancelled")``: once ``cancel()`` has
+task ends with exactly one ``Failed`` (``cancelled``): once ``cancel()`` has
 returned True, even a result that was already on its way is dropped.
 
 Pipe format
@@ -85,6 +90,10 @@ UTF-8 (``surrogatepass``), their parts separated by NUL. Nothing on the pipe is 
                        RUNNER_ERROR seq message NUL traceback   the runner raised
 
 Exactly one of DONE, CANCELLED and RUNNER_ERROR answers each RUN, after its OUTPUT frames.
+The owner hears of them as the task's ``Output`` events, then its ``Done`` (the result, as
+the worker sent it) or ``Failed`` (``cancelled``, ``RunnerError``); the pool adds
+``Started`` (when it sends RUN) and the failures of its own making (a worker's death, a
+cancel, a close).
 """
 
 from __future__ import annotations
@@ -100,6 +109,7 @@ import weakref
 from collections.abc import Callable, Mapping, Sequence
 from types import TracebackType
 
+from sperse._core.events import BackendEvent, Done, Failed, Output, Started
 from sperse._pool import procs
 from sperse._pool.events import (
     Action,
@@ -112,7 +122,6 @@ from sperse._pool.events import (
     Kill,
     Log,
     Open,
-    PoolEvent,
     PoolStats,
     Send,
     SendCancel,
@@ -122,10 +131,6 @@ from sperse._pool.events import (
     StartWorker,
     Stopped,
     Submit,
-    TaskDone,
-    TaskFailed,
-    TaskOutput,
-    TaskStarted,
     Tick,
     WorkerExited,
     WorkerId,
@@ -136,17 +141,7 @@ from sperse._pool.policy import PIPELINE, PIPELINE_TASK_MAX, PolicyConfig, PoolP
 from sperse._pool.procs import ESCALATION_WAIT, WorkerProcess
 from sperse._pool.worker import HEADER, Msg
 
-__all__ = [
-    "PIPELINE",
-    "PIPELINE_TASK_MAX",
-    "PoolEvent",
-    "PoolStats",
-    "TaskDone",
-    "TaskFailed",
-    "TaskOutput",
-    "TaskStarted",
-    "WorkerPool",
-]
+__all__ = ["PIPELINE", "PIPELINE_TASK_MAX", "PoolStats", "WorkerPool"]
 
 _log = logging.getLogger(__name__)
 
@@ -183,7 +178,7 @@ class WorkerPool:
         self,
         size: int,
         runner: str,
-        on_event: Callable[[PoolEvent], None],
+        on_event: Callable[[BackendEvent], None],
         *,
         name: str = "pool",
         cancel_grace: float = 1.0,
@@ -267,7 +262,7 @@ class WorkerPool:
             self._perform(self._policy.handle(Submit(task_id, payload, front), time.monotonic()))
         if self._on_loop():
             # On the loop (the owner's): a free worker gets it now; the events
-            # (TaskStarted) are delivered after the caller returns, by the kick.
+            # (Started) are delivered after the caller returns, by the kick.
             self._write_frames()
         self._kick()
 
@@ -282,8 +277,8 @@ class WorkerPool:
         self._kick()
 
     def cancel(self, task_id: str) -> bool:
-        """Cancel a queued or running task: True, and it will end with ``TaskFailed(reason=
-        "cancelled")``. False if the id is unknown or the task has already ended."""
+        """Cancel a queued or running task: True, and it will end with ``Failed`` (a
+        ``cancelled`` error). False if the id is unknown or the task has already ended."""
         with self._lock:
             if not self._policy.pending(task_id):
                 return False
@@ -296,8 +291,8 @@ class WorkerPool:
             return self._policy.stats()
 
     def close(self, timeout: float = 5.0) -> None:
-        """Fail every queued and running task with ``TaskFailed("cancelled", "pool closed")``,
-        then stop the workers.
+        """Fail every queued and running task (``cancelled``: "pool closed"), then stop the
+        workers.
 
         Workers get ``timeout`` seconds to exit (busy ones are interrupted first and get at
         most ``cancel_grace``), then SIGTERM, then SIGKILL. Idempotent. Called on the pool's
@@ -358,7 +353,7 @@ class WorkerPool:
         """Do what can be done from any thread now; leave frames and timers to the loop."""
         put = self._outbox.put
         for action in actions:
-            if isinstance(action, (TaskStarted, TaskOutput, TaskDone, TaskFailed, WorkerExited)):
+            if isinstance(action, (Done, Started, Output, Failed, WorkerExited)):
                 put(action)
             elif isinstance(action, Send):
                 payload = action.payload

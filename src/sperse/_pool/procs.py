@@ -28,7 +28,7 @@ from sperse._pool.events import (
     InitFailed,
     Interrupted,
     Malformed,
-    Output,
+    Printed,
     Ready,
     Result,
     RunnerRaised,
@@ -275,7 +275,7 @@ def _event(worker: WorkerId, tag: int, seq: int, body: bytes) -> Event | None:
         if stream is None:
             return Malformed(worker)
         (text,) = decode_text(body[1:], 1)
-        return Output(worker, seq, stream, text)
+        return Printed(worker, seq, stream, text)
     if tag == Msg.CANCELLED:
         return Interrupted(worker, seq)
     if tag == Msg.RUNNER_ERROR:

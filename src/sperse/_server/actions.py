@@ -14,7 +14,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from sperse._server.model import PeerRef, TaskEvent
+from sperse._core import BackendEvent
+from sperse._server.model import PeerRef
 
 __all__ = [
     "Action",
@@ -44,7 +45,7 @@ class Emit:
     """Put ``event`` in the session's outbox, and wake the stream attached to it."""
 
     session_id: str
-    event: TaskEvent
+    event: BackendEvent
 
 
 @dataclass(frozen=True, slots=True)
@@ -84,7 +85,7 @@ class Submit:
 class Cancel:
     """Cancel an attempt of the server's pool or of a pip environment's. Still queued in the
     driver (the pool is starting, the environment is being installed): the driver fails it
-    with ``TaskCancelled``; running: the pool's ``TaskFailed`` comes later."""
+    with ``TaskCancelled``; running: the pool's ``Failed`` comes later."""
 
     pool_id: str
     pip: tuple[str, ...] = ()

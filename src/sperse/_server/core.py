@@ -98,8 +98,7 @@ import time
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
-from sperse._core import ErrorInfo
-from sperse._pool.pool import PoolEvent, TaskDone, TaskFailed, TaskOutput, TaskStarted
+from sperse._core import BackendEvent, Done, ErrorInfo, Failed, Output, Started
 from sperse._serialize import shm
 from sperse._server.actions import (
     Action,
@@ -131,23 +130,19 @@ from sperse._server.model import (
     RETAIN_EVENTS,
     RUNNER,
     STARTED_HOLD,
-    Done,
-    Failed,
     HeldObject,
     HeldValue,
     InlineValue,
     Listener,
     ObjectOp,
-    Output,
     PeerRef,
     Peers,
     Pulled,
     PullFailed,
     RemoteObjectInfo,
     ServerStats,
-    Started,
-    TaskEvent,
     TaskRequest,
+    Values,
 )
 from sperse._server.object_pools import ObjectPools
 from sperse._server.pull_runner import PullRunner
@@ -163,14 +158,11 @@ __all__ = [
     "RETAIN_EVENTS",
     "RUNNER",
     "STARTED_HOLD",
-    "Done",
-    "Failed",
     "HeldObject",
     "HeldValue",
     "InlineValue",
     "Listener",
     "ObjectOp",
-    "Output",
     "PeerRef",
     "Peers",
     "PullFailed",
@@ -179,9 +171,8 @@ __all__ = [
     "ServerCore",
     "ServerStats",
     "Session",
-    "Started",
-    "TaskEvent",
     "TaskRequest",
+    "Values",
 ]
 
 
@@ -195,7 +186,7 @@ class Session:
         self.client_name = client_name
         self.peer = peer
         self.shm_prefix = shm_prefix  # of the files its client uploads
-        self.outbox: collections.deque[TaskEvent] = collections.deque()
+        self.outbox: collections.deque[BackendEvent] = collections.deque()
         # Calls of its client's callbacks by remote code: (callback id, pickled arguments).
         self.callbacks: collections.deque[tuple[str, PickledBytes]] = collections.deque()
         self.listener: Listener | None = None
@@ -205,7 +196,7 @@ class Session:
     def closed(self) -> bool:
         return self.state.closed
 
-    def emit(self, event: TaskEvent) -> None:
+    def emit(self, event: BackendEvent) -> None:
         self.outbox.append(event)
         if self.listener is not None:
             self.listener.wake()
@@ -492,21 +483,21 @@ class ServerCore:
 
     # ---- events of the pools (on the loop) -----------------------------------------------
 
-    def _on_pool_event(self, event: PoolEvent) -> None:
+    def _on_pool_event(self, event: BackendEvent) -> None:
         self.in_pool_batch = True  # until _after_pool_events: streams flush then
         tasks = self.state.tasks
-        if isinstance(event, TaskDone):
-            result = unpack(event.result)
+        if isinstance(event, Done):
+            result = unpack(event.value)
             limit = tasks.inline_limit(event.task_id)
             if limit is not None and not isinstance(result, ErrorInfo):
                 result = read_inlines(result, limit)
             actions = tasks.done(event.task_id, result)
-        elif isinstance(event, TaskStarted):
+        elif isinstance(event, Started):
             actions = tasks.started(event.task_id, event.worker, self._clock())
-        elif isinstance(event, TaskOutput):
+        elif isinstance(event, Output):
             actions = tasks.output(event.task_id, event.stream, event.text)
         else:
-            actions = tasks.failed(event.task_id, event.reason, event.message, event.traceback)
+            actions = tasks.failed(event.task_id, event.error)
         if actions:
             self._perform(actions)
 
@@ -515,16 +506,13 @@ class ServerCore:
         if self.after_pool_events is not None:
             self.after_pool_events()
 
-    def _on_object_event(self, object_id: str, event: PoolEvent) -> None:
+    def _on_object_event(self, object_id: str, event: BackendEvent) -> None:
         if not event.task_id.startswith(REBUILD):
             self._on_pool_event(event)
-        elif isinstance(event, TaskDone):
-            self._perform(self.state.rebuilt(object_id, event.task_id, unpack(event.result)))
-        elif isinstance(event, TaskFailed):  # (a constructor's result writes no file)
-            actions = self.state.rebuild_failed(
-                object_id, event.task_id, event.reason, event.message
-            )
-            self._perform(actions)
+        elif isinstance(event, Done):
+            self._perform(self.state.rebuilt(object_id, event.task_id, unpack(event.value)))
+        elif isinstance(event, Failed):  # (a constructor's result writes no file)
+            self._perform(self.state.rebuild_failed(object_id, event.task_id, event.error))
 
     def _on_object_worker_exit(self, object_id: str, pid: int, how: str) -> None:
         self._perform(self.state.object_worker_exited(object_id, pid, how))

@@ -1,13 +1,15 @@
-"""The values that go in and out of a server's sessions: task requests, task events, held
-objects, statistics. Plain data; see :mod:`sperse._server.core` for what they mean together.
+"""The values that go in and out of a server's sessions: task requests, the values of a
+task's ``Done``, held objects, statistics. Plain data; see :mod:`sperse._server.core` for
+what they mean together. A session is sent the task events of :mod:`sperse._core.events`
+(``where``: the server's name), whose ``Done.value`` is a task's :data:`Values`.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal, Protocol
+from typing import Protocol
 
-from sperse._core import ErrorInfo
+from sperse._core import Done
 from sperse._server.envelope import PickledBytes
 
 __all__ = [
@@ -18,23 +20,20 @@ __all__ = [
     "RUNNER",
     "STARTED_HOLD",
     "TEXT_MAX",
-    "Done",
-    "Failed",
     "HeldObject",
     "HeldValue",
     "InlineValue",
     "Listener",
     "ObjectOp",
-    "Output",
     "PeerRef",
     "Peers",
     "PullFailed",
     "Pulled",
     "RemoteObjectInfo",
     "ServerStats",
-    "Started",
-    "TaskEvent",
     "TaskRequest",
+    "Values",
+    "inline_bytes",
 ]
 
 RUNNER = "sperse._server.runner:run"
@@ -95,19 +94,6 @@ class TaskRequest:
 
 
 @dataclass(frozen=True, slots=True)
-class Started:
-    task_id: str
-    worker: int
-
-
-@dataclass(frozen=True, slots=True)
-class Output:
-    task_id: str
-    stream: Literal["stdout", "stderr"]
-    text: str
-
-
-@dataclass(frozen=True, slots=True)
 class InlineValue:
     name: str
     value: PickledBytes
@@ -122,26 +108,15 @@ class HeldValue:
     repr: str
 
 
-@dataclass(frozen=True, slots=True)
-class Done:
-    task_id: str
-    values: tuple[InlineValue | HeldValue, ...]
-
-    @property
-    def inline_bytes(self) -> int:
-        return sum(v.value.size for v in self.values if isinstance(v, InlineValue))
+Values = tuple[InlineValue | HeldValue, ...]
+"""What a server's ``Done`` carries: each value the task made (a statement's names, or
+``""`` for a call's result), inline or held here."""
 
 
-@dataclass(frozen=True, slots=True)
-class Failed:
-    """A task's failure: the error as its worker (or the server) made it, the one type from
-    the worker to the client (clipped before it is recorded: ``sessions.clipped``)."""
-
-    task_id: str
-    error: ErrorInfo
-
-
-TaskEvent = Started | Output | Done | Failed
+def inline_bytes(done: Done) -> int:
+    """The bytes of a server's ``Done`` that travel inline (what retaining it costs)."""
+    values: Values = done.value
+    return sum(v.value.size for v in values if isinstance(v, InlineValue))
 
 
 @dataclass(slots=True, eq=False)

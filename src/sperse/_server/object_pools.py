@@ -14,8 +14,8 @@ import math
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
-from sperse._core import ErrorInfo
-from sperse._pool.pool import PoolEvent, WorkerPool
+from sperse._core import BackendEvent, ErrorInfo
+from sperse._pool.pool import WorkerPool
 from sperse._server.actions import CancelObjectCall, StartObject, StopObject, SubmitToObject
 from sperse._server.model import ACTOR_RUNNER
 
@@ -41,7 +41,7 @@ class ObjectPools:
         server: str,
         loop: asyncio.AbstractEventLoop,
         *,
-        on_event: Callable[[str, PoolEvent], None],
+        on_event: Callable[[str, BackendEvent], None],
         on_exit: Callable[[str, int, str], None],
         on_delivered: Callable[[], None],
         failed: Callable[[str, str], None],

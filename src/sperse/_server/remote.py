@@ -18,10 +18,10 @@ import pickle
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
-from sperse._core import ErrorInfo
+from sperse._core import Done, ErrorInfo, Failed
 from sperse._server.actions import Action, Log, SubmitToObject, Unlink, log
 from sperse._server.envelope import PickledBytes, ResultValue
-from sperse._server.model import GONE_KEPT, Done, Failed, HeldObject, InlineValue, ObjectOp
+from sperse._server.model import GONE_KEPT, HeldObject, InlineValue, ObjectOp
 
 if TYPE_CHECKING:
     from sperse._server.sessions import SessionState, TaskState
@@ -76,6 +76,7 @@ class RemoteObjects:
         if not object_id or object_id in self.alive or object_id in self._gone:
             return Failed(
                 task_id,
+                self._server,
                 ErrorInfo(
                     "internal",
                     "DuplicateObject",
@@ -86,6 +87,7 @@ class RemoteObjects:
         if op.name and op.name in self.named:
             return Failed(
                 task_id,
+                self._server,
                 ErrorInfo(
                     "raised",
                     "ValueError",
@@ -137,7 +139,7 @@ class RemoteObjects:
             "here, or was destroyed long ago (a proxy reaches its object on the server that "
             "created it)"
         )
-        return Failed(task_id, ErrorInfo("object_lost", "ObjectLost", message))
+        return Failed(task_id, self._server, ErrorInfo("object_lost", "ObjectLost", message))
 
     def unregister(self, obj: RemoteObject, why: str, event: str) -> Log:
         """``obj`` is dead from now on (``obj.alive`` was True): why is remembered."""
@@ -218,13 +220,13 @@ class RemoteObjects:
         ]
 
     @staticmethod
-    def rebuild_failed(obj: RemoteObject, reason: str, message: str) -> str:
-        """Its rebuild failed without a result: why it is lost ("" if the worker died: its
-        exit says what happens)."""
+    def rebuild_failed(obj: RemoteObject, error: ErrorInfo) -> str:
+        """Its rebuild failed without a result (the pool's ``error``): why it is lost (""
+        if the worker died: its exit says what happens)."""
         obj.rebuild_id = ""
-        if reason == "worker_died":
+        if error.kind == "worker_died":
             return ""
-        return f"is lost: rebuilding it after {obj.rebuilt_after} failed: {message}"
+        return f"is lost: rebuilding it after {obj.rebuilt_after} failed: {error.message}"
 
     @staticmethod
     def task_ended(obj: RemoteObject, task: TaskState, event: Done | Failed) -> str:

@@ -12,8 +12,9 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
+from sperse._core import Done, Failed
 from sperse._server.envelope import PickledBytes
-from sperse._server.model import RETAIN_EVENTS, TEXT_MAX, Done, Failed, HeldObject, PeerRef
+from sperse._server.model import RETAIN_EVENTS, TEXT_MAX, HeldObject, PeerRef, inline_bytes
 
 if TYPE_CHECKING:
     from sperse._server.remote import RemoteObject
@@ -68,7 +69,7 @@ class SessionState:
         self.closed = False
 
     def retain(self, event: Done | Failed) -> None:
-        size = event.inline_bytes if isinstance(event, Done) else 0
+        size = inline_bytes(event) if isinstance(event, Done) else 0
         if size > _RETAIN_BYTES:
             return
         self.finished[event.task_id] = event
@@ -76,7 +77,7 @@ class SessionState:
         while len(self.finished) > RETAIN_EVENTS or self.finished_bytes > _RETAIN_BYTES:
             _, old = self.finished.popitem(last=False)
             if isinstance(old, Done):
-                self.finished_bytes -= old.inline_bytes
+                self.finished_bytes -= inline_bytes(old)
 
     def __repr__(self) -> str:
         return f"<Session {self.session_id} tasks={len(self.tasks)} objects={len(self.objects)}>"
@@ -94,4 +95,5 @@ def clip(text: str, limit: int = TEXT_MAX, *, keep_end: bool = False) -> str:
 def clipped(event: Failed) -> Failed:
     error = event.error
     message, traceback = clip(error.message), clip(error.traceback, keep_end=True)
-    return Failed(event.task_id, dataclasses.replace(error, message=message, traceback=traceback))
+    clipped_error = dataclasses.replace(error, message=message, traceback=traceback)
+    return Failed(event.task_id, event.where, clipped_error)

@@ -20,7 +20,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 
-from sperse._core import ErrorInfo
+from sperse._core import Done, ErrorInfo, Failed
 from sperse._server.actions import (
     Action,
     Cancel,
@@ -33,13 +33,7 @@ from sperse._server.actions import (
 from sperse._server.config import ServerConfig
 from sperse._server.envelope import ResultValue
 from sperse._server.held import HeldValues
-from sperse._server.model import (
-    Done,
-    Failed,
-    HeldObject,
-    Pulled,
-    TaskRequest,
-)
+from sperse._server.model import HeldObject, Pulled, TaskRequest
 from sperse._server.pulls import Pulls
 from sperse._server.remote import CLOSED, RemoteObject, RemoteObjects
 from sperse._server.sessions import SessionState, TaskState
@@ -267,7 +261,8 @@ class ServerState:
         task.cancel_requested = True
         if task.waiting:  # for a pull: not queued in the pool yet
             self.tasks.finish(
-                task, Failed(task.task_id, ErrorInfo("cancelled", "TaskCancelled", _QUEUED))
+                task,
+                Failed(task.task_id, self.name, ErrorInfo("cancelled", "TaskCancelled", _QUEUED)),
             )
         elif task.obj is not None:
             self._out.append(CancelObjectCall(task.obj.object_id, task.pool_id))
@@ -362,7 +357,10 @@ class ServerState:
             )
             task.waiting.pop(ref.object_id, None)
             self.tasks.finish(
-                task, Failed(task.task_id, ErrorInfo("internal", "ObjectUnavailable", message))
+                task,
+                Failed(
+                    task.task_id, self.name, ErrorInfo("internal", "ObjectUnavailable", message)
+                ),
             )
 
     # ---- remote objects ------------------------------------------------------------------
@@ -390,13 +388,11 @@ class ServerState:
             return self._take()
         return outcome
 
-    def rebuild_failed(
-        self, object_id: str, pool_id: str, reason: str, message: str
-    ) -> list[Action]:
+    def rebuild_failed(self, object_id: str, pool_id: str, error: ErrorInfo) -> list[Action]:
         obj = self.objects.alive.get(object_id)
         if obj is None or pool_id != obj.rebuild_id:
             return []
-        why = RemoteObjects.rebuild_failed(obj, reason, message)
+        why = RemoteObjects.rebuild_failed(obj, error)
         if why:
             self.tasks.object_dies(obj, why, event="object_lost")
         return self._take()
@@ -420,4 +416,4 @@ class ServerState:
             self.tasks.object_dies(
                 obj, "was closed (proxy.close()): create a new one", event="object_closed"
             )
-        self.tasks.record(session, Done(task_id, (CLOSED,)))
+        self.tasks.record(session, Done(task_id, self.name, (CLOSED,)))

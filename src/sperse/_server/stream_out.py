@@ -17,7 +17,7 @@ from __future__ import annotations
 import collections
 from dataclasses import dataclass, field
 
-from sperse._core import ErrorInfo
+from sperse._core import BackendEvent, ErrorInfo, Failed, Output, Started
 from sperse._server import core
 from sperse._server.blobs import OpenFile, OutBlob, StreamSender
 from sperse._server.envelope import PickledBytes, ShmBuffer
@@ -101,20 +101,21 @@ class StreamOutput:
         return [*blobs, pb.ServerMessage(events=pb.Events(events=events))]
 
     def _encode(
-        self, event: core.TaskEvent, blobs: list[OutBlob], budget: int
+        self, event: BackendEvent, blobs: list[OutBlob], budget: int
     ) -> tuple[pb.Event, int]:
-        if isinstance(event, core.Started):
+        if isinstance(event, Started):
             return pb.Event(task_id=event.task_id, started=pb.Started(worker=event.worker)), 64
-        if isinstance(event, core.Output):
+        if isinstance(event, Output):
             output = pb.Output(stream=event.stream, text=event.text)
             return pb.Event(task_id=event.task_id, output=output), len(event.text.encode())
-        if isinstance(event, core.Failed):
+        if isinstance(event, Failed):
             error = event.error
             size = len(error.message.encode()) + len(error.traceback.encode())
             return pb.Event(task_id=event.task_id, failed=failure_message(error)), size
         values = []
         used = 0
-        for v in event.values:
+        done: core.Values = event.value
+        for v in done:
             if isinstance(v, core.InlineValue):
                 pickled, n = self.sender.pickled_within(v.value, blobs, budget - used)
                 values.append(pb.Value(name=v.name, inline=pickled))

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from sperse._core import ErrorInfo
-from sperse._server.model import Failed, TaskRequest
+from sperse._core import ErrorInfo, Failed
+from sperse._server.model import TaskRequest
 from sperse._server.sessions import SessionState
 
 __all__ = ["refusal", "what"]
@@ -19,10 +19,13 @@ def refusal(request: TaskRequest, session: SessionState, server: str) -> Failed 
     the request itself tells; a remote object it names is checked next)."""
     task_id = request.task_id
     if request.work is None:
-        return Failed(task_id, ErrorInfo("serialization", "SerializationError", request.refused))
+        return Failed(
+            task_id, server, ErrorInfo("serialization", "SerializationError", request.refused)
+        )
     if not request.work.data:
         return Failed(
             task_id,
+            server,
             ErrorInfo(
                 "internal",
                 "UnknownTask",
@@ -35,6 +38,7 @@ def refusal(request: TaskRequest, session: SessionState, server: str) -> Failed 
     if missing:
         return Failed(
             task_id,
+            server,
             ErrorInfo(
                 "internal",
                 "UnknownObject",
@@ -46,6 +50,7 @@ def refusal(request: TaskRequest, session: SessionState, server: str) -> Failed 
     if op is not None and op.kind not in ("create", "call"):
         return Failed(
             task_id,
+            server,
             ErrorInfo(
                 "internal",
                 "UnknownObjectOp",

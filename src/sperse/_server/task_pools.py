@@ -14,8 +14,8 @@ import asyncio
 import logging
 from collections.abc import Callable, Mapping
 
-from sperse._core import ErrorInfo
-from sperse._pool.pool import PoolEvent, PoolStats, WorkerPool
+from sperse._core import BackendEvent, ErrorInfo
+from sperse._pool.pool import PoolStats, WorkerPool
 from sperse._server.actions import Cancel, Submit
 from sperse._server.config import ServerConfig
 from sperse._server.envs import PipEnvs
@@ -35,7 +35,7 @@ class TaskPools:
         name: str,
         loop: asyncio.AbstractEventLoop,
         *,
-        on_event: Callable[[PoolEvent], None],
+        on_event: Callable[[BackendEvent], None],
         on_delivered: Callable[[], None],
         fail: Callable[[str, ErrorInfo], None],
         env: Callable[[], Mapping[str, str]],

@@ -16,7 +16,7 @@ import logging
 from collections.abc import Iterable
 from typing import Literal
 
-from sperse._core import ErrorInfo
+from sperse._core import Done, ErrorInfo, Failed, Output, Started
 from sperse._server.actions import (
     Action,
     Emit,
@@ -34,7 +34,7 @@ from sperse._server.config import ServerConfig
 from sperse._server.envelope import Envelope, ResultValue, pack_envelope
 from sperse._server.held import HeldValues
 from sperse._server.holdback import StartedHoldBack
-from sperse._server.model import OUTPUT_CHUNK, Done, Failed, Output, Started
+from sperse._server.model import OUTPUT_CHUNK
 from sperse._server.pulls import Pulls
 from sperse._server.remote import RemoteObject, RemoteObjects
 from sperse._server.sessions import SessionState, TaskState, clip, clipped
@@ -129,7 +129,7 @@ class TaskTable:
         self.announce_now(task)
         self._out.append(TaskLogOutput(task.log_key, stream, text))
         for start in range(0, len(text), OUTPUT_CHUNK):
-            chunk = Output(task.task_id, stream, text[start : start + OUTPUT_CHUNK])
+            chunk = Output(task.task_id, self.name, stream, text[start : start + OUTPUT_CHUNK])
             self._out.append(Emit(task.session.session_id, chunk))
         return self._take()
 
@@ -142,63 +142,62 @@ class TaskTable:
             return self._take()
         self.announce_now(task)
         if isinstance(result, ErrorInfo):
-            self.finish(task, Failed(task.task_id, result))
+            self.finish(task, Failed(task.task_id, self.name, result))
         else:
             values = self.held.keep(task.session, result, task.inline_limit)
-            self.finish(task, Done(task.task_id, values))
+            self.finish(task, Done(task.task_id, self.name, values))
         self._out.extend(self.hold_back.forget(self._current))
         return self._take()
 
-    def failed(self, pool_id: str, reason: str, message: str, traceback: str) -> list[Action]:
-        """The attempt ended without its result (``reason``: worker_died, cancelled,
-        runner_error): its files are swept; it may be retried."""
+    def failed(self, pool_id: str, error: ErrorInfo) -> list[Action]:
+        """The attempt ended without its result, with the pool's ``error`` (its worker died,
+        it was cancelled, or the runner failed): its files are swept; it may be retried."""
         task = self.attempts.pop(pool_id, None)
         self._sweep_attempt(pool_id)
         if task is not None:
-            self._on_failed(task, pool_id, reason, message, traceback)
+            self._on_failed(task, pool_id, error)
             self._out.extend(self.hold_back.forget(self._current))
         return self._take()
 
-    def _on_failed(
-        self, task: TaskState, pool_id: str, reason: str, message: str, traceback: str
-    ) -> None:
+    def _on_failed(self, task: TaskState, pool_id: str, error: ErrorInfo) -> None:
         # The pool names its own task id; the client knows the task by its id or label.
-        message = message.replace(pool_id, task.label or task.task_id)
+        message = error.message.replace(pool_id, task.label or task.task_id)
         obj = task.obj
-        if obj is not None and reason == "worker_died":
+        died = error.kind == "worker_died"
+        if obj is not None and died:
             if obj.alive and obj.rebuilt_after:  # see object_worker_exited
                 message = (
                     f"{self.objects.describe(obj)} was rebuilt after {obj.rebuilt_after}: its "
                     "state was reset, and this call did not complete"
                 )
-                failed = Failed(task.task_id, ErrorInfo("object_lost", "ObjectLost", message))
+                lost = ErrorInfo("object_lost", "ObjectLost", message)
+                failed = Failed(task.task_id, self.name, lost)
             else:
                 failed = self.objects.lost(task.task_id, obj.object_id)
-        elif reason == "worker_died":
-            self._out.append(
-                log(logging.WARNING, "worker_replaced", task=task.task_id, reason=message)
-            )
-            if task.retries_left > 0 and not task.cancel_requested:
-                task.retries_left -= 1
-                self._out.append(
-                    log(
-                        logging.WARNING,
-                        "task_retried",
-                        session=task.session.session_id,
-                        task=task.task_id,
-                        retries_left=task.retries_left,
-                    )
-                )
-                self.announce_now(task)  # each attempt has a Started of its own
-                self.dispatch(task)
-                return
-            if task.retries:
-                message += f" (the last of {task.retries + 1} attempts)"
-            failed = Failed(task.task_id, ErrorInfo("worker_died", "WorkerDied", message))
-        elif reason == "cancelled":
-            failed = Failed(task.task_id, ErrorInfo("cancelled", "TaskCancelled", message))
         else:
-            failed = Failed(task.task_id, ErrorInfo("internal", "RunnerError", message, traceback))
+            if died:
+                self._out.append(
+                    log(logging.WARNING, "worker_replaced", task=task.task_id, reason=message)
+                )
+                if task.retries_left > 0 and not task.cancel_requested:
+                    task.retries_left -= 1
+                    self._out.append(
+                        log(
+                            logging.WARNING,
+                            "task_retried",
+                            session=task.session.session_id,
+                            task=task.task_id,
+                            retries_left=task.retries_left,
+                        )
+                    )
+                    self.announce_now(task)  # each attempt has a Started of its own
+                    self.dispatch(task)
+                    return
+                if task.retries:
+                    message += f" (the last of {task.retries + 1} attempts)"
+            # The pool's error (WorkerDied, TaskCancelled, RunnerError), told of the client's task.
+            error = ErrorInfo(error.kind, error.type_name, message, error.traceback)
+            failed = Failed(task.task_id, self.name, error)
         self.announce_now(task)
         self.finish(task, failed)
 
@@ -206,7 +205,7 @@ class TaskTable:
         """The driver could not run the attempt (or dropped it, cancelled, before it ran)."""
         task = self.attempts.pop(pool_id, None)
         if task is not None:
-            self.finish(task, Failed(task.task_id, error))
+            self.finish(task, Failed(task.task_id, self.name, error))
         return self._take()
 
     def announce(self, now: float) -> list[Action]:
@@ -223,7 +222,8 @@ class TaskTable:
     def announce_now(self, task: TaskState) -> None:
         if not task.announced:
             task.announced = True
-            self._out.append(Emit(task.session.session_id, Started(task.task_id, task.worker)))
+            started = Started(task.task_id, self.name, task.worker)
+            self._out.append(Emit(task.session.session_id, started))
 
     def _sweep_attempt(self, pool_id: str) -> None:
         if self.config.shm:

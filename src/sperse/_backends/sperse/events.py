@@ -120,7 +120,7 @@ class Decoder:
         where = self._name()
         kind = event.WhichOneof("kind")
         if kind == "started":
-            sink(Started(task_id, where))
+            sink(Started(task_id, where, event.started.worker))
         elif kind == "output":
             stderr = event.output.stream == "stderr"
             sink(Output(task_id, where, "stderr" if stderr else "stdout", event.output.text))

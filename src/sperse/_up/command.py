@@ -54,6 +54,8 @@ def _announce(cluster: LocalCluster, record: ClusterRecord | None, token_file: s
     else:
         print(f'connect: sperse.connect("{cluster.url}", token="{cluster.token}")')
         print(f"status:  SPERSE_TOKEN={cluster.token} sperse status {cluster.url}")
+    if cluster.dashboard:
+        print(f"dashboard: {cluster.dashboard}")
     print("Ctrl-C stops the cluster.", flush=True)
 
 
@@ -115,6 +117,7 @@ def main(argv: list[str] | None = None) -> int:
                 port=plan.port,
                 token=token,
                 coordinator_log_level="info",
+                dashboard_port=plan.dashboard_port,
             )
         except (SperseError, OSError) as exc:
             print(f"sperse up: error: the cluster did not start: {exc}", file=sys.stderr)

@@ -415,6 +415,7 @@ async function workspacePage(main) {
   const cy = window.cytoscape({
     container: graph,
     wheelSensitivity: 0.3,
+    maxZoom: 1.1,
     style: [
       { selector: "node", style: {
         "shape": "round-rectangle", "label": "data(text)", "text-wrap": "wrap", "text-max-width": 220,
@@ -481,10 +482,12 @@ async function workspacePage(main) {
 
   live.on((delta) => {
     for (const t of delta.tasks || []) {
-      const cell = t.server ? cells.find((c) => c.task === t.id) : undefined;
-      if (!cell) continue;
+      if (!t.server) continue;
+      // Kept for a graph that arrives after its task started (bounded: the newest 5,000).
       taskWhere.set(t.id, t.server);
-      cy.getElementById(`c${cell.id}`).data(nodeData(cell));
+      if (taskWhere.size > 5000) taskWhere.delete(taskWhere.keys().next().value);
+      const cell = cells.find((c) => c.task === t.id);
+      if (cell) cy.getElementById(`c${cell.id}`).data(nodeData(cell));
     }
     for (const w of delta.workspaces) {
       if (!current || ![...picker.options].some((o) => o.value === w.name)) { loadList(); return; }

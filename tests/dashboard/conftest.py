@@ -1,0 +1,88 @@
+"""Fixtures for the dashboard's tests in a real browser: the system's Chromium (Debian's
+``chromium`` package: ``make test`` installs it where missing), driven headless by
+Playwright at its ``executable_path``; never a browser build Playwright would download.
+
+Every page records its console errors and failed requests (a test asserts there are none)
+and leaves a screenshot under ``test-artifacts/dashboard/`` (gitignored).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+ARTIFACTS = Path(__file__).resolve().parents[2] / "test-artifacts" / "dashboard"
+CHROMIUM_NAMES = ("chromium", "chromium-browser", "google-chrome")
+
+
+def chromium_path() -> str:
+    for name in (os.environ.get("SPERSE_CHROMIUM", ""), *CHROMIUM_NAMES):
+        found = shutil.which(name) if name else None
+        if found:
+            return found
+    pytest.fail(
+        "no Chromium on this machine: `make test` installs Debian's package "
+        "(apt-get install -y chromium), or set SPERSE_CHROMIUM to a Chromium binary"
+    )
+
+
+@pytest.fixture(scope="session")
+def browser() -> Iterator[Any]:
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as playwright:
+        launched = playwright.chromium.launch(
+            executable_path=chromium_path(), headless=True, args=["--no-sandbox"]
+        )
+        try:
+            yield launched
+        finally:
+            launched.close()
+
+
+class Watched:
+    """A page and what went wrong on it."""
+
+    def __init__(self, page: Any) -> None:
+        self.page = page
+        self.errors: list[str] = []
+        page.on("console", self._console)
+        page.on("pageerror", lambda exc: self.errors.append(f"page error: {exc}"))
+        page.on("requestfailed", self._failed)
+
+    def _console(self, message: Any) -> None:
+        if message.type == "error":
+            self.errors.append(f"console: {message.text}")
+
+    def _failed(self, request: Any) -> None:
+        # The live feed is cut when the page goes away: not an error of the page.
+        if "/api/events" not in request.url:
+            self.errors.append(f"request failed: {request.url} {request.failure}")
+
+    def screenshot(self, name: str) -> Path:
+        ARTIFACTS.mkdir(parents=True, exist_ok=True)
+        path = ARTIFACTS / f"{name}.png"
+        self.page.screenshot(path=str(path), full_page=True)
+        return path
+
+
+@pytest.fixture
+def open_page(browser: Any) -> Iterator[Callable[[], Watched]]:
+    contexts: list[Any] = []
+
+    def new() -> Watched:
+        context = browser.new_context(viewport={"width": 1280, "height": 860})
+        contexts.append(context)
+        context.set_default_timeout(15_000)
+        return Watched(context.new_page())
+
+    try:
+        yield new
+    finally:
+        for context in contexts:
+            context.close()

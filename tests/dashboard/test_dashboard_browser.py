@@ -19,9 +19,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
-from conftest import Watched
 
 import sperse
+from conftest import Watched
 
 pytestmark = pytest.mark.slow
 DEADLINE = 30.0
@@ -78,8 +78,10 @@ def _start_up(tmp_path: Path) -> Up:
     token_file = tmp_path / "token"
     with (tmp_path / "up.stderr").open("wb") as stderr:  # the child keeps its own copy
         process = subprocess.Popen(
-            [sys.executable, "-m", "sperse.cli", "up", "--servers", "2"]
-            + ["--heartbeat-timeout", "1", "--token-file", str(token_file)],
+            [
+                *(sys.executable, "-m", "sperse.cli", "up", "--servers", "2"),
+                *("--heartbeat-timeout", "1", "--token-file", str(token_file)),
+            ],
             stdin=subprocess.DEVNULL,
             stdout=subprocess.PIPE,
             stderr=stderr,
@@ -138,7 +140,7 @@ def test_every_endpoint_refuses_without_the_token(up: Up) -> None:
         assert b"server-" not in body and b"sperse://" not in body
         status, body = _status(up.base + path, {"Authorization": "Bearer wrong"})
         assert status == 403, path
-        status, body = _status(up.base + path, {"Cookie": f"sperse-dashboard-1=x; a=b"})
+        status, body = _status(up.base + path, {"Cookie": "sperse-dashboard-1=x; a=b"})
         assert status == 401, path
     status, _ = _status(up.base + "/api/servers?token=wrong")
     assert status == 403
@@ -147,9 +149,7 @@ def test_every_endpoint_refuses_without_the_token(up: Up) -> None:
     assert status == 200 and b"server-1" in body
 
 
-def test_cluster_page_shows_servers_join_and_die(
-    up: Up, open_page: Callable[[], Watched]
-) -> None:
+def test_cluster_page_shows_servers_join_and_die(up: Up, open_page: Callable[[], Watched]) -> None:
     from playwright.sync_api import expect
 
     watched = open_page()

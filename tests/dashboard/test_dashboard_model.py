@@ -79,7 +79,12 @@ def test_task_states_and_counts() -> None:
     tasks.started("t0", "s1", now=10.0)
     tasks.started("t1", "s2", now=10.0)
     tasks.ended("t0", "s1", now=11.0)
-    tasks.ended("t1", "s2", now=11.0, error=("raised", "ZeroDivisionError", "division by zero", "Traceback..."))
+    tasks.ended(
+        "t1",
+        "s2",
+        now=11.0,
+        error=("raised", "ZeroDivisionError", "division by zero", "Traceback..."),
+    )
     tasks.ended("t2", "", now=11.0, error=("cancelled", "TaskCancelled", "cancelled", ""))
     assert tasks.counts == {"queued": 1, "running": 0, "done": 1, "failed": 1, "cancelled": 1}
     failed = tasks.get("t1")

@@ -138,7 +138,11 @@ class Cluster:
                     self._listeners.pop(spec.task_id, None)
             for watcher in self._watchers:
                 for spec in specs:
-                    watcher.event(Failed(spec.task_id, "", ErrorInfo("internal", type(exc).__name__, str(exc))))
+                    watcher.event(
+                        Failed(
+                            spec.task_id, "", ErrorInfo("internal", type(exc).__name__, str(exc))
+                        )
+                    )
             raise
 
     def cancel(self, task_id: str) -> None:

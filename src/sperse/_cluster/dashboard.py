@@ -52,7 +52,9 @@ class ClientDashboard:
             self.hub, DashboardConfig(host=host, port=port, token=token or new_token())
         )
         self._unwatch = cluster.watch(self)
-        self._poller = threading.Thread(target=self._poll, name="sperse-dashboard-poll", daemon=True)
+        self._poller = threading.Thread(
+            target=self._poll, name="sperse-dashboard-poll", daemon=True
+        )
         self._poller.start()
 
     @property

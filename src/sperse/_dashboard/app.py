@@ -35,7 +35,7 @@ from typing import Any
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import HTMLResponse, JSONResponse, Response, StreamingResponse
-from starlette.routing import Mount, Route
+from starlette.routing import BaseRoute, Mount, Route
 from starlette.staticfiles import StaticFiles
 
 from sperse._dashboard.hub import Hub
@@ -73,7 +73,9 @@ def build_app(hub: Hub, stopping: asyncio.Event | None = None) -> Starlette:
         return HTMLResponse(text, headers=_NO_STORE)
 
     async def info(request: Request) -> Response:
-        return _json({"title": hub.title, "tasks": hub.has_tasks, "objects": hub.objects is not None})
+        return _json(
+            {"title": hub.title, "tasks": hub.has_tasks, "objects": hub.objects is not None}
+        )
 
     async def servers(request: Request) -> Response:
         seq, found = hub.server_list()
@@ -85,7 +87,9 @@ def build_app(hub: Hub, stopping: asyncio.Event | None = None) -> Starlette:
 
     async def task(request: Request) -> Response:
         found = hub.task(request.path_params["task_id"])
-        return _json(found if found is not None else {"error": "no such task"}, 200 if found else 404)
+        return _json(
+            found if found is not None else {"error": "no such task"}, 200 if found else 404
+        )
 
     async def timeline(request: Request) -> Response:
         seconds = min(max(_int(request, "seconds", 60), 1), 3600)
@@ -106,7 +110,9 @@ def build_app(hub: Hub, stopping: asyncio.Event | None = None) -> Starlette:
 
     async def workspace(request: Request) -> Response:
         found = hub.workspace_graph(request.path_params["name"])
-        return _json(found if found is not None else {"error": "no such workspace"}, 200 if found else 404)
+        return _json(
+            found if found is not None else {"error": "no such workspace"}, 200 if found else 404
+        )
 
     async def feed(since: int) -> AsyncIterator[str]:
         hub.viewers += 1
@@ -138,7 +144,7 @@ def build_app(hub: Hub, stopping: asyncio.Event | None = None) -> Starlette:
             headers={"cache-control": "no-store", "x-accel-buffering": "no"},
         )
 
-    routes = [Route(path, page) for path in PAGES]
+    routes: list[BaseRoute] = [Route(path, page) for path in PAGES]
     routes += [
         Route("/api/info", info),
         Route("/api/servers", servers),

@@ -15,6 +15,7 @@ name to a newer definition runs again.
 from __future__ import annotations
 
 import builtins
+import contextlib
 import itertools
 import os
 import time
@@ -149,10 +150,9 @@ class WorkspaceCore:
         share = cluster.share_workspace if cluster is not None else None
         if share is None:
             return
-        try:
+        # A picture that cannot be drawn must never stop a statement.
+        with contextlib.suppress(Exception):
             share(self.share_name, graph_snapshot(self._graph, self._records, self.share_name))
-        except Exception:  # a picture that cannot be drawn must never stop a statement
-            pass
 
     def _carry_out(self, actions: list[Action]) -> None:
         todo: deque[Action] = deque(actions)

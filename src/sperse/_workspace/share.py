@@ -30,9 +30,7 @@ def _error_line(error: BaseException | None) -> str:
     return f"{type(error).__name__}: {text[0] if text else ''}"[:200]
 
 
-def graph_snapshot(
-    graph: GraphView, records: Mapping[CellId, Record], name: str
-) -> dict[str, Any]:
+def graph_snapshot(graph: GraphView, records: Mapping[CellId, Record], name: str) -> dict[str, Any]:
     cells = []
     edges = []
     for cell_id in graph.cells():

@@ -58,12 +58,15 @@ class Up:
         return next(line.split()[-1] for line in self.lines if " cluster ready at " in line)
 
     @property
-    def dashboard(self) -> str:
-        return next(line.split()[-1] for line in self.lines if line.startswith("dashboard: "))
+    def base(self) -> str:
+        """The dashboard's address, as printed (the token is in its file, not printed)."""
+        line = next(line for line in self.lines if line.startswith("dashboard: "))
+        return line.split()[1].rstrip("/")
 
     @property
-    def base(self) -> str:
-        return self.dashboard.split("?", 1)[0].rstrip("/")
+    def dashboard(self) -> str:
+        """The address that logs in."""
+        return f"{self.base}/?token={self.token_file.read_text().strip()}"
 
     def server_pid(self, name: str) -> int:
         for line in self.lines:
@@ -145,6 +148,7 @@ def test_every_endpoint_refuses_without_the_token(up: Up) -> None:
     status, _ = _status(up.base + "/api/servers?token=wrong")
     assert status == 403
     token = up.token_file.read_text().strip()
+    assert not any(token in line for line in up.lines)  # only in its 0600 file
     status, body = _status(up.base + "/api/servers", {"Authorization": f"Bearer {token}"})
     assert status == 200 and b"server-1" in body
 

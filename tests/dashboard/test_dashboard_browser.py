@@ -19,9 +19,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
+from dashboard_helpers import Watched
 
 import sperse
-from conftest import Watched
 
 pytestmark = pytest.mark.slow
 DEADLINE = 30.0

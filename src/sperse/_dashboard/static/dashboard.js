@@ -435,6 +435,10 @@ async function workspacePage(main) {
   let cells = [];
   const taskWhere = new Map(); // task id -> server, from the task feed (a cell starts running)
 
+  function whereOf(cell) {
+    return (cell.task && taskWhere.get(cell.task)) || cell.where || (cell.remote ? "-" : "local");
+  }
+
   function nodeData(cell) {
     const server = (cell.task && taskWhere.get(cell.task)) || cell.where;
     const where = server && cell.status === "running" ? ` on ${server}` : "";
@@ -460,7 +464,7 @@ async function workspacePage(main) {
     }
     body.replaceChildren(...data.cells.map((c) => el("tr", { "data-cell": c.id, "data-status": c.status },
       el("td", {}, `[${c.id}] ${c.label}`), el("td", {}, el("span", { class: `state ${c.status}` }, c.status)),
-      el("td", {}, c.where || "local"), el("td", {}, (c.defs || []).join(", ")), el("td", { class: "num" }, c.runs),
+      el("td", { class: "where" }, whereOf(c)), el("td", {}, (c.defs || []).join(", ")), el("td", { class: "num" }, c.runs),
       el("td", {}, c.error || ""))));
     note.textContent = `${data.cells.length} cells, mode ${data.mode}; updated as values arrive and cells are redefined.`;
   }
@@ -487,7 +491,10 @@ async function workspacePage(main) {
       taskWhere.set(t.id, t.server);
       if (taskWhere.size > 5000) taskWhere.delete(taskWhere.keys().next().value);
       const cell = cells.find((c) => c.task === t.id);
-      if (cell) cy.getElementById(`c${cell.id}`).data(nodeData(cell));
+      if (!cell) continue;
+      cy.getElementById(`c${cell.id}`).data(nodeData(cell));
+      const where = body.querySelector(`tr[data-cell="${cell.id}"] td.where`);
+      if (where) where.textContent = whereOf(cell);
     }
     for (const w of delta.workspaces) {
       if (!current || ![...picker.options].some((o) => o.value === w.name)) { loadList(); return; }

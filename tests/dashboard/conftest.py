@@ -30,7 +30,9 @@ def chromium_path() -> str:
     )
 
 
-@pytest.fixture(scope="session")
+# Per module, not per session: Playwright's sync API keeps an event loop running on this
+# thread while it is open, and later tests call asyncio.run() here (nbclient does).
+@pytest.fixture(scope="module")
 def browser() -> Iterator[Any]:
     from playwright.sync_api import sync_playwright
 

@@ -9,7 +9,9 @@ BIN    := $(VENV)/bin
 LOCK   := requirements/lock.txt
 PIP    := $(BIN)/pip install --quiet --constraint $(LOCK)
 
-.PHONY: run test test-pure lint format bench clean lock test-latest wasm-example
+.PHONY: run test test-pure lint format bench clean lock test-latest wasm-example chromium
+
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -26,9 +28,18 @@ $(VENV)/.installed-dev: pyproject.toml $(LOCK) | $(BIN)/python
 run: $(VENV)/.installed-run
 	$(BIN)/sperse
 
-test: lint
+test: lint chromium
 	$(BIN)/python -m pytest -q
 	bash scripts/test_other_pythons.sh
+
+# The dashboard's browser tests (tests/dashboard) drive the system's Chromium with Playwright
+# (pinned in the lock); Debian's package where it is missing. Never `playwright install`,
+# which downloads a browser build of its own.
+chromium:
+	@command -v chromium >/dev/null 2>&1 || command -v chromium-browser >/dev/null 2>&1 || { \
+	  echo "make: installing Chromium for the browser tests (apt-get install chromium)"; \
+	  $(SUDO) apt-get update -qq && \
+	  $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; }
 
 # The pure layers' tests on every other supported Python found here (3.12, 3.13).
 test-pure:

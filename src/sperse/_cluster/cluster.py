@@ -18,7 +18,7 @@ import time
 from collections import deque
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import replace
-from typing import Any
+from typing import Any, Protocol
 
 from sperse._cluster.pending import submit_call
 from sperse._core import (
@@ -41,9 +41,36 @@ from sperse._lang.placement import Placement
 from sperse._state import snapshot
 from sperse.errors import NoMatchingServer
 
-__all__ = ["Cluster", "default", "detached", "in_use", "replace_default", "unuse", "use"]
+__all__ = [
+    "Cluster",
+    "Dashboard",
+    "TaskWatcher",
+    "default",
+    "detached",
+    "in_use",
+    "replace_default",
+    "unuse",
+    "use",
+]
 
 Listener = Callable[[BackendEvent], None]
+
+
+class TaskWatcher(Protocol):
+    """Hears of tasks without taking part (the dashboard): it records, and returns."""
+
+    def submitted(self, specs: Sequence[TaskSpec]) -> None: ...
+
+    def event(self, event: BackendEvent) -> None: ...
+
+
+class Dashboard(Protocol):
+    """A dashboard this client serves (``connect(dashboard=True)``)."""
+
+    @property
+    def url(self) -> str: ...
+
+    def close(self) -> None: ...
 
 
 class Cluster:
@@ -70,6 +97,11 @@ class Cluster:
         self._closed = False
         self._token: contextvars.Token[Cluster | None] | None = None
         self._clock: Clock = clock if clock is not None else SystemClock()
+        self._watchers: list[TaskWatcher] = []
+        # Where workspaces of this client publish their graph (name, snapshot), if they do:
+        # set by connect(dashboard=True / share_workspace=True).
+        self.share_workspace: Callable[[str, dict[str, Any]], None] | None = None
+        self.dashboard: Dashboard | None = None
         backend.start(self._on_event)
 
     # ---- tasks ---------------------------------------------------------------
@@ -99,12 +131,22 @@ class Cluster:
         with self._cond:
             for spec, listener in tasks:
                 self._listeners[spec.task_id] = listener
+        specs = [spec for spec, _ in tasks]
+        for watcher in self._watchers:
+            watcher.submitted(specs)
         try:
-            self.backend.submit([spec for spec, _ in tasks])
-        except BaseException:
+            self.backend.submit(specs)
+        except BaseException as exc:
             with self._cond:
                 for spec, _ in tasks:
                     self._listeners.pop(spec.task_id, None)
+            for watcher in self._watchers:
+                for spec in specs:
+                    watcher.event(
+                        Failed(
+                            spec.task_id, "", ErrorInfo("internal", type(exc).__name__, str(exc))
+                        )
+                    )
             raise
 
     def cancel(self, task_id: str) -> None:
@@ -136,7 +178,15 @@ class Cluster:
         found: dict[str, Any] = pending.result(timeout)
         return found
 
+    def watch(self, watcher: TaskWatcher) -> Callable[[], None]:
+        """Tell ``watcher`` of every task sent and every event (on the sender's and the
+        backend's threads: it must only record). Returns what stops it."""
+        self._watchers = [*self._watchers, watcher]
+        return lambda: setattr(self, "_watchers", [w for w in self._watchers if w is not watcher])
+
     def _on_event(self, event: BackendEvent) -> None:
+        for watcher in self._watchers:
+            watcher.event(event)
         with self._cond:
             if isinstance(event, Done | Failed):
                 listener = self._listeners.pop(event.task_id, None)
@@ -232,6 +282,8 @@ class Cluster:
             return
         self._closed = True
         self._clock.close()
+        if self.dashboard is not None:
+            self.dashboard.close()
         self.backend.close()
         # Nothing stays pending forever: what had not ended ends now, in an error.
         with self._cond:

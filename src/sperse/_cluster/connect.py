@@ -33,6 +33,9 @@ def connect(
     token_file: str | os.PathLike[str] | None = None,
     tls_ca: str | os.PathLike[str] | None = None,
     env: Mapping[str, object] | None = None,
+    dashboard: bool = False,
+    dashboard_port: int = 0,
+    share_workspace: bool | None = None,
 ) -> Cluster:
     """Connect to a cluster and make it the default for ``@sperse.remote`` and workspaces.
 
@@ -62,16 +65,29 @@ def connect(
       ``HOST:PORT`` of a head, ``"auto"``, ``ray://HOST:PORT`` (Ray Client). A ``ray://``
       url alone, ``connect("ray://HOST:PORT")``, means the same.
 
+    ``dashboard=True`` serves this client's dashboard (docs/dashboard.md) on 127.0.0.1, port
+    ``dashboard_port`` (0: a free one): its servers, tasks, remote objects and the graph of
+    its workspaces, live; ``cluster.dashboard.url`` is the address to open (it carries the
+    token: the cluster's, or a new one in-process). ``share_workspace`` (default: as
+    ``dashboard``) publishes every workspace's graph to it.
+
     A previous default cluster is closed.
     """
     pip_requirements(env)  # a wrong env is an error before anything starts
+    if share_workspace and not dashboard:
+        raise ValueError(
+            "share_workspace=True shares workspaces with this client's dashboard: pass "
+            "dashboard=True too (a coordinator's dashboard cannot receive them yet)"
+        )
+    token_used: list[str] = []
+    title = _title(url, backend)
     ray_url = isinstance(url, str) and url.startswith("ray://")
     if backend == "ray" or (backend is None and ray_url):
         if url is not None and not isinstance(url, str):
             raise ValueError("the Ray backend takes one address, not a list")
         backend = _ray_backend(url, workers, tags)
     elif backend is None:
-        backend = _backend_for(url, token, workers, tags, token_file, tls_ca)
+        backend = _backend_for(url, token, workers, tags, token_file, tls_ca, token_used)
     elif backend in ("local", "memory"):
         backend = _in_process_backend(backend, workers)
     elif isinstance(backend, str):
@@ -79,6 +95,22 @@ def connect(
             f"unknown backend {backend!r}: pass a Backend object, 'ray', 'local' or 'memory'"
         )
     cluster = Cluster(backend, env=env)
+    if dashboard:
+        from sperse._cluster.dashboard import ClientDashboard  # starlette, uvicorn: when asked
+
+        try:
+            served = ClientDashboard(
+                cluster,
+                token=token_used[0] if token_used else None,
+                port=dashboard_port,
+                title=title,
+            )
+        except BaseException:
+            cluster.close()
+            raise
+        cluster.dashboard = served
+        if share_workspace is not False:
+            cluster.share_workspace = served.hub.workspace
     old = replace_default(cluster)
     if old is not None:
         old.close()
@@ -92,15 +124,18 @@ def _backend_for(
     tags: Sequence[str],
     token_file: str | os.PathLike[str] | None,
     tls_ca: str | os.PathLike[str] | None,
+    token_used: list[str],
 ) -> Backend:
     if url is None:
         server = EmbeddedServer(workers=workers, tags=tags)
+        token_used.append(server.token)
         try:
             return SperseBackend(server.address, token=server.token, process=server)
         except BaseException:
             server.stop()
             raise
     secret = token or _token_from(token_file)
+    token_used.append(secret)
     ca = Path(tls_ca).read_bytes() if tls_ca is not None else None
     if not isinstance(url, str):
         urls = list(url)
@@ -110,6 +145,15 @@ def _backend_for(
     if is_coordinator(url, tls_ca=ca):
         return ClusterBackend(coordinator=url, token=secret, tls_ca=ca)
     return SperseBackend(url, token=secret, tls_ca=ca, tls=ca is not None)
+
+
+def _title(url: str | Sequence[str] | None, backend: object) -> str:
+    """What the dashboard's header says it is."""
+    if url is None and backend is None:
+        return "a client on its embedded server"
+    if url is None:
+        return f"a client on {backend if isinstance(backend, str) else type(backend).__name__}"
+    return f"a client of {url if isinstance(url, str) else ', '.join(url)}"
 
 
 def _in_process_backend(kind: str, workers: int | None) -> Backend:

@@ -7,6 +7,11 @@ Contract with launchers (``sperse up``), the same as ``sperse server``'s:
 
       sperse coordinator ready at sperse://HOST:PORT
 
+  With ``--dashboard-port``, one line before it gives the dashboard's address, token
+  included (it logs in, as Jupyter's URL does)::
+
+      sperse coordinator dashboard at http://127.0.0.1:PORT/?token=TOKEN
+
   Everything else (a generated token, logs) goes to standard error.
 - ``--token-stdin`` reads the token from the first line of standard input; the coordinator
   then stops when standard input reaches end of file (its parent has died).
@@ -69,6 +74,19 @@ def build_parser() -> argparse.ArgumentParser:
         help="a server silent this long is removed (default 5; servers heartbeat 5 times as often)",
     )
     parser.add_argument(
+        "--dashboard-port",
+        type=int,
+        default=None,
+        metavar="PORT",
+        help="serve the web dashboard on this port (0: any free one; its URL is printed)",
+    )
+    parser.add_argument(
+        "--dashboard-host",
+        default="127.0.0.1",
+        metavar="HOST",
+        help="the dashboard's address (default 127.0.0.1; elsewhere only with TLS or --insecure)",
+    )
+    parser.add_argument(
         "--log-level", default="info", help="debug, info, warning or error (default info)"
     )
     return parser
@@ -92,6 +110,8 @@ async def _serve(config: CoordinatorConfig, generated: bool, watch_stdin: bool) 
                 file=sys.stderr,
                 flush=True,
             )
+        if coordinator.dashboard_url:
+            print(f"sperse coordinator dashboard at {coordinator.dashboard_url}", flush=True)
         print(f"sperse coordinator ready at {url}", flush=True)
         if watch_stdin:
             threading.Thread(
@@ -115,6 +135,8 @@ def main(argv: list[str] | None = None) -> int:
         insecure=args.insecure,
         heartbeat_timeout=args.heartbeat_timeout,
         log_level=level,
+        dashboard_port=args.dashboard_port,
+        dashboard_host=args.dashboard_host,
     )
     if not is_loopback(config.host) and config.insecure and not config.tls:
         print(

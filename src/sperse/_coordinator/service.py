@@ -33,6 +33,8 @@ import grpc
 import grpc.aio
 
 from sperse._coordinator.registry import Change, NameTaken, Registry
+from sperse._dashboard.hub import Hub
+from sperse._dashboard.serve import DashboardConfig, DashboardError, DashboardServer
 from sperse._server.config import ServerConfigError, is_loopback
 from sperse._server.logs import _value  # one format for every sperse log line
 from sperse._server.server import add_port
@@ -88,6 +90,8 @@ class CoordinatorConfig:
     insecure: bool = False
     heartbeat_timeout: float = 5.0
     log_level: str = "INFO"
+    dashboard_port: int | None = None  # None: no dashboard; 0: a free port
+    dashboard_host: str = "127.0.0.1"
 
     @property
     def tls(self) -> bool:
@@ -114,6 +118,21 @@ def check_config(config: CoordinatorConfig) -> None:
             raise CoordinatorConfigError(f"TLS file {path!r} does not exist or is not a file")
     if not 0 <= config.port <= 65535:
         raise CoordinatorConfigError(f"port {config.port} is not between 0 and 65535")
+    if config.dashboard_port is not None and not 0 <= config.dashboard_port <= 65535:
+        raise CoordinatorConfigError(
+            f"--dashboard-port {config.dashboard_port} is not between 0 and 65535"
+        )
+    if (
+        config.dashboard_port is not None
+        and not is_loopback(config.dashboard_host)
+        and not config.tls
+        and not config.insecure
+    ):
+        raise CoordinatorConfigError(
+            f"refusing to serve the dashboard on {config.dashboard_host!r} without TLS: the "
+            "token would cross the network in clear text. Give --tls-cert and --tls-key, or "
+            "keep it on 127.0.0.1 and reach it through a tunnel (ssh -L)."
+        )
     if not config.heartbeat_timeout > 0:
         raise CoordinatorConfigError(
             f"--heartbeat-timeout must be more than 0 seconds, not {config.heartbeat_timeout}"
@@ -122,6 +141,25 @@ def check_config(config: CoordinatorConfig) -> None:
         raise CoordinatorConfigError(
             f"unknown log level {config.log_level!r}: use debug, info, warning or error"
         )
+
+
+def member_json(member: pb.Member) -> dict[str, object]:
+    """A member as the dashboard's cluster page shows it."""
+    return {
+        "name": member.name,
+        "address": member.address,
+        "tags": sorted(member.tags),
+        "resources": dict(member.resources),
+        "workers": member.workers,
+        "busy": member.busy,
+        "queued": member.queued,
+        "objects": member.objects,
+        "object_bytes": member.object_bytes,
+        "sessions": member.sessions,
+        "joined": member.joined,
+        "last_heartbeat": member.last_heartbeat,
+        "tls": member.tls,
+    }
 
 
 def _valid_address(address: str) -> bool:
@@ -153,6 +191,11 @@ class _Service:
                 "coordinator was started with (--token, --token-file, --token-stdin); a "
                 "server joins with its own token, so it must be that one",
             )
+
+    @property
+    def changed(self) -> asyncio.Event:
+        """Set at the next change or heartbeat (a new event each time)."""
+        return self._changed
 
     def notify(self) -> None:
         """Wake every watcher (each one decides whether to send)."""
@@ -261,6 +304,13 @@ class CoordinatorServer:
         self._port = 0
         self._stopping = False
         self._closed = asyncio.Event()
+        self._dashboard: DashboardServer | None = None
+        self._feeder: asyncio.Task[None] | None = None
+
+    @property
+    def dashboard_url(self) -> str:
+        """The dashboard's address with the token (``""``: no dashboard)."""
+        return self._dashboard.url if self._dashboard is not None else ""
 
     @property
     def port(self) -> int:
@@ -305,6 +355,12 @@ class CoordinatorServer:
                 f"cannot start listening on {self.address}: {exc}"
             ) from exc
         self._sweeper = asyncio.create_task(self._sweep(), name="coordinator-sweep")
+        if config.dashboard_port is not None:
+            try:
+                await self._start_dashboard()
+            except BaseException:
+                await self.stop(None)
+                raise
         log_event(
             logging.INFO,
             "coordinator_started",
@@ -312,6 +368,37 @@ class CoordinatorServer:
             tls=config.tls,
             heartbeat_timeout=config.heartbeat_timeout,
         )
+
+    async def _start_dashboard(self) -> None:
+        config = self.config
+        assert config.dashboard_port is not None
+        hub = Hub(f"coordinator at {self.address}")
+        dashboard = DashboardServer(
+            hub,
+            DashboardConfig(
+                host=config.dashboard_host,
+                port=config.dashboard_port,
+                token=self.token,
+                tls_cert=config.tls_cert,
+                tls_key=config.tls_key,
+            ),
+        )
+        try:
+            await dashboard.start()
+        except DashboardError as exc:
+            raise CoordinatorConfigError(str(exc)) from exc
+        self._dashboard = dashboard
+        self._feeder = asyncio.create_task(self._feed_dashboard(hub), name="coordinator-dashboard")
+        log_event(logging.INFO, "dashboard_started", address=dashboard.base_url)
+
+    async def _feed_dashboard(self, hub: Hub) -> None:
+        """The membership into the dashboard, after every change and heartbeat."""
+        assert self._service is not None
+        service = self._service
+        while True:
+            changed = service.changed
+            hub.servers(member_json(m) for m in service.registry.snapshot().members)
+            await changed.wait()
 
     async def _sweep(self) -> None:
         assert self._service is not None
@@ -331,11 +418,14 @@ class CoordinatorServer:
             if self._service is not None:
                 self._service.stopping = True
                 self._service.notify()
+            if self._dashboard is not None:
+                await self._dashboard.stop()
             if self._grpc is not None:
                 await self._grpc.stop(grace)
-            if self._sweeper is not None:
-                self._sweeper.cancel()
-                await asyncio.wait([self._sweeper])
+            for task in (self._sweeper, self._feeder):
+                if task is not None:
+                    task.cancel()
+                    await asyncio.wait([task])
             log_event(logging.INFO, "coordinator_stopped", address=self.address)
         finally:
             self._closed.set()

@@ -60,6 +60,7 @@ class ClusterProcess:
     name: str
     process: subprocess.Popen[bytes]
     url: str = ""
+    dashboard: str = ""  # the coordinator's dashboard URL (with the token), when it serves one
     spec: ServerSpec | None = None
     expected_exit: bool = False  # stopped or killed by us: not to be reported
 
@@ -108,11 +109,21 @@ def _spawn(
 
 
 def _wait_ready(child: ClusterProcess, deadline: float) -> str:
-    """The URL of ``child``'s ready line; ``ServerUnavailable`` if it exits or times out."""
+    """The URL of ``child``'s ready line; ``ServerUnavailable`` if it exits or times out.
+    A ``... dashboard at URL`` line before it goes to ``child.dashboard``."""
     stdout = child.process.stdout
     assert stdout is not None
-    line = b""
-    while not line.endswith(b"\n"):
+    buffered = b""
+    while True:
+        while b"\n" in buffered:
+            line, buffered = buffered.split(b"\n", 1)
+            text = line.decode(errors="replace").strip()
+            if " dashboard at " in text:
+                child.dashboard = text.rsplit(" dashboard at ", 1)[1]
+                continue
+            if " ready at " not in text:
+                raise ServerUnavailable(f"{child.name} said {text!r} instead of its ready line")
+            return text.rsplit(" ready at ", 1)[1]
         left = deadline - time.monotonic()
         if child.process.poll() is not None or left <= 0:
             why = (
@@ -131,11 +142,7 @@ def _wait_ready(child: ClusterProcess, deadline: float) -> str:
                 with contextlib.suppress(subprocess.TimeoutExpired):
                     child.process.wait(KILL_TIMEOUT)
                 continue
-            line += chunk
-    text = line.decode(errors="replace").strip()
-    if " ready at " not in text:
-        raise ServerUnavailable(f"{child.name} said {text!r} instead of its ready line")
-    return text.rsplit(" ready at ", 1)[1]
+            buffered += chunk
 
 
 def _stop(children: Sequence[ClusterProcess]) -> None:
@@ -202,7 +209,10 @@ class LocalCluster:
         coordinator_log_level: str | None = None,
         ready_timeout: float = 30.0,
         stderr: int | IO[Any] | None = None,
+        dashboard_port: int | None = None,
     ) -> None:
+        """``dashboard_port``: the coordinator serves the dashboard there (0: a free port;
+        None: no dashboard); ``dashboard`` is then its URL, token included."""
         if isinstance(servers, int):
             if len(tags) > servers:
                 raise ValueError(f"{len(tags)} tag lists for {servers} servers")
@@ -227,6 +237,8 @@ class LocalCluster:
         args = ["sperse._coordinator", "--host", "127.0.0.1", "--port", str(port)]
         args += ["--token-stdin", "--heartbeat-timeout", str(heartbeat_timeout)]
         args += ["--log-level", coordinator_log_level or log_level]
+        if dashboard_port is not None:
+            args += ["--dashboard-port", str(dashboard_port)]
         self.coordinator = _spawn("the coordinator", args, self.token, stderr=stderr)
         try:
             deadline = time.monotonic() + ready_timeout
@@ -236,6 +248,11 @@ class LocalCluster:
         except BaseException:
             self.close()
             raise
+
+    @property
+    def dashboard(self) -> str:
+        """The dashboard's URL, token included ("" without one)."""
+        return self.coordinator.dashboard
 
     @property
     def address(self) -> str:

@@ -54,6 +54,13 @@ def _announce(cluster: LocalCluster, record: ClusterRecord | None, token_file: s
     else:
         print(f'connect: sperse.connect("{cluster.url}", token="{cluster.token}")')
         print(f"status:  SPERSE_TOKEN={cluster.token} sperse status {cluster.url}")
+    if cluster.dashboard:
+        secret_file = record.token_file if record is not None else token_file
+        if secret_file is None:
+            print(f"dashboard: {cluster.dashboard}")
+        else:  # the token stays in its 0600 file: the page asks for it once (?token=)
+            base = cluster.dashboard.split("?", 1)[0]
+            print(f"dashboard: {base}  (open {base}?token=TOKEN once, TOKEN from {secret_file})")
     print("Ctrl-C stops the cluster.", flush=True)
 
 
@@ -115,6 +122,7 @@ def main(argv: list[str] | None = None) -> int:
                 port=plan.port,
                 token=token,
                 coordinator_log_level="info",
+                dashboard_port=plan.dashboard_port,
             )
         except (SperseError, OSError) as exc:
             print(f"sperse up: error: the cluster did not start: {exc}", file=sys.stderr)

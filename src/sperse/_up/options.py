@@ -56,6 +56,21 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--port", type=int, default=None, help="the coordinator's port (default 0: any free one)"
     )
+    dashboard = parser.add_mutually_exclusive_group()
+    dashboard.add_argument(
+        "--dashboard-port",
+        type=int,
+        default=0,
+        metavar="PORT",
+        help="the web dashboard's port on 127.0.0.1 (default 0: any free one; printed)",
+    )
+    dashboard.add_argument(
+        "--no-dashboard",
+        dest="dashboard_port",
+        action="store_const",
+        const=None,
+        help="serve no dashboard",
+    )
     parser.add_argument(
         "--heartbeat-timeout",
         type=float,
@@ -156,6 +171,7 @@ class Plan:
     specs: list[ServerSpec]
     port: int
     heartbeat_timeout: float
+    dashboard_port: int | None = 0
 
 
 def read_plan(args: argparse.Namespace) -> Plan:
@@ -206,4 +222,7 @@ def read_plan(args: argparse.Namespace) -> Plan:
     duplicates = sorted({n for n in names if names.count(n) > 1})
     if duplicates:
         raise ConfigError(f"two servers are named {', '.join(duplicates)}: names must differ")
-    return Plan(specs, port, float(timeout))
+    dashboard_port = getattr(args, "dashboard_port", 0)
+    if dashboard_port is not None and not 0 <= dashboard_port <= 65535:
+        raise ConfigError(f"--dashboard-port must be between 0 and 65535, not {dashboard_port}")
+    return Plan(specs, port, float(timeout), dashboard_port)

@@ -15,12 +15,15 @@ name to a newer definition runs again.
 from __future__ import annotations
 
 import builtins
+import contextlib
+import itertools
+import os
 import time
 from collections import deque
 from collections.abc import Callable, Hashable, Iterable
 from typing import Any, Literal
 
-from sperse._cluster.cluster import Cluster
+from sperse._cluster.cluster import Cluster, default
 from sperse._cluster.connect import current
 from sperse._graph.graph import (
     Action,
@@ -36,10 +39,13 @@ from sperse._graph.graph import (
     RunId,
 )
 from sperse._workspace.cells import Cell, CellEvent, Record
+from sperse._workspace.share import graph_snapshot
 from sperse._workspace.statements import Names
 from sperse.errors import NotReadyError, UpstreamError
 
 __all__ = ["WorkspaceCore"]
+
+_workspace_numbers = itertools.count(1)
 
 
 class WorkspaceCore:
@@ -64,6 +70,8 @@ class WorkspaceCore:
         self._subscribers: list[Callable[[CellEvent], None]] = []
         self._units: dict[Hashable, list[CellId]] = {}  # notebook cell -> its statements
         self.namespace: dict[str, Any] = {"__name__": "__main__", "__builtins__": builtins}
+        self._applying = 0  # depth of _apply: the graph is shared once the outermost ends
+        self.share_name = f"pid {os.getpid()} workspace {next(_workspace_numbers)}"
 
     # ---- readiness -----------------------------------------------------------
 
@@ -127,6 +135,26 @@ class WorkspaceCore:
     # ---- carrying out graph actions -----------------------------------------
 
     def _apply(self, actions: list[Action]) -> None:
+        self._applying += 1
+        try:
+            self._carry_out(actions)
+        finally:
+            self._applying -= 1
+            if not self._applying:
+                self._share()
+
+    def _share(self) -> None:
+        """Publish the graph to the cluster's dashboard, if this client shares workspaces
+        (``connect(dashboard=True)`` or ``share_workspace=True``)."""
+        cluster = self._cluster if self._cluster is not None else default()
+        share = cluster.share_workspace if cluster is not None else None
+        if share is None:
+            return
+        # A picture that cannot be drawn must never stop a statement.
+        with contextlib.suppress(Exception):
+            share(self.share_name, graph_snapshot(self._graph, self._records, self.share_name))
+
+    def _carry_out(self, actions: list[Action]) -> None:
         todo: deque[Action] = deque(actions)
         while todo:
             action = todo.popleft()

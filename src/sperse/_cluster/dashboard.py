@@ -1,0 +1,118 @@
+"""``ClientDashboard``: the dashboard a client serves itself (``connect(dashboard=True)``).
+
+A client sees everything of its own work: every task it sends and every event back, the
+servers its backend knows, their remote objects, and its workspaces' graphs. So its
+dashboard has every page live, on any backend (an embedded server, a coordinator's
+cluster, Ray, in-process), where a coordinator's dashboard knows only membership and load.
+
+Threads: the web app runs on a loop of its own (``DashboardThread``); tasks are recorded
+on the sender's and the backend's threads (a dict update each); the server list is polled
+once a second by a thread of this object, only while a page watches the live feed.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import threading
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
+
+from sperse._core import BackendEvent, Done, Failed, Output, Started, TaskSpec
+from sperse._dashboard.hub import Hub
+from sperse._dashboard.serve import DashboardConfig, DashboardThread
+from sperse._tokens import new_token
+
+if TYPE_CHECKING:
+    from sperse._cluster.cluster import Cluster
+
+__all__ = ["ClientDashboard"]
+
+POLL_INTERVAL = 1.0  # seconds between two looks at the server list, while a page watches
+
+
+class ClientDashboard:
+    """Serves ``cluster``'s dashboard on ``host:port`` (0: a free port) until ``close()``."""
+
+    def __init__(
+        self,
+        cluster: Cluster,
+        *,
+        token: str | None = None,
+        host: str = "127.0.0.1",
+        port: int = 0,
+        title: str = "",
+    ) -> None:
+        self._cluster = cluster
+        self.hub = Hub(title or "this client")
+        self.hub.has_tasks = True
+        self.hub.objects = self._objects
+        self._stop = threading.Event()
+        self._servers()  # the first list before any page asks
+        self._thread = DashboardThread(
+            self.hub, DashboardConfig(host=host, port=port, token=token or new_token())
+        )
+        self._unwatch = cluster.watch(self)
+        self._poller = threading.Thread(
+            target=self._poll, name="sperse-dashboard-poll", daemon=True
+        )
+        self._poller.start()
+
+    @property
+    def url(self) -> str:
+        """The address to open (it carries the token)."""
+        return self._thread.url
+
+    # ---- TaskWatcher -----------------------------------------------------------------
+
+    def submitted(self, specs: Sequence[TaskSpec]) -> None:
+        for spec in specs:
+            self.hub.task_submitted(spec.task_id, spec.label or spec.task_id)
+
+    def event(self, event: BackendEvent) -> None:
+        hub = self.hub
+        if isinstance(event, Started):
+            hub.task_started(event.task_id, event.where)
+        elif isinstance(event, Output):
+            hub.task_output(event.task_id, event.text)
+        elif isinstance(event, Done):
+            hub.task_ended(event.task_id, event.where)
+        elif isinstance(event, Failed):
+            e = event.error
+            hub.task_ended(
+                event.task_id, event.where, (e.kind, e.type_name, e.message, e.traceback)
+            )
+
+    # ---- sources ---------------------------------------------------------------------
+
+    def _servers(self) -> None:
+        backend = self._cluster.backend
+        servers = [
+            {
+                "name": s.name,
+                "address": s.address,
+                "tags": sorted(s.tags),
+                "resources": dict(s.resources),
+                "workers": s.workers,
+                "busy": s.busy,
+            }
+            for s in backend.servers()
+        ]
+        self.hub.servers(servers)
+
+    def _objects(self) -> list[dict[str, Any]]:
+        return [dataclasses.asdict(o) for o in self._cluster.backend.objects()]
+
+    def _poll(self) -> None:
+        while not self._stop.wait(POLL_INTERVAL):
+            if self.hub.viewers > 0 and not self._cluster.closed:
+                try:
+                    self._servers()
+                except Exception:  # a backend between connections: the next look will do
+                    continue
+
+    def close(self) -> None:
+        if self._stop.is_set():
+            return
+        self._stop.set()
+        self._unwatch()
+        self._thread.close()

@@ -1,0 +1,179 @@
+"""The dashboard's web app (Starlette): pages, the JSON API, the live feed.
+
+Routes (every one behind :class:`~sperse._dashboard.auth.TokenGate`):
+
+=============================  ==========================================================
+``/``, ``/tasks``, ``/objects``, ``/workspace``   the pages (one HTML shell, vanilla JS)
+``/static/...``                 the pages' script and style, vendored cytoscape + dagre
+``/api/info``                   the host's title and what it publishes
+``/api/servers``                the servers now, with the journal's ``seq``
+``/api/tasks?state=&offset=&limit=``  one page of tasks, newest first, and the counts
+``/api/tasks/{id}``             one task: its error with the remote traceback, its output
+``/api/timeline?seconds=``      tasks that ran in the last seconds (the task stream)
+``/api/objects``                remote objects, loaded when asked (a thread, not the loop)
+``/api/workspaces``, ``/api/workspaces/{name}``  shared workspaces, and one's graph
+``/api/events?since=SEQ``       server-sent events: the changes after ``SEQ``
+=============================  ==========================================================
+
+The live feed sends deltas, never snapshots: a ``delta`` event holds the servers that
+changed or left, at most ``TASKS_PER_DELTA`` changed tasks (newest; ``tasks_more`` says
+some were left out, so a page showing an older page of tasks reloads it), the task counts,
+and the versions of changed workspaces. At most ``1 / MIN_INTERVAL`` events a second per
+page, however fast tasks end. A page too far behind (its changes were forgotten) gets
+``reset`` and reloads its snapshots. Nothing here runs code: every route only reads.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import html
+import json
+from collections.abc import AsyncIterator
+from importlib import resources
+from typing import Any
+
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import HTMLResponse, JSONResponse, Response, StreamingResponse
+from starlette.routing import BaseRoute, Mount, Route
+from starlette.staticfiles import StaticFiles
+
+from sperse._dashboard.hub import Hub
+
+__all__ = ["MIN_INTERVAL", "PAGES", "TASKS_PER_DELTA", "build_app"]
+
+PAGES = {"/": "cluster", "/tasks": "tasks", "/objects": "objects", "/workspace": "workspace"}
+TASKS_PER_DELTA = 500
+MIN_INTERVAL = 0.1  # seconds between two events to one page
+KEEPALIVE = 15.0
+
+_NO_STORE = {"cache-control": "no-store"}
+
+
+def _int(request: Request, name: str, default: int) -> int:
+    try:
+        return int(request.query_params.get(name, default))
+    except ValueError:
+        return default
+
+
+def _json(data: Any, status: int = 200) -> JSONResponse:
+    return JSONResponse(data, status_code=status, headers=_NO_STORE)
+
+
+def build_app(hub: Hub, stopping: asyncio.Event | None = None) -> Starlette:
+    """The app for ``hub``. Setting ``stopping`` ends every live feed (for a prompt stop)."""
+    static = resources.files("sperse._dashboard") / "static"
+    shell = (static / "page.html").read_text(encoding="utf-8")
+    stop = stopping or asyncio.Event()
+
+    async def page(request: Request) -> Response:
+        name = PAGES[request.url.path]
+        text = shell.replace("{{page}}", name).replace("{{title}}", html.escape(hub.title))
+        return HTMLResponse(text, headers=_NO_STORE)
+
+    async def info(request: Request) -> Response:
+        return _json(
+            {"title": hub.title, "tasks": hub.has_tasks, "objects": hub.objects is not None}
+        )
+
+    async def servers(request: Request) -> Response:
+        seq, found = hub.server_list()
+        return _json({"seq": seq, "servers": found})
+
+    async def tasks(request: Request) -> Response:
+        state = request.query_params.get("state", "")
+        return _json(hub.task_page(state, _int(request, "offset", 0), _int(request, "limit", 50)))
+
+    async def task(request: Request) -> Response:
+        found = hub.task(request.path_params["task_id"])
+        return _json(
+            found if found is not None else {"error": "no such task"}, 200 if found else 404
+        )
+
+    async def timeline(request: Request) -> Response:
+        seconds = min(max(_int(request, "seconds", 60), 1), 3600)
+        return _json(hub.timeline(seconds))
+
+    async def objects(request: Request) -> Response:
+        source = hub.objects
+        if source is None:
+            return _json({"objects": [], "available": False})
+        try:
+            found = await asyncio.to_thread(source)
+        except Exception as exc:  # a server that does not answer: say so on the page
+            return _json({"objects": [], "available": True, "error": str(exc)})
+        return _json({"objects": found, "available": True})
+
+    async def workspaces(request: Request) -> Response:
+        return _json({"seq": hub.seq, "workspaces": hub.workspace_list()})
+
+    async def workspace(request: Request) -> Response:
+        found = hub.workspace_graph(request.path_params["name"])
+        return _json(
+            found if found is not None else {"error": "no such workspace"}, 200 if found else 404
+        )
+
+    async def feed(since: int) -> AsyncIterator[str]:
+        hub.viewers += 1
+        try:
+            seq = since
+            yield "retry: 2000\n\n"
+            while not stop.is_set():
+                await hub.changed(seq, KEEPALIVE)
+                if stop.is_set():
+                    break
+                newest, changes, counts = hub.since(seq)
+                if changes is None:
+                    yield f"id: {newest}\nevent: reset\ndata: {{}}\n\n"
+                elif changes:
+                    yield f"id: {newest}\nevent: delta\ndata: {json.dumps(_delta(newest, changes, counts))}\n\n"
+                else:
+                    yield ": keepalive\n\n"
+                seq = newest
+                await asyncio.sleep(MIN_INTERVAL)
+        finally:
+            hub.viewers -= 1
+
+    async def events(request: Request) -> Response:
+        last = request.headers.get("last-event-id")
+        since = int(last) if last and last.isdigit() else _int(request, "since", 0)
+        return StreamingResponse(
+            feed(since),
+            media_type="text/event-stream",
+            headers={"cache-control": "no-store", "x-accel-buffering": "no"},
+        )
+
+    routes: list[BaseRoute] = [Route(path, page) for path in PAGES]
+    routes += [
+        Route("/api/info", info),
+        Route("/api/servers", servers),
+        Route("/api/tasks", tasks),
+        Route("/api/tasks/{task_id}", task),
+        Route("/api/timeline", timeline),
+        Route("/api/objects", objects),
+        Route("/api/workspaces", workspaces),
+        Route("/api/workspaces/{name}", workspace),
+        Route("/api/events", events),
+        Mount("/static", StaticFiles(directory=str(static)), name="static"),
+    ]
+    return Starlette(routes=routes)
+
+
+def _delta(seq: int, changes: list[Any], counts: dict[str, int]) -> dict[str, Any]:
+    delta: dict[str, Any] = {"seq": seq, "servers": [], "gone": [], "workspaces": []}
+    tasks = []
+    for change in changes:
+        if change.topic == "server":
+            delta["servers"].append(change.data)
+        elif change.topic == "server_gone":
+            delta["gone"].append(change.key)
+        elif change.topic == "task":
+            tasks.append(change.data)
+        elif change.topic == "workspace":
+            delta["workspaces"].append(change.data)
+    if tasks:
+        delta["tasks"] = tasks[-TASKS_PER_DELTA:]
+        delta["tasks_more"] = len(tasks) > TASKS_PER_DELTA
+        delta["counts"] = counts
+    return delta

@@ -1,0 +1,172 @@
+"""``Hub``: the dashboard's state (:mod:`~sperse._dashboard.model`) behind a lock, fed from any
+thread, read by the web app on its event loop.
+
+Publishers (the coordinator's loop, a client's backend thread, a workspace on the user's
+thread) call ``servers``, ``task_*`` and ``workspace``; each call is a dict update and a
+journal entry under one lock, plus a wake-up of the app's loop only when a page is waiting
+for changes and was not woken already, so a publisher pays almost nothing while nobody
+watches and little while someone does.
+
+``viewers`` counts the pages connected to the live feed: sources that poll (a client's
+server list) poll only while it is above zero.
+
+``objects`` is a view loaded on demand: a callable the host gives (a client's
+``backend.objects()``), run in a thread when the objects page asks, never on the loop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+from collections.abc import Callable, Iterable, Mapping
+from typing import Any
+
+from sperse._dashboard.model import Change, Journal, ServerTable, TaskTable
+
+__all__ = ["Hub"]
+
+JSON = dict[str, Any]
+
+
+class Hub:
+    """What one dashboard shows. ``title`` names the host (``coordinator at ...``)."""
+
+    def __init__(
+        self,
+        title: str,
+        *,
+        journal_limit: int = 20_000,
+        keep_tasks: int = 100_000,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.title = title
+        self._lock = threading.Lock()
+        self._clock = clock
+        self._journal = Journal(journal_limit)
+        self._servers = ServerTable(self._journal)
+        self._tasks = TaskTable(self._journal, keep_tasks)
+        self._workspaces: dict[str, JSON] = {}
+        self._waiters: list[tuple[asyncio.AbstractEventLoop, asyncio.Event]] = []
+        self._woken = True
+        self.viewers = 0
+        self.objects: Callable[[], list[JSON]] | None = None
+        self.has_tasks = False  # the host publishes tasks (a client does; a coordinator not yet)
+
+    # ---- publishing (any thread) -----------------------------------------------------
+
+    def _wake(self) -> None:
+        # Called with the lock held, after a change.
+        if self._woken:
+            return
+        self._woken = True
+        for loop, event in self._waiters:
+            loop.call_soon_threadsafe(event.set)
+
+    def servers(self, servers: Iterable[Mapping[str, Any]]) -> None:
+        """The whole list of servers now (each a dict with at least ``name``)."""
+        with self._lock:
+            if self._servers.update(servers):
+                self._wake()
+
+    def task_submitted(self, task_id: str, label: str) -> None:
+        with self._lock:
+            self._tasks.submitted(task_id, label, self._clock())
+            self._wake()
+
+    def task_started(self, task_id: str, server: str) -> None:
+        with self._lock:
+            self._tasks.started(task_id, server, self._clock())
+            self._wake()
+
+    def task_output(self, task_id: str, text: str) -> None:
+        with self._lock:
+            self._tasks.output(task_id, text)
+
+    def task_ended(
+        self, task_id: str, server: str, error: tuple[str, str, str, str] | None = None
+    ) -> None:
+        with self._lock:
+            self._tasks.ended(task_id, server, self._clock(), error=error)
+            self._wake()
+
+    def workspace(self, name: str, graph: JSON) -> None:
+        """A workspace's graph, whole (see ``sperse._dashboard.graph``)."""
+        with self._lock:
+            self._workspaces[name] = graph
+            self._journal.add("workspace", name, {"name": name, "version": graph.get("version")})
+            self._wake()
+
+    def wake_all(self) -> None:
+        """Wake every page waiting for changes (the server is stopping)."""
+        with self._lock:
+            for loop, event in self._waiters:
+                loop.call_soon_threadsafe(event.set)
+
+    # ---- reading (the app's loop) ----------------------------------------------------
+
+    @property
+    def seq(self) -> int:
+        with self._lock:
+            return self._journal.seq
+
+    def since(self, seq: int) -> tuple[int, list[Change] | None, dict[str, int]]:
+        """(the newest seq, the changes after ``seq`` or None if forgotten, task counts)."""
+        with self._lock:
+            return self._journal.seq, self._journal.since(seq), dict(self._tasks.counts)
+
+    def server_list(self) -> tuple[int, list[JSON]]:
+        with self._lock:
+            return self._journal.seq, self._servers.snapshot()
+
+    def task_page(self, state: str, offset: int, limit: int) -> JSON:
+        with self._lock:
+            rows, total = self._tasks.page(state=state, offset=offset, limit=limit)
+            return {
+                "seq": self._journal.seq,
+                "tasks": rows,
+                "total": total,
+                "counts": dict(self._tasks.counts),
+                "kept": len(self._tasks),
+                "now": self._clock(),
+            }
+
+    def task(self, task_id: str) -> JSON | None:
+        with self._lock:
+            row = self._tasks.get(task_id)
+            return None if row is None else row.as_json(full=True)
+
+    def timeline(self, seconds: float) -> JSON:
+        with self._lock:
+            now = self._clock()
+            return {
+                "seq": self._journal.seq,
+                "now": now,
+                "tasks": self._tasks.recent(now - seconds),
+            }
+
+    def workspace_list(self) -> list[str]:
+        with self._lock:
+            return sorted(self._workspaces)
+
+    def workspace_graph(self, name: str) -> JSON | None:
+        with self._lock:
+            return self._workspaces.get(name)
+
+    async def changed(self, seq: int, timeout: float) -> None:
+        """Wait until the journal passes ``seq``, or ``timeout`` seconds."""
+        loop = asyncio.get_running_loop()
+        event = asyncio.Event()
+        with self._lock:
+            if self._journal.seq > seq:
+                return
+            self._waiters.append((loop, event))
+            self._woken = False
+        try:
+            async with asyncio.timeout(timeout):
+                await event.wait()
+        except TimeoutError:
+            pass
+        finally:
+            with self._lock:
+                self._waiters.remove((loop, event))

@@ -1,0 +1,277 @@
+"""What the dashboard shows, as pure state: no threads, no I/O, time passed in.
+
+- ``Journal``: every change gets the next sequence number; a page that has seen up to ``seq``
+  asks for what came after (``since``) and gets the changes coalesced by key (the newest
+  change of a server or task only), or ``None`` when the changes it missed were forgotten
+  already (it reloads the snapshots then). Bounded: at most ``limit`` entries are kept.
+- ``ServerTable``: the servers now; ``update`` takes a whole list (a coordinator's
+  membership, a client's ``servers()``) and journals only what differs: a new or changed
+  server, a server gone.
+- ``TaskTable``: tasks by id, newest last, at most ``keep`` of them (the oldest finished
+  ones are forgotten first; the counts by state stay exact). Pages are served newest first
+  from the table, never the whole of it; a task's output is kept up to ``LOG_LIMIT``
+  characters (its end).
+- ``workspace`` snapshots are plain JSON-ready dicts, replaced whole (a workspace of a few
+  thousand cells is a few hundred KiB); only their version goes through the journal.
+
+Everything here is JSON-ready: dicts of str, int, float, bool, lists. No value a task made
+ever reaches the dashboard, only names, labels, states, times, errors as text and output.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict, deque
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+__all__ = [
+    "LOG_LIMIT",
+    "TASK_STATES",
+    "Change",
+    "Journal",
+    "ServerTable",
+    "TaskRow",
+    "TaskTable",
+]
+
+LOG_LIMIT = 64 * 1024  # characters of a task's output kept (its end)
+
+TASK_STATES = ("queued", "running", "done", "failed", "cancelled")
+TaskState = Literal["queued", "running", "done", "failed", "cancelled"]
+Topic = Literal["server", "server_gone", "task", "workspace"]
+
+JSON = dict[str, Any]
+
+
+@dataclass(frozen=True, slots=True)
+class Change:
+    seq: int
+    topic: Topic
+    key: str
+    data: JSON
+
+
+class Journal:
+    """Changes in order, numbered from 1; the oldest are dropped past ``limit``."""
+
+    def __init__(self, limit: int = 20_000) -> None:
+        self._entries: deque[Change] = deque(maxlen=limit)
+        self.seq = 0
+
+    def add(self, topic: Topic, key: str, data: JSON) -> int:
+        self.seq += 1
+        self._entries.append(Change(self.seq, topic, key, data))
+        return self.seq
+
+    def since(self, seq: int) -> list[Change] | None:
+        """The changes after ``seq``, the newest per (topic, key), in order; ``None`` if some
+        of them were dropped already."""
+        if seq >= self.seq:
+            return []
+        entries = self._entries
+        if not entries or entries[0].seq > seq + 1:
+            return None
+        start = len(entries) - (self.seq - seq)
+        latest: dict[tuple[str, str], Change] = {}
+        for i in range(start, len(entries)):
+            change = entries[i]
+            if change.topic == "server_gone":
+                latest.pop(("server", change.key), None)
+            elif change.topic == "server":
+                latest.pop(("server_gone", change.key), None)
+            latest.pop((change.topic, change.key), None)  # re-insert: keep the order of the last
+            latest[(change.topic, change.key)] = change
+        return list(latest.values())
+
+
+class ServerTable:
+    """The servers now, by name."""
+
+    def __init__(self, journal: Journal) -> None:
+        self._journal = journal
+        self.servers: dict[str, JSON] = {}
+
+    def update(self, servers: Iterable[Mapping[str, Any]]) -> bool:
+        """Replace the list; journal what changed. True if anything did."""
+        fresh = {str(s["name"]): dict(s) for s in servers}
+        changed = False
+        for name in [n for n in self.servers if n not in fresh]:
+            del self.servers[name]
+            self._journal.add("server_gone", name, {"name": name})
+            changed = True
+        for name, server in fresh.items():
+            if self.servers.get(name) != server:
+                self.servers[name] = server
+                self._journal.add("server", name, server)
+                changed = True
+        return changed
+
+    def snapshot(self) -> list[JSON]:
+        return [self.servers[n] for n in sorted(self.servers)]
+
+
+@dataclass(slots=True)
+class TaskRow:
+    """One task as the dashboard shows it. Times are wall-clock seconds."""
+
+    id: str
+    label: str
+    state: TaskState = "queued"
+    server: str = ""
+    submitted: float = 0.0
+    started: float | None = None
+    ended: float | None = None
+    error_type: str = ""
+    error: str = ""
+    traceback: str = ""
+    log: list[str] = field(default_factory=list)
+    log_size: int = 0
+    log_cut: bool = False
+
+    def as_json(self, *, full: bool = False) -> JSON:
+        row: JSON = {
+            "id": self.id,
+            "label": self.label,
+            "state": self.state,
+            "server": self.server,
+            "submitted": self.submitted,
+            "started": self.started,
+            "ended": self.ended,
+            "error_type": self.error_type,
+            "error": self.error,
+        }
+        if full:
+            row["traceback"] = self.traceback
+            row["log"] = "".join(self.log)
+            row["log_cut"] = self.log_cut
+        return row
+
+
+class TaskTable:
+    """Tasks by id, in the order they were submitted; at most ``keep`` of them."""
+
+    def __init__(self, journal: Journal, keep: int = 100_000) -> None:
+        self._journal = journal
+        self._keep = keep
+        self._rows: OrderedDict[str, TaskRow] = OrderedDict()
+        self.counts: dict[str, int] = dict.fromkeys(TASK_STATES, 0)
+
+    def __len__(self) -> int:
+        return len(self._rows)
+
+    def _set(self, row: TaskRow, state: TaskState) -> None:
+        self.counts[row.state] -= 1
+        self.counts[state] += 1
+        row.state = state
+
+    def _changed(self, row: TaskRow) -> None:
+        self._journal.add("task", row.id, row.as_json())
+
+    def submitted(self, task_id: str, label: str, now: float) -> None:
+        if task_id in self._rows:
+            return
+        row = TaskRow(task_id, label, submitted=now)
+        self._rows[task_id] = row
+        self.counts["queued"] += 1
+        self._changed(row)
+        if len(self._rows) > self._keep:
+            self._forget()
+
+    def _forget(self) -> None:
+        """Drop the oldest finished tasks until ``keep`` remain (running ones stay)."""
+        excess = len(self._rows) - self._keep
+        for task_id in list(self._rows)[: excess * 2]:
+            if excess <= 0:
+                break
+            if self._rows[task_id].state in ("done", "failed", "cancelled"):
+                del self._rows[task_id]
+                excess -= 1
+
+    def started(self, task_id: str, server: str, now: float) -> None:
+        row = self._rows.get(task_id)
+        if row is None or row.state != "queued":
+            return
+        row.server = server
+        row.started = now
+        self._set(row, "running")
+        self._changed(row)
+
+    def output(self, task_id: str, text: str) -> None:
+        row = self._rows.get(task_id)
+        if row is None:
+            return
+        row.log.append(text)
+        row.log_size += len(text)
+        while row.log_size > LOG_LIMIT and row.log:
+            cut = row.log_size - LOG_LIMIT
+            first = row.log[0]
+            if len(first) <= cut:
+                row.log.pop(0)
+                row.log_size -= len(first)
+            else:
+                row.log[0] = first[cut:]
+                row.log_size -= cut
+            row.log_cut = True
+
+    def ended(
+        self,
+        task_id: str,
+        server: str,
+        now: float,
+        *,
+        error: tuple[str, str, str, str] | None = None,
+    ) -> None:
+        """The task ended: in a value, or ``error`` = (kind, type name, message, traceback)."""
+        row = self._rows.get(task_id)
+        if row is None or row.state in ("done", "failed", "cancelled"):
+            return
+        row.server = row.server or server
+        if row.started is None:
+            row.started = now
+        row.ended = now
+        if error is None:
+            self._set(row, "done")
+        else:
+            kind, row.error_type, row.error, row.traceback = error
+            self._set(row, "cancelled" if kind == "cancelled" else "failed")
+        self._changed(row)
+
+    def get(self, task_id: str) -> TaskRow | None:
+        return self._rows.get(task_id)
+
+    def page(self, *, state: str = "", offset: int = 0, limit: int = 50) -> tuple[list[JSON], int]:
+        """Newest first: ``limit`` rows after skipping ``offset`` (of those in ``state``, if
+        given), and how many there are in all (of that state)."""
+        limit = max(0, min(limit, 1000))
+        offset = max(0, offset)
+        rows: list[JSON] = []
+        if not state:
+            total = len(self._rows)
+            keys = list(self._rows)  # a list of ids: cheap next to building rows
+            for task_id in reversed(keys[max(0, total - offset - limit) : total - offset]):
+                rows.append(self._rows[task_id].as_json())
+            return rows, total
+        skipped = 0
+        total = 0
+        for row in reversed(self._rows.values()):
+            if row.state != state:
+                continue
+            total += 1
+            if skipped < offset:
+                skipped += 1
+            elif len(rows) < limit:
+                rows.append(row.as_json())
+        return rows, total
+
+    def recent(self, since: float, limit: int = 2000) -> list[JSON]:
+        """Tasks that ran or run after ``since`` (wall time), newest first, for the timeline."""
+        rows: list[JSON] = []
+        for row in reversed(self._rows.values()):
+            if row.submitted < since - 3600:  # far older submissions: stop scanning
+                break
+            if row.started is not None and (row.ended is None or row.ended >= since):
+                rows.append(row.as_json())
+                if len(rows) >= limit:
+                    break
+        return rows

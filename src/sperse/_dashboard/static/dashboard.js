@@ -1,0 +1,524 @@
+// The sperse dashboard's pages: vanilla JS, no build step. Every page loads its snapshot
+// from the JSON API, then applies the deltas of the live feed (/api/events, server-sent
+// events). Text from the cluster is only ever set with textContent, never as HTML.
+"use strict";
+
+const PAGE = document.body.dataset.page;
+
+function el(tag, attrs, ...children) {
+  const node = document.createElement(tag);
+  for (const [key, value] of Object.entries(attrs || {})) {
+    if (key === "class") node.className = value;
+    else if (key.startsWith("data-")) node.setAttribute(key, value);
+    else if (key === "onclick") node.addEventListener("click", value);
+    else node[key] = value;
+  }
+  for (const child of children) {
+    if (child === null || child === undefined) continue;
+    node.append(child instanceof Node ? child : String(child));
+  }
+  return node;
+}
+
+async function api(path) {
+  const response = await fetch(path, { credentials: "same-origin", cache: "no-store" });
+  if (!response.ok) throw new Error(`${path}: ${response.status}`);
+  return response.json();
+}
+
+function size(bytes) {
+  const units = ["B", "KiB", "MiB", "GiB", "TiB"];
+  let value = bytes || 0;
+  let unit = 0;
+  while (value >= 1024 && unit < units.length - 1) { value /= 1024; unit += 1; }
+  return unit === 0 ? `${value} B` : `${value.toFixed(1)} ${units[unit]}`;
+}
+
+function age(seconds) {
+  if (seconds === null || seconds === undefined || Number.isNaN(seconds)) return "-";
+  seconds = Math.max(0, seconds);
+  if (seconds < 60) return `${seconds.toFixed(1)} s ago`;
+  if (seconds < 3600) return `${Math.round(seconds / 60)} min ago`;
+  return `${(seconds / 3600).toFixed(1)} h ago`;
+}
+
+function duration(row, now) {
+  if (row.started === null || row.started === undefined) return "";
+  const end = row.ended !== null && row.ended !== undefined ? row.ended : now;
+  return `${Math.max(0, end - row.started).toFixed(2)} s`;
+}
+
+// ---- the live feed ----------------------------------------------------------------------
+
+const live = {
+  source: null,
+  seq: 0,
+  handlers: [],
+  resets: [],
+  start(seq) {
+    this.seq = Math.max(this.seq, seq || 0);
+    if (this.source) return;
+    const badge = document.getElementById("live");
+    const source = new EventSource(`/api/events?since=${this.seq}`);
+    this.source = source;
+    source.onopen = () => { badge.textContent = "live"; badge.className = "live on"; };
+    source.onerror = () => { badge.textContent = "reconnecting"; badge.className = "live off"; };
+    source.addEventListener("delta", (event) => {
+      const delta = JSON.parse(event.data);
+      this.seq = delta.seq;
+      for (const handler of this.handlers) handler(delta);
+    });
+    source.addEventListener("reset", () => { for (const reset of this.resets) reset(); });
+  },
+  on(handler, reset) {
+    this.handlers.push(handler);
+    if (reset) this.resets.push(reset);
+  },
+};
+
+window.sperseDashboard = { live };
+
+// ---- Cluster ---------------------------------------------------------------------------
+
+function clusterPage(main) {
+  const servers = new Map();
+  const body = el("tbody");
+  const count = el("span");
+  const columns = ["server", "address", "tags", "resources", "workers", "queued", "objects",
+                   "sessions", "heartbeat"];
+  const numeric = new Set(["queued", "sessions"]);
+  main.append(
+    el("h2", {}, "Servers ", count),
+    el("table", { id: "servers" },
+      el("thead", {}, el("tr", {}, ...columns.map((c) => el("th", { class: numeric.has(c) ? "num" : "" }, c)))),
+      body),
+    el("p", { class: "note" }, "Servers appear as they join and go as they leave or stop answering."),
+  );
+
+  function row(server) {
+    const workers = server.workers || 0;
+    const busy = server.busy || 0;
+    const bar = el("span", { class: "bar" }, el("span"));
+    bar.firstChild.style.width = workers ? `${Math.min(100, (100 * busy) / workers)}%` : "0";
+    const tags = el("td", {}, ...(server.tags || []).map((t) => el("span", { class: "tag" }, t)));
+    const resources = Object.entries(server.resources || {}).map(([k, v]) => `${k}=${v}`).join(", ");
+    const heartbeat = el("td", { class: "heartbeat" });
+    heartbeat.dataset.at = server.last_heartbeat || "";
+    const tr = el("tr", { "data-server": server.name },
+      el("td", {}, server.name),
+      el("td", {}, server.address || "", server.tls ? " (tls)" : ""),
+      tags,
+      el("td", {}, resources || "-"),
+      el("td", {}, bar, `${busy} busy, ${Math.max(0, workers - busy)} idle of ${workers}`),
+      el("td", { class: "num" }, server.queued ?? "-"),
+      el("td", {}, server.objects === undefined ? "-" : `${server.objects} (${size(server.object_bytes)})`),
+      el("td", { class: "num" }, server.sessions ?? "-"),
+      heartbeat,
+    );
+    return tr;
+  }
+
+  function render() {
+    body.replaceChildren();
+    const names = [...servers.keys()].sort();
+    for (const name of names) body.append(row(servers.get(name)));
+    if (!names.length) body.append(el("tr", {}, el("td", { colSpan: columns.length, class: "empty" }, "no server")));
+    count.textContent = `(${names.length})`;
+    tick();
+  }
+
+  function tick() {
+    const now = Date.now() / 1000;
+    for (const cell of body.querySelectorAll("td.heartbeat")) {
+      cell.textContent = cell.dataset.at ? age(now - Number(cell.dataset.at)) : "-";
+    }
+  }
+
+  async function load() {
+    const data = await api("/api/servers");
+    servers.clear();
+    for (const server of data.servers) servers.set(server.name, server);
+    render();
+    return data.seq;
+  }
+
+  live.on((delta) => {
+    if (!delta.servers.length && !delta.gone.length) return;
+    for (const name of delta.gone) servers.delete(name);
+    for (const server of delta.servers) servers.set(server.name, server);
+    render();
+  }, load);
+  setInterval(tick, 1000);
+  return load();
+}
+
+// ---- Tasks -----------------------------------------------------------------------------
+
+const STATES = ["queued", "running", "done", "failed", "cancelled"];
+const COLOURS = { queued: "#a0a7b4", running: "#2f6fde", done: "#2e9e5b", failed: "#d64545", cancelled: "#8a6d3b" };
+
+async function tasksPage(main) {
+  const info = await api("/api/info");
+  if (!info.tasks) {
+    main.append(
+      el("h2", {}, "Tasks"),
+      el("p", { class: "note", id: "no-tasks" },
+        "This dashboard's host does not see tasks: a coordinator learns only each server's load " +
+        "(below, live). Open the dashboard of a client, sperse.connect(..., dashboard=True), for its tasks."),
+    );
+    const body = el("tbody");
+    main.append(el("table", { id: "loads" },
+      el("thead", {}, el("tr", {}, el("th", {}, "server"), el("th", { class: "num" }, "busy"),
+        el("th", { class: "num" }, "workers"), el("th", { class: "num" }, "queued"))), body));
+    const servers = new Map();
+    const render = () => {
+      body.replaceChildren(...[...servers.values()].sort((a, b) => a.name.localeCompare(b.name)).map((s) =>
+        el("tr", { "data-server": s.name }, el("td", {}, s.name), el("td", { class: "num" }, s.busy || 0),
+          el("td", { class: "num" }, s.workers || 0), el("td", { class: "num" }, s.queued || 0))));
+    };
+    const load = async () => {
+      const data = await api("/api/servers");
+      servers.clear();
+      for (const s of data.servers) servers.set(s.name, s);
+      render();
+      return data.seq;
+    };
+    live.on((delta) => {
+      for (const name of delta.gone) servers.delete(name);
+      for (const s of delta.servers) servers.set(s.name, s);
+      if (delta.gone.length || delta.servers.length) render();
+    }, load);
+    return load();
+  }
+
+  const view = { state: "", offset: 0, limit: 50, total: 0 };
+  const counts = el("div", { class: "counts", id: "counts" });
+  const canvas = el("canvas", { id: "timeline" });
+  const body = el("tbody");
+  const pagerText = el("span");
+  const prev = el("button", { onclick: () => { view.offset = Math.max(0, view.offset - view.limit); load(); } }, "newer");
+  const next = el("button", { onclick: () => { view.offset += view.limit; load(); } }, "older");
+  const detail = el("div", { id: "detail" });
+  main.append(
+    el("h2", {}, "Tasks"), counts,
+    el("h2", {}, "Task stream (last 60 s, one lane per server)"), canvas,
+    el("h2", {}, "Newest first"),
+    el("div", { class: "pager" }, prev, next, pagerText),
+    el("table", { id: "tasks" },
+      el("thead", {}, el("tr", {}, ...["task", "state", "server", "took", "error"].map((c) => el("th", {}, c)))),
+      body),
+    detail,
+  );
+
+  const rows = new Map(); // id -> row shown in the table
+  const stream = new Map(); // id -> row, for the timeline
+  let now = Date.now() / 1000;
+  let skew = 0; // server clock - ours
+
+  function renderCounts(values) {
+    counts.replaceChildren(...["", ...STATES].map((state) => {
+      const n = state ? values[state] || 0 : STATES.reduce((sum, s) => sum + (values[s] || 0), 0);
+      const box = el("div", { class: `count${view.state === state ? " selected" : ""}`, "data-state": state || "all",
+        onclick: () => { view.state = state; view.offset = 0; load(); } },
+        el("b", {}, n), state || "all");
+      return box;
+    }));
+  }
+
+  function taskRow(row) {
+    return el("tr", { class: "clickable", "data-task": row.id, onclick: () => showTask(row.id) },
+      el("td", {}, row.label || row.id),
+      el("td", {}, el("span", { class: `state ${row.state}` }, row.state)),
+      el("td", {}, row.server || ""),
+      el("td", { class: "num" }, duration(row, Date.now() / 1000 + skew)),
+      el("td", {}, row.error_type ? `${row.error_type}: ${row.error}` : ""));
+  }
+
+  function renderRows() {
+    body.replaceChildren(...[...rows.values()].map(taskRow));
+    if (!rows.size) body.append(el("tr", {}, el("td", { colSpan: 5, class: "empty" }, "no task")));
+    const first = view.total ? view.offset + 1 : 0;
+    pagerText.textContent = `${first}-${Math.min(view.offset + view.limit, view.total)} of ${view.total}`;
+    prev.disabled = view.offset === 0;
+    next.disabled = view.offset + view.limit >= view.total;
+  }
+
+  async function showTask(id) {
+    const task = await api(`/api/tasks/${encodeURIComponent(id)}`);
+    const parts = [el("h2", {}, `Task ${task.label || task.id}`),
+      el("p", {}, el("span", { class: `state ${task.state}` }, task.state), ` on ${task.server || "-"}, id ${task.id}`)];
+    if (task.error_type) parts.push(el("h2", {}, `${task.error_type}: ${task.error}`), el("pre", { class: "traceback" }, task.traceback || "(no traceback)"));
+    parts.push(el("h2", {}, "Output"), el("pre", { class: "log" }, task.log || "(nothing printed)"));
+    detail.replaceChildren(...parts);
+  }
+
+  async function load() {
+    const data = await api(`/api/tasks?state=${view.state}&offset=${view.offset}&limit=${view.limit}`);
+    skew = data.now - Date.now() / 1000;
+    view.total = data.total;
+    rows.clear();
+    for (const row of data.tasks) rows.set(row.id, row);
+    renderCounts(data.counts);
+    renderRows();
+    return data.seq;
+  }
+
+  async function loadStream() {
+    const data = await api("/api/timeline?seconds=60");
+    stream.clear();
+    for (const row of data.tasks) stream.set(row.id, row);
+  }
+
+  function draw() {
+    now = Date.now() / 1000 + skew;
+    const width = canvas.clientWidth;
+    const height = canvas.clientHeight;
+    if (canvas.width !== width) canvas.width = width;
+    if (canvas.height !== height) canvas.height = height;
+    const ctx = canvas.getContext("2d");
+    ctx.clearRect(0, 0, width, height);
+    const lanes = [...new Set([...stream.values()].map((r) => r.server || "?"))].sort();
+    const laneHeight = Math.max(8, Math.min(28, (height - 16) / Math.max(1, lanes.length)));
+    const x = (t) => width - ((now - t) / 60) * (width - 90);
+    ctx.font = "11px system-ui, sans-serif";
+    lanes.forEach((lane, i) => {
+      ctx.fillStyle = "#6b7385";
+      ctx.fillText(lane, 4, 12 + i * laneHeight + laneHeight / 2);
+    });
+    for (const row of stream.values()) {
+      if (row.started === null || row.started === undefined) continue;
+      const end = row.ended ?? now;
+      if (end < now - 60) { stream.delete(row.id); continue; }
+      const lane = lanes.indexOf(row.server || "?");
+      const left = Math.max(90, x(row.started));
+      ctx.fillStyle = COLOURS[row.state] || "#999";
+      ctx.fillRect(left, 4 + lane * laneHeight, Math.max(2, x(end) - left), laneHeight - 4);
+    }
+  }
+
+  live.on((delta) => {
+    if (!delta.tasks) return;
+    renderCounts(delta.counts);
+    view.total = view.state ? delta.counts[view.state] || 0
+      : STATES.reduce((sum, s) => sum + (delta.counts[s] || 0), 0);
+    let changed = false;
+    const newest = view.offset === 0 && !view.state;
+    for (const row of delta.tasks) {
+      if (row.started !== null && row.started !== undefined) stream.set(row.id, row);
+      if (rows.has(row.id)) { rows.set(row.id, row); changed = true; }
+    }
+    if (newest) {
+      const added = delta.tasks.filter((r) => !rows.has(r.id)).reverse();
+      if (added.length) {
+        const merged = new Map(added.map((r) => [r.id, r]));
+        for (const [id, r] of rows) merged.set(id, r);
+        rows.clear();
+        for (const [id, r] of [...merged].slice(0, view.limit)) rows.set(id, r);
+        changed = true;
+      }
+    } else if (delta.tasks_more || view.state) {
+      load();
+      return;
+    }
+    if (changed) renderRows();
+    else renderRows();
+  }, () => { load(); loadStream(); });
+
+  const seq = await load();
+  await loadStream();
+  setInterval(draw, 250);
+  draw();
+  return seq;
+}
+
+// ---- Objects ---------------------------------------------------------------------------
+
+async function objectsPage(main) {
+  const body = el("tbody");
+  const stores = el("tbody");
+  const status = el("p", { class: "note" });
+  main.append(
+    el("h2", {}, "Remote objects"),
+    el("div", { class: "pager" }, el("button", { onclick: () => load() }, "refresh"), status),
+    el("table", { id: "objects" },
+      el("thead", {}, el("tr", {}, ...["name", "type", "server", "calls", "restarts", "pid", "id"].map((c) => el("th", {}, c)))),
+      body),
+    el("h2", {}, "Held values per server"),
+    el("table", { id: "stores" },
+      el("thead", {}, el("tr", {}, el("th", {}, "server"), el("th", { class: "num" }, "objects"), el("th", { class: "num" }, "bytes"))),
+      stores),
+  );
+  const servers = new Map();
+  function renderStores() {
+    stores.replaceChildren(...[...servers.values()].sort((a, b) => a.name.localeCompare(b.name)).map((s) =>
+      el("tr", { "data-server": s.name }, el("td", {}, s.name),
+        el("td", { class: "num" }, s.objects ?? "-"), el("td", { class: "num" }, s.object_bytes === undefined ? "-" : size(s.object_bytes)))));
+  }
+  async function load() {
+    status.textContent = "loading";
+    const data = await api("/api/objects");
+    body.replaceChildren(...data.objects.map((o) => el("tr", { "data-object": o.object_id },
+      el("td", {}, o.name || "-"), el("td", {}, o.type_name), el("td", {}, o.server),
+      el("td", { class: "num" }, o.calls), el("td", { class: "num" }, o.restarts),
+      el("td", { class: "num" }, o.pid || "-"), el("td", {}, o.object_id))));
+    if (!data.objects.length) body.append(el("tr", {}, el("td", { colSpan: 7, class: "empty" }, "no remote object")));
+    status.textContent = !data.available ? "this host does not list remote objects (a client's dashboard does)"
+      : data.error ? `not every server answered: ${data.error}` : `as of ${new Date().toLocaleTimeString()}`;
+  }
+  async function loadServers() {
+    const data = await api("/api/servers");
+    servers.clear();
+    for (const s of data.servers) servers.set(s.name, s);
+    renderStores();
+    return data.seq;
+  }
+  live.on((delta) => {
+    for (const name of delta.gone) servers.delete(name);
+    for (const s of delta.servers) servers.set(s.name, s);
+    if (delta.gone.length || delta.servers.length) renderStores();
+  }, loadServers);
+  await load();
+  return loadServers();
+}
+
+// ---- Workspace -------------------------------------------------------------------------
+
+const CELL_COLOURS = { done: "#2e9e5b", running: "#2f6fde", pending: "#c9b13a", failed: "#d64545",
+                       blocked: "#e08a1e", stale: "#8e5bd6" };
+
+function loadScript(src) {
+  return new Promise((resolve, reject) => {
+    const script = el("script", { src });
+    script.onload = resolve;
+    script.onerror = () => reject(new Error(`cannot load ${src}`));
+    document.head.append(script);
+  });
+}
+
+async function workspacePage(main) {
+  const picker = el("select", { id: "workspace-picker" });
+  const note = el("p", { class: "note" });
+  const graph = el("div", { id: "graph" });
+  const body = el("tbody");
+  main.append(
+    el("h2", {}, "Workspace ", picker), note,
+    el("div", { class: "legend" }, ...Object.entries(CELL_COLOURS).map(([s]) => el("span", { class: `state ${s}` }, s))),
+    graph,
+    el("h2", {}, "Cells"),
+    el("table", { id: "cells" },
+      el("thead", {}, el("tr", {}, ...["cell", "status", "where", "defines", "runs", "error"].map((c) => el("th", {}, c)))),
+      body),
+  );
+  await loadScript("/static/vendor/cytoscape.min.js");
+  await loadScript("/static/vendor/cytoscape-dagre.min.js");
+  window.cytoscape.use(window.cytoscapeDagre);
+  const cy = window.cytoscape({
+    container: graph,
+    wheelSensitivity: 0.3,
+    maxZoom: 1.1,
+    style: [
+      { selector: "node", style: {
+        "shape": "round-rectangle", "label": "data(text)", "text-wrap": "wrap", "text-max-width": 220,
+        "font-size": 11, "text-valign": "center", "color": "#fff", "width": "label", "height": "label",
+        "padding": 8, "background-color": "data(colour)" } },
+      { selector: "edge", style: {
+        "curve-style": "bezier", "target-arrow-shape": "triangle", "width": 1.5, "line-color": "#a0a7b4",
+        "target-arrow-color": "#a0a7b4", "label": "data(name)", "font-size": 10, "color": "#6b7385",
+        "text-background-color": "#fff", "text-background-opacity": 1 } },
+    ],
+  });
+  window.sperseDashboard.graph = cy;
+  let current = "";
+  let version = null;
+  let shape = "";
+  let listSeq = 0;
+  let cells = [];
+  const taskWhere = new Map(); // task id -> server, from the task feed (a cell starts running)
+
+  function whereOf(cell) {
+    return (cell.task && taskWhere.get(cell.task)) || cell.where || (cell.remote ? "-" : "local");
+  }
+
+  function nodeData(cell) {
+    const server = (cell.task && taskWhere.get(cell.task)) || cell.where;
+    const where = server && cell.status === "running" ? ` on ${server}` : "";
+    return { id: `c${cell.id}`, text: `[${cell.id}] ${cell.label}\n${cell.status}${where}`,
+             colour: CELL_COLOURS[cell.status] || "#999", status: cell.status, label: cell.label };
+  }
+
+  async function loadGraph() {
+    if (!current) return;
+    const data = await api(`/api/workspaces/${encodeURIComponent(current)}`);
+    version = data.version;
+    cells = data.cells;
+    const structure = JSON.stringify([data.cells.map((c) => c.id), data.edges]);
+    if (structure !== shape) {
+      shape = structure;
+      cy.elements().remove();
+      cy.add(data.cells.map((c) => ({ group: "nodes", data: nodeData(c) })));
+      cy.add(data.edges.map((e, i) => ({ group: "edges", data: { id: `e${i}`, source: `c${e.source}`, target: `c${e.target}`, name: e.name } })));
+      cy.layout({ name: "dagre", rankDir: "TB", nodeSep: 30, rankSep: 50 }).run();
+      cy.fit(undefined, 30);
+    } else {
+      for (const cell of data.cells) cy.getElementById(`c${cell.id}`).data(nodeData(cell));
+    }
+    body.replaceChildren(...data.cells.map((c) => el("tr", { "data-cell": c.id, "data-status": c.status },
+      el("td", {}, `[${c.id}] ${c.label}`), el("td", {}, el("span", { class: `state ${c.status}` }, c.status)),
+      el("td", { class: "where" }, whereOf(c)), el("td", {}, (c.defs || []).join(", ")), el("td", { class: "num" }, c.runs),
+      el("td", {}, c.error || ""))));
+    note.textContent = `${data.cells.length} cells, mode ${data.mode}; updated as values arrive and cells are redefined.`;
+  }
+
+  async function loadList() {
+    const data = await api("/api/workspaces");
+    listSeq = data.seq;
+    picker.replaceChildren(...data.workspaces.map((name) => el("option", { value: name }, name)));
+    if (!data.workspaces.length) {
+      note.textContent = "No workspace is shared with this dashboard yet: a client shares its workspace with " +
+        "sperse.connect(..., dashboard=True) (on by default), or share_workspace=True.";
+      return;
+    }
+    if (!data.workspaces.includes(current)) current = data.workspaces[0];
+    picker.value = current;
+    await loadGraph();
+  }
+  picker.addEventListener("change", () => { current = picker.value; shape = ""; loadGraph(); });
+
+  live.on((delta) => {
+    for (const t of delta.tasks || []) {
+      if (!t.server) continue;
+      // Kept for a graph that arrives after its task started (bounded: the newest 5,000).
+      taskWhere.set(t.id, t.server);
+      if (taskWhere.size > 5000) taskWhere.delete(taskWhere.keys().next().value);
+      const cell = cells.find((c) => c.task === t.id);
+      if (!cell) continue;
+      cy.getElementById(`c${cell.id}`).data(nodeData(cell));
+      const where = body.querySelector(`tr[data-cell="${cell.id}"] td.where`);
+      if (where) where.textContent = whereOf(cell);
+    }
+    for (const w of delta.workspaces) {
+      if (!current || ![...picker.options].some((o) => o.value === w.name)) { loadList(); return; }
+      if (w.name === current && w.version !== version) { loadGraph(); return; }
+    }
+  }, loadList);
+  await loadList();
+  return listSeq;
+}
+
+// ---- start -----------------------------------------------------------------------------
+
+async function main() {
+  for (const link of document.querySelectorAll("nav a")) {
+    if (link.dataset.nav === PAGE) link.classList.add("current");
+  }
+  const container = document.getElementById("main");
+  const pages = { cluster: clusterPage, tasks: tasksPage, objects: objectsPage, workspace: workspacePage };
+  const seq = await pages[PAGE](container);
+  live.start(seq);
+  document.body.dataset.ready = "1";
+}
+
+main().catch((error) => {
+  document.getElementById("main").append(el("p", { class: "note" }, `The page could not load: ${error.message}`));
+  throw error;
+});

@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
+from pathlib import Path
 
 import grpc
 import grpc.aio
 import pytest
 
 from sperse._wire.errors import GrpcErrorKind, GrpcFailure, classify
+
+SRC = Path(__file__).resolve().parents[2] / "src" / "sperse"
 
 
 @dataclass(frozen=True, slots=True)
@@ -75,3 +79,20 @@ def test_no_details_are_empty() -> None:
 def test_a_failure_is_quoted_as_code_and_details() -> None:
     failure = classify(SyncRpcError(grpc.StatusCode.INTERNAL, "boom"))
     assert str(failure) == "INTERNAL: boom"
+
+
+# The services set status codes on their replies: that is not translating an error.
+SETS_STATUS = {"_server/service.py", "_coordinator/service.py"}
+
+
+def test_only_the_map_compares_status_codes() -> None:
+    """No module outside ``_wire`` reads a gRPC error's status code: they classify it."""
+    offenders = []
+    for path in sorted(SRC.rglob("*.py")):
+        where = path.relative_to(SRC).as_posix()
+        if where.startswith("_wire/"):
+            continue
+        text = path.read_text()
+        if re.search(r"\.code\(\)", text) or (where not in SETS_STATUS and "StatusCode" in text):
+            offenders.append(where)
+    assert offenders == []

@@ -1,10 +1,10 @@
 """What a client of a coordinator uses: ``MembershipWatch`` (a live view of the servers, for
 the many-servers backend) and ``members`` (one snapshot, for ``sperse status``).
 
-Both read the ``Watch`` stream with sync gRPC; errors of grpc are translated here, in
-``_translate`` only: a refused token is ``AuthenticationError``; nothing answering, or an
-address that is not a coordinator (``UNIMPLEMENTED``: a ``sperse server``), is
-``ServerUnavailable``.
+Both read the ``Watch`` stream with sync gRPC; errors of grpc (classified by
+:mod:`sperse._wire.errors`) are translated here, in ``_translate`` only: a refused token is
+``AuthenticationError``; nothing answering, or an address that is not a coordinator
+(``UNIMPLEMENTED``: a ``sperse server``), is ``ServerUnavailable``.
 
 A ``MembershipWatch`` reads on a thread of its own. After its first snapshot it never raises:
 when the stream breaks it keeps the last snapshot, logs one warning per outage, and
@@ -24,6 +24,7 @@ from typing import Any
 import grpc
 
 from sperse._wire import pb
+from sperse._wire.errors import GrpcErrorKind, classify
 from sperse._wire.sperse_pb2_grpc import CoordinatorStub
 from sperse._wire.urls import parse_url
 from sperse.errors import AuthenticationError, ServerUnavailable, SperseError
@@ -98,26 +99,27 @@ def _channel(address: str, tls_ca: bytes | None) -> Any:
 
 
 def _translate(exc: grpc.RpcError, address: str) -> SperseError:
-    """The one place where grpc's errors become Sperse's, for coordinator clients."""
-    code, details = exc.code(), exc.details()
-    if code == grpc.StatusCode.UNAUTHENTICATED:
+    """The one place where grpc's errors (classified by :mod:`sperse._wire.errors`) become
+    Sperse's, for coordinator clients."""
+    failure = classify(exc)
+    if failure.kind is GrpcErrorKind.REFUSED_TOKEN:
         return AuthenticationError(
             f"the coordinator at {address} refused the token: pass the cluster token, the one "
             "it was started with (token=..., --token, --token-file, SPERSE_TOKEN or "
             "SPERSE_TOKEN_FILE)"
         )
-    if code == grpc.StatusCode.UNIMPLEMENTED:
+    if failure.kind is GrpcErrorKind.WRONG_SERVICE:
         return ServerUnavailable(
             f"{address} is not a sperse coordinator (it does not know the Coordinator "
             "service; a sperse server, perhaps): give the address that `sperse coordinator` "
             "or `sperse up` printed"
         )
-    if code in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
+    if failure.kind is GrpcErrorKind.UNREACHABLE:
         return ServerUnavailable(
-            f"no coordinator answered at {address} ({code.name}: {details}): is `sperse "
+            f"no coordinator answered at {address} ({failure}): is `sperse "
             "coordinator` running there, and are the host and port right?"
         )
-    return ServerUnavailable(f"the coordinator at {address} failed: {code.name}: {details}")
+    return ServerUnavailable(f"the coordinator at {address} failed: {failure}")
 
 
 def members(
@@ -257,7 +259,7 @@ class MembershipWatch:
                 if not self._first.is_set():
                     self._fail(_translate(exc, self.address))
                     return
-                problem = f"{exc.code().name}: {exc.details()}"
+                problem = str(classify(exc))
             finally:
                 with self._lock:
                     self._call = None

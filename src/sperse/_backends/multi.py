@@ -367,6 +367,7 @@ def is_coordinator(url: str, *, tls_ca: bytes | None = None, timeout: float = 5.
     import grpc
 
     from sperse._wire import pb
+    from sperse._wire.errors import GrpcErrorKind, classify
 
     address = parse_url(url)
     if tls_ca is not None:
@@ -384,7 +385,7 @@ def is_coordinator(url: str, *, tls_ca: bytes | None = None, timeout: float = 5.
             for _ in watch(pb.WatchRequest(), timeout=timeout, wait_for_ready=False):
                 return True  # pragma: no cover - a coordinator answers no token with an error
         except grpc.RpcError as exc:
-            return bool(exc.code() == grpc.StatusCode.UNAUTHENTICATED)
+            return classify(exc).kind is GrpcErrorKind.REFUSED_TOKEN
     return False
 
 

@@ -31,6 +31,7 @@ from sperse._server.config import ServerConfig, ServerConfigError
 from sperse._server.core import ServerStats
 from sperse._server.logs import log_event
 from sperse._wire import pb
+from sperse._wire.errors import GrpcErrorKind, GrpcFailure, classify
 from sperse._wire.sperse_pb2_grpc import CoordinatorStub
 
 __all__ = ["LEAVE_TIMEOUT", "Joiner", "advertised_address"]
@@ -38,7 +39,6 @@ __all__ = ["LEAVE_TIMEOUT", "Joiner", "advertised_address"]
 LEAVE_TIMEOUT = 1.0
 _RETRY_MIN, _RETRY_MAX = 0.1, 2.0  # backoff between join attempts at start
 _INTERVAL_MIN, _INTERVAL_MAX = 0.05, 60.0  # what we accept as a heartbeat interval
-_UNANSWERED = (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED)
 
 
 def advertised_address(host: str, port: int) -> str:
@@ -160,11 +160,12 @@ class Joiner:
             try:
                 reply = await self._stub.Join(request, timeout=max(0.1, min(left, 5.0)))
             except grpc.aio.AioRpcError as exc:
-                if exc.code() in _UNANSWERED and loop.time() + delay < deadline:
+                failure = classify(exc)
+                if failure.kind is GrpcErrorKind.UNREACHABLE and loop.time() + delay < deadline:
                     await asyncio.sleep(delay)
                     delay = min(delay * 2, _RETRY_MAX)
                     continue
-                raise ServerConfigError(self._refusal(exc)) from None
+                raise ServerConfigError(self._refusal(failure)) from None
             break
         self._take_interval(reply)
         self._registered = True
@@ -177,27 +178,27 @@ class Joiner:
             heartbeat_interval=self._interval,
         )
 
-    def _refusal(self, exc: grpc.aio.AioRpcError) -> str:
-        code, details, where = exc.code(), exc.details(), self.coordinator
-        if code == grpc.StatusCode.UNAUTHENTICATED:
+    def _refusal(self, failure: GrpcFailure) -> str:
+        details, where = failure.details, self.coordinator
+        if failure.kind is GrpcErrorKind.REFUSED_TOKEN:
             return (
                 f"the coordinator at {where} refused this server's token: a server joins "
                 "with its own token, so start it with the cluster token, the one the "
                 "coordinator was given (--token, --token-file or --token-stdin)"
             )
-        if code == grpc.StatusCode.ALREADY_EXISTS:
+        if failure.kind is GrpcErrorKind.EXISTS:
             return f"the coordinator at {where} refused the name {self.name!r}: {details}"
-        if code in _UNANSWERED:
+        if failure.kind is GrpcErrorKind.UNREACHABLE:
             return (
                 f"no coordinator answered at {where} within {self._start_timeout:g} s "
                 f"({details}): is `sperse coordinator` running there, and is --join right?"
             )
-        if code == grpc.StatusCode.UNIMPLEMENTED:
+        if failure.kind is GrpcErrorKind.WRONG_SERVICE:
             return (
                 f"{where} is not a sperse coordinator: --join takes the address that "
                 "`sperse coordinator` printed, not a server's"
             )
-        return f"the coordinator at {where} refused to register this server: {code.name}: {details}"
+        return f"the coordinator at {where} refused to register this server: {failure}"
 
     # ---- heartbeats --------------------------------------------------------------------
 
@@ -230,7 +231,7 @@ class Joiner:
                         "heartbeat_failed",
                         coordinator=self.coordinator,
                         name=self.name,
-                        error=f"{exc.code().name}: {exc.details()}",
+                        error=str(classify(exc)),
                         hint="the server keeps working and keeps trying",
                     )
                 outage = True
@@ -263,7 +264,7 @@ class Joiner:
                     error=(
                         f"no answer within {LEAVE_TIMEOUT:g} s"
                         if isinstance(exc, TimeoutError)
-                        else f"{exc.code().name}: {exc.details()}"
+                        else str(classify(exc))
                     ),
                     hint="the coordinator removes this server when its heartbeats stop",
                 )

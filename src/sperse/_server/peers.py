@@ -16,7 +16,8 @@ Invariants:
   rest into memory. A pull that fails or is cancelled leaves no file behind.
 - The sizes the holder announces are checked against ``--max-value-size`` before a byte is
   kept; a holder that sends more or fewer bytes than it announced fails the pull.
-- The errors of grpc become ``PullFailed`` here, and only here: a reason and what to do.
+- The errors of grpc (classified by :mod:`sperse._wire.errors`) become ``PullFailed`` here,
+  and only here: a reason and what to do.
 """
 
 from __future__ import annotations
@@ -34,6 +35,7 @@ from sperse._server.config import ServerConfig
 from sperse._server.core import PeerRef, Pulled, PullFailed
 from sperse._server.envelope import Buffer, PickledBytes, ShmBuffer
 from sperse._wire import MAX_MESSAGE, pb
+from sperse._wire.errors import GrpcErrorKind, classify
 from sperse._wire.sperse_pb2_grpc import SperseStub
 
 __all__ = ["PULL_CHUNK", "PeerClient"]
@@ -137,28 +139,28 @@ class _Receiving:
 
 def _failure(exc: grpc.aio.AioRpcError, ref: PeerRef) -> PullFailed:
     """A grpc error of a pull, as its reason and what to do."""
-    code = exc.code()
-    details = exc.details() or code.name
+    failure = classify(exc)
+    details = failure.details or failure.code
     holder = f"server {ref.server!r}"
-    if code == grpc.StatusCode.UNAUTHENTICATED:
+    if failure.kind is GrpcErrorKind.REFUSED_TOKEN:
         return PullFailed(
             f"{holder} refused this server's token",
             "servers of one cluster must share a token: start every server with the same "
             "--token (or --token-file)",
         )
-    if code == grpc.StatusCode.UNAVAILABLE:
+    if failure.kind is GrpcErrorKind.UNREACHABLE:
         return PullFailed(
             f"{holder} cannot be reached ({details})",
             f"check that {holder} is running and that this server can reach {ref.address}; "
             "or compute the value again",
         )
-    if code == grpc.StatusCode.UNIMPLEMENTED:
+    if failure.kind is GrpcErrorKind.WRONG_SERVICE:
         return PullFailed(
             f"{holder} does not serve pulls ({details})",
             "install the same sperse version on every server of the cluster",
         )
     return PullFailed(
-        f"{holder} answered {code.name} ({details})",
+        f"{holder} answered {failure.code} ({details})",
         f"look at the log of {holder}; or compute the value again",
     )
 

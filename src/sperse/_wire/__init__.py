@@ -2,7 +2,8 @@
 
 The schema is ``sperse.proto`` beside this file; ``scripts/gen_proto.sh``
 generates ``sperse_pb2*.py`` from it (committed, checked by a test). Only this
-package, the server and the client transport import grpc or the generated code.
+package, the server and the client transport import grpc or the generated code. A failed
+call's gRPC error is classified by :mod:`sperse._wire.errors`, the one map of status codes.
 
 One bidirectional ``Session`` stream per client::
 

@@ -8,7 +8,8 @@
   I/O thread, woken once per batch, writes the batch (``send_loop``), adjacent tasks merged
   into Submits. Order is kept: a direct write happens only with an empty queue, under the
   stream's lock.
-- grpc's errors, and a server's ``Error`` message, become Sperse's here and only here.
+- grpc's errors (classified by :mod:`sperse._wire.errors`), and a server's ``Error``
+  message, become Sperse's here and only here, worded for a client of a server.
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ import grpc
 import grpc.aio
 
 from sperse._wire import MAX_MESSAGE, FrameReader, local_frame, local_socket_name, pb
+from sperse._wire.errors import GrpcErrorKind, classify
 from sperse.errors import (
     AuthenticationError,
     ProtocolError,
@@ -317,19 +319,19 @@ def error_from(error: pb.Error, address: str) -> SperseError:
 
 
 def translate(exc: grpc.aio.AioRpcError, address: str) -> SperseError:
-    code = exc.code()
-    if code == grpc.StatusCode.UNAVAILABLE:
-        return ServerUnavailable(f"the server at {address} is unavailable: {exc.details()}")
-    if code == grpc.StatusCode.UNAUTHENTICATED:
-        return AuthenticationError(f"the server at {address} refused the token: {exc.details()}")
-    if code == grpc.StatusCode.RESOURCE_EXHAUSTED:
+    failure = classify(exc)
+    if failure.kind is GrpcErrorKind.UNREACHABLE:
+        return ServerUnavailable(f"the server at {address} is unavailable: {failure.details}")
+    if failure.kind is GrpcErrorKind.REFUSED_TOKEN:
+        return AuthenticationError(f"the server at {address} refused the token: {failure.details}")
+    if failure.kind is GrpcErrorKind.TOO_LARGE:
         return ProtocolError(
-            f"the server at {address} refused an oversized message: {exc.details()}"
+            f"the server at {address} refused an oversized message: {failure.details}"
         )
-    return ServerLost(f"the session with {address} failed: {code.name}: {exc.details()}")
+    return ServerLost(f"the session with {address} failed: {failure}")
 
 
 def describe_grpc(error: BaseException) -> str:
     if isinstance(error, grpc.aio.AioRpcError):
-        return f"{error.code().name}: {error.details()}"
+        return str(classify(error))
     return str(error)

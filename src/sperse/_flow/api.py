@@ -26,8 +26,8 @@ from sperse._flow.local import LocalExecutor, PushQueue
 from sperse._flow.messages import Settle, Stopped
 from sperse._flow.plan import LogicalPlan, NodeId, PhysicalPlan, physical
 from sperse._flow.servers import OnServers
-from sperse._lang.placement import Placement
 from sperse._flow.stream import KeyedStream, Stream
+from sperse._lang.placement import Placement
 from sperse.errors import TaskCancelled
 
 __all__ = [

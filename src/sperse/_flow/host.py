@@ -31,7 +31,7 @@ import itertools
 import os
 import time
 from collections import deque
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -50,7 +50,7 @@ from sperse._flow.messages import (
     Tick,
     WriteFile,
 )
-from sperse._flow.plan import PhysicalPlan, Role, StageId
+from sperse._flow.plan import NodeId, PhysicalPlan, Role, StageId
 from sperse._flow.replica import Replica
 from sperse._flow.transport import BATCH_ITEMS, LINGER, WINDOW, Credits, Outbox, Reorder
 from sperse._serialize import dumps, loads
@@ -320,8 +320,10 @@ def _merged(reports: list[Report]) -> list[Report]:
 
 
 def unpicklable(
-    plan: PhysicalPlan, node: Any, messages: list[Message], error: BaseException
+    plan: PhysicalPlan, node: NodeId, messages: Sequence[object], error: BaseException
 ) -> FlowError:
+    """The failure of ``node`` that emitted an item of ``messages`` that cannot be pickled
+    (the first such item named)."""
     culprit: Any = None
     for message in messages:
         if isinstance(message, Batch):

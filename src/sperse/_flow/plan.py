@@ -367,9 +367,7 @@ class PhysicalPlan:
         return "\n".join(lines)
 
 
-def physical(
-    plan: LogicalPlan, servers: int | Callable[[Placement], int] = 1
-) -> PhysicalPlan:
+def physical(plan: LogicalPlan, servers: int | Callable[[Placement], int] = 1) -> PhysicalPlan:
     """Resolve replica counts (``"per_server"``: ``servers``, or the number
     ``servers(placement)`` says for the node's placement) and chain the nodes."""
     plan.check()

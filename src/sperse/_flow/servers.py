@@ -26,6 +26,8 @@ iterators or queues are kept as they are read, to be read again.
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import itertools
 import queue
 import threading
@@ -194,7 +196,9 @@ class _Driver:
         self._stopped: Stopped | None = None
         self._finished = threading.Event()
         self._suspect: set[str] = set()
-        self._names = {s.id: " -> ".join(plan.node(n).name for n in s.nodes) for s in plan.stages}
+        self._names: dict[int, str] = {
+            s.id: " -> ".join(plan.node(n).name for n in s.nodes) for s in plan.stages
+        }
         self._shipped = dumps(_shippable(plan), what=f"the operators of flow {plan.logical.name!r}")
         self._feeds = [
             _Feed(n, plan.stages[plan.stage_of[n.id]], config.restart > 0)
@@ -345,9 +349,12 @@ class _Driver:
             }
             proxy = cls.create_on(self._cluster, (self._shipped, key[0], key[1], config), {})
             hosts[key] = host = _Host(key, server, proxy)
-            proxy._when_ready(lambda p, h=host: self._events.put(("ready", h, p)))
+            proxy._when_ready(functools.partial(self._put, "ready", host))
         with self._lock:
             self._hosts = hosts
+
+    def _put(self, kind: str, host: _Host, pending: Pending[Any]) -> None:
+        self._events.put((kind, host, pending))
 
     def _start_hosts(self) -> None:
         now = time.monotonic()
@@ -431,7 +438,9 @@ class _Driver:
             pending._on_settle(lambda p: self._events.put(("ack", host, seq, events, p)))
         else:
             pending._on_settle(
-                lambda p: None if p._error is None else self._events.put(("ack", host, -1, events, p))
+                lambda p: (
+                    None if p._error is None else self._events.put(("ack", host, -1, events, p))
+                )
             )
 
     def _feed(self) -> None:
@@ -462,13 +471,13 @@ class _Driver:
     ) -> list[Settle]:
         if isinstance(error, SerializationError):
             stage = self._plan.stages[host.key[0]]
-            failure = unpicklable(self._plan, stage.nodes[0], list(events), error)  # type: ignore[arg-type]
+            failure = unpicklable(self._plan, stage.nodes[0], events, error)
             return self._control(self._controller.handle(Report(failure)))
         return self._fail_host(host, f"could not be reached: {error}", lost_info(error))
 
-    def _fail_host(self, host: _Host, what: str, info: ErrorInfo | str) -> list[Settle]:
-        if isinstance(info, str):
-            info = ErrorInfo("server_lost", "ServerLost", what)  # type: ignore[arg-type]
+    def _fail_host(self, host: _Host, what: str, info: ErrorInfo | None = None) -> list[Settle]:
+        if info is None:
+            info = ErrorInfo("server_lost", "ServerLost", what)
         text = f"(replica {host.key[1]} on server {host.server!r}) {what}"
         failure = FlowError(self._names[host.key[0]], "", info, text, host.server)
         return self._control(self._controller.handle(Report(failure)))
@@ -478,10 +487,10 @@ class _Driver:
         now = time.monotonic()
         for host in self._hosts.values():
             if not started and not host.ready and now > deadline:
-                return self._fail_host(host, "was not created in time", "server_lost")
+                return self._fail_host(host, "was not created in time")
             if started and now - host.heard > self._config.silence:
                 silence = self._config.silence
-                return self._fail_host(host, f"did not answer for {silence:g} s", "server_lost")
+                return self._fail_host(host, f"did not answer for {silence:g} s")
         return []
 
     def _finish(self) -> None:
@@ -507,10 +516,9 @@ class _Driver:
 
     def _close(self) -> None:
         for host in self._hosts.values():
-            try:
+            # Best effort: the owner's exit closes them too.
+            with contextlib.suppress(Exception):
                 host.proxy.close()
-            except Exception:  # closing is best effort: the owner's exit closes them too
-                pass
 
 
 def _value(pending: Pending[Any]) -> Any:

@@ -21,6 +21,7 @@ comes in as ``now``), so it is tested without servers:
 
 from __future__ import annotations
 
+import contextlib
 from collections import deque
 from dataclasses import dataclass, field
 from typing import Any, Generic, TypeVar
@@ -94,13 +95,19 @@ class Outbox:
             buffer.items += len(message.items)
             if (
                 isinstance(last, Batch)
-                and (last.port, last.sender, last.round) == (message.port, message.sender, message.round)
+                and (last.port, last.sender, last.round)
+                == (message.port, message.sender, message.round)
                 and (last.weight is None) == (message.weight is None)
             ):
                 weight = None if last.weight is None else last.weight + (message.weight or 0)
                 last.items.extend(message.items)  # the outbox owns the first batch's list
                 buffer.messages[-1] = Batch(
-                    last.port, last.sender, last.items, last.round, weight, max(last.now, message.now)
+                    last.port,
+                    last.sender,
+                    last.items,
+                    last.round,
+                    weight,
+                    max(last.now, message.now),
                 )
                 return
             message = Batch(
@@ -153,10 +160,8 @@ class Credits:
     def ack(self, channel: Any, seq: int) -> None:
         out = self._out.get(channel)
         if out is not None:
-            try:
+            with contextlib.suppress(ValueError):
                 out.remove(seq)
-            except ValueError:
-                pass
 
     def outstanding(self, channel: Any) -> int:
         return len(self._out.get(channel, ()))

@@ -74,6 +74,24 @@ def test_word_count(client: sperse.Cluster) -> None:
     assert alg.word_count(lines, on(client), 2, 2) == dict(expected)
 
 
+def test_word_count_with_map_side_combining(client: sperse.Cluster) -> None:
+    lines = [f"a b {i % 50} a" for i in range(20_000)]
+    f = sperse.Flow("wc", cluster=client)
+    out = (
+        f.source(lines)
+        .flat_map(str.split)
+        .on(replicas=2)
+        .key_by(lambda w: w)
+        .fold(0, lambda n, w: n + 1, combine=lambda a, b: a + b, name="count")
+        .on(replicas=2)
+        .collect()
+    )
+    run = f.run(executor=on(client))
+    assert out.result(WAIT) == dict(collections.Counter(w for line in lines for w in line.split()))
+    items = run.result(WAIT).items
+    assert items["count"] < items["count.combine"] / 10  # partials, not words, crossed
+
+
 def test_pagerank(client: sperse.Cluster) -> None:
     g = alg.random_graph(7)
     expected = _pagerank_python(g, alpha=alg.DAMPING, tol=alg.TOL, max_iter=1000)
@@ -280,7 +298,7 @@ def test_a_server_killed_mid_flow_fails_the_run_naming_operator_and_server(
     three: tuple[LocalCluster, sperse.Cluster],
 ) -> None:
     lc, client = three
-    q, out, run, victim = started_queue_flow(client, restart=0)
+    q, out, _, victim = started_queue_flow(client, restart=0)
     lc.kill_server(victim["server"])
     started = time.monotonic()
     with pytest.raises(sperse.FlowFailed) as info:

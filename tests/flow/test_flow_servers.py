@@ -19,7 +19,6 @@ from networkx.algorithms.link_analysis.pagerank_alg import _pagerank_python
 
 import sperse
 from sperse._flow.api import OnServers
-from sperse._flow.transport import WINDOW
 from sperse._up import LocalCluster
 
 WAIT = 90.0  # a deadline, never a delay
@@ -321,7 +320,3 @@ def test_restart_runs_again_from_the_sources_with_an_exact_result(
     assert sorted(out.result(WAIT)) == [2 * x for x in range(2000)]
     assert run.result(WAIT).state == "done"
     assert all(h["attempt"] >= 1 and h["server"] != victim["server"] for h in run.hosts())
-
-
-def test_window_is_the_default_credit() -> None:
-    assert WINDOW >= 2

@@ -202,13 +202,15 @@ class Flow:
         self._building()
         if executor is None:
             executor = self._default_executor(restart)
+        elif isinstance(executor, OnServers) and restart:
+            executor.restart = _attempts(restart)
         count = executor.per_server if isinstance(executor, PlacesReplicas) else servers
         plan = physical(self.plan, count)
         self._run = Run(self, plan, executor)
         return self._run
 
     def _default_executor(self, restart: int | bool) -> Executor:
-        attempts = (3 if restart else 0) if isinstance(restart, bool) else int(restart)
+        attempts = _attempts(restart)
         backend = self.cluster.backend
         if isinstance(backend, LocalOnly) or not self.cluster.servers():
             return InProcess()
@@ -228,6 +230,10 @@ class Flow:
 
     def __repr__(self) -> str:
         return f"<Flow {self.name!r}: {len(self.plan.nodes)} operators>"
+
+
+def _attempts(restart: int | bool) -> int:
+    return (3 if restart else 0) if isinstance(restart, bool) else int(restart)
 
 
 class QueueStream(Stream):

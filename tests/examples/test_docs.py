@@ -94,4 +94,4 @@ def test_flows_doc_first_block_runs() -> None:
 def test_flows_doc_servers_block_runs() -> None:
     block = next(b for b in python_blocks(ROOT / "docs" / "flows.md") if "LocalCluster" in b)
     printed = run_blocks([block])
-    assert printed.splitlines()[0] == "{'a': 1000, 'b': 2000, 'c': 2000}"
+    assert printed.splitlines()[0] == "[('a', 1000), ('b', 2000), ('c', 2000)]"

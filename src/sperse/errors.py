@@ -211,6 +211,8 @@ class FlowFailed(SperseError):
     ``flow`` and ``operator`` name where (the operator's ``name=``), ``item`` is a short
     repr of the item it was handling ("" when no single item is to blame), ``type_name`` the
     type of the original exception, and ``remote_traceback`` its formatted traceback.
+    ``server`` names the server when the failure is one of a server (it died, or could not
+    be reached).
     """
 
     def __init__(
@@ -222,9 +224,11 @@ class FlowFailed(SperseError):
         item: str = "",
         type_name: str = "",
         remote_traceback: str = "",
+        server: str = "",
     ) -> None:
         super().__init__(message)
         self.flow = flow
+        self.server = server
         self.operator = operator
         self.item = item
         self.type_name = type_name
@@ -238,6 +242,7 @@ class FlowFailed(SperseError):
             self.item,
             self.type_name,
             self.remote_traceback,
+            self.server,
         )
 
     def __str__(self) -> str:
@@ -248,7 +253,13 @@ class FlowFailed(SperseError):
 
 
 def _rebuild_flow_failed(
-    message: str, flow: str, operator: str, item: str, type_name: str, remote_traceback: str
+    message: str,
+    flow: str,
+    operator: str,
+    item: str,
+    type_name: str,
+    remote_traceback: str,
+    server: str = "",
 ) -> FlowFailed:
     return FlowFailed(
         message,
@@ -257,6 +268,7 @@ def _rebuild_flow_failed(
         item=item,
         type_name=type_name,
         remote_traceback=remote_traceback,
+        server=server,
     )
 
 

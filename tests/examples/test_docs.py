@@ -89,3 +89,9 @@ def test_flows_doc_first_block_runs() -> None:
     prelude = "lines = ['the cat', 'the dog']\n"
     check = "\nassert out.result(0) == {'the': 2, 'cat': 1, 'dog': 1}\n"
     run_blocks([first + check], prelude)
+
+
+def test_flows_doc_servers_block_runs() -> None:
+    block = next(b for b in python_blocks(ROOT / "docs" / "flows.md") if "LocalCluster" in b)
+    printed = run_blocks([block])
+    assert printed.splitlines()[0] == "[('a', 1000), ('b', 2000), ('c', 2000)]"

@@ -14,19 +14,24 @@ from hypothesis import strategies as st
 from networkx.algorithms.link_analysis.pagerank_alg import _pagerank_python
 
 import sperse
-from sperse._flow.api import InProcess
+from sperse._flow.api import Executor, InProcess
 
 SETTINGS = settings(max_examples=25, deadline=None)
 
 
-def run(f: sperse.Flow, seed: int | None) -> None:
-    f.run(executor=InProcess(seed=seed, batch=16))
+def run(f: sperse.Flow, seed: int | Executor | None) -> None:
+    """Run in this process, delivering in the interleaving ``seed`` draws, or on an
+    executor (the same builders run on servers in test_flow_servers.py)."""
+    if seed is None or isinstance(seed, int):
+        f.run(executor=InProcess(seed=seed, batch=16))
+    else:
+        f.run(executor=seed)
 
 
 # -- word count ----------------------------------------------------------------------------------
 
 
-def word_count(lines: list[str], seed: int | None, r1: int, r2: int) -> dict[str, int]:
+def word_count(lines: list[str], seed: int | Executor | None, r1: int, r2: int) -> dict[str, int]:
     f = sperse.Flow("wc")
     counts = (
         f.source(lines)
@@ -65,7 +70,7 @@ def random_graph(seed: int, n: int = 40, p: float = 0.08) -> nx.DiGraph:
     return g
 
 
-def pagerank(g: nx.DiGraph, seed: int | None, replicas: int) -> dict[int, float]:
+def pagerank(g: nx.DiGraph, seed: int | Executor | None, replicas: int) -> dict[int, float]:
     nodes = sorted(g.nodes)
     n = len(nodes)
     adjacency = [(u, sorted(g.successors(u))) for u in nodes]
@@ -130,7 +135,7 @@ def test_pagerank_is_networkx(graph_seed: int, seed: int | None, replicas: int) 
 
 
 def components(
-    edges: list[tuple[int, int]], nodes: list[int], seed: int | None, r: int
+    edges: list[tuple[int, int]], nodes: list[int], seed: int | Executor | None, r: int
 ) -> dict[int, int]:
     def body(s: Any, st: Any) -> Any:
         def spread(edge: tuple[int, int]) -> list[tuple[int, int]]:
@@ -249,7 +254,9 @@ def kmeans_numpy(points: np.ndarray, k: int, rounds: int) -> np.ndarray:
     return centroids
 
 
-def kmeans_flow(points: np.ndarray, k: int, rounds: int, seed: int | None, r: int) -> np.ndarray:
+def kmeans_flow(
+    points: np.ndarray, k: int, rounds: int, seed: int | Executor | None, r: int
+) -> np.ndarray:
     def body(s: Any, st: Any) -> Any:
         def assign(batch: list[np.ndarray]) -> list[tuple[int, np.ndarray]]:
             xs = np.array(batch)

@@ -309,3 +309,35 @@ def test_cancel_settles_everything_cancelled() -> None:
     with pytest.raises(sperse.TaskCancelled):
         out.result(0)
     assert r.progress().state == "cancelled"
+
+
+@pytest.mark.parametrize("seed", [None, 1, 2, 3])
+def test_fold_with_combine_pre_aggregates_before_the_hash_edge(seed: int | None) -> None:
+    lines = ["a b a", "b c", "a"] * 50
+    f = sperse.Flow("wc")
+    counts = (
+        f.source(lines)
+        .flat_map(str.split)
+        .on(replicas=2)
+        .key_by(lambda w: w)
+        .fold(0, lambda n, w: n + 1, combine=lambda a, b: a + b, name="count")
+        .on(replicas=3)
+    )
+    out = counts.collect()
+    run = f.run(executor=InProcess(seed=seed, batch=30))
+    assert out.result(timeout=30) == {"a": 150, "b": 100, "c": 50}
+    items = run.result(30).items
+    assert items["count.combine"] == 300  # every word, on the sending side
+    assert items["count"] <= 3 * 2 * 5  # one partial per key per batch (5 batches of 30 lines)
+
+
+def test_reduce_combines_on_the_sending_side() -> None:
+    f = sperse.Flow("sum")
+    out = (
+        f.source(range(1000)).key_by(lambda x: x % 3).reduce(lambda a, b: a + b).on(replicas=2)
+    ).collect()
+    run = f.run(executor=InProcess(batch=100))
+    assert out.result(timeout=30) == {
+        k: sum(x for x in range(1000) if x % 3 == k) for k in range(3)
+    }
+    assert run.result(30).items["reduce#3"] <= 3 * 10

@@ -49,6 +49,8 @@ class LocalBackend:
     constraints to match (useful to try placements on one machine).
     """
 
+    local_only = True  # flows run in-process (sperse._core.LocalOnly)
+
     def __init__(
         self,
         workers: int | None = None,

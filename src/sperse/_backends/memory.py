@@ -88,6 +88,8 @@ class MemoryBackend:
     ``name``, with ``tags`` and ``resources`` for placements to match, ``workers`` threads
     for tasks."""
 
+    local_only = True  # flows run in-process (sperse._core.LocalOnly)
+
     def __init__(
         self,
         workers: int = 1,

@@ -20,7 +20,15 @@ from typing import Any, Protocol, runtime_checkable
 from sperse._core.events import EventSink
 from sperse._core.work import TaskSpec
 
-__all__ = ["Backend", "BalancesLoad", "CallsBack", "ObjectInfo", "ServerInfo", "SupportsLogs"]
+__all__ = [
+    "Backend",
+    "BalancesLoad",
+    "CallsBack",
+    "LocalOnly",
+    "ObjectInfo",
+    "ServerInfo",
+    "SupportsLogs",
+]
 
 
 @dataclass(frozen=True, slots=True)
@@ -102,6 +110,14 @@ class CallsBack(Protocol):
     ) -> None:
         """Hand ``(args, kwargs)`` to the client of ``session_id``, which runs its callback
         ``callback_id``."""
+
+
+@runtime_checkable
+class LocalOnly(Protocol):
+    """A backend whose "servers" are this process or its children (the memory and local
+    backends): nothing gains from spreading a flow over them, so flows run in-process."""
+
+    local_only: bool
 
 
 @runtime_checkable

@@ -4,8 +4,10 @@ A :class:`Flow` is built by calling operators on streams; nothing runs until ``r
 Each call adds one node to the flow's logical plan (:mod:`sperse._flow.plan`); ``collect``
 returns a :class:`~sperse.Pending` settled when the run ends. ``run`` makes the physical
 plan (chaining) and hands it to an :class:`Executor`: in this version always the in-process
-one (:mod:`sperse._flow.local`), on a thread of its own, whatever the cluster; the server
-executor will run the same replica state machines on servers and only add the transport.
+one (:mod:`sperse._flow.local`) on a thread of its own when the cluster has no servers of
+its own (none at all, the memory and local backends), else the server executor
+(:mod:`sperse._flow.servers`), which runs the same replica state machines on servers and
+only adds the transport. ``run(executor=...)`` chooses.
 """
 
 from __future__ import annotations
@@ -14,18 +16,31 @@ import threading
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Protocol, runtime_checkable
 
 from sperse._cluster.cluster import Cluster, default, detached, in_use
 from sperse._cluster.pending import Pending
+from sperse._core import LocalOnly
 from sperse._flow.control import RoundDone
 from sperse._flow.local import LocalExecutor, PushQueue
 from sperse._flow.messages import Settle, Stopped
 from sperse._flow.plan import LogicalPlan, NodeId, PhysicalPlan, physical
+from sperse._flow.servers import OnServers
 from sperse._flow.stream import KeyedStream, Stream
+from sperse._lang.placement import Placement
 from sperse.errors import TaskCancelled
 
-__all__ = ["Executor", "Flow", "FlowProgress", "KeyedStream", "QueueStream", "Run", "Stream"]
+__all__ = [
+    "Executor",
+    "Flow",
+    "FlowProgress",
+    "InProcess",
+    "KeyedStream",
+    "OnServers",
+    "QueueStream",
+    "Run",
+    "Stream",
+]
 
 
 @dataclass(frozen=True, slots=True)
@@ -50,10 +65,12 @@ class RunHandle(Protocol):
 
     def rounds(self) -> list[RoundDone]: ...
 
+    def hosts(self) -> list[dict[str, Any]]: ...
+
 
 class Executor(Protocol):
-    """Where a flow runs: in this process, or (next) on servers. ``settle`` is called once
-    per sink, from any thread; ``done`` once at the end."""
+    """Where a flow runs: in this process, or on servers. ``settle`` is called once per
+    sink, from any thread; ``done`` once at the end."""
 
     def start(
         self,
@@ -83,6 +100,13 @@ class InProcess:
             plan, settle, seed=self.seed, batch=self.batch, check_pickle=self.check_pickle
         )
         return _Thread(executor, done, plan.logical.name)
+
+
+@runtime_checkable
+class PlacesReplicas(Protocol):
+    """An executor that knows how many servers match a placement (``"per_server"``)."""
+
+    def per_server(self, placement: Placement) -> int: ...
 
 
 class _Thread:
@@ -115,13 +139,17 @@ class _Thread:
     def rounds(self) -> list[RoundDone]:
         return list(self._executor.controller.rounds)
 
+    def hosts(self) -> list[dict[str, Any]]:
+        return []
+
 
 class Flow:
     """A dataflow: sources, operators and sinks, run by ``run()``.
 
     ``cluster``: where it runs and whose Pendings ``collect`` returns; None: the cluster in
-    use (``with cluster:``, else the one ``connect`` made), or none at all: the flow runs in
-    this process either way in this version."""
+    use (``with cluster:``, else the one ``connect`` made), or none at all. A cluster with
+    servers runs the flow on them; without (none, the memory and local backends) it runs in
+    this process."""
 
     def __init__(self, name: str = "flow", cluster: Cluster | None = None) -> None:
         self.name = name
@@ -162,13 +190,31 @@ class Flow:
         where its output goes."""
         return physical(self.plan, servers).describe()
 
-    def run(self, *, executor: Executor | None = None, servers: int = 1) -> Run:
-        """Start the flow (once); its sinks' Pendings settle when it ends. ``servers``:
-        what ``replicas="per_server"`` means in this process."""
+    def run(
+        self, *, executor: Executor | None = None, servers: int = 1, restart: int | bool = 0
+    ) -> Run:
+        """Start the flow (once); its sinks' Pendings settle when it ends.
+
+        ``executor``: where it runs (default: on the cluster's servers if it has some, else
+        in this process). ``servers``: what ``replicas="per_server"`` means in this process.
+        ``restart``: on servers, how many times a run that lost a server starts again from
+        its sources (``True``: 3)."""
         self._building()
-        plan = physical(self.plan, servers)
-        self._run = Run(self, plan, executor or InProcess())
+        if executor is None:
+            executor = self._default_executor(restart)
+        elif isinstance(executor, OnServers) and restart:
+            executor.restart = _attempts(restart)
+        count = executor.per_server if isinstance(executor, PlacesReplicas) else servers
+        plan = physical(self.plan, count)
+        self._run = Run(self, plan, executor)
         return self._run
+
+    def _default_executor(self, restart: int | bool) -> Executor:
+        attempts = _attempts(restart)
+        backend = self.cluster.backend
+        if isinstance(backend, LocalOnly) or not self.cluster.servers():
+            return InProcess()
+        return OnServers(self.cluster, restart=attempts)
 
     def _pending(self, node: NodeId, label: str) -> Pending[Any]:
         pending: Pending[Any] = Pending(self.cluster, label=f"{self.name}.{label}")
@@ -184,6 +230,10 @@ class Flow:
 
     def __repr__(self) -> str:
         return f"<Flow {self.name!r}: {len(self.plan.nodes)} operators>"
+
+
+def _attempts(restart: int | bool) -> int:
+    return (3 if restart else 0) if isinstance(restart, bool) else int(restart)
 
 
 class QueueStream(Stream):
@@ -258,6 +308,11 @@ class Run:
         else:
             state = "failed" if stopped.error is not None else "done"
         return FlowProgress(state, self._handle.counts(), tuple(self._handle.rounds()))
+
+    def hosts(self) -> list[dict[str, Any]]:
+        """Where each stage replica runs (on servers: ``server``, ``pid``, ``ppid``) and its
+        transport's counters; empty in this process."""
+        return self._handle.hosts()
 
     def __repr__(self) -> str:
         return f"<Run of flow {self.flow.name!r}: {self.progress().state}>"

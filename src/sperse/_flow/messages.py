@@ -110,12 +110,14 @@ ReplicaEvent = Batch | End | RoundState | StartRound | LoopDone | Tick
 class FlowError:
     """A failure as data: which operator, on which item (a short repr), the error, and
     ``what`` went wrong when it is not just "raised" (an unhashable key, a loop that did not
-    end)."""
+    end). ``server``: the server the failure happened on or could not reach, if it matters.
+    """
 
     operator: str
     item: str
     error: ErrorInfo
     what: str = ""
+    server: str = ""
 
     def to_exception(self, flow: str) -> FlowFailed:
         what = self.what or f"raised {self.error.type_name}: {self.error.message}"
@@ -131,6 +133,7 @@ class FlowError:
             item=self.item,
             type_name=self.error.type_name,
             remote_traceback=self.error.traceback,
+            server=self.server,
         )
 
 

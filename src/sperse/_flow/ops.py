@@ -286,6 +286,35 @@ class Reduce(Fold):
         return []
 
 
+class PreFold(Op):
+    """Map-side combining: the values of each key in one batch folded into one partial
+    (``fn`` from a copy of ``init``, or from the first value for ``reduce``), sent on as
+    ``(key, partial)`` before the hash edge; the receiving ``reduce`` joins partials."""
+
+    __slots__ = ("first", "fn", "init")
+
+    def __init__(self, name: str, init: Any, fn: Callable[[Any, Any], Any], first: bool) -> None:
+        super().__init__(name)
+        self.init = init
+        self.fn = fn
+        self.first = first
+
+    def on_batch(self, port: int, items: list[Any], ctx: Ctx) -> list[Any]:
+        acc: dict[Any, Any] = {}
+        fn, init, first = self.fn, self.init, self.first
+        item = None
+        try:
+            for item in items:
+                key = item[0]
+                if key in acc:
+                    acc[key] = fn(acc[key], item[1])
+                else:
+                    acc[key] = item[1] if first else fn(_fresh(init), item[1])
+        except Exception as exc:
+            raise ItemError(item, exc) from exc
+        return list(acc.items())
+
+
 class Scan(Fold):
     """``scan(init, fn)``: ``fn(state, value) -> (state, output)``, one output per item."""
 
@@ -502,6 +531,10 @@ def make_op(kind: str, name: str, args: tuple[Any, ...], keyed: bool) -> Op:
         return simple[kind](name, args[0])
     if kind == "fold":
         return Fold(name, args[0], args[1])
+    if kind == "pre_fold":
+        return PreFold(name, args[0], args[1], False)
+    if kind == "pre_reduce":
+        return PreFold(name, None, args[0], True)
     if kind == "scan":
         return Scan(name, args[0], args[1])
     if kind == "reduce":

@@ -367,11 +367,16 @@ class PhysicalPlan:
         return "\n".join(lines)
 
 
-def physical(plan: LogicalPlan, servers: int = 1) -> PhysicalPlan:
-    """Resolve replica counts (``"per_server"``: ``servers``) and chain the nodes."""
+def physical(plan: LogicalPlan, servers: int | Callable[[Placement], int] = 1) -> PhysicalPlan:
+    """Resolve replica counts (``"per_server"``: ``servers``, or the number
+    ``servers(placement)`` says for the node's placement) and chain the nodes."""
     plan.check()
     nodes = plan.nodes
-    count = {n.id: servers if n.replicas == "per_server" else int(n.replicas) for n in nodes}
+    per_server = servers if callable(servers) else (lambda _: servers)
+    count = {
+        n.id: per_server(n.placement) if n.replicas == "per_server" else int(n.replicas)
+        for n in nodes
+    }
     loops = {loop.id: loop for loop in plan.loops}
     consumers = plan.consumers()
     feedback_of = {loop.gate: loop for loop in plan.loops if loop.kind != "replay"}

@@ -277,11 +277,23 @@ class KeyedStream(Stream):
     H = Partition.HASH
 
     def fold(
-        self, init: Any, fn: Callable[[Any, Any], Any], *, name: str | None = None
+        self,
+        init: Any,
+        fn: Callable[[Any, Any], Any],
+        *,
+        combine: Callable[[Any, Any], Any] | None = None,
+        name: str | None = None,
     ) -> KeyedStream:
         """One ``(key, acc)`` per key when the input ends: ``acc = fn(acc, value)`` from a
-        copy of ``init``."""
-        return self._keyed("fold", name, (init, fn), self.H)
+        copy of ``init``. With ``combine(acc, partial)``, each sending replica folds the
+        values of a key in each batch before the hash edge, and partials are combined on
+        the replica that owns the key (map-side combining, docs/flows.md): ``combine`` must
+        be associative and agree with ``fn`` (sums, counts, minimums)."""
+        if combine is None:
+            return self._keyed("fold", name, (init, fn), self.H)
+        label = name or f"fold#{len(self._flow.plan.nodes) + 1}"
+        pre = self._keyed("pre_fold", f"{label}.combine", (init, fn))
+        return pre._keyed("reduce", label, (combine,), self.H)
 
     def scan(
         self, init: Any, fn: Callable[[Any, Any], tuple[Any, Any]], *, name: str | None = None
@@ -291,8 +303,12 @@ class KeyedStream(Stream):
         return self._keyed("scan", name, (init, fn), self.H)
 
     def reduce(self, fn: Callable[[Any, Any], Any], *, name: str | None = None) -> KeyedStream:
-        """Like ``fold``, the first value of each key as its start."""
-        return self._keyed("reduce", name, (fn,), self.H)
+        """Like ``fold``, the first value of each key as its start. ``fn`` must be
+        associative (values come in any order): it combines on the sending side too, each
+        batch's values of a key reduced before the hash edge."""
+        label = name or f"reduce#{len(self._flow.plan.nodes) + 1}"
+        pre = self._keyed("pre_reduce", f"{label}.combine", (fn,))
+        return pre._keyed("reduce", label, (fn,), self.H)
 
     def map_values(self, fn: Callable[[Any], Any], *, name: str | None = None) -> KeyedStream:
         return self._keyed("map_values", name, (fn,), self.H)

@@ -307,6 +307,9 @@ class Resources(Mapping[str, float]):
     def __setattr__(self, name: str, value: object) -> None:
         raise AttributeError(f"{type(self).__name__} is immutable")
 
+    def __reduce__(self) -> tuple[type[Resources], tuple[tuple[tuple[str, float], ...]]]:
+        return (Resources, (self._items,))  # pickle's default would set _items: refused
+
     def __getitem__(self, key: str) -> float:
         for name, value in self._items:
             if name == key:

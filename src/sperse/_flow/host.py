@@ -1,0 +1,341 @@
+"""One replica of one stage of a running flow, hosted on a server as a remote object.
+
+The server executor (:mod:`sperse._flow.servers`) makes one :class:`ReplicaHost` per stage
+replica with ``sperse.remote`` (an actor on Ray), placed by the stage's placement. The
+host is the shell around a :class:`~sperse._flow.replica.Replica`:
+
+- ``deliver(channel, seq, messages, ack)`` (async) takes a delivery from another host or
+  the client; :class:`~sperse._flow.transport.Reorder` puts each channel back in order, and
+  the delivery joins the inbox. With ``ack`` the call returns once the delivery has been
+  *processed*: that return is the sender's credit (:class:`~sperse._flow.transport.Credits`).
+- One task on the object's event loop (the *pump*) takes the inbox in order, runs the
+  replica, and sends what it emits through an :class:`~sperse._flow.transport.Outbox`
+  straight to the receiving hosts (their proxies, given by ``start``): server to server,
+  never through the client. A send waits for the channel's credit, so a slow receiver
+  stops this pump, whose inbox then stops taking deliveries: back-pressure up to the
+  sources. A source replica reading files (``read_lines``) reads them here, one batch at a
+  time, only when its inbox is empty.
+- ``watch(wait)`` (async) returns what the replica reported for the controller (in the
+  order reported) with the operators' counts, as soon as there are reports, else after
+  ``wait`` seconds: the client's long poll, and how it learns that the host is alive.
+
+Everything runs on the object's one event loop: no locks. A failure of a send (the
+receiver's server died, an item that cannot be pickled) becomes a ``FlowError`` report
+naming the operator and the server.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import os
+import time
+from collections import deque
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+from sperse._core import ErrorInfo, ErrorKind
+from sperse._exec.runner import encode_error, short_repr
+from sperse._flow.local import write_atomically
+from sperse._flow.messages import (
+    Batch,
+    End,
+    FlowError,
+    LoopWeight,
+    Message,
+    ReplicaEvent,
+    Report,
+    Send,
+    Tick,
+    WriteFile,
+)
+from sperse._flow.plan import NodeId, PhysicalPlan, Role, StageId
+from sperse._flow.replica import Replica
+from sperse._flow.transport import BATCH_ITEMS, LINGER, WINDOW, Credits, Outbox, Reorder
+from sperse._serialize import dumps, loads
+from sperse.errors import ObjectLost, SerializationError, ServerLost, WorkerDied
+
+__all__ = ["READ_BATCH", "ReplicaHost", "channel_name", "lost_info", "unpicklable"]
+
+READ_BATCH = 1024  # lines per batch a host reads from its files
+TICK = 0.05  # seconds between clock ticks for time windows
+
+
+def channel_name(stage: int, replica: int) -> str:
+    return f"{stage}.{replica}"
+
+
+class ReplicaHost:
+    """Replica ``index`` of stage ``stage`` of the pickled ``plan`` (see the module
+    docstring). ``config``: ``window`` (credits), ``batch_items``, ``linger``."""
+
+    def __init__(self, plan: bytes, stage: int, index: int, config: dict[str, Any]) -> None:
+        self._plan: PhysicalPlan = loads(plan, what="a flow's plan")
+        self._stage = self._plan.stages[stage]
+        self._index = index
+        self._replica = Replica(self._plan, StageId(stage), index)
+        self._me = channel_name(stage, index)
+        self._window = int(config.get("window", WINDOW))
+        self._outbox = Outbox(
+            int(config.get("batch_items", BATCH_ITEMS)), float(config.get("linger", LINGER))
+        )
+        self._where = str(config.get("server", ""))
+        self._names: dict[int, str] = config.get("names", {})  # stage -> operator names
+        self._servers: dict[tuple[int, int], str] = config.get("servers", {})
+        self._credits = Credits(self._window)
+        self._reorder: Reorder[tuple[list[ReplicaEvent], asyncio.Future[None] | None]] = Reorder()
+        self._inbox: deque[tuple[list[ReplicaEvent], asyncio.Future[None] | None]] = deque()
+        self._peers: dict[tuple[int, int], Any] = {}
+        self._uncredited = {
+            (o.stage, r)
+            for o in self._stage.outputs
+            if o.role is Role.FEEDBACK
+            for r in range(o.replicas)
+        }
+        self._reports: list[Report] = []
+        # Events bind to the object's loop when first awaited there (not here: __init__
+        # runs on a worker thread).
+        self._wake = asyncio.Event()
+        self._reported = asyncio.Event()
+        self._acked = asyncio.Event()
+        self._pump: asyncio.Task[None] | None = None
+        self._lines: Iterator[str] | None = None
+        self._timed = any(
+            self._plan.node(n).kind in ("window", "key_window") and self._plan.node(n).args[1]
+            for n in self._stage.nodes
+        )
+        self._stats = {"deliveries": 0, "processed": 0, "sent": 0, "inbox_most": 0}
+        self._failed = False
+        self._closing = False
+
+    # ---- the remote API ------------------------------------------------------------------
+
+    def info(self) -> dict[str, Any]:
+        """Where this host runs: its process and the parent process (the server's)."""
+        return {"pid": os.getpid(), "ppid": os.getppid(), "server": self._where}
+
+    async def start(self, peers: dict[tuple[int, int], Any], lines: str = "") -> None:
+        """Start the pump: ``peers`` are the proxies of every replica this one sends to;
+        ``lines``: the file or directory this source replica reads its share of."""
+        self._peers = dict(peers)
+        if lines:
+            self._lines = _lines(Path(lines), self._index, self._stage.replicas)
+        self._pump = asyncio.get_running_loop().create_task(self._run())
+        self._wake.set()
+
+    async def deliver(
+        self, channel: str, seq: int, messages: list[ReplicaEvent], ack: bool = True
+    ) -> None:
+        """Take a delivery; with ``ack``, return once it has been processed."""
+        done: asyncio.Future[None] | None = None
+        if ack:
+            done = asyncio.get_running_loop().create_future()
+        self._stats["deliveries"] += 1
+        ready = self._reorder.put(channel, seq, (messages, done))
+        if ready:
+            self._inbox.extend(ready)
+            self._stats["inbox_most"] = max(self._stats["inbox_most"], len(self._inbox))
+            self._wake.set()
+        if done is not None:
+            await done
+
+    async def watch(self, wait: float) -> tuple[list[Report], dict[str, int], dict[str, int]]:
+        """The reports since the last call (waiting up to ``wait`` s for one), the
+        operators' counts, and the transport's counters."""
+        if not self._reports and not self._closing:
+            self._reported.clear()
+            try:
+                async with asyncio.timeout(wait):
+                    await self._reported.wait()
+            except TimeoutError:
+                pass
+        reports, self._reports = _merged(self._reports), []
+        return reports, self._replica.counts(), self.stats()
+
+    def stats(self) -> dict[str, int]:
+        """Counters: deliveries taken and processed, deliveries sent, the most that were
+        un-acknowledged on one channel (``unacked_most``), the longest inbox."""
+        return {**self._stats, "unacked_most": self._credits.most, "inbox": len(self._inbox)}
+
+    async def finish(self) -> tuple[dict[str, int], dict[str, int]]:
+        """Stop (the run is over): a ``watch`` waiting returns now; the final counts and
+        counters."""
+        self._closing = True
+        self._reported.set()
+        if self._pump is not None:
+            self._pump.cancel()
+        return self._replica.counts(), self.stats()
+
+    # ---- the pump ------------------------------------------------------------------------
+
+    async def _run(self) -> None:
+        while True:
+            if not self._inbox:
+                if self._lines is not None:
+                    await self._read()
+                    continue
+                await self._flush(idle=True)
+                if not self._inbox:
+                    self._wake.clear()
+                    if self._timed:
+                        try:
+                            async with asyncio.timeout(TICK):
+                                await self._wake.wait()
+                        except TimeoutError:
+                            await self._handle([Tick(time.time())])
+                    else:
+                        await self._wake.wait()
+                continue
+            events, done = self._inbox.popleft()
+            await self._handle(events)
+            self._stats["processed"] += 1
+            if done is not None and not done.done():
+                done.set_result(None)
+            await self._flush(idle=not self._inbox)
+
+    async def _read(self) -> None:
+        assert self._lines is not None
+        items = list(itertools.islice(self._lines, READ_BATCH))
+        events: list[ReplicaEvent] = []
+        if items:
+            events.append(Batch(0, 0, items, now=time.time()))
+        if len(items) < READ_BATCH:
+            self._lines = None
+            events.append(End(0, 0))
+        await self._handle(events)
+        await self._flush(idle=False)
+
+    async def _handle(self, events: list[ReplicaEvent]) -> None:
+        now = time.time()
+        for event in events:
+            for action in self._replica.handle(event):
+                if isinstance(action, Send):
+                    self._outbox.add((action.stage, action.replica), action.message, now)
+                elif isinstance(action, Report):
+                    self._report(action)
+                elif isinstance(action, WriteFile):
+                    write_atomically(Path(action.path), action.text)
+
+    def _report(self, report: Report) -> None:
+        self._reports.append(report)
+        self._reported.set()
+
+    async def _flush(self, idle: bool) -> None:
+        for dest, messages in self._outbox.due(time.time(), idle):
+            await self._send(dest, messages)
+
+    async def _send(self, dest: tuple[int, int], messages: list[Message]) -> None:
+        if self._failed:
+            return
+        credited = dest not in self._uncredited
+        while credited and self._credits.blocked(dest):
+            self._acked.clear()
+            await self._acked.wait()
+        seq = self._credits.send(dest, credited)
+        peer = self._peers[dest]
+        loop = asyncio.get_running_loop()
+        try:
+            pending = peer.deliver(self._me, seq, messages, credited)
+        except Exception as exc:  # pickling may happen here, or in the Pending
+            self._lost(dest, messages, exc)
+            return
+        self._stats["sent"] += 1
+
+        def settled(p: Any) -> None:
+            loop.call_soon_threadsafe(self._settled, dest, seq, messages, p._error)
+
+        pending._on_settle(settled)
+
+    def _settled(
+        self, dest: tuple[int, int], seq: int, messages: list[Message], error: BaseException | None
+    ) -> None:
+        self._credits.ack(dest, seq)
+        self._acked.set()
+        if error is not None:
+            self._lost(dest, messages, error)
+
+    def _lost(self, dest: tuple[int, int], messages: list[Message], error: BaseException) -> None:
+        """A delivery failed: the run fails, naming the item or the receiver."""
+        if self._failed:
+            return
+        self._failed = True
+        if isinstance(error, SerializationError):
+            self._report(Report(unpicklable(self._plan, self._stage.nodes[-1], messages, error)))
+            return
+        stage, replica = dest
+        operator = self._names.get(stage, f"stage {stage}")
+        server = self._servers.get(dest, "")
+        info = lost_info(error)
+        what = (
+            f"could not be reached on server {server!r} (replica {replica}): "
+            f"{info.type_name}: {info.message}"
+        )
+        self._report(Report(FlowError(operator, "", info, what, server)))
+
+
+def lost_info(error: BaseException) -> ErrorInfo:
+    """A failure to reach a host as data, of a kind that says whether running again can
+    help (``server_lost``, ``object_lost``, ``worker_died``)."""
+    info = encode_error(error)
+    if isinstance(error, ServerLost):
+        kind: ErrorKind = "server_lost"
+    elif isinstance(error, ObjectLost):
+        kind = "object_lost"
+    elif isinstance(error, WorkerDied):
+        kind = "worker_died"
+    else:
+        return info
+    return ErrorInfo(kind, info.type_name, info.message, info.traceback)
+
+
+def _lines(path: Path, index: int, replicas: int) -> Iterator[str]:
+    """Replica ``index``'s share of ``path``: every ``replicas``-th file in name order."""
+    files = sorted(p for p in path.iterdir() if p.is_file()) if path.is_dir() else [path]
+    for file in files[index::replicas]:
+        with file.open(encoding="utf-8") as f:
+            for line in f:
+                yield line.rstrip("\n")
+
+
+def _merged(reports: list[Report]) -> list[Report]:
+    """Consecutive loop weights of one loop as one (the order of everything else kept:
+    a gate's creations must reach the controller before its end of input)."""
+    out: list[Report] = []
+    for report in reports:
+        what, last = report.what, out[-1].what if out else None
+        if isinstance(what, LoopWeight) and isinstance(last, LoopWeight) and last.loop == what.loop:
+            out[-1] = Report(
+                LoopWeight(
+                    what.loop,
+                    last.created + what.created,
+                    last.returned + what.returned,
+                    last.exceeded + what.exceeded,
+                    last.example or what.example,
+                )
+            )
+        else:
+            out.append(report)
+    return out
+
+
+def unpicklable(
+    plan: PhysicalPlan, node: NodeId, messages: Sequence[object], error: BaseException
+) -> FlowError:
+    """The failure of ``node`` that emitted an item of ``messages`` that cannot be pickled
+    (the first such item named)."""
+    culprit: Any = None
+    for message in messages:
+        if isinstance(message, Batch):
+            for item in message.items:
+                try:
+                    dumps(item)
+                except SerializationError:
+                    culprit = item
+                    break
+        if culprit is not None:
+            break
+    cause = error.__cause__ or error
+    what = f"emitted an item that cannot be pickled to send on ({cause})"
+    info = ErrorInfo("serialization", "SerializationError", what)
+    return FlowError(plan.node(node).name, short_repr(culprit), info, what)

@@ -71,7 +71,7 @@ class ClientDashboard:
     def event(self, event: BackendEvent) -> None:
         hub = self.hub
         if isinstance(event, Started):
-            hub.task_started(event.task_id, event.where)
+            hub.task_started(event.task_id, event.where, worker=event.worker)
         elif isinstance(event, Output):
             hub.task_output(event.task_id, event.text)
         elif isinstance(event, Done):

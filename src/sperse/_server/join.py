@@ -280,14 +280,12 @@ class Joiner:
         while True:
             await feed.ready.wait()
             await asyncio.sleep(REPORT_INTERVAL)  # let a batch gather
-            notes, dropped = feed.drain(REPORT_NOTES)
-            request = pb.TaskReport(
-                token=self._token, server=self.name, notes=notes, dropped=dropped + lost
-            )
+            request = pb.TaskReport(token=self._token, server=self.name, dropped=lost)
+            feed.fill(request, REPORT_NOTES)
             try:
                 await stub.ReportTasks(request, timeout=max(1.0, 2 * self._interval))
             except grpc.aio.AioRpcError as exc:
-                lost += len(notes) + dropped
+                lost = len(request.notes) + request.dropped
                 if not outage:
                     log_event(
                         logging.WARNING,

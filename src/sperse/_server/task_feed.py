@@ -42,7 +42,7 @@ __all__ = ["FEED_LIMIT", "OUTPUT_NOTE", "TaskFeed"]
 FEED_LIMIT = 20_000  # notes waiting to be reported
 OUTPUT_NOTE = 4096  # characters of one output chunk (its start)
 
-Note = tuple[Any, ...]  # (kind, task, at, *fields): see _message
+Note = tuple[Any, ...]  # (kind, task, at, *fields): see TaskFeed.fill
 
 
 class TaskFeed:
@@ -114,33 +114,39 @@ class TaskFeed:
 
     # ---- to the joiner ---------------------------------------------------------------
 
-    def drain(self, most: int) -> tuple[list[pb.TaskNote], int]:
-        """Up to ``most`` notes, oldest first, as protocol messages, and how many were
-        dropped since the last drain."""
-        notes = self._notes
-        taken = [_message(notes.popleft()) for _ in range(min(most, len(notes)))]
+    def fill(self, report: pb.TaskReport, most: int) -> None:
+        """Move up to ``most`` notes, oldest first, into ``report`` (built in place: a
+        note copied into it would cost as much again), with the count dropped since the
+        last time."""
+        notes, add = self._notes, report.notes.add
+        for _ in range(min(most, len(notes))):
+            note = notes.popleft()
+            kind, task, at = note[0], note[1], note[2]
+            if kind == "queued":
+                add(task=task, kind=kind, at=at, label=note[3], client=note[4])
+            elif kind == "started":
+                add(task=task, kind=kind, at=at, worker=note[3])
+            elif kind == "output":
+                add(task=task, kind=kind, at=at, text=note[3])
+            elif kind == "failed":
+                add(
+                    task=task,
+                    kind=kind,
+                    at=at,
+                    error_kind=note[3],
+                    error_type=note[4],
+                    error_message=note[5],
+                    traceback=note[6],
+                )
+            else:  # done, session_ended
+                add(task=task, kind=kind, at=at)
         if not notes:
             self.ready.clear()
-        dropped, self.dropped = self.dropped, 0
-        return taken, dropped
+        report.dropped += self.dropped
+        self.dropped = 0
 
-
-def _message(note: Note) -> pb.TaskNote:
-    kind, task, at = note[0], note[1], note[2]
-    if kind == "queued":
-        return pb.TaskNote(task=task, kind=kind, at=at, label=note[3], client=note[4])
-    if kind == "started":
-        return pb.TaskNote(task=task, kind=kind, at=at, worker=note[3])
-    if kind == "output":
-        return pb.TaskNote(task=task, kind=kind, at=at, text=note[3])
-    if kind == "failed":
-        return pb.TaskNote(
-            task=task,
-            kind=kind,
-            at=at,
-            error_kind=note[3],
-            error_type=note[4],
-            error_message=note[5],
-            traceback=note[6],
-        )
-    return pb.TaskNote(task=task, kind=kind, at=at)  # done, session_ended
+    def drain(self, most: int) -> tuple[list[pb.TaskNote], int]:
+        """``fill`` into a new report: its notes and the count dropped."""
+        report = pb.TaskReport()
+        self.fill(report, most)
+        return list(report.notes), report.dropped

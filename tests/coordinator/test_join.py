@@ -8,8 +8,6 @@ import os
 import signal
 import socket
 from collections.abc import Callable
-from types import SimpleNamespace
-from typing import Any
 
 import pytest
 from coordinator_helpers import (
@@ -43,8 +41,8 @@ def server_args(coordinator: CoordinatorThread, name: str, *extra: str) -> list[
     ]
 
 
-def no_load() -> Any:
-    return SimpleNamespace(busy=0, queued=0, objects_total=0, object_bytes_total=0, sessions=0)
+def no_load() -> pb.Member:
+    return pb.Member()
 
 
 def test_a_stopped_server_is_removed_and_joins_again_when_continued(

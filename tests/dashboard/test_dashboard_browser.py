@@ -164,6 +164,8 @@ def test_cluster_page_shows_servers_join_and_die(up: Up, open_page: Callable[[],
     for name in ("server-1", "server-2"):
         expect(page.locator(f'tr[data-server="{name}"]')).to_have_count(1)
     expect(page.locator('tr[data-server="server-1"] td.heartbeat')).to_contain_text("s ago")
+    expect(page.locator('tr[data-server="server-1"] td.memory')).to_contain_text("MiB")
+    expect(page.locator('tr[data-server="server-1"] td.store')).to_contain_text("0 keys")
     watched.screenshot("cluster")
 
     os.kill(up.server_pid("server-2"), signal.SIGKILL)  # a crash: it says no goodbye
@@ -171,8 +173,8 @@ def test_cluster_page_shows_servers_join_and_die(up: Up, open_page: Callable[[],
     expect(page.locator('tr[data-server="server-1"]')).to_have_count(1)
 
     page.goto(up.base + "/tasks")  # the cookie is enough now
-    expect(page.locator("#no-tasks")).to_be_visible()
-    expect(page.locator('#loads tr[data-server="server-1"]')).to_have_count(1)
+    expect(page.locator("#tasks")).to_be_visible()  # servers report their tasks
+    expect(page.locator("body[data-ready='1']")).to_have_count(1)
     page.goto(up.base + "/workspace")
     expect(page.locator("body[data-ready='1']")).to_have_count(1)
     assert watched.errors == []
@@ -284,6 +286,74 @@ def test_a_session_dashboard_shows_tasks_live_and_the_workspace_graph(
 
         for watched in (tasks, graph, objects, cluster_page):
             assert watched.errors == []
+
+
+def test_the_coordinator_dashboard_shows_every_client_s_tasks_live(
+    up: Up, open_page: Callable[[], Watched], tmp_path: Path
+) -> None:
+    """No dashboard=True on the client: the servers report to the coordinator."""
+    from playwright.sync_api import expect
+
+    tasks = open_page()
+    tasks.page.goto(_at(up.dashboard, "tasks"))
+    expect(tasks.page.locator("#live")).to_have_text("live")
+    cluster = sperse.connect(up.url, token_file=up.token_file)
+    with contextlib.ExitStack() as stack:
+        stack.callback(cluster.close)
+        ws = sperse.Workspace(cluster)
+        stack.callback(ws.close)
+        ws.run("import os, time")
+        ws.run(GATE_CODE)
+        gate = tmp_path / "gate"
+        ws.run(f"x = remote wait_for({str(gate)!r})")
+        task_id = ws.cell("x")._record.task_id
+        assert task_id is not None
+        row = tasks.page.locator(f'tr[data-task$="/{task_id}"]')  # SERVER/SESSION/TASK
+        expect(row.locator(".state")).to_have_text("running")
+        expect(row).to_contain_text("server-")
+        server, worker = (cell.strip() for cell in row.locator("td").all_inner_texts()[2:4])
+        assert int(worker) > 0
+        tasks.page.wait_for_function(
+            "lane => (window.sperseDashboard.lanes || []).includes(lane)",
+            arg=f"{server} · {worker}",
+        )  # the task stream has a lane per worker
+        gate.touch()
+        ws.wait("x", timeout=DEADLINE)
+        expect(row.locator(".state")).to_have_text("done")
+
+        with pytest.raises(ZeroDivisionError):
+            sperse.remote(_fails)(0).result(DEADLINE)
+        failed = tasks.page.locator('tr[data-task] .state:text("failed")')
+        expect(failed).to_have_count(1)
+        failed.click()
+        expect(tasks.page.locator("pre.traceback")).to_contain_text("ZeroDivisionError")
+        expect(tasks.page.locator("pre.log")).to_contain_text("about to divide")
+        tasks.screenshot("coordinator-tasks")
+
+        named = sperse.remote(_Tally)(name="hits")
+        unnamed = sperse.remote(_Tally)()
+        assert named.incr().result(DEADLINE) == 1 and unnamed.incr().result(DEADLINE) == 1
+        objects = open_page()
+        objects.page.goto(_at(up.dashboard, "objects"))
+        listed = objects.page.locator("#objects tr[data-object]")
+        expect(listed).to_have_count(1, timeout=DEADLINE * 1000)  # at the next heartbeat
+        expect(listed).to_contain_text("hits")
+        counted = objects.page.locator("#stores tr[data-server] td:nth-child(4)")
+        expect(counted).to_have_text(["1", "1"], timeout=DEADLINE * 1000)
+        html = objects.page.content()
+        assert named._object_id not in html and unnamed._object_id not in html
+        objects.screenshot("coordinator-objects")
+        for watched in (tasks, objects):
+            assert watched.errors == []
+
+
+class _Tally:
+    def __init__(self) -> None:
+        self.n = 0
+
+    def incr(self) -> int:
+        self.n += 1
+        return self.n
 
 
 def _at(url: str, page: str) -> str:

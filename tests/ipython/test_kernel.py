@@ -176,3 +176,23 @@ def test_ipython_keeps_the_cells_as_typed(kernel: Kernel) -> None:
         assert "----> 2     return 1 / x" in text
     finally:
         assert kernel.execute("%xmode Context").reply["content"]["status"] == "ok"
+
+
+def test_dashboard_magic_starts_the_dashboard_and_prints_its_address(kernel: Kernel) -> None:
+    import json
+    import re
+    import urllib.request
+
+    # A kernel has no browser at hand here (no display): the magic must not try one.
+    kernel.execute("import os; [os.environ.pop(k, None) for k in ('DISPLAY', 'WAYLAND_DISPLAY')]")
+    text = kernel.execute("%dashboard").text()
+    found = re.search(r"dashboard (started|serving) at (http://127\.0\.0\.1:\d+/\?token=\S+)", text)
+    assert found is not None, text
+    assert "open it in a browser" in text
+    base, token = found.group(2).split("/?token=")
+    request = urllib.request.Request(
+        f"{base}/api/workspaces", headers={"Authorization": f"Bearer {token}"}
+    )
+    with urllib.request.urlopen(request, timeout=10) as response:
+        assert len(json.load(response)["workspaces"]) == 1  # the notebook's workspace
+    assert found.group(2) in kernel.execute("%dashboard").text()  # the same one again

@@ -261,9 +261,11 @@ class Terminal:
 
 
 @contextlib.contextmanager
-def running(args: list[str], history: Path) -> Iterator[Terminal]:
+def running(
+    args: list[str], history: Path, env: dict[str, str] | None = None
+) -> Iterator[Terminal]:
     """A started REPL in a terminal, closed (with everything it started) at the end."""
-    terminal = Terminal(args, history)
+    terminal = Terminal(args, history, env)
     try:
         terminal.start()
         terminal.track_descendants()

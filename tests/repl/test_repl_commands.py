@@ -77,7 +77,7 @@ def test_registry_is_a_table_of_objects() -> None:
 def test_help_lists_every_command() -> None:
     names = {c.name for c in COMMANDS}
     expected = {"pending", "servers", "graph", "wait", "cancel", "fetch", "mode", "run_stale"}
-    assert names == expected | {"where", "help"}
+    assert names == expected | {"where", "help", "dashboard"}
     ws = sperse.Workspace(sperse.Cluster(sperse.LocalBackend(1)))
     try:
         text = COMMANDS.execute(ws, "%help")
@@ -181,3 +181,23 @@ def test_servers(ws: sperse.Workspace) -> None:
     assert header.split() == ["name", "tags", "resources", "load", "address"]
     assert sorted(row.split()[0] for row in rows) == sorted(s.name for s in ws.cluster.servers())
     assert all("busy" in row for row in rows)
+
+
+@pytest.mark.parametrize(
+    ("environ", "platform", "at_hand"),
+    [
+        ({}, "linux", False),  # a server, a container, a test run: no display
+        ({"DISPLAY": ":0"}, "linux", True),
+        ({"WAYLAND_DISPLAY": "wayland-0"}, "linux", True),
+        ({"DISPLAY": ":0", "CI": "true"}, "linux", False),
+        ({"DISPLAY": ":0", "SPERSE_NO_BROWSER": "1"}, "linux", False),
+        ({}, "darwin", True),
+        ({"SSH_CONNECTION": "10.0.0.1 22 10.0.0.2 22"}, "darwin", False),
+        ({}, "win32", True),
+        ({"CI": "1"}, "win32", False),
+    ],
+)
+def test_browser_at_hand(environ: dict[str, str], platform: str, at_hand: bool) -> None:
+    from sperse.repl._commands import browser_at_hand
+
+    assert browser_at_hand(environ, platform) is at_hand

@@ -6,6 +6,9 @@ for what appears on the screen, with a deadline.
 
 from __future__ import annotations
 
+import json
+import re
+import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -187,3 +190,24 @@ def test_run_then_the_prompt_on_the_same_workspace(tmp_path: Path, history: Path
         assert term.wait_exit() == 0
     finally:
         term.close()
+
+
+def test_dashboard_starts_and_prints_its_address_without_opening_a_browser(
+    history: Path,
+) -> None:
+    env = {"DISPLAY": "", "WAYLAND_DISPLAY": "", "CI": ""}  # no browser at hand
+    with running(["--workers", "1"], history, env) as term:
+        term.enter("x = 41")
+        shown = "".join(term.enter("%dashboard"))  # one line, maybe wrapped
+        found = re.search(r"dashboard started at (http://127\.0\.0\.1:\d+/\?token=\S+)", shown)
+        assert found is not None, shown
+        assert "openitinabrowser" in shown.replace(" ", "")
+        url = found.group(1)
+        base, token = url.split("/?token=")
+        request = urllib.request.Request(
+            f"{base}/api/workspaces", headers={"Authorization": f"Bearer {token}"}
+        )
+        with urllib.request.urlopen(request, timeout=10) as response:
+            assert len(json.load(response)["workspaces"]) == 1  # the prompt's, shared at once
+        again = "".join(term.enter("%dashboard"))
+        assert f"dashboard serving at {url}" in again

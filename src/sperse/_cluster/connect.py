@@ -96,21 +96,19 @@ def connect(
         )
     cluster = Cluster(backend, env=env)
     if dashboard:
-        from sperse._cluster.dashboard import ClientDashboard  # starlette, uvicorn: when asked
+        from sperse._cluster.dashboard import serve_dashboard  # starlette, uvicorn: when asked
 
         try:
-            served = ClientDashboard(
+            serve_dashboard(
                 cluster,
                 token=token_used[0] if token_used else None,
                 port=dashboard_port,
                 title=title,
+                share_workspace=share_workspace is not False,
             )
         except BaseException:
             cluster.close()
             raise
-        cluster.dashboard = served
-        if share_workspace is not False:
-            cluster.share_workspace = served.hub.workspace
     old = replace_default(cluster)
     if old is not None:
         old.close()

@@ -25,7 +25,7 @@ from sperse._tokens import new_token
 if TYPE_CHECKING:
     from sperse._cluster.cluster import Cluster
 
-__all__ = ["ClientDashboard"]
+__all__ = ["ClientDashboard", "serve_dashboard"]
 
 POLL_INTERVAL = 1.0  # seconds between two looks at the server list, while a page watches
 
@@ -71,7 +71,7 @@ class ClientDashboard:
     def event(self, event: BackendEvent) -> None:
         hub = self.hub
         if isinstance(event, Started):
-            hub.task_started(event.task_id, event.where)
+            hub.task_started(event.task_id, event.where, worker=event.worker)
         elif isinstance(event, Output):
             hub.task_output(event.task_id, event.text)
         elif isinstance(event, Done):
@@ -116,3 +116,24 @@ class ClientDashboard:
         self._stop.set()
         self._unwatch()
         self._thread.close()
+
+
+def serve_dashboard(
+    cluster: Cluster,
+    *,
+    token: str | None = None,
+    port: int = 0,
+    title: str = "",
+    share_workspace: bool = True,
+) -> ClientDashboard:
+    """``cluster``'s dashboard: the one it serves, or a new one (then set on
+    ``cluster.dashboard``, and its workspaces shared with it unless ``share_workspace`` is
+    False). What ``connect(dashboard=True)`` and ``%dashboard`` do."""
+    served = cluster.dashboard
+    if isinstance(served, ClientDashboard):
+        return served
+    served = ClientDashboard(cluster, token=token, port=port, title=title)
+    cluster.dashboard = served
+    if share_workspace:
+        cluster.share_workspace = served.hub.workspace
+    return served

@@ -26,7 +26,18 @@ from sperse._wire import pb
 
 __all__ = ["Change", "NameTaken", "Registry"]
 
-_LOAD_FIELDS = ("busy", "queued", "objects", "object_bytes", "sessions")
+_LOAD_FIELDS = (
+    "busy",
+    "queued",
+    "objects",
+    "object_bytes",
+    "sessions",
+    "rss",
+    "workers_rss",
+    "store_keys",
+    "store_bytes",
+    "remote_objects",
+)
 
 
 class NameTaken(Exception):
@@ -109,6 +120,8 @@ class Registry:
             return False
         for name in _LOAD_FIELDS:
             setattr(kept, name, getattr(member, name))
+        del kept.named_objects[:]
+        kept.named_objects.extend(member.named_objects)
         kept.last_heartbeat = self._wall()
         self._seen[member.name] = self._clock()
         self.load_version += 1

@@ -15,6 +15,9 @@ Invariants:
 - ``stop()`` ends every ``Watch`` stream first (watchers see the stream end and reconnect
   elsewhere or later), then the gRPC server, then the sweep task. It is idempotent.
 - One log line per join, leave and removal, with the reason. Tokens are never logged.
+- With a dashboard, a join reply asks the server to report its tasks (``report_tasks``);
+  ``ReportTasks`` feeds them to the dashboard (:mod:`~sperse._coordinator.tasks`). Without
+  one, servers send none, and a report is answered without being read further.
 """
 
 from __future__ import annotations
@@ -33,6 +36,7 @@ import grpc
 import grpc.aio
 
 from sperse._coordinator.registry import Change, NameTaken, Registry
+from sperse._coordinator.tasks import apply_report, server_gone
 from sperse._dashboard.hub import Hub
 from sperse._dashboard.serve import DashboardConfig, DashboardError, DashboardServer
 from sperse._server.config import ServerConfigError, is_loopback
@@ -156,10 +160,33 @@ def member_json(member: pb.Member) -> dict[str, object]:
         "objects": member.objects,
         "object_bytes": member.object_bytes,
         "sessions": member.sessions,
+        "rss": member.rss,
+        "workers_rss": member.workers_rss,
+        "store_keys": member.store_keys,
+        "store_bytes": member.store_bytes,
+        "remote_objects": member.remote_objects,
         "joined": member.joined,
         "last_heartbeat": member.last_heartbeat,
         "tls": member.tls,
     }
+
+
+def named_objects_json(membership: pb.Membership) -> list[dict[str, object]]:
+    """The named remote objects of every member, as the dashboard's objects page lists them
+    (unnamed ones only counted, per server: their ids are capabilities)."""
+    return [
+        {
+            "object_id": "",
+            "name": o.name,
+            "type_name": o.type_name,
+            "server": m.name,
+            "calls": o.calls,
+            "restarts": o.restarts,
+            "pid": o.pid,
+        }
+        for m in membership.members
+        for o in m.named_objects
+    ]
 
 
 def _valid_address(address: str) -> bool:
@@ -175,6 +202,7 @@ class _Service:
         self.registry = registry
         self._changed = asyncio.Event()
         self.stopping = False
+        self.hub: Hub | None = None  # the dashboard's, when there is one: servers report tasks
 
     # ---- helpers ----------------------------------------------------------------------
 
@@ -213,6 +241,8 @@ class _Service:
                 reason=change.reason,
                 members=len(self.registry),
             )
+            if change.kind in ("left", "removed") and self.hub is not None:
+                server_gone(self.hub, change.name, change.reason)
         if changes:
             self.notify()
 
@@ -248,7 +278,17 @@ class _Service:
                 "the other one first",
             )
         self.apply([change])
-        return pb.JoinReply(heartbeat_interval=self.registry.timeout / 5)
+        return pb.JoinReply(
+            heartbeat_interval=self.registry.timeout / 5, report_tasks=self.hub is not None
+        )
+
+    async def ReportTasks(self, request: pb.TaskReport, context: _Context) -> pb.TaskReportReply:
+        await self._check_token(request.token, context)
+        if request.server not in self.registry:
+            return pb.TaskReportReply(known=False)
+        if self.hub is not None:
+            apply_report(self.hub, request)
+        return pb.TaskReportReply(known=True)
 
     async def Heartbeat(self, request: pb.HeartbeatRequest, context: _Context) -> pb.HeartbeatReply:
         await self._check_token(request.token, context)
@@ -373,6 +413,10 @@ class CoordinatorServer:
         config = self.config
         assert config.dashboard_port is not None
         hub = Hub(f"coordinator at {self.address}")
+        hub.has_tasks = True
+        objects: list[dict[str, object]] = []
+        hub.objects_named_only = True
+        hub.objects = lambda: list(objects)  # refreshed by _feed_dashboard, on the loop
         dashboard = DashboardServer(
             hub,
             DashboardConfig(
@@ -388,16 +432,23 @@ class CoordinatorServer:
         except DashboardError as exc:
             raise CoordinatorConfigError(str(exc)) from exc
         self._dashboard = dashboard
-        self._feeder = asyncio.create_task(self._feed_dashboard(hub), name="coordinator-dashboard")
+        assert self._service is not None
+        self._service.hub = hub
+        self._feeder = asyncio.create_task(
+            self._feed_dashboard(hub, objects), name="coordinator-dashboard"
+        )
         log_event(logging.INFO, "dashboard_started", address=dashboard.base_url)
 
-    async def _feed_dashboard(self, hub: Hub) -> None:
-        """The membership into the dashboard, after every change and heartbeat."""
+    async def _feed_dashboard(self, hub: Hub, objects: list[dict[str, object]]) -> None:
+        """The membership into the dashboard, after every change and heartbeat (and the
+        named objects, which the objects page reads from another thread: replaced whole)."""
         assert self._service is not None
         service = self._service
         while True:
             changed = service.changed
-            hub.servers(member_json(m) for m in service.registry.snapshot().members)
+            membership = service.registry.snapshot()
+            hub.servers(member_json(m) for m in membership.members)
+            objects[:] = named_objects_json(membership)
             await changed.wait()
 
     async def _sweep(self) -> None:

@@ -103,7 +103,7 @@ def build_app(hub: Hub, stopping: asyncio.Event | None = None) -> Starlette:
             found = await asyncio.to_thread(source)
         except Exception as exc:  # a server that does not answer: say so on the page
             return _json({"objects": [], "available": True, "error": str(exc)})
-        return _json({"objects": found, "available": True})
+        return _json({"objects": found, "available": True, "named_only": hub.objects_named_only})
 
     async def workspaces(request: Request) -> Response:
         return _json({"seq": hub.seq, "workspaces": hub.workspace_list()})
@@ -149,7 +149,7 @@ def build_app(hub: Hub, stopping: asyncio.Event | None = None) -> Starlette:
         Route("/api/info", info),
         Route("/api/servers", servers),
         Route("/api/tasks", tasks),
-        Route("/api/tasks/{task_id}", task),
+        Route("/api/tasks/{task_id:path}", task),  # a coordinator's ids hold "/"
         Route("/api/timeline", timeline),
         Route("/api/objects", objects),
         Route("/api/workspaces", workspaces),

@@ -51,7 +51,9 @@ class Hub:
         self._woken = True
         self.viewers = 0
         self.objects: Callable[[], list[JSON]] | None = None
-        self.has_tasks = False  # the host publishes tasks (a client does; a coordinator not yet)
+        self.objects_named_only = False  # ``objects`` lists named objects only (a coordinator)
+        self.has_tasks = False  # the host publishes tasks
+        self.tasks_dropped = 0  # task events its sources had to drop (a server's full buffer)
 
     # ---- publishing (any thread) -----------------------------------------------------
 
@@ -69,14 +71,26 @@ class Hub:
             if self._servers.update(servers):
                 self._wake()
 
-    def task_submitted(self, task_id: str, label: str) -> None:
+    def task_submitted(
+        self,
+        task_id: str,
+        label: str,
+        *,
+        server: str = "",
+        client: str = "",
+        at: float | None = None,
+    ) -> None:
+        """``at``: when, by the source's clock (default: now)."""
         with self._lock:
-            self._tasks.submitted(task_id, label, self._clock())
+            now = self._clock() if at is None else at
+            self._tasks.submitted(task_id, label, now, server=server, client=client)
             self._wake()
 
-    def task_started(self, task_id: str, server: str) -> None:
+    def task_started(
+        self, task_id: str, server: str, *, worker: int = 0, at: float | None = None
+    ) -> None:
         with self._lock:
-            self._tasks.started(task_id, server, self._clock())
+            self._tasks.started(task_id, server, self._clock() if at is None else at, worker)
             self._wake()
 
     def task_output(self, task_id: str, text: str) -> None:
@@ -84,11 +98,30 @@ class Hub:
             self._tasks.output(task_id, text)
 
     def task_ended(
-        self, task_id: str, server: str, error: tuple[str, str, str, str] | None = None
+        self,
+        task_id: str,
+        server: str,
+        error: tuple[str, str, str, str] | None = None,
+        *,
+        at: float | None = None,
     ) -> None:
         with self._lock:
-            self._tasks.ended(task_id, server, self._clock(), error=error)
+            now = self._clock() if at is None else at
+            self._tasks.ended(task_id, server, now, error=error)
             self._wake()
+
+    def tasks_ended(self, prefix: str, error: tuple[str, str, str, str]) -> None:
+        """Every task not ended yet whose id starts with ``prefix`` ends in ``error`` (its
+        server or session is gone: no more events will come for it)."""
+        with self._lock:
+            if self._tasks.end_open(prefix, self._clock(), error):
+                self._wake()
+
+    def dropped(self, count: int) -> None:
+        """``count`` task events were dropped before they reached the hub."""
+        if count:
+            with self._lock:
+                self.tasks_dropped += count
 
     def workspace(self, name: str, graph: JSON) -> None:
         """A workspace's graph, whole (see ``sperse._dashboard.graph``)."""
@@ -128,6 +161,7 @@ class Hub:
                 "total": total,
                 "counts": dict(self._tasks.counts),
                 "kept": len(self._tasks),
+                "dropped": self.tasks_dropped,
                 "now": self._clock(),
             }
 

@@ -119,6 +119,8 @@ class TaskRow:
     label: str
     state: TaskState = "queued"
     server: str = ""
+    worker: int = 0  # the pid of the worker that runs it, where known
+    client: str = ""  # the client that sent it (a coordinator's dashboard: its name)
     submitted: float = 0.0
     started: float | None = None
     ended: float | None = None
@@ -135,6 +137,8 @@ class TaskRow:
             "label": self.label,
             "state": self.state,
             "server": self.server,
+            "worker": self.worker,
+            "client": self.client,
             "submitted": self.submitted,
             "started": self.started,
             "ended": self.ended,
@@ -168,10 +172,12 @@ class TaskTable:
     def _changed(self, row: TaskRow) -> None:
         self._journal.add("task", row.id, row.as_json())
 
-    def submitted(self, task_id: str, label: str, now: float) -> None:
+    def submitted(
+        self, task_id: str, label: str, now: float, *, server: str = "", client: str = ""
+    ) -> None:
         if task_id in self._rows:
             return
-        row = TaskRow(task_id, label, submitted=now)
+        row = TaskRow(task_id, label, server=server, client=client, submitted=now)
         self._rows[task_id] = row
         self.counts["queued"] += 1
         self._changed(row)
@@ -188,11 +194,12 @@ class TaskTable:
                 del self._rows[task_id]
                 excess -= 1
 
-    def started(self, task_id: str, server: str, now: float) -> None:
+    def started(self, task_id: str, server: str, now: float, worker: int = 0) -> None:
         row = self._rows.get(task_id)
         if row is None or row.state != "queued":
             return
         row.server = server
+        row.worker = worker
         row.started = now
         self._set(row, "running")
         self._changed(row)
@@ -236,6 +243,19 @@ class TaskTable:
             kind, row.error_type, row.error, row.traceback = error
             self._set(row, "cancelled" if kind == "cancelled" else "failed")
         self._changed(row)
+
+    def end_open(self, prefix: str, now: float, error: tuple[str, str, str, str]) -> int:
+        """End every task not ended yet whose id starts with ``prefix`` (a server gone, a
+        session ended: no more events will come for them) with ``error``; how many."""
+        ended = 0
+        for task_id in [
+            t
+            for t, row in self._rows.items()
+            if row.state in ("queued", "running") and t.startswith(prefix)
+        ]:
+            self.ended(task_id, "", now, error=error)
+            ended += 1
+        return ended
 
     def get(self, task_id: str) -> TaskRow | None:
         return self._rows.get(task_id)

@@ -149,6 +149,7 @@ from sperse._server.pull_runner import PullRunner
 from sperse._server.remote import REBUILD
 from sperse._server.sessions import SessionState
 from sperse._server.state import SESSION_END, ServerState
+from sperse._server.task_feed import TaskFeed
 from sperse._server.task_logs import TaskLogs
 from sperse._server.task_pools import TaskPools
 
@@ -259,6 +260,9 @@ class ServerCore:
         self._doers = self._action_doers()
         self.objects_served = 0  # counted by the stream layer, which serves them
         self.bytes_served = 0
+        # Set by the joiner while the coordinator shows tasks: the events emitted to
+        # sessions and the tasks submitted are noted there too (sperse._server.task_feed).
+        self.task_feed: TaskFeed | None = None
 
     @property
     def peers(self) -> Peers | None:
@@ -371,6 +375,8 @@ class ServerCore:
     def submit(self, session: Session, requests: Sequence[TaskRequest]) -> None:
         """The tasks of one message: the machine decides on each, then the actions are
         taken in order, the tasks for the server's pool handed to it in one call."""
+        if self.task_feed is not None:
+            self.task_feed.submitted(session.session_id, session.client_name, requests)
         actions: list[Action] = []
         for request in requests:
             actions += self.state.submit(session.session_id, request)
@@ -561,6 +567,8 @@ class ServerCore:
         session = self._sessions.get(action.session_id)
         if session is not None:  # else it has ended: nothing more is sent
             session.emit(action.event)
+            if self.task_feed is not None:
+                self.task_feed.event(action.session_id, action.event)
 
     def _start_pull(self, action: StartPull) -> None:
         assert self._peers is not None  # the machine starts none without
@@ -570,6 +578,8 @@ class ServerCore:
         ended = self._sessions.pop(action.session_id, None)
         if ended is not None:
             ended.outbox.clear()
+            if self.task_feed is not None:
+                self.task_feed.session_ended(action.session_id)
 
     def _set_announce_timer(self, at: float | None) -> None:
         if self._announce_timer is not None:

@@ -12,6 +12,13 @@ Invariants:
   word) carries the server's load; a failed one logs one warning per outage and the next
   one tries again; ``known=False`` (the coordinator dropped the server, or restarted) makes
   it join again.
+- With a ``TaskFeed``, when the coordinator's join reply asks for tasks (``report_tasks``:
+  it shows them on its dashboard), the feed is handed to the server (``use_feed``) and its
+  notes go to the coordinator in ``ReportTasks`` batches: at most ``REPORT_NOTES`` per
+  message, at most one message per ``REPORT_INTERVAL`` and one in flight; notes of a report
+  that fails are counted as dropped with the next one (the buffer stays bounded, the task
+  path never waits on the coordinator). A coordinator that does not ask gets none, and the
+  server notes nothing.
 - ``stop()`` ends the heartbeats, then says Leave (within ``LEAVE_TIMEOUT``) if the
   coordinator last knew the server as this one, and closes the channel. Idempotent.
 """
@@ -28,15 +35,17 @@ import grpc
 import grpc.aio
 
 from sperse._server.config import ServerConfig, ServerConfigError
-from sperse._server.core import ServerStats
 from sperse._server.logs import log_event
+from sperse._server.task_feed import TaskFeed
 from sperse._wire import pb
 from sperse._wire.errors import GrpcErrorKind, GrpcFailure, classify
 from sperse._wire.sperse_pb2_grpc import CoordinatorStub
 
-__all__ = ["LEAVE_TIMEOUT", "Joiner", "advertised_address"]
+__all__ = ["LEAVE_TIMEOUT", "REPORT_INTERVAL", "REPORT_NOTES", "Joiner", "advertised_address"]
 
 LEAVE_TIMEOUT = 1.0
+REPORT_INTERVAL = 0.1  # seconds: notes gather this long before a report goes
+REPORT_NOTES = 5000  # notes in one ReportTasks message at most
 _RETRY_MIN, _RETRY_MAX = 0.1, 2.0  # backoff between join attempts at start
 _INTERVAL_MIN, _INTERVAL_MAX = 0.05, 60.0  # what we accept as a heartbeat interval
 
@@ -63,15 +72,23 @@ class Joiner:
         coordinator: str,
         token: str,
         member: pb.Member,
-        stats: Callable[[], ServerStats],
+        load: Callable[[], pb.Member],
         *,
         tls_ca: bytes | None = None,
         start_timeout: float = 10.0,
+        feed: TaskFeed | None = None,
+        use_feed: Callable[[TaskFeed | None], None] | None = None,
     ) -> None:
+        """``load``: the server's load now, as a member's load fields (busy, queued, memory,
+        store, named objects). ``feed`` and ``use_feed``: report tasks when asked (above)."""
         self.coordinator = _join_address(coordinator)
         self._token = token
         self._member = member  # what does not change: name, address, tags, resources, ...
-        self._stats = stats
+        self._load = load
+        self._feed = feed
+        self._use_feed = use_feed
+        self._reporter: asyncio.Task[None] | None = None
+        self.reports_sent = 0
         self._tls_ca = tls_ca
         self._start_timeout = start_timeout
         self._channel: grpc.aio.Channel | None = None
@@ -88,7 +105,10 @@ class Joiner:
         token: str,
         name: str,
         port: int,
-        stats: Callable[[], ServerStats],
+        load: Callable[[], pb.Member],
+        *,
+        feed: TaskFeed | None = None,
+        use_feed: Callable[[TaskFeed | None], None] | None = None,
     ) -> Joiner:
         """The joiner of a server with this configuration, name and bound port."""
         member = pb.Member(
@@ -108,7 +128,7 @@ class Joiner:
                 raise ServerConfigError(
                     f"cannot read --join-ca {config.join_tls_ca!r}: {exc.strerror}"
                 ) from exc
-        return cls(config.join, token, member, stats, tls_ca=tls_ca)
+        return cls(config.join, token, member, load, tls_ca=tls_ca, feed=feed, use_feed=use_feed)
 
     @property
     def name(self) -> str:
@@ -116,19 +136,29 @@ class Joiner:
 
     def _loaded(self) -> pb.Member:
         """The member with the server's load now."""
-        stats = self._stats()
         member = pb.Member()
         member.CopyFrom(self._member)
-        member.busy = stats.busy
-        member.queued = stats.queued
-        member.objects = stats.objects_total
-        member.object_bytes = stats.object_bytes_total
-        member.sessions = stats.sessions
+        member.MergeFrom(self._load())
         return member
 
     def _take_interval(self, reply: pb.JoinReply) -> None:
         interval = reply.heartbeat_interval or 1.0
         self._interval = min(_INTERVAL_MAX, max(_INTERVAL_MIN, interval))
+        self._report(reply.report_tasks)
+
+    def _report(self, wanted: bool) -> None:
+        """Start (or stop) reporting tasks, as the coordinator's reply asks."""
+        feed = self._feed if wanted else None
+        if feed is None or self._use_feed is None:
+            if self._reporter is not None:
+                self._reporter.cancel()
+                self._reporter = None
+                if self._use_feed is not None:
+                    self._use_feed(None)
+            return
+        if self._reporter is None:
+            self._use_feed(feed)
+            self._reporter = asyncio.create_task(self._reports(feed), name="task-reports")
 
     # ---- start -------------------------------------------------------------------------
 
@@ -240,6 +270,36 @@ class Joiner:
                 log_event(logging.INFO, "heartbeat_resumed", coordinator=self.coordinator)
                 outage = False
 
+    # ---- task reports ------------------------------------------------------------------
+
+    async def _reports(self, feed: TaskFeed) -> None:
+        stub = self._stub
+        assert stub is not None
+        lost = 0  # notes of reports that failed: dropped, counted with the next one
+        outage = False
+        while True:
+            await feed.ready.wait()
+            await asyncio.sleep(REPORT_INTERVAL)  # let a batch gather
+            request = pb.TaskReport(token=self._token, server=self.name, dropped=lost)
+            feed.fill(request, REPORT_NOTES)
+            try:
+                await stub.ReportTasks(request, timeout=max(1.0, 2 * self._interval))
+            except grpc.aio.AioRpcError as exc:
+                lost = len(request.notes) + request.dropped
+                if not outage:
+                    log_event(
+                        logging.WARNING,
+                        "task_report_failed",
+                        coordinator=self.coordinator,
+                        error=str(classify(exc)),
+                        hint="the coordinator's dashboard misses these tasks' events",
+                    )
+                outage = True
+                continue
+            lost = 0
+            outage = False
+            self.reports_sent += 1
+
     # ---- stop --------------------------------------------------------------------------
 
     async def stop(self) -> None:
@@ -247,9 +307,12 @@ class Joiner:
         if self._stopped:
             return
         self._stopped = True
-        if self._task is not None:
-            self._task.cancel()
-            await asyncio.wait([self._task])
+        for task in (self._task, self._reporter):
+            if task is not None:
+                task.cancel()
+                await asyncio.wait([task])
+        if self._reporter is not None and self._use_feed is not None:
+            self._use_feed(None)
         if self._stub is not None and self._registered:
             # Only when registered: the name may have passed to another server meanwhile.
             try:

@@ -31,13 +31,17 @@ from sperse._server.config import ServerConfig, ServerConfigError, check_config,
 from sperse._server.core import ServerCore, ServerStats
 from sperse._server.join import Joiner
 from sperse._server.logs import log, log_event
+from sperse._server.memory import rss, rss_total
 from sperse._server.service import SessionService
 from sperse._server.store import StateStore, start_state_store
+from sperse._server.task_feed import TaskFeed
 from sperse._tokens import new_token
-from sperse._wire import MAX_MESSAGE
+from sperse._wire import MAX_MESSAGE, pb
 from sperse._wire.sperse_pb2_grpc import add_SperseServicer_to_server
 
-__all__ = ["SperseServer"]
+__all__ = ["NAMED_OBJECTS_SENT", "SperseServer"]
+
+NAMED_OBJECTS_SENT = 100  # named remote objects a heartbeat lists at most
 
 _GRPC_OPTIONS = [
     ("grpc.max_receive_message_length", MAX_MESSAGE),
@@ -166,7 +170,15 @@ class SperseServer:
         )
         if config.join:  # last: registered only once it serves; a refusal stops it
             try:
-                joiner = Joiner.for_server(config, self.token, self._name, port, self.stats)
+                joiner = Joiner.for_server(
+                    config,
+                    self.token,
+                    self._name,
+                    port,
+                    self.load,
+                    feed=TaskFeed(),
+                    use_feed=self._use_feed,
+                )
                 await joiner.start()
             except BaseException:
                 await self.stop()
@@ -218,6 +230,41 @@ class SperseServer:
             return ()
         stats = self._core.stats()
         return stats.worker_pids + stats.object_worker_pids
+
+    def _use_feed(self, feed: TaskFeed | None) -> None:
+        if self._core is not None:
+            self._core.task_feed = feed
+
+    def load(self) -> pb.Member:
+        """The load fields of this server's member now (the heartbeat's): tasks, held values,
+        memory, the store, remote objects (only the named ones by name). On the loop."""
+        if self._core is None:
+            raise RuntimeError("the server is not started")
+        stats = self._core.stats()
+        store = self.state_store.stats() if self.state_store is not None else None
+        named = [o for o in self._core.remote_objects() if o.name][:NAMED_OBJECTS_SENT]
+        return pb.Member(
+            busy=stats.busy,
+            queued=stats.queued,
+            objects=stats.objects_total,
+            object_bytes=stats.object_bytes_total,
+            sessions=stats.sessions,
+            rss=rss(os.getpid()),
+            workers_rss=rss_total(stats.worker_pids + stats.object_worker_pids),
+            store_keys=store.keys if store is not None else 0,
+            store_bytes=store.bytes if store is not None else 0,
+            remote_objects=stats.remote_objects,
+            named_objects=[
+                pb.NamedObject(
+                    name=o.name,
+                    type_name=o.type_name,
+                    calls=o.calls,
+                    restarts=o.restarts,
+                    pid=o.pid,
+                )
+                for o in named
+            ],
+        )
 
     async def wait_closed(self) -> None:
         await self._closed.wait()

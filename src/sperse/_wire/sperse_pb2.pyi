@@ -478,7 +478,7 @@ class PullChunk(_message.Message):
     def __init__(self, header: _Optional[_Union[PullHeader, _Mapping]] = ..., data: _Optional[bytes] = ..., error: _Optional[str] = ...) -> None: ...
 
 class Member(_message.Message):
-    __slots__ = ("name", "address", "tags", "resources", "workers", "busy", "queued", "objects", "object_bytes", "sessions", "joined", "last_heartbeat", "tls")
+    __slots__ = ("name", "address", "tags", "resources", "workers", "busy", "queued", "objects", "object_bytes", "sessions", "joined", "last_heartbeat", "tls", "rss", "workers_rss", "store_keys", "store_bytes", "remote_objects", "named_objects")
     class ResourcesEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -499,6 +499,12 @@ class Member(_message.Message):
     JOINED_FIELD_NUMBER: _ClassVar[int]
     LAST_HEARTBEAT_FIELD_NUMBER: _ClassVar[int]
     TLS_FIELD_NUMBER: _ClassVar[int]
+    RSS_FIELD_NUMBER: _ClassVar[int]
+    WORKERS_RSS_FIELD_NUMBER: _ClassVar[int]
+    STORE_KEYS_FIELD_NUMBER: _ClassVar[int]
+    STORE_BYTES_FIELD_NUMBER: _ClassVar[int]
+    REMOTE_OBJECTS_FIELD_NUMBER: _ClassVar[int]
+    NAMED_OBJECTS_FIELD_NUMBER: _ClassVar[int]
     name: str
     address: str
     tags: _containers.RepeatedScalarFieldContainer[str]
@@ -512,7 +518,27 @@ class Member(_message.Message):
     joined: float
     last_heartbeat: float
     tls: bool
-    def __init__(self, name: _Optional[str] = ..., address: _Optional[str] = ..., tags: _Optional[_Iterable[str]] = ..., resources: _Optional[_Mapping[str, float]] = ..., workers: _Optional[int] = ..., busy: _Optional[int] = ..., queued: _Optional[int] = ..., objects: _Optional[int] = ..., object_bytes: _Optional[int] = ..., sessions: _Optional[int] = ..., joined: _Optional[float] = ..., last_heartbeat: _Optional[float] = ..., tls: _Optional[bool] = ...) -> None: ...
+    rss: int
+    workers_rss: int
+    store_keys: int
+    store_bytes: int
+    remote_objects: int
+    named_objects: _containers.RepeatedCompositeFieldContainer[NamedObject]
+    def __init__(self, name: _Optional[str] = ..., address: _Optional[str] = ..., tags: _Optional[_Iterable[str]] = ..., resources: _Optional[_Mapping[str, float]] = ..., workers: _Optional[int] = ..., busy: _Optional[int] = ..., queued: _Optional[int] = ..., objects: _Optional[int] = ..., object_bytes: _Optional[int] = ..., sessions: _Optional[int] = ..., joined: _Optional[float] = ..., last_heartbeat: _Optional[float] = ..., tls: _Optional[bool] = ..., rss: _Optional[int] = ..., workers_rss: _Optional[int] = ..., store_keys: _Optional[int] = ..., store_bytes: _Optional[int] = ..., remote_objects: _Optional[int] = ..., named_objects: _Optional[_Iterable[_Union[NamedObject, _Mapping]]] = ...) -> None: ...
+
+class NamedObject(_message.Message):
+    __slots__ = ("name", "type_name", "calls", "restarts", "pid")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    TYPE_NAME_FIELD_NUMBER: _ClassVar[int]
+    CALLS_FIELD_NUMBER: _ClassVar[int]
+    RESTARTS_FIELD_NUMBER: _ClassVar[int]
+    PID_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    type_name: str
+    calls: int
+    restarts: int
+    pid: int
+    def __init__(self, name: _Optional[str] = ..., type_name: _Optional[str] = ..., calls: _Optional[int] = ..., restarts: _Optional[int] = ..., pid: _Optional[int] = ...) -> None: ...
 
 class JoinRequest(_message.Message):
     __slots__ = ("token", "member")
@@ -523,10 +549,12 @@ class JoinRequest(_message.Message):
     def __init__(self, token: _Optional[str] = ..., member: _Optional[_Union[Member, _Mapping]] = ...) -> None: ...
 
 class JoinReply(_message.Message):
-    __slots__ = ("heartbeat_interval",)
+    __slots__ = ("heartbeat_interval", "report_tasks")
     HEARTBEAT_INTERVAL_FIELD_NUMBER: _ClassVar[int]
+    REPORT_TASKS_FIELD_NUMBER: _ClassVar[int]
     heartbeat_interval: float
-    def __init__(self, heartbeat_interval: _Optional[float] = ...) -> None: ...
+    report_tasks: bool
+    def __init__(self, heartbeat_interval: _Optional[float] = ..., report_tasks: _Optional[bool] = ...) -> None: ...
 
 class HeartbeatRequest(_message.Message):
     __slots__ = ("token", "member")
@@ -565,3 +593,47 @@ class Membership(_message.Message):
     MEMBERS_FIELD_NUMBER: _ClassVar[int]
     members: _containers.RepeatedCompositeFieldContainer[Member]
     def __init__(self, members: _Optional[_Iterable[_Union[Member, _Mapping]]] = ...) -> None: ...
+
+class TaskReport(_message.Message):
+    __slots__ = ("token", "server", "notes", "dropped")
+    TOKEN_FIELD_NUMBER: _ClassVar[int]
+    SERVER_FIELD_NUMBER: _ClassVar[int]
+    NOTES_FIELD_NUMBER: _ClassVar[int]
+    DROPPED_FIELD_NUMBER: _ClassVar[int]
+    token: str
+    server: str
+    notes: _containers.RepeatedCompositeFieldContainer[TaskNote]
+    dropped: int
+    def __init__(self, token: _Optional[str] = ..., server: _Optional[str] = ..., notes: _Optional[_Iterable[_Union[TaskNote, _Mapping]]] = ..., dropped: _Optional[int] = ...) -> None: ...
+
+class TaskNote(_message.Message):
+    __slots__ = ("task", "kind", "at", "label", "client", "worker", "text", "error_kind", "error_type", "error_message", "traceback")
+    TASK_FIELD_NUMBER: _ClassVar[int]
+    KIND_FIELD_NUMBER: _ClassVar[int]
+    AT_FIELD_NUMBER: _ClassVar[int]
+    LABEL_FIELD_NUMBER: _ClassVar[int]
+    CLIENT_FIELD_NUMBER: _ClassVar[int]
+    WORKER_FIELD_NUMBER: _ClassVar[int]
+    TEXT_FIELD_NUMBER: _ClassVar[int]
+    ERROR_KIND_FIELD_NUMBER: _ClassVar[int]
+    ERROR_TYPE_FIELD_NUMBER: _ClassVar[int]
+    ERROR_MESSAGE_FIELD_NUMBER: _ClassVar[int]
+    TRACEBACK_FIELD_NUMBER: _ClassVar[int]
+    task: str
+    kind: str
+    at: float
+    label: str
+    client: str
+    worker: int
+    text: str
+    error_kind: str
+    error_type: str
+    error_message: str
+    traceback: str
+    def __init__(self, task: _Optional[str] = ..., kind: _Optional[str] = ..., at: _Optional[float] = ..., label: _Optional[str] = ..., client: _Optional[str] = ..., worker: _Optional[int] = ..., text: _Optional[str] = ..., error_kind: _Optional[str] = ..., error_type: _Optional[str] = ..., error_message: _Optional[str] = ..., traceback: _Optional[str] = ...) -> None: ...
+
+class TaskReportReply(_message.Message):
+    __slots__ = ("known",)
+    KNOWN_FIELD_NUMBER: _ClassVar[int]
+    known: bool
+    def __init__(self, known: _Optional[bool] = ...) -> None: ...

@@ -177,6 +177,11 @@ class CoordinatorStub:
                 request_serializer=sperse_dot___wire_dot_sperse__pb2.WatchRequest.SerializeToString,
                 response_deserializer=sperse_dot___wire_dot_sperse__pb2.Membership.FromString,
                 _registered_method=True)
+        self.ReportTasks = channel.unary_unary(
+                '/sperse.v1.Coordinator/ReportTasks',
+                request_serializer=sperse_dot___wire_dot_sperse__pb2.TaskReport.SerializeToString,
+                response_deserializer=sperse_dot___wire_dot_sperse__pb2.TaskReportReply.FromString,
+                _registered_method=True)
 
 
 class CoordinatorServicer:
@@ -210,6 +215,13 @@ class CoordinatorServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ReportTasks(self, request, context):
+        """a server's task events, batched
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_CoordinatorServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -232,6 +244,11 @@ def add_CoordinatorServicer_to_server(servicer, server):
                     servicer.Watch,
                     request_deserializer=sperse_dot___wire_dot_sperse__pb2.WatchRequest.FromString,
                     response_serializer=sperse_dot___wire_dot_sperse__pb2.Membership.SerializeToString,
+            ),
+            'ReportTasks': grpc.unary_unary_rpc_method_handler(
+                    servicer.ReportTasks,
+                    request_deserializer=sperse_dot___wire_dot_sperse__pb2.TaskReport.FromString,
+                    response_serializer=sperse_dot___wire_dot_sperse__pb2.TaskReportReply.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -344,6 +361,33 @@ class Coordinator:
             '/sperse.v1.Coordinator/Watch',
             sperse_dot___wire_dot_sperse__pb2.WatchRequest.SerializeToString,
             sperse_dot___wire_dot_sperse__pb2.Membership.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ReportTasks(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/sperse.v1.Coordinator/ReportTasks',
+            sperse_dot___wire_dot_sperse__pb2.TaskReport.SerializeToString,
+            sperse_dot___wire_dot_sperse__pb2.TaskReportReply.FromString,
             options,
             channel_credentials,
             insecure,

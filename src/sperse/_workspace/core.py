@@ -143,6 +143,10 @@ class WorkspaceCore:
             if not self._applying:
                 self._share()
 
+    def share(self) -> None:
+        """Publish the graph now (a dashboard that has just started wants it at once)."""
+        self._share()
+
     def _share(self) -> None:
         """Publish the graph to the cluster's dashboard, if this client shares workspaces
         (``connect(dashboard=True)`` or ``share_workspace=True``)."""

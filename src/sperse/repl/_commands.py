@@ -15,10 +15,13 @@ whose message is one line that says what to type instead.
 from __future__ import annotations
 
 import contextlib
+import os
 import shlex
 import signal
+import sys
 import threading
 import time
+import webbrowser
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from types import FrameType
@@ -35,7 +38,15 @@ from sperse.repl._display import (
     where_text,
 )
 
-__all__ = ["COMMANDS", "Arg", "Args", "Command", "CommandRegistry", "UsageError"]
+__all__ = [
+    "COMMANDS",
+    "Arg",
+    "Args",
+    "Command",
+    "CommandRegistry",
+    "UsageError",
+    "browser_at_hand",
+]
 
 
 ArgKind = Literal["name", "number", "choice", "command"]
@@ -342,6 +353,31 @@ def _where(ws: Workspace, args: Args) -> str:
     return where_text(ws, name)
 
 
+def browser_at_hand(environ: Mapping[str, str], platform: str) -> bool:
+    """Whether a web browser can open a page for the person here: a desktop (macOS,
+    Windows, or a display on Linux and BSD), and not a CI run or a session over ssh."""
+    if environ.get("CI") or environ.get("SPERSE_NO_BROWSER"):
+        return False
+    if platform == "darwin" or platform.startswith("win"):
+        return not environ.get("SSH_CONNECTION")
+    return bool(environ.get("DISPLAY") or environ.get("WAYLAND_DISPLAY"))
+
+
+def _dashboard(ws: Workspace, args: Args) -> str:
+    from sperse._cluster.dashboard import serve_dashboard  # starlette, uvicorn: when asked
+
+    cluster = ws.cluster
+    started = cluster.dashboard is None
+    served = serve_dashboard(cluster)
+    if started:
+        ws.share()
+    url = served.url
+    opened = browser_at_hand(os.environ, sys.platform) and webbrowser.open(url)
+    what = "started" if started else "serving"
+    how = "opened in your browser" if opened else "open it in a browser"
+    return f"dashboard {what} at {url}  ({how}; the address carries the token)"
+
+
 _NAME = (Arg("name"),)
 
 COMMANDS = CommandRegistry(
@@ -391,6 +427,13 @@ COMMANDS = CommandRegistry(
             _NAME,
             "Which server holds a name's value, and its type and size.",
             _where,
+        ),
+        Command(
+            "dashboard",
+            (),
+            "Show this client's dashboard's address (starting it if needed) and open it in a\n"
+            "browser when there is one here: servers, tasks, objects, the workspace's graph.",
+            _dashboard,
         ),
     ]
 )

@@ -85,7 +85,7 @@ function clusterPage(main) {
   const body = el("tbody");
   const count = el("span");
   const columns = ["server", "address", "tags", "resources", "workers", "queued", "objects",
-                   "sessions", "heartbeat"];
+                   "memory", "store", "sessions", "heartbeat"];
   const numeric = new Set(["queued", "sessions"]);
   main.append(
     el("h2", {}, "Servers ", count),
@@ -112,6 +112,9 @@ function clusterPage(main) {
       el("td", {}, bar, `${busy} busy, ${Math.max(0, workers - busy)} idle of ${workers}`),
       el("td", { class: "num" }, server.queued ?? "-"),
       el("td", {}, server.objects === undefined ? "-" : `${server.objects} (${size(server.object_bytes)})`),
+      el("td", { class: "memory" }, server.rss ? `${size(server.rss)} + ${size(server.workers_rss)} workers` : "-"),
+      el("td", { class: "store" }, server.store_keys === undefined ? "-"
+        : `${server.store_keys} keys (${size(server.store_bytes)})`),
       el("td", { class: "num" }, server.sessions ?? "-"),
       heartbeat,
     );
@@ -155,6 +158,11 @@ function clusterPage(main) {
 // ---- Tasks -----------------------------------------------------------------------------
 
 const STATES = ["queued", "running", "done", "failed", "cancelled"];
+
+// The task stream's lane of a task: its worker (server and pid), or its server.
+function laneOf(row) {
+  return `${row.server || "?"}${row.worker ? ` · ${row.worker}` : ""}`;
+}
 const COLOURS = { queued: "#a0a7b4", running: "#2f6fde", done: "#2e9e5b", failed: "#d64545", cancelled: "#8a6d3b" };
 
 async function tasksPage(main) {
@@ -201,11 +209,11 @@ async function tasksPage(main) {
   const detail = el("div", { id: "detail" });
   main.append(
     el("h2", {}, "Tasks"), counts,
-    el("h2", {}, "Task stream (last 60 s, one lane per server)"), canvas,
+    el("h2", {}, "Task stream (last 60 s, one lane per worker)"), canvas,
     el("h2", {}, "Newest first"),
     el("div", { class: "pager" }, prev, next, pagerText),
     el("table", { id: "tasks" },
-      el("thead", {}, el("tr", {}, ...["task", "state", "server", "took", "error"].map((c) => el("th", {}, c)))),
+      el("thead", {}, el("tr", {}, ...["task", "state", "server", "worker", "client", "took", "error"].map((c) => el("th", {}, c)))),
       body),
     detail,
   );
@@ -215,8 +223,11 @@ async function tasksPage(main) {
   let now = Date.now() / 1000;
   let skew = 0; // server clock - ours
 
+  let dropped = 0;
   function renderCounts(values) {
-    counts.replaceChildren(...["", ...STATES].map((state) => {
+    const note = dropped ? [el("span", { class: "note", id: "dropped" },
+      `${dropped} task events were dropped by busy servers (their buffers were full)`)] : [];
+    counts.replaceChildren(...note, ...["", ...STATES].map((state) => {
       const n = state ? values[state] || 0 : STATES.reduce((sum, s) => sum + (values[s] || 0), 0);
       const box = el("div", { class: `count${view.state === state ? " selected" : ""}`, "data-state": state || "all",
         onclick: () => { view.state = state; view.offset = 0; load(); } },
@@ -230,13 +241,15 @@ async function tasksPage(main) {
       el("td", {}, row.label || row.id),
       el("td", {}, el("span", { class: `state ${row.state}` }, row.state)),
       el("td", {}, row.server || ""),
+      el("td", { class: "num" }, row.worker || ""),
+      el("td", {}, row.client || ""),
       el("td", { class: "num" }, duration(row, Date.now() / 1000 + skew)),
       el("td", {}, row.error_type ? `${row.error_type}: ${row.error}` : ""));
   }
 
   function renderRows() {
     body.replaceChildren(...[...rows.values()].map(taskRow));
-    if (!rows.size) body.append(el("tr", {}, el("td", { colSpan: 5, class: "empty" }, "no task")));
+    if (!rows.size) body.append(el("tr", {}, el("td", { colSpan: 7, class: "empty" }, "no task")));
     const first = view.total ? view.offset + 1 : 0;
     pagerText.textContent = `${first}-${Math.min(view.offset + view.limit, view.total)} of ${view.total}`;
     prev.disabled = view.offset === 0;
@@ -246,7 +259,9 @@ async function tasksPage(main) {
   async function showTask(id) {
     const task = await api(`/api/tasks/${encodeURIComponent(id)}`);
     const parts = [el("h2", {}, `Task ${task.label || task.id}`),
-      el("p", {}, el("span", { class: `state ${task.state}` }, task.state), ` on ${task.server || "-"}, id ${task.id}`)];
+      el("p", {}, el("span", { class: `state ${task.state}` }, task.state),
+        ` on ${task.server || "-"}${task.worker ? `, worker pid ${task.worker}` : ""}` +
+        `${task.client ? `, from ${task.client}` : ""}, id ${task.id}`)];
     if (task.error_type) parts.push(el("h2", {}, `${task.error_type}: ${task.error}`), el("pre", { class: "traceback" }, task.traceback || "(no traceback)"));
     parts.push(el("h2", {}, "Output"), el("pre", { class: "log" }, task.log || "(nothing printed)"));
     detail.replaceChildren(...parts);
@@ -255,6 +270,7 @@ async function tasksPage(main) {
   async function load() {
     const data = await api(`/api/tasks?state=${view.state}&offset=${view.offset}&limit=${view.limit}`);
     skew = data.now - Date.now() / 1000;
+    dropped = data.dropped || 0;
     view.total = data.total;
     rows.clear();
     for (const row of data.tasks) rows.set(row.id, row);
@@ -277,7 +293,8 @@ async function tasksPage(main) {
     if (canvas.height !== height) canvas.height = height;
     const ctx = canvas.getContext("2d");
     ctx.clearRect(0, 0, width, height);
-    const lanes = [...new Set([...stream.values()].map((r) => r.server || "?"))].sort();
+    const lanes = [...new Set([...stream.values()].map(laneOf))].sort();
+    window.sperseDashboard.lanes = lanes;
     const laneHeight = Math.max(8, Math.min(28, (height - 16) / Math.max(1, lanes.length)));
     const x = (t) => width - ((now - t) / 60) * (width - 90);
     ctx.font = "11px system-ui, sans-serif";
@@ -289,7 +306,7 @@ async function tasksPage(main) {
       if (row.started === null || row.started === undefined) continue;
       const end = row.ended ?? now;
       if (end < now - 60) { stream.delete(row.id); continue; }
-      const lane = lanes.indexOf(row.server || "?");
+      const lane = lanes.indexOf(laneOf(row));
       const left = Math.max(90, x(row.started));
       ctx.fillStyle = COLOURS[row.state] || "#999";
       ctx.fillRect(left, 4 + lane * laneHeight, Math.max(2, x(end) - left), laneHeight - 4);
@@ -343,16 +360,19 @@ async function objectsPage(main) {
     el("table", { id: "objects" },
       el("thead", {}, el("tr", {}, ...["name", "type", "server", "calls", "restarts", "pid", "id"].map((c) => el("th", {}, c)))),
       body),
-    el("h2", {}, "Held values per server"),
+    el("h2", {}, "Per server"),
     el("table", { id: "stores" },
-      el("thead", {}, el("tr", {}, el("th", {}, "server"), el("th", { class: "num" }, "objects"), el("th", { class: "num" }, "bytes"))),
+      el("thead", {}, el("tr", {}, ...["server", "held values", "bytes", "remote objects", "store keys", "store bytes"]
+        .map((c, i) => el("th", { class: i ? "num" : "" }, c)))),
       stores),
   );
   const servers = new Map();
   function renderStores() {
     stores.replaceChildren(...[...servers.values()].sort((a, b) => a.name.localeCompare(b.name)).map((s) =>
       el("tr", { "data-server": s.name }, el("td", {}, s.name),
-        el("td", { class: "num" }, s.objects ?? "-"), el("td", { class: "num" }, s.object_bytes === undefined ? "-" : size(s.object_bytes)))));
+        el("td", { class: "num" }, s.objects ?? "-"), el("td", { class: "num" }, s.object_bytes === undefined ? "-" : size(s.object_bytes)),
+        el("td", { class: "num" }, s.remote_objects ?? "-"), el("td", { class: "num" }, s.store_keys ?? "-"),
+        el("td", { class: "num" }, s.store_bytes === undefined ? "-" : size(s.store_bytes)))));
   }
   async function load() {
     status.textContent = "loading";
@@ -360,10 +380,12 @@ async function objectsPage(main) {
     body.replaceChildren(...data.objects.map((o) => el("tr", { "data-object": o.object_id },
       el("td", {}, o.name || "-"), el("td", {}, o.type_name), el("td", {}, o.server),
       el("td", { class: "num" }, o.calls), el("td", { class: "num" }, o.restarts),
-      el("td", { class: "num" }, o.pid || "-"), el("td", {}, o.object_id))));
+      el("td", { class: "num" }, o.pid || "-"), el("td", {}, o.object_id || "-"))));
     if (!data.objects.length) body.append(el("tr", {}, el("td", { colSpan: 7, class: "empty" }, "no remote object")));
     status.textContent = !data.available ? "this host does not list remote objects (a client's dashboard does)"
-      : data.error ? `not every server answered: ${data.error}` : `as of ${new Date().toLocaleTimeString()}`;
+      : data.error ? `not every server answered: ${data.error}`
+      : data.named_only ? `named objects of every server, as of their last heartbeat (unnamed ones are counted per server below: their ids are capabilities)`
+      : `as of ${new Date().toLocaleTimeString()}`;
   }
   async function loadServers() {
     const data = await api("/api/servers");

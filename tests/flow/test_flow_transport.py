@@ -8,8 +8,10 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from sperse._flow.host import lost_info
 from sperse._flow.messages import Batch, End
 from sperse._flow.transport import Credits, Outbox, Reorder
+from sperse.errors import ObjectLost, ServerLost, ServerUnavailable, WorkerDied
 
 
 @given(st.permutations(range(20)), st.permutations(range(20)))
@@ -68,3 +70,19 @@ def test_credits_block_at_the_window_and_free_on_ack() -> None:
     assert credits.outstanding("x") == 1 and credits.most == 2
     credits.ack("x", b)
     assert credits.outstanding("x") == 0
+
+
+@pytest.mark.parametrize(
+    ("error", "kind"),
+    [
+        (ServerLost("gone"), "server_lost"),
+        (ServerUnavailable("nothing listens at 127.0.0.1:1"), "server_lost"),  # killed, redialled
+        (ObjectLost("gone"), "object_lost"),
+        (WorkerDied("killed"), "worker_died"),
+        (ValueError("bad"), "raised"),
+    ],
+)
+def test_a_host_that_cannot_be_reached_is_lost_and_may_be_run_again(
+    error: BaseException, kind: str
+) -> None:
+    assert lost_info(error).kind == kind

@@ -54,7 +54,13 @@ from sperse._flow.plan import NodeId, PhysicalPlan, Role, StageId
 from sperse._flow.replica import Replica
 from sperse._flow.transport import BATCH_ITEMS, LINGER, WINDOW, Credits, Outbox, Reorder
 from sperse._serialize import dumps, loads
-from sperse.errors import ObjectLost, SerializationError, ServerLost, WorkerDied
+from sperse.errors import (
+    ObjectLost,
+    SerializationError,
+    ServerLost,
+    ServerUnavailable,
+    WorkerDied,
+)
 
 __all__ = ["READ_BATCH", "ReplicaHost", "channel_name", "lost_info", "unpicklable"]
 
@@ -276,9 +282,10 @@ class ReplicaHost:
 
 def lost_info(error: BaseException) -> ErrorInfo:
     """A failure to reach a host as data, of a kind that says whether running again can
-    help (``server_lost``, ``object_lost``, ``worker_died``)."""
+    help (``server_lost``, ``object_lost``, ``worker_died``). A server that refuses the
+    connection (it was killed, and a peer connects to it anew) is lost too."""
     info = encode_error(error)
-    if isinstance(error, ServerLost):
+    if isinstance(error, ServerLost | ServerUnavailable):
         kind: ErrorKind = "server_lost"
     elif isinstance(error, ObjectLost):
         kind = "object_lost"

@@ -258,21 +258,17 @@ class WorkerPool:
     def submit(self, task_id: str, payload: bytes, *, front: bool = False) -> None:
         """Queue a task (``front``: before every queued task). Raises ``ValueError`` for an
         id still in use, ``RuntimeError`` once the pool is closed."""
-        with self._lock:
-            self._perform(self._policy.handle(Submit(task_id, payload, front), time.monotonic()))
-        if self._on_loop():
-            # On the loop (the owner's): a free worker gets it now; the events
-            # (Started) are delivered after the caller returns, by the kick.
-            self._write_frames()
-        self._kick()
+        self.submit_many([(task_id, payload)], front=front)
 
-    def submit_many(self, tasks: Sequence[tuple[str, bytes]]) -> None:
+    def submit_many(self, tasks: Sequence[tuple[str, bytes]], *, front: bool = False) -> None:
         """``submit`` each ``(task_id, payload)``, in order, all or none: raises as
         ``submit`` does, before any is queued."""
-        submits = [Submit(task_id, payload) for task_id, payload in tasks]
+        submits = [Submit(task_id, payload, front) for task_id, payload in tasks]
         with self._lock:
             self._perform(self._policy.submit_all(submits, time.monotonic()))
         if self._on_loop():
+            # On the loop (the owner's): a free worker gets them now; the events
+            # (Started) are delivered after the caller returns, by the kick.
             self._write_frames()
         self._kick()
 

@@ -466,26 +466,7 @@ class ServerCore:
 
     def remote_objects(self, name: str = "") -> list[RemoteObjectInfo]:
         """The live remote objects of this server (``name``: only the one of that name)."""
-        objects = self.state.objects
-        if name:
-            named = objects.named.get(name)
-            listed = [named] if named is not None else []
-        else:
-            listed = list(objects.alive.values())
-        return [
-            RemoteObjectInfo(
-                obj.object_id,
-                obj.name,
-                obj.type_name,
-                obj.methods,
-                obj.max_concurrency,
-                obj.restart,
-                obj.calls,
-                obj.restarts,
-                self._objects.pid(obj.object_id),
-            )
-            for obj in listed
-        ]
+        return self.state.objects.infos(name, self._objects.pid)
 
     # ---- events of the pools (on the loop) -----------------------------------------------
 

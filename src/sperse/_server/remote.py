@@ -15,13 +15,14 @@ from __future__ import annotations
 import collections
 import logging
 import pickle
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from sperse._core import Done, ErrorInfo, Failed
 from sperse._server.actions import Action, Log, SubmitToObject, Unlink, log
 from sperse._server.envelope import PickledBytes, ResultValue
-from sperse._server.model import GONE_KEPT, HeldObject, InlineValue, ObjectOp
+from sperse._server.model import GONE_KEPT, HeldObject, InlineValue, ObjectOp, RemoteObjectInfo
 
 if TYPE_CHECKING:
     from sperse._server.sessions import SessionState, TaskState
@@ -123,6 +124,29 @@ class RemoteObjects:
             max_concurrency=obj.max_concurrency,
             restart=obj.restart,
         )
+
+    def infos(self, name: str, pid: Callable[[str], int]) -> list[RemoteObjectInfo]:
+        """The live objects (``name``: only the one of that name), as listings show them;
+        ``pid(object_id)``: its worker's pid."""
+        if name:
+            named = self.named.get(name)
+            listed = [named] if named is not None else []
+        else:
+            listed = list(self.alive.values())
+        return [
+            RemoteObjectInfo(
+                obj.object_id,
+                obj.name,
+                obj.type_name,
+                obj.methods,
+                obj.max_concurrency,
+                obj.restart,
+                obj.calls,
+                obj.restarts,
+                pid(obj.object_id),
+            )
+            for obj in listed
+        ]
 
     def describe(self, obj: RemoteObject) -> str:
         named = f"remote object {obj.name!r}" if obj.name else "remote object"

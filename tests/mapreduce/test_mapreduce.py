@@ -550,7 +550,7 @@ def test_the_bar_appears_after_a_second_of_work(
     monkeypatch.setattr(sys, "stdout", terminal)
     cluster = sperse.current()
     work: Pending[int] = Pending(cluster)
-    tracker = tracking.Tracker("job", 1, None, started=100.0)
+    tracker = tracking.Tracker("job", 1, None, started=100.0, wake=cluster.wake)
 
     def finish() -> None:
         tracker.add(1)

@@ -140,6 +140,18 @@ def test_ctrl_c_interrupts_a_local_statement(term: Terminal) -> None:
     assert term.enter("1 + 1") == ["2"]
 
 
+def test_ctrl_c_interrupts_a_statement_waiting_for_a_result(term: Terminal) -> None:
+    # result() with no timeout sleeps until the cluster is woken: Ctrl-C still ends it.
+    define_slow(term)
+    term.enter("import sperse")
+    term.send("print('waiting'); sperse.remote(slow)(30).result()\r")
+    term.wait_for(lambda: "waiting" in term.lines(), what="the statement to wait")
+    term.send(CtrlC)
+    term.wait_text("KeyboardInterrupt")
+    term.wait_for(term.at_prompt, what="the prompt")
+    assert term.enter("1 + 1") == ["2"]
+
+
 def test_ctrl_d_with_work_running_asks_then_stops_the_server(term: Terminal) -> None:
     server = term.server_pid()
     server_fd = term.pidfd(server)

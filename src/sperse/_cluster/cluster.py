@@ -7,6 +7,13 @@ runs user code (a cell, a ``then`` callback, printing output) to the cluster's
 queue. That queue is drained on the user's thread: inside ``Pending.result``,
 ``Workspace.wait``/``process_events``, ``sperse.wait``, an ``await``, and at
 interpreter exit.
+
+Waiting (``run_until``) does not poll: the waiter sleeps on a ``Bell`` until it rings, and
+it rings at every ``post``, every ``wake``, every event a backend reports (after its
+listener has run) and every ``cancel`` (after the backend has been told). So a condition
+passed to ``run_until`` is noticed as soon as it turns true through one of those; whatever
+changes it otherwise must call ``wake`` (``Pending`` does when it settles, a progress
+counter when it counts). Ctrl-C interrupts the sleep on the main thread (see ``bell``).
 """
 
 from __future__ import annotations
@@ -20,6 +27,7 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import replace
 from typing import Any, Protocol
 
+from sperse._cluster.bell import Bell
 from sperse._cluster.pending import submit_call
 from sperse._core import (
     Backend,
@@ -88,7 +96,10 @@ class Cluster:
         (the default reads ``time.monotonic``)."""
         self.pip = pip_requirements(env)
         self.backend = backend
-        self._cond = threading.Condition()
+        # Reentrant: a signal handler (Ctrl-C at ``%wait``) may wake the cluster on the
+        # thread that holds it.
+        self._lock = threading.RLock()
+        self._bell = Bell()  # what run_until sleeps on
         self._work: deque[Callable[[], None]] = deque()
         self._user_thread: int | None = None  # the thread that drains the queue
         self._listeners: dict[str, Listener] = {}
@@ -128,7 +139,7 @@ class Cluster:
             servers = self.backend.servers()
             for spec in constrained:
                 check_placement(spec.placement, servers, spec.label or spec.task_id)
-        with self._cond:
+        with self._lock:
             for spec, listener in tasks:
                 self._listeners[spec.task_id] = listener
         specs = [spec for spec, _ in tasks]
@@ -137,7 +148,7 @@ class Cluster:
         try:
             self.backend.submit(specs)
         except BaseException as exc:
-            with self._cond:
+            with self._lock:
                 for spec, _ in tasks:
                     self._listeners.pop(spec.task_id, None)
             for watcher in self._watchers:
@@ -150,10 +161,13 @@ class Cluster:
             raise
 
     def cancel(self, task_id: str) -> None:
-        with self._cond:
+        with self._lock:
             known = self._listeners.pop(task_id, None) is not None
         if known:
-            self.backend.cancel(task_id)
+            try:
+                self.backend.cancel(task_id)
+            finally:
+                self._bell.ring()  # the backend may be free again now (as MemoryBackend is)
 
     def servers(self) -> list[ServerInfo]:
         """The servers of this cluster: name, tags, resources, workers, load, address."""
@@ -187,13 +201,18 @@ class Cluster:
     def _on_event(self, event: BackendEvent) -> None:
         for watcher in self._watchers:
             watcher.event(event)
-        with self._cond:
+        with self._lock:
             if isinstance(event, Done | Failed):
                 listener = self._listeners.pop(event.task_id, None)
             else:
                 listener = self._listeners.get(event.task_id)
-        if listener is not None:
-            listener(event)
+        try:
+            if listener is not None:
+                listener(event)
+        finally:
+            # What a waiter reads may have changed with any event (where a task runs, how
+            # busy the backend is), not only with those that settle or post something.
+            self._bell.ring()
 
     # ---- deadlines ---------------------------------------------------------------
 
@@ -207,16 +226,22 @@ class Cluster:
 
     def post(self, fn: Callable[[], None]) -> None:
         """Queue ``fn`` to run on the user's thread at the next drain."""
-        with self._cond:
+        with self._lock:
             self._work.append(fn)
-            self._cond.notify_all()
+        self.wake()
+
+    def wake(self) -> None:
+        """Have anyone waiting in ``run_until`` check their condition again (and ``await``s
+        and front ends, through their wakers). Any thread; queues nothing."""
+        self._bell.ring()
+        with self._lock:
             wakers = list(self._wakers.values())
         for wake in wakers:
             wake()
 
-    def wake(self) -> None:
-        """Wake anyone waiting in ``run_until`` to re-check their condition."""
-        self.post(_nothing)
+    def _sleep(self, done: Callable[[], bool], timeout: float | None) -> None:
+        """Sleep until rung or ``timeout``, unless work is queued or ``done()`` already."""
+        self._bell.sleep(lambda: bool(self._work) or done(), timeout)
 
     def is_user_thread(self) -> bool:
         """Whether this thread is the one that runs the queue (the one that drained it last)."""
@@ -227,7 +252,7 @@ class Cluster:
         self._user_thread = threading.get_ident()
         ran = 0
         while True:
-            with self._cond:
+            with self._lock:
                 if not self._work:
                     return ran
                 fn = self._work.popleft()
@@ -235,43 +260,42 @@ class Cluster:
             ran += 1
 
     def run_until(self, done: Callable[[], bool], timeout: float | None) -> bool:
-        """Drain queued work until ``done()``; False if ``timeout`` passed first."""
+        """Drain queued work until ``done()``; False if ``timeout`` passed first.
+
+        ``done()`` is checked again after each drain and whenever the cluster is rung (see
+        the module doc): a condition that turns true any other way is noticed only at the
+        timeout."""
         deadline = None if timeout is None else time.monotonic() + timeout
         while True:
             self.drain()
             if done():
                 self.drain()  # what was queued before the outcome (its output) runs first
                 return True
-            with self._cond:
-                while not self._work:
-                    if done():
-                        break
-                    remaining = None if deadline is None else deadline - time.monotonic()
-                    if remaining is not None and remaining <= 0:
-                        return False
-                    # Bounded waits: a condition that turns true without a post
-                    # (another thread) is still noticed.
-                    self._cond.wait(0.5 if remaining is None else min(remaining, 0.5))
+            remaining = None if deadline is None else deadline - time.monotonic()
+            if remaining is not None and remaining <= 0:
+                return False
+            self._sleep(done, remaining)
 
     def wait_for_work(self, timeout: float) -> bool:
         """Block until something is queued for the user's thread, or ``timeout``."""
         deadline = time.monotonic() + timeout
-        with self._cond:
-            while not self._work:
-                remaining = deadline - time.monotonic()
-                if remaining <= 0:
-                    return False
-                self._cond.wait(remaining)
-            return True
+        while True:
+            with self._lock:
+                if self._work:
+                    return True
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                return False
+            self._sleep(_never, remaining)
 
     def add_waker(self, wake: Callable[[], None]) -> int:
         key = next(self._ids)
-        with self._cond:
+        with self._lock:
             self._wakers[key] = wake
         return key
 
     def remove_waker(self, key: int) -> None:
-        with self._cond:
+        with self._lock:
             self._wakers.pop(key, None)
 
     # ---- lifetime ------------------------------------------------------------
@@ -286,7 +310,7 @@ class Cluster:
             self.dashboard.close()
         self.backend.close()
         # Nothing stays pending forever: what had not ended ends now, in an error.
-        with self._cond:
+        with self._lock:
             left, self._listeners = self._listeners, {}
         for task_id, listener in left.items():
             info = ErrorInfo(
@@ -314,8 +338,8 @@ class Cluster:
         self.close()
 
 
-def _nothing() -> None:
-    pass
+def _never() -> bool:
+    return False
 
 
 _current: contextvars.ContextVar[Cluster | None] = contextvars.ContextVar(

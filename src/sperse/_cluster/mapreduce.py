@@ -224,5 +224,5 @@ def map(
     chunks = send_chunks(
         cluster, functools.partial(apply_chunk, fn), data, chunksize, placement, retries, what
     )
-    tracker = Tracker(what, len(data), progress, started)
+    tracker = Tracker(what, len(data), progress, started, wake=cluster.wake)
     return MapResult(cluster, chunks, label=what, tracker=tracker)

@@ -494,6 +494,7 @@ def wait(
     if not items:
         return set(), set()
     cluster = items[0]._cluster
+    _wake_on_settle(cluster, items)
 
     def finished() -> bool:
         if return_when == "FIRST_COMPLETED":
@@ -532,6 +533,14 @@ def gather(
     return out
 
 
+def _wake_on_settle(cluster: Cluster, pendings: Iterable[Pending[Any]]) -> None:
+    """A Pending wakes its own cluster when it settles; one of another cluster, waited for
+    on ``cluster``, wakes that one as well."""
+    for p in pendings:
+        if p._cluster is not cluster:
+            p._on_settle(lambda _: cluster.wake())
+
+
 def _any_done(pendings: list[Pending[Any]]) -> bool:
     return any(p.done() for p in pendings)
 
@@ -544,6 +553,7 @@ def as_completed(
     if not left:
         return
     cluster = left[0]._cluster
+    _wake_on_settle(cluster, left)
     deadline = None if timeout is None else time.monotonic() + timeout
     while left:
         remaining = None if deadline is None else deadline - time.monotonic()

@@ -3,7 +3,8 @@
 A progress bar (rich) is shown only while someone waits (``result()``, iterating a map,
 ``as_completed``), only when ``sys.stdout`` is a terminal, and only once the work has taken
 more than a second (or at once with ``progress=True``); ``progress=False`` never shows it.
-Nothing is printed otherwise. The counter is added to on whatever thread learns of progress.
+Nothing is printed otherwise. The counter is added to on whatever thread learns of progress,
+which wakes the cluster: a wait redraws the bar as the count moves, without polling.
 """
 
 from __future__ import annotations
@@ -35,21 +36,32 @@ PROGRESS_DELAY: Final = 1.0  # seconds of work before a bar appears
 
 
 class Tracker:
-    """How much of a job is done, counted on whatever thread learns it."""
+    """How much of a job is done, counted on whatever thread learns it. ``wake``: the
+    cluster's, called after each count (``wait_with_progress`` waits for the count to move)."""
 
-    __slots__ = ("completed", "description", "lock", "show", "started", "total")
+    __slots__ = ("completed", "description", "lock", "show", "started", "total", "wake")
 
-    def __init__(self, description: str, total: int, show: bool | None, started: float) -> None:
+    def __init__(
+        self,
+        description: str,
+        total: int,
+        show: bool | None,
+        started: float,
+        *,
+        wake: Callable[[], None],
+    ) -> None:
         self.description = description
         self.total = total
         self.completed = 0
         self.show = show
         self.started = started
         self.lock = threading.Lock()
+        self.wake = wake
 
     def add(self, amount: int) -> None:
         with self.lock:
             self.completed += amount
+        self.wake()
 
 
 def count_settled(tracker: Tracker, amount: int, _: object) -> None:

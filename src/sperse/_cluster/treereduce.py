@@ -273,7 +273,7 @@ def reduce(
         raise TypeError("reduce() of an empty sequence with no initial value")
     cluster = _cluster_of(inputs)
     label = f"reduce({name_of(op)})"
-    tracker = Tracker(label, len(inputs), progress, time.monotonic())
+    tracker = Tracker(label, len(inputs), progress, time.monotonic(), wake=cluster.wake)
     for item in inputs:
         if isinstance(item, Pending):
             item._on_settle(functools.partial(count_settled, tracker, 1))
@@ -318,7 +318,7 @@ def mapreduce(
         retries,
         what,
     )
-    tracker = Tracker(what, len(data), progress, started)
+    tracker = Tracker(what, len(data), progress, started, wake=cluster.wake)
     for _, length, chunk in chunks:
         chunk._on_settle(functools.partial(count_settled, tracker, length))
     inputs: list[Any] = [chunk for _, _, chunk in chunks]

@@ -30,6 +30,8 @@ from sperse._up import LocalCluster
 
 __all__ = [
     "BadInput",
+    "ExampleError",
+    "NotConverged",
     "existing_file",
     "main",
     "parse",
@@ -66,7 +68,7 @@ def parser(description: str) -> argparse.ArgumentParser:
     where.add_argument(
         "--servers",
         type=positive_int,
-        default=2,
+        default=None,  # 2, set by parse(): argparse takes a given 2 for its default
         metavar="N",
         help="start a local cluster of N servers for the run (default 2)",
     )
@@ -131,7 +133,7 @@ def main(
     except KeyboardInterrupt:
         progress(f"{prog}: interrupted (the local cluster, if any, is stopped)")
         return 130
-    except (sperse.SperseError, OSError, TimeoutError, BadInput) as exc:
+    except (sperse.SperseError, OSError, TimeoutError, ExampleError) as exc:
         progress(f"{prog}: error: {type(exc).__name__}: {exc}")
         return 1
     if args.json:
@@ -147,6 +149,8 @@ def parse(p: argparse.ArgumentParser, argv: list[str] | None = None) -> argparse
     """``p``'s arguments, with the shared checks: ``--token-file`` only with ``--connect``,
     and it must exist."""
     args = p.parse_args(argv)
+    if args.servers is None:
+        args.servers = 2
     if args.token_file is not None:
         if not args.connect:
             p.error("--token-file goes with --connect URL (a local cluster makes its own token)")
@@ -155,9 +159,17 @@ def parse(p: argparse.ArgumentParser, argv: list[str] | None = None) -> argparse
     return args
 
 
-class BadInput(ValueError):
+class ExampleError(Exception):
+    """A run that gives no result, said in its message (exit code 1)."""
+
+
+class BadInput(ExampleError, ValueError):
     """An input file that does not say what the example expects: the message names the
     file and line."""
+
+
+class NotConverged(ExampleError):
+    """An iteration that had not converged when it hit its bound on rounds."""
 
 
 def read_edges(path: Path) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

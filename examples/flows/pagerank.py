@@ -114,7 +114,7 @@ def run(
     progress = flow.run().result(timeout=flowcli.WAIT)
     last = progress.rounds[-1]
     if last.delta is not None and not last.delta < n * tol:
-        raise flowcli.BadInput(
+        raise flowcli.NotConverged(
             f"PageRank did not converge in {max_rounds} rounds (the ranks still moved "
             f"{last.delta:.3g} in the last one, above N * tol = {n * tol:.3g}): raise "
             "--max-rounds or --tol"

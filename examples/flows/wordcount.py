@@ -2,8 +2,7 @@
 
     python examples/flows/wordcount.py --input DIR [--servers N | --connect URL] [--json]
 
-Words are split on whitespace (``str.split()``); every file of DIR is read, as UTF-8 (a
-file that is not fails the run, naming it). Prints ``{word: count}`` (with ``--json``, that
+Words are split on whitespace (``str.split()``); every file of DIR is read, as UTF-8 text. Prints ``{word: count}`` (with ``--json``, that
 object alone on stdout; otherwise the most frequent words).
 
 The flow: the servers read the files (``read_lines``, one replica per server, each its share

@@ -60,12 +60,36 @@ import wordcount as wordcount_example  # noqa: E402
 
 import sperse  # noqa: E402
 from sperse._flow.api import InProcess  # noqa: E402
+from sperse._flow.local import LocalExecutor  # noqa: E402
+from sperse._flow.plan import physical  # noqa: E402
 from sperse._up import LocalCluster  # noqa: E402
 
 os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"  # before Ray is imported: 127.0.0.1
 perf = time.perf_counter
 WAIT = 3600.0
 ROWS: list[tuple[str, str, str]] = []  # (scenario, system, figure) for the summary
+
+
+def cpu() -> tuple[float, float]:
+    """CPU seconds so far of this process (the client: its driver thread feeds sources) and
+    of its live descendants (a LocalCluster's coordinator, servers and their workers)."""
+    import psutil
+
+    me = psutil.Process()
+    ours = sum(me.cpu_times()[:2])
+    theirs = 0.0
+    for child in me.children(recursive=True):
+        with contextlib.suppress(psutil.Error):
+            theirs += sum(child.cpu_times()[:2])
+    return ours, theirs
+
+
+@contextlib.contextmanager
+def cpu_note(into: list[str]) -> Iterator[None]:
+    before = cpu()
+    yield
+    after = cpu()
+    into.append(f"CPU: client {after[0] - before[0]:.1f} s, cluster {after[1] - before[1]:.1f} s")
 
 
 def load() -> str:
@@ -196,23 +220,35 @@ def wc_local(folder: Path) -> dict[str, int]:
     return dict(counts)
 
 
-def wc_sperse(client: sperse.Cluster, folder: Path, per_word: bool) -> dict[str, int]:
+def wc_sperse(client: sperse.Cluster, folder: Path, variant: str) -> dict[str, int]:
+    """``example``: examples/flows/wordcount.py (32,768 lines counted at a time);
+    ``batch``: each batch counted as read (1,024 lines); ``word``: per word."""
     flow = sperse.Flow("wc", cluster=client)
-    if per_word:
+    if variant == "example":
+        out = wordcount_example.word_count(flow, folder)
+        flow.run()
+        result: dict[str, int] = out.result(WAIT)
+        return result
+    lines = flow.read_lines(folder).on(replicas="per_server")
+    if variant == "batch":
         out = (
-            flow.read_lines(folder)
+            lines.batch_map(wordcount_example.count_lines)
+            .key_by(operator.itemgetter(0))
+            .fold(0, wordcount_example.add_count, combine=operator.add)
             .on(replicas="per_server")
-            .flat_map(str.split)
+            .collect()
+        )
+    else:
+        out = (
+            lines.flat_map(str.split)
             .key_by(lambda w: w)
             .fold(0, lambda n, w: n + 1, combine=operator.add)
             .on(replicas="per_server")
             .collect()
         )
-    else:
-        out = wordcount_example.word_count(flow, folder)
     flow.run()
-    result: dict[str, int] = out.result(WAIT)
-    return result
+    counts: dict[str, int] = out.result(WAIT)
+    return counts
 
 
 def first(pair: tuple[str, int]) -> str:
@@ -256,18 +292,22 @@ def word_count(args: argparse.Namespace, folder: Path) -> None:
     rates: dict[str, float] = {}
 
     def timed(name: str, fn: Callable[[], dict[str, int]]) -> None:
+        note: list[str] = []
         started = perf()
-        got = fn()
+        with cpu_note(note):
+            got = fn()
         took = perf() - started
         if got != expected:
             row("word count", name, "WRONG RESULT")
             return
         rates[name] = words / took
         row("word count", name, f"{rates[name] / 1e6:.2f} M words/s ({took:.1f} s)")
+        print(f"    {note[0]}")
 
     with sperse_cluster(2) as client:
-        timed("Sperse flow, 2 servers", lambda: wc_sperse(client, folder, per_word=False))
-        timed("Sperse flow per word, 2 servers", lambda: wc_sperse(client, folder, per_word=True))
+        timed("Sperse flow, 2 servers", lambda: wc_sperse(client, folder, "example"))
+        timed("  the same, a batch at a time", lambda: wc_sperse(client, folder, "batch"))
+        timed("  the same, per word", lambda: wc_sperse(client, folder, "word"))
     if args.skip_dask or not installed("dask.distributed"):
         print("  Dask: skipped (not installed, or --skip-dask)")
     else:
@@ -319,9 +359,11 @@ def per_item(args: argparse.Namespace) -> None:
     row(
         "identity map", f"in-process executor ({small:,})", f"{small / took_in / 1e6:.2f} M items/s"
     )
-    with sperse_cluster(1) as client:
+    note: list[str] = []
+    with sperse_cluster(1) as client, cpu_note(note):
         took = flow_on(client, None, n)
     row("identity map", "Sperse flow, 1 server", f"{n / took / 1e6:.2f} M items/s ({took:.1f} s)")
+    print(f"    {note[0]}")
     print(verdict("Sperse, 1 server / local loop (time)", took / loop, 3.0, higher=False))
 
 
@@ -405,10 +447,13 @@ def pagerank(args: argparse.Namespace) -> None:
         what = f"{took:.1f} s, {rounds} rounds" + ("" if ok else f", WRONG (off by {error:.2g})")
         row("PageRank", name, what)
 
+    note: list[str] = []
     with sperse_cluster(2) as client:
         started = perf()
-        ranks, rounds = pr_sperse(client, src, dst, n, tol)
+        with cpu_note(note):
+            ranks, rounds = pr_sperse(client, src, dst, n, tol)
         check("Sperse flow, 2 servers", ranks, rounds, perf() - started)
+        print(f"    {note[0]}")
     if args.skip_dask or not installed("dask.distributed"):
         print("  Dask: skipped (not installed, or --skip-dask)")
     else:
@@ -443,13 +488,16 @@ def collatz(args: argparse.Namespace) -> None:
         for steps in (16, 128):
             flow = sperse.Flow("collatz", cluster=client)
             out = collatz_example.collatz(flow, upto, steps)
+            note: list[str] = []
             started = perf()
-            progress = flow.run().result(WAIT)
+            with cpu_note(note):
+                progress = flow.run().result(WAIT)
             took = perf() - started
             ok = dict(out.result(0)) == expected
             trips = progress.items.get("steps", 0)
             what = f"{upto / took / 1e3:.0f} k items/s ({took:.1f} s, {trips:,} trips)"
             row("Collatz", f"Sperse flow, 2 servers, {steps} steps/trip", what if ok else "WRONG")
+            print(f"    {note[0]}")
             print(verdict(f"Sperse ({steps} steps/trip) / plain loop (items/s)", loop / took, 1.0))
 
 
@@ -457,7 +505,8 @@ def collatz(args: argparse.Namespace) -> None:
 
 
 def profile(folder: Path) -> None:
-    """The word count flows in this process, one replica per operator, under cProfile."""
+    """The word count flows in this process on this thread (one replica per operator,
+    batches crossing stages pickled as on servers), under cProfile."""
     for per_word in (False, True):
         flow = sperse.Flow("wc")
         if per_word:
@@ -470,10 +519,11 @@ def profile(folder: Path) -> None:
             )
         else:
             out = wordcount_example.word_count(flow, folder)
+        del out  # its Pending is not settled: the executor runs here, on this thread
+        executor = LocalExecutor(physical(flow.plan, 1), lambda settle: None, check_pickle=True)
         profiler = cProfile.Profile()
         profiler.enable()
-        flow.run(executor=InProcess(check_pickle=False))
-        out.result(WAIT)
+        executor.run()
         profiler.disable()
         text = io.StringIO()
         stats = pstats.Stats(profiler, stream=text)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import pickle
 import threading
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -239,6 +240,20 @@ def test_an_operator_that_raises_names_itself_and_the_item() -> None:
     assert "flow 'bad': the operator 'inv' on the item 0 raised ZeroDivisionError" in str(error)
     assert "1 / x" in error.remote_traceback
     assert pickle.loads(pickle.dumps(error)).operator == "inv"
+
+
+def numbers_then_trouble() -> Iterator[int]:
+    yield from range(3000)
+    raise OSError("the disk went away")
+
+
+def test_a_source_that_cannot_be_read_names_itself(tmp_path: Path) -> None:
+    (tmp_path / "bad.txt").write_bytes(b"ok\n\xff not utf-8\n")
+    error = fails(lambda f: [f.read_lines(tmp_path, name="lines").map(len).collect()])
+    assert error.operator == "lines" and error.type_name == "UnicodeDecodeError"
+    assert "the operator 'lines' could not read its input: UnicodeDecodeError" in str(error)
+    error = fails(lambda f: [f.source(numbers_then_trouble(), name="gen").collect()])
+    assert error.operator == "gen" and "OSError: the disk went away" in str(error)
 
 
 def test_an_unhashable_key_is_named() -> None:

@@ -252,6 +252,21 @@ def test_bad_input_fails_the_run_naming_operator_and_item(
     assert run.progress().state == "failed"
 
 
+def test_a_file_that_cannot_be_read_fails_the_run_naming_its_source(
+    client: sperse.Cluster, tmp_path: Any
+) -> None:
+    (tmp_path / "a.txt").write_text("fine\n")
+    (tmp_path / "b.txt").write_bytes(b"ok\n\xff\xfe not utf-8\n")
+    f = sperse.Flow("unreadable", cluster=client)
+    out = f.read_lines(tmp_path, name="lines").on(replicas=2).map(len).collect()
+    run = f.run(executor=on(client))
+    with pytest.raises(sperse.FlowFailed, match="could not read its input: UnicodeDecodeError"):
+        out.result(WAIT)
+    with pytest.raises(sperse.FlowFailed) as info:
+        run.result(WAIT)
+    assert info.value.operator == "lines"
+
+
 def test_cancel_settles_every_sink(client: sperse.Cluster) -> None:
     f = sperse.Flow("cancelled", cluster=client)
     q = f.queue()

@@ -21,9 +21,10 @@ from typing import Any, Protocol, runtime_checkable
 from sperse._cluster.cluster import Cluster, default, detached, in_use
 from sperse._cluster.pending import Pending
 from sperse._core import LocalOnly
+from sperse._exec.runner import encode_error
 from sperse._flow.control import RoundDone
 from sperse._flow.local import LocalExecutor, PushQueue
-from sperse._flow.messages import Settle, Stopped
+from sperse._flow.messages import FlowError, Settle, Stopped
 from sperse._flow.plan import LogicalPlan, NodeId, PhysicalPlan, physical
 from sperse._flow.servers import OnServers
 from sperse._flow.stream import KeyedStream, Stream
@@ -121,6 +122,10 @@ class _Thread:
     def _run(self) -> None:
         try:
             self._stopped = self._executor.run()
+        except Exception as exc:  # the executor's own failure: the run ends, never pending
+            info = encode_error(exc)
+            what = f"stopped: {info.type_name}: {info.message}"
+            self._stopped = Stopped(FlowError("", "", info, what))
         finally:
             self._finished.set()
             if self._stopped is not None:
@@ -274,6 +279,16 @@ class Run:
 
     def _done(self, stopped: Stopped) -> None:
         self._stopped = stopped
+        # Every sink has settled by now, unless the executor itself failed: they end with it.
+        error: BaseException | None = None
+        if stopped.cancelled:
+            error = TaskCancelled(f"flow {self.flow.name!r} was cancelled")
+        elif stopped.error is not None:
+            error = stopped.error.to_exception(self.flow.name)
+        if error is not None:
+            for pending in self.flow._sinks.values():
+                if not pending.done():
+                    pending._settle(error=error)
         self.flow.cluster.wake()
 
     def done(self) -> bool:

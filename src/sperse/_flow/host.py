@@ -176,6 +176,17 @@ class ReplicaHost:
     # ---- the pump ------------------------------------------------------------------------
 
     async def _run(self) -> None:
+        """The pump; a failure of its own (not an operator's: those are reports) ends the run
+        naming this replica's operators, never leaving it pending."""
+        try:
+            await self._pumping()
+        except Exception as exc:
+            operators = " -> ".join(self._plan.node(n).name for n in self._stage.nodes)
+            info = encode_error(exc)
+            what = f"stopped: {info.type_name}: {info.message}"
+            self._report(Report(FlowError(operators, "", info, what)))
+
+    async def _pumping(self) -> None:
         while True:
             if not self._inbox:
                 if self._lines is not None:
@@ -202,7 +213,13 @@ class ReplicaHost:
 
     async def _read(self) -> None:
         assert self._lines is not None
-        items = list(itertools.islice(self._lines, READ_BATCH))
+        try:
+            items = list(itertools.islice(self._lines, READ_BATCH))
+        except Exception as exc:  # a file that cannot be read ends the run, naming it
+            self._lines = None
+            source = self._plan.node(self._stage.nodes[0]).name
+            self._report(Report(FlowError.unreadable(source, encode_error(exc))))
+            return
         events: list[ReplicaEvent] = []
         if items:
             events.append(Batch(0, 0, items, now=time.time()))

@@ -33,7 +33,7 @@ from pathlib import Path
 from typing import Any
 
 from sperse._core import ErrorInfo
-from sperse._exec.runner import short_repr
+from sperse._exec.runner import encode_error, short_repr
 from sperse._flow.control import ControlAction, Controller
 from sperse._flow.messages import (
     Batch,
@@ -98,7 +98,8 @@ class PushQueue:
 class _Feed:
     """One source node: where its items come from, dealt over its stage's replicas."""
 
-    def __init__(self, stage: StageId, replicas: int, spec: tuple[Any, ...]) -> None:
+    def __init__(self, name: str, stage: StageId, replicas: int, spec: tuple[Any, ...]) -> None:
+        self.name = name
         self.stage = stage
         self.replicas = replicas
         self.kind = spec[0]
@@ -161,7 +162,7 @@ class LocalExecutor:
             tuple[Any, ...], collections.deque[tuple[StageId, int, ReplicaEvent]]
         ] = {}
         self._feeds = [
-            _Feed(plan.stage_of[n.id], plan.stages[plan.stage_of[n.id]].replicas, n.args)
+            _Feed(n.name, plan.stage_of[n.id], plan.stages[plan.stage_of[n.id]].replicas, n.args)
             for n in plan.logical.nodes
             if n.kind == "source"
         ]
@@ -228,7 +229,13 @@ class LocalExecutor:
         ready = [f for f in live if f.push is None] or live
         feed = ready[0]
         wait = None if feed.push is None else self._tick
-        replica, items, ended = feed.next(self._batch, wait)
+        try:
+            replica, items, ended = feed.next(self._batch, wait)
+        except Exception as exc:  # the source's own failure ends the run, naming it
+            feed.ended = True
+            failure = FlowError.unreadable(feed.name, encode_error(exc))
+            self._control(self.controller.handle(Report(failure)))
+            return True
         now = self._clock()
         if items:
             self._queue(("src", feed.stage), feed.stage, replica, Batch(0, 0, items, now=now))

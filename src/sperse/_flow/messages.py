@@ -119,6 +119,13 @@ class FlowError:
     what: str = ""
     server: str = ""
 
+    @classmethod
+    def unreadable(cls, operator: str, error: ErrorInfo) -> FlowError:
+        """A source that could not read its input (a file that is not UTF-8, an iterable
+        that raised)."""
+        what = f"could not read its input: {error.type_name}: {error.message}"
+        return cls(operator, "", error, what)
+
     def to_exception(self, flow: str) -> FlowFailed:
         what = self.what or f"raised {self.error.type_name}: {self.error.message}"
         if self.what and self.item:

@@ -57,7 +57,8 @@ from sperse._flow.messages import (
     WriteFile,
 )
 from sperse._flow.ops import BulkEnd, Ctx, ItemError, Op, make_op, stable_hash
-from sperse._flow.plan import OutEdge, Partition, PhysicalPlan, Role, StageId
+from sperse._flow.plan import Node, OutEdge, Partition, PhysicalPlan, Role, StageId
+from sperse._flow.wasm import MapWasm
 
 __all__ = ["Action", "Replica"]
 
@@ -72,7 +73,7 @@ class Replica:
         self.stage = plan.stages[stage]
         self.index = index
         nodes = [plan.node(n) for n in self.stage.nodes]
-        self.ops: list[Op] = [make_op(n.kind, n.name, n.args, n.keyed) for n in nodes]
+        self.ops: list[Op] = [_op(n) for n in nodes]
         self.head = nodes[0].kind
         self.loop = plan.loops.get(self.stage.loop) if self.stage.loop is not None else None
         self.bulk = self.loop is not None and self.loop.kind != "item"
@@ -379,3 +380,11 @@ class Replica:
     def _loop_id(self) -> Any:
         assert self.loop is not None
         return self.loop.id
+
+
+def _op(node: Node) -> Op:
+    """The operator logic of ``node``: :func:`~sperse._flow.ops.make_op`'s pure ones, and
+    ``map_wasm`` (:mod:`sperse._flow.wasm`, which runs the sandbox)."""
+    if node.kind == "map_wasm":
+        return MapWasm(node.name, *node.args)
+    return make_op(node.kind, node.name, node.args, node.keyed)

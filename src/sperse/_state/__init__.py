@@ -2,6 +2,6 @@
 (``client``, the worker's side), the store's semantics as one pure table (``table``), and
 the wire format between them (``wire``)."""
 
-from sperse._state.client import PROVIDERS, State, _key, snapshot, state, worker_cache
+from sperse._state.client import PROVIDERS, State, _key, shared, snapshot, state, worker_cache
 
-__all__ = ["PROVIDERS", "State", "_key", "snapshot", "state", "worker_cache"]
+__all__ = ["PROVIDERS", "State", "_key", "shared", "snapshot", "state", "worker_cache"]

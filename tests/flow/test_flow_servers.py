@@ -200,7 +200,20 @@ def test_a_slow_operator_bounds_what_its_sources_have_in_flight(client: sperse.C
         .collect()
     )
     run = f.run(executor=on(client, window=2, batch_items=500))
+    backlog = []  # the slow stage's, while it runs (as %flows shows it)
+    while not out.done():
+        backlog.append({op.name: op.backlog for op in run.operators()}["slow"])
+        sperse.wait([out], timeout=0.05)
     assert len(out.result(WAIT)) == 60
+    assert 0 < max(backlog) <= (2 * 2 + 1) * 500  # the inbox's bound, in items
+    run.result(WAIT)  # the hosts' final counts
+    final = {op.name: op for op in run.operators()}
+    assert (final["slow"].items_in, final["slow"].items_out, final["slow"].backlog) == (
+        60_000,
+        60_000,
+        0,
+    )
+    assert (final["few"].items_in, final["few"].items_out) == (60_000, 60)
     hosts = {h["operators"].split(" -> ")[0]: h for h in run.hosts()}
     # The fast replicas never had more than `window` deliveries unprocessed by the slow
     # one, whatever its pace; its inbox held at most window x senders deliveries.

@@ -85,6 +85,7 @@ class Replica:
         self._turn = [0] * len(self.stage.outputs)  # round-robin position per output
         self._at = 0  # the op running, for errors
         self._failed = False
+        self._emitted = 0  # items the last operator sent on
         self._state_round = -1
         # bulk gate:
         self._outer: list[Any] = []
@@ -123,6 +124,13 @@ class Replica:
     def counts(self) -> dict[str, int]:
         """Items each operator of this replica has taken in so far."""
         return {op.name: op.count for op in self.ops}
+
+    def tally(self) -> dict[str, tuple[int, int]]:
+        """Items in and out so far, per operator: an operator's out is what the next one of
+        the chain took in; the last one's is what this replica sent on."""
+        ops = self.ops
+        out = [nxt.count for nxt in ops[1:]] + [self._emitted]
+        return {op.name: (op.count, n) for op, n in zip(ops, out, strict=True)}
 
     # ---- events --------------------------------------------------------------------------
 
@@ -311,6 +319,7 @@ class Replica:
         replica; ``weight`` split evenly over those Sends."""
         if not items:
             return []
+        self._emitted += len(items)
         parts: list[tuple[OutEdge, int, list[Any]]] = []
         for n, edge in enumerate(self.stage.outputs):
             if edge.role in roles:

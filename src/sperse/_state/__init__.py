@@ -1,7 +1,9 @@
-"""State that remote code keeps on its server: ``sperse.state()`` and ``worker_cache()``
+"""State that remote code keeps on its server: ``sperse.state()``, ``worker_cache()`` and
+``shared()`` (``shared``),
 (``client``, the worker's side), the store's semantics as one pure table (``table``), and
 the wire format between them (``wire``)."""
 
-from sperse._state.client import PROVIDERS, State, _key, shared, snapshot, state, worker_cache
+from sperse._state.client import PROVIDERS, State, _key, snapshot, state, worker_cache
+from sperse._state.shared import shared
 
 __all__ = ["PROVIDERS", "State", "_key", "shared", "snapshot", "state", "worker_cache"]

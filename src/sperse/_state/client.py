@@ -1,4 +1,4 @@
-"""``sperse.state()``, ``sperse.worker_cache()``, ``sperse.shared()``: state that remote code keeps on its server.
+"""``sperse.state()``, ``sperse.worker_cache()``: state that remote code keeps on its server.
 
 ``state()`` is the key-value store of the server a task runs on, shared by all of that
 server's worker processes (the store itself is :mod:`sperse._server.store`, on the server's
@@ -6,7 +6,7 @@ event loop). In a Ray worker it is the store actor of the worker's node instead,
 table behind a ``Link`` of its own (:mod:`sperse._backends.ray.state`; what follows is the
 sperse-server side).
 ``worker_cache()`` is a dict of this process, for what cannot be pickled. ``shared()``
-is both: a value made once per server through the store, kept per process after.
+(:mod:`sperse._state.shared`) is both.
 
 Invariants:
 
@@ -35,7 +35,7 @@ import socket
 import threading
 import weakref
 from collections.abc import Callable, Hashable
-from typing import Any, Literal, Protocol, TypeVar
+from typing import Any, Protocol, TypeVar
 
 from sperse._serialize import dumps, loads
 from sperse._state.wire import (
@@ -62,7 +62,6 @@ __all__ = [
     "Connection",
     "Link",
     "State",
-    "shared",
     "snapshot",
     "state",
     "worker_cache",
@@ -554,51 +553,6 @@ def worker_cache(key: Hashable, factory: Callable[[], T]) -> T:
         with _cache_lock:
             _building.pop(key, None)
         lock.release()
-
-
-_SHARED = "sperse.shared"
-
-
-def shared(
-    key: str, factory: Callable[[], T], *, per: Literal["server", "process"] = "server"
-) -> T:
-    """A value built once and used by all the code on this server: ``factory()`` made once
-    per server through the store (``state().once(key, factory)``) and kept in each process
-    after its first call, so reads cost nothing. For operators of a flow, lookup tables,
-    models, pools: treat it as read-only (each process has its own copy).
-
-    A value that cannot be pickled (a connection pool, a loaded model on a device) cannot
-    go through the store: it is kept in the process that built it, so each process builds
-    its own (as ``worker_cache``); ``per="process"`` asks for that without trying the store.
-    Outside remote code (a flow running in this process) there is no store: once per
-    process.
-    """
-    _key(key)
-    if per not in ("server", "process"):
-        raise ValueError(f'shared: per is "server" or "process", not {per!r}')
-    return worker_cache((_SHARED, key), lambda: _build_shared(key, factory, per))
-
-
-def _build_shared(key: str, factory: Callable[[], T], per: str) -> T:
-    if per == "process":
-        return factory()
-    try:
-        store = state()
-    except SperseError:  # not in remote code: this process is the only user
-        return factory()
-    made: list[T] = []
-
-    def make() -> T:
-        value = factory()
-        made.append(value)
-        return value
-
-    try:
-        return store.once(key, make)
-    except SperseError:
-        if made:  # built here, but it cannot be pickled (or is too big) for the store
-            return made[0]
-        raise
 
 
 def _after_fork_in_child() -> None:

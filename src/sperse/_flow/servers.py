@@ -199,7 +199,7 @@ class _Driver:
         self._names: dict[int, str] = {
             s.id: " -> ".join(plan.node(n).name for n in s.nodes) for s in plan.stages
         }
-        self._heads = {s.id: plan.node(s.nodes[0]).name for s in plan.stages}
+        self._heads: dict[int, str] = {s.id: plan.node(s.nodes[0]).name for s in plan.stages}
         self._shipped = dumps(_shippable(plan), what=f"the operators of flow {plan.logical.name!r}")
         self._feeds = [
             _Feed(n, plan.stages[plan.stage_of[n.id]], config.restart > 0)

@@ -110,10 +110,11 @@ def test_flows_lists_running_flows_with_their_operators(ws: sperse.Workspace) ->
     ws.run("q.push('a', 'b', 'c')")
     run = ws["run"]
 
-    def upper_counts() -> bool:
-        return {op.name: op.items_in for op in run.operators()}.get("upper") == 3
+    def through() -> bool:  # every item taken in by the map and by the sink
+        counts = {op.name: op.items_in for op in run.operators()}
+        return counts.get("upper") == counts.get("out") == 3
 
-    wait_until(upper_counts, "the items to go through", ws)
+    wait_until(through, "the items to go through", ws)
     text = COMMANDS.execute(ws, "%flows")
     head, columns, *rows = text.splitlines()
     assert head.startswith("flow 'live': running in this process, ")

@@ -51,7 +51,7 @@ if TYPE_CHECKING:
     from sperse._core.clock import MockClock
     from sperse._flow.api import Flow
     from sperse._serialize import RemoteValue
-    from sperse._state import state, worker_cache
+    from sperse._state import shared, state, worker_cache
     from sperse._workspace import Cell, CellEvent, Workspace
     from sperse.jobs._job import Job, submit_job
 
@@ -110,6 +110,7 @@ __all__ = [
     "reduce",
     "remote",
     "run_on_all",
+    "shared",
     "state",
     "submit_job",
     "wait",
@@ -144,6 +145,7 @@ _LAZY = {
     "run_on_all": "sperse._cluster.remote",
     "wait": "sperse._cluster.pending",
     "RemoteValue": "sperse._serialize",
+    "shared": "sperse._state",
     "state": "sperse._state",
     "worker_cache": "sperse._state",
     "Cell": "sperse._workspace",

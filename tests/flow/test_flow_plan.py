@@ -199,7 +199,7 @@ def test_build_time_errors() -> None:
         s.iterate(lambda x: x.map(ident), bool, max_rounds=0)
     with pytest.raises(ValueError, match="different flows"):
         s.union(sperse.Flow("other").source([2]))
-    with pytest.raises(NotImplementedError, match="map_wasm"):
+    with pytest.raises(ValueError, match=r"map_wasm: cannot read the module 'm\.wasm'"):
         s.map_wasm("m.wasm", "run")
     with pytest.raises(sperse.errors.SperseError):
         s.on("gpu &")

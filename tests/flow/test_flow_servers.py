@@ -6,8 +6,10 @@ No sleeps: each wait is on a Pending or a condition, with a deadline."""
 from __future__ import annotations
 
 import collections
+import os
 import threading
 import time
+import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -16,6 +18,7 @@ import numpy as np
 import pytest
 import test_flow_algorithms as alg
 from networkx.algorithms.link_analysis.pagerank_alg import _pagerank_python
+from wasm_modules import UPPER_WAT
 
 import sperse
 from sperse._flow.api import OnServers
@@ -197,7 +200,20 @@ def test_a_slow_operator_bounds_what_its_sources_have_in_flight(client: sperse.C
         .collect()
     )
     run = f.run(executor=on(client, window=2, batch_items=500))
+    backlog = []  # the slow stage's, while it runs (as %flows shows it)
+    while not out.done():
+        backlog.append({op.name: op.backlog for op in run.operators()}["slow"])
+        sperse.wait([out], timeout=0.05)
     assert len(out.result(WAIT)) == 60
+    assert 0 < max(backlog) <= (2 * 2 + 1) * 500  # the inbox's bound, in items
+    run.result(WAIT)  # the hosts' final counts
+    final = {op.name: op for op in run.operators()}
+    assert (final["slow"].items_in, final["slow"].items_out, final["slow"].backlog) == (
+        60_000,
+        60_000,
+        0,
+    )
+    assert (final["few"].items_in, final["few"].items_out) == (60_000, 60)
     hosts = {h["operators"].split(" -> ")[0]: h for h in run.hosts()}
     # The fast replicas never had more than `window` deliveries unprocessed by the slow
     # one, whatever its pace; its inbox held at most window x senders deliveries.
@@ -279,6 +295,112 @@ def test_cancel_settles_every_sink(client: sperse.Cluster) -> None:
     for pending in (a, b):
         with pytest.raises(sperse.TaskCancelled):
             pending.result(WAIT)
+
+
+# -- map_wasm, and state shared by the operators of a server ---------------------------------
+
+
+def test_map_wasm_runs_on_the_servers(client: sperse.Cluster) -> None:
+    f = sperse.Flow("wasm", cluster=client)
+    words = [f"word {i}".encode() for i in range(3000)]
+    out = (
+        f.source(words)
+        .shuffle()
+        .map_wasm(UPPER_WAT.encode(), "upper", name="upper")
+        .on(replicas="per_server")
+        .map(bytes.decode, name="decode")
+        .collect()
+    )
+    run = f.run(executor=on(client))
+    assert sorted(out.result(WAIT)) == sorted(w.decode().upper() for w in words)
+    assert run.result(WAIT).items["upper"] == 3000
+    upper = [h["server"] for h in run.hosts() if h["operators"].startswith("upper")]
+    assert sorted(upper) == ["server-1", "server-2"]
+
+
+def test_map_wasm_on_the_servers_fails_naming_operator_and_item(client: sperse.Cluster) -> None:
+    f = sperse.Flow("wasm-bad", cluster=client)
+    out = f.source([b"fine", "text"]).map_wasm(UPPER_WAT.encode(), "upper", name="up").collect()
+    f.run(executor=on(client))
+    with pytest.raises(sperse.FlowFailed) as info:
+        out.result(WAIT)
+    assert (info.value.operator, info.value.item) == ("up", "'text'")
+    assert "map_wasm takes bytes, not str" in str(info.value)
+    f = sperse.Flow("wasm-trap", cluster=client)
+    out = f.source([b"x"]).map_wasm(UPPER_WAT.encode(), "trap", name="trapped").collect()
+    f.run(executor=on(client))
+    with pytest.raises(sperse.FlowFailed, match="trapped: wasm trap: wasm `unreachable`"):
+        out.result(WAIT)
+
+
+def lookup_op(key: str) -> Callable[[int], tuple[int, int]]:
+    """A map that counts its items in the server's store and reads a table made by
+    ``sperse.shared`` (its builds counted in the store too)."""
+
+    def build() -> dict[int, int]:
+        sperse.state().incr(f"{key}:builds")
+        return {i: i * i for i in range(1000)}
+
+    def lookup(x: int) -> tuple[int, int]:
+        sperse.state().incr(f"{key}:seen")
+        return sperse.shared(key, build)[x], os.getpid()
+
+    return lookup
+
+
+def test_replicas_on_one_server_share_its_state_and_one_shared_value(
+    client: sperse.Cluster,
+) -> None:
+    key = f"squares-{uuid.uuid4().hex[:8]}"
+    f = sperse.Flow("shared", cluster=client)
+    out = (
+        f.source(range(1000))
+        .shuffle()
+        .map(lookup_op(key), name="lookup")
+        .on("@server-1", replicas=3)
+        .collect()
+    )
+    run = f.run(executor=on(client))
+    found = out.result(WAIT)
+    assert sorted(v for v, _ in found) == [i * i for i in range(1000)]
+    pids = {pid for _, pid in found}
+    hosts = [h for h in run.hosts() if h["operators"].startswith("lookup")]
+    assert len(hosts) == 3 and {h["server"] for h in hosts} == {"server-1"}
+    store = client.state("server-1")
+    assert store[f"{key}:seen"] == 1000  # every replica's incr went to the one store
+    assert store[f"{key}:builds"] == 1  # one build for the server...
+    assert len(pids) >= 2  # ...though its replicas ran in several processes
+
+
+def test_each_server_builds_a_shared_value_once(client: sperse.Cluster) -> None:
+    key = f"squares-{uuid.uuid4().hex[:8]}"
+    f = sperse.Flow("shared2", cluster=client)
+    out = f.source(range(1000)).shuffle().map(lookup_op(key)).on(replicas="per_server").collect()
+    f.run(executor=on(client))
+    assert len(out.result(WAIT)) == 1000
+    for server in ("server-1", "server-2"):
+        store = client.state(server)
+        assert store[f"{key}:builds"] == 1, server
+        assert 0 < store[f"{key}:seen"] < 1000
+
+
+def test_an_unpicklable_shared_value_is_built_once_per_process(client: sperse.Cluster) -> None:
+    key = f"lock-{uuid.uuid4().hex[:8]}"
+
+    def build() -> Any:
+        sperse.state().incr(f"{key}:builds")
+        return threading.Lock()  # cannot be pickled: kept where it was built
+
+    def use(x: int) -> int:
+        lock = sperse.shared(key, build)
+        assert lock is sperse.shared(key, build)
+        return os.getpid()
+
+    f = sperse.Flow("unpicklable", cluster=client)
+    out = f.source(range(300)).shuffle().map(use).on("@server-2", replicas=2).collect()
+    f.run(executor=on(client))
+    pids = set(out.result(WAIT))
+    assert client.state("server-2")[f"{key}:builds"] == len(pids)
 
 
 # -- a server killed mid-flow ----------------------------------------------------------------

@@ -13,10 +13,14 @@ only adds the transport. ``run(executor=...)`` chooses.
 from __future__ import annotations
 
 import threading
+import time
+import weakref
+from collections import deque
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol, runtime_checkable
+from types import TracebackType
+from typing import Any, Protocol, Self, runtime_checkable
 
 from sperse._cluster.cluster import Cluster, default, detached, in_use
 from sperse._cluster.pending import Pending
@@ -38,9 +42,11 @@ __all__ = [
     "InProcess",
     "KeyedStream",
     "OnServers",
+    "OperatorStats",
     "QueueStream",
     "Run",
     "Stream",
+    "runs",
 ]
 
 
@@ -55,6 +61,22 @@ class FlowProgress:
     rounds: tuple[RoundDone, ...]
 
 
+@dataclass(frozen=True, slots=True)
+class OperatorStats:
+    """One operator of a run, summed over its replicas: items taken in and sent on
+    (``items_out``: what the next operator took in, or what the stage sent), items waiting
+    for its stage (``backlog``: queued or in its hosts' inboxes, shown on the stage's first
+    operator), and ``rate``: items in per second, over the last seconds while it runs, over
+    the whole run once it ended."""
+
+    name: str
+    replicas: int
+    items_in: int
+    items_out: int
+    backlog: int
+    rate: float
+
+
 class RunHandle(Protocol):
     """A running flow as an executor shows it."""
 
@@ -63,6 +85,10 @@ class RunHandle(Protocol):
     def cancel(self) -> None: ...
 
     def counts(self) -> dict[str, int]: ...
+
+    def tally(self) -> dict[str, tuple[int, int, int]]:
+        """Items in, out and waiting, per operator."""
+        ...
 
     def rounds(self) -> list[RoundDone]: ...
 
@@ -140,6 +166,9 @@ class _Thread:
 
     def counts(self) -> dict[str, int]:
         return self._executor.counts()
+
+    def tally(self) -> dict[str, tuple[int, int, int]]:
+        return self._executor.tally()
 
     def rounds(self) -> list[RoundDone]:
         return list(self._executor.controller.rounds)
@@ -221,10 +250,39 @@ class Flow:
             return InProcess()
         return OnServers(self.cluster, restart=attempts)
 
+    @property
+    def started(self) -> Run | None:
+        """The run of this flow once ``run()`` (or the end of its ``with`` block) started
+        it; None before."""
+        return self._run
+
+    def __enter__(self) -> Self:
+        """``with sperse.Flow(...) as f:`` builds the flow in the block and runs it at the
+        end of the block (unless the block ran it, or raised): at the prompt, one statement
+        that builds and runs a flow, so redefining a function it uses runs it again."""
+        return self
+
+    def __exit__(
+        self,
+        kind: type[BaseException] | None,
+        error: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        if kind is None and self._run is None:
+            self.run()
+
     def _pending(self, node: NodeId, label: str) -> Pending[Any]:
         pending: Pending[Any] = Pending(self.cluster, label=f"{self.name}.{label}")
         self._sinks[node] = pending
+        pending._on_settle(self._sink_settled)
         return pending
+
+    def _sink_settled(self, pending: Pending[Any]) -> None:
+        """A sink's Pending cancelled from outside (``p.cancel()``; the workspace does so
+        when the statement that made it runs again) cancels the run (any thread)."""
+        run = self._run
+        if run is not None and isinstance(pending._error, TaskCancelled) and not run.done():
+            run.cancel()
 
     def _building(self) -> None:
         if self._run is not None:
@@ -264,7 +322,12 @@ class Run:
         self.flow = flow
         self.plan = plan
         self._stopped: Stopped | None = None
+        self.started_at = time.monotonic()
+        self.ended_at: float | None = None
+        self._samples: deque[tuple[float, dict[str, int]]] = deque()  # for rates
+        self._samples_lock = threading.Lock()
         self._handle = executor.start(plan, self._settle, self._done)
+        _RUNS.add(self)
 
     def _settle(self, settle: Settle) -> None:
         pending = self.flow._sinks.get(settle.node)
@@ -278,6 +341,7 @@ class Run:
             pending._settle(settle.value)
 
     def _done(self, stopped: Stopped) -> None:
+        self.ended_at = time.monotonic()
         self._stopped = stopped
         # Every sink has settled by now, unless the executor itself failed: they end with it.
         error: BaseException | None = None
@@ -329,5 +393,44 @@ class Run:
         transport's counters; empty in this process."""
         return self._handle.hosts()
 
+    def operators(self) -> list[OperatorStats]:
+        """Every operator as it stands (in the order they were added): replicas, items in
+        and out, backlog and rate (see :class:`OperatorStats`)."""
+        tally = self._handle.tally()
+        now = time.monotonic()
+        ended = self.ended_at
+        counts = {name: n_in for name, (n_in, _, _) in tally.items()}
+        then: tuple[float, dict[str, int]] = (self.started_at, {})
+        if ended is None:
+            with self._samples_lock:
+                samples = self._samples
+                while samples and now - samples[0][0] > RATE_WINDOW:
+                    samples.popleft()
+                for sample in samples:  # the oldest within the window, at least 1 s old
+                    if now - sample[0] >= 1.0:
+                        then = sample
+                        break
+                if not samples or now - samples[-1][0] >= 0.5:
+                    samples.append((now, counts))
+        seconds = max((ended if ended is not None else now) - then[0], 1e-9)
+        plan = self.plan
+        out = []
+        for node in plan.logical.nodes:
+            n_in, n_out, backlog = tally.get(node.name, (0, 0, 0))
+            rate = (n_in - then[1].get(node.name, 0)) / seconds
+            replicas = plan.stages[plan.stage_of[node.id]].replicas
+            out.append(OperatorStats(node.name, replicas, n_in, n_out, backlog, rate))
+        return out
+
     def __repr__(self) -> str:
         return f"<Run of flow {self.flow.name!r}: {self.progress().state}>"
+
+
+RATE_WINDOW = 10.0  # seconds of samples kept for an operator's recent rate
+_RUNS: weakref.WeakSet[Run] = weakref.WeakSet()
+
+
+def runs() -> list[Run]:
+    """The runs of this process that are still referenced (a running one always is: its
+    executor holds it), oldest first: what ``%flows`` shows."""
+    return sorted(list(_RUNS), key=lambda run: run.started_at)

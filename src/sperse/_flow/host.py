@@ -146,9 +146,11 @@ class ReplicaHost:
         if done is not None:
             await done
 
-    async def watch(self, wait: float) -> tuple[list[Report], dict[str, int], dict[str, int]]:
+    async def watch(
+        self, wait: float
+    ) -> tuple[list[Report], dict[str, tuple[int, int]], dict[str, int]]:
         """The reports since the last call (waiting up to ``wait`` s for one), the
-        operators' counts, and the transport's counters."""
+        operators' items in and out, and the transport's counters."""
         if not self._reports and not self._closing:
             self._reported.clear()
             try:
@@ -157,21 +159,33 @@ class ReplicaHost:
             except TimeoutError:
                 pass
         reports, self._reports = _merged(self._reports), []
-        return reports, self._replica.counts(), self.stats()
+        return reports, self._replica.tally(), self.stats()
 
     def stats(self) -> dict[str, int]:
         """Counters: deliveries taken and processed, deliveries sent, the most that were
-        un-acknowledged on one channel (``unacked_most``), the longest inbox."""
-        return {**self._stats, "unacked_most": self._credits.most, "inbox": len(self._inbox)}
+        un-acknowledged on one channel (``unacked_most``), the longest inbox, and the items
+        waiting in the inbox (``backlog``)."""
+        backlog = sum(
+            len(event.items)
+            for events, _ in self._inbox
+            for event in events
+            if isinstance(event, Batch)
+        )
+        return {
+            **self._stats,
+            "unacked_most": self._credits.most,
+            "inbox": len(self._inbox),
+            "backlog": backlog,
+        }
 
-    async def finish(self) -> tuple[dict[str, int], dict[str, int]]:
-        """Stop (the run is over): a ``watch`` waiting returns now; the final counts and
-        counters."""
+    async def finish(self) -> tuple[dict[str, tuple[int, int]], dict[str, int]]:
+        """Stop (the run is over): a ``watch`` waiting returns now; the final items in and
+        out, and counters."""
         self._closing = True
         self._reported.set()
         if self._pump is not None:
             self._pump.cancel()
-        return self._replica.counts(), self.stats()
+        return self._replica.tally(), self.stats()
 
     # ---- the pump ------------------------------------------------------------------------
 

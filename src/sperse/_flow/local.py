@@ -168,6 +168,7 @@ class LocalExecutor:
         ]
         self._cancel = threading.Event()
         self._lock = threading.Lock()  # around the replicas' counters, for progress()
+        self._waiting: dict[StageId, int] = collections.Counter()  # items queued per stage
 
     # ---- the loop ------------------------------------------------------------------------
 
@@ -200,6 +201,21 @@ class LocalExecutor:
                     out[name] = out.get(name, 0) + n
         return out
 
+    def tally(self) -> dict[str, tuple[int, int, int]]:
+        """Items in, out and waiting (queued for the operator's stage, shown on its first
+        operator) so far, per operator; any thread."""
+        out: dict[str, tuple[int, int, int]] = {}
+        with self._lock:
+            for replica in self.replicas.values():
+                for name, (n_in, n_out) in replica.tally().items():
+                    was = out.get(name, (0, 0, 0))
+                    out[name] = (was[0] + n_in, was[1] + n_out, 0)
+            for stage, waiting in self._waiting.items():
+                head = self.plan.node(self.plan.stages[stage].nodes[0]).name
+                was = out.get(head, (0, 0, 0))
+                out[head] = (was[0], was[1], was[2] + waiting)
+        return out
+
     def _step(self) -> bool:
         """Deliver one message; False if none is waiting."""
         if self._random is None:
@@ -215,6 +231,8 @@ class LocalExecutor:
             if not channel:
                 del self._channels[key]
         with self._lock:
+            if isinstance(event, Batch):
+                self._waiting[stage] -= len(event.items)
             actions = self.replicas[(stage, index)].handle(event)
         self._apply(stage, index, actions)
         return True
@@ -274,6 +292,9 @@ class LocalExecutor:
                 self._settle(action)
 
     def _queue(self, key: tuple[Any, ...], stage: StageId, index: int, event: ReplicaEvent) -> None:
+        if isinstance(event, Batch):
+            with self._lock:
+                self._waiting[stage] += len(event.items)
         if self._random is None:
             self._fifo.append((stage, index, event))
             return

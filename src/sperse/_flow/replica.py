@@ -57,7 +57,8 @@ from sperse._flow.messages import (
     WriteFile,
 )
 from sperse._flow.ops import BulkEnd, Ctx, ItemError, Op, make_op, stable_hash
-from sperse._flow.plan import OutEdge, Partition, PhysicalPlan, Role, StageId
+from sperse._flow.plan import Node, OutEdge, Partition, PhysicalPlan, Role, StageId
+from sperse._flow.wasm import MapWasm
 
 __all__ = ["Action", "Replica"]
 
@@ -72,7 +73,7 @@ class Replica:
         self.stage = plan.stages[stage]
         self.index = index
         nodes = [plan.node(n) for n in self.stage.nodes]
-        self.ops: list[Op] = [make_op(n.kind, n.name, n.args, n.keyed) for n in nodes]
+        self.ops: list[Op] = [_op(n) for n in nodes]
         self.head = nodes[0].kind
         self.loop = plan.loops.get(self.stage.loop) if self.stage.loop is not None else None
         self.bulk = self.loop is not None and self.loop.kind != "item"
@@ -84,6 +85,7 @@ class Replica:
         self._turn = [0] * len(self.stage.outputs)  # round-robin position per output
         self._at = 0  # the op running, for errors
         self._failed = False
+        self._emitted = 0  # items the last operator sent on
         self._state_round = -1
         # bulk gate:
         self._outer: list[Any] = []
@@ -122,6 +124,13 @@ class Replica:
     def counts(self) -> dict[str, int]:
         """Items each operator of this replica has taken in so far."""
         return {op.name: op.count for op in self.ops}
+
+    def tally(self) -> dict[str, tuple[int, int]]:
+        """Items in and out so far, per operator: an operator's out is what the next one of
+        the chain took in; the last one's is what this replica sent on."""
+        ops = self.ops
+        out = [nxt.count for nxt in ops[1:]] + [self._emitted]
+        return {op.name: (op.count, n) for op, n in zip(ops, out, strict=True)}
 
     # ---- events --------------------------------------------------------------------------
 
@@ -310,6 +319,7 @@ class Replica:
         replica; ``weight`` split evenly over those Sends."""
         if not items:
             return []
+        self._emitted += len(items)
         parts: list[tuple[OutEdge, int, list[Any]]] = []
         for n, edge in enumerate(self.stage.outputs):
             if edge.role in roles:
@@ -379,3 +389,11 @@ class Replica:
     def _loop_id(self) -> Any:
         assert self.loop is not None
         return self.loop.id
+
+
+def _op(node: Node) -> Op:
+    """The operator logic of ``node``: :func:`~sperse._flow.ops.make_op`'s pure ones, and
+    ``map_wasm`` (:mod:`sperse._flow.wasm`, which runs the sandbox)."""
+    if node.kind == "map_wasm":
+        return MapWasm(node.name, *node.args)
+    return make_op(node.kind, node.name, node.args, node.keyed)

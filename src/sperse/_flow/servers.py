@@ -122,7 +122,7 @@ class _Host:
     proxy: ObjectProxy
     ready: bool = False
     heard: float = 0.0  # when its watch last answered (monotonic)
-    counts: dict[str, int] | None = None
+    tally: dict[str, tuple[int, int]] | None = None  # items in and out per operator
     stats: dict[str, int] | None = None
     info: dict[str, Any] | None = None
 
@@ -199,6 +199,7 @@ class _Driver:
         self._names: dict[int, str] = {
             s.id: " -> ".join(plan.node(n).name for n in s.nodes) for s in plan.stages
         }
+        self._heads: dict[int, str] = {s.id: plan.node(s.nodes[0]).name for s in plan.stages}
         self._shipped = dumps(_shippable(plan), what=f"the operators of flow {plan.logical.name!r}")
         self._feeds = [
             _Feed(n, plan.stages[plan.stage_of[n.id]], config.restart > 0)
@@ -225,11 +226,20 @@ class _Driver:
         self._events.put(("cancel",))
 
     def counts(self) -> dict[str, int]:
-        out: dict[str, int] = {}
+        return {name: n_in for name, (n_in, _, _) in self.tally().items()}
+
+    def tally(self) -> dict[str, tuple[int, int, int]]:
+        """Items in, out and waiting in the hosts' inboxes (shown on a stage's first
+        operator), per operator, as of the hosts' last answers."""
+        out: dict[str, tuple[int, int, int]] = {}
         with self._lock:
             for host in self._hosts.values():
-                for name, n in (host.counts or {}).items():
-                    out[name] = out.get(name, 0) + n
+                for name, (n_in, n_out) in (host.tally or {}).items():
+                    was = out.get(name, (0, 0, 0))
+                    out[name] = (was[0] + n_in, was[1] + n_out, was[2])
+                head = self._heads[host.key[0]]
+                was = out.get(head, (0, 0, 0))
+                out[head] = (was[0], was[1], was[2] + (host.stats or {}).get("backlog", 0))
         return out
 
     def rounds(self) -> list[RoundDone]:
@@ -404,10 +414,10 @@ class _Driver:
             with self._lock:
                 host.info = _value(pending)
         elif kind == "watch":
-            reports, counts, stats = _value(pending)
+            reports, tally, stats = _value(pending)
             host.heard = time.monotonic()
             with self._lock:
-                host.counts, host.stats = counts, stats
+                host.tally, host.stats = tally, stats
             settles: list[Settle] = []
             for report in reports:
                 settles += self._control(self._controller.handle(report))
@@ -512,7 +522,7 @@ class _Driver:
                 asked.discard(host.key)
                 if pending._error is None:
                     with self._lock:
-                        host.counts, host.stats = _value(pending)
+                        host.tally, host.stats = _value(pending)
 
     def _close(self) -> None:
         for host in self._hosts.values():

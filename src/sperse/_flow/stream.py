@@ -9,6 +9,7 @@ partition by key over their replicas (``fold``, ``scan``, ``reduce``, ``window``
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable
+from os import PathLike
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Self
 
@@ -21,6 +22,7 @@ from sperse._flow.plan import (
     Replicas,
     StateRef,
 )
+from sperse._flow.wasm import wasm_args
 from sperse._lang.placement import parse_placement
 
 if TYPE_CHECKING:
@@ -114,11 +116,22 @@ class Stream:
         """``(fn(item), item)`` pairs, partitioned by key by the keyed operators after it."""
         return self._keyed("key_by", name, (fn,))
 
-    def map_wasm(self, module: str | Path, export: str, *, name: str | None = None) -> Stream:
-        raise NotImplementedError(
-            "map_wasm is not in this version of flows (it comes with running flows on "
-            "servers); call the module from a map for now"
-        )
+    def map_wasm(
+        self,
+        module: str | PathLike[str] | bytes,
+        export: str = "_start",
+        *,
+        timeout: float | None = None,
+        max_memory_mb: float | None = 1024,
+        name: str | None = None,
+    ) -> Stream:
+        """Each item (bytes) through the function ``export`` of a WebAssembly module (a
+        path or bytes; binary or WAT text), in the sandbox of ``sperse submit --wasm``: the
+        item is its stdin, its stdout the output item. No files, no network; memory capped
+        at ``max_memory_mb``, time per item at ``timeout`` seconds. ``_start`` runs a WASI
+        command (a job's module). The module is checked now (``ValueError`` with
+        wasmtime's reason) and compiled once per process where it runs."""
+        return self._then("map_wasm", name, wasm_args(module, export, timeout, max_memory_mb))
 
     # ---- several streams -----------------------------------------------------------------
 

@@ -5,7 +5,8 @@ server's worker processes (the store itself is :mod:`sperse._server.store`, on t
 event loop). In a Ray worker it is the store actor of the worker's node instead, the same
 table behind a ``Link`` of its own (:mod:`sperse._backends.ray.state`; what follows is the
 sperse-server side).
-``worker_cache()`` is a dict of this process, for what cannot be pickled.
+``worker_cache()`` is a dict of this process, for what cannot be pickled. ``shared()``
+(:mod:`sperse._state.shared`) is both.
 
 Invariants:
 
@@ -56,7 +57,15 @@ from sperse._state.wire import (
 )
 from sperse.errors import SperseError
 
-__all__ = ["PROVIDERS", "Connection", "Link", "State", "snapshot", "state", "worker_cache"]
+__all__ = [
+    "PROVIDERS",
+    "Connection",
+    "Link",
+    "State",
+    "snapshot",
+    "state",
+    "worker_cache",
+]
 
 T = TypeVar("T")
 

@@ -25,6 +25,7 @@ from typing import Any, Protocol
 
 from sperse._core import PickledFunction
 from sperse._serialize import dumps
+from sperse._wasm import load_module
 from sperse.errors import SerializationError
 from sperse.jobs._results import JobError
 from sperse.jobs._worker import compile_module, new_engine, run_python_batch, run_wasm_batch
@@ -61,21 +62,16 @@ class WasmProgram:
     """A WASI command module, validated here."""
 
     def __init__(self, source: str | os.PathLike[str] | bytes, name: str | None = None) -> None:
-        data, label = _read_module(source)
         try:
-            import wasmtime
+            import wasmtime  # noqa: F401
         except ImportError as exc:  # pragma: no cover - an install without the jobs extra
             raise JobError(
                 "running WebAssembly needs the wasmtime package: pip install 'sperse[jobs]'"
             ) from exc
-        if data[:4] != b"\0asm":
-            try:  # WAT text
-                data = bytes(wasmtime.wat2wasm(data.decode("utf-8")))
-            except (UnicodeDecodeError, wasmtime.WasmtimeError) as exc:
-                raise JobError(
-                    f"{label} is not a WebAssembly module: it is neither a binary module "
-                    f"(which starts with \\0asm) nor WAT text that wasmtime accepts: {exc}"
-                ) from None
+        try:
+            data, label = load_module(source)
+        except ValueError as exc:
+            raise JobError(str(exc)) from None
         try:
             compile_module(new_engine(), data)
         except ValueError as exc:
@@ -95,16 +91,6 @@ class WasmProgram:
     def batch_function(self, timeout: float | None, max_memory: int | None) -> PickledFunction:
         fn = functools.partial(run_wasm_batch, self.key, timeout, max_memory)
         return _ship(fn, f"the runner of {self._name}")
-
-
-def _read_module(source: str | os.PathLike[str] | bytes) -> tuple[bytes, str]:
-    if isinstance(source, bytes | bytearray):
-        return bytes(source), "the module"
-    try:
-        with open(source, "rb") as f:
-            return f.read(), os.fspath(source)
-    except OSError as exc:
-        raise JobError(f"cannot read the module {os.fspath(source)!r}: {exc.strerror}") from None
 
 
 class PythonProgram:

@@ -27,10 +27,12 @@ from dataclasses import dataclass, field
 from types import FrameType
 from typing import Literal
 
+from sperse._flow.api import runs
 from sperse._workspace import Workspace
 from sperse.errors import SperseError, UsageError, did_you_mean
 from sperse.repl._display import (
     describe_name,
+    flows_text,
     format_error,
     format_size,
     servers_table,
@@ -252,6 +254,16 @@ def _servers(ws: Workspace, args: Args) -> str:
     return servers_table(rows, ["name", "tags", "resources", "load", "address"])
 
 
+def _flows(ws: Workspace, args: Args) -> str:
+    everything = args.text("which") == "all"
+    found = runs()
+    shown = [r for r in found if everything or not r.done()]
+    if not shown:
+        ended = len(found) - len(shown)
+        return "no flow is running" + (f" ({ended} ended: %flows all shows them)" if ended else "")
+    return "\n\n".join(flows_text(run) for run in shown)
+
+
 def _graph(ws: Workspace, args: Args) -> str:
     name = args.text("name")
     if name is not None:
@@ -388,6 +400,13 @@ COMMANDS = CommandRegistry(
             (),
             "List the servers: name, tags, resources, load and address.",
             _servers,
+        ),
+        Command(
+            "flows",
+            (Arg("which", "choice", optional=True, choices=("all",)),),
+            "List the running flows: per operator, replicas, items in and out, rate and"
+            " backlog; all: the ended ones still referenced too.",
+            _flows,
         ),
         Command(
             "graph",

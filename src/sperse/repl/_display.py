@@ -16,11 +16,13 @@ from __future__ import annotations
 
 import os
 import reprlib
+import time
 import traceback
 from collections.abc import Mapping, Sequence
 from types import TracebackType
 from typing import Any
 
+from sperse._flow.api import Run
 from sperse._workspace import Cell, CellEvent, Workspace
 from sperse.errors import (
     CellError,
@@ -226,3 +228,24 @@ def servers_table(rows: Sequence[Mapping[str, str]], columns: Sequence[str]) -> 
     for row in rows:
         lines.append("  ".join(row[c].ljust(widths[c]) for c in columns).rstrip())
     return "\n".join(lines)
+
+
+def flows_text(run: Run) -> str:
+    """A run of a flow: a line saying where and how long, then one row per operator."""
+    state = run.progress().state
+    until = run.ended_at if run.ended_at is not None else time.monotonic()
+    where = "on servers" if run.hosts() else "in this process"
+    head = f"flow {run.flow.name!r}: {state} {where}, {until - run.started_at:.1f} s"
+    rows = [
+        {
+            "operator": op.name,
+            "replicas": str(op.replicas),
+            "in": f"{op.items_in:,}",
+            "out": f"{op.items_out:,}",
+            "rate/s": f"{op.rate:,.0f}",
+            "backlog": f"{op.backlog:,}",
+        }
+        for op in run.operators()
+    ]
+    table = servers_table(rows, ["operator", "replicas", "in", "out", "rate/s", "backlog"])
+    return head + "\n" + "\n".join("  " + line for line in table.splitlines())

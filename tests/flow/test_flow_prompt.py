@@ -182,6 +182,9 @@ def test_flows_magic_and_a_rerun_in_ipython(
         assert shell.run_cell(code).success
     ws = sperse.ipython.workspace(shell)
     assert ws.wait("top", timeout=WAIT)[0] == ("a", 1)
+    # The sinks settle just before the run ends: wait for the end (its state is shown).
+    run = [r for r in runs() if r.flow.name == "wc"][-1]  # the newest, oldest first
+    run.result(WAIT)
     shell.run_line_magic("flows", "all")
     shown = capsys.readouterr().out
     assert "flow 'wc': done " in shown and "split" in shown

@@ -37,6 +37,7 @@ __all__ = [
     "TaskLogOutput",
     "Unlink",
     "log",
+    "pool_of",
 ]
 
 
@@ -209,3 +210,12 @@ Action = (
     | TaskLogOutput
     | EndTaskLog
 )
+
+
+def pool_of(action: Action) -> tuple[str, ...] | None:
+    """The pool a submit goes to (consecutive ones go in one call); None: not a submit."""
+    if isinstance(action, Submit):
+        return ("tasks", *action.pip)
+    if isinstance(action, SubmitToObject):
+        return ("object", action.object_id, "front" if action.front else "")
+    return None

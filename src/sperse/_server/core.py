@@ -119,6 +119,7 @@ from sperse._server.actions import (
     Sweep,
     TaskLogOutput,
     Unlink,
+    pool_of,
 )
 from sperse._server.config import ServerConfig
 from sperse._server.envelope import PickledBytes
@@ -380,17 +381,26 @@ class ServerCore:
         actions: list[Action] = []
         for request in requests:
             actions += self.state.submit(session.session_id, request)
-        run: list[Submit] = []  # consecutive submits, not yet handed over
+        run: list[Any] = []  # consecutive submits to one pool, not yet handed over
         for action in actions:
-            if isinstance(action, Submit):
-                run.append(action)
-                continue
-            if run:
-                self._pools.submit_many(run)
+            if run and pool_of(action) != pool_of(run[0]):
+                self._submit_run(run)
                 run = []
-            self._perform((action,))
+            if pool_of(action) is None:
+                self._perform((action,))
+            else:
+                run.append(action)
         if run:
+            self._submit_run(run)
+
+    def _submit_run(self, run: list[Any]) -> None:
+        if isinstance(run[0], Submit):
             self._pools.submit_many(run)
+        else:
+            object_id = run[0].object_id
+            self._objects.submit_many(
+                run, lambda: self.state.objects.lost("", object_id).error.message
+            )
 
     def cancel(self, session: Session, task_ids: Iterable[str]) -> None:
         for task_id in task_ids:

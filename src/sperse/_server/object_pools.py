@@ -112,6 +112,21 @@ class ObjectPools:
         except RuntimeError:  # pragma: no cover - closed only once the object is gone
             self._fail(action.pool_id, ErrorInfo("object_lost", "ObjectLost", gone()))
 
+    def submit_many(self, actions: list[SubmitToObject], gone: Callable[[], str]) -> None:
+        """``submit`` each, in order: calls of one object (``front`` alike), to its pool in
+        one call when it runs."""
+        record = self._pools.get(actions[0].object_id)
+        if record is None or record.pool is None:
+            for action in actions:
+                self.submit(action, gone)
+            return
+        try:
+            tasks = [(a.pool_id, a.payload) for a in actions]
+            record.pool.submit_many(tasks, front=actions[0].front)
+        except RuntimeError:  # pragma: no cover - closed only once the object is gone
+            for action in actions:
+                self._fail(action.pool_id, ErrorInfo("object_lost", "ObjectLost", gone()))
+
     def cancel(self, action: CancelObjectCall) -> None:
         record = self._pools.get(action.object_id)
         if record is None:

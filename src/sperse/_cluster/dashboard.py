@@ -8,13 +8,15 @@ cluster, Ray, in-process), where a coordinator's dashboard knows only membership
 Threads: the web app runs on a loop of its own (``DashboardThread``); tasks are recorded
 on the sender's and the backend's threads (a dict update each); the server list is polled
 once a second by a thread of this object, only while a page watches the live feed; flow
-runs (``sperse._flow.api.runs()``: every run of this process) are published by the same
+runs (every run of this process, as ``sperse._flow`` registers them in
+``sperse._cluster.flowfeed``) are published by the same
 thread every ``FLOW_INTERVAL`` seconds, only while a Flows page is open, and only those
 still running (an ended run once more, for its final counts).
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import threading
 import time
@@ -22,6 +24,7 @@ import weakref
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
+from sperse._cluster import flowfeed
 from sperse._core import BackendEvent, Done, Failed, Output, Started, TaskSpec
 from sperse._dashboard.hub import Hub
 from sperse._dashboard.serve import DashboardConfig, DashboardThread
@@ -29,64 +32,11 @@ from sperse._tokens import new_token
 
 if TYPE_CHECKING:
     from sperse._cluster.cluster import Cluster
-    from sperse._flow.api import Run
 
-__all__ = ["ClientDashboard", "flow_snapshot", "serve_dashboard"]
+__all__ = ["ClientDashboard", "serve_dashboard"]
 
 POLL_INTERVAL = 1.0  # seconds between two looks at the server list, while a page watches
 FLOW_INTERVAL = 0.25  # seconds between two snapshots of running flows, while a page watches
-ROUNDS_SHOWN = 500  # the last rounds of a run's bulk loops a snapshot holds
-
-
-def flow_snapshot(run: Run, key: str, now: float | None = None) -> dict[str, Any]:
-    """What the Flows page shows of ``run``, JSON-ready: its name, state and elapsed
-    seconds; each operator (from the logical plan, in the order they were added) with its
-    kind, loop, replicas, items in and out, backlog and rate; the edges (an input of an
-    operator, with its partition; a loop's way back from its end to its gate as
-    ``feedback``); and the last ``ROUNDS_SHOWN`` rounds of its bulk loops with their delta.
-    ``now``: ``time.monotonic()`` (given by tests). Never an item, only counts and names."""
-    progress = run.progress()
-    stats = run.operators()
-    logical = run.plan.logical
-    loops = {loop.id: loop.name for loop in logical.loops}
-    end = run.ended_at if run.ended_at is not None else (time.monotonic() if now is None else now)
-    operators = []
-    for node, op in zip(logical.nodes, stats, strict=True):
-        operators.append(
-            {
-                "id": int(node.id),
-                "name": op.name,
-                "kind": node.kind,
-                "loop": loops.get(node.loop) if node.loop is not None else None,
-                "replicas": op.replicas,
-                "items_in": op.items_in,
-                "items_out": op.items_out,
-                "backlog": op.backlog,
-                "rate": round(op.rate, 2),
-            }
-        )
-    edges = [
-        {"source": int(src), "target": int(node.id), "partition": part.value, "feedback": False}
-        for node in logical.nodes
-        for src, part in node.inputs
-    ]
-    edges += [
-        {"source": int(loop.end), "target": int(loop.gate), "partition": "", "feedback": True}
-        for loop in logical.loops
-    ]
-    rounds = progress.rounds
-    return {
-        "id": key,
-        "name": run.flow.name,
-        "state": progress.state,
-        "elapsed": round(max(0.0, end - run.started_at), 2),
-        "operators": operators,
-        "edges": edges,
-        "rounds": [
-            {"loop": r.loop, "round": r.round, "delta": r.delta} for r in rounds[-ROUNDS_SHOWN:]
-        ],
-        "rounds_total": len(rounds),
-    }
 
 
 class ClientDashboard:
@@ -106,7 +56,7 @@ class ClientDashboard:
         self.hub.has_tasks = True
         self.hub.objects = self._objects
         self.hub.flow_source = self._all_flows
-        self._flow_keys: weakref.WeakKeyDictionary[Run, str] = weakref.WeakKeyDictionary()
+        self._flow_keys: weakref.WeakKeyDictionary[Any, str] = weakref.WeakKeyDictionary()
         self._flows_ended: set[str] = set()  # runs whose final snapshot was published
         self._flows_lock = threading.Lock()
         self._flow_count = 0
@@ -168,8 +118,10 @@ class ClientDashboard:
 
     def _flows(self, every: bool = False) -> None:
         """Publish a snapshot of each run still running (``every``: of each run)."""
-        from sperse._flow.api import runs
-
+        feed = flowfeed.source
+        if feed is None:  # no flow was ever built in this process
+            return
+        runs, snapshot = feed
         with self._flows_lock:
             for run in runs():
                 key = self._flow_keys.get(run)
@@ -179,7 +131,7 @@ class ClientDashboard:
                 if key in self._flows_ended and not every:
                     continue
                 ended = run.done()  # before the snapshot: its counts are final then
-                self.hub.flow(key, flow_snapshot(run, key))
+                self.hub.flow(key, snapshot(run, key))
                 if ended:
                     self._flows_ended.add(key)
 
@@ -195,12 +147,12 @@ class ClientDashboard:
             now = time.monotonic()
             if hub.viewers > 0 and now - last >= POLL_INTERVAL * 0.9:
                 last = now
-                try:
+                # a backend between connections: the next look will do
+                with contextlib.suppress(Exception):
                     self._servers()
-                except Exception:  # a backend between connections: the next look will do
-                    pass
             if hub.flow_viewers > 0:
-                self._flows()
+                with contextlib.suppress(Exception):  # never the end of this thread
+                    self._flows()
 
     def close(self) -> None:
         if self._stop.is_set():

@@ -131,7 +131,9 @@ def build_app(hub: Hub, stopping: asyncio.Event | None = None) -> Starlette:
 
     async def flow(request: Request) -> Response:
         found = hub.flow_run(request.path_params["key"])
-        return _json(found if found is not None else {"error": "no such flow"}, 200 if found else 404)
+        return _json(
+            found if found is not None else {"error": "no such flow"}, 200 if found else 404
+        )
 
     async def feed(since: int, watches_flows: bool) -> AsyncIterator[str]:
         hub.viewers += 1

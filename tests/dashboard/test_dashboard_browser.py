@@ -30,6 +30,7 @@ ENDPOINTS = [
     "/tasks",
     "/objects",
     "/workspace",
+    "/flows",
     "/static/dashboard.js",
     "/static/vendor/cytoscape.min.js",
     "/api/info",
@@ -40,6 +41,8 @@ ENDPOINTS = [
     "/api/objects",
     "/api/workspaces",
     "/api/workspaces/w",
+    "/api/flows",
+    "/api/flows/1",
     "/api/events",
     "/no/such/page",
 ]

@@ -7,16 +7,24 @@ cluster, Ray, in-process), where a coordinator's dashboard knows only membership
 
 Threads: the web app runs on a loop of its own (``DashboardThread``); tasks are recorded
 on the sender's and the backend's threads (a dict update each); the server list is polled
-once a second by a thread of this object, only while a page watches the live feed.
+once a second by a thread of this object, only while a page watches the live feed; flow
+runs (every run of this process, as ``sperse._flow`` registers them in
+``sperse._cluster.flowfeed``) are published by the same
+thread every ``FLOW_INTERVAL`` seconds, only while a Flows page is open, and only those
+still running (an ended run once more, for its final counts).
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import threading
+import time
+import weakref
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
+from sperse._cluster import flowfeed
 from sperse._core import BackendEvent, Done, Failed, Output, Started, TaskSpec
 from sperse._dashboard.hub import Hub
 from sperse._dashboard.serve import DashboardConfig, DashboardThread
@@ -28,6 +36,7 @@ if TYPE_CHECKING:
 __all__ = ["ClientDashboard", "serve_dashboard"]
 
 POLL_INTERVAL = 1.0  # seconds between two looks at the server list, while a page watches
+FLOW_INTERVAL = 0.25  # seconds between two snapshots of running flows, while a page watches
 
 
 class ClientDashboard:
@@ -46,6 +55,11 @@ class ClientDashboard:
         self.hub = Hub(title or "this client")
         self.hub.has_tasks = True
         self.hub.objects = self._objects
+        self.hub.flow_source = self._all_flows
+        self._flow_keys: weakref.WeakKeyDictionary[Any, str] = weakref.WeakKeyDictionary()
+        self._flows_ended: set[str] = set()  # runs whose final snapshot was published
+        self._flows_lock = threading.Lock()
+        self._flow_count = 0
         self._stop = threading.Event()
         self._servers()  # the first list before any page asks
         self._thread = DashboardThread(
@@ -102,13 +116,43 @@ class ClientDashboard:
     def _objects(self) -> list[dict[str, Any]]:
         return [dataclasses.asdict(o) for o in self._cluster.backend.objects()]
 
-    def _poll(self) -> None:
-        while not self._stop.wait(POLL_INTERVAL):
-            if self.hub.viewers > 0 and not self._cluster.closed:
-                try:
-                    self._servers()
-                except Exception:  # a backend between connections: the next look will do
+    def _flows(self, every: bool = False) -> None:
+        """Publish a snapshot of each run still running (``every``: of each run)."""
+        feed = flowfeed.source
+        if feed is None:  # no flow was ever built in this process
+            return
+        runs, snapshot = feed
+        with self._flows_lock:
+            for run in runs():
+                key = self._flow_keys.get(run)
+                if key is None:
+                    self._flow_count += 1
+                    key = self._flow_keys[run] = str(self._flow_count)
+                if key in self._flows_ended and not every:
                     continue
+                ended = run.done()  # before the snapshot: its counts are final then
+                self.hub.flow(key, snapshot(run, key))
+                if ended:
+                    self._flows_ended.add(key)
+
+    def _all_flows(self) -> None:
+        self._flows(every=True)
+
+    def _poll(self) -> None:
+        last = 0.0
+        hub = self.hub
+        while not self._stop.wait(FLOW_INTERVAL if hub.flow_viewers > 0 else POLL_INTERVAL):
+            if self._cluster.closed:
+                continue
+            now = time.monotonic()
+            if hub.viewers > 0 and now - last >= POLL_INTERVAL * 0.9:
+                last = now
+                # a backend between connections: the next look will do
+                with contextlib.suppress(Exception):
+                    self._servers()
+            if hub.flow_viewers > 0:
+                with contextlib.suppress(Exception):  # never the end of this thread
+                    self._flows()
 
     def close(self) -> None:
         if self._stop.is_set():

@@ -12,15 +12,18 @@ Routes (every one behind :class:`~sperse._dashboard.auth.TokenGate`):
 ``/api/timeline?seconds=``      tasks that ran in the last seconds (the task stream)
 ``/api/objects``                remote objects, loaded when asked (a thread, not the loop)
 ``/api/workspaces``, ``/api/workspaces/{name}``  shared workspaces, and one's graph
+``/api/flows``, ``/api/flows/{id}``  flow runs (snapshots: operators, edges, rounds)
 ``/api/events?since=SEQ``       server-sent events: the changes after ``SEQ``
+                                (``&flows=1``: a page that watches flows; hosts publish
+                                flow snapshots only while one is open)
 =============================  ==========================================================
 
 The live feed sends deltas, never snapshots: a ``delta`` event holds the servers that
 changed or left, at most ``TASKS_PER_DELTA`` changed tasks (newest; ``tasks_more`` says
 some were left out, so a page showing an older page of tasks reloads it), the task counts,
-and the versions of changed workspaces. At most ``1 / MIN_INTERVAL`` events a second per
-page, however fast tasks end. A page too far behind (its changes were forgotten) gets
-``reset`` and reloads its snapshots. Nothing here runs code: every route only reads.
+the versions of changed workspaces, and the snapshots of changed flow runs. At most
+``1 / MIN_INTERVAL`` events a second per page, however fast tasks end. A page too far
+behind (its changes were forgotten) gets ``reset`` and reloads its snapshots. Nothing here runs code: every route only reads.
 """
 
 from __future__ import annotations
@@ -42,7 +45,13 @@ from sperse._dashboard.hub import Hub
 
 __all__ = ["MIN_INTERVAL", "PAGES", "TASKS_PER_DELTA", "build_app"]
 
-PAGES = {"/": "cluster", "/tasks": "tasks", "/objects": "objects", "/workspace": "workspace"}
+PAGES = {
+    "/": "cluster",
+    "/tasks": "tasks",
+    "/objects": "objects",
+    "/workspace": "workspace",
+    "/flows": "flows",
+}
 TASKS_PER_DELTA = 500
 MIN_INTERVAL = 0.1  # seconds between two events to one page
 KEEPALIVE = 15.0
@@ -114,8 +123,21 @@ def build_app(hub: Hub, stopping: asyncio.Event | None = None) -> Starlette:
             found if found is not None else {"error": "no such workspace"}, 200 if found else 404
         )
 
-    async def feed(since: int) -> AsyncIterator[str]:
+    async def flows(request: Request) -> Response:
+        source = hub.flow_source
+        if source is not None:
+            await asyncio.to_thread(source)  # every run now, ended ones too
+        return _json(hub.flow_list())
+
+    async def flow(request: Request) -> Response:
+        found = hub.flow_run(request.path_params["key"])
+        return _json(
+            found if found is not None else {"error": "no such flow"}, 200 if found else 404
+        )
+
+    async def feed(since: int, watches_flows: bool) -> AsyncIterator[str]:
         hub.viewers += 1
+        hub.flow_viewers += watches_flows
         try:
             seq = since
             yield "retry: 2000\n\n"
@@ -134,12 +156,13 @@ def build_app(hub: Hub, stopping: asyncio.Event | None = None) -> Starlette:
                 await asyncio.sleep(MIN_INTERVAL)
         finally:
             hub.viewers -= 1
+            hub.flow_viewers -= watches_flows
 
     async def events(request: Request) -> Response:
         last = request.headers.get("last-event-id")
         since = int(last) if last and last.isdigit() else _int(request, "since", 0)
         return StreamingResponse(
-            feed(since),
+            feed(since, request.query_params.get("flows") == "1"),
             media_type="text/event-stream",
             headers={"cache-control": "no-store", "x-accel-buffering": "no"},
         )
@@ -154,6 +177,8 @@ def build_app(hub: Hub, stopping: asyncio.Event | None = None) -> Starlette:
         Route("/api/objects", objects),
         Route("/api/workspaces", workspaces),
         Route("/api/workspaces/{name}", workspace),
+        Route("/api/flows", flows),
+        Route("/api/flows/{key}", flow),
         Route("/api/events", events),
         Mount("/static", StaticFiles(directory=str(static)), name="static"),
     ]
@@ -161,7 +186,13 @@ def build_app(hub: Hub, stopping: asyncio.Event | None = None) -> Starlette:
 
 
 def _delta(seq: int, changes: list[Any], counts: dict[str, int]) -> dict[str, Any]:
-    delta: dict[str, Any] = {"seq": seq, "servers": [], "gone": [], "workspaces": []}
+    delta: dict[str, Any] = {
+        "seq": seq,
+        "servers": [],
+        "gone": [],
+        "workspaces": [],
+        "flows": [],
+    }
     tasks = []
     for change in changes:
         if change.topic == "server":
@@ -172,6 +203,8 @@ def _delta(seq: int, changes: list[Any], counts: dict[str, int]) -> dict[str, An
             tasks.append(change.data)
         elif change.topic == "workspace":
             delta["workspaces"].append(change.data)
+        elif change.topic == "flow":
+            delta["flows"].append(change.data)
     if tasks:
         delta["tasks"] = tasks[-TASKS_PER_DELTA:]
         delta["tasks_more"] = len(tasks) > TASKS_PER_DELTA

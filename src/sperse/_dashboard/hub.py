@@ -10,6 +10,11 @@ watches and little while someone does.
 ``viewers`` counts the pages connected to the live feed: sources that poll (a client's
 server list) poll only while it is above zero.
 
+``flow`` takes a flow run's snapshot (whole; journalled only when it differs from the last);
+``flow_viewers`` counts the pages that watch flows (the Flows page's feed), so a host
+publishes snapshots only while one is open; ``flow_source``, a callable the host gives, is
+run in a thread when that page loads, to publish every run at once (ended ones too).
+
 ``objects`` is a view loaded on demand: a callable the host gives (a client's
 ``backend.objects()``), run in a thread when the objects page asks, never on the loop.
 """
@@ -27,6 +32,7 @@ from sperse._dashboard.model import Change, Journal, ServerTable, TaskTable
 __all__ = ["Hub"]
 
 JSON = dict[str, Any]
+FLOWS_KEPT = 100  # flow runs a hub keeps
 
 
 class Hub:
@@ -53,6 +59,9 @@ class Hub:
         self.objects: Callable[[], list[JSON]] | None = None
         self.objects_named_only = False  # ``objects`` lists named objects only (a coordinator)
         self.has_tasks = False  # the host publishes tasks
+        self._flows: dict[str, JSON] = {}
+        self.flow_viewers = 0
+        self.flow_source: Callable[[], None] | None = None
         self.tasks_dropped = 0  # task events its sources had to drop (a server's full buffer)
 
     # ---- publishing (any thread) -----------------------------------------------------
@@ -130,6 +139,21 @@ class Hub:
             self._journal.add("workspace", name, {"name": name, "version": graph.get("version")})
             self._wake()
 
+    def flow(self, key: str, snapshot: JSON) -> None:
+        """A flow run's snapshot, whole (``sperse._cluster.dashboard.flow_snapshot``): journalled
+        only when it changed. At most ``FLOWS_KEPT`` runs are kept (ended ones go first)."""
+        with self._lock:
+            if self._flows.get(key) == snapshot:
+                return
+            self._flows[key] = snapshot
+            self._journal.add("flow", key, snapshot)
+            if len(self._flows) > FLOWS_KEPT:
+                for old in list(self._flows):
+                    if self._flows[old].get("state") != "running" and old != key:
+                        del self._flows[old]
+                        break
+            self._wake()
+
     def wake_all(self) -> None:
         """Wake every page waiting for changes (the server is stopping)."""
         with self._lock:
@@ -186,6 +210,15 @@ class Hub:
     def workspace_graph(self, name: str) -> JSON | None:
         with self._lock:
             return self._workspaces.get(name)
+
+    def flow_list(self) -> JSON:
+        """Every run kept, whole (oldest first), with the journal's ``seq``."""
+        with self._lock:
+            return {"seq": self._journal.seq, "flows": list(self._flows.values())}
+
+    def flow_run(self, key: str) -> JSON | None:
+        with self._lock:
+            return self._flows.get(key)
 
     async def changed(self, seq: int, timeout: float) -> None:
         """Wait until the journal passes ``seq``, or ``timeout`` seconds."""

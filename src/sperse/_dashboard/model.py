@@ -39,7 +39,7 @@ LOG_LIMIT = 64 * 1024  # characters of a task's output kept (its end)
 
 TASK_STATES = ("queued", "running", "done", "failed", "cancelled")
 TaskState = Literal["queued", "running", "done", "failed", "cancelled"]
-Topic = Literal["server", "server_gone", "task", "workspace"]
+Topic = Literal["server", "server_gone", "task", "workspace", "flow"]
 
 JSON = dict[str, Any]
 

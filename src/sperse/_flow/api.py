@@ -22,11 +22,13 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any, Protocol, Self, runtime_checkable
 
+from sperse._cluster import flowfeed
 from sperse._cluster.cluster import Cluster, default, detached, in_use
 from sperse._cluster.pending import Pending
 from sperse._core import LocalOnly
 from sperse._exec.runner import encode_error
 from sperse._flow.control import RoundDone
+from sperse._flow.dashboard import flow_snapshot
 from sperse._flow.local import LocalExecutor, PushQueue
 from sperse._flow.messages import FlowError, Settle, Stopped
 from sperse._flow.plan import LogicalPlan, NodeId, PhysicalPlan, physical
@@ -434,3 +436,6 @@ def runs() -> list[Run]:
     """The runs of this process that are still referenced (a running one always is: its
     executor holds it), oldest first: what ``%flows`` shows."""
     return sorted(list(_RUNS), key=lambda run: run.started_at)
+
+
+flowfeed.register(runs, flow_snapshot)  # for a client's dashboard (its Flows page)

@@ -55,11 +55,12 @@ const live = {
   seq: 0,
   handlers: [],
   resets: [],
+  query: "", // "&flows=1": this page watches flows (the host publishes them only then)
   start(seq) {
     this.seq = Math.max(this.seq, seq || 0);
     if (this.source) return;
     const badge = document.getElementById("live");
-    const source = new EventSource(`/api/events?since=${this.seq}`);
+    const source = new EventSource(`/api/events?since=${this.seq}${this.query}`);
     this.source = source;
     source.onopen = () => { badge.textContent = "live"; badge.className = "live on"; };
     source.onerror = () => { badge.textContent = "reconnecting"; badge.className = "live off"; };
@@ -527,6 +528,196 @@ async function workspacePage(main) {
   return listSeq;
 }
 
+// ---- Flows -----------------------------------------------------------------------------
+
+const FLOW_COLOURS = { running: "#2f6fde", done: "#2e9e5b", failed: "#d64545", cancelled: "#8a6d3b" };
+
+function rate(value) {
+  return value >= 100 ? `${Math.round(value)}/s` : `${value.toFixed(1)}/s`;
+}
+
+// The rounds of bulk loops as an inline SVG: one polyline of delta per round per loop.
+function roundsChart(rounds) {
+  const NS = "http://www.w3.org/2000/svg";
+  const svg = document.createElementNS(NS, "svg");
+  const width = 480;
+  const height = 140;
+  const pad = 28;
+  svg.setAttribute("id", "rounds");
+  svg.setAttribute("viewBox", `0 0 ${width} ${height}`);
+  svg.setAttribute("width", width);
+  svg.setAttribute("height", height);
+  const points = rounds.filter((r) => r.delta !== null && r.delta !== undefined && Number.isFinite(r.delta));
+  if (!points.length) return svg;
+  const maxRound = Math.max(1, ...points.map((r) => r.round));
+  const top = Math.max(...points.map((r) => r.delta));
+  const bottom = Math.min(0, ...points.map((r) => r.delta));
+  const span = top - bottom || 1;
+  const x = (r) => pad + (r / maxRound) * (width - 2 * pad);
+  const y = (d) => height - pad - ((d - bottom) / span) * (height - 2 * pad);
+  const axis = document.createElementNS(NS, "polyline");
+  axis.setAttribute("points", `${pad},${pad / 2} ${pad},${height - pad} ${width - pad / 2},${height - pad}`);
+  axis.setAttribute("fill", "none");
+  axis.setAttribute("stroke", "#a0a7b4");
+  svg.append(axis);
+  const label = (text, lx, ly, anchor) => {
+    const t = document.createElementNS(NS, "text");
+    t.setAttribute("x", lx); t.setAttribute("y", ly); t.setAttribute("font-size", "10");
+    t.setAttribute("fill", "#6b7385"); t.setAttribute("text-anchor", anchor);
+    t.textContent = text;
+    svg.append(t);
+  };
+  label(String(Number(top.toPrecision(3))), pad - 3, y(top) + 3, "end");
+  label(String(Number(bottom.toPrecision(3))), pad - 3, y(bottom) + 3, "end");
+  label(`round ${maxRound}`, width - pad, height - pad + 14, "end");
+  const loops = [...new Set(points.map((r) => r.loop))];
+  const colours = ["#2f6fde", "#8e5bd6", "#e08a1e", "#2e9e5b"];
+  loops.forEach((loop, i) => {
+    const mine = points.filter((r) => r.loop === loop);
+    const line = document.createElementNS(NS, "polyline");
+    line.setAttribute("points", mine.map((r) => `${x(r.round).toFixed(1)},${y(r.delta).toFixed(1)}`).join(" "));
+    line.setAttribute("fill", "none");
+    line.setAttribute("stroke", colours[i % colours.length]);
+    line.setAttribute("stroke-width", "2");
+    line.setAttribute("data-loop", loop);
+    svg.append(line);
+    for (const r of mine) {
+      const dot = document.createElementNS(NS, "circle");
+      dot.setAttribute("cx", x(r.round).toFixed(1));
+      dot.setAttribute("cy", y(r.delta).toFixed(1));
+      dot.setAttribute("r", "2.5");
+      dot.setAttribute("fill", colours[i % colours.length]);
+      const title = document.createElementNS(NS, "title");
+      title.textContent = `${loop} round ${r.round}: delta ${r.delta}`;
+      dot.append(title);
+      svg.append(dot);
+    }
+  });
+  return svg;
+}
+
+async function flowsPage(main) {
+  live.query = "&flows=1";
+  const runsBody = el("tbody");
+  const title = el("span");
+  const note = el("p", { class: "note" });
+  const graph = el("div", { id: "flow-graph" });
+  const opsBody = el("tbody");
+  const rounds = el("div", { id: "rounds-box" });
+  main.append(
+    el("h2", {}, "Flow runs"),
+    el("table", { id: "flows" },
+      el("thead", {}, el("tr", {}, ...["run", "flow", "state", "elapsed", "operators", "rounds"].map((c) => el("th", {}, c)))),
+      runsBody),
+    el("h2", {}, "Operators ", title), note,
+    graph,
+    el("table", { id: "operators" },
+      el("thead", {}, el("tr", {}, ...["operator", "kind", "loop", "replicas", "in", "out", "backlog", "rate"]
+        .map((c, i) => el("th", { class: i > 2 ? "num" : "" }, c)))),
+      opsBody),
+    el("h2", {}, "Rounds of bulk loops (delta per round)"), rounds,
+  );
+  await loadScript("/static/vendor/cytoscape.min.js");
+  await loadScript("/static/vendor/cytoscape-dagre.min.js");
+  if (!window.sperseDashboard.dagreUsed) { window.cytoscape.use(window.cytoscapeDagre); window.sperseDashboard.dagreUsed = true; }
+  const cy = window.cytoscape({
+    container: graph,
+    wheelSensitivity: 0.3,
+    maxZoom: 1.1,
+    style: [
+      { selector: "node", style: {
+        "shape": "round-rectangle", "label": "data(text)", "text-wrap": "wrap", "text-max-width": 240,
+        "font-size": 11, "text-valign": "center", "color": "#fff", "width": "label", "height": "label",
+        "padding": 8, "background-color": "data(colour)" } },
+      { selector: "edge", style: {
+        "curve-style": "bezier", "target-arrow-shape": "triangle", "width": 1.5, "line-color": "#a0a7b4",
+        "target-arrow-color": "#a0a7b4", "label": "data(name)", "font-size": 10, "color": "#6b7385",
+        "text-background-color": "#fff", "text-background-opacity": 1 } },
+      { selector: "edge[?feedback]", style: { "line-style": "dashed", "line-color": "#8e5bd6", "target-arrow-color": "#8e5bd6" } },
+    ],
+  });
+  window.sperseDashboard.flowGraph = cy;
+  const flows = new Map(); // id -> snapshot
+  let current = "";
+  let shape = "";
+
+  function nodeData(run, op) {
+    return { id: `o${op.id}`, name: op.name, items_in: op.items_in, backlog: op.backlog,
+      text: `${op.name} ×${op.replicas}\n${rate(op.rate)} · backlog ${op.backlog}\nin ${op.items_in} · out ${op.items_out}`,
+      colour: op.loop ? "#6d4fb0" : FLOW_COLOURS[run.state] || "#6b7385" };
+  }
+
+  function renderList() {
+    const sorted = [...flows.values()].sort((a, b) => Number(b.id) - Number(a.id));
+    runsBody.replaceChildren(...sorted.map((run) => el("tr",
+      { class: `clickable${run.id === current ? " selected" : ""}`, "data-flow": run.id, "data-state": run.state,
+        onclick: () => { current = run.id; renderList(); renderRun(); } },
+      el("td", {}, run.id), el("td", {}, run.name),
+      el("td", {}, el("span", { class: `state ${run.state}` }, run.state)),
+      el("td", { class: "num" }, `${run.elapsed.toFixed(1)} s`),
+      el("td", { class: "num" }, run.operators.length),
+      el("td", { class: "num" }, run.rounds_total || ""))));
+    if (!sorted.length) {
+      runsBody.append(el("tr", {}, el("td", { colSpan: 6, class: "empty" },
+        "no flow run in this process yet: flow.run() shows here")));
+    }
+  }
+
+  function renderRun() {
+    const run = flows.get(current);
+    if (!run) { title.textContent = ""; opsBody.replaceChildren(); cy.elements().remove(); shape = ""; rounds.replaceChildren(); return; }
+    title.textContent = `of ${run.name} (run ${run.id}, ${run.state})`;
+    note.textContent = "Each operator: replicas, items in per second, items waiting (on a stage's first operator), items in and out; live while it runs.";
+    const structure = JSON.stringify([run.id, run.operators.map((o) => o.id), run.edges]);
+    if (structure !== shape) {
+      shape = structure;
+      cy.elements().remove();
+      cy.add(run.operators.map((o) => ({ group: "nodes", data: nodeData(run, o) })));
+      cy.add(run.edges.map((e, i) => ({ group: "edges", data: { id: `e${i}`, source: `o${e.source}`, target: `o${e.target}`,
+        name: e.feedback ? "next round" : (e.partition === "forward" ? "" : e.partition), feedback: e.feedback } })));
+      cy.layout({ name: "dagre", rankDir: "LR", nodeSep: 30, rankSep: 60 }).run();
+      cy.fit(undefined, 30);
+    } else {
+      for (const o of run.operators) cy.getElementById(`o${o.id}`).data(nodeData(run, o));
+    }
+    opsBody.replaceChildren(...run.operators.map((o) => el("tr", { "data-op": o.name },
+      el("td", {}, o.name), el("td", {}, o.kind), el("td", {}, o.loop || ""),
+      el("td", { class: "num replicas" }, o.replicas), el("td", { class: "num in" }, o.items_in),
+      el("td", { class: "num out" }, o.items_out), el("td", { class: "num backlog" }, o.backlog),
+      el("td", { class: "num rate" }, rate(o.rate)))));
+    rounds.replaceChildren(run.rounds.length ? roundsChart(run.rounds)
+      : el("p", { class: "note" }, "no round: this run has no bulk loop, or none finished a round yet"));
+  }
+
+  async function load() {
+    const data = await api("/api/flows");
+    flows.clear();
+    for (const run of data.flows) flows.set(run.id, run);
+    if (!flows.has(current)) {
+      const newest = [...flows.values()].sort((a, b) => Number(b.id) - Number(a.id));
+      current = (newest.find((r) => r.state === "running") || newest[0] || { id: "" }).id;
+    }
+    shape = "";
+    renderList();
+    renderRun();
+    return data.seq;
+  }
+
+  live.on((delta) => {
+    if (!delta.flows || !delta.flows.length) return;
+    for (const run of delta.flows) {
+      const fresh = !flows.has(run.id);
+      flows.set(run.id, run);
+      const shown = flows.get(current);
+      if (fresh && run.state === "running" && (!shown || shown.state !== "running")) current = run.id;
+    }
+    if (!current && flows.size) current = delta.flows[delta.flows.length - 1].id;
+    renderList();
+    if (delta.flows.some((r) => r.id === current)) renderRun();
+  }, load);
+  return load();
+}
+
 // ---- start -----------------------------------------------------------------------------
 
 async function main() {
@@ -534,7 +725,8 @@ async function main() {
     if (link.dataset.nav === PAGE) link.classList.add("current");
   }
   const container = document.getElementById("main");
-  const pages = { cluster: clusterPage, tasks: tasksPage, objects: objectsPage, workspace: workspacePage };
+  const pages = { cluster: clusterPage, tasks: tasksPage, objects: objectsPage, workspace: workspacePage,
+                  flows: flowsPage };
   const seq = await pages[PAGE](container);
   live.start(seq);
   document.body.dataset.ready = "1";

@@ -409,6 +409,33 @@ async function objectsPage(main) {
 const CELL_COLOURS = { done: "#2e9e5b", running: "#2f6fde", pending: "#c9b13a", failed: "#d64545",
                        blocked: "#e08a1e", stale: "#8e5bd6" };
 
+// A graph of labelled, coloured nodes and named edges (the Workspace and Flows pages), with
+// cytoscape and its dagre layout loaded once.
+async function newGraph(container, textWidth, extraStyles) {
+  await loadScript("/static/vendor/cytoscape.min.js");
+  await loadScript("/static/vendor/cytoscape-dagre.min.js");
+  if (!window.sperseDashboard.dagreUsed) {
+    window.cytoscape.use(window.cytoscapeDagre);
+    window.sperseDashboard.dagreUsed = true;
+  }
+  return window.cytoscape({
+    container,
+    wheelSensitivity: 0.3,
+    maxZoom: 1.1,
+    style: [
+      { selector: "node", style: {
+        "shape": "round-rectangle", "label": "data(text)", "text-wrap": "wrap", "text-max-width": textWidth,
+        "font-size": 11, "text-valign": "center", "color": "#fff", "width": "label", "height": "label",
+        "padding": 8, "background-color": "data(colour)" } },
+      { selector: "edge", style: {
+        "curve-style": "bezier", "target-arrow-shape": "triangle", "width": 1.5, "line-color": "#a0a7b4",
+        "target-arrow-color": "#a0a7b4", "label": "data(name)", "font-size": 10, "color": "#6b7385",
+        "text-background-color": "#fff", "text-background-opacity": 1 } },
+      ...extraStyles,
+    ],
+  });
+}
+
 function loadScript(src) {
   return new Promise((resolve, reject) => {
     const script = el("script", { src });
@@ -432,24 +459,7 @@ async function workspacePage(main) {
       el("thead", {}, el("tr", {}, ...["cell", "status", "where", "defines", "runs", "error"].map((c) => el("th", {}, c)))),
       body),
   );
-  await loadScript("/static/vendor/cytoscape.min.js");
-  await loadScript("/static/vendor/cytoscape-dagre.min.js");
-  window.cytoscape.use(window.cytoscapeDagre);
-  const cy = window.cytoscape({
-    container: graph,
-    wheelSensitivity: 0.3,
-    maxZoom: 1.1,
-    style: [
-      { selector: "node", style: {
-        "shape": "round-rectangle", "label": "data(text)", "text-wrap": "wrap", "text-max-width": 220,
-        "font-size": 11, "text-valign": "center", "color": "#fff", "width": "label", "height": "label",
-        "padding": 8, "background-color": "data(colour)" } },
-      { selector: "edge", style: {
-        "curve-style": "bezier", "target-arrow-shape": "triangle", "width": 1.5, "line-color": "#a0a7b4",
-        "target-arrow-color": "#a0a7b4", "label": "data(name)", "font-size": 10, "color": "#6b7385",
-        "text-background-color": "#fff", "text-background-opacity": 1 } },
-    ],
-  });
+  const cy = await newGraph(graph, 220, []);
   window.sperseDashboard.graph = cy;
   let current = "";
   let version = null;
@@ -617,25 +627,9 @@ async function flowsPage(main) {
       opsBody),
     el("h2", {}, "Rounds of bulk loops (delta per round)"), rounds,
   );
-  await loadScript("/static/vendor/cytoscape.min.js");
-  await loadScript("/static/vendor/cytoscape-dagre.min.js");
-  if (!window.sperseDashboard.dagreUsed) { window.cytoscape.use(window.cytoscapeDagre); window.sperseDashboard.dagreUsed = true; }
-  const cy = window.cytoscape({
-    container: graph,
-    wheelSensitivity: 0.3,
-    maxZoom: 1.1,
-    style: [
-      { selector: "node", style: {
-        "shape": "round-rectangle", "label": "data(text)", "text-wrap": "wrap", "text-max-width": 240,
-        "font-size": 11, "text-valign": "center", "color": "#fff", "width": "label", "height": "label",
-        "padding": 8, "background-color": "data(colour)" } },
-      { selector: "edge", style: {
-        "curve-style": "bezier", "target-arrow-shape": "triangle", "width": 1.5, "line-color": "#a0a7b4",
-        "target-arrow-color": "#a0a7b4", "label": "data(name)", "font-size": 10, "color": "#6b7385",
-        "text-background-color": "#fff", "text-background-opacity": 1 } },
-      { selector: "edge[?feedback]", style: { "line-style": "dashed", "line-color": "#8e5bd6", "target-arrow-color": "#8e5bd6" } },
-    ],
-  });
+  const cy = await newGraph(graph, 240, [
+    { selector: "edge[?feedback]", style: { "line-style": "dashed", "line-color": "#8e5bd6", "target-arrow-color": "#8e5bd6" } },
+  ]);
   window.sperseDashboard.flowGraph = cy;
   const flows = new Map(); // id -> snapshot
   let current = "";

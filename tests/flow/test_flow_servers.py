@@ -183,7 +183,7 @@ def test_no_matching_server_is_refused_at_run(client: sperse.Cluster) -> None:
 
 def slow(x: int) -> int:
     total = 0
-    for i in range(300):
+    for i in range(2000):
         total += i
     return x + total - total
 
@@ -191,7 +191,7 @@ def slow(x: int) -> int:
 def test_a_slow_operator_bounds_what_its_sources_have_in_flight(client: sperse.Cluster) -> None:
     f = sperse.Flow("slow", cluster=client)
     out = (
-        f.source(range(60_000))
+        f.source(range(20_000))
         .map(lambda x: x, name="fast")
         .on(replicas=2)
         .map(slow, name="slow")
@@ -204,22 +204,23 @@ def test_a_slow_operator_bounds_what_its_sources_have_in_flight(client: sperse.C
     while not out.done():
         backlog.append({op.name: op.backlog for op in run.operators()}["slow"])
         sperse.wait([out], timeout=0.05)
-    assert len(out.result(WAIT)) == 60
-    assert 0 < max(backlog) <= (2 * 2 + 1) * 500  # the inbox's bound, in items
+    assert len(out.result(WAIT)) == 20
+    # What %flows shows never passes the inbox's bound, in items (sampled: it may be 0).
+    assert max(backlog, default=0) <= (2 * 2 + 1) * 500
     run.result(WAIT)  # the hosts' final counts
     final = {op.name: op for op in run.operators()}
     assert (final["slow"].items_in, final["slow"].items_out, final["slow"].backlog) == (
-        60_000,
-        60_000,
+        20_000,
+        20_000,
         0,
     )
-    assert (final["few"].items_in, final["few"].items_out) == (60_000, 60)
+    assert (final["few"].items_in, final["few"].items_out) == (20_000, 20)
     hosts = {h["operators"].split(" -> ")[0]: h for h in run.hosts()}
     # The fast replicas never had more than `window` deliveries unprocessed by the slow
     # one, whatever its pace; its inbox held at most window x senders deliveries.
     for h in run.hosts():
         assert h["unacked_most"] <= 2, h
-    assert hosts["slow"]["inbox_most"] <= 2 * 2 + 1
+    assert 2 <= hosts["slow"]["inbox_most"] <= 2 * 2 + 1  # deliveries did wait for it
     assert hosts["slow"]["processed"] > 10  # many deliveries went through it
 
 

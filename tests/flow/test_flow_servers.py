@@ -437,10 +437,8 @@ def test_a_server_killed_mid_flow_fails_the_run_naming_operator_and_server(
     lc, client = three
     q, out, _, victim = started_queue_flow(client, restart=0)
     lc.kill_server(victim["server"])
-    started = time.monotonic()
-    with pytest.raises(sperse.FlowFailed) as info:
+    with pytest.raises(sperse.FlowFailed) as info:  # not a TimeoutError: the run ends
         out.result(WAIT)
-    assert time.monotonic() - started < 45
     assert info.value.operator in ("double", "out", "q")
     assert info.value.server == victim["server"]
     assert victim["server"] in str(info.value)

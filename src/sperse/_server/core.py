@@ -382,14 +382,17 @@ class ServerCore:
         for request in requests:
             actions += self.state.submit(session.session_id, request)
         run: list[Any] = []  # consecutive submits to one pool, not yet handed over
+        run_pool: tuple[str, ...] | None = None
         for action in actions:
-            if run and pool_of(action) != pool_of(run[0]):
+            pool = pool_of(action)
+            if run and pool != run_pool:
                 self._submit_run(run)
                 run = []
-            if pool_of(action) is None:
+            if pool is None:
                 self._perform((action,))
             else:
                 run.append(action)
+                run_pool = pool
         if run:
             self._submit_run(run)
 
@@ -397,10 +400,11 @@ class ServerCore:
         if isinstance(run[0], Submit):
             self._pools.submit_many(run)
         else:
-            object_id = run[0].object_id
-            self._objects.submit_many(
-                run, lambda: self.state.objects.lost("", object_id).error.message
-            )
+            self._objects.submit_many(run, self._why_gone(run[0].object_id))
+
+    def _why_gone(self, object_id: str) -> Callable[[], str]:
+        """Why the remote object is gone, asked only if its pool turns out closed."""
+        return lambda: self.state.objects.lost("", object_id).error.message
 
     def cancel(self, session: Session, task_ids: Iterable[str]) -> None:
         for task_id in task_ids:
@@ -539,9 +543,7 @@ class ServerCore:
             Submit: self._pools.submit,
             Cancel: self._pools.cancel,
             StartObject: self._objects.start,
-            SubmitToObject: lambda a: self._objects.submit(
-                a, lambda: self.state.objects.lost("", a.object_id).error.message
-            ),
+            SubmitToObject: lambda a: self._objects.submit(a, self._why_gone(a.object_id)),
             CancelObjectCall: self._objects.cancel,
             StopObject: self._objects.stop,
             Unlink: lambda a: self._files.unlink_soon(a.names) if a.soon else shm.unlink(a.names),

@@ -50,6 +50,21 @@ def kernel_spec_manager(tmp: Path) -> KernelSpecManager:
     return KernelSpecManager(kernel_dirs=[str(tmp / "kernels")])
 
 
+def over_ipc(km: KernelManager, tmp: Path) -> None:
+    """Connect ``km``'s kernel through Unix sockets in ``tmp``, not TCP ports on loopback.
+
+    A TCP port is picked free, released, then bound by the kernel: in between, another
+    process (Ray, a server, another kernel) may take it, and the kernel dies at start-up
+    ("Kernel died before replying to kernel_info", jupyter_client#154). A socket file in a
+    directory of the test's own has no such window, and nothing listens on the network.
+    """
+    prefix = tmp / "ipc"
+    # A socket's path has at most 107 bytes; the kernel adds "-<port>".
+    assert len(str(prefix)) < 96, f"socket path too long for a Unix socket: {prefix}"
+    km.transport = "ipc"
+    km.ip = str(prefix)
+
+
 @dataclass
 class Execution:
     msg_id: str
@@ -154,13 +169,13 @@ class Kernel:
 
 @contextmanager
 def started_kernel(tmp: Path) -> Iterator[Kernel]:
-    """A kernel on loopback; stopped by a shutdown request (then by its pid) at the end."""
+    """A kernel on Unix sockets (:func:`over_ipc`); stopped by a shutdown request (then by its pid) at the end."""
     km = KernelManager(kernel_name=KERNEL_NAME, kernel_spec_manager=kernel_spec_manager(tmp))
     km.connection_file = str(tmp / "connection.json")
+    over_ipc(km, tmp)
     km.start_kernel(env=kernel_env(tmp), cwd=str(tmp))
     kernel = Kernel(km)
     try:
-        assert km.ip == "127.0.0.1", km.ip
         kernel.kc.start_channels()
         kernel.kc.wait_for_ready(timeout=60)
         yield kernel

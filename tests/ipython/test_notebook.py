@@ -7,7 +7,7 @@ from pathlib import Path
 import nbformat
 import pytest
 from jupyter_client.manager import KernelManager
-from jupyter_kernel import KERNEL_NAME, kernel_env, kernel_spec_manager
+from jupyter_kernel import KERNEL_NAME, kernel_env, kernel_spec_manager, over_ipc
 from nbclient import NotebookClient
 
 pytestmark = pytest.mark.slow
@@ -31,6 +31,7 @@ def run_notebook(tmp: Path) -> list[nbformat.NotebookNode]:
     nb = nbformat.read(NOTEBOOK, as_version=4)
     km = KernelManager(kernel_name=KERNEL_NAME, kernel_spec_manager=kernel_spec_manager(tmp))
     km.connection_file = str(tmp / "connection.json")
+    over_ipc(km, tmp)
     client = NotebookClient(
         nb, km=km, timeout=60, kernel_name=KERNEL_NAME, resources={"metadata": {"path": str(tmp)}}
     )

@@ -50,7 +50,7 @@ from typing import Any
 import nbformat
 import pytest
 from jupyter_client.manager import AsyncKernelManager
-from jupyter_kernel import KERNEL_NAME, kernel_env, kernel_spec_manager
+from jupyter_kernel import KERNEL_NAME, kernel_env, kernel_spec_manager, over_ipc
 from nbclient import NotebookClient
 
 pytestmark = pytest.mark.slow
@@ -123,6 +123,7 @@ async def execute(notebook: Path, tmp: Path, mpl_config: Path, *, sperse: bool) 
         kernel_name=KERNEL_NAME, kernel_spec_manager=kernel_spec_manager(kernel_dir)
     )
     km.connection_file = str(kernel_dir / "connection.json")
+    over_ipc(km, kernel_dir)
     client = NotebookClient(
         nb,
         km=km,
@@ -144,8 +145,8 @@ async def execute(notebook: Path, tmp: Path, mpl_config: Path, *, sperse: bool) 
                 # Neither the extension's cell nor the probe is in the history (module docstring).
                 await client.async_execute_cell(cell, index, store_history=first <= index < last)
     finally:
-        if km.has_kernel:
-            await km.shutdown_kernel(now=False)
+        if km.has_kernel:  # a kernel that died is only reaped: its sockets may be gone
+            await km.shutdown_kernel(now=not await km.is_alive())
     seconds = time.monotonic() - start
     if sperse:
         failed = [o for o in nb.cells[0].outputs if o.output_type == "error"]

@@ -200,15 +200,20 @@ def test_large_values_are_combined_where_they_are_held() -> None:
 
 
 def test_a_remote_statement_holds_only_its_big_names(ray_cluster: sperse.Cluster) -> None:
-    held = ray_cluster.stats()["objects_held"]
+    # Values of earlier tests caught in reference cycles are released when the collector
+    # runs: let it run now, and not between the two counts.
+    gc.collect()
+    gc.disable()
     ws = sperse.Workspace(ray_cluster)
     try:
+        held = ray_cluster.stats()["objects_held"]
         ws.run("import numpy as np")
         ws.run(f"remote:\n    small = 3\n    big = np.ones({BIG})\n")
         assert ws.wait("small", timeout=WAIT) == 3
         assert ray_cluster.stats()["objects_held"] == held + 1  # big, not small
         assert ws["big"].shape == (BIG,)
     finally:
+        gc.enable()
         ws.close()
 
 

@@ -9,7 +9,7 @@ BIN    := $(VENV)/bin
 LOCK   := requirements/lock.txt
 PIP    := $(BIN)/pip install --quiet --constraint $(LOCK)
 
-.PHONY: run test test-pure lint format bench clean lock test-latest wasm-example chromium
+.PHONY: run test test-pure lint format bench clean lock test-latest wasm-example chromium soak
 
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
@@ -40,6 +40,10 @@ chromium:
 	  echo "make: installing Chromium for the browser tests (apt-get install chromium)"; \
 	  $(SUDO) apt-get update -qq && \
 	  $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; }
+
+# The protocol fuzz tests at length (make test runs each with 30 sequences).
+soak: .venv/.installed-dev
+	SPERSE_FUZZ_EXAMPLES=3000 $(BIN)/python -m pytest -q tests/server/test_server_fuzz.py
 
 # The pure layers' tests on every other supported Python found here (3.12, 3.13).
 test-pure:

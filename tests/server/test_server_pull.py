@@ -17,6 +17,7 @@ from typing import Any
 import grpc
 import grpc.aio
 import numpy as np
+import pytest
 from server_helpers import DEADLINE, TOKEN, RawSession, ServerThread, call_work, run, shm_files
 from test_server_security import _self_signed
 
@@ -24,7 +25,7 @@ from sperse._backends.sperse import SperseBackend
 from sperse._core import BackendEvent, CallTask, Done, Failed, TaskSpec
 from sperse._serialize import RemoteRef, RemoteValue, shm
 from sperse._wire import pb
-from sperse._wire.sperse_pb2_grpc import SperseServicer, add_SperseServicer_to_server
+from sperse._wire.sperse_pb2_grpc import SperseServicer, SperseStub, add_SperseServicer_to_server
 
 MakeServer = Callable[..., ServerThread]
 N = 1 << 19  # float64 items: 4 MiB
@@ -238,6 +239,69 @@ def test_cancel_during_a_pull(make_server: MakeServer) -> None:
                 await b.wait_stats(lambda _: not replica_files())
                 stats = b.stats()
                 assert stats.queued == 0 and stats.replicas == 0 and stats.objects_pulled == 0
+        finally:
+            await server.stop(None)
+
+    run(scenario())
+
+
+class Harvester(SperseServicer):
+    """An address a client points a server at, as an attacker would: it keeps each pull
+    request it is sent and answers that it holds nothing."""
+
+    def __init__(self) -> None:
+        self.requests: list[pb.PullRequest] = []
+        self.called = asyncio.Event()
+
+    async def Pull(self, request: pb.PullRequest, context: Any) -> Any:
+        self.requests.append(request)
+        self.called.set()
+        yield pb.PullChunk(error="nothing here")
+
+
+def test_a_client_cannot_make_a_server_send_the_token_where_it_points(
+    make_server: MakeServer,
+) -> None:
+    """Issue 17, hole 9: a pull's address comes from a client, so the request must not carry
+    the token, and what it carries instead must be useless at any other server."""
+    a = make_server(name="alpha")
+    b = make_server(name="beta")
+
+    async def scenario() -> None:
+        harvester = Harvester()
+        server = grpc.aio.server()
+        add_SperseServicer_to_server(harvester, server)  # type: ignore[no-untyped-call]
+        port = server.add_insecure_port("127.0.0.1:0")
+        await server.start()
+        try:
+            async with RawSession(a.address) as sa, RawSession(b.address) as sb:
+                await sa.hello()
+                await sb.hello()
+                ref = await hold(sa)  # on alpha; the client says it is at the harvester's
+                lured = using(sb, "lured", a, ref)
+                lured[0].peer_refs[0].address = f"127.0.0.1:{port}"
+                await sb.submit(lured)
+                assert (await sb.failed("lured")).type_name == "ObjectUnavailable"
+                (request,) = harvester.requests
+                assert TOKEN.encode() not in request.SerializeToString()
+
+                # What it got, relayed to the server that holds the object, is refused.
+                async with grpc.aio.insecure_channel(a.address) as channel:
+                    stub = SperseStub(channel)  # type: ignore[no-untyped-call]
+                    for holder in (request.holder, a.address):
+                        relayed = pb.PullRequest()
+                        relayed.CopyFrom(request)
+                        relayed.holder = holder  # as dialled, then as if dialled to alpha
+                        with pytest.raises(grpc.aio.AioRpcError) as refused:
+                            async for _ in stub.Pull(relayed):
+                                pass
+                        assert refused.value.code() == grpc.StatusCode.UNAUTHENTICATED
+                assert (await sa.stats()).objects_served == 0
+
+                # Sent to alpha itself, the same object moves as before.
+                await sb.submit(using(sb, "sum", a, ref))
+                assert (await sb.done("sum")).values
+                assert (await sa.stats()).objects_served == 1
         finally:
             await server.stop(None)
 

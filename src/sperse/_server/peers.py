@@ -8,7 +8,9 @@ Invariants:
 
 - One gRPC channel per peer address, opened on first use on the server's loop, kept for
   later pulls, closed when the server stops.
-- A request carries this server's own token: the servers of one cluster share one. A server
+- A request proves that this server holds the cluster's token (the servers of one cluster
+  share one) without carrying it: a proof bound to the address dialled
+  (:mod:`sperse._server.pull_auth`), since that address comes from a client. A server
   with TLS reaches its peers over TLS, trusting its own ``--tls-cert`` as the root (one
   cluster, one certificate); one without TLS reaches them without.
 - Nothing pulled is unpickled here. The bytes are kept as they arrive: a buffer of at least
@@ -34,6 +36,7 @@ from sperse._serialize import shm
 from sperse._server.config import ServerConfig
 from sperse._server.core import PeerRef, Pulled, PullFailed
 from sperse._server.envelope import Buffer, PickledBytes, ShmBuffer
+from sperse._server.pull_auth import pull_proof
 from sperse._wire import MAX_MESSAGE, pb
 from sperse._wire.errors import GrpcErrorKind, classify
 from sperse._wire.sperse_pb2_grpc import SperseStub
@@ -144,9 +147,9 @@ def _failure(exc: grpc.aio.AioRpcError, ref: PeerRef) -> PullFailed:
     holder = f"server {ref.server!r}"
     if failure.kind is GrpcErrorKind.REFUSED_TOKEN:
         return PullFailed(
-            f"{holder} refused this server's token",
+            f"{holder} refused this server's pull ({details})",
             "servers of one cluster must share a token: start every server with the same "
-            "--token (or --token-file)",
+            "--token (or --token-file), and reach each at an address it knows as its own",
         )
     if failure.kind is GrpcErrorKind.UNREACHABLE:
         return PullFailed(
@@ -215,7 +218,10 @@ class PeerClient:
                 "the client gave no address for it", "connect the client to the whole cluster"
             )
         stub = SperseStub(self._channel(ref.address))  # type: ignore[no-untyped-call]
-        request = pb.PullRequest(token=self._token, object_id=ref.object_id, server=self._name)
+        proof = pull_proof(self._token, ref.address, ref.object_id, self._name)
+        request = pb.PullRequest(
+            object_id=ref.object_id, server=self._name, holder=ref.address, proof=proof
+        )
         call = stub.Pull(request)
         receiving: _Receiving | None = None
         try:

@@ -16,7 +16,8 @@ Protocol rules are in :mod:`sperse._wire`; the parts of a stream are
   objects (of every session), or the one of the name asked for. A ``Task`` with ``object``
   set creates, calls or closes a remote object (see :mod:`sperse._server.core`); a
   ``Release`` naming a remote object its session created destroys it.
-- ``Pull`` (server to server): the token first (wrong: ``UNAUTHENTICATED``, nothing else is
+- ``Pull`` (server to server): its proof first (:mod:`~sperse._server.pull_auth`: made
+  with the token, for an address of this server; else ``UNAUTHENTICATED``, nothing else is
   read), then the object of any session of this server, as a ``PullHeader`` and chunks of
   at most ``PULL_CHUNK`` bytes, or one ``PullChunk(error)`` when it is unknown. The object
   is pinned while it is sent.
@@ -42,6 +43,7 @@ from sperse._server.envelope import Buffer, PickledBytes, ShmBuffer
 from sperse._server.handshake import check_hello, welcome
 from sperse._server.logs import log_event
 from sperse._server.peers import PULL_CHUNK, PeerClient
+from sperse._server.pull_auth import OwnAddresses, pull_proof
 from sperse._server.stream import SUBMIT_CHUNK, Stream
 from sperse._server.stream_out import BATCH_BYTES, BATCH_EVENTS
 from sperse._wire import pb
@@ -87,6 +89,8 @@ class SessionService:
         self.config = config
         self.core = server_core
         self._token = token.encode()
+        self._secret = token
+        self.own_addresses = OwnAddresses(config.host, config.port, config.advertise)
         self.stopping = False
         self.local_address = ""  # of the same-host listener, offered with shared memory
         self._streams: set[Stream] = set()
@@ -157,16 +161,24 @@ class SessionService:
 
     async def Pull(self, request: pb.PullRequest, context: Any) -> AsyncIterator[pb.PullChunk]:
         """Another server of the cluster pulls an object of any session of this one, for a
-        task of its own. The token is checked first; the object is pinned while it is sent,
+        task of its own. The proof is checked first; the object is pinned while it is sent,
         so that a release meanwhile waits for the end."""
         peer = str(context.peer())
         name = self.core.name
-        if not hmac.compare_digest(request.token.encode(), self._token):
-            log_event(logging.WARNING, "auth_failed", peer=peer, code="pull", server=request.server)
+        refusal = await self._refusal(request)
+        if refusal:
+            log_event(
+                logging.WARNING,
+                "auth_failed",
+                peer=peer,
+                code="pull",
+                server=request.server,
+                holder=request.holder,
+            )
             await context.abort(
                 grpc.StatusCode.UNAUTHENTICATED,
-                f"server {name!r} refused the token of server {request.server or peer!r}: "
-                "servers of one cluster must share a token",
+                f"server {name!r} refused the pull of server {request.server or peer!r}: "
+                + refusal,
             )
             return
         held = self.core.find(request.object_id)
@@ -204,6 +216,18 @@ class SessionService:
             to=request.server or peer,
             bytes=value.size,
         )
+
+    async def _refusal(self, request: pb.PullRequest) -> str:
+        """Why a pull is refused ('' when it is not): see :mod:`sperse._server.pull_auth`."""
+        proof = pull_proof(self._secret, request.holder, request.object_id, request.server)
+        if not hmac.compare_digest(request.proof, proof):
+            return "servers of one cluster must share a token"
+        if not await self.own_addresses.include(request.holder):
+            return (
+                f"it was sent to {request.holder!r}, which is not an address of this server; "
+                "give clients the address the server was registered or reached with"
+            )
+        return ""
 
     async def _refuse(self, context: Any, peer: str, code: str, message: str) -> None:
         log_event(

@@ -446,14 +446,16 @@ class Error(_message.Message):
     def __init__(self, code: _Optional[str] = ..., message: _Optional[str] = ...) -> None: ...
 
 class PullRequest(_message.Message):
-    __slots__ = ("token", "object_id", "server")
-    TOKEN_FIELD_NUMBER: _ClassVar[int]
+    __slots__ = ("object_id", "server", "holder", "proof")
     OBJECT_ID_FIELD_NUMBER: _ClassVar[int]
     SERVER_FIELD_NUMBER: _ClassVar[int]
-    token: str
+    HOLDER_FIELD_NUMBER: _ClassVar[int]
+    PROOF_FIELD_NUMBER: _ClassVar[int]
     object_id: str
     server: str
-    def __init__(self, token: _Optional[str] = ..., object_id: _Optional[str] = ..., server: _Optional[str] = ...) -> None: ...
+    holder: str
+    proof: bytes
+    def __init__(self, object_id: _Optional[str] = ..., server: _Optional[str] = ..., holder: _Optional[str] = ..., proof: _Optional[bytes] = ...) -> None: ...
 
 class PullHeader(_message.Message):
     __slots__ = ("type_name", "repr", "data_size", "buffer_sizes")

@@ -59,8 +59,8 @@ class SperseServicer:
 
     def Pull(self, request, context):
         """Server to server: the bytes of an object this server holds, for a task on the asking
-        server (a value moves A -> B, never through the client). The token is the cluster's:
-        servers of one cluster share it. Answer: a PullHeader, then the bytes of the pickle
+        server (a value moves A -> B, never through the client). The request proves that the
+        asking server holds the cluster's token without sending it (PullRequest.proof). Answer: a PullHeader, then the bytes of the pickle
         stream and of each buffer in order, in chunks; or one PullChunk with error set.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)

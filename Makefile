@@ -42,7 +42,7 @@ chromium:
 	  $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; }
 
 # The protocol fuzz tests at length (make test runs each with 30 sequences).
-soak: .venv/.installed-dev
+soak: $(VENV)/.installed-dev
 	SPERSE_FUZZ_EXAMPLES=3000 $(BIN)/python -m pytest -q tests/server/test_server_fuzz.py
 
 # The pure layers' tests on every other supported Python found here (3.12, 3.13).

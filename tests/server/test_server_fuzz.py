@@ -109,9 +109,7 @@ def messages(marker: bytes) -> st.SearchStrategy[pb.ClientMessage]:
             pb.ClientMessage,
             blob=st.builds(pb.Blob, blob_id=ids, data=pickled_bytes, last=st.booleans()),
         ),
-        st.builds(
-            pb.ClientMessage, submit=st.builds(pb.Submit, tasks=st.lists(task, max_size=3))
-        ),
+        st.builds(pb.ClientMessage, submit=st.builds(pb.Submit, tasks=st.lists(task, max_size=3))),
         st.builds(pb.ClientMessage, cancel=st.builds(pb.Cancel, task_ids=st.lists(text))),
         st.builds(pb.ClientMessage, fetch=st.builds(pb.Fetch, request_id=ids, object_id=text)),
         st.builds(pb.ClientMessage, release=st.builds(pb.Release, object_ids=st.lists(text))),
@@ -155,9 +153,7 @@ def unauthenticated(marker: bytes) -> st.SearchStrategy[list[pb.ClientMessage]]:
     first = messages(marker).filter(
         lambda m: m.WhichOneof("kind") != "hello" or m.hello.token != TOKEN
     )
-    return st.tuples(first, st.lists(messages(marker), max_size=8)).map(
-        lambda t: [t[0], *t[1]]
-    )
+    return st.tuples(first, st.lists(messages(marker), max_size=8)).map(lambda t: [t[0], *t[1]])
 
 
 @pytest.fixture(scope="module")

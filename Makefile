@@ -41,9 +41,12 @@ chromium:
 	  $(SUDO) apt-get update -qq && \
 	  $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; }
 
-# The protocol fuzz tests at length (make test runs each with 30 sequences).
+# The protocol fuzz tests at length (make test runs each with 30 sequences): the session's,
+# the coordinator's and the store's. Each directory's tests run apart (their helpers differ).
 soak: $(VENV)/.installed-dev
-	SPERSE_FUZZ_EXAMPLES=3000 $(BIN)/python -m pytest -q tests/server/test_server_fuzz.py
+	for t in tests/server/test_server_fuzz.py tests/coordinator/test_coordinator_fuzz.py \
+	    tests/state/test_store_fuzz.py; do \
+	  SPERSE_FUZZ_EXAMPLES=3000 $(BIN)/python -m pytest -q $$t || exit 1; done
 
 # The pure layers' tests on every other supported Python found here (3.12, 3.13).
 test-pure:

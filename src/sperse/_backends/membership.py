@@ -174,6 +174,7 @@ class MembershipWatch:
         self._error: SperseError | None = None
         self._call: Any = None  # the current Watch call: close() cancels it
         self._thread: threading.Thread | None = None
+        self.streams = 0  # Watch streams that sent a snapshot: 1, then one more per reconnect
 
     @property
     def closed(self) -> bool:
@@ -246,7 +247,11 @@ class MembershipWatch:
         while not self._closed.is_set():
             channel = _channel(self.address, self._tls_ca)
             try:
+                fresh = True
                 for membership in self._stream(channel):
+                    if fresh:
+                        self.streams += 1
+                        fresh = False
                     self._receive(_snapshot(membership))
                     delay = BACKOFF_MIN
                     if outage:

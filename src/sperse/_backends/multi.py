@@ -88,6 +88,11 @@ class ClusterBackend:
         self._watch: MembershipWatch | None = None
         self._closed = False
 
+    @property
+    def watch(self) -> MembershipWatch | None:
+        """The live membership of the coordinator (None: a fixed list of servers)."""
+        return self._watch
+
     # ---- lifecycle -----------------------------------------------------------------
 
     def start(self, sink: EventSink) -> None:

@@ -353,9 +353,7 @@ class LocalCluster:
         _stop([old])  # closes its pipes
         port = int(self.address.rsplit(":", 1)[1])
         self.coordinator = self._start_coordinator(port)
-        self.coordinator.url = _wait_ready(
-            self.coordinator, time.monotonic() + self._ready_timeout
-        )
+        self.coordinator.url = _wait_ready(self.coordinator, time.monotonic() + self._ready_timeout)
         return self.coordinator
 
     def exited(self) -> list[ClusterProcess]:

@@ -158,6 +158,7 @@ def test_a_restarted_coordinator_settles_for_one_heartbeat_timeout(
         wait_until(lambda: True in changes.settling, what="a snapshot of the new coordinator")
         wait_until(lambda: not watch.settling, what="the new coordinator to settle")
     assert changes.settling[-1] is False
+    assert not coordinator_settling(second)
 
 
 def coordinator_settling(coordinator: CoordinatorThread) -> bool:

@@ -280,48 +280,79 @@ def test_a_member_has_this_clients_depth_and_its_address() -> None:
 
 @dataclass(frozen=True)
 class Snapshot:
-    listed: tuple[tuple[str, float], ...]
+    listed: tuple[tuple[str, str], ...]  # (name, instance)
     gone: tuple[str, ...]
     connect: tuple[str, ...]
+    settling: bool = False  # the coordinator has only just started
 
 
 @pytest.mark.parametrize(
     ("known", "steps"),
     [
-        (  # b restarted (another join time), c is new, a stays
-            (("a", 1.0), ("b", 1.0)),
-            [Snapshot((("a", 1.0), ("b", 2.0), ("c", 1.0)), ("b",), ("b", "c"))],
+        (  # b restarted (another instance), c is new, a stays
+            (("a", "1"), ("b", "1")),
+            [Snapshot((("a", "1"), ("b", "2"), ("c", "1")), ("b",), ("b", "c"))],
         ),
         (  # a server being connected is not connected twice
-            (("a", 1.0),),
+            (("a", "1"),),
             [
-                Snapshot((("a", 1.0), ("c", 1.0)), (), ("c",)),
-                Snapshot((("a", 1.0), ("c", 1.0)), (), ()),
+                Snapshot((("a", "1"), ("c", "1")), (), ("c",)),
+                Snapshot((("a", "1"), ("c", "1")), (), ()),
             ],
         ),
         (  # everyone left
-            (("a", 1.0), ("b", 1.0)),
+            (("a", "1"), ("b", "1")),
             [Snapshot((), ("a", "b"), ())],
         ),
+        (  # the coordinator restarted: servers re-join one by one, as the same instances
+            (("a", "1"), ("b", "1")),
+            [
+                Snapshot((), (), (), settling=True),
+                Snapshot((("b", "1"),), (), (), settling=True),
+                Snapshot((("a", "1"), ("b", "1")), (), (), settling=True),
+                Snapshot((("a", "1"), ("b", "1")), (), ()),
+            ],
+        ),
+        (  # ... and one of them never comes back: gone once the coordinator has settled
+            (("a", "1"), ("b", "1")),
+            [
+                Snapshot((("a", "1"),), (), (), settling=True),
+                Snapshot((("a", "1"),), ("b",), ()),
+            ],
+        ),
+        (  # ... and one of them restarted meanwhile: replaced while it settles
+            (("a", "1"), ("b", "1")),
+            [Snapshot((("a", "2"),), ("a",), ("a",), settling=True)],
+        ),
     ],
-    ids=["restarted and new", "being connected", "all left"],
+    ids=[
+        "restarted and new",
+        "being connected",
+        "all left",
+        "coordinator restarted",
+        "coordinator restarted, one server gone",
+        "coordinator restarted, one server restarted",
+    ],
 )
-def test_membership_snapshots(known: tuple[tuple[str, float], ...], steps: list[Snapshot]) -> None:
+def test_membership_snapshots(known: tuple[tuple[str, str], ...], steps: list[Snapshot]) -> None:
     dispatcher = Dispatcher()
-    for name, joined in known:
-        dispatcher.join(name, server(name), joined)
+    for name, instance in known:
+        dispatcher.join(name, server(name), instance)
     for step in steps:
-        change = dispatcher.membership([(n, f"{n}:1", j) for n, j in step.listed])
+        listed = [(n, f"{n}:1", i) for n, i in step.listed]
+        change = dispatcher.membership(listed, settling=step.settling)
         assert tuple(dispatcher.name_of(m) for m in change.gone) == step.gone
         assert tuple(name for name, _, _ in change.connect) == step.connect
+        for member in change.gone:
+            dispatcher.lose(member, "gone")
 
 
 def test_a_server_whose_connection_ended_is_connected_again() -> None:
     dispatcher = Dispatcher()
-    assert dispatcher.membership([("c", "c:1", 1.0)]).connect == (("c", "c:1", 1.0),)
-    assert dispatcher.membership([("c", "c:1", 1.0)]).connect == ()
+    assert dispatcher.membership([("c", "c:1", "1")]).connect == (("c", "c:1", "1"),)
+    assert dispatcher.membership([("c", "c:1", "1")]).connect == ()
     dispatcher.connect_ended("c")  # it failed: the next snapshot tries again
-    assert dispatcher.membership([("c", "c:1", 1.0)]).connect == (("c", "c:1", 1.0),)
+    assert dispatcher.membership([("c", "c:1", "1")]).connect == (("c", "c:1", "1"),)
 
 
 # ---- a property over random runs -----------------------------------------------------------

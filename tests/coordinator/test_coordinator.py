@@ -27,11 +27,13 @@ class Changes:
 
     def __init__(self) -> None:
         self.snapshots: list[list[MemberInfo]] = []
+        self.settling: list[bool] = []
         self._lock = threading.Lock()
 
-    def __call__(self, snapshot: list[MemberInfo]) -> None:
+    def __call__(self, snapshot: list[MemberInfo], settling: bool) -> None:
         with self._lock:
             self.snapshots.append(snapshot)
+            self.settling.append(settling)
 
     def last(self) -> list[MemberInfo] | None:
         with self._lock:
@@ -138,6 +140,32 @@ def test_a_watch_outlives_a_coordinator_restart(
         second = make_coordinator(port=port)
         second.join(member("b"))
         wait_until(lambda: names(watch.members()) == ["b"], what="the new coordinator's view")
+
+
+def test_a_restarted_coordinator_settles_for_one_heartbeat_timeout(
+    make_coordinator: Callable[..., CoordinatorThread],
+) -> None:
+    """Its first snapshots say ``settling`` (servers missing from them may re-join yet);
+    a snapshot that does not follows once the heartbeat timeout is over."""
+    first = make_coordinator(heartbeat_timeout=0.5)
+    port = first.server.port
+    wait_until(lambda: not coordinator_settling(first), what="the first coordinator to settle")
+    changes = Changes()
+    with MembershipWatch(first.url, TOKEN, on_change=changes) as watch:
+        assert not watch.settling
+        first.close()
+        second = make_coordinator(port=port, heartbeat_timeout=0.5)
+        wait_until(lambda: True in changes.settling, what="a snapshot of the new coordinator")
+        wait_until(lambda: not watch.settling, what="the new coordinator to settle")
+    assert changes.settling[-1] is False
+    assert not coordinator_settling(second)
+
+
+def coordinator_settling(coordinator: CoordinatorThread) -> bool:
+    async def settling() -> bool:
+        return coordinator.server.members().settling
+
+    return coordinator.call(settling())
 
 
 def test_nothing_answering_is_server_unavailable(coordinator: CoordinatorThread) -> None:

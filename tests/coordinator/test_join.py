@@ -146,3 +146,33 @@ def test_join_reply_sets_the_heartbeat_interval(
     reply = coordinator.join(member("a"))
     assert isinstance(reply, pb.JoinReply)
     assert reply.heartbeat_interval == pytest.approx(0.4)
+
+
+def test_a_server_joins_a_restarted_coordinator_as_the_same_instance(
+    make_coordinator: Callable[..., CoordinatorThread],
+) -> None:
+    """The new coordinator knows no one: the server's next heartbeat is told so, and it
+    joins again at once, with the instance id it started with."""
+    first = make_coordinator(heartbeat_timeout=0.5)  # heartbeats every 0.1 s
+    port = first.server.port
+
+    async def scenario() -> None:
+        joiner = Joiner(first.address, TOKEN, member("s1", instance="i-1"), no_load)
+        await joiner.start()
+        try:
+            await asyncio.to_thread(first.close)
+            second = await asyncio.to_thread(make_coordinator, port=port, heartbeat_timeout=0.5)
+
+            def listed() -> list[tuple[str, str]]:
+                async def snapshot() -> list[tuple[str, str]]:
+                    return [(m.name, m.instance) for m in second.server.members().members]
+
+                return second.call(snapshot())
+
+            async with asyncio.timeout(DEADLINE):
+                while await asyncio.to_thread(listed) != [("s1", "i-1")]:
+                    await asyncio.sleep(0.05)
+        finally:
+            await joiner.stop()
+
+    asyncio.run(scenario())

@@ -116,3 +116,24 @@ def test_snapshot_is_sorted_by_name_and_a_copy() -> None:
     assert [m.name for m in snapshot.members] == ["a", "b", "c"]
     snapshot.members[0].busy = 99
     assert reg.snapshot().members[0].busy == 0
+
+
+def test_a_new_registry_settles_for_one_timeout_then_says_so_once() -> None:
+    """A restarted coordinator's registry: a server it does not list yet may re-join at its
+    next heartbeat, so its snapshots say ``settling`` for the first ``timeout`` seconds."""
+    reg, clock = registry(timeout=5.0)
+    assert reg.snapshot().settling
+    clock.now += 1.0
+    reg.join(member("a"))
+    clock.now += 3.9
+    version = reg.members_version
+    assert reg.sweep() == []
+    assert reg.snapshot().settling and reg.members_version == version
+    clock.now += 0.2
+    assert reg.sweep() == []
+    assert not reg.snapshot().settling
+    assert reg.members_version == version + 1  # watchers send the settled snapshot
+    clock.now += 1.0
+    assert [c.name for c in reg.sweep()] == ["a"]  # removals go on as before
+    assert reg.members_version == version + 2
+    assert reg.sweep() == [] and reg.members_version == version + 2

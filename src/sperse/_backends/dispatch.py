@@ -23,7 +23,16 @@ Invariants (checked by ``tests/cluster/test_dispatcher.py``):
   ``NoMatchingServer``.
 
 Members are known by a ``MemberId`` given at ``join``: a server that restarts under the same
-name is a new member, and events of its old connection are stale.
+name is a new member, and events of its old connection are stale. A coordinator's snapshot
+tells a restarted server by its ``instance`` (an id the server picks when it starts), not by
+its join time: after the *coordinator* restarts, every server joins again, and the same
+instance is the same server, whose connection and tasks go on.
+
+A member is lost when its own connection breaks (``lose``), or when a coordinator that is
+not ``settling`` no longer lists it. A settling coordinator has only just started (it may
+have restarted): the servers it does not list yet may re-join at their next heartbeat, so
+its snapshots only add servers and replace restarted ones; the first settled snapshot
+drops the members still missing.
 """
 
 from __future__ import annotations
@@ -78,17 +87,17 @@ NOTHING = Decision()
 @dataclass(frozen=True, slots=True)
 class MembershipChange:
     """After a coordinator's snapshot: the members to lose, and the servers to connect to
-    (``(name, address, joined)``; each is "connecting" until ``connect_ended``)."""
+    (``(name, address, instance)``; each is "connecting" until ``connect_ended``)."""
 
     gone: tuple[MemberId, ...]
-    connect: tuple[tuple[str, str, float], ...]
+    connect: tuple[tuple[str, str, str], ...]
 
 
 @dataclass(eq=False, slots=True)
 class _Member:
     id: MemberId
     name: str
-    joined: float  # the coordinator's join time: a change means a restarted server
+    instance: str  # the server's own id: another one under the same name is a restart
     # What the router sees, rebuilt only when `inflight` changes: a decision among 100
     # servers must not build 100 ServerInfo.
     info: ServerInfo
@@ -167,37 +176,41 @@ class Dispatcher:
 
     # ---- membership ----------------------------------------------------------------------
 
-    def join(self, name: str, info: ServerInfo, joined: float = 0.0) -> MemberId | None:
-        """A server connected (``info``: as its Welcome describes it, with its address).
-        None: a live member has this name already (two urls for one server): not used."""
+    def join(self, name: str, info: ServerInfo, instance: str = "") -> MemberId | None:
+        """A server connected (``info``: as its Welcome describes it, with its address;
+        ``instance``: as the coordinator listed it). None: a live member has this name
+        already (two urls for one server): not used."""
         old = self._members.get(name)
         if old is not None and old.alive:
             return None
         member_id = MemberId(self._next_id)
         self._next_id += 1
         info = replace(info, busy=0)
-        member = _Member(member_id, name, joined, info, depth(info.workers))
+        member = _Member(member_id, name, instance, info, depth(info.workers))
         self._members[name] = self._by_id[member_id] = member
         return member_id
 
-    def membership(self, listed: Sequence[tuple[str, str, float]]) -> MembershipChange:
-        """A coordinator's snapshot ``(name, address, joined)``: members it no longer lists
-        (or lists with another join time: restarted) are gone; servers it lists that are not
-        live members nor being connected are to connect."""
-        joined = {name: since for name, _, since in listed}
+    def membership(
+        self, listed: Sequence[tuple[str, str, str]], *, settling: bool = False
+    ) -> MembershipChange:
+        """A coordinator's snapshot ``(name, address, instance)``: members it lists with
+        another instance (restarted) are gone, and so are those it no longer lists, unless
+        it is ``settling``; servers it lists that are not live members nor being connected
+        are to connect."""
+        instances = {name: instance for name, _, instance in listed}
         gone = tuple(
             m.id
             for name, m in self._members.items()
-            if m.alive and (name not in joined or joined[name] != m.joined)
+            if m.alive and (instances[name] != m.instance if name in instances else not settling)
         )
         connect = tuple(
-            (name, address, since)
-            for name, address, since in listed
+            (name, address, instance)
+            for name, address, instance in listed
             if name not in self._connecting
             and (
                 name not in self._members
                 or not self._members[name].alive
-                or self._members[name].joined != since
+                or self._members[name].instance != instance
             )
         )
         self._connecting.update(name for name, _, _ in connect)

@@ -9,7 +9,10 @@ Both read the ``Watch`` stream with sync gRPC; errors of grpc (classified by
 A ``MembershipWatch`` reads on a thread of its own. After its first snapshot it never raises:
 when the stream breaks it keeps the last snapshot, logs one warning per outage, and
 reconnects (a new channel each time, so gRPC's own reconnect backoff never grows beyond
-ours) after a capped exponential backoff, until closed.
+ours) after a capped exponential backoff, until closed. A stream breaking says nothing of
+the servers: they keep working without the coordinator. Each snapshot comes with the
+coordinator's ``settling`` flag: a coordinator that has just (re)started lists only the
+servers that have re-joined it so far, and a server missing from its list has not left.
 """
 
 from __future__ import annotations
@@ -63,6 +66,7 @@ class MemberInfo:
     joined: float
     last_heartbeat: float
     tls: bool
+    instance: str = ""  # the server's own id, the same across its joins ("": an old server)
 
     @property
     def url(self) -> str:
@@ -84,6 +88,7 @@ class MemberInfo:
             joined=member.joined,
             last_heartbeat=member.last_heartbeat,
             tls=member.tls,
+            instance=member.instance,
         )
 
 
@@ -150,8 +155,8 @@ def members(
 
 class MembershipWatch:
     """The live membership of a cluster: ``start()`` blocks until the first snapshot, then a
-    thread keeps ``members()`` current and calls ``on_change`` (on that thread) with every
-    later snapshot. ``close()`` ends it."""
+    thread keeps ``members()`` and ``settling`` current and calls ``on_change`` (on that
+    thread) with every later snapshot and its ``settling`` flag. ``close()`` ends it."""
 
     def __init__(
         self,
@@ -159,7 +164,7 @@ class MembershipWatch:
         token: str,
         *,
         tls_ca: bytes | None = None,
-        on_change: Callable[[list[MemberInfo]], None] | None = None,
+        on_change: Callable[[list[MemberInfo], bool], None] | None = None,
         connect_timeout: float = 10.0,
     ) -> None:
         self.address = parse_url(address)
@@ -169,11 +174,13 @@ class MembershipWatch:
         self._connect_timeout = connect_timeout
         self._lock = threading.Lock()
         self._members: list[MemberInfo] = []
+        self._settling = False
         self._closed = threading.Event()
         self._first = threading.Event()  # the first snapshot, or the error, is here
         self._error: SperseError | None = None
         self._call: Any = None  # the current Watch call: close() cancels it
         self._thread: threading.Thread | None = None
+        self.streams = 0  # Watch streams that sent a snapshot: 1, then one more per reconnect
 
     @property
     def closed(self) -> bool:
@@ -203,6 +210,13 @@ class MembershipWatch:
         """The latest snapshot (the last one received while the stream is broken)."""
         with self._lock:
             return list(self._members)
+
+    @property
+    def settling(self) -> bool:
+        """Whether the coordinator said, with the latest snapshot, that it has only just
+        started (servers missing from it may still re-join)."""
+        with self._lock:
+            return self._settling
 
     def close(self) -> None:
         """Stop watching; idempotent. Waits (boundedly) for the watch thread to end."""
@@ -246,8 +260,12 @@ class MembershipWatch:
         while not self._closed.is_set():
             channel = _channel(self.address, self._tls_ca)
             try:
+                fresh = True
                 for membership in self._stream(channel):
-                    self._receive(_snapshot(membership))
+                    if fresh:
+                        self.streams += 1
+                        fresh = False
+                    self._receive(_snapshot(membership), membership.settling)
                     delay = BACKOFF_MIN
                     if outage:
                         log.info("the membership watch of %s is back", self.address)
@@ -285,15 +303,16 @@ class MembershipWatch:
             self._closed.wait(delay)  # the backoff; close() ends it at once
             delay = min(delay * 2, BACKOFF_MAX)
 
-    def _receive(self, snapshot: list[MemberInfo]) -> None:
+    def _receive(self, snapshot: list[MemberInfo], settling: bool) -> None:
         with self._lock:
             self._members = snapshot
+            self._settling = settling
         if not self._first.is_set():
             self._first.set()
             return
         if self._on_change is not None:
             try:
-                self._on_change(list(snapshot))
+                self._on_change(list(snapshot), settling)
             except Exception:  # a bug in the callback must not end the watch
                 log.exception("the on_change callback of the membership watch raised")
 

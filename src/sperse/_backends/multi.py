@@ -88,6 +88,11 @@ class ClusterBackend:
         self._watch: MembershipWatch | None = None
         self._closed = False
 
+    @property
+    def watch(self) -> MembershipWatch | None:
+        """The live membership of the coordinator (None: a fixed list of servers)."""
+        return self._watch
+
     # ---- lifecycle -----------------------------------------------------------------
 
     def start(self, sink: EventSink) -> None:
@@ -103,22 +108,23 @@ class ClusterBackend:
                 connect_timeout=self._connect_timeout,
             )
             members = self._watch.start()
-            self._join([(m.name, m.address, m.joined) for m in members], strict=False)
+            self._join([_listed(m) for m in members], strict=False)
             return
         try:
-            self._join([("", address, 0.0) for address in self._urls], strict=True)
+            self._join([("", address, "") for address in self._urls], strict=True)
         except BaseException:
             self.close()
             raise
 
-    def _join(self, wanted: Sequence[tuple[str, str, float]], *, strict: bool) -> None:
-        """Connect to servers, in parallel. ``strict``: the first failure is raised."""
+    def _join(self, wanted: Sequence[tuple[str, str, str]], *, strict: bool) -> None:
+        """Connect to servers ``(name, address, instance)``, in parallel. ``strict``: the
+        first failure is raised."""
         errors: list[BaseException] = []
-        joined: list[tuple[str, float, SperseBackend]] = []
+        joined: list[tuple[str, str, SperseBackend]] = []
 
-        def connect(name: str, address: str, since: float) -> None:
+        def connect(name: str, address: str, instance: str) -> None:
             try:
-                joined.append((address, since, self._open(address)))
+                joined.append((address, instance, self._open(address)))
             except BaseException as exc:
                 errors.append(exc)
                 log.warning("cannot connect to server %s at %s: %s", name, address, exc)
@@ -136,12 +142,12 @@ class ClusterBackend:
             thread.join()
         with self._lock:
             unused = []  # two urls for one server, or this backend closed meanwhile
-            for address, since, backend in joined:
+            for address, instance, backend in joined:
                 name = backend.name
                 welcome = backend.servers()
                 base = welcome[0] if welcome else ServerInfo(name)
                 info = replace(base, address=address)
-                member = None if self._closed else self._dispatcher.join(name, info, since)
+                member = None if self._closed else self._dispatcher.join(name, info, instance)
                 if member is None:
                     unused.append(backend)
                     continue
@@ -189,13 +195,15 @@ class ClusterBackend:
 
     # ---- membership ----------------------------------------------------------------
 
-    def _on_membership(self, members: Sequence[MemberInfo]) -> None:
+    def _on_membership(self, members: Sequence[MemberInfo], settling: bool) -> None:
         """A coordinator's snapshot (on the watch's thread): connect to new servers, drop
-        the ones that left (their tasks go elsewhere)."""
+        the ones that left (their tasks go elsewhere). A settling coordinator has just
+        started: the servers it does not list yet are kept (see ``Dispatcher.membership``)."""
         with self._lock:
             if self._closed:
                 return
-            change = self._dispatcher.membership([(m.name, m.address, m.joined) for m in members])
+            listed = [_listed(m) for m in members]
+            change = self._dispatcher.membership(listed, settling=settling)
         for member in change.gone:
             self._lose(member, "it left the cluster (the coordinator no longer lists it)")
         if change.connect:
@@ -392,6 +400,12 @@ def is_coordinator(url: str, *, tls_ca: bytes | None = None, timeout: float = 5.
                 if kind is not GrpcErrorKind.UNREACHABLE:
                     return kind is GrpcErrorKind.REFUSED_TOKEN
     return False
+
+
+def _listed(member: MemberInfo) -> tuple[str, str, str]:
+    """``(name, address, instance)`` of a listed server; a server too old to send its
+    instance is told by its join time (a coordinator restart then looks like its restart)."""
+    return (member.name, member.address, member.instance or f"joined at {member.joined!r}")
 
 
 def _count(n: int, noun: str) -> str:

@@ -14,6 +14,10 @@ Invariants:
   heartbeat. Watchers compare them with what they last sent.
 - ``joined`` and ``last_heartbeat`` in the snapshot are wall-clock seconds since the epoch;
   staleness is judged on the monotonic clock only, so a wall-clock jump removes no one.
+- A new registry is *settling* for its first ``timeout`` seconds (its snapshots say so): it
+  may be a restarted coordinator's, and live servers re-join only at their next heartbeat,
+  so a server it does not list yet has not left. The first ``sweep`` after that ends it, and
+  grows ``members_version`` (watchers send a snapshot that is no longer settling).
 """
 
 from __future__ import annotations
@@ -77,6 +81,8 @@ class Registry:
         self._seen: dict[str, float] = {}  # name -> monotonic time of its last heartbeat
         self.members_version = 0
         self.load_version = 0
+        self._started = clock()
+        self.settling = True
 
     def __len__(self) -> int:
         return len(self._members)
@@ -136,7 +142,8 @@ class Registry:
         return Change("left", name, member.address, "left")
 
     def sweep(self) -> list[Change]:
-        """Remove every member whose last heartbeat is older than ``timeout``."""
+        """Remove every member whose last heartbeat is older than ``timeout``; end the
+        settling time once it is over."""
         now = self._clock()
         changes = []
         for name in [n for n in self._members if not self._live(n, now)]:
@@ -150,10 +157,14 @@ class Registry:
                     f"no heartbeat for {silent:.1f} s (timeout {self.timeout:g} s)",
                 )
             )
-        if changes:
+        if self.settling and now - self._started >= self.timeout:
+            self.settling = False
+            self.members_version += 1
+        elif changes:
             self.members_version += 1
         return changes
 
     def snapshot(self) -> pb.Membership:
-        """Every member, by name."""
-        return pb.Membership(members=[self._members[n] for n in sorted(self._members)])
+        """Every member, by name; ``settling`` while the registry is (see above)."""
+        members = [self._members[n] for n in sorted(self._members)]
+        return pb.Membership(members=members, settling=self.settling)

@@ -12,6 +12,10 @@ Invariants:
   server is gone within ``1.25 * heartbeat_timeout``.
 - ``Watch`` sends the whole membership at once, then again after every join, leave and
   removal, and at most once per ``LOAD_INTERVAL`` when only the load changed.
+- For its first ``heartbeat_timeout`` a coordinator is *settling*: it may have been
+  restarted, and the servers that were registered with the one before re-join at their next
+  heartbeat (told ``known=False``), so its snapshots say ``settling`` (a server missing from
+  them has not left); the sweep that ends it sends every watcher a snapshot without it.
 - ``stop()`` ends every ``Watch`` stream first (watchers see the stream end and reconnect
   elsewhere or later), then the gRPC server, then the sweep task. It is idempotent.
 - One log line per join, leave and removal, with the reason. Tokens are never logged.
@@ -457,7 +461,12 @@ class CoordinatorServer:
         interval = min(1.0, max(0.05, self.config.heartbeat_timeout / 4))
         while True:
             await asyncio.sleep(interval)
-            service.apply(service.registry.sweep())
+            registry = service.registry
+            settling = registry.settling
+            service.apply(registry.sweep())
+            if settling and not registry.settling:
+                log_event(logging.INFO, "settled", members=len(registry))
+                service.notify()  # watchers send a snapshot that is no longer settling
 
     async def stop(self, grace: float | None = 1.0) -> None:
         """Stop: watch streams end, then the server (calls cancelled after ``grace``)."""

@@ -10,8 +10,12 @@ Invariants:
   answers. The server then does not run.
 - After that it never raises: a heartbeat every ``heartbeat_interval`` (the coordinator's
   word) carries the server's load; a failed one logs one warning per outage and the next
-  one tries again; ``known=False`` (the coordinator dropped the server, or restarted) makes
-  it join again.
+  one tries again (the channel's own reconnect backoff is capped at ``RECONNECT_MAX``, so
+  a coordinator back after a long outage is reached within a second or so); ``known=False``
+  (the coordinator dropped the server, or restarted) makes it join again at once.
+- The member carries an ``instance`` id, random, picked once per server process and sent
+  with every join: a coordinator restart makes the server join again as the same instance
+  (clients keep their sessions with it), a server restart as another.
 - With a ``TaskFeed``, when the coordinator's join reply asks for tasks (``report_tasks``:
   it shows them on its dashboard), the feed is handed to the server (``use_feed``) and its
   notes go to the coordinator in ``ReportTasks`` batches: at most ``REPORT_NOTES`` per
@@ -28,6 +32,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import secrets
 import socket
 from collections.abc import Callable
 
@@ -41,13 +46,26 @@ from sperse._wire import pb
 from sperse._wire.errors import GrpcErrorKind, GrpcFailure, classify
 from sperse._wire.sperse_pb2_grpc import CoordinatorStub
 
-__all__ = ["LEAVE_TIMEOUT", "REPORT_INTERVAL", "REPORT_NOTES", "Joiner", "advertised_address"]
+__all__ = [
+    "LEAVE_TIMEOUT",
+    "RECONNECT_MAX",
+    "REPORT_INTERVAL",
+    "REPORT_NOTES",
+    "Joiner",
+    "advertised_address",
+]
 
 LEAVE_TIMEOUT = 1.0
 REPORT_INTERVAL = 0.1  # seconds: notes gather this long before a report goes
 REPORT_NOTES = 5000  # notes in one ReportTasks message at most
 _RETRY_MIN, _RETRY_MAX = 0.1, 2.0  # backoff between join attempts at start
 _INTERVAL_MIN, _INTERVAL_MAX = 0.05, 60.0  # what we accept as a heartbeat interval
+RECONNECT_MAX = 1.0  # seconds: gRPC's reconnect backoff grows to 120 s by default
+_CHANNEL_OPTIONS = [
+    ("grpc.initial_reconnect_backoff_ms", int(_RETRY_MIN * 1000)),
+    ("grpc.min_reconnect_backoff_ms", int(_RETRY_MIN * 1000)),
+    ("grpc.max_reconnect_backoff_ms", int(RECONNECT_MAX * 1000)),
+]
 
 
 def advertised_address(host: str, port: int) -> str:
@@ -118,6 +136,7 @@ class Joiner:
             resources=dict(config.resources),
             workers=config.worker_count,
             tls=config.tls,
+            instance=secrets.token_hex(8),
         )
         tls_ca = None
         if config.join_tls_ca:
@@ -168,9 +187,11 @@ class Joiner:
             raise RuntimeError("this Joiner was started already")
         if self._tls_ca is not None:
             credentials = grpc.ssl_channel_credentials(root_certificates=self._tls_ca)
-            self._channel = grpc.aio.secure_channel(self.coordinator, credentials)
+            self._channel = grpc.aio.secure_channel(
+                self.coordinator, credentials, options=_CHANNEL_OPTIONS
+            )
         else:
-            self._channel = grpc.aio.insecure_channel(self.coordinator)
+            self._channel = grpc.aio.insecure_channel(self.coordinator, options=_CHANNEL_OPTIONS)
         self._stub = CoordinatorStub(self._channel)  # type: ignore[no-untyped-call]
         try:
             await self._first_join()

@@ -234,12 +234,11 @@ class LocalCluster:
         self._stderr = stderr
         self._closed = False
         self._gone: list[ClusterProcess] = []  # servers killed or stopped singly
-        args = ["sperse._coordinator", "--host", "127.0.0.1", "--port", str(port)]
-        args += ["--token-stdin", "--heartbeat-timeout", str(heartbeat_timeout)]
-        args += ["--log-level", coordinator_log_level or log_level]
+        self._coordinator_args = ["--token-stdin", "--heartbeat-timeout", str(heartbeat_timeout)]
+        self._coordinator_args += ["--log-level", coordinator_log_level or log_level]
         if dashboard_port is not None:
-            args += ["--dashboard-port", str(dashboard_port)]
-        self.coordinator = _spawn("the coordinator", args, self.token, stderr=stderr)
+            self._coordinator_args += ["--dashboard-port", str(dashboard_port)]
+        self.coordinator = self._start_coordinator(port)
         try:
             deadline = time.monotonic() + ready_timeout
             self.coordinator.url = _wait_ready(self.coordinator, deadline)
@@ -248,6 +247,12 @@ class LocalCluster:
         except BaseException:
             self.close()
             raise
+
+    def _start_coordinator(self, port: int) -> ClusterProcess:
+        args = ["sperse._coordinator", "--host", "127.0.0.1", "--port", str(port)]
+        return _spawn(
+            "the coordinator", args + self._coordinator_args, self.token, stderr=self._stderr
+        )
 
     @property
     def dashboard(self) -> str:
@@ -333,6 +338,23 @@ class LocalCluster:
         self.servers.remove(child)
         _stop([child])
         return child
+
+    def restart_coordinator(self) -> ClusterProcess:
+        """SIGKILL the coordinator (by its pid), then start a new one on the same port with
+        the same token: a crash and a restart, for tests. The new one knows no server until
+        each re-joins (within a heartbeat); returns once it listens."""
+        if self._closed:
+            raise RuntimeError("this LocalCluster is closed")
+        old = self.coordinator
+        old.expected_exit = True
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(old.pid, signal.SIGKILL)
+        old.process.wait()
+        _stop([old])  # closes its pipes
+        port = int(self.address.rsplit(":", 1)[1])
+        self.coordinator = self._start_coordinator(port)
+        self.coordinator.url = _wait_ready(self.coordinator, time.monotonic() + self._ready_timeout)
+        return self.coordinator
 
     def exited(self) -> list[ClusterProcess]:
         """The children that died since the last call without being stopped by this object."""

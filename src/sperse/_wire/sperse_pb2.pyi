@@ -480,7 +480,7 @@ class PullChunk(_message.Message):
     def __init__(self, header: _Optional[_Union[PullHeader, _Mapping]] = ..., data: _Optional[bytes] = ..., error: _Optional[str] = ...) -> None: ...
 
 class Member(_message.Message):
-    __slots__ = ("name", "address", "tags", "resources", "workers", "busy", "queued", "objects", "object_bytes", "sessions", "joined", "last_heartbeat", "tls", "rss", "workers_rss", "store_keys", "store_bytes", "remote_objects", "named_objects")
+    __slots__ = ("name", "address", "tags", "resources", "workers", "busy", "queued", "objects", "object_bytes", "sessions", "joined", "last_heartbeat", "tls", "rss", "workers_rss", "store_keys", "store_bytes", "remote_objects", "named_objects", "instance")
     class ResourcesEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -507,6 +507,7 @@ class Member(_message.Message):
     STORE_BYTES_FIELD_NUMBER: _ClassVar[int]
     REMOTE_OBJECTS_FIELD_NUMBER: _ClassVar[int]
     NAMED_OBJECTS_FIELD_NUMBER: _ClassVar[int]
+    INSTANCE_FIELD_NUMBER: _ClassVar[int]
     name: str
     address: str
     tags: _containers.RepeatedScalarFieldContainer[str]
@@ -526,7 +527,8 @@ class Member(_message.Message):
     store_bytes: int
     remote_objects: int
     named_objects: _containers.RepeatedCompositeFieldContainer[NamedObject]
-    def __init__(self, name: _Optional[str] = ..., address: _Optional[str] = ..., tags: _Optional[_Iterable[str]] = ..., resources: _Optional[_Mapping[str, float]] = ..., workers: _Optional[int] = ..., busy: _Optional[int] = ..., queued: _Optional[int] = ..., objects: _Optional[int] = ..., object_bytes: _Optional[int] = ..., sessions: _Optional[int] = ..., joined: _Optional[float] = ..., last_heartbeat: _Optional[float] = ..., tls: _Optional[bool] = ..., rss: _Optional[int] = ..., workers_rss: _Optional[int] = ..., store_keys: _Optional[int] = ..., store_bytes: _Optional[int] = ..., remote_objects: _Optional[int] = ..., named_objects: _Optional[_Iterable[_Union[NamedObject, _Mapping]]] = ...) -> None: ...
+    instance: str
+    def __init__(self, name: _Optional[str] = ..., address: _Optional[str] = ..., tags: _Optional[_Iterable[str]] = ..., resources: _Optional[_Mapping[str, float]] = ..., workers: _Optional[int] = ..., busy: _Optional[int] = ..., queued: _Optional[int] = ..., objects: _Optional[int] = ..., object_bytes: _Optional[int] = ..., sessions: _Optional[int] = ..., joined: _Optional[float] = ..., last_heartbeat: _Optional[float] = ..., tls: _Optional[bool] = ..., rss: _Optional[int] = ..., workers_rss: _Optional[int] = ..., store_keys: _Optional[int] = ..., store_bytes: _Optional[int] = ..., remote_objects: _Optional[int] = ..., named_objects: _Optional[_Iterable[_Union[NamedObject, _Mapping]]] = ..., instance: _Optional[str] = ...) -> None: ...
 
 class NamedObject(_message.Message):
     __slots__ = ("name", "type_name", "calls", "restarts", "pid")
@@ -591,10 +593,12 @@ class WatchRequest(_message.Message):
     def __init__(self, token: _Optional[str] = ...) -> None: ...
 
 class Membership(_message.Message):
-    __slots__ = ("members",)
+    __slots__ = ("members", "settling")
     MEMBERS_FIELD_NUMBER: _ClassVar[int]
+    SETTLING_FIELD_NUMBER: _ClassVar[int]
     members: _containers.RepeatedCompositeFieldContainer[Member]
-    def __init__(self, members: _Optional[_Iterable[_Union[Member, _Mapping]]] = ...) -> None: ...
+    settling: bool
+    def __init__(self, members: _Optional[_Iterable[_Union[Member, _Mapping]]] = ..., settling: _Optional[bool] = ...) -> None: ...
 
 class TaskReport(_message.Message):
     __slots__ = ("token", "server", "notes", "dropped")

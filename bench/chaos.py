@@ -169,8 +169,11 @@ class Chaos:
         self.servers = [
             Proc(
                 f"s{i}",
-                [*SPERSE, "server", "--port", str(free_port()), "--name", f"s{i}", "--workers"]
-                + ["2", "--join", f"127.0.0.1:{port}", "--session-grace", "10", *common],
+                [
+                    *SPERSE,
+                    *("server", "--port", str(free_port()), "--name", f"s{i}", "--workers", "2"),
+                    *("--join", f"127.0.0.1:{port}", "--session-grace", "10", *common),
+                ],
                 "ready at",
                 workdir / f"s{i}.log",
             )

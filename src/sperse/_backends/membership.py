@@ -166,8 +166,10 @@ class MembershipWatch:
         tls_ca: bytes | None = None,
         on_change: Callable[[list[MemberInfo], bool], None] | None = None,
         connect_timeout: float = 10.0,
+        wait_settled: bool = False,
     ) -> None:
         self.address = parse_url(address)
+        self._wait_settled = wait_settled
         self._token = token
         self._tls_ca = tls_ca
         self._on_change = on_change
@@ -177,6 +179,7 @@ class MembershipWatch:
         self._settling = False
         self._closed = threading.Event()
         self._first = threading.Event()  # the first snapshot, or the error, is here
+        self._answered = threading.Event()  # a snapshot came, if only an empty settling one
         self._error: SperseError | None = None
         self._call: Any = None  # the current Watch call: close() cancels it
         self._thread: threading.Thread | None = None
@@ -188,14 +191,21 @@ class MembershipWatch:
 
     def start(self) -> list[MemberInfo]:
         """Blocks until the first Membership; raises AuthenticationError (token refused),
-        ServerUnavailable (nothing answers, or it is not a coordinator: UNIMPLEMENTED)."""
+        ServerUnavailable (nothing answers, or it is not a coordinator: UNIMPLEMENTED).
+
+        With ``wait_settled``: a coordinator that has only just started lists no one until
+        servers (re-)join; its empty, settling list is not taken as the first while it
+        settles (up to the connect timeout), so that work sent at once finds the servers
+        that are there."""
         if self._thread is not None:
             raise RuntimeError("this MembershipWatch was started already")
         self._thread = threading.Thread(
             target=self._run, name=f"sperse-watch-{self.address}", daemon=True
         )
         self._thread.start()
-        if not self._first.wait(self._connect_timeout):
+        if not self._first.wait(self._connect_timeout) and self._answered.is_set():
+            self._first.set()  # still settling, with no one: that is the membership
+        if not self._first.is_set():
             self.close()
             raise ServerUnavailable(
                 f"no coordinator answered at {self.address} within {self._connect_timeout:g} s:"
@@ -308,7 +318,9 @@ class MembershipWatch:
             self._members = snapshot
             self._settling = settling
         if not self._first.is_set():
-            self._first.set()
+            self._answered.set()
+            if not (self._wait_settled and settling and not snapshot):
+                self._first.set()
             return
         if self._on_change is not None:
             try:

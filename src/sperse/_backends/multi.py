@@ -106,6 +106,7 @@ class ClusterBackend:
                 tls_ca=self._tls_ca,
                 on_change=self._on_membership,
                 connect_timeout=self._connect_timeout,
+                wait_settled=True,  # a coordinator just (re)started: its servers re-join
             )
             members = self._watch.start()
             self._join([_listed(m) for m in members], strict=False)
@@ -371,9 +372,7 @@ class ClusterBackend:
 def is_coordinator(url: str, *, tls_ca: bytes | None = None, timeout: float = 5.0) -> bool:
     """Whether a coordinator answers at ``url`` (else: a server, or nothing, which the
     server's client then reports). One call with no token: a coordinator refuses it
-    (UNAUTHENTICATED), a server does not know the method (UNIMPLEMENTED). When nothing
-    answers, a second call waits up to ``timeout`` for something to: a coordinator being
-    restarted must not be taken for a server."""
+    (UNAUTHENTICATED), a server does not know the method (UNIMPLEMENTED)."""
     import grpc
 
     from sperse._wire import pb
@@ -391,14 +390,11 @@ def is_coordinator(url: str, *, tls_ca: bytes | None = None, timeout: float = 5.
             request_serializer=pb.WatchRequest.SerializeToString,
             response_deserializer=pb.Membership.FromString,
         )
-        for wait in (False, True):
-            try:
-                for _ in watch(pb.WatchRequest(), timeout=timeout, wait_for_ready=wait):
-                    return True  # pragma: no cover - a coordinator answers no token with an error
-            except grpc.RpcError as exc:
-                kind = classify(exc).kind
-                if kind is not GrpcErrorKind.UNREACHABLE:
-                    return kind is GrpcErrorKind.REFUSED_TOKEN
+        try:
+            for _ in watch(pb.WatchRequest(), timeout=timeout, wait_for_ready=False):
+                return True  # pragma: no cover - a coordinator answers no token with an error
+        except grpc.RpcError as exc:
+            return classify(exc).kind is GrpcErrorKind.REFUSED_TOKEN
     return False
 
 

@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Literal
 
 from sperse._backends.multi import ClusterBackend, is_coordinator
-from sperse._backends.sperse import EmbeddedServer, SperseBackend
+from sperse._backends.sperse import EmbeddedServer, NotAServer, SperseBackend
 from sperse._cluster.cluster import Cluster, default, in_use, replace_default
 from sperse._core import (
     Backend,
@@ -94,7 +94,13 @@ def connect(
         raise ValueError(
             f"unknown backend {backend!r}: pass a Backend object, 'ray', 'local' or 'memory'"
         )
-    cluster = Cluster(backend, env=env)
+    try:
+        cluster = Cluster(backend, env=env)
+    except NotAServer:  # a coordinator came up since it was asked what was there
+        ca = Path(tls_ca).read_bytes() if tls_ca is not None else None
+        if not (isinstance(url, str) and token_used and is_coordinator(url, tls_ca=ca)):
+            raise
+        cluster = Cluster(ClusterBackend(coordinator=url, token=token_used[0], tls_ca=ca), env=env)
     if dashboard:
         from sperse._cluster.dashboard import serve_dashboard  # starlette, uvicorn: when asked
 

@@ -318,8 +318,18 @@ def error_from(error: pb.Error, address: str) -> SperseError:
     )
 
 
+class NotAServer(ServerUnavailable):
+    """Something answers at the address, but not the ``Sperse`` service (a coordinator
+    that started after ``connect`` asked what was there, or another gRPC server)."""
+
+
 def translate(exc: grpc.aio.AioRpcError, address: str) -> SperseError:
     failure = classify(exc)
+    if failure.kind is GrpcErrorKind.WRONG_SERVICE:
+        return NotAServer(
+            f"{address} answers, but is not a sperse server ({failure.details}): give the "
+            "address of a sperse server or coordinator"
+        )
     if failure.kind is GrpcErrorKind.UNREACHABLE:
         return ServerUnavailable(f"the server at {address} is unavailable: {failure.details}")
     if failure.kind is GrpcErrorKind.REFUSED_TOKEN:

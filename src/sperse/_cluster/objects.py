@@ -38,6 +38,7 @@ from sperse._core import (
     ObjectInfo,
     PickledFunction,
 )
+from sperse._core.limits import MAX_CONCURRENCY
 from sperse._lang.placement import Placement, placement_from_options
 from sperse._serialize import dumps
 from sperse.errors import ObjectLost, SerializationError, UnknownObject
@@ -72,8 +73,11 @@ class RemoteClass(Generic[T]):
     ) -> None:
         if not isinstance(cls, type):
             raise TypeError(f"sperse.remote on a class makes remote objects; got {cls!r}")
-        if max_concurrency < 1:
-            raise ValueError(f"max_concurrency must be at least 1, not {max_concurrency}")
+        if not 1 <= max_concurrency <= MAX_CONCURRENCY:
+            raise ValueError(
+                f"max_concurrency must be from 1 to {MAX_CONCURRENCY} (calls of one remote "
+                f"object running at once; servers refuse more), not {max_concurrency}"
+            )
         self._cls = cls
         self.placement = placement or Placement()
         self.name = name

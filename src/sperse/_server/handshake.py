@@ -6,6 +6,8 @@ Invariants:
   not ``Hello``, or a missing or wrong token (compared with ``hmac.compare_digest``):
   ``Error("auth")``. Then the protocol and the Python major.minor must match, else
   ``Error("version")``: code and values are pickled, which needs the same major.minor.
+  Its strings have bounds (:func:`~sperse._server.bounds.hello_violation`), else
+  ``Error("protocol")``.
 - ``Welcome`` offers shared memory (and the same-host listener's address) only to a client
   whose ``Hello`` passed the same-host probe.
 """
@@ -16,6 +18,7 @@ import hmac
 import platform
 
 from sperse._server import core
+from sperse._server.bounds import hello_violation
 from sperse._server.config import ServerConfig
 from sperse._version import __version__
 from sperse._wire import PROTOCOL, pb
@@ -65,6 +68,9 @@ def check_hello(message: pb.ClientMessage, token: bytes, server_name: str) -> tu
             f"{_major_minor(hello.python_version) or 'of the client'} (or the client with "
             f"Python {_major_minor(server_python)})"
         )
+    too_long = hello_violation(hello)
+    if too_long:
+        return "protocol", f"Hello refused: {too_long}"
     return "", ""
 
 

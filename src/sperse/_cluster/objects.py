@@ -306,14 +306,18 @@ class ObjectProxy:
     def __dir__(self) -> list[str]:
         return sorted(self._methods)
 
-    def close(self) -> None:
+    def close(self) -> Pending[None]:
         """Destroy the object now: later calls, and calls still waiting, fail with
-        ``ObjectLost``."""
+        ``ObjectLost``. Returns the close's ``Pending`` (None when done); on a sperse
+        server, only the client that created an unnamed object may close it: another's
+        close fails with ``RemoteError`` (``PermissionError``) and the object lives on."""
         with self._lock:
-            if self._closed:
-                return
-            self._closed = True
-        self._submit_work(ObjectClose(self._object_id), "close", ())
+            closed, self._closed = self._closed, True
+        if closed:
+            done: Pending[None] = Pending(self._target(), label="close")
+            done._settle(None)
+            return done
+        return self._submit_work(ObjectClose(self._object_id), "close", ())
 
     def _describe(self) -> str:
         named = f" {self._name!r}" if self._name else ""

@@ -112,7 +112,7 @@ class StreamInput:
             replies.append(stats_reply(self.core, session, message.stats.request_id))
             self._wake()
         elif kind == "objects":
-            replies.append(objects_reply(self.core, message.objects))
+            replies.append(objects_reply(self.core, session, message.objects))
             self._wake()
         elif kind == "logs":
             replies.append(logs_reply(self.core, session, message.logs))

@@ -157,11 +157,16 @@ def test_a_message_over_a_bound_ends_its_stream_and_others_are_served(
     run(scenario())
 
 
-def test_a_hello_with_a_session_id_too_long_is_refused(server: ServerThread) -> None:
+def test_a_hello_with_strings_too_long_is_refused(server: ServerThread) -> None:
     async def scenario() -> None:
         async with RawSession(server.address) as s:
             reply = await s.hello(session_id="s" * (MAX_ID + 1), expect="error")
             assert reply.error.code == "protocol"
             assert f"over the limit of {MAX_ID}" in reply.error.message
+        async with RawSession(server.address) as s:
+            # Refused for its size before its version is compared (and repeated).
+            reply = await s.hello(python_version="3." * MAX_TEXT, expect="error")
+            assert reply.error.code == "protocol" and len(reply.error.message) < MAX_TEXT
+            assert f"over the limit of {MAX_TEXT}" in reply.error.message
 
     run(scenario())

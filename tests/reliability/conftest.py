@@ -15,8 +15,6 @@ import pytest
 import sperse
 from sperse._backends.sperse import SperseBackend
 
-WAIT = 60.0  # a deadline, never a delay
-
 
 @pytest.fixture
 def second_client(cluster: sperse.Cluster) -> Iterator[sperse.Cluster]:

@@ -16,9 +16,10 @@ import subprocess
 import pytest
 
 import sperse
-from conftest import WAIT
 from sperse._backends.sperse import SperseBackend
 from sperse._core.limits import MAX_CONCURRENCY, MAX_RETRIES
+
+WAIT = 60.0  # a deadline, never a delay
 
 
 class Counter:

@@ -16,10 +16,10 @@ import warnings
 import pytest
 
 import sperse
-from conftest import WAIT
 from sperse._backends.multi import ClusterBackend
 
 BIG = 4 << 20  # over the inline limit: the value stays on its server
+WAIT = 60.0  # a deadline, never a delay
 
 
 def big() -> bytes:

@@ -65,19 +65,17 @@ Remote objects (actors; ``Task.object``):
 
 - A "create" task registers the object at once, server-wide, by its id (and its name, unique
   among the live objects of this server), with the session that sent it as its owner. When
-  the create is dispatched, a pool of one worker running
-  :mod:`sperse._server.actor_runner` starts for it (``concurrency`` = its
-  ``max_concurrency``); the create runs first there, and the calls sent meanwhile queue
-  behind it in order. A "call" task names the object by id from any session (the id, 128
-  random bits, is the capability, as for a held value: listings show a session only the
-  named objects and its own); its events go to the caller's
-  session, its values are kept like a task's. Calls are never retried, and a session that
-  ends does not cancel its calls of another's object: they run, their results are dropped.
-- An object is destroyed by "close" (from its owner session; from any session if it is
-  named: another session's close of an unnamed one fails with ``PermissionError`` and the
-  object lives on), by a ``Release`` of its id from its owner
-  session, when that session ends, when its constructor fails, when its worker dies (unless
-  ``restart``), or when the server stops. Then its queued and running calls fail with
+  the create is dispatched, a pool of one worker running :mod:`sperse._server.actor_runner`
+  starts for it (``concurrency`` = its ``max_concurrency``); the create runs first there,
+  and the calls sent meanwhile queue behind it in order. A "call" task names the object by
+  id from any session (the id, 128 random bits, is the capability: a listing shows only the
+  named objects and the session's own); its events go to the caller's session, its values
+  are kept like a task's. Calls are never retried; a session that ends does not cancel its
+  calls of another's object: they run, their results are dropped.
+- An object is destroyed by "close" (from its owner, or any session if it is named: else
+  ``PermissionError``), by a ``Release`` of its id from its owner session, when that ends,
+  when its constructor fails, when its worker dies (unless ``restart``), or when the server
+  stops. Then its queued and running calls fail with
   ``object_lost`` saying why, later calls too (the reason is remembered for the last
   ``GONE_KEPT`` objects), and its pool is closed without blocking the loop (the server's
   ``close`` waits for those workers).
@@ -481,13 +479,9 @@ class ServerCore:
             object_worker_pids=self._objects.worker_pids(),
         )
 
-    def remote_objects(
-        self, name: str = "", session: Session | None = None
-    ) -> list[RemoteObjectInfo]:
-        """The live remote objects of this server (``name``: only the one of that name);
-        ``session``: those it may see, the named ones and its own (None: all)."""
-        viewer = session.state if session is not None else None
-        return self.state.objects.infos(name, self._objects.pid, viewer)
+    def remote_objects(self, name: str = "", of: Session | None = None) -> list[RemoteObjectInfo]:
+        """The live remote objects (``name``: that one) session ``of`` sees (None: all)."""
+        return self.state.objects.infos(name, self._objects.pid, of.state if of else None)
 
     # ---- events of the pools (on the loop) -----------------------------------------------
 

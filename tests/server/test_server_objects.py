@@ -486,8 +486,10 @@ def test_names_are_unique_and_listed(server: ServerThread) -> None:
             (named,) = await other.objects("unique")  # from any session
             assert (named.object_id, named.type_name) == (first, _type(Counter))
             assert named.pid > 0 and pid_alive(named.pid)
+            # Another session is shown the named objects, not this one's unnamed ones.
             listed = {o.object_id for o in await other.objects()}
-            assert {first, second} <= listed and object_id not in listed
+            assert first in listed and second not in listed and object_id not in listed
+            assert {first, second} <= {o.object_id for o in await client.objects()}
             assert await other.objects("no such name") == []
             for made in (first, second):
                 await client.close_object(made)

@@ -159,9 +159,9 @@ def test_an_object_that_dies_fails_its_calls_and_stops(case: Death) -> None:
     built(m)
     m.submit("k", session="other", object=call("o1"))
     m.start("k")
-    if case.how == "close":
-        m.submit("x", session="other", object=ObjectOp("o1", "close"))
-        (closed,) = [e.event for e in m.emits("other") if e.event.task_id == "x"]
+    if case.how == "close":  # by its owner
+        m.submit("x", object=ObjectOp("o1", "close"))
+        (closed,) = [e.event for e in m.emits() if e.event.task_id == "x"]
         assert closed == Done("x", "srv", (CLOSED,))
     elif case.how == "release":
         m.feed(m.state.release("s", "o1"))
@@ -175,6 +175,25 @@ def test_an_object_that_dies_fails_its_calls_and_stops(case: Death) -> None:
     m.submit("k2", session="other", object=call("o1"))
     assert case.reason in failures(m, "other")["k2"].error.message
     assert m.state.objects.alive == {}
+
+
+@pytest.mark.parametrize(("name", "closes"), [("", False), ("shared", True)])
+def test_another_session_closes_a_named_object_only(name: str, closes: bool) -> None:
+    m = machine("s", "other")
+    built(m, name=name)
+    other, owner = m.state.sessions["other"], m.state.sessions["s"]
+    # Listings: another session sees a named object only; its owner sees it either way.
+    for viewer, sees in ((owner, True), (other, bool(name)), (None, True)):
+        infos = m.state.objects.infos("", lambda _: 0, viewer)
+        assert [i.object_id for i in infos] == (["o1"] if sees else [])
+    m.submit("x", session="other", object=ObjectOp("o1", "close"))
+    (event,) = [e.event for e in m.emits("other") if e.event.task_id == "x"]
+    if closes:
+        assert event == Done("x", "srv", (CLOSED,)) and m.of(StopObject) == [StopObject("o1")]
+    else:
+        assert isinstance(event, Failed) and event.error.type_name == "PermissionError"
+        assert "only that client may close it" in event.error.message
+        assert "o1" in m.state.objects.alive and m.of(StopObject) == []
 
 
 def test_a_restart_object_is_rebuilt_when_its_worker_dies() -> None:

@@ -38,6 +38,7 @@ from sperse._core import (
     ObjectInfo,
     PickledFunction,
 )
+from sperse._core.limits import MAX_CONCURRENCY
 from sperse._lang.placement import Placement, placement_from_options
 from sperse._serialize import dumps
 from sperse.errors import ObjectLost, SerializationError, UnknownObject
@@ -72,8 +73,11 @@ class RemoteClass(Generic[T]):
     ) -> None:
         if not isinstance(cls, type):
             raise TypeError(f"sperse.remote on a class makes remote objects; got {cls!r}")
-        if max_concurrency < 1:
-            raise ValueError(f"max_concurrency must be at least 1, not {max_concurrency}")
+        if not 1 <= max_concurrency <= MAX_CONCURRENCY:
+            raise ValueError(
+                f"max_concurrency must be from 1 to {MAX_CONCURRENCY} (calls of one remote "
+                f"object running at once; servers refuse more), not {max_concurrency}"
+            )
         self._cls = cls
         self.placement = placement or Placement()
         self.name = name
@@ -302,14 +306,18 @@ class ObjectProxy:
     def __dir__(self) -> list[str]:
         return sorted(self._methods)
 
-    def close(self) -> None:
+    def close(self) -> Pending[None]:
         """Destroy the object now: later calls, and calls still waiting, fail with
-        ``ObjectLost``."""
+        ``ObjectLost``. Returns the close's ``Pending`` (None when done); on a sperse
+        server, only the client that created an unnamed object may close it: another's
+        close fails with ``RemoteError`` (``PermissionError``) and the object lives on."""
         with self._lock:
-            if self._closed:
-                return
-            self._closed = True
-        self._submit_work(ObjectClose(self._object_id), "close", ())
+            closed, self._closed = self._closed, True
+        if closed:
+            done: Pending[None] = Pending(self._target(), label="close")
+            done._settle(None)
+            return done
+        return self._submit_work(ObjectClose(self._object_id), "close", ())
 
     def _describe(self) -> str:
         named = f" {self._name!r}" if self._name else ""

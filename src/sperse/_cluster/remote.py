@@ -15,6 +15,7 @@ from sperse._core import (
     PickledFunction,
     pip_requirements,
 )
+from sperse._core.limits import MAX_RETRIES
 from sperse._lang.placement import Placement, placement_from_options
 from sperse._serialize import dumps
 from sperse.errors import (
@@ -43,7 +44,7 @@ class RemoteFunction(Generic[P, T]):
         functools.update_wrapper(self, fn)
         self._fn = fn
         self.placement = placement or Placement()
-        self.retries = retries
+        self.retries = _checked_retries(retries)
         self.timeout = _checked_timeout(timeout)
         self.env = env
         self._pip = pip_requirements(env)
@@ -184,6 +185,17 @@ def remote(
     if (timeout is not None or env is not None) and isinstance(fn, type):
         raise TypeError("timeout, env: only for functions, not for classes (remote objects)")
     return wrap(fn) if fn is not None else wrap
+
+
+def _checked_retries(retries: int) -> int:
+    if isinstance(retries, bool) or not isinstance(retries, int):
+        raise TypeError(f"retries must be a whole number, not {retries!r}")
+    if not 0 <= retries <= MAX_RETRIES:
+        raise ValueError(
+            f"retries must be from 0 to {MAX_RETRIES} (re-runs when the worker dies; servers "
+            f"refuse more), not {retries}"
+        )
+    return retries
 
 
 def _checked_timeout(timeout: float | None) -> float | None:

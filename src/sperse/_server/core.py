@@ -37,7 +37,7 @@ Invariants:
   ``Started`` and its ``Done`` sent together, in one message; one that prints first has
   its ``Started`` sent before its first ``Output``.
 - A session owns its tasks and its objects; a session never reaches another's (remote
-  objects excepted: any session may call or close one, see below).
+  objects excepted: any session that has an object's id may call it, see below).
 - Every task a session submits gets exactly one terminal event (``Done`` or ``Failed``) in
   that session's outbox, after its ``Started`` and ``Output`` events; except a task the
   client cancelled (at most one ``Failed(kind="cancelled")``) and the tasks of a session that
@@ -65,16 +65,17 @@ Remote objects (actors; ``Task.object``):
 
 - A "create" task registers the object at once, server-wide, by its id (and its name, unique
   among the live objects of this server), with the session that sent it as its owner. When
-  the create is dispatched, a pool of one worker running
-  :mod:`sperse._server.actor_runner` starts for it (``concurrency`` = its
-  ``max_concurrency``); the create runs first there, and the calls sent meanwhile queue
-  behind it in order. A "call" task names the object by id from any session (the id, 128
-  random bits, is the capability, as for a held value); its events go to the caller's
-  session, its values are kept like a task's. Calls are never retried, and a session that
-  ends does not cancel its calls of another's object: they run, their results are dropped.
-- An object is destroyed by "close" (any session), by a ``Release`` of its id from its owner
-  session, when that session ends, when its constructor fails, when its worker dies (unless
-  ``restart``), or when the server stops. Then its queued and running calls fail with
+  the create is dispatched, a pool of one worker running :mod:`sperse._server.actor_runner`
+  starts for it (``concurrency`` = its ``max_concurrency``); the create runs first there,
+  and the calls sent meanwhile queue behind it in order. A "call" task names the object by
+  id from any session (the id, 128 random bits, is the capability: a listing shows only the
+  named objects and the session's own); its events go to the caller's session, its values
+  are kept like a task's. Calls are never retried; a session that ends does not cancel its
+  calls of another's object: they run, their results are dropped.
+- An object is destroyed by "close" (from its owner, or any session if it is named: else
+  ``PermissionError``), by a ``Release`` of its id from its owner session, when that ends,
+  when its constructor fails, when its worker dies (unless ``restart``), or when the server
+  stops. Then its queued and running calls fail with
   ``object_lost`` saying why, later calls too (the reason is remembered for the last
   ``GONE_KEPT`` objects), and its pool is closed without blocking the loop (the server's
   ``close`` waits for those workers).
@@ -478,9 +479,9 @@ class ServerCore:
             object_worker_pids=self._objects.worker_pids(),
         )
 
-    def remote_objects(self, name: str = "") -> list[RemoteObjectInfo]:
-        """The live remote objects of this server (``name``: only the one of that name)."""
-        return self.state.objects.infos(name, self._objects.pid)
+    def remote_objects(self, name: str = "", of: Session | None = None) -> list[RemoteObjectInfo]:
+        """The live remote objects (``name``: that one) session ``of`` sees (None: all)."""
+        return self.state.objects.infos(name, self._objects.pid, of.state if of else None)
 
     # ---- events of the pools (on the loop) -----------------------------------------------
 

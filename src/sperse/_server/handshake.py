@@ -6,6 +6,8 @@ Invariants:
   not ``Hello``, or a missing or wrong token (compared with ``hmac.compare_digest``):
   ``Error("auth")``. Then the protocol and the Python major.minor must match, else
   ``Error("version")``: code and values are pickled, which needs the same major.minor.
+  (After the token and before those, its strings must keep their bounds,
+  :func:`~sperse._server.bounds.hello_violation`, else ``Error("protocol")``.)
 - ``Welcome`` offers shared memory (and the same-host listener's address) only to a client
   whose ``Hello`` passed the same-host probe.
 """
@@ -16,6 +18,7 @@ import hmac
 import platform
 
 from sperse._server import core
+from sperse._server.bounds import hello_violation
 from sperse._server.config import ServerConfig
 from sperse._version import __version__
 from sperse._wire import PROTOCOL, pb
@@ -49,6 +52,9 @@ def check_hello(message: pb.ClientMessage, token: bytes, server_name: str) -> tu
             "wrong token: use the token this server was started with (printed at its start, "
             "or in its --token-file)"
         )
+    too_long = hello_violation(hello)  # before any of them is repeated in a message
+    if too_long:
+        return "protocol", f"Hello refused: {too_long}"
     name = server_name
     if hello.protocol != PROTOCOL:
         return "version", (

@@ -75,7 +75,8 @@ class ObjectOp:
 class TaskRequest:
     """One task of a ``Submit``. ``work`` None: its bytes were refused (``refused`` says why).
     ``uploads``: the shared memory files its work names (the task owns them from now on).
-    ``peer_refs``: where the refs this server may not hold are (it pulls them from there)."""
+    ``peer_refs``: where the refs this server may not hold are (it pulls them from there).
+    ``over``: the bound of :mod:`sperse._core.limits` it passes (it fails with that)."""
 
     task_id: str
     work: PickledBytes | None
@@ -88,6 +89,7 @@ class TaskRequest:
     peer_refs: tuple[PeerRef, ...] = ()
     object: ObjectOp | None = None
     pip: tuple[str, ...] = ()  # the pip environment it runs in (sperse._server.envs)
+    over: str = ""
 
 
 # ---- what comes out ----------------------------------------------------------------------

@@ -4,7 +4,9 @@ See :mod:`sperse._server.core` for the rules. This part decides; the server's st
 (:mod:`sperse._server.state`) fails the calls of an object that dies, and its driver runs
 the object's one-worker pool (``StartObject``, ``SubmitToObject``, ``StopObject``).
 
-Invariants: an object id is used once per server (ids and names of live objects are unique;
+Invariants: an unnamed object is listed only to the session that created it (its owner),
+and only its owner may close it (its id is a capability to call it); a named object is
+listed to every session and any session may close it. An object id is used once per server (ids and names of live objects are unique;
 the end of the last ``GONE_KEPT`` destroyed ones is remembered, for the calls that come
 later); a dead object never comes back; a restart object is rebuilt from its kept create
 envelope, whose held values stay pinned and whose uploads stay on disk until it dies.
@@ -125,14 +127,19 @@ class RemoteObjects:
             restart=obj.restart,
         )
 
-    def infos(self, name: str, pid: Callable[[str], int]) -> list[RemoteObjectInfo]:
+    def infos(
+        self, name: str, pid: Callable[[str], int], viewer: SessionState | None = None
+    ) -> list[RemoteObjectInfo]:
         """The live objects (``name``: only the one of that name), as listings show them;
-        ``pid(object_id)``: its worker's pid."""
+        ``pid(object_id)``: its worker's pid. ``viewer``: only those that session may see
+        (the named ones and its own); None: all (for the server itself)."""
         if name:
             named = self.named.get(name)
             listed = [named] if named is not None else []
-        else:
+        elif viewer is None:
             listed = list(self.alive.values())
+        else:
+            listed = [o for o in self.alive.values() if o.name or o.owner is viewer]
         return [
             RemoteObjectInfo(
                 obj.object_id,
@@ -147,6 +154,19 @@ class RemoteObjects:
             )
             for obj in listed
         ]
+
+    def refuse_close(self, obj: RemoteObject, session: SessionState, task_id: str) -> Failed | None:
+        """Why ``session`` may not close ``obj`` (None: it may). An unnamed object's id is a
+        capability to call it; closing it takes its owner. A named one is shared by name:
+        any session may close it."""
+        if obj.name or obj.owner is session:
+            return None
+        message = (
+            f"{self.describe(obj)} was created by another client's session: only that client "
+            "may close it (or release its last proxy); a named object may be closed by any "
+            "client"
+        )
+        return Failed(task_id, self._server, ErrorInfo("raised", "PermissionError", message))
 
     def describe(self, obj: RemoteObject) -> str:
         named = f"remote object {obj.name!r}" if obj.name else "remote object"

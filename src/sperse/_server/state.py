@@ -410,8 +410,13 @@ class ServerState:
         return self._take()
 
     def _close_object(self, session: SessionState, task_id: str, object_id: str) -> None:
-        """A "close" task: destroy the object now (if it is still alive), and succeed."""
+        """A "close" task: destroy the object now (if it is still alive), and succeed; or
+        fail, if it is another session's unnamed object (it lives on)."""
         obj = self.objects.alive.get(object_id)
+        refused = self.objects.refuse_close(obj, session, task_id) if obj is not None else None
+        if refused is not None:
+            self.tasks.record(session, refused)
+            return
         if obj is not None:
             self.tasks.object_dies(
                 obj, "was closed (proxy.close()): create a new one", event="object_closed"

@@ -12,7 +12,8 @@ Invariants:
   each batch of worker events). The order of messages is the same either way, and only one
   of the two writes at a time: the writer when it runs, ``flush_now`` while it waits.
 - A ``Submit`` of many tasks is handled a chunk of ``SUBMIT_CHUNK`` tasks at a time, the
-  loop turning in between, so the workers are fed while the rest is read.
+  loop turning in between, so the workers are fed while the rest is read. One of more than
+  ``MAX_TASKS`` (:mod:`sperse._core.limits`) is a protocol violation.
 - A protocol violation ends the stream with ``Error("protocol")``. The stream also ends
   after ``Goodbye``, when another stream resumes the session (``kick``), when the server
   stops (after sending what is queued), or when the client goes away.
@@ -30,6 +31,7 @@ import grpc.aio
 
 from sperse._server import core
 from sperse._server.blobs import OutBlob, Violation
+from sperse._server.bounds import submit_violation
 from sperse._server.config import ServerConfig
 from sperse._server.local import LocalCall
 from sperse._server.logs import log_event
@@ -145,6 +147,9 @@ class Stream:
 
     async def _submit(self, tasks: Any) -> None:
         count = len(tasks)
+        too_many = submit_violation(count)
+        if too_many:
+            raise Violation(too_many)
         for start in range(0, count, SUBMIT_CHUNK):
             self.input.submit_chunk(tasks[start : start + SUBMIT_CHUNK])
             if start + SUBMIT_CHUNK < count:

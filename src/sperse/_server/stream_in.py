@@ -9,8 +9,11 @@ Invariants:
   the shared memory files the offending tasks named are unlinked first.
 - A blob over ``max_value_size`` is dropped as it arrives; the task that uses it fails with
   ``serialization`` (its session carries on). So does a task that names a shared memory
-  file that is gone or over that size (the server only ``stat``\\ s it), or an environment
-  of too many or too long pip requirements.
+  file that is gone or over that size (the server only ``stat``\\ s it).
+- A task over a bound of :mod:`sperse._core.limits` (checked by
+  :mod:`sperse._server.bounds`, before anything of it is queued) fails alone with a
+  ``ValueError`` that names the bound; a ``Task`` without an id or with one too long is a
+  violation.
 - A request (fetch, stats, objects, logs, callback) is answered by queueing its reply on the
   writing side and waking it.
 """
@@ -22,9 +25,11 @@ import stat
 from collections.abc import Callable
 from typing import Any
 
+from sperse._core.limits import MAX_TEXT
 from sperse._serialize import shm
 from sperse._server import core
 from sperse._server.blobs import Refused, StreamReceiver, Violation
+from sperse._server.bounds import task_over, task_violation
 from sperse._server.envelope import PickledBytes, ShmBuffer
 from sperse._server.stream_out import (
     FetchReply,
@@ -36,9 +41,6 @@ from sperse._server.stream_out import (
 from sperse._wire import PROTOCOL, pb
 
 __all__ = ["StreamInput"]
-
-_PIP_MAX = 64  # requirements of one task's environment
-_PIP_TEXT_MAX = 1000  # characters of one requirement
 
 
 def _object_op(op: pb.ObjectOp) -> core.ObjectOp:
@@ -110,7 +112,7 @@ class StreamInput:
             replies.append(stats_reply(self.core, session, message.stats.request_id))
             self._wake()
         elif kind == "objects":
-            replies.append(objects_reply(self.core, message.objects))
+            replies.append(objects_reply(self.core, session, message.objects))
             self._wake()
         elif kind == "logs":
             replies.append(logs_reply(self.core, session, message.logs))
@@ -137,8 +139,9 @@ class StreamInput:
             )
 
     def _task_request(self, task: pb.Task) -> core.TaskRequest:
-        if not task.task_id:
-            raise Violation("a Task without a task_id")
+        violation = task_violation(task)
+        if violation:
+            raise Violation(violation)
         uploads = self._uploads(task.work)
         try:
             work: PickledBytes | None = self.receiver.pickled(task.work, self._upload_size)
@@ -148,12 +151,10 @@ class StreamInput:
         except Violation:
             shm.unlink(uploads)
             raise
-        if len(task.pip) > _PIP_MAX or any(len(r) > _PIP_TEXT_MAX for r in task.pip):
-            work = None
-            refused = (
-                f"an environment of at most {_PIP_MAX} pip requirements of at most "
-                f"{_PIP_TEXT_MAX} characters each (this one has {len(task.pip)})"
-            )
+        over = task_over(task)
+        if over:  # it fails with that: nothing of it is kept
+            label = task.label[:MAX_TEXT]
+            return core.TaskRequest(task.task_id, None, label=label, over=over, uploads=uploads)
         return core.TaskRequest(
             task_id=task.task_id,
             work=work,

@@ -180,7 +180,10 @@ def logs_reply(
     return pb.ServerMessage(logs=reply)
 
 
-def objects_reply(server_core: core.ServerCore, request: pb.ObjectsRequest) -> pb.ServerMessage:
+def objects_reply(
+    server_core: core.ServerCore, session: core.Session, request: pb.ObjectsRequest
+) -> pb.ServerMessage:
+    """The remote objects ``session`` may see: the named ones and its own."""
     infos = [
         pb.ObjectInfo(
             object_id=o.object_id,
@@ -193,7 +196,7 @@ def objects_reply(server_core: core.ServerCore, request: pb.ObjectsRequest) -> p
             restarts=o.restarts,
             pid=o.pid,
         )
-        for o in server_core.remote_objects(request.name)
+        for o in server_core.remote_objects(request.name, session)
     ]
     reply = pb.ObjectsReply(request_id=request.request_id, objects=infos)
     return pb.ServerMessage(objects=reply)

@@ -18,6 +18,12 @@ def refusal(request: TaskRequest, session: SessionState, server: str) -> Failed 
     """Why server ``server`` cannot run ``request`` for ``session`` (None: it can, as far as
     the request itself tells; a remote object it names is checked next)."""
     task_id = request.task_id
+    if request.over:
+        message = (
+            f"{what(request)} was refused by server {server!r}: {request.over} (the bounds a "
+            "server keeps for every client are listed in docs/server.md, 'Bounds')"
+        )
+        return Failed(task_id, server, ErrorInfo("raised", "ValueError", message))
     if request.work is None:
         return Failed(
             task_id, server, ErrorInfo("serialization", "SerializationError", request.refused)

@@ -42,7 +42,7 @@ from sperse._serialize import RemoteRef, dumps_oob, loads_oob
 from sperse._serialize import shm as _shm
 from sperse._wire import BlobSender, pb
 from sperse._wire.urls import parse_url
-from sperse.errors import ClientGone, SerializationError, SperseError
+from sperse.errors import ClientGone, SerializationError, ServerLost, SperseError
 
 __all__ = ["DEFAULT_INLINE_LIMIT", "SperseBackend", "TaskOutputLog"]
 
@@ -135,7 +135,7 @@ class SperseBackend:
         self._closed = self._session.closed = True
         if self._thread.is_alive():
             with contextlib.suppress(Exception):
-                self._call(self._session.shutdown(), 5)
+                self._call(self._session.shutdown(), 5, closing=True)
             self._loop.call_soon_threadsafe(self._loop.stop)
             self._thread.join(5)
         if self._process is not None:
@@ -148,13 +148,35 @@ class SperseBackend:
             self._loop.run_until_complete(self._loop.shutdown_asyncgens())
         self._loop.close()
 
-    def _call(self, coro: Coroutine[Any, Any, T], timeout: float | None) -> T:
-        future = asyncio.run_coroutine_threadsafe(coro, self._loop)
+    def _call(
+        self, coro: Coroutine[Any, Any, T], timeout: float | None, *, closing: bool = False
+    ) -> T:
+        """Run ``coro`` on the I/O loop. Once this connection is closed (by its client, or
+        by a many-servers client that gave its server up), the error it ended in."""
+        if self._closed and not closing:
+            coro.close()  # never scheduled: no "never awaited" warning
+            raise self._gone()
+        try:
+            future = asyncio.run_coroutine_threadsafe(coro, self._loop)
+        except RuntimeError:  # the loop closed meanwhile
+            coro.close()
+            raise self._gone() from None
         try:
             return future.result(timeout)
         except TimeoutError:
             future.cancel()
             raise
+
+    def _gone(self) -> SperseError:
+        """What a request on this closed connection raises: the error it was lost in, or
+        ``ServerLost``."""
+        if self._tasks.lost is not None:
+            return self._tasks.lost  # as a request on the lost session raises it
+        return ServerLost(
+            f"the connection to server {self.name!r} at {self.address} is closed (its client "
+            "closed it, or gave the server up as lost): what it holds cannot be reached from "
+            "here any more; compute it again"
+        )
 
     # ---- the Backend protocol (any thread) ----------------------------------------
 

@@ -65,10 +65,9 @@ Remote objects (actors; ``Task.object``):
 
 - A "create" task registers the object at once, server-wide, by its id (and its name, unique
   among the live objects of this server), with the session that sent it as its owner. When
-  the create is dispatched, a pool of one worker running
-  :mod:`sperse._server.actor_runner` starts for it (``concurrency`` = its
-  ``max_concurrency``); the create runs first there, and the calls sent meanwhile queue
-  behind it in order. A "call" task names the object by id from any session (the id, 128
+  the create is dispatched, a pool of one worker running :mod:`sperse._server.actor_runner`
+  starts for it (``concurrency`` = its ``max_concurrency``); the create runs first there,
+  and the calls sent meanwhile queue behind it in order. A "call" task names the object by id from any session (the id, 128
   random bits, is the capability, as for a held value); its events go to the caller's
   session, its values are kept like a task's. Calls are never retried, and a session that
   ends does not cancel its calls of another's object: they run, their results are dropped.
@@ -237,6 +236,7 @@ class ServerCore:
             on_delivered=self._after_pool_events,
             fail=self._fail_attempt,
             env=lambda: self.worker_env,
+            token=lambda: self.worker_token,
         )
         self._objects = ObjectPools(
             name,
@@ -247,6 +247,7 @@ class ServerCore:
             failed=self._object_pool_failed,
             fail=self._fail_attempt,
             env=lambda: self.worker_env,
+            token=lambda: self.worker_token,
         )
         self._announce_timer: asyncio.TimerHandle | None = None
         self._files = Files(loop)
@@ -254,8 +255,9 @@ class ServerCore:
         self.after_pool_events: Callable[[], None] | None = None
         self.in_pool_batch = False  # events of the pool are being delivered
         # Given to every worker (set by the server once it listens): how remote code reaches
-        # this server (nested work, remote objects, callbacks). See sperse._cluster.
+        # this server (nested work, objects, callbacks), and its token, apart from the env.
         self.worker_env: dict[str, str] = {}
+        self.worker_token = ""
         self._peers: Peers | None = None
         self._pulls = PullRunner(loop, clock, self.state, self._perform)
         self._doers = self._action_doers()

@@ -182,3 +182,19 @@ def test_a_lost_connection_leaves_the_session_for_a_resume(make_server: MakeServ
             assert reply is not None and reply.welcome.resumed
 
     run(scenario())
+
+
+def test_a_client_that_closes_its_end_is_gone(make_server: MakeServer) -> None:
+    """A killed client's socket says only EOF: the stream ends, the session expires."""
+    server = make_server(session_grace=0.2)
+
+    async def scenario() -> None:
+        address, _ = await local_address(server)
+        async with LocalSession(address) as s:
+            assert (await s.hello()) is not None
+            assert s.writer is not None
+            s.writer.write_eof()  # no Goodbye
+            assert await s.read() is None, "the server drops the connection"
+        await server.wait_stats(lambda stats: stats.sessions == 0)
+
+    run(scenario())

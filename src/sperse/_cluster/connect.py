@@ -17,7 +17,7 @@ from sperse._core import (
     Backend,
     pip_requirements,
 )
-from sperse._core.nested import WORKER_CA_ENV, WORKER_SERVER_ENV, WORKER_TOKEN_ENV, nested_backend
+from sperse._core.nested import WORKER_CA_ENV, WORKER_SERVER_ENV, nested_backend, worker_token
 from sperse.errors import AuthenticationError
 
 __all__ = ["connect", "current", "worker_cluster"]
@@ -220,7 +220,7 @@ def worker_cluster(address: str = "") -> Cluster | None:
     """In a worker of a ``sperse server``: this process's connection to the server at
     ``address`` (default: its own), made once. None anywhere else."""
     own = os.environ.get(WORKER_SERVER_ENV)
-    token = os.environ.get(WORKER_TOKEN_ENV)
+    token = worker_token()
     if not own or not token:
         return None
     target = address or own

@@ -36,8 +36,9 @@ Invariants
   given, is called (like ``on_event``) for every worker that exits while the pool is open,
   before the events of the tasks it fails, and before its replacement can take a task.
 - After :meth:`WorkerPool.close` returns (called from another thread than the loop's),
-  every worker process has exited and been reaped, the pool's file descriptors are no
-  longer watched, a private reader thread has ended, and no more events will come.
+  every worker process has exited and been reaped (the processes its tasks started, in its
+  process group, killed), the pool's file descriptors are no longer watched, a private
+  reader thread has ended, and no more events will come.
 
 Pipelining
 ----------
@@ -167,6 +168,8 @@ class WorkerPool:
     ``concurrency``: tasks each worker runs at once (see "Concurrent workers").
     ``on_worker_exit``: called with the pid of a worker that exited and how (``"killed by
     SIGKILL"``, ``"exit code 1"``), see the invariants above.
+    ``env``: set in each worker's ``os.environ``; ``token``: handed to each worker apart
+    from it (a server's cluster token, for nested work: see :mod:`sperse._pool.worker`).
 
     The decisions are the :class:`~sperse._pool.policy.PoolPolicy`'s; this class feeds it
     what happens (under ``_lock``) and carries out the actions it returns. Frames to write
@@ -189,6 +192,7 @@ class WorkerPool:
         concurrency: int = 1,
         on_worker_exit: Callable[[int, str], None] | None = None,
         env: Mapping[str, str] | None = None,
+        token: str = "",
     ) -> None:
         if size < 1:
             raise ValueError(f"a pool needs at least one worker, not {size}")
@@ -198,6 +202,7 @@ class WorkerPool:
         self._size = size
         self._runner = runner
         self._env = dict(env or {})  # set in each worker's os.environ before its runner loads
+        self._token = token  # handed to each worker, not in its environment (see worker.py)
         self._name = name
         self._cancel_grace = cancel_grace
         self._concurrency = max(1, concurrency)
@@ -379,7 +384,9 @@ class WorkerPool:
     def _start_worker(self, worker: WorkerId, *, strict: bool) -> None:
         """Spawn (strict: let any error out, for the constructor) and tell the policy."""
         try:
-            w = procs.spawn(worker, self._runner, self._concurrency, self._env, self._name)
+            w = procs.spawn(
+                worker, self._runner, self._concurrency, self._env, self._name, self._token
+            )
         except OSError as exc:
             if strict:
                 raise
@@ -494,12 +501,7 @@ class WorkerPool:
         self._read(w, to_end=True)  # what it sent before it died counts
         w.unwatch(self._loop)
         w.drop_conn(self._loop)
-        w.process.join(ESCALATION_WAIT)
-        if w.process.exitcode is None:  # sentinel fired but still running: should not happen
-            w.process.kill()
-            w.process.join()
-        code = w.process.exitcode
-        w.process.close()  # its file descriptors, now rather than at garbage collection
+        code = procs.reap_exited(w)
         with self._lock:
             if self._procs.pop(w.id, None) is not None:
                 self._handle([Exited(w.id, code)])

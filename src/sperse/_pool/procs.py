@@ -3,6 +3,11 @@
 No policy here (:mod:`sperse._pool.policy` decides) and no event loop (:mod:`sperse._pool.
 pool` watches the file descriptors): these functions do the system calls, and turn the
 frames a worker sent (the format is in :mod:`sperse._pool.pool`) into policy events.
+
+A worker leads its own process group (see :mod:`sperse._pool.worker`), and the processes its
+tasks started are in it. Whatever ends a worker, its group is killed (``SIGKILL``) just
+before the worker is reaped (:func:`reap`): its pid, and so the group's id, cannot have been
+reused by then. A kill of a worker kills its group at once.
 """
 
 from __future__ import annotations
@@ -44,6 +49,8 @@ __all__ = [
     "kill",
     "kill_now",
     "read_events",
+    "reap",
+    "reap_exited",
     "spawn",
     "stop",
 ]
@@ -74,6 +81,7 @@ class WorkerProcess:
     reading: bool = False  # a reader callback is registered for `fd`
     watched: bool = False  # its sentinel is registered with the loop
     torn: bool = False  # a frame to it was left half-written when the pool closed
+    reaped: bool = False  # reap() has begun: its pid may be another process's soon
 
     # The methods below run on the pool's event loop only.
 
@@ -160,14 +168,20 @@ class WorkerProcess:
 
 
 def spawn(
-    worker: WorkerId, runner: str, concurrency: int, env: Mapping[str, str], name: str
+    worker: WorkerId,
+    runner: str,
+    concurrency: int,
+    env: Mapping[str, str],
+    name: str,
+    token: str = "",
 ) -> WorkerProcess:
-    """Start a worker process (it answers ``READY`` once its runner is loaded)."""
+    """Start a worker process (it answers ``READY`` once its runner is loaded). ``token``
+    goes with its start-up arguments (through a pipe), not in its environment."""
     parent_conn, child_conn = _CTX.Pipe(duplex=True)
     cancel_seq = _CTX.RawValue(ctypes.c_int64, 0)
     process = _CTX.Process(
         target=_worker_module.main,
-        args=(child_conn, runner, cancel_seq, concurrency, dict(env)),
+        args=(child_conn, runner, cancel_seq, concurrency, dict(env), token),
         name=f"{name}-worker",
         daemon=False,
     )
@@ -199,16 +213,45 @@ def interrupt(w: WorkerProcess, seq: int) -> None:
         os.kill(w.pid, signal.SIGUSR1)
 
 
+def _kill_group(w: WorkerProcess) -> None:
+    """Kill the process group ``w`` leads (itself and what its tasks started), unless it
+    is being reaped (then :func:`reap` does)."""
+    if not w.reaped:
+        with contextlib.suppress(ProcessLookupError, PermissionError):  # none, or not ours
+            os.killpg(w.pid, signal.SIGKILL)
+
+
 def kill(w: WorkerProcess) -> None:
+    _kill_group(w)
     with contextlib.suppress(ValueError):  # closed: it has been reaped already
+        w.process.kill()  # (still starting: not in its group yet)
+
+
+def reap(w: WorkerProcess, timeout: float | None = None) -> None:
+    """``w`` has exited (or is being killed): kill what is left of its group, then reap it
+    (wait at most ``timeout``)."""
+    _kill_group(w)
+    w.reaped = True
+    with contextlib.suppress(ValueError):  # closed: reaped already
+        w.process.join(timeout)
+
+
+def reap_exited(w: WorkerProcess) -> int | None:
+    """``w``'s sentinel fired: reap it (see :func:`reap`), close it, return its exit code."""
+    reap(w, ESCALATION_WAIT)
+    if w.process.exitcode is None:  # sentinel fired but still running: should not happen
         w.process.kill()
+        w.process.join()
+    code = w.process.exitcode
+    w.process.close()  # its file descriptors, now rather than at garbage collection
+    return code
 
 
 def discard(workers: list[WorkerProcess]) -> None:
     """Kill and reap workers just started (the pool could not start them all)."""
     for w in workers:
-        w.process.kill()
-        w.process.join()
+        kill(w)
+        reap(w)
         if w.conn is not None:
             w.conn.close()
 
@@ -216,9 +259,8 @@ def discard(workers: list[WorkerProcess]) -> None:
 def kill_now(workers: list[WorkerProcess]) -> None:
     """Kill workers without the loop's help (it is stuck): a last resort."""
     for w in workers:
-        with contextlib.suppress(ValueError):  # closed: reaped meanwhile
-            w.process.kill()
-            w.process.join(ESCALATION_WAIT)
+        kill(w)
+        reap(w, ESCALATION_WAIT)
 
 
 def read_events(w: WorkerProcess, *, to_end: bool = False) -> tuple[list[Event], bool]:
@@ -296,11 +338,11 @@ def stop(
     deadlines: dict[WorkerProcess, float] = {}
     for w, ready, head_seq in workers:
         try:
-            alive = w.process.is_alive()
+            exited = bool(wait([w.process.sentinel], 0))  # (is_alive() would reap it)
         except ValueError:  # closed: reaped already
             continue
-        if not alive:
-            w.process.join()
+        if exited:
+            reap(w)
             w.process.close()
             continue
         if not ready:
@@ -320,7 +362,7 @@ def stop(
         timeout_left = max(0.0, min(deadlines.values()) - time.monotonic())
         for sentinel in wait(list(by_sentinel), timeout_left):
             w = by_sentinel[sentinel]
-            w.process.join()
+            reap(w)
             w.process.close()
             del deadlines[w]
         now = time.monotonic()

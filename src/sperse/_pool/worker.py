@@ -27,11 +27,22 @@ middle of a frame would corrupt the pipe.
 The worker ignores ``SIGINT`` (Ctrl-C in the parent's terminal is for the parent to handle),
 and exits when its parent dies: an idle worker sees its pipe close, and a busy one is stopped
 by a watchdog thread waiting on the parent's sentinel.
+
+Every worker leads a process group of its own, which the processes its tasks start join (a
+child that starts a session of its own leaves it). The pool kills the group when the worker
+has exited, whatever the way (see :mod:`sperse._pool.procs`), and a worker whose parent died
+kills its group on its way out: no process a task started outlives its worker. A worker
+whose task is interrupted (cancelled) kills the rest of its group itself.
+
+The pool's ``token`` (a server's cluster token, for nested work) arrives with the worker's
+start-up arguments and is kept in :mod:`sperse._core.nested`, never in ``os.environ``; a
+variable the worker inherited whose value holds it is removed from there too.
 """
 
 from __future__ import annotations
 
 import collections
+import contextlib
 import contextvars
 import ctypes
 import enum
@@ -405,6 +416,7 @@ class _Worker:
                 self.running = 0
         except TaskInterrupted:
             outcome = (Msg.CANCELLED, seq, b"")
+            _kill_group_but_me()
         # No interrupt can arrive from here on: `running` is 0.
         self.stdout.drain(seq)
         self.stderr.drain(seq)
@@ -487,7 +499,40 @@ def _exit_when_parent_dies() -> None:
     if parent is None:
         return
     parent.join()
+    if os.getpgrp() == os.getpid():  # the processes our tasks started go with us
+        os.killpg(os.getpgrp(), signal.SIGKILL)
     os._exit(1)
+
+
+def _kill_group_but_me() -> None:
+    """A task was cancelled: kill the processes of this worker's group but itself (what its
+    tasks started and left running), found in ``/proc``."""
+    me = os.getpid()
+    if os.getpgrp() != me:
+        return
+    with contextlib.suppress(OSError):
+        for name in os.listdir("/proc"):
+            if not name.isdigit() or int(name) == me:
+                continue
+            try:
+                with open(f"/proc/{name}/stat", "rb") as file:
+                    stat = file.read()
+            except OSError:  # gone meanwhile
+                continue
+            fields = stat[stat.rfind(b")") + 2 :].split()  # state, ppid, pgrp, ...
+            if len(fields) > 2 and int(fields[2]) == me:
+                with contextlib.suppress(OSError):
+                    os.kill(int(name), signal.SIGKILL)
+
+
+def _hide_token(token: str) -> None:
+    """Keep ``token`` for nested work, out of the environment the task's children inherit."""
+    for name, value in list(os.environ.items()):
+        if token in value:
+            del os.environ[name]
+    from sperse._core.nested import set_worker_token  # a server's worker only: sperse is there
+
+    set_worker_token(token)
 
 
 def main(
@@ -496,14 +541,20 @@ def main(
     cancel_seq: ctypes.c_int64,
     concurrency: int = 1,
     env: dict[str, str] | None = None,
+    token: str = "",
 ) -> None:
     """Entry point of a worker process (the ``target`` of its ``multiprocessing.Process``).
     ``env``: set in ``os.environ`` first (what the pool's owner gives its workers only); its
-    ``PYTHONPATH`` goes first on ``sys.path`` too, as it would in a Python started with it."""
+    ``PYTHONPATH`` goes first on ``sys.path`` too, as it would in a Python started with it.
+    ``token``: kept apart from ``os.environ`` (see the module's docstring)."""
+    with contextlib.suppress(OSError):  # a group of its own, before any task can start
+        os.setpgid(0, 0)
     if env:
         os.environ.update(env)
         paths = [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p]
         sys.path[0:0] = [p for p in paths if p not in sys.path]
+    if token:
+        _hide_token(token)
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     threading.Thread(target=_exit_when_parent_dies, name="parent-watchdog", daemon=True).start()
     channel_fd = conn.fileno()

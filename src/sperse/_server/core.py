@@ -12,9 +12,7 @@ This module knows no gRPC and no protobuf: the stream layer (:mod:`sperse._serve
 turns client messages into calls here and the events queued here into server messages.
 
 Threads: everything runs on the server's event loop, the worker pool too (it watches its
-workers' pipes on this loop, so a result reaches a session without a thread in between).
-Events that arrive together are handled together, and their stream sends them in one
-``Events`` message.
+workers' pipes on this loop). Events that arrive together go out in one ``Events`` message.
 
 Invariants:
 
@@ -75,10 +73,9 @@ Remote objects (actors; ``Task.object``):
 - An object is destroyed by "close" (from its owner, or any session if it is named: else
   ``PermissionError``), by a ``Release`` of its id from its owner session, when that ends,
   when its constructor fails, when its worker dies (unless ``restart``), or when the server
-  stops. Then its queued and running calls fail with
-  ``object_lost`` saying why, later calls too (the reason is remembered for the last
-  ``GONE_KEPT`` objects), and its pool is closed without blocking the loop (the server's
-  ``close`` waits for those workers).
+  stops. Then its queued and running calls fail with ``object_lost`` saying why, later
+  calls too (the reason is remembered for the last ``GONE_KEPT`` objects), and its pool
+  is closed without blocking the loop (the server's ``close`` waits for those workers).
 - A ``restart`` object whose worker dies is rebuilt: its create envelope (kept, with the
   uploads and held values it names) goes to the front of its pool's queue, the calls that
   were running fail with ``object_lost`` (its state was reset), the queued ones run on the
@@ -238,6 +235,7 @@ class ServerCore:
             on_delivered=self._after_pool_events,
             fail=self._fail_attempt,
             env=lambda: self.worker_env,
+            token=lambda: self.worker_token,
         )
         self._objects = ObjectPools(
             name,
@@ -248,6 +246,7 @@ class ServerCore:
             failed=self._object_pool_failed,
             fail=self._fail_attempt,
             env=lambda: self.worker_env,
+            token=lambda: self.worker_token,
         )
         self._announce_timer: asyncio.TimerHandle | None = None
         self._files = Files(loop)
@@ -255,8 +254,9 @@ class ServerCore:
         self.after_pool_events: Callable[[], None] | None = None
         self.in_pool_batch = False  # events of the pool are being delivered
         # Given to every worker (set by the server once it listens): how remote code reaches
-        # this server (nested work, remote objects, callbacks). See sperse._cluster.
+        # this server (nested work, objects, callbacks), and its token, apart from the env.
         self.worker_env: dict[str, str] = {}
+        self.worker_token = ""
         self._peers: Peers | None = None
         self._pulls = PullRunner(loop, clock, self.state, self._perform)
         self._doers = self._action_doers()

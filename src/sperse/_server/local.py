@@ -16,6 +16,10 @@ Invariants:
 - A message that is not one (undecodable, or over ``MAX_MESSAGE``) ends the stream, as a
   protocol error does over gRPC. A connection that is lost cancels its ``Session`` call,
   as gRPC does, so the session starts its grace period.
+- The client's end closing (EOF) is the client gone: a killed client's socket only says
+  EOF, and nothing would notice it before a write failed, an idle session never. Once the
+  messages read before it are handled, the connection is dropped and the call cancelled,
+  as above. (Sperse's clients close their end only after ``Goodbye``.)
 - Flow control both ways: reading pauses while many messages wait to be handled, and a
   write waits while the client does not read.
 """
@@ -63,7 +67,8 @@ class LocalCall(asyncio.Protocol):
         self._inbox: collections.deque[pb.ClientMessage] = collections.deque()
         self._readable: asyncio.Future[None] | None = None
         self._writable: asyncio.Future[None] | None = None
-        self._eof = False
+        self._eof = False  # no more messages: read() says EOF once the inbox is empty
+        self._hung_up = False  # the client closed its end
         self._lost = False
         self._reading_paused = False
         self._writing_paused = False
@@ -110,8 +115,9 @@ class LocalCall(asyncio.Protocol):
 
     def eof_received(self) -> bool:
         self._eof = True
+        self._hung_up = True
         self._wake_reader()
-        return True  # half-closed: events may still go out
+        return True  # kept open until what was read before is handled (see read)
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._lost = True
@@ -146,6 +152,8 @@ class LocalCall(asyncio.Protocol):
     async def read(self) -> Any:
         while not self._inbox:
             if self._eof:
+                if self._hung_up and self._transport is not None:
+                    self._transport.abort()  # the client is gone: the call ends (see above)
                 return grpc.aio.EOF
             self._readable = asyncio.get_running_loop().create_future()
             await self._readable

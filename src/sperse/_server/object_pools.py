@@ -47,6 +47,7 @@ class ObjectPools:
         failed: Callable[[str, str], None],
         fail: Callable[[str, ErrorInfo], None],
         env: Callable[[], Mapping[str, str]],
+        token: Callable[[], str],
     ) -> None:
         self._server = server
         self._loop = loop
@@ -56,6 +57,7 @@ class ObjectPools:
         self._failed = failed
         self._fail = fail
         self._env = env
+        self._token = token
         self._pools: dict[str, _ObjectPool] = {}  # by object id: of live objects
         self.tasks: set[asyncio.Task[None]] = set()  # pools starting, or stopping
 
@@ -86,6 +88,7 @@ class ObjectPools:
                 on_events_delivered=self._on_delivered,
                 on_worker_exit=functools.partial(self._on_exit, object_id),
                 env=dict(self._env()),
+                token=self._token(),
             )
         except Exception as exc:
             self._failed(object_id, str(exc))

@@ -25,7 +25,7 @@ from types import TracebackType
 import grpc
 import grpc.aio
 
-from sperse._core.nested import WORKER_CA_ENV, WORKER_SERVER_ENV, WORKER_TOKEN_ENV
+from sperse._core.nested import WORKER_CA_ENV, WORKER_SERVER_ENV
 from sperse._server import local
 from sperse._server.config import ServerConfig, ServerConfigError, check_config, default_name
 from sperse._server.core import ServerCore, ServerStats
@@ -138,6 +138,7 @@ class SperseServer:
         self._name = config.name or default_name(port)
         self._core = ServerCore(config, self._name, asyncio.get_running_loop())
         self._core.worker_env = self._worker_env(port)
+        self._core.worker_token = self.token
         self._service = SessionService(config, self.token, self._core)
         self._service.own_addresses = OwnAddresses(config.host, port, config.advertise)
         add_SperseServicer_to_server(self._service, server)  # type: ignore[no-untyped-call]
@@ -188,14 +189,15 @@ class SperseServer:
             self._joiner = joiner
 
     def _worker_env(self, port: int) -> dict[str, str]:
-        """What remote code needs to reach this server: its address (loopback when it listens
-        on every interface) and the cluster token (remote code is trusted with it, as the
-        client that sent it is)."""
+        """Where remote code reaches this server: its address (loopback when it listens on
+        every interface). The cluster token goes to the workers apart (``worker_token``:
+        remote code is trusted with it, as the client that sent it is), not in their
+        environment, which every process a task starts inherits."""
         host = self.config.host
         if host in ("", "0.0.0.0", "::", "[::]"):
             host = "127.0.0.1"
         host = f"[{host}]" if ":" in host else host
-        env = {WORKER_SERVER_ENV: f"{host}:{port}", WORKER_TOKEN_ENV: self.token}
+        env = {WORKER_SERVER_ENV: f"{host}:{port}"}
         if self.config.tls_cert:
             env[WORKER_CA_ENV] = os.path.abspath(self.config.tls_cert)
         return env

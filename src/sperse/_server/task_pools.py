@@ -27,7 +27,8 @@ __all__ = ["TaskPools"]
 
 class TaskPools:
     """``on_event``/``on_delivered``: the pools' events; ``fail(pool_id, error)``: an
-    attempt that cannot run; ``env()``: the workers' environment."""
+    attempt that cannot run; ``env()``: the workers' environment; ``token()``: the
+    cluster token, handed to each worker apart from it."""
 
     def __init__(
         self,
@@ -39,6 +40,7 @@ class TaskPools:
         on_delivered: Callable[[], None],
         fail: Callable[[str, ErrorInfo], None],
         env: Callable[[], Mapping[str, str]],
+        token: Callable[[], str],
     ) -> None:
         self._config = config
         self._name = name
@@ -47,6 +49,7 @@ class TaskPools:
         self._on_delivered = on_delivered
         self._fail = fail
         self._env = env
+        self._token = token
         self.pool: WorkerPool | None = None
         self.envs = PipEnvs(
             config.env_root, name, self._env_pool, timeout=config.env_timeout
@@ -70,6 +73,7 @@ class TaskPools:
                 loop=self._loop,
                 on_events_delivered=self._on_delivered,
                 env=dict(self._env()),
+                token=self._token(),
             )
         except Exception as exc:
             self._error = f"the worker processes of server {self._name!r} cannot start: {exc}"
@@ -105,6 +109,7 @@ class TaskPools:
             loop=self._loop,
             on_events_delivered=self._on_delivered,
             env={**self._env(), "PYTHONPATH": folder},
+            token=self._token(),
         )
 
     def _env_failed(self, pool_id: str, message: str) -> None:

@@ -56,6 +56,7 @@ import signal
 import struct
 import sys
 import threading
+import time
 import traceback
 from collections.abc import Callable
 from multiprocessing.connection import Connection
@@ -406,6 +407,7 @@ class _Worker:
     def run_task(self, seq: int, payload: bytes) -> tuple[int, int, bytes]:
         outcome: tuple[int, int, bytes]
         self.channel.deferred = False
+        started = _boot_ticks()
         try:
             try:
                 self.running = seq
@@ -416,7 +418,7 @@ class _Worker:
                 self.running = 0
         except TaskInterrupted:
             outcome = (Msg.CANCELLED, seq, b"")
-            _kill_group_but_me()
+            _kill_group_since(started)
         # No interrupt can arrive from here on: `running` is 0.
         self.stdout.drain(seq)
         self.stderr.drain(seq)
@@ -504,9 +506,15 @@ def _exit_when_parent_dies() -> None:
     os._exit(1)
 
 
-def _kill_group_but_me() -> None:
-    """A task was cancelled: kill the processes of this worker's group but itself (what its
-    tasks started and left running), found in ``/proc``."""
+def _boot_ticks() -> int:
+    """Now, in the unit of a process's start time in ``/proc/PID/stat``."""
+    return int(time.clock_gettime(time.CLOCK_BOOTTIME) * os.sysconf("SC_CLK_TCK"))
+
+
+def _kill_group_since(started: int) -> None:
+    """A task was cancelled: kill the processes of this worker's group that started since
+    ``started`` (``_boot_ticks``), what the task started and left running, found in
+    ``/proc``. Those of earlier tasks (a helper kept in ``worker_cache``) are left alone."""
     me = os.getpid()
     if os.getpgrp() != me:
         return
@@ -520,7 +528,7 @@ def _kill_group_but_me() -> None:
             except OSError:  # gone meanwhile
                 continue
             fields = stat[stat.rfind(b")") + 2 :].split()  # state, ppid, pgrp, ...
-            if len(fields) > 2 and int(fields[2]) == me:
+            if len(fields) > 19 and int(fields[2]) == me and int(fields[19]) >= started:
                 with contextlib.suppress(OSError):
                     os.kill(int(name), signal.SIGKILL)
 

@@ -1,7 +1,7 @@
 """An instance's stdout and stderr, bounded while they are written (see :mod:`sperse._wasm`).
 
-``Streams``: pipes that wasmtime opens as ``/proc/self/fd/N`` and a thread reads as they
-fill: stdout up to its limit (then its pipe is closed, and the program's next write fails
+``Streams``: pipes that wasmtime opens as ``/proc/self/fd/N`` and one thread per process
+reads as they fill: stdout up to its limit (then its pipe is closed, and the program's next write fails
 with ``EPIPE``), stderr's last ``MAX_DETAIL`` bytes. ``Files``: where there is no
 ``/proc/self/fd``, files in the sandbox's folder, checked when the instance has ended.
 Standard library only.
@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import select
 import threading
 from typing import Final
 
@@ -23,118 +24,159 @@ def text_of(data: bytes) -> str:
     return data[-MAX_DETAIL:].decode("utf-8", "replace")
 
 
-PIPES: Final = os.path.isdir("/proc/self/fd")
+PIPES: Final = os.path.isdir("/proc/self/fd") and hasattr(select, "epoll")
 _READ: Final = 1 << 16
+
+
+class _Pipe:
+    """One pipe of an instance: our reading end (non-blocking), and what was read from it:
+    up to ``limit`` bytes (past it, ``over``, nothing kept), or the last ``tail`` bytes."""
+
+    __slots__ = ("chunks", "fd", "limit", "over", "size", "tail", "write_fd")
+
+    def __init__(self, limit: int | None, tail: int | None) -> None:
+        self.fd, self.write_fd = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+        self.limit = limit
+        self.tail = tail
+        self.chunks: list[bytes] = []
+        self.size = 0
+        self.over = False
+
+    def take(self) -> bool:
+        """Read what is there; False at its end, or past the limit (then stop reading)."""
+        while True:
+            try:
+                data = os.read(self.fd, _READ)
+            except BlockingIOError:
+                return True
+            if not data:
+                return False
+            self.size += len(data)
+            self.chunks.append(data)
+            if self.limit is not None and self.size > self.limit:
+                self.over = True
+                self.chunks.clear()
+                return False
+            if self.tail is not None:
+                while self.size - len(self.chunks[0]) >= self.tail:
+                    self.size -= len(self.chunks.pop(0))
+
+
+class _Reader:
+    """The one thread of a process that reads every running instance's pipes as they fill
+    (an instance blocks on a full pipe; the thread that runs it is inside wasmtime)."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._epoll = select.epoll()
+        self._pipes: dict[int, _Pipe] = {}
+        self._thread: threading.Thread | None = None
+
+    def add(self, pipe: _Pipe) -> None:
+        with self._lock:
+            self._pipes[pipe.fd] = pipe
+            self._epoll.register(pipe.fd, select.EPOLLIN)
+            if self._thread is None:
+                self._thread = threading.Thread(
+                    target=self._run, name="sperse-wasm-output", daemon=True
+                )
+                self._thread.start()
+
+    def remove(self, pipe: _Pipe) -> None:
+        """Stop reading ``pipe`` (if it is still read): it is the caller's after this."""
+        with self._lock:
+            if self._pipes.pop(pipe.fd, None) is pipe:
+                self._epoll.unregister(pipe.fd)
+
+    def _run(self) -> None:
+        while True:
+            for fd, _ in self._epoll.poll():
+                with self._lock:
+                    pipe = self._pipes.get(fd)
+                    if pipe is None or pipe.take():
+                        continue
+                    del self._pipes[fd]
+                    self._epoll.unregister(fd)
+                    if pipe.over:  # the program's next write fails (EPIPE)
+                        os.close(pipe.fd)
+                        pipe.fd = -1
+
+
+_reader: _Reader | None = None
+_reader_lock = threading.Lock()
+
+
+def _the_reader() -> _Reader:
+    global _reader
+    with _reader_lock:
+        if _reader is None:
+            _reader = _Reader()
+        return _reader
+
+
+def _after_fork_in_child() -> None:
+    global _reader, _reader_lock
+    _reader = None  # its thread did not survive the fork
+    _reader_lock = threading.Lock()
+
+
+os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
 class Streams:
     """An instance's stdout and stderr as pipes (wasmtime opens ``/proc/self/fd/N``), read
-    by a thread as they are written: stdout up to ``max_output`` (then its pipe is closed:
-    the program's next write fails), stderr's last ``MAX_DETAIL`` bytes kept.
+    as they are written by the process's reader thread: stdout up to ``max_output`` (then
+    its pipe is closed: the program's next write fails), stderr's last ``MAX_DETAIL``
+    bytes kept.
 
-    The reader stops when both pipes are at their end, or when ``finish`` wakes it after
-    the store is closed (every write has returned by then: what was written is in the
-    pipe), so a process that inherited a writing end cannot keep it waiting."""
+    ``finish``, once the store is closed (every write has returned: what was written is
+    in the pipe), takes the pipes back and reads what is left without waiting for their
+    end, so a process that inherited a writing end cannot keep it waiting."""
 
     def __init__(self, max_output: int) -> None:
-        self._limit = max_output
-        self.over = False
-        self._out: list[bytes] = []
-        self._err: list[bytes] = []
-        self._out_size = self._err_size = 0
-        self._fds: list[int] = []
-        self._thread: threading.Thread | None = None
+        self._out = _Pipe(max_output, None)
         try:
-            self._out_r, self._out_w = self._pipe()
-            self._err_r, self._err_w = self._pipe()
-            self._wake = os.eventfd(0, os.EFD_CLOEXEC | os.EFD_NONBLOCK)
-            self._fds.append(self._wake)
+            self._err = _Pipe(None, MAX_DETAIL)
         except BaseException:
-            self._close_all()
+            os.close(self._out.fd)
+            os.close(self._out.write_fd)
             raise
+        self._reading = False
 
-    def _pipe(self) -> tuple[int, int]:
-        r, w = os.pipe()
-        self._fds += [r, w]
-        return r, w
+    @property
+    def over(self) -> bool:
+        return self._out.over
 
     def paths(self) -> tuple[str, str]:
-        return f"/proc/self/fd/{self._out_w}", f"/proc/self/fd/{self._err_w}"
+        return f"/proc/self/fd/{self._out.write_fd}", f"/proc/self/fd/{self._err.write_fd}"
 
     def start(self) -> None:
         """wasmtime has opened its own ends: close ours, and read."""
-        for fd in (self._out_w, self._err_w):
-            self._close(fd)
-        self._thread = threading.Thread(target=self._read, name="sperse-wasm-output", daemon=True)
-        self._thread.start()
+        reader = _the_reader()
+        for pipe in (self._out, self._err):
+            os.close(pipe.write_fd)
+            pipe.write_fd = -1
+            reader.add(pipe)
+        self._reading = True
 
     def finish(self) -> None:
-        if self._thread is not None:
-            os.eventfd_write(self._wake, 1)
-            self._thread.join()
-        self._close_all()
+        for pipe in (self._out, self._err):
+            if self._reading:
+                _the_reader().remove(pipe)
+            if pipe.fd >= 0:
+                if not pipe.over:
+                    pipe.take()
+                os.close(pipe.fd)
+                pipe.fd = -1
+            if pipe.write_fd >= 0:
+                os.close(pipe.write_fd)
+                pipe.write_fd = -1
 
     def output(self) -> bytes:
-        return b"".join(self._out)
+        return b"".join(self._out.chunks)
 
     def stderr(self) -> str:
-        return text_of(b"".join(self._err))
-
-    def _read(self) -> None:
-        import selectors
-
-        with selectors.DefaultSelector() as selector:
-            for fd in (self._out_r, self._err_r, self._wake):
-                selector.register(fd, selectors.EVENT_READ)
-            open_ = {self._out_r, self._err_r}
-            woken = False
-            while open_:
-                if woken:  # the store is closed: read what is left, without waiting
-                    for fd in open_:
-                        os.set_blocking(fd, False)
-                        while self._take(fd):
-                            pass
-                    break
-                for key, _ in selector.select():
-                    fd = int(key.fd)
-                    if fd == self._wake:
-                        woken = True
-                    elif fd in open_ and not self._take(fd):
-                        open_.discard(fd)
-                        selector.unregister(fd)
-                        if self.over and fd == self._out_r:
-                            self._close(fd)  # the program's next write fails (EPIPE)
-
-    def _take(self, fd: int) -> bool:
-        """Read once from ``fd``; False at its end (or, for stdout, past the limit)."""
-        try:
-            data = os.read(fd, _READ)
-        except BlockingIOError:
-            return False
-        if not data:
-            return False
-        if fd == self._err_r:
-            self._err.append(data)
-            self._err_size += len(data)
-            while self._err_size - len(self._err[0]) >= MAX_DETAIL:
-                self._err_size -= len(self._err.pop(0))
-            return True
-        self._out_size += len(data)
-        if self._out_size > self._limit:
-            self.over = True
-            self._out.clear()
-            return False
-        self._out.append(data)
-        return True
-
-    def _close(self, fd: int) -> None:
-        if fd in self._fds:
-            self._fds.remove(fd)
-            os.close(fd)
-
-    def _close_all(self) -> None:
-        for fd in list(self._fds):
-            self._close(fd)
+        return text_of(b"".join(self._err.chunks))
 
 
 class Files:

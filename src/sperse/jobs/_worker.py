@@ -22,9 +22,9 @@ made from a pre-linked ``InstancePre``.
 
 **Sandbox.** The WebAssembly sandbox (:mod:`sperse._wasm`, shared with flows'
 ``map_wasm``): a unit's WASI context has its input as stdin, stdout and stderr going to
-private files of this worker, no arguments beyond the program name, no environment, no
-preopened directory and no sockets; memory capped by the store's limiter, time by epoch
-interruption.
+pipes this worker reads as they fill, no arguments beyond the program name, no environment,
+no preopened directory and no sockets; memory capped by the store's limiter (the store
+closed when the unit ends), stdout by ``max_output``, time by epoch interruption.
 """
 
 from __future__ import annotations

@@ -128,11 +128,17 @@ def _kib(pid: int, field: str) -> int:
 
 
 def _worker_of(server: EmbeddedServer) -> int:
-    """The pid of the server's one worker process that runs units (the descendant with the
-    most memory: the worker, not a helper process)."""
-    pids = _descendants(server.process.pid)
-    assert pids, "the server has no worker process"
-    return max(pids, key=lambda pid: _kib(pid, "VmRSS"))
+    """The pid of the server's one worker process that has run WebAssembly (wasmtime's
+    library is mapped in it)."""
+    found = []
+    for pid in _descendants(server.process.pid):
+        try:
+            if "libwasmtime" in Path(f"/proc/{pid}/maps").read_text():
+                found.append(pid)
+        except OSError:
+            continue
+    assert len(found) == 1, f"not one worker running WebAssembly: {found}"
+    return found[0]
 
 
 def _wasm_dirs(pids: set[int]) -> list[str]:

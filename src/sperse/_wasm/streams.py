@@ -153,11 +153,11 @@ class Streams:
     def start(self) -> None:
         """wasmtime has opened its own ends: close ours, and read."""
         reader = _the_reader()
+        self._reading = True  # from here, finish takes back what was added
         for pipe in (self._out, self._err):
             os.close(pipe.write_fd)
             pipe.write_fd = -1
             reader.add(pipe)
-        self._reading = True
 
     def finish(self) -> None:
         for pipe in (self._out, self._err):

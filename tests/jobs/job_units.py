@@ -33,3 +33,15 @@ def stuck(data: bytes) -> bytes:
         while True:
             pass
     return data
+
+
+def kill_server(data: bytes) -> bytes:
+    """``kill`` kills the server running it (the worker's parent process) and waits to die
+    with it; other units come back upper-cased."""
+    if data == b"kill":
+        import signal
+        import threading
+
+        os.kill(os.getppid(), signal.SIGKILL)
+        threading.Event().wait()  # the worker exits when it sees its server gone
+    return data.upper()

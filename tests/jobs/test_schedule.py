@@ -361,16 +361,76 @@ def test_a_retried_unit_avoids_the_slot_it_failed_on() -> None:
 
 
 def test_a_fresh_cluster_takes_the_work() -> None:
-    s = scheduler([1], replacements=1)
-    driver = Driver(s, 1)
-    driver.until_wait()
+    s = scheduler([2], replacements=1)
+    driver = Driver(s, 2)
+    assert sends(driver.until_wait()) == [send(0, 0, 1), send(1, 0, 2)]
     s.settled(BatchId(0), LOST, now=1.0)
+    s.settled(BatchId(1), LOST, now=1.0)
     assert driver.until_wait(1.0) == [ReplaceCluster()]
     assert s.add_slots([2]) == [SlotId(1)]
-    assert driver.until_wait(1.0) == [send(1, 1, 1), Wait(None)]
-    s.settled(BatchId(1), LOST, now=2.0)
-    # No more replacements left.
-    assert driver.until_wait(2.0) == [Finish("every server of the job was lost")]
+    # Both were on the lost server: suspects, each alone on the fresh one.
+    assert driver.until_wait(1.0) == [send(2, 1, 1), Wait(None)]
+    s.settled(BatchId(2), Completed(0.1, 10), now=2.0)
+    assert driver.until_wait(2.0) == [send(3, 1, 2), Wait(None)]
+    s.settled(BatchId(3), Completed(0.1, 10), now=3.0)
+    assert driver.until_wait(3.0) == [Finish(None)]
+
+
+def test_a_loss_blamed_on_nobody_uses_up_the_fresh_clusters() -> None:
+    s = scheduler([2], replacements=0)
+    driver = Driver(s, 2)
+    driver.until_wait()
+    s.settled(BatchId(0), LOST, now=1.0)
+    s.settled(BatchId(1), LOST, now=1.0)
+    assert driver.until_wait(1.0) == [Finish("every server of the job was lost")]
+
+
+def test_a_unit_that_kills_its_server_fails_alone() -> None:
+    """Unit 1 kills every server it runs on; unit 2 ran beside it once. Unit 2 completes;
+    unit 1 is blamed only for the losses when it ran alone, and fails after its retries;
+    those losses do not use up the fresh clusters."""
+    s = scheduler([2], retries=1, replacements=1)
+    driver = Driver(s, 2)
+    assert sends(driver.until_wait()) == [send(0, 0, 1), send(1, 0, 2)]
+    assert s.settled(BatchId(0), LOST, now=1.0) == []
+    assert s.settled(BatchId(1), LOST, now=1.0) == []
+    assert (s.attempts(UnitId(1)), s.attempts(UnitId(2))) == (0, 0)
+    assert driver.until_wait(1.0) == [ReplaceCluster()]
+    s.add_slots([2])
+    assert driver.until_wait(1.0) == [send(2, 1, 1), Wait(None)]  # alone: unit 2 waits
+    assert s.settled(BatchId(2), LOST, now=2.0) == []
+    assert s.attempts(UnitId(1)) == 1
+    assert driver.until_wait(2.0) == [ReplaceCluster()]  # the job's one, given back
+    s.add_slots([2])
+    assert driver.until_wait(2.0) == [send(3, 2, 2), Wait(None)]
+    s.settled(BatchId(3), Completed(0.1, 10), now=3.0)
+    assert driver.until_wait(3.0) == [send(4, 2, 1), Wait(None)]
+    (fail,) = s.settled(BatchId(4), LOST, now=4.0)
+    assert fail == Fail(UnitId(1), "server_lost", "the server went away (tried 2 times)", 2)
+    assert driver.until_wait(4.0) == [Finish(None)]
+
+
+def test_while_suspects_wait_slots_drain_and_take_one_each() -> None:
+    """Slot 0 is lost with two batches; slot 1, busy, takes no new batch until it is
+    empty, then one suspect alone; unit 5 (not a suspect) waits for the suspects."""
+    s = scheduler([2, 2])
+    driver = Driver(s, 5)
+    assert sends(driver.until_wait()) == [
+        send(0, 0, 1),
+        send(1, 1, 2),
+        send(2, 0, 3),
+        send(3, 1, 4),
+    ]
+    s.settled(BatchId(0), LOST, now=1.0)
+    s.settled(BatchId(2), LOST, now=1.0)
+    s.settled(BatchId(1), Completed(0.1, 10), now=1.0)
+    assert sends(driver.until_wait(1.0)) == []  # slot 1 still runs unit 4
+    s.settled(BatchId(3), Completed(0.1, 10), now=1.5)
+    assert sends(driver.until_wait(1.5)) == [send(4, 1, 1)]
+    s.settled(BatchId(4), Completed(0.1, 10), now=2.0)
+    assert sends(driver.until_wait(2.0)) == [send(5, 1, 3)]
+    s.settled(BatchId(5), Completed(0.1, 10), now=2.5)
+    assert sends(driver.until_wait(2.5))[0].units == u(5)
 
 
 @pytest.mark.parametrize(
@@ -444,9 +504,13 @@ def test_a_batch_of_a_lost_server_that_never_answers_is_given_up() -> None:
     assert sends(actions) == [send(3, 1, 1)]
     assert actions[-1] == Wait(3.0 + LOST_GRACE)
     assert driver.until_wait(3.0 + LOST_GRACE)[0] == Cancel(BatchId(2), "lost")
-    # Cancelled: it settles as cancelled, and counts as lost (one attempt, elsewhere).
+    # Cancelled: it settles as cancelled, and counts as lost: not an attempt (it shared its
+    # server with unit 1), but a suspect, sent alone once slot 1 is empty.
     assert s.settled(BatchId(2), WorkerGone("cancelled"), now=9.0) == []
-    assert s.attempts(UnitId(3)) == 1
+    assert s.attempts(UnitId(3)) == 0
+    assert driver.until_wait(9.0) == [Wait(None)]  # slot 1 runs the suspect unit 1 alone
+    s.settled(BatchId(3), Completed(0.1, 10), now=9.5)
+    assert driver.until_wait(9.5) == [send(4, 1, 3), Wait(None)]
 
 
 # ---- the invariants, on random runs ------------------------------------------------------------

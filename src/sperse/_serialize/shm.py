@@ -15,6 +15,9 @@ Invariants:
   file of a server's sessions and workers, so that a server sweeps its own when it stops
   (and those of servers that died, when one starts); ``sperse-probe-<client pid>-...`` for
   a client's same-host probe, which the client removes (or a server, once it is dead).
+  The one kind of folder: ``sperse-wasm-<pid>-...``, a WebAssembly sandbox's files where it
+  needs some (:mod:`sperse._wasm`), removed by its process, or by a server starting or
+  stopping once that process is dead.
 - Files are created exclusively (``O_EXCL``), readable by their owner only, and never
   rewritten: a mapping of one sees the bytes that were written, for as long as it lives.
 - Every file has exactly one owner that unlinks it; who that is, the server documents. A
@@ -59,7 +62,8 @@ SHM_DIR = "/dev/shm"
 SHM_MIN = 256 << 10  # buffers at least this big travel as files
 PREFIX = "sperse-"
 _NAME = re.compile(r"sperse-[A-Za-z0-9_-]{1,200}\Z")
-_OWNED = re.compile(r"sperse-(?:probe-)?(\d+)-")  # a server's files, a client's probe
+# a server's files, a client's probe, a WebAssembly sandbox's folder
+_OWNED = re.compile(r"sperse-(probe-|wasm-)?(\d+)-")
 _WRITE_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
 _READ_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK  # no FIFO waits
 _CHUNK = 1 << 30
@@ -194,20 +198,53 @@ def sweep(*prefixes: str) -> int:
 
 
 def sweep_dead_servers() -> int:
-    """Remove the files of servers (``sperse-<pid>-...``), and the probes of clients
-    (``sperse-probe-<pid>-...``), whose process no longer exists."""
+    """Remove the files of servers (``sperse-<pid>-...``), the probes of clients
+    (``sperse-probe-<pid>-...``) and the folders of WebAssembly sandboxes
+    (``sperse-wasm-<pid>-...``) whose process no longer exists."""
     dead: dict[int, bool] = {}
     doomed = []
+    folders = 0
     for name in _names():
         match = _OWNED.match(name)
         if match is None:
             continue
-        pid = int(match.group(1))
+        pid = int(match.group(2))
         if pid not in dead:
             dead[pid] = not _alive(pid)
-        if dead[pid]:
+        if not dead[pid]:
+            continue
+        if match.group(1) == "wasm-":
+            folders += _remove_folder(name)
+        else:
             doomed.append(name)
-    return unlink(doomed)
+    return unlink(doomed) + folders
+
+
+def _remove_folder(name: str) -> int:
+    """Remove the folder ``name`` of ``SHM_DIR`` and the files in it, if it is a folder of
+    this user (never following a link); 1 if it was removed."""
+    if not valid_name(name):
+        return 0
+    path = os.path.join(SHM_DIR, name)
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    except OSError:
+        return 0
+    try:
+        if os.fstat(fd).st_uid != os.geteuid():
+            return 0
+        for entry in os.listdir(fd):
+            with contextlib.suppress(OSError):
+                os.unlink(entry, dir_fd=fd)
+    except OSError:
+        return 0
+    finally:
+        os.close(fd)
+    try:
+        os.rmdir(path)
+    except OSError:
+        return 0
+    return 1
 
 
 def _alive(pid: int) -> bool:

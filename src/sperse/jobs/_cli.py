@@ -32,6 +32,7 @@ def run_submit(open_cluster: Callable[[], Cluster], request: SubmitRequest) -> i
             retries=request.retries,
             timeout=request.timeout,
             max_memory_mb=request.max_memory,
+            max_output_mb=request.max_output,
             cluster=open_cluster,
             results=False,  # nobody iterates them: the outputs are on disk
         )

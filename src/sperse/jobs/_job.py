@@ -28,7 +28,7 @@ from sperse._core.routing import no_match_message
 from sperse._lang.placement import placement_from_options
 from sperse.errors import NoMatchingServer, NotReadyError
 from sperse.jobs._io import DirectoryInput, LinesInput, OutputDir
-from sperse.jobs._options import DEFAULT_MAX_MEMORY_MB, DEFAULT_RETRIES
+from sperse.jobs._options import DEFAULT_MAX_MEMORY_MB, DEFAULT_MAX_OUTPUT_MB, DEFAULT_RETRIES
 from sperse.jobs._programs import Program, PythonProgram, WasmProgram
 from sperse.jobs._progress import Bar, Display, PlainLines, is_terminal
 from sperse.jobs._results import JobError, JobProgress, JobSummary, UnitResult
@@ -175,6 +175,7 @@ def submit_job(
     retries: int = DEFAULT_RETRIES,
     timeout: float | None = None,
     max_memory_mb: float | None = DEFAULT_MAX_MEMORY_MB,
+    max_output_mb: float = DEFAULT_MAX_OUTPUT_MB,
     cluster: ClusterSpec = None,
     results: bool = True,
 ) -> Job:
@@ -190,7 +191,8 @@ def submit_job(
     - ``on``: a placement, as in ``@sperse.remote`` (``"gpu & !slow"``, ``"@db-1"``).
     - ``retries``: how often a unit whose worker or server died is tried again.
     - ``timeout``: seconds each unit may run; ``max_memory_mb``: the memory of each
-      WebAssembly unit (None: the 4 GiB of wasm32).
+      WebAssembly unit (None: the 4 GiB of wasm32); ``max_output_mb``: what a WebAssembly
+      unit may write to stdout (past it, its write fails and so does the unit).
     - ``cluster``: a cluster, several (the job spreads over all), or a function that starts
       one (called again for a fresh one if every server is lost); default the current one.
     - ``results``: keep each unit's result for ``Job.as_completed()`` (at most
@@ -208,6 +210,8 @@ def submit_job(
         raise JobError(f"timeout must be positive, not {timeout}")
     if max_memory_mb is not None and max_memory_mb <= 0:
         raise JobError(f"max_memory_mb must be positive, not {max_memory_mb}")
+    if not max_output_mb > 0:
+        raise JobError(f"max_output_mb must be positive, not {max_output_mb}")
     program: Program = WasmProgram(wasm) if wasm is not None else PythonProgram(python)  # type: ignore[arg-type]
     out_dir = os.fspath(output)
     source = _source(input, out_dir)
@@ -235,6 +239,7 @@ def submit_job(
             retries=retries,
             timeout=timeout,
             max_memory=None if max_memory_mb is None else int(max_memory_mb * (1 << 20)),
+            max_output=int(max_output_mb * (1 << 20)),
             results=results,
         )
         return Job(runner, out.root)

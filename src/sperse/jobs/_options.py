@@ -9,6 +9,7 @@ from typing import Final
 
 __all__ = [
     "DEFAULT_MAX_MEMORY_MB",
+    "DEFAULT_MAX_OUTPUT_MB",
     "DEFAULT_RETRIES",
     "SubmitRequest",
     "add_arguments",
@@ -17,6 +18,7 @@ __all__ = [
 
 DEFAULT_RETRIES: Final = 3
 DEFAULT_MAX_MEMORY_MB: Final = 1024
+DEFAULT_MAX_OUTPUT_MB: Final = 1024
 
 
 @dataclass(frozen=True, slots=True)
@@ -29,6 +31,7 @@ class SubmitRequest:
     retries: int = DEFAULT_RETRIES
     timeout: float | None = None
     max_memory: float | None = DEFAULT_MAX_MEMORY_MB
+    max_output: float = DEFAULT_MAX_OUTPUT_MB
     json: bool = False
     progress_interval: float = 5.0
 
@@ -74,6 +77,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         metavar="MB",
         help=f"memory limit of each WebAssembly unit, in MiB (default {DEFAULT_MAX_MEMORY_MB})",
     )
+    parser.add_argument(
+        "--max-output",
+        type=float,
+        default=DEFAULT_MAX_OUTPUT_MB,
+        metavar="MB",
+        help="what a WebAssembly unit may write to stdout, in MiB: past it, the write fails "
+        f"and so does the unit (default {DEFAULT_MAX_OUTPUT_MB})",
+    )
     parser.add_argument("--json", action="store_true", help="print the summary as JSON on stdout")
     parser.add_argument(
         "--progress-interval",
@@ -96,6 +107,7 @@ def request_from(args: argparse.Namespace) -> SubmitRequest:
         retries=get("retries", DEFAULT_RETRIES),
         timeout=get("timeout"),
         max_memory=get("max_memory", DEFAULT_MAX_MEMORY_MB),
+        max_output=get("max_output", DEFAULT_MAX_OUTPUT_MB),
         json=bool(get("json", False)),
         progress_interval=get("progress_interval", 5.0),
     )

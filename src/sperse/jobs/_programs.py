@@ -25,7 +25,7 @@ from typing import Any, Protocol
 
 from sperse._core import PickledFunction
 from sperse._serialize import dumps
-from sperse._wasm import load_module
+from sperse._wasm import MAX_OUTPUT, load_module
 from sperse.errors import SerializationError
 from sperse.jobs._results import JobError
 from sperse.jobs._worker import compile_module, new_engine, run_python_batch, run_wasm_batch
@@ -45,7 +45,9 @@ class Program(Protocol):
         """Bytes to send to a worker that answers ``NEED_MODULE`` (None: never asked)."""
         ...
 
-    def batch_function(self, timeout: float | None, max_memory: int | None) -> PickledFunction:
+    def batch_function(
+        self, timeout: float | None, max_memory: int | None, max_output: int = MAX_OUTPUT
+    ) -> PickledFunction:
         """The function of one batch, called as ``f(units)`` or ``f(units, module)``."""
         ...
 
@@ -88,8 +90,10 @@ class WasmProgram:
     def module(self) -> bytes:
         return self._data
 
-    def batch_function(self, timeout: float | None, max_memory: int | None) -> PickledFunction:
-        fn = functools.partial(run_wasm_batch, self.key, timeout, max_memory)
+    def batch_function(
+        self, timeout: float | None, max_memory: int | None, max_output: int = MAX_OUTPUT
+    ) -> PickledFunction:
+        fn = functools.partial(run_wasm_batch, self.key, timeout, max_memory, max_output=max_output)
         return _ship(fn, f"the runner of {self._name}")
 
 
@@ -116,7 +120,9 @@ class PythonProgram:
     def module(self) -> None:
         return None
 
-    def batch_function(self, timeout: float | None, max_memory: int | None) -> PickledFunction:
+    def batch_function(
+        self, timeout: float | None, max_memory: int | None, max_output: int = MAX_OUTPUT
+    ) -> PickledFunction:
         fn = functools.partial(run_python_batch, self._fn, timeout)
         return _ship(fn, f"the function {self._name}")
 

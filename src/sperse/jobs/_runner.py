@@ -69,7 +69,7 @@ from sperse.jobs._schedule import (
     WorkerGone,
 )
 from sperse.jobs._tally import JobTally
-from sperse.jobs._worker import NEED_MODULE
+from sperse.jobs._worker import MAX_OUTPUT, NEED_MODULE
 from sperse.jobs._worker import Outcome as UnitOutcome
 
 __all__ = ["JobRunner", "Source", "slots_of"]
@@ -134,11 +134,12 @@ class JobRunner:
         retries: int,
         timeout: float | None,
         max_memory: int | None,
+        max_output: int = MAX_OUTPUT,
         results: bool = True,
     ) -> None:
         self.name = program.name
         self._program = program
-        self._function: PickledFunction = program.batch_function(timeout, max_memory)
+        self._function: PickledFunction = program.batch_function(timeout, max_memory, max_output)
         self._source = source
         self._out = output
         self._placement = placement

@@ -27,10 +27,20 @@ knows its batch started, and ``settled(batch, outcome, now)`` (after writing the
 
 **Invariants.** Every unit told by ``input`` ends exactly once: ``Skip``, ``Fail``, or a
 ``Completed`` batch that held it. A slot never has more than its capacity of batches in
-flight. A unit's own failure is final; a unit whose worker died alone, or whose server was
-lost, counts one attempt, and fails after ``retries`` retries. A batch whose worker died is
-sent again unit by unit (no unit is blamed for its neighbours). A retried unit goes to
-another slot first.
+flight. A unit's own failure is final; a unit whose worker died alone counts one attempt,
+and fails after ``retries`` retries. A batch whose worker died is sent again unit by unit
+(no unit is blamed for its neighbours). A retried unit goes to another slot first.
+
+**A lost server blames only a unit that was alone on it.** A unit (say, Python code that
+kills its server) must not fail its neighbours. When a server is lost, a batch of one unit
+that ran alone there (nothing else was in flight on that slot while it was) counts one
+attempt for its unit. Every other unit in flight there counts nothing: it becomes a
+*suspect*, and a suspect is sent alone, to a slot with nothing in flight, which takes nothing
+else until it settles (while suspects wait, slots take no new batches until they are
+empty). So a unit that kills its server is tried alone until its retries are spent, and a
+neighbour lost with it once completes (or is blamed only for a loss of its own, alone). A
+loss blamed on a unit does not use up the fresh clusters the job may start (it is the
+unit's attempt that counts).
 
 **Batches.** The first batch holds one unit; then each holds as many units as take about
 ``TARGET_BATCH_SECONDS`` on a worker (from what completed batches took), at most
@@ -48,8 +58,29 @@ from __future__ import annotations
 import math
 from collections import deque
 from dataclasses import dataclass, field
-from typing import Final, Literal, NewType
+from typing import Final, Literal
 
+from sperse.jobs._schedule_events import (
+    Action,
+    BatchId,
+    Cancel,
+    Completed,
+    Fail,
+    Finish,
+    ModuleMissing,
+    Outcome,
+    ReadInput,
+    ReadUnit,
+    Refused,
+    ReplaceCluster,
+    Send,
+    ServerGone,
+    Skip,
+    SlotId,
+    UnitId,
+    Wait,
+    WorkerGone,
+)
 from sperse.jobs._worker import UnitKind
 
 __all__ = [
@@ -89,128 +120,6 @@ BACKSTOP_GRACE: Final = 2.0  # seconds past a started batch's time limits: it is
 LOST_GRACE: Final = 5.0  # seconds a batch may still settle after its server was found lost
 POLL_UNSTARTED: Final = 0.5  # look again this soon for the start of a batch with limits
 
-UnitId = NewType("UnitId", int)
-SlotId = NewType("SlotId", int)
-BatchId = NewType("BatchId", int)
-
-
-# ---- actions: what the shell is to do -------------------------------------------------------
-
-
-@dataclass(frozen=True, slots=True)
-class ReadInput:
-    """Read the next input: tell ``input`` or ``inputs_ended``."""
-
-
-@dataclass(frozen=True, slots=True)
-class ReadUnit:
-    """Read the bytes of ``unit``: tell ``unit_read`` or ``unit_unreadable``."""
-
-    unit: UnitId
-
-
-@dataclass(frozen=True, slots=True)
-class Send:
-    """Send the batch ``batch`` of ``units`` to ``slot`` (with the module when asked)."""
-
-    batch: BatchId
-    slot: SlotId
-    units: tuple[UnitId, ...]
-    with_module: bool = False
-
-
-@dataclass(frozen=True, slots=True)
-class Cancel:
-    """Cancel the batch: ``timeout`` (far past its time limits) or ``lost`` (its slot was)."""
-
-    batch: BatchId
-    reason: Literal["timeout", "lost"]
-
-
-@dataclass(frozen=True, slots=True)
-class ReplaceCluster:
-    """Every server is gone and work is left: start a fresh cluster."""
-
-
-@dataclass(frozen=True, slots=True)
-class Skip:
-    """``unit`` is done already (its output exists)."""
-
-    unit: UnitId
-
-
-@dataclass(frozen=True, slots=True)
-class Fail:
-    """``unit`` failed for good, after ``attempts`` attempts (at least one)."""
-
-    unit: UnitId
-    kind: UnitKind
-    message: str
-    attempts: int
-
-
-@dataclass(frozen=True, slots=True)
-class Wait:
-    """Wait for a batch to settle, or until ``until`` (None: no limit); then ``step``."""
-
-    until: float | None
-
-
-@dataclass(frozen=True, slots=True)
-class Finish:
-    """The job is over; ``error`` says why it stopped early (None: nothing is left to do)."""
-
-    error: str | None
-
-
-Action = ReadInput | ReadUnit | Send | Cancel | ReplaceCluster | Skip | Fail | Wait | Finish
-
-
-# ---- outcomes: how a batch settled ----------------------------------------------------------
-
-
-@dataclass(frozen=True, slots=True)
-class Completed:
-    """Every unit ran (each succeeded or failed by itself); their outputs are written.
-    ``seconds``: the units' run time in all, ``nbytes``: their inputs and outputs."""
-
-    seconds: float
-    nbytes: int
-
-
-@dataclass(frozen=True, slots=True)
-class ModuleMissing:
-    """The worker has not got the module. If it was sent already, the slot is refused with
-    ``refusal``. ``message``: the error, as the others'."""
-
-    message: str
-    refusal: str
-
-
-@dataclass(frozen=True, slots=True)
-class ServerGone:
-    message: str
-
-
-@dataclass(frozen=True, slots=True)
-class WorkerGone:
-    """The worker died, or the batch was cancelled (which stops its worker)."""
-
-    message: str
-
-
-@dataclass(frozen=True, slots=True)
-class Refused:
-    """The slot cannot run the job at all (wasmtime missing there, ...): not the units'
-    fault. ``refusal``: why, naming the server."""
-
-    message: str
-    refusal: str
-
-
-Outcome = Completed | ModuleMissing | ServerGone | WorkerGone | Refused
-
-
 # ---- state ----------------------------------------------------------------------------------
 
 
@@ -220,6 +129,7 @@ class _Slot:
     in_flight: int = 0
     live: bool = True
     lost_at: float | None = None  # when a batch of it came back lost
+    exclusive: bool = False  # a suspect runs on it alone: nothing else is sent
 
 
 @dataclass(slots=True)
@@ -227,6 +137,7 @@ class _Unit:
     attempts: int = 0  # attempts that counted against the retries
     alone: bool = False  # send it in a batch of its own (its batch's worker died)
     avoid: SlotId | None = None  # the slot it failed on, to try elsewhere first
+    suspect: bool = False  # in flight on a server that was lost: run it alone on a server
 
 
 @dataclass(slots=True)
@@ -236,6 +147,8 @@ class _Batch:
     started: float | None = None
     with_module: bool = False
     expired: Literal["", "timeout", "lost"] = ""
+    alone: bool = False  # one unit, nothing else in flight on its slot while it was
+    exclusive: bool = False  # a suspect's: its slot takes nothing else meanwhile
 
 
 @dataclass(slots=True)
@@ -245,6 +158,8 @@ class _Assembly:
     slot: SlotId
     size: int
     others: bool  # other slots are live: a retried unit goes there first
+    empty: bool = False  # its slot has nothing in flight: it may take a suspect
+    suspect: bool = False  # it holds a suspect (alone)
     units: list[UnitId] = field(default_factory=list)
     nbytes: int = 0
     reading: UnitId | None = None
@@ -280,6 +195,7 @@ class JobScheduler:
         self._retries = retries
         self._timeout = timeout
         self._replacements = replacements
+        self._may_replace = replacements > 0
         self._slots: dict[SlotId, _Slot] = {}
         self._units: dict[UnitId, _Unit] = {}  # not ended yet
         self._queue: deque[UnitId] = deque()  # to send: retried, or read ahead
@@ -369,6 +285,8 @@ class JobScheduler:
         del self._batches[batch]
         slot = self._slots[b.slot]
         slot.in_flight -= 1
+        if b.exclusive:
+            slot.exclusive = False
         actions: list[Action] = []
         if isinstance(outcome, Completed):
             for unit in b.units:
@@ -381,8 +299,18 @@ class JobScheduler:
             slot.live = False
             if slot.lost_at is None:
                 slot.lost_at = now
-            for unit in b.units:
-                actions.extend(self._retry_or_fail(unit, b.slot, "server_lost", outcome.message))
+            if b.alone:  # it ran alone there: the loss is its unit's
+                actions.extend(
+                    self._retry_or_fail(b.units[0], b.slot, "server_lost", outcome.message)
+                )
+                if self._may_replace:
+                    self._replacements += 1
+            else:  # one of them, or none, did it: each goes alone, unblamed
+                for unit in b.units:
+                    state = self._units[unit]
+                    state.suspect = state.alone = True
+                    self._queue.append(unit)
+                    self.retried += 1
         elif isinstance(outcome, WorkerGone):
             if len(b.units) > 1:  # not one unit's fault: each on its own now
                 for unit in b.units:
@@ -488,10 +416,16 @@ class JobScheduler:
                 slot_id = r.slots[self._next_slot % len(r.slots)]
                 self._next_slot += 1
                 slot = self._slots[slot_id]
-                if slot.in_flight >= slot.capacity:
+                if (
+                    slot.in_flight >= slot.capacity
+                    or slot.exclusive
+                    or (slot.in_flight > 0 and self._suspect_waiting())
+                ):
                     r.stalled += 1
                     continue
-                a = r.assembly = _Assembly(slot_id, self._batch_size(), len(r.slots) > 1)
+                a = r.assembly = _Assembly(
+                    slot_id, self._batch_size(), len(r.slots) > 1, empty=slot.in_flight == 0
+                )
             action = self._assemble(a)
             if action is not None:
                 return action
@@ -502,8 +436,18 @@ class JobScheduler:
             r.stalled = 0
             batch = BatchId(self._next_batch)
             self._next_batch += 1
-            self._batches[batch] = _Batch(a.slot, tuple(a.units))
-            self._slots[a.slot].in_flight += 1
+            slot = self._slots[a.slot]
+            for other in self._batches.values():
+                if other.slot == a.slot:
+                    other.alone = False  # it shares the server from now on
+            self._batches[batch] = _Batch(
+                a.slot,
+                tuple(a.units),
+                alone=len(a.units) == 1 and slot.in_flight == 0,
+                exclusive=a.suspect,
+            )
+            slot.in_flight += 1
+            slot.exclusive = slot.exclusive or a.suspect
             return Send(batch, a.slot, tuple(a.units))
         return None
 
@@ -512,9 +456,9 @@ class JobScheduler:
         if a.reading is not None:
             return ReadUnit(a.reading)
         while not a.closed and len(a.units) < a.size and a.nbytes < MAX_BATCH_BYTES:
-            unit = self._pick(a.slot, a.others)
+            unit = self._pick(a)
             if unit is None:
-                if not self._exhausted:
+                if not self._exhausted and not self._suspect_waiting():
                     return ReadInput()
                 break
             if self._units[unit].alone and a.units:
@@ -524,13 +468,24 @@ class JobScheduler:
             return ReadUnit(unit)
         return None
 
-    def _pick(self, slot: SlotId, others: bool) -> UnitId | None:
-        """A unit to send (one that did not fail on ``slot`` first, when others exist)."""
+    def _pick(self, a: _Assembly) -> UnitId | None:
+        """A unit to send: a suspect first, alone, to a slot with nothing in flight; else
+        one that is not a suspect (and did not fail on this slot, when others exist)."""
+        if a.empty and not a.units:
+            for i, unit in enumerate(self._queue):
+                if self._units[unit].suspect:
+                    del self._queue[i]
+                    a.suspect = True
+                    return unit
         for i, unit in enumerate(self._queue):
-            if self._units[unit].avoid != slot or not others:
+            state = self._units[unit]
+            if not state.suspect and (state.avoid != a.slot or not a.others):
                 del self._queue[i]
                 return unit
         return None
+
+    def _suspect_waiting(self) -> bool:
+        return any(self._units[unit].suspect for unit in self._queue)
 
     def _batch_size(self) -> int:
         if self._unit_seconds is None:

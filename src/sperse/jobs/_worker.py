@@ -22,9 +22,9 @@ made from a pre-linked ``InstancePre``.
 
 **Sandbox.** The WebAssembly sandbox (:mod:`sperse._wasm`, shared with flows'
 ``map_wasm``): a unit's WASI context has its input as stdin, stdout and stderr going to
-private files of this worker, no arguments beyond the program name, no environment, no
-preopened directory and no sockets; memory capped by the store's limiter, time by epoch
-interruption.
+pipes this worker reads as they fill, no arguments beyond the program name, no environment,
+no preopened directory and no sockets; memory capped by the store's limiter (the store
+closed when the unit ends), stdout by ``max_output``, time by epoch interruption.
 """
 
 from __future__ import annotations
@@ -40,6 +40,7 @@ from types import FrameType
 from typing import Final, Literal
 
 from sperse._wasm import (
+    MAX_OUTPUT,
     Outcome,
     compile_module,
     failed,
@@ -49,6 +50,7 @@ from sperse._wasm import (
 )
 
 __all__ = [
+    "MAX_OUTPUT",
     "NEED_MODULE",
     "Outcome",
     "UnitKind",
@@ -81,13 +83,15 @@ def run_wasm_batch(
     max_memory: int | None,
     units: list[bytes],
     module: bytes | None = None,
+    *,
+    max_output: int = MAX_OUTPUT,
 ) -> list[Outcome] | str:
     """Run each unit in a fresh instance of the module ``key``; ``NEED_MODULE`` if this
     worker has not got it and ``module`` (its bytes) was not sent."""
     sandbox = process_host().sandbox(key, module)
     if sandbox is None:
         return NEED_MODULE
-    return [sandbox.run(data, timeout, max_memory) for data in units]
+    return [sandbox.run(data, timeout, max_memory, max_output) for data in units]
 
 
 def compiled_here() -> int:

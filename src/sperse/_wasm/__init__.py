@@ -18,11 +18,25 @@ Outcomes are plain tuples (they pickle in a fraction of the time of dataclasses)
 ``kind`` is ``exit``, ``trap``, ``timeout``, ``memory``, ``output`` or ``error``;
 ``detail`` is what the instance wrote to stderr (and wasmtime's full message).
 
-**Sandbox.** An instance's WASI context has its input as stdin, stdout and stderr going to
-private files of the host process (in ``/dev/shm`` where it can), no arguments beyond the
-program name, no environment, no preopened directory (no files) and no sockets. Memory is
-capped by the store's limiter; time by epoch interruption: a ticker thread advances the
-engine's epoch every ``TICK`` seconds while an instance with a time limit runs.
+**Sandbox.** An instance's WASI context has its input as stdin (bytes in memory), stdout
+and stderr going to pipes read as they are written, no arguments beyond the program name, no
+environment, no preopened directory (no files) and no sockets. Time is capped by epoch
+interruption: a ticker thread advances the engine's epoch every ``TICK`` seconds while an
+instance with a time limit runs.
+
+**Bounds, enforced while the instance runs.** Memory: the store's limiter refuses a
+``memory.grow`` past ``max_memory`` (an instance that then fails is reported as ``memory``
+when its memory ended within ``MEMORY_NEAR`` of the cap: the size of the refused growth is
+not known); the store is closed as soon as the instance ends, so its memory is returned
+then, not when the collector finds it. Output: stdout past ``max_output`` bytes fails the
+write (the pipe is closed: the program gets ``EPIPE``) and the input as ``output``. Stderr:
+only its last ``MAX_DETAIL`` bytes are kept, the rest is read and dropped.
+
+**Files.** None where this wasmtime takes stdin as bytes and ``/proc/self/fd`` exists
+(Linux). Elsewhere a sandbox uses a private folder ``sperse-wasm-<pid>-*`` (in ``/dev/shm``
+where it can), removed when the sandbox is closed or collected and at exit; one whose process
+died without removing it is swept by the next server to start on the host
+(:func:`sperse._serialize.shm.sweep_dead_servers`).
 
 **Caching.** :class:`WasmHost` (one per process) keeps the compiled modules by their
 sha256 and export (the last ``MODULES_KEPT``); a :class:`Sandbox` is one user's compiled
@@ -44,6 +58,8 @@ from collections import OrderedDict
 from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final
+
+from sperse._wasm.streams import MAX_DETAIL, PIPES, Files, Streams, text_of
 
 if TYPE_CHECKING:
     import wasmtime
@@ -67,8 +83,8 @@ Outcome = tuple[Any, ...]
 
 MODULES_KEPT: Final = 8
 TICK: Final = 0.01  # seconds between epoch ticks while a time-limited instance runs
-MAX_DETAIL: Final = 64 * 1024  # stderr kept for an error report
-MAX_OUTPUT: Final = 1 << 30  # an output above this fails its input
+MAX_OUTPUT: Final = 1 << 30  # default: an output above this fails its input
+MEMORY_NEAR: Final = 4  # a failed instance whose memory is within 1/4 of the cap: ``memory``
 _PROGRAM_NAME: Final = "unit"
 
 
@@ -78,10 +94,6 @@ def ok(output: bytes, seconds: float) -> Outcome:
 
 def failed(kind: str, message: str, detail: str, seconds: float) -> Outcome:
     return (False, kind, message, detail[-MAX_DETAIL:], seconds)
-
-
-def text_of(data: bytes) -> str:
-    return data[-MAX_DETAIL:].decode("utf-8", "replace")
 
 
 def new_engine() -> wasmtime.Engine:
@@ -199,8 +211,8 @@ class _Ticker:
 
 
 class Sandbox:
-    """A compiled module, the export to call, and private stdout/stderr files: one user at
-    a time (a job's worker, a flow replica)."""
+    """A compiled module, the export to call, and (where it needs one) a private folder:
+    one user at a time (a job's worker, a flow replica)."""
 
     def __init__(
         self, engine: wasmtime.Engine, ticker: _Ticker, compiled: tuple[Any, Any], entry: str
@@ -212,31 +224,71 @@ class Sandbox:
         self._init = entry != "_start" and any(
             e.name == "_initialize" for e in self._module.exports
         )
-        base = "/dev/shm" if os.access("/dev/shm", os.W_OK) else None
-        self._dir = tempfile.mkdtemp(prefix=f"sperse-wasm-{os.getpid()}-", dir=base)
-        self._stdout = os.path.join(self._dir, "stdout")
-        self._stderr = os.path.join(self._dir, "stderr")
-        self._stdin = os.path.join(self._dir, "stdin")
-        # A flow replica's sandbox is dropped with its replica, never closed: the files go
-        # when it is collected.
-        self._remove = weakref.finalize(
-            self, _remove_files, self._dir, (self._stdout, self._stderr, self._stdin)
-        )
+        self._dir: str | None = None
+        # Closed by its owner, or when collected (a flow replica's), or at exit.
+        self._remove: weakref.finalize | None = None  # type: ignore[type-arg]
 
     def close(self) -> None:
-        self._remove()
+        if self._remove is not None:
+            self._remove()
 
-    def run(self, data: bytes, timeout: float | None, max_memory: int | None) -> Outcome:
+    def _folder(self) -> str:
+        """The private folder (made on first use): only without pipes or stdin bytes."""
+        if self._dir is None:
+            base = "/dev/shm" if os.access("/dev/shm", os.W_OK) else None
+            self._dir = tempfile.mkdtemp(prefix=f"sperse-wasm-{os.getpid()}-", dir=base)
+            self._remove = weakref.finalize(self, _remove_folder, self._dir)
+        return self._dir
+
+    def run(
+        self,
+        data: bytes,
+        timeout: float | None,
+        max_memory: int | None,
+        max_output: int = MAX_OUTPUT,
+    ) -> Outcome:
         import wasmtime
 
         started = time.perf_counter()
         config = wasmtime.WasiConfig()
         config.argv = [_PROGRAM_NAME]
         self._set_stdin(config, data)
-        config.stdout_file = self._stdout
-        config.stderr_file = self._stderr
-        store = wasmtime.Store(self._engine)
-        store.set_wasi(config)
+        streams = Streams(max_output) if PIPES else Files(self._folder(), max_output)
+        try:
+            config.stdout_file, config.stderr_file = streams.paths()
+            store = wasmtime.Store(self._engine)
+            store.set_wasi(config)
+            streams.start()
+            try:
+                code, error, memory_used = self._call(store, timeout, max_memory)
+            finally:
+                store.close()  # the instance's memory goes now, not when collected
+            del store, config
+        finally:
+            streams.finish()
+        output, stderr = streams.output(), streams.stderr()
+        seconds = time.perf_counter() - started
+        if streams.over:
+            return failed(
+                "output",
+                f"wrote more than its output limit of {_mib(max_output)} to stdout: raise it "
+                "with --max-output MB (max_output_mb= in Python)",
+                stderr,
+                seconds,
+            )
+        if error is not None:
+            return _wasm_failure(error, stderr, seconds, timeout, max_memory, memory_used)
+        if code != 0:
+            return failed("exit", f"exited with code {code}", stderr, seconds)
+        return ok(output, seconds)
+
+    def _call(
+        self, store: wasmtime.Store, timeout: float | None, max_memory: int | None
+    ) -> tuple[int, BaseException | None, int]:
+        """Instantiate and call the entry: ``(exit code, error, memory at the end)``; the
+        error without its traceback (which would hold the store's frames)."""
+        import wasmtime
+
         if max_memory is not None:
             store.set_limits(memory_size=max_memory)
         limit = contextlib.nullcontext() if timeout is None else self._ticker.running()
@@ -259,29 +311,18 @@ class Sandbox:
             except wasmtime.ExitTrap as exc:  # an exit while instantiating
                 code = exc.code
             except (wasmtime.Trap, wasmtime.WasmtimeError) as exc:
-                error = exc
-        del store, config
-        output = _read_and_remove(self._stdout)
-        stderr = text_of(_read_and_remove(self._stderr))
-        seconds = time.perf_counter() - started
-        if error is not None:
-            return _wasm_failure(error, stderr, seconds, timeout, max_memory, memory_used)
-        if code != 0:
-            return failed("exit", f"exited with code {code}", stderr, seconds)
-        if len(output) > MAX_OUTPUT:
-            return failed(
-                "output", f"wrote {len(output)} bytes, over {MAX_OUTPUT}", stderr, seconds
-            )
-        return ok(output, seconds)
+                error = exc.with_traceback(None)
+        return code, error, memory_used
 
     def _set_stdin(self, config: wasmtime.WasiConfig, data: bytes) -> None:
         """The unit's input as stdin: straight from memory where this wasmtime allows it
         (its C API has ``wasi_config_set_stdin_bytes``), else through a file."""
         ffi = _stdin_ffi()
         if ffi is None:
-            with open(self._stdin, "wb") as f:
+            path = os.path.join(self._folder(), "stdin")
+            with open(path, "wb") as f:
                 f.write(data)
-            config.stdin_file = self._stdin
+            config.stdin_file = path
             return
         import ctypes
 
@@ -336,12 +377,14 @@ def _wasm_failure(
     code = error.trap_code if isinstance(error, wasmtime.Trap) else None
     if code == wasmtime.TrapCode.INTERRUPT:
         return failed("timeout", f"ran past its time limit of {timeout:g} s", stderr, seconds)
-    near_limit = max_memory is not None and memory_used + 65536 > max_memory
-    if max_memory is not None and (near_limit or "memory minimum size" in text):
-        limit = _mib(max_memory)
+    if max_memory is not None and (
+        memory_used > max_memory - max_memory // MEMORY_NEAR or "memory minimum size" in text
+    ):
         return failed(
             "memory",
-            f"needed more than its memory limit of {limit} ({first})",
+            f"needed more than its memory limit of {_mib(max_memory)} (it had "
+            f"{_mib(memory_used)} when it failed: {first}): raise it with --max-memory MB "
+            "(max_memory_mb= in Python)",
             f"{stderr}\n{text}".strip(),
             seconds,
         )
@@ -354,23 +397,12 @@ def _mib(n: int) -> str:
     return f"{n / (1 << 20):g} MiB"
 
 
-def _remove_files(directory: str, paths: tuple[str, ...]) -> None:
-    for path in paths:
+def _remove_folder(directory: str) -> None:
+    for name in ("stdin", "stdout", "stderr"):
         with contextlib.suppress(OSError):
-            os.unlink(path)
+            os.unlink(os.path.join(directory, name))
     with contextlib.suppress(OSError):
         os.rmdir(directory)
-
-
-def _read_and_remove(path: str) -> bytes:
-    try:
-        with open(path, "rb") as f:
-            data = f.read()
-    except FileNotFoundError:
-        return b""
-    with contextlib.suppress(OSError):
-        os.unlink(path)
-    return data
 
 
 class WasmHost:

@@ -42,11 +42,13 @@ chromium:
 	  $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; }
 
 # The protocol fuzz tests at length (make test runs each with 30 sequences): the session's,
-# the coordinator's and the store's. Each directory's tests run apart (their helpers differ).
+# the coordinator's and the store's (each directory's tests run apart: their helpers
+# differ); then ten minutes of chaos (make test runs 30 s of it).
 soak: $(VENV)/.installed-dev
 	for t in tests/server/test_server_fuzz.py tests/coordinator/test_coordinator_fuzz.py \
 	    tests/state/test_store_fuzz.py; do \
 	  SPERSE_FUZZ_EXAMPLES=3000 $(BIN)/python -m pytest -q $$t || exit 1; done
+	$(BIN)/python bench/chaos.py --seconds 600
 
 # The pure layers' tests on every other supported Python found here (3.12, 3.13).
 test-pure:

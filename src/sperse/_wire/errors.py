@@ -28,14 +28,19 @@ kind               status codes                        what it means
 
 from __future__ import annotations
 
+import asyncio
 import enum
 from collections.abc import Mapping
 from dataclasses import dataclass
 from types import MappingProxyType
+from typing import Any
 
 import grpc
+import grpc.aio
 
-__all__ = ["GrpcErrorKind", "GrpcFailure", "classify"]
+__all__ = ["GrpcErrorKind", "GrpcFailure", "classify", "why_ended"]
+
+_STATUS_TIMEOUT = 5.0  # seconds for the status of a call that a write found ended
 
 
 class GrpcErrorKind(enum.Enum):
@@ -80,3 +85,20 @@ def classify(exc: grpc.RpcError) -> GrpcFailure:
     of a sync call (which is also a ``grpc.Call``: it has ``code()`` and ``details()``)."""
     code = exc.code()
     return GrpcFailure(_KINDS.get(code, GrpcErrorKind.OTHER), code.name, exc.details() or "")
+
+
+async def why_ended(call: Any, error: grpc.aio.AioRpcError) -> grpc.aio.AioRpcError:
+    """The status a stream call ended with. A write to a call the peer has already ended
+    fails as INTERNAL ("Failed execute_batch"); the call's own status says why it ended
+    (UNIMPLEMENTED: not the service asked for, UNAUTHENTICATED...)."""
+    if error.code() is not grpc.StatusCode.INTERNAL:
+        return error
+    try:
+        code = await asyncio.wait_for(call.code(), _STATUS_TIMEOUT)
+        details = await call.details()
+    except Exception:  # nothing better to say than the write's error
+        return error
+    if code in (grpc.StatusCode.OK, grpc.StatusCode.INTERNAL):
+        return error
+    empty = grpc.aio.Metadata()
+    return grpc.aio.AioRpcError(code, empty, empty, details)

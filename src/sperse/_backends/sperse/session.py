@@ -41,6 +41,7 @@ from sperse._backends.sperse.uploads import received
 from sperse._serialize import shm as _shm
 from sperse._version import __version__
 from sperse._wire import MAX_MESSAGE, PROTOCOL, BlobReceiver, pb
+from sperse._wire.errors import why_ended
 from sperse._wire.sperse_pb2_grpc import SperseStub
 from sperse.errors import (
     AuthenticationError,
@@ -164,7 +165,7 @@ class Session:
         try:
             await self._hello(stream, resume=resume)
         except grpc.aio.AioRpcError as exc:
-            raise translate(await _why_ended(stream, exc), self.address) from exc
+            raise translate(await why_ended(stream, exc), self.address) from exc
 
     async def _connect_local(self, *, resume: bool) -> None:
         stream = await asyncio.wait_for(
@@ -373,23 +374,3 @@ class Session:
         if kind == "fetch" and isinstance(reply, pb.FetchReply):
             raise SperseError(f"fetch of {fields.get('object_id')} failed: {reply.error}")
         return reply
-
-
-_STATUS_TIMEOUT = 5.0  # seconds for the status of a call that a write found ended
-
-
-async def _why_ended(call: Any, error: grpc.aio.AioRpcError) -> grpc.aio.AioRpcError:
-    """The status a call ended with. A write to a call the server has already ended fails
-    as INTERNAL ("Failed execute_batch"); the call's own status says why it ended
-    (UNIMPLEMENTED: not a sperse server, UNAUTHENTICATED...)."""
-    if error.code() is not grpc.StatusCode.INTERNAL:
-        return error
-    try:
-        code = await asyncio.wait_for(call.code(), _STATUS_TIMEOUT)
-        details = await call.details()
-    except Exception:  # nothing better to say than the write's error
-        return error
-    if code in (grpc.StatusCode.OK, grpc.StatusCode.INTERNAL):
-        return error
-    empty = grpc.aio.Metadata()
-    return grpc.aio.AioRpcError(code, empty, empty, details)

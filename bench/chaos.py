@@ -266,6 +266,9 @@ class Chaos:
             argv += ["--token-file", str(self.token_file), "--json"]
             self.counts["job"] += 1
             done = subprocess.run(argv, capture_output=True, text=True, timeout=SETTLE + 60)
+            if done.returncode == 2 and "nothing listens" in done.stderr:
+                self.errors["job could not start"] += 1  # the coordinator was down: said so
+                continue
             if done.returncode not in (0, 1):
                 self.wrong.append(f"job: exit {done.returncode}: {done.stderr[-300:]}")
                 continue

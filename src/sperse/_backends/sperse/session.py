@@ -53,6 +53,8 @@ from sperse.errors import (
 
 __all__ = ["Session"]
 
+_GOODBYE_TIMEOUT = 1.0  # seconds for Goodbye to go out, as a session ends
+
 log = logging.getLogger("sperse.client")
 
 
@@ -340,12 +342,17 @@ class Session:
             self._main.cancel()
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await self._main
+        # Each step bounded: the channel must be closed before the loop is (a call still
+        # open on a closed loop makes gRPC's poller fail on every loop of the process).
         if self.stream is not None:
             with contextlib.suppress(Exception):  # the session is over: free it at once
-                await self.stream.write(pb.ClientMessage(goodbye=pb.Goodbye()))
-                await self.stream.done_writing()
+                async with asyncio.timeout(_GOODBYE_TIMEOUT):
+                    await self.stream.write(pb.ClientMessage(goodbye=pb.Goodbye()))
+                    await self.stream.done_writing()
         if isinstance(self.stream, LocalStream):
-            await self.stream.closed()
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(_GOODBYE_TIMEOUT):
+                    await self.stream.closed()
         if self._channel is not None:
             await self._channel.close()
 

@@ -18,8 +18,11 @@ service defined inline, in another process), the same stream's bandwidth for ``-
 1 MiB messages, a Unix-socket ping-pong shaped like Sperse's same-host client (Linux), and a
 ``multiprocessing.Pipe`` round trip.
 
-Run: ``.venv/bin/python bench/remote.py [--compare] [--quick] [--backend server|local|ray]``
-(``ray``: Sperse on a local Ray it starts, whose ratios to raw Ray are Sperse's overhead);
+Run: ``.venv/bin/python bench/remote.py [--compare] [--quick] [--backend server|local|ray]
+[--transport auto|grpc]`` (``ray``: Sperse on a local Ray it starts, whose ratios to raw Ray
+are Sperse's overhead; ``grpc``: the client reaches its server over gRPC only, no shared
+memory and no Unix socket, as a client on another host does: compare it with the gRPC
+floors);
 ``--profile`` runs only Sperse's scenario (b) under cProfile (user thread and I/O thread).
 """
 
@@ -96,7 +99,7 @@ class System:
 class SperseSystem(System):
     name = "Sperse"
 
-    def __init__(self, backend: str) -> None:
+    def __init__(self, backend: str, transport: str = "auto") -> None:
         import sperse
         import sperse._backends.local
         import sperse._backends.sperse
@@ -104,6 +107,7 @@ class SperseSystem(System):
 
         self.sperse = sperse
         self.backend = backend
+        self.transport = transport
         self.cluster: Any = None
         self._echo = sperse.remote(echo)
         self._total = sperse.remote(total)
@@ -111,7 +115,7 @@ class SperseSystem(System):
 
     def start(self) -> None:
         if self.backend == "server":
-            self.cluster = self.sperse.connect(workers=2)
+            self.cluster = self.sperse.connect(workers=2, transport=self.transport)
         elif self.backend == "ray":  # a local Ray of 2 CPUs on 127.0.0.1, started here
             self.cluster = self.sperse.connect(backend="ray", workers=2)
         else:
@@ -575,6 +579,7 @@ def report(
     absent: dict[str, str],
     floor: dict[str, float],
     backend: str,
+    transport: str = "auto",
 ) -> None:
     sp, ray, dask = (results.get(k, {}) for k in ("Sperse", "Ray", "Dask"))
 
@@ -657,7 +662,7 @@ def report(
         )
     if "pipe_p50" in floor and "rt_p50" in sp and backend == "server":
         # A same-host client (the embedded server) talks over the Unix socket; others gRPC.
-        link = "unix" if "unix_p50" in floor else "grpc"
+        link = "unix" if "unix_p50" in floor and transport == "auto" else "grpc"
         if f"{link}_p50" in floor:
             both = floor[f"{link}_p50"] + floor["pipe_p50"]
             print(
@@ -665,6 +670,42 @@ def report(
                 f"ping-pong and a pipe round trip: {both:.3f} ms together; Sperse's p50 is "
                 f"{sp['rt_p50'] / both:.1f}x that"
             )
+    if transport == "grpc" and backend == "server":
+        grpc_targets(s, sp, floor)
+
+
+def grpc_targets(s: Settings, sp: dict[str, float], floor: dict[str, float]) -> None:
+    """Issue 18's targets for the path between machines (``--transport grpc``), against the
+    raw gRPC floors of this run."""
+    print("\nThe path between machines (--transport grpc), against the raw gRPC floors:")
+    rows: list[tuple[str, float | None, float, str]] = []
+    if "rt_p50" in sp and "grpc_p50" in floor:
+        rows.append(
+            (
+                "round trip p50 <= 1.5x the bidi ping-pong",
+                sp["rt_p50"] / floor["grpc_p50"],
+                1.5,
+                "<=",
+            )
+        )
+    if "tput" in sp:
+        rows.append(("throughput >= 15,000 tasks/s", sp["tput"], 15_000, ">="))
+    for key, what in (("up", "up"), ("down", "down")):
+        if key in sp and "grpc_bulk" in floor:
+            rows.append(
+                (
+                    f"{s.mb} MB {what} >= 0.8x the gRPC stream",
+                    sp[key] / floor["grpc_bulk"],
+                    0.8,
+                    ">=",
+                )
+            )
+    for label, value, target, op in rows:
+        if value is None:
+            continue
+        met = value <= target if op == "<=" else value >= target
+        shown = f"{value:,.0f}" if target > 100 else f"{value:.2f}x"
+        print(f"  {label:<44}{shown:>12}  {'meets' if met else 'misses'}")
 
 
 def versions() -> str:
@@ -730,6 +771,12 @@ async def _disable(prof: cProfile.Profile) -> None:
 def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--backend", choices=("server", "local", "ray"), default="server")
+    parser.add_argument(
+        "--transport",
+        choices=("auto", "grpc"),
+        default="auto",
+        help="grpc: the client talks to its server over gRPC only, as from another host",
+    )
     parser.add_argument("--compare", action="store_true", help="also run Ray and Dask")
     parser.add_argument("--calls", type=int, default=None, help="(a) calls (default 2000)")
     parser.add_argument("--tasks", type=int, default=None, help="(b) tasks (default 10000)")
@@ -750,7 +797,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     print(versions())
     print(
         f"calls={s.calls} tasks={s.tasks} mb={s.mb} repeat={s.repeat} "
-        f"sperse backend={args.backend}",
+        f"sperse backend={args.backend} transport={args.transport}",
         flush=True,
     )
 
@@ -765,7 +812,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     results: dict[str, dict[str, float]] = {}
     absent: dict[str, str] = {}
     makers: list[tuple[str, str, Callable[[], System]]] = [
-        ("Sperse", "sperse", lambda: SperseSystem(args.backend))
+        ("Sperse", "sperse", lambda: SperseSystem(args.backend, args.transport))
     ]
     if args.compare:
         makers.append(("Ray", "ray", RaySystem))
@@ -790,7 +837,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         results[name] = measure(system, s, notes)
         gc.collect()
 
-    report(s, results, absent, floor, args.backend)
+    report(s, results, absent, floor, args.backend, args.transport)
     for note in notes:
         print(f"note: {note}")
     if absent.get("Ray") == "n/i" or absent.get("Dask") == "n/i":

@@ -16,6 +16,7 @@ import numpy as np
 import pytest
 
 import sperse
+from sperse._backends.multi import ClusterBackend
 from sperse._backends.sperse import EmbeddedServer, SperseBackend
 from sperse._serialize import shm
 from sperse._server import local
@@ -88,3 +89,31 @@ def test_a_broken_same_host_stream_is_resumed(server: EmbeddedServer, tmp_path: 
         assert running.result(WAIT) == "seen"  # the task ran on through the break
         assert backend._session.stream is not stream and backend.transport == "local"
         assert sperse.remote(chatty)(2).result(WAIT) == 4
+
+
+@pytest.mark.parametrize("where", ["embedded", "url", "servers"])
+def test_connect_with_transport_grpc_stays_on_grpc(server: EmbeddedServer, where: str) -> None:
+    """``connect(..., transport="grpc")``: every byte over gRPC, to a server on this host too
+    (issue 18: the path between machines, measured on one)."""
+    url = f"sperse://{server.address}"
+    if where == "embedded":
+        cluster = sperse.connect(workers=1, transport="grpc")
+    elif where == "url":
+        cluster = sperse.connect(url, server.token, transport="grpc")
+    else:
+        cluster = sperse.connect([url], server.token, transport="grpc")
+    try:
+        backend = cluster.backend
+        if isinstance(backend, ClusterBackend):
+            backend = backend.backend_of("both")
+        assert isinstance(backend, SperseBackend)
+        assert backend.transport == "grpc" and not backend.shm
+        n = 1 << 18
+        assert sperse.remote(big)(n).result(WAIT).sum() == n * (n - 1) / 2
+    finally:
+        cluster.close()
+
+
+def test_an_unknown_transport_is_refused() -> None:
+    with pytest.raises(ValueError, match="'auto' or 'grpc'"):
+        sperse.connect(transport="udp")  # type: ignore[arg-type]

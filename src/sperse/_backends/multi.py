@@ -68,8 +68,10 @@ class ClusterBackend:
         inline_limit: int = DEFAULT_INLINE_LIMIT,
         max_reroutes: int = 3,
         processes: Sequence[EmbeddedServer] = (),
+        shm: bool | None = None,
     ) -> None:
-        """``processes``: servers this backend owns, stopped by ``close``."""
+        """``processes``: servers this backend owns, stopped by ``close``. ``shm`` as
+        :class:`SperseBackend` takes it, for every server."""
         if not urls and coordinator is None:
             raise ValueError("give server urls, or a coordinator")
         self._urls = [parse_url(u) for u in urls]
@@ -80,6 +82,7 @@ class ClusterBackend:
         self._reconnect_timeout = reconnect_timeout
         self._inline_limit = inline_limit
         self._processes = list(processes)
+        self._shm = shm
         self._sink: EventSink | None = None
         self._lock = threading.Lock()
         self._dispatcher = Dispatcher(max_reroutes=max_reroutes)
@@ -171,6 +174,7 @@ class ClusterBackend:
             reconnect_timeout=self._reconnect_timeout,
             inline_limit=self._inline_limit,
             locate=self._locate,
+            shm=self._shm,
         )
         backend.start(functools.partial(self._on_event, backend))
         return backend

@@ -36,6 +36,7 @@ def connect(
     dashboard: bool = False,
     dashboard_port: int = 0,
     share_workspace: bool | None = None,
+    transport: Literal["auto", "grpc"] = "auto",
 ) -> Cluster:
     """Connect to a cluster and make it the default for ``@sperse.remote`` and workspaces.
 
@@ -71,8 +72,15 @@ def connect(
     token: the cluster's, or a new one in-process). ``share_workspace`` (default: as
     ``dashboard``) publishes every workspace's graph to it.
 
+    ``transport="grpc"`` sends every byte to sperse servers over gRPC, even to a server on
+    this host, where the default (``"auto"``) uses shared memory files and a Unix socket:
+    for hosts where those are unwelcome, and to measure the path between machines on one
+    (``bench/remote.py --transport grpc``).
+
     A previous default cluster is closed.
     """
+    if transport not in ("auto", "grpc"):
+        raise ValueError(f"transport must be 'auto' or 'grpc', not {transport!r}")
     pip_requirements(env)  # a wrong env is an error before anything starts
     if share_workspace and not dashboard:
         raise ValueError(
@@ -87,7 +95,9 @@ def connect(
             raise ValueError("the Ray backend takes one address, not a list")
         backend = _ray_backend(url, workers, tags)
     elif backend is None:
-        backend = _backend_for(url, token, workers, tags, token_file, tls_ca, token_used)
+        backend = _backend_for(
+            url, token, workers, tags, token_file, tls_ca, token_used, shm=_shm_of(transport)
+        )
     elif backend in ("local", "memory"):
         backend = _in_process_backend(backend, workers)
     elif isinstance(backend, str):
@@ -100,7 +110,10 @@ def connect(
         ca = Path(tls_ca).read_bytes() if tls_ca is not None else None
         if not (isinstance(url, str) and token_used and is_coordinator(url, tls_ca=ca)):
             raise
-        cluster = Cluster(ClusterBackend(coordinator=url, token=token_used[0], tls_ca=ca), env=env)
+        coordinator = ClusterBackend(
+            coordinator=url, token=token_used[0], tls_ca=ca, shm=_shm_of(transport)
+        )
+        cluster = Cluster(coordinator, env=env)
     if dashboard:
         from sperse._cluster.dashboard import serve_dashboard  # starlette, uvicorn: when asked
 
@@ -129,12 +142,14 @@ def _backend_for(
     token_file: str | os.PathLike[str] | None,
     tls_ca: str | os.PathLike[str] | None,
     token_used: list[str],
+    *,
+    shm: bool | None,
 ) -> Backend:
     if url is None:
         server = EmbeddedServer(workers=workers, tags=tags)
         token_used.append(server.token)
         try:
-            return SperseBackend(server.address, token=server.token, process=server)
+            return SperseBackend(server.address, token=server.token, process=server, shm=shm)
         except BaseException:
             server.stop()
             raise
@@ -145,10 +160,16 @@ def _backend_for(
         urls = list(url)
         if not urls:
             raise ValueError("connect([]): give at least one server url")
-        return ClusterBackend(urls, token=secret, tls_ca=ca)
+        return ClusterBackend(urls, token=secret, tls_ca=ca, shm=shm)
     if is_coordinator(url, tls_ca=ca):
-        return ClusterBackend(coordinator=url, token=secret, tls_ca=ca)
-    return SperseBackend(url, token=secret, tls_ca=ca, tls=ca is not None)
+        return ClusterBackend(coordinator=url, token=secret, tls_ca=ca, shm=shm)
+    return SperseBackend(url, token=secret, tls_ca=ca, tls=ca is not None, shm=shm)
+
+
+def _shm_of(transport: str) -> bool | None:
+    """``SperseBackend``'s ``shm`` for a ``transport``: None lets a server on this host use
+    shared memory and its Unix socket; False never does."""
+    return False if transport == "grpc" else None
 
 
 def _title(url: str | Sequence[str] | None, backend: object) -> str:

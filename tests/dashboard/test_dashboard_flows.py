@@ -143,6 +143,11 @@ def test_flow_snapshot(case: Case) -> None:
     if case.deltas:
         assert {o["loop"] for o in snap["operators"] if o["kind"] != "source"} >= {"half"}
     assert snap["operators"][0]["loop"] is None
+    if case.state == "failed":
+        assert snap["error"].startswith("FlowFailed: ") and "ZeroDivisionError" in snap["error"]
+        assert "inv" in snap["error"]
+    else:
+        assert snap["error"] == ""
 
 
 # ---- the page --------------------------------------------------------------------------
@@ -227,6 +232,17 @@ def test_the_flows_page_shows_runs_their_operators_and_rounds_live(
             "() => window.sperseDashboard.flowGraph.edges('[?feedback]').length === 1"
         )
         watched.screenshot("flows-rounds")
+        expect(page.locator("#flow-error")).to_be_hidden()
+
+        broken = sperse.Flow("broken", cluster=cluster)
+        _failing(broken)
+        with pytest.raises(sperse.FlowFailed):
+            broken.run().result(DEADLINE)
+        broken_row = page.locator("#flows tr[data-flow]", has_text="broken")
+        expect(broken_row.locator(".state")).to_have_text("failed")
+        broken_row.click()
+        expect(page.locator("#flow-error")).to_contain_text("ZeroDivisionError")
+        expect(page.locator("#flow-error")).to_contain_text("inv")
         assert watched.errors == []
         # no flow page open: nothing more is published (the hub's journal stands still)
         page.goto("about:blank")

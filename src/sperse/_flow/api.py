@@ -373,6 +373,14 @@ class Run:
             raise stopped.error.to_exception(self.flow.name)
         return self.progress()
 
+    def error(self) -> BaseException | None:
+        """What failed the run (``FlowFailed``: the operator, the item, the traceback); None
+        while it runs, and when it ended well or was cancelled."""
+        stopped = self._stopped
+        if stopped is None or stopped.cancelled or stopped.error is None:
+            return None
+        return stopped.error.to_exception(self.flow.name)
+
     def cancel(self) -> bool:
         """Stop the run; False if it had ended."""
         if self.done():

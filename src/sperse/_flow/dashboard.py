@@ -7,9 +7,10 @@ from __future__ import annotations
 import time
 from typing import Any
 
-__all__ = ["ROUNDS_SHOWN", "flow_snapshot"]
+__all__ = ["ERROR_SHOWN", "ROUNDS_SHOWN", "flow_snapshot"]
 
 ROUNDS_SHOWN = 500  # the last rounds of a run's bulk loops a snapshot holds
+ERROR_SHOWN = 4000  # characters of a failed run's error a snapshot holds
 
 
 def flow_snapshot(run: Any, key: str, now: float | None = None) -> dict[str, Any]:
@@ -17,7 +18,9 @@ def flow_snapshot(run: Any, key: str, now: float | None = None) -> dict[str, Any
     seconds; each operator (from the logical plan, in the order they were added) with its
     kind, loop, replicas, items in and out, backlog and rate; the edges (an input of an
     operator, with its partition; a loop's way back from its end to its gate as
-    ``feedback``); and the last ``ROUNDS_SHOWN`` rounds of its bulk loops with their delta.
+    ``feedback``); the last ``ROUNDS_SHOWN`` rounds of its bulk loops with their delta; and
+    what failed it, when it failed (``error``: its type and message, which name the operator
+    and the item).
     ``now``: ``time.monotonic()`` (given by tests). Never an item, only counts and names."""
     progress = run.progress()
     stats = run.operators()
@@ -49,10 +52,12 @@ def flow_snapshot(run: Any, key: str, now: float | None = None) -> dict[str, Any
         for loop in logical.loops
     ]
     rounds = progress.rounds
+    error = run.error()
     return {
         "id": key,
         "name": run.flow.name,
         "state": progress.state,
+        "error": f"{type(error).__name__}: {error}"[:ERROR_SHOWN] if error is not None else "",
         "elapsed": round(max(0.0, end - run.started_at), 2),
         "operators": operators,
         "edges": edges,

@@ -611,6 +611,7 @@ async function flowsPage(main) {
   const runsBody = el("tbody");
   const title = el("span");
   const note = el("p", { class: "note" });
+  const failure = el("pre", { id: "flow-error", class: "traceback", hidden: true });
   const graph = el("div", { id: "flow-graph" });
   const opsBody = el("tbody");
   const rounds = el("div", { id: "rounds-box" });
@@ -619,7 +620,7 @@ async function flowsPage(main) {
     el("table", { id: "flows" },
       el("thead", {}, el("tr", {}, ...["run", "flow", "state", "elapsed", "operators", "rounds"].map((c) => el("th", {}, c)))),
       runsBody),
-    el("h2", {}, "Operators ", title), note,
+    el("h2", {}, "Operators ", title), note, failure,
     graph,
     el("table", { id: "operators" },
       el("thead", {}, el("tr", {}, ...["operator", "kind", "loop", "replicas", "in", "out", "backlog", "rate"]
@@ -647,7 +648,7 @@ async function flowsPage(main) {
       { class: `clickable${run.id === current ? " selected" : ""}`, "data-flow": run.id, "data-state": run.state,
         onclick: () => { current = run.id; renderList(); renderRun(); } },
       el("td", {}, run.id), el("td", {}, run.name),
-      el("td", {}, el("span", { class: `state ${run.state}` }, run.state)),
+      el("td", {}, el("span", { class: `state ${run.state}`, title: run.error || "" }, run.state)),
       el("td", { class: "num" }, `${run.elapsed.toFixed(1)} s`),
       el("td", { class: "num" }, run.operators.length),
       el("td", { class: "num" }, run.rounds_total || ""))));
@@ -659,8 +660,10 @@ async function flowsPage(main) {
 
   function renderRun() {
     const run = flows.get(current);
-    if (!run) { title.textContent = ""; opsBody.replaceChildren(); cy.elements().remove(); shape = ""; rounds.replaceChildren(); return; }
+    if (!run) { title.textContent = ""; failure.hidden = true; opsBody.replaceChildren(); cy.elements().remove(); shape = ""; rounds.replaceChildren(); return; }
     title.textContent = `of ${run.name} (run ${run.id}, ${run.state})`;
+    failure.textContent = run.error || "";
+    failure.hidden = !run.error;
     note.textContent = "Each operator: replicas, items in per second, items waiting (on a stage's first operator), items in and out; live while it runs.";
     const structure = JSON.stringify([run.id, run.operators.map((o) => o.id), run.edges]);
     if (structure !== shape) {

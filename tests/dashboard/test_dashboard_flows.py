@@ -143,6 +143,7 @@ def test_flow_snapshot(case: Case) -> None:
     if case.deltas:
         assert {o["loop"] for o in snap["operators"] if o["kind"] != "source"} >= {"half"}
     assert snap["operators"][0]["loop"] is None
+    assert all(o["servers"] == {} for o in snap["operators"])  # in this process
     if case.state == "failed":
         assert snap["error"].startswith("FlowFailed: ") and "ZeroDivisionError" in snap["error"]
         assert "inv" in snap["error"]
@@ -207,6 +208,8 @@ def test_the_flows_page_shows_runs_their_operators_and_rounds_live(
             "() => window.sperseDashboard.flowGraph.nodes('[name = \"double\"]').data('text')"
         )
         assert "\u00d71" in label and "backlog" in label and "/s" in label
+        (server,) = [s.name for s in cluster.servers()]
+        expect(page.locator('#operators tr[data-op="double"] td.where')).to_have_text(server)
         watched.screenshot("flows-running")
         q.push(*range(5, 12))
         expect(page.locator('#operators tr[data-op="double"] td.in')).to_have_text("12")

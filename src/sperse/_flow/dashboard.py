@@ -16,7 +16,8 @@ ERROR_SHOWN = 4000  # characters of a failed run's error a snapshot holds
 def flow_snapshot(run: Any, key: str, now: float | None = None) -> dict[str, Any]:
     """What the Flows page shows of ``run`` (a ``sperse._flow.api.Run``), JSON-ready: its name, state and elapsed
     seconds; each operator (from the logical plan, in the order they were added) with its
-    kind, loop, replicas, items in and out, backlog and rate; the edges (an input of an
+    kind, loop, replicas, items in and out, backlog and rate, and the servers its replicas
+    run on (``{server: replicas}``; empty in this process); the edges (an input of an
     operator, with its partition; a loop's way back from its end to its gate as
     ``feedback``); the last ``ROUNDS_SHOWN`` rounds of its bulk loops with their delta; and
     what failed it, when it failed (``error``: its type and message, which name the operator
@@ -27,6 +28,13 @@ def flow_snapshot(run: Any, key: str, now: float | None = None) -> dict[str, Any
     logical = run.plan.logical
     loops = {loop.id: loop.name for loop in logical.loops}
     end = run.ended_at if run.ended_at is not None else (time.monotonic() if now is None else now)
+    where: dict[int, dict[str, int]] = {}  # operator's node id -> server -> replicas there
+    stages = {int(stage.id): stage for stage in run.plan.stages}
+    for host in run.hosts():
+        stage = stages.get(int(host["stage"]))
+        for node_id in stage.nodes if stage is not None else ():
+            servers = where.setdefault(int(node_id), {})
+            servers[host["server"]] = servers.get(host["server"], 0) + 1
     operators = []
     for node, op in zip(logical.nodes, stats, strict=True):
         operators.append(
@@ -40,6 +48,7 @@ def flow_snapshot(run: Any, key: str, now: float | None = None) -> dict[str, Any
                 "items_out": op.items_out,
                 "backlog": op.backlog,
                 "rate": round(op.rate, 2),
+                "servers": dict(sorted(where.get(int(node.id), {}).items())),
             }
         )
     edges = [

@@ -623,8 +623,8 @@ async function flowsPage(main) {
     el("h2", {}, "Operators ", title), note, failure,
     graph,
     el("table", { id: "operators" },
-      el("thead", {}, el("tr", {}, ...["operator", "kind", "loop", "replicas", "in", "out", "backlog", "rate"]
-        .map((c, i) => el("th", { class: i > 2 ? "num" : "" }, c)))),
+      el("thead", {}, el("tr", {}, ...["operator", "kind", "loop", "replicas", "in", "out", "backlog", "rate", "where"]
+        .map((c, i) => el("th", { class: i > 2 && i < 8 ? "num" : "" }, c)))),
       opsBody),
     el("h2", {}, "Rounds of bulk loops (delta per round)"), rounds,
   );
@@ -635,6 +635,10 @@ async function flowsPage(main) {
   const flows = new Map(); // id -> snapshot
   let current = "";
   let shape = "";
+
+  function where(servers) {
+    return Object.entries(servers || {}).map(([s, n]) => (n > 1 ? `${s} ×${n}` : s)).join(", ");
+  }
 
   function nodeData(run, op) {
     return { id: `o${op.id}`, name: op.name, items_in: op.items_in, backlog: op.backlog,
@@ -681,7 +685,8 @@ async function flowsPage(main) {
       el("td", {}, o.name), el("td", {}, o.kind), el("td", {}, o.loop || ""),
       el("td", { class: "num replicas" }, o.replicas), el("td", { class: "num in" }, o.items_in),
       el("td", { class: "num out" }, o.items_out), el("td", { class: "num backlog" }, o.backlog),
-      el("td", { class: "num rate" }, rate(o.rate)))));
+      el("td", { class: "num rate" }, rate(o.rate)),
+      el("td", { class: "where" }, where(o.servers)))));
     rounds.replaceChildren(run.rounds.length ? roundsChart(run.rounds)
       : el("p", { class: "note" }, "no round: this run has no bulk loop, or none finished a round yet"));
   }

@@ -9,6 +9,7 @@ import pytest
 import wasmtime
 from job_helpers import SUMMER
 
+from sperse._wasm import MAX_DETAIL
 from sperse.jobs import _worker
 from sperse.jobs._worker import NEED_MODULE, compile_module, new_engine, run_wasm_batch
 
@@ -127,3 +128,32 @@ def test_python_units_fail_alone() -> None:
     assert wrong[:2] == (False, "output") and "returned int" in wrong[2]
     assert ok[:2] == (True, b"OK")
     assert text[:2] == (True, b"TEXT")
+
+
+def chatty(data: bytes) -> bytes:
+    """Writes ``data`` megabytes to stdout and to stderr, then fails."""
+    import sys
+
+    chunk = "x" * (1 << 20)
+    for _ in range(int(data)):
+        print(chunk)
+        print(chunk, file=sys.stderr)
+    print("the end", file=sys.stderr)
+    raise ValueError("after all that")
+
+
+def test_a_python_unit_that_writes_much_costs_its_worker_little() -> None:
+    """Issue 17: a unit's stdout is dropped as it is written, and only the tail of its
+    stderr is kept (the last MAX_DETAIL characters), whatever it writes."""
+    import tracemalloc
+
+    tracemalloc.start()
+    try:
+        ((done, kind, message, detail, _),) = _worker.run_python_batch(chatty, None, [b"64"])
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert (done, kind, message) == (False, "raised", "ValueError: after all that")
+    assert "the end" in detail and "ValueError" in detail
+    assert len(detail) <= MAX_DETAIL + 2000  # the tail, and the traceback
+    assert peak < 16 << 20, f"{peak >> 20} MiB held to run a unit that wrote 128 MiB"

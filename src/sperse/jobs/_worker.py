@@ -40,6 +40,7 @@ from types import FrameType
 from typing import Final, Literal
 
 from sperse._wasm import (
+    MAX_DETAIL,
     MAX_OUTPUT,
     Outcome,
     compile_module,
@@ -50,6 +51,7 @@ from sperse._wasm import (
 )
 
 __all__ = [
+    "MAX_DETAIL",
     "MAX_OUTPUT",
     "NEED_MODULE",
     "Outcome",
@@ -120,10 +122,10 @@ def _run_python_unit(
     fn: Callable[[bytes], bytes | str], data: bytes, timeout: float | None
 ) -> Outcome:
     started = time.perf_counter()
-    stderr = io.StringIO()
+    stderr = _Tail(MAX_DETAIL)
     try:
         with (
-            contextlib.redirect_stdout(io.StringIO()),
+            contextlib.redirect_stdout(_Dropped()),
             contextlib.redirect_stderr(stderr),
             _time_limit(timeout),
         ):
@@ -152,6 +154,40 @@ def _run_python_unit(
             seconds,
         )
     return ok(bytes(value), seconds)
+
+
+class _Dropped(io.TextIOBase):
+    """A unit's stdout: what it prints there is dropped as it is written (never kept)."""
+
+    def writable(self) -> bool:
+        return True
+
+    def write(self, text: str) -> int:
+        return len(text)
+
+
+class _Tail(io.TextIOBase):
+    """A unit's stderr: only its last ``limit`` characters are kept, as it is written, so a
+    unit that writes gigabytes there costs its worker no more than that."""
+
+    def __init__(self, limit: int) -> None:
+        self._limit = limit
+        self._parts: list[str] = []
+        self._size = 0
+
+    def writable(self) -> bool:
+        return True
+
+    def write(self, text: str) -> int:
+        self._parts.append(text[-self._limit :])
+        self._size += min(len(text), self._limit)
+        if self._size > 2 * self._limit:
+            kept = "".join(self._parts)[-self._limit :]
+            self._parts, self._size = [kept], len(kept)
+        return len(text)
+
+    def getvalue(self) -> str:
+        return "".join(self._parts)[-self._limit :]
 
 
 @contextlib.contextmanager

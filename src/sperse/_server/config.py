@@ -26,12 +26,28 @@ __all__ = [
     "ServerConfig",
     "ServerConfigError",
     "check_config",
+    "default_max_held_bytes",
     "default_name",
     "is_loopback",
 ]
 
 DEFAULT_INLINE_LIMIT = 1 << 20
 DEFAULT_MAX_VALUE_SIZE = 1 << 34  # 16 GiB: a byte string a client may send in one value
+
+
+def default_max_held_bytes() -> int:
+    """A quarter of this machine's memory, and at most half of ``/dev/shm`` (where held
+    values live when shared memory is on): the server's cap on the results it holds."""
+    try:
+        memory = os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (AttributeError, OSError, ValueError):  # not a POSIX system
+        memory = 16 << 30
+    cap = memory // 4
+    try:
+        shm = os.statvfs("/dev/shm")
+    except OSError:  # no /dev/shm: held values are in the server's memory
+        return cap
+    return min(cap, shm.f_blocks * shm.f_frsize // 2) or cap
 
 
 class ServerConfigError(SperseError):
@@ -65,6 +81,9 @@ class ServerConfig:
     session_grace: float = 30.0
     inline_limit: int = DEFAULT_INLINE_LIMIT
     max_value_size: int = DEFAULT_MAX_VALUE_SIZE
+    # Bytes of results held (kept on the server, >= the inline limit) by every session
+    # together: a result that would pass it fails its task (sperse._server.held).
+    max_held_bytes: int = field(default_factory=default_max_held_bytes)
     log_level: str = "INFO"
     hello_timeout: float = 10.0  # a peer that sends no Hello within this is turned away
     shm: bool = True  # big buffers through shared memory files, with clients on this host
@@ -137,6 +156,8 @@ def check_config(config: ServerConfig) -> None:
         raise ServerConfigError(f"--session-grace must be >= 0, not {config.session_grace}")
     if config.inline_limit < 0 or config.max_value_size < 1:
         raise ServerConfigError("the inline limit and the max value size must be positive")
+    if config.max_held_bytes < 1:
+        raise ServerConfigError(f"--max-held-bytes must be positive, not {config.max_held_bytes}")
     if not isinstance(logging.getLevelName(config.log_level.upper()), int):
         raise ServerConfigError(
             f"unknown log level {config.log_level!r}: use debug, info, warning or error"

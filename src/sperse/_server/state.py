@@ -61,7 +61,7 @@ class ServerState:
         self.name = name
         self.shm_prefix = shm_prefix
         self.sessions: dict[str, SessionState] = {}  # open
-        self.held = HeldValues(new_id)
+        self.held = HeldValues(new_id, config.max_held_bytes)
         self.pulls = Pulls(shm_prefix if config.shm else "")
         self.objects = RemoteObjects(name)
         self._out: list[Action] = []

@@ -141,6 +141,11 @@ class TaskTable:
                 self.unlink([n for v in result for n in v.value.shm_names()], soon=False)
             return self._take()
         self.announce_now(task)
+        if not isinstance(result, ErrorInfo):
+            refused = self.held.over_cap(task.what, self.name, result, task.inline_limit)
+            if refused is not None:
+                self.unlink([n for v in result for n in v.value.shm_names()])
+                result = refused
         if isinstance(result, ErrorInfo):
             self.finish(task, Failed(task.task_id, self.name, result))
         else:

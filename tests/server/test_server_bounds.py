@@ -3,18 +3,20 @@ machine keeps it, and as a client of a real server meets it."""
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Callable
 from typing import Any
 
 import numpy as np
 import pytest
 from server_helpers import RawSession, ServerThread, call_work, run, shm_files
-from state_harness import PREFIX, files, machine, value
+from state_harness import PREFIX, Machine, files, machine, value
 
 from sperse._core import Failed
-from sperse._server.actions import Unlink
+from sperse._server.actions import Cancel, Submit, Unlink
 from sperse._server.cli import build_parser
 from sperse._server.config import ServerConfig, ServerConfigError, check_config
+from sperse._server.tasks import WINDOW_PER_WORKER
 
 MiB = 1 << 20
 
@@ -91,3 +93,86 @@ def test_a_client_past_the_held_cap_gets_a_clear_error(
             assert v.WhichOneof("kind") == "ref"
 
     run(scenario())
+
+
+# ---- results a client does not read: --max-unread-bytes -----------------------------------
+
+
+def submitted(m: Machine) -> list[str]:
+    """The tasks handed to a pool, in order."""
+    task_of = {pool_id: task for task, ids in m.pool_ids.items() for pool_id in ids}
+    return [task_of[a.pool_id] for a in m.of(Submit)]
+
+
+def test_a_session_has_a_window_of_tasks_in_the_pool() -> None:
+    m = machine(workers=1)
+    window = WINDOW_PER_WORKER
+    ids = [f"t{i}" for i in range(window + 3)]
+    for task_id in ids:
+        m.submit(task_id)
+    assert submitted(m) == ids[:window]
+    m.done("t0")
+    assert submitted(m) == ids[: window + 1]
+    m.cancel(ids[-1])  # waiting for room: it ends at once, without reaching a pool
+    assert m.sent()[-1] == f"failed {ids[-1]} TaskCancelled" and not m.of(Cancel)
+    m.feed(m.state.close_session("s", "session_closed", "goodbye"))
+    assert len(m.of(Cancel)) == window  # those in the pool; none for the one waiting
+
+
+def test_a_paused_session_starts_nothing_until_let_go() -> None:
+    m = machine("s", "other", workers=1)
+    window = WINDOW_PER_WORKER
+    for i in range(window + 2):
+        m.submit(f"t{i}")
+    m.feed(m.state.hold("s", 10))
+    m.done("t0")
+    m.fail("t1", "worker_died")  # ended: no retry left
+    assert len(m.of(Submit)) == window  # nothing new while paused
+    m.submit("o1", session="other")  # another session runs on
+    assert submitted(m)[-1] == "o1"
+    m.feed(m.state.let_go("s", 0))
+    assert submitted(m)[-2:] == [f"t{window}", f"t{window + 1}"]
+    assert m.sent("s").count("done t0") == 1
+
+
+def slab(n: int) -> bytes:
+    return b"x" * n
+
+
+def test_a_client_that_does_not_read_stops_its_own_work_not_others(
+    make_server: Callable[..., ServerThread],
+) -> None:
+    limit = 4 * MiB
+    size = 900_000
+    count = 60  # 54 MB of results, if nothing held them back
+    server = make_server(max_unread_bytes=limit)
+
+    async def scenario() -> None:
+        async with RawSession(server.address) as idle, RawSession(server.address) as other:
+            await idle.hello()
+            ids = [f"t{i}" for i in range(count)]
+            await idle.submit(
+                *(idle.task(t, call_work(slab, size), inline_limit=64 * MiB) for t in ids)
+            )
+            # It reads nothing: its results pile up until the server stops starting its tasks.
+            stats = await server.wait_stats(lambda st: st.unread_peak > limit and st.queued > 0)
+            await other.hello()
+            await other.submit(other.task("mine", call_work(slab, 10)))
+            assert other.value((await other.done("mine")).values[0]) == b"x" * 10
+
+            ends = await idle.wait_terminal(*ids, timeout=60)  # reading now: all of them come
+            assert all(len(idle.value(e.done.values[0])) == size for e in ends)
+            stats = await asyncio.to_thread(server.stats)
+            # At most a window of tasks more ran after the bound was passed.
+            window = server.server.config.worker_count * WINDOW_PER_WORKER
+            assert stats.unread_peak <= limit + (window + 1) * (size + 1024), stats
+            assert stats.unread_bytes == 0
+
+    run(scenario())
+
+
+def test_the_unread_bound_is_a_server_option() -> None:
+    assert build_parser().parse_args(["--max-unread-bytes", "64M"]).max_unread_bytes == 64 * MiB
+    assert ServerConfig().max_unread_bytes == 256 * MiB
+    with pytest.raises(ServerConfigError, match="--max-unread-bytes"):
+        check_config(ServerConfig(max_unread_bytes=0))

@@ -81,11 +81,19 @@ def _add_totals(parser: argparse.ArgumentParser) -> None:
         "together; a result that would pass it fails its task (default: a quarter of the "
         "memory, at most half of /dev/shm)",
     )
+    parser.add_argument(
+        "--max-unread-bytes",
+        type=_size,
+        default=None,
+        metavar="SIZE",
+        help="events a client has not read yet, per session: past it, that session's tasks "
+        "that have not started wait until it reads (default 256M)",
+    )
 
 
 def _totals(args: argparse.Namespace) -> dict[str, int]:
     """The ``ServerConfig`` fields of the options given (the others keep their defaults)."""
-    names = ("max_held_bytes",)
+    names = ("max_held_bytes", "max_unread_bytes")
     return {name: getattr(args, name) for name in names if getattr(args, name) is not None}
 
 

@@ -22,6 +22,7 @@ from sperse.errors import SperseError
 
 __all__ = [
     "DEFAULT_INLINE_LIMIT",
+    "DEFAULT_MAX_UNREAD_BYTES",
     "DEFAULT_MAX_VALUE_SIZE",
     "ServerConfig",
     "ServerConfigError",
@@ -33,6 +34,7 @@ __all__ = [
 
 DEFAULT_INLINE_LIMIT = 1 << 20
 DEFAULT_MAX_VALUE_SIZE = 1 << 34  # 16 GiB: a byte string a client may send in one value
+DEFAULT_MAX_UNREAD_BYTES = 256 << 20  # of events a session's client has not read
 
 
 def default_max_held_bytes() -> int:
@@ -84,6 +86,9 @@ class ServerConfig:
     # Bytes of results held (kept on the server, >= the inline limit) by every session
     # together: a result that would pass it fails its task (sperse._server.held).
     max_held_bytes: int = field(default_factory=default_max_held_bytes)
+    # Bytes of events a session's client has not been sent yet (it does not read): past
+    # it, the session's tasks that wait for room do not start (sperse._server.outgoing).
+    max_unread_bytes: int = DEFAULT_MAX_UNREAD_BYTES
     log_level: str = "INFO"
     hello_timeout: float = 10.0  # a peer that sends no Hello within this is turned away
     shm: bool = True  # big buffers through shared memory files, with clients on this host
@@ -156,8 +161,12 @@ def check_config(config: ServerConfig) -> None:
         raise ServerConfigError(f"--session-grace must be >= 0, not {config.session_grace}")
     if config.inline_limit < 0 or config.max_value_size < 1:
         raise ServerConfigError("the inline limit and the max value size must be positive")
-    if config.max_held_bytes < 1:
-        raise ServerConfigError(f"--max-held-bytes must be positive, not {config.max_held_bytes}")
+    for option, size in (
+        ("--max-held-bytes", config.max_held_bytes),
+        ("--max-unread-bytes", config.max_unread_bytes),
+    ):
+        if size < 1:
+            raise ServerConfigError(f"{option} must be positive, not {size}")
     if not isinstance(logging.getLevelName(config.log_level.upper()), int):
         raise ServerConfigError(
             f"unknown log level {config.log_level!r}: use debug, info, warning or error"

@@ -162,6 +162,7 @@ class ServerState:
             )
         )
         self._out.extend(self.held.release_all(session))
+        session.ready.clear()
         session.tasks.clear()
         session.finished.clear()
 
@@ -259,7 +260,10 @@ class ServerState:
         if task is None or task.cancel_requested:
             return []  # unknown or finished: nothing to do (its terminal event is sent)
         task.cancel_requested = True
-        if task.waiting:  # for a pull: not queued in the pool yet
+        if task.waiting or task.queued:  # for a pull, or for room: not in a pool yet
+            if task.queued:
+                task.session.ready.remove(task)
+                task.queued = False
             self.tasks.finish(
                 task,
                 Failed(task.task_id, self.name, ErrorInfo("cancelled", "TaskCancelled", _QUEUED)),
@@ -268,6 +272,42 @@ class ServerState:
             self._out.append(CancelObjectCall(task.obj.object_id, task.pool_id))
         else:
             self._out.append(Cancel(task.pool_id, task.pip))
+        return self._take()
+
+    def hold(self, session_id: str, unread: int) -> list[Action]:
+        """The session's client leaves ``unread`` bytes of events unread, past the bound:
+        its tasks that wait for room wait on (those in the pools run)."""
+        session = self.sessions.get(session_id)
+        if session is None or session.paused:
+            return []
+        session.paused = True
+        return [
+            log(
+                logging.WARNING,
+                "session_paused",
+                session=session_id,
+                unread=unread,
+                limit=self.config.max_unread_bytes,
+                waiting=len(session.ready),
+            )
+        ]
+
+    def let_go(self, session_id: str, unread: int) -> list[Action]:
+        """The session's client has read enough: its waiting tasks may start."""
+        session = self.sessions.get(session_id)
+        if session is None or not session.paused:
+            return []
+        session.paused = False
+        self._out.append(
+            log(
+                logging.INFO,
+                "session_unpaused",
+                session=session_id,
+                unread=unread,
+                waiting=len(session.ready),
+            )
+        )
+        self.tasks.pump(session)
         return self._take()
 
     def release(self, session_id: str, object_id: str) -> list[Action]:

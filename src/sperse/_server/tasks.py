@@ -7,6 +7,14 @@ unlinked, a failed attempt's files swept. A task whose worker died is dispatched
 it has retries left (a call of a remote object never is), with a ``Started`` of its own. A
 task that ends releases what it used (its uploads, its held values, its pulls) and gets its
 terminal event, recorded in its session (retained for resubmissions) and emitted.
+
+A session has at most ``window`` tasks in the pools at once (``WINDOW_PER_WORKER`` per
+worker: enough to keep every worker's pipeline full, and as many again queued), and none
+more while it is ``paused`` (its client leaves too many events unread: see
+:mod:`sperse._server.outgoing`); the others wait in its ``ready`` queue, in order, and go
+as room is made. So a client that does not read stops its own work after at most a window
+more of results, and one session's thousands of tasks never queue ahead of another's in the
+pool. Remote objects' creates and calls go to their objects' pools at once.
 """
 
 from __future__ import annotations
@@ -17,6 +25,7 @@ from collections.abc import Iterable
 from typing import Literal
 
 from sperse._core import Done, ErrorInfo, Failed, Output, Started
+from sperse._pool.policy import PIPELINE
 from sperse._server.actions import (
     Action,
     Emit,
@@ -39,7 +48,9 @@ from sperse._server.pulls import Pulls
 from sperse._server.remote import RemoteObject, RemoteObjects
 from sperse._server.sessions import SessionState, TaskState, clip, clipped
 
-__all__ = ["TaskTable"]
+__all__ = ["WINDOW_PER_WORKER", "TaskTable"]
+
+WINDOW_PER_WORKER = 2 * PIPELINE  # a session's tasks in the pools, per worker
 
 
 class TaskTable:
@@ -62,6 +73,7 @@ class TaskTable:
         self.held, self.pulls, self.objects = parts
         self.attempts: dict[str, TaskState] = {}  # by pool id: queued or running
         self.hold_back = StartedHoldBack()
+        self.window = config.worker_count * WINDOW_PER_WORKER
         self.tasks_done = 0
         self.tasks_failed = 0
         self._attempt_ids = itertools.count(1)
@@ -79,8 +91,15 @@ class TaskTable:
         if obj is not None and not obj.alive:  # destroyed while the task waited for a pull
             self.finish(task, self.objects.lost(task.task_id, obj.object_id))
             return
+        session = task.session
+        if obj is None:
+            if session.paused or session.in_pools >= self.window:
+                task.queued, task.pool_id = True, ""
+                session.ready.append(task)
+                return
+            session.in_pools += 1
         attempt = next(self._attempt_ids)
-        pool_id = f"{task.session.session_id}/{attempt}"
+        pool_id = f"{session.session_id}/{attempt}"
         payload = pack_envelope(
             Envelope(
                 task_id=task.task_id,
@@ -107,6 +126,18 @@ class TaskTable:
             self._out.append(
                 StartObject(obj.object_id, obj.label, obj.max_concurrency, pool_id, payload)
             )
+
+    def pump(self, session: SessionState) -> None:
+        """Start ``session``'s ready tasks while it has room and is not paused."""
+        ready = session.ready
+        while ready and not session.paused and session.in_pools < self.window:
+            task = ready.popleft()
+            task.queued = False
+            self.dispatch(task)
+
+    def _left_pool(self, task: TaskState) -> None:
+        if task.obj is None:
+            task.session.in_pools -= 1
 
     # ---- events of the pools -------------------------------------------------------------
 
@@ -140,6 +171,7 @@ class TaskTable:
             if not isinstance(result, ErrorInfo):
                 self.unlink([n for v in result for n in v.value.shm_names()], soon=False)
             return self._take()
+        self._left_pool(task)
         self.announce_now(task)
         if not isinstance(result, ErrorInfo):
             refused = self.held.over_cap(task.what, self.name, result, task.inline_limit)
@@ -152,6 +184,7 @@ class TaskTable:
             values = self.held.keep(task.session, result, task.inline_limit)
             self.finish(task, Done(task.task_id, self.name, values))
         self._out.extend(self.hold_back.forget(self._current))
+        self.pump(task.session)
         return self._take()
 
     def failed(self, pool_id: str, error: ErrorInfo) -> list[Action]:
@@ -160,8 +193,10 @@ class TaskTable:
         task = self.attempts.pop(pool_id, None)
         self._sweep_attempt(pool_id)
         if task is not None:
+            self._left_pool(task)
             self._on_failed(task, pool_id, error)
             self._out.extend(self.hold_back.forget(self._current))
+            self.pump(task.session)
         return self._take()
 
     def _on_failed(self, task: TaskState, pool_id: str, error: ErrorInfo) -> None:
@@ -210,7 +245,9 @@ class TaskTable:
         """The driver could not run the attempt (or dropped it, cancelled, before it ran)."""
         task = self.attempts.pop(pool_id, None)
         if task is not None:
+            self._left_pool(task)
             self.finish(task, Failed(task.task_id, self.name, error))
+            self.pump(task.session)
         return self._take()
 
     def announce(self, now: float) -> list[Action]:

@@ -9,7 +9,7 @@ from typing import Any
 
 import numpy as np
 import pytest
-from server_helpers import RawSession, ServerThread, call_work, run, shm_files
+from server_helpers import RawSession, ServerThread, call_work, expect_error, run, shm_files
 from state_harness import PREFIX, Machine, files, machine, value
 
 from sperse._core import Failed
@@ -17,6 +17,7 @@ from sperse._server.actions import Cancel, Submit, Unlink
 from sperse._server.cli import build_parser
 from sperse._server.config import ServerConfig, ServerConfigError, check_config
 from sperse._server.tasks import WINDOW_PER_WORKER
+from sperse._wire import pb
 
 MiB = 1 << 20
 
@@ -176,3 +177,41 @@ def test_the_unread_bound_is_a_server_option() -> None:
     assert ServerConfig().max_unread_bytes == 256 * MiB
     with pytest.raises(ServerConfigError, match="--max-unread-bytes"):
         check_config(ServerConfig(max_unread_bytes=0))
+
+
+# ---- blobs never finished: --max-blob-bytes ------------------------------------------------
+
+
+def total(array: Any) -> int:
+    return int(array.sum())
+
+
+def test_blobs_no_message_uses_end_the_stream_past_the_bound(
+    make_server: Callable[..., ServerThread],
+) -> None:
+    server = make_server(max_blob_bytes=4 * MiB)
+
+    async def scenario() -> None:
+        async with RawSession(server.address) as s:
+            await s.hello()
+            array = np.ones(3 * MiB, dtype=np.uint8)  # its blobs are used by the next message
+            await s.submit(s.task("fits", call_work(total, array)))
+            assert s.value((await s.done("fits")).values[0]) == 3 * MiB
+            piece = b"x" * MiB
+            for blob_id in range(1000, 1005):  # never finished, never named: 5 MiB
+                await s.send(pb.ClientMessage(blob=pb.Blob(blob_id=blob_id, data=piece)))
+            error = await expect_error(s, "protocol")
+            assert "--max-blob-bytes" in error.message and "4.0 MiB" in error.message
+        async with RawSession(server.address) as s:  # the server serves on
+            await s.hello()
+            await s.submit(s.task("next", call_work(total, array)))
+            assert s.value((await s.done("next")).values[0]) == 3 * MiB
+
+    run(scenario())
+
+
+def test_the_blob_bound_is_a_server_option() -> None:
+    assert build_parser().parse_args(["--max-blob-bytes", "2G"]).max_blob_bytes == 2 << 30
+    assert ServerConfig().max_blob_bytes == 1 << 30
+    with pytest.raises(ServerConfigError, match="--max-blob-bytes"):
+        check_config(ServerConfig(max_blob_bytes=0))

@@ -89,11 +89,20 @@ def _add_totals(parser: argparse.ArgumentParser) -> None:
         help="events a client has not read yet, per session: past it, that session's tasks "
         "that have not started wait until it reads (default 256M)",
     )
+    parser.add_argument(
+        "--max-blob-bytes",
+        type=_size,
+        default=None,
+        metavar="SIZE",
+        help="bytes a client may send on one stream ahead of the message that uses them "
+        "(unfinished blobs, or ones no message names yet); past it the stream ends "
+        "(default 1G)",
+    )
 
 
 def _totals(args: argparse.Namespace) -> dict[str, int]:
     """The ``ServerConfig`` fields of the options given (the others keep their defaults)."""
-    names = ("max_held_bytes", "max_unread_bytes")
+    names = ("max_held_bytes", "max_unread_bytes", "max_blob_bytes")
     return {name: getattr(args, name) for name in names if getattr(args, name) is not None}
 
 

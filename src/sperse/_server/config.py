@@ -22,6 +22,7 @@ from sperse.errors import SperseError
 
 __all__ = [
     "DEFAULT_INLINE_LIMIT",
+    "DEFAULT_MAX_BLOB_BYTES",
     "DEFAULT_MAX_UNREAD_BYTES",
     "DEFAULT_MAX_VALUE_SIZE",
     "ServerConfig",
@@ -35,6 +36,7 @@ __all__ = [
 DEFAULT_INLINE_LIMIT = 1 << 20
 DEFAULT_MAX_VALUE_SIZE = 1 << 34  # 16 GiB: a byte string a client may send in one value
 DEFAULT_MAX_UNREAD_BYTES = 256 << 20  # of events a session's client has not read
+DEFAULT_MAX_BLOB_BYTES = 1 << 30  # of blobs a stream holds, not used by a message yet
 
 
 def default_max_held_bytes() -> int:
@@ -89,6 +91,9 @@ class ServerConfig:
     # Bytes of events a session's client has not been sent yet (it does not read): past
     # it, the session's tasks that wait for room do not start (sperse._server.outgoing).
     max_unread_bytes: int = DEFAULT_MAX_UNREAD_BYTES
+    # Bytes of blobs a stream holds that no message has used yet (unfinished, or not yet
+    # named): past it, the stream ends with a protocol error (sperse._server.blobs).
+    max_blob_bytes: int = DEFAULT_MAX_BLOB_BYTES
     log_level: str = "INFO"
     hello_timeout: float = 10.0  # a peer that sends no Hello within this is turned away
     shm: bool = True  # big buffers through shared memory files, with clients on this host
@@ -164,6 +169,7 @@ def check_config(config: ServerConfig) -> None:
     for option, size in (
         ("--max-held-bytes", config.max_held_bytes),
         ("--max-unread-bytes", config.max_unread_bytes),
+        ("--max-blob-bytes", config.max_blob_bytes),
     ):
         if size < 1:
             raise ServerConfigError(f"{option} must be positive, not {size}")

@@ -10,12 +10,14 @@ from typing import Any
 import numpy as np
 import pytest
 from server_helpers import RawSession, ServerThread, call_work, expect_error, run, shm_files
-from state_harness import PREFIX, Machine, files, machine, value
+from state_harness import PREFIX, Machine, call, create, files, machine, value
+from test_server_objects import Client, Counter
 
 from sperse._core import Failed
-from sperse._server.actions import Cancel, Submit, Unlink
+from sperse._server.actions import Cancel, StartObject, Submit, Unlink
 from sperse._server.cli import build_parser
 from sperse._server.config import ServerConfig, ServerConfigError, check_config
+from sperse._server.model import ObjectOp
 from sperse._server.tasks import WINDOW_PER_WORKER
 from sperse._wire import pb
 
@@ -215,3 +217,65 @@ def test_the_blob_bound_is_a_server_option() -> None:
     assert ServerConfig().max_blob_bytes == 1 << 30
     with pytest.raises(ServerConfigError, match="--max-blob-bytes"):
         check_config(ServerConfig(max_blob_bytes=0))
+
+
+# ---- remote objects: --max-objects, --max-session-objects ----------------------------------
+
+
+def objects_failed(m: Machine, session: str) -> dict[str, str]:
+    return {
+        e.event.task_id: e.event.error.message
+        for e in m.emits(session)
+        if isinstance(e.event, Failed)
+    }
+
+
+def test_creates_past_the_object_limits_fail_and_name_the_limit() -> None:
+    m = machine("s", "o", max_objects=3, max_session_objects=2)
+    m.submit("c1", object=create("a"))
+    m.submit("c2", object=create("b"))
+    m.submit("c3", object=create("c"))  # a third of this session's
+    assert list(objects_failed(m, "s")) == ["c3"]
+    assert "--max-session-objects 2" in objects_failed(m, "s")["c3"]
+    m.submit("call", object=call("c"))  # a call of the object not created says why
+    assert "was not created" in objects_failed(m, "s")["call"]
+
+    m.submit("o1", session="o", object=create("d"))  # the server's third
+    m.submit("o2", session="o", object=create("e"))
+    assert list(objects_failed(m, "o")) == ["o2"]
+    assert "--max-objects 3" in objects_failed(m, "o")["o2"]
+    assert len(m.of(StartObject)) == 3
+
+    m.submit("close", object=ObjectOp("a", "close"))  # room again
+    m.submit("o3", session="o", object=create("f"))
+    assert "o3" not in objects_failed(m, "o") and len(m.of(StartObject)) == 4
+
+
+def test_the_object_limits_are_server_options() -> None:
+    args = build_parser().parse_args(["--max-objects", "10", "--max-session-objects", "3"])
+    assert (args.max_objects, args.max_session_objects) == (10, 3)
+    assert ServerConfig().max_objects == 64 and ServerConfig().session_objects_limit == 32
+    assert ServerConfig(max_objects=10).session_objects_limit == 5
+    with pytest.raises(ServerConfigError, match="--max-objects"):
+        check_config(ServerConfig(max_objects=0))
+
+
+def test_a_client_past_the_object_limit_gets_a_clear_error(
+    make_server: Callable[..., ServerThread],
+) -> None:
+    server = make_server(max_objects=2)  # one per session
+
+    async def scenario() -> None:
+        async with Client(server.address) as s:
+            await s.hello()
+            first, _ = await s.create(Counter)
+            _, refused = await s.create(Counter, expect_done=False)
+            failure = await s.failed(refused)
+            assert failure.type_name == "LimitExceeded"
+            assert "--max-session-objects 1" in failure.message, failure.message
+            stats = await asyncio.to_thread(server.stats)
+            assert stats.remote_objects == 1 and len(stats.object_worker_pids) <= 1
+            await s.close_object(first)
+            await s.create(Counter)  # room again
+
+    run(scenario())

@@ -98,11 +98,31 @@ def _add_totals(parser: argparse.ArgumentParser) -> None:
         "(unfinished blobs, or ones no message names yet); past it the stream ends "
         "(default 1G)",
     )
+    parser.add_argument(
+        "--max-objects",
+        type=int,
+        default=None,
+        metavar="N",
+        help="live remote objects on this server, each a process (default 64)",
+    )
+    parser.add_argument(
+        "--max-session-objects",
+        type=int,
+        default=None,
+        metavar="N",
+        help="live remote objects one client session may create (default: half of --max-objects)",
+    )
 
 
 def _totals(args: argparse.Namespace) -> dict[str, int]:
     """The ``ServerConfig`` fields of the options given (the others keep their defaults)."""
-    names = ("max_held_bytes", "max_unread_bytes", "max_blob_bytes")
+    names = (
+        "max_held_bytes",
+        "max_unread_bytes",
+        "max_blob_bytes",
+        "max_objects",
+        "max_session_objects",
+    )
     return {name: getattr(args, name) for name in names if getattr(args, name) is not None}
 
 

@@ -23,6 +23,7 @@ from sperse.errors import SperseError
 __all__ = [
     "DEFAULT_INLINE_LIMIT",
     "DEFAULT_MAX_BLOB_BYTES",
+    "DEFAULT_MAX_OBJECTS",
     "DEFAULT_MAX_UNREAD_BYTES",
     "DEFAULT_MAX_VALUE_SIZE",
     "ServerConfig",
@@ -37,6 +38,7 @@ DEFAULT_INLINE_LIMIT = 1 << 20
 DEFAULT_MAX_VALUE_SIZE = 1 << 34  # 16 GiB: a byte string a client may send in one value
 DEFAULT_MAX_UNREAD_BYTES = 256 << 20  # of events a session's client has not read
 DEFAULT_MAX_BLOB_BYTES = 1 << 30  # of blobs a stream holds, not used by a message yet
+DEFAULT_MAX_OBJECTS = 64  # live remote objects, each a process (~25 MB)
 
 
 def default_max_held_bytes() -> int:
@@ -94,6 +96,10 @@ class ServerConfig:
     # Bytes of blobs a stream holds that no message has used yet (unfinished, or not yet
     # named): past it, the stream ends with a protocol error (sperse._server.blobs).
     max_blob_bytes: int = DEFAULT_MAX_BLOB_BYTES
+    # Live remote objects (a process each) on the server, and created by one session
+    # (0: half of max_objects); a create past either fails (sperse._server.remote).
+    max_objects: int = DEFAULT_MAX_OBJECTS
+    max_session_objects: int = 0
     log_level: str = "INFO"
     hello_timeout: float = 10.0  # a peer that sends no Hello within this is turned away
     shm: bool = True  # big buffers through shared memory files, with clients on this host
@@ -115,6 +121,11 @@ class ServerConfig:
             return self.env_dir
         cache = os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache")
         return os.path.join(cache, "sperse", "envs")
+
+    @property
+    def session_objects_limit(self) -> int:
+        """The live remote objects one session may create."""
+        return self.max_session_objects or max(1, self.max_objects // 2)
 
     @property
     def worker_count(self) -> int:
@@ -170,9 +181,15 @@ def check_config(config: ServerConfig) -> None:
         ("--max-held-bytes", config.max_held_bytes),
         ("--max-unread-bytes", config.max_unread_bytes),
         ("--max-blob-bytes", config.max_blob_bytes),
+        ("--max-objects", config.max_objects),
     ):
         if size < 1:
             raise ServerConfigError(f"{option} must be positive, not {size}")
+    if config.max_session_objects < 0:
+        raise ServerConfigError(
+            f"--max-session-objects must be positive (or 0: half of --max-objects), not "
+            f"{config.max_session_objects}"
+        )
     if not isinstance(logging.getLevelName(config.log_level.upper()), int):
         raise ServerConfigError(
             f"unknown log level {config.log_level!r}: use debug, info, warning or error"

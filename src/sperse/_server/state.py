@@ -63,7 +63,7 @@ class ServerState:
         self.sessions: dict[str, SessionState] = {}  # open
         self.held = HeldValues(new_id, config.max_held_bytes)
         self.pulls = Pulls(shm_prefix if config.shm else "")
-        self.objects = RemoteObjects(name)
+        self.objects = RemoteObjects(name, config.max_objects, config.session_objects_limit)
         self._out: list[Action] = []
         self.tasks = TaskTable(
             config, name, shm_prefix, (self.held, self.pulls, self.objects), self._out

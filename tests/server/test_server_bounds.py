@@ -127,13 +127,13 @@ def test_a_paused_session_starts_nothing_until_let_go() -> None:
     window = WINDOW_PER_WORKER
     for i in range(window + 2):
         m.submit(f"t{i}")
-    m.feed(m.state.hold("s", 10))
+    m.feed(m.state.tasks.hold(m.state.sessions["s"], 10))
     m.done("t0")
     m.fail("t1", "worker_died")  # ended: no retry left
     assert len(m.of(Submit)) == window  # nothing new while paused
     m.submit("o1", session="other")  # another session runs on
     assert submitted(m)[-1] == "o1"
-    m.feed(m.state.let_go("s", 0))
+    m.feed(m.state.tasks.let_go(m.state.sessions["s"], 0))
     assert submitted(m)[-2:] == [f"t{window}", f"t{window + 1}"]
     assert m.sent("s").count("done t0") == 1
 

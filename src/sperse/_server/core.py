@@ -379,7 +379,7 @@ class ServerCore:
     def taken(self, session: Session) -> None:
         """A stream took events of ``session`` to send: its waiting tasks may start again."""
         if session.under_again():
-            self._perform(self.state.let_go(session.session_id, session.unread))
+            self._perform(self.state.tasks.let_go(session.state, session.unread))
 
     def cancel(self, session: Session, task_ids: Iterable[str]) -> None:
         for task_id in task_ids:
@@ -538,7 +538,7 @@ class ServerCore:
         session = self._sessions.get(action.session_id)
         if session is not None:  # else it has ended: nothing more is sent
             if session.emit(action.event):  # its client does not read: its tasks wait
-                self._perform(self.state.hold(session.session_id, session.unread))
+                self._perform(self.state.tasks.hold(session.state, session.unread))
             if self.task_feed is not None:
                 self.task_feed.event(action.session_id, action.event)
 

@@ -274,42 +274,6 @@ class ServerState:
             self._out.append(Cancel(task.pool_id, task.pip))
         return self._take()
 
-    def hold(self, session_id: str, unread: int) -> list[Action]:
-        """The session's client leaves ``unread`` bytes of events unread, past the bound:
-        its tasks that wait for room wait on (those in the pools run)."""
-        session = self.sessions.get(session_id)
-        if session is None or session.paused:
-            return []
-        session.paused = True
-        return [
-            log(
-                logging.WARNING,
-                "session_paused",
-                session=session_id,
-                unread=unread,
-                limit=self.config.max_unread_bytes,
-                waiting=len(session.ready),
-            )
-        ]
-
-    def let_go(self, session_id: str, unread: int) -> list[Action]:
-        """The session's client has read enough: its waiting tasks may start."""
-        session = self.sessions.get(session_id)
-        if session is None or not session.paused:
-            return []
-        session.paused = False
-        self._out.append(
-            log(
-                logging.INFO,
-                "session_unpaused",
-                session=session_id,
-                unread=unread,
-                waiting=len(session.ready),
-            )
-        )
-        self.tasks.pump(session)
-        return self._take()
-
     def release(self, session_id: str, object_id: str) -> list[Action]:
         """A held value of the session, or a remote object it created (destroyed now)."""
         session = self.sessions.get(session_id)

@@ -135,6 +135,41 @@ class TaskTable:
             task.queued = False
             self.dispatch(task)
 
+    def hold(self, session: SessionState, unread: int) -> list[Action]:
+        """The session's client leaves ``unread`` bytes of events unread, past the bound:
+        its tasks that wait for room wait on (those in the pools run)."""
+        if session.closed or session.paused:
+            return []
+        session.paused = True
+        limit = self.config.max_unread_bytes
+        return [
+            log(
+                logging.WARNING,
+                "session_paused",
+                session=session.session_id,
+                unread=unread,
+                limit=limit,
+                waiting=len(session.ready),
+            )
+        ]
+
+    def let_go(self, session: SessionState, unread: int) -> list[Action]:
+        """The session's client has read enough: its waiting tasks may start."""
+        if session.closed or not session.paused:
+            return []
+        session.paused = False
+        self._out.append(
+            log(
+                logging.INFO,
+                "session_unpaused",
+                session=session.session_id,
+                unread=unread,
+                waiting=len(session.ready),
+            )
+        )
+        self.pump(session)
+        return self._take()
+
     def _left_pool(self, task: TaskState) -> None:
         if task.obj is None:
             task.session.in_pools -= 1

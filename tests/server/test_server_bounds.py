@@ -9,11 +9,13 @@ from typing import Any
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from server_helpers import RawSession, ServerThread, call_work, expect_error, run, shm_files
-from state_harness import PREFIX, Machine, call, create, files, machine, value
+from state_harness import PREFIX, Machine, call, create, files, machine, pool_error, value
 from test_server_objects import Client, Counter
 
-from sperse._core import Failed
+from sperse._core import Done, ErrorInfo, Failed
 from sperse._server.actions import Cancel, StartObject, Submit, Unlink
 from sperse._server.cli import build_parser
 from sperse._server.config import ServerConfig, ServerConfigError, check_config
@@ -279,3 +281,60 @@ def test_a_client_past_the_object_limit_gets_a_clear_error(
             await s.create(Counter)  # room again
 
     run(scenario())
+
+
+# ---- the window and the pause, over random sequences ---------------------------------------
+
+WINDOW_TASKS = tuple(f"t{i}" for i in range(WINDOW_PER_WORKER + 4))
+
+window_ops = st.lists(
+    st.one_of(
+        st.tuples(st.just("submit"), st.sampled_from(WINDOW_TASKS), st.integers(0, 1)),
+        st.tuples(
+            st.sampled_from(["done", "died", "drop", "cancel"]),
+            st.sampled_from(WINDOW_TASKS),
+            st.just(0),
+        ),
+        st.tuples(st.sampled_from(["hold", "let_go"]), st.just(""), st.just(0)),
+    ),
+    max_size=60,
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(window_ops)
+def test_a_session_never_passes_its_window_and_a_pause_starts_nothing(
+    sequence: list[tuple[str, str, int]],
+) -> None:
+    m = machine(workers=1, max_held_bytes=3000)
+    session = m.state.sessions["s"]
+    tasks = m.state.tasks
+    for verb, task_id, arg in sequence:
+        before = len(m.of(Submit))
+        if verb == "submit":
+            m.submit(task_id, retries=arg, inline_limit=100)
+        elif verb == "hold":
+            m.feed(tasks.hold(session, 1))
+        elif verb == "let_go":
+            m.feed(tasks.let_go(session, 0))
+        elif verb == "cancel":
+            m.cancel(task_id)
+        elif m.pool_ids.get(task_id):
+            pool_id = m.pool_ids[task_id][-1]
+            if verb == "done":  # a held value: some pass the held cap
+                m.feed(tasks.done(pool_id, [value("x", files(f"{PREFIX}{pool_id}"))]))
+            elif verb == "died":
+                m.feed(tasks.failed(pool_id, pool_error("worker_died", "died")))
+            else:
+                m.feed(tasks.attempt_failed(pool_id, ErrorInfo("internal", "PoolError", "x")))
+        assert len(tasks.attempts) == session.in_pools <= tasks.window
+        if session.paused:  # a retry too waits
+            assert len(m.of(Submit)) == before, verb
+        assert m.state.held.bytes == session.object_bytes <= 3000
+    m.feed(tasks.let_go(session, 0))
+    while tasks.attempts:
+        m.feed(tasks.done(next(iter(tasks.attempts)), [value()]))
+    assert not session.tasks and not session.ready and session.in_pools == 0
+    submitted = {t for verb, t, _ in sequence if verb == "submit"}
+    ended = {e.task_id for e in (a.event for a in m.emits()) if isinstance(e, Done | Failed)}
+    assert ended == submitted

@@ -44,21 +44,20 @@ class HeldValues:
         self.replicas: dict[str, HeldObject] = {}  # by object id: pulled, used by tasks
 
     def over_cap(
-        self, what: str, server: str, values: Iterable[ResultValue], inline_limit: int
+        self, server: str, values: Iterable[ResultValue], inline_limit: int
     ) -> ErrorInfo | None:
-        """Why the values of at least ``inline_limit`` of ``what`` cannot be kept (None: they
-        can): they would take the server past its cap."""
+        """Why the values of at least ``inline_limit`` of a task's result cannot be kept
+        (None: they can): they would take the server past its cap."""
         size = sum(v.value.size for v in values if v.value.size >= inline_limit)
         if not size or self.bytes + size <= self.max_bytes:
             return None
         return ErrorInfo(
             "internal",
             "LimitExceeded",
-            f"{what} made a result of {mib(size)} to keep on server {server!r}, which holds "
-            f"{mib(self.bytes)} of results already: that would pass its limit of "
-            f"{mib(self.max_bytes)} on held results (--max-held-bytes). Release results "
-            "you no longer need (let go of their Pending or RemoteValue), bring them here with "
-            "fetch(), or start the server with a larger --max-held-bytes",
+            f"its result of {mib(size)} was not kept: server {server!r} holds {mib(self.bytes)} "
+            f"of results already, and its limit is {mib(self.max_bytes)} (--max-held-bytes). "
+            "Release results you no longer need (let go of their Pending or RemoteValue), "
+            "bring them here with fetch(), or start the server with a larger --max-held-bytes",
         )
 
     def keep(

@@ -209,7 +209,7 @@ class TaskTable:
         self._left_pool(task)
         self.announce_now(task)
         if not isinstance(result, ErrorInfo):
-            refused = self.held.over_cap(task.what, self.name, result, task.inline_limit)
+            refused = self.held.over_cap(self.name, result, task.inline_limit)
             if refused is not None:
                 self.unlink([n for v in result for n in v.value.shm_names()])
                 result = refused

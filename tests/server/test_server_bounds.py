@@ -16,9 +16,17 @@ from state_harness import PREFIX, Machine, call, create, files, machine, pool_er
 from test_server_objects import Client, Counter
 
 from sperse._core import Done, ErrorInfo, Failed
-from sperse._server.actions import Cancel, StartObject, Submit, Unlink
+from sperse._server.actions import (
+    Cancel,
+    CancelObjectCall,
+    StartObject,
+    Submit,
+    SubmitToObject,
+    Unlink,
+)
 from sperse._server.cli import build_parser
 from sperse._server.config import ServerConfig, ServerConfigError, check_config
+from sperse._server.envelope import PickledBytes
 from sperse._server.model import ObjectOp
 from sperse._server.tasks import WINDOW_PER_WORKER
 from sperse._wire import pb
@@ -286,13 +294,15 @@ def test_a_client_past_the_object_limit_gets_a_clear_error(
 # ---- the window and the pause, over random sequences ---------------------------------------
 
 WINDOW_TASKS = tuple(f"t{i}" for i in range(WINDOW_PER_WORKER + 4))
+WINDOW_CALLS = tuple(f"k{i}" for i in range(WINDOW_PER_WORKER + 4))
 
 window_ops = st.lists(
     st.one_of(
         st.tuples(st.just("submit"), st.sampled_from(WINDOW_TASKS), st.integers(0, 1)),
+        st.tuples(st.just("call"), st.sampled_from(WINDOW_CALLS), st.just(0)),
         st.tuples(
             st.sampled_from(["done", "died", "drop", "cancel"]),
-            st.sampled_from(WINDOW_TASKS),
+            st.sampled_from(WINDOW_TASKS + WINDOW_CALLS),
             st.just(0),
         ),
         st.tuples(st.sampled_from(["hold", "let_go"]), st.just(""), st.just(0)),
@@ -309,10 +319,15 @@ def test_a_session_never_passes_its_window_and_a_pause_starts_nothing(
     m = machine(workers=1, max_held_bytes=3000)
     session = m.state.sessions["s"]
     tasks = m.state.tasks
+    m.submit("create", object=create("a"))
+    m.done("create", value("", PickledBytes(b"N")))
+    obj = m.state.objects.alive["a"]
     for verb, task_id, arg in sequence:
-        before = len(m.of(Submit))
+        before = len(m.of(Submit | SubmitToObject))
         if verb == "submit":
             m.submit(task_id, retries=arg, inline_limit=100)
+        elif verb == "call":
+            m.submit(task_id, object=call("a"), inline_limit=100)
         elif verb == "hold":
             m.feed(tasks.hold(session, 1))
         elif verb == "let_go":
@@ -327,14 +342,74 @@ def test_a_session_never_passes_its_window_and_a_pause_starts_nothing(
                 m.feed(tasks.failed(pool_id, pool_error("worker_died", "died")))
             else:
                 m.feed(tasks.attempt_failed(pool_id, ErrorInfo("internal", "PoolError", "x")))
-        assert len(tasks.attempts) == session.in_pools <= tasks.window
+        calls = sum(1 for t in tasks.attempts.values() if t.obj is not None)
+        assert len(tasks.attempts) - calls == session.in_pools <= tasks.window
+        assert calls == obj.calls_in_pool["s"] <= 1 + WINDOW_PER_WORKER
         if session.paused:  # a retry too waits
-            assert len(m.of(Submit)) == before, verb
+            assert len(m.of(Submit | SubmitToObject)) == before, verb
         assert m.state.held.bytes == session.object_bytes <= 3000
     m.feed(tasks.let_go(session, 0))
     while tasks.attempts:
         m.feed(tasks.done(next(iter(tasks.attempts)), [value()]))
     assert not session.tasks and not session.ready and session.in_pools == 0
-    submitted = {t for verb, t, _ in sequence if verb == "submit"}
+    assert not obj.waiting_calls and obj.calls_in_pool["s"] == 0
+    submitted = {t for verb, t, _ in sequence if verb in ("submit", "call")} | {"create"}
     ended = {e.task_id for e in (a.event for a in m.emits()) if isinstance(e, Done | Failed)}
     assert ended == submitted
+
+
+def calls_sent(m: Machine) -> list[str]:
+    task_of = {pool_id: task for task, ids in m.pool_ids.items() for pool_id in ids}
+    return [task_of[a.pool_id] for a in m.of(SubmitToObject)]
+
+
+def test_a_session_has_a_window_of_calls_in_an_objects_pool() -> None:
+    m = machine("s", "other", workers=1)
+    m.submit("c", object=create("a"))
+    m.done("c", value("", PickledBytes(b"N")))
+    window = 1 + WINDOW_PER_WORKER  # max_concurrency 1, and as many again as a worker's
+    ids = [f"k{i}" for i in range(window + 3)]
+    for task_id in ids:
+        m.submit(task_id, object=call("a"))
+    assert calls_sent(m) == ids[:window]
+    m.submit("theirs", session="other", object=call("a"))  # another session's: not held
+    assert calls_sent(m)[-1] == "theirs"
+    m.done("k0")
+    assert calls_sent(m)[-1] == ids[window]
+    m.feed(m.state.tasks.hold(m.state.sessions["s"], 1))
+    m.done("k1")
+    assert calls_sent(m)[-1] == ids[window]  # paused: nothing more
+    m.feed(m.state.tasks.let_go(m.state.sessions["s"], 0))
+    assert calls_sent(m)[-1] == ids[window + 1]
+    m.cancel(ids[-1])  # waiting: it ends at once, never sent
+    assert m.sent()[-1] == f"failed {ids[-1]} TaskCancelled" and not m.of(CancelObjectCall)
+    m.submit("late", object=call("a"))
+    m.submit("close", object=ObjectOp("a", "close"))  # the waiting call is told it is gone
+    assert m.sent().count("failed late ObjectLost") == 1
+    assert "late" not in calls_sent(m)
+
+
+def test_a_client_that_does_not_read_stops_its_calls_too(
+    make_server: Callable[..., ServerThread],
+) -> None:
+    limit = 4 * MiB
+    size = 900_000
+    server = make_server(max_unread_bytes=limit)
+
+    async def scenario() -> None:
+        async with Client(server.address) as idle:
+            await idle.hello()
+            object_id, _ = await idle.create(Counter)
+            calls = [
+                idle.call_task(object_id, "big", size, inline_limit=64 * MiB) for _ in range(60)
+            ]
+            await idle.submit(*(task for _, task in calls))
+            # Its results pile up until the server stops sending its calls to the object.
+            await server.wait_stats(lambda st: st.unread_peak > limit and st.queued > 0)
+            ends = await idle.wait_terminal(*(t for t, _ in calls), timeout=60)
+            assert all(len(idle.value(e.done.values[0])) == size for e in ends)
+            stats = await asyncio.to_thread(server.stats)
+            window = 1 + WINDOW_PER_WORKER
+            assert stats.unread_peak <= limit + (window + 1) * (size + 1024), stats
+
+    run(scenario())

@@ -442,7 +442,8 @@ class ServerCore:
             queued=(pool.queued if pool is not None else 0)
             + len(self._pools.early)
             + state.pulls.waiting_tasks
-            + sum(len(s.state.ready) for s in sessions),
+            + sum(len(s.state.ready) for s in sessions)
+            + sum(len(q) for o in state.objects.alive.values() for q in o.waiting_calls.values()),
             workers_replaced=pool.workers_replaced if pool is not None else 0,
             objects_pulled=state.pulls.objects_pulled,
             bytes_pulled=state.pulls.bytes_pulled,

@@ -58,6 +58,10 @@ class RemoteObject:
     restarts: int = 0
     rebuild_id: str = ""  # pool id of the rebuild in flight
     rebuilt_after: str = ""  # how the worker it was rebuilt after died
+    # By session id: its calls in its pool, and those that wait for room (see
+    # TaskTable.dispatch), in order.
+    calls_in_pool: collections.Counter[str] = field(default_factory=collections.Counter)
+    waiting_calls: dict[str, collections.deque[TaskState]] = field(default_factory=dict)
 
     @property
     def label(self) -> str:

@@ -162,6 +162,10 @@ class ServerState:
             )
         )
         self._out.extend(self.held.release_all(session))
+        for obj in self.objects.alive.values():  # its calls there run on, uncounted
+            obj.calls_in_pool.pop(session.session_id, None)
+            for task in obj.waiting_calls.pop(session.session_id, ()):
+                task.queued = False  # (it is in session.tasks: released above)
         session.ready.clear()
         session.tasks.clear()
         session.finished.clear()
@@ -262,8 +266,7 @@ class ServerState:
         task.cancel_requested = True
         if task.waiting or task.queued:  # for a pull, or for room: not in a pool yet
             if task.queued:
-                task.session.ready.remove(task)
-                task.queued = False
+                self.tasks.unqueue(task)
             self.tasks.finish(
                 task,
                 Failed(task.task_id, self.name, ErrorInfo("cancelled", "TaskCancelled", _QUEUED)),

@@ -14,11 +14,16 @@ more while it is ``paused`` (its client leaves too many events unread: see
 :mod:`sperse._server.outgoing`); the others wait in its ``ready`` queue, in order, and go
 as room is made. So a client that does not read stops its own work after at most a window
 more of results, and one session's thousands of tasks never queue ahead of another's in the
-pool. Remote objects' creates and calls go to their objects' pools at once.
+pool. Likewise a session has at most ``max_concurrency + WINDOW_PER_WORKER`` calls in a
+remote object's pool (the others wait in the object's ``waiting_calls``, a queue per
+session): as many as can run, and more queued behind them, so holding one back never keeps a
+call from running that could have run (no call waited for could have started sooner).
+Creates go to their objects' pools at once.
 """
 
 from __future__ import annotations
 
+import collections
 import itertools
 import logging
 from collections.abc import Iterable
@@ -98,6 +103,22 @@ class TaskTable:
                 session.ready.append(task)
                 return
             session.in_pools += 1
+        elif not task.creates:
+            sid = session.session_id
+            if session.paused or sid in obj.waiting_calls or not self._call_room(obj, sid):
+                task.queued, task.pool_id = True, ""
+                obj.waiting_calls.setdefault(sid, collections.deque()).append(task)
+                return
+            obj.calls_in_pool[sid] += 1
+        self._send(task)
+
+    @staticmethod
+    def _call_room(obj: RemoteObject, session_id: str) -> bool:
+        return obj.calls_in_pool[session_id] < obj.max_concurrency + WINDOW_PER_WORKER
+
+    def _send(self, task: TaskState) -> None:
+        work, obj, session = task.work, task.obj, task.session
+        assert work is not None
         attempt = next(self._attempt_ids)
         pool_id = f"{session.session_id}/{attempt}"
         payload = pack_envelope(
@@ -132,8 +153,33 @@ class TaskTable:
         ready = session.ready
         while ready and not session.paused and session.in_pools < self.window:
             task = ready.popleft()
-            task.queued = False
-            self.dispatch(task)
+            if task.queued:  # (else it ended while it waited)
+                task.queued = False
+                self.dispatch(task)
+
+    def pump_calls(self, obj: RemoteObject, session: SessionState) -> None:
+        """Send ``obj`` the waiting calls of ``session`` while it has room, in order."""
+        sid = session.session_id
+        waiting = obj.waiting_calls.get(sid)
+        while waiting and obj.alive and not session.paused and self._call_room(obj, sid):
+            task = waiting.popleft()
+            if task.queued:  # (else it ended while it waited)
+                task.queued = False
+                obj.calls_in_pool[sid] += 1
+                self._send(task)
+        if not waiting:
+            obj.waiting_calls.pop(sid, None)
+
+    def unqueue(self, task: TaskState) -> None:
+        """``task``, which waits for room, ends: it is skipped when its turn comes (the
+        queue is walked then, not now: cancelling many is not quadratic)."""
+        task.queued = False
+        session = task.session
+        queue = session.ready if task.obj is None else task.obj.waiting_calls[session.session_id]
+        while queue and not queue[0].queued:  # (so no queue is left holding only those)
+            queue.popleft()
+        if not queue and task.obj is not None:
+            del task.obj.waiting_calls[session.session_id]
 
     def hold(self, session: SessionState, unread: int) -> list[Action]:
         """The session's client leaves ``unread`` bytes of events unread, past the bound:
@@ -168,11 +214,24 @@ class TaskTable:
             )
         )
         self.pump(session)
+        for obj in list(self.objects.alive.values()):
+            if session.session_id in obj.waiting_calls:
+                self.pump_calls(obj, session)
         return self._take()
 
     def _left_pool(self, task: TaskState) -> None:
-        if task.obj is None:
+        obj = task.obj
+        if obj is None:
             task.session.in_pools -= 1
+        elif not task.creates:
+            obj.calls_in_pool[task.session.session_id] -= 1
+
+    def _room_made(self, task: TaskState) -> None:
+        """After ``task``'s attempt has left its pool: what waited for room may go."""
+        if task.obj is None:
+            self.pump(task.session)
+        elif not task.creates:
+            self.pump_calls(task.obj, task.session)
 
     # ---- events of the pools -------------------------------------------------------------
 
@@ -219,7 +278,7 @@ class TaskTable:
             values = self.held.keep(task.session, result, task.inline_limit)
             self.finish(task, Done(task.task_id, self.name, values))
         self._out.extend(self.hold_back.forget(self._current))
-        self.pump(task.session)
+        self._room_made(task)
         return self._take()
 
     def failed(self, pool_id: str, error: ErrorInfo) -> list[Action]:
@@ -231,7 +290,7 @@ class TaskTable:
             self._left_pool(task)
             self._on_failed(task, pool_id, error)
             self._out.extend(self.hold_back.forget(self._current))
-            self.pump(task.session)
+            self._room_made(task)
         return self._take()
 
     def _on_failed(self, task: TaskState, pool_id: str, error: ErrorInfo) -> None:
@@ -282,7 +341,7 @@ class TaskTable:
         if task is not None:
             self._left_pool(task)
             self.finish(task, Failed(task.task_id, self.name, error))
-            self.pump(task.session)
+            self._room_made(task)
         return self._take()
 
     def announce(self, now: float) -> list[Action]:
@@ -316,6 +375,11 @@ class TaskTable:
                 del self.attempts[pool_id]
                 self.announce_now(task)
                 self.finish(task, self.objects.lost(task.task_id, obj.object_id))
+        waiting, obj.waiting_calls = obj.waiting_calls, {}
+        obj.calls_in_pool.clear()
+        for task in (t for queue in waiting.values() for t in queue):
+            task.queued = False
+            self.finish(task, self.objects.lost(task.task_id, obj.object_id))
         pinned, obj.pinned = obj.pinned, {}
         for held_id, held in pinned.items():
             self._out.extend(self.held.unuse(held_id, held))

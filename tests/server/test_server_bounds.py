@@ -27,7 +27,9 @@ from sperse._server.actions import (
 from sperse._server.cli import build_parser
 from sperse._server.config import ServerConfig, ServerConfigError, check_config
 from sperse._server.envelope import PickledBytes
-from sperse._server.model import ObjectOp
+from sperse._server.model import InlineValue, ObjectOp
+from sperse._server.outgoing import Session
+from sperse._server.sessions import SessionState
 from sperse._server.tasks import WINDOW_PER_WORKER
 from sperse._wire import pb
 
@@ -413,3 +415,18 @@ def test_a_client_that_does_not_read_stops_its_calls_too(
             assert stats.unread_peak <= limit + (window + 1) * (size + 1024), stats
 
     run(scenario())
+
+
+def test_a_session_is_over_past_its_limit_until_read_down_to_half() -> None:
+    outgoing = Session(SessionState("s"), "client", "peer", "prefix-", limit=1000)
+    done = Done("t", "srv", (InlineValue("", PickledBytes(b"x" * 236)),))  # 300 bytes
+    crossings = [outgoing.emit(done) for _ in range(4)]
+    assert crossings == [False, False, False, True] and outgoing.unread == 1200
+    assert outgoing.emit(done) is False  # said once
+    outgoing.take()
+    outgoing.take()
+    assert not outgoing.under_again()  # 900: under the limit, not under half of it
+    outgoing.take()
+    outgoing.take()
+    assert outgoing.under_again() and not outgoing.under_again()  # 300: said once
+    assert outgoing.unread_peak == 1500

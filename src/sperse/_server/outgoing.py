@@ -7,7 +7,8 @@ Invariants:
   text of an ``Output`` or a failure, 64 for the rest. Events go in by ``emit`` and out by
   ``take`` (a stream takes them when it has sent what it took before), nowhere else.
 - A session is ``over`` from the ``emit`` that takes ``unread`` past ``limit`` (the server's
-  ``--max-unread-bytes``) until a ``take`` brings it back to ``limit`` or under. Each
+  ``--max-unread-bytes``) until a ``take`` brings it back to half of it or under (so a
+  client that reads slowly does not flip it at every batch it reads). Each
   crossing is said once (``emit`` and ``take`` return True), for the driver to tell the
   machine: while over, the session's queued tasks wait (back-pressure; see
   :mod:`sperse._server.tasks`); nothing is dropped.
@@ -84,7 +85,7 @@ class Session:
 
     def under_again(self) -> bool:
         """Whether the session was over its limit and is no longer (said once)."""
-        if not self.over or self.unread > self.limit:
+        if not self.over or self.unread > self.limit // 2:
             return False
         self.over = False
         return True

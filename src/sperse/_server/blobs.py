@@ -12,6 +12,10 @@ Invariants:
 - A blob coming in over ``max_value_size`` is dropped as it arrives, and the ``Bytes`` field
   that names it raises :class:`Refused` (the task fails; the session carries on). A reused
   blob id, or a ``Bytes`` naming a blob never sent, raises :class:`Violation`.
+- The blobs a stream holds, unfinished or not yet named by a message, are at most
+  ``max_pending`` bytes (``--max-blob-bytes``): a piece that takes them past it raises
+  :class:`Violation` (the stream ends). A client sends the blobs of a message just before
+  it, so a well-behaved one holds there the values of one message at most.
 """
 
 from __future__ import annotations
@@ -23,6 +27,7 @@ from dataclasses import dataclass
 
 from sperse._serialize import shm
 from sperse._server.envelope import Buffer, PickledBytes, ShmBuffer
+from sperse._server.held import mib
 from sperse._wire import INLINE_MAX, PIECE, BlobReceiver, BlobSender, pb
 
 __all__ = ["OpenFile", "OutBlob", "Refused", "StreamReceiver", "StreamSender", "Violation"]
@@ -131,9 +136,10 @@ class StreamReceiver:
     """A ``BlobReceiver`` that drops (rather than refuses) a blob over the size limit and
     treats a reused blob id as a protocol error."""
 
-    def __init__(self, max_value: int) -> None:
+    def __init__(self, max_value: int, max_pending: int = 1 << 62) -> None:
         self._blobs = BlobReceiver(max_value)
         self._max_value = max_value
+        self._max_pending = max_pending
         self._complete: set[int] = set()  # ids whose last piece has arrived
         self._refused: dict[int, str] = {}
 
@@ -154,6 +160,16 @@ class StreamReceiver:
             return
         if blob.last:
             self._complete.add(blob_id)
+        pending = self._blobs.pending_bytes
+        if pending > self._max_pending:
+            raise Violation(
+                f"the blobs sent on this stream that no message has used yet (unfinished, or "
+                f"never named) hold {mib(pending)}, past this server's limit of "
+                f"{mib(self._max_pending)} (--max-blob-bytes). A client sends the values of a "
+                "message just before it: send fewer or smaller values per task (big data can "
+                "stay on the server between tasks), or run the server with a larger "
+                "--max-blob-bytes"
+            )
 
     def bytes(self, field: pb.Bytes) -> bytes:
         if field.WhichOneof("kind") == "blob_id" and field.blob_id in self._refused:

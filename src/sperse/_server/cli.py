@@ -52,6 +52,80 @@ def _resource(text: str) -> tuple[str, float]:
         ) from None
 
 
+_UNITS = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
+
+
+def _size(text: str) -> int:
+    """Bytes: a number, or one with a binary suffix (``256M``, ``4G``; ``KiB``/``KB`` too)."""
+    number = text.strip().upper().removesuffix("B").removesuffix("I")
+    unit = number[-1:] if number[-1:] in _UNITS else ""
+    try:
+        value = int(float(number.removesuffix(unit)) * _UNITS[unit])
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not a size: give bytes, or a number with K, M, G or T (such as 4G)"
+        ) from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{text!r}: a size must be positive")
+    return value
+
+
+def _add_totals(parser: argparse.ArgumentParser) -> None:
+    """The options of the server's total bounds on memory (docs/server.md, "Bounds")."""
+    parser.add_argument(
+        "--max-held-bytes",
+        type=_size,
+        default=None,
+        metavar="SIZE",
+        help="results held on this server (those of the inline limit or more), all sessions "
+        "together; a result that would pass it fails its task (default: a quarter of the "
+        "memory, at most half of /dev/shm)",
+    )
+    parser.add_argument(
+        "--max-unread-bytes",
+        type=_size,
+        default=None,
+        metavar="SIZE",
+        help="events a client has not read yet, per session: past it, that session's tasks "
+        "that have not started wait until it reads (default 256M)",
+    )
+    parser.add_argument(
+        "--max-blob-bytes",
+        type=_size,
+        default=None,
+        metavar="SIZE",
+        help="bytes a client may send on one stream ahead of the message that uses them "
+        "(unfinished blobs, or ones no message names yet); past it the stream ends "
+        "(default 1G)",
+    )
+    parser.add_argument(
+        "--max-objects",
+        type=int,
+        default=None,
+        metavar="N",
+        help="live remote objects on this server, each a process (default 64)",
+    )
+    parser.add_argument(
+        "--max-session-objects",
+        type=int,
+        default=None,
+        metavar="N",
+        help="live remote objects one client session may create (default: half of --max-objects)",
+    )
+
+
+def _totals(args: argparse.Namespace) -> dict[str, int]:
+    """The ``ServerConfig`` fields of the options given (the others keep their defaults)."""
+    names = (
+        "max_held_bytes",
+        "max_unread_bytes",
+        "max_blob_bytes",
+        "max_objects",
+        "max_session_objects",
+    )
+    return {name: getattr(args, name) for name in names if getattr(args, name) is not None}
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="sperse server",
@@ -115,6 +189,7 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="BYTES",
         help="the largest value a client may send",
     )
+    _add_totals(parser)
     parser.add_argument(
         "--no-shm",
         action="store_true",
@@ -250,6 +325,7 @@ def main(argv: list[str] | None = None) -> int:
         join=args.join,
         advertise=args.advertise,
         join_tls_ca=args.join_ca,
+        **_totals(args),
     )
     if not is_loopback(config.host) and config.insecure and not config.tls:
         print(

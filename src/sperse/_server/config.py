@@ -22,16 +22,38 @@ from sperse.errors import SperseError
 
 __all__ = [
     "DEFAULT_INLINE_LIMIT",
+    "DEFAULT_MAX_BLOB_BYTES",
+    "DEFAULT_MAX_OBJECTS",
+    "DEFAULT_MAX_UNREAD_BYTES",
     "DEFAULT_MAX_VALUE_SIZE",
     "ServerConfig",
     "ServerConfigError",
     "check_config",
+    "default_max_held_bytes",
     "default_name",
     "is_loopback",
 ]
 
 DEFAULT_INLINE_LIMIT = 1 << 20
 DEFAULT_MAX_VALUE_SIZE = 1 << 34  # 16 GiB: a byte string a client may send in one value
+DEFAULT_MAX_UNREAD_BYTES = 256 << 20  # of events a session's client has not read
+DEFAULT_MAX_BLOB_BYTES = 1 << 30  # of blobs a stream holds, not used by a message yet
+DEFAULT_MAX_OBJECTS = 64  # live remote objects, each a process (~25 MB)
+
+
+def default_max_held_bytes() -> int:
+    """A quarter of this machine's memory, and at most half of ``/dev/shm`` (where held
+    values live when shared memory is on): the server's cap on the results it holds."""
+    try:
+        memory = os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (AttributeError, OSError, ValueError):  # not a POSIX system
+        memory = 16 << 30
+    cap = memory // 4
+    try:
+        shm = os.statvfs("/dev/shm")
+    except OSError:  # no /dev/shm: held values are in the server's memory
+        return cap
+    return min(cap, shm.f_blocks * shm.f_frsize // 2) or cap
 
 
 class ServerConfigError(SperseError):
@@ -65,6 +87,19 @@ class ServerConfig:
     session_grace: float = 30.0
     inline_limit: int = DEFAULT_INLINE_LIMIT
     max_value_size: int = DEFAULT_MAX_VALUE_SIZE
+    # Bytes of results held (kept on the server, >= the inline limit) by every session
+    # together: a result that would pass it fails its task (sperse._server.held).
+    max_held_bytes: int = field(default_factory=default_max_held_bytes)
+    # Bytes of events a session's client has not been sent yet (it does not read): past
+    # it, the session's tasks that wait for room do not start (sperse._server.outgoing).
+    max_unread_bytes: int = DEFAULT_MAX_UNREAD_BYTES
+    # Bytes of blobs a stream holds that no message has used yet (unfinished, or not yet
+    # named): past it, the stream ends with a protocol error (sperse._server.blobs).
+    max_blob_bytes: int = DEFAULT_MAX_BLOB_BYTES
+    # Live remote objects (a process each) on the server, and created by one session
+    # (0: half of max_objects); a create past either fails (sperse._server.remote).
+    max_objects: int = DEFAULT_MAX_OBJECTS
+    max_session_objects: int = 0
     log_level: str = "INFO"
     hello_timeout: float = 10.0  # a peer that sends no Hello within this is turned away
     shm: bool = True  # big buffers through shared memory files, with clients on this host
@@ -86,6 +121,11 @@ class ServerConfig:
             return self.env_dir
         cache = os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache")
         return os.path.join(cache, "sperse", "envs")
+
+    @property
+    def session_objects_limit(self) -> int:
+        """The live remote objects one session may create."""
+        return self.max_session_objects or max(1, self.max_objects // 2)
 
     @property
     def worker_count(self) -> int:
@@ -137,6 +177,19 @@ def check_config(config: ServerConfig) -> None:
         raise ServerConfigError(f"--session-grace must be >= 0, not {config.session_grace}")
     if config.inline_limit < 0 or config.max_value_size < 1:
         raise ServerConfigError("the inline limit and the max value size must be positive")
+    for option, size in (
+        ("--max-held-bytes", config.max_held_bytes),
+        ("--max-unread-bytes", config.max_unread_bytes),
+        ("--max-blob-bytes", config.max_blob_bytes),
+        ("--max-objects", config.max_objects),
+    ):
+        if size < 1:
+            raise ServerConfigError(f"{option} must be positive, not {size}")
+    if config.max_session_objects < 0:
+        raise ServerConfigError(
+            f"--max-session-objects must be positive (or 0: half of --max-objects), not "
+            f"{config.max_session_objects}"
+        )
     if not isinstance(logging.getLevelName(config.log_level.upper()), int):
         raise ServerConfigError(
             f"unknown log level {config.log_level!r}: use debug, info, warning or error"

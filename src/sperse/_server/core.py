@@ -89,7 +89,6 @@ Remote objects (actors; ``Task.object``):
 from __future__ import annotations
 
 import asyncio
-import collections
 import logging
 import secrets
 import time
@@ -144,9 +143,9 @@ from sperse._server.model import (
     Values,
 )
 from sperse._server.object_pools import ObjectPools
+from sperse._server.outgoing import Session
 from sperse._server.pull_runner import PullRunner
 from sperse._server.remote import REBUILD
-from sperse._server.sessions import SessionState
 from sperse._server.state import SESSION_END, ServerState
 from sperse._server.task_feed import TaskFeed
 from sperse._server.task_logs import TaskLogs
@@ -174,35 +173,6 @@ __all__ = [
     "TaskRequest",
     "Values",
 ]
-
-
-class Session:
-    """One client's session as its streams see it: undelivered events and callback calls.
-    Outlives its streams; its tasks and objects are in ``state`` (the machine's)."""
-
-    def __init__(self, state: SessionState, client_name: str, peer: str, shm_prefix: str) -> None:
-        self.state = state
-        self.session_id = state.session_id
-        self.client_name = client_name
-        self.peer = peer
-        self.shm_prefix = shm_prefix  # of the files its client uploads
-        self.outbox: collections.deque[BackendEvent] = collections.deque()
-        # Calls of its client's callbacks by remote code: (callback id, pickled arguments).
-        self.callbacks: collections.deque[tuple[str, PickledBytes]] = collections.deque()
-        self.listener: Listener | None = None
-        self.expiry: asyncio.TimerHandle | None = None
-
-    @property
-    def closed(self) -> bool:
-        return self.state.closed
-
-    def emit(self, event: BackendEvent) -> None:
-        self.outbox.append(event)
-        if self.listener is not None:
-            self.listener.wake()
-
-    def __repr__(self) -> str:
-        return f"<Session {self.session_id} {self.state!r}>"
 
 
 class ServerCore:
@@ -337,7 +307,7 @@ class ServerCore:
             return session, True
         state = self.state.open_session(secrets.token_urlsafe(16))
         prefix = f"{self.shm_prefix}s{secrets.token_hex(8)}-"
-        session = Session(state, client_name, peer, prefix)
+        session = Session(state, client_name, peer, prefix, self.config.max_unread_bytes)
         self._sessions[session.session_id] = session
         log_event(
             logging.INFO,
@@ -407,6 +377,11 @@ class ServerCore:
         """Why the remote object is gone, asked only if its pool turns out closed."""
         return lambda: self.state.objects.lost("", object_id).error.message
 
+    def taken(self, session: Session) -> None:
+        """A stream took events of ``session`` to send: its waiting tasks may start again."""
+        if session.under_again():
+            self._perform(self.state.tasks.let_go(session.state, session.unread))
+
     def cancel(self, session: Session, task_ids: Iterable[str]) -> None:
         for task_id in task_ids:
             self._perform(self.state.cancel(session.session_id, task_id))
@@ -467,7 +442,9 @@ class ServerCore:
             busy=pool.busy if pool is not None else 0,
             queued=(pool.queued if pool is not None else 0)
             + len(self._pools.early)
-            + state.pulls.waiting_tasks,
+            + state.pulls.waiting_tasks
+            + sum(len(s.state.ready) for s in sessions)
+            + sum(len(q) for o in state.objects.alive.values() for q in o.waiting_calls.values()),
             workers_replaced=pool.workers_replaced if pool is not None else 0,
             objects_pulled=state.pulls.objects_pulled,
             bytes_pulled=state.pulls.bytes_pulled,
@@ -477,6 +454,8 @@ class ServerCore:
             replica_bytes=sum(held.size for held in replicas.values()),
             remote_objects=len(state.objects.alive),
             object_worker_pids=self._objects.worker_pids(),
+            unread_bytes=sum(s.unread for s in sessions),
+            unread_peak=max((s.unread_peak for s in sessions), default=0),
         )
 
     def remote_objects(self, name: str = "", of: Session | None = None) -> list[RemoteObjectInfo]:
@@ -560,7 +539,8 @@ class ServerCore:
     def _emit(self, action: Emit) -> None:
         session = self._sessions.get(action.session_id)
         if session is not None:  # else it has ended: nothing more is sent
-            session.emit(action.event)
+            if session.emit(action.event):  # its client does not read: its tasks wait
+                self._perform(self.state.tasks.hold(session.state, session.unread))
             if self.task_feed is not None:
                 self.task_feed.event(action.session_id, action.event)
 
@@ -571,7 +551,7 @@ class ServerCore:
     def _end_session(self, action: EndSession) -> None:
         ended = self._sessions.pop(action.session_id, None)
         if ended is not None:
-            ended.outbox.clear()
+            ended.clear()
             if self.task_feed is not None:
                 self.task_feed.session_ended(action.session_id)
 

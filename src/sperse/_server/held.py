@@ -6,6 +6,11 @@ action) once it is *freed*: released (by its client, or its session's end) and u
 task (``users``: queued or running tasks, a remote object's rebuild, a peer reading it).
 A *replica* (a copy pulled from another server) is released from the start: no session owns
 it, and it goes when the last task using it ends.
+
+The server holds at most ``max_held_bytes`` of them (``--max-held-bytes``): ``bytes``
+counts the values its sessions hold (from their result until their release) and the
+replicas. A result that would pass it is not kept: ``over_cap`` says why, and its task fails
+with that (its files go at once); results held already are never dropped to make room.
 """
 
 from __future__ import annotations
@@ -13,6 +18,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING
 
+from sperse._core import ErrorInfo
 from sperse._server.actions import Action, Unlink
 from sperse._server.envelope import ResultValue
 from sperse._server.model import HeldObject, HeldValue, InlineValue, Pulled
@@ -20,15 +26,39 @@ from sperse._server.model import HeldObject, HeldValue, InlineValue, Pulled
 if TYPE_CHECKING:
     from sperse._server.sessions import SessionState
 
-__all__ = ["HeldValues"]
+__all__ = ["HeldValues", "mib"]
+
+
+def mib(size: int) -> str:
+    """``size`` bytes, as a message says them."""
+    return f"{size / (1 << 20):,.1f} MiB"
 
 
 class HeldValues:
     """The replicas, and the rules of every held value's life. ``new_id``: a fresh id."""
 
-    def __init__(self, new_id: Callable[[], str]) -> None:
+    def __init__(self, new_id: Callable[[], str], max_bytes: int) -> None:
         self._new_id = new_id
+        self.max_bytes = max_bytes
+        self.bytes = 0  # of the values sessions hold, and of the replicas
         self.replicas: dict[str, HeldObject] = {}  # by object id: pulled, used by tasks
+
+    def over_cap(
+        self, server: str, values: Iterable[ResultValue], inline_limit: int
+    ) -> ErrorInfo | None:
+        """Why the values of at least ``inline_limit`` of a task's result cannot be kept
+        (None: they can): they would take the server past its cap."""
+        size = sum(v.value.size for v in values if v.value.size >= inline_limit)
+        if not size or self.bytes + size <= self.max_bytes:
+            return None
+        return ErrorInfo(
+            "internal",
+            "LimitExceeded",
+            f"its result of {mib(size)} was not kept: server {server!r} holds {mib(self.bytes)} "
+            f"of results already, and its limit is {mib(self.max_bytes)} (--max-held-bytes). "
+            "Release results you no longer need (let go of their Pending or RemoteValue), "
+            "bring them here with fetch(), or start the server with a larger --max-held-bytes",
+        )
 
     def keep(
         self, session: SessionState, values: Iterable[ResultValue], inline_limit: int
@@ -46,6 +76,7 @@ class HeldValues:
                 object_id = self._new_id()
             session.objects[object_id] = HeldObject(v.value, v.type_name, v.repr)
             session.object_bytes += size
+            self.bytes += size
             out.append(HeldValue(v.name, object_id, v.type_name, size, v.repr))
         return tuple(out)
 
@@ -56,6 +87,7 @@ class HeldValues:
     def add_replica(self, object_id: str, pulled: Pulled) -> HeldObject:
         held = HeldObject(pulled.value, pulled.type_name, pulled.repr, released=True)
         self.replicas[object_id] = held
+        self.bytes += held.size
         return held
 
     @staticmethod
@@ -69,6 +101,7 @@ class HeldValues:
             return []
         if self.replicas.get(object_id) is held:
             del self.replicas[object_id]
+            self.bytes -= held.size
         return [Unlink(tuple(held.value.shm_names()))]
 
     @staticmethod
@@ -77,19 +110,19 @@ class HeldValues:
         held.users -= 1
         return [Unlink(tuple(held.value.shm_names()))] if held.freed else []
 
-    @staticmethod
-    def release(session: SessionState, object_id: str) -> list[Action] | None:
+    def release(self, session: SessionState, object_id: str) -> list[Action] | None:
         """Release one held value of ``session``; None: it holds none of that id."""
         held = session.objects.pop(object_id, None)
         if held is None:
             return None
         session.object_bytes -= held.size
+        self.bytes -= held.size
         held.released = True
         return [Unlink(tuple(held.value.shm_names()))] if held.freed else []
 
-    @staticmethod
-    def release_all(session: SessionState) -> list[Action]:
+    def release_all(self, session: SessionState) -> list[Action]:
         """Release every held value of ``session`` (it has ended)."""
+        self.bytes -= session.object_bytes
         actions: list[Action] = []
         for held in session.objects.values():
             held.released = True

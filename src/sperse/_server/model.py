@@ -168,6 +168,8 @@ class ServerStats:
     replica_bytes: int = 0
     remote_objects: int = 0  # alive (or being built), all sessions
     object_worker_pids: tuple[int, ...] = ()  # of the remote objects' workers
+    unread_bytes: int = 0  # of events not sent yet, all sessions (sperse._server.outgoing)
+    unread_peak: int = 0  # the most one session has had
 
 
 @dataclass(frozen=True, slots=True)

@@ -10,6 +10,11 @@ listed to every session and any session may close it. An object id is used once 
 the end of the last ``GONE_KEPT`` destroyed ones is remembered, for the calls that come
 later); a dead object never comes back; a restart object is rebuilt from its kept create
 envelope, whose held values stay pinned and whose uploads stay on disk until it dies.
+
+Each live object is a process (a worker of its own), so there are at most ``max_objects``
+(``--max-objects``) on the server, and at most ``max_session_objects``
+(``--max-session-objects``) created by one session: a create past either fails, saying
+which limit and how to make room, and the calls sent after it are told so.
 """
 
 from __future__ import annotations
@@ -55,17 +60,27 @@ class RemoteObject:
     restarts: int = 0
     rebuild_id: str = ""  # pool id of the rebuild in flight
     rebuilt_after: str = ""  # how the worker it was rebuilt after died
+    # By session id: its calls in its pool, and those that wait for room (see
+    # TaskTable.dispatch), in order.
+    calls_in_pool: collections.Counter[str] = field(default_factory=collections.Counter)
+    waiting_calls: dict[str, collections.deque[TaskState]] = field(default_factory=dict)
 
     @property
     def label(self) -> str:
         return self.name or self.object_id[:12]
 
 
+def _objects(count: int) -> str:
+    return f"{count} live remote object{'' if count == 1 else 's'}"
+
+
 class RemoteObjects:
     """The live remote objects of server ``server``, and the end of the recent dead ones."""
 
-    def __init__(self, server: str) -> None:
+    def __init__(self, server: str, max_objects: int, max_session_objects: int) -> None:
         self._server = server
+        self.max_objects = max_objects
+        self.max_session_objects = max_session_objects
         self.alive: dict[str, RemoteObject] = {}  # by id
         self.named: dict[str, RemoteObject] = {}  # by name, those with one
         self._gone: collections.OrderedDict[str, str] = collections.OrderedDict()  # id: why
@@ -99,6 +114,14 @@ class RemoteObjects:
                     f"sperse.get_object({op.name!r})",
                 ),
             )
+        full = self._full(session)
+        if full:
+            label = repr(op.name) if op.name else f"(id {object_id})"
+            self._gone[object_id] = (
+                f"remote object {label} ({op.type_name or 'of unknown type'}) on server "
+                f"{self._server!r} was not created: {full}"
+            )
+            return Failed(task_id, self._server, ErrorInfo("internal", "LimitExceeded", full))
         obj = RemoteObject(
             object_id,
             session,
@@ -113,6 +136,26 @@ class RemoteObjects:
             self.named[obj.name] = obj
         session.remote_objects[object_id] = obj
         return obj
+
+    def _full(self, session: SessionState) -> str:
+        """Why no more objects can be created by ``session`` ("": they can)."""
+        mine = len(session.remote_objects)
+        if mine >= self.max_session_objects:
+            return (
+                f"this client has {_objects(mine)} on server {self._server!r}, the "
+                f"most one session may have (--max-session-objects {self.max_session_objects}; "
+                "each is a process). Close those you no longer need (proxy.close(), or let "
+                "go of their last proxy), create it on another server, or ask for a larger "
+                "--max-session-objects"
+            )
+        if len(self.alive) >= self.max_objects:
+            return (
+                f"server {self._server!r} has {_objects(len(self.alive))}, its limit "
+                f"(--max-objects {self.max_objects}; each is a process). Close those you no "
+                "longer need (proxy.close(), or let go of their last proxy), create it on "
+                "another server, or ask for a larger --max-objects"
+            )
+        return ""
 
     @staticmethod
     def created(obj: RemoteObject) -> Log:

@@ -43,6 +43,7 @@ class TaskState:
     obj: RemoteObject | None = None  # the remote object it creates or calls
     creates: bool = False
     pip: tuple[str, ...] = ()  # runs in that pip environment's pool
+    queued: bool = False  # in its session's ``ready`` queue, not handed to a pool
 
     @property
     def what(self) -> str:
@@ -64,6 +65,12 @@ class SessionState:
         self.objects: dict[str, HeldObject] = {}
         self.object_bytes = 0
         self.remote_objects: dict[str, RemoteObject] = {}  # it created, alive
+        # Its tasks ready to run that wait for room in the pools (see TaskTable.dispatch),
+        # how many of its tasks are in the pools, and whether its client has so many events
+        # unread that none may start (back-pressure).
+        self.ready: collections.deque[TaskState] = collections.deque()
+        self.in_pools = 0
+        self.paused = False
         self.attached = False  # a stream is attached
         self.expires = False  # its grace period runs (a timer is set)
         self.closed = False

@@ -61,9 +61,9 @@ class ServerState:
         self.name = name
         self.shm_prefix = shm_prefix
         self.sessions: dict[str, SessionState] = {}  # open
-        self.held = HeldValues(new_id)
+        self.held = HeldValues(new_id, config.max_held_bytes)
         self.pulls = Pulls(shm_prefix if config.shm else "")
-        self.objects = RemoteObjects(name)
+        self.objects = RemoteObjects(name, config.max_objects, config.session_objects_limit)
         self._out: list[Action] = []
         self.tasks = TaskTable(
             config, name, shm_prefix, (self.held, self.pulls, self.objects), self._out
@@ -162,6 +162,11 @@ class ServerState:
             )
         )
         self._out.extend(self.held.release_all(session))
+        for obj in self.objects.alive.values():  # its calls there run on, uncounted
+            obj.calls_in_pool.pop(session.session_id, None)
+            for task in obj.waiting_calls.pop(session.session_id, ()):
+                task.queued = False  # (it is in session.tasks: released above)
+        session.ready.clear()
         session.tasks.clear()
         session.finished.clear()
 
@@ -259,7 +264,9 @@ class ServerState:
         if task is None or task.cancel_requested:
             return []  # unknown or finished: nothing to do (its terminal event is sent)
         task.cancel_requested = True
-        if task.waiting:  # for a pull: not queued in the pool yet
+        if task.waiting or task.queued:  # for a pull, or for room: not in a pool yet
+            if task.queued:
+                self.tasks.unqueue(task)
             self.tasks.finish(
                 task,
                 Failed(task.task_id, self.name, ErrorInfo("cancelled", "TaskCancelled", _QUEUED)),

@@ -69,7 +69,7 @@ class StreamInput:
         self.core = server_core
         self.session = session
         self.shm = output.shm  # the client shares this host's /dev/shm
-        self.receiver = StreamReceiver(max_value_size)
+        self.receiver = StreamReceiver(max_value_size, server_core.config.max_blob_bytes)
         self._max_value_size = max_value_size
         self._output = output
         self._wake = wake  # the writing side has something to send

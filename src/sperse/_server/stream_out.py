@@ -6,7 +6,9 @@ Invariants:
 - Replies go first, then callbacks, then events; each is preceded by the blobs it names.
 - Events ready together go in one ``Events`` message of at most ``BATCH_EVENTS`` events,
   whose inline bytes stay under ``BATCH_BYTES``: values beyond that budget travel as blobs,
-  so every message stays well under ``MAX_MESSAGE``.
+  so every message stays well under ``MAX_MESSAGE``. Its events and blobs together are
+  about ``BATCH_BYTES`` (one event more at most): what is taken out of the session's outbox
+  (its unread bytes, :mod:`sperse._server.outgoing`) is what is being sent.
 - A fetched object's shared memory files go by name to a client on this host; for one on
   another host they are opened when the fetch is answered (a later release cannot take them
   away) and sent as blobs.
@@ -89,15 +91,21 @@ class StreamOutput:
             pickled, _ = self.sender.pickled_within(args, blobs, BATCH_BYTES)
             call = pb.Callback(callback_id=callback_id, args=pickled)
             return [*blobs, pb.ServerMessage(callback=call)]
-        outbox = self.session.outbox
-        if not outbox:
+        session = self.session
+        if not session.outbox:
             return []
         events: list[pb.Event] = []
         budget = BATCH_BYTES
-        while outbox and len(events) < BATCH_EVENTS and budget > 0:
-            event, used = self._encode(outbox.popleft(), blobs, budget)
+        unread = session.unread
+        # Values beyond the budget go as blobs: those count too, so that what one batch
+        # takes out of the outbox (then no longer counted) stays about BATCH_BYTES.
+        while session.outbox and len(events) < BATCH_EVENTS and budget > 0:
+            if unread - session.unread >= BATCH_BYTES:
+                break
+            event, used = self._encode(session.take(), blobs, budget)
             events.append(event)
             budget -= used
+        self.core.taken(session)
         return [*blobs, pb.ServerMessage(events=pb.Events(events=events))]
 
     def _encode(

@@ -7,16 +7,30 @@ unlinked, a failed attempt's files swept. A task whose worker died is dispatched
 it has retries left (a call of a remote object never is), with a ``Started`` of its own. A
 task that ends releases what it used (its uploads, its held values, its pulls) and gets its
 terminal event, recorded in its session (retained for resubmissions) and emitted.
+
+A session has at most ``window`` tasks in the pools at once (``WINDOW_PER_WORKER`` per
+worker: enough to keep every worker's pipeline full, and as many again queued), and none
+more while it is ``paused`` (its client leaves too many events unread: see
+:mod:`sperse._server.outgoing`); the others wait in its ``ready`` queue, in order, and go
+as room is made. So a client that does not read stops its own work after at most a window
+more of results, and one session's thousands of tasks never queue ahead of another's in the
+pool. Likewise a session has at most ``max_concurrency + WINDOW_PER_WORKER`` calls in a
+remote object's pool (the others wait in the object's ``waiting_calls``, a queue per
+session): as many as can run, and more queued behind them, so holding one back never keeps a
+call from running that could have run (no call waited for could have started sooner).
+Creates go to their objects' pools at once.
 """
 
 from __future__ import annotations
 
+import collections
 import itertools
 import logging
 from collections.abc import Iterable
 from typing import Literal
 
 from sperse._core import Done, ErrorInfo, Failed, Output, Started
+from sperse._pool.policy import PIPELINE
 from sperse._server.actions import (
     Action,
     Emit,
@@ -39,7 +53,9 @@ from sperse._server.pulls import Pulls
 from sperse._server.remote import RemoteObject, RemoteObjects
 from sperse._server.sessions import SessionState, TaskState, clip, clipped
 
-__all__ = ["TaskTable"]
+__all__ = ["WINDOW_PER_WORKER", "TaskTable"]
+
+WINDOW_PER_WORKER = 2 * PIPELINE  # a session's tasks in the pools, per worker
 
 
 class TaskTable:
@@ -62,6 +78,7 @@ class TaskTable:
         self.held, self.pulls, self.objects = parts
         self.attempts: dict[str, TaskState] = {}  # by pool id: queued or running
         self.hold_back = StartedHoldBack()
+        self.window = config.worker_count * WINDOW_PER_WORKER
         self.tasks_done = 0
         self.tasks_failed = 0
         self._attempt_ids = itertools.count(1)
@@ -79,8 +96,31 @@ class TaskTable:
         if obj is not None and not obj.alive:  # destroyed while the task waited for a pull
             self.finish(task, self.objects.lost(task.task_id, obj.object_id))
             return
+        session = task.session
+        if obj is None:
+            if session.paused or session.in_pools >= self.window:
+                task.queued, task.pool_id = True, ""
+                session.ready.append(task)
+                return
+            session.in_pools += 1
+        elif not task.creates:
+            sid = session.session_id
+            if session.paused or sid in obj.waiting_calls or not self._call_room(obj, sid):
+                task.queued, task.pool_id = True, ""
+                obj.waiting_calls.setdefault(sid, collections.deque()).append(task)
+                return
+            obj.calls_in_pool[sid] += 1
+        self._send(task)
+
+    @staticmethod
+    def _call_room(obj: RemoteObject, session_id: str) -> bool:
+        return obj.calls_in_pool[session_id] < obj.max_concurrency + WINDOW_PER_WORKER
+
+    def _send(self, task: TaskState) -> None:
+        work, obj, session = task.work, task.obj, task.session
+        assert work is not None
         attempt = next(self._attempt_ids)
-        pool_id = f"{task.session.session_id}/{attempt}"
+        pool_id = f"{session.session_id}/{attempt}"
         payload = pack_envelope(
             Envelope(
                 task_id=task.task_id,
@@ -107,6 +147,91 @@ class TaskTable:
             self._out.append(
                 StartObject(obj.object_id, obj.label, obj.max_concurrency, pool_id, payload)
             )
+
+    def pump(self, session: SessionState) -> None:
+        """Start ``session``'s ready tasks while it has room and is not paused."""
+        ready = session.ready
+        while ready and not session.paused and session.in_pools < self.window:
+            task = ready.popleft()
+            if task.queued:  # (else it ended while it waited)
+                task.queued = False
+                self.dispatch(task)
+
+    def pump_calls(self, obj: RemoteObject, session: SessionState) -> None:
+        """Send ``obj`` the waiting calls of ``session`` while it has room, in order."""
+        sid = session.session_id
+        waiting = obj.waiting_calls.get(sid)
+        while waiting and obj.alive and not session.paused and self._call_room(obj, sid):
+            task = waiting.popleft()
+            if task.queued:  # (else it ended while it waited)
+                task.queued = False
+                obj.calls_in_pool[sid] += 1
+                self._send(task)
+        if not waiting:
+            obj.waiting_calls.pop(sid, None)
+
+    def unqueue(self, task: TaskState) -> None:
+        """``task``, which waits for room, ends: it is skipped when its turn comes (the
+        queue is walked then, not now: cancelling many is not quadratic)."""
+        task.queued = False
+        session = task.session
+        queue = session.ready if task.obj is None else task.obj.waiting_calls[session.session_id]
+        while queue and not queue[0].queued:  # (so no queue is left holding only those)
+            queue.popleft()
+        if not queue and task.obj is not None:
+            del task.obj.waiting_calls[session.session_id]
+
+    def hold(self, session: SessionState, unread: int) -> list[Action]:
+        """The session's client leaves ``unread`` bytes of events unread, past the bound:
+        its tasks that wait for room wait on (those in the pools run)."""
+        if session.closed or session.paused:
+            return []
+        session.paused = True
+        limit = self.config.max_unread_bytes
+        return [
+            log(
+                logging.WARNING,
+                "session_paused",
+                session=session.session_id,
+                unread=unread,
+                limit=limit,
+                waiting=len(session.ready),
+            )
+        ]
+
+    def let_go(self, session: SessionState, unread: int) -> list[Action]:
+        """The session's client has read enough: its waiting tasks may start."""
+        if session.closed or not session.paused:
+            return []
+        session.paused = False
+        self._out.append(
+            log(
+                logging.INFO,
+                "session_unpaused",
+                session=session.session_id,
+                unread=unread,
+                waiting=len(session.ready),
+            )
+        )
+        self.pump(session)
+        for obj in list(self.objects.alive.values()):
+            if session.session_id in obj.waiting_calls:
+                self.pump_calls(obj, session)
+        return self._take()
+
+    def _left_pool(self, task: TaskState) -> None:
+        obj = task.obj
+        if obj is None:
+            task.session.in_pools -= 1
+        elif not task.creates:
+            obj.calls_in_pool[task.session.session_id] -= 1
+
+    def _room_made(self, task: TaskState) -> None:
+        """After ``task``'s attempt has left its pool: what waited for room may go."""
+        if task.obj is None:
+            self.pump(task.session)
+        elif not task.creates:
+            self.pump_calls(task.obj, task.session)
 
     # ---- events of the pools -------------------------------------------------------------
 
@@ -140,13 +265,20 @@ class TaskTable:
             if not isinstance(result, ErrorInfo):
                 self.unlink([n for v in result for n in v.value.shm_names()], soon=False)
             return self._take()
+        self._left_pool(task)
         self.announce_now(task)
+        if not isinstance(result, ErrorInfo):
+            refused = self.held.over_cap(self.name, result, task.inline_limit)
+            if refused is not None:
+                self.unlink([n for v in result for n in v.value.shm_names()])
+                result = refused
         if isinstance(result, ErrorInfo):
             self.finish(task, Failed(task.task_id, self.name, result))
         else:
             values = self.held.keep(task.session, result, task.inline_limit)
             self.finish(task, Done(task.task_id, self.name, values))
         self._out.extend(self.hold_back.forget(self._current))
+        self._room_made(task)
         return self._take()
 
     def failed(self, pool_id: str, error: ErrorInfo) -> list[Action]:
@@ -155,8 +287,10 @@ class TaskTable:
         task = self.attempts.pop(pool_id, None)
         self._sweep_attempt(pool_id)
         if task is not None:
+            self._left_pool(task)
             self._on_failed(task, pool_id, error)
             self._out.extend(self.hold_back.forget(self._current))
+            self._room_made(task)
         return self._take()
 
     def _on_failed(self, task: TaskState, pool_id: str, error: ErrorInfo) -> None:
@@ -205,7 +339,9 @@ class TaskTable:
         """The driver could not run the attempt (or dropped it, cancelled, before it ran)."""
         task = self.attempts.pop(pool_id, None)
         if task is not None:
+            self._left_pool(task)
             self.finish(task, Failed(task.task_id, self.name, error))
+            self._room_made(task)
         return self._take()
 
     def announce(self, now: float) -> list[Action]:
@@ -239,6 +375,11 @@ class TaskTable:
                 del self.attempts[pool_id]
                 self.announce_now(task)
                 self.finish(task, self.objects.lost(task.task_id, obj.object_id))
+        waiting, obj.waiting_calls = obj.waiting_calls, {}
+        obj.calls_in_pool.clear()
+        for task in (t for queue in waiting.values() for t in queue):
+            task.queued = False
+            self.finish(task, self.objects.lost(task.task_id, obj.object_id))
         pinned, obj.pinned = obj.pinned, {}
         for held_id, held in pinned.items():
             self._out.extend(self.held.unuse(held_id, held))

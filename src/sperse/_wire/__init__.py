@@ -126,6 +126,7 @@ class BlobReceiver:
         self._partial: dict[int, list[bytes]] = {}
         self._sizes: dict[int, int] = {}
         self._complete: dict[int, bytes] = {}
+        self._pending = 0  # bytes of the partial and complete blobs held
         self.max_value = max_value
 
     def add(self, blob: pb.Blob) -> None:
@@ -137,6 +138,7 @@ class BlobReceiver:
             self.discard(blob.blob_id)
             raise ValueError(f"blob {blob.blob_id} exceeds the limit of {self.max_value} bytes")
         self._sizes[blob.blob_id] = size
+        self._pending += len(blob.data)
         self._partial.setdefault(blob.blob_id, []).append(blob.data)
         if blob.last:
             self._complete[blob.blob_id] = b"".join(self._partial.pop(blob.blob_id))
@@ -150,9 +152,11 @@ class BlobReceiver:
             raise KeyError(f"shared memory file {field.shm!r} where bytes were expected")
         if kind == "blob_id":
             try:
-                return self._complete.pop(field.blob_id)
+                data = self._complete.pop(field.blob_id)
             except KeyError:
                 raise KeyError(f"unknown or incomplete blob {field.blob_id}") from None
+            self._pending -= len(data)
+            return data
         return field.data
 
     def pickled(self, field: pb.Pickled) -> tuple[builtins.bytes, list[builtins.bytes]]:
@@ -160,12 +164,12 @@ class BlobReceiver:
 
     def discard(self, blob_id: int) -> None:
         self._partial.pop(blob_id, None)
-        self._sizes.pop(blob_id, None)
-        self._complete.pop(blob_id, None)
+        self._pending -= self._sizes.pop(blob_id, 0) + len(self._complete.pop(blob_id, b""))
 
     @property
     def pending_bytes(self) -> int:
-        return sum(self._sizes.values()) + sum(len(b) for b in self._complete.values())
+        """Bytes of the blobs taken and not used yet: partial, or complete and not named."""
+        return self._pending
 
 
 def with_blobs(blobs: list[pb.Blob], wrap: type[Any], message: Any) -> Iterator[Any]:

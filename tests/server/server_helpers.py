@@ -248,13 +248,17 @@ class RawSession:
         pickled = self.sender.pickled(data, [b.raw() for b in buffers], blobs)
         if uploads is not None:
             assert self.welcome is not None and self.welcome.shm, "no shared memory"
+            unsent: set[int] = set()  # the blobs of buffers that go as files instead
             for field, buffer in zip(pickled.buffers, buffers, strict=True):
                 raw = buffer.raw()
                 if raw.nbytes >= shm.SHM_MIN:
                     name = shm.write(self.welcome.shm_prefix, raw)
                     uploads.append(name)
+                    if field.WhichOneof("kind") == "blob_id":
+                        unsent.add(field.blob_id)
                     field.Clear()
                     field.shm = name
+            blobs = [b for b in blobs if b.blob_id not in unsent]
         task = pb.Task(
             task_id=task_id,
             work=pickled,

@@ -132,14 +132,56 @@ class StreamSender(BlobSender):
         return pb.Pickled(data=data, buffers=buffers), used
 
 
+class _Spill:
+    """A blob being written into a new shared memory file of the server's, piece by piece."""
+
+    __slots__ = ("fd", "name", "size")
+
+    def __init__(self, prefix: str) -> None:
+        self.name = shm.new_name(prefix)
+        self.fd = os.open(os.path.join(shm.SHM_DIR, self.name), _SPILL_FLAGS, 0o600)
+        self.size = 0
+
+    def write(self, data: bytes) -> None:
+        view = memoryview(data)
+        while view:
+            view = view[os.write(self.fd, view) :]
+        self.size += len(data)
+
+    def finish(self) -> ShmBuffer:
+        os.close(self.fd)
+        self.fd = -1
+        return ShmBuffer(self.name, self.size)
+
+    def discard(self) -> None:
+        if self.fd >= 0:
+            os.close(self.fd)
+            self.fd = -1
+        shm.unlink([self.name])
+
+
+_SPILL_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+
+
 class StreamReceiver:
     """A ``BlobReceiver`` that drops (rather than refuses) a blob over the size limit and
-    treats a reused blob id as a protocol error."""
+    treats a reused blob id as a protocol error.
 
-    def __init__(self, max_value: int, max_pending: int = 1 << 62) -> None:
+    With ``spill_prefix`` (the server uses shared memory), a blob that reaches ``shm.SHM_MIN``
+    bytes goes on into a new shared memory file of the server's, named ``spill_prefix`` +
+    random, as its pieces arrive: a big value from a client on another host is never held in
+    the server's memory, and its worker maps the file rather than receiving the bytes. A
+    file becomes the task's that names it (``pickled``'s ``files``: unlinked with its
+    uploads); one no message named is unlinked when the stream ends (``close``)."""
+
+    def __init__(self, max_value: int, max_pending: int = 1 << 62, spill_prefix: str = "") -> None:
         self._blobs = BlobReceiver(max_value)
         self._max_value = max_value
         self._max_pending = max_pending
+        self._spill_prefix = spill_prefix
+        self._spilling: dict[int, _Spill] = {}  # blob id -> its file, being written
+        self._spilled: dict[int, ShmBuffer] = {}  # complete, named by no message yet
+        self._spilled_bytes = 0  # of both
         self._complete: set[int] = set()  # ids whose last piece has arrived
         self._refused: dict[int, str] = {}
 
@@ -149,8 +191,21 @@ class StreamReceiver:
             return
         if blob_id in self._complete:
             raise Violation(f"blob id {blob_id} was used twice on this stream")
+        spill = self._spilling.get(blob_id)
+        if spill is None and self._spill_prefix:
+            spill = self._maybe_spill(blob_id, len(blob.data))
         try:
-            self._blobs.add(blob)
+            if spill is not None:
+                if spill.size + len(blob.data) > self._max_value:
+                    self._drop_spill(blob_id)
+                    raise ValueError("too big")
+                spill.write(blob.data)
+                self._spilled_bytes += len(blob.data)
+                if blob.last:
+                    del self._spilling[blob_id]
+                    self._spilled[blob_id] = spill.finish()
+            else:
+                self._blobs.add(blob)
         except ValueError:
             self._refused[blob_id] = (
                 f"a value of more than {self._max_value} bytes was sent; this server "
@@ -158,9 +213,16 @@ class StreamReceiver:
                 "and compute there, or send it in parts"
             )
             return
+        except OSError as exc:  # /dev/shm is full: the value is refused, the stream goes on
+            self._drop_spill(blob_id)
+            self._refused[blob_id] = (
+                f"a value sent could not be written into shared memory on this server "
+                f"({exc.strerror}): free memory on it ({shm.SHM_DIR}), or send less at once"
+            )
+            return
         if blob.last:
             self._complete.add(blob_id)
-        pending = self._blobs.pending_bytes
+        pending = self._blobs.pending_bytes + self._spilled_bytes
         if pending > self._max_pending:
             raise Violation(
                 f"the blobs sent on this stream that no message has used yet (unfinished, or "
@@ -171,19 +233,79 @@ class StreamReceiver:
                 "--max-blob-bytes"
             )
 
+    def _maybe_spill(self, blob_id: int, more: int) -> _Spill | None:
+        """Start writing ``blob_id`` into a file once it reaches ``shm.SHM_MIN`` bytes (its
+        pieces so far first); None: it stays in memory (small, or /dev/shm refused)."""
+        if self._blobs.partial_size(blob_id) + more < shm.SHM_MIN:
+            return None
+        try:
+            spill = _Spill(self._spill_prefix)
+        except OSError:
+            return None  # kept in memory, as before
+        pieces = self._blobs.take_partial(blob_id)
+        self._spilling[blob_id] = spill
+        try:
+            for piece in pieces:
+                spill.write(piece)
+        except OSError:
+            self._drop_spill(blob_id)
+            raise
+        self._spilled_bytes += spill.size
+        return spill
+
+    def _drop_spill(self, blob_id: int) -> None:
+        spill = self._spilling.pop(blob_id, None)
+        if spill is not None:
+            self._spilled_bytes -= spill.size
+            spill.discard()
+
     def bytes(self, field: pb.Bytes) -> bytes:
-        if field.WhichOneof("kind") == "blob_id" and field.blob_id in self._refused:
-            raise Refused(self._refused.pop(field.blob_id))
+        if field.WhichOneof("kind") == "blob_id":
+            if field.blob_id in self._refused:
+                raise Refused(self._refused.pop(field.blob_id))
+            spilled = self._spilled.pop(field.blob_id, None)
+            if spilled is not None:  # wanted as bytes (a pickle's stream): read back
+                self._spilled_bytes -= spilled.size
+                try:
+                    return shm.map_copy(spilled.name, spilled.size).tobytes()
+                except OSError as exc:
+                    raise Refused(f"a value sent could not be read back: {exc}") from None
+                finally:
+                    shm.unlink([spilled.name])
         try:
             data: bytes = self._blobs.bytes(field)
         except KeyError as exc:
             raise Violation(str(exc.args[0])) from None
         return data
 
-    def pickled(self, field: pb.Pickled, upload: Callable[[str], ShmBuffer]) -> PickledBytes:
-        """The pickle's bytes, its buffers as bytes or (``upload``) shared memory files."""
+    def pickled(
+        self,
+        field: pb.Pickled,
+        upload: Callable[[str], ShmBuffer],
+        files: list[str] | None = None,
+    ) -> PickledBytes:
+        """The pickle's bytes, its buffers as bytes or (``upload``) shared memory files.
+        With ``files``: a buffer that was spilled into a file stays one, and its name is
+        added to ``files`` (the caller's to unlink); without, it is read back as bytes."""
         data = self.bytes(field.data)
         buffers: list[Buffer] = []
         for b in field.buffers:
-            buffers.append(upload(b.shm) if b.WhichOneof("kind") == "shm" else self.bytes(b))
+            kind = b.WhichOneof("kind")
+            spilled = self._spilled.get(b.blob_id) if kind == "blob_id" else None
+            if spilled is not None and files is not None:
+                del self._spilled[b.blob_id]
+                self._spilled_bytes -= spilled.size
+                files.append(spilled.name)
+                buffers.append(spilled)
+            else:
+                buffers.append(upload(b.shm) if kind == "shm" else self.bytes(b))
         return PickledBytes(data, tuple(buffers))
+
+    def close(self) -> None:
+        """The stream ended: unlink the files of blobs no message named."""
+        for blob_id in list(self._spilling):
+            self._drop_spill(blob_id)
+        names = [buffer.name for buffer in self._spilled.values()]
+        self._spilled.clear()
+        self._spilled_bytes = 0
+        shm.unlink(names)

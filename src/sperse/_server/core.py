@@ -194,6 +194,8 @@ class ServerCore:
         self._loop = loop
         self._clock = clock
         self.shm_prefix = shm.server_prefix()  # of every shared memory file of this server
+        # Big values a client sends as blobs go into files named so (blobs.StreamReceiver).
+        self.spill_prefix = f"{self.shm_prefix}u" if config.shm and shm.available() else ""
         self.state = ServerState(config, name, self.shm_prefix, lambda: secrets.token_hex(16))
         self._sessions: dict[str, Session] = {}
         self.task_logs = TaskLogs()  # what tasks printed, for a while after (sperse logs)

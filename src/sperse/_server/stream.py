@@ -116,10 +116,13 @@ class Stream:
     # ---- the two halves --------------------------------------------------------------------
 
     async def run(self, welcome: pb.ServerMessage) -> None:
-        async with asyncio.TaskGroup() as tasks:
-            reader = tasks.create_task(self._read_loop())
-            await self._write_loop(welcome)
-            reader.cancel()
+        try:
+            async with asyncio.TaskGroup() as tasks:
+                reader = tasks.create_task(self._read_loop())
+                await self._write_loop(welcome)
+                reader.cancel()
+        finally:
+            self.input.receiver.close()  # the files of values no message named
 
     async def _read_loop(self) -> None:
         while True:

@@ -69,7 +69,11 @@ class StreamInput:
         self.core = server_core
         self.session = session
         self.shm = output.shm  # the client shares this host's /dev/shm
-        self.receiver = StreamReceiver(max_value_size, server_core.config.max_blob_bytes)
+        self.receiver = StreamReceiver(
+            max_value_size,
+            server_core.config.max_blob_bytes,
+            spill_prefix=server_core.spill_prefix,
+        )
         self._max_value_size = max_value_size
         self._output = output
         self._wake = wake  # the writing side has something to send
@@ -143,14 +147,16 @@ class StreamInput:
         if violation:
             raise Violation(violation)
         uploads = self._uploads(task.work)
+        spilled: list[str] = []  # the server's files of big values sent as blobs
         try:
-            work: PickledBytes | None = self.receiver.pickled(task.work, self._upload_size)
+            work: PickledBytes | None = self.receiver.pickled(task.work, self._upload_size, spilled)
             refused = ""
         except Refused as exc:
             work, refused = None, str(exc)
         except Violation:
-            shm.unlink(uploads)
+            shm.unlink([*uploads, *spilled])
             raise
+        uploads += tuple(spilled)
         over = task_over(task)
         if over:  # it fails with that: nothing of it is kept
             label = task.label[:MAX_TEXT]

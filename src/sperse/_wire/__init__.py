@@ -162,6 +162,17 @@ class BlobReceiver:
     def pickled(self, field: pb.Pickled) -> tuple[builtins.bytes, list[builtins.bytes]]:
         return self.bytes(field.data), [self.bytes(b) for b in field.buffers]
 
+    def partial_size(self, blob_id: int) -> int:
+        """Bytes of ``blob_id`` taken so far (0: none, or it is complete)."""
+        return self._sizes.get(blob_id, 0)
+
+    def take_partial(self, blob_id: int) -> list[builtins.bytes]:
+        """The pieces of an unfinished blob so far, handed over (the caller goes on with it:
+        this receiver forgets it)."""
+        pieces = self._partial.pop(blob_id, [])
+        self._pending -= self._sizes.pop(blob_id, 0)
+        return pieces
+
     def discard(self, blob_id: int) -> None:
         self._partial.pop(blob_id, None)
         self._pending -= self._sizes.pop(blob_id, 0) + len(self._complete.pop(blob_id, b""))

@@ -52,6 +52,7 @@ from sperse._flow.messages import (
 )
 from sperse._flow.plan import NodeId, PhysicalPlan, Role, StageId
 from sperse._flow.replica import Replica
+from sperse._flow.service import Answer, Envelope, Reply
 from sperse._flow.transport import BATCH_ITEMS, LINGER, WINDOW, Credits, Outbox, Reorder
 from sperse._serialize import dumps, loads
 from sperse.errors import (
@@ -66,6 +67,7 @@ __all__ = ["READ_BATCH", "ReplicaHost", "channel_name", "lost_info", "unpicklabl
 
 READ_BATCH = 1024  # lines per batch a host reads from its files
 TICK = 0.05  # seconds between clock ticks for time windows
+DRAIN = 4.0  # seconds a stopping service's respond replica waits for its answers to be taken
 
 
 def channel_name(stage: int, replica: int) -> str:
@@ -114,6 +116,13 @@ class ReplicaHost:
         self._stats = {"deliveries": 0, "processed": 0, "sent": 0, "inbox_most": 0}
         self._failed = False
         self._closing = False
+        # a service's requests replica: whether its input ended (stop), so later requests
+        # are refused; a respond replica: the answers waiting for each client's long poll.
+        kinds = [self._plan.node(n).kind for n in self._stage.nodes]
+        self._serves = self._plan.logical.is_service() and kinds[0] == "source"
+        self._input_ended = False
+        self._mail: dict[str, list[Answer]] = {}
+        self._mailed = asyncio.Event()
 
     # ---- the remote API ------------------------------------------------------------------
 
@@ -138,6 +147,8 @@ class ReplicaHost:
         if ack:
             done = asyncio.get_running_loop().create_future()
         self._stats["deliveries"] += 1
+        if self._serves and any(isinstance(m, End) for m in messages):
+            self._input_ended = True
         ready = self._reorder.put(channel, seq, (messages, done))
         if ready:
             self._inbox.extend(ready)
@@ -145,6 +156,39 @@ class ReplicaHost:
             self._wake.set()
         if done is not None:
             await done
+
+    async def request(self, channel: str, seq: int, messages: list[ReplicaEvent]) -> list[int]:
+        """A client's requests (a service's requests replica): taken like a delivery, and
+        returned once processed; the ids of those refused because the service stopped."""
+        refused = []
+        if self._input_ended:
+            refused = [
+                env.rid
+                for m in messages
+                if isinstance(m, Batch)
+                for env in m.items
+                if isinstance(env, Envelope)
+            ]
+            messages = []
+        await self.deliver(channel, seq, messages, True)
+        return refused
+
+    async def take(self, client: str, wait: float) -> list[tuple[Any, ...]]:
+        """The answers waiting for ``client`` (a respond replica), as soon as there are
+        some, else after ``wait`` seconds: a client's long poll. Each is ``(client, rid,
+        value, error)``."""
+        if not self._mail.get(client):
+            try:
+                async with asyncio.timeout(wait):
+                    while not self._mail.get(client) and not self._closing:
+                        self._mailed.clear()
+                        await self._mailed.wait()
+            except TimeoutError:
+                pass
+        answers = self._mail.pop(client, [])
+        if not self._mail:
+            self._mailed.set()  # a finish waiting for the mailboxes to empty
+        return [(a.client, a.rid, a.value, a.error) for a in answers]
 
     async def watch(
         self, wait: float
@@ -181,8 +225,16 @@ class ReplicaHost:
     async def finish(self) -> tuple[dict[str, tuple[int, int]], dict[str, int]]:
         """Stop (the run is over): a ``watch`` waiting returns now; the final items in and
         out, and counters."""
+        try:  # a service's answers not taken yet: their clients have a moment to take them
+            async with asyncio.timeout(DRAIN):
+                while any(self._mail.values()):
+                    self._mailed.clear()
+                    await self._mailed.wait()
+        except TimeoutError:
+            pass
         self._closing = True
         self._reported.set()
+        self._mailed.set()
         if self._pump is not None:
             self._pump.cancel()
         return self._replica.tally(), self.stats()
@@ -253,6 +305,10 @@ class ReplicaHost:
                     self._report(action)
                 elif isinstance(action, WriteFile):
                     write_atomically(Path(action.path), action.text)
+                elif isinstance(action, Reply):
+                    for answer in action.answers:
+                        self._mail.setdefault(answer.client, []).append(answer)
+                    self._mailed.set()
 
     def _report(self, report: Report) -> None:
         self._reports.append(report)

@@ -51,6 +51,7 @@ from sperse._flow.messages import (
 )
 from sperse._flow.plan import PhysicalPlan, StageId
 from sperse._flow.replica import Action, Replica
+from sperse._flow.service import Answer, Reply
 from sperse._serialize import dumps
 from sperse.errors import SerializationError
 
@@ -145,8 +146,10 @@ class LocalExecutor:
         check_pickle: bool = True,
         clock: Callable[[], float] = time.monotonic,
         tick: float = 0.05,
+        answer: Callable[[list[Answer]], None] | None = None,
     ) -> None:
         self.plan = plan
+        self._answer = answer
         self._settle = settle
         self._batch = batch
         self._random = random.Random(seed) if seed is not None else None
@@ -283,6 +286,8 @@ class LocalExecutor:
                 self._control(self.controller.handle(action))
             elif isinstance(action, WriteFile):
                 write_atomically(Path(action.path), action.text)
+            elif isinstance(action, Reply) and self._answer is not None:
+                self._answer(action.answers)
 
     def _control(self, actions: list[ControlAction]) -> None:
         for action in actions:

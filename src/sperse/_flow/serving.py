@@ -1,0 +1,467 @@
+"""Services, the client side: ``Flow.serve`` starts one, ``sperse.service`` finds one, and
+a :class:`Service` sends requests and settles their Pendings with the answers.
+
+A request is an :class:`~sperse._flow.service.Envelope`: the client session's id (random,
+one per ``Service`` object), a request id, the value, and an idempotency key. How it
+travels depends on where the service runs:
+
+- **In this process** (:class:`_InProcess`): the envelope is pushed into the requests
+  source's queue; the in-process executor calls :meth:`Service._answered` with what the
+  respond replica emits.
+- **On servers** (:class:`_OnServers`): the envelope goes straight from this client to the
+  host of a requests replica (``request(channel, seq, batch)``, one channel per client, so
+  a client's requests stay in order). The respond replica's host keeps each answer in a
+  mailbox per client; this client long-polls each respond replica's ``take`` while it has
+  requests waiting. An answer goes from the server that made it to the client that asked:
+  never through the coordinator or the client that started the service.
+
+``stop()`` (the client that served it) drains: new requests raise ``ServiceStopped``; those
+sent already reach the requests replicas, then the source ends, every request in flight
+is answered, and the flow ends.
+"""
+
+from __future__ import annotations
+
+import itertools
+import threading
+import time
+import uuid
+import weakref
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
+
+from sperse._cluster.cluster import Cluster, default, detached, in_use
+from sperse._cluster.objects import ObjectProxy, RemoteClass, get_object
+from sperse._cluster.pending import Pending
+from sperse._flow.local import PushQueue
+from sperse._flow.messages import Batch
+from sperse._flow.ops import stable_hash
+from sperse._flow.service import Answer, Envelope
+from sperse._serialize import RemoteValue, dumps
+from sperse.errors import ObjectLost, ServiceStopped, TaskTimeout, UnknownObject, UsageError
+
+if TYPE_CHECKING:
+    from sperse._flow.plan import PhysicalPlan
+
+
+class RunLike(Protocol):
+    """The run of a service's flow (``api.Run``), as a Service uses it."""
+
+    _handle: Any
+
+    def done(self) -> bool: ...
+
+    def result(self, timeout: float | None = None) -> Any: ...
+
+    def operators(self) -> list[Any]: ...
+
+
+__all__ = ["Service", "ServiceCard", "service", "services", "start_service"]
+
+POLL = 2.0  # seconds a long poll of a respond replica waits for an answer
+STOP_TIMEOUT = 60.0  # seconds stop() waits for the requests in flight to be answered
+_CARD = "sperse.service:"  # the name of a service's card on the servers
+
+
+class Service:
+    """A running service: ``request(x)`` returns a Pending of its answer at once.
+
+    Made by ``Flow.serve(name)`` (the owner, which may ``stop`` it) or
+    ``sperse.service(name)`` (any client of the cluster)."""
+
+    def __init__(self, name: str, flow: str, cluster: Cluster, *, owner: RunLike | None) -> None:
+        self.name = name
+        self.flow = flow
+        self.cluster = cluster
+        self.client = uuid.uuid4().hex  # this client session's return address
+        self._run = owner
+        self._route: _Route | None = None
+        self._lock = threading.Lock()
+        self._rids = itertools.count()
+        self._waiting: dict[int, Pending[Any]] = {}
+        self._by_key: dict[Any, Pending[Any]] = {}
+        self._stopped = False
+        self.sent = 0
+        self.answered = 0
+        self.started_at = time.monotonic()
+
+    # ---- the public API ------------------------------------------------------------------
+
+    def request(self, x: Any, timeout: float | None = None, key: Any = None) -> Pending[Any]:
+        """Send ``x`` to the service; a Pending of its answer, at once. ``timeout``: the
+        Pending fails with ``TaskTimeout`` if no answer came within that many seconds.
+        ``key``: an idempotency key: a request sent again with the same key (a retry) is
+        not run again; it gets the same Pending, so the same answer. Raises
+        ``ServiceStopped`` once the service was stopped."""
+        if key is not None:
+            with self._lock:
+                known = self._by_key.get(key)
+            if known is not None:
+                return known
+        if self._stopped:
+            raise ServiceStopped(
+                f"service {self.name!r} has stopped: it takes no more requests; serve the "
+                "flow again (a new Flow) to start it again"
+            )
+        route = self._route
+        assert route is not None
+        with self._lock:
+            rid = next(self._rids)
+            pending: Pending[Any] = Pending(self.cluster, label=f"{self.name}.request#{rid}")
+            self._waiting[rid] = pending
+            if key is not None:
+                self._by_key[key] = pending
+            self.sent += 1
+        envelope = Envelope(self.client, rid, x, key=key)
+        try:
+            route.send(envelope)
+        except BaseException:
+            with self._lock:
+                self._waiting.pop(rid, None)
+                if key is not None:
+                    self._by_key.pop(key, None)
+            raise
+        if timeout is not None:
+            timer = threading.Timer(timeout, self._timed_out, (rid, timeout))
+            timer.daemon = True
+            timer.start()
+        return pending
+
+    def stop(self, timeout: float = STOP_TIMEOUT) -> None:
+        """Stop the service, draining it: new requests raise ``ServiceStopped``, those in
+        flight are answered, then the flow ends (only the client that served it)."""
+        run = self._run
+        if run is None:
+            raise UsageError(
+                f"service {self.name!r} was started by another client: only the client that "
+                "served it can stop it"
+            )
+        self._stopped = True
+        route = self._route
+        assert route is not None
+        route.drain(timeout)
+        try:
+            run.result(timeout)
+        finally:
+            route.close()
+            _SERVICES.pop(self.name, None)
+            self._fail_waiting(
+                ServiceStopped(f"service {self.name!r} stopped before answering this request")
+            )
+
+    def close(self) -> None:
+        """Stop listening for answers (a client of a service it did not start); requests
+        still waiting fail with ``ServiceStopped``."""
+        if self._run is not None:
+            self.stop()
+            return
+        self._stopped = True
+        if self._route is not None:
+            self._route.close()
+        self._fail_waiting(ServiceStopped(f"this client of service {self.name!r} was closed"))
+
+    @property
+    def running(self) -> bool:
+        return not self._stopped and (self._run is None or not self._run.done())
+
+    @property
+    def waiting(self) -> int:
+        """Requests sent and not answered yet."""
+        return len(self._waiting)
+
+    def operators(self) -> list[Any]:
+        """The service's operators as ``OperatorStats`` (the client that served it)."""
+        return self._run.operators() if self._run is not None else []
+
+    def __repr__(self) -> str:
+        state = "running" if self.running else "stopped"
+        return f"<Service {self.name!r}: {state}, {self.sent} requests, {self.waiting} waiting>"
+
+    # ---- answers -------------------------------------------------------------------------
+
+    def _answered(self, answers: list[Answer]) -> None:
+        """Settle the Pendings of ``answers`` (any thread)."""
+        for answer in answers:
+            if answer.client != self.client:
+                continue
+            with self._lock:
+                pending = self._waiting.pop(answer.rid, None)
+                if pending is not None:
+                    self.answered += 1
+            if pending is None:
+                continue  # timed out already
+            if answer.error is not None:
+                pending._settle(error=answer.error.to_exception(self.flow))
+            else:
+                pending._settle(answer.value)
+
+    def _failed(self, rid: int, error: BaseException) -> None:
+        with self._lock:
+            pending = self._waiting.pop(rid, None)
+        if pending is not None:
+            pending._settle(error=error)
+
+    def _timed_out(self, rid: int, timeout: float) -> None:
+        self._failed(
+            rid,
+            TaskTimeout(
+                f"request #{rid} to service {self.name!r} got no answer within {timeout} s"
+            ),
+        )
+
+    def _fail_waiting(self, error: BaseException) -> None:
+        with self._lock:
+            waiting, self._waiting = self._waiting, {}
+        for pending in waiting.values():
+            pending._settle(error=error)
+
+
+class _Route:
+    """How a service's requests reach it and its answers come back."""
+
+    def send(self, envelope: Envelope) -> None:
+        raise NotImplementedError
+
+    def drain(self, timeout: float) -> None:
+        """Every request sent so far has reached the requests source; then end it."""
+
+    def close(self) -> None:
+        """Stop taking answers."""
+
+
+class _InProcess(_Route):
+    def __init__(self, push: PushQueue) -> None:
+        self._push = push
+
+    def send(self, envelope: Envelope) -> None:
+        self._push.push(envelope)
+
+    def drain(self, timeout: float) -> None:
+        self._push.close()
+
+
+class _OnServers(_Route):
+    """Requests to one requests replica's host, answers long-polled from every respond
+    replica's host (see the module docstring)."""
+
+    def __init__(
+        self,
+        service: Service,
+        sources: list[ObjectProxy],
+        responds: list[ObjectProxy],
+        push: PushQueue | None,
+    ) -> None:
+        self._service = weakref.proxy(service)
+        self._client = service.client
+        self._name = service.name
+        self._source = sources[stable_hash(service.client) % len(sources)]
+        self._responds = responds
+        self._push = push
+        self._channel = f"req.{service.client}"
+        self._lock = threading.Lock()
+        self._seq = 0
+        self._cond = threading.Condition()
+        self._unacked = 0
+        self._closed = False
+        self._pollers: list[threading.Thread] = []
+
+    def send(self, envelope: Envelope) -> None:
+        batch = [Batch(0, 0, [envelope])]
+        dumps(batch, what=f"a request to service {self._name!r}")  # raises here, not later
+        with self._cond:
+            self._unacked += 1
+        with self._lock:
+            seq = self._seq
+            self._seq += 1
+            pending = self._source.request(self._channel, seq, batch)
+        pending._on_settle(lambda p: self._acked(envelope.rid, p))
+        self._poll()
+
+    def _acked(self, rid: int, pending: Pending[Any]) -> None:
+        with self._cond:
+            self._unacked -= 1
+            self._cond.notify_all()
+        error = pending._error
+        if error is not None:
+            if isinstance(error, ObjectLost):
+                error = ServiceStopped(
+                    f"service {self._name!r} is not running (its requests replica is gone: {error})"
+                )
+            self._service._failed(rid, error)
+        elif _value(pending):
+            self._service._failed(
+                rid,
+                ServiceStopped(f"service {self._name!r} has stopped: it takes no more requests"),
+            )
+
+    def _poll(self) -> None:
+        """Start the long polls of the respond replicas (once)."""
+        with self._cond:
+            if self._pollers or self._closed:
+                self._cond.notify_all()
+                return
+            for index, proxy in enumerate(self._responds):
+                thread = threading.Thread(
+                    target=self._polling,
+                    args=(proxy,),
+                    name=f"sperse-service-{self._name}-{index}",
+                    daemon=True,
+                )
+                self._pollers.append(thread)
+                thread.start()
+
+    def _polling(self, proxy: ObjectProxy) -> None:
+        while True:
+            with self._cond:
+                while not self._closed and not self._service._waiting:
+                    self._cond.wait(POLL)
+                if self._closed:
+                    return
+            pending = proxy.take(self._client, POLL)
+            if not _settled(pending).wait(POLL + 60.0):
+                continue
+            if pending._error is not None:
+                try:
+                    self._service._fail_waiting(
+                        ServiceStopped(
+                            f"service {self._name!r}: its respond replica could not be "
+                            f"reached ({pending._error})"
+                        )
+                    )
+                except ReferenceError:
+                    return
+                return
+            try:
+                self._service._answered([Answer(*a) for a in _value(pending)])
+            except ReferenceError:
+                return
+
+    def drain(self, timeout: float) -> None:
+        deadline = time.monotonic() + timeout
+        with self._cond:
+            while self._unacked:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    break
+                self._cond.wait(left)
+        if self._push is not None:
+            self._push.close()
+
+    def close(self) -> None:
+        with self._cond:
+            self._closed = True
+            self._cond.notify_all()
+
+
+def _settled(pending: Pending[Any]) -> threading.Event:
+    """An event set once ``pending`` settles (without running the client's loop here)."""
+    event = threading.Event()
+    pending._on_settle(lambda _: event.set())
+    return event
+
+
+def _value(pending: Pending[Any]) -> Any:
+    value = pending._value
+    if isinstance(value, RemoteValue):
+        return value.fetch(60)
+    return value
+
+
+@runtime_checkable
+class HasHosts(Protocol):
+    """A run on servers, as a service needs it (``servers._Driver``)."""
+
+    def routes(self) -> tuple[list[ObjectProxy], list[ObjectProxy]]: ...
+
+    def keep(self, proxy: ObjectProxy) -> None: ...
+
+
+class ServiceCard:
+    """A service's entry on the servers (a named remote object): where its requests go and
+    its answers come from, for ``sperse.service(name)`` on any client."""
+
+    def __init__(self, name: str, flow: str, sources: list[Any], responds: list[Any]) -> None:
+        self._routes = (name, flow, sources, responds)
+
+    def routes(self) -> tuple[str, str, list[Any], list[Any]]:
+        return self._routes
+
+
+# -- starting and finding ----------------------------------------------------------------------
+
+_SERVICES: dict[str, Service] = {}  # the services this process serves, by name
+_ALL: weakref.WeakSet[Service] = weakref.WeakSet()  # and every Service object here
+
+
+def start_service(
+    name: str,
+    flow: str,
+    cluster: Cluster,
+    plan: PhysicalPlan,
+    start: Callable[[Callable[[list[Answer]], None]], RunLike],
+) -> Service:
+    """Start ``plan`` (of the flow called ``flow``) as the service ``name``: ``start(answer)``
+    starts its run, with ``answer`` to call with the answers an in-process executor makes."""
+    if name in _SERVICES and _SERVICES[name].running:
+        raise ValueError(f"a service called {name!r} is running already here: stop it first")
+    node = next(n for n in plan.logical.nodes if n.kind == "source")
+    push: PushQueue = node.args[1]
+    holder: list[Service] = []
+
+    def answer(answers: list[Answer]) -> None:
+        holder[0]._answered(answers)
+
+    run = start(answer)
+    svc = Service(name, flow, cluster, owner=run)
+    holder.append(svc)
+    handle = run._handle
+    if not isinstance(handle, HasHosts):
+        svc._route = _InProcess(push)
+    else:
+        sources, responds = handle.routes()  # waits for the hosts to start
+        svc._route = _OnServers(svc, sources, responds, push)
+        card = RemoteClass(ServiceCard).options(name=_CARD + name)
+        made = card.create_on(cluster, (name, flow, sources, responds), {})
+        handle.keep(made)
+        created = threading.Event()
+        made._when_ready(lambda _: created.set())
+        created.wait(60)  # so that sperse.service finds it as soon as serve returns
+    _SERVICES[name] = svc
+    _ALL.add(svc)
+    return svc
+
+
+def service(name: str) -> Service:
+    """The running service ``name``: served by this process, or found on the servers of the
+    current cluster (served by any of its clients)."""
+    from sperse._cluster.connect import current
+
+    here = in_use() or default() or detached()
+    mine = _SERVICES.get(name)
+    if mine is not None and mine.running and mine.cluster is here:
+        return mine
+    if not here.servers():
+        raise UnknownObject(
+            f"no service called {name!r} is running in this process, and there is no "
+            f"cluster with servers to look on: serve a flow with f.serve({name!r}) first"
+        )
+    try:
+        card = get_object(_CARD + name)
+    except UnknownObject:
+        raise UnknownObject(
+            f"no service called {name!r} is running on this cluster: serve a flow with "
+            f"f.serve({name!r}) first (sperse.services() lists those of this process)"
+        ) from None
+    found = card.routes().result(60)
+    _, flow, sources, responds = found
+    cluster = current()
+    svc = Service(name, flow, cluster, owner=None)
+    svc._route = _OnServers(svc, sources, responds, None)
+    _ALL.add(svc)
+    return svc
+
+
+def services() -> list[Service]:
+    """The Service objects of this process that are still referenced (what ``%services``
+    shows), the oldest first."""
+    return sorted(_ALL, key=lambda s: s.started_at)

@@ -1,0 +1,201 @@
+"""Services in this process: ``f.requests()`` ... ``respond()``, ``f.serve(name)``,
+``Service.request`` and ``stop``. Waits are on Pendings with deadlines, never sleeps."""
+
+from __future__ import annotations
+
+import threading
+from typing import Any
+
+import pytest
+
+import sperse
+from sperse._flow.api import InProcess
+
+WAIT = 30.0
+
+
+def remember(state: dict[str, int], r: dict[str, Any]) -> tuple[dict[str, int], Any]:
+    n = state.get("n", 0) + 1
+    return {"n": n}, (r["x"], n)
+
+
+def score(pair: tuple[str, tuple[int, int]]) -> dict[str, Any]:
+    user, (x, n) = pair
+    return {"user": user, "x": x, "n": n}
+
+
+def counter(name: str = "scorer") -> tuple[sperse.Flow, sperse.Pending[Any]]:
+    f = sperse.Flow(name=name)
+    out = (
+        f.requests()
+        .key_by(lambda r: r["user"])
+        .scan({}, remember, name="remember")
+        .map(score, name="score")
+    )
+    return f, out.respond()
+
+
+def serve(name: str = "scorer") -> tuple[sperse.Service, sperse.Pending[Any]]:
+    f, done = counter(name)
+    return f.serve(name, executor=InProcess()), done
+
+
+def test_each_request_is_answered_with_its_keys_state() -> None:
+    svc, done = serve()
+    try:
+        pendings = [(u, i, svc.request({"user": u, "x": i})) for i in range(50) for u in "abc"]
+        for user, i, pending in pendings:
+            assert pending.result(WAIT) == {"user": user, "x": i, "n": i + 1}
+    finally:
+        svc.stop()
+    assert done.result(WAIT) is None
+    assert svc.sent == svc.answered == 150
+
+
+def test_many_client_threads_at_once_each_get_their_own_answers() -> None:
+    svc, _ = serve()
+    errors: list[str] = []
+
+    def client(t: int) -> None:
+        for i in range(100):
+            got = svc.request({"user": f"u{t}", "x": i}).result(WAIT)
+            if got != {"user": f"u{t}", "x": i, "n": i + 1}:
+                errors.append(f"thread {t}: {got}")
+
+    threads = [threading.Thread(target=client, args=(t,)) for t in range(6)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(WAIT)
+    svc.stop()
+    assert errors == []
+    assert svc.answered == 600
+
+
+def test_keyed_state_is_partitioned_over_replicas() -> None:
+    f = sperse.Flow("parts")
+    out = (
+        f.requests()
+        .key_by(lambda r: r["user"])
+        .scan({}, remember, name="remember")
+        .on(replicas=3)
+        .map(score, name="score")
+    )
+    out.respond()
+    svc = f.serve("parts", executor=InProcess(seed=7))
+    try:
+        ps = [(u, i, svc.request({"user": u, "x": i})) for i in range(20) for u in "abcdefg"]
+        assert all(p.result(WAIT) == {"user": u, "x": i, "n": i + 1} for u, i, p in ps)
+    finally:
+        svc.stop()
+
+
+def picky(x: int) -> int:
+    if x == 3:
+        raise ValueError("three is not welcome")
+    return x * 10
+
+
+def test_an_operator_that_raises_fails_that_request_only() -> None:
+    f = sperse.Flow("picky")
+    f.requests().map(picky, name="picky").respond()
+    svc = f.serve("picky", executor=InProcess())
+    try:
+        ps = [svc.request(x) for x in range(6)]
+        with pytest.raises(sperse.FlowFailed, match="picky") as info:
+            ps[3].result(WAIT)
+        assert info.value.operator == "picky"
+        assert info.value.type_name == "ValueError"
+        assert [p.result(WAIT) for i, p in enumerate(ps) if i != 3] == [0, 10, 20, 40, 50]
+        assert svc.request(7).result(WAIT) == 70
+    finally:
+        svc.stop()
+
+
+def test_stop_answers_what_is_in_flight_and_refuses_new_requests() -> None:
+    gate = threading.Event()
+
+    def slow(x: int) -> int:
+        gate.wait(WAIT)
+        return x + 1
+
+    f = sperse.Flow("slow")
+    done = f.requests().map(slow, name="slow").respond()
+    svc = f.serve("slow", executor=InProcess())
+    ps = [svc.request(x) for x in range(5)]
+    stopper = threading.Thread(target=svc.stop)
+    stopper.start()
+    gate.set()
+    stopper.join(WAIT)
+    assert [p.result(WAIT) for p in ps] == [1, 2, 3, 4, 5]
+    assert done.result(WAIT) is None
+    with pytest.raises(sperse.ServiceStopped, match="slow"):
+        svc.request(9)
+    assert not svc.running
+
+
+def test_a_request_that_gets_no_answer_in_time_fails_with_task_timeout() -> None:
+    gate = threading.Event()
+
+    def held(x: int) -> int:
+        gate.wait(WAIT)
+        return x
+
+    f = sperse.Flow("held")
+    f.requests().map(held, name="held").respond()
+    svc = f.serve("held", executor=InProcess())
+    try:
+        pending = svc.request(1, timeout=0.2)
+        with pytest.raises(sperse.TaskTimeout, match="held"):
+            pending.result(WAIT)
+    finally:
+        gate.set()
+        svc.stop()
+
+
+def test_a_retried_request_with_the_same_key_is_answered_once() -> None:
+    svc, _ = serve("idem")
+    try:
+        first = svc.request({"user": "ada", "x": 1}, key="req-1")
+        again = svc.request({"user": "ada", "x": 1}, key="req-1")
+        assert again is first
+        assert first.result(WAIT) == {"user": "ada", "x": 1, "n": 1}
+        # the key's state counted it once
+        assert svc.request({"user": "ada", "x": 2}).result(WAIT)["n"] == 2
+    finally:
+        svc.stop()
+
+
+def test_service_finds_a_service_of_this_process_by_name() -> None:
+    svc, _ = serve("found")
+    try:
+        assert sperse.service("found") is svc
+        assert sperse.service("found").request({"user": "a", "x": 0}).result(WAIT)["n"] == 1
+        assert svc in sperse.services()
+    finally:
+        svc.stop()
+
+
+@pytest.mark.parametrize(
+    ("build", "match"),
+    [
+        (lambda f: f.requests().filter(bool).respond(), "filter is not one of them"),
+        (lambda f: f.requests().collect(), "one requests\\(\\) source and one respond"),
+        (lambda f: f.source([1]).map(str).respond(), "one requests\\(\\) source"),
+    ],
+)
+def test_a_service_that_cannot_answer_one_to_one_is_refused(build: Any, match: str) -> None:
+    f = sperse.Flow("bad")
+    build(f)
+    with pytest.raises(ValueError, match=match):
+        f.serve("bad", executor=InProcess())
+
+
+def test_a_service_flow_is_served_not_run() -> None:
+    f, _ = counter("notrun")
+    with pytest.raises(ValueError, match="serve"):
+        f.run()
+    g = sperse.Flow("plain")
+    g.source([1]).collect()
+    with pytest.raises(ValueError, match="not a service"):
+        g.serve("plain")

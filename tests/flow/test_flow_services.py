@@ -199,3 +199,36 @@ def test_a_service_flow_is_served_not_run() -> None:
     g.source([1]).collect()
     with pytest.raises(ValueError, match="not a service"):
         g.serve("plain")
+
+
+def test_a_retry_from_another_client_is_answered_from_the_first_answer() -> None:
+    svc, _ = serve("idem2")
+    try:
+        first = svc.request({"user": "ada", "x": 1}, key="k").result(WAIT)
+        svc._by_key.clear()  # as another client, which has Pendings of its own
+        retry = svc.request({"user": "ada", "x": 1}, key="k")
+        assert retry.result(WAIT) == first == {"user": "ada", "x": 1, "n": 1}
+        assert svc.request({"user": "ada", "x": 2}).result(WAIT)["n"] == 2  # counted once
+        svc._by_key.clear()
+        # retries while the first is in flight wait for its answer
+        ps = []
+        for _ in range(3):
+            ps.append(svc.request({"user": "bob", "x": 5}, key="k2"))
+            svc._by_key.clear()
+        assert [p.result(WAIT)["n"] for p in ps] == [1, 1, 1]
+    finally:
+        svc.stop()
+
+
+def test_idempotency_keys_in_the_replica() -> None:
+    from sperse._flow.service import Answer, Envelope, Idempotency
+
+    idem = Idempotency(keep=2)
+    a, b, c = (Envelope("c", i, i, key="k") for i in range(3))
+    assert idem.arrive([a, b]) == [a]  # b waits for a's answer
+    [b_answered] = idem.answered([Answer("c", 0, "A", key="k")])
+    assert (b_answered.rid, b_answered.value, b_answered.answered) == (1, "A", True)
+    [c_answered] = idem.arrive([c])
+    assert (c_answered.value, c_answered.answered) == ("A", True)
+    idem.answered([Answer("c", 5, 1, key="x"), Answer("c", 6, 2, key="y")])
+    assert idem.arrive([Envelope("c", 7, 7, key="k")])[0].answered is False  # forgotten

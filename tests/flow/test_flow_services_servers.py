@@ -132,6 +132,8 @@ cluster = sperse.connect(sys.argv[1], token=sys.argv[2])
 try:
     found = sperse.service("shared")
     counts = [found.request({"user": "bob", "x": i}).result(60)["n"] for i in range(3)]
+    retried = found.request({"user": "carol", "x": 0}, key="once").result(60)
+    after = found.request({"user": "carol", "x": 1}).result(60)["n"]
     try:
         found.stop()
         refused = ""
@@ -143,7 +145,8 @@ try:
     except sperse.UnknownObject as exc:
         unknown = str(exc)
     found.close()
-    print(json.dumps({"counts": counts, "refused": refused, "unknown": unknown}))
+    out = {"counts": counts, "refused": refused, "unknown": unknown}
+    print(json.dumps({**out, "retried": retried, "after": after}))
 finally:
     cluster.close()
 """
@@ -155,6 +158,7 @@ def test_another_client_finds_the_service_by_name(
     svc = counter(client, "shared")
     try:
         assert svc.request({"user": "bob", "x": -1}).result(WAIT)["n"] == 1
+        first = svc.request({"user": "carol", "x": 0}, key="once").result(WAIT)
         done = subprocess.run(
             [sys.executable, "-c", SECOND_CLIENT, two.url, two.token],
             capture_output=True,
@@ -167,6 +171,9 @@ def test_another_client_finds_the_service_by_name(
         assert got["counts"] == [2, 3, 4]  # the same keyed state, from the other client
         assert "another client" in got["refused"]
         assert "no service called 'nope'" in got["unknown"]
+        # the other client's retry of the key was answered with the first answer, once
+        assert got["retried"] == first == {"user": "carol", "x": 0, "n": 1}
+        assert got["after"] == 2
         assert svc.request({"user": "bob", "x": 9}).result(WAIT)["n"] == 5
     finally:
         svc.stop()

@@ -44,15 +44,15 @@ from sperse._flow.messages import (
     FlowError,
     LoopWeight,
     Message,
-    ReplicaEvent,
     Report,
     Send,
     Tick,
     WriteFile,
 )
+from sperse._flow.ops import stable_hash
 from sperse._flow.plan import NodeId, PhysicalPlan, Role, StageId
-from sperse._flow.replica import Replica
-from sperse._flow.service import Answer, Envelope, Reply
+from sperse._flow.replica import Event, Replica
+from sperse._flow.service import Answer, Envelope, Remember, Reply
 from sperse._flow.transport import BATCH_ITEMS, LINGER, WINDOW, Credits, Outbox, Reorder
 from sperse._serialize import dumps, loads
 from sperse.errors import (
@@ -92,8 +92,8 @@ class ReplicaHost:
         self._names: dict[int, str] = config.get("names", {})  # stage -> operator names
         self._servers: dict[tuple[int, int], str] = config.get("servers", {})
         self._credits = Credits(self._window)
-        self._reorder: Reorder[tuple[list[ReplicaEvent], asyncio.Future[None] | None]] = Reorder()
-        self._inbox: deque[tuple[list[ReplicaEvent], asyncio.Future[None] | None]] = deque()
+        self._reorder: Reorder[tuple[list[Event], asyncio.Future[None] | None]] = Reorder()
+        self._inbox: deque[tuple[list[Event], asyncio.Future[None] | None]] = deque()
         self._peers: dict[tuple[int, int], Any] = {}
         self._uncredited = {
             (o.stage, r)
@@ -123,6 +123,8 @@ class ReplicaHost:
         self._input_ended = False
         self._mail: dict[str, list[Answer]] = {}
         self._mailed = asyncio.Event()
+        requests = next((n for n in self._plan.logical.nodes if n.kind == "source"), None)
+        self._requests_stage = self._plan.stage_of[requests.id] if requests is not None else 0
 
     # ---- the remote API ------------------------------------------------------------------
 
@@ -140,7 +142,7 @@ class ReplicaHost:
         self._wake.set()
 
     async def deliver(
-        self, channel: str, seq: int, messages: list[ReplicaEvent], ack: bool = True
+        self, channel: str, seq: int, messages: list[Event], ack: bool = True
     ) -> None:
         """Take a delivery; with ``ack``, return once it has been processed."""
         done: asyncio.Future[None] | None = None
@@ -157,7 +159,7 @@ class ReplicaHost:
         if done is not None:
             await done
 
-    async def request(self, channel: str, seq: int, messages: list[ReplicaEvent]) -> list[int]:
+    async def request(self, channel: str, seq: int, messages: list[Event]) -> list[int]:
         """A client's requests (a service's requests replica): taken like a delivery, and
         returned once processed; the ids of those refused because the service stopped."""
         refused = []
@@ -172,6 +174,12 @@ class ReplicaHost:
             messages = []
         await self.deliver(channel, seq, messages, True)
         return refused
+
+    async def remember(self, answers: list[Answer]) -> None:
+        """First answers of idempotency keys, from a respond replica (a requests replica):
+        the retries that wait for them go on (see ``service.Idempotency``)."""
+        self._inbox.append(([Remember(answers)], None))
+        self._wake.set()
 
     async def take(self, client: str, wait: float) -> list[tuple[Any, ...]]:
         """The answers waiting for ``client`` (a respond replica), as soon as there are
@@ -286,7 +294,7 @@ class ReplicaHost:
             source = self._plan.node(self._stage.nodes[0]).name
             self._report(Report(FlowError.unreadable(source, encode_error(exc))))
             return
-        events: list[ReplicaEvent] = []
+        events: list[Event] = []
         if items:
             events.append(Batch(0, 0, items, now=time.time()))
         if len(items) < READ_BATCH:
@@ -295,7 +303,7 @@ class ReplicaHost:
         await self._handle(events)
         await self._flush(idle=False)
 
-    async def _handle(self, events: list[ReplicaEvent]) -> None:
+    async def _handle(self, events: list[Event]) -> None:
         now = time.time()
         for event in events:
             for action in self._replica.handle(event):
@@ -309,6 +317,26 @@ class ReplicaHost:
                     for answer in action.answers:
                         self._mail.setdefault(answer.client, []).append(answer)
                     self._mailed.set()
+                    self._remember(action.answers)
+
+    def _remember(self, answers: list[Answer]) -> None:
+        """First answers of idempotency keys, to the requests replica that keeps the key."""
+        keyed = [a for a in answers if a.key is not None]
+        if not keyed:
+            return
+        stage = self._requests_stage
+        replicas = self._plan.stages[stage].replicas
+        parts: dict[int, list[Answer]] = {}
+        for answer in keyed:
+            parts.setdefault(stable_hash(answer.key) % replicas, []).append(answer)
+        for index, part in parts.items():
+            if (stage, index) == (self._stage.id, self._index):
+                self._inbox.append(([Remember(part)], None))
+                self._wake.set()
+                continue
+            peer = self._peers.get((stage, index))
+            if peer is not None:
+                peer.remember(part)
 
     def _report(self, report: Report) -> None:
         self._reports.append(report)

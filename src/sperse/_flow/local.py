@@ -41,7 +41,6 @@ from sperse._flow.messages import (
     Deliver,
     End,
     FlowError,
-    ReplicaEvent,
     Report,
     Send,
     Settle,
@@ -49,9 +48,10 @@ from sperse._flow.messages import (
     Tick,
     WriteFile,
 )
+from sperse._flow.ops import stable_hash
 from sperse._flow.plan import PhysicalPlan, StageId
-from sperse._flow.replica import Action, Replica
-from sperse._flow.service import Answer, Reply
+from sperse._flow.replica import Action, Event, Replica
+from sperse._flow.service import Answer, Remember, Reply
 from sperse._serialize import dumps
 from sperse.errors import SerializationError
 
@@ -160,10 +160,8 @@ class LocalExecutor:
             (s.id, r): Replica(plan, s.id, r) for s in plan.stages for r in range(s.replicas)
         }
         self.controller = Controller(plan)
-        self._fifo: collections.deque[tuple[StageId, int, ReplicaEvent]] = collections.deque()
-        self._channels: dict[
-            tuple[Any, ...], collections.deque[tuple[StageId, int, ReplicaEvent]]
-        ] = {}
+        self._fifo: collections.deque[tuple[StageId, int, Event]] = collections.deque()
+        self._channels: dict[tuple[Any, ...], collections.deque[tuple[StageId, int, Event]]] = {}
         self._feeds = [
             _Feed(n.name, plan.stage_of[n.id], plan.stages[plan.stage_of[n.id]].replicas, n.args)
             for n in plan.logical.nodes
@@ -286,8 +284,22 @@ class LocalExecutor:
                 self._control(self.controller.handle(action))
             elif isinstance(action, WriteFile):
                 write_atomically(Path(action.path), action.text)
-            elif isinstance(action, Reply) and self._answer is not None:
-                self._answer(action.answers)
+            elif isinstance(action, Reply):
+                if self._answer is not None:
+                    self._answer(action.answers)
+                self._remember(action.answers)
+
+    def _remember(self, answers: list[Answer]) -> None:
+        """First answers of idempotency keys, to the requests replica that keeps each key."""
+        keyed = [a for a in answers if a.key is not None]
+        if not keyed:
+            return
+        source = self.plan.stages[self._feeds[0].stage]
+        parts: dict[int, list[Answer]] = {}
+        for answer in keyed:
+            parts.setdefault(stable_hash(answer.key) % source.replicas, []).append(answer)
+        for index, part in parts.items():
+            self._queue(("remember",), source.id, index, Remember(part))
 
     def _control(self, actions: list[ControlAction]) -> None:
         for action in actions:
@@ -296,7 +308,7 @@ class LocalExecutor:
             elif isinstance(action, Settle):
                 self._settle(action)
 
-    def _queue(self, key: tuple[Any, ...], stage: StageId, index: int, event: ReplicaEvent) -> None:
+    def _queue(self, key: tuple[Any, ...], stage: StageId, index: int, event: Event) -> None:
         if isinstance(event, Batch):
             with self._lock:
                 self._waiting[stage] += len(event.items)

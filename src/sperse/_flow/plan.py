@@ -246,6 +246,11 @@ class LogicalPlan:
                 f"flow {self.name!r}: a service has one requests() source and one respond() "
                 f"sink (it has {len(requests)} and {len(responds)})"
             )
+        if requests[0].replicas != 1:
+            raise ValueError(
+                f"{requests[0].name}: a service's requests source runs as one replica (the "
+                "operators after it may have many: .on(replicas=N) on them)"
+            )
         for node in self.nodes:
             if node.kind not in SERVICE_KINDS or (
                 node.kind == "source" and node is not requests[0]

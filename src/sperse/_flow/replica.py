@@ -58,12 +58,20 @@ from sperse._flow.messages import (
 )
 from sperse._flow.ops import BulkEnd, Ctx, ItemError, Op, make_op, stable_hash
 from sperse._flow.plan import Node, OutEdge, Partition, PhysicalPlan, Role, StageId
-from sperse._flow.service import Enveloped, Reply, Respond, envelope_key
+from sperse._flow.service import (
+    Enveloped,
+    Idempotency,
+    Remember,
+    Reply,
+    Respond,
+    envelope_key,
+)
 from sperse._flow.wasm import MapWasm
 
 __all__ = ["Action", "Replica"]
 
 Action = Send | Report | WriteFile | Reply
+Event = ReplicaEvent | Remember
 _EDGE_ONLY = frozenset({"source", "shuffle", "respond"})
 _INSIDE = (Role.NORMAL, Role.BODY)
 
@@ -78,6 +86,7 @@ class Replica:
         self.service = plan.logical.is_service()
         self.ops: list[Op] = [_op(n, self.service) for n in nodes]
         self._respond = self.ops[-1] if isinstance(self.ops[-1], Respond) else None
+        self._idem = Idempotency() if self.service and nodes[0].kind == "source" else None
         self.head = nodes[0].kind
         self.loop = plan.loops.get(self.stage.loop) if self.stage.loop is not None else None
         self.bulk = self.loop is not None and self.loop.kind != "item"
@@ -99,7 +108,7 @@ class Replica:
 
     # ---- the state machine ---------------------------------------------------------------
 
-    def handle(self, event: ReplicaEvent) -> list[Action]:
+    def handle(self, event: Event) -> list[Action]:
         if self._failed:
             return []
         try:
@@ -117,6 +126,8 @@ class Replica:
                     return self._loop_done(event)
                 case Tick(now=now):
                     return self._tick(now)
+                case Remember():
+                    return self._remember(event)
         except ItemError as exc:
             return self._fail(exc)
         raise TypeError(f"a replica cannot handle {event!r}")
@@ -149,10 +160,10 @@ class Replica:
             else:
                 self._fed.setdefault(ev.round + 1, []).extend(ev.items)
             return []
-        out = self._run(0, ev.port, ev.items, ctx)
-        if self._respond is not None:
-            answers = self._respond.take()
-            return [Reply(answers)] if answers else []
+        items = ev.items if self._idem is None else self._idem.arrive(ev.items)
+        out = self._run(0, ev.port, items, ctx)
+        if self.service:
+            return self._served(out, ctx)
         if self.item_body:
             assert ev.weight is not None
             actions = self._route(out, ev.round, ctx, weight=ev.weight)
@@ -160,6 +171,20 @@ class Replica:
                 return [Report(LoopWeight(self._loop_id(), returned=ev.weight))]
             return actions
         return self._route(out, ev.round, ctx)
+
+    def _served(self, out: list[Any], ctx: Ctx) -> list[Action]:
+        """A service's requests on: to the next stage, or answered (a respond replica)."""
+        if self._respond is None:
+            return self._route(out, 0, ctx)
+        answers = self._respond.take()
+        return [Reply(answers)] if answers else []
+
+    def _remember(self, ev: Remember) -> list[Action]:
+        """First answers of idempotency keys: the retries that waited for them go on,
+        answered."""
+        assert self._idem is not None
+        ctx = Ctx(self.index, self.stage.replicas)
+        return self._served(self._run(0, 0, self._idem.answered(ev.answers), ctx), ctx)
 
     def _end(self, ev: End) -> list[Action]:
         key = (ev.port, ev.round)

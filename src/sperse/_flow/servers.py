@@ -407,6 +407,11 @@ class _Driver:
                 for out in stage.outputs
                 for r in range(out.replicas)
             }
+            if self._plan.node(stage.nodes[-1]).kind == "respond":
+                # it tells the requests replicas (stage 0) the first answers of keys
+                source = self._plan.stages[0]
+                for r in range(source.replicas):
+                    peers[(source.id, r)] = self._hosts[(source.id, r)].proxy
             head = self._plan.node(stage.nodes[0])
             lines = head.args[1] if head.kind == "source" and head.args[0] == "lines" else ""
             self._call(host, "start", ("started", host), peers, lines)

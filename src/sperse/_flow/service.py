@@ -33,19 +33,35 @@ from sperse._exec.runner import encode_error, short_repr
 from sperse._flow.messages import FlowError
 from sperse._flow.ops import Ctx, ItemError, Op, SinkValue
 
-__all__ = ["Answer", "Envelope", "Enveloped", "Reply", "Respond", "envelope_key"]
+__all__ = [
+    "Answer",
+    "Envelope",
+    "Enveloped",
+    "Idempotency",
+    "Remember",
+    "Reply",
+    "Respond",
+    "envelope_key",
+]
 
 
 @dataclass(frozen=True, slots=True)
 class Envelope:
     """A request as it travels: its return address, its value as the operators made it so
-    far, and the failure that ended it, if any. ``key``: its idempotency key (or None)."""
+    far, and the failure that ended it, if any. ``key``: its idempotency key (or None);
+    ``answered``: a retry answered from the first request's answer (``value``/``failed``),
+    which no operator touches."""
 
     client: str
     rid: int
     value: Any
     failed: FlowError | None = None
     key: Any = None
+    answered: bool = False
+
+    @property
+    def done(self) -> bool:
+        return self.failed is not None or self.answered
 
 
 @dataclass(frozen=True, slots=True)
@@ -56,6 +72,7 @@ class Answer:
     rid: int
     value: Any = None
     error: FlowError | None = None
+    key: Any = None  # the idempotency key of a first answer, to remember (else None)
 
 
 @dataclass(frozen=True, slots=True)
@@ -68,7 +85,7 @@ class Reply:
 def envelope_key(envelope: Envelope) -> Any:
     """What a key-hash edge hashes: the key of a keyed value; a failed request (which no
     operator touches any more) by its id."""
-    if envelope.failed is not None:
+    if envelope.done:
         return envelope.rid
     return envelope.value[0]
 
@@ -86,7 +103,7 @@ class Enveloped(Op):
     def on_batch(self, port: int, items: list[Any], ctx: Ctx) -> list[Any]:
         inner, out = self.inner, list[Any]()
         for env in items:
-            if env.failed is not None:
+            if env.done:
                 out.append(env)
                 continue
             try:
@@ -116,7 +133,10 @@ class Respond(Op):
         self.answers: list[Answer] = []
 
     def on_batch(self, port: int, items: list[Any], ctx: Ctx) -> list[Any]:
-        self.answers.extend(Answer(env.client, env.rid, env.value, env.failed) for env in items)
+        self.answers.extend(
+            Answer(env.client, env.rid, env.value, env.failed, None if env.answered else env.key)
+            for env in items
+        )
         return []
 
     def finish(self, ctx: Ctx) -> SinkValue:
@@ -124,6 +144,57 @@ class Respond(Op):
 
     def take(self) -> list[Answer]:
         out, self.answers = self.answers, []
+        return out
+
+
+@dataclass(frozen=True, slots=True)
+class Remember:
+    """To a requests replica: the first answers of requests with idempotency keys."""
+
+    answers: list[Answer]
+
+
+class Idempotency:
+    """A requests replica's memory of idempotency keys: the first request with a key goes
+    on; a retry while it is in flight waits for its answer; a retry after it is answered
+    with that answer, without running the operators again. The newest ``keep`` keys are
+    remembered."""
+
+    __slots__ = ("_done", "_keep", "_waiting")
+
+    def __init__(self, keep: int = 100_000) -> None:
+        self._keep = keep
+        self._waiting: dict[Any, list[Envelope]] = {}
+        self._done: dict[Any, tuple[Any, FlowError | None]] = {}
+
+    def arrive(self, items: list[Any]) -> list[Any]:
+        """What goes on of the requests ``items``."""
+        out: list[Any] = []
+        for env in items:
+            key = env.key
+            if key is None:
+                out.append(env)
+            elif key in self._done:
+                value, error = self._done[key]
+                out.append(replace(env, value=value, failed=error, answered=True))
+            elif key in self._waiting:
+                self._waiting[key].append(env)
+            else:
+                self._waiting[key] = []
+                out.append(env)
+        return out
+
+    def answered(self, answers: list[Answer]) -> list[Envelope]:
+        """Remember first answers; the retries that waited for them, answered."""
+        out: list[Envelope] = []
+        for answer in answers:
+            self._done[answer.key] = (answer.value, answer.error)
+            out.extend(
+                replace(env, value=answer.value, failed=answer.error, answered=True)
+                for env in self._waiting.pop(answer.key, [])
+            )
+        while len(self._done) > self._keep:
+            del self._done[next(iter(self._done))]
         return out
 
 

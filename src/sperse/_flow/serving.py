@@ -48,8 +48,12 @@ class RunLike(Protocol):
     """The run of a service's flow (``api.Run``), as a Service uses it."""
 
     _handle: Any
+    started_at: float
+    ended_at: float | None
 
     def done(self) -> bool: ...
+
+    def hosts(self) -> list[dict[str, Any]]: ...
 
     def result(self, timeout: float | None = None) -> Any: ...
 

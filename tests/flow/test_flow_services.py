@@ -232,3 +232,48 @@ def test_idempotency_keys_in_the_replica() -> None:
     assert (c_answered.value, c_answered.answered) == ("A", True)
     idem.answered([Answer("c", 5, 1, key="x"), Answer("c", 6, 2, key="y")])
     assert idem.arrive([Envelope("c", 7, 7, key="k")])[0].answered is False  # forgotten
+
+
+def score_v2(pair: tuple[str, tuple[int, int]]) -> dict[str, Any]:
+    user, (x, n) = pair
+    return {"user": user, "x": x, "n": n, "v": 2}
+
+
+def test_update_swaps_an_operator_keeping_keyed_state_and_losing_no_request() -> None:
+    svc, _ = serve("updated")
+    stop = threading.Event()
+    seen: list[dict[str, Any]] = []
+
+    def busy() -> None:  # requests flowing while the update happens
+        i = 0
+        while not stop.is_set():
+            seen.append(svc.request({"user": "busy", "x": i}).result(WAIT))
+            i += 1
+
+    thread = threading.Thread(target=busy)
+    thread.start()
+    try:
+        before = [svc.request({"user": "ada", "x": i}).result(WAIT) for i in range(3)]
+        assert all("v" not in a for a in before)
+        svc.update("score", score_v2)
+        after = svc.request({"user": "ada", "x": 3}).result(WAIT)
+        assert after == {"user": "ada", "x": 3, "n": 4, "v": 2}  # the state survived
+    finally:
+        stop.set()
+        thread.join(WAIT)
+        svc.stop()
+    # every busy request answered once, in order, by the old function then the new one
+    assert [a["n"] for a in seen] == list(range(1, len(seen) + 1))
+    versions = [a.get("v", 1) for a in seen]
+    assert versions == sorted(versions)
+
+
+def test_update_refuses_an_unknown_or_functionless_operator() -> None:
+    svc, _ = serve("refused")
+    try:
+        with pytest.raises(ValueError, match=r"no operator called 'scroe'.*Did you mean: 'score'"):
+            svc.update("scroe", score_v2)
+        with pytest.raises(ValueError, match="a respond has no function"):
+            svc.update("respond", score_v2)
+    finally:
+        svc.stop()

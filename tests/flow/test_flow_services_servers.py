@@ -179,14 +179,20 @@ def test_another_client_finds_the_service_by_name(
         svc.stop()
 
 
-def test_a_service_on_the_embedded_server() -> None:
-    cluster = sperse.connect(workers=2)
+def score_v2(pair: tuple[str, tuple[Any, int]]) -> dict[str, Any]:
+    user, (x, n) = pair
+    return {"user": user, "x": x, "n": n, "v": 2}
+
+
+def test_update_on_servers_keeps_the_keyed_state(client: sperse.Cluster) -> None:
+    svc = counter(client, "live")
     try:
-        with cluster:
-            svc = counter(cluster, "embedded", replicas=1)
-            pendings = [svc.request({"user": "a", "x": i}) for i in range(50)]
-            assert [p.result(WAIT)["n"] for p in pendings] == list(range(1, 51))
-            assert sperse.service("embedded") is svc
-            svc.stop()
+        pendings = [svc.request({"user": f"u{i % 4}", "x": i}) for i in range(40)]
+        svc.update("score", score_v2)
+        after = [svc.request({"user": f"u{i % 4}", "x": i}) for i in range(40, 48)]
+        answers = [p.result(WAIT) for p in pendings + after]
+        assert [a["x"] for a in answers] == list(range(48))  # none lost
+        assert all(a.get("v") == 2 for a in answers[40:])
+        assert [a["n"] for a in answers[40:]] == [11, 11, 11, 11, 12, 12, 12, 12]
     finally:
-        cluster.close()
+        svc.stop()

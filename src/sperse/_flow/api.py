@@ -33,7 +33,7 @@ from sperse._flow.local import LocalExecutor, PushQueue
 from sperse._flow.messages import FlowError, Settle, Stopped
 from sperse._flow.plan import LogicalPlan, NodeId, PhysicalPlan, physical
 from sperse._flow.servers import OnServers
-from sperse._flow.service import Answer
+from sperse._flow.service import Answer, Swap
 from sperse._flow.stream import KeyedStream, Stream
 from sperse._lang.placement import Placement
 from sperse.errors import TaskCancelled
@@ -178,6 +178,10 @@ class _Thread:
 
     def cancel(self) -> None:
         self._executor.cancel()
+
+    def swap(self, event: Swap, timeout: float | None) -> bool:
+        """Give every replica of an operator a new function (a service's ``update``)."""
+        return self._executor.swap(event).wait(timeout)
 
     def counts(self) -> dict[str, int]:
         return self._executor.counts()

@@ -52,7 +52,7 @@ from sperse._flow.messages import (
 from sperse._flow.ops import stable_hash
 from sperse._flow.plan import NodeId, PhysicalPlan, Role, StageId
 from sperse._flow.replica import Event, Replica
-from sperse._flow.service import Answer, Envelope, Remember, Reply
+from sperse._flow.service import Answer, Envelope, Remember, Reply, Swap
 from sperse._flow.transport import BATCH_ITEMS, LINGER, WINDOW, Credits, Outbox, Reorder
 from sperse._serialize import dumps, loads
 from sperse.errors import (
@@ -180,6 +180,14 @@ class ReplicaHost:
         the retries that wait for them go on (see ``service.Idempotency``)."""
         self._inbox.append(([Remember(answers)], None))
         self._wake.set()
+
+    async def swap(self, operator: str, fn: Any) -> None:
+        """Use ``fn`` for ``operator`` from the next batch on, its state kept (a service's
+        ``update``); returns once the replica has it."""
+        done = asyncio.get_running_loop().create_future()
+        self._inbox.append(([Swap(operator, fn)], done))
+        self._wake.set()
+        await done
 
     async def take(self, client: str, wait: float) -> list[tuple[Any, ...]]:
         """The answers waiting for ``client`` (a respond replica), as soon as there are

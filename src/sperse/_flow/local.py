@@ -51,7 +51,7 @@ from sperse._flow.messages import (
 from sperse._flow.ops import stable_hash
 from sperse._flow.plan import PhysicalPlan, StageId
 from sperse._flow.replica import Action, Event, Replica
-from sperse._flow.service import Answer, Remember, Reply
+from sperse._flow.service import Answer, Remember, Reply, Swap
 from sperse._serialize import dumps
 from sperse.errors import SerializationError
 
@@ -170,12 +170,14 @@ class LocalExecutor:
         self._cancel = threading.Event()
         self._lock = threading.Lock()  # around the replicas' counters, for progress()
         self._waiting: dict[StageId, int] = collections.Counter()  # items queued per stage
+        self._swaps: queue.SimpleQueue[tuple[Swap, threading.Event]] = queue.SimpleQueue()
 
     # ---- the loop ------------------------------------------------------------------------
 
     def run(self) -> Stopped:
         """Run to the end (or a failure, or ``cancel``); returns how it stopped."""
         while self.controller.stopped is None:
+            self._swap()
             if self._cancel.is_set():
                 self._control(self.controller.handle(Cancel()))
                 break
@@ -188,6 +190,21 @@ class LocalExecutor:
         stopped = self.controller.stopped
         assert stopped is not None
         return stopped
+
+    def swap(self, event: Swap) -> threading.Event:
+        """Swap an operator's function between two steps (any thread): the event is set
+        once every replica has it (``Service.update``)."""
+        done = threading.Event()
+        self._swaps.put((event, done))
+        return done
+
+    def _swap(self) -> None:
+        while not self._swaps.empty():
+            event, done = self._swaps.get()
+            with self._lock:
+                for replica in self.replicas.values():
+                    replica.handle(event)
+            done.set()
 
     def cancel(self) -> None:
         """Stop at the next step (any thread); the sinks not settled yet are cancelled."""

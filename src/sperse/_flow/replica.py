@@ -64,14 +64,16 @@ from sperse._flow.service import (
     Remember,
     Reply,
     Respond,
+    Swap,
     envelope_key,
+    swap,
 )
 from sperse._flow.wasm import MapWasm
 
 __all__ = ["Action", "Replica"]
 
 Action = Send | Report | WriteFile | Reply
-Event = ReplicaEvent | Remember
+Event = ReplicaEvent | Remember | Swap
 _EDGE_ONLY = frozenset({"source", "shuffle", "respond"})
 _INSIDE = (Role.NORMAL, Role.BODY)
 
@@ -128,6 +130,9 @@ class Replica:
                     return self._tick(now)
                 case Remember():
                     return self._remember(event)
+                case Swap():
+                    swap(self.ops, event)
+                    return []
         except ItemError as exc:
             return self._fail(exc)
         raise TypeError(f"a replica cannot handle {event!r}")

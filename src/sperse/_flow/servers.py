@@ -252,23 +252,15 @@ class _Driver:
     def rounds(self) -> list[RoundDone]:
         return list(self._controller.rounds)
 
-    def routes(self) -> tuple[list[ObjectProxy], list[ObjectProxy]]:
-        """A service's hosts once started: those of its requests replicas and of its
-        respond replicas. Raises what failed the run if it ended first."""
+    def proxies(self) -> dict[Key, ObjectProxy]:
+        """Every replica's host once started (a service's routes); raises what failed the
+        run if it ended first."""
         self._started.wait(self._config.ready_timeout + 5.0)
         stopped = self._stopped
         if stopped is not None and stopped.error is not None:
             raise stopped.error.to_exception(self._plan.logical.name)
-        plan = self._plan
         with self._lock:
-            hosts = dict(self._hosts)
-
-        def proxies(kind: str) -> list[ObjectProxy]:
-            node = next(n for n in plan.logical.nodes if n.kind == kind)
-            stage = plan.stages[plan.stage_of[node.id]]
-            return [hosts[(stage.id, r)].proxy for r in range(stage.replicas)]
-
-        return proxies("source"), proxies("respond")
+            return {key: host.proxy for key, host in self._hosts.items()}
 
     def keep(self, proxy: ObjectProxy) -> None:
         """Close ``proxy`` with the hosts when the run ends."""

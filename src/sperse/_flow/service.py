@@ -25,6 +25,7 @@ Invariants
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -41,7 +42,9 @@ __all__ = [
     "Remember",
     "Reply",
     "Respond",
+    "Swap",
     "envelope_key",
+    "swap",
 ]
 
 
@@ -148,6 +151,15 @@ class Respond(Op):
 
 
 @dataclass(frozen=True, slots=True)
+class Swap:
+    """To every replica of operator ``operator``: use ``fn`` from the next request on,
+    keeping its keyed state (``Service.update``)."""
+
+    operator: str
+    fn: Callable[..., Any]
+
+
+@dataclass(frozen=True, slots=True)
 class Remember:
     """To a requests replica: the first answers of requests with idempotency keys."""
 
@@ -196,6 +208,16 @@ class Idempotency:
         while len(self._done) > self._keep:
             del self._done[next(iter(self._done))]
         return out
+
+
+def swap(ops: list[Op], event: Swap) -> None:
+    """Give the operator named ``event.operator`` among ``ops`` its new function."""
+    for op in ops:
+        if op.name == event.operator:
+            inner = op.inner if isinstance(op, Enveloped) else op
+            if not hasattr(inner, "fn"):
+                raise ValueError(f"{event.operator}: this operator has no function to swap")
+            inner.fn = event.fn
 
 
 def _failure(operator: str, item: Any, exc: ItemError) -> FlowError:

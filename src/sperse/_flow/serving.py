@@ -36,9 +36,16 @@ from sperse._cluster.pending import Pending
 from sperse._flow.local import PushQueue
 from sperse._flow.messages import Batch
 from sperse._flow.ops import stable_hash
-from sperse._flow.service import Answer, Envelope
+from sperse._flow.service import Answer, Envelope, Swap
 from sperse._serialize import RemoteValue, dumps
-from sperse.errors import ObjectLost, ServiceStopped, TaskTimeout, UnknownObject, UsageError
+from sperse.errors import (
+    ObjectLost,
+    ServiceStopped,
+    TaskTimeout,
+    UnknownObject,
+    UsageError,
+    did_you_mean,
+)
 
 if TYPE_CHECKING:
     from sperse._flow.plan import PhysicalPlan
@@ -48,6 +55,7 @@ class RunLike(Protocol):
     """The run of a service's flow (``api.Run``), as a Service uses it."""
 
     _handle: Any
+    plan: PhysicalPlan
     started_at: float
     ended_at: float | None
 
@@ -65,6 +73,7 @@ __all__ = ["Service", "ServiceCard", "service", "services", "start_service"]
 POLL = 2.0  # seconds a long poll of a respond replica waits for an answer
 STOP_TIMEOUT = 60.0  # seconds stop() waits for the requests in flight to be answered
 _CARD = "sperse.service:"  # the name of a service's card on the servers
+SWAPPABLE = frozenset({"map", "key_by", "scan", "map_values", "inspect"})
 
 
 class Service:
@@ -163,6 +172,41 @@ class Service:
         if self._route is not None:
             self._route.close()
         self._fail_waiting(ServiceStopped(f"this client of service {self.name!r} was closed"))
+
+    def update(self, name: str, fn: Callable[..., Any], timeout: float | None = 60.0) -> None:
+        """Swap the function of the operator called ``name`` for ``fn`` in every replica,
+        between two batches: its keyed state is kept, and no request is lost or answered
+        twice (the requests before the swap get the old function, those after the new).
+        Returns once every replica has it (the client that served it)."""
+        run = self._run
+        if run is None:
+            raise UsageError(
+                f"service {self.name!r} was started by another client: only the client that "
+                "served it can update it"
+            )
+        plan = run.plan
+        nodes = {n.name: n for n in plan.logical.nodes}
+        node = nodes.get(name)
+        if node is None:
+            raise ValueError(
+                f"service {self.name!r} has no operator called {name!r}" + did_you_mean(name, nodes)
+            )
+        if node.kind not in SWAPPABLE:
+            raise ValueError(f"{name}: a {node.kind} has no function to update")
+        if not callable(fn):
+            raise TypeError(f"update({name!r}, fn): fn must be callable, not {fn!r}")
+        event = Swap(name, fn)
+        handle = run._handle
+        if isinstance(handle, HasHosts):
+            proxies = handle.proxies()
+            stage = plan.stages[plan.stage_of[node.id]]
+            calls = [proxies[(stage.id, r)].swap(name, fn) for r in range(stage.replicas)]
+            for call in calls:
+                call.result(timeout)
+        elif not handle.swap(event, timeout):
+            raise TimeoutError(f"update of {name!r} was not applied within {timeout} s")
+        node_args = (fn, *node.args[1:]) if node.kind != "scan" else (node.args[0], fn)
+        plan.logical.set_args(node.id, node_args)
 
     @property
     def running(self) -> bool:
@@ -375,7 +419,7 @@ def _value(pending: Pending[Any]) -> Any:
 class HasHosts(Protocol):
     """A run on servers, as a service needs it (``servers._Driver``)."""
 
-    def routes(self) -> tuple[list[ObjectProxy], list[ObjectProxy]]: ...
+    def proxies(self) -> dict[tuple[int, int], ObjectProxy]: ...
 
     def keep(self, proxy: ObjectProxy) -> None: ...
 
@@ -422,7 +466,8 @@ def start_service(
     if not isinstance(handle, HasHosts):
         svc._route = _InProcess(push)
     else:
-        sources, responds = handle.routes()  # waits for the hosts to start
+        proxies = handle.proxies()  # waits for the hosts to start
+        sources, responds = _of(plan, proxies, "source"), _of(plan, proxies, "respond")
         svc._route = _OnServers(svc, sources, responds, push)
         card = RemoteClass(ServiceCard).options(name=_CARD + name)
         made = card.create_on(cluster, (name, flow, sources, responds), {})
@@ -433,6 +478,13 @@ def start_service(
     _SERVICES[name] = svc
     _ALL.add(svc)
     return svc
+
+
+def _of(plan: PhysicalPlan, proxies: dict[tuple[int, int], ObjectProxy], kind: str) -> list[Any]:
+    """The hosts of the replicas of the operator of ``kind`` (the first one), in order."""
+    node = next(n for n in plan.logical.nodes if n.kind == kind)
+    stage = plan.stages[plan.stage_of[node.id]]
+    return [proxies[(stage.id, r)] for r in range(stage.replicas)]
 
 
 def service(name: str) -> Service:

@@ -277,3 +277,15 @@ def test_update_refuses_an_unknown_or_functionless_operator() -> None:
             svc.update("respond", score_v2)
     finally:
         svc.stop()
+
+
+def test_timeouts_share_one_thread_and_answered_requests_keep_their_answer() -> None:
+    svc, _ = serve("timed")
+    try:
+        svc.request({"user": "a", "x": -1}, timeout=600).result(WAIT)  # the timeouts' thread
+        threads = threading.active_count()
+        pendings = [svc.request({"user": "a", "x": i}, timeout=600) for i in range(300)]
+        assert threading.active_count() <= threads + 1
+        assert [p.result(WAIT)["x"] for p in pendings] == list(range(300))
+    finally:
+        svc.stop()

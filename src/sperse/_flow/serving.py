@@ -22,6 +22,7 @@ is answered, and the flow ends.
 
 from __future__ import annotations
 
+import heapq
 import itertools
 import threading
 import time
@@ -135,9 +136,7 @@ class Service:
                     self._by_key.pop(key, None)
             raise
         if timeout is not None:
-            timer = threading.Timer(timeout, self._timed_out, (rid, timeout))
-            timer.daemon = True
-            timer.start()
+            _DEADLINES.add(time.monotonic() + timeout, self, rid, timeout)
         return pending
 
     def stop(self, timeout: float = STOP_TIMEOUT) -> None:
@@ -262,6 +261,42 @@ class Service:
             waiting, self._waiting = self._waiting, {}
         for pending in waiting.values():
             pending._settle(error=error)
+
+
+class _Deadlines:
+    """The requests' timeouts, for every Service of this process: one thread, started on
+    first use, that fails each request still waiting at its deadline."""
+
+    def __init__(self) -> None:
+        self._heap: list[tuple[float, int, weakref.ref[Service], int, float]] = []
+        self._cond = threading.Condition()
+        self._order = itertools.count()
+        self._thread: threading.Thread | None = None
+
+    def add(self, deadline: float, svc: Service, rid: int, timeout: float) -> None:
+        with self._cond:
+            heapq.heappush(
+                self._heap, (deadline, next(self._order), weakref.ref(svc), rid, timeout)
+            )
+            if self._thread is None:
+                self._thread = threading.Thread(
+                    target=self._run, name="sperse-service-timeouts", daemon=True
+                )
+                self._thread.start()
+            self._cond.notify()
+
+    def _run(self) -> None:
+        while True:
+            with self._cond:
+                while not self._heap or self._heap[0][0] > time.monotonic():
+                    self._cond.wait(self._heap[0][0] - time.monotonic() if self._heap else None)
+                _, _, ref, rid, timeout = heapq.heappop(self._heap)
+            svc = ref()
+            if svc is not None:
+                svc._timed_out(rid, timeout)
+
+
+_DEADLINES = _Deadlines()
 
 
 class _Route:

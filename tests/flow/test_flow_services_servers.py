@@ -196,3 +196,48 @@ def test_update_on_servers_keeps_the_keyed_state(client: sperse.Cluster) -> None
         assert [a["n"] for a in answers[40:]] == [11, 11, 11, 11, 12, 12, 12, 12]
     finally:
         svc.stop()
+
+
+# -- a server killed under a service -----------------------------------------------------------
+
+
+@pytest.fixture
+def three() -> Iterator[tuple[LocalCluster, sperse.Cluster]]:
+    with LocalCluster(3, heartbeat_timeout=2.0) as lc:
+        cluster = sperse.connect(lc.url, token=lc.token)
+        try:
+            yield lc, cluster
+        finally:
+            cluster.close()
+
+
+def test_a_killed_server_fails_the_waiting_requests_naming_it(
+    three: tuple[LocalCluster, sperse.Cluster],
+) -> None:
+    lc, client = three
+    f = sperse.Flow("fragile", cluster=client)
+    (
+        f.requests()
+        .key_by(lambda r: r["user"], name="by_user")
+        .scan({}, remember, name="remember")
+        .on(replicas=3)
+        .map(score, name="score")
+        .respond()
+    )
+    svc = f.serve("fragile")
+    assert svc.request({"user": "first", "x": 0}).result(WAIT)["n"] == 1
+    hosts = svc._run._handle.hosts() if svc._run is not None else []
+    victim = next(h for h in hosts if h["operators"].startswith("remember") and h["replica"] == 0)
+    lc.kill_server(victim["server"])
+    pendings = [svc.request({"user": f"u{i}", "x": i}) for i in range(30)]
+    failures = [p.exception(WAIT) for p in pendings]  # answered, or failed: never left waiting
+    failed = [e for e in failures if e is not None]
+    assert failed, "no request went through the killed server's replica"
+    assert all(isinstance(e, sperse.FlowFailed | sperse.ServiceStopped) for e in failed)
+    assert any(victim["server"] in str(e) for e in failed)
+    run = f.started
+    assert run is not None
+    with pytest.raises(sperse.FlowFailed, match=victim["server"]):
+        run.result(WAIT)  # the service's run failed, naming the server
+    with pytest.raises(sperse.ServiceStopped, match="failed"):
+        svc.request({"user": "late", "x": 0})

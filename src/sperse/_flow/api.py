@@ -253,7 +253,8 @@ class Flow:
             self._run = Run(self, plan, executor, answer)
             return self._run
 
-        return start_service(name, self.name, self.cluster, plan, start)
+        respond = next(n.id for n in self.plan.nodes if n.kind == "respond")
+        return start_service(name, self.name, self.cluster, plan, start, self._sinks[respond])
 
     def queue(self, *, name: str | None = None) -> QueueStream:
         """A stream of what is pushed into it (``push(*items)``, any thread) until

@@ -95,6 +95,7 @@ class Service:
         self._waiting: dict[int, Pending[Any]] = {}
         self._by_key: dict[Any, Pending[Any]] = {}
         self._stopped = False
+        self._failure: BaseException | None = None
         self.sent = 0
         self.answered = 0
         self.started_at = time.monotonic()
@@ -113,10 +114,12 @@ class Service:
             if known is not None:
                 return known
         if self._stopped:
+            failure = self._failure
+            why = f" (it failed: {failure})" if failure is not None else ""
             raise ServiceStopped(
-                f"service {self.name!r} has stopped: it takes no more requests; serve the "
-                "flow again (a new Flow) to start it again"
-            )
+                f"service {self.name!r} has stopped{why}: it takes no more requests; serve "
+                "the flow again (a new Flow) to start it again"
+            ) from failure
         route = self._route
         assert route is not None
         with self._lock:
@@ -255,6 +258,15 @@ class Service:
                 f"request #{rid} to service {self.name!r} got no answer within {timeout} s"
             ),
         )
+
+    def _ended(self, responded: Pending[Any]) -> None:
+        """The service's run ended (its respond sink settled): after ``stop``, or failed
+        (a server lost): the requests still waiting fail with why."""
+        self._stopped = True
+        error = responded._error
+        if error is not None:
+            self._failure = error
+            self._fail_waiting(error)
 
     def _fail_waiting(self, error: BaseException) -> None:
         with self._lock:
@@ -405,6 +417,8 @@ class _OnServers(_Route):
                 continue
             if pending._error is not None:
                 try:
+                    if self._service._run is not None:
+                        return  # the run's end fails what waits, saying why (_ended)
                     self._service._fail_waiting(
                         ServiceStopped(
                             f"service {self._name!r}: its respond replica could not be "
@@ -482,6 +496,7 @@ def start_service(
     cluster: Cluster,
     plan: PhysicalPlan,
     start: Callable[[Callable[[list[Answer]], None]], RunLike],
+    responded: Pending[Any],
 ) -> Service:
     """Start ``plan`` (of the flow called ``flow``) as the service ``name``: ``start(answer)``
     starts its run, with ``answer`` to call with the answers an in-process executor makes."""
@@ -510,6 +525,7 @@ def start_service(
         created = threading.Event()
         made._when_ready(lambda _: created.set())
         created.wait(60)  # so that sperse.service finds it as soon as serve returns
+    responded._on_settle(svc._ended)  # the run ended: stopped, or failed
     _SERVICES[name] = svc
     _ALL.add(svc)
     return svc

@@ -35,12 +35,9 @@ from sperse._cluster.cluster import Cluster, default, detached, in_use
 from sperse._cluster.objects import ObjectProxy, RemoteClass, get_object
 from sperse._cluster.pending import Pending
 from sperse._flow.local import PushQueue
-from sperse._flow.messages import Batch
-from sperse._flow.ops import stable_hash
+from sperse._flow.routes import InProcess, OnServers, Route
 from sperse._flow.service import Answer, Envelope, Swap
-from sperse._serialize import RemoteValue, dumps
 from sperse.errors import (
-    ObjectLost,
     ServiceStopped,
     TaskTimeout,
     UnknownObject,
@@ -71,7 +68,6 @@ class RunLike(Protocol):
 
 __all__ = ["Service", "ServiceCard", "service", "services", "start_service"]
 
-POLL = 2.0  # seconds a long poll of a respond replica waits for an answer
 STOP_TIMEOUT = 60.0  # seconds stop() waits for the requests in flight to be answered
 _CARD = "sperse.service:"  # the name of a service's card on the servers
 SWAPPABLE = frozenset({"map", "key_by", "scan", "map_values", "inspect"})
@@ -89,7 +85,7 @@ class Service:
         self.cluster = cluster
         self.client = uuid.uuid4().hex  # this client session's return address
         self._run = owner
-        self._route: _Route | None = None
+        self._route: Route | None = None
         self._lock = threading.Lock()
         self._rids = itertools.count()
         self._waiting: dict[int, Pending[Any]] = {}
@@ -311,159 +307,6 @@ class _Deadlines:
 _DEADLINES = _Deadlines()
 
 
-class _Route:
-    """How a service's requests reach it and its answers come back."""
-
-    def send(self, envelope: Envelope) -> None:
-        raise NotImplementedError
-
-    def drain(self, timeout: float) -> None:
-        """Every request sent so far has reached the requests source; then end it."""
-
-    def close(self) -> None:
-        """Stop taking answers."""
-
-
-class _InProcess(_Route):
-    def __init__(self, push: PushQueue) -> None:
-        self._push = push
-
-    def send(self, envelope: Envelope) -> None:
-        self._push.push(envelope)
-
-    def drain(self, timeout: float) -> None:
-        self._push.close()
-
-
-class _OnServers(_Route):
-    """Requests to one requests replica's host, answers long-polled from every respond
-    replica's host (see the module docstring)."""
-
-    def __init__(
-        self,
-        service: Service,
-        sources: list[ObjectProxy],
-        responds: list[ObjectProxy],
-        push: PushQueue | None,
-    ) -> None:
-        self._service = weakref.proxy(service)
-        self._client = service.client
-        self._name = service.name
-        self._source = sources[stable_hash(service.client) % len(sources)]
-        self._responds = responds
-        self._push = push
-        self._channel = f"req.{service.client}"
-        self._lock = threading.Lock()
-        self._seq = 0
-        self._cond = threading.Condition()
-        self._unacked = 0
-        self._closed = False
-        self._pollers: list[threading.Thread] = []
-
-    def send(self, envelope: Envelope) -> None:
-        batch = [Batch(0, 0, [envelope])]
-        dumps(batch, what=f"a request to service {self._name!r}")  # raises here, not later
-        with self._cond:
-            self._unacked += 1
-        with self._lock:
-            seq = self._seq
-            self._seq += 1
-            pending = self._source.request(self._channel, seq, batch)
-        pending._on_settle(lambda p: self._acked(envelope.rid, p))
-        self._poll()
-
-    def _acked(self, rid: int, pending: Pending[Any]) -> None:
-        with self._cond:
-            self._unacked -= 1
-            self._cond.notify_all()
-        error = pending._error
-        if error is not None:
-            if isinstance(error, ObjectLost):
-                error = ServiceStopped(
-                    f"service {self._name!r} is not running (its requests replica is gone: {error})"
-                )
-            self._service._failed(rid, error)
-        elif _value(pending):
-            self._service._failed(
-                rid,
-                ServiceStopped(f"service {self._name!r} has stopped: it takes no more requests"),
-            )
-
-    def _poll(self) -> None:
-        """Start the long polls of the respond replicas (once)."""
-        with self._cond:
-            if self._pollers or self._closed:
-                self._cond.notify_all()
-                return
-            for index, proxy in enumerate(self._responds):
-                thread = threading.Thread(
-                    target=self._polling,
-                    args=(proxy,),
-                    name=f"sperse-service-{self._name}-{index}",
-                    daemon=True,
-                )
-                self._pollers.append(thread)
-                thread.start()
-
-    def _polling(self, proxy: ObjectProxy) -> None:
-        while True:
-            with self._cond:
-                while not self._closed and not self._service._waiting:
-                    self._cond.wait(POLL)
-                if self._closed:
-                    return
-            pending = proxy.take(self._client, POLL)
-            if not _settled(pending).wait(POLL + 60.0):
-                continue
-            if pending._error is not None:
-                try:
-                    if self._service._run is not None:
-                        return  # the run's end fails what waits, saying why (_ended)
-                    self._service._fail_waiting(
-                        ServiceStopped(
-                            f"service {self._name!r}: its respond replica could not be "
-                            f"reached ({pending._error})"
-                        )
-                    )
-                except ReferenceError:
-                    return
-                return
-            try:
-                self._service._answered([Answer(*a) for a in _value(pending)])
-            except ReferenceError:
-                return
-
-    def drain(self, timeout: float) -> None:
-        deadline = time.monotonic() + timeout
-        with self._cond:
-            while self._unacked:
-                left = deadline - time.monotonic()
-                if left <= 0:
-                    break
-                self._cond.wait(left)
-        if self._push is not None:
-            self._push.close()
-
-    def close(self) -> None:
-        with self._cond:
-            self._closed = True
-            self._cond.notify_all()
-
-
-def _settled(pending: Pending[Any]) -> threading.Event:
-    """An event set once ``pending`` settles (without running the client's loop here)."""
-    event = threading.Event()
-    pending._on_settle(lambda _: event.set())
-    return event
-
-
-def _value(pending: Pending[Any]) -> Any:
-    value = pending._value
-    if isinstance(value, RemoteValue):
-        return value.fetch(60)
-    return value
-
-
 @runtime_checkable
 class HasHosts(Protocol):
     """A run on servers, as a service needs it (``servers._Driver``)."""
@@ -514,11 +357,11 @@ def start_service(
     holder.append(svc)
     handle = run._handle
     if not isinstance(handle, HasHosts):
-        svc._route = _InProcess(push)
+        svc._route = InProcess(push)
     else:
         proxies = handle.proxies()  # waits for the hosts to start
         sources, responds = _of(plan, proxies, "source"), _of(plan, proxies, "respond")
-        svc._route = _OnServers(svc, sources, responds, push)
+        svc._route = OnServers(svc, sources, responds, push)
         card = RemoteClass(ServiceCard).options(name=_CARD + name)
         made = card.create_on(cluster, (name, flow, sources, responds), {})
         handle.keep(made)
@@ -563,7 +406,7 @@ def service(name: str) -> Service:
     _, flow, sources, responds = found
     cluster = current()
     svc = Service(name, flow, cluster, owner=None)
-    svc._route = _OnServers(svc, sources, responds, None)
+    svc._route = OnServers(svc, sources, responds, None)
     _ALL.add(svc)
     return svc
 

@@ -5,12 +5,12 @@ A request is an :class:`~sperse._flow.service.Envelope`: the client session's id
 one per ``Service`` object), a request id, the value, and an idempotency key. How it
 travels depends on where the service runs:
 
-- **In this process** (:class:`_InProcess`): the envelope is pushed into the requests
+- **In this process** (``routes.InProcess``): the envelope is pushed into the requests
   source's queue; the in-process executor calls :meth:`Service._answered` with what the
   respond replica emits.
-- **On servers** (:class:`_OnServers`): the envelope goes straight from this client to the
+- **On servers** (``routes.OnServers``): the envelope goes straight from this client to the
   host of a requests replica (``request(channel, seq, batch)``, one channel per client, so
-  a client's requests stay in order). The respond replica's host keeps each answer in a
+  a client's requests stay in order; gathered into one delivery under load). The respond replica's host keeps each answer in a
   mailbox per client; this client long-polls each respond replica's ``take`` while it has
   requests waiting. An answer goes from the server that made it to the client that asked:
   never through the coordinator or the client that started the service.
@@ -362,6 +362,7 @@ def start_service(
         proxies = handle.proxies()  # waits for the hosts to start
         sources, responds = _of(plan, proxies, "source"), _of(plan, proxies, "respond")
         svc._route = OnServers(svc, sources, responds, push)
+        weakref.finalize(svc, svc._route.close)
         card = RemoteClass(ServiceCard).options(name=_CARD + name)
         made = card.create_on(cluster, (name, flow, sources, responds), {})
         handle.keep(made)
@@ -407,6 +408,7 @@ def service(name: str) -> Service:
     cluster = current()
     svc = Service(name, flow, cluster, owner=None)
     svc._route = OnServers(svc, sources, responds, None)
+    weakref.finalize(svc, svc._route.close)  # its threads end with it
     _ALL.add(svc)
     return svc
 

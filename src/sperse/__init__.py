@@ -28,6 +28,7 @@ from sperse.errors import (
     SerializationError,
     ServerLost,
     ServerUnavailable,
+    ServiceStopped,
     SperseError,
     StatementError,
     TaskCancelled,
@@ -50,6 +51,7 @@ if TYPE_CHECKING:
     from sperse._cluster.remote import RemoteFunction, remote, run_on_all
     from sperse._core.clock import MockClock
     from sperse._flow.api import Flow
+    from sperse._flow.serving import Service, service, services
     from sperse._serialize import RemoteValue
     from sperse._state import shared, state, worker_cache
     from sperse._workspace import Cell, CellEvent, Workspace
@@ -88,6 +90,8 @@ __all__ = [
     "SerializationError",
     "ServerLost",
     "ServerUnavailable",
+    "Service",
+    "ServiceStopped",
     "SperseError",
     "StatementError",
     "TaskCancelled",
@@ -110,6 +114,8 @@ __all__ = [
     "reduce",
     "remote",
     "run_on_all",
+    "service",
+    "services",
     "shared",
     "state",
     "submit_job",
@@ -122,6 +128,9 @@ _LAZY = {
     "MemoryBackend": "sperse._backends.memory",
     "MockClock": "sperse._core.clock",
     "Flow": "sperse._flow.api",
+    "Service": "sperse._flow.serving",
+    "service": "sperse._flow.serving",
+    "services": "sperse._flow.serving",
     "Callback": "sperse._cluster.callbacks",
     "callback": "sperse._cluster.callbacks",
     "Cluster": "sperse._cluster.cluster",

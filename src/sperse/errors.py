@@ -12,6 +12,7 @@ outside (``WorkerDied``)::
     ├── RemoteError         remote code raised; carries the remote type and traceback
     ├── UpstreamError       a name could not be computed because an input failed
     ├── FlowFailed          a flow's operator raised, or met an item it cannot handle
+    ├── ServiceStopped      a request was sent to a service that has stopped
     ├── NotReadyError       a name or Pending is still pending
     ├── TaskCancelled       the work was cancelled before it finished
     │   └── TaskTimeout     ... because it passed its ``timeout=``
@@ -48,6 +49,7 @@ __all__ = [
     "SerializationError",
     "ServerLost",
     "ServerUnavailable",
+    "ServiceStopped",
     "SperseError",
     "StatementError",
     "TaskCancelled",
@@ -270,6 +272,11 @@ def _rebuild_flow_failed(
         remote_traceback=remote_traceback,
         server=server,
     )
+
+
+class ServiceStopped(SperseError):
+    """A request was sent to a service (``sperse.Service``) that has stopped, or stopped
+    before answering it: serve the flow again to start it again."""
 
 
 class NotReadyError(SperseError):

@@ -178,6 +178,16 @@ def test_kmeans_is_lloyd_in_numpy(tmp_path: Path) -> None:
     np.testing.assert_allclose(np.array(got), kmeans_numpy(points, 4, 6), rtol=1e-9, atol=1e-12)
 
 
+@pytest.mark.slow
+def test_service_answers_concurrent_clients_each_with_its_own_answer() -> None:
+    got = run_json("service", "--clients", "8", "--requests", "150", "--users", "6")
+    assert isinstance(got, dict)
+    assert got["requests"] == got["answered"] == 1200
+    assert got["wrong"] == []
+    # every user's counter ends at the number of requests sent with that user
+    assert got["counts"] == got["expected"] == {f"user-{u}": 200 for u in range(6)}
+
+
 # -- --connect, against a cluster started here -------------------------------------------------
 
 
@@ -199,6 +209,10 @@ def test_connect_runs_on_a_running_cluster(tmp_path: Path) -> None:
         assert done.returncode == 0, done.stderr
         assert "distinct; the most frequent:" in done.stdout
         assert "starting a local cluster" not in done.stderr
+        served = run_json(
+            "service", "--requests", "20", "--connect", up.url, "--token-file", str(token)
+        )
+        assert isinstance(served, dict) and served["answered"] == 160 and served["wrong"] == []
         assert up.coordinator.alive() and all(s.alive() for s in up.servers)
 
 
@@ -243,6 +257,7 @@ def inputs(tmp_path: Path) -> Path:
             "line 2: 3 coord",
         ),
         ("kmeans", ["--points", "{tmp}/points.csv", "--k", "1"], "required: --rounds"),
+        ("service", ["--clients", "0"], "0 is not positive"),
     ],
 )
 def test_bad_arguments_are_refused_before_any_cluster_starts(

@@ -49,3 +49,12 @@ def test_the_prompt_block() -> None:
     (block,) = section_blocks("Flows at the prompt, and `%flows`")
     expected = ["[('cat', 1), ('dog', 1), ('the', 2)]", "[('CAT', 1), ('DOG', 1), ('THE', 2)]"]
     assert run_block(block) == printed_comments(block) == expected
+
+
+def test_the_services_block() -> None:
+    (block,) = section_blocks("Services")
+    assert run_block(block) == [
+        "{'user': 'ada', 'x': 3, 'n': 1}",
+        "{'user': 'ada', 'x': 4, 'n': 2}",
+        "{'user': 'ada', 'n': 3, 'v': 2}",
+    ]

@@ -191,3 +191,45 @@ def test_flows_magic_and_a_rerun_in_ipython(
     assert shell.run_cell("def words(line):\n    return [w[0] for w in line.split()]").success
     assert ws.wait("top", timeout=WAIT) == [("a", 1), ("c", 2), ("d", 1), ("t", 2)]
     assert shell.user_ns["top"] == [("a", 1), ("c", 2), ("d", 1), ("t", 2)]
+
+
+SERVICE = """
+import sperse
+
+def remember(state, r):
+    return state + 1, state + 1
+
+f = sperse.Flow('counter')
+f.requests().key_by(lambda r: r).scan(0, remember, name='remember').respond()
+svc = f.serve('counter')
+"""
+
+
+def test_services_lists_a_service_with_its_requests_and_operators(ws: sperse.Workspace) -> None:
+    ws.run(SERVICE)
+    svc = ws.wait("svc", timeout=WAIT)
+    answers = [svc.request(k).result(WAIT) for k in "aab"]
+    assert answers == [("a", 1), ("a", 2), ("b", 1)]
+    text = COMMANDS.execute(ws, "%services")
+    head, columns, *rows = text.splitlines()
+    assert head.startswith("service 'counter' (flow 'counter'): running in this process, ")
+    assert "3 requests (" in head and "3 requests from this client, 0 waiting" in head
+    assert columns.split() == ["operator", "replicas", "in", "out", "rate/s", "backlog"]
+    table = {row.split()[0]: row.split()[1:] for row in rows}
+    assert table["remember"][:2] == ["1", "3"]
+    svc.stop()
+    assert COMMANDS.execute(ws, "%services").startswith("no service is running here (")
+    assert "service 'counter' (flow 'counter'): stopped" in COMMANDS.execute(ws, "%services all")
+
+
+def test_services_magic_in_ipython(
+    shell: InteractiveShell, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert shell.run_cell(SERVICE).success
+    ws = sperse.ipython.workspace(shell)
+    svc = ws.wait("svc", timeout=WAIT)
+    assert svc.request("x").result(WAIT) == ("x", 1)
+    shell.run_line_magic("services", "")
+    shown = capsys.readouterr().out
+    assert "service 'counter'" in shown and "remember" in shown
+    svc.stop()

@@ -77,7 +77,7 @@ def test_registry_is_a_table_of_objects() -> None:
 def test_help_lists_every_command() -> None:
     names = {c.name for c in COMMANDS}
     expected = {"pending", "servers", "graph", "wait", "cancel", "fetch", "mode", "run_stale"}
-    assert names == expected | {"where", "help", "dashboard", "flows"}
+    assert names == expected | {"where", "help", "dashboard", "flows", "services"}
     ws = sperse.Workspace(sperse.Cluster(sperse.LocalBackend(1)))
     try:
         text = COMMANDS.execute(ws, "%help")

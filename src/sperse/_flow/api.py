@@ -20,7 +20,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
-from typing import Any, Protocol, Self, runtime_checkable
+from typing import TYPE_CHECKING, Any, Protocol, Self, runtime_checkable
 
 from sperse._cluster import flowfeed
 from sperse._cluster.cluster import Cluster, default, detached, in_use
@@ -33,9 +33,13 @@ from sperse._flow.local import LocalExecutor, PushQueue
 from sperse._flow.messages import FlowError, Settle, Stopped
 from sperse._flow.plan import LogicalPlan, NodeId, PhysicalPlan, physical
 from sperse._flow.servers import OnServers
+from sperse._flow.service import Answer, Swap
 from sperse._flow.stream import KeyedStream, Stream
 from sperse._lang.placement import Placement
 from sperse.errors import TaskCancelled
+
+if TYPE_CHECKING:
+    from sperse._flow.serving import Service
 
 __all__ = [
     "Executor",
@@ -99,13 +103,16 @@ class RunHandle(Protocol):
 
 class Executor(Protocol):
     """Where a flow runs: in this process, or on servers. ``settle`` is called once per
-    sink, from any thread; ``done`` once at the end."""
+    sink, from any thread; ``done`` once at the end; ``answer`` with a service's answers
+    when its executor hands them over here (in this process; on servers the clients fetch
+    them from the respond replicas)."""
 
     def start(
         self,
         plan: PhysicalPlan,
         settle: Callable[[Settle], None],
         done: Callable[[Stopped], None],
+        answer: Callable[[list[Answer]], None] | None = None,
     ) -> RunHandle: ...
 
 
@@ -124,9 +131,15 @@ class InProcess:
         plan: PhysicalPlan,
         settle: Callable[[Settle], None],
         done: Callable[[Stopped], None],
+        answer: Callable[[list[Answer]], None] | None = None,
     ) -> RunHandle:
         executor = LocalExecutor(
-            plan, settle, seed=self.seed, batch=self.batch, check_pickle=self.check_pickle
+            plan,
+            settle,
+            seed=self.seed,
+            batch=self.batch,
+            check_pickle=self.check_pickle,
+            answer=answer,
         )
         return _Thread(executor, done, plan.logical.name)
 
@@ -165,6 +178,10 @@ class _Thread:
 
     def cancel(self) -> None:
         self._executor.cancel()
+
+    def swap(self, event: Swap, timeout: float | None) -> bool:
+        """Give every replica of an operator a new function (a service's ``update``)."""
+        return self._executor.swap(event).wait(timeout)
 
     def counts(self) -> dict[str, int]:
         return self._executor.counts()
@@ -208,6 +225,37 @@ class Flow:
             raise FileNotFoundError(f"read_lines: no file or directory {str(p)!r}")
         return self._source(("lines", str(p)), name)
 
+    def requests(self, *, name: str | None = None) -> Stream:
+        """The requests of this flow's service (``serve``): each item is the value a client
+        passed to ``Service.request``; end it in ``respond()``, which answers each."""
+        self._building()
+        node = self.plan.add("source", name or "requests", ("queue", PushQueue(), "requests"))
+        return Stream(self, node)
+
+    def serve(self, name: str, *, executor: Executor | None = None) -> Service:
+        """Start this flow as the service ``name`` (see docs/flows.md, Services): a
+        :class:`~sperse.Service` whose ``request(x)`` returns a Pending of the answer;
+        ``sperse.service(name)`` finds it from any client of the cluster."""
+        from sperse._flow.serving import start_service
+
+        self._building()
+        if not self.plan.is_service():
+            raise ValueError(
+                f"flow {self.name!r} is not a service: read f.requests() and end in "
+                "respond() to serve it (or run() it)"
+            )
+        if executor is None:
+            executor = self._default_executor(0)
+        count = executor.per_server if isinstance(executor, PlacesReplicas) else 1
+        plan = physical(self.plan, count)
+
+        def start(answer: Callable[[list[Answer]], None]) -> Run:
+            self._run = Run(self, plan, executor, answer)
+            return self._run
+
+        respond = next(n.id for n in self.plan.nodes if n.kind == "respond")
+        return start_service(name, self.name, self.cluster, plan, start, self._sinks[respond])
+
     def queue(self, *, name: str | None = None) -> QueueStream:
         """A stream of what is pushed into it (``push(*items)``, any thread) until
         ``close()``."""
@@ -236,6 +284,11 @@ class Flow:
         ``restart``: on servers, how many times a run that lost a server starts again from
         its sources (``True``: 3)."""
         self._building()
+        if self.plan.is_service():
+            raise ValueError(
+                f"flow {self.name!r} is a service (it reads requests()): start it with "
+                "f.serve(name), not run()"
+            )
         if executor is None:
             executor = self._default_executor(restart)
         elif isinstance(executor, OnServers) and restart:
@@ -320,7 +373,13 @@ class Run:
     """A started flow: ``result()`` waits for its end, ``cancel()`` stops it, ``progress()``
     tells how far it is."""
 
-    def __init__(self, flow: Flow, plan: PhysicalPlan, executor: Executor) -> None:
+    def __init__(
+        self,
+        flow: Flow,
+        plan: PhysicalPlan,
+        executor: Executor,
+        answer: Callable[[list[Answer]], None] | None = None,
+    ) -> None:
         self.flow = flow
         self.plan = plan
         self._stopped: Stopped | None = None
@@ -328,7 +387,10 @@ class Run:
         self.ended_at: float | None = None
         self._samples: deque[tuple[float, dict[str, int]]] = deque()  # for rates
         self._samples_lock = threading.Lock()
-        self._handle = executor.start(plan, self._settle, self._done)
+        if answer is None:
+            self._handle = executor.start(plan, self._settle, self._done)
+        else:
+            self._handle = executor.start(plan, self._settle, self._done, answer)
         _RUNS.add(self)
 
     def _settle(self, settle: Settle) -> None:

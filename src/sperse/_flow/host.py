@@ -44,14 +44,15 @@ from sperse._flow.messages import (
     FlowError,
     LoopWeight,
     Message,
-    ReplicaEvent,
     Report,
     Send,
     Tick,
     WriteFile,
 )
+from sperse._flow.ops import stable_hash
 from sperse._flow.plan import NodeId, PhysicalPlan, Role, StageId
-from sperse._flow.replica import Replica
+from sperse._flow.replica import Event, Replica
+from sperse._flow.service import Answer, Envelope, Remember, Reply, Swap
 from sperse._flow.transport import BATCH_ITEMS, LINGER, WINDOW, Credits, Outbox, Reorder
 from sperse._serialize import dumps, loads
 from sperse.errors import (
@@ -66,6 +67,7 @@ __all__ = ["READ_BATCH", "ReplicaHost", "channel_name", "lost_info", "unpicklabl
 
 READ_BATCH = 1024  # lines per batch a host reads from its files
 TICK = 0.05  # seconds between clock ticks for time windows
+DRAIN = 4.0  # seconds a stopping service's respond replica waits for its answers to be taken
 
 
 def channel_name(stage: int, replica: int) -> str:
@@ -90,8 +92,8 @@ class ReplicaHost:
         self._names: dict[int, str] = config.get("names", {})  # stage -> operator names
         self._servers: dict[tuple[int, int], str] = config.get("servers", {})
         self._credits = Credits(self._window)
-        self._reorder: Reorder[tuple[list[ReplicaEvent], asyncio.Future[None] | None]] = Reorder()
-        self._inbox: deque[tuple[list[ReplicaEvent], asyncio.Future[None] | None]] = deque()
+        self._reorder: Reorder[tuple[list[Event], asyncio.Future[None] | None]] = Reorder()
+        self._inbox: deque[tuple[list[Event], asyncio.Future[None] | None]] = deque()
         self._peers: dict[tuple[int, int], Any] = {}
         self._uncredited = {
             (o.stage, r)
@@ -114,6 +116,15 @@ class ReplicaHost:
         self._stats = {"deliveries": 0, "processed": 0, "sent": 0, "inbox_most": 0}
         self._failed = False
         self._closing = False
+        # a service's requests replica: whether its input ended (stop), so later requests
+        # are refused; a respond replica: the answers waiting for each client's long poll.
+        kinds = [self._plan.node(n).kind for n in self._stage.nodes]
+        self._serves = self._plan.logical.is_service() and kinds[0] == "source"
+        self._input_ended = False
+        self._mail: dict[str, list[Answer]] = {}
+        self._mailed = asyncio.Event()
+        requests = next((n for n in self._plan.logical.nodes if n.kind == "source"), None)
+        self._requests_stage = self._plan.stage_of[requests.id] if requests is not None else 0
 
     # ---- the remote API ------------------------------------------------------------------
 
@@ -131,13 +142,15 @@ class ReplicaHost:
         self._wake.set()
 
     async def deliver(
-        self, channel: str, seq: int, messages: list[ReplicaEvent], ack: bool = True
+        self, channel: str, seq: int, messages: list[Event], ack: bool = True
     ) -> None:
         """Take a delivery; with ``ack``, return once it has been processed."""
         done: asyncio.Future[None] | None = None
         if ack:
             done = asyncio.get_running_loop().create_future()
         self._stats["deliveries"] += 1
+        if self._serves and any(isinstance(m, End) for m in messages):
+            self._input_ended = True
         ready = self._reorder.put(channel, seq, (messages, done))
         if ready:
             self._inbox.extend(ready)
@@ -145,6 +158,53 @@ class ReplicaHost:
             self._wake.set()
         if done is not None:
             await done
+
+    async def request(self, channel: str, seq: int, messages: list[Event]) -> list[int]:
+        """A client's requests (a service's requests replica): taken like a delivery, and
+        returned once processed; the ids of those refused because the service stopped."""
+        refused = []
+        if self._input_ended:
+            refused = [
+                env.rid
+                for m in messages
+                if isinstance(m, Batch)
+                for env in m.items
+                if isinstance(env, Envelope)
+            ]
+            messages = []
+        await self.deliver(channel, seq, messages, True)
+        return refused
+
+    async def remember(self, answers: list[Answer]) -> None:
+        """First answers of idempotency keys, from a respond replica (a requests replica):
+        the retries that wait for them go on (see ``service.Idempotency``)."""
+        self._inbox.append(([Remember(answers)], None))
+        self._wake.set()
+
+    async def swap(self, operator: str, fn: Any) -> None:
+        """Use ``fn`` for ``operator`` from the next batch on, its state kept (a service's
+        ``update``); returns once the replica has it."""
+        done = asyncio.get_running_loop().create_future()
+        self._inbox.append(([Swap(operator, fn)], done))
+        self._wake.set()
+        await done
+
+    async def take(self, client: str, wait: float) -> list[tuple[Any, ...]]:
+        """The answers waiting for ``client`` (a respond replica), as soon as there are
+        some, else after ``wait`` seconds: a client's long poll. Each is ``(client, rid,
+        value, error)``."""
+        if not self._mail.get(client):
+            try:
+                async with asyncio.timeout(wait):
+                    while not self._mail.get(client) and not self._closing:
+                        self._mailed.clear()
+                        await self._mailed.wait()
+            except TimeoutError:
+                pass
+        answers = self._mail.pop(client, [])
+        if not self._mail:
+            self._mailed.set()  # a finish waiting for the mailboxes to empty
+        return [(a.client, a.rid, a.value, a.error) for a in answers]
 
     async def watch(
         self, wait: float
@@ -181,8 +241,16 @@ class ReplicaHost:
     async def finish(self) -> tuple[dict[str, tuple[int, int]], dict[str, int]]:
         """Stop (the run is over): a ``watch`` waiting returns now; the final items in and
         out, and counters."""
+        try:  # a service's answers not taken yet: their clients have a moment to take them
+            async with asyncio.timeout(DRAIN):
+                while any(self._mail.values()):
+                    self._mailed.clear()
+                    await self._mailed.wait()
+        except TimeoutError:
+            pass
         self._closing = True
         self._reported.set()
+        self._mailed.set()
         if self._pump is not None:
             self._pump.cancel()
         return self._replica.tally(), self.stats()
@@ -234,7 +302,7 @@ class ReplicaHost:
             source = self._plan.node(self._stage.nodes[0]).name
             self._report(Report(FlowError.unreadable(source, encode_error(exc))))
             return
-        events: list[ReplicaEvent] = []
+        events: list[Event] = []
         if items:
             events.append(Batch(0, 0, items, now=time.time()))
         if len(items) < READ_BATCH:
@@ -243,7 +311,7 @@ class ReplicaHost:
         await self._handle(events)
         await self._flush(idle=False)
 
-    async def _handle(self, events: list[ReplicaEvent]) -> None:
+    async def _handle(self, events: list[Event]) -> None:
         now = time.time()
         for event in events:
             for action in self._replica.handle(event):
@@ -253,6 +321,30 @@ class ReplicaHost:
                     self._report(action)
                 elif isinstance(action, WriteFile):
                     write_atomically(Path(action.path), action.text)
+                elif isinstance(action, Reply):
+                    for answer in action.answers:
+                        self._mail.setdefault(answer.client, []).append(answer)
+                    self._mailed.set()
+                    self._remember(action.answers)
+
+    def _remember(self, answers: list[Answer]) -> None:
+        """First answers of idempotency keys, to the requests replica that keeps the key."""
+        keyed = [a for a in answers if a.key is not None]
+        if not keyed:
+            return
+        stage = self._requests_stage
+        replicas = self._plan.stages[stage].replicas
+        parts: dict[int, list[Answer]] = {}
+        for answer in keyed:
+            parts.setdefault(stable_hash(answer.key) % replicas, []).append(answer)
+        for index, part in parts.items():
+            if (stage, index) == (self._stage.id, self._index):
+                self._inbox.append(([Remember(part)], None))
+                self._wake.set()
+                continue
+            peer = self._peers.get((stage, index))
+            if peer is not None:
+                peer.remember(part)
 
     def _report(self, report: Report) -> None:
         self._reports.append(report)

@@ -41,7 +41,6 @@ from sperse._flow.messages import (
     Deliver,
     End,
     FlowError,
-    ReplicaEvent,
     Report,
     Send,
     Settle,
@@ -49,8 +48,10 @@ from sperse._flow.messages import (
     Tick,
     WriteFile,
 )
+from sperse._flow.ops import stable_hash
 from sperse._flow.plan import PhysicalPlan, StageId
-from sperse._flow.replica import Action, Replica
+from sperse._flow.replica import Action, Event, Replica
+from sperse._flow.service import Answer, Remember, Reply, Swap
 from sperse._serialize import dumps
 from sperse.errors import SerializationError
 
@@ -145,8 +146,10 @@ class LocalExecutor:
         check_pickle: bool = True,
         clock: Callable[[], float] = time.monotonic,
         tick: float = 0.05,
+        answer: Callable[[list[Answer]], None] | None = None,
     ) -> None:
         self.plan = plan
+        self._answer = answer
         self._settle = settle
         self._batch = batch
         self._random = random.Random(seed) if seed is not None else None
@@ -157,10 +160,8 @@ class LocalExecutor:
             (s.id, r): Replica(plan, s.id, r) for s in plan.stages for r in range(s.replicas)
         }
         self.controller = Controller(plan)
-        self._fifo: collections.deque[tuple[StageId, int, ReplicaEvent]] = collections.deque()
-        self._channels: dict[
-            tuple[Any, ...], collections.deque[tuple[StageId, int, ReplicaEvent]]
-        ] = {}
+        self._fifo: collections.deque[tuple[StageId, int, Event]] = collections.deque()
+        self._channels: dict[tuple[Any, ...], collections.deque[tuple[StageId, int, Event]]] = {}
         self._feeds = [
             _Feed(n.name, plan.stage_of[n.id], plan.stages[plan.stage_of[n.id]].replicas, n.args)
             for n in plan.logical.nodes
@@ -169,12 +170,14 @@ class LocalExecutor:
         self._cancel = threading.Event()
         self._lock = threading.Lock()  # around the replicas' counters, for progress()
         self._waiting: dict[StageId, int] = collections.Counter()  # items queued per stage
+        self._swaps: queue.SimpleQueue[tuple[Swap, threading.Event]] = queue.SimpleQueue()
 
     # ---- the loop ------------------------------------------------------------------------
 
     def run(self) -> Stopped:
         """Run to the end (or a failure, or ``cancel``); returns how it stopped."""
         while self.controller.stopped is None:
+            self._swap()
             if self._cancel.is_set():
                 self._control(self.controller.handle(Cancel()))
                 break
@@ -187,6 +190,21 @@ class LocalExecutor:
         stopped = self.controller.stopped
         assert stopped is not None
         return stopped
+
+    def swap(self, event: Swap) -> threading.Event:
+        """Swap an operator's function between two steps (any thread): the event is set
+        once every replica has it (``Service.update``)."""
+        done = threading.Event()
+        self._swaps.put((event, done))
+        return done
+
+    def _swap(self) -> None:
+        while not self._swaps.empty():
+            event, done = self._swaps.get()
+            with self._lock:
+                for replica in self.replicas.values():
+                    replica.handle(event)
+            done.set()
 
     def cancel(self) -> None:
         """Stop at the next step (any thread); the sinks not settled yet are cancelled."""
@@ -283,6 +301,22 @@ class LocalExecutor:
                 self._control(self.controller.handle(action))
             elif isinstance(action, WriteFile):
                 write_atomically(Path(action.path), action.text)
+            elif isinstance(action, Reply):
+                if self._answer is not None:
+                    self._answer(action.answers)
+                self._remember(action.answers)
+
+    def _remember(self, answers: list[Answer]) -> None:
+        """First answers of idempotency keys, to the requests replica that keeps each key."""
+        keyed = [a for a in answers if a.key is not None]
+        if not keyed:
+            return
+        source = self.plan.stages[self._feeds[0].stage]
+        parts: dict[int, list[Answer]] = {}
+        for answer in keyed:
+            parts.setdefault(stable_hash(answer.key) % source.replicas, []).append(answer)
+        for index, part in parts.items():
+            self._queue(("remember",), source.id, index, Remember(part))
 
     def _control(self, actions: list[ControlAction]) -> None:
         for action in actions:
@@ -291,7 +325,7 @@ class LocalExecutor:
             elif isinstance(action, Settle):
                 self._settle(action)
 
-    def _queue(self, key: tuple[Any, ...], stage: StageId, index: int, event: ReplicaEvent) -> None:
+    def _queue(self, key: tuple[Any, ...], stage: StageId, index: int, event: Event) -> None:
         if isinstance(event, Batch):
             with self._lock:
                 self._waiting[stage] += len(event.items)

@@ -62,7 +62,11 @@ Replicas = int | Literal["per_server"]
 STATEFUL = frozenset({"fold", "scan", "reduce", "window", "join", "batch_map"})
 # Operators whose output is partitioned by key over their replicas.
 KEY_PARTITIONED = frozenset({"fold", "scan", "reduce", "join", "key_window"})
-SINKS = frozenset({"collect", "to_dir", "for_each"})
+SINKS = frozenset({"collect", "to_dir", "for_each", "respond"})
+# Operators allowed in a service (``requests()`` ... ``respond()``): one output per input.
+SERVICE_KINDS = frozenset(
+    {"source", "map", "key_by", "scan", "map_values", "inspect", "shuffle", "map_wasm", "respond"}
+)
 SOURCES = frozenset({"source"})
 
 
@@ -230,6 +234,33 @@ class LogicalPlan:
                 out[src].append((node.id, port))
         return out
 
+    def is_service(self) -> bool:
+        """Whether this is a service's flow: requests in, answers out."""
+        return any(n.kind == "respond" or _is_requests(n) for n in self.nodes)
+
+    def _check_service(self) -> None:
+        requests = [n for n in self.nodes if _is_requests(n)]
+        responds = [n for n in self.nodes if n.kind == "respond"]
+        if len(requests) != 1 or len(responds) != 1:
+            raise ValueError(
+                f"flow {self.name!r}: a service has one requests() source and one respond() "
+                f"sink (it has {len(requests)} and {len(responds)})"
+            )
+        if requests[0].replicas != 1:
+            raise ValueError(
+                f"{requests[0].name}: a service's requests source runs as one replica (the "
+                "operators after it may have many: .on(replicas=N) on them)"
+            )
+        for node in self.nodes:
+            if node.kind not in SERVICE_KINDS or (
+                node.kind == "source" and node is not requests[0]
+            ):
+                raise ValueError(
+                    f"{node.name}: a service's operators give one output per request "
+                    f"(map, key_by, scan, map_values, inspect, shuffle, map_wasm); "
+                    f"{node.kind} is not one of them yet"
+                )
+
     def check(self) -> None:
         """Raise ``ValueError`` for a plan that cannot run, naming the operator."""
         if not any(n.kind in SINKS for n in self.nodes):
@@ -238,6 +269,8 @@ class LogicalPlan:
                 "or for_each(fn), or nothing would run"
             )
         consumers = self.consumers()
+        if self.is_service():
+            self._check_service()
         for loop in self.loops:
             members = {n.id for n in self.nodes if n.loop == loop.id}
             for node_id in sorted(members):
@@ -282,6 +315,10 @@ class LogicalPlan:
                     f"{node.name}: its output goes nowhere; end it in a sink (collect(), "
                     "to_dir(path), for_each(fn)) or remove it"
                 )
+
+
+def _is_requests(node: Node) -> bool:
+    return node.kind == "source" and len(node.args) > 2 and node.args[2] == "requests"
 
 
 def _check_replicas(replicas: object, name: str) -> None:

@@ -58,11 +58,23 @@ from sperse._flow.messages import (
 )
 from sperse._flow.ops import BulkEnd, Ctx, ItemError, Op, make_op, stable_hash
 from sperse._flow.plan import Node, OutEdge, Partition, PhysicalPlan, Role, StageId
+from sperse._flow.service import (
+    Enveloped,
+    Idempotency,
+    Remember,
+    Reply,
+    Respond,
+    Swap,
+    envelope_key,
+    swap,
+)
 from sperse._flow.wasm import MapWasm
 
 __all__ = ["Action", "Replica"]
 
-Action = Send | Report | WriteFile
+Action = Send | Report | WriteFile | Reply
+Event = ReplicaEvent | Remember | Swap
+_EDGE_ONLY = frozenset({"source", "shuffle", "respond"})
 _INSIDE = (Role.NORMAL, Role.BODY)
 
 
@@ -73,7 +85,10 @@ class Replica:
         self.stage = plan.stages[stage]
         self.index = index
         nodes = [plan.node(n) for n in self.stage.nodes]
-        self.ops: list[Op] = [_op(n) for n in nodes]
+        self.service = plan.logical.is_service()
+        self.ops: list[Op] = [_op(n, self.service) for n in nodes]
+        self._respond = self.ops[-1] if isinstance(self.ops[-1], Respond) else None
+        self._idem = Idempotency() if self.service and nodes[0].kind == "source" else None
         self.head = nodes[0].kind
         self.loop = plan.loops.get(self.stage.loop) if self.stage.loop is not None else None
         self.bulk = self.loop is not None and self.loop.kind != "item"
@@ -95,7 +110,7 @@ class Replica:
 
     # ---- the state machine ---------------------------------------------------------------
 
-    def handle(self, event: ReplicaEvent) -> list[Action]:
+    def handle(self, event: Event) -> list[Action]:
         if self._failed:
             return []
         try:
@@ -113,6 +128,11 @@ class Replica:
                     return self._loop_done(event)
                 case Tick(now=now):
                     return self._tick(now)
+                case Remember():
+                    return self._remember(event)
+                case Swap():
+                    swap(self.ops, event)
+                    return []
         except ItemError as exc:
             return self._fail(exc)
         raise TypeError(f"a replica cannot handle {event!r}")
@@ -145,7 +165,10 @@ class Replica:
             else:
                 self._fed.setdefault(ev.round + 1, []).extend(ev.items)
             return []
-        out = self._run(0, ev.port, ev.items, ctx)
+        items = ev.items if self._idem is None else self._idem.arrive(ev.items)
+        out = self._run(0, ev.port, items, ctx)
+        if self.service:
+            return self._served(out, ctx)
         if self.item_body:
             assert ev.weight is not None
             actions = self._route(out, ev.round, ctx, weight=ev.weight)
@@ -153,6 +176,20 @@ class Replica:
                 return [Report(LoopWeight(self._loop_id(), returned=ev.weight))]
             return actions
         return self._route(out, ev.round, ctx)
+
+    def _served(self, out: list[Any], ctx: Ctx) -> list[Action]:
+        """A service's requests on: to the next stage, or answered (a respond replica)."""
+        if self._respond is None:
+            return self._route(out, 0, ctx)
+        answers = self._respond.take()
+        return [Reply(answers)] if answers else []
+
+    def _remember(self, ev: Remember) -> list[Action]:
+        """First answers of idempotency keys: the retries that waited for them go on,
+        answered."""
+        assert self._idem is not None
+        ctx = Ctx(self.index, self.stage.replicas)
+        return self._served(self._run(0, 0, self._idem.answered(ev.answers), ctx), ctx)
 
     def _end(self, ev: End) -> list[Action]:
         key = (ev.port, ev.round)
@@ -349,9 +386,10 @@ class Replica:
             self._turn[n] = (start + len(items)) % count
         else:
             item = None
+            key = envelope_key if self.service else _first
             try:
                 for item in items:
-                    parts[stable_hash(item[0]) % count].append(item)
+                    parts[stable_hash(key(item)) % count].append(item)
             except Exception as exc:
                 raise ItemError(item, exc, f"its key cannot be hashed: {exc}") from exc
         return [(r, part) for r, part in enumerate(parts) if part]
@@ -391,9 +429,20 @@ class Replica:
         return self.loop.id
 
 
-def _op(node: Node) -> Op:
-    """The operator logic of ``node``: :func:`~sperse._flow.ops.make_op`'s pure ones, and
-    ``map_wasm`` (:mod:`sperse._flow.wasm`, which runs the sandbox)."""
+def _first(item: Any) -> Any:
+    return item[0]
+
+
+def _op(node: Node, service: bool = False) -> Op:
+    """The operator logic of ``node``: :func:`~sperse._flow.ops.make_op`'s pure ones,
+    ``map_wasm`` (:mod:`sperse._flow.wasm`, which runs the sandbox), and in a service
+    (:mod:`sperse._flow.service`) each run on the values of the requests' envelopes."""
+    if node.kind == "respond":
+        return Respond(node.name)
     if node.kind == "map_wasm":
-        return MapWasm(node.name, *node.args)
-    return make_op(node.kind, node.name, node.args, node.keyed)
+        op: Op = MapWasm(node.name, *node.args)
+    else:
+        op = make_op(node.kind, node.name, node.args, node.keyed)
+    if service and node.kind not in _EDGE_ONLY:
+        return Enveloped(op)
+    return op

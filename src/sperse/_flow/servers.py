@@ -56,6 +56,7 @@ from sperse._flow.messages import (
     Stopped,
 )
 from sperse._flow.plan import LogicalPlan, Node, PhysicalPlan, Stage
+from sperse._flow.service import Answer
 from sperse._flow.transport import BATCH_ITEMS, LINGER, WINDOW, Credits
 from sperse._lang.placement import Placement
 from sperse._serialize import RemoteValue, dumps
@@ -65,6 +66,7 @@ __all__ = ["OnServers"]
 
 Key = tuple[int, int]  # (stage, replica)
 FINISH_TIMEOUT = 5.0  # seconds the hosts have to give their final counts
+CLIENTS = 64  # a service's host takes this many clients' calls at once (x window)
 _LOST = frozenset({"server_lost", "object_lost", "worker_died"})
 
 
@@ -111,7 +113,10 @@ class OnServers:
         plan: PhysicalPlan,
         settle: Callable[[Settle], None],
         done: Callable[[Stopped], None],
+        answer: Callable[[list[Answer]], None] | None = None,
     ) -> _Driver:
+        """``answer`` is not used: a service's clients take its answers from the hosts of
+        its respond replicas (:mod:`sperse._flow.serving`)."""
         return _Driver(self, plan, settle, done)
 
 
@@ -211,6 +216,8 @@ class _Driver:
         self._controller = Controller(plan)
         self._lock = threading.Lock()
         self._places = self._place(config.cluster.servers())  # raises NoMatchingServer
+        self._started = threading.Event()  # the hosts were started (or the run is over)
+        self._kept: list[ObjectProxy] = []  # closed with the hosts (a service's card)
         self._thread = threading.Thread(
             target=self._run, name=f"sperse-flow-{plan.logical.name}", daemon=True
         )
@@ -244,6 +251,20 @@ class _Driver:
 
     def rounds(self) -> list[RoundDone]:
         return list(self._controller.rounds)
+
+    def proxies(self) -> dict[Key, ObjectProxy]:
+        """Every replica's host once started (a service's routes); raises what failed the
+        run if it ended first."""
+        self._started.wait(self._config.ready_timeout + 5.0)
+        stopped = self._stopped
+        if stopped is not None and stopped.error is not None:
+            raise stopped.error.to_exception(self._plan.logical.name)
+        with self._lock:
+            return {key: host.proxy for key, host in self._hosts.items()}
+
+    def keep(self, proxy: ObjectProxy) -> None:
+        """Close ``proxy`` with the hosts when the run ends."""
+        self._kept.append(proxy)
 
     def hosts(self) -> list[dict[str, Any]]:
         """Every replica of the current attempt: its operators, server, process and the
@@ -302,6 +323,7 @@ class _Driver:
             stopped = Stopped(error)
         finally:
             self._stopped = stopped
+            self._started.set()
             for settle in held:
                 self._settle(settle)
             self._finished.set()
@@ -344,6 +366,8 @@ class _Driver:
         for key, server in self._places.items():
             stage = self._plan.stages[key[0]]
             senders = sum(i.senders for i in stage.inputs) + 1
+            if self._plan.logical.is_service():  # clients' requests and long polls too
+                senders += CLIENTS
             cls = RemoteClass(ReplicaHost).options(
                 on=f"@{server}",
                 max_concurrency=self._config.window * senders + 16,
@@ -375,12 +399,18 @@ class _Driver:
                 for out in stage.outputs
                 for r in range(out.replicas)
             }
+            if self._plan.node(stage.nodes[-1]).kind == "respond":
+                # it tells the requests replicas (stage 0) the first answers of keys
+                source = self._plan.stages[0]
+                for r in range(source.replicas):
+                    peers[(source.id, r)] = self._hosts[(source.id, r)].proxy
             head = self._plan.node(stage.nodes[0])
             lines = head.args[1] if head.kind == "source" and head.args[0] == "lines" else ""
             self._call(host, "start", ("started", host), peers, lines)
             self._call(host, "info", ("info", host))
             host.heard = now
             self._watch(host)
+        self._started.set()
 
     def _call(self, host: _Host, method: str, event: tuple[Any, ...], *args: Any) -> None:
         pending: Pending[Any] = getattr(host.proxy, method)(*args)
@@ -525,6 +555,9 @@ class _Driver:
                         host.tally, host.stats = _value(pending)
 
     def _close(self) -> None:
+        for proxy in self._kept:
+            with contextlib.suppress(Exception):
+                proxy.close()
         for host in self._hosts.values():
             # Best effort: the owner's exit closes them too.
             with contextlib.suppress(Exception):

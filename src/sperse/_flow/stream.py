@@ -275,6 +275,12 @@ class Stream:
         node = self._add("for_each", name, (fn,))
         return self._flow._pending(node, self._flow.plan.node(node).name)
 
+    def respond(self, *, name: str | None = None) -> Pending[Any]:
+        """The sink of a service (``f.requests()`` ... ``respond()``): each item answers the
+        request it came from, at its client. A Pending of None once the service stopped."""
+        node = self._add("respond", name or "respond")
+        return self._flow._pending(node, self._flow.plan.node(node).name)
+
     def _collects_dict(self) -> bool:
         return False
 

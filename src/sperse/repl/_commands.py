@@ -28,6 +28,7 @@ from types import FrameType
 from typing import Literal
 
 from sperse._flow.api import runs
+from sperse._flow.serving import services
 from sperse._workspace import Workspace
 from sperse.errors import SperseError, UsageError, did_you_mean
 from sperse.repl._display import (
@@ -36,6 +37,7 @@ from sperse.repl._display import (
     format_error,
     format_size,
     servers_table,
+    services_text,
     short_repr,
     where_text,
 )
@@ -264,6 +266,18 @@ def _flows(ws: Workspace, args: Args) -> str:
     return "\n\n".join(flows_text(run) for run in shown)
 
 
+def _services(ws: Workspace, args: Args) -> str:
+    everything = args.text("which") == "all"
+    found = services()
+    shown = [s for s in found if everything or s.running]
+    if not shown:
+        ended = len(found) - len(shown)
+        return "no service is running here" + (
+            f" ({ended} stopped: %services all shows them)" if ended else ""
+        )
+    return "\n\n".join(services_text(svc) for svc in shown)
+
+
 def _graph(ws: Workspace, args: Args) -> str:
     name = args.text("name")
     if name is not None:
@@ -407,6 +421,14 @@ COMMANDS = CommandRegistry(
             "List the running flows: per operator, replicas, items in and out, rate and"
             " backlog; all: the ended ones still referenced too.",
             _flows,
+        ),
+        Command(
+            "services",
+            (Arg("which", "choice", optional=True, choices=("all",)),),
+            "List the services of this client: requests from every client and from this"
+            " one, and per operator replicas, items in and out, rate and backlog; all: the"
+            " stopped ones still referenced too.",
+            _services,
         ),
         Command(
             "graph",

@@ -23,6 +23,7 @@ from types import TracebackType
 from typing import Any
 
 from sperse._flow.api import Run
+from sperse._flow.serving import Service
 from sperse._workspace import Cell, CellEvent, Workspace
 from sperse.errors import (
     CellError,
@@ -230,12 +231,30 @@ def servers_table(rows: Sequence[Mapping[str, str]], columns: Sequence[str]) -> 
     return "\n".join(lines)
 
 
-def flows_text(run: Run) -> str:
-    """A run of a flow: a line saying where and how long, then one row per operator."""
-    state = run.progress().state
+def services_text(svc: Service) -> str:
+    """A service: where it runs, its requests, then (the client that served it) one row per
+    operator as ``%flows`` shows them, with the requests taken in from every client."""
+    run = svc._run
+    state = "running" if svc.running else "stopped"
+    mine = f"{svc.sent:,} requests from this client, {svc.waiting:,} waiting"
+    if run is None:
+        return (
+            f"service {svc.name!r} (flow {svc.flow!r}): {state}, served by another client; " + mine
+        )
     until = run.ended_at if run.ended_at is not None else time.monotonic()
     where = "on servers" if run.hosts() else "in this process"
-    head = f"flow {run.flow.name!r}: {state} {where}, {until - run.started_at:.1f} s"
+    operators = run.operators()
+    taken = operators[0].items_in if operators else 0
+    rate = operators[0].rate if operators else 0.0
+    head = (
+        f"service {svc.name!r} (flow {svc.flow!r}): {state} {where}, "
+        f"{until - run.started_at:.1f} s; {taken:,} requests ({rate:,.0f}/s) from every "
+        f"client; {mine}"
+    )
+    return head + "\n" + _operators_table(operators)
+
+
+def _operators_table(operators: Sequence[Any]) -> str:
     rows = [
         {
             "operator": op.name,
@@ -245,7 +264,16 @@ def flows_text(run: Run) -> str:
             "rate/s": f"{op.rate:,.0f}",
             "backlog": f"{op.backlog:,}",
         }
-        for op in run.operators()
+        for op in operators
     ]
     table = servers_table(rows, ["operator", "replicas", "in", "out", "rate/s", "backlog"])
-    return head + "\n" + "\n".join("  " + line for line in table.splitlines())
+    return "\n".join("  " + line for line in table.splitlines())
+
+
+def flows_text(run: Run) -> str:
+    """A run of a flow: a line saying where and how long, then one row per operator."""
+    state = run.progress().state
+    until = run.ended_at if run.ended_at is not None else time.monotonic()
+    where = "on servers" if run.hosts() else "in this process"
+    head = f"flow {run.flow.name!r}: {state} {where}, {until - run.started_at:.1f} s"
+    return head + "\n" + _operators_table(run.operators())

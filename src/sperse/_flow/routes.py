@@ -1,0 +1,239 @@
+"""How a service's requests reach it and its answers come back, for one client
+(:class:`~sperse._flow.serving.Service`): :class:`InProcess` through the requests source's
+queue, :class:`OnServers` straight to and from the servers' hosts.
+
+On servers, a client's requests go to the requests replica's host on a channel of its own
+(numbered deliveries the host puts back in order): one at once when nothing is in flight,
+else gathered into one delivery while ``IN_FLIGHT`` deliveries wait for their
+acknowledgement (a delivery is acknowledged once the host has taken it in), so a busy client
+sends few calls and an idle one waits for none. Answers are long-polled (``take``) from every
+respond replica's host, by one thread per respond replica while requests wait: the answer
+comes from the server that made it, as the return value of this client's own call.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+import weakref
+from typing import Any, Protocol
+
+from sperse._cluster.objects import ObjectProxy
+from sperse._cluster.pending import Pending
+from sperse._flow.local import PushQueue
+from sperse._flow.messages import Batch
+from sperse._flow.ops import stable_hash
+from sperse._flow.service import Answer, Envelope
+from sperse._serialize import RemoteValue, dumps
+from sperse.errors import ObjectLost, ServiceStopped
+
+__all__ = ["IN_FLIGHT", "POLL", "Client", "InProcess", "OnServers", "Route"]
+
+POLL = 2.0  # seconds a long poll of a respond replica waits for an answer
+IN_FLIGHT = 4  # a client's deliveries of requests not acknowledged at once (more wait)
+
+
+class Client(Protocol):
+    """A service's client as its route sees it (``serving.Service``)."""
+
+    name: str
+    client: str
+    _run: Any
+    _waiting: dict[int, Pending[Any]]
+
+    def _answered(self, answers: list[Answer]) -> None: ...
+
+    def _failed(self, rid: int, error: BaseException) -> None: ...
+
+    def _fail_waiting(self, error: BaseException) -> None: ...
+
+
+class Route:
+    """How a service's requests reach it and its answers come back."""
+
+    def send(self, envelope: Envelope) -> None:
+        raise NotImplementedError
+
+    def drain(self, timeout: float) -> None:
+        """Every request sent so far has reached the requests source; then end it."""
+
+    def close(self) -> None:
+        """Stop taking answers."""
+
+
+class InProcess(Route):
+    def __init__(self, push: PushQueue) -> None:
+        self._push = push
+
+    def send(self, envelope: Envelope) -> None:
+        self._push.push(envelope)
+
+    def drain(self, timeout: float) -> None:
+        self._push.close()
+
+
+class OnServers(Route):
+    """Requests to one requests replica's host, answers long-polled from every respond
+    replica's host (see the module docstring)."""
+
+    def __init__(
+        self,
+        service: Client,
+        sources: list[ObjectProxy],
+        responds: list[ObjectProxy],
+        push: PushQueue | None,
+    ) -> None:
+        self._service = weakref.proxy(service)
+        self._client = service.client
+        self._name = service.name
+        self._source = sources[stable_hash(service.client) % len(sources)]
+        self._responds = responds
+        self._push = push
+        self._channel = f"req.{service.client}"
+        self._seq = 0
+        self._cond = threading.Condition()
+        self._buffer: list[Envelope] = []
+        self._inflight = 0  # deliveries not acknowledged yet
+        self._unacked = 0  # requests not acknowledged yet (sent, or waiting to be)
+        self._closed = False
+        self._pollers: list[threading.Thread] = []
+        self._sender = threading.Thread(
+            target=self._sending, name=f"sperse-service-{self._name}-send", daemon=True
+        )
+        self._sender.start()
+
+    def send(self, envelope: Envelope) -> None:
+        dumps(envelope, what=f"a request to service {self._name!r}")  # raises here, not later
+        with self._cond:
+            self._buffer.append(envelope)
+            self._unacked += 1
+        self._flush()
+        self._poll()
+
+    def _flush(self) -> None:
+        """Send what waits in one delivery, if fewer than ``IN_FLIGHT`` are unacknowledged
+        (else the sender thread sends it when one is): under load, a client's requests
+        travel together; a lone request goes at once."""
+        with self._cond:
+            if not self._buffer or self._inflight >= IN_FLIGHT:
+                return
+            envelopes, self._buffer = self._buffer, []
+            try:
+                pending = self._source.request(self._channel, self._seq, [Batch(0, 0, envelopes)])
+            except Exception as exc:  # not sent: its number is free for the next delivery
+                self._unacked -= len(envelopes)
+                self._cond.notify_all()
+                failed: BaseException | None = exc
+            else:
+                self._seq += 1
+                self._inflight += 1
+                failed = None
+        if failed is not None:
+            for envelope in envelopes:
+                self._service._failed(envelope.rid, failed)
+            return
+        pending._on_settle(lambda p: self._acked(envelopes, p))
+
+    def _acked(self, envelopes: list[Envelope], pending: Pending[Any]) -> None:
+        with self._cond:
+            self._inflight -= 1
+            self._unacked -= len(envelopes)
+            self._cond.notify_all()  # the sender thread sends what waited, if anything
+        error = pending._error
+        if error is not None:
+            if isinstance(error, ObjectLost):
+                error = ServiceStopped(
+                    f"service {self._name!r} is not running (its requests replica is gone: {error})"
+                )
+            for envelope in envelopes:
+                self._service._failed(envelope.rid, error)
+            return
+        for rid in _value(pending):
+            self._service._failed(
+                rid,
+                ServiceStopped(f"service {self._name!r} has stopped: it takes no more requests"),
+            )
+
+    def _sending(self) -> None:
+        """The sender thread: sends the requests that waited for an acknowledgement."""
+        while True:
+            with self._cond:
+                while not self._closed and not (self._buffer and self._inflight < IN_FLIGHT):
+                    self._cond.wait()
+                if self._closed and not self._buffer:
+                    return
+            self._flush()
+
+    def _poll(self) -> None:
+        """Start the long polls of the respond replicas (once)."""
+        with self._cond:
+            if self._pollers or self._closed:
+                self._cond.notify_all()
+                return
+            for index, proxy in enumerate(self._responds):
+                thread = threading.Thread(
+                    target=self._polling,
+                    args=(proxy,),
+                    name=f"sperse-service-{self._name}-{index}",
+                    daemon=True,
+                )
+                self._pollers.append(thread)
+                thread.start()
+
+    def _polling(self, proxy: ObjectProxy) -> None:
+        while True:
+            with self._cond:
+                while not self._closed and not self._service._waiting:
+                    self._cond.wait(POLL)
+                if self._closed:
+                    return
+            pending = proxy.take(self._client, POLL)
+            if not _settled(pending).wait(POLL + 60.0):
+                continue
+            if pending._error is not None:
+                try:
+                    if self._service._run is not None:
+                        return  # the run's end fails what waits, saying why (_ended)
+                    self._service._fail_waiting(
+                        ServiceStopped(
+                            f"service {self._name!r}: its respond replica could not be "
+                            f"reached ({pending._error})"
+                        )
+                    )
+                except ReferenceError:
+                    return
+                return
+            try:
+                self._service._answered([Answer(*a) for a in _value(pending)])
+            except ReferenceError:
+                return
+
+    def drain(self, timeout: float) -> None:
+        deadline = time.monotonic() + timeout
+        with self._cond:
+            while self._unacked:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    break
+                self._cond.wait(left)
+        if self._push is not None:
+            self._push.close()
+
+    def close(self) -> None:
+        with self._cond:
+            self._closed = True
+            self._cond.notify_all()
+
+
+def _settled(pending: Pending[Any]) -> threading.Event:
+    """An event set once ``pending`` settles (without running the client's loop here)."""
+    event = threading.Event()
+    pending._on_settle(lambda _: event.set())
+    return event
+
+
+def _value(pending: Pending[Any]) -> Any:
+    value = pending._value
+    if isinstance(value, RemoteValue):
+        return value.fetch(60)
+    return value

@@ -1,0 +1,243 @@
+"""Services on real servers: a 2-server ``LocalCluster`` and the embedded server. Requests
+go from the client to the requests replica's host, answers come back from the respond
+replica's host (docs/flows.md, Services). Waits are on Pendings with deadlines."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import threading
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+import sperse
+from sperse._up import LocalCluster
+
+WAIT = 90.0
+
+
+def remember(state: dict[str, int], r: dict[str, Any]) -> tuple[dict[str, int], Any]:
+    n = state.get("n", 0) + 1
+    return {"n": n}, (r["x"], n)
+
+
+def score(pair: tuple[str, tuple[int, int]]) -> dict[str, Any]:
+    user, (x, n) = pair
+    return {"user": user, "x": x, "n": n}
+
+
+def picky(r: Any) -> Any:
+    if r == "boom":
+        raise ValueError("no boom here")
+    return r
+
+
+def counter(cluster: sperse.Cluster, name: str, replicas: int = 2) -> sperse.Service:
+    f = sperse.Flow(name, cluster=cluster)
+    (
+        f.requests()
+        .map(picky, name="check")
+        .key_by(lambda r: r["user"], name="by_user")
+        .scan({}, remember, name="remember")
+        .on(replicas=replicas)
+        .map(score, name="score")
+        .respond()
+    )
+    return f.serve(name)
+
+
+@pytest.fixture(scope="module")
+def two() -> Iterator[LocalCluster]:
+    with LocalCluster(2, workers=2) as cluster:
+        yield cluster
+
+
+@pytest.fixture(scope="module")
+def client(two: LocalCluster) -> Iterator[sperse.Cluster]:
+    cluster = sperse.connect(two.url, token=two.token)
+    try:
+        with cluster:
+            yield cluster
+    finally:
+        cluster.close()
+
+
+def test_a_keyed_service_on_two_servers_answers_many_client_threads(
+    client: sperse.Cluster,
+) -> None:
+    svc = counter(client, "counter")
+    hosts = svc._run._handle.hosts() if svc._run is not None else []
+    assert {h["server"] for h in hosts} == {"server-1", "server-2"}
+    errors: list[str] = []
+
+    def user(t: int) -> None:
+        pendings = [(i, svc.request({"user": f"u{t % 3}", "x": (t, i)})) for i in range(60)]
+        for i, pending in pendings:
+            got = pending.result(WAIT)
+            if got["x"] != (t, i) or got["user"] != f"u{t % 3}":
+                errors.append(f"thread {t}, request {i}: {got}")
+
+    threads = [threading.Thread(target=user, args=(t,)) for t in range(6)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(WAIT)
+    assert errors == []
+    # each key's counter counted every request of its key, once
+    last = {u: svc.request({"user": u, "x": None}).result(WAIT)["n"] for u in ("u0", "u1", "u2")}
+    assert last == {"u0": 121, "u1": 121, "u2": 121}
+    svc.stop()
+    assert svc.sent == svc.answered == 363
+
+
+def test_requests_of_one_key_are_answered_in_order(client: sperse.Cluster) -> None:
+    svc = counter(client, "ordered")
+    try:
+        pendings = [svc.request({"user": "ada", "x": i}) for i in range(200)]
+        assert [p.result(WAIT)["n"] for p in pendings] == list(range(1, 201))
+    finally:
+        svc.stop()
+
+
+def test_an_operator_error_fails_its_request_only(client: sperse.Cluster) -> None:
+    svc = counter(client, "errors")
+    try:
+        bad = svc.request("boom")
+        good = svc.request({"user": "a", "x": 1})
+        with pytest.raises(sperse.FlowFailed, match="check") as info:
+            bad.result(WAIT)
+        assert info.value.type_name == "ValueError"
+        assert "no boom here" in str(info.value)
+        assert good.result(WAIT)["n"] == 1
+    finally:
+        svc.stop()
+
+
+def test_stop_drains_then_refuses(client: sperse.Cluster) -> None:
+    svc = counter(client, "drained")
+    pendings = [svc.request({"user": "a", "x": i}) for i in range(300)]
+    svc.stop()
+    assert [p.result(WAIT)["n"] for p in pendings] == list(range(1, 301))
+    with pytest.raises(sperse.ServiceStopped):
+        svc.request({"user": "a", "x": 0})
+
+
+SECOND_CLIENT = """
+import json, sys
+import sperse
+cluster = sperse.connect(sys.argv[1], token=sys.argv[2])
+try:
+    found = sperse.service("shared")
+    counts = [found.request({"user": "bob", "x": i}).result(60)["n"] for i in range(3)]
+    retried = found.request({"user": "carol", "x": 0}, key="once").result(60)
+    after = found.request({"user": "carol", "x": 1}).result(60)["n"]
+    try:
+        found.stop()
+        refused = ""
+    except sperse.UsageError as exc:
+        refused = str(exc)
+    try:
+        sperse.service("nope")
+        unknown = ""
+    except sperse.UnknownObject as exc:
+        unknown = str(exc)
+    found.close()
+    out = {"counts": counts, "refused": refused, "unknown": unknown}
+    print(json.dumps({**out, "retried": retried, "after": after}))
+finally:
+    cluster.close()
+"""
+
+
+def test_another_client_finds_the_service_by_name(
+    two: LocalCluster, client: sperse.Cluster
+) -> None:
+    svc = counter(client, "shared")
+    try:
+        assert svc.request({"user": "bob", "x": -1}).result(WAIT)["n"] == 1
+        first = svc.request({"user": "carol", "x": 0}, key="once").result(WAIT)
+        done = subprocess.run(
+            [sys.executable, "-c", SECOND_CLIENT, two.url, two.token],
+            capture_output=True,
+            text=True,
+            timeout=WAIT,
+            check=False,
+        )
+        assert done.returncode == 0, done.stderr
+        got = json.loads(done.stdout.strip().splitlines()[-1])
+        assert got["counts"] == [2, 3, 4]  # the same keyed state, from the other client
+        assert "another client" in got["refused"]
+        assert "no service called 'nope'" in got["unknown"]
+        # the other client's retry of the key was answered with the first answer, once
+        assert got["retried"] == first == {"user": "carol", "x": 0, "n": 1}
+        assert got["after"] == 2
+        assert svc.request({"user": "bob", "x": 9}).result(WAIT)["n"] == 5
+    finally:
+        svc.stop()
+
+
+def score_v2(pair: tuple[str, tuple[Any, int]]) -> dict[str, Any]:
+    user, (x, n) = pair
+    return {"user": user, "x": x, "n": n, "v": 2}
+
+
+def test_update_on_servers_keeps_the_keyed_state(client: sperse.Cluster) -> None:
+    svc = counter(client, "live")
+    try:
+        pendings = [svc.request({"user": f"u{i % 4}", "x": i}) for i in range(40)]
+        svc.update("score", score_v2)
+        after = [svc.request({"user": f"u{i % 4}", "x": i}) for i in range(40, 48)]
+        answers = [p.result(WAIT) for p in pendings + after]
+        assert [a["x"] for a in answers] == list(range(48))  # none lost
+        assert all(a.get("v") == 2 for a in answers[40:])
+        assert [a["n"] for a in answers[40:]] == [11, 11, 11, 11, 12, 12, 12, 12]
+    finally:
+        svc.stop()
+
+
+# -- a server killed under a service -----------------------------------------------------------
+
+
+@pytest.fixture
+def three() -> Iterator[tuple[LocalCluster, sperse.Cluster]]:
+    with LocalCluster(3, heartbeat_timeout=2.0) as lc:
+        cluster = sperse.connect(lc.url, token=lc.token)
+        try:
+            yield lc, cluster
+        finally:
+            cluster.close()
+
+
+def test_a_killed_server_fails_the_waiting_requests_naming_it(
+    three: tuple[LocalCluster, sperse.Cluster],
+) -> None:
+    lc, client = three
+    f = sperse.Flow("fragile", cluster=client)
+    (
+        f.requests()
+        .key_by(lambda r: r["user"], name="by_user")
+        .scan({}, remember, name="remember")
+        .on(replicas=3)
+        .map(score, name="score")
+        .respond()
+    )
+    svc = f.serve("fragile")
+    assert svc.request({"user": "first", "x": 0}).result(WAIT)["n"] == 1
+    hosts = svc._run._handle.hosts() if svc._run is not None else []
+    victim = next(h for h in hosts if h["operators"].startswith("remember") and h["replica"] == 0)
+    lc.kill_server(victim["server"])
+    pendings = [svc.request({"user": f"u{i}", "x": i}) for i in range(30)]
+    failures = [p.exception(WAIT) for p in pendings]  # answered, or failed: never left waiting
+    failed = [e for e in failures if e is not None]
+    assert failed, "no request went through the killed server's replica"
+    assert all(isinstance(e, sperse.FlowFailed | sperse.ServiceStopped) for e in failed)
+    assert any(victim["server"] in str(e) for e in failed)
+    run = f.started
+    assert run is not None
+    with pytest.raises(sperse.FlowFailed, match=victim["server"]):
+        run.result(WAIT)  # the service's run failed, naming the server
+    with pytest.raises(sperse.ServiceStopped, match="failed"):
+        svc.request({"user": "late", "x": 0})

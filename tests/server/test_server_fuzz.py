@@ -27,7 +27,7 @@ from hypothesis import strategies as st
 from server_helpers import DEADLINE, TOKEN, RawSession, ServerThread, call_work, run
 
 from sperse._server import ServerConfig
-from sperse._wire import PROTOCOL, pb
+from sperse._wire import MAX_MESSAGE, PROTOCOL, local_frame, local_socket_name, pb
 
 EXAMPLES = int(os.environ.get("SPERSE_FUZZ_EXAMPLES", "30"))
 FUZZ = settings(
@@ -198,3 +198,62 @@ def test_whatever_an_authenticated_client_sends_the_server_serves_others(
         await still_serves(server)
 
     run(scenario())
+
+
+@pytest.fixture(scope="module")
+def local_address(fuzzed: tuple[ServerThread, Path]) -> str:
+    """The fuzzed server's same-host socket (offered in Welcome after the shm probe)."""
+    server, _ = fuzzed
+
+    async def ask() -> str:
+        async with RawSession(server.address) as s:
+            await s.hello(shm_probe=True)
+            assert s.welcome is not None and s.welcome.local_address
+            return s.welcome.local_address
+
+    return run(ask())
+
+
+def frames(marker: bytes) -> st.SearchStrategy[bytes]:
+    """What a same-host client sends: length-prefixed messages, some well formed (any
+    message, a pickle among them), some not (noise, a length past MAX_MESSAGE)."""
+    whole = messages(marker).map(local_frame)
+    noise = st.binary(max_size=64)
+    huge = st.integers(MAX_MESSAGE + 1, 2**32 - 1).map(lambda n: n.to_bytes(4, "big"))
+    return st.lists(st.one_of(whole, noise, huge), max_size=8).map(b"".join)
+
+
+@pytest.fixture(scope="module")
+def local_marker(fuzzed: tuple[ServerThread, Path]) -> tuple[Path, bytes]:
+    return marker_in(fuzzed[1], "unpickled-on-the-same-host-socket")
+
+
+@FUZZ
+@given(data=st.data())
+def test_the_same_host_socket_unpickles_nothing_before_auth_and_serves_on(
+    fuzzed: tuple[ServerThread, Path],
+    local_address: str,
+    local_marker: tuple[Path, bytes],
+    data: st.DataObject,
+) -> None:
+    server, _ = fuzzed
+    path, marker = local_marker
+    sent = data.draw(frames(marker))
+
+    async def scenario() -> None:
+        reader, writer = await asyncio.open_unix_connection(local_socket_name(local_address))
+        try:
+            with contextlib.suppress(ConnectionError):
+                writer.write(sent)
+                await writer.drain()
+                writer.write_eof()
+            async with asyncio.timeout(DEADLINE):  # the server answers, then hangs up
+                with contextlib.suppress(ConnectionError):
+                    while await reader.read(65536):
+                        pass
+        finally:
+            writer.close()
+        await still_serves(server)
+
+    run(scenario())
+    assert not path.exists(), "a pickle sent on the same-host socket before auth was loaded"

@@ -233,3 +233,75 @@ def test_services_magic_in_ipython(
     shown = capsys.readouterr().out
     assert "service 'counter'" in shown and "remember" in shown
     svc.stop()
+
+
+SCORER = """
+import sperse
+
+def remember(n, r):  # keyed state: how many requests this user has sent
+    return n + 1, (r["x"], n + 1)
+
+def score(pair):
+    user, (x, n) = pair
+    return (user, x, n, "v1")
+"""
+
+SERVE = """
+with sperse.Flow("scorer") as f:
+    (
+        f.requests()
+        .key_by(lambda r: r["user"])
+        .scan(0, remember, name="remember")
+        .map(score, name="score")
+        .respond()
+    )
+    svc = f.serve("scorer")
+"""
+
+
+def test_redefining_a_function_a_service_runs_swaps_it_in_place(ws: sperse.Workspace) -> None:
+    """Issue 15: the operator takes the new function, its keyed state survives, the
+    statement that served the service does not run again, and the prompt is told."""
+    events: list[sperse.CellEvent] = []
+    ws.subscribe(events.append)
+    ws.run(SCORER)
+    ws.run(SERVE)
+    svc = ws["svc"]
+    try:
+        ask = "svc.request({'user': 'ada', 'x': %d}).result(timeout=30)"
+        assert ws.run(ask % 1)[0].value == ("ada", 1, 1, "v1")
+        assert ws.run(ask % 2)[0].value == ("ada", 2, 2, "v1")
+        (swap,) = ws.run("def score(pair):\n    user, (x, n) = pair\n    return (user, x, n, 'v2')")
+        assert ws.run(ask % 3)[0].value == ("ada", 3, 3, "v2")  # the new one; the count goes on
+        assert ws["svc"] is svc and ws.cell("svc").runs == 1
+        notes = [e.value for e in events if e.kind == "swapped"]
+        assert notes == [
+            "service 'scorer': operator 'score' now runs the new score, swapped in place "
+            "(its keyed state kept)"
+        ]
+        assert [e.cell.id for e in events if e.kind == "swapped"] == [swap.id]
+        # A function no operator runs is an ordinary redefinition.
+        ws.run("def unrelated():\n    return 1")
+        assert len([e for e in events if e.kind == "swapped"]) == 1
+    finally:
+        svc.stop()
+
+
+def test_a_service_takes_a_redefined_function_in_place_in_ipython(
+    shell: InteractiveShell, capsys: pytest.CaptureFixture[str]
+) -> None:
+    shell.run_line_magic("mode", "auto")
+    assert shell.run_cell(SCORER).success and shell.run_cell(SERVE).success
+    ws = sperse.ipython.workspace(shell)
+    svc = ws.wait("svc", timeout=WAIT)
+    try:
+        assert svc.request({"user": "ada", "x": 1}).result(WAIT) == ("ada", 1, 1, "v1")
+        capsys.readouterr()
+        assert shell.run_cell("def score(pair):\n    return ('v2', pair[1][1])").success
+        assert "operator 'score' now runs the new score, swapped in place" in (
+            capsys.readouterr().out
+        )
+        assert svc.request({"user": "ada", "x": 2}).result(WAIT) == ("v2", 2)
+        assert ws["svc"] is svc
+    finally:
+        svc.stop()

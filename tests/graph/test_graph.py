@@ -475,3 +475,26 @@ def test_graph_satisfies_the_read_only_view() -> None:
         assert hasattr(view, name), name
     mutators = {"add_cell", "retire", "finished", "failed", "rerun", "run_stale", "set_mode"}
     assert not mutators & set(members)
+
+
+# ---- taking new definitions in place (a running service's operators) ----------------------
+
+
+def test_a_cell_that_takes_a_name_in_place_is_not_run_again_by_its_new_definition() -> None:
+    g = Graph()
+    enter(g, "score")
+    enter(g, "k")
+    svc = enter(g, "svc", "score k")  # started a service whose operator runs `score`
+    user = enter(g, "answer", "svc")
+    reader = enter(g, "y", "score")  # calls score itself: runs again as always
+    g.set_live(svc, ["score", "not_read"])
+    new_score, actions = g.add_cell(["score"], [], label="score = new")
+    assert complete(g, actions) == [new_score, reader]
+    assert g.status(svc) is CellStatus.DONE and g.status(user) is CellStatus.DONE
+    assert g.parents(svc)["score"] == new_score  # it reads the new definition from now on
+    # A name it does not take in place runs it again, as before.
+    new_k, actions = g.add_cell(["k"], [], label="k = 2")
+    assert complete(g, actions) == [new_k, svc, user]
+    g.set_live(svc, [])  # the service stopped: a new definition runs it again
+    newer, actions = g.add_cell(["score"], [], label="score = newer")
+    assert set(complete(g, actions)) == {newer, svc, user, reader}

@@ -46,3 +46,27 @@ def test_a_flow_at_the_prompt_reruns_and_shows_in_flows(term: Terminal) -> None:
     (line,) = term.enter("%flows")
     assert line.startswith("no flow is running (") and "%flows all shows them" in line
     assert any(row.startswith("flow 'live': done on servers") for row in term.enter("%flows all"))
+
+
+def test_a_service_takes_a_redefined_function_in_place(term: Terminal) -> None:
+    """Issue 15: serve at the prompt, send requests, redefine the function an operator runs:
+    the operator swaps it in place, its keyed state survives, and the prompt says so."""
+    term.enter("import sperse")
+    term.enter("def remember(n, r):\rreturn n + 1, n + 1\r")
+    term.enter("def score(pair):\rreturn ('v1', pair[1])\r")
+    term.enter(
+        "with sperse.Flow('scorer') as f:\r"
+        "f.requests().key_by(lambda r: r['user']).scan(0, remember, name='remember')"
+        ".map(score, name='score').respond()\r"
+        "svc = f.serve('scorer')\r",
+        timeout=60,
+    )
+    ask = "svc.request({'user': 'ada'}).result(60)"
+    assert term.enter(ask, timeout=60) == ["('v1', 1)"], term.text()
+    shown = term.enter("def score(pair):\rreturn ('v2', pair[1])\r", timeout=60)
+    assert any(
+        "service 'scorer': operator 'score' now runs the new score, swapped in place" in row
+        for row in shown
+    ), term.text()
+    assert term.enter(ask, timeout=60) == ["('v2', 2)"], term.text()  # the count goes on
+    term.enter("svc.stop()", timeout=60)

@@ -236,6 +236,7 @@ class Flow:
         """Start this flow as the service ``name`` (see docs/flows.md, Services): a
         :class:`~sperse.Service` whose ``request(x)`` returns a Pending of the answer;
         ``sperse.service(name)`` finds it from any client of the cluster."""
+        from sperse._flow import hotswap  # noqa: F401 - it takes redefinitions at the prompt
         from sperse._flow.serving import start_service
 
         self._building()

@@ -95,6 +95,7 @@ class Service:
         self.sent = 0
         self.answered = 0
         self.started_at = time.monotonic()
+        self.generation = 0  # served by this process: the count of services served then
 
     # ---- the public API ------------------------------------------------------------------
 
@@ -331,6 +332,7 @@ class ServiceCard:
 
 _SERVICES: dict[str, Service] = {}  # the services this process serves, by name
 _ALL: weakref.WeakSet[Service] = weakref.WeakSet()  # and every Service object here
+_SERVED = itertools.count(1)  # Service.generation of the services this process serves
 
 
 def start_service(
@@ -372,6 +374,7 @@ def start_service(
     responded._on_settle(svc._ended)  # the run ended: stopped, or failed
     _SERVICES[name] = svc
     _ALL.add(svc)
+    svc.generation = next(_SERVED)
     return svc
 
 

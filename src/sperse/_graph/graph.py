@@ -32,6 +32,9 @@ Invariants (DESIGN.md §2):
   it is entered or asked for, but when its inputs change it is *held*: ``STALE``
   with everything downstream of it, reported with ``Held``, and run only by
   ``run_stale`` (or ``rerun``), never by switching modes.
+- A cell may take new definitions of some names it reads *in place* (``set_live``: a
+  service it started swaps a redefined function into its running operator): a new
+  definition of such a name neither runs it again nor invalidates what reads it.
 - Nothing recurses: every traversal uses an explicit work list, so chains of
   any length and fan-outs of any width work.
 """
@@ -172,6 +175,14 @@ class Graph(Structure):
         self._drop_orphans(parents, actions)
         return actions
 
+    def set_live(self, cell: CellId, names: Iterable[str]) -> None:
+        """``cell`` takes the new definitions of ``names`` (names it reads) in place: a new
+        definition of one does not run it again, nor what reads it (a running service
+        swaps the new function into its operator). Replaces the names set before."""
+        c = self._cells.get(cell)
+        if c is not None:
+            c.live = frozenset(names) & c.refs
+
     def finished(self, cell: CellId, run_id: RunId) -> list[Action]:
         """The run ``run_id`` of ``cell`` produced values."""
         c = self._cells.get(cell)
@@ -252,6 +263,8 @@ class Graph(Structure):
             c.scan = 0
             below = CellStatus.STALE if status is CellStatus.STALE else downstream_status
             for child in self.children(cell_id):
+                if self._takes_in_place(child, cell_id):
+                    continue
                 if child not in seen:
                     seen.add(child)
                     todo.append((child, below))
@@ -259,6 +272,14 @@ class Graph(Structure):
                     below is CellStatus.STALE and self._cells[child].status is not CellStatus.STALE
                 ):
                     todo.append((child, below))  # reached first on a path without the hold
+
+    def _takes_in_place(self, child: CellId, parent: CellId) -> bool:
+        """Whether every name ``child`` reads from ``parent`` is one it takes in place."""
+        c = self._cells[child]
+        if not c.live:
+            return False
+        read = [name for name, p in c.parents.items() if p == parent]
+        return bool(read) and all(name in c.live for name in read)
 
     def _revive_stale_ancestors(self, cell: CellId) -> list[CellId]:
         """Lazy mode: a newly entered cell first brings its stale inputs up to date.

@@ -26,6 +26,7 @@ class Node:
         "held",
         "id",
         "label",
+        "live",
         "owned",
         "parents",
         "refs",
@@ -45,6 +46,9 @@ class Node:
         self.status = CellStatus.PENDING
         self.effect = False  # changes an object it reads (rule 9)
         self.held = False  # an effect cell not run again after its inputs changed
+        # Names whose new definitions this cell takes in place, without running again (a
+        # service it started swaps the new function into its running operator).
+        self.live: frozenset[str] = frozenset()
         self.run_id = RunId(0)
         # How many of the leading parents (in ``parents`` order) are known DONE
         # while this cell is PENDING: makes a wide fan-in linear, not quadratic.

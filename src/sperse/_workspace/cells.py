@@ -51,11 +51,12 @@ class CellEvent:
     ``kind``: "done" (``value`` is set for expression cells), "failed"
     (``error``), "blocked" (``error`` is the UpstreamError), "held" (a statement that
     changes an object it reads was not run again when its inputs changed: DESIGN.md §2
-    rule 9; ``run_stale`` applies it).
+    rule 9; ``run_stale`` applies it), "swapped" (the cell rebound a name that something
+    running took in place: a service's operator; ``value`` says what was done).
     """
 
     cell: Cell
-    kind: Literal["done", "failed", "blocked", "held"]
+    kind: Literal["done", "failed", "blocked", "held", "swapped"]
     value: Any = None
     error: BaseException | None = None
 

@@ -13,11 +13,14 @@ from sperse._cluster.cluster import unuse, use
 from sperse._cluster.pending import Pending
 from sperse._graph.graph import Action, CellId, Run, RunId
 from sperse._serialize import RemoteValue
-from sperse._workspace.cells import Record
+from sperse._workspace import live
+from sperse._workspace.cells import Cell, CellEvent, Record
 from sperse._workspace.core import WorkspaceCore
 from sperse.errors import CellError, SperseError
 
 __all__ = ["LocalCells"]
+
+_UNSET = object()
 
 
 class LocalCells(WorkspaceCore):
@@ -45,6 +48,9 @@ class LocalCells(WorkspaceCore):
         record.where = ""
         record.started_at = time.monotonic()
         record.finished_at = None
+        # A running service may take a redefinition in place; one started here, names.
+        marks = live.marks() if live.active() else []
+        before = {n: ns[n] for n in record.defs if n in ns} if marks and live.running() else {}
         token = use(self._cluster) if self._cluster is not None else None
         try:
             assert record.code is not None
@@ -72,6 +78,8 @@ class LocalCells(WorkspaceCore):
         outputs = {name: ns[name] for name in record.defs if name in ns}
         record.outputs = outputs
         self._sync_namespace(record)
+        if live.active():
+            self._take_in_place(record, before, marks)
         waiting = {n: v for n, v in outputs.items() if isinstance(v, Pending)}
         if record.is_expression and isinstance(record.value, Pending):
             waiting["<value>"] = record.value
@@ -79,6 +87,23 @@ class LocalCells(WorkspaceCore):
             self._await_pendings(record, run.run_id, waiting)
             return []
         return self._finish(record.id, run.run_id)
+
+    def _take_in_place(self, record: Record, before: dict[str, Any], marks: list[int]) -> None:
+        """After ``record`` ran: a running service takes the new values of the names it
+        rebound (the prompt is told), and ``record`` takes in place the names it read whose
+        values what it started uses (``sperse._workspace.live``)."""
+        for name, new in record.outputs.items():
+            old = before.get(name, _UNSET)
+            if old is _UNSET or old is new:
+                continue
+            for note in live.notes_for(name, old, new):
+                self._notify(CellEvent(Cell(self, record.id), "swapped", value=note))
+        if not live.started_since(marks):
+            return
+        ns = self.namespace
+        refs = self._graph.parents(record.id)
+        names = [r for r in refs if r in ns and live.used_since(marks, ns[r])]
+        self._graph.set_live(record.id, names)
 
     def _await_pendings(
         self, record: Record, run_id: RunId, waiting: dict[str, Pending[Any]]

@@ -68,6 +68,9 @@ class Displays:
 
     def on_event(self, event: CellEvent) -> None:
         """The workspace's subscriber: note the cell to bring up to date."""
+        if event.kind == "swapped":  # said once, where it happened (the running cell)
+            print(format_arrival(self._ws, event))
+            return
         if self.entering is not None and event.cell.id > self.entering:
             return  # a cell being entered: run() shows it
         self._dirty.add(event.cell.id)

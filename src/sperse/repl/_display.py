@@ -129,6 +129,8 @@ def format_arrival(ws: Workspace, event: CellEvent) -> str:
         if event.value is None:
             return ""  # `print(x)` and the like: its output is the news
         return f"{head} {label} ready{where}{seconds}: {short_repr(event.value)}"
+    if event.kind == "swapped":
+        return f"{head} {event.value}"
     if event.kind == "held":
         inputs = ", ".join(sorted(cell.refs)) or "its input"
         return (

@@ -168,6 +168,9 @@ class Session:
     # ---- arrivals ------------------------------------------------------------
 
     def _on_event(self, event: CellEvent) -> None:
+        if event.kind == "swapped":  # said as it happens, below the statement entered
+            self.write(format_arrival(self.ws, event))
+            return
         if self._entering is not None and event.cell.id > self._entering:
             return  # shown by run(), below the statement
         if not self.show_arrivals and event.kind == "done":

@@ -1,0 +1,280 @@
+"""Services: a request's round trip and requests/s through a 3-operator keyed service, side by
+side with Ray Serve (a chain of 3 deployments, called through handles) and a chain of 3 Ray
+actors, on this machine.
+
+The work is the same everywhere: key a request by its user, count that user's requests (the
+state, one counter per user), and answer ``(user, tag, n)``. Sperse: ``f.requests()
+.key_by(user).scan(count).map(answer).respond()`` served on a local cluster of 2 servers (a
+coordinator and 2 ``sperse server`` processes, 2 workers each). Ray: a local Ray of 4 CPUs
+on 127.0.0.1; Serve's ingress deployment keys, calls the counter deployment, then the
+answer deployment; the actor chain passes each request's ObjectRef from actor to actor.
+
+- round trip: ``--calls`` (1000) sequential requests after a warm-up: p50 and p99 in ms;
+- throughput: ``--clients`` (100) threads, each sending ``--per-client`` (50) requests one
+  after another: requests/s.
+
+Targets (issue 15): round trip p50 <= 0.3x Ray Serve's, throughput >= 3x Ray Serve's.
+
+Run: ``.venv/bin/python bench/services.py [--quick] [--no-ray]``. Ray Serve needs
+``pip install 'ray[serve]'`` (``--no-ray`` or its absence skips it). Prints a table; never
+fails.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import os
+import threading
+import time
+from collections.abc import Callable, Iterator
+from typing import Any
+
+perf = time.perf_counter
+Asks = tuple[Callable[[dict[str, Any]], Any], Callable[[dict[str, Any]], Any] | None]
+
+
+def answer_of(pair: tuple[str, tuple[dict[str, Any], int]]) -> tuple[str, str, int]:
+    user, (request, n) = pair
+    return (user, request["tag"], n)
+
+
+def count(seen: int, request: dict[str, Any]) -> tuple[int, tuple[dict[str, Any], int]]:
+    return seen + 1, (request, seen + 1)
+
+
+def request_of(i: int) -> dict[str, Any]:
+    return {"user": f"u{i % 16}", "tag": str(i)}
+
+
+def measure(
+    ask: Callable[[dict[str, Any]], Any],
+    calls: int,
+    clients: int,
+    per: int,
+    ask_async: Callable[[dict[str, Any]], Any] | None = None,
+) -> dict[str, float]:
+    """Round trips with ``ask``; throughput with ``clients`` threads calling ``ask``, or
+    (``ask_async``, a coroutine function: Ray Serve's handles are meant to be awaited)
+    ``clients`` coroutines on one event loop."""
+    for i in range(min(100, calls)):  # warm-up
+        ask(request_of(i))
+    times = []
+    for i in range(calls):
+        started = perf()
+        got = ask(request_of(i))
+        times.append(perf() - started)
+        assert got[1] == str(i), got
+    times.sort()
+    errors: list[BaseException] = []
+
+    def client(c: int) -> None:
+        try:
+            for i in range(per):
+                n = c * per + i
+                assert ask(request_of(n))[1] == str(n)
+        except BaseException as exc:
+            errors.append(exc)
+
+    started = perf()
+    if ask_async is not None:
+
+        async def async_client(c: int) -> None:
+            for i in range(per):
+                n = c * per + i
+                assert (await ask_async(request_of(n)))[1] == str(n)
+
+        async def all_clients() -> None:
+            await asyncio.gather(*(async_client(c) for c in range(clients)))
+
+        asyncio.run(all_clients())
+    else:
+        threads = [threading.Thread(target=client, args=(c,)) for c in range(clients)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+    elapsed = perf() - started
+    if errors:
+        raise errors[0]
+    return {
+        "p50": 1e3 * times[len(times) // 2],
+        "p99": 1e3 * times[min(len(times) - 1, int(len(times) * 0.99))],
+        "rps": clients * per / elapsed,
+    }
+
+
+# ---- the systems ---------------------------------------------------------------------------
+
+
+@contextlib.contextmanager
+def sperse_service() -> Iterator[Asks]:
+    import sperse
+    from sperse._up import LocalCluster
+
+    with LocalCluster(2) as up:
+        client = sperse.connect(up.url, token=up.token)
+        try:
+            flow = sperse.Flow("bench", cluster=client)
+            (
+                flow.requests()
+                .key_by(lambda r: r["user"], name="by_user")
+                .scan(0, count, name="count")
+                .map(answer_of, name="answer")
+                .respond()
+            )
+            svc = flow.serve("bench")
+            try:
+                yield (lambda r: svc.request(r).result(60)), None
+            finally:
+                svc.stop()
+        finally:
+            client.close()
+
+
+@contextlib.contextmanager
+def ray_started() -> Iterator[Any]:
+    os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"
+    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+    import ray
+
+    ray.init(
+        num_cpus=4, _node_ip_address="127.0.0.1", include_dashboard=False, logging_level="ERROR"
+    )
+    try:
+        yield ray
+    finally:
+        ray.shutdown()
+
+
+@contextlib.contextmanager
+def ray_serve_chain() -> Iterator[Asks]:
+    with ray_started():
+        from ray import serve
+
+        @serve.deployment(max_ongoing_requests=1000)  # never queued at the router
+        class Counter:
+            def __init__(self) -> None:
+                self.seen: dict[str, int] = {}
+
+            def __call__(self, user: str, request: dict[str, Any]) -> Any:
+                n = self.seen.get(user, 0) + 1
+                self.seen[user] = n
+                return user, (request, n)
+
+        @serve.deployment(max_ongoing_requests=1000)  # never queued at the router
+        class Answer:
+            def __call__(self, pair: Any) -> Any:
+                return answer_of(pair)
+
+        @serve.deployment(max_ongoing_requests=1000)  # never queued at the router
+        class Ingress:
+            def __init__(self, counter: Any, answer: Any) -> None:
+                self.counter, self.answer = counter, answer
+
+            async def __call__(self, request: dict[str, Any]) -> Any:
+                pair = await self.counter.remote(request["user"], request)
+                return await self.answer.remote(pair)
+
+        serve.start(http_options={"host": "127.0.0.1", "port": free_port()})
+        handle = serve.run(Ingress.bind(Counter.bind(), Answer.bind()), name="bench")
+        try:
+
+            async def ask_async(r: dict[str, Any]) -> Any:
+                return await handle.remote(r)
+
+            yield (lambda r: handle.remote(r).result()), ask_async
+        finally:
+            serve.shutdown()
+
+
+@contextlib.contextmanager
+def ray_actor_chain() -> Iterator[Asks]:
+    with ray_started() as ray:
+
+        @ray.remote
+        class By:
+            def key(self, request: dict[str, Any]) -> Any:
+                return request["user"], request
+
+        @ray.remote
+        class Count:
+            def __init__(self) -> None:
+                self.seen: dict[str, int] = {}
+
+            def count(self, keyed: Any) -> Any:
+                user, request = keyed
+                n = self.seen.get(user, 0) + 1
+                self.seen[user] = n
+                return user, (request, n)
+
+        @ray.remote
+        class Answer:
+            def answer(self, pair: Any) -> Any:
+                return answer_of(pair)
+
+        by, counter, answer = By.remote(), Count.remote(), Answer.remote()
+        yield (
+            (lambda r: ray.get(answer.answer.remote(counter.count.remote(by.key.remote(r))))),
+            None,
+        )
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--calls", type=int, default=1000)
+    parser.add_argument("--clients", type=int, default=100)
+    parser.add_argument("--per-client", type=int, default=50)
+    parser.add_argument("--quick", action="store_true", help="small numbers, a smoke run")
+    parser.add_argument("--no-ray", action="store_true", help="Sperse only")
+    args = parser.parse_args()
+    if args.quick:
+        args.calls, args.clients, args.per_client = 200, 20, 10
+    systems: list[tuple[str, Callable[[], Any]]] = [("Sperse service", sperse_service)]
+    if not args.no_ray:
+        systems += [("Ray Serve chain", ray_serve_chain), ("Ray actor chain", ray_actor_chain)]
+    results: dict[str, dict[str, float] | str] = {}
+    for name, system in systems:
+        print(f"{name}...", flush=True)
+        try:
+            with system() as (ask, ask_async):
+                results[name] = measure(ask, args.calls, args.clients, args.per_client, ask_async)
+        except ImportError as exc:
+            results[name] = f"absent ({exc.name or exc})"
+        print(f"  {results[name]}", flush=True)
+    print()
+    print(f"{'system':<18}{'p50 ms':>10}{'p99 ms':>10}{'requests/s':>14}")
+    for name, r in results.items():
+        if isinstance(r, str):
+            print(f"{name:<18}{r}")
+        else:
+            print(f"{name:<18}{r['p50']:>10.2f}{r['p99']:>10.2f}{r['rps']:>14,.0f}")
+    ours, serve_ = results.get("Sperse service"), results.get("Ray Serve chain")
+    if isinstance(ours, dict) and isinstance(serve_, dict):
+        p50 = ours["p50"] / serve_["p50"]
+        rps = ours["rps"] / serve_["rps"]
+        print(
+            f"\nround trip p50 <= 0.3x Ray Serve's: {p50:.2f}x  {'meets' if p50 <= 0.3 else 'misses'}"
+        )
+        print(
+            f"throughput >= 3x Ray Serve's:       {rps:.2f}x  {'meets' if rps >= 3 else 'misses'}"
+        )
+    actors = results.get("Ray actor chain")
+    if isinstance(ours, dict) and isinstance(actors, dict):
+        print(
+            f"against the Ray actor chain: p50 {ours['p50'] / actors['p50']:.2f}x, "
+            f"throughput {ours['rps'] / actors['rps']:.2f}x"
+        )
+
+
+if __name__ == "__main__":
+    main()

@@ -178,8 +178,7 @@ __all__ = [
 class ServerCore:
     """The driver of one server's :class:`~sperse._server.state.ServerState`: feeds it what
     the streams, the pools, the peers and the timers say, and takes the actions it returns.
-    Call from the event loop only. ``clock``: the machine's (``time.monotonic``, as the
-    loop's)."""
+    Call from the event loop only. ``clock``: the machine's (the loop's monotonic one)."""
 
     def __init__(
         self,
@@ -194,8 +193,6 @@ class ServerCore:
         self._loop = loop
         self._clock = clock
         self.shm_prefix = shm.server_prefix()  # of every shared memory file of this server
-        # Big values a client sends as blobs go into files named so (blobs.StreamReceiver).
-        self.spill_prefix = f"{self.shm_prefix}u" if config.shm and shm.available() else ""
         self.state = ServerState(config, name, self.shm_prefix, lambda: secrets.token_hex(16))
         self._sessions: dict[str, Session] = {}
         self.task_logs = TaskLogs()  # what tasks printed, for a while after (sperse logs)
@@ -225,8 +222,7 @@ class ServerCore:
         # Set by the stream layer: send now what a batch of pool events has produced.
         self.after_pool_events: Callable[[], None] | None = None
         self.in_pool_batch = False  # events of the pool are being delivered
-        # Given to every worker (set by the server once it listens): how remote code reaches
-        # this server (nested work, objects, callbacks), and its token, apart from the env.
+        # For every worker (set once the server listens): how remote code reaches it, its token.
         self.worker_env: dict[str, str] = {}
         self.worker_token = ""
         self._peers: Peers | None = None

@@ -72,7 +72,8 @@ class StreamInput:
         self.receiver = StreamReceiver(
             max_value_size,
             server_core.config.max_blob_bytes,
-            spill_prefix=server_core.spill_prefix,
+            # Big values sent as blobs go into the server's files (blobs.StreamReceiver).
+            spill_prefix=f"{server_core.shm_prefix}u" if server_core.config.shm else "",
         )
         self._max_value_size = max_value_size
         self._output = output

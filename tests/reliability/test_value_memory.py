@@ -12,7 +12,7 @@ import sperse
 from sperse._backends.sperse import EmbeddedServer, SperseBackend
 
 MIB = 1 << 20
-VALUE = 256 * MIB
+VALUE = 512 * MIB
 WAIT = 120.0
 
 

@@ -10,7 +10,7 @@ from collections.abc import Iterator
 import pytest
 
 from sperse._serialize import shm
-from sperse._server.blobs import Refused, StreamReceiver
+from sperse._server.blobs import BlobTotal, Refused, StreamReceiver, Violation
 from sperse._server.envelope import ShmBuffer
 from sperse._wire import pb
 
@@ -78,3 +78,20 @@ def test_without_a_prefix_nothing_is_written() -> None:
     data = os.urandom(shm.SHM_MIN * 2)
     send(receiver, 1, data)
     assert receiver.bytes(pb.Bytes(blob_id=1)) == data
+
+
+def test_past_the_servers_total_a_stream_holding_more_than_its_share_ends() -> None:
+    """``--max-blob-total``: streams each under ``--max-blob-bytes``, together past the
+    server's total: the one that holds more than its share ends (a protocol error); the
+    others go on; what a stream held leaves the total when it ends."""
+    total = BlobTotal(limit=3 * PIECE)
+    big, small = StreamReceiver(1 << 30, total=total), StreamReceiver(1 << 30, total=total)
+    send(small, 1, os.urandom(PIECE // 2), last=False)
+    send(big, 1, os.urandom(PIECE * 2), last=False)
+    assert total.bytes == PIECE * 5 // 2 and total.share() == PIECE * 3 // 2
+    with pytest.raises(Violation, match="--max-blob-total"):
+        send(big, 2, os.urandom(PIECE * 2), last=False)
+    send(small, 2, os.urandom(PIECE // 2), last=False)  # under its share: goes on
+    big.close()
+    small.close()
+    assert total.bytes == 0 and total.streams == 0

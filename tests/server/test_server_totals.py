@@ -28,7 +28,7 @@ from sperse._server.cli import build_parser
 from sperse._server.config import ServerConfig, ServerConfigError, check_config
 from sperse._server.envelope import PickledBytes
 from sperse._server.model import InlineValue, ObjectOp
-from sperse._server.outgoing import Session
+from sperse._server.outgoing import Session, UnreadTotal
 from sperse._server.sessions import SessionState
 from sperse._server.tasks import WINDOW_PER_WORKER
 from sperse._wire import pb
@@ -418,7 +418,7 @@ def test_a_client_that_does_not_read_stops_its_calls_too(
 
 
 def test_a_session_is_over_past_its_limit_until_read_down_to_half() -> None:
-    outgoing = Session(SessionState("s"), "client", "peer", "prefix-", limit=1000)
+    outgoing = Session(SessionState("s"), "client", "peer", "prefix-", UnreadTotal(1 << 40, 1000))
     done = Done("t", "srv", (InlineValue("", PickledBytes(b"x" * 236)),))  # 300 bytes
     crossings = [outgoing.emit(done) for _ in range(4)]
     assert crossings == [False, False, False, True] and outgoing.unread == 1200
@@ -430,3 +430,25 @@ def test_a_session_is_over_past_its_limit_until_read_down_to_half() -> None:
     outgoing.take()
     assert outgoing.under_again() and not outgoing.under_again()  # 300: said once
     assert outgoing.unread_peak == 1500
+
+
+def test_past_the_servers_total_the_sessions_holding_more_than_their_share_wait() -> None:
+    """``--max-unread-total``: many sessions, each under its own limit, together past the
+    server's total: those holding more than their share (the total over the sessions) are
+    over, until read down to half of it; one holding little is not held back."""
+    total = UnreadTotal(limit=2000, per_session=10_000)
+    big, small = (
+        Session(SessionState(name), "client", "peer", "prefix-", total) for name in ("big", "small")
+    )
+    done = Done("t", "srv", (InlineValue("", PickledBytes(b"x" * 236)),))  # 300 bytes
+    assert not small.emit(done) and total.share() == 1000
+    crossings = [big.emit(done) for _ in range(6)]  # big: 1800, all: 2100 > 2000
+    assert crossings == [False, False, False, False, False, True]
+    assert not small.over and not small.emit(done)  # 600: under its share of 1000
+    for _ in range(4):
+        big.take()
+    assert not big.under_again()  # 600: under its share, not under half of it
+    big.take()
+    assert big.under_again()  # 300
+    small.clear()
+    assert total.sessions == 1 and total.bytes == big.unread

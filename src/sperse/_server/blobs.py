@@ -30,7 +30,15 @@ from sperse._server.envelope import Buffer, PickledBytes, ShmBuffer
 from sperse._server.held import mib
 from sperse._wire import INLINE_MAX, PIECE, BlobReceiver, BlobSender, pb
 
-__all__ = ["OpenFile", "OutBlob", "Refused", "StreamReceiver", "StreamSender", "Violation"]
+__all__ = [
+    "BlobTotal",
+    "OpenFile",
+    "OutBlob",
+    "Refused",
+    "StreamReceiver",
+    "StreamSender",
+    "Violation",
+]
 
 
 class Violation(Exception):
@@ -163,6 +171,21 @@ class _Spill:
 _SPILL_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
 
 
+class BlobTotal:
+    """The bytes every stream of a server holds ahead of the messages that use them, against
+    ``limit`` (the server's ``--max-blob-total``), and how many streams share it."""
+
+    __slots__ = ("bytes", "limit", "streams")
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.bytes = 0
+        self.streams = 0
+
+    def share(self) -> int:
+        return self.limit // max(1, self.streams)
+
+
 class StreamReceiver:
     """A ``BlobReceiver`` that drops (rather than refuses) a blob over the size limit and
     treats a reused blob id as a protocol error.
@@ -174,8 +197,17 @@ class StreamReceiver:
     file becomes the task's that names it (``pickled``'s ``files``: unlinked with its
     uploads); one no message named is unlinked when the stream ends (``close``)."""
 
-    def __init__(self, max_value: int, max_pending: int = 1 << 62, spill_prefix: str = "") -> None:
+    def __init__(
+        self,
+        max_value: int,
+        max_pending: int = 1 << 62,
+        spill_prefix: str = "",
+        total: BlobTotal | None = None,
+    ) -> None:
         self._blobs = BlobReceiver(max_value)
+        self._total = total if total is not None else BlobTotal(1 << 62)
+        self._total.streams += 1
+        self._counted = 0  # what this stream adds to the total
         self._max_value = max_value
         self._max_pending = max_pending
         self._spill_prefix = spill_prefix
@@ -222,7 +254,15 @@ class StreamReceiver:
             return
         if blob.last:
             self._complete.add(blob_id)
-        pending = self._blobs.pending_bytes + self._spilled_bytes
+        pending = self._count()
+        total = self._total
+        if total.bytes > total.limit and pending > total.share():
+            raise Violation(
+                f"the blobs sent on this stream that no message has used yet hold "
+                f"{mib(pending)}, past this stream's share of this server's limit for all "
+                f"streams together, {mib(total.limit)} (--max-blob-total), which they are "
+                "past: send fewer or smaller values per task, or later"
+            )
         if pending > self._max_pending:
             raise Violation(
                 f"the blobs sent on this stream that no message has used yet (unfinished, or "
@@ -232,6 +272,13 @@ class StreamReceiver:
                 "stay on the server between tasks), or run the server with a larger "
                 "--max-blob-bytes"
             )
+
+    def _count(self) -> int:
+        """This stream's pending bytes, brought into the server's total."""
+        pending = self._blobs.pending_bytes + self._spilled_bytes
+        self._total.bytes += pending - self._counted
+        self._counted = pending
+        return pending
 
     def _maybe_spill(self, blob_id: int, more: int) -> _Spill | None:
         """Start writing ``blob_id`` into a file once it reaches ``shm.SHM_MIN`` bytes (its
@@ -258,6 +305,7 @@ class StreamReceiver:
         if spill is not None:
             self._spilled_bytes -= spill.size
             spill.discard()
+            self._count()
 
     def bytes(self, field: pb.Bytes) -> bytes:
         if field.WhichOneof("kind") == "blob_id":
@@ -272,10 +320,12 @@ class StreamReceiver:
                     raise Refused(f"a value sent could not be read back: {exc}") from None
                 finally:
                     shm.unlink([spilled.name])
+                    self._count()
         try:
             data: bytes = self._blobs.bytes(field)
         except KeyError as exc:
             raise Violation(str(exc.args[0])) from None
+        self._count()
         return data
 
     def pickled(
@@ -297,6 +347,7 @@ class StreamReceiver:
                 self._spilled_bytes -= spilled.size
                 files.append(spilled.name)
                 buffers.append(spilled)
+                self._count()
             else:
                 buffers.append(upload(b.shm) if kind == "shm" else self.bytes(b))
         return PickledBytes(data, tuple(buffers))
@@ -309,3 +360,6 @@ class StreamReceiver:
         self._spilled.clear()
         self._spilled_bytes = 0
         shm.unlink(names)
+        self._total.bytes -= self._counted
+        self._total.streams -= 1
+        self._counted = 0

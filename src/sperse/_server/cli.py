@@ -90,6 +90,14 @@ def _add_totals(parser: argparse.ArgumentParser) -> None:
         "that have not started wait until it reads (default 256M)",
     )
     parser.add_argument(
+        "--max-unread-total",
+        type=_size,
+        default=None,
+        metavar="SIZE",
+        help="events unread, all sessions together: past it, a session holding more than "
+        "its share (this over the sessions) waits as above (default 1G)",
+    )
+    parser.add_argument(
         "--max-blob-bytes",
         type=_size,
         default=None,
@@ -97,6 +105,14 @@ def _add_totals(parser: argparse.ArgumentParser) -> None:
         help="bytes a client may send on one stream ahead of the message that uses them "
         "(unfinished blobs, or ones no message names yet); past it the stream ends "
         "(default 1G)",
+    )
+    parser.add_argument(
+        "--max-blob-total",
+        type=_size,
+        default=None,
+        metavar="SIZE",
+        help="such bytes, all streams together: past it, a stream holding more than its "
+        "share (this over the streams) ends (default 2G)",
     )
     parser.add_argument(
         "--max-objects",
@@ -119,7 +135,9 @@ def _totals(args: argparse.Namespace) -> dict[str, int]:
     names = (
         "max_held_bytes",
         "max_unread_bytes",
+        "max_unread_total",
         "max_blob_bytes",
+        "max_blob_total",
         "max_objects",
         "max_session_objects",
     )

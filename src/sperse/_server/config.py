@@ -23,8 +23,10 @@ from sperse.errors import SperseError
 __all__ = [
     "DEFAULT_INLINE_LIMIT",
     "DEFAULT_MAX_BLOB_BYTES",
+    "DEFAULT_MAX_BLOB_TOTAL",
     "DEFAULT_MAX_OBJECTS",
     "DEFAULT_MAX_UNREAD_BYTES",
+    "DEFAULT_MAX_UNREAD_TOTAL",
     "DEFAULT_MAX_VALUE_SIZE",
     "ServerConfig",
     "ServerConfigError",
@@ -37,7 +39,9 @@ __all__ = [
 DEFAULT_INLINE_LIMIT = 1 << 20
 DEFAULT_MAX_VALUE_SIZE = 1 << 34  # 16 GiB: a byte string a client may send in one value
 DEFAULT_MAX_UNREAD_BYTES = 256 << 20  # of events a session's client has not read
+DEFAULT_MAX_UNREAD_TOTAL = 1 << 30  # of events unread, all sessions together
 DEFAULT_MAX_BLOB_BYTES = 1 << 30  # of blobs a stream holds, not used by a message yet
+DEFAULT_MAX_BLOB_TOTAL = 2 << 30  # of such blobs, all streams together
 DEFAULT_MAX_OBJECTS = 64  # live remote objects, each a process (~25 MB)
 
 
@@ -93,9 +97,11 @@ class ServerConfig:
     # Bytes of events a session's client has not been sent yet (it does not read): past
     # it, the session's tasks that wait for room do not start (sperse._server.outgoing).
     max_unread_bytes: int = DEFAULT_MAX_UNREAD_BYTES
+    max_unread_total: int = DEFAULT_MAX_UNREAD_TOTAL
     # Bytes of blobs a stream holds that no message has used yet (unfinished, or not yet
     # named): past it, the stream ends with a protocol error (sperse._server.blobs).
     max_blob_bytes: int = DEFAULT_MAX_BLOB_BYTES
+    max_blob_total: int = DEFAULT_MAX_BLOB_TOTAL
     # Live remote objects (a process each) on the server, and created by one session
     # (0: half of max_objects); a create past either fails (sperse._server.remote).
     max_objects: int = DEFAULT_MAX_OBJECTS
@@ -180,7 +186,9 @@ def check_config(config: ServerConfig) -> None:
     for option, size in (
         ("--max-held-bytes", config.max_held_bytes),
         ("--max-unread-bytes", config.max_unread_bytes),
+        ("--max-unread-total", config.max_unread_total),
         ("--max-blob-bytes", config.max_blob_bytes),
+        ("--max-blob-total", config.max_blob_total),
         ("--max-objects", config.max_objects),
     ):
         if size < 1:

@@ -118,6 +118,7 @@ from sperse._server.actions import (
     Unlink,
     pool_of,
 )
+from sperse._server.blobs import BlobTotal
 from sperse._server.config import ServerConfig
 from sperse._server.envelope import PickledBytes
 from sperse._server.files import Files, read_inlines, unpack
@@ -143,7 +144,7 @@ from sperse._server.model import (
     Values,
 )
 from sperse._server.object_pools import ObjectPools
-from sperse._server.outgoing import Session
+from sperse._server.outgoing import Session, UnreadTotal
 from sperse._server.pull_runner import PullRunner
 from sperse._server.remote import REBUILD
 from sperse._server.state import SESSION_END, ServerState
@@ -195,6 +196,8 @@ class ServerCore:
         self.shm_prefix = shm.server_prefix()  # of every shared memory file of this server
         self.state = ServerState(config, name, self.shm_prefix, lambda: secrets.token_hex(16))
         self._sessions: dict[str, Session] = {}
+        self._unread = UnreadTotal(config.max_unread_total, config.max_unread_bytes)
+        self.blob_total = BlobTotal(config.max_blob_total)  # the streams' (stream_in)
         self.task_logs = TaskLogs()  # what tasks printed, for a while after (sperse logs)
         self._pools = TaskPools(
             config,
@@ -219,8 +222,7 @@ class ServerCore:
         )
         self._announce_timer: asyncio.TimerHandle | None = None
         self._files = Files(loop)
-        # Set by the stream layer: send now what a batch of pool events has produced.
-        self.after_pool_events: Callable[[], None] | None = None
+        self.after_pool_events: Callable[[], None] | None = None  # the streams': flush now
         self.in_pool_batch = False  # events of the pool are being delivered
         # For every worker (set once the server listens): how remote code reaches it, its token.
         self.worker_env: dict[str, str] = {}
@@ -230,8 +232,7 @@ class ServerCore:
         self._doers = self._action_doers()
         self.objects_served = 0  # counted by the stream layer, which serves them
         self.bytes_served = 0
-        # Set by the joiner while the coordinator shows tasks: the events emitted to
-        # sessions and the tasks submitted are noted there too (sperse._server.task_feed).
+        # Set by the joiner while the coordinator shows tasks (sperse._server.task_feed).
         self.task_feed: TaskFeed | None = None
 
     @property
@@ -305,7 +306,7 @@ class ServerCore:
             return session, True
         state = self.state.open_session(secrets.token_urlsafe(16))
         prefix = f"{self.shm_prefix}s{secrets.token_hex(8)}-"
-        session = Session(state, client_name, peer, prefix, self.config.max_unread_bytes)
+        session = Session(state, client_name, peer, prefix, self._unread)
         self._sessions[session.session_id] = session
         log_event(
             logging.INFO,

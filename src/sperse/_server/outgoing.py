@@ -8,7 +8,11 @@ Invariants:
   ``take`` (a stream takes them when it has sent what it took before), nowhere else.
 - A session is ``over`` from the ``emit`` that takes ``unread`` past ``limit`` (the server's
   ``--max-unread-bytes``) until a ``take`` brings it back to half of it or under (so a
-  client that reads slowly does not flip it at every batch it reads). Each
+  client that reads slowly does not flip it at every batch it reads); and, while the
+  unread bytes of every session together (``UnreadTotal``) are past the server's
+  ``--max-unread-total``, from the ``emit`` that takes it past its share of that (the total
+  over the sessions) until it is back to half of its share: the sessions that hold the most
+  wait, not the others. Each
   crossing is said once (``emit`` and ``take`` return True), for the driver to tell the
   machine: while over, the session's queued tasks wait (back-pressure; see
   :mod:`sperse._server.tasks`); nothing is dropped.
@@ -24,7 +28,7 @@ from sperse._server.envelope import PickledBytes
 from sperse._server.model import Listener, inline_bytes
 from sperse._server.sessions import SessionState
 
-__all__ = ["Session", "event_bytes"]
+__all__ = ["Session", "UnreadTotal", "event_bytes"]
 
 
 def event_bytes(event: BackendEvent) -> int:
@@ -38,13 +42,35 @@ def event_bytes(event: BackendEvent) -> int:
     return 64
 
 
+class UnreadTotal:
+    """The unread bytes of every session of a server, against ``limit`` (the server's
+    ``--max-unread-total``), and how many sessions share it; ``per_session``: each one's
+    own limit (``--max-unread-bytes``)."""
+
+    __slots__ = ("bytes", "limit", "per_session", "sessions")
+
+    def __init__(self, limit: int, per_session: int) -> None:
+        self.limit = limit
+        self.per_session = per_session
+        self.bytes = 0
+        self.sessions = 0
+
+    def share(self) -> int:
+        return self.limit // max(1, self.sessions)
+
+
 class Session:
     """One client's session as its streams see it: undelivered events and callback calls.
-    Outlives its streams; its tasks and objects are in ``state`` (the machine's). ``limit``:
-    the bytes of undelivered events past which it is ``over``."""
+    Outlives its streams; its tasks and objects are in ``state`` (the machine's). ``total``:
+    the server's unread bytes and limits (see the module docstring)."""
 
     def __init__(
-        self, state: SessionState, client_name: str, peer: str, shm_prefix: str, limit: int
+        self,
+        state: SessionState,
+        client_name: str,
+        peer: str,
+        shm_prefix: str,
+        total: UnreadTotal,
     ) -> None:
         self.state = state
         self.session_id = state.session_id
@@ -52,7 +78,9 @@ class Session:
         self.peer = peer
         self.shm_prefix = shm_prefix  # of the files its client uploads
         self.outbox: collections.deque[BackendEvent] = collections.deque()
-        self.limit = limit
+        self.limit = total.per_session
+        self.total = total
+        total.sessions += 1
         self.unread = 0  # bytes of the events in the outbox
         self.unread_peak = 0
         self.over = False
@@ -68,30 +96,43 @@ class Session:
     def emit(self, event: BackendEvent) -> bool:
         """Queue ``event`` for the client; True: the session is over its limit from now."""
         self.outbox.append(event)
-        self.unread += event_bytes(event)
+        size = event_bytes(event)
+        self.unread += size
+        self.total.bytes += size
         self.unread_peak = max(self.unread_peak, self.unread)
         if self.listener is not None:
             self.listener.wake()
-        if self.over or self.unread <= self.limit:
+        if self.over or not self._past():
             return False
         self.over = True
         return True
 
+    def _past(self) -> bool:
+        total = self.total
+        if self.unread > self.limit:
+            return True
+        return total.bytes > total.limit and self.unread > total.share()
+
     def take(self) -> BackendEvent:
         """The next event to send (the outbox is not empty)."""
         event = self.outbox.popleft()
-        self.unread -= event_bytes(event)
+        size = event_bytes(event)
+        self.unread -= size
+        self.total.bytes -= size
         return event
 
     def under_again(self) -> bool:
         """Whether the session was over its limit and is no longer (said once)."""
-        if not self.over or self.unread > self.limit // 2:
+        if not self.over or self.unread > min(self.limit, self.total.share()) // 2:
             return False
         self.over = False
         return True
 
     def clear(self) -> None:
+        """The session ended: nothing more is sent, nor counted."""
         self.outbox.clear()
+        self.total.bytes -= self.unread
+        self.total.sessions -= 1
         self.unread = 0
 
     def __repr__(self) -> str:

@@ -74,6 +74,7 @@ class StreamInput:
             server_core.config.max_blob_bytes,
             # Big values sent as blobs go into the server's files (blobs.StreamReceiver).
             spill_prefix=f"{server_core.shm_prefix}u" if server_core.config.shm else "",
+            total=server_core.blob_total,
         )
         self._max_value_size = max_value_size
         self._output = output

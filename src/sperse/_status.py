@@ -119,9 +119,19 @@ def as_json(members: Sequence[MemberInfo]) -> list[dict[str, object]]:
             "joined": m.joined,
             "last_heartbeat": m.last_heartbeat,
             "tls": m.tls,
+            "services": services_on(m),
         }
         for m in members
     ]
+
+
+def services_on(member: MemberInfo) -> list[str]:
+    """The services whose card this server holds (one server holds each service's: the
+    named remote object ``Flow.serve`` registers)."""
+    from sperse._flow.serving import SERVICE_CARD
+
+    card = SERVICE_CARD
+    return sorted(n.removeprefix(card) for n in member.named if n.startswith(card))
 
 
 def plain_table(table: Sequence[tuple[str, ...]]) -> str:
@@ -211,4 +221,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"no server has joined the coordinator at {url}")
     else:
         _print_table(url, rows(found, time.time()))
+        served = [f"{name} (on {m.name})" for m in found for name in services_on(m)]
+        if served:
+            print(f"services: {', '.join(served)}  (%services in a client shows their operators)")
     return 0

@@ -14,6 +14,8 @@ from typing import Any
 import pytest
 
 import sperse
+from sperse._backends.membership import MemberInfo, MembershipWatch
+from sperse._status import main as status_main
 from sperse._up import LocalCluster
 
 WAIT = 90.0
@@ -175,6 +177,30 @@ def test_another_client_finds_the_service_by_name(
         assert got["retried"] == first == {"user": "carol", "x": 0, "n": 1}
         assert got["after"] == 2
         assert svc.request({"user": "bob", "x": 9}).result(WAIT)["n"] == 5
+    finally:
+        svc.stop()
+
+
+def test_sperse_status_lists_the_services(
+    two: LocalCluster, client: sperse.Cluster, capsys: pytest.CaptureFixture[str]
+) -> None:
+    svc = counter(client, "listed")
+    listed = threading.Event()
+
+    def seen(members: list[MemberInfo], settling: bool) -> None:
+        if any("sperse.service:listed" in m.named for m in members):
+            listed.set()
+
+    try:
+        with MembershipWatch(two.url, two.token, on_change=seen) as watch:
+            seen(watch.members(), watch.settling)
+            assert listed.wait(WAIT), "the service's card never reached the coordinator"
+        capsys.readouterr()
+        assert status_main(["--json", "--token", two.token, two.url]) == 0
+        found = json.loads(capsys.readouterr().out)
+        assert [s for m in found for s in m["services"]] == ["listed"]
+        assert status_main(["--token", two.token, two.url]) == 0
+        assert "services: listed (on " in capsys.readouterr().out
     finally:
         svc.stop()
 

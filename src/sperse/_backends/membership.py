@@ -67,6 +67,7 @@ class MemberInfo:
     last_heartbeat: float
     tls: bool
     instance: str = ""  # the server's own id, the same across its joins ("": an old server)
+    named: tuple[str, ...] = ()  # the names of the remote objects it holds that have one
 
     @property
     def url(self) -> str:
@@ -89,6 +90,7 @@ class MemberInfo:
             last_heartbeat=member.last_heartbeat,
             tls=member.tls,
             instance=member.instance,
+            named=tuple(o.name for o in member.named_objects),
         )
 
 

@@ -69,7 +69,8 @@ class RunLike(Protocol):
 __all__ = ["Service", "ServiceCard", "service", "services", "start_service"]
 
 STOP_TIMEOUT = 60.0  # seconds stop() waits for the requests in flight to be answered
-_CARD = "sperse.service:"  # the name of a service's card on the servers
+SERVICE_CARD = "sperse.service:"  # the name of a service's card on the servers
+_CARD = SERVICE_CARD
 SWAPPABLE = frozenset({"map", "key_by", "scan", "map_values", "inspect"})
 
 

@@ -183,6 +183,12 @@ class _Thread:
         """Give every replica of an operator a new function (a service's ``update``)."""
         return self._executor.swap(event).wait(timeout)
 
+    def reshape(self, logical: LogicalPlan, timeout: float | None) -> PhysicalPlan | None:
+        """Run ``logical`` from now on, its state handed over (a service's ``scale`` and
+        ``move``); the new physical plan once applied, None if not within ``timeout``."""
+        plan = physical(logical, 1)
+        return plan if self._executor.reshape(plan).wait(timeout) else None
+
     def counts(self) -> dict[str, int]:
         return self._executor.counts()
 

@@ -51,6 +51,7 @@ from sperse._flow.messages import (
 from sperse._flow.ops import stable_hash
 from sperse._flow.plan import PhysicalPlan, StageId
 from sperse._flow.replica import Action, Event, Replica
+from sperse._flow.reshape import hand_over
 from sperse._flow.service import Answer, Remember, Reply, Swap
 from sperse._serialize import dumps
 from sperse.errors import SerializationError
@@ -171,6 +172,10 @@ class LocalExecutor:
         self._lock = threading.Lock()  # around the replicas' counters, for progress()
         self._waiting: dict[StageId, int] = collections.Counter()  # items queued per stage
         self._swaps: queue.SimpleQueue[tuple[Swap, threading.Event]] = queue.SimpleQueue()
+        self._reshapes: queue.SimpleQueue[tuple[PhysicalPlan, threading.Event]] = (
+            queue.SimpleQueue()
+        )
+        self._reshaping: tuple[PhysicalPlan, threading.Event] | None = None
 
     # ---- the loop ------------------------------------------------------------------------
 
@@ -181,7 +186,12 @@ class LocalExecutor:
             if self._cancel.is_set():
                 self._control(self.controller.handle(Cancel()))
                 break
+            if self._reshaping is None and not self._reshapes.empty():
+                self._reshaping = self._reshapes.get()  # read no source until it is applied
             if self._step():
+                continue
+            if self._reshaping is not None:
+                self._reshape(*self._reshaping)
                 continue
             if not self._feed():
                 what = "the flow stalled: nothing to deliver and no source left to read"
@@ -205,6 +215,30 @@ class LocalExecutor:
                 for replica in self.replicas.values():
                     replica.handle(event)
             done.set()
+
+    def reshape(self, plan: PhysicalPlan) -> threading.Event:
+        """Run ``plan`` from now on (any thread; a service's ``scale``/``move``): no source
+        is read until every message in flight was delivered, then the replicas are rebuilt
+        for ``plan`` with their state handed over (:mod:`sperse._flow.reshape`) and the run
+        goes on. The event is set once it has. Only for a service's plan: its controller
+        holds nothing until the end, so it starts again for the new plan."""
+        done = threading.Event()
+        self._reshapes.put((plan, done))
+        return done
+
+    def _reshape(self, plan: PhysicalPlan, done: threading.Event) -> None:
+        with self._lock:
+            self.replicas = hand_over(self.replicas, plan)
+            self.plan = plan
+            self.controller = Controller(plan)
+            self._waiting.clear()
+            for feed in self._feeds:
+                node = next(n for n in plan.logical.nodes if n.name == feed.name)
+                feed.stage = plan.stage_of[node.id]
+                feed.replicas = plan.stages[feed.stage].replicas
+                feed.turn %= feed.replicas
+        self._reshaping = None
+        done.set()
 
     def cancel(self) -> None:
         """Stop at the next step (any thread); the sinks not settled yet are cancelled."""

@@ -46,7 +46,8 @@ from sperse.errors import (
 )
 
 if TYPE_CHECKING:
-    from sperse._flow.plan import PhysicalPlan
+    from sperse._flow.plan import LogicalPlan, Node, PhysicalPlan
+    from sperse._lang.placement import Placement
 
 
 class RunLike(Protocol):
@@ -178,19 +179,9 @@ class Service:
         between two batches: its keyed state is kept, and no request is lost or answered
         twice (the requests before the swap get the old function, those after the new).
         Returns once every replica has it (the client that served it)."""
-        run = self._run
-        if run is None:
-            raise UsageError(
-                f"service {self.name!r} was started by another client: only the client that "
-                "served it can update it"
-            )
+        run = self._owned("update")
         plan = run.plan
-        nodes = {n.name: n for n in plan.logical.nodes}
-        node = nodes.get(name)
-        if node is None:
-            raise ValueError(
-                f"service {self.name!r} has no operator called {name!r}" + did_you_mean(name, nodes)
-            )
+        node = self._operator(run, name)
         if node.kind not in SWAPPABLE:
             raise ValueError(f"{name}: a {node.kind} has no function to update")
         if not callable(fn):
@@ -207,6 +198,74 @@ class Service:
             raise TimeoutError(f"update of {name!r} was not applied within {timeout} s")
         node_args = (fn, *node.args[1:]) if node.kind != "scan" else (node.args[0], fn)
         plan.logical.set_args(node.id, node_args)
+
+    def scale(self, name: str, replicas: int | str, timeout: float | None = 60.0) -> None:
+        """Run the operator called ``name`` as ``replicas`` replicas (an int, or
+        ``"per_server"``) from now on: at a batch boundary, with nothing in flight, its
+        keyed state is repartitioned by key over the new replicas; no request is lost or
+        answered twice, and the requests of one key are still answered in order. Returns
+        once the service runs so (the client that served it)."""
+        self._reshape("scale", name, None, replicas, timeout)
+
+    def move(self, name: str, on: str, timeout: float | None = 60.0) -> None:
+        """Run the operator called ``name`` where ``on`` says (a placement as ``.on(...)``
+        and ``remote[...]`` take it: ``"gpu & !slow"``, ``"@server-2"``) from now on, its
+        keyed state carried over, as ``scale`` does (the client that served it)."""
+        from sperse._lang.placement import parse_placement
+
+        if not isinstance(on, str) or not on:
+            raise TypeError(f"move({name!r}, on=...): on is a placement such as '@server-2'")
+        self._reshape("move", name, parse_placement(on), None, timeout)
+
+    def _reshape(
+        self,
+        verb: str,
+        name: str,
+        placement: Placement | None,
+        replicas: int | str | None,
+        timeout: float | None,
+    ) -> None:
+        run = self._owned(verb)
+        logical = run.plan.logical
+        node = self._operator(run, name)
+        if node.kind in ("source", "respond"):
+            raise ValueError(
+                f"{verb}({name!r}): a service's {node.kind} cannot be reshaped (its clients "
+                "send to and take answers from its replicas); reshape the operators between"
+            )
+        handle = run._handle
+        if not isinstance(handle, Reshapes):
+            raise UsageError(
+                f"service {self.name!r} runs on an executor that cannot {verb} its operators"
+            )
+        was = (node.placement, node.replicas)
+        logical.place(node.id, placement, replicas)  # type: ignore[arg-type]
+        try:
+            plan = handle.reshape(logical, timeout)
+        except BaseException:
+            logical.place(node.id, *was)
+            raise
+        if plan is None:
+            raise TimeoutError(f"{verb} of {name!r} was not applied within {timeout} s")
+        run.plan = plan
+
+    def _owned(self, verb: str) -> RunLike:
+        run = self._run
+        if run is None:
+            raise UsageError(
+                f"service {self.name!r} was started by another client: only the client that "
+                f"served it can {verb} it"
+            )
+        return run
+
+    def _operator(self, run: RunLike, name: str) -> Node:
+        nodes = {n.name: n for n in run.plan.logical.nodes}
+        node = nodes.get(name)
+        if node is None:
+            raise ValueError(
+                f"service {self.name!r} has no operator called {name!r}" + did_you_mean(name, nodes)
+            )
+        return node
 
     @property
     def running(self) -> bool:
@@ -307,6 +366,13 @@ class _Deadlines:
 
 
 _DEADLINES = _Deadlines()
+
+
+@runtime_checkable
+class Reshapes(Protocol):
+    """A run that can take a new plan while it runs (``Service.scale``/``move``)."""
+
+    def reshape(self, logical: LogicalPlan, timeout: float | None) -> PhysicalPlan | None: ...
 
 
 @runtime_checkable

@@ -218,3 +218,19 @@ def _plan(svc: sperse.Service) -> Any:
 def _replicas(svc: sperse.Service, name: str) -> int:
     plan = _plan(svc)
     return int(plan.stages[plan.stage_of[_node(plan.logical, name)]].replicas)
+
+
+def test_update_after_scale_reaches_every_new_replica_and_keeps_counting() -> None:
+    svc = counter_flow("rescaled").serve("rescaled", executor=InProcess(seed=5))
+    try:
+        users = [f"u{i}" for i in range(12)]
+        for user in users:
+            svc.request({"user": user, "tag": "a"}).result(WAIT)
+        svc.scale("count", replicas=3)
+        svc.update("answer", lambda pair: {"user": pair[0], "n": pair[1][1], "v": 2})
+        got = [svc.request({"user": u, "tag": "b"}).result(WAIT) for u in users]
+        assert got == [{"user": u, "n": 2, "v": 2} for u in users]
+    finally:
+        svc.stop()
+    with pytest.raises(sperse.ServiceStopped, match="nothing to scale"):
+        svc.scale("count", replicas=2)

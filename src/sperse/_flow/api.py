@@ -187,7 +187,14 @@ class _Thread:
         """Run ``logical`` from now on, its state handed over (a service's ``scale`` and
         ``move``); the new physical plan once applied, None if not within ``timeout``."""
         plan = physical(logical, 1)
-        return plan if self._executor.reshape(plan).wait(timeout) else None
+        applied = self._executor.reshape(plan)
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while not applied.is_set() and not self._finished.is_set():  # or the run ends
+            left = None if deadline is None else deadline - time.monotonic()
+            if left is not None and left <= 0:
+                break
+            applied.wait(min(0.1, left) if left is not None else 0.1)
+        return plan if applied.is_set() else None
 
     def counts(self) -> dict[str, int]:
         return self._executor.counts()

@@ -236,8 +236,11 @@ class Service:
         handle = run._handle
         if not isinstance(handle, Reshapes):
             raise UsageError(
-                f"service {self.name!r} runs on an executor that cannot {verb} its operators"
+                f"service {self.name!r} runs on servers, where {verb} is not built yet: "
+                "serve it in this process to reshape it (docs/flows.md, Services)"
             )
+        if not self.running:
+            raise ServiceStopped(f"service {self.name!r} has stopped: there is nothing to {verb}")
         was = (node.placement, node.replicas)
         logical.place(node.id, placement, replicas)  # type: ignore[arg-type]
         try:
@@ -245,6 +248,8 @@ class Service:
         except BaseException:
             logical.place(node.id, *was)
             raise
+        if plan is None and not self.running:
+            raise ServiceStopped(f"service {self.name!r} stopped before its {verb} was applied")
         if plan is None:
             raise TimeoutError(f"{verb} of {name!r} was not applied within {timeout} s")
         run.plan = plan

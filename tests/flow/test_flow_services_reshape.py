@@ -29,8 +29,8 @@ def answer(pair: tuple[str, tuple[str, int]]) -> dict[str, Any]:
     return {"user": user, "tag": tag, "n": n}
 
 
-def counter_flow(name: str) -> sperse.Flow:
-    f = sperse.Flow(name=name)
+def counter_flow(name: str, cluster: sperse.Cluster | None = None) -> sperse.Flow:
+    f = sperse.Flow(name=name, cluster=cluster)
     (
         f.requests()
         .key_by(lambda r: r["user"])

@@ -224,6 +224,57 @@ def test_update_on_servers_keeps_the_keyed_state(client: sperse.Cluster) -> None
         svc.stop()
 
 
+# -- scale and move while requests flow --------------------------------------------------------
+
+
+def test_scale_1_3_1_and_move_on_servers_lose_and_repeat_no_request(
+    client: sperse.Cluster,
+) -> None:
+    from test_flow_services_reshape import Clients, counter_flow
+
+    svc = counter_flow("reshaped", client).serve("reshaped")
+
+    def servers_of(name: str) -> list[str]:
+        run = svc._run
+        assert run is not None
+        return [h["server"] for h in run.hosts() if name in h["operators"].split(" -> ")]
+
+    try:
+        with Clients(svc) as clients:
+            clients.wait_for(40)
+            svc.scale("count", replicas=3)
+            assert len(servers_of("count")) == 3
+            assert set(servers_of("count")) == {"server-1", "server-2"}
+            clients.wait_for(40)
+            svc.scale("count", replicas=1)
+            [was] = servers_of("count")
+            clients.wait_for(40)
+            other = next(s for s in ("server-1", "server-2") if s != was)
+            svc.move("count", on=f"@{other}")
+            assert servers_of("count") == [other]
+            clients.wait_for(40)
+        assert clients.errors == []
+        for user, sent in clients.sent.items():  # each count ends at the requests sent
+            got = svc.request({"user": user, "tag": "last"}).result(WAIT)
+            assert got == {"user": user, "tag": "last", "n": sent + 1}
+    finally:
+        svc.stop()
+    assert svc.sent == svc.answered
+
+
+def test_a_move_nowhere_is_refused_and_the_service_goes_on(client: sperse.Cluster) -> None:
+    from test_flow_services_reshape import counter_flow
+
+    svc = counter_flow("nowhere", client).serve("nowhere")
+    try:
+        assert svc.request({"user": "a", "tag": "1"}).result(WAIT)["n"] == 1
+        with pytest.raises(sperse.NoMatchingServer, match="server-9"):
+            svc.move("count", on="@server-9")
+        assert svc.request({"user": "a", "tag": "2"}).result(WAIT)["n"] == 2
+    finally:
+        svc.stop()
+
+
 # -- a server killed under a service -----------------------------------------------------------
 
 

@@ -52,7 +52,8 @@ from sperse._flow.messages import (
 from sperse._flow.ops import stable_hash
 from sperse._flow.plan import NodeId, PhysicalPlan, Role, StageId
 from sperse._flow.replica import Event, Replica
-from sperse._flow.service import Answer, Envelope, Remember, Reply, Swap
+from sperse._flow.reshape import Handover
+from sperse._flow.service import Answer, Envelope, Moved, Remember, Reply, Swap
 from sperse._flow.transport import BATCH_ITEMS, LINGER, WINDOW, Credits, Outbox, Reorder
 from sperse._serialize import dumps, loads
 from sperse.errors import (
@@ -67,6 +68,7 @@ __all__ = ["READ_BATCH", "ReplicaHost", "channel_name", "lost_info", "unpicklabl
 
 READ_BATCH = 1024  # lines per batch a host reads from its files
 TICK = 0.05  # seconds between clock ticks for time windows
+QUIESCE_POLL = 0.002  # seconds between a reshape's checks that a host is idle
 DRAIN = 4.0  # seconds a stopping service's respond replica waits for its answers to be taken
 
 
@@ -123,6 +125,9 @@ class ReplicaHost:
         self._input_ended = False
         self._mail: dict[str, list[Answer]] = {}
         self._mailed = asyncio.Event()
+        self._moved: Moved | None = None  # reshaped: the answers are taken elsewhere now
+        self._paused = False  # a reshape: the requests replica takes nothing from its inbox
+        self._idle = False  # the pump waits for something to do
         requests = next((n for n in self._plan.logical.nodes if n.kind == "source"), None)
         self._requests_stage = self._plan.stage_of[requests.id] if requests is not None else 0
 
@@ -132,10 +137,15 @@ class ReplicaHost:
         """Where this host runs: its process and the parent process (the server's)."""
         return {"pid": os.getpid(), "ppid": os.getppid(), "server": self._where}
 
-    async def start(self, peers: dict[tuple[int, int], Any], lines: str = "") -> None:
+    async def start(
+        self, peers: dict[tuple[int, int], Any], lines: str = "", state: Handover | None = None
+    ) -> None:
         """Start the pump: ``peers`` are the proxies of every replica this one sends to;
-        ``lines``: the file or directory this source replica reads its share of."""
+        ``lines``: the file or directory this source replica reads its share of; ``state``:
+        what a reshaped service hands this new replica (:mod:`sperse._flow.rehost`)."""
         self._peers = dict(peers)
+        if state is not None:
+            state.give(self._replica)
         if lines:
             self._lines = _lines(Path(lines), self._index, self._stage.replicas)
         self._pump = asyncio.get_running_loop().create_task(self._run())
@@ -189,14 +199,15 @@ class ReplicaHost:
         self._wake.set()
         await done
 
-    async def take(self, client: str, wait: float) -> list[tuple[Any, ...]]:
+    async def take(self, client: str, wait: float) -> list[tuple[Any, ...] | Moved]:
         """The answers waiting for ``client`` (a respond replica), as soon as there are
         some, else after ``wait`` seconds: a client's long poll. Each is ``(client, rid,
-        value, error)``."""
+        value, error)``; once this host answers no more (a reshape), ``[Moved]`` says where
+        to take them from."""
         if not self._mail.get(client):
             try:
                 async with asyncio.timeout(wait):
-                    while not self._mail.get(client) and not self._closing:
+                    while not self._mail.get(client) and not self._closing and not self._moved:
                         self._mailed.clear()
                         await self._mailed.wait()
             except TimeoutError:
@@ -204,7 +215,58 @@ class ReplicaHost:
         answers = self._mail.pop(client, [])
         if not self._mail:
             self._mailed.set()  # a finish waiting for the mailboxes to empty
+        if not answers and self._moved is not None:
+            return [self._moved]
         return [(a.client, a.rid, a.value, a.error) for a in answers]
+
+    # ---- a reshape (sperse._flow.rehost) ------------------------------------------------
+
+    async def pause(self) -> None:
+        """Take nothing more from the inbox (the requests replica); returns once what it
+        took is sent on and acknowledged."""
+        self._paused = True
+        self._wake.set()
+        await self.quiesce()
+
+    async def quiesce(self) -> None:
+        """Return once this host is idle: its inbox empty (or paused), everything it sent
+        acknowledged, so processed by its receivers."""
+        while not (
+            self._idle and (self._paused or not self._inbox) and not self._credits.unacked()
+        ):
+            await asyncio.sleep(QUIESCE_POLL)
+
+    def export(self) -> Handover:
+        """This replica's keyed state, idempotency memory and counts (once quiesced)."""
+        return Handover.of([self._replica])
+
+    def retire(self, moved: Moved) -> None:
+        """Answer no more: long polls take what is left, then ``moved``."""
+        self._moved = moved
+        self._mailed.set()
+
+    async def replan(
+        self,
+        plan: bytes,
+        peers: dict[tuple[int, int], Any],
+        state: Handover,
+        config: dict[str, Any],
+        moved: Moved | None,
+    ) -> None:
+        """Become the requests replica of the reshaped ``plan`` (stage 0, replica 0: this
+        host, where the clients send), with ``state``; then take requests again."""
+        self._plan = loads(plan, what="a flow's plan")
+        self._stage = self._plan.stages[0]
+        self._replica = Replica(self._plan, StageId(0), 0)
+        state.give(self._replica)
+        self._peers = dict(peers)
+        self._credits = Credits(self._window)  # all acknowledged: the receivers are new
+        self._names = config.get("names", {})
+        self._servers = config.get("servers", {})
+        self._moved = moved
+        self._mailed.set()
+        self._paused = False
+        self._wake.set()
 
     async def watch(
         self, wait: float
@@ -270,13 +332,14 @@ class ReplicaHost:
 
     async def _pumping(self) -> None:
         while True:
-            if not self._inbox:
+            if not self._inbox or self._paused:
                 if self._lines is not None:
                     await self._read()
                     continue
                 await self._flush(idle=True)
-                if not self._inbox:
+                if not self._inbox or self._paused:
                     self._wake.clear()
+                    self._idle = True
                     if self._timed:
                         try:
                             async with asyncio.timeout(TICK):
@@ -285,6 +348,7 @@ class ReplicaHost:
                             await self._handle([Tick(time.time())])
                     else:
                         await self._wake.wait()
+                    self._idle = False
                 continue
             events, done = self._inbox.popleft()
             await self._handle(events)

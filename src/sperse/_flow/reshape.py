@@ -19,14 +19,15 @@ left; every key of every keyed operator is in exactly one new replica.
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
 from typing import Any
 
 from sperse._flow.ops import Fold, Op, stable_hash
 from sperse._flow.plan import PhysicalPlan, StageId
 from sperse._flow.replica import Replica
-from sperse._flow.service import Enveloped
+from sperse._flow.service import Enveloped, Idempotency
 
-__all__ = ["KeyedState", "hand_over", "keyed_state", "take_state"]
+__all__ = ["Handover", "KeyedState", "hand_over", "keyed_state", "take_state"]
 
 KeyedState = dict[str, dict[Any, Any]]  # operator name -> key -> state
 
@@ -61,25 +62,65 @@ def take_state(replica: Replica, state: KeyedState) -> None:
         }
 
 
+@dataclass(slots=True)
+class Handover:
+    """What old replicas hand the new ones: keyed state by operator name, the requests
+    replica's idempotency memory, items taken in per operator."""
+
+    keyed: KeyedState = field(default_factory=dict)
+    idem: Idempotency | None = None
+    counts: dict[str, int] = field(default_factory=dict)
+
+    @classmethod
+    def of(cls, replicas: list[Replica]) -> Handover:
+        out = cls(keyed_state(replicas))
+        for replica in replicas:
+            for op in replica.ops:
+                out.counts[op.name] = out.counts.get(op.name, 0) + op.count
+            out.idem = out.idem or replica._idem
+        return out
+
+    @classmethod
+    def merged(cls, parts: list[Handover]) -> Handover:
+        out = cls()
+        for part in parts:
+            for name, keys in part.keyed.items():
+                out.keyed.setdefault(name, {}).update(keys)
+            for name, n in part.counts.items():
+                out.counts[name] = out.counts.get(name, 0) + n
+            out.idem = out.idem or part.idem
+        return out
+
+    def share(self, plan: PhysicalPlan, stage: StageId, index: int) -> Handover:
+        """The part of this for replica ``index`` of ``stage`` of ``plan``: the keys it
+        owns, the counts of its operators on replica 0, the idempotency memory if it is the
+        requests replica."""
+        count = plan.stages[stage].replicas
+        names = {plan.node(n).name for n in plan.stages[stage].nodes}
+        keyed = {
+            name: {k: v for k, v in keys.items() if stable_hash(k) % count == index}
+            for name, keys in self.keyed.items()
+            if name in names
+        }
+        counts = {n: c for n, c in self.counts.items() if n in names} if index == 0 else {}
+        first = plan.node(plan.stages[stage].nodes[0]).kind == "source"
+        return Handover(keyed, self.idem if first else None, counts)
+
+    def give(self, replica: Replica) -> None:
+        """Into the new ``replica``: its keys, the idempotency memory, the counts."""
+        take_state(replica, self.keyed)
+        if replica._idem is not None and self.idem is not None:
+            replica._idem = self.idem
+        for op in replica.ops:
+            op.count += self.counts.get(op.name, 0)
+
+
 def hand_over(
     old: dict[tuple[StageId, int], Replica], plan: PhysicalPlan
 ) -> dict[tuple[StageId, int], Replica]:
     """The replicas of ``plan``, with the state of ``old`` (see the module docstring)."""
     new = {(s.id, r): Replica(plan, s.id, r) for s in plan.stages for r in range(s.replicas)}
-    state = keyed_state(list(old.values()))
-    counts: dict[str, int] = {}
-    idem = None
-    for replica in old.values():
-        for op in replica.ops:
-            counts[op.name] = counts.get(op.name, 0) + op.count
-        idem = idem or replica._idem
-    placed: set[str] = set()
-    for replica in new.values():
-        take_state(replica, state)
-        if replica._idem is not None and idem is not None:
-            replica._idem = idem
-        for op in replica.ops:
-            if op.name not in placed:
-                placed.add(op.name)
-                op.count = counts.get(op.name, 0)
+    handover = Handover.of(list(old.values()))
+    for (stage, index), replica in new.items():
+        handover.share(plan, stage, index).give(replica)
     return new

@@ -23,7 +23,7 @@ from sperse._cluster.pending import Pending
 from sperse._flow.local import PushQueue
 from sperse._flow.messages import Batch
 from sperse._flow.ops import stable_hash
-from sperse._flow.service import Answer, Envelope
+from sperse._flow.service import Answer, Envelope, Moved
 from sperse._serialize import RemoteValue, dumps
 from sperse.errors import ObjectLost, ServiceStopped
 
@@ -97,6 +97,7 @@ class OnServers(Route):
         self._unacked = 0  # requests not acknowledged yet (sent, or waiting to be)
         self._closed = False
         self._pollers: list[threading.Thread] = []
+        self._epoch = 0  # the reshape whose respond replicas are polled
         self._sender = threading.Thread(
             target=self._sending, name=f"sperse-service-{self._name}-send", daemon=True
         )
@@ -203,10 +204,26 @@ class OnServers(Route):
                 except ReferenceError:
                     return
                 return
+            got = _value(pending)
+            moved = [m for m in got if isinstance(m, Moved)]
             try:
-                self._service._answered([Answer(*a) for a in _value(pending)])
+                self._service._answered([Answer(*a) for a in got if not isinstance(a, Moved)])
             except ReferenceError:
                 return
+            if moved:
+                self._moved(moved[0])
+                return
+
+    def _moved(self, moved: Moved) -> None:
+        """The service was reshaped: its answers are taken from new respond replicas (the
+        first poller told of it starts their polls; the others end)."""
+        with self._cond:
+            if moved.epoch <= self._epoch or self._closed:
+                return
+            self._epoch = moved.epoch
+            self._responds = moved.responds
+            self._pollers = []
+        self._poll()
 
     def drain(self, timeout: float) -> None:
         deadline = time.monotonic() + timeout

@@ -56,6 +56,7 @@ from sperse._flow.messages import (
     Stopped,
 )
 from sperse._flow.plan import LogicalPlan, Node, PhysicalPlan, Stage
+from sperse._flow.rehost import Reshaping, planned, rehost, shippable
 from sperse._flow.service import Answer
 from sperse._flow.transport import BATCH_ITEMS, LINGER, WINDOW, Credits
 from sperse._lang.placement import Placement
@@ -205,7 +206,7 @@ class _Driver:
             s.id: " -> ".join(plan.node(n).name for n in s.nodes) for s in plan.stages
         }
         self._heads: dict[int, str] = {s.id: plan.node(s.nodes[0]).name for s in plan.stages}
-        self._shipped = dumps(_shippable(plan), what=f"the operators of flow {plan.logical.name!r}")
+        self._shipped = dumps(shippable(plan), what=f"the operators of flow {plan.logical.name!r}")
         self._feeds = [
             _Feed(n, plan.stages[plan.stage_of[n.id]], config.restart > 0)
             for n in plan.logical.nodes
@@ -218,6 +219,7 @@ class _Driver:
         self._places = self._place(config.cluster.servers())  # raises NoMatchingServer
         self._started = threading.Event()  # the hosts were started (or the run is over)
         self._kept: list[ObjectProxy] = []  # closed with the hosts (a service's card)
+        self._epoch = 0  # reshapes so far
         self._thread = threading.Thread(
             target=self._run, name=f"sperse-flow-{plan.logical.name}", daemon=True
         )
@@ -261,6 +263,14 @@ class _Driver:
             raise stopped.error.to_exception(self._plan.logical.name)
         with self._lock:
             return {key: host.proxy for key, host in self._hosts.items()}
+
+    def reshape(self, logical: LogicalPlan, timeout: float | None) -> PhysicalPlan | None:
+        """Run ``logical`` from now on, its state handed over (a service's ``scale`` and
+        ``move``, see :mod:`sperse._flow.rehost`); the new plan once applied, None if not
+        within ``timeout``; raises what made it fail."""
+        box = Reshaping()
+        self._events.put(("reshape", planned(self, logical), box))  # raises a bad placement
+        return box.result(timeout)
 
     def keep(self, proxy: ObjectProxy) -> None:
         """Close ``proxy`` with the hosts when the run ends."""
@@ -364,28 +374,29 @@ class _Driver:
     def _create(self) -> None:
         hosts = {}
         for key, server in self._places.items():
-            stage = self._plan.stages[key[0]]
-            senders = sum(i.senders for i in stage.inputs) + 1
-            if self._plan.logical.is_service():  # clients' requests and long polls too
-                senders += CLIENTS
-            cls = RemoteClass(ReplicaHost).options(
-                on=f"@{server}",
-                max_concurrency=self._config.window * senders + 16,
-                name="",
-            )
-            config = {
-                "window": self._config.window,
-                "batch_items": self._config.batch_items,
-                "linger": self._config.linger,
-                "server": server,
-                "names": self._names,
-                "servers": self._places,
-            }
-            proxy = cls.create_on(self._cluster, (self._shipped, key[0], key[1], config), {})
-            hosts[key] = host = _Host(key, server, proxy)
-            proxy._when_ready(functools.partial(self._put, "ready", host))
+            hosts[key] = host = self._make_host(key, server)
+            host.proxy._when_ready(functools.partial(self._put, "ready", host))
         with self._lock:
             self._hosts = hosts
+
+    def _make_host(self, key: Key, server: str) -> _Host:
+        stage = self._plan.stages[key[0]]
+        senders = sum(i.senders for i in stage.inputs) + 1
+        if self._plan.logical.is_service():  # clients' requests and long polls too
+            senders += CLIENTS
+        cls = RemoteClass(ReplicaHost).options(
+            on=f"@{server}", max_concurrency=self._config.window * senders + 16, name=""
+        )
+        config = {
+            "window": self._config.window,
+            "batch_items": self._config.batch_items,
+            "linger": self._config.linger,
+            "server": server,
+            "names": self._names,
+            "servers": self._places,
+        }
+        proxy = cls.create_on(self._cluster, (self._shipped, key[0], key[1], config), {})
+        return _Host(key, server, proxy)
 
     def _put(self, kind: str, host: _Host, pending: Pending[Any]) -> None:
         self._events.put((kind, host, pending))
@@ -394,23 +405,29 @@ class _Driver:
         now = time.monotonic()
         for host in self._hosts.values():
             stage = self._plan.stages[host.key[0]]
-            peers = {
-                (out.stage, r): self._hosts[(out.stage, r)].proxy
-                for out in stage.outputs
-                for r in range(out.replicas)
-            }
-            if self._plan.node(stage.nodes[-1]).kind == "respond":
-                # it tells the requests replicas (stage 0) the first answers of keys
-                source = self._plan.stages[0]
-                for r in range(source.replicas):
-                    peers[(source.id, r)] = self._hosts[(source.id, r)].proxy
             head = self._plan.node(stage.nodes[0])
             lines = head.args[1] if head.kind == "source" and head.args[0] == "lines" else ""
-            self._call(host, "start", ("started", host), peers, lines)
+            self._call(host, "start", ("started", host), self._peers(host.key), lines)
             self._call(host, "info", ("info", host))
             host.heard = now
             self._watch(host)
         self._started.set()
+
+    def _peers(self, key: Key) -> dict[Key, ObjectProxy]:
+        """The proxies of the hosts that host ``key`` sends to."""
+        stage = self._plan.stages[key[0]]
+        hosts = self._hosts
+        peers: dict[Key, ObjectProxy] = {
+            (out.stage, r): hosts[(out.stage, r)].proxy
+            for out in stage.outputs
+            for r in range(out.replicas)
+        }
+        if self._plan.node(stage.nodes[-1]).kind == "respond":
+            # it tells the requests replicas (stage 0) the first answers of keys
+            peers.update(
+                {(0, r): hosts[(0, r)].proxy for r in range(self._plan.stages[0].replicas)}
+            )
+        return peers
 
     def _call(self, host: _Host, method: str, event: tuple[Any, ...], *args: Any) -> None:
         pending: Pending[Any] = getattr(host.proxy, method)(*args)
@@ -425,6 +442,8 @@ class _Driver:
         kind = event[0]
         if kind == "cancel":
             return self._control(self._controller.handle(Cancel()))
+        if kind == "reshape":  # a service's scale or move: done here, between two events
+            return rehost(self, event[1], event[2])
         host: _Host = event[1]
         pending: Pending[Any] = event[-1]
         if self._hosts.get(host.key) is not host:
@@ -575,18 +594,3 @@ def _failed(cluster: Cluster, error: BaseException) -> Pending[Any]:
     pending: Pending[Any] = Pending(cluster)
     pending._settle(error=error)
     return pending
-
-
-def _shippable(plan: PhysicalPlan) -> PhysicalPlan:
-    """``plan`` as the hosts get it: sources fed from this process lose their items (an
-    iterable, a queue) and keep only what they are."""
-    logical = LogicalPlan(plan.logical.name)
-    for node in plan.logical.nodes:
-        if node.kind == "source" and node.args[0] != "lines":
-            node = Node(
-                node.id, node.kind, node.name, ("client",), node.inputs, node.placement,
-                node.replicas, node.keyed, node.loop,
-            )  # fmt: skip
-        logical.nodes.append(node)
-    logical.loops = list(plan.logical.loops)
-    return PhysicalPlan(logical, plan.stages, plan.stage_of, plan.loops)

@@ -39,6 +39,7 @@ __all__ = [
     "Envelope",
     "Enveloped",
     "Idempotency",
+    "Moved",
     "Remember",
     "Reply",
     "Respond",
@@ -157,6 +158,15 @@ class Swap:
 
     operator: str
     fn: Callable[..., Any]
+
+
+@dataclass(frozen=True, slots=True)
+class Moved:
+    """A reshaped service's answer to a long poll of a host that answers no more: take the
+    answers from ``responds`` (the hosts of the respond replicas of reshape ``epoch``)."""
+
+    epoch: int
+    responds: list[Any]
 
 
 @dataclass(frozen=True, slots=True)

@@ -15,6 +15,10 @@ travels depends on where the service runs:
   requests waiting. An answer goes from the server that made it to the client that asked:
   never through the coordinator or the client that started the service.
 
+``scale``/``move`` (the client that served it) reshape the running service: the executor
+quiesces it, rebuilds the replicas for the new plan and hands keyed state over by key
+(:mod:`sperse._flow.reshape`, on servers :mod:`sperse._flow.rehost`).
+
 ``stop()`` (the client that served it) drains: new requests raise ``ServiceStopped``; those
 sent already reach the requests replicas, then the source ends, every request in flight
 is answered, and the flow ends.
@@ -236,8 +240,8 @@ class Service:
         handle = run._handle
         if not isinstance(handle, Reshapes):
             raise UsageError(
-                f"service {self.name!r} runs on servers, where {verb} is not built yet: "
-                "serve it in this process to reshape it (docs/flows.md, Services)"
+                f"service {self.name!r} runs on an executor that cannot {verb} its "
+                "operators (the in-process and the server executors can)"
             )
         if not self.running:
             raise ServiceStopped(f"service {self.name!r} has stopped: there is nothing to {verb}")

@@ -163,5 +163,9 @@ class Credits:
             with contextlib.suppress(ValueError):
                 out.remove(seq)
 
+    def unacked(self) -> int:
+        """Deliveries not acknowledged yet, over every channel."""
+        return sum(len(out) for out in self._out.values())
+
     def outstanding(self, channel: Any) -> int:
         return len(self._out.get(channel, ()))

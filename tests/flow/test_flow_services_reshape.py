@@ -45,8 +45,11 @@ class Clients:
     """``threads`` client threads, each sending bursts of ``burst`` requests for its own
     users and checking every answer against the tag its request carries, until stopped."""
 
-    def __init__(self, svc: sperse.Service, threads: int = 4, burst: int = 5) -> None:
+    def __init__(
+        self, svc: sperse.Service, threads: int = 4, burst: int = 5, prefix: str = "t"
+    ) -> None:
         self.svc = svc
+        self.prefix = prefix
         self.burst = burst
         self.errors: list[str] = []
         self.sent: dict[str, int] = {}
@@ -72,7 +75,7 @@ class Clients:
             assert self._cond.wait_for(lambda: self.answered >= goal or self.errors, WAIT)
 
     def _client(self, t: int) -> None:
-        users = [f"t{t}u{u}" for u in range(3)]
+        users = [f"{self.prefix}{t}u{u}" for u in range(3)]
         n = dict.fromkeys(users, 0)
         i = 0
         try:

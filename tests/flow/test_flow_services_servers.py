@@ -15,6 +15,7 @@ import pytest
 
 import sperse
 from sperse._backends.membership import MemberInfo, MembershipWatch
+from sperse._flow import serving
 from sperse._status import main as status_main
 from sperse._up import LocalCluster
 
@@ -228,7 +229,7 @@ def test_update_on_servers_keeps_the_keyed_state(client: sperse.Cluster) -> None
 
 
 def test_scale_1_3_1_and_move_on_servers_lose_and_repeat_no_request(
-    client: sperse.Cluster,
+    client: sperse.Cluster, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     from test_flow_services_reshape import Clients, counter_flow
 
@@ -239,8 +240,12 @@ def test_scale_1_3_1_and_move_on_servers_lose_and_repeat_no_request(
         assert run is not None
         return [h["server"] for h in run.hosts() if name in h["operators"].split(" -> ")]
 
+    with monkeypatch.context() as m:  # a client that found it on the cluster, by its card
+        m.delitem(serving._SERVICES, "reshaped")
+        remote = sperse.service("reshaped")
+    assert remote._run is None
     try:
-        with Clients(svc) as clients:
+        with Clients(svc) as clients, Clients(remote, threads=2, prefix="r") as others:
             clients.wait_for(40)
             svc.scale("count", replicas=3)
             assert len(servers_of("count")) == 3
@@ -253,13 +258,16 @@ def test_scale_1_3_1_and_move_on_servers_lose_and_repeat_no_request(
             svc.move("count", on=f"@{other}")
             assert servers_of("count") == [other]
             clients.wait_for(40)
-        assert clients.errors == []
-        for user, sent in clients.sent.items():  # each count ends at the requests sent
+            others.wait_for(20)
+        assert clients.errors == others.errors == []
+        for user, sent in {**clients.sent, **others.sent}.items():  # counts end at the sent
             got = svc.request({"user": user, "tag": "last"}).result(WAIT)
             assert got == {"user": user, "tag": "last", "n": sent + 1}
     finally:
+        remote.close()
         svc.stop()
     assert svc.sent == svc.answered
+    assert remote.sent == remote.answered
 
 
 def test_a_move_nowhere_is_refused_and_the_service_goes_on(client: sperse.Cluster) -> None:

@@ -57,4 +57,5 @@ def test_the_services_block() -> None:
         "{'user': 'ada', 'x': 3, 'n': 1}",
         "{'user': 'ada', 'x': 4, 'n': 2}",
         "{'user': 'ada', 'n': 3, 'v': 2}",
+        "{'user': 'ada', 'n': 4, 'v': 2}",
     ]

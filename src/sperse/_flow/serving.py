@@ -93,6 +93,7 @@ class Service:
         self._run = owner
         self._route: Route | None = None
         self._lock = threading.Lock()
+        self._reshaping = threading.Lock()  # one scale/move at a time
         self._rids = itertools.count()
         self._waiting: dict[int, Pending[Any]] = {}
         self._by_key: dict[Any, Pending[Any]] = {}
@@ -245,18 +246,23 @@ class Service:
             )
         if not self.running:
             raise ServiceStopped(f"service {self.name!r} has stopped: there is nothing to {verb}")
-        was = (node.placement, node.replicas)
-        logical.place(node.id, placement, replicas)  # type: ignore[arg-type]
-        try:
-            plan = handle.reshape(logical, timeout)
-        except BaseException:
-            logical.place(node.id, *was)
-            raise
+        with self._reshaping:
+            node = self._operator(run, name)  # as the last reshape left it
+            was = (node.placement, node.replicas)
+            logical.place(node.id, placement, replicas)  # type: ignore[arg-type]
+            try:
+                plan = handle.reshape(logical, timeout)
+            except BaseException:
+                logical.place(node.id, *was)
+                raise
+            if plan is not None:
+                run.plan = plan
         if plan is None and not self.running:
             raise ServiceStopped(f"service {self.name!r} stopped before its {verb} was applied")
         if plan is None:
-            raise TimeoutError(f"{verb} of {name!r} was not applied within {timeout} s")
-        run.plan = plan
+            raise TimeoutError(
+                f"{verb} of {name!r} was not applied within {timeout} s (it may still be)"
+            )
 
     def _owned(self, verb: str) -> RunLike:
         run = self._run

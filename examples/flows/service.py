@@ -1,6 +1,6 @@
 """A keyed service: a per-user counter answering requests from concurrent client threads.
 
-    python examples/flows/service.py [--clients C] [--requests R] [--users U]
+    python examples/flows/service.py [--clients C] [--requests R] [--users U] [--reshape]
         [--servers N | --connect URL] [--json]
 
 The service ``counter`` reads requests ``{"user": u, "tag": t}``, keys them by user, counts
@@ -10,7 +10,9 @@ requests of that user it has seen so far. C client threads each send R requests 
 turn over U users) and check every answer against the tag its request carries. Prints a
 summary, or with ``--json``: ``{"requests": ..., "answered": ..., "wrong": [...],
 "counts": {user: last n}, "expected": {user: requests sent}, "seconds": ...}``; the run
-fails (exit code 1) if an answer is wrong or a count is not the number of requests sent.
+fails (exit code 1) if an answer is wrong or a count is not the number of requests sent. With ``--reshape``, while the clients send, the counting operator is scaled
+to 3 replicas, then to 1, then moved to the last server by name (``Service.scale`` and
+``Service.move``: its keyed state goes with it; ``"reshaped"`` lists what was done).
 """
 
 from __future__ import annotations
@@ -50,7 +52,21 @@ def serve(client: sperse.Cluster) -> sperse.Service:
     return flow.serve("counter")
 
 
-def run(client: sperse.Cluster, clients: int, requests: int, users: int) -> dict[str, Any]:
+def reshape(client: sperse.Cluster, svc: sperse.Service, done: list[str]) -> None:
+    """Scale the counter to 3 replicas and back to 1, then move it to the last server."""
+    svc.scale("count", replicas=3)
+    done.append("scale count to 3")
+    svc.scale("count", replicas=1)
+    done.append("scale count to 1")
+    servers = sorted(s.name for s in client.servers())
+    if servers:
+        svc.move("count", on=f"@{servers[-1]}")
+        done.append(f"move count to @{servers[-1]}")
+
+
+def run(
+    client: sperse.Cluster, clients: int, requests: int, users: int, reshaping: bool = False
+) -> dict[str, Any]:
     svc = serve(client)
     flowcli.progress(f"service 'counter' is up; {clients} clients x {requests} requests")
     wrong: list[str] = []
@@ -75,6 +91,9 @@ def run(client: sperse.Cluster, clients: int, requests: int, users: int) -> dict
 
     started = time.perf_counter()
     threads = [threading.Thread(target=one_client, args=(c,)) for c in range(clients)]
+    reshaped: list[str] = []
+    if reshaping:  # while the clients send
+        threads.append(threading.Thread(target=reshape, args=(client, svc, reshaped)))
     for thread in threads:
         thread.start()
     for thread in threads:
@@ -89,7 +108,10 @@ def run(client: sperse.Cluster, clients: int, requests: int, users: int) -> dict
         "counts": dict(sorted(counts.items())),
         "expected": dict(sorted(sent.items())),
         "seconds": round(seconds, 3),
+        **({"reshaped": reshaped} if reshaping else {}),
     }
+    if reshaping and len(reshaped) < 2:
+        raise flowcli.ExampleError(f"the reshape did not finish: {reshaped}")
     if wrong or result["counts"] != result["expected"] or answered != clients * requests:
         raise flowcli.ExampleError(f"wrong answers: {result}")
     return result
@@ -108,9 +130,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--clients", type=flowcli.positive_int, default=8, metavar="C")
     p.add_argument("--requests", type=flowcli.positive_int, default=200, metavar="R")
     p.add_argument("--users", type=flowcli.positive_int, default=5, metavar="U")
+    p.add_argument("--reshape", action="store_true", help="scale and move the counter meanwhile")
     args = flowcli.parse(p, argv)
     return flowcli.main(
-        args, lambda client: run(client, args.clients, args.requests, args.users), show
+        args,
+        lambda client: run(client, args.clients, args.requests, args.users, args.reshape),
+        show,
     )
 
 

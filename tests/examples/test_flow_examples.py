@@ -188,6 +188,21 @@ def test_service_answers_concurrent_clients_each_with_its_own_answer() -> None:
     assert got["counts"] == got["expected"] == {f"user-{u}": 200 for u in range(6)}
 
 
+@pytest.mark.slow
+def test_service_scaled_and_moved_while_clients_send_loses_no_request_and_no_count() -> None:
+    args = ("--clients", "8", "--requests", "150", "--users", "6", "--reshape")
+    got = run_json("service", *args)
+    assert isinstance(got, dict)
+    assert got["reshaped"] == [
+        "scale count to 3",
+        "scale count to 1",
+        "move count to @server-2",
+    ]
+    assert got["requests"] == got["answered"] == 1200
+    assert got["wrong"] == []
+    assert got["counts"] == got["expected"] == {f"user-{u}": 200 for u in range(6)}
+
+
 # -- --connect, against a cluster started here -------------------------------------------------
 
 

@@ -83,6 +83,7 @@ __all__ = [
     "BlobReceiver",
     "BlobSender",
     "FrameReader",
+    "blob_piece",
     "local_frame",
     "local_socket_name",
     "pb",
@@ -102,15 +103,21 @@ class BlobSender:
 
     def encode(self, data: bytes | memoryview | Any, blobs: list[pb.Blob]) -> pb.Bytes:
         """``data`` as a ``Bytes`` field; pieces of a large one are appended to ``blobs``."""
+        return self.encode_as(data, blobs, None)
+
+    def encode_as(
+        self, data: bytes | memoryview | Any, out: list[Any], wrap: type[Any] | None
+    ) -> pb.Bytes:
+        """As :meth:`encode`, the pieces appended to ``out`` already wrapped in ``wrap``
+        (``ClientMessage`` or ``ServerMessage``). Each piece is built in place: its bytes are
+        copied once (a ``Blob`` made first, then wrapped, would be copied twice more)."""
         view = memoryview(data).cast("B")
         if view.nbytes <= INLINE_MAX:
             return pb.Bytes(data=view.tobytes())
         blob_id = next(self._ids)
         for start in range(0, view.nbytes, PIECE):
             end = min(start + PIECE, view.nbytes)
-            blobs.append(
-                pb.Blob(blob_id=blob_id, data=view[start:end].tobytes(), last=end == view.nbytes)
-            )
+            out.append(blob_piece(wrap, blob_id, view[start:end].tobytes(), end == view.nbytes))
         return pb.Bytes(blob_id=blob_id)
 
     def pickled(self, data: bytes, buffers: Sequence[Any], blobs: list[pb.Blob]) -> pb.Pickled:
@@ -131,18 +138,24 @@ class BlobReceiver:
 
     def add(self, blob: pb.Blob) -> None:
         """Take one piece. Raises ValueError for a blob over ``max_value`` or a reused id."""
-        if blob.blob_id in self._complete:
-            raise ValueError(f"blob {blob.blob_id} sent twice")
-        size = self._sizes.get(blob.blob_id, 0) + len(blob.data)
+        self.add_piece(blob.blob_id, blob.data, blob.last)
+
+    def add_piece(self, blob_id: int, data: builtins.bytes, last: bool) -> None:
+        """:meth:`add`, given the piece's fields (each read of ``Blob.data`` is a copy)."""
+        if blob_id in self._complete:
+            raise ValueError(f"blob {blob_id} sent twice")
+        size = self._sizes.get(blob_id, 0) + len(data)
         if size > self.max_value:
-            self.discard(blob.blob_id)
-            raise ValueError(f"blob {blob.blob_id} exceeds the limit of {self.max_value} bytes")
-        self._sizes[blob.blob_id] = size
-        self._pending += len(blob.data)
-        self._partial.setdefault(blob.blob_id, []).append(blob.data)
-        if blob.last:
-            self._complete[blob.blob_id] = b"".join(self._partial.pop(blob.blob_id))
-            del self._sizes[blob.blob_id]
+            self.discard(blob_id)
+            raise ValueError(f"blob {blob_id} exceeds the limit of {self.max_value} bytes")
+        self._sizes[blob_id] = size
+        self._pending += len(data)
+        partial = self._partial.setdefault(blob_id, [])
+        partial.append(data)
+        if last:
+            del self._partial[blob_id], self._sizes[blob_id]
+            # One piece: no join (that would copy it).
+            self._complete[blob_id] = partial[0] if len(partial) == 1 else b"".join(partial)
 
     def bytes(self, field: pb.Bytes) -> builtins.bytes:
         """The byte string of a ``Bytes`` field (consuming its blob). KeyError if unknown, or
@@ -181,6 +194,17 @@ class BlobReceiver:
     def pending_bytes(self) -> int:
         """Bytes of the blobs taken and not used yet: partial, or complete and not named."""
         return self._pending
+
+
+def blob_piece(wrap: type[Any] | None, blob_id: int, data: bytes, last: bool) -> Any:
+    """One ``Blob`` piece, wrapped in ``wrap`` unless None, set field by field: the bytes
+    are not copied again (a ``Blob`` passed to ``wrap(blob=...)`` would be)."""
+    message = pb.Blob() if wrap is None else wrap()
+    blob = message if wrap is None else message.blob
+    blob.blob_id = blob_id
+    blob.data = data
+    blob.last = last
+    return message
 
 
 def with_blobs(blobs: list[pb.Blob], wrap: type[Any], message: Any) -> Iterator[Any]:

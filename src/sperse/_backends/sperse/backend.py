@@ -216,7 +216,7 @@ class SperseBackend:
         """A task as the messages that carry it: its blobs, then the task with its size.
         Big buffers go into shared memory files when ``prefix`` (named in ``uploads``)."""
         data, buffers, refs = dumps_work_oob(spec.work, spec.label or "the task")
-        blobs: list[pb.Blob] = []
+        blobs: list[pb.ClientMessage] = []  # the pieces of big byte strings, wrapped
         size = len(data) + 64
         if buffers:
             fields = []
@@ -224,12 +224,14 @@ class SperseBackend:
                 raw = buffer.raw()
                 field = upload(raw, prefix, uploads) if prefix else None
                 if field is None:
-                    field = self._sender.encode(raw, blobs)
+                    field = self._sender.encode_as(raw, blobs, pb.ClientMessage)
                     size += raw.nbytes
                 fields.append(field)
-            pickled = pb.Pickled(data=self._sender.encode(data, blobs), buffers=fields)
+            pickled = pb.Pickled(
+                data=self._sender.encode_as(data, blobs, pb.ClientMessage), buffers=fields
+            )
         else:
-            pickled = pb.Pickled(data=self._sender.encode(data, blobs))
+            pickled = pb.Pickled(data=self._sender.encode_as(data, blobs, pb.ClientMessage))
         fields_of: dict[str, Any] = {}
         if refs:
             fields_of["refs"] = [r.object_id for r in refs]
@@ -247,7 +249,7 @@ class SperseBackend:
             label=spec.label,
             **fields_of,
         )
-        return [*(pb.ClientMessage(blob=b) for b in blobs), (task, size)]
+        return [*blobs, (task, size)]
 
     def _peer_refs(self, refs: Sequence[RemoteRef], what: str) -> list[pb.PeerRef]:
         """Where the values held by other servers of the cluster are: this server pulls them."""

@@ -132,7 +132,7 @@ class BlobReceiver:
     def __init__(self, max_value: int = 1 << 40) -> None:
         self._partial: dict[int, list[bytes]] = {}
         self._sizes: dict[int, int] = {}
-        self._complete: dict[int, bytes] = {}
+        self._complete: dict[int, list[bytes]] = {}  # pieces, joined when used
         self._pending = 0  # bytes of the partial and complete blobs held
         self.max_value = max_value
 
@@ -154,23 +154,33 @@ class BlobReceiver:
         partial.append(data)
         if last:
             del self._partial[blob_id], self._sizes[blob_id]
-            # One piece: no join (that would copy it).
-            self._complete[blob_id] = partial[0] if len(partial) == 1 else b"".join(partial)
+            self._complete[blob_id] = partial
 
     def bytes(self, field: pb.Bytes) -> builtins.bytes:
         """The byte string of a ``Bytes`` field (consuming its blob). KeyError if unknown, or
         if it names a shared memory file (the caller resolves those)."""
         kind = field.WhichOneof("kind")
+        if kind == "blob_id":
+            pieces = self._take(field.blob_id)
+            return pieces[0] if len(pieces) == 1 else b"".join(pieces)
         if kind == "shm":
             raise KeyError(f"shared memory file {field.shm!r} where bytes were expected")
-        if kind == "blob_id":
-            try:
-                data = self._complete.pop(field.blob_id)
-            except KeyError:
-                raise KeyError(f"unknown or incomplete blob {field.blob_id}") from None
-            self._pending -= len(data)
-            return data
         return field.data
+
+    def writable(self, field: pb.Bytes) -> bytearray:
+        """:meth:`bytes` as a new ``bytearray``, joined from the pieces at once: one copy
+        for a value its receiver may change in place, not two."""
+        if field.WhichOneof("kind") == "blob_id":
+            return bytearray().join(self._take(field.blob_id))
+        return bytearray(self.bytes(field))
+
+    def _take(self, blob_id: int) -> list[builtins.bytes]:
+        try:
+            pieces = self._complete.pop(blob_id)
+        except KeyError:
+            raise KeyError(f"unknown or incomplete blob {blob_id}") from None
+        self._pending -= sum(map(len, pieces))
+        return pieces
 
     def pickled(self, field: pb.Pickled) -> tuple[builtins.bytes, list[builtins.bytes]]:
         return self.bytes(field.data), [self.bytes(b) for b in field.buffers]
@@ -188,7 +198,8 @@ class BlobReceiver:
 
     def discard(self, blob_id: int) -> None:
         self._partial.pop(blob_id, None)
-        self._pending -= self._sizes.pop(blob_id, 0) + len(self._complete.pop(blob_id, b""))
+        complete = self._complete.pop(blob_id, [])
+        self._pending -= self._sizes.pop(blob_id, 0) + sum(map(len, complete))
 
     @property
     def pending_bytes(self) -> int:

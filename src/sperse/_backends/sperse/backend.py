@@ -24,7 +24,12 @@ from typing import Any, TypeVar
 from sperse._backends.sperse.embedded import EmbeddedServer
 from sperse._backends.sperse.events import Decoder, TaskTable
 from sperse._backends.sperse.session import Session
-from sperse._backends.sperse.transport import LocalStream, Outgoing
+from sperse._backends.sperse.transport import (
+    Compression,
+    LocalStream,
+    Outgoing,
+    grpc_compression,
+)
 from sperse._backends.sperse.uploads import upload, writable
 from sperse._core import (
     EventSink,
@@ -81,11 +86,13 @@ class SperseBackend:
         python_version: str | None = None,
         shm: bool | None = None,
         locate: Callable[[str], str | None] | None = None,
+        compression: Compression = None,
     ) -> None:
         """``shm``: None, use shared memory when the server turns out to be on this host;
         False, never (every byte over gRPC). ``locate``: a server's address by its name,
         for a many-servers backend (values held by other servers travel to this one as
-        PeerRefs)."""
+        PeerRefs). ``compression``: of the messages this client sends over gRPC (off by
+        default: on a fast network it costs more CPU than it saves; see bench/README.md)."""
         self.address = parse_url(address)
         self._token = token
         self._connect_timeout = connect_timeout
@@ -112,6 +119,7 @@ class SperseBackend:
             client_name=client_name or f"{platform.node()}:{os.getpid()}",
             python_version=python_version or platform.python_version(),
             shm=shm is not False,
+            compression=grpc_compression(compression),
         )
         self._closed = False
         self._locate = locate

@@ -22,7 +22,8 @@ Run: ``.venv/bin/python bench/remote.py [--compare] [--quick] [--backend server|
 [--transport auto|grpc]`` (``ray``: Sperse on a local Ray it starts, whose ratios to raw Ray
 are Sperse's overhead; ``grpc``: the client reaches its server over gRPC only, no shared
 memory and no Unix socket, as a client on another host does: compare it with the gRPC
-floors);
+floors; ``--compression gzip|deflate`` compresses what the client sends, off by default:
+scenario (c)'s arrays are ``np.ones``, so they compress far better than real data);
 ``--profile`` runs only Sperse's scenario (b) under cProfile (user thread and I/O thread).
 """
 
@@ -99,7 +100,9 @@ class System:
 class SperseSystem(System):
     name = "Sperse"
 
-    def __init__(self, backend: str, transport: str = "auto") -> None:
+    def __init__(
+        self, backend: str, transport: str = "auto", compression: str | None = None
+    ) -> None:
         import sperse
         import sperse._backends.local
         import sperse._backends.sperse
@@ -108,6 +111,7 @@ class SperseSystem(System):
         self.sperse = sperse
         self.backend = backend
         self.transport = transport
+        self.compression = compression
         self.cluster: Any = None
         self._echo = sperse.remote(echo)
         self._total = sperse.remote(total)
@@ -115,7 +119,9 @@ class SperseSystem(System):
 
     def start(self) -> None:
         if self.backend == "server":
-            self.cluster = self.sperse.connect(workers=2, transport=self.transport)
+            self.cluster = self.sperse.connect(
+                workers=2, transport=self.transport, compression=self.compression
+            )
         elif self.backend == "ray":  # a local Ray of 2 CPUs on 127.0.0.1, started here
             self.cluster = self.sperse.connect(backend="ray", workers=2)
         else:
@@ -777,6 +783,12 @@ def main(argv: Sequence[str] | None = None) -> None:
         default="auto",
         help="grpc: the client talks to its server over gRPC only, as from another host",
     )
+    parser.add_argument(
+        "--compression",
+        choices=("gzip", "deflate"),
+        default=None,
+        help="compress what the client sends over gRPC (off by default)",
+    )
     parser.add_argument("--compare", action="store_true", help="also run Ray and Dask")
     parser.add_argument("--calls", type=int, default=None, help="(a) calls (default 2000)")
     parser.add_argument("--tasks", type=int, default=None, help="(b) tasks (default 10000)")
@@ -797,7 +809,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     print(versions())
     print(
         f"calls={s.calls} tasks={s.tasks} mb={s.mb} repeat={s.repeat} "
-        f"sperse backend={args.backend} transport={args.transport}",
+        f"sperse backend={args.backend} transport={args.transport}"
+        + (f" compression={args.compression}" if args.compression else ""),
         flush=True,
     )
 
@@ -812,7 +825,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     results: dict[str, dict[str, float]] = {}
     absent: dict[str, str] = {}
     makers: list[tuple[str, str, Callable[[], System]]] = [
-        ("Sperse", "sperse", lambda: SperseSystem(args.backend, args.transport))
+        ("Sperse", "sperse", lambda: SperseSystem(args.backend, args.transport, args.compression))
     ]
     if args.compare:
         makers.append(("Ray", "ray", RaySystem))

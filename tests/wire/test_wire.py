@@ -52,6 +52,22 @@ def test_blobs_round_trip(size: int) -> None:
     assert receiver.pending_bytes == 0
 
 
+@given(size=st.sampled_from([0, 5, INLINE_MAX, INLINE_MAX + 1, 2 * PIECE, 2 * PIECE + 3]))
+def test_wrapped_blobs_round_trip_into_bytes_or_a_bytearray(size: int) -> None:
+    """Pieces built already wrapped (one copy each) read back the same, as bytes or as the
+    writable bytearray a received array needs."""
+    data = os.urandom(size)
+    for writable in (False, True):
+        messages: list[pb.ClientMessage] = []
+        field = BlobSender().encode_as(data, messages, pb.ClientMessage)
+        receiver = BlobReceiver()
+        for message in messages:
+            receiver.add(pb.ClientMessage.FromString(message.SerializeToString()).blob)
+        out = receiver.writable(field) if writable else receiver.bytes(field)
+        assert out == data and isinstance(out, bytearray if writable else bytes)
+        assert receiver.pending_bytes == 0
+
+
 def test_receiver_refuses_oversized_and_unknown_blobs() -> None:
     receiver = BlobReceiver(max_value=10)
     with pytest.raises(ValueError, match="exceeds the limit"):

@@ -22,6 +22,7 @@ from sperse._backends.dispatch import Decision, Dispatcher, MemberId
 from sperse._backends.membership import MemberInfo, MembershipWatch
 from sperse._backends.sperse import (
     DEFAULT_INLINE_LIMIT,
+    Compression,
     EmbeddedServer,
     SperseBackend,
     TaskOutputLog,
@@ -69,6 +70,7 @@ class ClusterBackend:
         max_reroutes: int = 3,
         processes: Sequence[EmbeddedServer] = (),
         shm: bool | None = None,
+        compression: Compression = None,
     ) -> None:
         """``processes``: servers this backend owns, stopped by ``close``. ``shm`` as
         :class:`SperseBackend` takes it, for every server."""
@@ -83,6 +85,7 @@ class ClusterBackend:
         self._inline_limit = inline_limit
         self._processes = list(processes)
         self._shm = shm
+        self._compression: Compression = compression
         self._sink: EventSink | None = None
         self._lock = threading.Lock()
         self._dispatcher = Dispatcher(max_reroutes=max_reroutes)
@@ -175,6 +178,7 @@ class ClusterBackend:
             inline_limit=self._inline_limit,
             locate=self._locate,
             shm=self._shm,
+            compression=self._compression,
         )
         backend.start(functools.partial(self._on_event, backend))
         return backend

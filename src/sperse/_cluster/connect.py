@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Literal
 
 from sperse._backends.multi import ClusterBackend, is_coordinator
-from sperse._backends.sperse import EmbeddedServer, NotAServer, SperseBackend
+from sperse._backends.sperse import Compression, EmbeddedServer, NotAServer, SperseBackend
 from sperse._cluster.cluster import Cluster, default, in_use, replace_default
 from sperse._core import (
     Backend,
@@ -37,6 +37,7 @@ def connect(
     dashboard_port: int = 0,
     share_workspace: bool | None = None,
     transport: Literal["auto", "grpc"] = "auto",
+    compression: Literal["gzip", "deflate"] | None = None,
 ) -> Cluster:
     """Connect to a cluster and make it the default for ``@sperse.remote`` and workspaces.
 
@@ -75,12 +76,16 @@ def connect(
     ``transport="grpc"`` sends every byte to sperse servers over gRPC, even to a server on
     this host, where the default (``"auto"``) uses shared memory files and a Unix socket:
     for hosts where those are unwelcome, and to measure the path between machines on one
-    (``bench/remote.py --transport grpc``).
+    (``bench/remote.py --transport grpc``). ``compression="gzip"`` (or ``"deflate"``)
+    compresses what this client sends to sperse servers over gRPC (off by default: on a
+    fast network it costs more CPU than it saves; bench/README.md has the figures).
 
     A previous default cluster is closed.
     """
     if transport not in ("auto", "grpc"):
         raise ValueError(f"transport must be 'auto' or 'grpc', not {transport!r}")
+    if compression not in (None, "gzip", "deflate"):
+        raise ValueError(f"compression must be None, 'gzip' or 'deflate', not {compression!r}")
     pip_requirements(env)  # a wrong env is an error before anything starts
     if share_workspace and not dashboard:
         raise ValueError(
@@ -96,7 +101,15 @@ def connect(
         backend = _ray_backend(url, workers, tags)
     elif backend is None:
         backend = _backend_for(
-            url, token, workers, tags, token_file, tls_ca, token_used, shm=_shm_of(transport)
+            url,
+            token,
+            workers,
+            tags,
+            token_file,
+            tls_ca,
+            token_used,
+            shm=_shm_of(transport),
+            compression=compression,
         )
     elif backend in ("local", "memory"):
         backend = _in_process_backend(backend, workers)
@@ -111,7 +124,11 @@ def connect(
         if not (isinstance(url, str) and token_used and is_coordinator(url, tls_ca=ca)):
             raise
         coordinator = ClusterBackend(
-            coordinator=url, token=token_used[0], tls_ca=ca, shm=_shm_of(transport)
+            coordinator=url,
+            token=token_used[0],
+            tls_ca=ca,
+            shm=_shm_of(transport),
+            compression=compression,
         )
         cluster = Cluster(coordinator, env=env)
     if dashboard:
@@ -144,12 +161,19 @@ def _backend_for(
     token_used: list[str],
     *,
     shm: bool | None,
+    compression: Compression,
 ) -> Backend:
     if url is None:
         server = EmbeddedServer(workers=workers, tags=tags)
         token_used.append(server.token)
         try:
-            return SperseBackend(server.address, token=server.token, process=server, shm=shm)
+            return SperseBackend(
+                server.address,
+                token=server.token,
+                process=server,
+                shm=shm,
+                compression=compression,
+            )
         except BaseException:
             server.stop()
             raise
@@ -160,10 +184,14 @@ def _backend_for(
         urls = list(url)
         if not urls:
             raise ValueError("connect([]): give at least one server url")
-        return ClusterBackend(urls, token=secret, tls_ca=ca, shm=shm)
+        return ClusterBackend(urls, token=secret, tls_ca=ca, shm=shm, compression=compression)
     if is_coordinator(url, tls_ca=ca):
-        return ClusterBackend(coordinator=url, token=secret, tls_ca=ca, shm=shm)
-    return SperseBackend(url, token=secret, tls_ca=ca, tls=ca is not None, shm=shm)
+        return ClusterBackend(
+            coordinator=url, token=secret, tls_ca=ca, shm=shm, compression=compression
+        )
+    return SperseBackend(
+        url, token=secret, tls_ca=ca, tls=ca is not None, shm=shm, compression=compression
+    )
 
 
 def _shm_of(transport: str) -> bool | None:

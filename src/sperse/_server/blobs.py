@@ -28,7 +28,7 @@ from dataclasses import dataclass
 from sperse._serialize import shm
 from sperse._server.envelope import Buffer, PickledBytes, ShmBuffer
 from sperse._server.held import mib
-from sperse._wire import INLINE_MAX, PIECE, BlobReceiver, BlobSender, pb
+from sperse._wire import INLINE_MAX, PIECE, BlobReceiver, BlobSender, blob_piece, pb
 
 __all__ = [
     "BlobTotal",
@@ -71,8 +71,7 @@ class OutBlob:
                 data = source.read(start, end - start)
                 if end == size:
                     source.close()
-            piece = pb.Blob(blob_id=self.blob_id, data=data, last=end == size)
-            yield pb.ServerMessage(blob=piece)
+            yield blob_piece(pb.ServerMessage, self.blob_id, data, end == size)
 
 
 class OpenFile:
@@ -223,21 +222,22 @@ class StreamReceiver:
             return
         if blob_id in self._complete:
             raise Violation(f"blob id {blob_id} was used twice on this stream")
+        data = blob.data  # (each read of it is a copy)
         spill = self._spilling.get(blob_id)
         if spill is None and self._spill_prefix:
-            spill = self._maybe_spill(blob_id, len(blob.data))
+            spill = self._maybe_spill(blob_id, len(data))
         try:
             if spill is not None:
-                if spill.size + len(blob.data) > self._max_value:
+                if spill.size + len(data) > self._max_value:
                     self._drop_spill(blob_id)
                     raise ValueError("too big")
-                spill.write(blob.data)
-                self._spilled_bytes += len(blob.data)
+                spill.write(data)
+                self._spilled_bytes += len(data)
                 if blob.last:
                     del self._spilling[blob_id]
                     self._spilled[blob_id] = spill.finish()
             else:
-                self._blobs.add(blob)
+                self._blobs.add_piece(blob_id, data, blob.last)
         except ValueError:
             self._refused[blob_id] = (
                 f"a value of more than {self._max_value} bytes was sent; this server "

@@ -83,6 +83,7 @@ __all__ = [
     "BlobReceiver",
     "BlobSender",
     "FrameReader",
+    "blob_piece",
     "local_frame",
     "local_socket_name",
     "pb",
@@ -102,15 +103,21 @@ class BlobSender:
 
     def encode(self, data: bytes | memoryview | Any, blobs: list[pb.Blob]) -> pb.Bytes:
         """``data`` as a ``Bytes`` field; pieces of a large one are appended to ``blobs``."""
+        return self.encode_as(data, blobs, None)
+
+    def encode_as(
+        self, data: bytes | memoryview | Any, out: list[Any], wrap: type[Any] | None
+    ) -> pb.Bytes:
+        """As :meth:`encode`, the pieces appended to ``out`` already wrapped in ``wrap``
+        (``ClientMessage`` or ``ServerMessage``). Each piece is built in place: its bytes are
+        copied once (a ``Blob`` made first, then wrapped, would be copied twice more)."""
         view = memoryview(data).cast("B")
         if view.nbytes <= INLINE_MAX:
             return pb.Bytes(data=view.tobytes())
         blob_id = next(self._ids)
         for start in range(0, view.nbytes, PIECE):
             end = min(start + PIECE, view.nbytes)
-            blobs.append(
-                pb.Blob(blob_id=blob_id, data=view[start:end].tobytes(), last=end == view.nbytes)
-            )
+            out.append(blob_piece(wrap, blob_id, view[start:end].tobytes(), end == view.nbytes))
         return pb.Bytes(blob_id=blob_id)
 
     def pickled(self, data: bytes, buffers: Sequence[Any], blobs: list[pb.Blob]) -> pb.Pickled:
@@ -125,39 +132,55 @@ class BlobReceiver:
     def __init__(self, max_value: int = 1 << 40) -> None:
         self._partial: dict[int, list[bytes]] = {}
         self._sizes: dict[int, int] = {}
-        self._complete: dict[int, bytes] = {}
+        self._complete: dict[int, list[bytes]] = {}  # pieces, joined when used
         self._pending = 0  # bytes of the partial and complete blobs held
         self.max_value = max_value
 
     def add(self, blob: pb.Blob) -> None:
         """Take one piece. Raises ValueError for a blob over ``max_value`` or a reused id."""
-        if blob.blob_id in self._complete:
-            raise ValueError(f"blob {blob.blob_id} sent twice")
-        size = self._sizes.get(blob.blob_id, 0) + len(blob.data)
+        self.add_piece(blob.blob_id, blob.data, blob.last)
+
+    def add_piece(self, blob_id: int, data: builtins.bytes, last: bool) -> None:
+        """:meth:`add`, given the piece's fields (each read of ``Blob.data`` is a copy)."""
+        if blob_id in self._complete:
+            raise ValueError(f"blob {blob_id} sent twice")
+        size = self._sizes.get(blob_id, 0) + len(data)
         if size > self.max_value:
-            self.discard(blob.blob_id)
-            raise ValueError(f"blob {blob.blob_id} exceeds the limit of {self.max_value} bytes")
-        self._sizes[blob.blob_id] = size
-        self._pending += len(blob.data)
-        self._partial.setdefault(blob.blob_id, []).append(blob.data)
-        if blob.last:
-            self._complete[blob.blob_id] = b"".join(self._partial.pop(blob.blob_id))
-            del self._sizes[blob.blob_id]
+            self.discard(blob_id)
+            raise ValueError(f"blob {blob_id} exceeds the limit of {self.max_value} bytes")
+        self._sizes[blob_id] = size
+        self._pending += len(data)
+        partial = self._partial.setdefault(blob_id, [])
+        partial.append(data)
+        if last:
+            del self._partial[blob_id], self._sizes[blob_id]
+            self._complete[blob_id] = partial
 
     def bytes(self, field: pb.Bytes) -> builtins.bytes:
         """The byte string of a ``Bytes`` field (consuming its blob). KeyError if unknown, or
         if it names a shared memory file (the caller resolves those)."""
         kind = field.WhichOneof("kind")
+        if kind == "blob_id":
+            pieces = self._take(field.blob_id)
+            return pieces[0] if len(pieces) == 1 else b"".join(pieces)
         if kind == "shm":
             raise KeyError(f"shared memory file {field.shm!r} where bytes were expected")
-        if kind == "blob_id":
-            try:
-                data = self._complete.pop(field.blob_id)
-            except KeyError:
-                raise KeyError(f"unknown or incomplete blob {field.blob_id}") from None
-            self._pending -= len(data)
-            return data
         return field.data
+
+    def writable(self, field: pb.Bytes) -> bytearray:
+        """:meth:`bytes` as a new ``bytearray``, joined from the pieces at once: one copy
+        for a value its receiver may change in place, not two."""
+        if field.WhichOneof("kind") == "blob_id":
+            return bytearray().join(self._take(field.blob_id))
+        return bytearray(self.bytes(field))
+
+    def _take(self, blob_id: int) -> list[builtins.bytes]:
+        try:
+            pieces = self._complete.pop(blob_id)
+        except KeyError:
+            raise KeyError(f"unknown or incomplete blob {blob_id}") from None
+        self._pending -= sum(map(len, pieces))
+        return pieces
 
     def pickled(self, field: pb.Pickled) -> tuple[builtins.bytes, list[builtins.bytes]]:
         return self.bytes(field.data), [self.bytes(b) for b in field.buffers]
@@ -175,12 +198,24 @@ class BlobReceiver:
 
     def discard(self, blob_id: int) -> None:
         self._partial.pop(blob_id, None)
-        self._pending -= self._sizes.pop(blob_id, 0) + len(self._complete.pop(blob_id, b""))
+        complete = self._complete.pop(blob_id, [])
+        self._pending -= self._sizes.pop(blob_id, 0) + sum(map(len, complete))
 
     @property
     def pending_bytes(self) -> int:
         """Bytes of the blobs taken and not used yet: partial, or complete and not named."""
         return self._pending
+
+
+def blob_piece(wrap: type[Any] | None, blob_id: int, data: bytes, last: bool) -> Any:
+    """One ``Blob`` piece, wrapped in ``wrap`` unless None, set field by field: the bytes
+    are not copied again (a ``Blob`` passed to ``wrap(blob=...)`` would be)."""
+    message = pb.Blob() if wrap is None else wrap()
+    blob = message if wrap is None else message.blob
+    blob.blob_id = blob_id
+    blob.data = data
+    blob.last = last
+    return message
 
 
 def with_blobs(blobs: list[pb.Blob], wrap: type[Any], message: Any) -> Iterator[Any]:

@@ -17,6 +17,13 @@ from __future__ import annotations
 
 from sperse._backends.sperse.backend import DEFAULT_INLINE_LIMIT, SperseBackend, TaskOutputLog
 from sperse._backends.sperse.embedded import EmbeddedServer
-from sperse._backends.sperse.transport import NotAServer
+from sperse._backends.sperse.transport import Compression, NotAServer
 
-__all__ = ["DEFAULT_INLINE_LIMIT", "EmbeddedServer", "NotAServer", "SperseBackend", "TaskOutputLog"]
+__all__ = [
+    "DEFAULT_INLINE_LIMIT",
+    "Compression",
+    "EmbeddedServer",
+    "NotAServer",
+    "SperseBackend",
+    "TaskOutputLog",
+]

@@ -24,7 +24,12 @@ from typing import Any, TypeVar
 from sperse._backends.sperse.embedded import EmbeddedServer
 from sperse._backends.sperse.events import Decoder, TaskTable
 from sperse._backends.sperse.session import Session
-from sperse._backends.sperse.transport import LocalStream, Outgoing
+from sperse._backends.sperse.transport import (
+    Compression,
+    LocalStream,
+    Outgoing,
+    grpc_compression,
+)
 from sperse._backends.sperse.uploads import upload, writable
 from sperse._core import (
     EventSink,
@@ -81,11 +86,13 @@ class SperseBackend:
         python_version: str | None = None,
         shm: bool | None = None,
         locate: Callable[[str], str | None] | None = None,
+        compression: Compression = None,
     ) -> None:
         """``shm``: None, use shared memory when the server turns out to be on this host;
         False, never (every byte over gRPC). ``locate``: a server's address by its name,
         for a many-servers backend (values held by other servers travel to this one as
-        PeerRefs)."""
+        PeerRefs). ``compression``: of the messages this client sends over gRPC (off by
+        default: on a fast network it costs more CPU than it saves; see bench/README.md)."""
         self.address = parse_url(address)
         self._token = token
         self._connect_timeout = connect_timeout
@@ -112,6 +119,7 @@ class SperseBackend:
             client_name=client_name or f"{platform.node()}:{os.getpid()}",
             python_version=python_version or platform.python_version(),
             shm=shm is not False,
+            compression=grpc_compression(compression),
         )
         self._closed = False
         self._locate = locate
@@ -216,7 +224,7 @@ class SperseBackend:
         """A task as the messages that carry it: its blobs, then the task with its size.
         Big buffers go into shared memory files when ``prefix`` (named in ``uploads``)."""
         data, buffers, refs = dumps_work_oob(spec.work, spec.label or "the task")
-        blobs: list[pb.Blob] = []
+        blobs: list[pb.ClientMessage] = []  # the pieces of big byte strings, wrapped
         size = len(data) + 64
         if buffers:
             fields = []
@@ -224,12 +232,14 @@ class SperseBackend:
                 raw = buffer.raw()
                 field = upload(raw, prefix, uploads) if prefix else None
                 if field is None:
-                    field = self._sender.encode(raw, blobs)
+                    field = self._sender.encode_as(raw, blobs, pb.ClientMessage)
                     size += raw.nbytes
                 fields.append(field)
-            pickled = pb.Pickled(data=self._sender.encode(data, blobs), buffers=fields)
+            pickled = pb.Pickled(
+                data=self._sender.encode_as(data, blobs, pb.ClientMessage), buffers=fields
+            )
         else:
-            pickled = pb.Pickled(data=self._sender.encode(data, blobs))
+            pickled = pb.Pickled(data=self._sender.encode_as(data, blobs, pb.ClientMessage))
         fields_of: dict[str, Any] = {}
         if refs:
             fields_of["refs"] = [r.object_id for r in refs]
@@ -247,7 +257,7 @@ class SperseBackend:
             label=spec.label,
             **fields_of,
         )
-        return [*(pb.ClientMessage(blob=b) for b in blobs), (task, size)]
+        return [*blobs, (task, size)]
 
     def _peer_refs(self, refs: Sequence[RemoteRef], what: str) -> list[pb.PeerRef]:
         """Where the values held by other servers of the cluster are: this server pulls them."""

@@ -77,6 +77,7 @@ class Session:
         client_name: str,
         python_version: str,
         shm: bool,
+        compression: grpc.Compression | None = None,
     ) -> None:
         self.address = address
         self._loop = loop
@@ -91,6 +92,7 @@ class Session:
         self._client_name = client_name
         self._python_version = python_version
         self._shm_wanted = shm
+        self._compression = compression  # of what this client sends over gRPC (None: off)
         self.outbox = Outbox(loop)
         self._requests = itertools.count(1)
         self._replies: dict[int, asyncio.Future[Any]] = {}
@@ -149,9 +151,13 @@ class Session:
         ]
         if self._tls:
             creds = grpc.ssl_channel_credentials(root_certificates=self._tls_ca)
-            channel = grpc.aio.secure_channel(self.address, creds, options=options)
+            channel = grpc.aio.secure_channel(
+                self.address, creds, options=options, compression=self._compression
+            )
         else:
-            channel = grpc.aio.insecure_channel(self.address, options=options)
+            channel = grpc.aio.insecure_channel(
+                self.address, options=options, compression=self._compression
+            )
         self._channel = channel
         if not resume:
             await refused_at_once(self.address, self._connect_timeout)

@@ -24,7 +24,7 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import Any, Literal
 
 import grpc
 import grpc.aio
@@ -40,15 +40,20 @@ from sperse.errors import (
 )
 
 __all__ = [
+    "Compression",
     "LocalStream",
     "Outbox",
     "describe_grpc",
     "error_from",
+    "grpc_compression",
     "local_streams",
     "merge_submits",
     "refused_at_once",
     "translate",
 ]
+
+# Compression of what a client sends over gRPC (None: off, the default).
+Compression = Literal["gzip", "deflate"] | None
 
 # A message for the stream: a task goes with its approximate size, merged into a Submit.
 Outgoing = pb.ClientMessage | tuple[pb.Task, int]
@@ -56,6 +61,16 @@ Outgoing = pb.ClientMessage | tuple[pb.Task, int]
 _BURST = 200e-6  # seconds between sends under which they are batched, not sent one by one
 _SUBMIT_BYTES = MAX_MESSAGE // 2
 _SUBMIT_TASKS = 256  # tasks of one Submit: the server starts on them while more are read
+
+
+def grpc_compression(compression: Compression) -> grpc.Compression | None:
+    if compression is None:
+        return None
+    if compression == "gzip":
+        return grpc.Compression.Gzip
+    if compression == "deflate":
+        return grpc.Compression.Deflate
+    raise ValueError(f"compression must be None, 'gzip' or 'deflate', not {compression!r}")
 
 
 async def refused_at_once(address: str, timeout: float) -> None:

@@ -34,17 +34,17 @@ class ShmName:
     name: str
 
 
-def received(field: pb.Pickled, receiver: BlobReceiver) -> tuple[bytes, list[bytes | ShmName]]:
+def received(field: pb.Pickled, receiver: BlobReceiver) -> tuple[bytes, list[bytearray | ShmName]]:
     """The stream and buffers of a received value (on the I/O thread: its blobs are this
-    stream's), shared memory files by name."""
+    stream's), shared memory files by name. Buffers are writable (arrays the user may change
+    in place): a blob's pieces are joined into a new ``bytearray``, its one copy here."""
     data = receiver.bytes(field.data)
-    parts: list[bytes | ShmName] = []
+    parts: list[bytearray | ShmName] = []
     for b in field.buffers:
-        parts.append(ShmName(b.shm) if b.WhichOneof("kind") == "shm" else receiver.bytes(b))
+        parts.append(ShmName(b.shm) if b.WhichOneof("kind") == "shm" else receiver.writable(b))
     return data, parts
 
 
-def writable(data: bytes, parts: list[bytes | ShmName]) -> tuple[bytes, list[Any]]:
-    """Writable buffers for arrays the user may change in place: bytes are copied, shared
-    memory files mapped copy-on-write."""
-    return data, [_shm.map_copy(p.name) if isinstance(p, ShmName) else bytearray(p) for p in parts]
+def writable(data: bytes, parts: list[bytearray | ShmName]) -> tuple[bytes, list[Any]]:
+    """Writable buffers: shared memory files mapped copy-on-write (by the caller's thread)."""
+    return data, [_shm.map_copy(p.name) if isinstance(p, ShmName) else p for p in parts]

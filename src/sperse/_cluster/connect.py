@@ -18,7 +18,7 @@ from sperse._core import (
     pip_requirements,
 )
 from sperse._core.nested import WORKER_CA_ENV, WORKER_SERVER_ENV, nested_backend, worker_token
-from sperse.errors import AuthenticationError
+from sperse.errors import AuthenticationError, ServerLost
 
 __all__ = ["connect", "current", "worker_cluster"]
 
@@ -119,9 +119,13 @@ def connect(
         )
     try:
         cluster = Cluster(backend, env=env)
-    except NotAServer:  # a coordinator came up since it was asked what was there
+    except (NotAServer, ServerLost):
+        # A coordinator that came up since it was asked what was there refuses the session
+        # (UNIMPLEMENTED; or, when its answer races the Hello being written, only INTERNAL).
         ca = Path(tls_ca).read_bytes() if tls_ca is not None else None
-        if not (isinstance(url, str) and token_used and is_coordinator(url, tls_ca=ca)):
+        if not isinstance(url, str) or not isinstance(backend, SperseBackend) or not token_used:
+            raise
+        if not is_coordinator(url, tls_ca=ca):
             raise
         coordinator = ClusterBackend(
             coordinator=url,

@@ -22,8 +22,9 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import hmac
-import ipaddress
 import socket
+
+from sperse._server.config import is_loopback
 
 __all__ = ["OwnAddresses", "pull_proof", "split_address"]
 
@@ -95,16 +96,9 @@ class OwnAddresses:
             return False
         if bound in _WILDCARD:
             return all(_local(ip) for ip in ips)
-        if host in _LOOPBACK_NAMES and _loopback(bound):
+        if host in _LOOPBACK_NAMES and is_loopback(bound):
             return True
         return ips <= await _resolve(bound)
-
-
-def _loopback(host: str) -> bool:
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return host in _LOOPBACK_NAMES
 
 
 async def _resolve(host: str) -> set[str]:

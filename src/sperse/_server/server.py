@@ -32,7 +32,6 @@ from sperse._server.core import ServerCore, ServerStats
 from sperse._server.join import Joiner
 from sperse._server.logs import log, log_event
 from sperse._server.memory import rss, rss_total
-from sperse._server.pull_auth import OwnAddresses
 from sperse._server.service import SessionService
 from sperse._server.store import StateStore, start_state_store
 from sperse._server.task_feed import TaskFeed
@@ -139,8 +138,7 @@ class SperseServer:
         self._core = ServerCore(config, self._name, asyncio.get_running_loop())
         self._core.worker_env = self._worker_env(port)
         self._core.worker_token = self.token
-        self._service = SessionService(config, self.token, self._core)
-        self._service.own_addresses = OwnAddresses(config.host, port, config.advertise)
+        self._service = SessionService(config, self.token, self._core, port)
         add_SperseServicer_to_server(self._service, server)  # type: ignore[no-untyped-call]
         self._grpc = server
         try:

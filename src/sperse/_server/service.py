@@ -85,12 +85,14 @@ def _pull_pieces(value: PickledBytes) -> Generator[bytes, None, None]:
 class SessionService:
     """The servicer of ``Sperse``: one :class:`~sperse._server.stream.Stream` per authenticated call."""
 
-    def __init__(self, config: ServerConfig, token: str, server_core: core.ServerCore) -> None:
+    def __init__(
+        self, config: ServerConfig, token: str, server_core: core.ServerCore, port: int
+    ) -> None:
         self.config = config
         self.core = server_core
         self._token = token.encode()
         self._secret = token
-        self.own_addresses = OwnAddresses(config.host, config.port, config.advertise)
+        self.own_addresses = OwnAddresses(config.host, port, config.advertise)  # listened on
         self.stopping = False
         self.local_address = ""  # of the same-host listener, offered with shared memory
         self._streams: set[Stream] = set()

@@ -70,6 +70,16 @@ def task_violation(task: pb.Task) -> str:
 
 def task_over(task: pb.Task) -> str:
     """The first bound ``task`` passes, said for its failure ("" if none)."""
+    if (  # the common task, checked in one go: a plain call or statement
+        len(task.label) <= MAX_TEXT
+        and task.retries <= MAX_RETRIES
+        and task.inline_limit <= MAX_INLINE_LIMIT
+        and not task.refs
+        and not task.peer_refs
+        and not task.pip
+        and not task.HasField("object")
+    ):
+        return ""
     return (
         _texts("its label", (task.label,), MAX_TEXT)
         or _count("retries", task.retries, MAX_RETRIES, "re-runs")

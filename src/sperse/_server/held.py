@@ -48,7 +48,11 @@ class HeldValues:
     ) -> ErrorInfo | None:
         """Why the values of at least ``inline_limit`` of a task's result cannot be kept
         (None: they can): they would take the server past its cap."""
-        size = sum(v.value.size for v in values if v.value.size >= inline_limit)
+        size = 0
+        for v in values:  # (a loop: asked for every task's result)
+            value_size = v.value.size
+            if value_size >= inline_limit:
+                size += value_size
         if not size or self.bytes + size <= self.max_bytes:
             return None
         return ErrorInfo(

@@ -118,7 +118,11 @@ Values = tuple[InlineValue | HeldValue, ...]
 def inline_bytes(done: Done) -> int:
     """The bytes of a server's ``Done`` that travel inline (what retaining it costs)."""
     values: Values = done.value
-    return sum(v.value.size for v in values if isinstance(v, InlineValue))
+    size = 0
+    for v in values:  # (a loop: asked for every task, most often of one value)
+        if isinstance(v, InlineValue):
+            size += v.value.size
+    return size
 
 
 @dataclass(slots=True, eq=False)

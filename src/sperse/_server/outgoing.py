@@ -4,8 +4,8 @@ bytes of them wait there.
 Invariants:
 
 - ``unread`` is the size of the events in ``outbox``: the inline bytes of a ``Done``, the
-  text of an ``Output`` or a failure, 64 for the rest. Events go in by ``emit`` and out by
-  ``take`` (a stream takes them when it has sent what it took before), nowhere else.
+  text of an ``Output`` or a failure, 64 for the rest (each reckoned once, as it goes in).
+  Events go in by ``emit`` and out by ``take`` (a stream takes them when it has sent what it took before), nowhere else.
 - A session is ``over`` from the ``emit`` that takes ``unread`` past ``limit`` (the server's
   ``--max-unread-bytes``) until a ``take`` brings it back to half of it or under (so a
   client that reads slowly does not flip it at every batch it reads); and, while the
@@ -78,6 +78,7 @@ class Session:
         self.peer = peer
         self.shm_prefix = shm_prefix  # of the files its client uploads
         self.outbox: collections.deque[BackendEvent] = collections.deque()
+        self._sizes: collections.deque[int] = collections.deque()  # of each, in step
         self.limit = total.per_session
         self.total = total
         total.sessions += 1
@@ -97,6 +98,7 @@ class Session:
         """Queue ``event`` for the client; True: the session is over its limit from now."""
         self.outbox.append(event)
         size = event_bytes(event)
+        self._sizes.append(size)
         self.unread += size
         self.total.bytes += size
         self.unread_peak = max(self.unread_peak, self.unread)
@@ -116,7 +118,7 @@ class Session:
     def take(self) -> BackendEvent:
         """The next event to send (the outbox is not empty)."""
         event = self.outbox.popleft()
-        size = event_bytes(event)
+        size = self._sizes.popleft()
         self.unread -= size
         self.total.bytes -= size
         return event
@@ -131,6 +133,7 @@ class Session:
     def clear(self) -> None:
         """The session ended: nothing more is sent, nor counted."""
         self.outbox.clear()
+        self._sizes.clear()
         self.total.bytes -= self.unread
         self.total.sessions -= 1
         self.unread = 0

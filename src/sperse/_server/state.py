@@ -215,10 +215,10 @@ class ServerState:
             self.tasks.record(session, refused)
             return
         assert request.work is not None and (obj is None or isinstance(obj, RemoteObject))
-        elsewhere = {p.object_id: p for p in request.peer_refs}
+        elsewhere = {p.object_id: p for p in request.peer_refs} if request.peer_refs else {}
         objects: dict[str, HeldObject] = {}
         waiting = {}
-        for ref in dict.fromkeys(request.refs):
+        for ref in dict.fromkeys(request.refs) if request.refs else ():
             held = self.held.lookup(session, ref)
             if held is None:
                 waiting[ref] = elsewhere[ref]

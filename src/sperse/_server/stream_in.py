@@ -172,13 +172,19 @@ class StreamInput:
             label=task.label,
             refused=refused,
             uploads=uploads,
-            peer_refs=tuple(core.PeerRef(p.object_id, p.server, p.address) for p in task.peer_refs),
+            peer_refs=(
+                tuple(core.PeerRef(p.object_id, p.server, p.address) for p in task.peer_refs)
+                if task.peer_refs
+                else ()
+            ),
             object=_object_op(task.object) if task.HasField("object") else None,
             pip=tuple(task.pip),
         )
 
     def _uploads(self, work: pb.Pickled) -> tuple[str, ...]:
         """The shared memory files a task's work names: checked, and the task's from now."""
+        if not work.buffers:  # the common case: the task's pickle only
+            return ()
         names = tuple(b.shm for b in work.buffers if b.WhichOneof("kind") == "shm")
         if not names:
             return names

@@ -39,8 +39,11 @@ def refusal(request: TaskRequest, session: SessionState, server: str) -> Failed 
                 "finished too long ago to be remembered, or its session was lost",
             ),
         )
-    elsewhere = {p.object_id for p in request.peer_refs}
-    missing = [r for r in request.refs if r not in session.objects and r not in elsewhere]
+    if request.refs:
+        elsewhere = {p.object_id for p in request.peer_refs}
+        missing = [r for r in request.refs if r not in session.objects and r not in elsewhere]
+    else:
+        missing = []
     if missing:
         return Failed(
             task_id,

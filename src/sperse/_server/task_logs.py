@@ -72,7 +72,8 @@ class TaskLogs:
         if log is not None and log.ended is None:
             log.ended = self._clock()
             self._ended[key] = log.ended
-        self.expire()
+        if self._ended:  # (most tasks print nothing: nothing was kept, nothing expires)
+            self.expire()
 
     def get(self, key: str) -> TaskLog | None:
         self.expire()

@@ -6,6 +6,12 @@ meanwhile waits here, in order. A pool that cannot start fails what waits and wh
 later (``PoolError``); one that is closed (the server stops) fails what comes
 (``ServerStopping``); an attempt cancelled while it waits here is failed
 (``TaskCancelled``). Failures go back to the machine through ``fail``.
+
+While the server's pool delivers a batch of its events, the tasks those events let start
+(a finished task makes room for the next of its session) are kept, in order, and handed to
+the pool in one call when the batch ends: one assignment and one write per worker for the
+batch, not one per task. A cancel, or the tasks of a client's message, hand them over
+first, so the pool sees every request in the order the machine made it.
 """
 
 from __future__ import annotations
@@ -58,6 +64,8 @@ class TaskPools:
         self._started: asyncio.Task[None] | None = None
         self.early: dict[str, bytes] = {}  # pool id -> payload, submitted before the pool
         self._closing = False
+        self._in_batch = False  # the server's pool is delivering its events
+        self._deferred: list[Submit] = []  # submitted meanwhile, for the pool at its end
 
     def start(self) -> None:
         self._started = self._loop.create_task(self._start())
@@ -68,10 +76,10 @@ class TaskPools:
                 WorkerPool,
                 self._config.worker_count,
                 RUNNER,
-                self._on_event,
+                self._batch_event,
                 name=self._name,
                 loop=self._loop,
-                on_events_delivered=self._on_delivered,
+                on_events_delivered=self._batch_delivered,
                 env=dict(self._env()),
                 token=self._token(),
             )
@@ -115,7 +123,25 @@ class TaskPools:
     def _env_failed(self, pool_id: str, message: str) -> None:
         self._fail(pool_id, ErrorInfo("environment", "EnvUnavailable", message))
 
+    def _batch_event(self, event: BackendEvent) -> None:
+        self._in_batch = True
+        self._on_event(event)
+
+    def _batch_delivered(self) -> None:
+        self._in_batch = False
+        self._hand_over()
+        self._on_delivered()
+
+    def _hand_over(self) -> None:
+        """Give the pool the tasks kept while it delivered its events."""
+        if self._deferred:
+            deferred, self._deferred = self._deferred, []
+            self.submit_many(deferred)
+
     def submit(self, action: Submit) -> None:
+        if self._in_batch and not action.pip and self.pool is not None:
+            self._deferred.append(action)  # handed over when the batch ends
+            return
         pool_id, payload = action.pool_id, action.payload
         if action.pip:
             self.envs.submit(action.pip, pool_id, payload, self._env_failed)
@@ -134,7 +160,8 @@ class TaskPools:
     def submit_many(self, actions: list[Submit]) -> None:
         """``submit`` each, in order: to the server's pool in one call when it runs (the
         tasks of one message from a client)."""
-        if self.pool is None or any(a.pip for a in actions):
+        self._hand_over()
+        if self.pool is None or any([a.pip for a in actions]):
             for action in actions:
                 self.submit(action)
             return
@@ -148,6 +175,7 @@ class TaskPools:
                 )
 
     def cancel(self, action: Cancel) -> None:
+        self._hand_over()
         pool_id = action.pool_id
         if action.pip:
             queued = self.envs.cancel(action.pip, pool_id)  # still waiting for pip

@@ -128,7 +128,9 @@ class TaskTable:
                 server=self.name,
                 inline_limit=task.inline_limit,
                 work=work,
-                objects={ref: held.value for ref, held in task.objects.items()},
+                objects=(
+                    {ref: held.value for ref, held in task.objects.items()} if task.objects else {}
+                ),
                 shm_prefix=f"{self.shm_prefix}a{attempt}-" if self.config.shm else "",
             )
         )

@@ -1,0 +1,66 @@
+"""Requests sent from inside an async operator's call (``await sperse.service(name)
+.request(x)`` in an ``async def`` given to ``map``): their call depth, and the Pending the
+call awaits.
+
+A request's depth is one more than that of the request whose call sends it (a client's are
+0; :data:`~sperse._flow.calls.CALLING` says which call runs): where it is served, it gets
+a slot of its own depth (:mod:`sperse._flow.awaits`), so a cycle of services cannot
+deadlock. A recursion that does not reach its base case is cut at :data:`MAX_DEPTH`: the
+request raises ``RecursionError``, which fails the request being served, and so on back up.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+from sperse._cluster.pending import Pending
+from sperse._flow.awaits import MAX_DEPTH
+from sperse._flow.calls import CALLING
+from sperse._serialize import RemoteValue
+
+__all__ = ["Nested", "nested_depth"]
+
+
+def nested_depth(service: str) -> int:
+    """The call depth of a request to ``service`` sent here and now: 0 outside a call."""
+    calling = CALLING.get()
+    if calling is None:
+        return 0
+    if calling.depth + 1 > MAX_DEPTH:
+        raise RecursionError(
+            f"a request to service {service!r} from the operator {calling.operator!r} of "
+            f"flow {calling.flow!r} would be nested {MAX_DEPTH + 1} calls deep: a cycle of "
+            "services that does not reach its base case? (each request an async operator "
+            "sends while serving one is one level deeper)"
+        )
+    return calling.depth + 1
+
+
+class Nested(Pending[Any]):
+    """The Pending of a request sent from inside an async operator's call: awaited on the
+    call's event loop by a hook on its settling (not by the cluster's wakers, which every
+    settled Pending rings: a thousand calls waiting would each be woken a thousand times),
+    and without running the user's queued callbacks on that loop's thread."""
+
+    __slots__ = ()
+
+    def __await__(self) -> Any:
+        return self._wait_here().__await__()
+
+    async def _wait_here(self) -> Any:
+        if not self.done():
+            loop = asyncio.get_running_loop()
+            settled = loop.create_future()
+
+            def wake(_: Pending[Any]) -> None:
+                loop.call_soon_threadsafe(lambda: settled.done() or settled.set_result(None))
+
+            self._on_settle(wake)
+            await settled
+        if self._error is not None:
+            raise self._error
+        value = self._value
+        if isinstance(value, RemoteValue):
+            return await asyncio.to_thread(value.fetch, 60)
+        return value

@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import contextvars
 import threading
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -24,7 +25,7 @@ from typing import Any
 from sperse._flow.awaits import Call, Resumed
 from sperse.errors import TaskTimeout
 
-__all__ = ["CALLING", "CallLoop", "Calling", "run_call"]
+__all__ = ["CALLING", "CallLoop", "CallTasks", "Calling", "run_call"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -61,6 +62,35 @@ async def run_call(call: Call, flow: str) -> Resumed:
     except Exception as exc:
         return Resumed(call.op, call.token, error=exc)
     return Resumed(call.op, call.token, value)
+
+
+class CallTasks:
+    """The calls running on a server host's event loop, each a task it owns. As each ends
+    its outcome goes first in the host's ``inbox`` (as a delivery that needs no
+    acknowledgement: the item holds a slot, not the channel) and ``wake`` is set;
+    ``cancel`` cancels the rest (the host is closing)."""
+
+    def __init__(self, flow: str, inbox: deque[Any], wake: asyncio.Event) -> None:
+        self._flow = flow
+        self._inbox = inbox
+        self._wake = wake
+        self._tasks: set[asyncio.Task[Resumed]] = set()
+
+    def start(self, call: Call) -> None:
+        """Run ``call`` (on the running loop)."""
+        task = asyncio.get_running_loop().create_task(run_call(call, self._flow))
+        self._tasks.add(task)
+        task.add_done_callback(self._ended)
+
+    def _ended(self, task: asyncio.Task[Resumed]) -> None:
+        self._tasks.discard(task)
+        if not task.cancelled():
+            self._inbox.appendleft(([task.result()], None))
+            self._wake.set()
+
+    def cancel(self) -> None:
+        for task in list(self._tasks):
+            task.cancel()
 
 
 class CallLoop:

@@ -37,8 +37,8 @@ from typing import Any
 
 from sperse._core import ErrorInfo, ErrorKind
 from sperse._exec.runner import encode_error, short_repr
-from sperse._flow.awaits import Call, Resumed
-from sperse._flow.calls import run_call
+from sperse._flow.awaits import Call
+from sperse._flow.calls import CallTasks
 from sperse._flow.local import write_atomically
 from sperse._flow.messages import (
     Batch,
@@ -130,7 +130,7 @@ class ReplicaHost:
         self._moved: Moved | None = None  # reshaped: the answers are taken elsewhere now
         self._paused = False  # a reshape: the requests replica takes nothing from its inbox
         self._idle = False  # the pump waits for something to do
-        self._calls: set[asyncio.Task[Resumed]] = set()  # async operators' calls running
+        self._calls = CallTasks(self._plan.logical.name, self._inbox, self._wake)
         requests = next((n for n in self._plan.logical.nodes if n.kind == "source"), None)
         self._requests_stage = self._plan.stage_of[requests.id] if requests is not None else 0
 
@@ -235,10 +235,7 @@ class ReplicaHost:
         """Return once this host is idle: its inbox empty (or paused), everything it sent
         acknowledged, so processed by its receivers."""
         while not (
-            self._idle
-            and (self._paused or not self._inbox)
-            and not self._credits.unacked()
-            and not self._replica.calls
+            self._idle and (self._paused or not self._inbox) and not self._credits.unacked()
         ):
             await asyncio.sleep(QUIESCE_POLL)
 
@@ -321,8 +318,7 @@ class ReplicaHost:
         self._mailed.set()
         if self._pump is not None:
             self._pump.cancel()
-        for call in list(self._calls):
-            call.cancel()
+        self._calls.cancel()
         return self._replica.tally(), self.stats()
 
     # ---- the pump ------------------------------------------------------------------------
@@ -339,25 +335,19 @@ class ReplicaHost:
             self._report(Report(FlowError(operators, "", info, what)))
 
     def _waiting(self) -> bool:
-        """Nothing to take from the inbox: empty, paused (a reshape), or full (an async
-        operator holds its limit: only its calls' outcomes, first in the inbox, go in)."""
-        if not self._inbox or self._paused:
-            return True
-        if not self._replica.full:
-            return False
-        events = self._inbox[0][0]
-        return not (events and isinstance(events[0], Resumed))
+        """Nothing to take now: the inbox is empty, paused, or its head must wait."""
+        return not self._inbox or self._paused or not self._replica.takes(self._inbox[0][0])
 
     async def _pumping(self) -> None:
         while True:
             if self._waiting():
-                if self._lines is not None and not self._replica.full:
+                if self._lines is not None:
                     await self._read()
                     continue
                 await self._flush(idle=True)
                 if self._waiting():
                     self._wake.clear()
-                    self._idle = True
+                    self._idle = not self._replica.calls  # an async operator's calls run
                     if self._timed:
                         try:
                             async with asyncio.timeout(TICK):
@@ -409,22 +399,7 @@ class ReplicaHost:
                     self._mailed.set()
                     self._remember(action.answers)
                 elif isinstance(action, Call):
-                    self._start_call(action)
-
-    def _start_call(self, call: Call) -> None:
-        """Run an async operator's call on this loop; its outcome goes first in the inbox
-        (the delivery that brought its item was acknowledged: the item holds a slot, not
-        the channel)."""
-        task = asyncio.get_running_loop().create_task(run_call(call, self._plan.logical.name))
-        self._calls.add(task)
-
-        def ended(task: asyncio.Task[Resumed]) -> None:
-            self._calls.discard(task)
-            if not task.cancelled():
-                self._inbox.appendleft(([task.result()], None))
-                self._wake.set()
-
-        task.add_done_callback(ended)
+                    self._calls.start(action)
 
     def _remember(self, answers: list[Answer]) -> None:
         """First answers of idempotency keys, to the requests replica that keeps the key."""

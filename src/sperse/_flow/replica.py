@@ -166,6 +166,11 @@ class Replica:
         that an earlier one waits for may be behind it (:mod:`sperse._flow.awaits`)."""
         return not self.service and any(op.outstanding >= op.limit for op in self._async)
 
+    def takes(self, events: list[Event]) -> bool:
+        """Whether its shell may give it ``events`` now: not while it is full, but a call's
+        outcome always."""
+        return not self.full or (bool(events) and isinstance(events[0], Resumed))
+
     def counts(self) -> dict[str, int]:
         """Items each operator of this replica has taken in so far."""
         return {op.name: op.count for op in self.ops}
@@ -481,7 +486,8 @@ def _op(node: Node, service: bool = False) -> Op:
     if node.kind == "respond":
         return Respond(node.name)
     if node.kind == "map_async":
-        return AsyncMap(node.name, *node.args, service=service)
+        fn, limit, ordered, timeout = node.args
+        return AsyncMap(node.name, fn, limit, ordered, timeout, service)
     if node.kind == "map_wasm":
         op: Op = MapWasm(node.name, *node.args)
     else:

@@ -12,6 +12,7 @@ request raises ``RecursionError``, which fails the request being served, and so 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from typing import Any
 
 from sperse._cluster.pending import Pending
@@ -53,8 +54,13 @@ class Nested(Pending[Any]):
             loop = asyncio.get_running_loop()
             settled = loop.create_future()
 
+            def set_settled() -> None:
+                if not settled.done():  # not cancelled (a timeout)
+                    settled.set_result(None)
+
             def wake(_: Pending[Any]) -> None:
-                loop.call_soon_threadsafe(lambda: settled.done() or settled.set_result(None))
+                with contextlib.suppress(RuntimeError):  # the loop closed (its host did)
+                    loop.call_soon_threadsafe(set_settled)
 
             self._on_settle(wake)
             await settled

@@ -26,6 +26,7 @@ is answered, and the flow ends.
 
 from __future__ import annotations
 
+import functools
 import heapq
 import itertools
 import threading
@@ -79,6 +80,7 @@ __all__ = ["Service", "ServiceCard", "service", "services", "start_service"]
 STOP_TIMEOUT = 60.0  # seconds stop() waits for the requests in flight to be answered
 SERVICE_CARD = "sperse.service:"  # the name of a service's card on the servers
 _CARD = SERVICE_CARD
+_COPY = "sperse.service-copy:"  # its copy on every server, for remote code to find there
 SWAPPABLE = frozenset({"map", "map_async", "key_by", "scan", "map_values", "inspect"})
 
 
@@ -106,6 +108,7 @@ class Service:
         self.answered = 0
         self.started_at = time.monotonic()
         self.generation = 0  # served by this process: the count of services served then
+        self._shared = False  # the client that this process's async operators' calls share
 
     # ---- the public API ------------------------------------------------------------------
 
@@ -335,6 +338,9 @@ class Service:
             pending = self._waiting.pop(rid, None)
         if pending is not None:
             pending._settle(error=error)
+        if self._shared and isinstance(error, ServiceStopped) and self._route is not None:
+            self._stopped = True  # gone: the next sperse.service(name) in a call looks again
+            self._route.close()
 
     def _timed_out(self, rid: int, timeout: float) -> None:
         self._failed(
@@ -460,16 +466,16 @@ def start_service(
         sources, responds = _of(plan, proxies, "source"), _of(plan, proxies, "respond")
         svc._route = OnServers(svc, sources, responds, push)
         weakref.finalize(svc, svc._route.close)
-        # A card on every server: remote code (an async operator's call) looks for it on
-        # the server it runs on.
-        servers = [f"@{s.name}" for s in cluster.servers()] or [""]
+        # The card, and a copy of it on every server: remote code (an async operator's
+        # call) looks for the copy on the server it runs on.
+        cards = [(_CARD, None)] + [(_COPY, f"@{s.name}") for s in cluster.servers()]
         ready = []
-        for on in servers:
-            card = RemoteClass(ServiceCard).options(name=_CARD + name, on=on or None)
+        for prefix, on in cards:
+            card = RemoteClass(ServiceCard).options(name=prefix + name, on=on)
             made = card.create_on(cluster, (name, flow, sources, responds), {})
             handle.keep(made)
             created = threading.Event()
-            made._when_ready(lambda _, created=created: created.set())
+            made._when_ready(functools.partial(_set, created))
             ready.append(created)
         deadline = time.monotonic() + 60.0
         for created in ready:  # so that sperse.service finds it as soon as serve returns
@@ -479,6 +485,10 @@ def start_service(
     _ALL.add(svc)
     svc.generation = next(_SERVED)
     return svc
+
+
+def _set(event: threading.Event, _: object) -> None:
+    event.set()
 
 
 def _of(plan: PhysicalPlan, proxies: dict[tuple[int, int], ObjectProxy], kind: str) -> list[Any]:
@@ -512,7 +522,8 @@ def _called(name: str) -> Service:
     with _CALLED_LOCK:
         known = _CALLED.get(name)
         if known is None or not known.running:
-            known = _CALLED[name] = _found(name, current())
+            known = _CALLED[name] = _found(name, current(), _COPY)
+            known._shared = True
         return known
 
 
@@ -520,8 +531,9 @@ _CALLED: dict[str, Service] = {}  # the clients of services that calls in this p
 _CALLED_LOCK = threading.Lock()
 
 
-def _found(name: str, here: Cluster) -> Service:
-    """A client of the service ``name`` served on ``here``'s servers."""
+def _found(name: str, here: Cluster, prefix: str = _CARD) -> Service:
+    """A client of the service ``name`` served on ``here``'s servers (by its card named
+    ``prefix + name``)."""
     from sperse._cluster.connect import current
 
     if not here.servers():
@@ -530,7 +542,7 @@ def _found(name: str, here: Cluster) -> Service:
             f"cluster with servers to look on: serve a flow with f.serve({name!r}) first"
         )
     try:
-        card = get_object(_CARD + name)
+        card = get_object(prefix + name)
     except UnknownObject:
         raise UnknownObject(
             f"no service called {name!r} is running on this cluster: serve a flow with "

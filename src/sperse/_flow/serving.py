@@ -26,6 +26,7 @@ is answered, and the flow ends.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import heapq
 import itertools
@@ -80,7 +81,7 @@ __all__ = ["Service", "ServiceCard", "service", "services", "start_service"]
 STOP_TIMEOUT = 60.0  # seconds stop() waits for the requests in flight to be answered
 SERVICE_CARD = "sperse.service:"  # the name of a service's card on the servers
 _CARD = SERVICE_CARD
-_COPY = "sperse.service-copy:"  # its copy on every server, for remote code to find there
+_COPY = "sperse.service-copy:"  # its copies, for remote code to find on its own server
 SWAPPABLE = frozenset({"map", "map_async", "key_by", "scan", "map_values", "inspect"})
 
 
@@ -466,9 +467,10 @@ def start_service(
         sources, responds = _of(plan, proxies, "source"), _of(plan, proxies, "respond")
         svc._route = OnServers(svc, sources, responds, push)
         weakref.finalize(svc, svc._route.close)
-        # The card, and a copy of it on every server: remote code (an async operator's
-        # call) looks for the copy on the server it runs on.
-        cards = [(_CARD, None)] + [(_COPY, f"@{s.name}") for s in cluster.servers()]
+        # The card on the first server and a copy on each other one: remote code (an async
+        # operator's call) looks for either on the server it runs on.
+        names = [f"@{s.name}" for s in cluster.servers()]
+        cards = [(_CARD, names[0] if names else None)] + [(_COPY, on) for on in names[1:]]
         ready = []
         for prefix, on in cards:
             card = RemoteClass(ServiceCard).options(name=prefix + name, on=on)
@@ -522,7 +524,7 @@ def _called(name: str) -> Service:
     with _CALLED_LOCK:
         known = _CALLED.get(name)
         if known is None or not known.running:
-            known = _CALLED[name] = _found(name, current(), _COPY)
+            known = _CALLED[name] = _found(name, current(), (_CARD, _COPY))
             known._shared = True
         return known
 
@@ -531,9 +533,9 @@ _CALLED: dict[str, Service] = {}  # the clients of services that calls in this p
 _CALLED_LOCK = threading.Lock()
 
 
-def _found(name: str, here: Cluster, prefix: str = _CARD) -> Service:
-    """A client of the service ``name`` served on ``here``'s servers (by its card named
-    ``prefix + name``)."""
+def _found(name: str, here: Cluster, prefixes: tuple[str, ...] = (_CARD,)) -> Service:
+    """A client of the service ``name`` served on ``here``'s servers, by its card (named
+    with the first of ``prefixes`` found)."""
     from sperse._cluster.connect import current
 
     if not here.servers():
@@ -541,13 +543,15 @@ def _found(name: str, here: Cluster, prefix: str = _CARD) -> Service:
             f"no service called {name!r} is running in this process, and there is no "
             f"cluster with servers to look on: serve a flow with f.serve({name!r}) first"
         )
-    try:
-        card = get_object(prefix + name)
-    except UnknownObject:
+    for prefix in prefixes:
+        with contextlib.suppress(UnknownObject):
+            card = get_object(prefix + name)
+            break
+    else:
         raise UnknownObject(
             f"no service called {name!r} is running on this cluster: serve a flow with "
             f"f.serve({name!r}) first (sperse.services() lists those of this process)"
-        ) from None
+        )
     found = card.routes().result(60)
     _, flow, sources, responds = found
     cluster = current()

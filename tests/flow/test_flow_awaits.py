@@ -233,6 +233,9 @@ def test_a_plain_flow_call_that_raises_fails_the_run_naming_the_operator() -> No
         (lambda s: s.map(len, max_in_flight=3), r"map\(max_in_flight=...\) is for async def"),
         (lambda s: s.map(fn, max_in_flight=0), "max_in_flight must be a positive int"),
         (lambda s: s.map(fn, timeout=0), "timeout must be positive"),
+        (lambda s: s.filter(fn), "filter: an async def function is for map only"),
+        (lambda s: s.key_by(len).map_values(fn), "map_values: an async def function"),
+        (lambda s: s.key_by(len).scan(0, fn), "scan: an async def function"),
     ],
 )
 def test_bad_async_map_options_are_refused(build: Any, match: str) -> None:

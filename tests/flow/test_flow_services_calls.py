@@ -6,6 +6,7 @@ Pendings and events with deadlines, never sleeps."""
 from __future__ import annotations
 
 import asyncio
+import math
 import threading
 from collections.abc import Iterator
 from typing import Any
@@ -95,6 +96,20 @@ def test_a_pair_of_services_that_call_each_other_answers_1000_concurrent_request
     for t in range(4):
         parity = 0 if t % 2 == 0 else 1
         assert results[t] == [(t + i) % 10 % 2 == parity for i in range(250)]
+
+
+async def fact(n: int) -> int:
+    return 1 if n <= 1 else n * await sperse.service("fact").request(n - 1)
+
+
+def test_a_service_that_calls_itself_with_one_call_at_a_time_answers_1000_requests(
+    stopping: list[sperse.Service],
+) -> None:
+    # one slot per depth: every call waits on a deeper request, which takes the next slot
+    svc = serve("fact", fact, max_in_flight=1)
+    stopping.append(svc)
+    pendings = [svc.request(i % 8) for i in range(1000)]
+    assert [p.result(WAIT) for p in pendings] == [math.factorial(i % 8) for i in range(1000)]
 
 
 def test_a_clients_requests_are_answered_in_order_though_calls_end_out_of_order(

@@ -5,6 +5,7 @@ are on Pendings with deadlines."""
 
 from __future__ import annotations
 
+import math
 import threading
 from collections.abc import Iterator
 from typing import Any
@@ -14,7 +15,7 @@ import pytest
 import sperse
 from sperse._up import LocalCluster
 
-WAIT = 120.0
+WAIT = 90.0
 
 
 def double(x: int) -> int:
@@ -100,6 +101,7 @@ def test_a_failure_in_the_called_service_fails_the_callers_request_naming_both(
     assert good.result(WAIT) == 7
 
 
+@pytest.mark.slow
 def test_a_pair_of_services_that_call_each_other_answers_1000_concurrent_requests(
     client: sperse.Cluster,
 ) -> None:
@@ -127,6 +129,22 @@ def test_a_pair_of_services_that_call_each_other_answers_1000_concurrent_request
     finally:
         for svc in pair:
             svc.stop()
+
+
+async def fact(n: int) -> int:
+    return 1 if n <= 1 else n * await sperse.service("fact").request(n - 1)
+
+
+@pytest.mark.slow
+def test_a_service_that_calls_itself_with_one_call_at_a_time_answers_1000_requests(
+    client: sperse.Cluster,
+) -> None:
+    svc = serve(client, "fact", fact, replicas=2, max_in_flight=1)
+    try:
+        pendings = [svc.request(i % 8) for i in range(1000)]
+        assert [p.result(WAIT) for p in pendings] == [math.factorial(i % 8) for i in range(1000)]
+    finally:
+        svc.stop()
 
 
 def test_a_plain_flow_on_servers_calls_a_service_from_an_async_map(

@@ -57,6 +57,11 @@ class Stream:
         others: Iterable[Stream] = (),
     ) -> NodeId:
         self._flow._building()
+        if kind != "map_async" and any(is_async(arg) for arg in args):
+            raise TypeError(
+                f"{kind}: an async def function is for map only (an async operator); give "
+                f"{kind} a plain function, or await in a map before it"
+            )
         inputs = [(self._node, partition)]
         for other in others:
             if other._flow is not self._flow:

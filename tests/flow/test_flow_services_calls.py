@@ -190,6 +190,33 @@ def test_a_call_that_takes_longer_than_its_timeout_fails_its_request(
     assert fast.result(WAIT) == 1
 
 
+def test_a_request_sent_from_a_call_ends_with_the_call_at_the_latest(
+    stopping: list[sperse.Service],
+) -> None:
+    never = asyncio.Event()
+    sent: list[sperse.Pending[Any]] = []
+    loops: list[asyncio.AbstractEventLoop] = []
+
+    async def stuck(x: int) -> int:
+        loops.append(asyncio.get_running_loop())
+        await never.wait()
+        return x
+
+    async def outer(x: int) -> int:
+        pending = sperse.service("deep").request(x)  # no timeout of its own
+        sent.append(pending)
+        return await pending
+
+    stopping.append(serve("deep", stuck, timeout=None))
+    svc = serve("shallow", outer, timeout=0.3)
+    stopping.append(svc)
+    with pytest.raises(sperse.FlowFailed, match=r"timeout of 0\.3 s"):
+        svc.request(1).result(WAIT)
+    with pytest.raises(sperse.TaskTimeout):  # it had the call's time left as its timeout
+        sent[0].result(WAIT)
+    loops[0].call_soon_threadsafe(never.set)  # so that the stuck service can stop
+
+
 def test_a_cycle_without_a_base_case_fails_at_the_depth_limit(
     stopping: list[sperse.Service],
 ) -> None:

@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import contextvars
 import threading
+import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -31,11 +32,13 @@ __all__ = ["CALLING", "CallLoop", "CallTasks", "Calling", "run_call"]
 @dataclass(frozen=True, slots=True)
 class Calling:
     """The async operator call running in this context: flow ``flow``, operator
-    ``operator``, serving a request of call depth ``depth``."""
+    ``operator``, serving a request of call depth ``depth``, until ``deadline`` (of
+    ``time.monotonic()``; None: no timeout)."""
 
     flow: str
     operator: str
     depth: int
+    deadline: float | None = None
 
 
 CALLING: contextvars.ContextVar[Calling | None] = contextvars.ContextVar(
@@ -45,7 +48,8 @@ CALLING: contextvars.ContextVar[Calling | None] = contextvars.ContextVar(
 
 async def run_call(call: Call, flow: str) -> Resumed:
     """Run ``call`` (in the task's own context, where :data:`CALLING` is set); its outcome."""
-    CALLING.set(Calling(flow, call.operator, call.depth))
+    deadline = None if call.timeout is None else time.monotonic() + call.timeout
+    CALLING.set(Calling(flow, call.operator, call.depth, deadline))
     scope = asyncio.timeout(call.timeout)
     try:
         async with scope:

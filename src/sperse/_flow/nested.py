@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import time
 from typing import Any
 
 from sperse._cluster.pending import Pending
@@ -20,7 +21,7 @@ from sperse._flow.awaits import MAX_DEPTH
 from sperse._flow.calls import CALLING
 from sperse._serialize import RemoteValue
 
-__all__ = ["Nested", "nested_depth"]
+__all__ = ["Nested", "nested_depth", "time_left"]
 
 
 def nested_depth(service: str) -> int:
@@ -36,6 +37,16 @@ def nested_depth(service: str) -> int:
             "sends while serving one is one level deeper)"
         )
     return calling.depth + 1
+
+
+def time_left() -> float | None:
+    """The seconds the call running here has left before its timeout (None: no call, or no
+    timeout): a request it sends without a ``timeout`` gets this one, so that its Pending
+    does not outlive the call (deadlines pass down a chain of calls)."""
+    calling = CALLING.get()
+    if calling is None or calling.deadline is None:
+        return None
+    return max(calling.deadline - time.monotonic(), 0.001)
 
 
 class Nested(Pending[Any]):

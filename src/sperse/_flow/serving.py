@@ -43,7 +43,7 @@ from sperse._cluster.pending import Pending
 from sperse._flow.awaits import is_async
 from sperse._flow.calls import CALLING
 from sperse._flow.local import PushQueue
-from sperse._flow.nested import Nested, nested_depth
+from sperse._flow.nested import Nested, nested_depth, time_left
 from sperse._flow.routes import InProcess, OnServers, Route
 from sperse._flow.service import Answer, Envelope, Swap
 from sperse.errors import (
@@ -134,6 +134,8 @@ class Service:
         route = self._route
         assert route is not None
         depth = nested_depth(self.name)
+        if depth and timeout is None:
+            timeout = time_left()  # a call's request ends with the call, at the latest
         with self._lock:
             rid = next(self._rids)
             label = f"{self.name}.request#{rid}"

@@ -205,7 +205,7 @@ def test_service_scaled_and_moved_while_clients_send_loses_no_request_and_no_cou
 
 @pytest.mark.slow
 def test_calls_a_chain_and_a_cycle_of_services_answer_every_request() -> None:
-    got = run_json("calls", "--requests", "1000", "--in-flight", "4")
+    got = run_json("calls", "--requests", "1000")
     assert isinstance(got, dict)
     assert got["requests"] == 1000
     assert got["chain"] == got["cycle"] == {"answered": 1000, "wrong": []}

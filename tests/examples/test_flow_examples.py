@@ -203,6 +203,14 @@ def test_service_scaled_and_moved_while_clients_send_loses_no_request_and_no_cou
     assert got["counts"] == got["expected"] == {f"user-{u}": 200 for u in range(6)}
 
 
+@pytest.mark.slow
+def test_calls_a_chain_and_a_cycle_of_services_answer_every_request() -> None:
+    got = run_json("calls", "--requests", "1000")
+    assert isinstance(got, dict)
+    assert got["requests"] == 1000
+    assert got["chain"] == got["cycle"] == {"answered": 1000, "wrong": []}
+
+
 # -- --connect, against a cluster started here -------------------------------------------------
 
 
@@ -273,6 +281,7 @@ def inputs(tmp_path: Path) -> Path:
         ),
         ("kmeans", ["--points", "{tmp}/points.csv", "--k", "1"], "required: --rounds"),
         ("service", ["--clients", "0"], "0 is not positive"),
+        ("calls", ["--depth", "40"], "at most 30"),
     ],
 )
 def test_bad_arguments_are_refused_before_any_cluster_starts(

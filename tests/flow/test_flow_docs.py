@@ -1,6 +1,7 @@
-"""The blocks of docs/flows.md's sections on ``map_wasm``, shared state and the prompt run
-as written and print what the text says (the first blocks are tests/examples'). Each block
-runs in a fresh interpreter from the repository's root, as a reader would run it."""
+"""The blocks of docs/flows.md's sections on ``map_wasm``, shared state, the prompt, services
+and flows that call flows run as written and print what the text says (the first blocks are
+tests/examples'). Each block runs in a fresh interpreter from the repository's root, as a
+reader would run it."""
 
 from __future__ import annotations
 
@@ -59,3 +60,8 @@ def test_the_services_block() -> None:
         "{'user': 'ada', 'n': 3, 'v': 2}",
         "{'user': 'ada', 'n': 4, 'v': 2}",
     ]
+
+
+def test_the_flows_that_call_flows_block() -> None:
+    (block,) = section_blocks("Flows that call flows: async operators")
+    assert run_block(block) == printed_comments(block) == ["25", "500"]

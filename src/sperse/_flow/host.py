@@ -37,6 +37,8 @@ from typing import Any
 
 from sperse._core import ErrorInfo, ErrorKind
 from sperse._exec.runner import encode_error, short_repr
+from sperse._flow.awaits import Call
+from sperse._flow.calls import CallTasks
 from sperse._flow.local import write_atomically
 from sperse._flow.messages import (
     Batch,
@@ -128,6 +130,7 @@ class ReplicaHost:
         self._moved: Moved | None = None  # reshaped: the answers are taken elsewhere now
         self._paused = False  # a reshape: the requests replica takes nothing from its inbox
         self._idle = False  # the pump waits for something to do
+        self._calls = CallTasks(self._plan.logical.name, self._inbox, self._wake)
         requests = next((n for n in self._plan.logical.nodes if n.kind == "source"), None)
         self._requests_stage = self._plan.stage_of[requests.id] if requests is not None else 0
 
@@ -315,6 +318,7 @@ class ReplicaHost:
         self._mailed.set()
         if self._pump is not None:
             self._pump.cancel()
+        self._calls.cancel()
         return self._replica.tally(), self.stats()
 
     # ---- the pump ------------------------------------------------------------------------
@@ -330,16 +334,20 @@ class ReplicaHost:
             what = f"stopped: {info.type_name}: {info.message}"
             self._report(Report(FlowError(operators, "", info, what)))
 
+    def _waiting(self) -> bool:
+        """Nothing to take now: the inbox is empty, paused, or its head must wait."""
+        return not self._inbox or self._paused or not self._replica.takes(self._inbox[0][0])
+
     async def _pumping(self) -> None:
         while True:
-            if not self._inbox or self._paused:
+            if self._waiting():
                 if self._lines is not None:
                     await self._read()
                     continue
                 await self._flush(idle=True)
-                if not self._inbox or self._paused:
+                if self._waiting():
                     self._wake.clear()
-                    self._idle = True
+                    self._idle = not self._replica.calls  # an async operator's calls run
                     if self._timed:
                         try:
                             async with asyncio.timeout(TICK):
@@ -390,6 +398,8 @@ class ReplicaHost:
                         self._mail.setdefault(answer.client, []).append(answer)
                     self._mailed.set()
                     self._remember(action.answers)
+                elif isinstance(action, Call):
+                    self._calls.start(action)
 
     def _remember(self, answers: list[Answer]) -> None:
         """First answers of idempotency keys, to the requests replica that keeps the key."""

@@ -34,6 +34,8 @@ from typing import Any
 
 from sperse._core import ErrorInfo
 from sperse._exec.runner import encode_error, short_repr
+from sperse._flow.awaits import Call, Resumed
+from sperse._flow.calls import CallLoop
 from sperse._flow.control import ControlAction, Controller
 from sperse._flow.messages import (
     Batch,
@@ -60,6 +62,7 @@ __all__ = ["BATCH", "LocalExecutor", "PushQueue"]
 
 BATCH = 1024  # items per batch read from a source
 _CLOSED = object()
+_WAKE = object()
 
 
 class PushQueue:
@@ -80,6 +83,10 @@ class PushQueue:
             self.closed = True
             self._queue.put(_CLOSED)
 
+    def wake(self) -> None:
+        """End a ``take`` waiting now (or the next one) at once, with what it has."""
+        self._queue.put(_WAKE)
+
     def take(self, limit: int, timeout: float | None) -> tuple[list[Any], bool]:
         """Up to ``limit`` items, waiting up to ``timeout`` for the first; and whether the
         queue has ended."""
@@ -89,6 +96,8 @@ class PushQueue:
             while True:
                 if item is _CLOSED:
                     return out, True
+                if item is _WAKE:
+                    return out, False
                 out.append(item)
                 if len(out) >= limit:
                     return out, False
@@ -176,11 +185,24 @@ class LocalExecutor:
             queue.SimpleQueue()
         )
         self._reshaping: tuple[PhysicalPlan, threading.Event] | None = None
+        self._calls: CallLoop | None = None  # async operators' calls, on a loop thread
+        self._resumed: queue.SimpleQueue[tuple[StageId, int, Resumed]] = queue.SimpleQueue()
+        self._in_flight = 0  # calls started and not taken back as Resumed
 
     # ---- the loop ------------------------------------------------------------------------
 
     def run(self) -> Stopped:
         """Run to the end (or a failure, or ``cancel``); returns how it stopped."""
+        try:
+            self._running()
+        finally:
+            if self._calls is not None:
+                self._calls.close()
+        stopped = self.controller.stopped
+        assert stopped is not None
+        return stopped
+
+    def _running(self) -> None:
         while self.controller.stopped is None:
             self._swap()
             if self._cancel.is_set():
@@ -188,18 +210,49 @@ class LocalExecutor:
                 break
             if self._reshaping is None and not self._reshapes.empty():
                 self._reshaping = self._reshapes.get()  # read no source until it is applied
+            self._take_resumed(0)
             if self._step():
                 continue
             if self._reshaping is not None:
-                self._reshape(*self._reshaping)
+                if self._in_flight:  # a reshape waits for the calls in flight
+                    self._take_resumed(self._tick)
+                else:
+                    self._reshape(*self._reshaping)
+                continue
+            if self._in_flight and any(r.full for r in self.replicas.values()):
+                self._take_resumed(self._tick)  # back-pressure: no source read for now
                 continue
             if not self._feed():
+                if self._in_flight:
+                    self._take_resumed(self._tick)
+                    continue
                 what = "the flow stalled: nothing to deliver and no source left to read"
                 info = ErrorInfo("internal", "FlowFailed", what)
                 self._control(self.controller.handle(Report(FlowError("", "", info, what))))
-        stopped = self.controller.stopped
-        assert stopped is not None
-        return stopped
+
+    def _start_call(self, stage: StageId, index: int, call: Call) -> None:
+        if self._calls is None:
+            self._calls = CallLoop(self.plan.logical.name, self._call_ended)
+        self._in_flight += 1
+        self._calls.start((stage, index), call)
+
+    def _call_ended(self, key: tuple[StageId, int], resumed: Resumed) -> None:
+        """A call ended (on the calls' loop thread): to its replica, waking a source's wait."""
+        self._resumed.put((*key, resumed))
+        for feed in self._feeds:
+            if feed.push is not None:
+                feed.push.wake()
+
+    def _take_resumed(self, wait: float) -> None:
+        """Queue the calls that ended for their replicas, waiting up to ``wait`` s for one."""
+        try:
+            got = self._resumed.get(timeout=wait) if wait else self._resumed.get_nowait()
+            while True:
+                self._in_flight -= 1
+                self._queue(("calls",), *got)
+                got = self._resumed.get_nowait()
+        except queue.Empty:
+            return
 
     def swap(self, event: Swap) -> threading.Event:
         """Swap an operator's function between two steps (any thread): the event is set
@@ -339,6 +392,8 @@ class LocalExecutor:
                 if self._answer is not None:
                     self._answer(action.answers)
                 self._remember(action.answers)
+            elif isinstance(action, Call):
+                self._start_call(stage, index, action)
 
     def _remember(self, answers: list[Answer]) -> None:
         """First answers of idempotency keys, to the requests replica that keeps each key."""

@@ -65,8 +65,11 @@ KEY_PARTITIONED = frozenset({"fold", "scan", "reduce", "join", "key_window"})
 SINKS = frozenset({"collect", "to_dir", "for_each", "respond"})
 # Operators allowed in a service (``requests()`` ... ``respond()``): one output per input.
 SERVICE_KINDS = frozenset(
-    {"source", "map", "key_by", "scan", "map_values", "inspect", "shuffle", "map_wasm", "respond"}
-)
+    {
+        "source", "map", "map_async", "key_by", "scan", "map_values", "inspect", "shuffle",
+        "map_wasm", "respond",
+    }
+)  # fmt: skip
 SOURCES = frozenset({"source"})
 
 
@@ -285,6 +288,11 @@ class LogicalPlan:
                     raise ValueError(
                         f"{node.name}: a loop body ({loop.name}) cannot hold a {node.kind}"
                     )
+                if node.kind == "map_async":
+                    raise ValueError(
+                        f"{node.name}: a loop ({loop.name}) cannot hold an async map yet: "
+                        "call it before or after the loop"
+                    )
                 for src, _ in node.inputs:
                     if src not in members and node_id != loop.gate:
                         raise ValueError(
@@ -435,6 +443,8 @@ def physical(plan: LogicalPlan, servers: int | Callable[[Placement], int] = 1) -
     def chains(node: Node) -> bool:
         """Whether ``node`` runs in the stage of its single producer."""
         if len(node.inputs) != 1 or node.id in feedback_of or node.kind in SOURCES:
+            return False
+        if node.kind == "map_async":  # it heads its stage: nothing before it flushes at the end
             return False
         src = nodes[node.inputs[0][0]]
         return (

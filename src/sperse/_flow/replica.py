@@ -38,6 +38,7 @@ from typing import Any
 
 from sperse._core import ErrorInfo
 from sperse._exec.runner import encode_error, short_repr
+from sperse._flow.awaits import AsyncMap, Call, Resumed
 from sperse._flow.messages import (
     Batch,
     End,
@@ -72,8 +73,8 @@ from sperse._flow.wasm import MapWasm
 
 __all__ = ["Action", "Replica"]
 
-Action = Send | Report | WriteFile | Reply
-Event = ReplicaEvent | Remember | Swap
+Action = Send | Report | WriteFile | Reply | Call
+Event = ReplicaEvent | Remember | Swap | Resumed
 _EDGE_ONLY = frozenset({"source", "shuffle", "respond"})
 _INSIDE = (Role.NORMAL, Role.BODY)
 
@@ -88,6 +89,10 @@ class Replica:
         self.service = plan.logical.is_service()
         self.ops: list[Op] = [_op(n, self.service) for n in nodes]
         self._respond = self.ops[-1] if isinstance(self.ops[-1], Respond) else None
+        self._async = [op for op in self.ops if isinstance(op, AsyncMap)]
+        for op in self._async:
+            op.at = self.ops.index(op)
+        self._deferred: int | None = None  # the round whose end waits for async calls
         self._idem = Idempotency() if self.service and nodes[0].kind == "source" else None
         self.head = nodes[0].kind
         self.loop = plan.loops.get(self.stage.loop) if self.stage.loop is not None else None
@@ -111,6 +116,12 @@ class Replica:
     # ---- the state machine ---------------------------------------------------------------
 
     def handle(self, event: Event) -> list[Action]:
+        actions = self._handle(event)
+        if self._async and not self._failed:
+            actions += [call for op in self._async for call in op.take_calls()]
+        return actions
+
+    def _handle(self, event: Event) -> list[Action]:
         if self._failed:
             return []
         try:
@@ -133,6 +144,8 @@ class Replica:
                 case Swap():
                     swap(self.ops, event)
                     return []
+                case Resumed():
+                    return self._resumed(event)
         except ItemError as exc:
             return self._fail(exc)
         raise TypeError(f"a replica cannot handle {event!r}")
@@ -140,6 +153,23 @@ class Replica:
     @property
     def failed(self) -> bool:
         return self._failed
+
+    @property
+    def calls(self) -> int:
+        """Items its async operators hold (running, or waiting for a slot or their turn)."""
+        return sum(op.outstanding for op in self._async)
+
+    @property
+    def full(self) -> bool:
+        """A plain flow's async operator holds its ``max_in_flight`` items: its shell takes
+        no more input until a call ends (back-pressure). A service's never is: a request
+        that an earlier one waits for may be behind it (:mod:`sperse._flow.awaits`)."""
+        return not self.service and any(op.outstanding >= op.limit for op in self._async)
+
+    def takes(self, events: list[Event]) -> bool:
+        """Whether its shell may give it ``events`` now: not while it is full, but a call's
+        outcome always."""
+        return not self.full or (bool(events) and isinstance(events[0], Resumed))
 
     def counts(self) -> dict[str, int]:
         """Items each operator of this replica has taken in so far."""
@@ -205,7 +235,23 @@ class Replica:
             return []
         for p in ports:
             del self._ended[(p, ev.round)]
+        if self.calls:  # an async operator's calls end first (it heads its stage)
+            self._deferred = ev.round
+            return []
         return self._finish_round(0, ev.round, Ctx(self.index, self.stage.replicas))
+
+    def _resumed(self, ev: Resumed) -> list[Action]:
+        """An async operator's call ended: what it releases goes on through the chain."""
+        ctx = Ctx(self.index, self.stage.replicas)
+        op = self.ops[ev.op]
+        assert isinstance(op, AsyncMap)
+        self._at = ev.op
+        out = self._run(ev.op + 1, 0, op.resumed(ev), ctx)
+        actions = self._served(out, ctx) if self.service else self._route(out, 0, ctx)
+        if self._deferred is not None and not self.calls:
+            rnd, self._deferred = self._deferred, None
+            actions += self._finish_round(0, rnd, ctx)
+        return actions
 
     def _round_state(self, ev: RoundState) -> list[Action]:
         if ev.round <= self._state_round:
@@ -439,6 +485,9 @@ def _op(node: Node, service: bool = False) -> Op:
     (:mod:`sperse._flow.service`) each run on the values of the requests' envelopes."""
     if node.kind == "respond":
         return Respond(node.name)
+    if node.kind == "map_async":
+        fn, limit, ordered, timeout = node.args
+        return AsyncMap(node.name, fn, limit, ordered, timeout, service)
     if node.kind == "map_wasm":
         op: Op = MapWasm(node.name, *node.args)
     else:

@@ -45,6 +45,7 @@ __all__ = [
     "Respond",
     "Swap",
     "envelope_key",
+    "failure",
     "swap",
 ]
 
@@ -54,7 +55,8 @@ class Envelope:
     """A request as it travels: its return address, its value as the operators made it so
     far, and the failure that ended it, if any. ``key``: its idempotency key (or None);
     ``answered``: a retry answered from the first request's answer (``value``/``failed``),
-    which no operator touches."""
+    which no operator touches. ``depth``: 0 for a client's request, d + 1 for one sent from
+    inside an async operator's call serving a request of depth d (:mod:`sperse._flow.awaits`)."""
 
     client: str
     rid: int
@@ -62,6 +64,7 @@ class Envelope:
     failed: FlowError | None = None
     key: Any = None
     answered: bool = False
+    depth: int = 0
 
     @property
     def done(self) -> bool:
@@ -113,7 +116,7 @@ class Enveloped(Op):
             try:
                 got = inner.on_batch(port, [env.value], ctx)
             except ItemError as exc:
-                out.append(replace(env, failed=_failure(self.name, env.value, exc)))
+                out.append(replace(env, failed=failure(self.name, env.value, exc)))
                 continue
             if len(got) != 1:
                 what = (
@@ -121,7 +124,7 @@ class Enveloped(Op):
                     "gives one output per request"
                 )
                 wrong = ItemError(env.value, message=what)
-                out.append(replace(env, failed=_failure(self.name, env.value, wrong)))
+                out.append(replace(env, failed=failure(self.name, env.value, wrong)))
                 continue
             out.append(replace(env, value=got[0]))
         return out
@@ -230,7 +233,8 @@ def swap(ops: list[Op], event: Swap) -> None:
             inner.fn = event.fn
 
 
-def _failure(operator: str, item: Any, exc: ItemError) -> FlowError:
+def failure(operator: str, item: Any, exc: ItemError) -> FlowError:
+    """The failure of ``operator`` on ``item`` as data, for the request's answer."""
     if exc.cause is None:
         info = ErrorInfo("internal", "FlowFailed", exc.message)
     else:

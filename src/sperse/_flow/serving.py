@@ -26,6 +26,8 @@ is answered, and the flow ends.
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import heapq
 import itertools
 import threading
@@ -38,7 +40,10 @@ from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 from sperse._cluster.cluster import Cluster, default, detached, in_use
 from sperse._cluster.objects import ObjectProxy, RemoteClass, get_object
 from sperse._cluster.pending import Pending
+from sperse._flow.awaits import is_async
+from sperse._flow.calls import CALLING
 from sperse._flow.local import PushQueue
+from sperse._flow.nested import Nested, nested_depth, time_left
 from sperse._flow.routes import InProcess, OnServers, Route
 from sperse._flow.service import Answer, Envelope, Swap
 from sperse.errors import (
@@ -76,7 +81,8 @@ __all__ = ["Service", "ServiceCard", "service", "services", "start_service"]
 STOP_TIMEOUT = 60.0  # seconds stop() waits for the requests in flight to be answered
 SERVICE_CARD = "sperse.service:"  # the name of a service's card on the servers
 _CARD = SERVICE_CARD
-SWAPPABLE = frozenset({"map", "key_by", "scan", "map_values", "inspect"})
+_COPY = "sperse.service-copy:"  # its copies, for remote code to find on its own server
+SWAPPABLE = frozenset({"map", "map_async", "key_by", "scan", "map_values", "inspect"})
 
 
 class Service:
@@ -103,6 +109,7 @@ class Service:
         self.answered = 0
         self.started_at = time.monotonic()
         self.generation = 0  # served by this process: the count of services served then
+        self._shared = False  # the client that this process's async operators' calls share
 
     # ---- the public API ------------------------------------------------------------------
 
@@ -126,14 +133,20 @@ class Service:
             ) from failure
         route = self._route
         assert route is not None
+        depth = nested_depth(self.name)
+        if depth and timeout is None:
+            timeout = time_left()  # a call's request ends with the call, at the latest
         with self._lock:
             rid = next(self._rids)
-            pending: Pending[Any] = Pending(self.cluster, label=f"{self.name}.request#{rid}")
+            label = f"{self.name}.request#{rid}"
+            pending: Pending[Any] = (
+                Pending(self.cluster, label=label) if not depth else Nested(self.cluster, label)
+            )
             self._waiting[rid] = pending
             if key is not None:
                 self._by_key[key] = pending
             self.sent += 1
-        envelope = Envelope(self.client, rid, x, key=key)
+        envelope = Envelope(self.client, rid, x, key=key, depth=depth)
         try:
             route.send(envelope)
         except BaseException:
@@ -191,6 +204,12 @@ class Service:
             raise ValueError(f"{name}: a {node.kind} has no function to update")
         if not callable(fn):
             raise TypeError(f"update({name!r}, fn): fn must be callable, not {fn!r}")
+        if is_async(fn) != (node.kind == "map_async"):
+            what = "an async" if node.kind == "map_async" else "a plain"
+            raise TypeError(
+                f"update({name!r}, fn): {name!r} is {what} operator, and fn must be so too "
+                "(an async def function for an async map, a plain one otherwise)"
+            )
         event = Swap(name, fn)
         handle = run._handle
         if isinstance(handle, HasHosts):
@@ -322,6 +341,9 @@ class Service:
             pending = self._waiting.pop(rid, None)
         if pending is not None:
             pending._settle(error=error)
+        if self._shared and isinstance(error, ServiceStopped) and self._route is not None:
+            self._stopped = True  # gone: the next sperse.service(name) in a call looks again
+            self._route.close()
 
     def _timed_out(self, rid: int, timeout: float) -> None:
         self._failed(
@@ -447,17 +469,30 @@ def start_service(
         sources, responds = _of(plan, proxies, "source"), _of(plan, proxies, "respond")
         svc._route = OnServers(svc, sources, responds, push)
         weakref.finalize(svc, svc._route.close)
-        card = RemoteClass(ServiceCard).options(name=_CARD + name)
-        made = card.create_on(cluster, (name, flow, sources, responds), {})
-        handle.keep(made)
-        created = threading.Event()
-        made._when_ready(lambda _: created.set())
-        created.wait(60)  # so that sperse.service finds it as soon as serve returns
+        # The card on the first server and a copy on each other one: remote code (an async
+        # operator's call) looks for either on the server it runs on.
+        names = [f"@{s.name}" for s in cluster.servers()]
+        cards = [(_CARD, names[0] if names else None)] + [(_COPY, on) for on in names[1:]]
+        ready = []
+        for prefix, on in cards:
+            card = RemoteClass(ServiceCard).options(name=prefix + name, on=on)
+            made = card.create_on(cluster, (name, flow, sources, responds), {})
+            handle.keep(made)
+            created = threading.Event()
+            made._when_ready(functools.partial(_set, created))
+            ready.append(created)
+        deadline = time.monotonic() + 60.0
+        for created in ready:  # so that sperse.service finds it as soon as serve returns
+            created.wait(max(0.0, deadline - time.monotonic()))
     responded._on_settle(svc._ended)  # the run ended: stopped, or failed
     _SERVICES[name] = svc
     _ALL.add(svc)
     svc.generation = next(_SERVED)
     return svc
+
+
+def _set(event: threading.Event, _: object) -> None:
+    event.set()
 
 
 def _of(plan: PhysicalPlan, proxies: dict[tuple[int, int], ObjectProxy], kind: str) -> list[Any]:
@@ -470,24 +505,55 @@ def _of(plan: PhysicalPlan, proxies: dict[tuple[int, int], ObjectProxy], kind: s
 def service(name: str) -> Service:
     """The running service ``name``: served by this process, or found on the servers of the
     current cluster (served by any of its clients)."""
-    from sperse._cluster.connect import current
-
+    if CALLING.get() is not None:
+        return _called(name)
     here = in_use() or default() or detached()
     mine = _SERVICES.get(name)
     if mine is not None and mine.running and mine.cluster is here:
         return mine
+    return _found(name, here)
+
+
+def _called(name: str) -> Service:
+    """``service(name)`` in an async operator's call: served by this process (a flow in
+    process), else one client of it per process, kept (a host's calls share it), found on
+    the cluster its code runs in (a server's worker: that server's)."""
+    from sperse._cluster.connect import current
+
+    mine = _SERVICES.get(name)
+    if mine is not None and mine.running:
+        return mine
+    with _CALLED_LOCK:
+        known = _CALLED.get(name)
+        if known is None or not known.running:
+            known = _CALLED[name] = _found(name, current(), (_CARD, _COPY))
+            known._shared = True
+        return known
+
+
+_CALLED: dict[str, Service] = {}  # the clients of services that calls in this process use
+_CALLED_LOCK = threading.Lock()
+
+
+def _found(name: str, here: Cluster, prefixes: tuple[str, ...] = (_CARD,)) -> Service:
+    """A client of the service ``name`` served on ``here``'s servers, by its card (named
+    with the first of ``prefixes`` found)."""
+    from sperse._cluster.connect import current
+
     if not here.servers():
         raise UnknownObject(
             f"no service called {name!r} is running in this process, and there is no "
             f"cluster with servers to look on: serve a flow with f.serve({name!r}) first"
         )
-    try:
-        card = get_object(_CARD + name)
-    except UnknownObject:
+    for prefix in prefixes:
+        with contextlib.suppress(UnknownObject):
+            card = get_object(prefix + name)
+            break
+    else:
         raise UnknownObject(
             f"no service called {name!r} is running on this cluster: serve a flow with "
             f"f.serve({name!r}) first (sperse.services() lists those of this process)"
-        ) from None
+        )
     found = card.routes().result(60)
     _, flow, sources, responds = found
     cluster = current()

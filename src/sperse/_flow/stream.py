@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Self
 
 from sperse._cluster.pending import Pending
+from sperse._flow.awaits import CALL_TIMEOUT, MAX_IN_FLIGHT, is_async
 from sperse._flow.plan import (
     LoopId,
     LoopSpec,
@@ -56,6 +57,11 @@ class Stream:
         others: Iterable[Stream] = (),
     ) -> NodeId:
         self._flow._building()
+        if kind != "map_async" and any(is_async(arg) for arg in args):
+            raise TypeError(
+                f"{kind}: an async def function is for map only (an async operator); give "
+                f"{kind} a plain function, or await in a map before it"
+            )
         inputs = [(self._node, partition)]
         for other in others:
             if other._flow is not self._flow:
@@ -93,8 +99,32 @@ class Stream:
 
     # ---- one item at a time --------------------------------------------------------------
 
-    def map(self, fn: Callable[[Any], Any], *, name: str | None = None) -> Stream:
-        return self._then("map", name, (fn,))
+    def map(
+        self,
+        fn: Callable[[Any], Any],
+        *,
+        name: str | None = None,
+        max_in_flight: int | None = None,
+        ordered: bool = True,
+        timeout: float | None = CALL_TIMEOUT,
+    ) -> Stream:
+        """``fn`` on each item. An ``async def`` function makes an async operator: its calls
+        run concurrently on the event loop of the replica's host, at most ``max_in_flight``
+        at once per replica and call depth (default 64), each within ``timeout`` seconds;
+        it may ``await sperse.service(name).request(x)``. ``ordered``: results go on in the
+        order items came (per client in a service), else as they end (docs/flows.md)."""
+        if not is_async(fn):
+            if max_in_flight is not None:
+                raise TypeError(
+                    f"map(max_in_flight=...) is for async def functions; {fn!r} is not one"
+                )
+            return self._then("map", name, (fn,))
+        limit = MAX_IN_FLIGHT if max_in_flight is None else max_in_flight
+        if not isinstance(limit, int) or limit < 1:
+            raise ValueError(f"max_in_flight must be a positive int, not {limit!r}")
+        if timeout is not None and not timeout > 0:
+            raise ValueError(f"timeout must be positive seconds or None, not {timeout!r}")
+        return self._then("map_async", name, (fn, limit, bool(ordered), timeout))
 
     def filter(self, fn: Callable[[Any], bool], *, name: str | None = None) -> Stream:
         return self._then("filter", name, (fn,))

@@ -76,6 +76,7 @@ def _new_sleeper() -> _Sleeper:
 
 _POLL = os.name == "posix" and hasattr(select, "poll")
 _MAX_POLL_MS = 2**31 - 1  # poll's timeout is a C int of milliseconds
+_READ = 4096
 
 
 class _LockSleeper:
@@ -102,12 +103,14 @@ class _WakeupPipe:
     write to. One per process, open for its whole life: a wakeup fd left set by a sleep cut
     short (an exception at the wrong instant) must never name a closed, or reused, fd."""
 
-    __slots__ = ("_read", "_write")
+    __slots__ = ("_poll", "_read", "_write")
 
     def __init__(self) -> None:
         self._read, self._write = os.pipe()
         os.set_blocking(self._read, False)
         os.set_blocking(self._write, False)  # set_wakeup_fd requires it
+        self._poll = select.poll()  # made once: a sleep costs a poll, not a new object
+        self._poll.register(self._read, select.POLLIN)
 
     def ring(self) -> None:
         with contextlib.suppress(BlockingIOError):  # full: it is readable already
@@ -122,9 +125,9 @@ class _WakeupPipe:
             # Interrupted by a signal, poll runs its handler: one that raises (Ctrl-C's
             # KeyboardInterrupt) ends the sleep; after another, the number the signal wrote
             # to the pipe ends it.
-            pipe = select.poll()
-            pipe.register(self._read, select.POLLIN)
-            pipe.poll(None if timeout is None else min(max(timeout, 0.0) * 1000, _MAX_POLL_MS))
+            self._poll.poll(
+                None if timeout is None else min(max(timeout, 0.0) * 1000, _MAX_POLL_MS)
+            )
         finally:
             numbers = self._empty()  # a ring left here would only end the next sleep early
             if previous is not None and previous != self._write:
@@ -136,8 +139,11 @@ class _WakeupPipe:
         """Read what the pipe holds; the signal numbers among it."""
         read = b""
         with contextlib.suppress(BlockingIOError):
-            while chunk := os.read(self._read, 4096):
+            while True:
+                chunk = os.read(self._read, _READ)
                 read += chunk
+                if len(chunk) < _READ:  # all it held (no second read, which would raise)
+                    break
         return read.replace(_RING, b"")
 
     @staticmethod

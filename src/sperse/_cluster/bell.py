@@ -64,8 +64,9 @@ class Bell:
             if not ready():
                 sleeper.sleep(timeout)
         finally:
-            with self._lock, contextlib.suppress(ValueError):  # rung: it is gone then
-                self._sleepers.remove(sleeper)
+            with self._lock:
+                if sleeper in self._sleepers:  # (else rung: it is gone then)
+                    self._sleepers.remove(sleeper)
 
 
 def _new_sleeper() -> _Sleeper:
@@ -113,8 +114,10 @@ class _WakeupPipe:
         self._poll.register(self._read, select.POLLIN)
 
     def ring(self) -> None:
-        with contextlib.suppress(BlockingIOError):  # full: it is readable already
+        try:  # (try, not contextlib.suppress: this runs at every event)
             os.write(self._write, _RING)
+        except BlockingIOError:  # full: it is readable already
+            return
 
     def sleep(self, timeout: float | None) -> None:
         try:
@@ -138,12 +141,14 @@ class _WakeupPipe:
     def _empty(self) -> bytes:
         """Read what the pipe holds; the signal numbers among it."""
         read = b""
-        with contextlib.suppress(BlockingIOError):
+        try:
             while True:
                 chunk = os.read(self._read, _READ)
                 read += chunk
                 if len(chunk) < _READ:  # all it held (no second read, which would raise)
                     break
+        except BlockingIOError:
+            pass
         return read.replace(_RING, b"")
 
     @staticmethod

@@ -124,7 +124,9 @@ class Waiter:
             def checked_run_until(
                 done: Callable[[], bool],
                 timeout: float | None,
-                run_until: Callable[[Callable[[], bool], float | None], bool] = run_until,
+                run_until: Callable[..., bool] = run_until,
+                *,
+                every_event: bool = True,
             ) -> bool:
                 def check() -> bool:
                     if self._give_up.is_set() or done():
@@ -132,7 +134,7 @@ class Waiter:
                     self.asleep.set()
                     return False
 
-                return run_until(check, None)
+                return run_until(check, None, every_event=every_event)
 
             monkeypatch.setattr(cluster, "run_until", checked_run_until)
         self._thread = threading.Thread(target=self._run, args=(wait,), name="waiter")
@@ -395,3 +397,22 @@ def test_a_signal_for_an_asyncio_loop_during_a_wait_reaches_the_loop(
             loop.remove_signal_handler(signal.SIGUSR1)
 
     assert asyncio.run(wait_while_signalled())
+
+
+def test_a_task_starting_does_not_wake_a_result_waiter_its_end_does(
+    cluster: sperse.Cluster, backend: Scripted, waiting: Callable[..., Waiter]
+) -> None:
+    """A waiter for a value sleeps through the task's other events (one wake-up per result,
+    not one per event); a waiter for anything is woken by them (the test above)."""
+    p = sperse.remote(double)(1)
+    waiter = waiting(p.result, cluster)
+
+    def asleep() -> list[bool]:
+        return [every for _, every in cluster._bell._sleepers]
+
+    assert asleep() == [False]  # asleep, for settles only
+    backend.report(Started(task_of(backend, p), backend.name))  # rings, on this thread
+    assert asleep() == [False]  # not woken: still asleep
+    backend.report(Done(task_of(backend, p), backend.name, 2))
+    assert waiter.woken()
+    assert p.result(0) == 2

@@ -2,7 +2,9 @@
 
 A sleeper registers, checks its condition a last time, then sleeps until the bell rings (or
 its timeout). A ring releases every sleeper registered at that moment, so a ring between
-the last check and the sleep is not lost.
+the last check and the sleep is not lost. A sleeper that asked for it (``every_event``) is
+also released by ``ring_watchers``, which the others sleep through: a change that cannot
+turn their condition true (a task started) does not wake a thread that waits for a value.
 
 Invariants:
 
@@ -44,29 +46,42 @@ class Bell:
 
     def __init__(self) -> None:
         self._lock = threading.RLock()
-        self._sleepers: list[_Sleeper] = []
+        self._sleepers: list[tuple[_Sleeper, bool]] = []  # (sleeper, every_event)
 
     def ring(self) -> None:
         """Wake every thread asleep on this bell now."""
         with self._lock:
             # Swapped, not iterated in place: a signal handler may ring again meanwhile.
             sleepers, self._sleepers = self._sleepers, []
-        for sleeper in sleepers:
+        for sleeper, _ in sleepers:
             sleeper.ring()
 
-    def sleep(self, ready: Callable[[], bool], timeout: float | None) -> None:
-        """Sleep until rung or ``timeout`` seconds, unless ``ready()`` (checked once this
-        sleeper is registered, so a ring from then on is not missed; outside the lock)."""
-        sleeper = _new_sleeper()
+    def ring_watchers(self) -> None:
+        """Wake the threads asleep with ``every_event`` only."""
         with self._lock:
-            self._sleepers.append(sleeper)
+            if not any(every for _, every in self._sleepers):
+                return
+            woken = [s for s, every in self._sleepers if every]
+            self._sleepers = [entry for entry in self._sleepers if not entry[1]]
+        for sleeper in woken:
+            sleeper.ring()
+
+    def sleep(
+        self, ready: Callable[[], bool], timeout: float | None, *, every_event: bool = True
+    ) -> None:
+        """Sleep until rung or ``timeout`` seconds, unless ``ready()`` (checked once this
+        sleeper is registered, so a ring from then on is not missed; outside the lock).
+        ``every_event``: ``ring_watchers`` wakes it too."""
+        entry = (_new_sleeper(), every_event)
+        with self._lock:
+            self._sleepers.append(entry)
         try:
             if not ready():
-                sleeper.sleep(timeout)
+                entry[0].sleep(timeout)
         finally:
             with self._lock:
-                if sleeper in self._sleepers:  # (else rung: it is gone then)
-                    self._sleepers.remove(sleeper)
+                if entry in self._sleepers:  # (else rung: it is gone then)
+                    self._sleepers.remove(entry)
 
 
 def _new_sleeper() -> _Sleeper:

@@ -13,7 +13,9 @@ it rings at every ``post``, every ``wake``, every event a backend reports (after
 listener has run) and every ``cancel`` (after the backend has been told). So a condition
 passed to ``run_until`` is noticed as soon as it turns true through one of those; whatever
 changes it otherwise must call ``wake`` (``Pending`` does when it settles, a progress
-counter when it counts). Ctrl-C interrupts the sleep on the main thread (see ``bell``).
+counter when it counts). A waiter whose condition only a settle can turn true (a
+``Pending``'s ``result``, ``wait``, ``as_completed``) says so (``every_event=False``) and
+sleeps through the other events: one wake-up per result, not one per event. Ctrl-C interrupts the sleep on the main thread (see ``bell``).
 """
 
 from __future__ import annotations
@@ -211,8 +213,10 @@ class Cluster:
                 listener(event)
         finally:
             # What a waiter reads may have changed with any event (where a task runs, how
-            # busy the backend is), not only with those that settle or post something.
-            self._bell.ring()
+            # busy the backend is), not only with those that settle or post something; a
+            # waiter for settles only (run_until(every_event=False)) sleeps on: a Pending
+            # that settles rings for it (wake).
+            self._bell.ring_watchers()
 
     # ---- deadlines ---------------------------------------------------------------
 
@@ -239,9 +243,11 @@ class Cluster:
         for wake in wakers:
             wake()
 
-    def _sleep(self, done: Callable[[], bool], timeout: float | None) -> None:
+    def _sleep(
+        self, done: Callable[[], bool], timeout: float | None, every_event: bool = True
+    ) -> None:
         """Sleep until rung or ``timeout``, unless work is queued or ``done()`` already."""
-        self._bell.sleep(lambda: bool(self._work) or done(), timeout)
+        self._bell.sleep(lambda: bool(self._work) or done(), timeout, every_event=every_event)
 
     def is_user_thread(self) -> bool:
         """Whether this thread is the one that runs the queue (the one that drained it last)."""
@@ -259,12 +265,16 @@ class Cluster:
             fn()
             ran += 1
 
-    def run_until(self, done: Callable[[], bool], timeout: float | None) -> bool:
+    def run_until(
+        self, done: Callable[[], bool], timeout: float | None, *, every_event: bool = True
+    ) -> bool:
         """Drain queued work until ``done()``; False if ``timeout`` passed first.
 
         ``done()`` is checked again after each drain and whenever the cluster is rung (see
         the module doc): a condition that turns true any other way is noticed only at the
-        timeout."""
+        timeout. ``every_event=False``: ``done()`` turns true only when a ``Pending``
+        settles (or through a ``post`` or ``wake``), so a backend's other events (a task
+        started) do not wake this thread."""
         deadline = None if timeout is None else time.monotonic() + timeout
         while True:
             self.drain()
@@ -274,7 +284,7 @@ class Cluster:
             remaining = None if deadline is None else deadline - time.monotonic()
             if remaining is not None and remaining <= 0:
                 return False
-            self._sleep(done, remaining)
+            self._sleep(done, remaining, every_event)
 
     def wait_for_work(self, timeout: float) -> bool:
         """Block until something is queued for the user's thread, or ``timeout``."""

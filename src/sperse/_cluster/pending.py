@@ -160,7 +160,7 @@ class Pending(Generic[T]):
         Raises ``TimeoutError`` if ``timeout`` seconds pass first; the work
         goes on (``cancel()`` stops it).
         """
-        if not self._cluster.run_until(self.done, timeout):
+        if not self._cluster.run_until(self.done, timeout, every_event=False):
             raise TimeoutError(
                 f"{self!r} did not finish within {timeout} s; it is still running "
                 "(call .cancel() to stop it, or wait longer)"
@@ -505,7 +505,7 @@ def wait(
             return True
         return all(p.done() for p in items)
 
-    cluster.run_until(finished, timeout)
+    cluster.run_until(finished, timeout, every_event=False)
     done = {p for p in items if p.done()}
     return done, set(items) - done
 
@@ -557,7 +557,7 @@ def as_completed(
     deadline = None if timeout is None else time.monotonic() + timeout
     while left:
         remaining = None if deadline is None else deadline - time.monotonic()
-        if not cluster.run_until(functools.partial(_any_done, left), remaining):
+        if not cluster.run_until(functools.partial(_any_done, left), remaining, every_event=False):
             raise TimeoutError(f"{len(left)} of the Pendings did not finish within {timeout} s")
         still = []
         for p in left:

@@ -80,6 +80,7 @@ __all__ = [
     "INLINE_MAX",
     "PIECE",
     "PROTOCOL",
+    "RECEIVE_BUFFER",
     "BlobReceiver",
     "BlobSender",
     "FrameReader",
@@ -93,6 +94,7 @@ PROTOCOL = "sperse/1"
 INLINE_MAX = 1 << 20  # byte strings up to this size travel inside their message
 PIECE = 1 << 20  # the size of one Blob piece
 MAX_MESSAGE = 8 << 20  # gRPC message limit both sides configure: well above PIECE
+RECEIVE_BUFFER = 256 << 10  # what one read of a same-host stream takes at most (as asyncio's)
 
 
 class BlobSender:
@@ -248,7 +250,7 @@ class FrameReader:
         self._buffer = bytearray()
         self._limit = limit
 
-    def feed(self, data: builtins.bytes) -> list[builtins.bytes]:
+    def feed(self, data: builtins.bytes | memoryview) -> list[builtins.bytes]:
         """The messages completed by ``data``. ValueError for one over the limit."""
         buffer = self._buffer
         buffer += data

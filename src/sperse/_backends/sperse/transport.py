@@ -29,7 +29,14 @@ from typing import Any, Literal
 import grpc
 import grpc.aio
 
-from sperse._wire import MAX_MESSAGE, FrameReader, local_frame, local_socket_name, pb
+from sperse._wire import (
+    MAX_MESSAGE,
+    RECEIVE_BUFFER,
+    FrameReader,
+    local_frame,
+    local_socket_name,
+    pb,
+)
 from sperse._wire.errors import GrpcErrorKind, classify
 from sperse.errors import (
     AuthenticationError,
@@ -96,7 +103,7 @@ def local_streams() -> bool:
     return sys.platform.startswith("linux")
 
 
-class LocalStream(asyncio.Protocol):
+class LocalStream(asyncio.BufferedProtocol):
     """The client's end of a same-host stream (see :mod:`sperse._wire`), with the
     ``read``/``write``/``done_writing`` of a gRPC stream-stream call. ``read`` returns
     ``grpc.aio.EOF`` when the server has ended the stream, and raises ``ConnectionError``
@@ -106,12 +113,14 @@ class LocalStream(asyncio.Protocol):
     :meth:`send_frames`, holding ``lock``, on a duplicate of the socket's descriptor that
     only :meth:`close` closes (so a descriptor number reused after the loop closed the
     socket is never written to). A user's thread sends its task itself: no wake-up of the
-    I/O thread on the way out.
+    I/O thread on the way out. Reading is into one buffer of its own (``recv_into``): no
+    buffer is allocated, nor freed, per read.
     """
 
     def __init__(self) -> None:
         self._transport: asyncio.Transport | None = None
         self._reader = FrameReader(MAX_MESSAGE)
+        self._received = memoryview(bytearray(RECEIVE_BUFFER))
         self._inbox: collections.deque[pb.ServerMessage] = collections.deque()
         self._readable: asyncio.Future[None] | None = None
         self._eof = False
@@ -140,7 +149,13 @@ class LocalStream(asyncio.Protocol):
         self._fd = os.dup(transport.get_extra_info("socket").fileno())
         os.set_blocking(self._fd, False)
 
-    def data_received(self, data: bytes) -> None:
+    def get_buffer(self, sizehint: int) -> memoryview:
+        return self._received
+
+    def buffer_updated(self, nbytes: int) -> None:
+        self.data_received(self._received[:nbytes])
+
+    def data_received(self, data: bytes | memoryview) -> None:
         try:
             for frame in self._reader.feed(data):
                 message = pb.ServerMessage.FromString(frame)

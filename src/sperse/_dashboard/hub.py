@@ -22,9 +22,10 @@ run in a thread when that page loads, to publish every run at once (ended ones t
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import threading
 import time
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import Any
 
 from sperse._dashboard.model import Change, Journal, ServerTable, TaskTable
@@ -94,6 +95,16 @@ class Hub:
             now = self._clock() if at is None else at
             self._tasks.submitted(task_id, label, now, server=server, client=client)
             self._wake()
+
+    @contextlib.contextmanager
+    def task_batch(self) -> Iterator[TaskTable]:
+        """The task table, to apply many events under one lock and one wake-up (a server's
+        report). Call only its ``submitted``, ``started``, ``output``, ``ended``, ``end_open``."""
+        with self._lock:
+            seq = self._journal.seq
+            yield self._tasks
+            if self._journal.seq != seq:
+                self._wake()
 
     def task_started(
         self, task_id: str, server: str, *, worker: int = 0, at: float | None = None

@@ -178,10 +178,18 @@ class Hub:
         with self._lock:
             return self._journal.seq
 
-    def since(self, seq: int) -> tuple[int, list[Change] | None, dict[str, int]]:
-        """(the newest seq, the changes after ``seq`` or None if forgotten, task counts)."""
+    def since(
+        self, seq: int, most_tasks: int
+    ) -> tuple[int, tuple[list[Change], bool] | None, dict[str, int]]:
+        """(the newest seq, the changes after ``seq`` with at most ``most_tasks`` tasks (the
+        last changed) and whether more changed, or None if forgotten; task counts). The
+        changes' data is JSON, made here under the lock (a row may change on another thread)."""
         with self._lock:
-            return self._journal.seq, self._journal.since(seq), dict(self._tasks.counts)
+            found = self._journal.newest(seq, most_tasks)
+            if found is not None:
+                changes, more = found
+                found = [Change(c.seq, c.topic, c.key, c.json()) for c in changes], more
+            return self._journal.seq, found, dict(self._tasks.counts)
 
     def server_list(self) -> tuple[int, list[JSON]]:
         with self._lock:

@@ -48,6 +48,24 @@ function duration(row, now) {
   return `${Math.max(0, end - row.started).toFixed(2)} s`;
 }
 
+// Redraws at a bounded rate whatever the rate of deltas: a delta only updates the page's
+// data and asks for a redraw; the redraw runs on an animation frame (none while the tab is
+// hidden), at most once every `gap` ms, however many deltas asked for it meanwhile.
+function redrawer(draw, gap) {
+  let asked = false;
+  let last = -Infinity;
+  return function ask() {
+    if (asked) return;
+    asked = true;
+    setTimeout(() => requestAnimationFrame(() => {
+      asked = false;
+      last = performance.now();
+      draw();
+    }), Math.max(0, last + gap - performance.now()));
+  };
+}
+const REDRAW_GAP = 250; // ms: at most four redraws a second per view
+
 // ---- the live feed ----------------------------------------------------------------------
 
 const live = {
@@ -220,9 +238,11 @@ async function tasksPage(main) {
   );
 
   const rows = new Map(); // id -> row shown in the table
-  const stream = new Map(); // id -> row, for the timeline
+  const stream = new Map(); // id -> row, for the timeline (at most STREAM_KEPT: the last seen)
+  const STREAM_KEPT = 2000;
   let now = Date.now() / 1000;
   let skew = 0; // server clock - ours
+  let shownCounts = {};
 
   let dropped = 0;
   function renderCounts(values) {
@@ -275,6 +295,7 @@ async function tasksPage(main) {
     view.total = data.total;
     rows.clear();
     for (const row of data.tasks) rows.set(row.id, row);
+    shownCounts = data.counts;
     renderCounts(data.counts);
     renderRows();
     return data.seq;
@@ -314,37 +335,54 @@ async function tasksPage(main) {
     }
   }
 
+  // A page of rows other than the newest reloads, at most once a second, one load at a time.
+  let reloading = null;
+  let reloadAfter = 0;
+  function reloadSoon() {
+    if (reloading) return;
+    reloading = new Promise((resolve) => setTimeout(resolve, Math.max(0, reloadAfter - Date.now())))
+      .then(load).finally(() => { reloading = null; reloadAfter = Date.now() + 1000; });
+  }
+
+  const redrawTable = redrawer(() => { renderCounts(shownCounts); renderRows(); }, REDRAW_GAP);
+  const redrawStream = redrawer(draw, REDRAW_GAP);
+
   live.on((delta) => {
     if (!delta.tasks) return;
-    renderCounts(delta.counts);
+    shownCounts = delta.counts;
     view.total = view.state ? delta.counts[view.state] || 0
       : STATES.reduce((sum, s) => sum + (delta.counts[s] || 0), 0);
-    let changed = false;
-    const newest = view.offset === 0 && !view.state;
     for (const row of delta.tasks) {
-      if (row.started !== null && row.started !== undefined) stream.set(row.id, row);
-      if (rows.has(row.id)) { rows.set(row.id, row); changed = true; }
+      if (row.started !== null && row.started !== undefined) {
+        stream.delete(row.id); // re-inserted: the last seen are kept
+        stream.set(row.id, row);
+      }
+      if (rows.has(row.id)) rows.set(row.id, row);
     }
-    if (newest) {
+    for (const id of stream.keys()) {
+      if (stream.size <= STREAM_KEPT) break;
+      stream.delete(id);
+    }
+    if (view.offset === 0 && !view.state) {
       const added = delta.tasks.filter((r) => !rows.has(r.id)).reverse();
       if (added.length) {
         const merged = new Map(added.map((r) => [r.id, r]));
         for (const [id, r] of rows) merged.set(id, r);
         rows.clear();
         for (const [id, r] of [...merged].slice(0, view.limit)) rows.set(id, r);
-        changed = true;
       }
     } else if (delta.tasks_more || view.state) {
-      load();
-      return;
+      reloadSoon();
     }
-    if (changed) renderRows();
-    else renderRows();
+    redrawTable();
+    redrawStream();
   }, () => { load(); loadStream(); });
 
   const seq = await load();
   await loadStream();
-  setInterval(draw, 250);
+  // The stream scrolls with time: redrawn twice a second while it shows a task, and soon
+  // (bounded) when a delta changes it.
+  setInterval(() => { if (stream.size) redrawStream(); }, 500);
   draw();
   return seq;
 }
@@ -730,6 +768,7 @@ async function main() {
   const pages = { cluster: clusterPage, tasks: tasksPage, objects: objectsPage, workspace: workspacePage,
                   flows: flowsPage };
   const seq = await pages[PAGE](container);
+  if (!["tasks", "workspace"].includes(PAGE)) live.query += "&tasks=0"; // no task rows needed
   live.start(seq);
   document.body.dataset.ready = "1";
 }

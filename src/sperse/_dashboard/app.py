@@ -57,7 +57,7 @@ PAGES = {
     "/workspace": "workspace",
     "/flows": "flows",
 }
-TASKS_PER_DELTA = 200  # task rows in one delta at most (those changed last)
+TASKS_PER_DELTA = 100  # task rows in one delta at most (those changed last)
 MIN_INTERVAL = 0.25  # seconds between two events to one page: at most 4 a second
 KEEPALIVE = 15.0
 

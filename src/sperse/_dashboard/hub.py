@@ -34,6 +34,7 @@ __all__ = ["Hub"]
 
 JSON = dict[str, Any]
 FLOWS_KEPT = 100  # flow runs a hub keeps
+WORKSPACES_KEPT = 100  # shared workspaces a hub keeps
 
 
 class Hub:
@@ -144,11 +145,25 @@ class Hub:
                 self.tasks_dropped += count
 
     def workspace(self, name: str, graph: JSON) -> None:
-        """A workspace's graph, whole (see ``sperse._dashboard.graph``)."""
+        """A workspace's graph, whole (see ``sperse._workspace.share``). At most
+        ``WORKSPACES_KEPT`` are kept: the one shared first goes."""
         with self._lock:
             self._workspaces[name] = graph
             self._journal.add("workspace", name, {"name": name, "version": graph.get("version")})
+            if len(self._workspaces) > WORKSPACES_KEPT:
+                self._workspace_gone(next(iter(self._workspaces)))
             self._wake()
+
+    def workspace_gone(self, name: str) -> None:
+        """A workspace no longer shared (its client closed it, or ended)."""
+        with self._lock:
+            if name in self._workspaces:
+                self._workspace_gone(name)
+                self._wake()
+
+    def _workspace_gone(self, name: str) -> None:
+        del self._workspaces[name]
+        self._journal.add("workspace", name, {"name": name, "gone": True})
 
     def flow(self, key: str, snapshot: JSON) -> None:
         """A flow run's snapshot, whole (``sperse._cluster.dashboard.flow_snapshot``): journalled

@@ -553,11 +553,16 @@ async function workspacePage(main) {
     listSeq = data.seq;
     picker.replaceChildren(...data.workspaces.map((name) => el("option", { value: name }, name)));
     if (!data.workspaces.length) {
+      current = "";
+      shape = "";
+      cy.elements().remove();
+      body.replaceChildren();
       note.textContent = "No workspace is shared with this dashboard yet: a client shares its workspace with " +
-        "sperse.connect(..., dashboard=True) (on by default), or share_workspace=True.";
+        "its own dashboard, sperse.connect(..., dashboard=True), or with its coordinator's, " +
+        "sperse.connect(COORDINATOR, share_workspace=True).";
       return;
     }
-    if (!data.workspaces.includes(current)) current = data.workspaces[0];
+    if (!data.workspaces.includes(current)) { current = data.workspaces[0]; shape = ""; }
     picker.value = current;
     await loadGraph();
   }
@@ -576,7 +581,7 @@ async function workspacePage(main) {
       if (where) where.textContent = whereOf(cell);
     }
     for (const w of delta.workspaces) {
-      if (!current || ![...picker.options].some((o) => o.value === w.name)) { loadList(); return; }
+      if (w.gone || !current || ![...picker.options].some((o) => o.value === w.name)) { loadList(); return; }
       if (w.name === current && w.version !== version) { loadGraph(); return; }
     }
   }, loadList);
@@ -652,6 +657,12 @@ function roundsChart(rounds) {
   return svg;
 }
 
+// Newest first: a client's runs are numbered; a coordinator's (of many clients) carry when
+// it first heard of them.
+function runOrder(run) {
+  return run.order ?? Number(run.id);
+}
+
 async function flowsPage(main) {
   live.query = "&flows=1";
   const runsBody = el("tbody");
@@ -693,7 +704,7 @@ async function flowsPage(main) {
   }
 
   function renderList() {
-    const sorted = [...flows.values()].sort((a, b) => Number(b.id) - Number(a.id));
+    const sorted = [...flows.values()].sort((a, b) => runOrder(b) - runOrder(a));
     runsBody.replaceChildren(...sorted.map((run) => el("tr",
       { class: `clickable${run.id === current ? " selected" : ""}`, "data-flow": run.id, "data-state": run.state,
         onclick: () => { current = run.id; renderList(); renderRun(); } },
@@ -704,7 +715,8 @@ async function flowsPage(main) {
       el("td", { class: "num" }, run.rounds_total || ""))));
     if (!sorted.length) {
       runsBody.append(el("tr", {}, el("td", { colSpan: 6, class: "empty" },
-        "no flow run in this process yet: flow.run() shows here")));
+        "no flow run yet: a client's flow.run() shows on its own dashboard, and on its " +
+        "coordinator's with sperse.connect(COORDINATOR, share_workspace=True)")));
     }
   }
 
@@ -742,7 +754,7 @@ async function flowsPage(main) {
     flows.clear();
     for (const run of data.flows) flows.set(run.id, run);
     if (!flows.has(current)) {
-      const newest = [...flows.values()].sort((a, b) => Number(b.id) - Number(a.id));
+      const newest = [...flows.values()].sort((a, b) => runOrder(b) - runOrder(a));
       current = (newest.find((r) => r.state === "running") || newest[0] || { id: "" }).id;
     }
     shape = "";

@@ -122,6 +122,10 @@ def test_the_journal_keeps_one_entry_per_key_and_forgets_past_its_limit() -> Non
     journal.add("task", "b", {})
     journal.add("task", "c", {})  # "a" (seq 100) goes
     assert journal.since(99) is None and journal.since(100) is not None
+    for i in range(3):  # servers forgotten later than tasks: a page must reload still
+        journal.add("server", f"s{i}", {})
+    journal.add("task", "d", {})  # forgets "b" (seq 101), after "s0" (seq 103) went
+    assert journal.since(102) is None and journal.since(103) is not None
 
 
 def test_a_task_s_change_is_sent_as_it_is_when_sent() -> None:

@@ -81,7 +81,7 @@ class Journal:
             tasks.pop(key, None)
             tasks[key] = change
             if len(tasks) > self._limit:
-                self._forgotten = tasks.popitem(last=False)[1].seq
+                self._forgotten = max(self._forgotten, tasks.popitem(last=False)[1].seq)
         else:
             rest = self._rest
             slot = ("server" if topic == "server_gone" else topic, key)

@@ -419,6 +419,15 @@ def test_the_coordinator_dashboard_shows_a_shared_workspace_and_flows_live(
         assert flow_run.result(DEADLINE).state == "done"
         assert sorted(out.result(0)) == [2 * i for i in range(8)]
         expect(row.locator(".state")).to_have_text("done")
+
+        # A service is a run of the client that serves it: it shows there too.
+        served = sperse.Flow("shared-service", cluster=cluster)
+        served.requests().map(_double, name="twice").respond()
+        service = served.serve("doubler")
+        stack.callback(service.stop)
+        assert service.request(21).result(DEADLINE) == 42
+        service_row = flows.page.locator("#flows tr[data-flow]", has_text="shared-service")
+        expect(service_row.locator(".state")).to_have_text("running")
     # The client closed: its workspace leaves the page; its run stays, done.
     expect(graph.page.locator("#workspace-picker option")).to_have_count(0)
     expect(graph.page.locator("#cells tr[data-cell]")).to_have_count(0)

@@ -80,6 +80,70 @@ def test_notes_become_the_tasks_of_the_hub() -> None:
     assert page["counts"]["done"] == 1 and page["counts"]["failed"] == 1
 
 
+def test_a_merged_note_is_the_task_s_life_in_one() -> None:
+    hub = Hub("test", clock=lambda: 200.0)
+    seq = hub.seq
+    apply_report(
+        hub,
+        report(
+            note(
+                "w.s1/t1",
+                "task",
+                queued_at=10.0,
+                label="f(1)",
+                client="alice",
+                started_at=11.0,
+                worker=7,
+                ended_at=12.0,
+                text="hi\n",
+            ),
+            note("w.s1/t2", "task", queued_at=10.0, started_at=11.0, worker=8),
+            note("w.s1/t3", "task", queued_at=10.0),
+        ),
+    )
+    apply_report(
+        hub,
+        report(
+            note(
+                "w.s1/t2",
+                "task",
+                text="late\n",
+                ended_at=13.0,
+                error_kind="raised",
+                error_type="KeyError",
+                error_message="'k'",
+                traceback="Traceback ...",
+            ),
+            note(
+                "w.s1/t3", "task", ended_at=14.0, error_kind="cancelled", error_type="TaskCancelled"
+            ),
+        ),
+    )
+    found = rows(hub)
+    one, two, three = (found[f"s1/w.s1/t{i}"] for i in (1, 2, 3))
+    assert (one["state"], one["label"], one["client"], one["worker"]) == (
+        "done",
+        "f(1)",
+        "alice",
+        7,
+    )
+    assert (one["submitted"], one["started"], one["ended"]) == (10.0, 11.0, 12.0)
+    assert (two["state"], two["worker"], two["error_type"], two["ended"]) == (
+        "failed",
+        8,
+        "KeyError",
+        13.0,
+    )
+    assert (three["state"], three["label"]) == ("cancelled", "t3")
+    assert (hub.task("s1/w.s1/t1") or {})["log"] == "hi\n"
+    assert (hub.task("s1/w.s1/t2") or {})["log"] == "late\n"
+    _, found_changes, counts = hub.since(seq, 100)
+    assert found_changes is not None
+    changes, more = found_changes
+    assert [c.key for c in changes] == ["s1/w.s1/t1", "s1/w.s1/t2", "s1/w.s1/t3"] and not more
+    assert counts["done"] == 1 and counts["failed"] == 1 and counts["cancelled"] == 1
+
+
 def test_a_gone_server_fails_its_open_tasks_and_an_ended_session_cancels_its_own() -> None:
     hub = Hub("test")
     apply_report(

@@ -350,6 +350,95 @@ def test_the_coordinator_dashboard_shows_every_client_s_tasks_live(
             assert watched.errors == []
 
 
+def test_the_coordinator_dashboard_shows_a_shared_workspace_and_flows_live(
+    up: Up, open_page: Callable[[], Watched], tmp_path: Path
+) -> None:
+    """share_workspace=True on a cluster's client (no dashboard of its own): the graph goes to
+    the coordinator's Workspace page, live, and leaves it when the client closes; its flow
+    runs go to the coordinator's Flows page."""
+    from playwright.sync_api import expect
+
+    graph = open_page()
+    graph.page.goto(_at(up.dashboard, "workspace"))
+    expect(graph.page.locator("#live")).to_have_text("live")
+    cluster = sperse.connect(up.url, token_file=up.token_file, share_workspace=True)
+    with contextlib.ExitStack() as stack:
+        stack.callback(cluster.close)
+        ws = sperse.Workspace(cluster)
+        stack.callback(ws.close)
+        ws.run("import os, time")
+        ws.run(GATE_CODE)
+        gate = tmp_path / "gate"
+        ws.run(f"x = remote wait_for({str(gate)!r})")
+        ws.run("y = len(x)")
+        x_cell, y_cell = ws.cell("x").id, ws.cell("y").id
+        expect(graph.page.locator("#workspace-picker option")).to_have_text(
+            [re.compile(rf":{os.getpid()} pid {os.getpid()} workspace \d+$")]
+        )
+        row = graph.page.locator(f'#cells tr[data-cell="{x_cell}"]')
+        expect(row).to_have_attribute("data-status", "running")
+        expect(graph.page.locator(f'#cells tr[data-cell="{y_cell}"]')).to_have_attribute(
+            "data-status", "pending"
+        )
+        assert _node_status(graph, x_cell) == "running"
+        gate.touch()
+        ws.wait("y", timeout=DEADLINE)
+        expect(row).to_have_attribute("data-status", "done")
+        assert _node_status(graph, y_cell) == "done"
+        graph.screenshot("coordinator-workspace")
+        # A redefinition recolours it: a failure, its reader blocked.
+        ws.run("x = remote 1 / 0")
+        with contextlib.suppress(Exception):
+            ws.wait("y", timeout=DEADLINE)
+        x_bad = ws.cell("x").id
+        expect(graph.page.locator(f'#cells tr[data-cell="{x_bad}"]')).to_have_attribute(
+            "data-status", "failed"
+        )
+        expect(graph.page.locator(f'#cells tr[data-cell="{y_cell}"]')).to_have_attribute(
+            "data-status", "blocked"
+        )
+
+        # Its flow runs too, on the coordinator's Flows page.
+        flows = open_page()
+        flows.page.goto(_at(up.dashboard, "flows"))
+        expect(flows.page.locator("#live")).to_have_text("live")
+        f = sperse.Flow("shared-map", cluster=cluster)
+        q = f.queue(name="in")
+        out = q.map(_double, name="double").collect(name="out")
+        flow_run = f.run()
+        stack.callback(flow_run.cancel)
+        q.push(*range(5))
+        row = flows.page.locator("#flows tr[data-flow]", has_text="shared-map")
+        expect(row.locator(".state")).to_have_text("running")
+        expect(row).to_contain_text(f":{os.getpid()} 1")  # the client, and its run's key
+        expect(flows.page.locator('#operators tr[data-op="double"] td.in')).to_have_text("5")
+        flows.screenshot("coordinator-flows")
+        q.push(*range(5, 8))
+        expect(flows.page.locator('#operators tr[data-op="double"] td.in')).to_have_text("8")
+        q.close()
+        assert flow_run.result(DEADLINE).state == "done"
+        assert sorted(out.result(0)) == [2 * i for i in range(8)]
+        expect(row.locator(".state")).to_have_text("done")
+
+        # A service is a run of the client that serves it: it shows there too.
+        served = sperse.Flow("shared-service", cluster=cluster)
+        served.requests().map(_double, name="twice").respond()
+        service = served.serve("doubler")
+        stack.callback(service.stop)
+        assert service.request(21).result(DEADLINE) == 42
+        service_row = flows.page.locator("#flows tr[data-flow]", has_text="shared-service")
+        expect(service_row.locator(".state")).to_have_text("running")
+    # The client closed: its workspace leaves the page; its run stays, done.
+    expect(graph.page.locator("#workspace-picker option")).to_have_count(0)
+    expect(graph.page.locator("#cells tr[data-cell]")).to_have_count(0)
+    expect(row.locator(".state")).to_have_text("done")
+    assert graph.errors == [] and flows.errors == []
+
+
+def _double(x: int) -> int:
+    return 2 * x
+
+
 class _Tally:
     def __init__(self) -> None:
         self.n = 0

@@ -3,10 +3,13 @@ states, counts, pages and limits. Table-driven, no threads, no clock."""
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 
 import pytest
 
+from sperse._dashboard.app import delta_of
+from sperse._dashboard.hub import Hub
 from sperse._dashboard.model import LOG_LIMIT, Journal, ServerTable, TaskTable
 
 
@@ -28,6 +31,111 @@ def test_journal_says_none_when_what_was_missed_is_forgotten() -> None:
         journal.add("task", str(i), {})
     assert journal.since(1) is None  # 2 was dropped
     assert [c.key for c in journal.since(2) or []] == ["2", "3", "4"]
+
+
+@dataclass(frozen=True)
+class Look:
+    name: str
+    added: list[tuple[str, str]]  # (topic, key), in order: seq 1, 2, ...
+    seq: int  # what the page saw
+    most: int  # tasks it takes at most
+    sent: list[tuple[str, str]]
+    more: bool = False
+
+
+LOOKS = [
+    Look("a task's changes are one", [("task", "a")] * 3, 0, 10, [("task", "a")]),
+    Look(
+        "only what came after",
+        [("task", "a"), ("task", "b"), ("task", "c")],
+        2,
+        10,
+        [("task", "c")],
+    ),
+    Look(
+        "a task changed again: at its last place",
+        [("task", "a"), ("task", "b"), ("task", "a")],
+        1,
+        10,
+        [("task", "b"), ("task", "a")],
+    ),
+    Look(
+        "the tasks changed last, and that more did",
+        [("task", "a"), ("task", "b"), ("task", "c")],
+        0,
+        2,
+        [("task", "b"), ("task", "c")],
+        True,
+    ),
+    Look(
+        "just as many as taken: no more",
+        [("task", "a"), ("task", "b")],
+        0,
+        2,
+        [("task", "a"), ("task", "b")],
+    ),
+    Look(
+        "servers are never left out",
+        [("server", "s"), ("task", "a"), ("task", "b"), ("server", "t")],
+        0,
+        1,
+        [("server", "s"), ("task", "b"), ("server", "t")],
+        True,
+    ),
+    Look("no task taken", [("task", "a"), ("workspace", "w")], 0, 0, [("workspace", "w")], True),
+    Look(
+        "a server gone and back is one change",
+        [("server", "s"), ("server_gone", "s"), ("server", "s")],
+        0,
+        10,
+        [("server", "s")],
+    ),
+    Look(
+        "a server gone last is gone",
+        [("server", "s"), ("server_gone", "s")],
+        0,
+        10,
+        [("server_gone", "s")],
+    ),
+    Look("nothing new", [("task", "a"), ("server", "s")], 2, 10, []),
+]
+
+
+@pytest.mark.parametrize("case", LOOKS, ids=lambda c: c.name)
+def test_a_look_at_the_journal_is_coalesced_and_bounded(case: Look) -> None:
+    journal = Journal()
+    for topic, key in case.added:
+        journal.add(topic, key, {})  # type: ignore[arg-type]
+    found = journal.newest(case.seq, case.most)
+    assert found is not None
+    changes, more = found
+    assert [(c.topic, c.key) for c in changes] == case.sent
+    assert more == case.more
+    assert [c.seq for c in changes] == sorted(c.seq for c in changes)
+
+
+def test_the_journal_keeps_one_entry_per_key_and_forgets_past_its_limit() -> None:
+    journal = Journal(limit=2)
+    for _ in range(100):
+        journal.add("task", "a", {})
+    assert journal.since(0) is not None  # a hundred changes of one task: nothing forgotten
+    journal.add("task", "b", {})
+    journal.add("task", "c", {})  # "a" (seq 100) goes
+    assert journal.since(99) is None and journal.since(100) is not None
+    for i in range(3):  # servers forgotten later than tasks: a page must reload still
+        journal.add("server", f"s{i}", {})
+    journal.add("task", "d", {})  # forgets "b" (seq 101), after "s0" (seq 103) went
+    assert journal.since(102) is None and journal.since(103) is not None
+
+
+def test_a_task_s_change_is_sent_as_it_is_when_sent() -> None:
+    journal = Journal()
+    tasks = TaskTable(journal)
+    tasks.submitted("t", "f()", now=1.0)
+    tasks.started("t", "s1", now=2.0, worker=7)
+    tasks.ended("t", "s1", now=3.0)
+    (change,) = journal.since(0) or []
+    assert change.json()["state"] == "done" and change.json()["worker"] == 7
 
 
 def test_a_server_that_leaves_and_comes_back_is_one_change() -> None:
@@ -129,3 +237,23 @@ def test_a_task_log_keeps_its_end() -> None:
     assert row is not None
     log = row.as_json(full=True)
     assert log["log"].endswith("END") and len(log["log"]) == LOG_LIMIT and log["log_cut"]
+
+
+def test_a_delta_holds_the_tasks_changed_last_and_what_else_changed() -> None:
+    hub = Hub("test", clock=lambda: 5.0)
+    hub.servers([{"name": "s1"}])
+    seq = hub.seq
+    for i in range(5):
+        hub.task_submitted(f"t{i}", "f()")
+    hub.task_ended("t0", "s1")
+    hub.servers([])
+    newest, found, counts = hub.since(seq, 3)
+    assert found is not None
+    delta = delta_of(newest, *found, counts)
+    assert delta["gone"] == ["s1"] and delta["seq"] == newest
+    assert [t["id"] for t in delta["tasks"]] == ["t3", "t4", "t0"] and delta["tasks_more"]
+    assert delta["tasks"][-1]["state"] == "done" and delta["counts"]["queued"] == 4
+    assert json.loads(json.dumps(delta)) == delta  # JSON-ready
+    _, found, counts = hub.since(seq, 0)  # a page that shows no task
+    assert found is not None
+    assert "tasks" not in delta_of(newest, *found, counts)

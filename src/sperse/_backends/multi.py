@@ -95,6 +95,15 @@ class ClusterBackend:
         self._closed = False
 
     @property
+    def coordinator(self) -> str | None:
+        """The coordinator's address (None: a fixed list of servers)."""
+        return self._coordinator
+
+    @property
+    def tls_ca(self) -> bytes | None:
+        return self._tls_ca
+
+    @property
     def watch(self) -> MembershipWatch | None:
         """The live membership of the coordinator (None: a fixed list of servers)."""
         return self._watch

@@ -115,6 +115,7 @@ class Cluster:
         # set by connect(dashboard=True / share_workspace=True).
         self.share_workspace: Callable[[str, dict[str, Any]], None] | None = None
         self.dashboard: Dashboard | None = None
+        self._closers: list[Callable[[], None]] = []  # run by close(), before the backend's
         backend.start(self._on_event)
 
     # ---- tasks ---------------------------------------------------------------
@@ -318,6 +319,8 @@ class Cluster:
         self._clock.close()
         if self.dashboard is not None:
             self.dashboard.close()
+        for closer in self._closers:
+            closer()
         self.backend.close()
         # Nothing stays pending forever: what had not ended ends now, in an error.
         with self._lock:
@@ -332,6 +335,10 @@ class Cluster:
         with _default_lock:
             if _default is self:
                 _default = None
+
+    def on_close(self, closer: Callable[[], None]) -> None:
+        """Have ``close`` call ``closer`` (it must not raise), before it stops the backend."""
+        self._closers.append(closer)
 
     @property
     def closed(self) -> bool:

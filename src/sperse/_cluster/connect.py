@@ -10,9 +10,11 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Literal
 
+from sperse._backends.client_share import ClientShare
 from sperse._backends.multi import ClusterBackend, is_coordinator
 from sperse._backends.sperse import Compression, EmbeddedServer, NotAServer, SperseBackend
 from sperse._cluster.cluster import Cluster, default, in_use, replace_default
+from sperse._cluster.share import CoordinatorShare
 from sperse._core import (
     Backend,
     pip_requirements,
@@ -71,7 +73,10 @@ def connect(
     ``dashboard_port`` (0: a free one): its servers, tasks, remote objects and the graph of
     its workspaces, live; ``cluster.dashboard.url`` is the address to open (it carries the
     token: the cluster's, or a new one in-process). ``share_workspace`` (default: as
-    ``dashboard``) publishes every workspace's graph to it.
+    ``dashboard``) publishes every workspace's graph to it; ``share_workspace=True`` without
+    ``dashboard`` on a coordinator's cluster publishes them, and this process's flow runs,
+    to the coordinator's dashboard (with the cluster's token: only that cluster's dashboard
+    shows them).
 
     ``transport="grpc"`` sends every byte to sperse servers over gRPC, even to a server on
     this host, where the default (``"auto"``) uses shared memory files and a Unix socket:
@@ -87,11 +92,6 @@ def connect(
     if compression not in (None, "gzip", "deflate"):
         raise ValueError(f"compression must be None, 'gzip' or 'deflate', not {compression!r}")
     pip_requirements(env)  # a wrong env is an error before anything starts
-    if share_workspace and not dashboard:
-        raise ValueError(
-            "share_workspace=True shares workspaces with this client's dashboard: pass "
-            "dashboard=True too (a coordinator's dashboard cannot receive them yet)"
-        )
     token_used: list[str] = []
     title = _title(url, backend)
     ray_url = isinstance(url, str) and url.startswith("ray://")
@@ -135,6 +135,8 @@ def connect(
             compression=compression,
         )
         cluster = Cluster(coordinator, env=env)
+    if share_workspace and not dashboard:
+        _share_with_coordinator(cluster, token_used)
     if dashboard:
         from sperse._cluster.dashboard import serve_dashboard  # starlette, uvicorn: when asked
 
@@ -153,6 +155,23 @@ def connect(
     if old is not None:
         old.close()
     return cluster
+
+
+def _share_with_coordinator(cluster: Cluster, token_used: list[str]) -> None:
+    """``share_workspace=True`` without a dashboard of its own: the workspaces' graphs and
+    the flow runs go to the coordinator's dashboard (docs/dashboard.md)."""
+    backend = cluster.backend
+    coordinator = backend.coordinator if isinstance(backend, ClusterBackend) else None
+    if not isinstance(backend, ClusterBackend) or coordinator is None or not token_used:
+        cluster.close()
+        raise ValueError(
+            "share_workspace=True without dashboard=True shares workspaces with a "
+            "coordinator's dashboard: connect to the coordinator (the address `sperse up` or "
+            "`sperse coordinator` prints), or pass dashboard=True for this client's own"
+        )
+    share = CoordinatorShare(ClientShare(coordinator, token_used[0], tls_ca=backend.tls_ca))
+    cluster.share_workspace = share.publish_workspace
+    cluster.on_close(share.close)
 
 
 def _backend_for(

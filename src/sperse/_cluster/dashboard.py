@@ -20,7 +20,6 @@ import contextlib
 import dataclasses
 import threading
 import time
-import weakref
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -56,10 +55,7 @@ class ClientDashboard:
         self.hub.has_tasks = True
         self.hub.objects = self._objects
         self.hub.flow_source = self._all_flows
-        self._flow_keys: weakref.WeakKeyDictionary[Any, str] = weakref.WeakKeyDictionary()
-        self._flows_ended: set[str] = set()  # runs whose final snapshot was published
-        self._flows_lock = threading.Lock()
-        self._flow_count = 0
+        self._runs = flowfeed.RunKeys()
         self._stop = threading.Event()
         self._servers()  # the first list before any page asks
         self._thread = DashboardThread(
@@ -118,22 +114,8 @@ class ClientDashboard:
 
     def _flows(self, every: bool = False) -> None:
         """Publish a snapshot of each run still running (``every``: of each run)."""
-        feed = flowfeed.source
-        if feed is None:  # no flow was ever built in this process
-            return
-        runs, snapshot = feed
-        with self._flows_lock:
-            for run in runs():
-                key = self._flow_keys.get(run)
-                if key is None:
-                    self._flow_count += 1
-                    key = self._flow_keys[run] = str(self._flow_count)
-                if key in self._flows_ended and not every:
-                    continue
-                ended = run.done()  # before the snapshot: its counts are final then
-                self.hub.flow(key, snapshot(run, key))
-                if ended:
-                    self._flows_ended.add(key)
+        for key, snapshot in self._runs.snapshots(every):
+            self.hub.flow(key, snapshot)
 
     def _all_flows(self) -> None:
         self._flows(every=True)

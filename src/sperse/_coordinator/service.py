@@ -22,6 +22,8 @@ Invariants:
 - With a dashboard, a join reply asks the server to report its tasks (``report_tasks``);
   ``ReportTasks`` feeds them to the dashboard (:mod:`~sperse._coordinator.tasks`). Without
   one, servers send none, and a report is answered without being read further.
+- ``Share``: a client's workspace graph or flow run, for the dashboard's Workspace and Flows
+  pages (:mod:`~sperse._coordinator.workspaces`); answered ``shown=False`` without one.
 """
 
 from __future__ import annotations
@@ -41,6 +43,7 @@ import grpc.aio
 
 from sperse._coordinator.registry import Change, NameTaken, Registry
 from sperse._coordinator.tasks import apply_report, server_gone
+from sperse._coordinator.workspaces import apply_share
 from sperse._dashboard.hub import Hub
 from sperse._dashboard.serve import DashboardConfig, DashboardError, DashboardServer
 from sperse._server.config import ServerConfigError, is_loopback
@@ -293,6 +296,13 @@ class _Service:
         if self.hub is not None:
             apply_report(self.hub, request)
         return pb.TaskReportReply(known=True)
+
+    async def Share(self, request: pb.ClientShare, context: _Context) -> pb.ShareReply:
+        await self._check_token(request.token, context)
+        hub = self.hub
+        if hub is None:
+            return pb.ShareReply(shown=False)
+        return pb.ShareReply(shown=apply_share(hub, request), flows_watched=hub.flow_viewers > 0)
 
     async def Heartbeat(self, request: pb.HeartbeatRequest, context: _Context) -> pb.HeartbeatReply:
         await self._check_token(request.token, context)

@@ -26,26 +26,40 @@ __all__ = ["apply_report", "server_gone"]
 def apply_report(hub: Hub, report: pb.TaskReport) -> None:
     server = report.server
     hub.dropped(report.dropped)
-    for note in report.notes:
-        kind = note.kind
-        task = f"{server}/{note.task}"
-        if kind == "queued":
-            label = note.label or note.task.rpartition("/")[2]
-            hub.task_submitted(task, label, server=server, client=note.client, at=note.at)
-        elif kind == "started":
-            hub.task_started(task, server, worker=note.worker, at=note.at)
-        elif kind == "output":
-            hub.task_output(task, note.text)
-        elif kind == "done":
-            hub.task_ended(task, server, at=note.at)
-        elif kind == "failed":
-            error = (note.error_kind, note.error_type, note.error_message, note.traceback)
-            hub.task_ended(task, server, error, at=note.at)
-        elif kind == "session_ended":
-            hub.tasks_ended(
-                task,
-                ("cancelled", "TaskCancelled", "its client's session ended on the server", ""),
-            )
+    with hub.task_batch() as tasks:
+        for note in report.notes:
+            kind = note.kind
+            task = f"{server}/{note.task}"
+            if kind == "task":  # merged: what befell it since its last note, in order
+                if note.queued_at:
+                    label = note.label or note.task.rpartition("/")[2]
+                    tasks.submitted(task, label, note.queued_at, server=server, client=note.client)
+                if note.started_at:
+                    tasks.started(task, server, note.started_at, note.worker)
+                if note.text:
+                    tasks.output(task, note.text)
+                if note.ended_at:
+                    tasks.ended(task, server, note.ended_at, error=_error(note))
+            elif kind == "queued":
+                label = note.label or note.task.rpartition("/")[2]
+                tasks.submitted(task, label, note.at, server=server, client=note.client)
+            elif kind == "started":
+                tasks.started(task, server, note.at, note.worker)
+            elif kind == "output":
+                tasks.output(task, note.text)
+            elif kind in ("done", "failed"):
+                tasks.ended(task, server, note.at, error=_error(note))
+            elif kind == "session_ended":
+                tasks.end_open(task, note.at, SESSION_ENDED)
+
+
+SESSION_ENDED = ("cancelled", "TaskCancelled", "its client's session ended on the server", "")
+
+
+def _error(note: pb.TaskNote) -> tuple[str, str, str, str] | None:
+    if not note.error_kind:
+        return None
+    return (note.error_kind, note.error_type, note.error_message, note.traceback)
 
 
 def server_gone(hub: Hub, server: str, reason: str) -> None:

@@ -15,15 +15,19 @@ Routes (every one behind :class:`~sperse._dashboard.auth.TokenGate`):
 ``/api/flows``, ``/api/flows/{id}``  flow runs (snapshots: operators, edges, rounds)
 ``/api/events?since=SEQ``       server-sent events: the changes after ``SEQ``
                                 (``&flows=1``: a page that watches flows; hosts publish
-                                flow snapshots only while one is open)
+                                flow snapshots only while one is open; ``&tasks=0``: a
+                                page that shows no task: no task rows, no counts)
 =============================  ==========================================================
 
 The live feed sends deltas, never snapshots: a ``delta`` event holds the servers that
-changed or left, at most ``TASKS_PER_DELTA`` changed tasks (newest; ``tasks_more`` says
-some were left out, so a page showing an older page of tasks reloads it), the task counts,
-the versions of changed workspaces, and the snapshots of changed flow runs. At most
-``1 / MIN_INTERVAL`` events a second per page, however fast tasks end. A page too far
-behind (its changes were forgotten) gets ``reset`` and reloads its snapshots. Nothing here runs code: every route only reads.
+changed or left, at most ``TASKS_PER_DELTA`` changed tasks (those changed last;
+``tasks_more`` says some were left out, so a page showing an older page of tasks reloads
+it), the task counts, the versions of changed workspaces, and the snapshots of changed flow
+runs. At most ``1 / MIN_INTERVAL`` events a second per page, however fast tasks end, and
+what one costs is bounded by what it holds, not by how many tasks changed (the journal
+coalesces as changes come: :class:`~sperse._dashboard.model.Journal`). A page too far
+behind (its changes were forgotten) gets ``reset`` and reloads its snapshots. Nothing here
+runs code: every route only reads.
 """
 
 from __future__ import annotations
@@ -42,8 +46,9 @@ from starlette.routing import BaseRoute, Mount, Route
 from starlette.staticfiles import StaticFiles
 
 from sperse._dashboard.hub import Hub
+from sperse._dashboard.model import Change
 
-__all__ = ["MIN_INTERVAL", "PAGES", "TASKS_PER_DELTA", "build_app"]
+__all__ = ["MIN_INTERVAL", "PAGES", "TASKS_PER_DELTA", "build_app", "delta_of"]
 
 PAGES = {
     "/": "cluster",
@@ -52,8 +57,8 @@ PAGES = {
     "/workspace": "workspace",
     "/flows": "flows",
 }
-TASKS_PER_DELTA = 500
-MIN_INTERVAL = 0.1  # seconds between two events to one page
+TASKS_PER_DELTA = 100  # task rows in one delta at most (those changed last)
+MIN_INTERVAL = 0.25  # seconds between two events to one page: at most 4 a second
 KEEPALIVE = 15.0
 
 _NO_STORE = {"cache-control": "no-store"}
@@ -135,7 +140,7 @@ def build_app(hub: Hub, stopping: asyncio.Event | None = None) -> Starlette:
             found if found is not None else {"error": "no such flow"}, 200 if found else 404
         )
 
-    async def feed(since: int, watches_flows: bool) -> AsyncIterator[str]:
+    async def feed(since: int, watches_flows: bool, most_tasks: int) -> AsyncIterator[str]:
         hub.viewers += 1
         hub.flow_viewers += watches_flows
         try:
@@ -145,11 +150,12 @@ def build_app(hub: Hub, stopping: asyncio.Event | None = None) -> Starlette:
                 await hub.changed(seq, KEEPALIVE)
                 if stop.is_set():
                     break
-                newest, changes, counts = hub.since(seq)
-                if changes is None:
+                newest, found, counts = hub.since(seq, most_tasks)
+                if found is None:
                     yield f"id: {newest}\nevent: reset\ndata: {{}}\n\n"
-                elif changes:
-                    yield f"id: {newest}\nevent: delta\ndata: {json.dumps(_delta(newest, changes, counts))}\n\n"
+                elif found[0]:
+                    delta = json.dumps(delta_of(newest, *found, counts))
+                    yield f"id: {newest}\nevent: delta\ndata: {delta}\n\n"
                 else:
                     yield ": keepalive\n\n"
                 seq = newest
@@ -162,7 +168,11 @@ def build_app(hub: Hub, stopping: asyncio.Event | None = None) -> Starlette:
         last = request.headers.get("last-event-id")
         since = int(last) if last and last.isdigit() else _int(request, "since", 0)
         return StreamingResponse(
-            feed(since, request.query_params.get("flows") == "1"),
+            feed(
+                since,
+                request.query_params.get("flows") == "1",
+                0 if request.query_params.get("tasks") == "0" else TASKS_PER_DELTA,
+            ),
             media_type="text/event-stream",
             headers={"cache-control": "no-store", "x-accel-buffering": "no"},
         )
@@ -185,7 +195,11 @@ def build_app(hub: Hub, stopping: asyncio.Event | None = None) -> Starlette:
     return Starlette(routes=routes)
 
 
-def _delta(seq: int, changes: list[Any], counts: dict[str, int]) -> dict[str, Any]:
+def delta_of(
+    seq: int, changes: list[Change], tasks_more: bool, counts: dict[str, int]
+) -> dict[str, Any]:
+    """A ``delta`` event: ``changes`` (their data JSON) by kind; ``tasks_more``: more tasks
+    changed than ``changes`` holds."""
     delta: dict[str, Any] = {
         "seq": seq,
         "servers": [],
@@ -206,7 +220,7 @@ def _delta(seq: int, changes: list[Any], counts: dict[str, int]) -> dict[str, An
         elif change.topic == "flow":
             delta["flows"].append(change.data)
     if tasks:
-        delta["tasks"] = tasks[-TASKS_PER_DELTA:]
-        delta["tasks_more"] = len(tasks) > TASKS_PER_DELTA
+        delta["tasks"] = tasks
+        delta["tasks_more"] = tasks_more
         delta["counts"] = counts
     return delta

@@ -22,9 +22,10 @@ run in a thread when that page loads, to publish every run at once (ended ones t
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import threading
 import time
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import Any
 
 from sperse._dashboard.model import Change, Journal, ServerTable, TaskTable
@@ -33,6 +34,7 @@ __all__ = ["Hub"]
 
 JSON = dict[str, Any]
 FLOWS_KEPT = 100  # flow runs a hub keeps
+WORKSPACES_KEPT = 100  # shared workspaces a hub keeps
 
 
 class Hub:
@@ -95,6 +97,16 @@ class Hub:
             self._tasks.submitted(task_id, label, now, server=server, client=client)
             self._wake()
 
+    @contextlib.contextmanager
+    def task_batch(self) -> Iterator[TaskTable]:
+        """The task table, to apply many events under one lock and one wake-up (a server's
+        report). Call only its ``submitted``, ``started``, ``output``, ``ended``, ``end_open``."""
+        with self._lock:
+            seq = self._journal.seq
+            yield self._tasks
+            if self._journal.seq != seq:
+                self._wake()
+
     def task_started(
         self, task_id: str, server: str, *, worker: int = 0, at: float | None = None
     ) -> None:
@@ -133,11 +145,25 @@ class Hub:
                 self.tasks_dropped += count
 
     def workspace(self, name: str, graph: JSON) -> None:
-        """A workspace's graph, whole (see ``sperse._dashboard.graph``)."""
+        """A workspace's graph, whole (see ``sperse._workspace.share``). At most
+        ``WORKSPACES_KEPT`` are kept: the one shared first goes."""
         with self._lock:
             self._workspaces[name] = graph
             self._journal.add("workspace", name, {"name": name, "version": graph.get("version")})
+            if len(self._workspaces) > WORKSPACES_KEPT:
+                self._workspace_gone(next(iter(self._workspaces)))
             self._wake()
+
+    def workspace_gone(self, name: str) -> None:
+        """A workspace no longer shared (its client closed it, or ended)."""
+        with self._lock:
+            if name in self._workspaces:
+                self._workspace_gone(name)
+                self._wake()
+
+    def _workspace_gone(self, name: str) -> None:
+        del self._workspaces[name]
+        self._journal.add("workspace", name, {"name": name, "gone": True})
 
     def flow(self, key: str, snapshot: JSON) -> None:
         """A flow run's snapshot, whole (``sperse._cluster.dashboard.flow_snapshot``): journalled
@@ -167,10 +193,18 @@ class Hub:
         with self._lock:
             return self._journal.seq
 
-    def since(self, seq: int) -> tuple[int, list[Change] | None, dict[str, int]]:
-        """(the newest seq, the changes after ``seq`` or None if forgotten, task counts)."""
+    def since(
+        self, seq: int, most_tasks: int
+    ) -> tuple[int, tuple[list[Change], bool] | None, dict[str, int]]:
+        """(the newest seq, the changes after ``seq`` with at most ``most_tasks`` tasks (the
+        last changed) and whether more changed, or None if forgotten; task counts). The
+        changes' data is JSON, made here under the lock (a row may change on another thread)."""
         with self._lock:
-            return self._journal.seq, self._journal.since(seq), dict(self._tasks.counts)
+            found = self._journal.newest(seq, most_tasks)
+            if found is not None:
+                changes, more = found
+                found = [Change(c.seq, c.topic, c.key, c.json()) for c in changes], more
+            return self._journal.seq, found, dict(self._tasks.counts)
 
     def server_list(self) -> tuple[int, list[JSON]]:
         with self._lock:

@@ -3,7 +3,11 @@
 - ``Journal``: every change gets the next sequence number; a page that has seen up to ``seq``
   asks for what came after (``since``) and gets the changes coalesced by key (the newest
   change of a server or task only), or ``None`` when the changes it missed were forgotten
-  already (it reloads the snapshots then). Bounded: at most ``limit`` entries are kept.
+  already (it reloads the snapshots then). Coalesced as changes come, not as pages read: it
+  holds one entry per key, ordered by its last change, so a task queued, started and done
+  between two looks is one entry, and a look that takes at most ``most_tasks`` tasks costs
+  that many steps however many tasks changed. Bounded: at most ``limit`` keys of tasks (and
+  as many of the rest) are kept. A task's change holds its row, made JSON only when sent.
 - ``ServerTable``: the servers now; ``update`` takes a whole list (a coordinator's
   membership, a client's ``servers()``) and journals only what differs: a new or changed
   server, a server gone.
@@ -20,7 +24,8 @@ ever reaches the dashboard, only names, labels, states, times, errors as text an
 
 from __future__ import annotations
 
-from collections import OrderedDict, deque
+import itertools
+from collections import OrderedDict
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
@@ -49,40 +54,76 @@ class Change:
     seq: int
     topic: Topic
     key: str
-    data: JSON
+    data: JSON | TaskRow  # a task's row (as it is now), or a JSON-ready dict
+
+    def json(self) -> JSON:
+        data = self.data
+        return data.as_json() if isinstance(data, TaskRow) else data
 
 
 class Journal:
-    """Changes in order, numbered from 1; the oldest are dropped past ``limit``."""
+    """The newest change of each key, numbered from 1, ordered by their last change; the
+    keys changed longest ago are dropped past ``limit`` (tasks and the rest apart)."""
 
     def __init__(self, limit: int = 20_000) -> None:
-        self._entries: deque[Change] = deque(maxlen=limit)
+        self._limit = limit
+        self._tasks: OrderedDict[str, Change] = OrderedDict()
+        # Servers, workspaces, flows: a server gone and a server (back) share a key.
+        self._rest: OrderedDict[tuple[str, str], Change] = OrderedDict()
+        self._forgotten = 0  # the newest seq dropped: a page that saw less must reload
         self.seq = 0
 
-    def add(self, topic: Topic, key: str, data: JSON) -> int:
+    def add(self, topic: Topic, key: str, data: JSON | TaskRow) -> int:
         self.seq += 1
-        self._entries.append(Change(self.seq, topic, key, data))
+        change = Change(self.seq, topic, key, data)
+        if topic == "task":
+            tasks = self._tasks
+            tasks.pop(key, None)
+            tasks[key] = change
+            if len(tasks) > self._limit:
+                self._forgotten = max(self._forgotten, tasks.popitem(last=False)[1].seq)
+        else:
+            rest = self._rest
+            slot = ("server" if topic == "server_gone" else topic, key)
+            rest.pop(slot, None)
+            rest[slot] = change
+            if len(rest) > self._limit:
+                self._forgotten = max(self._forgotten, rest.popitem(last=False)[1].seq)
         return self.seq
 
     def since(self, seq: int) -> list[Change] | None:
-        """The changes after ``seq``, the newest per (topic, key), in order; ``None`` if some
-        of them were dropped already."""
-        if seq >= self.seq:
-            return []
-        entries = self._entries
-        if not entries or entries[0].seq > seq + 1:
+        """The changes after ``seq``, the newest per key, in order; ``None`` if some of them
+        were dropped already."""
+        found = self.newest(seq, len(self._tasks))
+        return None if found is None else found[0]
+
+    def newest(self, seq: int, most_tasks: int) -> tuple[list[Change], bool] | None:
+        """``since``, with at most ``most_tasks`` tasks (those changed last), and whether
+        more tasks than that changed."""
+        if seq < self._forgotten:
             return None
-        start = len(entries) - (self.seq - seq)
-        latest: dict[tuple[str, str], Change] = {}
-        for i in range(start, len(entries)):
-            change = entries[i]
-            if change.topic == "server_gone":
-                latest.pop(("server", change.key), None)
-            elif change.topic == "server":
-                latest.pop(("server_gone", change.key), None)
-            latest.pop((change.topic, change.key), None)  # re-insert: keep the order of the last
-            latest[(change.topic, change.key)] = change
-        return list(latest.values())
+        found: list[Change] = []
+        for change in reversed(self._rest.values()):
+            if change.seq <= seq:
+                break
+            found.append(change)
+        tasks: list[Change] = []
+        more = False
+        for change in reversed(self._tasks.values()):
+            if change.seq <= seq:
+                break
+            if len(tasks) >= most_tasks:
+                more = True
+                break
+            tasks.append(change)
+        if found:
+            return sorted(found + tasks, key=_seq), more
+        tasks.reverse()
+        return tasks, more
+
+
+def _seq(change: Change) -> int:
+    return change.seq
 
 
 class ServerTable:
@@ -170,7 +211,7 @@ class TaskTable:
         row.state = state
 
     def _changed(self, row: TaskRow) -> None:
-        self._journal.add("task", row.id, row.as_json())
+        self._journal.add("task", row.id, row)
 
     def submitted(
         self, task_id: str, label: str, now: float, *, server: str = "", client: str = ""
@@ -187,7 +228,9 @@ class TaskTable:
     def _forget(self) -> None:
         """Drop the oldest finished tasks until ``keep`` remain (running ones stay)."""
         excess = len(self._rows) - self._keep
-        for task_id in list(self._rows)[: excess * 2]:
+        # The first ones only: a list of every id, at each task past ``keep``, stalled a
+        # coordinator holding 100,000 tasks for seconds (heartbeats went unanswered).
+        for task_id in list(itertools.islice(self._rows, excess * 2)):
             if excess <= 0:
                 break
             if self._rows[task_id].state in ("done", "failed", "cancelled"):

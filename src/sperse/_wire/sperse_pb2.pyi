@@ -613,7 +613,7 @@ class TaskReport(_message.Message):
     def __init__(self, token: _Optional[str] = ..., server: _Optional[str] = ..., notes: _Optional[_Iterable[_Union[TaskNote, _Mapping]]] = ..., dropped: _Optional[int] = ...) -> None: ...
 
 class TaskNote(_message.Message):
-    __slots__ = ("task", "kind", "at", "label", "client", "worker", "text", "error_kind", "error_type", "error_message", "traceback")
+    __slots__ = ("task", "kind", "at", "label", "client", "worker", "text", "error_kind", "error_type", "error_message", "traceback", "queued_at", "started_at", "ended_at")
     TASK_FIELD_NUMBER: _ClassVar[int]
     KIND_FIELD_NUMBER: _ClassVar[int]
     AT_FIELD_NUMBER: _ClassVar[int]
@@ -625,6 +625,9 @@ class TaskNote(_message.Message):
     ERROR_TYPE_FIELD_NUMBER: _ClassVar[int]
     ERROR_MESSAGE_FIELD_NUMBER: _ClassVar[int]
     TRACEBACK_FIELD_NUMBER: _ClassVar[int]
+    QUEUED_AT_FIELD_NUMBER: _ClassVar[int]
+    STARTED_AT_FIELD_NUMBER: _ClassVar[int]
+    ENDED_AT_FIELD_NUMBER: _ClassVar[int]
     task: str
     kind: str
     at: float
@@ -636,7 +639,32 @@ class TaskNote(_message.Message):
     error_type: str
     error_message: str
     traceback: str
-    def __init__(self, task: _Optional[str] = ..., kind: _Optional[str] = ..., at: _Optional[float] = ..., label: _Optional[str] = ..., client: _Optional[str] = ..., worker: _Optional[int] = ..., text: _Optional[str] = ..., error_kind: _Optional[str] = ..., error_type: _Optional[str] = ..., error_message: _Optional[str] = ..., traceback: _Optional[str] = ...) -> None: ...
+    queued_at: float
+    started_at: float
+    ended_at: float
+    def __init__(self, task: _Optional[str] = ..., kind: _Optional[str] = ..., at: _Optional[float] = ..., label: _Optional[str] = ..., client: _Optional[str] = ..., worker: _Optional[int] = ..., text: _Optional[str] = ..., error_kind: _Optional[str] = ..., error_type: _Optional[str] = ..., error_message: _Optional[str] = ..., traceback: _Optional[str] = ..., queued_at: _Optional[float] = ..., started_at: _Optional[float] = ..., ended_at: _Optional[float] = ...) -> None: ...
+
+class ClientShare(_message.Message):
+    __slots__ = ("token", "client", "kind", "name", "data")
+    TOKEN_FIELD_NUMBER: _ClassVar[int]
+    CLIENT_FIELD_NUMBER: _ClassVar[int]
+    KIND_FIELD_NUMBER: _ClassVar[int]
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    DATA_FIELD_NUMBER: _ClassVar[int]
+    token: str
+    client: str
+    kind: str
+    name: str
+    data: str
+    def __init__(self, token: _Optional[str] = ..., client: _Optional[str] = ..., kind: _Optional[str] = ..., name: _Optional[str] = ..., data: _Optional[str] = ...) -> None: ...
+
+class ShareReply(_message.Message):
+    __slots__ = ("shown", "flows_watched")
+    SHOWN_FIELD_NUMBER: _ClassVar[int]
+    FLOWS_WATCHED_FIELD_NUMBER: _ClassVar[int]
+    shown: bool
+    flows_watched: bool
+    def __init__(self, shown: _Optional[bool] = ..., flows_watched: _Optional[bool] = ...) -> None: ...
 
 class TaskReportReply(_message.Message):
     __slots__ = ("known",)

@@ -182,6 +182,11 @@ class CoordinatorStub:
                 request_serializer=sperse_dot___wire_dot_sperse__pb2.TaskReport.SerializeToString,
                 response_deserializer=sperse_dot___wire_dot_sperse__pb2.TaskReportReply.FromString,
                 _registered_method=True)
+        self.Share = channel.unary_unary(
+                '/sperse.v1.Coordinator/Share',
+                request_serializer=sperse_dot___wire_dot_sperse__pb2.ClientShare.SerializeToString,
+                response_deserializer=sperse_dot___wire_dot_sperse__pb2.ShareReply.FromString,
+                _registered_method=True)
 
 
 class CoordinatorServicer:
@@ -222,6 +227,13 @@ class CoordinatorServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Share(self, request, context):
+        """a client's workspace graph or flow run
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_CoordinatorServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -249,6 +261,11 @@ def add_CoordinatorServicer_to_server(servicer, server):
                     servicer.ReportTasks,
                     request_deserializer=sperse_dot___wire_dot_sperse__pb2.TaskReport.FromString,
                     response_serializer=sperse_dot___wire_dot_sperse__pb2.TaskReportReply.SerializeToString,
+            ),
+            'Share': grpc.unary_unary_rpc_method_handler(
+                    servicer.Share,
+                    request_deserializer=sperse_dot___wire_dot_sperse__pb2.ClientShare.FromString,
+                    response_serializer=sperse_dot___wire_dot_sperse__pb2.ShareReply.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -388,6 +405,33 @@ class Coordinator:
             '/sperse.v1.Coordinator/ReportTasks',
             sperse_dot___wire_dot_sperse__pb2.TaskReport.SerializeToString,
             sperse_dot___wire_dot_sperse__pb2.TaskReportReply.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Share(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/sperse.v1.Coordinator/Share',
+            sperse_dot___wire_dot_sperse__pb2.ClientShare.SerializeToString,
+            sperse_dot___wire_dot_sperse__pb2.ShareReply.FromString,
             options,
             channel_credentials,
             insecure,

@@ -48,6 +48,25 @@ function duration(row, now) {
   return `${Math.max(0, end - row.started).toFixed(2)} s`;
 }
 
+// Redraws at a bounded rate whatever the rate of deltas: a delta only updates the page's
+// data and asks for a redraw; the redraw runs on an animation frame (none while the tab is
+// hidden), at most once every `gap` ms, however many deltas asked for it meanwhile.
+function redrawer(draw, gap) {
+  let asked = false;
+  let last = -Infinity;
+  return function ask() {
+    if (asked) return;
+    asked = true;
+    setTimeout(() => requestAnimationFrame(() => {
+      asked = false;
+      last = performance.now();
+      draw();
+    }), Math.max(0, last + gap - performance.now()));
+  };
+}
+const REDRAW_GAP = 250; // ms: at most four redraws a second per view
+const TABLE_REDRAW_GAP = 1000; // ms: a table of tasks, at most once a second
+
 // ---- the live feed ----------------------------------------------------------------------
 
 const live = {
@@ -220,9 +239,11 @@ async function tasksPage(main) {
   );
 
   const rows = new Map(); // id -> row shown in the table
-  const stream = new Map(); // id -> row, for the timeline
+  const stream = new Map(); // id -> row, for the timeline (at most STREAM_KEPT: the last seen)
+  const STREAM_KEPT = 2000;
   let now = Date.now() / 1000;
   let skew = 0; // server clock - ours
+  let shownCounts = {};
 
   let dropped = 0;
   function renderCounts(values) {
@@ -275,6 +296,7 @@ async function tasksPage(main) {
     view.total = data.total;
     rows.clear();
     for (const row of data.tasks) rows.set(row.id, row);
+    shownCounts = data.counts;
     renderCounts(data.counts);
     renderRows();
     return data.seq;
@@ -314,37 +336,61 @@ async function tasksPage(main) {
     }
   }
 
+  // A page of rows other than the newest reloads, at most once a second, one load at a time.
+  let reloading = null;
+  let reloadAfter = 0;
+  function reloadSoon() {
+    if (reloading) return;
+    reloading = new Promise((resolve) => setTimeout(resolve, Math.max(0, reloadAfter - Date.now())))
+      .then(load).finally(() => { reloading = null; reloadAfter = Date.now() + 1000; });
+  }
+
+  // The counts and the stream are redrawn at most four times a second; the table, whose
+  // rebuild is most of what a redraw costs the browser (and which no one reads faster), at
+  // most once a second.
+  let tableChanged = false;
+  const redraw = redrawer(() => { renderCounts(shownCounts); draw(); }, REDRAW_GAP);
+  const redrawTable = redrawer(() => {
+    if (tableChanged) { tableChanged = false; renderRows(); }
+  }, TABLE_REDRAW_GAP);
+
   live.on((delta) => {
     if (!delta.tasks) return;
-    renderCounts(delta.counts);
+    shownCounts = delta.counts;
     view.total = view.state ? delta.counts[view.state] || 0
       : STATES.reduce((sum, s) => sum + (delta.counts[s] || 0), 0);
-    let changed = false;
-    const newest = view.offset === 0 && !view.state;
     for (const row of delta.tasks) {
-      if (row.started !== null && row.started !== undefined) stream.set(row.id, row);
-      if (rows.has(row.id)) { rows.set(row.id, row); changed = true; }
+      if (row.started !== null && row.started !== undefined) {
+        stream.delete(row.id); // re-inserted: the last seen are kept
+        stream.set(row.id, row);
+      }
+      if (rows.has(row.id)) rows.set(row.id, row);
     }
-    if (newest) {
+    for (const id of stream.keys()) {
+      if (stream.size <= STREAM_KEPT) break;
+      stream.delete(id);
+    }
+    if (view.offset === 0 && !view.state) {
       const added = delta.tasks.filter((r) => !rows.has(r.id)).reverse();
       if (added.length) {
         const merged = new Map(added.map((r) => [r.id, r]));
         for (const [id, r] of rows) merged.set(id, r);
         rows.clear();
         for (const [id, r] of [...merged].slice(0, view.limit)) rows.set(id, r);
-        changed = true;
       }
     } else if (delta.tasks_more || view.state) {
-      load();
-      return;
+      reloadSoon();
     }
-    if (changed) renderRows();
-    else renderRows();
+    tableChanged = true;
+    redraw();
+    redrawTable();
   }, () => { load(); loadStream(); });
 
   const seq = await load();
   await loadStream();
-  setInterval(draw, 250);
+  // The stream scrolls with time: redrawn twice a second while it shows a task, and soon
+  // (bounded) when a delta changes it.
+  setInterval(() => { if (stream.size) redraw(); }, 500);
   draw();
   return seq;
 }
@@ -507,11 +553,16 @@ async function workspacePage(main) {
     listSeq = data.seq;
     picker.replaceChildren(...data.workspaces.map((name) => el("option", { value: name }, name)));
     if (!data.workspaces.length) {
+      current = "";
+      shape = "";
+      cy.elements().remove();
+      body.replaceChildren();
       note.textContent = "No workspace is shared with this dashboard yet: a client shares its workspace with " +
-        "sperse.connect(..., dashboard=True) (on by default), or share_workspace=True.";
+        "its own dashboard, sperse.connect(..., dashboard=True), or with its coordinator's, " +
+        "sperse.connect(COORDINATOR, share_workspace=True).";
       return;
     }
-    if (!data.workspaces.includes(current)) current = data.workspaces[0];
+    if (!data.workspaces.includes(current)) { current = data.workspaces[0]; shape = ""; }
     picker.value = current;
     await loadGraph();
   }
@@ -530,7 +581,7 @@ async function workspacePage(main) {
       if (where) where.textContent = whereOf(cell);
     }
     for (const w of delta.workspaces) {
-      if (!current || ![...picker.options].some((o) => o.value === w.name)) { loadList(); return; }
+      if (w.gone || !current || ![...picker.options].some((o) => o.value === w.name)) { loadList(); return; }
       if (w.name === current && w.version !== version) { loadGraph(); return; }
     }
   }, loadList);
@@ -606,6 +657,12 @@ function roundsChart(rounds) {
   return svg;
 }
 
+// Newest first: a client's runs are numbered; a coordinator's (of many clients) carry when
+// it first heard of them.
+function runOrder(run) {
+  return run.order ?? Number(run.id);
+}
+
 async function flowsPage(main) {
   live.query = "&flows=1";
   const runsBody = el("tbody");
@@ -647,7 +704,7 @@ async function flowsPage(main) {
   }
 
   function renderList() {
-    const sorted = [...flows.values()].sort((a, b) => Number(b.id) - Number(a.id));
+    const sorted = [...flows.values()].sort((a, b) => runOrder(b) - runOrder(a));
     runsBody.replaceChildren(...sorted.map((run) => el("tr",
       { class: `clickable${run.id === current ? " selected" : ""}`, "data-flow": run.id, "data-state": run.state,
         onclick: () => { current = run.id; renderList(); renderRun(); } },
@@ -658,7 +715,8 @@ async function flowsPage(main) {
       el("td", { class: "num" }, run.rounds_total || ""))));
     if (!sorted.length) {
       runsBody.append(el("tr", {}, el("td", { colSpan: 6, class: "empty" },
-        "no flow run in this process yet: flow.run() shows here")));
+        "no flow run yet: a client's flow.run() shows on its own dashboard, and on its " +
+        "coordinator's with sperse.connect(COORDINATOR, share_workspace=True)")));
     }
   }
 
@@ -696,7 +754,7 @@ async function flowsPage(main) {
     flows.clear();
     for (const run of data.flows) flows.set(run.id, run);
     if (!flows.has(current)) {
-      const newest = [...flows.values()].sort((a, b) => Number(b.id) - Number(a.id));
+      const newest = [...flows.values()].sort((a, b) => runOrder(b) - runOrder(a));
       current = (newest.find((r) => r.state === "running") || newest[0] || { id: "" }).id;
     }
     shape = "";
@@ -730,6 +788,7 @@ async function main() {
   const pages = { cluster: clusterPage, tasks: tasksPage, objects: objectsPage, workspace: workspacePage,
                   flows: flowsPage };
   const seq = await pages[PAGE](container);
+  if (!["tasks", "workspace"].includes(PAGE)) live.query += "&tasks=0"; // no task rows needed
   live.start(seq);
   document.body.dataset.ready = "1";
 }

@@ -8,6 +8,7 @@ import json
 import subprocess
 import sys
 import threading
+import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -204,6 +205,43 @@ def test_sperse_status_lists_the_services(
         assert "services: listed (on " in capsys.readouterr().out
     finally:
         svc.stop()
+
+
+def test_sperse_status_shows_each_services_operators_replicas_and_rate(
+    two: LocalCluster, client: sperse.Cluster, capsys: pytest.CaptureFixture[str]
+) -> None:
+    svc = counter(client, "rated")
+    try:
+        pendings = [svc.request({"user": f"u{i % 3}", "x": i}) for i in range(30)]
+        assert [p.result(WAIT)["x"] for p in pendings] == list(range(30))
+        reporter = svc._reporter
+        assert reporter is not None
+        deadline = time.monotonic() + WAIT  # the hosts' counts reach the driver, then the card
+        pushed = reporter.push()
+        while pushed is None or pushed["requests"] < 30:
+            assert time.monotonic() < deadline, f"the card never had the 30 requests: {pushed}"
+            pushed = reporter.push()
+        capsys.readouterr()
+        assert status_main(["--json", "--token", two.token, two.url]) == 0
+        found = json.loads(capsys.readouterr().out)
+        [card] = [s for m in found for s in m["service_stats"] if s["name"] == "rated"]
+        ops = {op["name"]: op for op in card["operators"]}
+        assert list(ops) == ["requests", "check", "by_user", "remember", "score", "respond"]
+        assert ops["remember"]["replicas"] == 2
+        assert ops["remember"]["kind"] == "scan"
+        assert sum(ops["remember"]["servers"].values()) == 2
+        assert ops["remember"]["items_in"] == 30
+        assert card["requests"] == 30 and card["rate"] > 0
+        assert card["flow"] == "rated" and card["state"] == "running"
+        assert 0 <= card["age"] < WAIT
+        assert status_main(["--token", two.token, two.url]) == 0
+        text = capsys.readouterr().out
+        assert "service 'rated' (flow 'rated'): running, 30 requests (" in text
+        row = next(line.split() for line in text.splitlines() if line.split()[:1] == ["remember"])
+        assert row[:3] == ["remember", "scan", "2"] and row[-2] == "30"
+    finally:
+        svc.stop()
+    assert svc._reporter is not None and svc._reporter.push() is None  # stopped: no more
 
 
 def score_v2(pair: tuple[str, tuple[Any, int]]) -> dict[str, Any]:

@@ -20,7 +20,7 @@ from sperse._core import (
 from sperse._core.nested import WORKER_CA_ENV, WORKER_SERVER_ENV, nested_backend, worker_token
 from sperse.errors import AuthenticationError, ServerLost
 
-__all__ = ["connect", "current", "worker_cluster"]
+__all__ = ["connect", "current", "look", "worker_cluster"]
 
 
 def connect(
@@ -153,6 +153,12 @@ def connect(
     if old is not None:
         old.close()
     return cluster
+
+
+def look(url: str, token: str, *, tls_ca: bytes | None = None) -> Cluster:
+    """A client of the one server at ``url``, not made the default: for a short look at its
+    remote objects (``sperse status`` reads services' cards so). Use it in ``with``."""
+    return Cluster(SperseBackend(url, token=token, tls_ca=tls_ca, tls=tls_ca is not None))
 
 
 def _backend_for(

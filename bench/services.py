@@ -15,7 +15,18 @@ answer deployment; the actor chain passes each request's ObjectRef from actor to
 
 Targets (issue 15): round trip p50 <= 0.3x Ray Serve's, throughput >= 3x Ray Serve's.
 
-Run: ``.venv/bin/python bench/services.py [--quick] [--no-ray]``. Ray Serve needs
+Then (Sperse only; ``--no-reconfigure`` skips it) the same service reconfigured under load,
+on a new cluster of 2 servers: ``--load-clients`` (8) threads each send requests one after
+another (users ``u0``..``u15``); after a warm-up, the quiet p50/p99 over 3 s (1 s with
+``--quick``), then ``svc.scale("count", replicas=3)``, back to 1, ``svc.move("count",
+on="@<the other server>")`` and ``svc.update("answer", fn)``, one after the other with 200
+answers between: for each, the time it took to return and the p50/p99 of the requests in
+flight at any time while it ran. It checks every answer against its request, that each
+user's answers counted 1..n once each (none lost or counted twice), that each user's
+counter then ends at the requests sent, that every request was answered once, and that
+requests sent after ``update`` returned get the new function; it prints what failed.
+
+Run: ``.venv/bin/python bench/services.py [--quick] [--no-ray] [--no-reconfigure]``. Ray Serve needs
 ``pip install 'ray[serve]'`` (``--no-ray`` or its absence skips it). Prints a table; never
 fails.
 """
@@ -311,7 +322,10 @@ def reconfigure(clients: int, quiet: float) -> None:
     import sperse
     from sperse._up import LocalCluster
 
-    print(f"\nreconfiguring under load: {clients} clients sending one request at a time")
+    print(
+        f"\nreconfiguring under load: {clients} clients sending one request at a time "
+        f"(load average {os.getloadavg()[0]:.1f})"
+    )
     with LocalCluster(2) as up:
         client = sperse.connect(up.url, token=up.token)
         try:
@@ -334,6 +348,7 @@ def reconfigure(clients: int, quiet: float) -> None:
     for name, took, r in rows:
         took_s = "" if took is None else f"{1e3 * took:.0f}"
         print(f"{name:<24}{took_s:>10}{r['n']:>10}{r['p50']:>10.2f}{r['p99']:>10.2f}")
+    print(f"(load average {os.getloadavg()[0]:.1f} at the end)")
 
 
 def _reconfigure(svc: Any, clients: int, quiet: float) -> list[tuple[str, Any, dict[str, float]]]:

@@ -164,7 +164,7 @@ def service_details(
         if not names:
             continue
         try:
-            with look(member.url, token, tls_ca=tls_ca) as cluster:
+            with look(member.url, token, tls_ca=tls_ca, timeout=timeout) as cluster:
                 out.update(read_cards(cluster, names, timeout))
         except SperseError as exc:
             print(

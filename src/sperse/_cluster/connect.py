@@ -155,10 +155,13 @@ def connect(
     return cluster
 
 
-def look(url: str, token: str, *, tls_ca: bytes | None = None) -> Cluster:
+def look(url: str, token: str, *, tls_ca: bytes | None = None, timeout: float = 10.0) -> Cluster:
     """A client of the one server at ``url``, not made the default: for a short look at its
     remote objects (``sperse status`` reads services' cards so). Use it in ``with``."""
-    return Cluster(SperseBackend(url, token=token, tls_ca=tls_ca, tls=tls_ca is not None))
+    backend = SperseBackend(
+        url, token=token, tls_ca=tls_ca, tls=tls_ca is not None, connect_timeout=timeout
+    )
+    return Cluster(backend)
 
 
 def _backend_for(

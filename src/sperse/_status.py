@@ -3,6 +3,10 @@
 The coordinator is the URL given, else ``$SPERSE_COORDINATOR``, else the one the running
 ``sperse up`` recorded (with its token file, unless a token option is given).
 A table on a terminal (rich), aligned plain text otherwise, a JSON list with ``--json``.
+Then the services whose cards the servers hold, each with its operators, replicas and
+request rate: the client that served a service pushes them to its card every second
+(:mod:`sperse._flow.cards`), and this reads each card with a short client session to the
+server holding it (a service that cannot be read is listed by name alone).
 Exit status: 0 with the list (even an empty one), 1 when there is no coordinator to ask
 (none given, none recorded), the coordinator refuses the token or nothing answers (one line
 on standard error says which, and what to do), 2 for wrong usage.
@@ -15,9 +19,9 @@ import json
 import os
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from sperse.errors import SperseError
 
@@ -103,7 +107,18 @@ def rows(members: Sequence[MemberInfo], now: float) -> list[tuple[str, ...]]:
     ]
 
 
-def as_json(members: Sequence[MemberInfo]) -> list[dict[str, object]]:
+Details = Mapping[str, Mapping[str, Any]]  # service name -> what its card says
+
+
+def as_json(
+    members: Sequence[MemberInfo], details: Details | None = None
+) -> list[dict[str, object]]:
+    """One dict per server; ``services``: the names of the services whose card it holds,
+    ``service_stats``: the same services with what their cards say (``flow``, ``state``,
+    ``requests`` and their ``rate`` per second, ``operators`` each with its ``name``,
+    ``kind``, ``replicas``, ``servers``, ``items_in`` and ``rate``, and ``age``: seconds
+    since the card heard), or only ``name`` when it could not be read."""
+    details = details or {}
     return [
         {
             "name": m.name,
@@ -120,6 +135,7 @@ def as_json(members: Sequence[MemberInfo]) -> list[dict[str, object]]:
             "last_heartbeat": m.last_heartbeat,
             "tls": m.tls,
             "services": services_on(m),
+            "service_stats": [{"name": n, **details.get(n, {})} for n in services_on(m)],
         }
         for m in members
     ]
@@ -132,6 +148,63 @@ def services_on(member: MemberInfo) -> list[str]:
 
     card = SERVICE_CARD
     return sorted(n.removeprefix(card) for n in member.named if n.startswith(card))
+
+
+def service_details(
+    members: Sequence[MemberInfo], token: str, tls_ca: bytes | None, timeout: float
+) -> dict[str, Mapping[str, Any]]:
+    """What the cards of the services on ``members`` say, by service name: one short client
+    session per server that holds cards (a server that cannot be reached is skipped)."""
+    from sperse._cluster.connect import look
+    from sperse._flow.cards import read_cards
+
+    out: dict[str, Mapping[str, Any]] = {}
+    for member in members:
+        names = services_on(member)
+        if not names:
+            continue
+        try:
+            with look(member.url, token, tls_ca=tls_ca, timeout=timeout) as cluster:
+                out.update(read_cards(cluster, names, timeout))
+        except SperseError as exc:
+            print(
+                f"sperse status: cannot read the services on {member.name}: {exc}", file=sys.stderr
+            )
+    return out
+
+
+def services_text(members: Sequence[MemberInfo], details: Details) -> str:
+    """The services line, then each service that its card describes: its requests and their
+    rate, and a row per operator."""
+    from sperse.repl._display import servers_table
+
+    served = [f"{name} (on {m.name})" for m in members for name in services_on(m)]
+    lines = [f"services: {', '.join(served)}"]
+    for name in sorted({n for m in members for n in services_on(m)}):
+        card = details.get(name)
+        if card is None:
+            lines.append(f"service {name!r}: no summary from the client that served it yet")
+            continue
+        lines.append(
+            f"service {name!r} (flow {card['flow']!r}): {card['state']}, "
+            f"{card['requests']:,} requests ({card['rate']:,.0f}/s) from every client, "
+            f"as of {card['age']:.1f} s ago"
+        )
+        rows = [
+            {
+                "operator": op["name"],
+                "kind": op["kind"],
+                "replicas": str(op["replicas"]),
+                "servers": ", ".join(f"{s} ({n})" if n > 1 else s for s, n in op["servers"].items())
+                or "-",
+                "in": f"{op['items_in']:,}",
+                "rate/s": f"{op['rate']:,.0f}",
+            }
+            for op in card["operators"]
+        ]
+        table = servers_table(rows, ["operator", "kind", "replicas", "servers", "in", "rate/s"])
+        lines += ["  " + line for line in table.splitlines()]
+    return "\n".join(lines)
 
 
 def plain_table(table: Sequence[tuple[str, ...]]) -> str:
@@ -215,13 +288,13 @@ def main(argv: list[str] | None = None) -> int:
     except SperseError as exc:
         where = f" (the cluster of {record.describe()})" if record is not None else ""
         return _fail(f"{exc}{where}")
+    details = service_details(found, token, tls_ca, args.timeout)
     if args.json:
-        print(json.dumps(as_json(found), indent=2))
+        print(json.dumps(as_json(found, details), indent=2))
     elif not found:
         print(f"no server has joined the coordinator at {url}")
     else:
         _print_table(url, rows(found, time.time()))
-        served = [f"{name} (on {m.name})" for m in found for name in services_on(m)]
-        if served:
-            print(f"services: {', '.join(served)}  (%services in a client shows their operators)")
+        if any(services_on(m) for m in found):
+            print(services_text(found, details))
     return 0

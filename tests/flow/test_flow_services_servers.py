@@ -8,6 +8,7 @@ import json
 import subprocess
 import sys
 import threading
+import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -182,20 +183,26 @@ def test_another_client_finds_the_service_by_name(
         svc.stop()
 
 
+def wait_for_card(two: LocalCluster, name: str) -> None:
+    """Until the coordinator lists the card of service ``name`` (servers report their named
+    objects with their heartbeats)."""
+    listed = threading.Event()
+
+    def seen(members: list[MemberInfo], settling: bool) -> None:
+        if any(f"sperse.service:{name}" in m.named for m in members):
+            listed.set()
+
+    with MembershipWatch(two.url, two.token, on_change=seen) as watch:
+        seen(watch.members(), watch.settling)
+        assert listed.wait(WAIT), "the service's card never reached the coordinator"
+
+
 def test_sperse_status_lists_the_services(
     two: LocalCluster, client: sperse.Cluster, capsys: pytest.CaptureFixture[str]
 ) -> None:
     svc = counter(client, "listed")
-    listed = threading.Event()
-
-    def seen(members: list[MemberInfo], settling: bool) -> None:
-        if any("sperse.service:listed" in m.named for m in members):
-            listed.set()
-
     try:
-        with MembershipWatch(two.url, two.token, on_change=seen) as watch:
-            seen(watch.members(), watch.settling)
-            assert listed.wait(WAIT), "the service's card never reached the coordinator"
+        wait_for_card(two, "listed")
         capsys.readouterr()
         assert status_main(["--json", "--token", two.token, two.url]) == 0
         found = json.loads(capsys.readouterr().out)
@@ -204,6 +211,64 @@ def test_sperse_status_lists_the_services(
         assert "services: listed (on " in capsys.readouterr().out
     finally:
         svc.stop()
+
+
+def test_sperse_status_shows_each_services_operators_replicas_and_rate(
+    two: LocalCluster, client: sperse.Cluster, capsys: pytest.CaptureFixture[str]
+) -> None:
+    svc = counter(client, "rated")
+    try:
+        pendings = [svc.request({"user": f"u{i % 3}", "x": i}) for i in range(30)]
+        assert [p.result(WAIT)["x"] for p in pendings] == list(range(30))
+        reporter = svc._reporter
+        assert reporter is not None
+        deadline = time.monotonic() + WAIT  # the hosts' counts reach the driver, then the card
+        pushed = reporter.push()
+        while pushed is None or any(op["items_in"] < 30 for op in pushed["operators"]):
+            assert time.monotonic() < deadline, (
+                f"the card never had the 30 requests at every operator: {pushed}"
+            )
+            pushed = reporter.push()
+        wait_for_card(two, "rated")
+        capsys.readouterr()
+        assert status_main(["--json", "--token", two.token, two.url]) == 0
+        found = json.loads(capsys.readouterr().out)
+        [card] = [s for m in found for s in m["service_stats"] if s["name"] == "rated"]
+        ops = {op["name"]: op for op in card["operators"]}
+        assert list(ops) == ["requests", "check", "by_user", "remember", "score", "respond"]
+        assert ops["remember"]["replicas"] == 2
+        assert ops["remember"]["kind"] == "scan"
+        assert sum(ops["remember"]["servers"].values()) == 2
+        assert ops["remember"]["items_in"] == 30
+        assert card["requests"] == 30
+        # the rate of the last seconds (0 once they are over): the requests source's
+        assert card["rate"] == ops["requests"]["rate"] >= 0
+        assert card["flow"] == "rated" and card["state"] == "running"
+        assert 0 <= card["age"] < WAIT
+        assert status_main(["--token", two.token, two.url]) == 0
+        text = capsys.readouterr().out
+        assert "service 'rated' (flow 'rated'): running, 30 requests (" in text
+        row = next(line.split() for line in text.splitlines() if line.split()[:1] == ["remember"])
+        assert row[:3] == ["remember", "scan", "2"] and row[-2] == "30"
+    finally:
+        svc.stop()
+    assert svc._reporter is not None and svc._reporter.push() is None  # stopped: no more
+
+
+def test_a_service_whose_card_has_no_summary_is_listed_by_name_alone() -> None:
+    from sperse._status import as_json, services_text
+
+    member = MemberInfo(
+        "server-1", "127.0.0.1:1", frozenset(), {}, 2, 0, 0, 1, 0, 1, 0.0, 0.0, False,
+        named=("sperse.service:quiet", "sperse.service-copy:other", "plain"),
+    )  # fmt: skip
+    assert services_text([member], {}).splitlines() == [
+        "services: quiet (on server-1)",
+        "service 'quiet': no summary from the client that served it yet",
+    ]
+    [entry] = as_json([member])
+    assert entry["services"] == ["quiet"]
+    assert entry["service_stats"] == [{"name": "quiet"}]
 
 
 def score_v2(pair: tuple[str, tuple[Any, int]]) -> dict[str, Any]:

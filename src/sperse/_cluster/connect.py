@@ -22,7 +22,7 @@ from sperse._core import (
 from sperse._core.nested import WORKER_CA_ENV, WORKER_SERVER_ENV, nested_backend, worker_token
 from sperse.errors import AuthenticationError, ServerLost
 
-__all__ = ["connect", "current", "worker_cluster"]
+__all__ = ["connect", "current", "look", "worker_cluster"]
 
 
 def connect(
@@ -172,6 +172,15 @@ def _share_with_coordinator(cluster: Cluster, token_used: list[str]) -> None:
     share = CoordinatorShare(ClientShare(coordinator, token_used[0], tls_ca=backend.tls_ca))
     cluster.share_workspace = share.publish_workspace
     cluster.on_close(share.close)
+
+
+def look(url: str, token: str, *, tls_ca: bytes | None = None, timeout: float = 10.0) -> Cluster:
+    """A client of the one server at ``url``, not made the default: for a short look at its
+    remote objects (``sperse status`` reads services' cards so). Use it in ``with``."""
+    backend = SperseBackend(
+        url, token=token, tls_ca=tls_ca, tls=tls_ca is not None, connect_timeout=timeout
+    )
+    return Cluster(backend)
 
 
 def _backend_for(

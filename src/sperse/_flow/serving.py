@@ -42,6 +42,7 @@ from sperse._cluster.objects import ObjectProxy, RemoteClass, get_object
 from sperse._cluster.pending import Pending
 from sperse._flow.awaits import is_async
 from sperse._flow.calls import CALLING
+from sperse._flow.cards import SERVICE_CARD, CardReporter, ServiceCard
 from sperse._flow.local import PushQueue
 from sperse._flow.nested import Nested, nested_depth, time_left
 from sperse._flow.routes import InProcess, OnServers, Route
@@ -76,10 +77,9 @@ class RunLike(Protocol):
     def operators(self) -> list[Any]: ...
 
 
-__all__ = ["Service", "ServiceCard", "service", "services", "start_service"]
+__all__ = ["SERVICE_CARD", "Service", "ServiceCard", "service", "services", "start_service"]
 
 STOP_TIMEOUT = 60.0  # seconds stop() waits for the requests in flight to be answered
-SERVICE_CARD = "sperse.service:"  # the name of a service's card on the servers
 _CARD = SERVICE_CARD
 _COPY = "sperse.service-copy:"  # its copies, for remote code to find on its own server
 SWAPPABLE = frozenset({"map", "map_async", "key_by", "scan", "map_values", "inspect"})
@@ -110,6 +110,7 @@ class Service:
         self.started_at = time.monotonic()
         self.generation = 0  # served by this process: the count of services served then
         self._shared = False  # the client that this process's async operators' calls share
+        self._reporter: CardReporter | None = None  # served on servers: pushes to its card
 
     # ---- the public API ------------------------------------------------------------------
 
@@ -175,6 +176,8 @@ class Service:
         try:
             run.result(timeout)
         finally:
+            if self._reporter is not None:
+                self._reporter.close()
             route.close()
             _SERVICES.pop(self.name, None)
             self._fail_waiting(
@@ -421,17 +424,6 @@ class HasHosts(Protocol):
     def keep(self, proxy: ObjectProxy) -> None: ...
 
 
-class ServiceCard:
-    """A service's entry on the servers (a named remote object): where its requests go and
-    its answers come from, for ``sperse.service(name)`` on any client."""
-
-    def __init__(self, name: str, flow: str, sources: list[Any], responds: list[Any]) -> None:
-        self._routes = (name, flow, sources, responds)
-
-    def routes(self) -> tuple[str, str, list[Any], list[Any]]:
-        return self._routes
-
-
 # -- starting and finding ----------------------------------------------------------------------
 
 _SERVICES: dict[str, Service] = {}  # the services this process serves, by name
@@ -473,17 +465,21 @@ def start_service(
         # operator's call) looks for either on the server it runs on.
         names = [f"@{s.name}" for s in cluster.servers()]
         cards = [(_CARD, names[0] if names else None)] + [(_COPY, on) for on in names[1:]]
-        ready = []
+        ready, main_card = [], None
         for prefix, on in cards:
             card = RemoteClass(ServiceCard).options(name=prefix + name, on=on)
             made = card.create_on(cluster, (name, flow, sources, responds), {})
             handle.keep(made)
+            if prefix == _CARD:
+                main_card = made
             created = threading.Event()
             made._when_ready(functools.partial(_set, created))
             ready.append(created)
         deadline = time.monotonic() + 60.0
         for created in ready:  # so that sperse.service finds it as soon as serve returns
             created.wait(max(0.0, deadline - time.monotonic()))
+        if main_card is not None:  # its operators, replicas and rates, for sperse status
+            svc._reporter = CardReporter(svc, main_card)
     responded._on_settle(svc._ended)  # the run ended: stopped, or failed
     _SERVICES[name] = svc
     _ALL.add(svc)

@@ -54,7 +54,16 @@ from sperse._flow.plan import NodeId, PhysicalPlan, Role, StageId
 from sperse._flow.replica import Event, Replica
 from sperse._flow.reshape import Handover
 from sperse._flow.service import Answer, Envelope, Moved, Remember, Reply, Swap
-from sperse._flow.transport import BATCH_ITEMS, LINGER, WINDOW, Credits, Outbox, Reorder
+from sperse._flow.transport import (
+    BATCH_ITEMS,
+    LINGER,
+    MAX_BATCH_ITEMS,
+    WINDOW,
+    Credits,
+    Outbox,
+    Packed,
+    Reorder,
+)
 from sperse._serialize import dumps, loads
 from sperse.errors import (
     ObjectLost,
@@ -88,14 +97,16 @@ class ReplicaHost:
         self._me = channel_name(stage, index)
         self._window = int(config.get("window", WINDOW))
         self._outbox = Outbox(
-            int(config.get("batch_items", BATCH_ITEMS)), float(config.get("linger", LINGER))
+            int(config.get("batch_items", BATCH_ITEMS)),
+            float(config.get("linger", LINGER)),
+            int(config.get("max_batch_items", MAX_BATCH_ITEMS)),
         )
         self._where = str(config.get("server", ""))
         self._names: dict[int, str] = config.get("names", {})  # stage -> operator names
         self._servers: dict[tuple[int, int], str] = config.get("servers", {})
         self._credits = Credits(self._window)
-        self._reorder: Reorder[tuple[list[Event], asyncio.Future[None] | None]] = Reorder()
-        self._inbox: deque[tuple[list[Event], asyncio.Future[None] | None]] = deque()
+        self._reorder: Reorder[tuple[list[Event], asyncio.Future[Any] | None]] = Reorder()
+        self._inbox: deque[tuple[list[Event], asyncio.Future[Any] | None]] = deque()
         self._peers: dict[tuple[int, int], Any] = {}
         self._uncredited = {
             (o.stage, r)
@@ -152,10 +163,13 @@ class ReplicaHost:
         self._wake.set()
 
     async def deliver(
-        self, channel: str, seq: int, messages: list[Event], ack: bool = True
-    ) -> None:
-        """Take a delivery; with ``ack``, return once it has been processed."""
-        done: asyncio.Future[None] | None = None
+        self, channel: str, seq: int, messages: list[Event] | Packed, ack: bool = True
+    ) -> float | None:
+        """Take a delivery; with ``ack``, return once it has been processed, with the
+        seconds its handling took (for the sender's batch sizes)."""
+        if isinstance(messages, Packed):  # a backend that passed it without pickling
+            messages = messages.messages
+        done: asyncio.Future[Any] | None = None
         if ack:
             done = asyncio.get_running_loop().create_future()
         self._stats["deliveries"] += 1
@@ -167,7 +181,9 @@ class ReplicaHost:
             self._stats["inbox_most"] = max(self._stats["inbox_most"], len(self._inbox))
             self._wake.set()
         if done is not None:
-            await done
+            took: float | None = await done
+            return took
+        return None
 
     async def request(self, channel: str, seq: int, messages: list[Event]) -> list[int]:
         """A client's requests (a service's requests replica): taken like a delivery, and
@@ -351,10 +367,11 @@ class ReplicaHost:
                     self._idle = False
                 continue
             events, done = self._inbox.popleft()
+            started = time.perf_counter()
             await self._handle(events)
             self._stats["processed"] += 1
             if done is not None and not done.done():
-                done.set_result(None)
+                done.set_result(time.perf_counter() - started)  # the sender's BatchSize
             await self._flush(idle=not self._inbox)
 
     async def _read(self) -> None:
@@ -428,25 +445,33 @@ class ReplicaHost:
         seq = self._credits.send(dest, credited)
         peer = self._peers[dest]
         loop = asyncio.get_running_loop()
+        packed = Packed(messages)
         try:
-            pending = peer.deliver(self._me, seq, messages, credited)
+            pending = peer.deliver(self._me, seq, packed, credited)
         except Exception as exc:  # pickling may happen here, or in the Pending
             self._lost(dest, messages, exc)
             return
         self._stats["sent"] += 1
 
         def settled(p: Any) -> None:
-            loop.call_soon_threadsafe(self._settled, dest, seq, messages, p._error)
+            loop.call_soon_threadsafe(self._settled, dest, seq, packed, p._error, p._value)
 
         pending._on_settle(settled)
 
     def _settled(
-        self, dest: tuple[int, int], seq: int, messages: list[Message], error: BaseException | None
+        self,
+        dest: tuple[int, int],
+        seq: int,
+        packed: Packed,
+        error: BaseException | None,
+        took: Any,
     ) -> None:
         self._credits.ack(dest, seq)
         self._acked.set()
         if error is not None:
-            self._lost(dest, messages, error)
+            self._lost(dest, packed.messages, error)
+        elif isinstance(took, float):
+            self._outbox.learn(dest, packed.items(), took, packed.size)
 
     def _lost(self, dest: tuple[int, int], messages: list[Message], error: BaseException) -> None:
         """A delivery failed: the run fails, naming the item or the receiver."""

@@ -76,6 +76,7 @@ Action = Send | Report | WriteFile | Reply
 Event = ReplicaEvent | Remember | Swap
 _EDGE_ONLY = frozenset({"source", "shuffle", "respond"})
 _INSIDE = (Role.NORMAL, Role.BODY)
+_OWNERS = 1 << 16  # keys whose replica an output remembers (then it starts afresh)
 
 
 class Replica:
@@ -98,6 +99,8 @@ class Replica:
         self._senders = {i.port: i.senders for i in self.stage.inputs}
         self._ended: dict[tuple[int, int], int] = {}  # (port, round) -> Ends seen
         self._turn = [0] * len(self.stage.outputs)  # round-robin position per output
+        # per output: the replica each key met lately goes to (stable_hash, remembered)
+        self._owners: list[dict[Any, int]] = [{} for _ in self.stage.outputs]
         self._at = 0  # the op running, for errors
         self._failed = False
         self._emitted = 0  # items the last operator sent on
@@ -387,9 +390,16 @@ class Replica:
         else:
             item = None
             key = envelope_key if self.service else _first
+            owners = self._owners[n]
+            if len(owners) > _OWNERS:
+                owners.clear()
             try:
                 for item in items:
-                    parts[stable_hash(key(item)) % count].append(item)
+                    k = key(item)
+                    r = owners.get(k)
+                    if r is None:
+                        r = owners[k] = stable_hash(k) % count
+                    parts[r].append(item)
             except Exception as exc:
                 raise ItemError(item, exc, f"its key cannot be hashed: {exc}") from exc
         return [(r, part) for r, part in enumerate(parts) if part]

@@ -75,16 +75,16 @@ def test_a_buffer_past_a_delivery_s_worth_is_cut_and_weights_are_shared() -> Non
 
 def test_a_delivery_grows_while_its_receiver_is_fast_and_shrinks_when_slow() -> None:
     size = BatchSize(1000, 65_536)
-    size.learn(1000, 0.0001)  # 0.1 µs an item: 2 ms is 20,000 items, but at most double
+    size.learn(1000, 0.0001)  # 0.1 µs an item: 5 ms is 50,000 items, but at most double
     assert size.items == 2000
     for _ in range(10):
         size.learn(size.items, size.items * 1e-7)
-    assert size.items == 20_000
-    size.learn(20_000, 0.002, size=4 << 20)  # 4 MiB: about 1 MiB is the most
-    assert size.items == 5000
+    assert size.items == 50_000
+    size.learn(50_000, 0.005, size=4 << 20)  # 4 MiB: about 1 MiB is the most
+    assert size.items == 12_500
     size.learn(10, 0.0001)  # small and fast: the delivery's own cost, says nothing
-    assert size.items == 5000
-    size.learn(5000, 1.0)  # slow items: back to the floor, never below
+    assert size.items == 12_500
+    size.learn(12_500, 1.0)  # slow items: back to the floor, never below
     assert size.items == 1000
     fixed = BatchSize(500, 500)
     fixed.learn(500, 1e-9)

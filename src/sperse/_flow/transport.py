@@ -18,7 +18,7 @@ comes in as ``now``), so it is tested without servers:
 - :class:`BatchSize`: a delivery's worth of items, per receiver. It starts at
   ``BATCH_ITEMS`` (1,000) and never goes below; each acknowledgement says how long the
   receiver took to handle the delivery, and the next holds as many items as it handles in
-  about ``BATCH_SECONDS`` (2 ms), doubling at most each time, up to ``MAX_BATCH_ITEMS``
+  about ``BATCH_SECONDS`` (5 ms), doubling at most each time, up to ``MAX_BATCH_ITEMS``
   (65,536) and about ``MAX_BATCH_BYTES`` (1 MiB) pickled. So expensive items travel 1,000
   at a time (or what came in ``LINGER``), and cheap ones in batches big enough that the
   fixed cost of a delivery (a remote call, three threads, two pipes) stops mattering.
@@ -65,7 +65,7 @@ __all__ = [
 
 BATCH_ITEMS = 1000  # flush a destination's buffer once it holds this many items
 MAX_BATCH_ITEMS = 65_536  # ... or up to this many, when the receiver handles them fast
-BATCH_SECONDS = 0.002  # the receiver's time a delivery aims at
+BATCH_SECONDS = 0.005  # the receiver's time a delivery aims at
 MAX_BATCH_BYTES = 1 << 20  # ... and about this many bytes, pickled
 LINGER = 0.005  # ... or once its oldest message has waited this long (seconds)
 WINDOW = 4  # un-acknowledged deliveries per channel

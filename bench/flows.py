@@ -72,7 +72,9 @@ ROWS: list[tuple[str, str, str]] = []  # (scenario, system, figure) for the summ
 
 def cpu() -> tuple[float, float]:
     """CPU seconds so far of this process (the client: its driver thread feeds sources) and
-    of its live descendants (a LocalCluster's coordinator, servers and their workers)."""
+    of its descendants (a LocalCluster's coordinator, servers and their workers): the live
+    ones' own, and what those have of their children that ended (a flow's hosts end with
+    their run: a server reaps them, and their time joins its ``children_*`` times)."""
     import psutil
 
     me = psutil.Process()
@@ -80,7 +82,7 @@ def cpu() -> tuple[float, float]:
     theirs = 0.0
     for child in me.children(recursive=True):
         with contextlib.suppress(psutil.Error):
-            theirs += sum(child.cpu_times()[:2])
+            theirs += sum(child.cpu_times()[:4])
     return ours, theirs
 
 

@@ -168,7 +168,7 @@ class ReplicaHost:
         seconds its handling took (for the sender's batch sizes)."""
         if isinstance(messages, Packed):  # a backend that passed it without pickling
             messages = messages.messages
-        done: asyncio.Future[Any] | None = None
+        done: asyncio.Future[float | None] | None = None
         if ack:
             done = asyncio.get_running_loop().create_future()
         self._stats["deliveries"] += 1
@@ -179,10 +179,7 @@ class ReplicaHost:
             self._inbox.extend(ready)
             self._stats["inbox_most"] = max(self._stats["inbox_most"], len(self._inbox))
             self._wake.set()
-        if done is not None:
-            took: float | None = await done
-            return took
-        return None
+        return None if done is None else await done
 
     async def request(self, channel: str, seq: int, messages: list[Event]) -> list[int]:
         """A client's requests (a service's requests replica): taken like a delivery, and
@@ -451,26 +448,17 @@ class ReplicaHost:
             self._lost(dest, messages, exc)
             return
         self._stats["sent"] += 1
+        pending._on_settle(lambda p: loop.call_soon_threadsafe(self._settled, dest, seq, packed, p))
 
-        def settled(p: Any) -> None:
-            loop.call_soon_threadsafe(self._settled, dest, seq, packed, p._error, p._value)
-
-        pending._on_settle(settled)
-
-    def _settled(
-        self,
-        dest: tuple[int, int],
-        seq: int,
-        packed: Packed,
-        error: BaseException | None,
-        took: Any,
-    ) -> None:
+    def _settled(self, dest: tuple[int, int], seq: int, packed: Packed, done: Any) -> None:
+        """A delivery was acknowledged (``done``: its settled Pending, with how long the
+        receiver took to handle it), or failed."""
         self._credits.ack(dest, seq)
         self._acked.set()
-        if error is not None:
-            self._lost(dest, packed.messages, error)
-        elif isinstance(took, float):
-            self._outbox.learn(dest, packed.items(), took, packed.size)
+        if done._error is not None:
+            self._lost(dest, packed.messages, done._error)
+        elif isinstance(done._value, float):
+            self._outbox.learn(dest, packed.items(), done._value, packed.size)
 
     def _lost(self, dest: tuple[int, int], messages: list[Message], error: BaseException) -> None:
         """A delivery failed: the run fails, naming the item or the receiver."""

@@ -62,7 +62,7 @@ from sperse._flow.transport import (
     LINGER,
     MAX_BATCH_ITEMS,
     WINDOW,
-    BatchSize,
+    BatchSizes,
     Credits,
     Packed,
 )
@@ -305,7 +305,7 @@ class _Driver:
         close the hosts. The sinks' outcomes and how it stopped."""
         held: list[Settle] = []
         self._credits = {"client": Credits(self._config.window), "ctl": Credits(1)}
-        self._sizes: dict[Key, BatchSize] = {}  # of the client's deliveries to each host
+        self._sizes = BatchSizes(self._config.batch_items, self._config.max_batch_items)
         for feed in self._feeds:
             feed.begin()
         self._create()
@@ -416,9 +416,8 @@ class _Driver:
             self._credits["client"].ack(host.key, event[2])
             if error is not None:
                 return self._delivery_failed(host, event[3], error)
-            packed: Packed = event[4]
-            if isinstance(pending._value, float):
-                self._size(host.key).learn(packed.items(), pending._value, packed.size)
+            if isinstance(pending._value, float):  # how long the host took: the next's size
+                self._sizes[host.key].learn(event[4].items(), pending._value, event[4].size)
             return []
         if error is not None:
             what = {"ready": "could not be created", "watch": "stopped answering"}
@@ -455,29 +454,16 @@ class _Driver:
     ) -> None:
         seq = self._credits[channel].send(host.key, credited)
         packed = Packed(events)
+        ack = ("ack", host, seq if credited else -1, events, packed)
         try:
             pending = host.proxy.deliver(channel, seq, packed, credited)
         except SerializationError as exc:
-            self._events.put(("ack", host, seq, events, packed, _failed(self._cluster, exc)))
+            self._events.put((*ack, _failed(self._cluster, exc)))
             return
         if credited:
-            pending._on_settle(lambda p: self._events.put(("ack", host, seq, events, packed, p)))
+            pending._on_settle(lambda p: self._events.put((*ack, p)))
         else:
-            pending._on_settle(
-                lambda p: (
-                    None
-                    if p._error is None
-                    else self._events.put(("ack", host, -1, events, packed, p))
-                )
-            )
-
-    def _size(self, key: Key) -> BatchSize:
-        """How many items the client's next delivery to ``key`` holds (adaptive)."""
-        size = self._sizes.get(key)
-        if size is None:
-            config = self._config
-            size = self._sizes[key] = BatchSize(config.batch_items, config.max_batch_items)
-        return size
+            pending._on_settle(lambda p: None if p._error is None else self._events.put((*ack, p)))
 
     def _feed(self) -> None:
         """Send source batches while the receiving replicas have credit."""
@@ -490,7 +476,7 @@ class _Driver:
                 host = self._hosts[(feed.stage.id, feed.turn)]
                 if self._credits["client"].blocked(host.key):
                     continue
-                items, ended = feed.read(self._size(host.key).items)
+                items, ended = feed.read(self._sizes[host.key].items)
                 if items:
                     self._send(host, "client", [Batch(0, 0, items, now=time.time())], True)
                     feed.turn = (feed.turn + 1) % feed.stage.replicas

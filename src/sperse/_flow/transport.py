@@ -57,6 +57,7 @@ __all__ = [
     "MAX_BATCH_ITEMS",
     "WINDOW",
     "BatchSize",
+    "BatchSizes",
     "Credits",
     "Outbox",
     "Packed",
@@ -127,6 +128,19 @@ class BatchSize:
         self.items = max(self.floor, want)
 
 
+class BatchSizes(dict[Any, BatchSize]):
+    """A :class:`BatchSize` per receiver, made at first use."""
+
+    def __init__(self, floor: int = BATCH_ITEMS, ceiling: int = MAX_BATCH_ITEMS) -> None:
+        super().__init__()
+        self.floor = floor
+        self.ceiling = ceiling
+
+    def __missing__(self, key: Any) -> BatchSize:
+        size = self[key] = BatchSize(self.floor, self.ceiling)
+        return size
+
+
 @dataclass(slots=True)
 class _Buffer:
     messages: list[Message] = field(default_factory=list)
@@ -149,20 +163,13 @@ class Outbox:
         max_items: int = MAX_BATCH_ITEMS,
     ) -> None:
         self.batch_items = batch_items
-        self.max_items = max_items
         self.linger = linger
         self._buffers: dict[Destination, _Buffer] = {}
-        self._sizes: dict[Destination, BatchSize] = {}
-
-    def size(self, dest: Destination) -> BatchSize:
-        size = self._sizes.get(dest)
-        if size is None:
-            size = self._sizes[dest] = BatchSize(self.batch_items, self.max_items)
-        return size
+        self.sizes = BatchSizes(batch_items, max_items)
 
     def learn(self, dest: Destination, items: int, seconds: float, size: int = 0) -> None:
         """What ``dest`` said of a delivery it handled (see :meth:`BatchSize.learn`)."""
-        self.size(dest).learn(items, seconds, size)
+        self.sizes[dest].learn(items, seconds, size)
 
     def add(self, dest: Destination, message: Message, now: float) -> None:
         buffer = self._buffers.get(dest)
@@ -203,7 +210,7 @@ class Outbox:
         for dest, buffer in self._buffers.items():
             if not buffer.messages:
                 continue
-            limit = self.size(dest).items
+            limit = self.sizes[dest].items
             if idle or buffer.items >= limit or now - buffer.since >= self.linger:
                 if buffer.items <= limit:
                     out.append((dest, buffer.messages))

@@ -396,10 +396,10 @@ class Replica:
             try:
                 for item in items:
                     k = key(item)
-                    r = owners.get(k)
-                    if r is None:
-                        r = owners[k] = stable_hash(k) % count
-                    parts[r].append(item)
+                    owner = owners.get(k)
+                    if owner is None:
+                        owner = owners[k] = stable_hash(k) % count
+                    parts[owner].append(item)
             except Exception as exc:
                 raise ItemError(item, exc, f"its key cannot be hashed: {exc}") from exc
         return [(r, part) for r, part in enumerate(parts) if part]

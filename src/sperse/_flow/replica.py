@@ -91,6 +91,9 @@ class Replica:
         self._respond = self.ops[-1] if isinstance(self.ops[-1], Respond) else None
         self._idem = Idempotency() if self.service and nodes[0].kind == "source" else None
         self.head = nodes[0].kind
+        # where a bulk loop's gate is in the chain: first, or after the source it chains to
+        kinds = [n.kind for n in nodes]
+        self.gate = kinds.index("bulk_gate") if "bulk_gate" in kinds else -1
         self.loop = plan.loops.get(self.stage.loop) if self.stage.loop is not None else None
         self.bulk = self.loop is not None and self.loop.kind != "item"
         self.item_body = (
@@ -161,8 +164,10 @@ class Replica:
         ctx = Ctx(self.index, self.stage.replicas, ev.now)
         if self.head == "item_gate":
             return self._gate_items(ev, ctx)
-        if self.head == "bulk_gate":
+        if self.gate >= 0:
             self.ops[0].count += len(ev.items)
+            if self.gate:  # the source (an Identity) before it counts them too
+                self.ops[self.gate].count += len(ev.items)
             if ev.port == 0:
                 self._outer.extend(ev.items)
             else:
@@ -197,9 +202,9 @@ class Replica:
     def _end(self, ev: End) -> list[Action]:
         key = (ev.port, ev.round)
         self._ended[key] = self._ended.get(key, 0) + 1
-        if self.head == "bulk_gate" and ev.port == 1:
+        if self.gate >= 0 and ev.port == 1:
             return self._try_round()
-        if self.head in ("item_gate", "bulk_gate"):
+        if self.head == "item_gate" or self.gate >= 0:
             if self._ended[key] == self._senders[0]:
                 return [Report(OuterEnded(self._loop_id(), self.index))]
             return []
@@ -243,10 +248,11 @@ class Replica:
         state = RoundState(start.loop, r, start.state)
         self._set_state(state)
         actions: list[Action] = self._sends(state, _INSIDE)
-        out = self._run(1, 0, items, ctx) if len(self.ops) > 1 else items
+        body = self.gate + 1
+        out = self._run(body, 0, items, ctx) if len(self.ops) > body else items
         if not isinstance(self.ops[-1], BulkEnd):
             actions += self._route(out, r, ctx, roles=_INSIDE)
-        return actions + self._finish_round(1, r, ctx)
+        return actions + self._finish_round(body, r, ctx)
 
     def _loop_done(self, ev: LoopDone) -> list[Action]:
         ctx = Ctx(self.index, self.stage.replicas)

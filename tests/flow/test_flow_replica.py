@@ -375,7 +375,10 @@ def test_round_state_is_forwarded_once_per_round() -> None:
         0, lambda s, st: s.map(lambda x: x).on(replicas=2).map(lambda x: x), max, max, max
     ).collect()
     plan = physical(f.plan)
-    body = Replica(plan, S2, 0)
+    # the gate runs with the source (a replay's gate chains to it); the body's first map has
+    # a stage of its own (2 replicas)
+    (stage,) = [s.id for s in plan.stages if plan.node(s.nodes[0]).kind == "map"]
+    body = Replica(plan, stage, 0)
     assert body.handle(RoundState(L0, 0, 5)) == []  # chained to the fold: nothing further
     assert plan.loops[L0].ref is not None and plan.loops[L0].ref.get() == 5
     assert body.handle(RoundState(L0, 0, 6)) == []

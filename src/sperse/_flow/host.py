@@ -27,7 +27,6 @@ naming the operator and the server.
 from __future__ import annotations
 
 import asyncio
-import itertools
 import os
 import time
 from collections import deque
@@ -56,7 +55,16 @@ from sperse._flow.plan import NodeId, PhysicalPlan, Role, StageId
 from sperse._flow.replica import Event, Replica
 from sperse._flow.reshape import Handover
 from sperse._flow.service import Answer, Envelope, Moved, Remember, Reply, Swap
-from sperse._flow.transport import BATCH_ITEMS, LINGER, WINDOW, Credits, Outbox, Reorder
+from sperse._flow.transport import (
+    BATCH_ITEMS,
+    LINGER,
+    MAX_BATCH_ITEMS,
+    WINDOW,
+    Credits,
+    Outbox,
+    Packed,
+    Reorder,
+)
 from sperse._serialize import dumps, loads
 from sperse.errors import (
     ObjectLost,
@@ -68,7 +76,7 @@ from sperse.errors import (
 
 __all__ = ["READ_BATCH", "ReplicaHost", "channel_name", "lost_info", "unpicklable"]
 
-READ_BATCH = 1024  # lines per batch a host reads from its files
+READ_BATCH = 1 << 18  # characters a host reads from its files at a time (a batch of lines)
 TICK = 0.05  # seconds between clock ticks for time windows
 QUIESCE_POLL = 0.002  # seconds between a reshape's checks that a host is idle
 DRAIN = 4.0  # seconds a stopping service's respond replica waits for its answers to be taken
@@ -90,14 +98,16 @@ class ReplicaHost:
         self._me = channel_name(stage, index)
         self._window = int(config.get("window", WINDOW))
         self._outbox = Outbox(
-            int(config.get("batch_items", BATCH_ITEMS)), float(config.get("linger", LINGER))
+            int(config.get("batch_items", BATCH_ITEMS)),
+            float(config.get("linger", LINGER)),
+            int(config.get("max_batch_items", MAX_BATCH_ITEMS)),
         )
         self._where = str(config.get("server", ""))
         self._names: dict[int, str] = config.get("names", {})  # stage -> operator names
         self._servers: dict[tuple[int, int], str] = config.get("servers", {})
         self._credits = Credits(self._window)
-        self._reorder: Reorder[tuple[list[Event], asyncio.Future[None] | None]] = Reorder()
-        self._inbox: deque[tuple[list[Event], asyncio.Future[None] | None]] = deque()
+        self._reorder: Reorder[tuple[list[Event], asyncio.Future[Any] | None]] = Reorder()
+        self._inbox: deque[tuple[list[Event], asyncio.Future[Any] | None]] = deque()
         self._peers: dict[tuple[int, int], Any] = {}
         self._uncredited = {
             (o.stage, r)
@@ -112,7 +122,7 @@ class ReplicaHost:
         self._reported = asyncio.Event()
         self._acked = asyncio.Event()
         self._pump: asyncio.Task[None] | None = None
-        self._lines: Iterator[str] | None = None
+        self._lines: Iterator[list[str]] | None = None
         self._timed = any(
             self._plan.node(n).kind in ("window", "key_window") and self._plan.node(n).args[1]
             for n in self._stage.nodes
@@ -155,10 +165,13 @@ class ReplicaHost:
         self._wake.set()
 
     async def deliver(
-        self, channel: str, seq: int, messages: list[Event], ack: bool = True
-    ) -> None:
-        """Take a delivery; with ``ack``, return once it has been processed."""
-        done: asyncio.Future[None] | None = None
+        self, channel: str, seq: int, messages: list[Event] | Packed, ack: bool = True
+    ) -> float | None:
+        """Take a delivery; with ``ack``, return once it has been processed, with the
+        seconds its handling took (for the sender's batch sizes)."""
+        if isinstance(messages, Packed):  # a backend that passed it without pickling
+            messages = messages.messages
+        done: asyncio.Future[float | None] | None = None
         if ack:
             done = asyncio.get_running_loop().create_future()
         self._stats["deliveries"] += 1
@@ -169,8 +182,7 @@ class ReplicaHost:
             self._inbox.extend(ready)
             self._stats["inbox_most"] = max(self._stats["inbox_most"], len(self._inbox))
             self._wake.set()
-        if done is not None:
-            await done
+        return None if done is None else await done
 
     async def request(self, channel: str, seq: int, messages: list[Event]) -> list[int]:
         """A client's requests (a service's requests replica): taken like a delivery, and
@@ -359,16 +371,17 @@ class ReplicaHost:
                     self._idle = False
                 continue
             events, done = self._inbox.popleft()
+            started = time.perf_counter()
             await self._handle(events)
             self._stats["processed"] += 1
             if done is not None and not done.done():
-                done.set_result(None)
+                done.set_result(time.perf_counter() - started)  # the sender's BatchSize
             await self._flush(idle=not self._inbox)
 
     async def _read(self) -> None:
         assert self._lines is not None
         try:
-            items = list(itertools.islice(self._lines, READ_BATCH))
+            items = next(self._lines, None)
         except Exception as exc:  # a file that cannot be read ends the run, naming it
             self._lines = None
             source = self._plan.node(self._stage.nodes[0]).name
@@ -377,7 +390,7 @@ class ReplicaHost:
         events: list[Event] = []
         if items:
             events.append(Batch(0, 0, items, now=time.time()))
-        if len(items) < READ_BATCH:
+        elif items is None:
             self._lines = None
             events.append(End(0, 0))
         await self._handle(events)
@@ -438,25 +451,24 @@ class ReplicaHost:
         seq = self._credits.send(dest, credited)
         peer = self._peers[dest]
         loop = asyncio.get_running_loop()
+        packed = Packed(messages)
         try:
-            pending = peer.deliver(self._me, seq, messages, credited)
+            pending = peer.deliver(self._me, seq, packed, credited)
         except Exception as exc:  # pickling may happen here, or in the Pending
             self._lost(dest, messages, exc)
             return
         self._stats["sent"] += 1
+        pending._on_settle(lambda p: loop.call_soon_threadsafe(self._settled, dest, seq, packed, p))
 
-        def settled(p: Any) -> None:
-            loop.call_soon_threadsafe(self._settled, dest, seq, messages, p._error)
-
-        pending._on_settle(settled)
-
-    def _settled(
-        self, dest: tuple[int, int], seq: int, messages: list[Message], error: BaseException | None
-    ) -> None:
+    def _settled(self, dest: tuple[int, int], seq: int, packed: Packed, done: Any) -> None:
+        """A delivery was acknowledged (``done``: its settled Pending, with how long the
+        receiver took to handle it), or failed."""
         self._credits.ack(dest, seq)
         self._acked.set()
-        if error is not None:
-            self._lost(dest, messages, error)
+        if done._error is not None:
+            self._lost(dest, packed.messages, done._error)
+        elif isinstance(done._value, float):
+            self._outbox.learn(dest, packed.items(), done._value, packed.size)
 
     def _lost(self, dest: tuple[int, int], messages: list[Message], error: BaseException) -> None:
         """A delivery failed: the run fails, naming the item or the receiver."""
@@ -493,13 +505,26 @@ def lost_info(error: BaseException) -> ErrorInfo:
     return ErrorInfo(kind, info.type_name, info.message, info.traceback)
 
 
-def _lines(path: Path, index: int, replicas: int) -> Iterator[str]:
-    """Replica ``index``'s share of ``path``: every ``replicas``-th file in name order."""
+def _lines(path: Path, index: int, replicas: int) -> Iterator[list[str]]:
+    """Replica ``index``'s share of ``path`` (every ``replicas``-th file in name order), as
+    batches of lines without their ``\n``: the lines ``for line in file`` gives, cut in C
+    from ``READ_BATCH`` characters at a time (universal newlines, as text files read)."""
     files = sorted(p for p in path.iterdir() if p.is_file()) if path.is_dir() else [path]
     for file in files[index::replicas]:
         with file.open(encoding="utf-8") as f:
-            for line in f:
-                yield line.rstrip("\n")
+            pieces: list[str] = []  # of a line not ended yet
+            while chunk := f.read(READ_BATCH):
+                if "\n" not in chunk:
+                    pieces.append(chunk)
+                    continue
+                lines = chunk.split("\n")
+                if pieces:
+                    lines[0] = "".join(pieces) + lines[0]
+                rest = lines.pop()  # "" after a last "\n"
+                pieces = [rest] if rest else []
+                yield lines
+            if pieces:
+                yield ["".join(pieces)]
 
 
 def _merged(reports: list[Report]) -> list[Report]:

@@ -29,6 +29,7 @@ __all__ = [
     "stable_hash",
 ]
 
+PRE_FOLD_KEYS = 1 << 16  # keys a map-side combiner holds before it sends them on
 # Atomic values need no copy; a tuple may hold mutable parts (a tuple of arrays), so it is copied.
 _IMMUTABLE = (int, float, complex, str, bytes, bool, type(None))
 
@@ -287,20 +288,24 @@ class Reduce(Fold):
 
 
 class PreFold(Op):
-    """Map-side combining: the values of each key in one batch folded into one partial
-    (``fn`` from a copy of ``init``, or from the first value for ``reduce``), sent on as
-    ``(key, partial)`` before the hash edge; the receiving ``reduce`` joins partials."""
+    """Map-side combining: the values of each key folded into one partial (``fn`` from a
+    copy of ``init``, or from the first value for ``reduce``), sent on as ``(key,
+    partial)`` before the hash edge when the input ends; the receiving ``reduce`` joins
+    partials. The partials span batches (a fold emits nothing before its input ends
+    anyway), so a key crosses the edge once per sending replica, not once per batch; past
+    ``PRE_FOLD_KEYS`` keys they are sent on at once, which bounds the memory they take."""
 
-    __slots__ = ("first", "fn", "init")
+    __slots__ = ("acc", "first", "fn", "init")
 
     def __init__(self, name: str, init: Any, fn: Callable[[Any, Any], Any], first: bool) -> None:
         super().__init__(name)
         self.init = init
         self.fn = fn
         self.first = first
+        self.acc: dict[Any, Any] = {}
 
     def on_batch(self, port: int, items: list[Any], ctx: Ctx) -> list[Any]:
-        acc: dict[Any, Any] = {}
+        acc = self.acc
         fn, init, first = self.fn, self.init, self.first
         item = None
         try:
@@ -312,7 +317,15 @@ class PreFold(Op):
                     acc[key] = item[1] if first else fn(_fresh(init), item[1])
         except Exception as exc:
             raise ItemError(item, exc) from exc
-        return list(acc.items())
+        return self.on_end(ctx) if len(acc) >= PRE_FOLD_KEYS else []
+
+    def on_end(self, ctx: Ctx) -> list[Any]:
+        out = list(self.acc.items())
+        self.acc = {}
+        return out
+
+    def reset(self) -> None:
+        self.acc = {}
 
 
 class Scan(Fold):
@@ -356,6 +369,19 @@ class Window(Op):
         out = self.on_tick(ctx) if self.seconds is not None else []
         window = self._window(ctx.now)
         limit = self.count_limit
+        if not self.keyed:  # one buffer: filled a slice at a time
+            start = 0
+            while start < len(items):
+                buffer = self.buffers.get(None)
+                if buffer is None:
+                    buffer = self.buffers[None] = []
+                    self.since[None] = window
+                end = len(items) if limit is None else start + limit - len(buffer)
+                buffer.extend(items[start:end])
+                start = end
+                if limit is not None and len(buffer) >= limit:
+                    out.append(self._emit(None))
+            return out
         for item in items:
             key, value = item if self.keyed else (None, item)
             buffer = self.buffers.get(key)

@@ -452,9 +452,15 @@ def physical(plan: LogicalPlan, servers: int | Callable[[Placement], int] = 1) -
             and len(consumers[src.id]) == 1
             and src.placement == node.placement
             and count[src.id] == count[node.id]
-            and src.loop == node.loop
+            and (src.loop == node.loop or replay_on_source(src, node))
             and src.kind != "item_gate"
         )
+
+    def replay_on_source(src: Node, node: Node) -> bool:
+        """A ``replay`` gate (no feedback edge) runs in the stage of the source it reads:
+        the gate keeps the input, so it needs no stage of its own, and a run one host fewer
+        per replica (a process to start) and one hop fewer for the input."""
+        return node.kind == "bulk_gate" and src.kind in SOURCES and src.loop is None
 
     groups: list[list[NodeId]] = []
     group_of: dict[NodeId, int] = {}

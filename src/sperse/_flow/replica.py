@@ -77,6 +77,7 @@ Action = Send | Report | WriteFile | Reply | Call
 Event = ReplicaEvent | Remember | Swap | Resumed
 _EDGE_ONLY = frozenset({"source", "shuffle", "respond"})
 _INSIDE = (Role.NORMAL, Role.BODY)
+_OWNERS = 1 << 16  # keys whose replica an output remembers (then it starts afresh)
 
 
 class Replica:
@@ -95,6 +96,9 @@ class Replica:
         self._deferred: int | None = None  # the round whose end waits for async calls
         self._idem = Idempotency() if self.service and nodes[0].kind == "source" else None
         self.head = nodes[0].kind
+        # where a bulk loop's gate is in the chain: first, or after the source it chains to
+        kinds = [n.kind for n in nodes]
+        self.gate = kinds.index("bulk_gate") if "bulk_gate" in kinds else -1
         self.loop = plan.loops.get(self.stage.loop) if self.stage.loop is not None else None
         self.bulk = self.loop is not None and self.loop.kind != "item"
         self.item_body = (
@@ -103,6 +107,8 @@ class Replica:
         self._senders = {i.port: i.senders for i in self.stage.inputs}
         self._ended: dict[tuple[int, int], int] = {}  # (port, round) -> Ends seen
         self._turn = [0] * len(self.stage.outputs)  # round-robin position per output
+        # per output: the replica each key met lately goes to (stable_hash, remembered)
+        self._owners: list[dict[Any, int]] = [{} for _ in self.stage.outputs]
         self._at = 0  # the op running, for errors
         self._failed = False
         self._emitted = 0  # items the last operator sent on
@@ -188,8 +194,10 @@ class Replica:
         ctx = Ctx(self.index, self.stage.replicas, ev.now)
         if self.head == "item_gate":
             return self._gate_items(ev, ctx)
-        if self.head == "bulk_gate":
+        if self.gate >= 0:
             self.ops[0].count += len(ev.items)
+            if self.gate:  # the source (an Identity) before it counts them too
+                self.ops[self.gate].count += len(ev.items)
             if ev.port == 0:
                 self._outer.extend(ev.items)
             else:
@@ -224,9 +232,9 @@ class Replica:
     def _end(self, ev: End) -> list[Action]:
         key = (ev.port, ev.round)
         self._ended[key] = self._ended.get(key, 0) + 1
-        if self.head == "bulk_gate" and ev.port == 1:
+        if self.gate >= 0 and ev.port == 1:
             return self._try_round()
-        if self.head in ("item_gate", "bulk_gate"):
+        if self.head == "item_gate" or self.gate >= 0:
             if self._ended[key] == self._senders[0]:
                 return [Report(OuterEnded(self._loop_id(), self.index))]
             return []
@@ -286,10 +294,11 @@ class Replica:
         state = RoundState(start.loop, r, start.state)
         self._set_state(state)
         actions: list[Action] = self._sends(state, _INSIDE)
-        out = self._run(1, 0, items, ctx) if len(self.ops) > 1 else items
+        body = self.gate + 1
+        out = self._run(body, 0, items, ctx) if len(self.ops) > body else items
         if not isinstance(self.ops[-1], BulkEnd):
             actions += self._route(out, r, ctx, roles=_INSIDE)
-        return actions + self._finish_round(1, r, ctx)
+        return actions + self._finish_round(body, r, ctx)
 
     def _loop_done(self, ev: LoopDone) -> list[Action]:
         ctx = Ctx(self.index, self.stage.replicas)
@@ -433,9 +442,16 @@ class Replica:
         else:
             item = None
             key = envelope_key if self.service else _first
+            owners = self._owners[n]
+            if len(owners) > _OWNERS:
+                owners.clear()
             try:
                 for item in items:
-                    parts[stable_hash(key(item)) % count].append(item)
+                    k = key(item)
+                    owner = owners.get(k)
+                    if owner is None:
+                        owner = owners[k] = stable_hash(k) % count
+                    parts[owner].append(item)
             except Exception as exc:
                 raise ItemError(item, exc, f"its key cannot be hashed: {exc}") from exc
         return [(r, part) for r, part in enumerate(parts) if part]

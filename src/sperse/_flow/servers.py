@@ -28,11 +28,10 @@ from __future__ import annotations
 
 import contextlib
 import functools
-import itertools
 import queue
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -42,8 +41,8 @@ from sperse._cluster.pending import Pending
 from sperse._core import ErrorInfo, ServerInfo
 from sperse._core.routing import check_placement, eligible
 from sperse._flow.control import Controller, RoundDone
+from sperse._flow.feed import ClientFeed
 from sperse._flow.host import ReplicaHost, lost_info, unpicklable
-from sperse._flow.local import BATCH, PushQueue
 from sperse._flow.messages import (
     Batch,
     Cancel,
@@ -55,10 +54,18 @@ from sperse._flow.messages import (
     Settle,
     Stopped,
 )
-from sperse._flow.plan import LogicalPlan, Node, PhysicalPlan, Stage
+from sperse._flow.plan import LogicalPlan, PhysicalPlan
 from sperse._flow.rehost import Reshaping, planned, rehost, shippable
 from sperse._flow.service import Answer
-from sperse._flow.transport import BATCH_ITEMS, LINGER, WINDOW, Credits
+from sperse._flow.transport import (
+    BATCH_ITEMS,
+    LINGER,
+    MAX_BATCH_ITEMS,
+    WINDOW,
+    BatchSizes,
+    Credits,
+    Packed,
+)
 from sperse._lang.placement import Placement
 from sperse._serialize import RemoteValue, dumps
 from sperse.errors import SerializationError
@@ -75,7 +82,9 @@ class OnServers:
     """The :class:`~sperse._flow.api.Executor` that runs a flow on ``cluster``'s servers.
 
     ``window``: un-acknowledged deliveries per channel; ``batch_items``/``linger``: when a
-    host sends a buffer (items, seconds); ``restart``: how many times a run lost to a server
+    host sends a buffer (items, seconds), ``max_batch_items``: how big a delivery may grow
+    when the receiver handles items fast (``transport.BatchSize``; equal to
+    ``batch_items``: fixed); ``restart``: how many times a run lost to a server
     starts again; ``heartbeat``: how long a host's ``watch`` waits for a report; ``silence``:
     how long a host may not answer before the run fails; ``ready_timeout``: how long hosts
     may take to be created."""
@@ -86,6 +95,7 @@ class OnServers:
         *,
         window: int = WINDOW,
         batch_items: int = BATCH_ITEMS,
+        max_batch_items: int = MAX_BATCH_ITEMS,
         linger: float = LINGER,
         restart: int = 0,
         heartbeat: float = 0.25,
@@ -97,6 +107,7 @@ class OnServers:
         self.cluster = cluster
         self.window = window
         self.batch_items = batch_items
+        self.max_batch_items = max_batch_items
         self.linger = linger
         self.restart = restart
         self.heartbeat = heartbeat
@@ -133,56 +144,6 @@ class _Host:
     info: dict[str, Any] | None = None
 
 
-class _Feed:
-    """A source fed from this process, dealt over its stage's replicas a batch at a time;
-    with ``keep``, what it read is kept to be read again by a restarted run."""
-
-    def __init__(self, node: Node, stage: Stage, keep: bool) -> None:
-        self.node = node
-        self.stage = stage
-        self.push: PushQueue | None = node.args[1] if node.args[0] == "queue" else None
-        source = node.args[1]
-        once = self.push is not None or iter(source) is source
-        self._log: list[Any] | None = [] if keep and once else None
-        self._source = source
-        self._iter: Iterator[Any] | None = iter(source) if once and self.push is None else None
-        self._closed = False  # the push queue ended (seen once)
-        self.begin()
-
-    def begin(self) -> None:
-        """Start reading from the beginning (a new attempt)."""
-        self.turn = 0
-        self.ended = False
-        self.items: Iterator[Any] = self._replay()
-
-    def _replay(self) -> Iterator[Any]:
-        log = self._log
-        if log is not None:
-            yield from list(log)
-        if self.push is not None:
-            return
-        source = self._iter if self._iter is not None else iter(self._source)
-        for item in source:
-            if log is not None:
-                log.append(item)
-            yield item
-
-    def read(self, limit: int) -> tuple[list[Any], bool]:
-        """Up to ``limit`` items without waiting, and whether the source has ended."""
-        items = list(itertools.islice(self.items, limit))
-        if self.push is None:
-            return items, len(items) < limit
-        if len(items) == limit:
-            return items, False
-        if self._closed:
-            return items, True
-        more, ended = self.push.take(limit - len(items), 0)
-        if self._log is not None:
-            self._log.extend(more)
-        self._closed = ended
-        return items + more, ended
-
-
 class _Driver:
     """One run on servers (see the module docstring); the ``RunHandle`` of ``Flow.run``."""
 
@@ -208,7 +169,7 @@ class _Driver:
         self._heads: dict[int, str] = {s.id: plan.node(s.nodes[0]).name for s in plan.stages}
         self._shipped = dumps(shippable(plan), what=f"the operators of flow {plan.logical.name!r}")
         self._feeds = [
-            _Feed(n, plan.stages[plan.stage_of[n.id]], config.restart > 0)
+            ClientFeed(n, plan.stages[plan.stage_of[n.id]], config.restart > 0)
             for n in plan.logical.nodes
             if n.kind == "source" and n.args[0] != "lines"
         ]
@@ -344,6 +305,7 @@ class _Driver:
         close the hosts. The sinks' outcomes and how it stopped."""
         held: list[Settle] = []
         self._credits = {"client": Credits(self._config.window), "ctl": Credits(1)}
+        self._sizes = BatchSizes(self._config.batch_items, self._config.max_batch_items)
         for feed in self._feeds:
             feed.begin()
         self._create()
@@ -390,6 +352,7 @@ class _Driver:
         config = {
             "window": self._config.window,
             "batch_items": self._config.batch_items,
+            "max_batch_items": self._config.max_batch_items,
             "linger": self._config.linger,
             "server": server,
             "names": self._names,
@@ -453,6 +416,8 @@ class _Driver:
             self._credits["client"].ack(host.key, event[2])
             if error is not None:
                 return self._delivery_failed(host, event[3], error)
+            if isinstance(pending._value, float):  # how long the host took: the next's size
+                self._sizes[host.key].learn(event[4].items(), pending._value, event[4].size)
             return []
         if error is not None:
             what = {"ready": "could not be created", "watch": "stopped answering"}
@@ -488,19 +453,17 @@ class _Driver:
         self, host: _Host, channel: str, events: list[ReplicaEvent], credited: bool = False
     ) -> None:
         seq = self._credits[channel].send(host.key, credited)
+        packed = Packed(events)
+        ack = ("ack", host, seq if credited else -1, events, packed)
         try:
-            pending = host.proxy.deliver(channel, seq, events, credited)
+            pending = host.proxy.deliver(channel, seq, packed, credited)
         except SerializationError as exc:
-            self._events.put(("ack", host, seq, events, _failed(self._cluster, exc)))
+            self._events.put((*ack, _failed(self._cluster, exc)))
             return
         if credited:
-            pending._on_settle(lambda p: self._events.put(("ack", host, seq, events, p)))
+            pending._on_settle(lambda p: self._events.put((*ack, p)))
         else:
-            pending._on_settle(
-                lambda p: (
-                    None if p._error is None else self._events.put(("ack", host, -1, events, p))
-                )
-            )
+            pending._on_settle(lambda p: None if p._error is None else self._events.put((*ack, p)))
 
     def _feed(self) -> None:
         """Send source batches while the receiving replicas have credit."""
@@ -513,7 +476,7 @@ class _Driver:
                 host = self._hosts[(feed.stage.id, feed.turn)]
                 if self._credits["client"].blocked(host.key):
                     continue
-                items, ended = feed.read(BATCH)
+                items, ended = feed.read(self._sizes[host.key].items)
                 if items:
                     self._send(host, "client", [Batch(0, 0, items, now=time.time())], True)
                     feed.turn = (feed.turn + 1) % feed.stage.replicas

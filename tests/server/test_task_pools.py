@@ -1,5 +1,6 @@
-"""TaskPools hands the tasks that a batch of its pool's events lets start to the pool in one
-call, at the batch's end, and never lets a cancel or a client's tasks overtake them."""
+"""TaskPools (and ObjectPools) hand the tasks (calls) that a batch of a pool's events lets
+start to the pool in one call, at the batch's end, and never let a cancel or a client's
+tasks overtake them."""
 
 from __future__ import annotations
 
@@ -7,8 +8,9 @@ import asyncio
 from typing import Any
 
 from sperse._core import Done
-from sperse._server.actions import Cancel, Submit
+from sperse._server.actions import Cancel, CancelObjectCall, Submit, SubmitToObject
 from sperse._server.config import ServerConfig
+from sperse._server.object_pools import ObjectPools, _ObjectPool
 from sperse._server.task_pools import TaskPools
 
 
@@ -18,10 +20,10 @@ class RecordingPool:
     def __init__(self) -> None:
         self.calls: list[tuple[str, Any]] = []
 
-    def submit(self, pool_id: str, payload: bytes) -> None:
+    def submit(self, pool_id: str, payload: bytes, *, front: bool = False) -> None:
         self.calls.append(("submit", [pool_id]))
 
-    def submit_many(self, tasks: list[tuple[str, bytes]]) -> None:
+    def submit_many(self, tasks: list[tuple[str, bytes]], *, front: bool = False) -> None:
         self.calls.append(("submit", [pool_id for pool_id, _ in tasks]))
 
     def cancel(self, pool_id: str) -> bool:
@@ -116,3 +118,57 @@ def test_kept_tasks_a_closed_pool_refuses_fail() -> None:
     pools.submit(Submit("a/1", b"x"))
     pools._batch_delivered()
     assert delivered == ["failed a/1", "delivered"]
+
+
+def make_objects() -> tuple[ObjectPools, dict[str, RecordingPool], list[str]]:
+    said: list[str] = []
+    loop = asyncio.new_event_loop()
+    loop.close()  # never run: no pool is started here
+    objects = ObjectPools(
+        "s",
+        loop,
+        on_event=lambda object_id, event: None,
+        on_exit=lambda object_id, pid, how: None,
+        on_delivered=lambda: said.append("delivered"),
+        failed=lambda object_id, error: said.append(f"failed {object_id}"),
+        fail=lambda pool_id, error: said.append(f"failed {pool_id}"),
+        env=lambda: {},
+        token=lambda: "t",
+    )
+    pools = {name: RecordingPool() for name in ("o1", "o2")}
+    for name, pool in pools.items():
+        objects._pools[name] = _ObjectPool(pool=pool)  # type: ignore[arg-type]
+    return objects, pools, said
+
+
+def call(object_id: str, pool_id: str) -> SubmitToObject:
+    return SubmitToObject(object_id, pool_id, b"x")
+
+
+def gone() -> str:
+    return "gone"
+
+
+def test_an_objects_calls_of_a_batch_go_in_one_call_per_object_at_its_end() -> None:
+    objects, pools, said = make_objects()
+    objects._batch_event("o1", done("a"))
+    objects.submit(call("o1", "a/1"), gone)
+    objects.submit(call("o1", "a/2"), gone)
+    objects.submit(call("o2", "b/1"), gone)
+    objects.submit(call("o1", "a/3"), gone)
+    assert pools["o1"].calls == [] and pools["o2"].calls == []
+    objects._batch_delivered()
+    assert pools["o1"].calls == [("submit", ["a/1", "a/2"]), ("submit", ["a/3"])]
+    assert pools["o2"].calls == [("submit", ["b/1"])]
+    assert said == ["delivered"]
+    objects.submit(call("o1", "a/4"), gone)  # the batch is over: at once again
+    assert pools["o1"].calls[-1] == ("submit", ["a/4"])
+
+
+def test_a_cancel_of_a_call_kept_in_a_batch_comes_after_it() -> None:
+    objects, pools, _ = make_objects()
+    objects._batch_event("o1", done("a"))
+    objects.submit(call("o1", "a/1"), gone)
+    objects.cancel(CancelObjectCall("o1", "a/1"))
+    objects._batch_delivered()
+    assert pools["o1"].calls == [("submit", ["a/1"]), ("cancel", "a/1")]

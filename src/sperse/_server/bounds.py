@@ -70,14 +70,14 @@ def task_violation(task: pb.Task) -> str:
 
 def task_over(task: pb.Task) -> str:
     """The first bound ``task`` passes, said for its failure ("" if none)."""
-    if (  # the common task, checked in one go: a plain call or statement
+    if (  # the common task, checked in one go: a plain call or statement, or a method call
         len(task.label) <= MAX_TEXT
         and task.retries <= MAX_RETRIES
         and task.inline_limit <= MAX_INLINE_LIMIT
         and not task.refs
         and not task.peer_refs
         and not task.pip
-        and not task.HasField("object")
+        and (not task.HasField("object") or _plain_call(task.object))
     ):
         return ""
     return (
@@ -89,6 +89,18 @@ def task_over(task: pb.Task) -> str:
         or _peer_refs(task.peer_refs)
         or _pip(task.pip)
         or (_object_op(task.object) if task.HasField("object") else "")
+    )
+
+
+def _plain_call(op: pb.ObjectOp) -> bool:
+    """``op`` is within every bound of :func:`_object_op` and names no methods."""
+    return (
+        not op.methods
+        and len(op.object_id) <= MAX_ID
+        and len(op.kind) <= MAX_TEXT
+        and len(op.name) <= MAX_TEXT
+        and len(op.type_name) <= MAX_TEXT
+        and op.max_concurrency <= MAX_CONCURRENCY
     )
 
 

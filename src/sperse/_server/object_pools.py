@@ -4,6 +4,11 @@ Takes the machine's ``StartObject``, ``SubmitToObject``, ``CancelObjectCall`` an
 ``StopObject`` actions, and reports what the pools tell (their events, their worker's
 death, a pool that cannot start) through the callbacks it is given. What is submitted while
 a pool starts waits here, in order (a create first, a rebuild at the front).
+
+While a pool delivers a batch of its events, the calls those events let start (a finished
+call makes room for the next of its session) are kept, in order, and each object's handed
+to its pool in one call when the batch ends; any other request (a start, a cancel, a stop,
+a client's calls) hands them over first. As :mod:`sperse._server.task_pools` does.
 """
 
 from __future__ import annotations
@@ -60,8 +65,37 @@ class ObjectPools:
         self._token = token
         self._pools: dict[str, _ObjectPool] = {}  # by object id: of live objects
         self.tasks: set[asyncio.Task[None]] = set()  # pools starting, or stopping
+        self._in_batch = False  # a pool is delivering its events
+        self._deferred: list[tuple[SubmitToObject, Callable[[], str]]] = []
+
+    def _batch_event(self, object_id: str, event: BackendEvent) -> None:
+        self._in_batch = True
+        self._on_event(object_id, event)
+
+    def _batch_delivered(self) -> None:
+        self._in_batch = False
+        self._hand_over()
+        self._on_delivered()
+
+    def _hand_over(self) -> None:
+        """Give each pool the calls kept while a pool delivered its events: consecutive
+        calls of one object in one call."""
+        if not self._deferred:
+            return
+        deferred, self._deferred = self._deferred, []
+        run: list[SubmitToObject] = []
+        run_gone = deferred[0][1]  # why the run's object is gone
+        for action, gone in deferred:
+            if run and (action.object_id, action.front) != (run[0].object_id, run[0].front):
+                self._submit_now(run, run_gone)
+                run = []
+            if not run:
+                run_gone = gone
+            run.append(action)
+        self._submit_now(run, run_gone)
 
     def start(self, action: StartObject) -> None:
+        self._hand_over()
         record = self._pools.setdefault(action.object_id, _ObjectPool())
         # The create first, before the calls sent while it waited for a pull.
         record.early = {action.pool_id: action.payload, **record.early}
@@ -80,12 +114,12 @@ class ObjectPools:
                 WorkerPool,
                 1,
                 ACTOR_RUNNER,
-                functools.partial(self._on_event, object_id),
+                functools.partial(self._batch_event, object_id),
                 name=f"{self._server}/object/{action.label}",
                 loop=self._loop,
                 cancel_grace=math.inf,  # a cancel never kills the object's worker
                 concurrency=action.max_concurrency,
-                on_events_delivered=self._on_delivered,
+                on_events_delivered=self._batch_delivered,
                 on_worker_exit=functools.partial(self._on_exit, object_id),
                 env=dict(self._env()),
                 token=self._token(),
@@ -103,6 +137,13 @@ class ObjectPools:
 
     def submit(self, action: SubmitToObject, gone: Callable[[], str]) -> None:
         """``gone``: why the object is gone, asked only if its pool turns out closed."""
+        if self._in_batch:
+            self._deferred.append((action, gone))  # handed over when the batch ends
+            return
+        self._hand_over()
+        self._submit_one(action, gone)
+
+    def _submit_one(self, action: SubmitToObject, gone: Callable[[], str]) -> None:
         record = self._pools.setdefault(action.object_id, _ObjectPool())
         if record.pool is None:
             if action.front:
@@ -118,10 +159,14 @@ class ObjectPools:
     def submit_many(self, actions: list[SubmitToObject], gone: Callable[[], str]) -> None:
         """``submit`` each, in order: calls of one object (``front`` alike), to its pool in
         one call when it runs."""
+        self._hand_over()
+        self._submit_now(actions, gone)
+
+    def _submit_now(self, actions: list[SubmitToObject], gone: Callable[[], str]) -> None:
         record = self._pools.get(actions[0].object_id)
         if record is None or record.pool is None:
             for action in actions:
-                self.submit(action, gone)
+                self._submit_one(action, gone)
             return
         try:
             tasks = [(a.pool_id, a.payload) for a in actions]
@@ -131,6 +176,7 @@ class ObjectPools:
                 self._fail(action.pool_id, ErrorInfo("object_lost", "ObjectLost", gone()))
 
     def cancel(self, action: CancelObjectCall) -> None:
+        self._hand_over()
         record = self._pools.get(action.object_id)
         if record is None:
             return
@@ -142,6 +188,7 @@ class ObjectPools:
             record.pool.cancel(action.pool_id)  # never kills the object's worker
 
     def stop(self, action: StopObject) -> None:
+        self._hand_over()
         record = self._pools.pop(action.object_id, None)
         if record is None:
             return

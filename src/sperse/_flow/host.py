@@ -30,7 +30,7 @@ import asyncio
 import os
 import time
 from collections import deque
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -302,17 +302,11 @@ class ReplicaHost:
         """Counters: deliveries taken and processed, deliveries sent, the most that were
         un-acknowledged on one channel (``unacked_most``), the longest inbox, and the items
         waiting in the inbox (``backlog``)."""
-        backlog = sum(
-            len(event.items)
-            for events, _ in self._inbox
-            for event in events
-            if isinstance(event, Batch)
-        )
         return {
             **self._stats,
             "unacked_most": self._credits.most,
             "inbox": len(self._inbox),
-            "backlog": backlog,
+            "backlog": _backlog(self._inbox),
         }
 
     async def finish(self) -> tuple[dict[str, tuple[int, int]], dict[str, int]]:
@@ -568,3 +562,10 @@ def unpicklable(
     what = f"emitted an item that cannot be pickled to send on ({cause})"
     info = ErrorInfo("serialization", "SerializationError", what)
     return FlowError(plan.node(node).name, short_repr(culprit), info, what)
+
+
+def _backlog(inbox: Iterable[tuple[list[Any], Any]]) -> int:
+    """The items waiting in ``inbox``: those of its batches."""
+    return sum(
+        len(event.items) for events, _ in inbox for event in events if isinstance(event, Batch)
+    )

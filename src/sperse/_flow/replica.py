@@ -33,6 +33,7 @@ after that.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from fractions import Fraction
 from typing import Any
 
@@ -440,20 +441,7 @@ class Replica:
                 parts[r] = items[(r - start) % count :: count]
             self._turn[n] = (start + len(items)) % count
         else:
-            item = None
-            key = envelope_key if self.service else _first
-            owners = self._owners[n]
-            if len(owners) > _OWNERS:
-                owners.clear()
-            try:
-                for item in items:
-                    k = key(item)
-                    owner = owners.get(k)
-                    if owner is None:
-                        owner = owners[k] = stable_hash(k) % count
-                    parts[owner].append(item)
-            except Exception as exc:
-                raise ItemError(item, exc, f"its key cannot be hashed: {exc}") from exc
+            _by_key(items, envelope_key if self.service else _first, self._owners[n], parts)
         return [(r, part) for r, part in enumerate(parts) if part]
 
     def _ends(self, rnd: int, roles: tuple[Role, ...]) -> list[Action]:
@@ -493,6 +481,25 @@ class Replica:
 
 def _first(item: Any) -> Any:
     return item[0]
+
+
+def _by_key(
+    items: list[Any], key: Callable[[Any], Any], owners: dict[Any, int], parts: list[list[Any]]
+) -> None:
+    """Put each item in the part of the replica that owns its key (``owners``: the owner
+    of each key met lately, so that each is hashed once)."""
+    if len(owners) > _OWNERS:
+        owners.clear()
+    item = None
+    try:
+        for item in items:
+            k = key(item)
+            owner = owners.get(k)
+            if owner is None:
+                owner = owners[k] = stable_hash(k) % len(parts)
+            parts[owner].append(item)
+    except Exception as exc:
+        raise ItemError(item, exc, f"its key cannot be hashed: {exc}") from exc
 
 
 def _op(node: Node, service: bool = False) -> Op:

@@ -120,14 +120,15 @@ def measure(
 
 
 @contextlib.contextmanager
-def sperse_service() -> Iterator[Asks]:
+def keyed_service(name: str) -> Iterator[Any]:
+    """The 3-operator keyed service, served as ``name`` on a new cluster of 2 servers."""
     import sperse
     from sperse._up import LocalCluster
 
     with LocalCluster(2) as up:
         client = sperse.connect(up.url, token=up.token)
         try:
-            flow = sperse.Flow("bench", cluster=client)
+            flow = sperse.Flow(name, cluster=client)
             (
                 flow.requests()
                 .key_by(lambda r: r["user"], name="by_user")
@@ -135,13 +136,19 @@ def sperse_service() -> Iterator[Asks]:
                 .map(answer_of, name="answer")
                 .respond()
             )
-            svc = flow.serve("bench")
+            svc = flow.serve(name)
             try:
-                yield (lambda r: svc.request(r).result(60)), None
+                yield svc
             finally:
                 svc.stop()
         finally:
             client.close()
+
+
+@contextlib.contextmanager
+def sperse_service() -> Iterator[Asks]:
+    with keyed_service("bench") as svc:
+        yield (lambda r: svc.request(r).result(60)), None
 
 
 @contextlib.contextmanager
@@ -319,31 +326,12 @@ def reconfigure(clients: int, quiet: float) -> None:
     p50/p99 over ``quiet`` seconds, then ``scale`` of the counting operator to 3 replicas and
     back to 1, ``move`` to the other server and ``update`` of the answering one, each timed,
     with the p50/p99 of the requests in flight meanwhile; then the checks."""
-    import sperse
-    from sperse._up import LocalCluster
-
     print(
         f"\nreconfiguring under load: {clients} clients sending one request at a time "
         f"(load average {os.getloadavg()[0]:.1f})"
     )
-    with LocalCluster(2) as up:
-        client = sperse.connect(up.url, token=up.token)
-        try:
-            flow = sperse.Flow("bench-reshape", cluster=client)
-            (
-                flow.requests()
-                .key_by(lambda r: r["user"], name="by_user")
-                .scan(0, count, name="count")
-                .map(answer_of, name="answer")
-                .respond()
-            )
-            svc = flow.serve("bench-reshape")
-            try:
-                rows = _reconfigure(svc, clients, quiet)
-            finally:
-                svc.stop()
-        finally:
-            client.close()
+    with keyed_service("bench-reshape") as svc:
+        rows = _reconfigure(svc, clients, quiet)
     print(f"{'':<24}{'took ms':>10}{'requests':>10}{'p50 ms':>10}{'p99 ms':>10}")
     for name, took, r in rows:
         took_s = "" if took is None else f"{1e3 * took:.0f}"

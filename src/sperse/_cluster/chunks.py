@@ -18,7 +18,7 @@ import os
 import reprlib
 import sys
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from typing import Any, Final, TypeVar
 
 from sperse._cluster.cluster import Cluster
@@ -26,6 +26,7 @@ from sperse._cluster.pending import Pending, submit_call
 from sperse._cluster.remote import RemoteFunction
 from sperse._core import BalancesLoad, ErrorInfo, PickledFunction, ServerInfo
 from sperse._core.routing import check_placement, eligible
+from sperse._core.values import value
 from sperse._exec.runner import encode_error
 from sperse._lang.placement import Placement, placement_from_options
 from sperse._serialize import dumps
@@ -66,7 +67,7 @@ _ITEM_REPR: Final = _short_repr()
 # ---- on the worker --------------------------------------------------------------------------
 
 
-@dataclass(frozen=True, slots=True)
+@value
 class ItemFailed:
     """What a chunk's task returns instead of raising: which item failed, and how."""
 

@@ -14,10 +14,11 @@ themselves and ignore anything that arrives after.
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import field
 from typing import Any, Protocol, runtime_checkable
 
 from sperse._core.events import EventSink
+from sperse._core.values import value
 from sperse._core.work import TaskSpec
 
 __all__ = [
@@ -31,7 +32,7 @@ __all__ = [
 ]
 
 
-@dataclass(frozen=True, slots=True)
+@value
 class ObjectInfo:
     """A remote object as its server lists it."""
 
@@ -47,7 +48,7 @@ class ObjectInfo:
     pid: int = 0
 
 
-@dataclass(frozen=True, slots=True)
+@value
 class ServerInfo:
     name: str
     tags: frozenset[str] = frozenset()

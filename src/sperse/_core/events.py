@@ -12,9 +12,9 @@ it; ``Done.value``: the task's value).
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import Any, Literal
 
+from sperse._core.values import value
 from sperse.errors import (
     EnvUnavailable,
     NoMatchingServer,
@@ -53,7 +53,7 @@ ErrorKind = Literal[
 ]
 
 
-@dataclass(frozen=True, slots=True)
+@value
 class ErrorInfo:
     """An error as data: it crosses processes and networks without pickling exceptions."""
 
@@ -90,7 +90,7 @@ class ErrorInfo:
         return SperseError(f"{context}{self.type_name}: {self.message}")
 
 
-@dataclass(frozen=True, slots=True)
+@value
 class Started:
     """The task reached a worker; ``worker`` is that process's pid where known, else 0."""
 
@@ -99,7 +99,7 @@ class Started:
     worker: int = 0
 
 
-@dataclass(frozen=True, slots=True)
+@value
 class Output:
     task_id: str
     where: str
@@ -107,14 +107,14 @@ class Output:
     text: str
 
 
-@dataclass(frozen=True, slots=True)
+@value
 class Done:
     task_id: str
     where: str
     value: Any
 
 
-@dataclass(frozen=True, slots=True)
+@value
 class Failed:
     task_id: str
     where: str

@@ -4,9 +4,10 @@ its retries, its environment). Plain data, the same in every backend."""
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import field
 from typing import Any
 
+from sperse._core.values import value
 from sperse._lang.placement import Placement
 
 __all__ = [
@@ -22,7 +23,7 @@ __all__ = [
 ]
 
 
-@dataclass(frozen=True, slots=True)
+@value
 class StatementTask:
     """A remote statement: source text compiled where it runs, plus its inputs.
 
@@ -38,7 +39,7 @@ class StatementTask:
     is_expression: bool
 
 
-@dataclass(frozen=True, slots=True)
+@value
 class PickledFunction:
     """A function pickled once and sent with every call; workers cache it by ``key``."""
 
@@ -46,7 +47,7 @@ class PickledFunction:
     data: bytes
 
 
-@dataclass(frozen=True, slots=True)
+@value
 class CallTask:
     """A call of a function (shipped by value when it was defined at the prompt)."""
 
@@ -55,7 +56,7 @@ class CallTask:
     kwargs: Mapping[str, Any]
 
 
-@dataclass(frozen=True, slots=True)
+@value
 class ObjectCreate:
     """Create a remote object: ``cls(*args, **kwargs)``, in a worker process of its own.
 
@@ -73,7 +74,7 @@ class ObjectCreate:
     methods: tuple[str, ...] = ()
 
 
-@dataclass(frozen=True, slots=True)
+@value
 class ObjectCall:
     """A call of method ``name`` of a remote object, or (``attribute``) the read of its
     attribute ``name``. Only public names (no leading ``_``) are allowed."""
@@ -85,7 +86,7 @@ class ObjectCall:
     attribute: bool = False
 
 
-@dataclass(frozen=True, slots=True)
+@value
 class ObjectClose:
     """Destroy a remote object now (its pending calls fail with ``ObjectLost``)."""
 
@@ -95,7 +96,7 @@ class ObjectClose:
 Work = StatementTask | CallTask | ObjectCreate | ObjectCall | ObjectClose
 
 
-@dataclass(frozen=True, slots=True)
+@value
 class TaskSpec:
     task_id: str
     work: Work

@@ -13,10 +13,10 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Literal, NewType
 
 from sperse._core.events import BackendEvent, ErrorInfo
+from sperse._core.values import value
 
 __all__ = [
     "Action",
@@ -72,7 +72,7 @@ def runner_error(message: str, traceback: str = "") -> ErrorInfo:
     return ErrorInfo("internal", "RunnerError", message, traceback)
 
 
-@dataclass(frozen=True, slots=True)
+@value
 class WorkerExited:
     """For ``on_worker_exit``: a worker exited while the pool was open (delivered in order
     with the events, before those of the tasks it failed)."""
@@ -81,7 +81,7 @@ class WorkerExited:
     how: str
 
 
-@dataclass(frozen=True, slots=True)
+@value
 class PoolStats:
     """A snapshot. ``workers`` are the pids of the pool's live (or starting) workers."""
 
@@ -99,39 +99,39 @@ WorkerId = NewType("WorkerId", int)  # the policy's name of a worker process, ne
 # -- events: what happened ---------------------------------------------------------------
 
 
-@dataclass(frozen=True, slots=True)
+@value
 class Open:
     """The pool was created: start its workers."""
 
 
-@dataclass(frozen=True, slots=True)
+@value
 class Submit:
     task_id: str
     payload: bytes
     front: bool = False
 
 
-@dataclass(frozen=True, slots=True)
+@value
 class Cancel:
     task_id: str
 
 
-@dataclass(frozen=True, slots=True)
+@value
 class Close:
     """Fail every task; from now on, no task is assigned and no worker replaced."""
 
 
-@dataclass(frozen=True, slots=True)
+@value
 class Stopped:
     """The shell has stopped every worker (after :class:`Close`)."""
 
 
-@dataclass(frozen=True, slots=True)
+@value
 class Tick:
     """A timer set with :class:`SetTimer` fell due."""
 
 
-@dataclass(frozen=True, slots=True)
+@value
 class Spawned:
     """:class:`StartWorker` was carried out: the process runs as ``pid``."""
 
@@ -139,20 +139,20 @@ class Spawned:
     pid: int
 
 
-@dataclass(frozen=True, slots=True)
+@value
 class SpawnFailed:
     worker: WorkerId
     message: str
 
 
-@dataclass(frozen=True, slots=True)
+@value
 class Ready:
     """``READY``: the runner is loaded."""
 
     worker: WorkerId
 
 
-@dataclass(frozen=True, slots=True)
+@value
 class InitFailed:
     """``INIT_FAILED``: the runner cannot be loaded."""
 
@@ -161,7 +161,7 @@ class InitFailed:
     traceback: str
 
 
-@dataclass(frozen=True, slots=True)
+@value
 class Printed:
     """``OUTPUT``: text the task wrote to ``sys.stdout`` or ``sys.stderr`` (a line or more)."""
 
@@ -171,7 +171,7 @@ class Printed:
     text: str
 
 
-@dataclass(frozen=True, slots=True)
+@value
 class Result:
     """``DONE``: the runner returned ``result``."""
 
@@ -180,7 +180,7 @@ class Result:
     result: bytes
 
 
-@dataclass(frozen=True, slots=True)
+@value
 class Interrupted:
     """``CANCELLED``: the worker dropped or interrupted the task."""
 
@@ -188,7 +188,7 @@ class Interrupted:
     seq: int
 
 
-@dataclass(frozen=True, slots=True)
+@value
 class RunnerRaised:
     """``RUNNER_ERROR``."""
 
@@ -198,28 +198,28 @@ class RunnerRaised:
     traceback: str
 
 
-@dataclass(frozen=True, slots=True)
+@value
 class Malformed:
     """The worker sent a frame that is not in the protocol."""
 
     worker: WorkerId
 
 
-@dataclass(frozen=True, slots=True)
+@value
 class Hangup:
     """The worker's pipe reached its end (it is exiting): send it nothing more."""
 
     worker: WorkerId
 
 
-@dataclass(frozen=True, slots=True)
+@value
 class WriteFailed:
     """A write to the worker's pipe failed: it is gone or going."""
 
     worker: WorkerId
 
 
-@dataclass(frozen=True, slots=True)
+@value
 class Exited:
     """The worker process exited with ``code`` (negative: killed by that signal)."""
 
@@ -252,14 +252,14 @@ Event = (
 # -- actions: what to do -----------------------------------------------------------------
 
 
-@dataclass(frozen=True, slots=True)
+@value
 class StartWorker:
     """Start a worker process; answer with :class:`Spawned` or :class:`SpawnFailed`."""
 
     worker: WorkerId
 
 
-@dataclass(frozen=True, slots=True)
+@value
 class Send:
     """Write ``RUN seq payload`` to the worker."""
 
@@ -268,7 +268,7 @@ class Send:
     payload: bytes
 
 
-@dataclass(frozen=True, slots=True)
+@value
 class SendCancel:
     """Write ``CANCEL seq``: the worker drops the task if it has not started it."""
 
@@ -276,7 +276,7 @@ class SendCancel:
     seq: int
 
 
-@dataclass(frozen=True, slots=True)
+@value
 class Interrupt:
     """Interrupt task ``seq`` if the worker runs it now (``cancel_seq`` and ``SIGUSR1``)."""
 
@@ -284,21 +284,21 @@ class Interrupt:
     seq: int
 
 
-@dataclass(frozen=True, slots=True)
+@value
 class Kill:
     """``SIGKILL`` the worker; its :class:`Exited` follows."""
 
     worker: WorkerId
 
 
-@dataclass(frozen=True, slots=True)
+@value
 class SetTimer:
     """Feed :class:`Tick` at ``at`` (or earlier: a tick is harmless)."""
 
     at: float
 
 
-@dataclass(frozen=True, slots=True)
+@value
 class Log:
     level: int
     message: str

@@ -33,6 +33,7 @@ import signal
 from dataclasses import dataclass, field
 
 from sperse._core.events import Done, ErrorInfo, Failed, Output, Started
+from sperse._core.values import value
 from sperse._pool.events import (
     Action,
     Cancel,
@@ -85,7 +86,7 @@ _EMA = 0.2
 MAX_START_FAILURES = 3  # consecutive workers lost before READY: the pool is broken
 
 
-@dataclass(frozen=True, slots=True)
+@value
 class PolicyConfig:
     name: str = "pool"
     runner: str = "runner:run"

@@ -12,9 +12,8 @@ Pool ids: ``SESSION/ATTEMPT`` for the attempts of tasks (each attempt has its ow
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 from sperse._core import BackendEvent
+from sperse._core.values import value
 from sperse._server.model import PeerRef
 
 __all__ = [
@@ -41,7 +40,7 @@ __all__ = [
 ]
 
 
-@dataclass(frozen=True, slots=True)
+@value
 class Emit:
     """Put ``event`` in the session's outbox, and wake the stream attached to it."""
 
@@ -49,14 +48,14 @@ class Emit:
     event: BackendEvent
 
 
-@dataclass(frozen=True, slots=True)
+@value
 class EndSession:
     """The session has ended: drop its outbox; nothing more is sent to it."""
 
     session_id: str
 
 
-@dataclass(frozen=True, slots=True)
+@value
 class Log:
     """A structured log line (:func:`sperse._server.logs.log_event`)."""
 
@@ -72,7 +71,7 @@ def log(level: int, event: str, **fields: object) -> Log:
     return Log(level, event, tuple(fields.items()))
 
 
-@dataclass(frozen=True, slots=True)
+@value
 class Submit:
     """Run an attempt in the server's pool (``pip`` empty) or in that pip environment's. Not
     doable (no pool, it is closed): the driver fails the attempt."""
@@ -82,7 +81,7 @@ class Submit:
     pip: tuple[str, ...] = ()
 
 
-@dataclass(frozen=True, slots=True)
+@value
 class Cancel:
     """Cancel an attempt of the server's pool or of a pip environment's. Still queued in the
     driver (the pool is starting, the environment is being installed): the driver fails it
@@ -92,7 +91,7 @@ class Cancel:
     pip: tuple[str, ...] = ()
 
 
-@dataclass(frozen=True, slots=True)
+@value
 class StartObject:
     """Start the one-worker pool of a remote object; its create (``pool_id``, ``payload``)
     runs first there, before the calls submitted to it meanwhile."""
@@ -104,7 +103,7 @@ class StartObject:
     payload: bytes
 
 
-@dataclass(frozen=True, slots=True)
+@value
 class SubmitToObject:
     """Run a call (or, ``front``, a rebuild) in the object's pool; queued while it starts."""
 
@@ -114,7 +113,7 @@ class SubmitToObject:
     front: bool = False
 
 
-@dataclass(frozen=True, slots=True)
+@value
 class CancelObjectCall:
     """Queued in the driver: failed with ``TaskCancelled``; else the pool cancels it (which
     never kills the object's worker)."""
@@ -123,14 +122,14 @@ class CancelObjectCall:
     pool_id: str
 
 
-@dataclass(frozen=True, slots=True)
+@value
 class StopObject:
     """Close the object's pool (and drop what is queued for it), without blocking the loop."""
 
     object_id: str
 
 
-@dataclass(frozen=True, slots=True)
+@value
 class Unlink:
     """Unlink these shared memory files: ``soon`` once the events queued now are on their way
     (freeing a big file's pages takes milliseconds), else at once."""
@@ -139,14 +138,14 @@ class Unlink:
     soon: bool = True
 
 
-@dataclass(frozen=True, slots=True)
+@value
 class Sweep:
     """Soon, unlink every file whose name starts with ``prefix`` (an attempt's)."""
 
     prefix: str
 
 
-@dataclass(frozen=True, slots=True)
+@value
 class StartPull:
     """Pull ``ref`` from its server (its big buffers to files named ``shm_prefix`` + random),
     then report ``ServerState.pulled`` or ``pull_failed`` with ``pull_id``."""
@@ -156,12 +155,12 @@ class StartPull:
     shm_prefix: str
 
 
-@dataclass(frozen=True, slots=True)
+@value
 class CancelPull:
     pull_id: int
 
 
-@dataclass(frozen=True, slots=True)
+@value
 class SetAnnounceTimer:
     """Call ``ServerState.announce`` at time ``at`` (the machine's clock); None: no timer.
     Replaces the timer set before."""
@@ -169,7 +168,7 @@ class SetAnnounceTimer:
     at: float | None
 
 
-@dataclass(frozen=True, slots=True)
+@value
 class SetExpiry:
     """Call ``ServerState.expire`` for the session at ``at``; None: cancel its timer."""
 
@@ -177,7 +176,7 @@ class SetExpiry:
     at: float | None
 
 
-@dataclass(frozen=True, slots=True)
+@value
 class TaskLogOutput:
     """Keep what a task printed, for ``sperse logs`` (``key``: ``SESSION/TASK``)."""
 
@@ -186,7 +185,7 @@ class TaskLogOutput:
     text: str
 
 
-@dataclass(frozen=True, slots=True)
+@value
 class EndTaskLog:
     key: str
 

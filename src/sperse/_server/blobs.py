@@ -23,8 +23,8 @@ from __future__ import annotations
 import os
 import weakref
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
 
+from sperse._core.values import value
 from sperse._serialize import shm
 from sperse._server.envelope import Buffer, PickledBytes, ShmBuffer
 from sperse._server.held import mib
@@ -49,7 +49,7 @@ class Refused(Exception):
     """A Bytes field names a blob that was dropped for its size."""
 
 
-@dataclass(frozen=True, slots=True)
+@value
 class OutBlob:
     """A byte string to send as ``Blob`` pieces, cut one piece at a time as it is written
     (so sending a large object never copies it whole): bytes, or a shared memory file open

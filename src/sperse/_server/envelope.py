@@ -36,10 +36,11 @@ from __future__ import annotations
 import io
 import pickle
 from collections.abc import Iterator, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import field
 from typing import Any, get_args
 
 from sperse._core.events import ErrorInfo, ErrorKind
+from sperse._core.values import value
 from sperse._serialize.shm import valid_name
 
 __all__ = [
@@ -61,7 +62,7 @@ _FAILED = "failed"
 _KINDS: dict[str, ErrorKind] = {kind: kind for kind in get_args(ErrorKind)}
 
 
-@dataclass(frozen=True, slots=True)
+@value
 class ShmBuffer:
     """A buffer kept in the shared memory file ``name`` (``size`` bytes)."""
 
@@ -72,7 +73,7 @@ class ShmBuffer:
 Buffer = bytes | ShmBuffer
 
 
-@dataclass(frozen=True, slots=True)
+@value
 class PickledBytes:
     """A pickle stream and its protocol-5 out-of-band buffers."""
 
@@ -93,7 +94,7 @@ class PickledBytes:
                 yield b.name
 
 
-@dataclass(frozen=True, slots=True)
+@value
 class Envelope:
     task_id: str
     label: str
@@ -104,7 +105,7 @@ class Envelope:
     shm_prefix: str = ""  # empty: results travel as bytes
 
 
-@dataclass(frozen=True, slots=True)
+@value
 class ResultValue:
     """One value a task produced: ``name`` is a statement's def, or "" for a call's value."""
 

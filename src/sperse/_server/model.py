@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from sperse._core import Done
+from sperse._core.values import value
 from sperse._server.envelope import PickledBytes
 
 __all__ = [
@@ -48,7 +49,7 @@ STARTED_HOLD = 0.005  # seconds a Started event waits for its task's end, to sha
 # ---- what goes in ------------------------------------------------------------------------
 
 
-@dataclass(frozen=True, slots=True)
+@value
 class PeerRef:
     """An object another server of the cluster holds: ``server`` (its name) at ``address``."""
 
@@ -57,7 +58,7 @@ class PeerRef:
     address: str
 
 
-@dataclass(frozen=True, slots=True)
+@value
 class ObjectOp:
     """What a task does to a remote object (``Task.object``): ``kind`` is "create", "call"
     or "close"; the other fields are the create's."""
@@ -71,7 +72,7 @@ class ObjectOp:
     methods: tuple[str, ...] = ()
 
 
-@dataclass(frozen=True, slots=True)
+@value
 class TaskRequest:
     """One task of a ``Submit``. ``work`` None: its bytes were refused (``refused`` says why).
     ``uploads``: the shared memory files its work names (the task owns them from now on).
@@ -95,13 +96,13 @@ class TaskRequest:
 # ---- what comes out ----------------------------------------------------------------------
 
 
-@dataclass(frozen=True, slots=True)
+@value
 class InlineValue:
     name: str
     value: PickledBytes
 
 
-@dataclass(frozen=True, slots=True)
+@value
 class HeldValue:
     name: str
     object_id: str
@@ -146,7 +147,7 @@ class HeldObject:
         return self.released and self.users == 0
 
 
-@dataclass(frozen=True, slots=True)
+@value
 class ServerStats:
     """A snapshot. ``objects``/``object_bytes``: of one session when asked for one, else all."""
 
@@ -176,7 +177,7 @@ class ServerStats:
     unread_peak: int = 0  # the most one session has had
 
 
-@dataclass(frozen=True, slots=True)
+@value
 class RemoteObjectInfo:
     """A live remote object, as listed (``pid``: of its worker, 0 while it starts)."""
 
@@ -191,7 +192,7 @@ class RemoteObjectInfo:
     pid: int
 
 
-@dataclass(frozen=True, slots=True)
+@value
 class Pulled:
     """An object pulled from another server: its pickle, buffers as bytes or as shared memory
     files this server now owns."""

@@ -17,9 +17,10 @@ Invariants:
 from __future__ import annotations
 
 import collections
-from dataclasses import dataclass, field
+from dataclasses import field
 
 from sperse._core import BackendEvent, ErrorInfo, Failed, Output, Started
+from sperse._core.values import value
 from sperse._server import core
 from sperse._server.blobs import OpenFile, OutBlob, StreamSender
 from sperse._server.envelope import PickledBytes, ShmBuffer
@@ -40,7 +41,7 @@ BATCH_BYTES = 4 << 20  # inline bytes of one Events message (MAX_MESSAGE is 8 Mi
 BATCH_EVENTS = 1000
 
 
-@dataclass(frozen=True, slots=True)
+@value
 class FetchReply:
     request_id: int
     value: PickledBytes | None

@@ -10,6 +10,7 @@ from types import CodeType
 from typing import TYPE_CHECKING, Any, Literal
 
 from sperse._cluster.pending import Pending
+from sperse._core.values import value
 from sperse._graph.graph import CellId
 from sperse._workspace.statements import RemoteBody
 from sperse.errors import SperseError
@@ -44,7 +45,7 @@ class Record:
     entered: bool = False  # the run() that entered it has finished with it
 
 
-@dataclass(frozen=True, slots=True)
+@value
 class CellEvent:
     """Something happened to a cell; front ends subscribe to show it.
 

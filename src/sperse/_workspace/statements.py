@@ -13,6 +13,7 @@ from collections.abc import Container
 from dataclasses import dataclass
 from types import CodeType
 
+from sperse._core.values import value
 from sperse._graph.graph import Graph
 from sperse._lang.analysis import analyze
 from sperse._lang.placement import Placement
@@ -32,7 +33,7 @@ class RemoteBody:
     first_line: int
 
 
-@dataclass(frozen=True, slots=True)
+@value
 class Prepared:
     """A statement analysed and compiled, not yet entered."""
 

@@ -18,7 +18,6 @@ import os
 import platform
 import threading
 from collections.abc import Callable, Coroutine, Iterable, Sequence
-from dataclasses import dataclass
 from typing import Any, TypeVar
 
 from sperse._backends.sperse.embedded import EmbeddedServer
@@ -42,6 +41,7 @@ from sperse._core import (
     Work,
 )
 from sperse._core.callbacks import callback_destination, callback_destination_reset
+from sperse._core.values import value
 from sperse._exec.runner import dumps_work_oob
 from sperse._serialize import RemoteRef, dumps_oob, loads_oob
 from sperse._serialize import shm as _shm
@@ -56,7 +56,7 @@ T = TypeVar("T")
 DEFAULT_INLINE_LIMIT = 1 << 20
 
 
-@dataclass(frozen=True, slots=True)
+@value
 class TaskOutputLog:
     """What a task printed, as its server kept it: ``(stream, text)`` in order."""
 

@@ -8,9 +8,9 @@ mapped copy-on-write by the thread that asked for the value, never the I/O threa
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Any
 
+from sperse._core.values import value
 from sperse._serialize import shm as _shm
 from sperse._wire import BlobReceiver, pb
 
@@ -29,7 +29,7 @@ def upload(raw: memoryview, prefix: str, uploads: list[str]) -> pb.Bytes | None:
     return pb.Bytes(shm=name)
 
 
-@dataclass(frozen=True, slots=True)
+@value
 class ShmName:
     name: str
 

@@ -266,8 +266,6 @@ class WorkspaceCore:
         return self._cluster
 
     def _cluster_for_waiting(self) -> Cluster | None:
-        if self._cluster is not None:
-            return self._cluster
-        if any(r.pendings for r in self._records.values()):
-            return self.cluster
-        return None
+        """The cluster whose events may settle a cell; None: no cell waits for one (a cell
+        gets Pendings only once the cluster is resolved). Asked at every statement: O(1)."""
+        return self._cluster

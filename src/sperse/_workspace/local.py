@@ -110,8 +110,8 @@ class LocalCells(WorkspaceCore):
     ) -> None:
         """A local cell produced Pendings: its names stay pending until they settle (then
         hold the settled Pendings), an expression's value until it arrives."""
+        cluster = self.cluster  # first: a record with Pendings implies a resolved cluster
         record.pendings = waiting
-        cluster = self.cluster
         for pending in waiting.values():
             pending._on_settle(
                 lambda _: cluster.post(lambda: self._pendings_settled(record.id, run_id))

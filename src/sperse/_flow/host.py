@@ -130,6 +130,8 @@ class ReplicaHost:
         )
         self._stats = {"deliveries": 0, "processed": 0, "sent": 0, "inbox_most": 0}
         self._failed = False
+        self._gone: set[tuple[int, int]] = set()  # a service's receivers lost with a server
+        self._taken: dict[str, int] = {}  # a requests replica: each client's last delivery
         self._closing = False
         # a service's requests replica: whether its input ended (stop), so later requests
         # are refused; a respond replica: the answers waiting for each client's long poll.
@@ -197,6 +199,8 @@ class ReplicaHost:
             ]
             messages = []
         await self.deliver(channel, seq, messages, True)
+        # Processed: deliveries of a channel are, and their calls resume, in order.
+        self._taken[channel] = max(seq, self._taken.get(channel, -1))
         return refused
 
     async def remember(self, answers: list[Answer]) -> None:
@@ -241,6 +245,16 @@ class ReplicaHost:
         """This replica's keyed state, idempotency memory and counts (once quiesced)."""
         return Handover.of([self._replica])
 
+    def taken(self) -> dict[str, int]:
+        """The last delivery of each client's channel processed (a requests replica)."""
+        return dict(self._taken)
+
+    async def moved_after(self, epoch: int, wait: float) -> tuple[Moved | None, bool]:
+        """The reshape after ``epoch``, as soon as there is one (a requests replica: for a
+        client whose respond replica was lost), or None after ``wait`` s; and whether
+        this host is closing (the service ended: there will be none)."""
+        return await self._mailbox.moved_after(epoch, wait), self._closing
+
     def retire(self, moved: Moved) -> None:
         """Answer no more: long polls take what is left, then ``moved``."""
         self._mailbox.retire(moved)
@@ -265,6 +279,7 @@ class ReplicaHost:
         self._servers = config.get("servers", {})
         self._mailbox.retire(moved)
         self._paused = False
+        self._gone = set()
         self._wake.set()
 
     async def watch(
@@ -412,12 +427,14 @@ class ReplicaHost:
             await self._send(dest, messages)
 
     async def _send(self, dest: tuple[int, int], messages: list[Message]) -> None:
-        if self._failed:
+        if self._failed or dest in self._gone:
             return
         credited = dest not in self._uncredited
-        while credited and self._credits.blocked(dest):
+        while credited and self._credits.blocked(dest) and dest not in self._gone:
             self._acked.clear()
             await self._acked.wait()
+        if self._failed or dest in self._gone:
+            return
         seq = self._credits.send(dest, credited)
         peer = self._peers[dest]
         loop = asyncio.get_running_loop()
@@ -441,22 +458,31 @@ class ReplicaHost:
             self._outbox.learn(dest, packed.items(), done._value, packed.size)
 
     def _lost(self, dest: tuple[int, int], messages: list[Message], error: BaseException) -> None:
-        """A delivery failed: the run fails, naming the item or the receiver."""
-        if self._failed:
+        """A delivery failed: the run fails, naming the item or the receiver. In a service,
+        a receiver lost with its server is reported, then skipped: the driver replaces it
+        (:mod:`sperse._flow.hostloss`), and the requests sent to it are lost."""
+        if self._failed or dest in self._gone:
             return
-        self._failed = True
         if isinstance(error, SerializationError):
+            self._failed = True
             self._report(Report(unpicklable(self._plan, self._stage.nodes[-1], messages, error)))
             return
         stage, replica = dest
         operator = self._names.get(stage, f"stage {stage}")
         server = self._servers.get(dest, "")
         info = lost_info(error)
+        if self._plan.logical.is_service() and info.kind in LOST:
+            self._gone.add(dest)
+        else:
+            self._failed = True
         what = (
             f"could not be reached on server {server!r} (replica {replica}): "
             f"{info.type_name}: {info.message}"
         )
         self._report(Report(FlowError(operator, "", info, what, server)))
+
+
+LOST = frozenset({"server_lost", "object_lost", "worker_died"})  # what lost_info gives
 
 
 def lost_info(error: BaseException) -> ErrorInfo:

@@ -5,7 +5,7 @@ Each client long-polls ``take`` with its session id: the call returns as soon as
 for it are there. Once the service was reshaped, the host is *retired*: a poll returns what
 is left for the client, then ``[Moved]``, which names the new respond replicas. On the host
 of the requests replica (which every reshape keeps), the mailbox holds the last ``Moved``
-for clients that lost their respond replica's host with its server (``where``).
+for clients that lost their respond replica's host with its server (``moved_after``).
 
 Everything runs on the host's one event loop: no locks. The events bind to that loop when
 first awaited there (the host is made on a worker thread).
@@ -54,6 +54,18 @@ class Mailbox:
         if not answers and self.moved is not None:
             return [self.moved]
         return [(a.client, a.rid, a.value, a.error) for a in answers]
+
+    async def moved_after(self, epoch: int, wait: float) -> Moved | None:
+        """The reshape after ``epoch`` once there is one, else None after ``wait`` s."""
+        try:
+            async with asyncio.timeout(wait):
+                while not self.closing and (self.moved is None or self.moved.epoch <= epoch):
+                    self._mailed.clear()
+                    await self._mailed.wait()
+        except TimeoutError:
+            pass
+        moved = self.moved
+        return moved if moved is not None and moved.epoch > epoch else None
 
     def retire(self, moved: Moved | None) -> None:
         """Answer no more: polls take what is left, then ``moved`` (None: answer again)."""

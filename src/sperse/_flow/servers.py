@@ -43,7 +43,7 @@ from sperse._core.routing import check_placement, eligible
 from sperse._flow.control import Controller, RoundDone
 from sperse._flow.feed import ClientFeed
 from sperse._flow.host import ReplicaHost, lost_info
-from sperse._flow.hostloss import LOST, check_time, delivery_failed, fail_host
+from sperse._flow.hostloss import LOST, check_time, delivery_failed, fail_host, reported
 from sperse._flow.messages import (
     Batch,
     Cancel,
@@ -162,6 +162,8 @@ class _Driver:
         self._stopped: Stopped | None = None
         self._finished = threading.Event()
         self._suspect: set[str] = set()
+        self._lost: set[str] = set()  # servers a service lost and went on without
+        self._notice: tuple[dict[str, int], str, bool] | None = None  # Moved's, of the last
         self._names: dict[int, str] = {
             s.id: " -> ".join(plan.node(n).name for n in s.nodes) for s in plan.stages
         }
@@ -433,8 +435,8 @@ class _Driver:
                 host.tally, host.stats = tally, stats
             settles: list[Settle] = []
             for report in reports:
-                settles += self._control(self._controller.handle(report))
-            if self._controller.stopped is None:
+                settles += reported(self, report)  # a service may replace lost hosts
+            if self._controller.stopped is None and self._hosts.get(host.key) is host:
                 self._watch(host)
             return settles
         return []

@@ -245,10 +245,12 @@ class Flow:
         node = self.plan.add("source", name or "requests", ("queue", PushQueue(), "requests"))
         return Stream(self, node)
 
-    def serve(self, name: str, *, executor: Executor | None = None) -> Service:
+    def serve(self, name: str, *, executor: Executor | None = None, retries: int = 0) -> Service:
         """Start this flow as the service ``name`` (see docs/flows.md, Services): a
         :class:`~sperse.Service` whose ``request(x)`` returns a Pending of the answer;
-        ``sperse.service(name)`` finds it from any client of the cluster."""
+        ``sperse.service(name)`` finds it from any client of the cluster. ``retries``: how
+        many times its requests are sent again by default when lost with a server on their
+        way through operators that keep no state (``request(x, retries=...)``)."""
         from sperse._flow import hotswap  # noqa: F401 - it takes redefinitions at the prompt
         from sperse._flow.serving import start_service
 
@@ -268,7 +270,9 @@ class Flow:
             return self._run
 
         respond = next(n.id for n in self.plan.nodes if n.kind == "respond")
-        return start_service(name, self.name, self.cluster, plan, start, self._sinks[respond])
+        svc = start_service(name, self.name, self.cluster, plan, start, self._sinks[respond])
+        svc.retries = retries
+        return svc
 
     def queue(self, *, name: str | None = None) -> QueueStream:
         """A stream of what is pushed into it (``push(*items)``, any thread) until

@@ -5,18 +5,24 @@ Reads go through ``itertools.islice`` over the iterable itself (a ``range`` or a
 its items in C), not through a generator of ours: an item costs nanoseconds, not the
 resumption of a Python frame. With ``keep`` (a run that may start again), what was read
 from an iterator or a queue is kept, to be read again first by the next attempt.
+
+:func:`read_share` is a ``read_lines`` source replica's share of its files, read on its own
+server by its host.
 """
 
 from __future__ import annotations
 
 import itertools
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 from sperse._flow.local import PushQueue
 from sperse._flow.plan import Node, Stage
 
-__all__ = ["ClientFeed"]
+__all__ = ["READ_BATCH", "ClientFeed", "read_share"]
+
+READ_BATCH = 1 << 18  # characters a host reads from its files at a time (a batch of lines)
 
 
 class ClientFeed:
@@ -62,3 +68,25 @@ class ClientFeed:
             self._log.extend(more)
         self._closed = ended
         return items + more, ended
+
+
+def read_share(path: Path, index: int, replicas: int) -> Iterator[list[str]]:
+    """Replica ``index``'s share of ``path`` (every ``replicas``-th file in name order), as
+    batches of lines without their ``\n``: the lines ``for line in file`` gives, cut in C
+    from ``READ_BATCH`` characters at a time (universal newlines, as text files read)."""
+    files = sorted(p for p in path.iterdir() if p.is_file()) if path.is_dir() else [path]
+    for file in files[index::replicas]:
+        with file.open(encoding="utf-8") as f:
+            pieces: list[str] = []  # of a line not ended yet
+            while chunk := f.read(READ_BATCH):
+                if "\n" not in chunk:
+                    pieces.append(chunk)
+                    continue
+                lines = chunk.split("\n")
+                if pieces:
+                    lines[0] = "".join(pieces) + lines[0]
+                rest = lines.pop()  # "" after a last "\n"
+                pieces = [rest] if rest else []
+                yield lines
+            if pieces:
+                yield ["".join(pieces)]

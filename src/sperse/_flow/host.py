@@ -38,7 +38,9 @@ from sperse._core import ErrorInfo, ErrorKind
 from sperse._exec.runner import encode_error, short_repr
 from sperse._flow.awaits import Call
 from sperse._flow.calls import CallTasks
+from sperse._flow.feed import read_share
 from sperse._flow.local import write_atomically
+from sperse._flow.mailbox import Mailbox
 from sperse._flow.messages import (
     Batch,
     End,
@@ -74,9 +76,8 @@ from sperse.errors import (
     WorkerDied,
 )
 
-__all__ = ["READ_BATCH", "ReplicaHost", "channel_name", "lost_info", "unpicklable"]
+__all__ = ["ReplicaHost", "channel_name", "lost_info", "unpicklable"]
 
-READ_BATCH = 1 << 18  # characters a host reads from its files at a time (a batch of lines)
 TICK = 0.05  # seconds between clock ticks for time windows
 QUIESCE_POLL = 0.002  # seconds between a reshape's checks that a host is idle
 DRAIN = 4.0  # seconds a stopping service's respond replica waits for its answers to be taken
@@ -129,15 +130,15 @@ class ReplicaHost:
         )
         self._stats = {"deliveries": 0, "processed": 0, "sent": 0, "inbox_most": 0}
         self._failed = False
+        self._gone: set[tuple[int, int]] = set()  # a service's receivers lost with a server
+        self._taken: dict[str, int] = {}  # a requests replica: each client's last delivery
         self._closing = False
         # a service's requests replica: whether its input ended (stop), so later requests
         # are refused; a respond replica: the answers waiting for each client's long poll.
         kinds = [self._plan.node(n).kind for n in self._stage.nodes]
         self._serves = self._plan.logical.is_service() and kinds[0] == "source"
         self._input_ended = False
-        self._mail: dict[str, list[Answer]] = {}
-        self._mailed = asyncio.Event()
-        self._moved: Moved | None = None  # reshaped: the answers are taken elsewhere now
+        self._mailbox = Mailbox()
         self._paused = False  # a reshape: the requests replica takes nothing from its inbox
         self._idle = False  # the pump waits for something to do
         self._calls = CallTasks(self._plan.logical.name, self._inbox, self._wake)
@@ -160,7 +161,7 @@ class ReplicaHost:
         if state is not None:
             state.give(self._replica)
         if lines:
-            self._lines = _lines(Path(lines), self._index, self._stage.replicas)
+            self._lines = read_share(Path(lines), self._index, self._stage.replicas)
         self._pump = asyncio.get_running_loop().create_task(self._run())
         self._wake.set()
 
@@ -198,6 +199,8 @@ class ReplicaHost:
             ]
             messages = []
         await self.deliver(channel, seq, messages, True)
+        # Processed: deliveries of a channel are, and their calls resume, in order.
+        self._taken[channel] = max(seq, self._taken.get(channel, -1))
         return refused
 
     async def remember(self, answers: list[Answer]) -> None:
@@ -219,20 +222,7 @@ class ReplicaHost:
         some, else after ``wait`` seconds: a client's long poll. Each is ``(client, rid,
         value, error)``; once this host answers no more (a reshape), ``[Moved]`` says where
         to take them from."""
-        if not self._mail.get(client):
-            try:
-                async with asyncio.timeout(wait):
-                    while not self._mail.get(client) and not self._closing and not self._moved:
-                        self._mailed.clear()
-                        await self._mailed.wait()
-            except TimeoutError:
-                pass
-        answers = self._mail.pop(client, [])
-        if not self._mail:
-            self._mailed.set()  # a finish waiting for the mailboxes to empty
-        if not answers and self._moved is not None:
-            return [self._moved]
-        return [(a.client, a.rid, a.value, a.error) for a in answers]
+        return await self._mailbox.take(client, wait)
 
     # ---- a reshape (sperse._flow.rehost) ------------------------------------------------
 
@@ -255,10 +245,19 @@ class ReplicaHost:
         """This replica's keyed state, idempotency memory and counts (once quiesced)."""
         return Handover.of([self._replica])
 
+    def taken(self) -> dict[str, int]:
+        """The last delivery of each client's channel processed (a requests replica)."""
+        return dict(self._taken)
+
+    async def moved_after(self, epoch: int, wait: float) -> tuple[Moved | None, bool]:
+        """The reshape after ``epoch``, as soon as there is one (a requests replica: for a
+        client whose respond replica was lost), or None after ``wait`` s; and whether
+        this host is closing (the service ended: there will be none)."""
+        return await self._mailbox.moved_after(epoch, wait), self._closing
+
     def retire(self, moved: Moved) -> None:
         """Answer no more: long polls take what is left, then ``moved``."""
-        self._moved = moved
-        self._mailed.set()
+        self._mailbox.retire(moved)
 
     async def replan(
         self,
@@ -278,9 +277,9 @@ class ReplicaHost:
         self._credits = Credits(self._window)  # all acknowledged: the receivers are new
         self._names = config.get("names", {})
         self._servers = config.get("servers", {})
-        self._moved = moved
-        self._mailed.set()
+        self._mailbox.retire(moved)
         self._paused = False
+        self._gone = set()
         self._wake.set()
 
     async def watch(
@@ -312,16 +311,10 @@ class ReplicaHost:
     async def finish(self) -> tuple[dict[str, tuple[int, int]], dict[str, int]]:
         """Stop (the run is over): a ``watch`` waiting returns now; the final items in and
         out, and counters."""
-        try:  # a service's answers not taken yet: their clients have a moment to take them
-            async with asyncio.timeout(DRAIN):
-                while any(self._mail.values()):
-                    self._mailed.clear()
-                    await self._mailed.wait()
-        except TimeoutError:
-            pass
+        await self._mailbox.drain(DRAIN)  # a service's answers not taken: a moment to take them
         self._closing = True
         self._reported.set()
-        self._mailed.set()
+        self._mailbox.close()
         if self._pump is not None:
             self._pump.cancel()
         self._calls.cancel()
@@ -401,9 +394,7 @@ class ReplicaHost:
                 elif isinstance(action, WriteFile):
                     write_atomically(Path(action.path), action.text)
                 elif isinstance(action, Reply):
-                    for answer in action.answers:
-                        self._mail.setdefault(answer.client, []).append(answer)
-                    self._mailed.set()
+                    self._mailbox.put(action.answers)
                     self._remember(action.answers)
                 elif isinstance(action, Call):
                     self._calls.start(action)
@@ -436,12 +427,14 @@ class ReplicaHost:
             await self._send(dest, messages)
 
     async def _send(self, dest: tuple[int, int], messages: list[Message]) -> None:
-        if self._failed:
+        if self._failed or dest in self._gone:
             return
         credited = dest not in self._uncredited
-        while credited and self._credits.blocked(dest):
+        while credited and self._credits.blocked(dest) and dest not in self._gone:
             self._acked.clear()
             await self._acked.wait()
+        if self._failed or dest in self._gone:
+            return
         seq = self._credits.send(dest, credited)
         peer = self._peers[dest]
         loop = asyncio.get_running_loop()
@@ -465,22 +458,31 @@ class ReplicaHost:
             self._outbox.learn(dest, packed.items(), done._value, packed.size)
 
     def _lost(self, dest: tuple[int, int], messages: list[Message], error: BaseException) -> None:
-        """A delivery failed: the run fails, naming the item or the receiver."""
-        if self._failed:
+        """A delivery failed: the run fails, naming the item or the receiver. In a service,
+        a receiver lost with its server is reported, then skipped: the driver replaces it
+        (:mod:`sperse._flow.hostloss`), and the requests sent to it are lost."""
+        if self._failed or dest in self._gone:
             return
-        self._failed = True
         if isinstance(error, SerializationError):
+            self._failed = True
             self._report(Report(unpicklable(self._plan, self._stage.nodes[-1], messages, error)))
             return
         stage, replica = dest
         operator = self._names.get(stage, f"stage {stage}")
         server = self._servers.get(dest, "")
         info = lost_info(error)
+        if self._plan.logical.is_service() and info.kind in LOST:
+            self._gone.add(dest)
+        else:
+            self._failed = True
         what = (
             f"could not be reached on server {server!r} (replica {replica}): "
             f"{info.type_name}: {info.message}"
         )
         self._report(Report(FlowError(operator, "", info, what, server)))
+
+
+LOST = frozenset({"server_lost", "object_lost", "worker_died"})  # what lost_info gives
 
 
 def lost_info(error: BaseException) -> ErrorInfo:
@@ -497,28 +499,6 @@ def lost_info(error: BaseException) -> ErrorInfo:
     else:
         return info
     return ErrorInfo(kind, info.type_name, info.message, info.traceback)
-
-
-def _lines(path: Path, index: int, replicas: int) -> Iterator[list[str]]:
-    """Replica ``index``'s share of ``path`` (every ``replicas``-th file in name order), as
-    batches of lines without their ``\n``: the lines ``for line in file`` gives, cut in C
-    from ``READ_BATCH`` characters at a time (universal newlines, as text files read)."""
-    files = sorted(p for p in path.iterdir() if p.is_file()) if path.is_dir() else [path]
-    for file in files[index::replicas]:
-        with file.open(encoding="utf-8") as f:
-            pieces: list[str] = []  # of a line not ended yet
-            while chunk := f.read(READ_BATCH):
-                if "\n" not in chunk:
-                    pieces.append(chunk)
-                    continue
-                lines = chunk.split("\n")
-                if pieces:
-                    lines[0] = "".join(pieces) + lines[0]
-                rest = lines.pop()  # "" after a last "\n"
-                pieces = [rest] if rest else []
-                yield lines
-            if pieces:
-                yield ["".join(pieces)]
 
 
 def _merged(reports: list[Report]) -> list[Report]:

@@ -20,6 +20,11 @@ events, so no report of the hosts is handled meanwhile. In order:
    ends, answering a long poll with what is left in its mailbox, then ``Moved`` (where the
    answers are taken now).
 
+A **lost server** (:mod:`sperse._flow.hostloss`) is a reshape to the same plan with a
+:class:`Loss`: its hosts are neither quiesced, asked for their state, nor retired; the new
+hosts go to the other servers; the requests replica's note of what it took (``taken``)
+goes to the clients in ``Moved``, and its idempotency memory forgets the keys in flight.
+
 Every request sent before is answered by the old replicas, every one after by the new:
 none lost or answered twice, and those of one key stay in order (one path of ordered
 channels before, one after, and nothing of the key in flight in between).
@@ -27,8 +32,10 @@ channels before, one after, and nothing of the key in flight in between).
 
 from __future__ import annotations
 
+import contextlib
 import threading
 import time
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from sperse._core import ErrorInfo
@@ -44,7 +51,7 @@ if TYPE_CHECKING:
     from sperse._cluster.pending import Pending
     from sperse._flow.servers import _Driver
 
-__all__ = ["RESHAPE_TIMEOUT", "Reshaping", "rehost", "shippable"]
+__all__ = ["RESHAPE_TIMEOUT", "Loss", "Reshaping", "rehost", "shippable"]
 
 RESHAPE_TIMEOUT = 120.0  # seconds each step of a reshape may take before the run fails
 
@@ -80,35 +87,63 @@ def planned(driver: _Driver, logical: LogicalPlan) -> PhysicalPlan:
     return plan
 
 
-def rehost(driver: _Driver, plan: PhysicalPlan, box: Reshaping) -> list[Settle]:
-    """Reshape ``driver``'s run for ``plan`` (see the module docstring); a failure on the
-    way fails the run (its hosts are in no state to go on), naming the service."""
+def rehost(
+    driver: _Driver, plan: PhysicalPlan, box: Reshaping, loss: Loss | None = None
+) -> list[Settle]:
+    """Reshape ``driver``'s run for ``plan`` (see the module docstring), or with ``loss``
+    replace the replicas lost with a server (:mod:`sperse._flow.hostloss`); a failure on
+    the way fails the run (its hosts are in no state to go on), naming the service."""
     try:
-        _rehost(driver, plan)
+        _rehost(driver, plan, loss)
     except Exception as exc:
-        what = f"could not be reshaped: {type(exc).__name__}: {exc}"
         box.settle(None, exc)
         name = plan.logical.name
-        failure = FlowError(name, "", ErrorInfo("internal", "FlowFailed", what), what)
+        if loss is not None:
+            what = (
+                f"lost server {loss.server!r} and could not replace what ran there "
+                f"({loss.why}): {type(exc).__name__}: {exc}"
+            )
+            info = ErrorInfo("server_lost", "ServerLost", what)
+            failure = FlowError(name, "", info, what, loss.server)
+        else:
+            what = f"could not be reshaped: {type(exc).__name__}: {exc}"
+            failure = FlowError(name, "", ErrorInfo("internal", "FlowFailed", what), what)
         return driver._control(driver._controller.handle(Report(failure)))
     box.settle(plan)
     return []
 
 
-def _rehost(d: _Driver, plan: PhysicalPlan) -> None:
+@dataclass(frozen=True, slots=True)
+class Loss:
+    """The hosts lost with ``server`` (the keys of their replicas), and what their clients'
+    requests in flight are told (``why``; ``retry``: they may be sent again)."""
+
+    server: str
+    keys: frozenset[tuple[int, int]]
+    why: str
+    retry: bool
+
+
+def _rehost(d: _Driver, plan: PhysicalPlan, loss: Loss | None) -> None:
     old, hosts = d._plan, dict(d._hosts)
     source = hosts[(0, 0)]
+    gone = loss.keys if loss is not None else frozenset()
     _wait(source.proxy.pause())
     for key in sorted(hosts):
-        if key != (0, 0):
+        if key != (0, 0) and key not in gone:
             _wait(hosts[key].proxy.quiesce())
-    state = Handover.merged([_wait(h.proxy.export()) for h in hosts.values()])
+    state = Handover.merged([_wait(h.proxy.export()) for k, h in hosts.items() if k not in gone])
+    if loss is not None:  # what the requests replica took so far was answered, or lost
+        d._notice = (_wait(source.proxy.taken()), loss.why, loss.retry)
+        if state.idem is not None:
+            state.idem.forget_in_flight()
 
     d._plan = plan
     d._names = {s.id: " -> ".join(plan.node(n).name for n in s.nodes) for s in plan.stages}
     d._heads = {s.id: plan.node(s.nodes[0]).name for s in plan.stages}
     d._shipped = dumps(shippable(plan), what=f"the operators of flow {plan.logical.name!r}")
-    d._places = {**d._place(d._cluster.servers()), (0, 0): source.server}
+    servers = [s for s in d._cluster.servers() if s.name not in d._lost]
+    d._places = {**d._place(servers), (0, 0): source.server}  # raises NoMatchingServer
     new = {key: d._make_host(key, server) for key, server in d._places.items() if key != (0, 0)}
     for host in new.values():
         ready = threading.Event()
@@ -120,9 +155,8 @@ def _rehost(d: _Driver, plan: PhysicalPlan) -> None:
         d._hosts = {(0, 0): source, **new}
     respond = _respond_stage(plan)
     epoch = d._epoch = d._epoch + 1
-    moved = Moved(
-        epoch, [d._hosts[(respond, r)].proxy for r in range(plan.stages[respond].replicas)]
-    )
+    responds = [d._hosts[(respond, r)].proxy for r in range(plan.stages[respond].replicas)]
+    moved = Moved(epoch, responds, *d._notice) if d._notice else Moved(epoch, responds)
     # Started together (nothing flows before the source's replan below): a start takes a
     # round trip and its host's set-up, about 50 ms, so one after the other they added up.
     starts = [
@@ -143,7 +177,10 @@ def _rehost(d: _Driver, plan: PhysicalPlan) -> None:
     for key, host in hosts.items():
         if key == (0, 0):
             continue
-        if key[0] == old_respond:
+        if key in gone:
+            with contextlib.suppress(Exception):
+                host.proxy.close()  # best effort: its server is gone
+        elif key[0] == old_respond:
             host.proxy.retire(moved)  # its clients take what is left, then go on
             d._kept.append(host.proxy)
         else:

@@ -9,6 +9,14 @@ acknowledgement (a delivery is acknowledged once the host has taken it in), so a
 sends few calls and an idle one waits for none. Answers are long-polled (``take``) from every
 respond replica's host, by one thread per respond replica while requests wait: the answer
 comes from the server that made it, as the return value of this client's own call.
+
+A server lost under the service (:mod:`sperse._flow.hostloss`): the driver replaces its
+hosts, and each respond replica's host of before answers a poll with what is left, then
+``Moved``; the poll of a lost one fails, and its poller asks the requests replica's host
+where the answers are taken now (``moved_after``). Once every poller of before has ended,
+the requests sent in a delivery that the requests replica had taken (``Moved.lost``) and
+still waiting were lost with the server: each fails with ``ServerLost``, or is sent again
+(the same id and idempotency key) while ``Moved.retry`` and its ``retries`` allow.
 """
 
 from __future__ import annotations
@@ -25,12 +33,13 @@ from sperse._flow.messages import Batch
 from sperse._flow.ops import stable_hash
 from sperse._flow.service import Answer, Envelope, Moved
 from sperse._serialize import RemoteValue, dumps
-from sperse.errors import ObjectLost, ServiceStopped
+from sperse.errors import ObjectLost, ServerLost, ServerUnavailable, ServiceStopped
 
 __all__ = ["IN_FLIGHT", "POLL", "Client", "InProcess", "OnServers", "Route"]
 
 POLL = 2.0  # seconds a long poll of a respond replica waits for an answer
 IN_FLIGHT = 4  # a client's deliveries of requests not acknowledged at once (more wait)
+RECOVERY = 300.0  # seconds a client whose respond replica was lost waits for its successor
 
 
 class Client(Protocol):
@@ -51,7 +60,8 @@ class Client(Protocol):
 class Route:
     """How a service's requests reach it and its answers come back."""
 
-    def send(self, envelope: Envelope) -> None:
+    def send(self, envelope: Envelope, retries: int = 0) -> None:
+        """Send ``envelope``; ``retries``: how many times it may be sent again if lost."""
         raise NotImplementedError
 
     def drain(self, timeout: float) -> None:
@@ -65,7 +75,7 @@ class InProcess(Route):
     def __init__(self, push: PushQueue) -> None:
         self._push = push
 
-    def send(self, envelope: Envelope) -> None:
+    def send(self, envelope: Envelope, retries: int = 0) -> None:
         self._push.push(envelope)
 
     def drain(self, timeout: float) -> None:
@@ -98,14 +108,22 @@ class OnServers(Route):
         self._closed = False
         self._pollers: list[threading.Thread] = []
         self._epoch = 0  # the reshape whose respond replicas are polled
+        self._polling_in: dict[int, int] = {}  # pollers running, per epoch
+        self._notice: Moved | None = None  # the newest that told of a lost server
+        self._sent: dict[int, list[Any]] = {}  # rid -> [delivery (-1: not yet), env, retries]
+        self.resent = 0  # requests sent again, lost with a server
         self._sender = threading.Thread(
             target=self._sending, name=f"sperse-service-{self._name}-send", daemon=True
         )
         self._sender.start()
 
-    def send(self, envelope: Envelope) -> None:
+    def send(self, envelope: Envelope, retries: int = 0) -> None:
         dumps(envelope, what=f"a request to service {self._name!r}")  # raises here, not later
         with self._cond:
+            self._sent[envelope.rid] = [-1, envelope, retries]
+            if len(self._sent) > 2 * len(self._service._waiting) + 1024:
+                waiting = self._service._waiting
+                self._sent = {r: e for r, e in self._sent.items() if r in waiting or e[0] < 0}
             self._buffer.append(envelope)
             self._unacked += 1
         self._flush()
@@ -119,6 +137,10 @@ class OnServers(Route):
             if not self._buffer or self._inflight >= IN_FLIGHT:
                 return
             envelopes, self._buffer = self._buffer, []
+            for envelope in envelopes:
+                sent = self._sent.get(envelope.rid)
+                if sent is not None:
+                    sent[0] = self._seq
             try:
                 pending = self._source.request(self._channel, self._seq, [Batch(0, 0, envelopes)])
             except Exception as exc:  # not sent: its number is free for the next delivery
@@ -146,6 +168,11 @@ class OnServers(Route):
                 error = ServiceStopped(
                     f"service {self._name!r} is not running (its requests replica is gone: {error})"
                 )
+            elif isinstance(error, ServerLost | ServerUnavailable):
+                error = ServerLost(
+                    f"service {self._name!r}: its requests replica (where clients send) was "
+                    f"lost with its server, and the service with it: {error}"
+                )
             for envelope in envelopes:
                 self._service._failed(envelope.rid, error)
             return
@@ -171,17 +198,18 @@ class OnServers(Route):
             if self._pollers or self._closed:
                 self._cond.notify_all()
                 return
+            self._polling_in[self._epoch] = len(self._responds)
             for index, proxy in enumerate(self._responds):
                 thread = threading.Thread(
                     target=self._polling,
-                    args=(proxy,),
+                    args=(proxy, self._epoch),
                     name=f"sperse-service-{self._name}-{index}",
                     daemon=True,
                 )
                 self._pollers.append(thread)
                 thread.start()
 
-    def _polling(self, proxy: ObjectProxy) -> None:
+    def _polling(self, proxy: ObjectProxy, epoch: int) -> None:
         while True:
             with self._cond:
                 while not self._closed and not self._service._waiting:
@@ -192,6 +220,10 @@ class OnServers(Route):
             if not _settled(pending).wait(POLL + 60.0):
                 continue
             if pending._error is not None:
+                successor = self._successor(epoch)  # lost with its server: replaced?
+                if successor is not None:
+                    self._ended(epoch, successor)
+                    return
                 try:
                     if self._service._run is not None:
                         return  # the run's end fails what waits, saying why (_ended)
@@ -211,8 +243,63 @@ class OnServers(Route):
             except ReferenceError:
                 return
             if moved:
-                self._moved(moved[0])
+                self._ended(epoch, moved[0])
                 return
+
+    def _successor(self, epoch: int) -> Moved | None:
+        """Where the answers are taken after ``epoch`` (the respond replica polled was lost,
+        and replaced), asked of the requests replica's host; None if the service ended."""
+        deadline = time.monotonic() + RECOVERY
+        while not self._closed and time.monotonic() < deadline:
+            pending = self._source.moved_after(epoch, POLL)
+            if not _settled(pending).wait(POLL + 60.0):
+                continue
+            if pending._error is not None:
+                return None
+            moved, closing = _value(pending)
+            if moved is not None or closing:
+                return moved  # type: ignore[no-any-return]
+        return None
+
+    def _ended(self, epoch: int, moved: Moved) -> None:
+        """A poller of ``epoch``'s respond replicas ended, told ``moved``: poll the new ones;
+        once every poller of ``epoch`` has ended, settle what a lost server took."""
+        with self._cond:
+            self._polling_in[epoch] -= 1
+            last = not self._polling_in[epoch]
+            if moved.lost is not None and (
+                self._notice is None or moved.epoch > self._notice.epoch
+            ):
+                self._notice = moved
+            notice = self._notice if last else None
+        self._moved(moved)
+        if notice is not None and notice.epoch > epoch:
+            self._lost(notice)
+
+    def _lost(self, notice: Moved) -> None:
+        """The requests lost with a server (see the module docstring): failed, or sent
+        again."""
+        assert notice.lost is not None
+        taken = notice.lost.get(self._channel, -1)
+        waiting = self._service._waiting
+        with self._cond:
+            lost = [(rid, s) for rid, s in self._sent.items() if 0 <= s[0] <= taken]
+            again = set()
+            for rid, sent in lost:
+                if rid in waiting and notice.retry and sent[2] > 0:
+                    sent[0], sent[2] = -1, sent[2] - 1
+                    again.add(rid)
+                    self.resent += 1
+                    self._buffer.append(sent[1])
+                    self._unacked += 1
+        for rid, _ in lost:
+            if rid in waiting and rid not in again:
+                self._service._failed(
+                    rid,
+                    ServerLost(f"service {self._name!r}: request #{rid} was lost: {notice.why}"),
+                )
+        if again:
+            self._flush()
 
     def _moved(self, moved: Moved) -> None:
         """The service was reshaped: its answers are taken from new respond replicas (the

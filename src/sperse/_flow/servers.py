@@ -15,13 +15,13 @@ built in this process (``source(iterable)``, ``queue()``), dealt over their repl
 batch at a time with the same credits as every channel; ``read_lines`` sources read their
 files on their own servers.
 
-**Failure.** A host whose creation, ``watch``, or a delivery to it fails (its server or
-worker died), or that stays silent for ``silence`` seconds, fails the run with
-``FlowFailed`` naming its operators and its server. With ``restart=N`` such a failure (not
-an operator's own error) starts the flow again from its sources on new hosts, avoiding the
-servers that failed while others match, up to N more times; the sinks settle only from the
-attempt that ended the run, so a result is never a mixture of attempts. Sources that are
-iterators or queues are kept as they are read, to be read again.
+**Failure** (:mod:`sperse._flow.hostloss`). A host whose creation, ``watch``, or a delivery
+to it fails (its server or worker died), or that stays silent for ``silence`` seconds, fails
+the run with ``FlowFailed`` naming its operators and its server. With ``restart=N`` such a
+failure (not an operator's own error) starts the flow again from its sources on new hosts,
+avoiding the servers that failed while others match, up to N more times; the sinks settle
+only from the attempt that ended the run, so a result is never a mixture of attempts.
+Sources that are iterators or queues are kept as they are read, to be read again.
 """
 
 from __future__ import annotations
@@ -42,7 +42,8 @@ from sperse._core import ErrorInfo, ServerInfo
 from sperse._core.routing import check_placement, eligible
 from sperse._flow.control import Controller, RoundDone
 from sperse._flow.feed import ClientFeed
-from sperse._flow.host import ReplicaHost, lost_info, unpicklable
+from sperse._flow.host import ReplicaHost, lost_info
+from sperse._flow.hostloss import LOST, check_time, delivery_failed, fail_host, reported
 from sperse._flow.messages import (
     Batch,
     Cancel,
@@ -50,7 +51,6 @@ from sperse._flow.messages import (
     End,
     FlowError,
     ReplicaEvent,
-    Report,
     Settle,
     Stopped,
 )
@@ -75,7 +75,6 @@ __all__ = ["OnServers"]
 Key = tuple[int, int]  # (stage, replica)
 FINISH_TIMEOUT = 5.0  # seconds the hosts have to give their final counts
 CLIENTS = 64  # a service's host takes this many clients' calls at once (x window)
-_LOST = frozenset({"server_lost", "object_lost", "worker_died"})
 
 
 class OnServers:
@@ -163,6 +162,8 @@ class _Driver:
         self._stopped: Stopped | None = None
         self._finished = threading.Event()
         self._suspect: set[str] = set()
+        self._lost: set[str] = set()  # servers a service lost and went on without
+        self._notice: tuple[dict[str, int], str, bool] | None = None  # Moved's, of the last
         self._names: dict[int, str] = {
             s.id: " -> ".join(plan.node(n).name for n in s.nodes) for s in plan.stages
         }
@@ -279,7 +280,7 @@ class _Driver:
             while True:
                 held, stopped = self._run_once()
                 error = stopped.error
-                lost = error is not None and error.error.kind in _LOST
+                lost = error is not None and error.error.kind in LOST
                 if not lost or self._attempt >= self._config.restart:
                     break
                 if error is not None and error.server:
@@ -325,7 +326,7 @@ class _Driver:
                     event = None
                 if event is not None:
                     held += self._on_event(event)
-                held += self._check_time(started, deadline)
+                held += check_time(self, started, deadline)
             stopped = self._controller.stopped
             assert stopped is not None
             return held, stopped
@@ -415,13 +416,13 @@ class _Driver:
         if kind == "ack":
             self._credits["client"].ack(host.key, event[2])
             if error is not None:
-                return self._delivery_failed(host, event[3], error)
+                return delivery_failed(self, host, event[3], error)
             if isinstance(pending._value, float):  # how long the host took: the next's size
                 self._sizes[host.key].learn(event[4].items(), pending._value, event[4].size)
             return []
         if error is not None:
             what = {"ready": "could not be created", "watch": "stopped answering"}
-            return self._fail_host(host, f"{what.get(kind, 'failed')}: {error}", lost_info(error))
+            return fail_host(self, host, f"{what.get(kind, 'failed')}: {error}", lost_info(error))
         if kind == "ready":
             host.ready = True
         elif kind == "info":
@@ -434,8 +435,8 @@ class _Driver:
                 host.tally, host.stats = tally, stats
             settles: list[Settle] = []
             for report in reports:
-                settles += self._control(self._controller.handle(report))
-            if self._controller.stopped is None:
+                settles += reported(self, report)  # a service may replace lost hosts
+            if self._controller.stopped is None and self._hosts.get(host.key) is host:
                 self._watch(host)
             return settles
         return []
@@ -485,35 +486,6 @@ class _Driver:
                     feed.ended = True
                     for r in range(feed.stage.replicas):
                         self._send(self._hosts[(feed.stage.id, r)], "client", [End(0, 0)])
-
-    # ---- failures ------------------------------------------------------------------------
-
-    def _delivery_failed(
-        self, host: _Host, events: list[ReplicaEvent], error: BaseException
-    ) -> list[Settle]:
-        if isinstance(error, SerializationError):
-            stage = self._plan.stages[host.key[0]]
-            failure = unpicklable(self._plan, stage.nodes[0], events, error)
-            return self._control(self._controller.handle(Report(failure)))
-        return self._fail_host(host, f"could not be reached: {error}", lost_info(error))
-
-    def _fail_host(self, host: _Host, what: str, info: ErrorInfo | None = None) -> list[Settle]:
-        if info is None:
-            info = ErrorInfo("server_lost", "ServerLost", what)
-        text = f"(replica {host.key[1]} on server {host.server!r}) {what}"
-        failure = FlowError(self._names[host.key[0]], "", info, text, host.server)
-        return self._control(self._controller.handle(Report(failure)))
-
-    def _check_time(self, started: bool, deadline: float) -> list[Settle]:
-        """Fail the run on a host not created in time, or silent for too long."""
-        now = time.monotonic()
-        for host in self._hosts.values():
-            if not started and not host.ready and now > deadline:
-                return self._fail_host(host, "was not created in time")
-            if started and now - host.heard > self._config.silence:
-                silence = self._config.silence
-                return self._fail_host(host, f"did not answer for {silence:g} s")
-        return []
 
     def _finish(self) -> None:
         """Ask every live host for its final counts (so that the last progress is exact and

@@ -166,10 +166,20 @@ class Swap:
 @dataclass(frozen=True, slots=True)
 class Moved:
     """A reshaped service's answer to a long poll of a host that answers no more: take the
-    answers from ``responds`` (the hosts of the respond replicas of reshape ``epoch``)."""
+    answers from ``responds`` (the hosts of the respond replicas of reshape ``epoch``).
+
+    After a server was lost (the last time, if ever): ``lost`` is the last delivery of each
+    client's channel that the requests replica had taken when the service was quiesced to
+    replace the lost replicas. A client's request sent in one of those deliveries and not
+    answered once its polls of the respond replicas before ``epoch`` have ended was lost
+    with the server: ``why`` says how; ``retry``: it may be sent again (no operator up to
+    the lost ones keeps state)."""
 
     epoch: int
     responds: list[Any]
+    lost: dict[str, int] | None = None
+    why: str = ""
+    retry: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -221,6 +231,12 @@ class Idempotency:
         while len(self._done) > self._keep:
             del self._done[next(iter(self._done))]
         return out
+
+    def forget_in_flight(self) -> None:
+        """Forget the keys whose first request is in flight (a server was lost: it may
+        never be answered); a retry of such a key runs as a first request. The requests
+        that waited for them were lost too, and their clients are told so."""
+        self._waiting.clear()
 
 
 def swap(ops: list[Op], event: Swap) -> None:

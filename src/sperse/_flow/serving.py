@@ -111,15 +111,20 @@ class Service:
         self.generation = 0  # served by this process: the count of services served then
         self._shared = False  # the client that this process's async operators' calls share
         self._reporter: CardReporter | None = None  # served on servers: pushes to its card
+        self.retries = 0  # request's default: sends again of a request lost with a server
 
     # ---- the public API ------------------------------------------------------------------
 
-    def request(self, x: Any, timeout: float | None = None, key: Any = None) -> Pending[Any]:
+    def request(
+        self, x: Any, timeout: float | None = None, key: Any = None, retries: int | None = None
+    ) -> Pending[Any]:
         """Send ``x`` to the service; a Pending of its answer, at once. ``timeout``: the
         Pending fails with ``TaskTimeout`` if no answer came within that many seconds.
         ``key``: an idempotency key: a request sent again with the same key (a retry) is
-        not run again; it gets the same Pending, so the same answer. Raises
-        ``ServiceStopped`` once the service was stopped."""
+        not run again; it gets the same Pending, so the same answer. ``retries`` (default:
+        this Service's ``retries``): how many times it is sent again when it was lost with
+        a server on its way through operators that keep no state (else it fails with
+        ``ServerLost``). Raises ``ServiceStopped`` once the service was stopped."""
         if key is not None:
             with self._lock:
                 known = self._by_key.get(key)
@@ -149,7 +154,7 @@ class Service:
             self.sent += 1
         envelope = Envelope(self.client, rid, x, key=key, depth=depth)
         try:
-            route.send(envelope)
+            route.send(envelope, self.retries if retries is None else retries)
         except BaseException:
             with self._lock:
                 self._waiting.pop(rid, None)

@@ -1,0 +1,88 @@
+"""A service's answers waiting for their clients, on the host of a respond replica
+(:class:`~sperse._flow.host.ReplicaHost`), and where they are taken once it answers no more.
+
+Each client long-polls ``take`` with its session id: the call returns as soon as answers
+for it are there. Once the service was reshaped, the host is *retired*: a poll returns what
+is left for the client, then ``[Moved]``, which names the new respond replicas. On the host
+of the requests replica (which every reshape keeps), the mailbox holds the last ``Moved``
+for clients that lost their respond replica's host with its server (``moved_after``).
+
+Everything runs on the host's one event loop: no locks. The events bind to that loop when
+first awaited there (the host is made on a worker thread).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+from sperse._flow.service import Answer, Moved
+
+__all__ = ["Mailbox"]
+
+
+class Mailbox:
+    """The answers kept for each client (see the module docstring)."""
+
+    __slots__ = ("_mail", "_mailed", "closing", "moved")
+
+    def __init__(self) -> None:
+        self._mail: dict[str, list[Answer]] = {}
+        self._mailed = asyncio.Event()
+        self.moved: Moved | None = None  # reshaped: the answers are taken elsewhere now
+        self.closing = False
+
+    def put(self, answers: list[Answer]) -> None:
+        for answer in answers:
+            self._mail.setdefault(answer.client, []).append(answer)
+        self._mailed.set()
+
+    async def take(self, client: str, wait: float) -> list[tuple[Any, ...] | Moved]:
+        """The answers waiting for ``client``, as soon as there are some, else after
+        ``wait`` seconds; once retired and none is left, ``[Moved]``."""
+        if not self._mail.get(client):
+            try:
+                async with asyncio.timeout(wait):
+                    while not self._mail.get(client) and not self.closing and not self.moved:
+                        self._mailed.clear()
+                        await self._mailed.wait()
+            except TimeoutError:
+                pass
+        answers = self._mail.pop(client, [])
+        if not self._mail:
+            self._mailed.set()  # a finish waiting for the mailboxes to empty
+        if not answers and self.moved is not None:
+            return [self.moved]
+        return [(a.client, a.rid, a.value, a.error) for a in answers]
+
+    async def moved_after(self, epoch: int, wait: float) -> Moved | None:
+        """The reshape after ``epoch`` once there is one, else None after ``wait`` s."""
+        try:
+            async with asyncio.timeout(wait):
+                while not self.closing and (self.moved is None or self.moved.epoch <= epoch):
+                    self._mailed.clear()
+                    await self._mailed.wait()
+        except TimeoutError:
+            pass
+        moved = self.moved
+        return moved if moved is not None and moved.epoch > epoch else None
+
+    def retire(self, moved: Moved | None) -> None:
+        """Answer no more: polls take what is left, then ``moved`` (None: answer again)."""
+        self.moved = moved
+        self._mailed.set()
+
+    async def drain(self, wait: float) -> None:
+        """Return once every answer was taken, or after ``wait`` seconds."""
+        try:
+            async with asyncio.timeout(wait):
+                while any(self._mail.values()):
+                    self._mailed.clear()
+                    await self._mailed.wait()
+        except TimeoutError:
+            pass
+
+    def close(self) -> None:
+        """The host stops: polls return now."""
+        self.closing = True
+        self._mailed.set()

@@ -219,6 +219,8 @@ class ServerCore:
             fail=self._fail_attempt,
             env=lambda: self.worker_env,
             token=lambda: self.worker_token,
+            spares=config.spare_object_workers,
+            max_objects=config.max_objects,
         )
         self._announce_timer: asyncio.TimerHandle | None = None
         self._files = Files(loop)
@@ -268,6 +270,7 @@ class ServerCore:
         if self.config.shm:
             shm.sweep_dead_servers()
         self._pools.start()
+        self._objects.start_spares()
 
     async def close(self) -> None:
         """End every session, stop the workers (and wait for them to exit), sweep the
@@ -277,6 +280,7 @@ class ServerCore:
         # None should be left (their sessions ended, and their objects with them).
         why = f"was destroyed: {SESSION_END['server_stopping']}"
         self._perform(self.state.destroy_objects(why))
+        self._objects.close()  # the spares
         while self._objects.tasks:  # their workers are gone after this
             await asyncio.gather(*list(self._objects.tasks), return_exceptions=True)
         await self._pulls.close()
@@ -453,6 +457,7 @@ class ServerCore:
             replica_bytes=sum(held.size for held in replicas.values()),
             remote_objects=len(state.objects.alive),
             object_worker_pids=self._objects.worker_pids(),
+            spare_object_pids=self._objects.spare_pids(),
             unread_bytes=sum(s.unread for s in sessions),
             unread_peak=max((s.unread_peak for s in sessions), default=0),
         )

@@ -210,6 +210,7 @@ class ServerCore:
             token=lambda: self.worker_token,
         )
         self._objects = ObjectPools(
+            config,
             name,
             loop,
             on_event=self._on_object_event,
@@ -219,8 +220,6 @@ class ServerCore:
             fail=self._fail_attempt,
             env=lambda: self.worker_env,
             token=lambda: self.worker_token,
-            spares=config.spare_object_workers,
-            max_objects=config.max_objects,
         )
         self._announce_timer: asyncio.TimerHandle | None = None
         self._files = Files(loop)
@@ -255,14 +254,6 @@ class ServerCore:
     def tasks_failed(self) -> int:
         return self.state.tasks.tasks_failed
 
-    @property
-    def objects_pulled(self) -> int:
-        return self.state.pulls.objects_pulled
-
-    @property
-    def bytes_pulled(self) -> int:
-        return self.state.pulls.bytes_pulled
-
     # ---- life cycle ------------------------------------------------------------------
 
     def start(self) -> None:
@@ -280,9 +271,7 @@ class ServerCore:
         # None should be left (their sessions ended, and their objects with them).
         why = f"was destroyed: {SESSION_END['server_stopping']}"
         self._perform(self.state.destroy_objects(why))
-        self._objects.close()  # the spares
-        while self._objects.tasks:  # their workers are gone after this
-            await asyncio.gather(*list(self._objects.tasks), return_exceptions=True)
+        await self._objects.close()  # and the spares: their workers are gone after this
         await self._pulls.close()
         if self._peers is not None:
             await self._peers.close()

@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 from sperse._core import BackendEvent, Done, ErrorInfo, Failed
 from sperse._pool.pool import WorkerPool
 from sperse._server.actions import CancelObjectCall, StartObject, StopObject, SubmitToObject
+from sperse._server.config import ServerConfig
 from sperse._server.model import ACTOR_RUNNER
 from sperse._server.spares import Binding, Environment, SpareWorkers
 
@@ -47,6 +48,7 @@ class ObjectPools:
 
     def __init__(
         self,
+        config: ServerConfig,
         server: str,
         loop: asyncio.AbstractEventLoop,
         *,
@@ -57,8 +59,6 @@ class ObjectPools:
         fail: Callable[[str, ErrorInfo], None],
         env: Callable[[], Mapping[str, str]],
         token: Callable[[], str],
-        spares: int = 0,
-        max_objects: int = 1,
     ) -> None:
         self._server = server
         self._loop = loop
@@ -75,11 +75,11 @@ class ObjectPools:
         self._deferred: list[tuple[SubmitToObject, Callable[[], str]]] = []
         self._building: dict[str, str] = {}  # object id -> pool id of its create, till it ends
         self.spares = SpareWorkers(
-            spares,
+            config.spare_object_workers,
             loop,
             make=self._new_pool,
             environment=lambda: Environment.now(self._env(), self._token()),
-            room=lambda: max_objects - len(self._pools),
+            room=lambda: config.max_objects - len(self._pools),
             close_pool=self._close_pool,
             own=self._own,
         )
@@ -88,9 +88,12 @@ class ObjectPools:
         """Start the spare pools (in the background): at the server's start."""
         self.spares.refill()
 
-    def close(self) -> None:
-        """The server stops: close the spares (``tasks`` ends once their workers are gone)."""
+    async def close(self) -> None:
+        """The server stops (its objects are stopped): close the spares, and wait till every
+        worker is gone."""
         self.spares.close()
+        while self.tasks:
+            await asyncio.gather(*list(self.tasks), return_exceptions=True)
 
     def _new_pool(
         self, binding: Binding, label: str, environment: Environment, concurrency: int = 1

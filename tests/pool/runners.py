@@ -7,6 +7,7 @@ scenarios, each in its own function below.
 from __future__ import annotations
 
 import contextlib
+import multiprocessing
 import os
 import signal
 import sys
@@ -110,6 +111,8 @@ def command(payload: bytes) -> bytes:
             return argument.encode()
         case "pid":
             return pid(payload)
+        case "name":  # of the worker's process, as multiprocessing knows it
+            return multiprocessing.current_process().name.encode()
         case "sleep":
             return sleep(argument)
         case "wait_for_file":

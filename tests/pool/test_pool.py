@@ -622,6 +622,43 @@ def test_a_huge_concurrency_costs_nothing_more(make_pool: MakePool) -> None:
     pool.close()
 
 
+def test_a_pool_configured_before_its_first_task_is_as_if_created_so(
+    make_pool: MakePool,
+) -> None:
+    # A spare: started with one task at a time under a name of its own, then configured.
+    pool, events = make_pool(1)
+    (pid,) = pool.stats().workers
+    pool.configure("renamed", 3)
+    ids = ["a", "b", "c"]
+    for task_id in ids:  # only three at once can end (see the test above)
+        pool.submit(task_id, f"meet:3:{task_id}".encode())
+    pool.submit("name", b"name")
+    ended = events.wait_terminal(*ids, "name")
+    assert ended == {
+        **{t: task_done(t, t.encode(), where="renamed") for t in ids},
+        "name": task_done("name", b"renamed-worker", where="renamed"),
+    }
+    assert {e.worker for e in events.items if isinstance(e, Started)} == {pid}
+    with pytest.raises(RuntimeError, match="has had tasks"):
+        pool.configure("again", 1)
+    pool.close()
+
+
+def test_a_concurrent_pool_configured_to_one_task_at_a_time_interrupts_again(
+    make_pool: MakePool,
+) -> None:
+    pool, events = make_pool(1, concurrency=2)
+    pool.configure("serial", 1)
+    pool.submit("long", b"sleep:30")
+    pid = events.wait_output("long")
+    assert pool.cancel("long")  # a worker of concurrency 1 is interrupted, and kept
+    assert reason(events.wait_terminal("long")["long"]) == "cancelled"
+    pool.submit("after", b"pid")
+    assert events.wait_terminal("after")["after"] == task_done("after", str(pid).encode(), "serial")
+    assert pool.stats().workers_replaced == 0  # a concurrent worker would not be interrupted
+    pool.close()
+
+
 def test_cancel_in_a_concurrent_worker_ends_the_task_at_once(
     make_pool: MakePool, tmp_path: Path
 ) -> None:

@@ -88,7 +88,9 @@ class ServerThread:
             return self.server.stats()
 
         stats = self.call(snapshot())
-        self.worker_pids.update(stats.worker_pids)
+        self.worker_pids.update(
+            stats.worker_pids + stats.object_worker_pids + stats.spare_object_pids
+        )
         return stats
 
     async def wait_stats(

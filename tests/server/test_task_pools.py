@@ -125,6 +125,7 @@ def make_objects() -> tuple[ObjectPools, dict[str, RecordingPool], list[str]]:
     loop = asyncio.new_event_loop()
     loop.close()  # never run: no pool is started here
     objects = ObjectPools(
+        ServerConfig(),
         "s",
         loop,
         on_event=lambda object_id, event: None,

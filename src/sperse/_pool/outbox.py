@@ -28,7 +28,7 @@ class Outbox:
         on_delivered: Callable[[], None] | None,
         on_worker_exit: Callable[[int, str], None] | None,
     ) -> None:
-        self._name = name
+        self.name = name  # the pool's, in its log lines
         self._lock = lock
         self._on_event = on_event
         self._on_delivered = on_delivered
@@ -57,9 +57,9 @@ class Outbox:
                     else:
                         self._on_event(event)
                 except Exception:
-                    _log.exception("pool %r: on_event raised for %r", self._name, event)
+                    _log.exception("pool %r: on_event raised for %r", self.name, event)
         if delivered and self._on_delivered is not None:
             try:
                 self._on_delivered()
             except Exception:
-                _log.exception("pool %r: on_events_delivered raised", self._name)
+                _log.exception("pool %r: on_events_delivered raised", self.name)

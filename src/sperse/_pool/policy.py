@@ -30,7 +30,7 @@ import heapq
 import logging
 import math
 import signal
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from sperse._core.events import Done, ErrorInfo, Failed, Output, Started
 from sperse._core.values import value
@@ -77,6 +77,7 @@ __all__ = [
     "PolicyConfig",
     "PoolPolicy",
     "describe_exit",
+    "reconfigure",
 ]
 
 PIPELINE = 4  # tasks a worker may hold at once while tasks are short
@@ -532,3 +533,14 @@ class PoolPolicy:
         self._broken = error
         while self._queue:
             self._finish(self._queue.popleft(), error, out)
+
+
+def reconfigure(policy: PoolPolicy, name: str, concurrency: int) -> None:
+    """Give ``policy`` another name and concurrency, as if created with them: for a pool
+    started before it was needed (a spare), which has had no task yet. (A module function:
+    the class is at the size limit of docs/architecture.md.)"""
+    if policy._closing or policy._tasks or policy._next_seq > 1 or policy._done or policy._failed:
+        raise RuntimeError(f"pool {policy._config.name!r} has had tasks, or is closed")
+    policy._config = replace(policy._config, name=name, concurrency=concurrency)
+    policy._name = name
+    policy._concurrency = max(1, concurrency)

@@ -12,7 +12,9 @@ Structure
 cancels, deadlines, restarts); :class:`WorkerPool` here is its shell: it feeds the policy what
 happens and carries out the actions it returns, with :mod:`sperse._pool.procs` (processes and
 pipes) and :mod:`sperse._pool.outbox` (delivery); :mod:`sperse._pool.events` holds the
-vocabulary of all of them.
+vocabulary of all of them. The shell feeds the policy what happens under its lock;
+frames to write wait in ``_frames`` and timers in ``_wake_at`` until the loop's ``_pump``
+takes them: only the loop writes to a pipe or arms a timer.
 
 Invariants
 ----------
@@ -82,6 +84,7 @@ UTF-8 (``surrogatepass``), their parts separated by NUL. Nothing on the pipe is 
 
     parent -> worker   RUN seq payload
                        CANCEL seq                               drop it if not started
+                       CONFIGURE concurrency name               before any RUN: serve so
                        STOP                                     exit
     worker -> parent   READY pid                                runner loaded, idle
                        INIT_FAILED 0 message NUL traceback      runner could not be loaded
@@ -138,7 +141,13 @@ from sperse._pool.events import (
     WriteFailed,
 )
 from sperse._pool.outbox import Outbox
-from sperse._pool.policy import PIPELINE, PIPELINE_TASK_MAX, PolicyConfig, PoolPolicy
+from sperse._pool.policy import (
+    PIPELINE,
+    PIPELINE_TASK_MAX,
+    PolicyConfig,
+    PoolPolicy,
+    reconfigure,
+)
 from sperse._pool.procs import ESCALATION_WAIT, WorkerProcess
 from sperse._pool.worker import HEADER, Msg
 
@@ -157,6 +166,23 @@ def _close_live_pools() -> None:
         pool.close()
 
 
+def _check(size: int, runner: str) -> None:
+    if size < 1:
+        raise ValueError(f"a pool needs at least one worker, not {size}")
+    module_name, sep, function = runner.partition(":")
+    if not (sep and module_name and function):
+        raise ValueError(f"runner {runner!r} is not of the form 'package.module:function'")
+
+
+def _run_own_loop(loop: asyncio.AbstractEventLoop) -> None:
+    """The reader thread of a pool without the owner's loop."""
+    asyncio.set_event_loop(loop)
+    try:
+        loop.run_forever()
+    finally:
+        loop.close()
+
+
 class WorkerPool:
     """``size`` worker processes running ``runner``; events go to ``on_event``.
 
@@ -170,11 +196,7 @@ class WorkerPool:
     SIGKILL"``, ``"exit code 1"``), see the invariants above.
     ``env``: set in each worker's ``os.environ``; ``token``: handed to each worker apart
     from it (a server's cluster token, for nested work: see :mod:`sperse._pool.worker`).
-
-    The decisions are the :class:`~sperse._pool.policy.PoolPolicy`'s; this class feeds it
-    what happens (under ``_lock``) and carries out the actions it returns. Frames to write
-    wait in ``_frames`` and timers in ``_wake_at`` until the loop's ``_pump`` takes them:
-    only the loop writes to a pipe or arms a timer.
+    ``configure``: a pool started before it was needed becomes what it is needed as.
     """
 
     def __init__(
@@ -194,11 +216,7 @@ class WorkerPool:
         env: Mapping[str, str] | None = None,
         token: str = "",
     ) -> None:
-        if size < 1:
-            raise ValueError(f"a pool needs at least one worker, not {size}")
-        module_name, sep, function = runner.partition(":")
-        if not (sep and module_name and function):
-            raise ValueError(f"runner {runner!r} is not of the form 'package.module:function'")
+        _check(size, runner)
         self._size = size
         self._runner = runner
         self._env = dict(env or {})  # set in each worker's os.environ before its runner loads
@@ -247,7 +265,7 @@ class WorkerPool:
         if self._own_loop:
             self._loop.call_soon(self._attach)  # not running yet: no thread to race with
             self._reader = threading.Thread(
-                target=self._run_own_loop, name=f"sperse-{name}-reader", daemon=True
+                target=_run_own_loop, args=(self._loop,), name=f"sperse-{name}-reader", daemon=True
             )
             self._reader.start()
         else:
@@ -275,6 +293,18 @@ class WorkerPool:
             # On the loop (the owner's): a free worker gets them now; the events
             # (Started) are delivered after the caller returns, by the kick.
             self._write_frames()
+        self._kick()
+
+    def configure(self, name: str, concurrency: int) -> None:
+        """Before any task: take ``name`` and ``concurrency`` as if created with them (its
+        workers are told so before any task). ``RuntimeError`` once it has had tasks."""
+        with self._lock:
+            reconfigure(self._policy, name, concurrency)
+            self._name = self._outbox.name = name
+            self._concurrency = max(1, concurrency)
+            for worker in self._procs:
+                frames = procs.configure_frame(self._concurrency, name)
+                self._frames.setdefault(worker, []).extend(frames)
         self._kick()
 
     def cancel(self, task_id: str) -> bool:
@@ -422,14 +452,6 @@ class WorkerPool:
         if not self._kicked:
             self._kicked = True
             self._call_on_loop(self._pump)
-
-    def _run_own_loop(self) -> None:
-        loop = self._loop
-        asyncio.set_event_loop(loop)
-        try:
-            loop.run_forever()
-        finally:
-            loop.close()
 
     def _attach(self) -> None:
         """Start watching the workers (on the loop)."""

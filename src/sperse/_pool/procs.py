@@ -39,11 +39,12 @@ from sperse._pool.events import (
     RunnerRaised,
     WorkerId,
 )
-from sperse._pool.worker import HEADER, Msg, decode_text
+from sperse._pool.worker import HEADER, Msg, decode_text, encode_text
 
 __all__ = [
     "ESCALATION_WAIT",
     "WorkerProcess",
+    "configure_frame",
     "discard",
     "interrupt",
     "kill",
@@ -182,7 +183,7 @@ def spawn(
     process = _CTX.Process(
         target=_worker_module.main,
         args=(child_conn, runner, cancel_seq, concurrency, dict(env), token),
-        name=f"{name}-worker",
+        name=_process_name(name),
         daemon=False,
     )
     try:
@@ -204,6 +205,16 @@ def spawn(
         cancel_seq=cancel_seq,
         pid=process.pid,
     )
+
+
+def _process_name(pool_name: str) -> str:
+    return f"{pool_name}-worker"  # multiprocessing's name of the process, in the worker
+
+
+def configure_frame(concurrency: int, pool_name: str) -> list[bytes]:
+    """A ``CONFIGURE``: serve with ``concurrency``, named as a worker of ``pool_name`` is."""
+    body = encode_text(_process_name(pool_name))
+    return [HEADER.pack(Msg.CONFIGURE, concurrency, len(body)), body]
 
 
 def interrupt(w: WorkerProcess, seq: int) -> None:

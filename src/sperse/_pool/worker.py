@@ -15,7 +15,9 @@ thread of its own (threads are started as tasks need them, and kept); the main t
 reads frames. Output is tagged with the task of the writing thread (a context variable, so
 that a coroutine the task hands to an event loop in another thread is tagged with it too),
 and each answer is written whole under the channel's lock. Such a worker is never
-interrupted: a ``CANCEL`` only drops a task that has not started.
+interrupted: a ``CANCEL`` only drops a task that has not started. A worker started before it
+was needed (a spare) is told its concurrency, and its process's name, by a ``CONFIGURE``
+frame before its first task, and serves from then on as if it had been started with them.
 
 Cancellation of the running task: the parent stores the sequence number of the task to
 cancel in a shared integer and sends ``SIGUSR1``. The handler raises
@@ -32,7 +34,8 @@ Every worker leads a process group of its own, which the processes its tasks sta
 child that starts a session of its own leaves it). The pool kills the group when the worker
 has exited, whatever the way (see :mod:`sperse._pool.procs`), and a worker whose parent died
 kills its group on its way out: no process a task started outlives its worker. A worker
-whose task is interrupted (cancelled) kills the rest of its group itself.
+whose task is interrupted (cancelled) kills the rest of its group itself
+(:mod:`sperse._pool.process_group`).
 
 The pool's ``token`` (a server's cluster token, for nested work) arrives with the worker's
 start-up arguments and is kept in :mod:`sperse._core.nested`, never in ``os.environ``; a
@@ -56,12 +59,13 @@ import signal
 import struct
 import sys
 import threading
-import time
 import traceback
 from collections.abc import Callable
 from multiprocessing.connection import Connection
 from types import FrameType, TracebackType
 from typing import Any, TextIO
+
+from sperse._pool import process_group
 
 __all__ = [
     "HEADER",
@@ -95,6 +99,7 @@ class Msg(enum.IntEnum):
     RUN = 1
     STOP = 2
     CANCEL = 3
+    CONFIGURE = 4
     # worker -> parent
     READY = 10
     INIT_FAILED = 11
@@ -372,23 +377,34 @@ class _Worker:
             raise TaskInterrupted
 
     def serve(self) -> None:
-        if self.concurrency > 1:
-            self.serve_concurrently()
-            return
+        """Serve till told to stop; a ``CONFIGURE`` of another concurrency switches modes."""
+        while self.serve_concurrently() if self.concurrency > 1 else self.serve_serially():
+            pass
+
+    def serve_serially(self) -> bool:
+        """Run the tasks one at a time; True: switch to running them concurrently."""
         reader = self.channel.reader
         waiting = self.waiting
-        while True:
+        while self.concurrency == 1:
             if not waiting and not self._take(reader.read()):
-                return
+                return False
             # A CANCEL of a task that waits behind another is read before that task starts
             # (frames already read always; the pipe is asked only when tasks queue up here).
-            while reader.buffered() or (len(waiting) > 1 and reader.ready()):
+            while self.concurrency == 1 and (
+                reader.buffered() or (len(waiting) > 1 and reader.ready())
+            ):
                 if not self._take(reader.read()):
-                    return
+                    return False
             if waiting:
                 seq, payload = waiting.popitem(last=False)
                 self.channel.send(*self.run_task(seq, payload))
                 _drop_kept()
+        return True
+
+    def configure(self, concurrency: int, body: bytes) -> None:
+        """Sent before any task (to a worker started ahead of need): serve so, so named."""
+        multiprocessing.current_process().name = decode_text(body, 1)[0]
+        self.concurrency = max(1, concurrency)
 
     def _take(self, message: tuple[int, int, bytes] | None) -> bool:
         """Handle one frame from the parent; False: stop serving."""
@@ -400,6 +416,8 @@ class _Worker:
         elif tag == Msg.CANCEL:
             if self.waiting.pop(seq, None) is not None:
                 self.channel.send(Msg.CANCELLED, seq)
+        elif tag == Msg.CONFIGURE:
+            self.configure(seq, body)
         elif tag == Msg.STOP:
             return False
         return True
@@ -407,7 +425,7 @@ class _Worker:
     def run_task(self, seq: int, payload: bytes) -> tuple[int, int, bytes]:
         outcome: tuple[int, int, bytes]
         self.channel.deferred = False
-        started = _boot_ticks()
+        started = process_group.boot_ticks()
         try:
             try:
                 self.running = seq
@@ -418,7 +436,7 @@ class _Worker:
                 self.running = 0
         except TaskInterrupted:
             outcome = (Msg.CANCELLED, seq, b"")
-            _kill_group_since(started)
+            process_group.kill_since(started)
         # No interrupt can arrive from here on: `running` is 0.
         self.stdout.drain(seq)
         self.stderr.drain(seq)
@@ -439,14 +457,14 @@ class _Worker:
 
     # -- a concurrent worker ---------------------------------------------------------------
 
-    def serve_concurrently(self) -> None:
+    def serve_concurrently(self) -> bool:
         """Read frames; each task goes to a thread (the pool sends at most ``concurrency``
-        unanswered tasks, so one is free or about to be)."""
+        unanswered tasks, so one is free or about to be). True: switch to one at a time."""
         reader = self.channel.reader
         while True:
             message = reader.read()
             if message is None:
-                return
+                return False
             tag, seq, body = message
             if tag == Msg.RUN:
                 with self.threads_lock:
@@ -466,8 +484,12 @@ class _Worker:
                     if seq in self.pending:  # else it runs: the pool ignores its answer
                         self.pending.discard(seq)
                         self.dropped.add(seq)
+            elif tag == Msg.CONFIGURE:
+                self.configure(seq, body)
+                if self.concurrency == 1:
+                    return True
             elif tag == Msg.STOP:
-                return
+                return False
 
     def _serve_jobs(self) -> None:
         while True:
@@ -494,43 +516,6 @@ class _Worker:
                 _drop_kept()
             with self.threads_lock:
                 self.idle += 1
-
-
-def _exit_when_parent_dies() -> None:
-    parent = multiprocessing.parent_process()
-    if parent is None:
-        return
-    parent.join()
-    if os.getpgrp() == os.getpid():  # the processes our tasks started go with us
-        os.killpg(os.getpgrp(), signal.SIGKILL)
-    os._exit(1)
-
-
-def _boot_ticks() -> int:
-    """Now, in the unit of a process's start time in ``/proc/PID/stat``."""
-    return int(time.clock_gettime(time.CLOCK_BOOTTIME) * os.sysconf("SC_CLK_TCK"))
-
-
-def _kill_group_since(started: int) -> None:
-    """A task was cancelled: kill the processes of this worker's group that started since
-    ``started`` (``_boot_ticks``), what the task started and left running, found in
-    ``/proc``. Those of earlier tasks (a helper kept in ``worker_cache``) are left alone."""
-    me = os.getpid()
-    if os.getpgrp() != me:
-        return
-    with contextlib.suppress(OSError):
-        for name in os.listdir("/proc"):
-            if not name.isdigit() or int(name) == me:
-                continue
-            try:
-                with open(f"/proc/{name}/stat", "rb") as file:
-                    stat = file.read()
-            except OSError:  # gone meanwhile
-                continue
-            fields = stat[stat.rfind(b")") + 2 :].split()  # state, ppid, pgrp, ...
-            if len(fields) > 19 and int(fields[2]) == me and int(fields[19]) >= started:
-                with contextlib.suppress(OSError):
-                    os.kill(int(name), signal.SIGKILL)
 
 
 def _hide_token(token: str) -> None:
@@ -564,7 +549,9 @@ def main(
     if token:
         _hide_token(token)
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-    threading.Thread(target=_exit_when_parent_dies, name="parent-watchdog", daemon=True).start()
+    threading.Thread(
+        target=process_group.exit_when_parent_dies, name="parent-watchdog", daemon=True
+    ).start()
     channel_fd = conn.fileno()
     os.set_blocking(channel_fd, True)
     try:

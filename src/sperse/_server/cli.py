@@ -128,6 +128,14 @@ def _add_totals(parser: argparse.ArgumentParser) -> None:
         metavar="N",
         help="live remote objects one client session may create (default: half of --max-objects)",
     )
+    parser.add_argument(
+        "--spare-object-workers",
+        type=int,
+        default=None,
+        metavar="N",
+        help="object worker processes kept started, so that creating a remote object does "
+        "not wait for one; they count toward --max-objects (default 1, 0: none)",
+    )
 
 
 def _totals(args: argparse.Namespace) -> dict[str, int]:
@@ -140,6 +148,7 @@ def _totals(args: argparse.Namespace) -> dict[str, int]:
         "max_blob_total",
         "max_objects",
         "max_session_objects",
+        "spare_object_workers",
     )
     return {name: getattr(args, name) for name in names if getattr(args, name) is not None}
 

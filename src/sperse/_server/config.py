@@ -106,6 +106,9 @@ class ServerConfig:
     # (0: half of max_objects); a create past either fails (sperse._server.remote).
     max_objects: int = DEFAULT_MAX_OBJECTS
     max_session_objects: int = 0
+    # One-worker pools kept started for the next remote objects (sperse._server.spares):
+    # they count toward max_objects; 0: every object's worker starts when it is created.
+    spare_object_workers: int = 1
     log_level: str = "INFO"
     hello_timeout: float = 10.0  # a peer that sends no Hello within this is turned away
     shm: bool = True  # big buffers through shared memory files, with clients on this host
@@ -193,6 +196,10 @@ def check_config(config: ServerConfig) -> None:
     ):
         if size < 1:
             raise ServerConfigError(f"{option} must be positive, not {size}")
+    if config.spare_object_workers < 0:
+        raise ServerConfigError(
+            f"--spare-object-workers must be >= 0 (0: none), not {config.spare_object_workers}"
+        )
     if config.max_session_objects < 0:
         raise ServerConfigError(
             f"--max-session-objects must be positive (or 0: half of --max-objects), not "

@@ -210,6 +210,7 @@ class ServerCore:
             token=lambda: self.worker_token,
         )
         self._objects = ObjectPools(
+            config,
             name,
             loop,
             on_event=self._on_object_event,
@@ -253,14 +254,6 @@ class ServerCore:
     def tasks_failed(self) -> int:
         return self.state.tasks.tasks_failed
 
-    @property
-    def objects_pulled(self) -> int:
-        return self.state.pulls.objects_pulled
-
-    @property
-    def bytes_pulled(self) -> int:
-        return self.state.pulls.bytes_pulled
-
     # ---- life cycle ------------------------------------------------------------------
 
     def start(self) -> None:
@@ -268,6 +261,7 @@ class ServerCore:
         if self.config.shm:
             shm.sweep_dead_servers()
         self._pools.start()
+        self._objects.start_spares()
 
     async def close(self) -> None:
         """End every session, stop the workers (and wait for them to exit), sweep the
@@ -277,8 +271,7 @@ class ServerCore:
         # None should be left (their sessions ended, and their objects with them).
         why = f"was destroyed: {SESSION_END['server_stopping']}"
         self._perform(self.state.destroy_objects(why))
-        while self._objects.tasks:  # their workers are gone after this
-            await asyncio.gather(*list(self._objects.tasks), return_exceptions=True)
+        await self._objects.close()  # and the spares: their workers are gone after this
         await self._pulls.close()
         if self._peers is not None:
             await self._peers.close()
@@ -453,6 +446,7 @@ class ServerCore:
             replica_bytes=sum(held.size for held in replicas.values()),
             remote_objects=len(state.objects.alive),
             object_worker_pids=self._objects.worker_pids(),
+            spare_object_pids=self._objects.spare_pids(),
             unread_bytes=sum(s.unread for s in sessions),
             unread_peak=max((s.unread_peak for s in sessions), default=0),
         )

@@ -173,6 +173,7 @@ class ServerStats:
     replica_bytes: int = 0
     remote_objects: int = 0  # alive (or being built), all sessions
     object_worker_pids: tuple[int, ...] = ()  # of the remote objects' workers
+    spare_object_pids: tuple[int, ...] = ()  # started for the next objects (sperse._server.spares)
     unread_bytes: int = 0  # of events not sent yet, all sessions (sperse._server.outgoing)
     unread_peak: int = 0  # the most one session has had
 

@@ -9,20 +9,25 @@ While a pool delivers a batch of its events, the calls those events let start (a
 call makes room for the next of its session) are kept, in order, and each object's handed
 to its pool in one call when the batch ends; any other request (a start, a cancel, a stop,
 a client's calls) hands them over first. As :mod:`sperse._server.task_pools` does.
+
+A create takes a spare pool when there is one fit for it (:mod:`sperse._server.spares`), and
+starts one of its own otherwise; once no object is being built (its create has ended), or
+an object is gone, the spares are refilled.
 """
 
 from __future__ import annotations
 
 import asyncio
-import functools
 import math
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
-from sperse._core import BackendEvent, ErrorInfo
+from sperse._core import BackendEvent, Done, ErrorInfo, Failed
 from sperse._pool.pool import WorkerPool
 from sperse._server.actions import CancelObjectCall, StartObject, StopObject, SubmitToObject
+from sperse._server.config import ServerConfig
 from sperse._server.model import ACTOR_RUNNER
+from sperse._server.spares import Binding, Environment, SpareWorkers
 
 __all__ = ["OBJECT_STOP_TIMEOUT", "ObjectPools"]
 
@@ -43,6 +48,7 @@ class ObjectPools:
 
     def __init__(
         self,
+        config: ServerConfig,
         server: str,
         loop: asyncio.AbstractEventLoop,
         *,
@@ -67,10 +73,68 @@ class ObjectPools:
         self.tasks: set[asyncio.Task[None]] = set()  # pools starting, or stopping
         self._in_batch = False  # a pool is delivering its events
         self._deferred: list[tuple[SubmitToObject, Callable[[], str]]] = []
+        self._building: dict[str, str] = {}  # object id -> pool id of its create, till it ends
+        self.spares = SpareWorkers(
+            config.spare_object_workers,
+            loop,
+            make=self._new_pool,
+            environment=lambda: Environment.now(self._env(), self._token()),
+            room=lambda: config.max_objects - len(self._pools),
+            close_pool=self._close_pool,
+            own=self._own,
+        )
+
+    def start_spares(self) -> None:
+        """Start the spare pools (in the background): at the server's start."""
+        self.spares.refill()
+
+    async def close(self) -> None:
+        """The server stops (its objects are stopped): close the spares, and wait till every
+        worker is gone."""
+        self.spares.close()
+        while self.tasks:
+            await asyncio.gather(*list(self.tasks), return_exceptions=True)
+
+    def _new_pool(
+        self, binding: Binding, label: str, environment: Environment, concurrency: int = 1
+    ) -> WorkerPool:
+        """A one-worker pool for an object (or a spare: ``label`` "spare", concurrency 1
+        until it is taken). Blocks: spawning takes milliseconds."""
+        return WorkerPool(
+            1,
+            ACTOR_RUNNER,
+            binding.event,
+            name=self._pool_name(label),
+            loop=self._loop,
+            cancel_grace=math.inf,  # a cancel never kills the object's worker
+            concurrency=concurrency,
+            on_events_delivered=self._batch_delivered,
+            on_worker_exit=binding.exit,
+            env=dict(environment.env),
+            token=environment.token,
+        )
+
+    def _pool_name(self, label: str) -> str:
+        return f"{self._server}/object/{label}"
+
+    def _close_pool(self, pool: WorkerPool) -> None:
+        pool.close(OBJECT_STOP_TIMEOUT)  # on the loop: returns at once, its tasks end now
+        # ... and this waits till its worker is gone.
+        self._own(self._loop.create_task(asyncio.to_thread(pool.close, OBJECT_STOP_TIMEOUT)))
 
     def _batch_event(self, object_id: str, event: BackendEvent) -> None:
         self._in_batch = True
+        if self._building and isinstance(event, (Done, Failed)):
+            self._built(object_id, event.task_id)
         self._on_event(object_id, event)
+
+    def _built(self, object_id: str, task_id: str = "") -> None:
+        """``object_id``'s create (``task_id``; "": whatever it is) has ended, or it is gone:
+        once no object is being built, the spares are refilled."""
+        if task_id and self._building.get(object_id) != task_id:
+            return
+        if self._building.pop(object_id, None) is not None and not self._building:
+            self.spares.refill()
 
     def _batch_delivered(self) -> None:
         self._in_batch = False
@@ -99,7 +163,18 @@ class ObjectPools:
         record = self._pools.setdefault(action.object_id, _ObjectPool())
         # The create first, before the calls sent while it waited for a pull.
         record.early = {action.pool_id: action.payload, **record.early}
-        self._own(self._loop.create_task(self._start(action, record)))
+        self._building[action.object_id] = action.pool_id
+        pool = self.spares.take(
+            action.object_id,
+            self._pool_name(action.label),
+            action.max_concurrency,
+            self._batch_event,
+            self._on_exit,
+        )
+        if pool is not None:
+            self._started(record, pool)
+        else:
+            self._own(self._loop.create_task(self._start(action, record)))
 
     def _own(self, task: asyncio.Task[None]) -> None:
         self.tasks.add(task)
@@ -109,26 +184,21 @@ class ObjectPools:
         """Start the object's worker (in a thread: spawning takes milliseconds), then send
         what waits for it."""
         object_id = action.object_id
+        binding = Binding(object_id, self._on_exit, self._batch_event)
+        environment = Environment.now(self._env(), self._token())
         try:
             pool = await asyncio.to_thread(
-                WorkerPool,
-                1,
-                ACTOR_RUNNER,
-                functools.partial(self._batch_event, object_id),
-                name=f"{self._server}/object/{action.label}",
-                loop=self._loop,
-                cancel_grace=math.inf,  # a cancel never kills the object's worker
-                concurrency=action.max_concurrency,
-                on_events_delivered=self._batch_delivered,
-                on_worker_exit=functools.partial(self._on_exit, object_id),
-                env=dict(self._env()),
-                token=self._token(),
+                self._new_pool, binding, action.label, environment, action.max_concurrency
             )
         except Exception as exc:
+            self._built(object_id)
             self._failed(object_id, str(exc))
             return
+        self._started(record, pool)
+
+    def _started(self, record: _ObjectPool, pool: WorkerPool) -> None:
         if record.stopped:  # destroyed meanwhile
-            await asyncio.to_thread(pool.close, OBJECT_STOP_TIMEOUT)
+            self._close_pool(pool)
             return
         record.pool = pool
         early, record.early = record.early, {}
@@ -196,15 +266,19 @@ class ObjectPools:
         record.early.clear()
         pool, record.pool = record.pool, None
         if pool is not None:
-            pool.close(OBJECT_STOP_TIMEOUT)  # on the loop: returns at once, its tasks end now
-            # ... and this waits till its worker is gone.
-            self._own(self._loop.create_task(asyncio.to_thread(pool.close, OBJECT_STOP_TIMEOUT)))
+            self._close_pool(pool)
+        self._building.pop(action.object_id, None)
+        if not self._building:  # there is room for a spare again
+            self.spares.refill()
 
     def pid(self, object_id: str) -> int:
         """Of the object's worker; 0 while it starts."""
         record = self._pools.get(object_id)
         workers = record.pool.stats().workers if record and record.pool is not None else ()
         return workers[0] if workers else 0
+
+    def spare_pids(self) -> tuple[int, ...]:
+        return self.spares.pids()
 
     def worker_pids(self) -> tuple[int, ...]:
         return tuple(

@@ -252,7 +252,9 @@ class SperseServer:
             object_bytes=stats.object_bytes_total,
             sessions=stats.sessions,
             rss=rss(os.getpid()),
-            workers_rss=rss_total(stats.worker_pids + stats.object_worker_pids),
+            workers_rss=rss_total(
+                stats.worker_pids + stats.object_worker_pids + stats.spare_object_pids
+            ),
             store_keys=store.keys if store is not None else 0,
             store_bytes=store.bytes if store is not None else 0,
             remote_objects=stats.remote_objects,

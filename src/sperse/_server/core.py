@@ -260,8 +260,7 @@ class ServerCore:
         """Start the workers in the background: tasks wait (in the pool) until they are ready."""
         if self.config.shm:
             shm.sweep_dead_servers()
-        self._pools.start()
-        self._objects.start_spares()
+        self._pools.start(then=self._objects.start_spares)  # spares once the workers are
 
     async def close(self) -> None:
         """End every session, stop the workers (and wait for them to exit), sweep the

@@ -85,7 +85,7 @@ class ObjectPools:
         )
 
     def start_spares(self) -> None:
-        """Start the spare pools (in the background): at the server's start."""
+        """Start the spare pools (in the background): once the server's task workers are."""
         self.spares.refill()
 
     async def close(self) -> None:

@@ -67,8 +67,12 @@ class TaskPools:
         self._in_batch = False  # the server's pool is delivering its events
         self._deferred: list[Submit] = []  # submitted meanwhile, for the pool at its end
 
-    def start(self) -> None:
+    def start(self, then: Callable[[], None] | None = None) -> None:
+        """Start the workers in the background; ``then``: called once they are started (or
+        failed to), so that what else the server starts does not slow its first tasks."""
         self._started = self._loop.create_task(self._start())
+        if then is not None:
+            self._started.add_done_callback(lambda _: then())
 
     async def _start(self) -> None:
         try:

@@ -135,6 +135,7 @@ def make_objects() -> tuple[ObjectPools, dict[str, RecordingPool], list[str]]:
         fail=lambda pool_id, error: said.append(f"failed {pool_id}"),
         env=lambda: {},
         token=lambda: "t",
+        idle=lambda: True,
     )
     pools = {name: RecordingPool() for name in ("o1", "o2")}
     for name, pool in pools.items():

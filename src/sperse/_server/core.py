@@ -220,6 +220,7 @@ class ServerCore:
             fail=self._fail_attempt,
             env=lambda: self.worker_env,
             token=lambda: self.worker_token,
+            idle=lambda: not self.state.tasks.attempts,
         )
         self._announce_timer: asyncio.TimerHandle | None = None
         self._files = Files(loop)
@@ -476,6 +477,8 @@ class ServerCore:
 
     def _after_pool_events(self) -> None:
         self.in_pool_batch = False
+        if self._objects.spares.short and not self.state.tasks.attempts:  # idle: spares start
+            self._objects.spares.refill()
         if self.after_pool_events is not None:
             self.after_pool_events()
 

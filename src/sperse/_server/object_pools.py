@@ -11,8 +11,8 @@ to its pool in one call when the batch ends; any other request (a start, a cance
 a client's calls) hands them over first. As :mod:`sperse._server.task_pools` does.
 
 A create takes a spare pool when there is one fit for it (:mod:`sperse._server.spares`), and
-starts one of its own otherwise; once no object is being built (its create has ended), or
-an object is gone, the spares are refilled.
+starts one of its own otherwise; the spares are refilled when an object is gone and when
+the server is idle (see there).
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ import math
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
-from sperse._core import BackendEvent, Done, ErrorInfo, Failed
+from sperse._core import BackendEvent, ErrorInfo
 from sperse._pool.pool import WorkerPool
 from sperse._server.actions import CancelObjectCall, StartObject, StopObject, SubmitToObject
 from sperse._server.config import ServerConfig
@@ -59,6 +59,7 @@ class ObjectPools:
         fail: Callable[[str, ErrorInfo], None],
         env: Callable[[], Mapping[str, str]],
         token: Callable[[], str],
+        idle: Callable[[], bool],
     ) -> None:
         self._server = server
         self._loop = loop
@@ -73,12 +74,12 @@ class ObjectPools:
         self.tasks: set[asyncio.Task[None]] = set()  # pools starting, or stopping
         self._in_batch = False  # a pool is delivering its events
         self._deferred: list[tuple[SubmitToObject, Callable[[], str]]] = []
-        self._building: dict[str, str] = {}  # object id -> pool id of its create, till it ends
         self.spares = SpareWorkers(
             config.spare_object_workers,
             loop,
             make=self._new_pool,
             environment=lambda: Environment.now(self._env(), self._token()),
+            idle=idle,
             room=lambda: config.max_objects - len(self._pools),
             close_pool=self._close_pool,
             own=self._own,
@@ -124,17 +125,7 @@ class ObjectPools:
 
     def _batch_event(self, object_id: str, event: BackendEvent) -> None:
         self._in_batch = True
-        if self._building and isinstance(event, (Done, Failed)):
-            self._built(object_id, event.task_id)
         self._on_event(object_id, event)
-
-    def _built(self, object_id: str, task_id: str = "") -> None:
-        """``object_id``'s create (``task_id``; "": whatever it is) has ended, or it is gone:
-        once no object is being built, the spares are refilled."""
-        if task_id and self._building.get(object_id) != task_id:
-            return
-        if self._building.pop(object_id, None) is not None and not self._building:
-            self.spares.refill()
 
     def _batch_delivered(self) -> None:
         self._in_batch = False
@@ -163,7 +154,6 @@ class ObjectPools:
         record = self._pools.setdefault(action.object_id, _ObjectPool())
         # The create first, before the calls sent while it waited for a pull.
         record.early = {action.pool_id: action.payload, **record.early}
-        self._building[action.object_id] = action.pool_id
         pool = self.spares.take(
             action.object_id,
             self._pool_name(action.label),
@@ -191,7 +181,6 @@ class ObjectPools:
                 self._new_pool, binding, action.label, environment, action.max_concurrency
             )
         except Exception as exc:
-            self._built(object_id)
             self._failed(object_id, str(exc))
             return
         self._started(record, pool)
@@ -267,9 +256,7 @@ class ObjectPools:
         pool, record.pool = record.pool, None
         if pool is not None:
             self._close_pool(pool)
-        self._building.pop(action.object_id, None)
-        if not self._building:  # there is room for a spare again
-            self.spares.refill()
+        self.spares.refill()  # there is room for one again
 
     def pid(self, object_id: str) -> int:
         """Of the object's worker; 0 while it starts."""

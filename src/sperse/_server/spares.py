@@ -6,8 +6,10 @@ replica. So a server keeps ``spare_object_workers`` (``--spare-object-workers``)
 started and idle; a create takes one instead of starting one
 (:class:`~sperse._server.object_pools.ObjectPools`), which then serves under the object's
 name and concurrency (:meth:`~sperse._pool.pool.WorkerPool.configure`), its events going
-to the object (:class:`Binding`). The owner asks for a new spare (``refill``) when no object
-is being built, so that it does not compete with constructors for the CPU.
+to the object (:class:`Binding`). A new spare starts only while nothing runs on the server
+(no task, no call of an object, no create): it would take CPU from the work that took the
+last one (a flow's operators, say). The owner asks (``refill``) when an object is gone and
+when a batch of pool events leaves the server idle.
 
 Invariants:
 
@@ -83,6 +85,7 @@ class _Spare:
 class SpareWorkers:
     """The spare pools of one server. ``make(binding, label, environment)``: a one-worker
     object pool labelled ``label`` (blocking: called in a thread); ``environment()``: the one of now;
+    ``idle()``: nothing runs on the server now;
     ``room()``: how many more object processes the bound allows; ``close_pool(pool)``:
     close it without blocking the loop. Call from the loop only."""
 
@@ -93,6 +96,7 @@ class SpareWorkers:
         *,
         make: Callable[[Binding, str, Environment], WorkerPool],
         environment: Callable[[], Environment],
+        idle: Callable[[], bool],
         room: Callable[[], int],
         close_pool: Callable[[WorkerPool], None],
         own: Callable[[asyncio.Task[None]], None],
@@ -101,6 +105,7 @@ class SpareWorkers:
         self._loop = loop
         self._make = make
         self._environment = environment
+        self._idle = idle
         self._room = room
         self._close_pool = close_pool
         self._own = own
@@ -113,9 +118,16 @@ class SpareWorkers:
     def pids(self) -> tuple[int, ...]:
         return tuple(pid for s in self._ready if s.pool for pid in s.pool.stats().workers)
 
+    @property
+    def short(self) -> bool:
+        """Fewer spares than the count are ready or starting (cheap: asked per event batch)."""
+        return len(self._ready) + self._starting < self._count and not self._closed
+
     def refill(self) -> None:
-        """Start spares up to the count (in the background), within the bound."""
-        if self._closed:
+        """Start spares up to the count (in the background), within the bound, if nothing
+        runs on the server (``idle()``): a spare's start (~0.1 s of CPU) must not slow the
+        work that took the last one. The owner asks again once the server is idle."""
+        if self._closed or not self._idle():
             return
         want = min(self._count, self._room()) - len(self._ready) - self._starting
         for _ in range(max(0, want)):

@@ -23,9 +23,12 @@ def exit_when_parent_dies() -> None:
     os._exit(1)
 
 
+_TICKS = os.sysconf("SC_CLK_TCK")  # (asked once: this runs for every task)
+
+
 def boot_ticks() -> int:
     """Now, in the unit of a process's start time in ``/proc/PID/stat``."""
-    return int(time.clock_gettime(time.CLOCK_BOOTTIME) * os.sysconf("SC_CLK_TCK"))
+    return int(time.clock_gettime(time.CLOCK_BOOTTIME) * _TICKS)
 
 
 def kill_since(started: int) -> None:

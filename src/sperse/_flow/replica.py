@@ -40,6 +40,7 @@ from typing import Any
 from sperse._core import ErrorInfo
 from sperse._exec.runner import encode_error, short_repr
 from sperse._flow.awaits import AsyncMap, Call, Resumed
+from sperse._flow.looping import by_round, gate, split
 from sperse._flow.messages import (
     Batch,
     End,
@@ -204,6 +205,8 @@ class Replica:
             else:
                 self._fed.setdefault(ev.round + 1, []).extend(ev.items)
             return []
+        if self.loop is not None and self._async:
+            return self._await_in_loop(ev)
         items = ev.items if self._idem is None else self._idem.arrive(ev.items)
         out = self._run(0, ev.port, items, ctx)
         if self.service:
@@ -249,14 +252,39 @@ class Replica:
             return []
         return self._finish_round(0, ev.round, Ctx(self.index, self.stage.replicas))
 
+    def _await_in_loop(self, ev: Batch) -> list[Action]:
+        """A loop's batch into the async operator heading this body stage: each item tagged
+        with its round and its share of the batch's weight (:mod:`sperse._flow.looping`)."""
+        op = self.ops[0]
+        assert isinstance(op, AsyncMap)
+        self._at = 0
+        op.count += len(ev.items)
+        if not self.item_body:
+            op.accept(ev.items, [(ev.round, None)] * len(ev.items))
+            return []
+        assert ev.weight is not None
+        if not ev.items:
+            return [Report(LoopWeight(self._loop_id(), returned=ev.weight))]
+        op.accept(ev.items, [(ev.round, w) for w in split(ev.weight, len(ev.items))])
+        return []
+
     def _resumed(self, ev: Resumed) -> list[Action]:
         """An async operator's call ended: what it releases goes on through the chain."""
         ctx = Ctx(self.index, self.stage.replicas)
         op = self.ops[ev.op]
         assert isinstance(op, AsyncMap)
         self._at = ev.op
-        out = self._run(ev.op + 1, 0, op.resumed(ev), ctx)
-        actions = self._served(out, ctx) if self.service else self._route(out, 0, ctx)
+        actions: list[Action] = []
+        if self.loop is not None:  # in its round, with its items' weight
+            for rnd, items, weight in by_round(op.resumed_with_tags(ev)):
+                out = self._run(ev.op + 1, 0, items, ctx)
+                sent = self._route(out, rnd, ctx, weight=weight)
+                if weight is not None and not sent:
+                    sent = [Report(LoopWeight(self._loop_id(), returned=weight))]
+                actions += sent
+        else:
+            out = self._run(ev.op + 1, 0, op.resumed(ev), ctx)
+            actions = self._served(out, ctx) if self.service else self._route(out, 0, ctx)
         if self._deferred is not None and not self.calls:
             rnd, self._deferred = self._deferred, None
             actions += self._finish_round(0, rnd, ctx)
@@ -369,31 +397,22 @@ class Replica:
     def _gate_items(self, ev: Batch, ctx: Ctx) -> list[Action]:
         """A per-item loop's gate: out, dropped at ``max_rounds``, or round again."""
         assert self.loop is not None
-        gate = self.ops[0]
-        gate.count += len(ev.items)
+        self.ops[0].count += len(ev.items)
         until, limit = self.loop.until, self.loop.max_rounds
         outer = ev.port == 0
         rnd = 0 if outer else ev.round
         weight = Fraction(1) if outer else ev.weight
         assert weight is not None
-        leave, again, exceeded, example = [], [], 0, ""
-        item = None
-        try:
-            for item in ev.items:
-                if until(item):
-                    leave.append(item)
-                elif rnd >= limit:
-                    exceeded += 1
-                    example = example or short_repr(item)
-                else:
-                    again.append(item)
-        except Exception as exc:
-            raise ItemError(item, exc) from exc
-        actions = self._route(leave, 0, ctx, roles=(Role.EXIT,))
-        body = self._route(again, rnd, ctx, roles=(Role.BODY,), weight=weight)
+        split_ = gate(ev.items, rnd, until, limit)
+        actions = self._route(split_.leave, 0, ctx, roles=(Role.EXIT,))
+        body = self._route(split_.again, rnd, ctx, roles=(Role.BODY,), weight=weight)
         returned = Fraction(0) if body else weight
         report = LoopWeight(
-            self.loop.id, weight if outer else Fraction(0), returned, exceeded, example
+            self.loop.id,
+            weight if outer else Fraction(0),
+            returned,
+            split_.exceeded,
+            split_.example,
         )
         return [*actions, *body, Report(report)]
 

@@ -2,10 +2,10 @@
 
 A replica runs its stage's chained operators (:mod:`sperse._flow.ops`) on each batch that
 comes, and spreads what the last one emits over the stage's output edges by their
-partitioning: one :class:`~sperse._flow.messages.Send` per receiving replica with items.
-When every sender on every input port has sent its ``End``, it flushes the operators in
-chain order (what one emits at its end goes through the ones after it), sends ``End``
-on every output, and a sink reports its value.
+partitioning (:mod:`sperse._flow.spread`): one :class:`~sperse._flow.messages.Send` per
+receiving replica with items. When every sender on every input port has sent its
+``End``, it flushes the operators in chain order (what one emits at its end goes through
+the ones after it), sends ``End`` on every output, and a sink reports its value.
 
 Loops (the plan's ``LoopSpec``):
 
@@ -33,7 +33,6 @@ after that.
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from fractions import Fraction
 from typing import Any
 
@@ -59,7 +58,7 @@ from sperse._flow.messages import (
     Tick,
     WriteFile,
 )
-from sperse._flow.ops import BulkEnd, Ctx, ItemError, Op, make_op, stable_hash
+from sperse._flow.ops import BulkEnd, Ctx, ItemError, Op, make_op
 from sperse._flow.plan import Node, OutEdge, Partition, PhysicalPlan, Role, StageId
 from sperse._flow.service import (
     Enveloped,
@@ -71,6 +70,7 @@ from sperse._flow.service import (
     envelope_key,
     swap,
 )
+from sperse._flow.spread import Spread
 from sperse._flow.wasm import MapWasm
 
 __all__ = ["Action", "Replica"]
@@ -79,7 +79,6 @@ Action = Send | Report | WriteFile | Reply | Call
 Event = ReplicaEvent | Remember | Swap | Resumed
 _EDGE_ONLY = frozenset({"source", "shuffle", "respond"})
 _INSIDE = (Role.NORMAL, Role.BODY)
-_OWNERS = 1 << 16  # keys whose replica an output remembers (then it starts afresh)
 
 
 class Replica:
@@ -108,9 +107,8 @@ class Replica:
         )
         self._senders = {i.port: i.senders for i in self.stage.inputs}
         self._ended: dict[tuple[int, int], int] = {}  # (port, round) -> Ends seen
-        self._turn = [0] * len(self.stage.outputs)  # round-robin position per output
-        # per output: the replica each key met lately goes to (stable_hash, remembered)
-        self._owners: list[dict[Any, int]] = [{} for _ in self.stage.outputs]
+        key = envelope_key if self.service else _first
+        self._spreads = [Spread(edge, index, key) for edge in self.stage.outputs]
         self._at = 0  # the op running, for errors
         self._failed = False
         self._emitted = 0  # items the last operator sent on
@@ -435,7 +433,7 @@ class Replica:
         parts: list[tuple[OutEdge, int, list[Any]]] = []
         for n, edge in enumerate(self.stage.outputs):
             if edge.role in roles:
-                parts.extend((edge, r, part) for r, part in self._spread(n, edge, items))
+                parts.extend((edge, r, part) for r, part in self._spreads[n](items))
         share = weight / len(parts) if weight is not None and parts else None
         actions: list[Action] = []
         for edge, replica, part in parts:
@@ -444,24 +442,6 @@ class Replica:
             batch = Batch(edge.port, self.index, part, next_round, share, ctx.now)
             actions.append(Send(edge.stage, replica, batch))
         return actions
-
-    def _spread(self, n: int, edge: OutEdge, items: list[Any]) -> list[tuple[int, list[Any]]]:
-        count = edge.replicas
-        if count == 1:
-            return [(0, items)]
-        if edge.partition is Partition.FORWARD:
-            return [(self.index, items)]
-        if edge.partition is Partition.BROADCAST:
-            return [(r, list(items)) for r in range(count)]
-        parts: list[list[Any]] = [[] for _ in range(count)]
-        if edge.partition is Partition.ROUND_ROBIN:
-            start = self._turn[n]
-            for r in range(count):
-                parts[r] = items[(r - start) % count :: count]
-            self._turn[n] = (start + len(items)) % count
-        else:
-            _by_key(items, envelope_key if self.service else _first, self._owners[n], parts)
-        return [(r, part) for r, part in enumerate(parts) if part]
 
     def _ends(self, rnd: int, roles: tuple[Role, ...]) -> list[Action]:
         """An End to every replica of every output with one of ``roles``."""
@@ -500,25 +480,6 @@ class Replica:
 
 def _first(item: Any) -> Any:
     return item[0]
-
-
-def _by_key(
-    items: list[Any], key: Callable[[Any], Any], owners: dict[Any, int], parts: list[list[Any]]
-) -> None:
-    """Put each item in the part of the replica that owns its key (``owners``: the owner
-    of each key met lately, so that each is hashed once)."""
-    if len(owners) > _OWNERS:
-        owners.clear()
-    item = None
-    try:
-        for item in items:
-            k = key(item)
-            owner = owners.get(k)
-            if owner is None:
-                owner = owners[k] = stable_hash(k) % len(parts)
-            parts[owner].append(item)
-    except Exception as exc:
-        raise ItemError(item, exc, f"its key cannot be hashed: {exc}") from exc
 
 
 def _op(node: Node, service: bool = False) -> Op:

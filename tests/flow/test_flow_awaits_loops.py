@@ -54,9 +54,7 @@ def body_replica() -> Replica:
 def weights(actions: list[Any]) -> tuple[Fraction, Fraction]:
     """The weight sent on and the weight reported returned by ``actions``."""
     sent = sum((a.message.weight for a in actions if isinstance(a, Send)), Fraction(0))
-    returned = sum(
-        (a.what.returned for a in actions if isinstance(a, Report)), Fraction(0)
-    )
+    returned = sum((a.what.returned for a in actions if isinstance(a, Report)), Fraction(0))
     return sent, returned
 
 

@@ -199,10 +199,14 @@ def services_text(members: Sequence[MemberInfo], details: Details) -> str:
                 or "-",
                 "in": f"{op['items_in']:,}",
                 "rate/s": f"{op['rate']:,.0f}",
+                "in flight": f"{op.get('in_flight', 0):,}" if op["kind"] == "map_async" else "",
             }
             for op in card["operators"]
         ]
-        table = servers_table(rows, ["operator", "kind", "replicas", "servers", "in", "rate/s"])
+        columns = ["operator", "kind", "replicas", "servers", "in", "rate/s"]
+        if any(op["kind"] == "map_async" for op in card["operators"]):
+            columns.append("in flight")  # an async operator's calls
+        table = servers_table(rows, columns)
         lines += ["  " + line for line in table.splitlines()]
     return "\n".join(lines)
 

@@ -242,10 +242,3 @@ def test_bad_async_map_options_are_refused(build: Any, match: str) -> None:
     f = sperse.Flow("bad")
     with pytest.raises((TypeError, ValueError), match=match):
         build(f.source([]))
-
-
-def test_an_async_map_in_a_loop_is_refused_when_planned() -> None:
-    f = sperse.Flow("loop")
-    f.source([]).iterate(lambda s: s.map(fn, name="call"), lambda x: True).collect()
-    with pytest.raises(ValueError, match=r"call: a loop .* cannot hold an async map"):
-        f.explain()

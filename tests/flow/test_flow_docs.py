@@ -62,6 +62,7 @@ def test_the_services_block() -> None:
     ]
 
 
-def test_the_flows_that_call_flows_block() -> None:
-    (block,) = section_blocks("Flows that call flows: async operators")
+def test_the_flows_that_call_flows_blocks() -> None:
+    block, in_a_loop = section_blocks("Flows that call flows: async operators")
     assert run_block(block) == printed_comments(block) == ["25", "500"]
+    assert run_block(in_a_loop) == printed_comments(in_a_loop) == ["111 299"]

@@ -155,3 +155,65 @@ def test_a_plain_flow_on_servers_calls_a_service_from_an_async_map(
     out = f.source(range(3000)).map(front, name="call", max_in_flight=32).collect()
     f.run().result(WAIT)
     assert out.result(WAIT) == [2 * x + 1 for x in range(3000)]
+
+
+async def step_by_service(item: tuple[int, int, int]) -> tuple[int, int, int]:
+    """Collatz's step, its arithmetic done by the ``double`` service (an even x halves;
+    an odd one goes to 3x + 1 = double(x) + x + 1)."""
+    n, x, k = item
+    if x % 2 == 0:
+        return n, x // 2, k + 1
+    return n, await sperse.service("double").request(x) + x + 1, k + 1
+
+
+def collatz_steps(n: int) -> int:
+    steps = 0
+    while n != 1:
+        n = n // 2 if n % 2 == 0 else 3 * n + 1
+        steps += 1
+    return steps
+
+
+def test_a_per_item_loop_on_servers_whose_body_awaits_a_service(
+    chain: tuple[sperse.Service, sperse.Service],
+    client: sperse.Cluster,
+) -> None:
+    """Items awaiting their calls count as in the loop: every number comes out, each after
+    its own number of trips."""
+    numbers = list(range(1, 300))
+    f = sperse.Flow("collatz_calls", cluster=client)
+    out = (
+        f.source([(n, n, 0) for n in numbers])
+        .iterate(
+            lambda s: s.map(step_by_service, name="step", max_in_flight=8).on(replicas=2),
+            until=lambda t: t[1] == 1,
+            max_rounds=1000,
+        )
+        .map(lambda t: (t[0], t[2]))
+        .collect()
+    )
+    f.run().result(WAIT)
+    assert sorted(out.result(WAIT)) == [(n, collatz_steps(n)) for n in numbers]
+
+
+def test_replay_on_servers_whose_body_awaits_a_service(
+    chain: tuple[sperse.Service, sperse.Service],
+    client: sperse.Cluster,
+) -> None:
+    data = list(range(200))
+    f = sperse.Flow("replay_calls", cluster=client)
+    out = (
+        f.source(data)
+        .replay(
+            0,
+            lambda s, st: s.map(front, name="front", max_in_flight=16).on(replicas=2),
+            lambda acc, x: acc + x,
+            lambda old, parts: old + sum(parts),
+            until=lambda old, new: False,
+            max_rounds=3,
+            zero=0,
+        )
+        .collect()
+    )
+    f.run().result(WAIT)
+    assert out.result(WAIT) == [3 * sum(2 * x + 1 for x in data)]

@@ -72,8 +72,9 @@ class OperatorStats:
     """One operator of a run, summed over its replicas: items taken in and sent on
     (``items_out``: what the next operator took in, or what the stage sent), items waiting
     for its stage (``backlog``: queued or in its hosts' inboxes, shown on the stage's first
-    operator), and ``rate``: items in per second, over the last seconds while it runs, over
-    the whole run once it ended."""
+    operator), ``rate``: items in per second, over the last seconds while it runs, over
+    the whole run once it ended, and ``in_flight``: the items an async operator holds (its
+    calls running, or waiting for a slot or for their turn to go on; 0 for the others)."""
 
     name: str
     replicas: int
@@ -81,6 +82,7 @@ class OperatorStats:
     items_out: int
     backlog: int
     rate: float
+    in_flight: int = 0
 
 
 class RunHandle(Protocol):
@@ -509,7 +511,10 @@ class Run:
             n_in, n_out, backlog = tally.get(node.name, (0, 0, 0))
             rate = (n_in - then[1].get(node.name, 0)) / seconds
             replicas = plan.stages[plan.stage_of[node.id]].replicas
-            out.append(OperatorStats(node.name, replicas, n_in, n_out, backlog, rate))
+            # an async operator's items in and not yet out are its calls' (hosts' counts
+            # are sampled at different times: never below 0)
+            held = max(0, n_in - n_out) if node.kind == "map_async" else 0
+            out.append(OperatorStats(node.name, replicas, n_in, n_out, backlog, rate, held))
         return out
 
     def __repr__(self) -> str:

@@ -25,6 +25,10 @@ Invariants
   its group, and those never wait on it (they are not deeper).
 - ``outstanding`` counts items taken and not yet released; a replica whose input ended waits
   for it to reach 0 before it ends its stage.
+- **Tags.** Inside a loop each item is taken with a tag (its round and, in a per-item loop,
+  its share of the loop's termination weight: :mod:`sperse._flow.looping`) that comes back
+  with its result: an item awaiting a call still holds its weight, so the loop cannot be
+  found empty while it waits.
 """
 
 from __future__ import annotations
@@ -92,12 +96,13 @@ class Resumed:
 
 
 class _Slot:
-    __slots__ = ("done", "group", "item", "lane", "out")
+    __slots__ = ("done", "group", "item", "lane", "out", "tag")
 
-    def __init__(self, item: Any, lane: int, group: Any) -> None:
+    def __init__(self, item: Any, lane: int, group: Any, tag: Any) -> None:
         self.item = item
         self.lane = lane
         self.group = group
+        self.tag = tag
         self.done = False
         self.out: Any = None
 
@@ -156,12 +161,18 @@ class AsyncMap(Op):
         return sum(self._running.values())
 
     def on_batch(self, port: int, items: list[Any], ctx: Ctx) -> list[Any]:
-        out: list[Any] = []
-        for item in items:
+        return [out for out, _ in self.accept(items)]
+
+    def accept(self, items: list[Any], tags: list[Any] | None = None) -> list[tuple[Any, Any]]:
+        """Take ``items`` (each with its tag, if ``tags``); the (result, tag) pairs that go
+        on at once (a service's requests that failed before: nothing to call)."""
+        out: list[tuple[Any, Any]] = []
+        for n, item in enumerate(items):
             token = self._tokens
             self._tokens += 1
             lane, group = (item.depth, (item.client, item.depth)) if self.service else (0, 0)
-            slot = self._slots[token] = _Slot(item, lane, group)
+            tag = None if tags is None else tags[n]
+            slot = self._slots[token] = _Slot(item, lane, group, tag)
             if self.ordered:
                 self._groups.setdefault(group, deque()).append(token)
             if self.service and item.done:  # failed before, or answered: nothing to call
@@ -173,6 +184,10 @@ class AsyncMap(Op):
 
     def resumed(self, ev: Resumed) -> list[Any]:
         """A call ended: what goes on now (in order), and more calls start."""
+        return [out for out, _ in self.resumed_with_tags(ev)]
+
+    def resumed_with_tags(self, ev: Resumed) -> list[tuple[Any, Any]]:
+        """As :meth:`resumed`, each result with its item's tag."""
         slot = self._slots.get(ev.token)
         if slot is None or slot.done:
             return []
@@ -214,16 +229,17 @@ class AsyncMap(Op):
             self._running[lane] = self._running.get(lane, 0) + 1
             self._calls.append(Call(self.at, token, self.fn, value, self.name, lane, self.timeout))
 
-    def _complete(self, token: int, out: Any) -> list[Any]:
+    def _complete(self, token: int, out: Any) -> list[tuple[Any, Any]]:
         slot = self._slots[token]
         slot.done, slot.out = True, out
         if not self.ordered:
             del self._slots[token]
-            return [out]
+            return [(out, slot.tag)]
         group = self._groups[slot.group]
         released = []
         while group and self._slots[group[0]].done:
-            released.append(self._slots.pop(group.popleft()).out)
+            first = self._slots.pop(group.popleft())
+            released.append((first.out, first.tag))
         if not group:
             del self._groups[slot.group]
         return released

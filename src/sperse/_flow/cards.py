@@ -59,13 +59,11 @@ class ServiceCard:
 def summary(run: Any, name: str) -> dict[str, Any]:
     """What ``sperse status`` shows of the service ``name`` (its run ``run``): its flow and
     state, the requests taken in from every client and their rate per second (the requests
-    source's items in), and each operator with its kind, replicas, servers, items in and
-    rate."""
+    source's items in), and each operator with its kind, replicas, servers, items in,
+    rate and calls in flight."""
     snapshot = flow_snapshot(run, name)
-    operators = [
-        {k: op[k] for k in ("name", "kind", "replicas", "servers", "items_in", "rate")}
-        for op in snapshot["operators"]
-    ]
+    keys = ("name", "kind", "replicas", "servers", "items_in", "rate", "in_flight")
+    operators = [{k: op[k] for k in keys} for op in snapshot["operators"]]
     source = next((op for op in operators if op["kind"] == "source"), None)
     return {
         "flow": snapshot["name"],

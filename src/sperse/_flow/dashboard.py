@@ -16,7 +16,7 @@ ERROR_SHOWN = 4000  # characters of a failed run's error a snapshot holds
 def flow_snapshot(run: Any, key: str, now: float | None = None) -> dict[str, Any]:
     """What the Flows page shows of ``run`` (a ``sperse._flow.api.Run``), JSON-ready: its name, state and elapsed
     seconds; each operator (from the logical plan, in the order they were added) with its
-    kind, loop, replicas, items in and out, backlog and rate, and the servers its replicas
+    kind, loop, replicas, items in and out, backlog, rate and calls in flight, and the servers its replicas
     run on (``{server: replicas}``; empty in this process); the edges (an input of an
     operator, with its partition; a loop's way back from its end to its gate as
     ``feedback``); the last ``ROUNDS_SHOWN`` rounds of its bulk loops with their delta; and
@@ -47,6 +47,7 @@ def flow_snapshot(run: Any, key: str, now: float | None = None) -> dict[str, Any
                 "items_in": op.items_in,
                 "items_out": op.items_out,
                 "backlog": op.backlog,
+                "in_flight": op.in_flight,
                 "rate": round(op.rate, 2),
                 "servers": dict(sorted(where.get(int(node.id), {}).items())),
             }

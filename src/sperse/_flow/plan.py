@@ -288,11 +288,6 @@ class LogicalPlan:
                     raise ValueError(
                         f"{node.name}: a loop body ({loop.name}) cannot hold a {node.kind}"
                     )
-                if node.kind == "map_async":
-                    raise ValueError(
-                        f"{node.name}: a loop ({loop.name}) cannot hold an async map yet: "
-                        "call it before or after the loop"
-                    )
                 for src, _ in node.inputs:
                     if src not in members and node_id != loop.gate:
                         raise ValueError(

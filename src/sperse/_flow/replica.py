@@ -2,10 +2,10 @@
 
 A replica runs its stage's chained operators (:mod:`sperse._flow.ops`) on each batch that
 comes, and spreads what the last one emits over the stage's output edges by their
-partitioning: one :class:`~sperse._flow.messages.Send` per receiving replica with items.
-When every sender on every input port has sent its ``End``, it flushes the operators in
-chain order (what one emits at its end goes through the ones after it), sends ``End``
-on every output, and a sink reports its value.
+partitioning (:mod:`sperse._flow.spread`): one :class:`~sperse._flow.messages.Send` per
+receiving replica with items. When every sender on every input port has sent its
+``End``, it flushes the operators in chain order (what one emits at its end goes through
+the ones after it), sends ``End`` on every output, and a sink reports its value.
 
 Loops (the plan's ``LoopSpec``):
 
@@ -33,13 +33,13 @@ after that.
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from fractions import Fraction
 from typing import Any
 
 from sperse._core import ErrorInfo
 from sperse._exec.runner import encode_error, short_repr
 from sperse._flow.awaits import AsyncMap, Call, Resumed
+from sperse._flow.looping import by_round, gate, split
 from sperse._flow.messages import (
     Batch,
     End,
@@ -58,7 +58,7 @@ from sperse._flow.messages import (
     Tick,
     WriteFile,
 )
-from sperse._flow.ops import BulkEnd, Ctx, ItemError, Op, make_op, stable_hash
+from sperse._flow.ops import BulkEnd, Ctx, ItemError, Op, make_op
 from sperse._flow.plan import Node, OutEdge, Partition, PhysicalPlan, Role, StageId
 from sperse._flow.service import (
     Enveloped,
@@ -70,6 +70,7 @@ from sperse._flow.service import (
     envelope_key,
     swap,
 )
+from sperse._flow.spread import Spread
 from sperse._flow.wasm import MapWasm
 
 __all__ = ["Action", "Replica"]
@@ -78,7 +79,6 @@ Action = Send | Report | WriteFile | Reply | Call
 Event = ReplicaEvent | Remember | Swap | Resumed
 _EDGE_ONLY = frozenset({"source", "shuffle", "respond"})
 _INSIDE = (Role.NORMAL, Role.BODY)
-_OWNERS = 1 << 16  # keys whose replica an output remembers (then it starts afresh)
 
 
 class Replica:
@@ -107,9 +107,8 @@ class Replica:
         )
         self._senders = {i.port: i.senders for i in self.stage.inputs}
         self._ended: dict[tuple[int, int], int] = {}  # (port, round) -> Ends seen
-        self._turn = [0] * len(self.stage.outputs)  # round-robin position per output
-        # per output: the replica each key met lately goes to (stable_hash, remembered)
-        self._owners: list[dict[Any, int]] = [{} for _ in self.stage.outputs]
+        key = envelope_key if self.service else _first
+        self._spreads = [Spread(edge, index, key) for edge in self.stage.outputs]
         self._at = 0  # the op running, for errors
         self._failed = False
         self._emitted = 0  # items the last operator sent on
@@ -204,6 +203,8 @@ class Replica:
             else:
                 self._fed.setdefault(ev.round + 1, []).extend(ev.items)
             return []
+        if self.loop is not None and self._async:
+            return self._await_in_loop(ev)
         items = ev.items if self._idem is None else self._idem.arrive(ev.items)
         out = self._run(0, ev.port, items, ctx)
         if self.service:
@@ -249,14 +250,39 @@ class Replica:
             return []
         return self._finish_round(0, ev.round, Ctx(self.index, self.stage.replicas))
 
+    def _await_in_loop(self, ev: Batch) -> list[Action]:
+        """A loop's batch into the async operator heading this body stage: each item tagged
+        with its round and its share of the batch's weight (:mod:`sperse._flow.looping`)."""
+        op = self.ops[0]
+        assert isinstance(op, AsyncMap)
+        self._at = 0
+        op.count += len(ev.items)
+        if not self.item_body:
+            op.accept(ev.items, [(ev.round, None)] * len(ev.items))
+            return []
+        assert ev.weight is not None
+        if not ev.items:
+            return [Report(LoopWeight(self._loop_id(), returned=ev.weight))]
+        op.accept(ev.items, [(ev.round, w) for w in split(ev.weight, len(ev.items))])
+        return []
+
     def _resumed(self, ev: Resumed) -> list[Action]:
         """An async operator's call ended: what it releases goes on through the chain."""
         ctx = Ctx(self.index, self.stage.replicas)
         op = self.ops[ev.op]
         assert isinstance(op, AsyncMap)
         self._at = ev.op
-        out = self._run(ev.op + 1, 0, op.resumed(ev), ctx)
-        actions = self._served(out, ctx) if self.service else self._route(out, 0, ctx)
+        actions: list[Action] = []
+        if self.loop is not None:  # in its round, with its items' weight
+            for rnd, items, weight in by_round(op.resumed_with_tags(ev)):
+                out = self._run(ev.op + 1, 0, items, ctx)
+                sent = self._route(out, rnd, ctx, weight=weight)
+                if weight is not None and not sent:
+                    sent = [Report(LoopWeight(self._loop_id(), returned=weight))]
+                actions += sent
+        else:
+            out = self._run(ev.op + 1, 0, op.resumed(ev), ctx)
+            actions = self._served(out, ctx) if self.service else self._route(out, 0, ctx)
         if self._deferred is not None and not self.calls:
             rnd, self._deferred = self._deferred, None
             actions += self._finish_round(0, rnd, ctx)
@@ -369,31 +395,22 @@ class Replica:
     def _gate_items(self, ev: Batch, ctx: Ctx) -> list[Action]:
         """A per-item loop's gate: out, dropped at ``max_rounds``, or round again."""
         assert self.loop is not None
-        gate = self.ops[0]
-        gate.count += len(ev.items)
+        self.ops[0].count += len(ev.items)
         until, limit = self.loop.until, self.loop.max_rounds
         outer = ev.port == 0
         rnd = 0 if outer else ev.round
         weight = Fraction(1) if outer else ev.weight
         assert weight is not None
-        leave, again, exceeded, example = [], [], 0, ""
-        item = None
-        try:
-            for item in ev.items:
-                if until(item):
-                    leave.append(item)
-                elif rnd >= limit:
-                    exceeded += 1
-                    example = example or short_repr(item)
-                else:
-                    again.append(item)
-        except Exception as exc:
-            raise ItemError(item, exc) from exc
-        actions = self._route(leave, 0, ctx, roles=(Role.EXIT,))
-        body = self._route(again, rnd, ctx, roles=(Role.BODY,), weight=weight)
+        split_ = gate(ev.items, rnd, until, limit)
+        actions = self._route(split_.leave, 0, ctx, roles=(Role.EXIT,))
+        body = self._route(split_.again, rnd, ctx, roles=(Role.BODY,), weight=weight)
         returned = Fraction(0) if body else weight
         report = LoopWeight(
-            self.loop.id, weight if outer else Fraction(0), returned, exceeded, example
+            self.loop.id,
+            weight if outer else Fraction(0),
+            returned,
+            split_.exceeded,
+            split_.example,
         )
         return [*actions, *body, Report(report)]
 
@@ -416,7 +433,7 @@ class Replica:
         parts: list[tuple[OutEdge, int, list[Any]]] = []
         for n, edge in enumerate(self.stage.outputs):
             if edge.role in roles:
-                parts.extend((edge, r, part) for r, part in self._spread(n, edge, items))
+                parts.extend((edge, r, part) for r, part in self._spreads[n](items))
         share = weight / len(parts) if weight is not None and parts else None
         actions: list[Action] = []
         for edge, replica, part in parts:
@@ -425,24 +442,6 @@ class Replica:
             batch = Batch(edge.port, self.index, part, next_round, share, ctx.now)
             actions.append(Send(edge.stage, replica, batch))
         return actions
-
-    def _spread(self, n: int, edge: OutEdge, items: list[Any]) -> list[tuple[int, list[Any]]]:
-        count = edge.replicas
-        if count == 1:
-            return [(0, items)]
-        if edge.partition is Partition.FORWARD:
-            return [(self.index, items)]
-        if edge.partition is Partition.BROADCAST:
-            return [(r, list(items)) for r in range(count)]
-        parts: list[list[Any]] = [[] for _ in range(count)]
-        if edge.partition is Partition.ROUND_ROBIN:
-            start = self._turn[n]
-            for r in range(count):
-                parts[r] = items[(r - start) % count :: count]
-            self._turn[n] = (start + len(items)) % count
-        else:
-            _by_key(items, envelope_key if self.service else _first, self._owners[n], parts)
-        return [(r, part) for r, part in enumerate(parts) if part]
 
     def _ends(self, rnd: int, roles: tuple[Role, ...]) -> list[Action]:
         """An End to every replica of every output with one of ``roles``."""
@@ -481,25 +480,6 @@ class Replica:
 
 def _first(item: Any) -> Any:
     return item[0]
-
-
-def _by_key(
-    items: list[Any], key: Callable[[Any], Any], owners: dict[Any, int], parts: list[list[Any]]
-) -> None:
-    """Put each item in the part of the replica that owns its key (``owners``: the owner
-    of each key met lately, so that each is hashed once)."""
-    if len(owners) > _OWNERS:
-        owners.clear()
-    item = None
-    try:
-        for item in items:
-            k = key(item)
-            owner = owners.get(k)
-            if owner is None:
-                owner = owners[k] = stable_hash(k) % len(parts)
-            parts[owner].append(item)
-    except Exception as exc:
-        raise ItemError(item, exc, f"its key cannot be hashed: {exc}") from exc
 
 
 def _op(node: Node, service: bool = False) -> Op:

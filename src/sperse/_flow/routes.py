@@ -17,10 +17,15 @@ where the answers are taken now (``moved_after``). Once every poller of before h
 the requests sent in a delivery that the requests replica had taken (``Moved.lost``) and
 still waiting were lost with the server: each fails with ``ServerLost``, or is sent again
 (the same id and idempotency key) while ``Moved.retry`` and its ``retries`` allow.
+
+The route's threads run in a copy of the context that made it: its proxies reach their
+hosts through the cluster that code saw (on Ray, an async operator's call sees the nested
+cluster only in its own context, and a bare thread would fall back to a local one).
 """
 
 from __future__ import annotations
 
+import contextvars
 import threading
 import time
 import weakref
@@ -28,6 +33,7 @@ from typing import Any, Protocol
 
 from sperse._cluster.objects import ObjectProxy
 from sperse._cluster.pending import Pending
+from sperse._flow.calls import CALLING
 from sperse._flow.local import PushQueue
 from sperse._flow.messages import Batch
 from sperse._flow.ops import stable_hash
@@ -112,8 +118,13 @@ class OnServers(Route):
         self._notice: Moved | None = None  # the newest that told of a lost server
         self._sent: dict[int, list[Any]] = {}  # rid -> [delivery (-1: not yet), env, retries]
         self.resent = 0  # requests sent again, lost with a server
+        self._context = contextvars.copy_context()
+        self._context.run(CALLING.set, None)  # its threads are no call's
         self._sender = threading.Thread(
-            target=self._sending, name=f"sperse-service-{self._name}-send", daemon=True
+            target=self._context.copy().run,
+            args=(self._sending,),
+            name=f"sperse-service-{self._name}-send",
+            daemon=True,
         )
         self._sender.start()
 
@@ -201,8 +212,8 @@ class OnServers(Route):
             self._polling_in[self._epoch] = len(self._responds)
             for index, proxy in enumerate(self._responds):
                 thread = threading.Thread(
-                    target=self._polling,
-                    args=(proxy, self._epoch),
+                    target=self._context.copy().run,
+                    args=(self._polling, proxy, self._epoch),
                     name=f"sperse-service-{self._name}-{index}",
                     daemon=True,
                 )

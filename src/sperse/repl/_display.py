@@ -23,6 +23,7 @@ from types import TracebackType
 from typing import Any
 
 from sperse._flow.api import Run
+from sperse._flow.plan import PhysicalPlan
 from sperse._flow.serving import Service
 from sperse._workspace import Cell, CellEvent, Workspace
 from sperse.errors import (
@@ -253,10 +254,17 @@ def services_text(svc: Service) -> str:
         f"{until - run.started_at:.1f} s; {taken:,} requests ({rate:,.0f}/s) from every "
         f"client; {mine}"
     )
-    return head + "\n" + _operators_table(operators)
+    return head + "\n" + _operators_table(operators, _async_names(run.plan))
 
 
-def _operators_table(operators: Sequence[Any]) -> str:
+def _async_names(plan: PhysicalPlan) -> set[str]:
+    """The names of a run's async operators (``map`` of an ``async def``)."""
+    return {n.name for n in plan.logical.nodes if n.kind == "map_async"}
+
+
+def _operators_table(operators: Sequence[Any], calling: set[str] | None = None) -> str:
+    """One row per operator; an ``in flight`` column (the items its calls hold) when some
+    are async (``calling``: their names)."""
     rows = [
         {
             "operator": op.name,
@@ -265,10 +273,12 @@ def _operators_table(operators: Sequence[Any]) -> str:
             "out": f"{op.items_out:,}",
             "rate/s": f"{op.rate:,.0f}",
             "backlog": f"{op.backlog:,}",
+            "in flight": f"{op.in_flight:,}" if calling and op.name in calling else "",
         }
         for op in operators
     ]
-    table = servers_table(rows, ["operator", "replicas", "in", "out", "rate/s", "backlog"])
+    columns = ["operator", "replicas", "in", "out", "rate/s", "backlog"]
+    table = servers_table(rows, [*columns, "in flight"] if calling else columns)
     return "\n".join("  " + line for line in table.splitlines())
 
 
@@ -278,4 +288,4 @@ def flows_text(run: Run) -> str:
     until = run.ended_at if run.ended_at is not None else time.monotonic()
     where = "on servers" if run.hosts() else "in this process"
     head = f"flow {run.flow.name!r}: {state} {where}, {until - run.started_at:.1f} s"
-    return head + "\n" + _operators_table(run.operators())
+    return head + "\n" + _operators_table(run.operators(), _async_names(run.plan))

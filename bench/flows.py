@@ -236,7 +236,7 @@ def wc_local(folder: Path) -> dict[str, int]:
 
 
 def wc_sperse(client: sperse.Cluster, folder: Path, variant: str) -> dict[str, int]:
-    """``example``: examples/flows/wordcount.py (32,768 lines counted at a time);
+    """``example``: examples/flows/wordcount.py (131,072 lines counted at a time);
     ``batch``: each batch counted as read (1,024 lines); ``word``: per word."""
     flow = sperse.Flow("wc", cluster=client)
     if variant == "example":

@@ -491,6 +491,14 @@ function loadScript(src) {
   });
 }
 
+// A server's colour (a running cell's ring on the Workspace page): the same name, the same colour.
+const SERVER_COLOURS = ["#e08a1e", "#8e5bd6", "#17a2b8", "#d63384", "#6f42c1", "#20c997", "#fd7e14", "#6c757d"];
+function serverColour(name) {
+  let hash = 0;
+  for (const char of name) hash = (hash * 31 + char.charCodeAt(0)) >>> 0;
+  return SERVER_COLOURS[hash % SERVER_COLOURS.length];
+}
+
 async function workspacePage(main) {
   const picker = el("select", { id: "workspace-picker" });
   const note = el("p", { class: "note" });
@@ -505,31 +513,32 @@ async function workspacePage(main) {
       el("thead", {}, el("tr", {}, ...["cell", "status", "where", "defines", "runs", "error"].map((c) => el("th", {}, c)))),
       body),
   );
-  const cy = await newGraph(graph, 220, []);
+  const cy = await newGraph(graph, 220, [
+    { selector: "node", style: { "border-width": "data(ringWidth)", "border-color": "data(ring)" } },
+  ]);
   window.sperseDashboard.graph = cy;
   let current = "";
   let version = null;
   let shape = "";
   let listSeq = 0;
-  let cells = [];
-  const taskWhere = new Map(); // task id -> server, from the task feed (a cell starts running)
 
+  // Where a cell runs comes with the graph: its client publishes the graph again, with the
+  // cell's server (``on``), when the cell's task starts there (on a coordinator's page too).
   function whereOf(cell) {
-    return (cell.task && taskWhere.get(cell.task)) || cell.where || (cell.remote ? "-" : "local");
+    return cell.on || cell.where || (cell.remote ? "-" : "local");
   }
 
   function nodeData(cell) {
-    const server = (cell.task && taskWhere.get(cell.task)) || cell.where;
-    const where = server && cell.status === "running" ? ` on ${server}` : "";
+    const where = cell.on && cell.status === "running" ? ` on ${cell.on}` : "";
     return { id: `c${cell.id}`, text: `[${cell.id}] ${cell.label}\n${cell.status}${where}`,
-             colour: CELL_COLOURS[cell.status] || "#999", status: cell.status, label: cell.label };
+             colour: CELL_COLOURS[cell.status] || "#999", status: cell.status, label: cell.label,
+             on: where ? cell.on : "", ring: where ? serverColour(cell.on) : "#fff", ringWidth: where ? 4 : 0 };
   }
 
   async function loadGraph() {
     if (!current) return;
     const data = await api(`/api/workspaces/${encodeURIComponent(current)}`);
     version = data.version;
-    cells = data.cells;
     const structure = JSON.stringify([data.cells.map((c) => c.id), data.edges]);
     if (structure !== shape) {
       shape = structure;
@@ -569,17 +578,6 @@ async function workspacePage(main) {
   picker.addEventListener("change", () => { current = picker.value; shape = ""; loadGraph(); });
 
   live.on((delta) => {
-    for (const t of delta.tasks || []) {
-      if (!t.server) continue;
-      // Kept for a graph that arrives after its task started (bounded: the newest 5,000).
-      taskWhere.set(t.id, t.server);
-      if (taskWhere.size > 5000) taskWhere.delete(taskWhere.keys().next().value);
-      const cell = cells.find((c) => c.task === t.id);
-      if (!cell) continue;
-      cy.getElementById(`c${cell.id}`).data(nodeData(cell));
-      const where = body.querySelector(`tr[data-cell="${cell.id}"] td.where`);
-      if (where) where.textContent = whereOf(cell);
-    }
     for (const w of delta.workspaces) {
       if (w.gone || !current || ![...picker.options].some((o) => o.value === w.name)) { loadList(); return; }
       if (w.name === current && w.version !== version) { loadGraph(); return; }
@@ -788,7 +786,7 @@ async function main() {
   const pages = { cluster: clusterPage, tasks: tasksPage, objects: objectsPage, workspace: workspacePage,
                   flows: flowsPage };
   const seq = await pages[PAGE](container);
-  if (!["tasks", "workspace"].includes(PAGE)) live.query += "&tasks=0"; // no task rows needed
+  if (PAGE !== "tasks") live.query += "&tasks=0"; // no task rows needed
   live.start(seq);
   document.body.dataset.ready = "1";
 }

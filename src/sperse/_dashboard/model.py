@@ -8,6 +8,8 @@
   between two looks is one entry, and a look that takes at most ``most_tasks`` tasks costs
   that many steps however many tasks changed. Bounded: at most ``limit`` keys of tasks (and
   as many of the rest) are kept. A task's change holds its row, made JSON only when sent.
+  Inside ``TaskTable.held()`` (a server's report) a task's changes are one entry, made at
+  its end.
 - ``ServerTable``: the servers now; ``update`` takes a whole list (a coordinator's
   membership, a client's ``servers()``) and journals only what differs: a new or changed
   server, a server gone.

@@ -568,7 +568,7 @@ function loadScript(src) {
 }
 
 // A server's colour (a running cell's ring on the Workspace page): the same name, the same colour.
-const SERVER_COLOURS = ["#e08a1e", "#8e5bd6", "#17a2b8", "#d63384", "#6f42c1", "#20c997", "#fd7e14", "#6c757d"];
+const SERVER_COLOURS = ["#e08a1e", "#8e5bd6", "#17a2b8", "#d63384", "#6f42c1", "#20c997", "#fd7e14", "#b8860b"];
 function serverColour(name) {
   let hash = 0;
   for (const char of name) hash = (hash * 31 + char.charCodeAt(0)) >>> 0;

@@ -255,11 +255,7 @@ def test_a_session_dashboard_shows_tasks_live_and_the_workspace_graph(
             "data-status", "pending"
         )
         assert _node_status(graph, x_new) == "running"
-        graph.page.wait_for_function(
-            "id => window.sperseDashboard.graph.getElementById('c' + id).data('text')"
-            ".includes(' on server-')",
-            arg=x_new,
-        )
+        _wait_running_on(graph, x_new)
         graph.screenshot("workspace-running")
         gate2.touch()
         ws.wait("y", timeout=DEADLINE)
@@ -381,6 +377,10 @@ def test_the_coordinator_dashboard_shows_a_shared_workspace_and_flows_live(
             "data-status", "pending"
         )
         assert _node_status(graph, x_cell) == "running"
+        # Running on which server: its label and ring, and the table's "where".
+        _wait_running_on(graph, x_cell)
+        expect(row.locator("td.where")).to_have_text(re.compile(r"^server-\d$"))
+        graph.screenshot("coordinator-workspace-running")
         gate.touch()
         ws.wait("y", timeout=DEADLINE)
         expect(row).to_have_attribute("data-status", "done")
@@ -463,3 +463,14 @@ def _node_status(watched: Watched, cell: int) -> str:
         "id => window.sperseDashboard.graph.getElementById('c' + id).data('status')", cell
     )
     return status
+
+
+def _wait_running_on(watched: Watched, cell: int) -> None:
+    """Until the cell's node says the server it runs on, and is ringed in that server's
+    colour."""
+    watched.page.wait_for_function(
+        "id => { const node = window.sperseDashboard.graph.getElementById('c' + id);"
+        " return /^server-\\d$/.test(node.data('on')) && node.data('ringWidth') > 0"
+        " && node.data('text').endsWith(' on ' + node.data('on')); }",
+        arg=cell,
+    )

@@ -257,3 +257,26 @@ def test_a_delta_holds_the_tasks_changed_last_and_what_else_changed() -> None:
     _, found, counts = hub.since(seq, 0)  # a page that shows no task
     assert found is not None
     assert "tasks" not in delta_of(newest, *found, counts)
+
+
+def test_a_batch_journals_each_task_once_in_the_order_of_its_last_change() -> None:
+    hub = Hub("t", clock=lambda: 100.0)
+    with hub.task_batch() as tasks:
+        tasks.submitted("a", "a", 1.0)
+        tasks.submitted("b", "b", 1.0)
+        tasks.started("b", "s", 2.0)
+        tasks.started("a", "s", 2.0)
+        tasks.ended("a", "s", 3.0)
+        tasks.submitted("c", "c", 3.0)
+    seq, found, counts = hub.since(0, 10)
+    assert found is not None
+    changes, more = found
+    assert [(c.key, c.data["state"]) for c in changes] == [
+        ("b", "running"),
+        ("a", "done"),
+        ("c", "queued"),
+    ]
+    assert seq == 3 and not more
+    assert counts == {"queued": 1, "running": 1, "done": 1, "failed": 0, "cancelled": 0}
+    hub.task_ended("b", "s", at=4.0)  # outside a batch: journalled at once
+    assert hub.seq == 4

@@ -15,8 +15,12 @@ Routes (every one behind :class:`~sperse._dashboard.auth.TokenGate`):
 ``/api/flows``, ``/api/flows/{id}``  flow runs (snapshots: operators, edges, rounds)
 ``/api/events?since=SEQ``       server-sent events: the changes after ``SEQ``
                                 (``&flows=1``: a page that watches flows; hosts publish
-                                flow snapshots only while one is open; ``&tasks=0``: a
-                                page that shows no task: no task rows, no counts)
+                                flow snapshots only while one is open; ``&tasks=N``: at
+                                most N task rows a delta (at most ``TASKS_PER_DELTA``:
+                                what the page shows); ``&tasks=0``: a page that shows no
+                                task: no task rows, no counts; ``&every=MS``: at most
+                                one event every MS milliseconds, at least
+                                ``MIN_INTERVAL``: a page that redraws no faster)
 =============================  ==========================================================
 
 The live feed sends deltas, never snapshots: a ``delta`` event holds the servers that
@@ -140,7 +144,9 @@ def build_app(hub: Hub, stopping: asyncio.Event | None = None) -> Starlette:
             found if found is not None else {"error": "no such flow"}, 200 if found else 404
         )
 
-    async def feed(since: int, watches_flows: bool, most_tasks: int) -> AsyncIterator[str]:
+    async def feed(
+        since: int, watches_flows: bool, most_tasks: int, interval: float
+    ) -> AsyncIterator[str]:
         hub.viewers += 1
         hub.flow_viewers += watches_flows
         try:
@@ -159,7 +165,7 @@ def build_app(hub: Hub, stopping: asyncio.Event | None = None) -> Starlette:
                 else:
                     yield ": keepalive\n\n"
                 seq = newest
-                await asyncio.sleep(MIN_INTERVAL)
+                await asyncio.sleep(interval)
         finally:
             hub.viewers -= 1
             hub.flow_viewers -= watches_flows
@@ -171,7 +177,8 @@ def build_app(hub: Hub, stopping: asyncio.Event | None = None) -> Starlette:
             feed(
                 since,
                 request.query_params.get("flows") == "1",
-                0 if request.query_params.get("tasks") == "0" else TASKS_PER_DELTA,
+                max(0, min(_int(request, "tasks", TASKS_PER_DELTA), TASKS_PER_DELTA)),
+                max(MIN_INTERVAL, min(_int(request, "every", 0) / 1000, KEEPALIVE)),
             ),
             media_type="text/event-stream",
             headers={"cache-control": "no-store", "x-accel-buffering": "no"},

@@ -103,7 +103,8 @@ class Hub:
         report). Call only its ``submitted``, ``started``, ``output``, ``ended``, ``end_open``."""
         with self._lock:
             seq = self._journal.seq
-            yield self._tasks
+            with self._tasks.held():  # a task's events in the batch: one journal entry
+                yield self._tasks
             if self._journal.seq != seq:
                 self._wake()
 

@@ -8,6 +8,8 @@
   between two looks is one entry, and a look that takes at most ``most_tasks`` tasks costs
   that many steps however many tasks changed. Bounded: at most ``limit`` keys of tasks (and
   as many of the rest) are kept. A task's change holds its row, made JSON only when sent.
+  Inside ``TaskTable.held()`` (a server's report) a task's changes are one entry, made at
+  its end.
 - ``ServerTable``: the servers now; ``update`` takes a whole list (a coordinator's
   membership, a client's ``servers()``) and journals only what differs: a new or changed
   server, a server gone.
@@ -24,11 +26,14 @@ ever reaches the dashboard, only names, labels, states, times, errors as text an
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 from collections import OrderedDict
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
+
+from sperse._core.values import value
 
 __all__ = [
     "LOG_LIMIT",
@@ -49,7 +54,7 @@ Topic = Literal["server", "server_gone", "task", "workspace", "flow"]
 JSON = dict[str, Any]
 
 
-@dataclass(frozen=True, slots=True)
+@value  # one per change of a task: made without object.__setattr__ per field
 class Change:
     seq: int
     topic: Topic
@@ -201,6 +206,7 @@ class TaskTable:
         self._keep = keep
         self._rows: OrderedDict[str, TaskRow] = OrderedDict()
         self.counts: dict[str, int] = dict.fromkeys(TASK_STATES, 0)
+        self._held: dict[str, TaskRow] | None = None  # changed rows, inside ``held()``
 
     def __len__(self) -> int:
         return len(self._rows)
@@ -211,7 +217,25 @@ class TaskTable:
         row.state = state
 
     def _changed(self, row: TaskRow) -> None:
-        self._journal.add("task", row.id, row)
+        held = self._held
+        if held is None:
+            self._journal.add("task", row.id, row)
+        else:
+            held.pop(row.id, None)
+            held[row.id] = row
+
+    @contextlib.contextmanager
+    def held(self) -> Iterator[None]:
+        """Changes made inside are journalled at its end, one entry per task, in the order
+        of their last change: a batch (a server's report) in which a task is queued, started
+        and done costs the journal one entry for it, not three."""
+        self._held = {}
+        try:
+            yield
+        finally:
+            held, self._held = self._held, None
+            for task_id, row in held.items():
+                self._journal.add("task", task_id, row)
 
     def submitted(
         self, task_id: str, label: str, now: float, *, server: str = "", client: str = ""

@@ -39,7 +39,7 @@ from sperse._graph.graph import (
     RunId,
 )
 from sperse._workspace.cells import Cell, CellEvent, Record
-from sperse._workspace.share import graph_snapshot
+from sperse._workspace.share import SharedGraph
 from sperse._workspace.statements import Names
 from sperse.errors import NotReadyError, UpstreamError
 
@@ -72,6 +72,7 @@ class WorkspaceCore:
         self.namespace: dict[str, Any] = {"__name__": "__main__", "__builtins__": builtins}
         self._applying = 0  # depth of _apply: the graph is shared once the outermost ends
         self.share_name = f"pid {os.getpid()} workspace {next(_workspace_numbers)}"
+        self._shared = SharedGraph(self.share_name)
 
     # ---- readiness -----------------------------------------------------------
 
@@ -156,7 +157,16 @@ class WorkspaceCore:
             return
         # A picture that cannot be drawn must never stop a statement.
         with contextlib.suppress(Exception):
-            share(self.share_name, graph_snapshot(self._graph, self._records, self.share_name))
+            self._shared.publish(share, self._graph, self._records)
+
+    def _share_started(self, task_id: str, server: str) -> None:
+        """A remote cell's task started on ``server`` (the backend's thread): the pages show
+        where it runs at once, not at the graph's next change."""
+        cluster = self._cluster if self._cluster is not None else default()
+        share = cluster.share_workspace if cluster is not None else None
+        if share is not None:
+            with contextlib.suppress(Exception):
+                self._shared.started(share, task_id, server)
 
     def _carry_out(self, actions: list[Action]) -> None:
         todo: deque[Action] = deque(actions)

@@ -88,6 +88,7 @@ class RemoteCells(RemoteObjects):
                 case Started(where=where):
                     record.where = where
                     record.started_at = time.monotonic()
+                    self._share_started(task_id, where)
                 case Output(where=where, stream=stream, text=text):
                     printer.write(where, stream, text)
                 case Done(value=value):

@@ -64,8 +64,9 @@ function redrawer(draw, gap) {
     }), Math.max(0, last + gap - performance.now()));
   };
 }
-const REDRAW_GAP = 250; // ms: at most four redraws a second per view
+const REDRAW_GAP = 500; // ms: at most two redraws a second per view
 const TABLE_REDRAW_GAP = 1000; // ms: a table of tasks, at most once a second
+const STREAM_REDRAW_GAP = 500; // ms: the task stream, at most twice a second
 
 // ---- the live feed ----------------------------------------------------------------------
 
@@ -89,6 +90,15 @@ const live = {
       for (const handler of this.handlers) handler(delta);
     });
     source.addEventListener("reset", () => { for (const reset of this.resets) reset(); });
+  },
+  // A hidden tab draws nothing: its feed is closed (the host then does no work for it) and
+  // opened again, from the last change seen, when the tab shows.
+  pause() {
+    if (this.source) this.source.close();
+    this.source = null;
+    const badge = document.getElementById("live");
+    badge.textContent = "paused";
+    badge.className = "live off";
   },
   on(handler, reset) {
     this.handlers.push(handler);
@@ -220,6 +230,9 @@ async function tasksPage(main) {
   }
 
   const view = { state: "", offset: 0, limit: 50, total: 0 };
+  // Task rows in a delta: as many as the table shows (the newest ones); the stream takes
+  // those that run, a sample of a flood.
+  live.query += `&tasks=${view.limit}&every=${REDRAW_GAP}`;
   const counts = el("div", { class: "counts", id: "counts" });
   const canvas = el("canvas", { id: "timeline" });
   const body = el("tbody");
@@ -245,35 +258,75 @@ async function tasksPage(main) {
   let skew = 0; // server clock - ours
   let shownCounts = {};
 
+  // The counts and the table are built once and updated in place: a redraw changes the text
+  // of what changed, never rebuilds elements (new elements cost the browser style, layout
+  // and paint of everything around them).
   let dropped = 0;
+  const droppedNote = el("span", { class: "note", id: "dropped", hidden: true });
+  const boxes = ["", ...STATES].map((state) => {
+    const number = el("b", {}, "0");
+    const box = el("div", { class: "count", "data-state": state || "all",
+      onclick: () => { view.state = state; view.offset = 0; load(); } }, number, state || "all");
+    return { state, box, number, shown: "0", selected: false };
+  });
+  counts.append(droppedNote, ...boxes.map((b) => b.box));
+
   function renderCounts(values) {
-    const note = dropped ? [el("span", { class: "note", id: "dropped" },
-      `${dropped} task events were dropped by busy servers (their buffers were full)`)] : [];
-    counts.replaceChildren(...note, ...["", ...STATES].map((state) => {
-      const n = state ? values[state] || 0 : STATES.reduce((sum, s) => sum + (values[s] || 0), 0);
-      const box = el("div", { class: `count${view.state === state ? " selected" : ""}`, "data-state": state || "all",
-        onclick: () => { view.state = state; view.offset = 0; load(); } },
-        el("b", {}, n), state || "all");
-      return box;
-    }));
+    droppedNote.hidden = !dropped;
+    if (dropped) droppedNote.textContent = `${dropped} task events were dropped by busy servers (their buffers were full)`;
+    for (const b of boxes) {
+      const n = String(b.state ? values[b.state] || 0 : STATES.reduce((sum, s) => sum + (values[s] || 0), 0));
+      if (n !== b.shown) { b.number.textContent = n; b.shown = n; }
+      const selected = view.state === b.state;
+      if (selected !== b.selected) { b.box.classList.toggle("selected", selected); b.selected = selected; }
+    }
   }
 
-  function taskRow(row) {
-    return el("tr", { class: "clickable", "data-task": row.id, onclick: () => showTask(row.id) },
-      el("td", {}, row.label || row.id),
-      el("td", {}, el("span", { class: `state ${row.state}` }, row.state)),
-      el("td", {}, row.server || ""),
-      el("td", { class: "num" }, row.worker || ""),
-      el("td", {}, row.client || ""),
-      el("td", { class: "num" }, duration(row, Date.now() / 1000 + skew)),
-      el("td", {}, row.error_type ? `${row.error_type}: ${row.error}` : ""));
+  // A row of the table: seven cells, the state's badge in the second; refilled in place.
+  function emptyRow() {
+    const tr = el("tr", { class: "clickable" },
+      el("td"), el("td", {}, el("span", { class: "state" })), el("td"), el("td", { class: "num" }),
+      el("td"), el("td", { class: "num" }), el("td"));
+    tr.shown = [];
+    return tr;
   }
+
+  function fillRow(tr, row) {
+    const texts = [row.label || row.id, row.state, row.server || "", row.worker || "", row.client || "",
+      duration(row, Date.now() / 1000 + skew), row.error_type ? `${row.error_type}: ${row.error}` : ""];
+    if (tr.dataset.task !== row.id) tr.dataset.task = row.id;
+    const cells = tr.children;
+    texts.forEach((text, i) => {
+      if (tr.shown[i] === text) return;
+      tr.shown[i] = text;
+      if (i === 1) {
+        const badge = cells[1].firstChild;
+        badge.className = `state ${text}`;
+        badge.textContent = text;
+      } else {
+        cells[i].textContent = text;
+      }
+    });
+  }
+
+  const trs = []; // the table's rows, reused
+  const noTask = el("tr", {}, el("td", { colSpan: 7, class: "empty" }, "no task"));
+  body.addEventListener("click", (event) => {
+    const tr = event.target.closest("tr[data-task]");
+    if (tr) showTask(tr.dataset.task);
+  });
 
   function renderRows() {
-    body.replaceChildren(...[...rows.values()].map(taskRow));
-    if (!rows.size) body.append(el("tr", {}, el("td", { colSpan: 7, class: "empty" }, "no task")));
+    const shown = [...rows.values()];
+    while (trs.length < shown.length) trs.push(emptyRow());
+    shown.forEach((row, i) => fillRow(trs[i], row));
+    const wanted = shown.length ? trs.slice(0, shown.length) : [noTask];
+    if (body.children.length !== wanted.length || wanted.some((tr, i) => body.children[i] !== tr)) {
+      body.replaceChildren(...wanted);
+    }
     const first = view.total ? view.offset + 1 : 0;
-    pagerText.textContent = `${first}-${Math.min(view.offset + view.limit, view.total)} of ${view.total}`;
+    const text = `${first}-${Math.min(view.offset + view.limit, view.total)} of ${view.total}`;
+    if (pagerText.textContent !== text) pagerText.textContent = text;
     prev.disabled = view.offset === 0;
     next.disabled = view.offset + view.limit >= view.total;
   }
@@ -308,32 +361,44 @@ async function tasksPage(main) {
     for (const row of data.tasks) stream.set(row.id, row);
   }
 
+  // The stream: per lane, the tasks' bars in whole pixels, sorted, and touching bars of one
+  // colour merged into one, so a flood of short tasks is a few rectangles, not thousands.
   function draw() {
     now = Date.now() / 1000 + skew;
     const width = canvas.clientWidth;
     const height = canvas.clientHeight;
     if (canvas.width !== width) canvas.width = width;
     if (canvas.height !== height) canvas.height = height;
-    const ctx = canvas.getContext("2d");
-    ctx.clearRect(0, 0, width, height);
-    const lanes = [...new Set([...stream.values()].map(laneOf))].sort();
-    window.sperseDashboard.lanes = lanes;
-    const laneHeight = Math.max(8, Math.min(28, (height - 16) / Math.max(1, lanes.length)));
-    const x = (t) => width - ((now - t) / 60) * (width - 90);
-    ctx.font = "11px system-ui, sans-serif";
-    lanes.forEach((lane, i) => {
-      ctx.fillStyle = "#6b7385";
-      ctx.fillText(lane, 4, 12 + i * laneHeight + laneHeight / 2);
-    });
+    const x = (t) => Math.round(width - ((now - t) / 60) * (width - 90));
+    const bars = new Map(); // lane -> [[left, right, colour], ...]
     for (const row of stream.values()) {
       if (row.started === null || row.started === undefined) continue;
       const end = row.ended ?? now;
       if (end < now - 60) { stream.delete(row.id); continue; }
-      const lane = lanes.indexOf(laneOf(row));
+      const lane = laneOf(row);
+      if (!bars.has(lane)) bars.set(lane, []);
       const left = Math.max(90, x(row.started));
-      ctx.fillStyle = COLOURS[row.state] || "#999";
-      ctx.fillRect(left, 4 + lane * laneHeight, Math.max(2, x(end) - left), laneHeight - 4);
+      bars.get(lane).push([left, Math.max(left + 2, x(end)), COLOURS[row.state] || "#999"]);
     }
+    const lanes = [...bars.keys()].sort();
+    window.sperseDashboard.lanes = lanes;
+    const ctx = canvas.getContext("2d");
+    ctx.clearRect(0, 0, width, height);
+    const laneHeight = Math.max(8, Math.min(28, (height - 16) / Math.max(1, lanes.length)));
+    ctx.font = "11px system-ui, sans-serif";
+    lanes.forEach((lane, i) => {
+      ctx.fillStyle = "#6b7385";
+      ctx.fillText(lane, 4, 12 + i * laneHeight + laneHeight / 2);
+      const top = 4 + i * laneHeight;
+      let last = null;
+      const fill = (bar) => { ctx.fillStyle = bar[2]; ctx.fillRect(bar[0], top, bar[1] - bar[0], laneHeight - 4); };
+      for (const bar of bars.get(lane).sort((p, q) => p[0] - q[0] || p[1] - q[1])) {
+        if (last && bar[2] === last[2] && bar[0] <= last[1]) { last[1] = Math.max(last[1], bar[1]); continue; }
+        if (last) fill(last);
+        last = bar;
+      }
+      if (last) fill(last);
+    });
   }
 
   // A page of rows other than the newest reloads, at most once a second, one load at a time.
@@ -345,14 +410,26 @@ async function tasksPage(main) {
       .then(load).finally(() => { reloading = null; reloadAfter = Date.now() + 1000; });
   }
 
-  // The counts and the stream are redrawn at most four times a second; the table, whose
-  // rebuild is most of what a redraw costs the browser (and which no one reads faster), at
-  // most once a second.
-  let tableChanged = false;
-  const redraw = redrawer(() => { renderCounts(shownCounts); draw(); }, REDRAW_GAP);
-  const redrawTable = redrawer(() => {
-    if (tableChanged) { tableChanged = false; renderRows(); }
-  }, TABLE_REDRAW_GAP);
+  // The counts are redrawn at most four times a second, the stream twice (it scrolls by
+  // half a second of its minute), the table (which no one reads faster) once; each in one of
+  // the counts' frames, so one frame draws whatever is due, never one frame per part.
+  const parts = {
+    stream: { gap: STREAM_REDRAW_GAP, paint: () => draw(), changed: false, drawn: -Infinity },
+    table: { gap: TABLE_REDRAW_GAP, paint: () => renderRows(), changed: false, drawn: -Infinity },
+  };
+  const redraw = redrawer(() => {
+    renderCounts(shownCounts);
+    for (const part of Object.values(parts)) {
+      if (!part.changed) continue;
+      if (performance.now() - part.drawn >= part.gap - REDRAW_GAP / 2) {
+        part.changed = false;
+        part.drawn = performance.now();
+        part.paint();
+      } else {
+        redraw(); // its turn comes in a later frame
+      }
+    }
+  }, REDRAW_GAP);
 
   live.on((delta) => {
     if (!delta.tasks) return;
@@ -381,16 +458,15 @@ async function tasksPage(main) {
     } else if (delta.tasks_more || view.state) {
       reloadSoon();
     }
-    tableChanged = true;
+    parts.table.changed = parts.stream.changed = true;
     redraw();
-    redrawTable();
   }, () => { load(); loadStream(); });
 
   const seq = await load();
   await loadStream();
   // The stream scrolls with time: redrawn twice a second while it shows a task, and soon
   // (bounded) when a delta changes it.
-  setInterval(() => { if (stream.size) redraw(); }, 500);
+  setInterval(() => { if (stream.size) { parts.stream.changed = true; redraw(); } }, STREAM_REDRAW_GAP);
   draw();
   return seq;
 }
@@ -491,6 +567,14 @@ function loadScript(src) {
   });
 }
 
+// A server's colour (a running cell's ring on the Workspace page): the same name, the same colour.
+const SERVER_COLOURS = ["#e08a1e", "#8e5bd6", "#17a2b8", "#d63384", "#6f42c1", "#20c997", "#fd7e14", "#b8860b"];
+function serverColour(name) {
+  let hash = 0;
+  for (const char of name) hash = (hash * 31 + char.charCodeAt(0)) >>> 0;
+  return SERVER_COLOURS[hash % SERVER_COLOURS.length];
+}
+
 async function workspacePage(main) {
   const picker = el("select", { id: "workspace-picker" });
   const note = el("p", { class: "note" });
@@ -505,31 +589,32 @@ async function workspacePage(main) {
       el("thead", {}, el("tr", {}, ...["cell", "status", "where", "defines", "runs", "error"].map((c) => el("th", {}, c)))),
       body),
   );
-  const cy = await newGraph(graph, 220, []);
+  const cy = await newGraph(graph, 220, [
+    { selector: "node", style: { "border-width": "data(ringWidth)", "border-color": "data(ring)" } },
+  ]);
   window.sperseDashboard.graph = cy;
   let current = "";
   let version = null;
   let shape = "";
   let listSeq = 0;
-  let cells = [];
-  const taskWhere = new Map(); // task id -> server, from the task feed (a cell starts running)
 
+  // Where a cell runs comes with the graph: its client publishes the graph again, with the
+  // cell's server (``on``), when the cell's task starts there (on a coordinator's page too).
   function whereOf(cell) {
-    return (cell.task && taskWhere.get(cell.task)) || cell.where || (cell.remote ? "-" : "local");
+    return cell.on || cell.where || (cell.remote ? "-" : "local");
   }
 
   function nodeData(cell) {
-    const server = (cell.task && taskWhere.get(cell.task)) || cell.where;
-    const where = server && cell.status === "running" ? ` on ${server}` : "";
+    const where = cell.on && cell.status === "running" ? ` on ${cell.on}` : "";
     return { id: `c${cell.id}`, text: `[${cell.id}] ${cell.label}\n${cell.status}${where}`,
-             colour: CELL_COLOURS[cell.status] || "#999", status: cell.status, label: cell.label };
+             colour: CELL_COLOURS[cell.status] || "#999", status: cell.status, label: cell.label,
+             on: where ? cell.on : "", ring: where ? serverColour(cell.on) : "#fff", ringWidth: where ? 4 : 0 };
   }
 
   async function loadGraph() {
     if (!current) return;
     const data = await api(`/api/workspaces/${encodeURIComponent(current)}`);
     version = data.version;
-    cells = data.cells;
     const structure = JSON.stringify([data.cells.map((c) => c.id), data.edges]);
     if (structure !== shape) {
       shape = structure;
@@ -569,17 +654,6 @@ async function workspacePage(main) {
   picker.addEventListener("change", () => { current = picker.value; shape = ""; loadGraph(); });
 
   live.on((delta) => {
-    for (const t of delta.tasks || []) {
-      if (!t.server) continue;
-      // Kept for a graph that arrives after its task started (bounded: the newest 5,000).
-      taskWhere.set(t.id, t.server);
-      if (taskWhere.size > 5000) taskWhere.delete(taskWhere.keys().next().value);
-      const cell = cells.find((c) => c.task === t.id);
-      if (!cell) continue;
-      cy.getElementById(`c${cell.id}`).data(nodeData(cell));
-      const where = body.querySelector(`tr[data-cell="${cell.id}"] td.where`);
-      if (where) where.textContent = whereOf(cell);
-    }
     for (const w of delta.workspaces) {
       if (w.gone || !current || ![...picker.options].some((o) => o.value === w.name)) { loadList(); return; }
       if (w.name === current && w.version !== version) { loadGraph(); return; }
@@ -788,8 +862,12 @@ async function main() {
   const pages = { cluster: clusterPage, tasks: tasksPage, objects: objectsPage, workspace: workspacePage,
                   flows: flowsPage };
   const seq = await pages[PAGE](container);
-  if (!["tasks", "workspace"].includes(PAGE)) live.query += "&tasks=0"; // no task rows needed
-  live.start(seq);
+  if (PAGE !== "tasks") live.query += "&tasks=0"; // no task rows needed
+  live.seq = Math.max(live.seq, seq || 0);
+  if (document.hidden) live.pause(); else live.start(live.seq);
+  document.addEventListener("visibilitychange", () => {
+    if (document.hidden) live.pause(); else live.start(live.seq);
+  });
   document.body.dataset.ready = "1";
 }
 

@@ -407,16 +407,6 @@ def test_an_unpicklable_shared_value_is_built_once_per_process(client: sperse.Cl
 # -- a server killed mid-flow ----------------------------------------------------------------
 
 
-@pytest.fixture
-def three() -> Iterator[tuple[LocalCluster, sperse.Cluster]]:
-    with LocalCluster(3, heartbeat_timeout=2.0) as lc:
-        cluster = sperse.connect(lc.url, token=lc.token)
-        try:
-            yield lc, cluster
-        finally:
-            cluster.close()
-
-
 def started_queue_flow(
     client: sperse.Cluster, restart: int
 ) -> tuple[Any, Any, Any, dict[str, Any]]:

@@ -7,7 +7,6 @@ Waits are on Pendings with deadlines, never sleeps."""
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -32,16 +31,6 @@ def answer(pair: tuple[str, tuple[Any, int]]) -> dict[str, Any]:
 def slow_double(x: int) -> int:
     time.sleep(0.01)  # work that takes time: requests are in flight when the server dies
     return 2 * x
-
-
-@pytest.fixture
-def three() -> Iterator[tuple[LocalCluster, sperse.Cluster]]:
-    with LocalCluster(3, heartbeat_timeout=2.0) as lc:
-        cluster = sperse.connect(lc.url, token=lc.token)
-        try:
-            yield lc, cluster
-        finally:
-            cluster.close()
 
 
 def hosts_of(svc: sperse.Service) -> list[dict[str, Any]]:

@@ -5,14 +5,15 @@ graph (``sperse._workspace.share``)."""
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
 import pytest
+from scripted_backend import Scripted
 
 import sperse
-from sperse._core import BackendEvent, EventSink, ObjectInfo, ServerInfo, Started, TaskSpec
+from sperse._core import Started
 from sperse._workspace.share import on_server
 
 
@@ -54,44 +55,6 @@ def test_on_server(case: Case) -> None:
         assert after is not None
         assert after["cells"][0]["on"] == case.on == after["cells"][0]["where"]
         assert after["version"] > before["version"]
-
-
-class Scripted:
-    """A backend whose events the test reports, from a thread of its own."""
-
-    name = "scripted"
-
-    def __init__(self) -> None:
-        self.sent: list[TaskSpec] = []
-        self._sink: EventSink | None = None
-
-    def start(self, sink: EventSink) -> None:
-        self._sink = sink
-
-    def submit(self, specs: Sequence[TaskSpec]) -> None:
-        self.sent.extend(specs)
-
-    def report(self, event: BackendEvent) -> None:
-        assert self._sink is not None
-        self._sink(event)
-
-    def cancel(self, task_id: str) -> None:
-        pass
-
-    def release(self, object_ids: Iterable[str]) -> None:
-        pass
-
-    def servers(self) -> list[ServerInfo]:
-        return [ServerInfo(self.name, workers=1)]
-
-    def stats(self) -> dict[str, int]:
-        return {}
-
-    def objects(self, name: str = "") -> list[ObjectInfo]:
-        return []
-
-    def close(self) -> None:
-        pass
 
 
 @pytest.fixture

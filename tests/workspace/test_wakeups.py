@@ -14,73 +14,23 @@ import asyncio
 import contextlib
 import signal
 import threading
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterator
 
 import pytest
+from scripted_backend import Scripted
 
 import sperse
 from sperse._cluster import tracking
 from sperse._cluster.pending import Pending
 from sperse._core import (
-    BackendEvent,
     Done,
     ErrorInfo,
-    EventSink,
     Failed,
-    ObjectInfo,
-    ServerInfo,
     Started,
-    TaskSpec,
 )
 from sperse.repl._commands import _interruptible
 
 WAIT = 30.0  # a deadline, never a delay
-
-
-class Scripted:
-    """A backend whose events the test reports. ``busy``: tasks sent and not reported ended
-    (or, with ``frees_at_cancel``, cancelled: as MemoryBackend, which replaces the thread)."""
-
-    name = "scripted"
-
-    def __init__(self, *, frees_at_cancel: bool = False) -> None:
-        self.sent: list[TaskSpec] = []
-        self.busy = 0
-        self._frees_at_cancel = frees_at_cancel
-        self._sink: EventSink | None = None
-
-    def start(self, sink: EventSink) -> None:
-        self._sink = sink
-
-    def submit(self, specs: Sequence[TaskSpec]) -> None:
-        self.sent.extend(specs)
-        self.busy += len(specs)
-
-    def report(self, event: BackendEvent) -> None:
-        """What the backend's I/O thread does: its own state first, then the event."""
-        assert self._sink is not None
-        if isinstance(event, Done | Failed):
-            self.busy -= 1
-        self._sink(event)
-
-    def cancel(self, task_id: str) -> None:
-        if self._frees_at_cancel:
-            self.busy -= 1
-
-    def release(self, object_ids: Iterable[str]) -> None:
-        pass
-
-    def servers(self) -> list[ServerInfo]:
-        return [ServerInfo(self.name, workers=1, busy=self.busy)]
-
-    def stats(self) -> dict[str, int]:
-        return {}
-
-    def objects(self, name: str = "") -> list[ObjectInfo]:
-        return []
-
-    def close(self) -> None:
-        pass
 
 
 def double(x: int) -> int:

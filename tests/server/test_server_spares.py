@@ -79,7 +79,7 @@ async def create(client: Client, name: str = "", **options: Any) -> str:
 
 
 def test_a_create_takes_the_spare_and_a_new_spare_starts(make_server: Any) -> None:
-    server = make_server(name="spare-server")
+    server = make_server(name="spare-server", spare_object_workers=1)
     first = spare(server)
 
     async def scenario() -> tuple[int, str]:
@@ -99,7 +99,7 @@ def test_a_create_takes_the_spare_and_a_new_spare_starts(make_server: Any) -> No
 
 
 def test_a_spare_takes_the_objects_concurrency(make_server: Any) -> None:
-    server = make_server()
+    server = make_server(spare_object_workers=1)
     first = spare(server)
 
     async def scenario() -> None:
@@ -115,7 +115,7 @@ def test_a_spare_takes_the_objects_concurrency(make_server: Any) -> None:
 
 
 def test_a_spare_started_under_another_environment_is_not_used(make_server: Any) -> None:
-    server = make_server()
+    server = make_server(spare_object_workers=1)
     stale = spare(server)
 
     async def change_env() -> None:
@@ -141,7 +141,7 @@ def test_a_spare_started_under_another_environment_is_not_used(make_server: Any)
 
 
 def test_a_spare_whose_worker_died_is_never_handed_out(make_server: Any) -> None:
-    server = make_server()
+    server = make_server(spare_object_workers=1)
     dead = spare(server)
     os.kill(dead, signal.SIGKILL)
     wait_until("the dead spare dropped", lambda: dead not in server.stats().spare_object_pids)
@@ -158,7 +158,7 @@ def test_a_spare_whose_worker_died_is_never_handed_out(make_server: Any) -> None
 
 
 def test_spares_count_toward_max_objects(make_server: Any) -> None:
-    server = make_server(max_objects=2, max_session_objects=2)
+    server = make_server(max_objects=2, max_session_objects=2, spare_object_workers=1)
     spare(server)
 
     async def no_spare_starting() -> bool:
@@ -180,7 +180,7 @@ def test_spares_count_toward_max_objects(make_server: Any) -> None:
 
 
 def test_spares_stop_with_the_server(make_server: Any) -> None:
-    server = make_server()
+    server = make_server(spare_object_workers=1)
     pid = spare(server)
     server.close()
     assert not pid_alive(pid)

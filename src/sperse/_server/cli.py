@@ -134,7 +134,7 @@ def _add_totals(parser: argparse.ArgumentParser) -> None:
         default=None,
         metavar="N",
         help="object worker processes kept started, so that creating a remote object does "
-        "not wait for one; they count toward --max-objects (default 1, 0: none)",
+        "not wait for one; they count toward --max-objects (default 0: none)",
     )
 
 

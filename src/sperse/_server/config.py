@@ -107,8 +107,9 @@ class ServerConfig:
     max_objects: int = DEFAULT_MAX_OBJECTS
     max_session_objects: int = 0
     # One-worker pools kept started for the next remote objects (sperse._server.spares):
-    # they count toward max_objects; 0: every object's worker starts when it is created.
-    spare_object_workers: int = 1
+    # they count toward max_objects; 0 (the default): every object's worker starts when it
+    # is created (docs/decisions.md, "Spare object workers", says why they are off).
+    spare_object_workers: int = 0
     log_level: str = "INFO"
     hello_timeout: float = 10.0  # a peer that sends no Hello within this is turned away
     shm: bool = True  # big buffers through shared memory files, with clients on this host

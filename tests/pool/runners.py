@@ -113,6 +113,10 @@ def command(payload: bytes) -> bytes:
             return pid(payload)
         case "name":  # of the worker's process, as multiprocessing knows it
             return multiprocessing.current_process().name.encode()
+        case "where":  # what a worker starts with: its variable ARGUMENT, cwd, parent
+            parent = multiprocessing.parent_process()
+            seen = [os.environ.get(argument, "-"), os.getcwd(), str(parent and parent.pid)]
+            return "\n".join(seen).encode()
         case "sleep":
             return sleep(argument)
         case "wait_for_file":

@@ -26,6 +26,7 @@ import pytest
 import runners
 
 from sperse._core.events import BackendEvent, Done, ErrorInfo, ErrorKind, Failed, Output, Started
+from sperse._pool import procs
 from sperse._pool.pool import WorkerPool
 
 RUNNERS_DIR = Path(runners.__file__).parent
@@ -469,7 +470,28 @@ def test_close_from_on_event(make_pool: MakePool) -> None:
     assert pool.stats().workers == ()
 
 
-def test_workers_exit_when_the_parent_dies(tmp_path: Path) -> None:
+def test_a_forked_worker_starts_as_a_spawned_one_would(
+    make_pool: MakePool, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A worker forked by the forkserver gets what its parent has at the spawn (environment,
+    working directory), not what the forkserver had when it started, and the variables of
+    its pool; its parent, to multiprocessing, is the pool's process."""
+    procs.start_forkserver()
+    monkeypatch.setenv("SPERSE_TEST_LATER", "set after the forkserver started")
+    monkeypatch.chdir(tmp_path)
+    for start_method in ("forkserver", "spawn"):
+        env = {"SPERSE_TEST_GIVEN": "the pool's"}
+        pool, events = make_pool(env=env, start_method=start_method)
+        pool.submit("later", b"where:SPERSE_TEST_LATER")
+        pool.submit("given", b"where:SPERSE_TEST_GIVEN")
+        ended = events.wait_terminal("later", "given")
+        expected = ["set after the forkserver started", str(tmp_path), str(os.getpid())]
+        assert ended["later"] == task_done("later", "\n".join(expected).encode()), start_method
+        assert ended["given"].value.startswith(b"the pool's\n"), start_method
+
+
+@pytest.mark.parametrize("start_method", ["spawn", "forkserver"])
+def test_workers_exit_when_the_parent_dies(tmp_path: Path, start_method: str) -> None:
     script = tmp_path / "parent.py"
     script.write_text(
         textwrap.dedent(
@@ -484,7 +506,7 @@ def test_workers_exit_when_the_parent_dies(tmp_path: Path) -> None:
                 def on_event(event):
                     if isinstance(event, Started):
                         started.set()
-                pool = WorkerPool(2, {COMMAND!r}, on_event)
+                pool = WorkerPool(2, {COMMAND!r}, on_event, start_method={start_method!r})
                 pool.submit("busy", b"sleep:60")  # one busy worker, one idle
                 started.wait(30)
                 print(*pool.stats().workers, flush=True)

@@ -27,6 +27,7 @@ naming the operator and the server.
 from __future__ import annotations
 
 import asyncio
+import multiprocessing
 import os
 import time
 from collections import deque
@@ -148,8 +149,11 @@ class ReplicaHost:
     # ---- the remote API ------------------------------------------------------------------
 
     def info(self) -> dict[str, Any]:
-        """Where this host runs: its process and the parent process (the server's)."""
-        return {"pid": os.getpid(), "ppid": os.getppid(), "server": self._where}
+        """Where this host runs: its process and the parent process (the server's, which
+        started it through its forkserver)."""
+        parent = multiprocessing.parent_process()
+        ppid = parent.pid if parent is not None else os.getppid()
+        return {"pid": os.getpid(), "ppid": ppid, "server": self._where}
 
     async def start(
         self, peers: dict[tuple[int, int], Any], lines: str = "", state: Handover | None = None

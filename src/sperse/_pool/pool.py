@@ -196,6 +196,7 @@ class WorkerPool:
     SIGKILL"``, ``"exit code 1"``), see the invariants above.
     ``env``: set in each worker's ``os.environ``; ``token``: handed to each worker apart
     from it (a server's cluster token, for nested work: see :mod:`sperse._pool.worker`).
+    ``start_method``: ``"spawn"`` or ``"forkserver"`` (see :mod:`sperse._pool.procs`).
     ``configure``: a pool started before it was needed becomes what it is needed as.
     """
 
@@ -215,12 +216,12 @@ class WorkerPool:
         on_worker_exit: Callable[[int, str], None] | None = None,
         env: Mapping[str, str] | None = None,
         token: str = "",
+        start_method: procs.StartMethod = "spawn",
     ) -> None:
         _check(size, runner)
         self._size = size
         self._runner = runner
-        self._env = dict(env or {})  # set in each worker's os.environ before its runner loads
-        self._token = token  # handed to each worker, not in its environment (see worker.py)
+        self._launch = procs.Launch(dict(env or {}), token, start_method)
         self._name = name
         self._cancel_grace = cancel_grace
         self._concurrency = max(1, concurrency)
@@ -414,9 +415,7 @@ class WorkerPool:
     def _start_worker(self, worker: WorkerId, *, strict: bool) -> None:
         """Spawn (strict: let any error out, for the constructor) and tell the policy."""
         try:
-            w = procs.spawn(
-                worker, self._runner, self._concurrency, self._env, self._name, self._token
-            )
+            w = procs.spawn(worker, self._runner, self._concurrency, self._name, self._launch)
         except OSError as exc:
             if strict:
                 raise

@@ -535,13 +535,18 @@ def main(
     concurrency: int = 1,
     env: dict[str, str] | None = None,
     token: str = "",
+    environ: dict[str, str] | None = None,
 ) -> None:
     """Entry point of a worker process (the ``target`` of its ``multiprocessing.Process``).
-    ``env``: set in ``os.environ`` first (what the pool's owner gives its workers only); its
+    ``environ``: the whole environment to start from (a forked worker's: its parent's at the
+    spawn, not the forkserver's). ``env``: set in ``os.environ`` first (what the pool's owner gives its workers only); its
     ``PYTHONPATH`` goes first on ``sys.path`` too, as it would in a Python started with it.
     ``token``: kept apart from ``os.environ`` (see the module's docstring)."""
     with contextlib.suppress(OSError):  # a group of its own, before any task can start
         os.setpgid(0, 0)
+    if environ is not None:
+        os.environ.clear()
+        os.environ.update(environ)
     if env:
         os.environ.update(env)
         paths = [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p]

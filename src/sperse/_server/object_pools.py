@@ -18,14 +18,17 @@ the server is idle (see there).
 from __future__ import annotations
 
 import asyncio
+import logging
 import math
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
 from sperse._core import BackendEvent, ErrorInfo
 from sperse._pool.pool import WorkerPool
+from sperse._pool.procs import start_forkserver
 from sperse._server.actions import CancelObjectCall, StartObject, StopObject, SubmitToObject
 from sperse._server.config import ServerConfig
+from sperse._server.logs import log_event
 from sperse._server.model import ACTOR_RUNNER
 from sperse._server.spares import Binding, Environment, SpareWorkers
 
@@ -62,6 +65,7 @@ class ObjectPools:
         idle: Callable[[], bool],
     ) -> None:
         self._server = server
+        self._max_objects = config.max_objects
         self._loop = loop
         self._on_event = on_event
         self._on_exit = on_exit
@@ -86,8 +90,17 @@ class ObjectPools:
         )
 
     def start_spares(self) -> None:
-        """Start the spare pools (in the background): once the server's task workers are."""
+        """Start the forkserver that forks the objects' workers, and the spare pools (in the
+        background): once the server's task workers are."""
+        if self._max_objects > 0:
+            self._own(self._loop.create_task(self._start_forkserver()))
         self.spares.refill()
+
+    async def _start_forkserver(self) -> None:
+        try:
+            await asyncio.to_thread(start_forkserver)
+        except Exception as exc:  # the first object's start tries again, and says why
+            log_event(logging.WARNING, "forkserver_failed", error=exc)
 
     async def close(self) -> None:
         """The server stops (its objects are stopped): close the spares, and wait till every
@@ -113,6 +126,7 @@ class ObjectPools:
             on_worker_exit=binding.exit,
             env=dict(environment.env),
             token=environment.token,
+            start_method="forkserver",  # milliseconds: a flow starts one per operator replica
         )
 
     def _pool_name(self, label: str) -> str:

@@ -163,9 +163,13 @@ def make_graph(nodes: int, edges: int) -> tuple[np.ndarray, np.ndarray]:
 
 @contextlib.contextmanager
 def sperse_cluster(servers: int) -> Iterator[sperse.Cluster]:
+    """A local cluster whose servers have all answered a task: started as Dask's
+    ``LocalCluster`` returns (its workers up), not only listening."""
     with LocalCluster(servers, workers=1) as up:
         client = sperse.connect(up.url, token=up.token)
         try:
+            for server in up.servers:
+                sperse.remote(on=f"@{server.name}")(os.getpid)().result(WAIT)
             yield client
         finally:
             client.close()

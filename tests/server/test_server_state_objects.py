@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 
 import pytest
@@ -171,10 +172,25 @@ def test_an_object_that_dies_fails_its_calls_and_stops(case: Death) -> None:
         m.feed(m.state.object_worker_exited("o1", 7, "killed"))
         m.fail("k", "worker_died")  # the pool says so next: dropped, it has failed
     assert m.sent("other")[:2] == ["started k", "failed k ObjectLost"]
+    (lost,) = [a for a in m.of(Log) if a.event == "task_failed" and a.get("task") == "k"]
+    assert lost.level == logging.WARNING  # another session's call: news to the server's log
     assert m.of(StopObject) == [StopObject("o1")]
     m.submit("k2", session="other", object=call("o1"))
     assert case.reason in failures(m, "other")["k2"].error.message
     assert m.state.objects.alive == {}
+
+
+def test_the_calls_of_the_session_that_closes_an_object_fail_quietly() -> None:
+    """Its own calls in flight fail (a flow closes its hosts while it watches them): logged
+    as info, not as a warning."""
+    m = machine("s")
+    built(m)
+    m.submit("k", object=call("o1"))
+    m.start("k")
+    m.submit("x", object=ObjectOp("o1", "close"))
+    assert m.sent("s")[-2:] == ["failed k ObjectLost", "done x"]
+    (lost,) = [a for a in m.of(Log) if a.event == "task_failed" and a.get("task") == "k"]
+    assert lost.level == logging.INFO
 
 
 @pytest.mark.parametrize(("name", "closes"), [("", False), ("shared", True)])

@@ -425,7 +425,6 @@ class ServerState:
             self.tasks.record(session, refused)
             return
         if obj is not None:
-            self.tasks.object_dies(
-                obj, "was closed (proxy.close()): create a new one", event="object_closed"
-            )
+            why = "was closed (proxy.close()): create a new one"
+            self.tasks.object_dies(obj, why, event="object_closed", closed_by=session)
         self.tasks.record(session, Done(task_id, self.name, (CLOSED,)))

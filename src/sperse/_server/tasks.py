@@ -367,8 +367,16 @@ class TaskTable:
         if self.config.shm:
             self._out.append(Sweep(f"{self.shm_prefix}a{pool_id.rpartition('/')[2]}-"))
 
-    def object_dies(self, obj: RemoteObject, why: str, *, event: str = "object_lost") -> None:
-        """Destroy ``obj``: its calls fail, ``why`` is remembered, its worker stops."""
+    def object_dies(
+        self,
+        obj: RemoteObject,
+        why: str,
+        *,
+        event: str = "object_lost",
+        closed_by: SessionState | None = None,
+    ) -> None:
+        """Destroy ``obj``: its calls fail, ``why`` is remembered, its worker stops.
+        ``closed_by``: the session that closed it (its own calls' failures are no news)."""
         if not obj.alive:
             return
         self._out.append(self.objects.unregister(obj, why, event))
@@ -376,12 +384,14 @@ class TaskTable:
             if task.obj is obj:
                 del self.attempts[pool_id]
                 self.announce_now(task)
-                self.finish(task, self.objects.lost(task.task_id, obj.object_id))
+                lost = self.objects.lost(task.task_id, obj.object_id)
+                self.finish(task, lost, task.session is closed_by)
         waiting, obj.waiting_calls = obj.waiting_calls, {}
         obj.calls_in_pool.clear()
         for task in (t for queue in waiting.values() for t in queue):
             task.queued = False
-            self.finish(task, self.objects.lost(task.task_id, obj.object_id))
+            lost = self.objects.lost(task.task_id, obj.object_id)
+            self.finish(task, lost, task.session is closed_by)
         pinned, obj.pinned = obj.pinned, {}
         for held_id, held in pinned.items():
             self._out.extend(self.held.unuse(held_id, held))
@@ -405,27 +415,29 @@ class TaskTable:
         for object_id, held in objects.items():
             self._out.extend(self.held.unuse(object_id, held))
 
-    def finish(self, task: TaskState, event: Done | Failed) -> None:
+    def finish(self, task: TaskState, event: Done | Failed, expected: bool = False) -> None:
+        """``expected``: a failure the client caused and knows of (logged as info)."""
         self.release_task(task)
         session = task.session
         self._out.append(EndTaskLog(task.log_key))
         if session.tasks.get(task.task_id) is task:
             del session.tasks[task.task_id]
-        self.record(session, event)
+        self.record(session, event, expected)
         obj = task.obj
         if obj is not None and obj.alive:
             why = RemoteObjects.task_ended(obj, task, event)
             if why:
                 self.object_dies(obj, why)
 
-    def record(self, session: SessionState, event: Done | Failed) -> None:
+    def record(self, session: SessionState, event: Done | Failed, expected: bool = False) -> None:
         if isinstance(event, Failed):
             event = clipped(event)
             error = event.error
             self.tasks_failed += 1
+            usual = expected or error.kind in ("raised", "cancelled")
             self._out.append(
                 log(
-                    logging.INFO if error.kind in ("raised", "cancelled") else logging.WARNING,
+                    logging.INFO if usual else logging.WARNING,
                     "task_failed",
                     session=session.session_id,
                     task=event.task_id,

@@ -14,6 +14,11 @@ __all__ = ["main"]
 
 def main(argv: list[str] | None = None) -> int:
     """Run a server until SIGTERM/SIGINT (or stdin EOF with --token-stdin); the exit status."""
+    from sperse._pool.procs import start_forkserver
+
+    # First: the forkserver's imports (for the workers of remote objects and flows) run on
+    # the other core while this process imports the server, before its task workers start.
+    start_forkserver()
     from sperse._server.cli import main as run
 
     return run(argv)

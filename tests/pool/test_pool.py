@@ -490,6 +490,27 @@ def test_a_forked_worker_starts_as_a_spawned_one_would(
         assert ended["given"].value.startswith(b"the pool's\n"), start_method
 
 
+def test_a_worker_reaped_by_someone_else_still_stops(monkeypatch: pytest.MonkeyPatch) -> None:
+    """``multiprocessing`` polls the children it started whenever another thread starts a
+    process. A poll that takes a worker's exit status from under the pool's ``join`` sets
+    its exit code a moment later; meanwhile ``Process.close`` says it is still running (as
+    here, once). The pool stops it without an error all the same."""
+    w = procs.spawn(procs.WorkerId(1), COMMAND, 1, "test")
+    process_close, closes = w.process.close, []
+
+    def close() -> None:
+        closes.append(1)
+        if len(closes) == 1:
+            raise ValueError("Cannot close a process while it is still running.")
+        process_close()
+
+    monkeypatch.setattr(w.process, "close", close)
+    os.kill(w.pid, signal.SIGKILL)
+    procs.stop([(w, True, None)], timeout=DEADLINE, cancel_grace=1.0, name="test")
+    assert len(closes) == 2 and w.conn is None
+    assert_no_process(w.pid)
+
+
 @pytest.mark.parametrize("start_method", ["spawn", "forkserver"])
 def test_workers_exit_when_the_parent_dies(tmp_path: Path, start_method: str) -> None:
     script = tmp_path / "parent.py"

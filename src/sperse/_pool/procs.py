@@ -55,6 +55,7 @@ from sperse._pool.worker import HEADER, Msg, decode_text, encode_text
 __all__ = [
     "ESCALATION_WAIT",
     "Launch",
+    "close",
     "WorkerProcess",
     "configure_frame",
     "discard",
@@ -290,8 +291,25 @@ def reap_exited(w: WorkerProcess) -> int | None:
         w.process.kill()
         w.process.join()
     code = w.process.exitcode
-    w.process.close()  # its file descriptors, now rather than at garbage collection
+    close(w)
     return code
+
+
+def close(w: WorkerProcess) -> None:
+    """Close ``w``'s process once reaped: its file descriptors now, not at garbage
+    collection. ``multiprocessing`` polls every child it started whenever another thread
+    starts a process; a poll that takes the exit status from under our ``join`` sets the
+    exit code a moment later, so this waits for it (bounded), then leaves the rest to the
+    garbage collector."""
+    deadline = time.monotonic() + ESCALATION_WAIT
+    while True:
+        try:
+            w.process.close()
+            return
+        except ValueError:  # "still running" to multiprocessing: its exit code is not set yet
+            if time.monotonic() > deadline:
+                return
+            time.sleep(0.001)
 
 
 def discard(workers: list[WorkerProcess]) -> None:
@@ -390,7 +408,7 @@ def stop(
             continue
         if exited:
             reap(w)
-            w.process.close()
+            close(w)
             continue
         if not ready:
             deadlines[w] = now  # still starting: nothing to lose, terminate it now
@@ -410,7 +428,7 @@ def stop(
         for sentinel in wait(list(by_sentinel), timeout_left):
             w = by_sentinel[sentinel]
             reap(w)
-            w.process.close()
+            close(w)
             del deadlines[w]
         now = time.monotonic()
         for w, deadline in list(deadlines.items()):

@@ -55,8 +55,8 @@ from sperse._pool.worker import HEADER, Msg, decode_text, encode_text
 __all__ = [
     "ESCALATION_WAIT",
     "Launch",
-    "close",
     "WorkerProcess",
+    "close",
     "configure_frame",
     "discard",
     "interrupt",

@@ -21,12 +21,13 @@ import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from types import FrameType
-from typing import Any
-
-import numpy as np
+from typing import TYPE_CHECKING, Any
 
 import sperse
 from sperse._up import LocalCluster
+
+if TYPE_CHECKING:  # numpy is imported where edges are read: every flow host imports the
+    import numpy as np  # example's module (its functions), and numpy costs it ~40 ms
 
 __all__ = [
     "BadInput",
@@ -176,6 +177,8 @@ def read_edges(path: Path) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """The edges of ``path``, one ``src dst`` pair of ints per line (blank lines skipped):
     ``(ids, src, dst)``, where ``ids`` are the node ids in increasing order and ``src``,
     ``dst`` index into it. Every pair is kept as it comes (duplicates too)."""
+    import numpy as np
+
     text = path.read_text(encoding="utf-8")
     tokens = text.split()
     try:

@@ -55,6 +55,7 @@ from sperse._pool.worker import HEADER, Msg, decode_text, encode_text
 __all__ = [
     "ESCALATION_WAIT",
     "Launch",
+    "StartMethod",
     "WorkerProcess",
     "close",
     "configure_frame",

@@ -539,8 +539,9 @@ def main(
 ) -> None:
     """Entry point of a worker process (the ``target`` of its ``multiprocessing.Process``).
     ``environ``: the whole environment to start from (a forked worker's: its parent's at the
-    spawn, not the forkserver's). ``env``: set in ``os.environ`` first (what the pool's owner gives its workers only); its
-    ``PYTHONPATH`` goes first on ``sys.path`` too, as it would in a Python started with it.
+    spawn, not the forkserver's). ``env``: set in ``os.environ`` next (what the pool's owner
+    gives its workers only); its ``PYTHONPATH`` goes first on ``sys.path`` too, as it would
+    in a Python started with it.
     ``token``: kept apart from ``os.environ`` (see the module's docstring)."""
     with contextlib.suppress(OSError):  # a group of its own, before any task can start
         os.setpgid(0, 0)

@@ -644,6 +644,14 @@ def report(
         target("embedded server ready <= 1 s", None, "no number", None)
     else:
         target("embedded server ready <= 1 s", start, f"{start:.2f} s", start <= 1.0)
+    if backend == "server" and transport != "grpc":  # the same-host path's, tightened
+        print("\nIssue 18's targets (the same-host path; Ray's figures are its medians):")
+        check("round-trip p50 <= 0.15x Ray's", "rt_p50", 0.15, True)
+        check("round-trip p99 <= 0.15x Ray's", "rt_p99", 0.15, True)
+        check(f"{s.mb} MB up >= 2x Ray's", "up", 2.0, False)
+        check(f"{s.mb} MB down >= 2x Ray's", "down", 2.0, False)
+        if start is not None:
+            target("start to 1st result <= 0.25 s", start, f"{start:.2f} s", start <= 0.25)
 
     print("\nFloors (loopback, this machine; the round trips carry 64 bytes):")
     if "grpc_p50" in floor:

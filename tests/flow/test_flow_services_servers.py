@@ -16,7 +16,7 @@ import pytest
 
 import sperse
 from sperse._backends.membership import MemberInfo, MembershipWatch
-from sperse._flow import serving
+from sperse._flow import routes, serving
 from sperse._status import main as status_main
 from sperse._up import LocalCluster
 
@@ -127,6 +127,37 @@ def test_stop_drains_then_refuses(client: sperse.Cluster) -> None:
     assert [p.result(WAIT)["n"] for p in pendings] == list(range(1, 301))
     with pytest.raises(sperse.ServiceStopped):
         svc.request({"user": "a", "x": 0})
+
+
+def test_stop_hands_over_the_answers_its_pollers_took(
+    client: sperse.Cluster, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The flow of a stopping service ends once its respond replicas' answers are taken;
+    the poll that took the last of them may not have handed them to their requests yet.
+    Here that poll holds what it took until the run has ended: stop() waits for it, and
+    fails none of those requests."""
+    svc = counter(client, "handover")
+    run = svc._run
+    assert run is not None
+    ended, result, value = threading.Event(), run.result, routes._value
+
+    def run_result(timeout: float | None = None) -> Any:
+        try:
+            return result(timeout)
+        finally:
+            ended.set()
+
+    def held(pending: Any) -> Any:
+        got = value(pending)
+        if any(isinstance(a, tuple) and a[2] == {"user": "a", "x": 49, "n": 50} for a in got):
+            ended.wait(WAIT)  # the last answer (a deadline: a stop that never ends fails)
+        return got
+
+    monkeypatch.setattr(run, "result", run_result)
+    monkeypatch.setattr(routes, "_value", held)
+    pendings = [svc.request({"user": "a", "x": i}) for i in range(50)]
+    svc.stop()
+    assert [p.result(WAIT)["n"] for p in pendings] == list(range(1, 51))
 
 
 SECOND_CLIENT = """

@@ -73,8 +73,9 @@ class Route:
     def drain(self, timeout: float) -> None:
         """Every request sent so far has reached the requests source; then end it."""
 
-    def close(self) -> None:
-        """Stop taking answers."""
+    def close(self, wait: float = 0.0) -> None:
+        """Stop taking answers; ``wait``: at most so long for the answers already taken
+        from the service to be handed over (a drained service's last ones)."""
 
 
 class InProcess(Route):
@@ -334,10 +335,16 @@ class OnServers(Route):
         if self._push is not None:
             self._push.close()
 
-    def close(self) -> None:
+    def close(self, wait: float = 0.0) -> None:
         with self._cond:
             self._closed = True
             self._cond.notify_all()
+        # A poll of a respond replica that took answers hands them over before its poller
+        # ends; the replica answers polls at once once it is closed.
+        deadline = time.monotonic() + wait
+        for thread in self._pollers:
+            if thread is not threading.current_thread():
+                thread.join(max(0.0, deadline - time.monotonic()))
 
 
 def _settled(pending: Pending[Any]) -> threading.Event:

@@ -262,8 +262,10 @@ class ReplicaHost:
         this host is closing (the service ended: there will be none)."""
         return await self._mailbox.moved_after(epoch, wait), self._closing
 
-    def retire(self, moved: Moved) -> None:
-        """Answer no more: long polls take what is left, then ``moved``."""
+    async def retire(self, moved: Moved) -> None:
+        """Answer no more: long polls take what is left, then ``moved``. (On the object's
+        loop, where the polls wait: from another thread, the event that wakes them would be
+        seen only when the loop woke for something else, up to a heartbeat later.)"""
         self._mailbox.retire(moved)
 
     async def replan(

@@ -403,9 +403,13 @@ class MemoryBackend:
             obj.queue.clear()
             obj.cond.notify_all()
         obj.host.close()
-        lost = ErrorInfo("object_lost", "ObjectLost", f"remote object {object_id[:8]}: {why}")
-        for job in left:
-            self._end(job, Failed(job.spec.task_id, self.name, lost))
+        if left:  # from a thread of ours: this may be the caller's (submit, release)
+            lost = ErrorInfo("object_lost", "ObjectLost", f"remote object {object_id[:8]}: {why}")
+            threading.Thread(target=self._fail_all, args=(left, lost), daemon=True).start()
+
+    def _fail_all(self, jobs: list[_Job], error: ErrorInfo) -> None:
+        for job in jobs:
+            self._end(job, Failed(job.spec.task_id, self.name, error))
 
 
 _OURS = frozenset({__file__, contextlib.__file__})

@@ -83,7 +83,7 @@ __all__ = ["ReplicaHost", "channel_name", "lost_info", "unpicklable"]
 
 TICK = 0.05  # seconds between clock ticks for time windows
 QUIESCE_POLL = 0.002  # seconds between a reshape's checks that a host is idle
-DRAIN = 4.0  # seconds a stopping service's respond replica waits for its answers to be taken
+DRAIN = 4.0  # seconds a stopping service's respond replica waits for its answers' receipt
 
 
 def channel_name(stage: int, replica: int) -> str:
@@ -224,12 +224,12 @@ class ReplicaHost:
         self._wake.set()
         await done
 
-    async def take(self, client: str, wait: float) -> list[tuple[Any, ...] | Moved]:
+    async def take(self, client: str, wait: float, received: int = 0) -> list[Any]:
         """The answers waiting for ``client`` (a respond replica), as soon as there are
-        some, else after ``wait`` seconds: a client's long poll. Each is ``(client, rid,
-        value, error)``; once this host answers no more (a reshape), ``[Moved]`` says where
-        to take them from."""
-        return await self._mailbox.take(client, wait)
+        some, else after ``wait`` seconds: a client's long poll. Each is a tuple ``(client,
+        rid, value, error)``; once this host answers no more (a reshape), ``[Moved]`` says where
+        to take them from. ``received``: how many its previous take returned (mailbox)."""
+        return await self._mailbox.take(client, wait, received)
 
     # ---- a reshape (sperse._flow.rehost) ------------------------------------------------
 
@@ -320,7 +320,7 @@ class ReplicaHost:
     async def finish(self) -> tuple[dict[str, tuple[int, int]], dict[str, int]]:
         """Stop (the run is over): a ``watch`` waiting returns now; the final items in and
         out, and counters."""
-        await self._mailbox.drain(DRAIN)  # a service's answers not taken: a moment to take them
+        await self._mailbox.drain(DRAIN)  # a service's answers not received: a moment for them
         self._closing = True
         self._reported.set()
         self._mailbox.close()

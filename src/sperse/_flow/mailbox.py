@@ -2,8 +2,12 @@
 (:class:`~sperse._flow.host.ReplicaHost`), and where they are taken once it answers no more.
 
 Each client long-polls ``take`` with its session id: the call returns as soon as answers
-for it are there. Once the service was reshaped, the host is *retired*: a poll returns what
-is left for the client, then ``[Moved]``, which names the new respond replicas. On the host
+for it are there. An answer is kept until the client's next poll says it received it
+(``received``: how many the previous poll returned): a poll whose reply is lost (the host
+is closed while the reply is on its way) loses nothing, the next poll returns the same
+answers again, and a stopping service ends once its answers were received, not only sent.
+Once the service was reshaped, the host is *retired*: a poll returns what is left for the
+client, then ``[Moved]``, which names the new respond replicas. On the host
 of the requests replica (which every reshape keeps), the mailbox holds the last ``Moved``
 for clients that lost their respond replica's host with its server (``moved_after``).
 
@@ -24,10 +28,11 @@ __all__ = ["Mailbox"]
 class Mailbox:
     """The answers kept for each client (see the module docstring)."""
 
-    __slots__ = ("_mail", "_mailed", "closing", "moved")
+    __slots__ = ("_mail", "_mailed", "_sent", "closing", "moved")
 
     def __init__(self) -> None:
-        self._mail: dict[str, list[Answer]] = {}
+        self._mail: dict[str, list[Answer]] = {}  # each client's, not received yet
+        self._sent: dict[str, int] = {}  # how many of those the client's last poll returned
         self._mailed = asyncio.Event()
         self.moved: Moved | None = None  # reshaped: the answers are taken elsewhere now
         self.closing = False
@@ -37,9 +42,13 @@ class Mailbox:
             self._mail.setdefault(answer.client, []).append(answer)
         self._mailed.set()
 
-    async def take(self, client: str, wait: float) -> list[tuple[Any, ...] | Moved]:
+    async def take(
+        self, client: str, wait: float, received: int = 0
+    ) -> list[tuple[Any, ...] | Moved]:
         """The answers waiting for ``client``, as soon as there are some, else after
-        ``wait`` seconds; once retired and none is left, ``[Moved]``."""
+        ``wait`` seconds; once retired and none is left, ``[Moved]``. ``received``: how
+        many answers the client's previous take returned (those are dropped now)."""
+        self._received(client, received)
         if not self._mail.get(client):
             try:
                 async with asyncio.timeout(wait):
@@ -48,12 +57,23 @@ class Mailbox:
                         await self._mailed.wait()
             except TimeoutError:
                 pass
-        answers = self._mail.pop(client, [])
-        if not self._mail:
-            self._mailed.set()  # a finish waiting for the mailboxes to empty
+        answers = self._mail.get(client, [])
+        self._sent[client] = len(answers)
         if not answers and self.moved is not None:
             return [self.moved]
         return [(a.client, a.rid, a.value, a.error) for a in answers]
+
+    def _received(self, client: str, received: int) -> None:
+        """``client`` received the first ``received`` answers its last take returned."""
+        sent = self._sent.pop(client, 0)
+        mail = self._mail.get(client)
+        if mail is None:
+            return
+        del mail[: min(received, sent)]
+        if not mail:
+            del self._mail[client]
+            if not self._mail:
+                self._mailed.set()  # a finish waiting for the mailboxes to empty
 
     async def moved_after(self, epoch: int, wait: float) -> Moved | None:
         """The reshape after ``epoch`` once there is one, else None after ``wait`` s."""
@@ -73,7 +93,7 @@ class Mailbox:
         self._mailed.set()
 
     async def drain(self, wait: float) -> None:
-        """Return once every answer was taken, or after ``wait`` seconds."""
+        """Return once every answer was received, or after ``wait`` seconds."""
         try:
             async with asyncio.timeout(wait):
                 while any(self._mail.values()):

@@ -8,7 +8,10 @@ else gathered into one delivery while ``IN_FLIGHT`` deliveries wait for their
 acknowledgement (a delivery is acknowledged once the host has taken it in), so a busy client
 sends few calls and an idle one waits for none. Answers are long-polled (``take``) from every
 respond replica's host, by one thread per respond replica while requests wait: the answer
-comes from the server that made it, as the return value of this client's own call.
+comes from the server that made it, as the return value of this client's own call. Each
+take says how many answers the previous one returned, and the host keeps them until then
+(:mod:`sperse._flow.mailbox`): after answers, a poller takes once more, at once, even when
+nothing waits any more.
 
 A server lost under the service (:mod:`sperse._flow.hostloss`): the driver replaces its
 hosts, and each respond replica's host of before answers a poll with what is left, then
@@ -222,13 +225,16 @@ class OnServers(Route):
                 thread.start()
 
     def _polling(self, proxy: ObjectProxy, epoch: int) -> None:
+        received = 0  # answers the last take returned: the next take says so
         while True:
             with self._cond:
-                while not self._closed and not self._service._waiting:
+                while not self._closed and not self._service._waiting and not received:
                     self._cond.wait(POLL)
                 if self._closed:
                     return
-            pending = proxy.take(self._client, POLL)
+                wait = POLL if self._service._waiting else 0.0  # else it only says received
+            pending = proxy.take(self._client, wait, received)
+            received = 0
             if not _settled(pending).wait(POLL + 60.0):
                 continue
             if pending._error is not None:
@@ -250,6 +256,7 @@ class OnServers(Route):
                 return
             got = _value(pending)
             moved = [m for m in got if isinstance(m, Moved)]
+            received = len(got) - len(moved)
             try:
                 self._service._answered([Answer(*a) for a in got if not isinstance(a, Moved)])
             except ReferenceError:

@@ -79,9 +79,20 @@ _CONTEXTS: dict[str, SpawnContext | ForkServerContext] = {
     "forkserver": multiprocessing.get_context("forkserver"),
 }
 # What a forked worker needs, imported once in the forkserver (a failed import is skipped
-# there, and made again in the worker): the worker, the objects' runner, the flow's host.
+# there, and made again in the worker): the worker, the objects' runner, the flow's host,
+# and the client a host reaches other hosts with (gRPC among it: ~40 ms of CPU that each
+# host of a flow with a hash edge paid at its start, beside the others' work). Imported
+# only: the forkserver makes no channel, so nothing of gRPC's runs before a fork.
 multiprocessing.get_context("forkserver").set_forkserver_preload(
-    ["sperse._pool.worker", "sperse._server.actor_runner", "sperse._flow.host", "runpy"]
+    [
+        "sperse._pool.worker",
+        "sperse._server.actor_runner",
+        "sperse._flow.host",
+        "sperse._cluster.objects",
+        "sperse._backends.multi",
+        "sperse._backends.sperse",
+        "runpy",
+    ]
 )
 ESCALATION_WAIT = 1.0  # after SIGTERM, then after SIGKILL, while stopping a worker
 _READ_SIZE = 1 << 16  # os.read allocates this much for every read

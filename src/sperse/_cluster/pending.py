@@ -495,15 +495,19 @@ def wait(
         return set(), set()
     cluster = items[0]._cluster
     _wake_on_settle(cluster, items)
+    first_open = 0  # items before it are done (a Pending stays done): each is checked once
 
     def finished() -> bool:
+        nonlocal first_open
         if return_when == "FIRST_COMPLETED":
             return any(p.done() for p in items)
         if return_when == "FIRST_EXCEPTION" and any(
             p.done() and p._error is not None for p in items
         ):
             return True
-        return all(p.done() for p in items)
+        while first_open < len(items) and items[first_open].done():
+            first_open += 1
+        return first_open == len(items)
 
     cluster.run_until(finished, timeout, every_event=False)
     done = {p for p in items if p.done()}

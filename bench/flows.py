@@ -42,6 +42,7 @@ import logging
 import operator
 import os
 import pstats
+import statistics
 import sys
 import tempfile
 import time
@@ -87,11 +88,15 @@ def cpu() -> tuple[float, float]:
 
 
 @contextlib.contextmanager
-def cpu_note(into: list[str]) -> Iterator[None]:
+def cpu_note(into: list[str], runs: int = 1) -> Iterator[None]:
     before = cpu()
     yield
     after = cpu()
-    into.append(f"CPU: client {after[0] - before[0]:.1f} s, cluster {after[1] - before[1]:.1f} s")
+    each = " a run" if runs > 1 else ""
+    into.append(
+        f"CPU{each}: client {(after[0] - before[0]) / runs:.1f} s, "
+        f"cluster {(after[1] - before[1]) / runs:.1f} s"
+    )
 
 
 def load() -> str:
@@ -300,42 +305,55 @@ def wc_ray(ray: Any, folder: Path) -> dict[str, int]:
     return dict(zip(frame["word"], frame["sum(n)"].astype(int), strict=True))
 
 
+def median_run(repeat: int, fn: Callable[[], Any]) -> tuple[float, list[float], Any]:
+    """``fn`` run ``repeat`` times: the median time, every time (in order) and the results."""
+    times, results = [], []
+    for _ in range(repeat):
+        started = perf()
+        results.append(fn())
+        times.append(perf() - started)
+    return statistics.median(times), times, results
+
+
+def runs_of(times: list[float]) -> str:
+    if len(times) == 1:
+        return f"{times[0]:.2f} s"
+    return f"median {statistics.median(times):.2f} s of " + " ".join(f"{t:.2f}" for t in times)
+
+
 def word_count(args: argparse.Namespace, folder: Path) -> None:
     print(f"word count, {args.mb:g} MB in 16 files", flush=True)
-    started = perf()
-    expected = wc_local(folder)
-    local = perf() - started
+    local, times, results = median_run(args.repeat, lambda: wc_local(folder))
+    expected = results[0]
     words = sum(expected.values())
     rate = words / local
-    row("word count", "local loop (Counter)", f"{rate / 1e6:.2f} M words/s ({local:.1f} s)")
+    row("word count", "local loop (Counter)", f"{rate / 1e6:.2f} M words/s ({runs_of(times)})")
     rates: dict[str, float] = {}
 
-    def timed(name: str, fn: Callable[[], dict[str, int]]) -> None:
+    def timed(name: str, fn: Callable[[], dict[str, int]], repeat: int = 1) -> None:
         note: list[str] = []
-        started = perf()
-        with cpu_note(note):
-            got = fn()
-        took = perf() - started
-        if got != expected:
+        with cpu_note(note, repeat):
+            took, times, got = median_run(repeat, fn)
+        if any(g != expected for g in got):
             row("word count", name, "WRONG RESULT")
             return
         rates[name] = words / took
-        row("word count", name, f"{rates[name] / 1e6:.2f} M words/s ({took:.1f} s)")
+        row("word count", name, f"{rates[name] / 1e6:.2f} M words/s ({runs_of(times)})")
         print(f"    {note[0]}")
 
     with sperse_cluster(2) as client:
-        timed("Sperse flow, 2 servers", lambda: wc_sperse(client, folder, "example"))
+        timed("Sperse flow, 2 servers", lambda: wc_sperse(client, folder, "example"), args.repeat)
         timed("  the same, a batch at a time", lambda: wc_sperse(client, folder, "batch"))
         timed("  the same, per word", lambda: wc_sperse(client, folder, "word"))
     if args.skip_dask or not installed("dask.distributed"):
         print("  Dask: skipped (not installed, or --skip-dask)")
     else:
         with dask_client() as client:
-            timed("Dask bag, 2 workers", lambda: wc_dask(client, folder))
+            timed("Dask bag, 2 workers", lambda: wc_dask(client, folder), args.repeat)
     if args.skip_ray or not (installed("ray") and installed("pyarrow")):
         print("  Ray Data: skipped (ray or pyarrow not installed, or --skip-ray)")
     else:
-        with ray_started() as ray:
+        with ray_started() as ray:  # once: a run takes ~20 s, and its ratio is far from 2x
             timed("Ray Data, 2 CPUs", lambda: wc_ray(ray, folder))
     ours = rates.get("Sperse flow, 2 servers")
     if ours:
@@ -560,6 +578,12 @@ def main() -> None:
     p.add_argument("--nodes", type=int, default=None, help="PageRank's nodes (100 k)")
     p.add_argument("--edges", type=int, default=None, help="PageRank's edges (1 M)")
     p.add_argument("--upto", type=int, default=None, help="Collatz of 1..N (1 M)")
+    p.add_argument(
+        "--repeat",
+        type=int,
+        default=None,
+        help="word count: runs of the loop, the flow and Dask, their medians compared (3)",
+    )
     p.add_argument("--only", choices=["wordcount", "identity", "pagerank", "collatz"])
     p.add_argument("--skip-dask", action="store_true")
     p.add_argument("--skip-ray", action="store_true")
@@ -573,6 +597,9 @@ def main() -> None:
     args.nodes = args.nodes or 100_000 // scale
     args.edges = args.edges or 1_000_000 // scale
     args.upto = args.upto or 1_000_000 // scale
+    args.repeat = args.repeat or (1 if args.quick else 3)
+    if args.repeat < 1:
+        p.error("--repeat must be at least 1")
     print(f"bench/flows.py on {os.cpu_count()} cores, {load()} at the start", flush=True)
     byte_compile()
     with contextlib.ExitStack() as stack:

@@ -18,9 +18,22 @@ def test_answers_are_taken_again_until_the_client_says_it_received_them() -> Non
         assert [a[1] for a in first] == [1, 2]
         assert [a[1] for a in await box.take("c", 0)] == [1, 2]  # that reply was lost
         box.put([Answer("c", 4, "four")])
-        assert [a[1] for a in await box.take("c", 0, received=2)] == [4]
-        assert await box.take("c", 0, received=1) == []
+        assert [a[1] for a in await box.take("c", 0, received=[1, 2])] == [4]
+        assert await box.take("c", 0, received=[4]) == []
         assert [a[1] for a in await box.take("d", 0)] == [3]  # each client its own
+
+    asyncio.run(scenario())
+
+
+def test_two_polls_of_one_client_at_once_drop_only_what_each_got() -> None:
+    async def scenario() -> None:
+        box = Mailbox()
+        box.put([Answer("c", 1, "one")])
+        assert [a[1] for a in await box.take("c", 0)] == [1]
+        assert [a[1] for a in await box.take("c", 0)] == [1]  # a second poller's
+        box.put([Answer("c", 2, "two")])
+        assert [a[1] for a in await box.take("c", 0, received=[1])] == [2]
+        assert [a[1] for a in await box.take("c", 0, received=[1])] == [2]  # not dropped
 
     asyncio.run(scenario())
 
@@ -34,7 +47,7 @@ def test_a_stopping_host_drains_until_every_answer_was_received() -> None:
         for _ in range(10):  # let it run: taken but not received, it waits
             await asyncio.sleep(0)
         assert not drain.done()
-        assert await box.take("c", 0, received=1) == []
+        assert await box.take("c", 0, received=[1]) == []
         await asyncio.wait_for(drain, WAIT)
 
     asyncio.run(scenario())

@@ -224,11 +224,11 @@ class ReplicaHost:
         self._wake.set()
         await done
 
-    async def take(self, client: str, wait: float, received: int = 0) -> list[Any]:
+    async def take(self, client: str, wait: float, received: Sequence[int] = ()) -> list[Any]:
         """The answers waiting for ``client`` (a respond replica), as soon as there are
         some, else after ``wait`` seconds: a client's long poll. Each is a tuple ``(client,
         rid, value, error)``; once this host answers no more (a reshape), ``[Moved]`` says where
-        to take them from. ``received``: how many its previous take returned (mailbox)."""
+        to take them from. ``received``: the ids of answers taken before (mailbox)."""
         return await self._mailbox.take(client, wait, received)
 
     # ---- a reshape (sperse._flow.rehost) ------------------------------------------------

@@ -2,8 +2,8 @@
 (:class:`~sperse._flow.host.ReplicaHost`), and where they are taken once it answers no more.
 
 Each client long-polls ``take`` with its session id: the call returns as soon as answers
-for it are there. An answer is kept until the client's next poll says it received it
-(``received``: how many the previous poll returned): a poll whose reply is lost (the host
+for it are there. An answer is kept until a later poll of the client says it received it
+(``received``: the request ids of the answers it got): a poll whose reply is lost (the host
 is closed while the reply is on its way) loses nothing, the next poll returns the same
 answers again, and a stopping service ends once its answers were received, not only sent.
 Once the service was reshaped, the host is *retired*: a poll returns what is left for the
@@ -18,6 +18,7 @@ first awaited there (the host is made on a worker thread).
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Collection
 from typing import Any
 
 from sperse._flow.service import Answer, Moved
@@ -28,11 +29,10 @@ __all__ = ["Mailbox"]
 class Mailbox:
     """The answers kept for each client (see the module docstring)."""
 
-    __slots__ = ("_mail", "_mailed", "_sent", "closing", "moved")
+    __slots__ = ("_mail", "_mailed", "closing", "moved")
 
     def __init__(self) -> None:
         self._mail: dict[str, list[Answer]] = {}  # each client's, not received yet
-        self._sent: dict[str, int] = {}  # how many of those the client's last poll returned
         self._mailed = asyncio.Event()
         self.moved: Moved | None = None  # reshaped: the answers are taken elsewhere now
         self.closing = False
@@ -43,11 +43,11 @@ class Mailbox:
         self._mailed.set()
 
     async def take(
-        self, client: str, wait: float, received: int = 0
+        self, client: str, wait: float, received: Collection[int] = ()
     ) -> list[tuple[Any, ...] | Moved]:
         """The answers waiting for ``client``, as soon as there are some, else after
-        ``wait`` seconds; once retired and none is left, ``[Moved]``. ``received``: how
-        many answers the client's previous take returned (those are dropped now)."""
+        ``wait`` seconds; once retired and none is left, ``[Moved]``. ``received``: the
+        request ids of answers the client got from earlier takes (dropped now)."""
         self._received(client, received)
         if not self._mail.get(client):
             try:
@@ -58,18 +58,17 @@ class Mailbox:
             except TimeoutError:
                 pass
         answers = self._mail.get(client, [])
-        self._sent[client] = len(answers)
         if not answers and self.moved is not None:
             return [self.moved]
         return [(a.client, a.rid, a.value, a.error) for a in answers]
 
-    def _received(self, client: str, received: int) -> None:
-        """``client`` received the first ``received`` answers its last take returned."""
-        sent = self._sent.pop(client, 0)
+    def _received(self, client: str, received: Collection[int]) -> None:
+        """``client`` got the answers to the requests ``received``."""
         mail = self._mail.get(client)
-        if mail is None:
+        if mail is None or not received:
             return
-        del mail[: min(received, sent)]
+        got = set(received)
+        mail[:] = [a for a in mail if a.rid not in got]
         if not mail:
             del self._mail[client]
             if not self._mail:

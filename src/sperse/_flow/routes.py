@@ -9,7 +9,7 @@ acknowledgement (a delivery is acknowledged once the host has taken it in), so a
 sends few calls and an idle one waits for none. Answers are long-polled (``take``) from every
 respond replica's host, by one thread per respond replica while requests wait: the answer
 comes from the server that made it, as the return value of this client's own call. Each
-take says how many answers the previous one returned, and the host keeps them until then
+take names the answers the earlier ones brought, and the host keeps each until then
 (:mod:`sperse._flow.mailbox`): after answers, a poller takes once more, at once, even when
 nothing waits any more.
 
@@ -225,7 +225,7 @@ class OnServers(Route):
                 thread.start()
 
     def _polling(self, proxy: ObjectProxy, epoch: int) -> None:
-        received = 0  # answers the last take returned: the next take says so
+        received: list[int] = []  # the answers the last take brought: the next says so
         while True:
             with self._cond:
                 while not self._closed and not self._service._waiting and not received:
@@ -234,7 +234,7 @@ class OnServers(Route):
                     return
                 wait = POLL if self._service._waiting else 0.0  # else it only says received
             pending = proxy.take(self._client, wait, received)
-            received = 0
+            received = []
             if not _settled(pending).wait(POLL + 60.0):
                 continue
             if pending._error is not None:
@@ -256,7 +256,7 @@ class OnServers(Route):
                 return
             got = _value(pending)
             moved = [m for m in got if isinstance(m, Moved)]
-            received = len(got) - len(moved)
+            received = [a[1] for a in got if not isinstance(a, Moved)]
             try:
                 self._service._answered([Answer(*a) for a in got if not isinstance(a, Moved)])
             except ReferenceError:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 
-from sperse._flow.mailbox import Mailbox
+from sperse._flow.mailbox import FORGET, Mailbox
 from sperse._flow.service import Answer
 
 WAIT = 60.0  # a deadline, never a delay
@@ -48,6 +48,28 @@ def test_a_stopping_host_drains_until_every_answer_was_received() -> None:
             await asyncio.sleep(0)
         assert not drain.done()
         assert await box.take("c", 0, received=[1]) == []
+        await asyncio.wait_for(drain, WAIT)
+
+    asyncio.run(scenario())
+
+
+def test_the_answers_of_a_client_that_stopped_polling_are_dropped() -> None:
+    # Kept until received, an answer of a client that left (got it, and exited before its
+    # next poll could say so) would stay for ever: after FORGET seconds without a poll,
+    # its client is gone.
+    async def scenario() -> None:
+        now = [0.0]
+        box = Mailbox(clock=lambda: now[0])
+        box.put([Answer("gone", 1, "one"), Answer("here", 2, "two")])
+        assert len(await box.take("gone", 0)) == 1  # and never again
+        now[0] = FORGET / 2
+        assert len(await box.take("here", 0)) == 1  # it polls
+        now[0] = FORGET + 1
+        box.put([Answer("here", 3, "three")])  # a sweep
+        assert [a[1] for a in await box.take("here", 0)] == [2, 3]
+        assert await box.take("gone", 0) == []
+        drain = asyncio.create_task(box.drain(WAIT))
+        assert await box.take("here", 0, received=[2, 3]) == []
         await asyncio.wait_for(drain, WAIT)
 
     asyncio.run(scenario())

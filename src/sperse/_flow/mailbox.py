@@ -6,6 +6,8 @@ for it are there. An answer is kept until a later poll of the client says it rec
 (``received``: the request ids of the answers it got): a poll whose reply is lost (the host
 is closed while the reply is on its way) loses nothing, the next poll returns the same
 answers again, and a stopping service ends once its answers were received, not only sent.
+A client that has not polled for ``FORGET`` seconds is gone (one with requests waiting polls
+every few seconds): its answers are dropped, so clients that leave cost no memory here.
 Once the service was reshaped, the host is *retired*: a poll returns what is left for the
 client, then ``[Moved]``, which names the new respond replicas. On the host
 of the requests replica (which every reshape keeps), the mailbox holds the last ``Moved``
@@ -18,29 +20,48 @@ first awaited there (the host is made on a worker thread).
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Collection
+import time
+from collections.abc import Callable, Collection
 from typing import Any
 
 from sperse._flow.service import Answer, Moved
 
-__all__ = ["Mailbox"]
+__all__ = ["FORGET", "Mailbox"]
+
+FORGET = 60.0  # seconds without a poll after which a client's answers are dropped
 
 
 class Mailbox:
     """The answers kept for each client (see the module docstring)."""
 
-    __slots__ = ("_mail", "_mailed", "closing", "moved")
+    __slots__ = ("_clock", "_mail", "_mailed", "_seen", "_sweep_at", "closing", "moved")
 
-    def __init__(self) -> None:
+    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
         self._mail: dict[str, list[Answer]] = {}  # each client's, not received yet
+        self._seen: dict[str, float] = {}  # when each client with answers last polled
+        self._clock = clock
+        self._sweep_at = clock() + FORGET
         self._mailed = asyncio.Event()
         self.moved: Moved | None = None  # reshaped: the answers are taken elsewhere now
         self.closing = False
 
     def put(self, answers: list[Answer]) -> None:
+        now = self._clock()
         for answer in answers:
             self._mail.setdefault(answer.client, []).append(answer)
+            self._seen.setdefault(answer.client, now)
         self._mailed.set()
+        if now >= self._sweep_at:
+            self._forget_gone(now)
+
+    def _forget_gone(self, now: float) -> None:
+        """Drop the answers of clients that have not polled for ``FORGET`` seconds."""
+        self._sweep_at = now + FORGET / 2
+        for client in [c for c, seen in self._seen.items() if now - seen > FORGET]:
+            del self._seen[client]
+            self._mail.pop(client, None)
+        if not self._mail:
+            self._mailed.set()  # a finish waiting for the mailboxes to empty
 
     async def take(
         self, client: str, wait: float, received: Collection[int] = ()
@@ -48,6 +69,7 @@ class Mailbox:
         """The answers waiting for ``client``, as soon as there are some, else after
         ``wait`` seconds; once retired and none is left, ``[Moved]``. ``received``: the
         request ids of answers the client got from earlier takes (dropped now)."""
+        self._seen[client] = self._clock()
         self._received(client, received)
         if not self._mail.get(client):
             try:
@@ -58,6 +80,9 @@ class Mailbox:
             except TimeoutError:
                 pass
         answers = self._mail.get(client, [])
+        self._seen[client] = self._clock()
+        if not answers:
+            self._seen.pop(client, None)  # nothing kept for it: nothing to forget
         if not answers and self.moved is not None:
             return [self.moved]
         return [(a.client, a.rid, a.value, a.error) for a in answers]
@@ -71,6 +96,7 @@ class Mailbox:
         mail[:] = [a for a in mail if a.rid not in got]
         if not mail:
             del self._mail[client]
+            self._seen.pop(client, None)
             if not self._mail:
                 self._mailed.set()  # a finish waiting for the mailboxes to empty
 

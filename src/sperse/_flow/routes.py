@@ -10,7 +10,7 @@ sends few calls and an idle one waits for none. Answers are long-polled (``take`
 respond replica's host, by one thread per respond replica while requests wait: the answer
 comes from the server that made it, as the return value of this client's own call. Each
 take names the answers the earlier ones brought, and the host keeps each until then
-(:mod:`sperse._flow.mailbox`): after answers, a poller takes once more, at once, even when
+(:mod:`sperse._flow.mailbox`): after answers, a poller polls once more, at once, even when
 nothing waits any more.
 
 A server lost under the service (:mod:`sperse._flow.hostloss`): the driver replaces its
@@ -232,8 +232,9 @@ class OnServers(Route):
                     self._cond.wait(POLL)
                 if self._closed:
                     return
-                wait = POLL if self._service._waiting else 0.0  # else it only says received
-            pending = proxy.take(self._client, wait, received)
+            # After answers, the next poll goes at once (it says they were received), and
+            # waits like any other: ready for the next answer, with no round trip between.
+            pending = proxy.take(self._client, POLL, received)
             received = []
             if not _settled(pending).wait(POLL + 60.0):
                 continue

@@ -92,6 +92,7 @@ multiprocessing.get_context("forkserver").set_forkserver_preload(
         "sperse._backends.multi",
         "sperse._backends.sperse",
         "runpy",
+        "sperse._pool.frozen",  # last: gc.freeze() of all the above
     ]
 )
 ESCALATION_WAIT = 1.0  # after SIGTERM, then after SIGKILL, while stopping a worker

@@ -76,9 +76,8 @@ class Route:
     def drain(self, timeout: float) -> None:
         """Every request sent so far has reached the requests source; then end it."""
 
-    def close(self, wait: float = 0.0) -> None:
-        """Stop taking answers; ``wait``: at most so long for the answers already taken
-        from the service to be handed over (a drained service's last ones)."""
+    def close(self) -> None:
+        """Stop taking answers."""
 
 
 class InProcess(Route):
@@ -257,9 +256,10 @@ class OnServers(Route):
                 return
             got = _value(pending)
             moved = [m for m in got if isinstance(m, Moved)]
-            received = [a[1] for a in got if not isinstance(a, Moved)]
+            answers = [Answer(*a) for a in got if not isinstance(a, Moved)]
+            received = [a.rid for a in answers]
             try:
-                self._service._answered([Answer(*a) for a in got if not isinstance(a, Moved)])
+                self._service._answered(answers)
             except ReferenceError:
                 return
             if moved:
@@ -343,16 +343,10 @@ class OnServers(Route):
         if self._push is not None:
             self._push.close()
 
-    def close(self, wait: float = 0.0) -> None:
+    def close(self) -> None:
         with self._cond:
             self._closed = True
             self._cond.notify_all()
-        # A poll of a respond replica that took answers hands them over before its poller
-        # ends; the replica answers polls at once once it is closed.
-        deadline = time.monotonic() + wait
-        for thread in self._pollers:
-            if thread is not threading.current_thread():
-                thread.join(max(0.0, deadline - time.monotonic()))
 
 
 def _settled(pending: Pending[Any]) -> threading.Event:

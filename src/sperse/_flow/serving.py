@@ -80,7 +80,6 @@ class RunLike(Protocol):
 __all__ = ["SERVICE_CARD", "Service", "ServiceCard", "service", "services", "start_service"]
 
 STOP_TIMEOUT = 60.0  # seconds stop() waits for the requests in flight to be answered
-HANDOVER = 5.0  # ... and then for the answers its pollers took to reach their requests
 _CARD = SERVICE_CARD
 _COPY = "sperse.service-copy:"  # its copies, for remote code to find on its own server
 SWAPPABLE = frozenset({"map", "map_async", "key_by", "scan", "map_values", "inspect"})
@@ -184,7 +183,7 @@ class Service:
         finally:
             if self._reporter is not None:
                 self._reporter.close()
-            route.close(wait=min(timeout, HANDOVER))  # the last answers the pollers took
+            route.close()  # the run ended once every answer was received: none is left
             _SERVICES.pop(self.name, None)
             self._fail_waiting(
                 ServiceStopped(f"service {self.name!r} stopped before answering this request")

@@ -9,6 +9,10 @@ Scenarios, each with 2 worker processes for every system:
   returning its sum: MB/s up; a function creating such an array remotely, its result
   brought down to the client: MB/s down (the remote ``np.ones`` is inside the timing,
   for every system alike);
+- (e) reuse: the array of (c) used by 10 calls of a function that reads one item of it,
+  sent once (``sperse.put``, ``ray.put``, Dask's ``scatter``) then passed by reference:
+  the time of the put and the 10 calls, against one call that sends the array by value
+  (about 1x: the 10 calls cost one transfer); and the same 10 calls sending it by value;
 - (d) start: from ``sperse.connect(workers=2)`` (an embedded server process) to the first
   result of a trivial call; from ``ray.init(...)``, and from ``LocalCluster`` + ``Client``,
   to theirs. Client-side imports are done before the clock starts, for all three.
@@ -63,6 +67,10 @@ def total(a: Any) -> float:
     return float(a.sum())
 
 
+def first(a: Any) -> float:
+    return float(a[0])
+
+
 def make(n: int) -> Any:
     import numpy
 
@@ -93,6 +101,14 @@ class System:
     def bring_down(self, n: int) -> Any:
         raise NotImplementedError
 
+    def put(self, array: Any) -> Any:
+        """Send ``array`` once; what later calls pass instead of it."""
+        raise NotImplementedError
+
+    def first_of(self, array: Any) -> float:
+        """``first`` of ``array`` (a value, or what ``put`` returned), run remotely."""
+        raise NotImplementedError
+
     def stop(self) -> None:
         raise NotImplementedError
 
@@ -116,6 +132,7 @@ class SperseSystem(System):
         self._echo = sperse.remote(echo)
         self._total = sperse.remote(total)
         self._make = sperse.remote(make)
+        self._first = sperse.remote(first)
 
     def start(self) -> None:
         if self.backend == "server":
@@ -140,6 +157,12 @@ class SperseSystem(System):
     def bring_down(self, n: int) -> Any:
         return self._make(n).result()
 
+    def put(self, array: Any) -> Any:
+        return self.sperse.put(array)
+
+    def first_of(self, array: Any) -> float:
+        return self._first(array).result()  # type: ignore[no-any-return]
+
     def stop(self) -> None:
         if self.cluster is not None:
             self.cluster.close()
@@ -156,6 +179,7 @@ class RaySystem(System):
         self._echo = ray.remote(echo)
         self._total = ray.remote(total)
         self._make = ray.remote(make)
+        self._first = ray.remote(first)
 
     def start(self) -> None:
         self.ray.init(
@@ -180,6 +204,12 @@ class RaySystem(System):
 
     def bring_down(self, n: int) -> Any:
         return self.ray.get(self._make.remote(n))  # zero-copy: a read-only view of the store
+
+    def put(self, array: Any) -> Any:
+        return self.ray.put(array)
+
+    def first_of(self, array: Any) -> float:
+        return self.ray.get(self._first.remote(array))  # type: ignore[no-any-return]
 
     def stop(self) -> None:
         if self.ray.is_initialized():
@@ -224,6 +254,14 @@ class DaskSystem(System):
 
     def bring_down(self, n: int) -> Any:
         return self.client.submit(make, n, pure=False).result()
+
+    def put(self, array: Any) -> Any:
+        return self.client.scatter(array)
+
+    def first_of(self, array: Any) -> float:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            return self.client.submit(first, array, pure=False).result()  # type: ignore[no-any-return]
 
     def stop(self) -> None:
         if self.client is not None:
@@ -311,6 +349,35 @@ def measure(system: System, s: Settings, notes: list[str]) -> dict[str, float]:
         out["up"] = s.mb / float(np.median(ups))
         out["down"] = s.mb / float(np.median(downs))
         print(f"  {system.name}: (c) up {out['up']:,.0f} MB/s, down {out['down']:,.0f} MB/s")
+
+        # (e) one array, ten calls: sent once, then by reference; and ten times by value
+        once, each, single = [], [], []
+        for rep in range(s.repeat + 1):  # the first is a warm-up
+            gc.collect()
+            t0 = perf()
+            kept = system.put(array)
+            assert [system.first_of(kept) for _ in range(10)] == [1.0] * 10
+            once.append(perf() - t0)
+            del kept
+            gc.collect()
+            t0 = perf()
+            assert system.first_of(array) == 1.0
+            single.append(perf() - t0)
+            t0 = perf()
+            assert [system.first_of(array) for _ in range(10)] == [1.0] * 10
+            each.append(perf() - t0)
+            if rep == 0:
+                once.clear()
+                each.clear()
+                single.clear()
+        out["reuse"] = float(np.median(once)) / float(np.median(single))
+        out["reuse_each"] = float(np.median(each)) / float(np.median(single))
+        print(
+            f"  {system.name}: (e) put + 10 calls {np.median(once) * 1e3:.0f} ms, "
+            f"10 calls by value {np.median(each) * 1e3:.0f} ms, "
+            f"one by value {np.median(single) * 1e3:.0f} ms",
+            flush=True,
+        )
         del array
     except Exception as exc:
         notes.append(f"{system.name} failed: {type(exc).__name__}: {exc}")
@@ -555,6 +622,8 @@ ROWS = [
     ("tput", "(b) throughput, tasks/s", "higher"),
     ("up", "(c) {mb} MB up, MB/s", "higher"),
     ("down", "(c) {mb} MB down, MB/s", "higher"),
+    ("reuse", "(e) put+10 calls / 1 by value", "lower"),
+    ("reuse_each", "(e) 10 by value / 1 by value", "lower"),
     ("start", "(d) start to 1st result, s", "lower"),
 ]
 
@@ -652,6 +721,10 @@ def report(
         check(f"{s.mb} MB down >= 2x Ray's", "down", 2.0, False)
         if start is not None:
             target("start to 1st result <= 0.25 s", start, f"{start:.2f} s", start <= 0.25)
+        reuse = sp.get("reuse")
+        if reuse is not None:  # one transfer: within a quarter of one call sending it
+            shown = f"{reuse:.2f}x one transfer"
+            target(f"{s.mb} MB used by 10 calls: 1 transfer", reuse, shown, reuse <= 1.25)
 
     print("\nFloors (loopback, this machine; the round trips carry 64 bytes):")
     if "grpc_p50" in floor:

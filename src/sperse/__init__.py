@@ -48,7 +48,7 @@ if TYPE_CHECKING:
     from sperse._cluster.mapreduce import MapResult, Reduction, Tracked, map, mapreduce, reduce
     from sperse._cluster.objects import ObjectProxy, RemoteClass, get_object, objects
     from sperse._cluster.pending import Pending, as_completed, gather, wait
-    from sperse._cluster.remote import RemoteFunction, remote, run_on_all
+    from sperse._cluster.remote import RemoteFunction, put, remote, run_on_all
     from sperse._core.clock import MockClock
     from sperse._flow.api import Flow
     from sperse._flow.serving import Service, service, services
@@ -111,6 +111,7 @@ __all__ = [
     "map",
     "mapreduce",
     "objects",
+    "put",
     "reduce",
     "remote",
     "run_on_all",
@@ -150,6 +151,7 @@ _LAZY = {
     "RemoteFunction": "sperse._cluster.remote",
     "as_completed": "sperse._cluster.pending",
     "gather": "sperse._cluster.pending",
+    "put": "sperse._cluster.remote",
     "remote": "sperse._cluster.remote",
     "run_on_all": "sperse._cluster.remote",
     "wait": "sperse._cluster.pending",

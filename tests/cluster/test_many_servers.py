@@ -145,6 +145,18 @@ def test_a_value_moves_from_server_to_server_without_the_client(three: sperse.Cl
     assert served["objects_served"] >= 1 and served["bytes_served"] >= n * 8
 
 
+def test_a_put_value_stays_where_it_was_put_and_moves_where_it_is_used(
+    three: sperse.Cluster,
+) -> None:
+    n = 1 << 19
+    kept = sperse.put(big_array(n), on="@plain-1")
+    here = sperse.remote(on="@plain-1")(total)(kept)
+    there = sperse.remote(on="@db-1")(total)(kept)  # db-1 pulls it from plain-1
+    assert here.result(WAIT) == there.result(WAIT) == n * (n - 1) // 2
+    assert (kept.where, here.where, there.where) == ("plain-1", "plain-1", "db-1")
+    assert kept.remote_value is not None and kept.remote_value.ref.server == "plain-1"
+
+
 def test_a_server_killed_mid_map_has_its_chunks_run_elsewhere(tmp_path: Path) -> None:
     token = secrets.token_urlsafe(16)
     servers = start_servers(token, [("stays", []), ("dies", [])])

@@ -185,6 +185,16 @@ def test_a_big_result_stays_in_ray_until_fetched(ray_cluster: sperse.Cluster) ->
     assert ray_cluster.stats()["objects_held"] == held_before  # released: Ray frees it
 
 
+def test_put_keeps_a_big_value_in_ray(ray_cluster: sperse.Cluster) -> None:
+    array = np.ones(BIG)
+    kept = sperse.put(array)
+    array[0] = 5.0  # put copied it
+    assert ray_cluster.run_until(kept.done, WAIT)
+    assert isinstance(kept.remote_value, RemoteValue)  # an ObjectRef: passed on as one
+    assert [sperse.remote(total)(kept).result(timeout=WAIT) for _ in range(3)] == [BIG] * 3
+    assert not kept.remote_value.fetched
+
+
 def test_small_results_come_back_whole_and_writable() -> None:
     array = sperse.remote(ones)(10).result(timeout=WAIT)
     assert array.flags.writeable

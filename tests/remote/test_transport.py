@@ -119,6 +119,11 @@ def test_an_unknown_transport_is_refused() -> None:
         sperse.connect(transport="udp")  # type: ignore[arg-type]
 
 
+def test_a_backend_given_as_the_url_is_refused_with_the_way_to_pass_it() -> None:
+    with pytest.raises(TypeError, match=r"not MemoryBackend; pass a backend as connect\(backend="):
+        sperse.connect(sperse.MemoryBackend())  # type: ignore[arg-type]
+
+
 def total(a: np.ndarray) -> float:
     return float(a.sum())
 

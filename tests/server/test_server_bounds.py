@@ -91,6 +91,9 @@ CASES = [
     Case("object name", create(name="n" * (MAX_TEXT + 1)), "the remote object's name has"),
     Case("type name", create(type_name="t" * (MAX_TEXT + 1)), "type name has"),
     Case("object id", create(object_id="o" * (MAX_ID + 1)), "the remote object's id has"),
+    Case("put repr", lambda t: t.put.CopyFrom(pb.Put(repr="r" * (MAX_TEXT + 1))), "the put's repr"),
+    Case("put and refs", lambda t: (t.put.SetInParent(), t.refs.append("r")), "runs nothing"),
+    Case("put and an object", lambda t: (t.put.SetInParent(), create()(t)), "runs nothing"),
 ]
 
 

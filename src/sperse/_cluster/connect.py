@@ -87,6 +87,12 @@ def connect(
 
     A previous default cluster is closed.
     """
+    if url is not None and not isinstance(url, str | list | tuple):
+        hint = "; pass a backend as connect(backend=...)" if hasattr(url, "submit") else ""
+        raise TypeError(
+            "connect: url must be an address such as 'sperse://host:port' or a list of them, "
+            f"not {type(url).__name__}{hint}"
+        )
     if transport not in ("auto", "grpc"):
         raise ValueError(f"transport must be 'auto' or 'grpc', not {transport!r}")
     if compression not in (None, "gzip", "deflate"):

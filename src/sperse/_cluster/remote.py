@@ -1,5 +1,5 @@
 """``sperse.remote``: functions whose calls run on the cluster, classes whose instances live
-on a server, and ``run_on_all``."""
+on a server, ``run_on_all``, and ``put``."""
 
 from __future__ import annotations
 
@@ -10,20 +10,23 @@ from typing import Any, Generic, Literal, ParamSpec, TypeVar, overload
 
 from sperse._cluster.connect import current
 from sperse._cluster.objects import RemoteClass
-from sperse._cluster.pending import Pending, submit_call, wait
+from sperse._cluster.pending import Pending, submit_call, submit_work, wait
 from sperse._core import (
     PickledFunction,
+    Put,
     pip_requirements,
 )
 from sperse._core.limits import MAX_RETRIES
+from sperse._exec.runner import short_repr, type_name
 from sperse._lang.placement import Placement, placement_from_options
-from sperse._serialize import dumps
+from sperse._serialize import RemoteValue, dumps
 from sperse.errors import (
     NoMatchingServer,
     SerializationError,
+    UsageError,
 )
 
-__all__ = ["RemoteFunction", "remote", "run_on_all"]
+__all__ = ["RemoteFunction", "put", "remote", "run_on_all"]
 
 T = TypeVar("T")
 P = ParamSpec("P")
@@ -252,3 +255,32 @@ def run_on_all(
             raise error
         out[name] = error if error is not None else call.result(0)
     return out
+
+
+def put(value: T, /, *, on: str | None = None) -> Pending[T]:
+    """Send ``value`` to a server once, to keep there, as Ray's ``ray.put`` does: the
+    ``Pending`` it returns stands for it, and passing that to remote code sends only the
+    reference. A 100 MB array used by ten calls is copied once, not ten times.
+
+    The value is copied when ``put`` is called (changing it afterwards changes nothing
+    there), and freed on the server when no one holds the ``Pending`` (or its
+    ``RemoteValue``) any more. ``on`` chooses the server, as ``remote(on=...)`` does
+    (tags, or ``"@name"``). A backend that keeps no values (``LocalBackend``,
+    ``MemoryBackend``) hands the value back instead, and later calls send it by value.
+    """
+    if isinstance(value, Pending | RemoteValue):
+        raise UsageError(
+            "sperse.put: the value is a Pending or RemoteValue already: pass it to remote code "
+            "as it is (only its reference travels)"
+        )
+    placement = placement_from_options(on) if on else Placement()
+    kind, text = type_name(value), short_repr(value)
+    return submit_work(
+        current(),
+        lambda args, _: Put(args[0], kind, text),
+        (value,),
+        {},
+        placement=placement,
+        retries=0,
+        label=f"put({kind})",
+    )

@@ -16,6 +16,7 @@ __all__ = [
     "ObjectClose",
     "ObjectCreate",
     "PickledFunction",
+    "Put",
     "StatementTask",
     "TaskSpec",
     "Work",
@@ -93,7 +94,18 @@ class ObjectClose:
     object_id: str
 
 
-Work = StatementTask | CallTask | ObjectCreate | ObjectCall | ObjectClose
+@value
+class Put:
+    """Keep ``value`` where the task goes (``sperse.put``). A server holds it at once, and
+    runs nothing; a backend that holds no values runs it as a task that returns it.
+    ``type_name`` and ``repr`` describe it in listings, as a held result's do."""
+
+    value: Any
+    type_name: str = ""
+    repr: str = ""
+
+
+Work = StatementTask | CallTask | ObjectCreate | ObjectCall | ObjectClose | Put
 
 
 @value

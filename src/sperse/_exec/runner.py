@@ -28,6 +28,7 @@ from sperse._core import (
     ObjectClose,
     ObjectCreate,
     PickledFunction,
+    Put,
     StatementTask,
     Work,
 )
@@ -73,7 +74,7 @@ def run(payload: bytes) -> bytes:
         )
 
 
-def _unpicklable(work: StatementTask | CallTask, value: Any, exc: SerializationError) -> str:
+def _unpicklable(work: StatementTask | CallTask | Put, value: Any, exc: SerializationError) -> str:
     """Name the part of a result that cannot be sent back."""
     parts = value.items() if isinstance(work, StatementTask) and isinstance(value, dict) else ()
     for name, part in parts:
@@ -183,9 +184,9 @@ def _unpicklable_part(work: Work, what: str, error: SerializationError) -> Seria
     return error
 
 
-def work_from_wire(obj: Any) -> StatementTask | CallTask | None:
+def work_from_wire(obj: Any) -> StatementTask | CallTask | Put | None:
     """The work ``work_to_wire`` described; None if ``obj`` is no work at all."""
-    if isinstance(obj, StatementTask | CallTask):
+    if isinstance(obj, StatementTask | CallTask | Put):
         return obj
     if (
         type(obj) is tuple
@@ -218,7 +219,9 @@ def object_work_from_wire(obj: Any) -> ObjectCreate | ObjectCall | ObjectClose |
     return None
 
 
-def execute(work: StatementTask | CallTask) -> Any:
+def execute(work: StatementTask | CallTask | Put) -> Any:
+    if isinstance(work, Put):  # a backend that holds no values: it comes back
+        return work.value
     if isinstance(work, CallTask):
         fn = _function(work.fn) if isinstance(work.fn, PickledFunction) else work.fn
         return fn(*work.args, **work.kwargs)

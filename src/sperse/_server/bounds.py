@@ -78,6 +78,7 @@ def task_over(task: pb.Task) -> str:
         and not task.peer_refs
         and not task.pip
         and (not task.HasField("object") or _plain_call(task.object))
+        and not task.HasField("put")
     ):
         return ""
     return (
@@ -89,6 +90,7 @@ def task_over(task: pb.Task) -> str:
         or _peer_refs(task.peer_refs)
         or _pip(task.pip)
         or (_object_op(task.object) if task.HasField("object") else "")
+        or (_put(task) if task.HasField("put") else "")
     )
 
 
@@ -135,6 +137,18 @@ def _object_op(op: pb.ObjectOp) -> str:
         )
         or _count("the number of its methods", len(op.methods), MAX_METHODS)
         or _texts("a method name", op.methods, MAX_TEXT)
+    )
+
+
+def _put(task: pb.Task) -> str:
+    """A put holds the value it carries: it uses nothing, and runs nowhere."""
+    if task.refs or task.peer_refs or task.HasField("object") or task.pip:
+        return (
+            "a put (Task.put) that also names held values, a remote object or pip "
+            "requirements: it holds the value it carries and runs nothing"
+        )
+    return _texts("the put's type name", (task.put.type_name,), MAX_TEXT) or _texts(
+        "the put's repr", (task.put.repr,), MAX_TEXT
     )
 
 

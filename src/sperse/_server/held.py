@@ -44,10 +44,14 @@ class HeldValues:
         self.replicas: dict[str, HeldObject] = {}  # by object id: pulled, used by tasks
 
     def over_cap(
-        self, server: str, values: Iterable[ResultValue], inline_limit: int
+        self,
+        server: str,
+        values: Iterable[ResultValue],
+        inline_limit: int,
+        what: str = "its result",
     ) -> ErrorInfo | None:
-        """Why the values of at least ``inline_limit`` of a task's result cannot be kept
-        (None: they can): they would take the server past its cap."""
+        """Why the values of at least ``inline_limit`` of a task's result (``what``) cannot
+        be kept (None: they can): they would take the server past its cap."""
         size = 0
         for v in values:  # (a loop: asked for every task's result)
             value_size = v.value.size
@@ -58,7 +62,7 @@ class HeldValues:
         return ErrorInfo(
             "internal",
             "LimitExceeded",
-            f"its result of {mib(size)} was not kept: server {server!r} holds {mib(self.bytes)} "
+            f"{what} of {mib(size)} was not kept: server {server!r} holds {mib(self.bytes)} "
             f"of results already, and its limit is {mib(self.max_bytes)} (--max-held-bytes). "
             "Release results you no longer need (let go of their Pending or RemoteValue), "
             "bring them here with fetch(), or start the server with a larger --max-held-bytes",

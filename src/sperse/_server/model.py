@@ -30,6 +30,7 @@ __all__ = [
     "Peers",
     "PullFailed",
     "Pulled",
+    "PutInfo",
     "RemoteObjectInfo",
     "ServerStats",
     "TaskRequest",
@@ -73,11 +74,20 @@ class ObjectOp:
 
 
 @value
+class PutInfo:
+    """A ``put`` (``Task.put``): the task's work is a value to hold, of this type and repr."""
+
+    type_name: str
+    repr: str
+
+
+@value
 class TaskRequest:
     """One task of a ``Submit``. ``work`` None: its bytes were refused (``refused`` says why).
     ``uploads``: the shared memory files its work names (the task owns them from now on).
     ``peer_refs``: where the refs this server may not hold are (it pulls them from there).
-    ``over``: the bound of :mod:`sperse._core.limits` it passes (it fails with that)."""
+    ``over``: the bound of :mod:`sperse._core.limits` it passes (it fails with that).
+    ``put``: set, the work is a value to hold at once (``sperse.put``), not to run."""
 
     task_id: str
     work: PickledBytes | None
@@ -91,6 +101,7 @@ class TaskRequest:
     object: ObjectOp | None = None
     pip: tuple[str, ...] = ()  # the pip environment it runs in (sperse._server.envs)
     over: str = ""
+    put: PutInfo | None = None
 
 
 # ---- what comes out ----------------------------------------------------------------------

@@ -30,7 +30,7 @@ from __future__ import annotations
 import pickle
 from typing import Any
 
-from sperse._core import CallTask, ErrorInfo, StatementTask, Work
+from sperse._core import CallTask, ErrorInfo, Put, StatementTask, Work
 from sperse._exec.runner import (
     cannot_send_back,
     encode_error,
@@ -72,7 +72,7 @@ def run(payload: bytes) -> bytes:
         work = load_work(envelope)
     except LoadFailed as failed:
         return pack_failure(failed.error)
-    assert isinstance(work, StatementTask | CallTask)
+    assert isinstance(work, StatementTask | CallTask | Put)
     keep_until_answered(work)  # its arguments may map big files: unmapped after the reply
     try:
         value = execute(work)

@@ -20,7 +20,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 
-from sperse._core import Done, ErrorInfo, Failed
+from sperse._core import Done, ErrorInfo, Failed, Started
 from sperse._server.actions import (
     Action,
     Cancel,
@@ -172,6 +172,21 @@ class ServerState:
 
     # ---- requests --------------------------------------------------------------------
 
+    def _put(self, session: SessionState, request: TaskRequest) -> None:
+        """Hold the value a put carries, as if a task had returned it: its files are the
+        held value's from now on (none is copied). It is said to start here, as every task
+        that ends is (the client learns where it is)."""
+        assert request.work is not None and request.put is not None
+        self._out.append(Emit(session.session_id, Started(request.task_id, self.name)))
+        result = [ResultValue("", request.put.type_name, request.put.repr, request.work)]
+        over = self.held.over_cap(self.name, result, 0, "the value put")
+        if over is not None:
+            self.tasks.unlink(request.uploads, soon=False)
+            self.tasks.record(session, Failed(request.task_id, self.name, over))
+            return
+        values = self.held.keep(session, result, 0)
+        self.tasks.record(session, Done(request.task_id, self.name, values))
+
     def submit(self, session_id: str, request: TaskRequest) -> list[Action]:
         """One task of a ``Submit``: run it, or tell why not, or (known) tell its end."""
         session = self.sessions.get(session_id)
@@ -210,6 +225,9 @@ class ServerState:
                     self._out.append(self.objects.created(obj))
             if isinstance(obj, Failed):
                 refused = obj
+        if refused is None and request.put is not None:
+            self._put(session, request)
+            return
         if refused is not None:
             self.tasks.unlink(request.uploads, soon=False)
             self.tasks.record(session, refused)

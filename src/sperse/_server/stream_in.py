@@ -179,6 +179,7 @@ class StreamInput:
             ),
             object=_object_op(task.object) if task.HasField("object") else None,
             pip=tuple(task.pip),
+            put=core.PutInfo(task.put.type_name, task.put.repr) if task.HasField("put") else None,
         )
 
     def _uploads(self, work: pb.Pickled) -> tuple[str, ...]:

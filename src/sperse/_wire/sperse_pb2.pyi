@@ -109,7 +109,7 @@ class Pickled(_message.Message):
     def __init__(self, data: _Optional[_Union[Bytes, _Mapping]] = ..., buffers: _Optional[_Iterable[_Union[Bytes, _Mapping]]] = ...) -> None: ...
 
 class Task(_message.Message):
-    __slots__ = ("task_id", "work", "refs", "retries", "inline_limit", "label", "peer_refs", "object", "pip")
+    __slots__ = ("task_id", "work", "refs", "retries", "inline_limit", "label", "peer_refs", "object", "pip", "put")
     TASK_ID_FIELD_NUMBER: _ClassVar[int]
     WORK_FIELD_NUMBER: _ClassVar[int]
     REFS_FIELD_NUMBER: _ClassVar[int]
@@ -119,6 +119,7 @@ class Task(_message.Message):
     PEER_REFS_FIELD_NUMBER: _ClassVar[int]
     OBJECT_FIELD_NUMBER: _ClassVar[int]
     PIP_FIELD_NUMBER: _ClassVar[int]
+    PUT_FIELD_NUMBER: _ClassVar[int]
     task_id: str
     work: Pickled
     refs: _containers.RepeatedScalarFieldContainer[str]
@@ -128,7 +129,16 @@ class Task(_message.Message):
     peer_refs: _containers.RepeatedCompositeFieldContainer[PeerRef]
     object: ObjectOp
     pip: _containers.RepeatedScalarFieldContainer[str]
-    def __init__(self, task_id: _Optional[str] = ..., work: _Optional[_Union[Pickled, _Mapping]] = ..., refs: _Optional[_Iterable[str]] = ..., retries: _Optional[int] = ..., inline_limit: _Optional[int] = ..., label: _Optional[str] = ..., peer_refs: _Optional[_Iterable[_Union[PeerRef, _Mapping]]] = ..., object: _Optional[_Union[ObjectOp, _Mapping]] = ..., pip: _Optional[_Iterable[str]] = ...) -> None: ...
+    put: Put
+    def __init__(self, task_id: _Optional[str] = ..., work: _Optional[_Union[Pickled, _Mapping]] = ..., refs: _Optional[_Iterable[str]] = ..., retries: _Optional[int] = ..., inline_limit: _Optional[int] = ..., label: _Optional[str] = ..., peer_refs: _Optional[_Iterable[_Union[PeerRef, _Mapping]]] = ..., object: _Optional[_Union[ObjectOp, _Mapping]] = ..., pip: _Optional[_Iterable[str]] = ..., put: _Optional[_Union[Put, _Mapping]] = ...) -> None: ...
+
+class Put(_message.Message):
+    __slots__ = ("type_name", "repr")
+    TYPE_NAME_FIELD_NUMBER: _ClassVar[int]
+    REPR_FIELD_NUMBER: _ClassVar[int]
+    type_name: str
+    repr: str
+    def __init__(self, type_name: _Optional[str] = ..., repr: _Optional[str] = ...) -> None: ...
 
 class ObjectOp(_message.Message):
     __slots__ = ("object_id", "kind", "name", "max_concurrency", "restart", "type_name", "methods")

@@ -36,6 +36,7 @@ from sperse._core import (
     ObjectClose,
     ObjectCreate,
     ObjectInfo,
+    Put,
     ServerInfo,
     TaskSpec,
     Work,
@@ -223,7 +224,17 @@ class SperseBackend:
     def _encode(self, spec: TaskSpec, prefix: str, uploads: list[str]) -> list[Outgoing]:
         """A task as the messages that carry it: its blobs, then the task with its size.
         Big buffers go into shared memory files when ``prefix`` (named in ``uploads``)."""
-        data, buffers, refs = dumps_work_oob(spec.work, spec.label or "the task")
+        work = spec.work
+        if isinstance(work, Put):  # the value itself, which the server holds at once
+            data, buffers, refs = dumps_oob(work.value, what=spec.label or "the value")
+            if refs:
+                raise SerializationError(
+                    f"{spec.label or 'sperse.put'}: the value holds remote values (Pending or "
+                    "RemoteValue results kept on a server); put them one by one, or fetch them "
+                    "first"
+                )
+        else:
+            data, buffers, refs = dumps_work_oob(work, spec.label or "the task")
         blobs: list[pb.ClientMessage] = []  # the pieces of big byte strings, wrapped
         size = len(data) + 64
         if buffers:
@@ -244,9 +255,11 @@ class SperseBackend:
         if refs:
             fields_of["refs"] = [r.object_id for r in refs]
             fields_of["peer_refs"] = self._peer_refs(refs, spec.label or spec.task_id)
-        op = _object_op(spec.work)
+        op = _object_op(work)
         if op is not None:
             fields_of["object"] = op
+        if isinstance(work, Put):
+            fields_of["put"] = pb.Put(type_name=work.type_name, repr=work.repr)
         if spec.pip:
             fields_of["pip"] = spec.pip
         task = pb.Task(

@@ -8,11 +8,15 @@ Scenarios, each with 2 worker processes for every system:
 - (c) a float64 array of ``--mb`` MB (10^6 bytes) sent up as the argument of a function
   returning its sum: MB/s up; a function creating such an array remotely, its result
   brought down to the client: MB/s down (the remote ``np.ones`` is inside the timing,
-  for every system alike);
+  for every system alike; Sperse's fetch of the held result alone is timed too, and
+  compared with the gRPC floor under ``--transport grpc``);
 - (e) reuse: the array of (c) used by 10 calls of a function that reads one item of it,
   sent once (``sperse.put``, ``ray.put``, Dask's ``scatter``) then passed by reference:
   the time of the put and the 10 calls, against one call that sends the array by value
   (about 1x: the 10 calls cost one transfer); and the same 10 calls sending it by value;
+- (f) server to server (``--transport grpc`` only): the array of (c) kept on one server of a
+  cluster of two (``sperse.put(..., on="@a")``) and read by a call on the other, which
+  pulls it over gRPC first: MB/s of that call, a pull each time;
 - (d) start: from ``sperse.connect(workers=2)`` (an embedded server process) to the first
   result of a trivial call; from ``ray.init(...)``, and from ``LocalCluster`` + ``Client``,
   to theirs. Client-side imports are done before the clock starts, for all three.
@@ -133,6 +137,7 @@ class SperseSystem(System):
         self._total = sperse.remote(total)
         self._make = sperse.remote(make)
         self._first = sperse.remote(first)
+        self.fetches: list[float] = []  # (c) down: the fetch of the held result alone
 
     def start(self) -> None:
         if self.backend == "server":
@@ -155,7 +160,12 @@ class SperseSystem(System):
         return self._total(array).result()  # type: ignore[no-any-return]
 
     def bring_down(self, n: int) -> Any:
-        return self._make(n).result()
+        made = self._make(n)
+        self.sperse.wait([made])  # held on the server: what follows is the transfer alone
+        t0 = perf()
+        value = made.result()
+        self.fetches.append(perf() - t0)
+        return value
 
     def put(self, array: Any) -> Any:
         return self.sperse.put(array)
@@ -348,6 +358,9 @@ def measure(system: System, s: Settings, notes: list[str]) -> dict[str, float]:
                 downs.clear()
         out["up"] = s.mb / float(np.median(ups))
         out["down"] = s.mb / float(np.median(downs))
+        fetches = getattr(system, "fetches", [])[1:]  # (after the warm-up's)
+        if fetches:
+            out["fetch"] = s.mb / float(np.median(fetches))
         print(f"  {system.name}: (c) up {out['up']:,.0f} MB/s, down {out['down']:,.0f} MB/s")
 
         # (e) one array, ten calls: sent once, then by reference; and ten times by value
@@ -761,6 +774,39 @@ def report(
         grpc_targets(s, sp, floor)
 
 
+def pull_rate(s: Settings) -> float:
+    """(f): MB/s of a call on server ``b`` of the array of (c) that server ``a`` holds (a
+    pull over gRPC each time: the replica goes when the call ends); median after a warm-up."""
+    import secrets
+
+    import sperse
+    from sperse._backends.multi import ClusterBackend
+    from sperse._backends.sperse import EmbeddedServer
+
+    token = secrets.token_urlsafe(16)
+    servers: list[Any] = []
+    try:
+        for name in ("a", "b"):
+            servers.append(EmbeddedServer(workers=1, name=name, token=token))
+    except BaseException:
+        for server in servers:
+            server.stop()
+        raise
+    backend = ClusterBackend([x.address for x in servers], token=token, processes=servers)
+    with sperse.Cluster(backend):
+        kept = sperse.put(np.ones(s.mb * 1_000_000 // 8), on="@a")
+        on_b = sperse.remote(on="@b")(first)
+        times = []
+        for _ in range(s.repeat + 1):  # the first is a warm-up
+            gc.collect()
+            t0 = perf()
+            assert on_b(kept).result() == 1.0
+            times.append(perf() - t0)
+        pulled = backend.backend_of("b").stats()["objects_pulled"]
+        assert pulled == s.repeat + 1, f"{pulled} pulls, not one a call"
+    return s.mb / float(np.median(times[1:]))
+
+
 def grpc_targets(s: Settings, sp: dict[str, float], floor: dict[str, float]) -> None:
     """Issue 18's targets for the path between machines (``--transport grpc``), against the
     raw gRPC floors of this run."""
@@ -777,7 +823,12 @@ def grpc_targets(s: Settings, sp: dict[str, float], floor: dict[str, float]) -> 
         )
     if "tput" in sp:
         rows.append(("throughput >= 15,000 tasks/s", sp["tput"], 15_000, ">="))
-    for key, what in (("up", "up"), ("down", "down")):
+    for key, what in (
+        ("up", "up"),
+        ("down", "down"),
+        ("fetch", "down, the fetch alone"),
+        ("pull", "pulled server to server"),
+    ):
         if key in sp and "grpc_bulk" in floor:
             rows.append(
                 (
@@ -930,6 +981,13 @@ def main(argv: Sequence[str] | None = None) -> None:
             continue
         results[name] = measure(system, s, notes)
         gc.collect()
+    if args.transport == "grpc" and args.backend == "server" and "Sperse" in results:
+        print("Sperse: (f) server to server...", flush=True)
+        try:
+            results["Sperse"]["pull"] = pull_rate(s)
+            print(f"  Sperse: (f) {results['Sperse']['pull']:,.0f} MB/s", flush=True)
+        except Exception as exc:
+            notes.append(f"(f) failed: {type(exc).__name__}: {exc}")
 
     report(s, results, absent, floor, args.backend, args.transport)
     for note in notes:

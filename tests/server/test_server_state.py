@@ -26,6 +26,7 @@ from sperse._server.model import (
     RETAIN_EVENTS,
     STARTED_HOLD,
     HeldValue,
+    PutInfo,
     TaskRequest,
 )
 from sperse._server.sessions import SessionState
@@ -310,6 +311,30 @@ def test_a_retry_keeps_the_uploads() -> None:
     assert m.of(Unlink) == []
     m.done("t1")
     assert m.of(Unlink) == [Unlink(("u1",))]
+
+
+def test_a_put_is_held_at_once_and_its_uploads_become_the_values() -> None:
+    m = machine(max_held_bytes=1 << 20)
+    m.submit("p1", work=files("u1"), uploads=("u1",), put=PutInfo("numpy.ndarray", "array"))
+    assert m.sent() == ["started p1", "done p1"]  # no worker, no attempt, no timer
+    assert not m.of((Submit, SetAnnounceTimer)) and not m.state.tasks.attempts
+    (held,) = m.emits()[-1].event.value
+    assert held == HeldValue("", "obj1", "numpy.ndarray", files("u1").size, "array")
+    assert m.of(Unlink) == [], "the upload is the held value's now"
+    m.submit("t1", refs=("obj1",))  # used by reference: the task gets the put's files
+    assert m.state.sessions["s"].tasks["t1"].objects["obj1"].value == files("u1")
+    m.feed(m.state.release("s", "obj1"))
+    m.done("t1")
+    assert m.of(Unlink) == [Unlink(("u1",))]
+
+
+def test_a_put_past_the_held_bytes_fails_and_its_uploads_go() -> None:
+    m = machine(max_held_bytes=100)
+    m.submit("p1", work=files("u1"), uploads=("u1",), put=PutInfo("bytes", "b''"))
+    assert m.sent() == ["started p1", "failed p1 LimitExceeded"]
+    assert "the value put of" in m.emits()[-1].event.error.message
+    assert m.of(Unlink) == [Unlink(("u1",), soon=False)]
+    assert m.state.held.bytes == 0
 
 
 def test_result_of_an_unknown_attempt_has_its_files_unlinked() -> None:

@@ -105,57 +105,67 @@ class Graph(Structure):
         definitions would make a cell depend on itself.
         """
         defs = frozenset(defs)
-        refs = frozenset(refs)
-        parents: dict[str, CellId | None] = {name: self._definer.get(name) for name in refs}
+        definer = self._definer
+        parents: dict[str, CellId | None] = {name: definer.get(name) for name in refs}
         movers = self._movers(defs, replaces)
-        self._check_cycle(movers, parents, label)
+        if movers:
+            self._check_cycle(movers, parents, label)
 
         cell_id = CellId(self._next_cell)
         self._next_cell += 1
-        cell = Node(cell_id, defs, refs, label)
+        cell = Node(cell_id, defs, parents, label)
         cell.effect = effect
-        cell.parents = parents
-        self._cells[cell_id] = cell
+        cells = self._cells
+        cells[cell_id] = cell
+        all_followers = self._followers
         for name, parent in parents.items():
             if name in defs:
                 if parent is not None:
-                    self._cells[parent].fixed_children.add(cell_id)
+                    cells[parent].add_fixed(cell_id)
             else:
-                self._followers.setdefault(name, set()).add(cell_id)
+                followers = all_followers.get(name)
+                if followers is None:
+                    all_followers[name] = {cell_id}
+                else:
+                    followers.add(cell_id)
 
+        notebook = self.mode is Mode.NOTEBOOK
         losers: list[CellId] = []
         for name in defs:
-            old = self._definer.get(name)
+            old = definer.get(name)
             # A notebook cell executed again, whose name a later notebook cell binds now:
             # that binding stays the current one (it comes later in the notebook).
-            keeps = self.mode is Mode.NOTEBOOK and bool(replaces) and old is not None
-            keeps = keeps and old not in replaces
-            for reader in movers.get(name, ()):
-                self._move(reader, name, cell_id, fixed=keeps)
+            keeps = notebook and bool(replaces) and old is not None and old not in replaces
+            if movers:
+                for reader in movers.get(name, ()):
+                    self._move(reader, name, cell_id, fixed=keeps)
             if keeps:
-                cell.owned.discard(name)
+                cell.lose(name)
                 continue
             if old is not None:
-                self._cells[old].owned.discard(name)
+                cells[old].lose(name)
                 losers.append(old)
-            self._definer[name] = cell_id
-            followers = self._followers.setdefault(name, set())
+            definer[name] = cell_id
+            followers = all_followers.get(name)
+            if followers is None:
+                continue
             followers.discard(cell_id)
-            if self.mode is Mode.NOTEBOOK:
+            if notebook:
                 moving = movers.get(name, ())
                 for follower in list(followers):  # the rest keep the binding they read
                     if follower in moving:
                         continue
                     followers.discard(follower)
                     if old is not None:
-                        self._cells[old].fixed_children.add(follower)
+                        cells[old].add_fixed(follower)
             for follower in followers:
-                self._cells[follower].parents[name] = cell_id
+                cells[follower].parents[name] = cell_id
             if not followers:
-                del self._followers[name]
+                del all_followers[name]
 
         actions: list[Action] = []
-        self._drop_orphans(losers, actions)
+        if losers:
+            self._drop_orphans(losers, actions)
         self._invalidate([cell_id], actions)
         revived = self._revive_stale_ancestors(cell_id)
         self._schedule([*revived, cell_id], actions)

@@ -166,9 +166,10 @@ class Graph(Structure):
         actions: list[Action] = []
         if losers:
             self._drop_orphans(losers, actions)
-        self._invalidate([cell_id], actions)
+        if movers:  # else nothing reads it yet: there is nothing downstream to invalidate
+            self._invalidate([cell_id], actions)
         revived = self._revive_stale_ancestors(cell_id)
-        self._schedule([*revived, cell_id], actions)
+        self._schedule([*revived, cell_id] if revived else (cell_id,), actions)
         return cell_id, actions
 
     def retire(self, cells: Iterable[CellId]) -> list[Action]:

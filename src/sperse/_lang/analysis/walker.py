@@ -87,6 +87,11 @@ class Scope:
             self.uses = self.lazy_uses = self.globals = self.nonlocals = _NONE
 
 
+# The parent of every module scope, made once: nothing is looked up in it (every walk up
+# the scopes ends at a module scope). A module scope that was its own parent would be a
+# cycle, garbage the collector would have to find after every statement analysed.
+_OUTSIDE: Final = Scope(MODULE, None, deferred=False)
+
 # A point of the control flow: the names definitely bound there, and whether it is live
 # (reachable). Dead points take no part in joins.
 State = tuple[set[str], bool]
@@ -113,7 +118,7 @@ class Walker:
 
     def __init__(self, shadowed: Container[str]) -> None:
         self._shadowed = shadowed
-        self._module = Scope(MODULE, None, deferred=False)
+        self._module = Scope(MODULE, _OUTSIDE, deferred=False)
         self._scope = self._module
         # The definite-assignment set of the innermost module, class or function body,
         # changed in place so that scopes holding it see every update.

@@ -201,7 +201,9 @@ class Graph(Structure):
             return []
         c.status = CellStatus.DONE
         actions: list[Action] = []
-        self._schedule(self.children(cell), actions)
+        children = self.children(cell)
+        if children:
+            self._schedule(children, actions)
         return actions
 
     def failed(self, cell: CellId, run_id: RunId) -> list[Action]:
@@ -312,21 +314,25 @@ class Graph(Structure):
 
     def _schedule(self, candidates: Iterable[CellId], actions: list[Action]) -> None:
         """Issue Run for each PENDING candidate whose parents are all DONE."""
+        cells = self._cells
         for cell_id in candidates:
-            c = self._cells.get(cell_id)
+            c = cells.get(cell_id)
             if c is None or c.status is not CellStatus.PENDING:
                 continue
             blocked_by: CellId | None = None
             ready = True
-            for parent in itertools.islice(c.parents.values(), c.scan, None):
+            scan = c.scan
+            parents: Iterable[CellId | None] = c.parents.values()
+            for parent in itertools.islice(parents, scan, None) if scan else parents:
                 if parent is not None:
-                    status = self._cells[parent].status
+                    status = cells[parent].status
                     if status is not CellStatus.DONE:
                         ready = False
                         if status is CellStatus.FAILED or status is CellStatus.BLOCKED:
                             blocked_by = parent
                         break
-                c.scan += 1
+                scan += 1
+            c.scan = scan
             if blocked_by is not None:
                 upstream = self.failed_ancestor(blocked_by) or blocked_by
                 for cell in [cell_id, *self.downstream(cell_id)]:

@@ -139,8 +139,11 @@ class Structure:
     def children(self, cell: CellId) -> set[CellId]:
         c = self._cells[cell]
         out = set(c.fixed_children)
+        followers = self._followers
         for name in c.owned:
-            out.update(self._followers.get(name, ()))
+            readers = followers.get(name)
+            if readers:
+                out.update(readers)
         out.discard(cell)
         return out
 

@@ -105,60 +105,71 @@ class Graph(Structure):
         definitions would make a cell depend on itself.
         """
         defs = frozenset(defs)
-        refs = frozenset(refs)
-        parents: dict[str, CellId | None] = {name: self._definer.get(name) for name in refs}
+        definer = self._definer
+        parents: dict[str, CellId | None] = {name: definer.get(name) for name in refs}
         movers = self._movers(defs, replaces)
-        self._check_cycle(movers, parents, label)
+        if movers:
+            self._check_cycle(movers, parents, label)
 
         cell_id = CellId(self._next_cell)
         self._next_cell += 1
-        cell = Node(cell_id, defs, refs, label)
+        cell = Node(cell_id, defs, parents, label)
         cell.effect = effect
-        cell.parents = parents
-        self._cells[cell_id] = cell
+        cells = self._cells
+        cells[cell_id] = cell
+        all_followers = self._followers
         for name, parent in parents.items():
             if name in defs:
                 if parent is not None:
-                    self._cells[parent].fixed_children.add(cell_id)
+                    cells[parent].add_fixed(cell_id)
             else:
-                self._followers.setdefault(name, set()).add(cell_id)
+                followers = all_followers.get(name)
+                if followers is None:
+                    all_followers[name] = {cell_id}
+                else:
+                    followers.add(cell_id)
 
+        notebook = self.mode is Mode.NOTEBOOK
         losers: list[CellId] = []
         for name in defs:
-            old = self._definer.get(name)
+            old = definer.get(name)
             # A notebook cell executed again, whose name a later notebook cell binds now:
             # that binding stays the current one (it comes later in the notebook).
-            keeps = self.mode is Mode.NOTEBOOK and bool(replaces) and old is not None
-            keeps = keeps and old not in replaces
-            for reader in movers.get(name, ()):
-                self._move(reader, name, cell_id, fixed=keeps)
+            keeps = notebook and bool(replaces) and old is not None and old not in replaces
+            if movers:
+                for reader in movers.get(name, ()):
+                    self._move(reader, name, cell_id, fixed=keeps)
             if keeps:
-                cell.owned.discard(name)
+                cell.lose(name)
                 continue
             if old is not None:
-                self._cells[old].owned.discard(name)
+                cells[old].lose(name)
                 losers.append(old)
-            self._definer[name] = cell_id
-            followers = self._followers.setdefault(name, set())
+            definer[name] = cell_id
+            followers = all_followers.get(name)
+            if followers is None:
+                continue
             followers.discard(cell_id)
-            if self.mode is Mode.NOTEBOOK:
+            if notebook:
                 moving = movers.get(name, ())
                 for follower in list(followers):  # the rest keep the binding they read
                     if follower in moving:
                         continue
                     followers.discard(follower)
                     if old is not None:
-                        self._cells[old].fixed_children.add(follower)
+                        cells[old].add_fixed(follower)
             for follower in followers:
-                self._cells[follower].parents[name] = cell_id
+                cells[follower].parents[name] = cell_id
             if not followers:
-                del self._followers[name]
+                del all_followers[name]
 
         actions: list[Action] = []
-        self._drop_orphans(losers, actions)
-        self._invalidate([cell_id], actions)
+        if losers:
+            self._drop_orphans(losers, actions)
+        if movers:  # else nothing reads it yet: there is nothing downstream to invalidate
+            self._invalidate([cell_id], actions)
         revived = self._revive_stale_ancestors(cell_id)
-        self._schedule([*revived, cell_id], actions)
+        self._schedule([*revived, cell_id] if revived else (cell_id,), actions)
         return cell_id, actions
 
     def retire(self, cells: Iterable[CellId]) -> list[Action]:
@@ -190,7 +201,9 @@ class Graph(Structure):
             return []
         c.status = CellStatus.DONE
         actions: list[Action] = []
-        self._schedule(self.children(cell), actions)
+        children = self.children(cell)
+        if children:
+            self._schedule(children, actions)
         return actions
 
     def failed(self, cell: CellId, run_id: RunId) -> list[Action]:
@@ -301,21 +314,25 @@ class Graph(Structure):
 
     def _schedule(self, candidates: Iterable[CellId], actions: list[Action]) -> None:
         """Issue Run for each PENDING candidate whose parents are all DONE."""
+        cells = self._cells
         for cell_id in candidates:
-            c = self._cells.get(cell_id)
+            c = cells.get(cell_id)
             if c is None or c.status is not CellStatus.PENDING:
                 continue
             blocked_by: CellId | None = None
             ready = True
-            for parent in itertools.islice(c.parents.values(), c.scan, None):
+            scan = c.scan
+            parents: Iterable[CellId | None] = c.parents.values()
+            for parent in itertools.islice(parents, scan, None) if scan else parents:
                 if parent is not None:
-                    status = self._cells[parent].status
+                    status = cells[parent].status
                     if status is not CellStatus.DONE:
                         ready = False
                         if status is CellStatus.FAILED or status is CellStatus.BLOCKED:
                             blocked_by = parent
                         break
-                c.scan += 1
+                scan += 1
+            c.scan = scan
             if blocked_by is not None:
                 upstream = self.failed_ancestor(blocked_by) or blocked_by
                 for cell in [cell_id, *self.downstream(cell_id)]:

@@ -16,8 +16,18 @@ from sperse.errors import CycleError
 __all__ = ["Node", "Structure"]
 
 
+_NO_NAMES: frozenset[str] = frozenset()
+_NO_CELLS: frozenset[CellId] = frozenset()
+
+
 class Node:
-    """The mutable state of one cell, held only by the graph (front ends get ``CellView``)."""
+    """The mutable state of one cell, held only by the graph (front ends get ``CellView``).
+
+    A workspace keeps one per statement for as long as the statement defines something, so
+    a node holds as few containers as it can (each one the garbage collector traverses
+    again and again): until they first change, ``owned`` is ``defs`` itself and
+    ``fixed_children`` one empty set shared by all; the refs are the keys of ``parents``.
+    """
 
     __slots__ = (
         "defs",
@@ -29,30 +39,57 @@ class Node:
         "live",
         "owned",
         "parents",
-        "refs",
         "run_id",
         "scan",
         "status",
     )
 
-    def __init__(self, cell_id: CellId, defs: frozenset[str], refs: frozenset[str], label: str):
+    def __init__(
+        self, cell_id: CellId, defs: frozenset[str], parents: dict[str, CellId | None], label: str
+    ):
         self.id = cell_id
         self.defs = defs
-        self.refs = refs
         self.label = label
-        self.owned: set[str] = set(defs)
-        self.parents: dict[str, CellId | None] = {}
-        self.fixed_children: set[CellId] = set()
+        # The names it still defines (not lost to newer definitions).
+        self.owned: set[str] | frozenset[str] = defs
+        # Each ref -> the cell it reads it from (None: nobody defines it).
+        self.parents = parents
+        # The cells that read a name from it whatever defines the name now (fixed edges).
+        self.fixed_children: set[CellId] | frozenset[CellId] = _NO_CELLS
         self.status = CellStatus.PENDING
         self.effect = False  # changes an object it reads (rule 9)
         self.held = False  # an effect cell not run again after its inputs changed
         # Names whose new definitions this cell takes in place, without running again (a
         # service it started swaps the new function into its running operator).
-        self.live: frozenset[str] = frozenset()
+        self.live = _NO_NAMES
         self.run_id = RunId(0)
         # How many of the leading parents (in ``parents`` order) are known DONE
         # while this cell is PENDING: makes a wide fan-in linear, not quadratic.
         self.scan = 0
+
+    @property
+    def refs(self) -> frozenset[str]:
+        return frozenset(self.parents)
+
+    def lose(self, name: str) -> None:
+        """It no longer defines ``name`` (a newer definition took it)."""
+        owned = self.owned
+        if name in owned:
+            if isinstance(owned, frozenset):
+                owned = self.owned = set(owned)
+            owned.discard(name)
+
+    def add_fixed(self, child: CellId) -> None:
+        fixed = self.fixed_children
+        if isinstance(fixed, frozenset):
+            self.fixed_children = {child}
+        else:
+            fixed.add(child)
+
+    def discard_fixed(self, child: CellId) -> None:
+        fixed = self.fixed_children
+        if isinstance(fixed, set):
+            fixed.discard(child)
 
 
 class Structure:
@@ -102,8 +139,11 @@ class Structure:
     def children(self, cell: CellId) -> set[CellId]:
         c = self._cells[cell]
         out = set(c.fixed_children)
+        followers = self._followers
         for name in c.owned:
-            out.update(self._followers.get(name, ()))
+            readers = followers.get(name)
+            if readers:
+                out.update(readers)
         out.discard(cell)
         return out
 
@@ -188,10 +228,10 @@ class Structure:
         old = r.parents.get(name)
         r.parents[name] = new
         if old is not None and old in self._cells and old not in r.parents.values():
-            self._cells[old].fixed_children.discard(reader)
+            self._cells[old].discard_fixed(reader)
         followers = self._followers.get(name)
         if fixed or name in r.defs:
-            self._cells[new].fixed_children.add(reader)
+            self._cells[new].add_fixed(reader)
             if followers is not None:
                 followers.discard(reader)
         else:
@@ -252,9 +292,9 @@ class Structure:
         parents: list[CellId] = []
         for name, parent in c.parents.items():
             if parent is not None and parent in self._cells:
-                fixed = self._cells[parent].fixed_children
-                if cell_id in fixed:
-                    fixed.discard(cell_id)
+                p = self._cells[parent]
+                if cell_id in p.fixed_children:
+                    p.discard_fixed(cell_id)
                     parents.append(parent)
             followers = self._followers.get(name)
             if followers is not None:

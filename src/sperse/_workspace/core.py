@@ -234,7 +234,8 @@ class WorkspaceCore:
         actions = self._graph.finished(cell_id, run_id)
         record = self._records[cell_id]
         record.finished_at = time.monotonic()
-        self._notify(CellEvent(Cell(self, cell_id), "done", value=record.value))
+        if self._subscribers:
+            self._notify(CellEvent(Cell(self, cell_id), "done", value=record.value))
         return actions
 
     def _fail(self, cell_id: CellId, run_id: RunId, error: BaseException) -> list[Action]:

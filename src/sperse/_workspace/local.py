@@ -75,18 +75,25 @@ class LocalCells(WorkspaceCore):
                 unuse(token)
             if earlier:  # its own defs are shown by _sync_namespace below
                 self._show_current(n for n in earlier if n not in record.defs)
-        outputs = {name: ns[name] for name in record.defs if name in ns}
+        outputs = {}
+        waiting: dict[str, Pending[Any]] = {}
+        cell_id = record.id
+        for name in record.defs:
+            if name in ns:
+                outputs[name] = value = ns[name]
+                if isinstance(value, Pending):
+                    waiting[name] = value
+            if definer(name) != cell_id:  # lost to a newer definition: show that one's
+                self._show_current((name,))
         record.outputs = outputs
-        self._sync_namespace(record)
-        if live.active():
+        if live.active():  # also when this cell started the first one
             self._take_in_place(record, before, marks)
-        waiting = {n: v for n, v in outputs.items() if isinstance(v, Pending)}
         if record.is_expression and isinstance(record.value, Pending):
             waiting["<value>"] = record.value
         if waiting:
             self._await_pendings(record, run.run_id, waiting)
             return []
-        return self._finish(record.id, run.run_id)
+        return self._finish(cell_id, run.run_id)
 
     def _take_in_place(self, record: Record, before: dict[str, Any], marks: list[int]) -> None:
         """After ``record`` ran: a running service takes the new values of the names it

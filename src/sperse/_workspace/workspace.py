@@ -9,6 +9,7 @@ namespace.
 from __future__ import annotations
 
 import ast
+import gc
 import linecache
 from collections.abc import Callable, Hashable, Iterator
 from typing import Any
@@ -24,6 +25,8 @@ from sperse._workspace.statements import Either, Prepared, prepare
 from sperse.errors import TaskCancelled
 
 __all__ = ["Cell", "CellEvent", "Workspace"]
+
+_NO_CELLS: frozenset[CellId] = frozenset()
 
 
 class Workspace(LocalCells, RemoteCells):
@@ -62,25 +65,31 @@ class Workspace(LocalCells, RemoteCells):
         lines = source.splitlines(keepends=True)
         linecache.cache[filename] = (len(source), None, lines, filename)
         transformed = transform(source, filename)
-        tree = ast.parse(transformed, filename)
+        tree = _parse(transformed, filename)
         tlines = lines if transformed is source else transformed.splitlines(keepends=True)
         # First prepare every statement (analysis, compilation), so a bad one
-        # anywhere in the source enters nothing; then enter them in order.
+        # anywhere in the source enters nothing; then enter them in order. Each statement's
+        # tree is let go once it is compiled: a long input's trees would otherwise be
+        # traversed by every collection of the garbage collector until the end.
         defined_here: set[str] = set()
         shadowed = Either(self._names, defined_here)
         prepared = []
-        for stmt in tree.body:
-            cell = prepare(stmt, lines, tlines, filename, shadowed)
+        body = tree.body
+        del tree
+        body.reverse()
+        while body:
+            cell = prepare(body.pop(), lines, tlines, filename, shadowed)
             defined_here.update(cell.defs)
             prepared.append(cell)
         cells = []
-        replaced: frozenset[CellId] = frozenset()
+        replaced: frozenset[CellId] = _NO_CELLS
         if unit is not None:
             replaced = frozenset(c for c in self._units.get(unit, ()) if c in self._graph)
             self._units[unit] = []
         try:
-            for cell in prepared:
-                cell_id = self._enter(cell, replaced)
+            prepared.reverse()
+            while prepared:  # each let go once entered, as the trees above
+                cell_id = self._enter(prepared.pop(), replaced)
                 if unit is not None:
                     self._units[unit].append(cell_id)
                 cells.append(Cell(self, cell_id))
@@ -262,3 +271,16 @@ class Workspace(LocalCells, RemoteCells):
 
     def __iter__(self) -> Iterator[str]:
         return iter(sorted(self._graph.names()))
+
+
+def _parse(source: str, filename: str) -> ast.Module:
+    """``ast.parse`` with the garbage collector paused: a tree has no cycles, yet a long
+    input's nodes made the collector run and traverse them all, again and again, while
+    they were made (with 100,000 statements, eight full collections: 0.75 s of 1.7 s)."""
+    if not gc.isenabled():
+        return ast.parse(source, filename)
+    gc.disable()
+    try:
+        return ast.parse(source, filename)
+    finally:
+        gc.enable()

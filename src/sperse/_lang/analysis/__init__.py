@@ -66,6 +66,8 @@ from sperse._lang.analysis.walker import BUILTINS, install
 
 __all__ = ["StatementInfo", "analyze"]
 
+_NO_NAMES: frozenset[str] = frozenset()  # shared: an empty set of names is never kept twice
+
 
 @dataclass(frozen=True, slots=True)
 class StatementInfo:
@@ -114,9 +116,9 @@ class _Analyzer(Statements, Definitions, Expressions):
             if name not in defs and (name not in BUILTINS or name in shadowed):
                 refs.add(name)
         return StatementInfo(
-            defs=frozenset(defs),
-            refs=frozenset(refs),
-            deletes=frozenset(self._deletes),
+            defs=frozenset(defs) if defs else _NO_NAMES,
+            refs=frozenset(refs) if refs else _NO_NAMES,
+            deletes=frozenset(self._deletes) if self._deletes else _NO_NAMES,
             is_expression=is_expression,
             effect=self._effect,
         )

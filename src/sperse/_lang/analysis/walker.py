@@ -13,7 +13,7 @@ from __future__ import annotations
 import ast
 import builtins
 from collections.abc import Callable, Container, Iterable
-from typing import Any, Final
+from typing import Any, Final, cast
 
 __all__ = [
     "ANNOTATION",
@@ -37,6 +37,10 @@ CLASS: Final = 2
 COMPREHENSION: Final = 3
 ANNOTATION: Final = 4  # the scope of PEP 695 type parameters; `bound` holds them
 LAZY: Final = 5  # a bound, constraint or default of a type parameter, or a `type` value
+
+
+# The sets a kind of scope never writes; a write would raise (a frozenset has no `add`).
+_NONE: Final = cast("set[str]", frozenset())
 
 
 class Scope:
@@ -67,13 +71,26 @@ class Scope:
         self.kind = kind
         self.parent: Scope = self if parent is None else parent
         self.deferred = deferred
-        self.bound: set[str] = set()
-        self.assigned: set[str] = set()
-        self.uses: set[str] = set()
-        self.lazy_uses: set[str] = set()
-        self.globals: set[str] = set()
-        self.nonlocals: set[str] = set()
+        # Only a body (module, function, class) has a flow of statements; only function and
+        # class bodies hold `global`, `nonlocal` and names resolved later. The sets a kind
+        # never writes are one shared empty set.
+        body = kind in (MODULE, FUNCTION, CLASS)
+        self.assigned: set[str] = set() if body else _NONE
+        if kind in (FUNCTION, CLASS):
+            self.bound: set[str] = set()
+            self.uses: set[str] = set()
+            self.lazy_uses: set[str] = set()
+            self.globals: set[str] = set()
+            self.nonlocals: set[str] = set()
+        else:
+            self.bound = set() if kind in (COMPREHENSION, ANNOTATION) else _NONE
+            self.uses = self.lazy_uses = self.globals = self.nonlocals = _NONE
 
+
+# The parent of every module scope, made once: nothing is looked up in it (every walk up
+# the scopes ends at a module scope). A module scope that was its own parent would be a
+# cycle, garbage the collector would have to find after every statement analysed.
+_OUTSIDE: Final = Scope(MODULE, None, deferred=False)
 
 # A point of the control flow: the names definitely bound there, and whether it is live
 # (reachable). Dead points take no part in joins.
@@ -101,7 +118,7 @@ class Walker:
 
     def __init__(self, shadowed: Container[str]) -> None:
         self._shadowed = shadowed
-        self._module = Scope(MODULE, None, deferred=False)
+        self._module = Scope(MODULE, _OUTSIDE, deferred=False)
         self._scope = self._module
         # The definite-assignment set of the innermost module, class or function body,
         # changed in place so that scopes holding it see every update.

@@ -87,6 +87,21 @@ def test_a_put_array_is_sent_once_and_ten_calls_use_it_in_place(server: Embedded
         assert files_once(server, 0) == set(), "released: its file went"
 
 
+def mappings() -> int:
+    """How many mappings of shared memory files of Sperse this worker holds."""
+    with open("/proc/self/maps") as maps:
+        return sum(1 for line in maps if "/dev/shm/sperse-" in line)
+
+
+def test_a_call_unmaps_the_held_value_it_used_once_it_has_answered() -> None:
+    with sperse.connect(workers=1):  # one worker: the calls and the count run in it
+        kept = sperse.put(np.ones(1 << 20))
+        f = sperse.remote(first_and_files)
+        assert [f(kept, i).result(WAIT)[0] for i in range(5)] == [1.0] * 5
+        # Not left for the garbage collector: a worker once kept a mapping per call.
+        assert sperse.remote(mappings)().result(WAIT) == 0
+
+
 def test_put_over_grpc_keeps_the_value_on_the_server(server: EmbeddedServer) -> None:
     backend = SperseBackend(server.address, token=server.token, shm=False)
     with sperse.Cluster(backend):

@@ -100,7 +100,13 @@ def pack_result(work: Work, value: Any, envelope: Envelope) -> bytes:
 
 def load_work(envelope: Envelope, *, objects: bool = False) -> Work:
     """The work of ``envelope``, its held objects resolved: a statement or a call, or
-    (``objects``) a remote object's creation or method call. Raises ``LoadFailed``."""
+    (``objects``) a remote object's creation or method call. Raises ``LoadFailed``.
+
+    ``resolve`` refers to itself (a held object may name another), a cycle only the garbage
+    collector would break: ``loaded`` is emptied once the work is loaded, so that the held
+    values (and the files they map) go as soon as the work lets go of them, after the reply,
+    not at some later collection (a call per second on a 100 MB value kept a new mapping of
+    it each time, till then)."""
     loaded: dict[str, Any] = {}
 
     def resolve(object_id: str) -> Any:
@@ -131,6 +137,8 @@ def load_work(envelope: Envelope, *, objects: bool = False) -> Work:
         raise LoadFailed(
             ErrorInfo("serialization", "SerializationError", f"on {envelope.server}: {exc}")
         ) from None
+    finally:
+        loaded.clear()
     work: Work | None = object_work_from_wire(obj) if objects else work_from_wire(obj)
     if work is None:
         expected = "remote object work" if objects else "a StatementTask or CallTask"

@@ -150,6 +150,8 @@ def _load_work(
         ) from None
     except SerializationError as exc:
         raise Failure(ErrorInfo("serialization", "SerializationError", str(exc))) from None
+    finally:
+        loaded.clear()  # `resolve` refers to itself: the held values go with the work, not later
     work = decode(obj)
     if work is None:
         raise Failure(

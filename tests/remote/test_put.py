@@ -10,12 +10,11 @@ from __future__ import annotations
 import gc
 import os
 import threading
-import time
-from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
 import pytest
+from shm_helpers import files, files_once_settled
 
 import sperse
 from sperse._backends.sperse import EmbeddedServer, SperseBackend
@@ -28,30 +27,6 @@ WAIT = 60.0
 N = 100_000_000 // 8  # a 100 MB float64 array
 
 
-def files(server: EmbeddedServer) -> set[str]:
-    prefix = shm.server_prefix(server.process.pid)
-    return {name for name in os.listdir(shm.SHM_DIR) if name.startswith(prefix)}
-
-
-def files_once(server: EmbeddedServer, count: int) -> set[str]:
-    """The server's files once there are ``count`` of them, or what is there at the deadline
-    (a file goes just after the reply that frees it is sent)."""
-    deadline = time.monotonic() + WAIT
-    while len(found := files(server)) != count and time.monotonic() < deadline:
-        threading.Event().wait(0.01)  # a poll of /dev/shm with a deadline
-    return found
-
-
-@pytest.fixture
-def server() -> Iterator[EmbeddedServer]:
-    process = EmbeddedServer(workers=2, name="here")
-    try:
-        yield process
-    finally:
-        process.stop()
-        assert files(process) == set(), "files left after the server stopped"
-
-
 def first_and_files(a: Any, i: int) -> tuple[float, float, list[str]]:
     """``a[0]``, its sum plus ``i``, and the shared memory files this worker has mapped."""
     with open("/proc/self/maps") as maps:
@@ -59,14 +34,14 @@ def first_and_files(a: Any, i: int) -> tuple[float, float, list[str]]:
     return float(a[0]), float(a.sum()) + i, sorted(os.path.basename(m) for m in mapped)
 
 
-def test_a_put_array_is_sent_once_and_ten_calls_use_it_in_place(server: EmbeddedServer) -> None:
-    backend = SperseBackend(server.address, token=server.token)
+def test_a_put_array_is_sent_once_and_ten_calls_use_it_in_place(shm_server: EmbeddedServer) -> None:
+    backend = SperseBackend(shm_server.address, token=shm_server.token)
     with sperse.Cluster(backend):
         array = np.ones(N)
         kept = sperse.put(array)
         sperse.wait([kept], timeout=WAIT)
         assert kept.remote_value is not None
-        (name,) = files_once(server, 1)  # the upload, now the held value's file
+        (name,) = files_once_settled(shm_server, 1)  # the upload, now the held value's file
         assert "numpy.ndarray" in repr(kept.remote_value)
         array[0] = 7.0  # the copy was made by put: the server's is unchanged
 
@@ -75,7 +50,7 @@ def test_a_put_array_is_sent_once_and_ten_calls_use_it_in_place(server: Embedded
         for i, (first, total, mapped) in enumerate(results):
             assert first == 1.0 and total == N + i
             assert mapped == [name], "each call maps the one file put wrote, and no other"
-        assert files(server) == {name}
+        assert files(shm_server) == {name}
 
         # Sent by value, each call writes a file of its own.
         by_value = f(array, 0).result(WAIT)
@@ -84,7 +59,7 @@ def test_a_put_array_is_sent_once_and_ten_calls_use_it_in_place(server: Embedded
         assert kept.result(WAIT)[0] == 1.0  # and it comes back here on demand
         del kept, results
         gc.collect()
-        assert files_once(server, 0) == set(), "released: its file went"
+        assert files_once_settled(shm_server, 0) == set(), "released: its file went"
 
 
 def mappings() -> int:
@@ -102,8 +77,8 @@ def test_a_call_unmaps_the_held_value_it_used_once_it_has_answered() -> None:
         assert sperse.remote(mappings)().result(WAIT) == 0
 
 
-def test_put_over_grpc_keeps_the_value_on_the_server(server: EmbeddedServer) -> None:
-    backend = SperseBackend(server.address, token=server.token, shm=False)
+def test_put_over_grpc_keeps_the_value_on_the_server(shm_server: EmbeddedServer) -> None:
+    backend = SperseBackend(shm_server.address, token=shm_server.token, shm=False)
     with sperse.Cluster(backend):
         assert not backend.shm
         array = np.arange(1 << 20, dtype=np.float64)  # 8 MiB, sent in pieces
@@ -144,7 +119,7 @@ def test_a_put_past_the_servers_held_bytes_fails_and_leaves_no_file() -> None:
         with sperse.Cluster(backend):
             with pytest.raises(SperseError, match=r"the value put of 16\.0 MiB was not kept"):
                 sperse.put(np.ones(2 << 20)).result(WAIT)  # 16 MiB
-            assert files_once(process, 0) == set()
+            assert files_once_settled(process, 0) == set()
             small = sperse.put(np.ones(1 << 20))  # 8 MiB fits
             assert sperse.remote(lambda a: float(a.sum()))(small).result(WAIT) == 1 << 20
     finally:

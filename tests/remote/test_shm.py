@@ -8,14 +8,11 @@ file of the server's in /dev/shm once its values are released and the server has
 from __future__ import annotations
 
 import gc
-import os
-import threading
-import time
-from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
 import pytest
+from shm_helpers import files_once_settled
 
 import sperse
 from sperse._backends.sperse import EmbeddedServer, SperseBackend
@@ -25,30 +22,6 @@ pytestmark = pytest.mark.skipif(not shm.available(), reason="no /dev/shm on this
 
 WAIT = 60.0
 N = 100_000_000 // 8  # a 100 MB float64 array
-
-
-def files(server: EmbeddedServer) -> set[str]:
-    prefix = shm.server_prefix(server.process.pid)
-    return {name for name in os.listdir(shm.SHM_DIR) if name.startswith(prefix)}
-
-
-def files_once_settled(server: EmbeddedServer, count: int) -> set[str]:
-    """The server's files once there are ``count`` of them, or what is there at the deadline:
-    the server unlinks a file just after its reply is sent, so the client may look first."""
-    deadline = time.monotonic() + WAIT
-    while len(found := files(server)) != count and time.monotonic() < deadline:
-        threading.Event().wait(0.01)  # a poll of /dev/shm with a deadline
-    return found
-
-
-@pytest.fixture
-def server() -> Iterator[EmbeddedServer]:
-    process = EmbeddedServer(workers=2, name="here")
-    try:
-        yield process
-    finally:
-        process.stop()
-        assert files(process) == set(), "files left after the server stopped"
 
 
 def add_one_and_sum(a: Any) -> float:
@@ -66,20 +39,20 @@ def total(a: Any) -> float:
     return float(a.sum())
 
 
-def test_a_100_mb_array_up_down_and_by_reference(server: EmbeddedServer) -> None:
-    backend = SperseBackend(server.address, token=server.token)
+def test_a_100_mb_array_up_down_and_by_reference(shm_server: EmbeddedServer) -> None:
+    backend = SperseBackend(shm_server.address, token=shm_server.token)
     with sperse.Cluster(backend) as cluster:
         assert backend.shm
         array = np.ones(N)
         # Up: written once into a file the server owns, mapped by the worker.
         assert sperse.remote(add_one_and_sum)(array).result(WAIT) == 2.0 * N
         assert (array == 1.0).all(), "the client's array is untouched"
-        assert files_once_settled(server, 0) == set(), "the upload went when its task ended"
+        assert files_once_settled(shm_server, 0) == set(), "the upload went when its task ended"
 
         # Down: kept in a file on the server, mapped here copy-on-write.
         p = sperse.remote(ones)(N)
         sperse.wait([p], timeout=WAIT)
-        assert len(files_once_settled(server, 1)) == 1
+        assert len(files_once_settled(shm_server, 1)) == 1
         value = p.result(WAIT)
         assert value.shape == (N,) and value.flags.writeable
         assert (value == 1.0).all()
@@ -92,13 +65,13 @@ def test_a_100_mb_array_up_down_and_by_reference(server: EmbeddedServer) -> None
         del p, value
         gc.collect()
         assert cluster.stats()["objects"] == 0
-        assert files_once_settled(server, 0) == set()
+        assert files_once_settled(shm_server, 0) == set()
 
 
 def test_a_client_without_shared_memory_gets_everything_over_grpc(
-    server: EmbeddedServer,
+    shm_server: EmbeddedServer,
 ) -> None:
-    backend = SperseBackend(server.address, token=server.token, shm=False)
+    backend = SperseBackend(shm_server.address, token=shm_server.token, shm=False)
     with sperse.Cluster(backend):
         assert not backend.shm
         array = np.ones(N // 10)

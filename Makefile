@@ -17,12 +17,19 @@ $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 	$(PIP) --upgrade pip
 
+# Sperse's own modules compiled to bytecode, as pip does for an installed package: an
+# editable install compiles none, and where PYTHONDONTWRITEBYTECODE is set nothing writes
+# them later, so every process (the server, each worker) would compile them as it starts.
+COMPILE := $(BIN)/python -m compileall -q src
+
 $(VENV)/.installed-run: pyproject.toml $(LOCK) | $(BIN)/python
 	$(PIP) -e .
+	$(COMPILE)
 	touch $@
 
 $(VENV)/.installed-dev: pyproject.toml $(LOCK) | $(BIN)/python
 	$(PIP) -e '.[dev]'
+	$(COMPILE)
 	touch $@ $(VENV)/.installed-run
 
 run: $(VENV)/.installed-run
@@ -86,6 +93,7 @@ test-latest:
 # Every script of bench/README.md's table (each prints its targets; none fails on a miss).
 # Peers that are not installed (Ray, Dask) are skipped, saying so.
 bench: $(VENV)/.installed-dev chromium
+	$(COMPILE)
 	$(BIN)/python bench/graph.py
 	$(BIN)/python bench/analysis.py
 	$(BIN)/python bench/routing.py

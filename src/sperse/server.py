@@ -16,11 +16,11 @@ def main(argv: list[str] | None = None) -> int:
     """Run a server until SIGTERM/SIGINT (or stdin EOF with --token-stdin); the exit status."""
     import contextlib
 
-    from sperse._pool.procs import start_forkserver
+    from sperse._pool.forking import start_forkserver
 
-    # First: the forkserver's imports (for the workers of remote objects and flows) run on
-    # the other core while this process imports the server, before its task workers start.
-    # A failure is met again, and logged, once the server runs: objects need it, not the rest.
+    # First: the forkserver's imports (of the workers it forks: tasks', remote objects',
+    # flows') run on the other core while this process imports the server. A failure is met
+    # again, and logged, once the server runs; its task workers are then spawned.
     with contextlib.suppress(OSError):
         start_forkserver()
     from sperse._server.cli import main as run

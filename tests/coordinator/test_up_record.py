@@ -29,8 +29,8 @@ StartChild = Callable[..., Child]
 CLUSTER_READY = re.compile(r"^sperse cluster ready at (sperse://127\.0\.0\.1:\d+)$")
 WHERE_SCRIPT = """\
 def parent():
-    import os
-    return os.getppid()
+    import multiprocessing
+    return multiprocessing.parent_process().pid
 p = remote parent()
 print("ran under", p)
 """

@@ -39,9 +39,10 @@ def kill_server(data: bytes) -> bytes:
     """``kill`` kills the server running it (the worker's parent process) and waits to die
     with it; other units come back upper-cased."""
     if data == b"kill":
+        import multiprocessing
         import signal
         import threading
 
-        os.kill(os.getppid(), signal.SIGKILL)
+        os.kill(multiprocessing.parent_process().pid, signal.SIGKILL)
         threading.Event().wait()  # the worker exits when it sees its server gone
     return data.upper()

@@ -26,7 +26,7 @@ import pytest
 import runners
 
 from sperse._core.events import BackendEvent, Done, ErrorInfo, ErrorKind, Failed, Output, Started
-from sperse._pool import procs
+from sperse._pool import forking, procs
 from sperse._pool.pool import WorkerPool
 
 RUNNERS_DIR = Path(runners.__file__).parent
@@ -476,7 +476,7 @@ def test_a_forked_worker_starts_as_a_spawned_one_would(
     """A worker forked by the forkserver gets what its parent has at the spawn (environment,
     working directory), not what the forkserver had when it started, and the variables of
     its pool; its parent, to multiprocessing, is the pool's process."""
-    procs.start_forkserver()
+    forking.start_forkserver()
     monkeypatch.setenv("SPERSE_TEST_LATER", "set after the forkserver started")
     monkeypatch.chdir(tmp_path)
     for start_method in ("forkserver", "spawn"):

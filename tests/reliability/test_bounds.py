@@ -9,6 +9,7 @@ client gets a clear error, the server serves on and stops when told.
 
 from __future__ import annotations
 
+import multiprocessing
 import os
 import signal
 import subprocess
@@ -29,6 +30,13 @@ class Counter:
     def incr(self) -> int:
         self.count += 1
         return self.count
+
+
+def server_pid() -> int:
+    """In a worker: its server's pid (its parent is the server's forkserver)."""
+    parent = multiprocessing.parent_process()
+    assert parent is not None and parent.pid is not None
+    return parent.pid
 
 
 def test_the_client_refuses_a_huge_max_concurrency_or_retries_at_once() -> None:
@@ -65,7 +73,7 @@ def test_a_huge_max_concurrency_is_refused_and_the_server_serves_on_and_stops(
     backend = cluster.backend
     assert isinstance(backend, SperseBackend) and backend._process is not None
     process = backend._process.process
-    assert sperse.remote(os.getppid)().result(WAIT) == process.pid  # a worker's parent
+    assert sperse.remote(server_pid)().result(WAIT) == process.pid  # a worker's server
     os.kill(process.pid, signal.SIGTERM)
     try:
         process.wait(WAIT)

@@ -7,6 +7,7 @@ never awaited) once the client had closed its connection to the lost server.
 from __future__ import annotations
 
 import gc
+import multiprocessing
 import os
 import signal
 import threading
@@ -26,6 +27,13 @@ def big() -> bytes:
     return b"x" * BIG
 
 
+def parent_pid() -> int:
+    """In a worker: its server's pid (its parent is the server's forkserver)."""
+    parent = multiprocessing.parent_process()
+    assert parent is not None and parent.pid is not None
+    return parent.pid
+
+
 def wait_closed(cluster: sperse.Cluster, server: str) -> None:
     """Until the client's connection to ``server`` is closed (in a thread of its own)."""
     backend = cluster.backend
@@ -43,7 +51,7 @@ def test_a_value_held_on_a_killed_server_is_server_lost(cluster: sperse.Cluster)
     first, second = on_two(big)(), on_two(big)()
     sperse.wait([first, second], timeout=WAIT)
     assert first.remote_value is not None and second.remote_value is not None
-    server_pid = on_two(os.getppid)().result(WAIT)  # a worker's parent: the server
+    server_pid = on_two(parent_pid)().result(WAIT)  # a worker's server
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         os.kill(server_pid, signal.SIGKILL)

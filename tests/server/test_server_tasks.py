@@ -7,16 +7,20 @@ that wait, wait for a file the test creates, with a cap: a test never sleeps to 
 from __future__ import annotations
 
 import importlib
+import logging
+import multiprocessing.context
 import os
 import signal
 import sys
 import threading
 import time
 import uuid
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pytest
 from server_helpers import RawSession, ServerThread, call_work, run, statement
 
 from sperse._serialize import RemoteRef, RemoteValue
@@ -392,3 +396,47 @@ def test_stats_reply(server: ServerThread) -> None:
             assert len(server_stats.worker_pids) == 2
 
     run(scenario())
+
+
+def parent_pid() -> int:
+    return os.getppid()
+
+
+def test_task_workers_are_forked_by_the_forkserver(server: ServerThread) -> None:
+    # Forked, a worker answers milliseconds after the server asks for it; spawned, it first
+    # imports the worker in a new interpreter (about 0.1 s of CPU, before a first result).
+    async def scenario() -> None:
+        async with RawSession(server.address) as s:
+            await s.hello()
+            await s.submit(s.task("ppid", call_work(parent_pid)))
+            done = await s.done("ppid")
+            ppid = s.value(done.values[0])
+            assert ppid != os.getpid(), "the worker was spawned by the server itself"
+            assert Path(f"/proc/{ppid}/cmdline").read_bytes().find(b"forkserver") >= 0
+
+    run(scenario())
+
+
+def test_a_server_whose_forkserver_cannot_fork_spawns_its_task_workers(
+    make_server: Callable[..., ServerThread],
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    def cannot_fork(process: object) -> None:
+        raise OSError("no forkserver here")
+
+    monkeypatch.setattr(
+        multiprocessing.context.ForkServerProcess, "_Popen", staticmethod(cannot_fork)
+    )
+    with caplog.at_level(logging.WARNING, logger="sperse.server"):
+        server = make_server()
+
+        async def scenario() -> None:
+            async with RawSession(server.address) as s:
+                await s.hello()
+                await s.submit(s.task("ppid", call_work(parent_pid)))
+                done = await s.done("ppid")
+                assert s.value(done.values[0]) == os.getpid()  # spawned by the server
+
+        run(scenario())
+    assert "forkserver_failed" in caplog.text and "no forkserver here" in caplog.text

@@ -10,9 +10,9 @@ before the worker is reaped (:func:`reap`): its pid, and so the group's id, cann
 reused by then. A kill of a worker kills its group at once.
 
 Workers start by ``spawn`` (a new interpreter, which imports what the worker needs: about
-0.1 s of CPU), or by ``forkserver`` (a fork of a server process that has imported it
-already: milliseconds), which a pool asks for where it starts workers while work runs (a
-remote object's, a flow operator's). A forked worker gets the environment its parent has at
+0.1 s of CPU), or by ``forkserver`` (a fork of a process that has imported it already:
+milliseconds; :mod:`sperse._pool.forking`), which a server's pools ask for but that of a
+pip environment. A forked worker gets the environment its parent has at
 the spawn, as a spawned one does: it is sent along (``environ``), not the forkserver's. Its
 exit is reaped by the forkserver, which keeps the group's id from reuse only while a process
 of the group lives; ``SIGKILL`` to a group whose every process is gone finds nothing, bar a
@@ -32,12 +32,12 @@ import signal
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from multiprocessing import forkserver
 from multiprocessing.connection import Connection, wait
 from multiprocessing.context import ForkServerContext, SpawnContext
 from multiprocessing.process import BaseProcess
 from typing import Any, Literal
 
+from sperse._pool import forking
 from sperse._pool import worker as _worker_module
 from sperse._pool.events import (
     Event,
@@ -67,7 +67,6 @@ __all__ = [
     "reap",
     "reap_exited",
     "spawn",
-    "start_forkserver",
     "stop",
 ]
 
@@ -76,25 +75,8 @@ _log = logging.getLogger("sperse._pool.pool")
 StartMethod = Literal["spawn", "forkserver"]
 _CONTEXTS: dict[str, SpawnContext | ForkServerContext] = {
     "spawn": multiprocessing.get_context("spawn"),
-    "forkserver": multiprocessing.get_context("forkserver"),
+    "forkserver": forking.CONTEXT,
 }
-# What a forked worker needs, imported once in the forkserver (a failed import is skipped
-# there, and made again in the worker): the worker, the objects' runner, the flow's host,
-# and the client a host reaches other hosts with (gRPC among it: ~40 ms of CPU that each
-# host of a flow with a hash edge paid at its start, beside the others' work). Imported
-# only: the forkserver makes no channel, so nothing of gRPC's runs before a fork.
-multiprocessing.get_context("forkserver").set_forkserver_preload(
-    [
-        "sperse._pool.worker",
-        "sperse._server.actor_runner",
-        "sperse._flow.host",
-        "sperse._cluster.objects",
-        "sperse._backends.multi",
-        "sperse._backends.sperse",
-        "runpy",
-        "sperse._pool.frozen",  # last: gc.freeze() of all the above
-    ]
-)
 ESCALATION_WAIT = 1.0  # after SIGTERM, then after SIGKILL, while stopping a worker
 _READ_SIZE = 1 << 16  # os.read allocates this much for every read
 _LARGE_READ = 1 << 20
@@ -249,12 +231,6 @@ def spawn(
         cancel_seq=cancel_seq,
         pid=process.pid,
     )
-
-
-def start_forkserver() -> None:
-    """Start the forkserver (and its imports) now, not at the first forked worker: about
-    0.1 s of CPU, once per process. Blocks till it listens."""
-    forkserver.ensure_running()
 
 
 def _process_name(pool_name: str) -> str:

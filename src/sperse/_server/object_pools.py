@@ -24,8 +24,8 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
 from sperse._core import BackendEvent, ErrorInfo
+from sperse._pool.forking import start_forkserver
 from sperse._pool.pool import WorkerPool
-from sperse._pool.procs import start_forkserver
 from sperse._server.actions import CancelObjectCall, StartObject, StopObject, SubmitToObject
 from sperse._server.config import ServerConfig
 from sperse._server.logs import log_event

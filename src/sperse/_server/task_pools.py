@@ -1,7 +1,7 @@
 """The worker pools that run tasks: the server's own, and those of pip environments. The I/O
 side of the machine's ``Submit`` and ``Cancel`` actions.
 
-The server's pool starts in the background (spawning takes a while); what is submitted
+The server's pool starts in the background (its workers take a while); what is submitted
 meanwhile waits here, in order. A pool that cannot start fails what waits and what comes
 later (``PoolError``); one that is closed (the server stops) fails what comes
 (``ServerStopping``); an attempt cancelled while it waits here is failed
@@ -22,6 +22,7 @@ from collections.abc import Callable, Mapping
 
 from sperse._core import BackendEvent, ErrorInfo
 from sperse._pool.pool import PoolStats, WorkerPool
+from sperse._pool.procs import StartMethod
 from sperse._server.actions import Cancel, Submit
 from sperse._server.config import ServerConfig
 from sperse._server.envs import PipEnvs
@@ -29,6 +30,12 @@ from sperse._server.logs import log_event
 from sperse._server.model import RUNNER
 
 __all__ = ["TaskPools"]
+
+# How the server's pool starts its workers: forked by the forkserver, which has imported the
+# worker already (docs/decisions.md, "Processes"); spawned, if it cannot fork them. A pip
+# environment's workers are always spawned: a fork would keep the server's gRPC and protobuf,
+# which the environment may pin at other versions.
+_START_METHODS: tuple[StartMethod, ...] = ("forkserver", "spawn")
 
 
 class TaskPools:
@@ -76,17 +83,7 @@ class TaskPools:
 
     async def _start(self) -> None:
         try:
-            pool = await asyncio.to_thread(
-                WorkerPool,
-                self._config.worker_count,
-                RUNNER,
-                self._batch_event,
-                name=self._name,
-                loop=self._loop,
-                on_events_delivered=self._batch_delivered,
-                env=dict(self._env()),
-                token=self._token(),
-            )
+            pool = await self._new_pool()
         except Exception as exc:
             self._error = f"the worker processes of server {self._name!r} cannot start: {exc}"
             log_event(logging.ERROR, "pool_failed", error=exc)
@@ -101,6 +98,31 @@ class TaskPools:
         early, self.early = self.early, {}
         for pool_id, payload in early.items():
             pool.submit(pool_id, payload)
+
+    async def _new_pool(self) -> WorkerPool:
+        """The server's pool, its workers forked by the forkserver (milliseconds each, once it
+        has imported them), or spawned if it cannot fork them."""
+        error: Exception | None = None
+        for method in _START_METHODS:
+            try:
+                return await asyncio.to_thread(
+                    WorkerPool,
+                    self._config.worker_count,
+                    RUNNER,
+                    self._batch_event,
+                    name=self._name,
+                    loop=self._loop,
+                    on_events_delivered=self._batch_delivered,
+                    env=dict(self._env()),
+                    token=self._token(),
+                    start_method=method,
+                )
+            except Exception as exc:
+                if method == "forkserver":
+                    log_event(logging.WARNING, "forkserver_failed", error=exc)
+                error = exc
+        assert error is not None
+        raise error
 
     async def close(self) -> None:
         """Stop every worker (and wait for them to exit)."""

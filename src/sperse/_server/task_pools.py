@@ -31,12 +31,6 @@ from sperse._server.model import RUNNER
 
 __all__ = ["TaskPools"]
 
-# How the server's pool starts its workers: forked by the forkserver, which has imported the
-# worker already (docs/decisions.md, "Processes"); spawned, if it cannot fork them. A pip
-# environment's workers are always spawned: a fork would keep the server's gRPC and protobuf,
-# which the environment may pin at other versions.
-_START_METHODS: tuple[StartMethod, ...] = ("forkserver", "spawn")
-
 
 class TaskPools:
     """``on_event``/``on_delivered``: the pools' events; ``fail(pool_id, error)``: an
@@ -101,28 +95,28 @@ class TaskPools:
 
     async def _new_pool(self) -> WorkerPool:
         """The server's pool, its workers forked by the forkserver (milliseconds each, once it
-        has imported them), or spawned if it cannot fork them."""
-        error: Exception | None = None
-        for method in _START_METHODS:
-            try:
-                return await asyncio.to_thread(
-                    WorkerPool,
-                    self._config.worker_count,
-                    RUNNER,
-                    self._batch_event,
-                    name=self._name,
-                    loop=self._loop,
-                    on_events_delivered=self._batch_delivered,
-                    env=dict(self._env()),
-                    token=self._token(),
-                    start_method=method,
-                )
-            except Exception as exc:
-                if method == "forkserver":
-                    log_event(logging.WARNING, "forkserver_failed", error=exc)
-                error = exc
-        assert error is not None
-        raise error
+        has imported them; docs/decisions.md, "Processes"), or spawned if it cannot fork them.
+        A pip environment's workers are always spawned (``_env_pool``): a fork would keep the
+        server's gRPC and protobuf, which the environment may pin at other versions."""
+        try:
+            return await self._pool_of("forkserver")
+        except Exception as exc:
+            log_event(logging.WARNING, "forkserver_failed", error=exc)
+        return await self._pool_of("spawn")
+
+    async def _pool_of(self, start_method: StartMethod) -> WorkerPool:
+        return await asyncio.to_thread(
+            WorkerPool,
+            self._config.worker_count,
+            RUNNER,
+            self._batch_event,
+            name=self._name,
+            loop=self._loop,
+            on_events_delivered=self._batch_delivered,
+            env=dict(self._env()),
+            token=self._token(),
+            start_method=start_method,
+        )
 
     async def close(self) -> None:
         """Stop every worker (and wait for them to exit)."""

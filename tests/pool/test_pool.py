@@ -477,9 +477,10 @@ def test_a_forked_worker_starts_as_a_spawned_one_would(
     working directory), not what the forkserver had when it started, and the variables of
     its pool; its parent, to multiprocessing, is the pool's process."""
     forking.start_forkserver()
+    forking.start_objects_forkserver()
     monkeypatch.setenv("SPERSE_TEST_LATER", "set after the forkserver started")
     monkeypatch.chdir(tmp_path)
-    for start_method in ("forkserver", "spawn"):
+    for start_method in ("forkserver", "forkserver-tasks", "spawn"):
         env = {"SPERSE_TEST_GIVEN": "the pool's"}
         pool, events = make_pool(env=env, start_method=start_method)
         pool.submit("later", b"where:SPERSE_TEST_LATER")
@@ -488,6 +489,36 @@ def test_a_forked_worker_starts_as_a_spawned_one_would(
         expected = ["set after the forkserver started", str(tmp_path), str(os.getpid())]
         assert ended["later"] == task_done("later", "\n".join(expected).encode()), start_method
         assert ended["given"].value.startswith(b"the pool's\n"), start_method
+
+
+def _parent_of(pid: int) -> int:
+    return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
+
+
+def test_objects_workers_are_forked_by_a_fork_of_the_tasks_forkserver(
+    make_pool: MakePool,
+) -> None:
+    """The objects' forkserver is forked by the tasks' one (which has imported what they
+    share), and forks the objects' workers. Killed, it is started again for the next one."""
+    forking.start_forkserver()
+    forkservers = []
+    for _ in ("first", "after the first was killed"):
+        pool, events = make_pool(start_method="forkserver")
+        pool.submit("pid", b"pid")
+        worker = int(events.wait_terminal("pid")["pid"].value)
+        forkserver = _parent_of(worker)
+        assert _parent_of(forkserver) == forking._tasks_server._forkserver_pid
+        assert forkserver not in forkservers
+        forkservers.append(forkserver)
+        assert forking.objects_forkserver_ready()  # it forks once it has imported all
+        pool.close()
+        os.kill(forkserver, signal.SIGKILL)
+        assert wait_gone(forkserver)
+        process = forking._objects_server._process
+        assert process is not None
+        process.join(DEADLINE)  # its exit seen: the next worker starts a new one
+        assert process.exitcode == -signal.SIGKILL
+        assert not forking.objects_forkserver_ready()
 
 
 def test_a_worker_reaped_by_someone_else_still_stops(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -511,7 +542,7 @@ def test_a_worker_reaped_by_someone_else_still_stops(monkeypatch: pytest.MonkeyP
     assert_no_process(w.pid)
 
 
-@pytest.mark.parametrize("start_method", ["spawn", "forkserver"])
+@pytest.mark.parametrize("start_method", ["spawn", "forkserver", "forkserver-tasks"])
 def test_workers_exit_when_the_parent_dies(tmp_path: Path, start_method: str) -> None:
     script = tmp_path / "parent.py"
     script.write_text(

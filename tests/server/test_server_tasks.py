@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import importlib
 import logging
-import multiprocessing.context
 import os
 import signal
 import sys
@@ -23,6 +22,7 @@ import numpy as np
 import pytest
 from server_helpers import RawSession, ServerThread, call_work, run, statement
 
+from sperse._pool import forking
 from sperse._serialize import RemoteRef, RemoteValue
 
 _CAP = 20.0  # a task that waits for the test gives up after this (the test has failed)
@@ -402,9 +402,11 @@ def parent_pid() -> int:
     return os.getppid()
 
 
-def test_task_workers_are_forked_by_the_forkserver(server: ServerThread) -> None:
+def test_task_workers_are_forked_by_the_tasks_forkserver(server: ServerThread) -> None:
     # Forked, a worker answers milliseconds after the server asks for it; spawned, it first
     # imports the worker in a new interpreter (about 0.1 s of CPU, before a first result).
+    # The tasks' forkserver imports the tasks' runner, not what objects and flows need: it
+    # is ready before the server listens.
     async def scenario() -> None:
         async with RawSession(server.address) as s:
             await s.hello()
@@ -412,7 +414,10 @@ def test_task_workers_are_forked_by_the_forkserver(server: ServerThread) -> None
             done = await s.done("ppid")
             ppid = s.value(done.values[0])
             assert ppid != os.getpid(), "the worker was spawned by the server itself"
-            assert Path(f"/proc/{ppid}/cmdline").read_bytes().find(b"forkserver") >= 0
+            forkserver = Path(f"/proc/{ppid}/cmdline").read_bytes()
+            assert b"multiprocessing.forkserver" in forkserver
+            assert b"sperse._server.runner" in forkserver  # what it preloads
+            assert b"sperse._flow.host" not in forkserver
 
     run(scenario())
 
@@ -425,9 +430,7 @@ def test_a_server_whose_forkserver_cannot_fork_spawns_its_task_workers(
     def cannot_fork(process: object) -> None:
         raise OSError("no forkserver here")
 
-    monkeypatch.setattr(
-        multiprocessing.context.ForkServerProcess, "_Popen", staticmethod(cannot_fork)
-    )
+    monkeypatch.setattr(forking._TaskProcess, "_Popen", staticmethod(cannot_fork))
     with caplog.at_level(logging.WARNING, logger="sperse.server"):
         server = make_server()
 

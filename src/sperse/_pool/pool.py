@@ -196,7 +196,8 @@ class WorkerPool:
     SIGKILL"``, ``"exit code 1"``), see the invariants above.
     ``env``: set in each worker's ``os.environ``; ``token``: handed to each worker apart
     from it (a server's cluster token, for nested work: see :mod:`sperse._pool.worker`).
-    ``start_method``: ``"spawn"`` or ``"forkserver"`` (see :mod:`sperse._pool.procs`).
+    ``start_method``: ``"spawn"``, ``"forkserver"`` or ``"forkserver-tasks"`` (see
+    :mod:`sperse._pool.procs`).
     ``configure``: a pool started before it was needed becomes what it is needed as.
     """
 

@@ -10,9 +10,9 @@ before the worker is reaped (:func:`reap`): its pid, and so the group's id, cann
 reused by then. A kill of a worker kills its group at once.
 
 Workers start by ``spawn`` (a new interpreter, which imports what the worker needs: about
-0.1 s of CPU), or by ``forkserver`` (a fork of a process that has imported it already:
-milliseconds; :mod:`sperse._pool.forking`), which a server's pools ask for but that of a
-pip environment. A forked worker gets the environment its parent has at
+0.1 s of CPU), or by ``forkserver`` or ``forkserver-tasks`` (a fork of a process that has
+imported it already: milliseconds; the objects' forkserver and the tasks',
+:mod:`sperse._pool.forking`), which a server's pools ask for but that of a pip environment. A forked worker gets the environment its parent has at
 the spawn, as a spawned one does: it is sent along (``environ``), not the forkserver's. Its
 exit is reaped by the forkserver, which keeps the group's id from reuse only while a process
 of the group lives; ``SIGKILL`` to a group whose every process is gone finds nothing, bar a
@@ -72,10 +72,11 @@ __all__ = [
 
 _log = logging.getLogger("sperse._pool.pool")
 
-StartMethod = Literal["spawn", "forkserver"]
+StartMethod = Literal["spawn", "forkserver", "forkserver-tasks"]
 _CONTEXTS: dict[str, SpawnContext | ForkServerContext] = {
     "spawn": multiprocessing.get_context("spawn"),
-    "forkserver": forking.CONTEXT,
+    "forkserver": forking.OBJECTS,
+    "forkserver-tasks": forking.TASKS,
 }
 ESCALATION_WAIT = 1.0  # after SIGTERM, then after SIGKILL, while stopping a worker
 _READ_SIZE = 1 << 16  # os.read allocates this much for every read
@@ -202,7 +203,7 @@ def spawn(
 ) -> WorkerProcess:
     """Start a worker process (it answers ``READY`` once its runner is loaded)."""
     ctx = _CONTEXTS[launch.start_method]
-    environ = dict(os.environ) if launch.start_method == "forkserver" else None
+    environ = dict(os.environ) if launch.start_method != "spawn" else None
     env, token = launch.env, launch.token
     parent_conn, child_conn = ctx.Pipe(duplex=True)
     cancel_seq = ctx.RawValue(ctypes.c_int64, 0)

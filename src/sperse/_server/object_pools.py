@@ -24,7 +24,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
 from sperse._core import BackendEvent, ErrorInfo
-from sperse._pool.forking import start_forkserver
+from sperse._pool.forking import objects_forkserver_ready, start_objects_forkserver
 from sperse._pool.pool import WorkerPool
 from sperse._server.actions import CancelObjectCall, StartObject, StopObject, SubmitToObject
 from sperse._server.config import ServerConfig
@@ -98,8 +98,8 @@ class ObjectPools:
 
     async def _start_forkserver(self) -> None:
         try:
-            await asyncio.to_thread(start_forkserver)
-        except Exception as exc:  # the first object's start tries again, and says why
+            await asyncio.to_thread(start_objects_forkserver)
+        except Exception as exc:  # objects' workers are then forked by the tasks' forkserver
             log_event(logging.WARNING, "forkserver_failed", error=exc)
 
     async def close(self) -> None:
@@ -126,7 +126,10 @@ class ObjectPools:
             on_worker_exit=binding.exit,
             env=dict(environment.env),
             token=environment.token,
-            start_method="forkserver",  # milliseconds: a flow starts one per operator replica
+            # Milliseconds (a flow starts one per operator replica). Until the objects'
+            # forkserver has imported what objects and flows need, the tasks' forks it: it
+            # imports the objects' runner (tens of ms) rather than wait for the rest.
+            start_method="forkserver" if objects_forkserver_ready() else "forkserver-tasks",
         )
 
     def _pool_name(self, label: str) -> str:

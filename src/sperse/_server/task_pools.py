@@ -94,12 +94,13 @@ class TaskPools:
             pool.submit(pool_id, payload)
 
     async def _new_pool(self) -> WorkerPool:
-        """The server's pool, its workers forked by the forkserver (milliseconds each, once it
-        has imported them; docs/decisions.md, "Processes"), or spawned if it cannot fork them.
+        """The server's pool, its workers forked by the tasks' forkserver (milliseconds each,
+        once it has imported them; docs/decisions.md, "Processes"), or spawned if it cannot
+        fork them.
         A pip environment's workers are always spawned (``_env_pool``): a fork would keep the
         server's gRPC and protobuf, which the environment may pin at other versions."""
         try:
-            return await self._pool_of("forkserver")
+            return await self._pool_of("forkserver-tasks")
         except Exception as exc:
             log_event(logging.WARNING, "forkserver_failed", error=exc)
         return await self._pool_of("spawn")

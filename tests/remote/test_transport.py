@@ -11,7 +11,9 @@ import gc
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
+import grpc.aio
 import numpy as np
 import pytest
 
@@ -89,6 +91,51 @@ def test_a_broken_same_host_stream_is_resumed(server: EmbeddedServer, tmp_path: 
         assert running.result(WAIT) == "seen"  # the task ran on through the break
         assert backend._session.stream is not stream and backend.transport == "local"
         assert sperse.remote(chatty)(2).result(WAIT) == 4
+
+
+@pytest.mark.skipif(not local.available() or not shm.available(), reason="no same-host stream")
+def test_a_client_of_its_embedded_server_connects_on_the_same_host_socket_at_once(
+    server: EmbeddedServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The embedded server names its same-host socket before it says ready: its client's
+    session starts there, and no gRPC channel is made (milliseconds of a first result)."""
+    channels = grpc_channels(monkeypatch)
+    assert server.local_address.startswith("@sperse-")
+    backend = SperseBackend(server.address, token=server.token, process=server)
+    backend._process = None  # the module's server outlives this backend
+    with sperse.Cluster(backend):
+        assert backend.transport == "local"
+        assert sperse.remote(chatty)(3).result(WAIT) == 6
+    assert channels == []
+
+
+@pytest.mark.skipif(not local.available() or not shm.available(), reason="no same-host stream")
+def test_a_same_host_socket_that_does_not_answer_is_left_for_grpc(
+    server: EmbeddedServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A name that no socket has (the server's is gone): the session opens over gRPC, and
+    moves to the socket the server offers."""
+    monkeypatch.setattr(server, "local_address", "@sperse-nobody-here")
+    channels = grpc_channels(monkeypatch)
+    backend = SperseBackend(server.address, token=server.token, process=server)
+    backend._process = None
+    with sperse.Cluster(backend):
+        assert backend.transport == "local"
+        assert sperse.remote(chatty)(4).result(WAIT) == 8
+    assert channels == [server.address]
+
+
+def grpc_channels(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """The addresses of the gRPC channels clients open from now on."""
+    opened: list[str] = []
+    real = grpc.aio.insecure_channel
+
+    def channel(address: str, *args: Any, **kwargs: Any) -> grpc.aio.Channel:
+        opened.append(address)
+        return real(address, *args, **kwargs)
+
+    monkeypatch.setattr(grpc.aio, "insecure_channel", channel)
+    return opened
 
 
 @pytest.mark.parametrize("where", ["embedded", "url", "servers"])

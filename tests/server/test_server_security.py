@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import platform
 import shutil
 import subprocess
@@ -152,6 +153,37 @@ def test_half_a_tls_pair_is_refused(tmp_path: Path) -> None:
 
     with pytest.raises(ServerConfigError, match="--tls-key"):
         asyncio.run(start())
+
+
+def test_a_server_that_cannot_start_listening_leaves_no_worker(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The workers start while the server starts listening: if it cannot, they are
+    stopped before the error is raised."""
+
+    workers: list[int] = []
+
+    async def cannot(self: object) -> None:
+        assert server._core is not None
+        started = server._core._pools._started
+        assert started is not None
+        await started  # the workers are up meanwhile
+        workers.extend(server._core.stats().worker_pids)
+        raise RuntimeError("no listening here")
+
+    monkeypatch.setattr(grpc.aio._server.Server, "start", cannot)
+    server = SperseServer(ServerConfig(token=TOKEN, workers=2))
+
+    async def start() -> None:
+        async with server:
+            raise AssertionError("the server should not start")
+
+    with pytest.raises(ServerConfigError, match=r"cannot start listening.*no listening here"):
+        asyncio.run(start())
+    assert len(workers) == 2
+    for pid in workers:
+        with pytest.raises(ProcessLookupError):
+            os.kill(pid, 0)  # stopped and reaped
 
 
 def test_the_token_is_not_in_the_config_repr() -> None:

@@ -331,6 +331,8 @@ def describe(obj: Any) -> str:
 # ---- the user's own modules travel by value -------------------------------------------
 
 _registered: set[str] = set()
+_judged: set[str] = set()  # the modules already looked at, from _judged_in
+_judged_in = ""
 _seen_modules = 0
 _installed_roots: tuple[str, ...] | None = None
 
@@ -360,14 +362,18 @@ def is_local_module(name: str, file: str | None, cwd: str) -> bool:
 
 def _register_local_modules() -> None:
     """Have cloudpickle ship the user's own modules by value (checked when modules change)."""
-    global _seen_modules
+    global _seen_modules, _judged_in
     if len(sys.modules) == _seen_modules:
         return
     _seen_modules = len(sys.modules)
     cwd = os.path.realpath(os.getcwd())
+    if cwd != _judged_in:  # what is the user's own depends on where they are
+        _judged.clear()
+        _judged_in = cwd
     for name, module in list(sys.modules.items()):
-        if name in _registered or module is None or "." in name:
+        if name in _judged or module is None or "." in name:
             continue
+        _judged.add(name)
         if is_local_module(name, getattr(module, "__file__", None), cwd):
             try:
                 cloudpickle.register_pickle_by_value(module)

@@ -7,6 +7,11 @@ Contract with launchers (the embedded server of ``sperse.connect()``):
       sperse server NAME ready at sperse://HOST:PORT
 
   Everything else (a generated token, logs) goes to standard error.
+- ``--print-local-address`` prints, just before that line, the name of the server's same-host
+  socket (or nothing, without one), for a launcher that connects there first::
+
+      sperse server NAME local at @sperse-...
+
 - ``--token-stdin`` reads the token from the first line of standard input, so it never shows
   on a command line; the server then keeps reading standard input and stops when it reaches
   end of file: that is how it notices that its parent has died.
@@ -181,6 +186,11 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="read the token from the first line of stdin; stop when stdin closes",
     )
+    parser.add_argument(
+        "--print-local-address",
+        action="store_true",
+        help="print the same-host socket's name before the ready line (for launchers)",
+    )
     parser.add_argument("--tls-cert", metavar="PEM", help="TLS certificate chain")
     parser.add_argument("--tls-key", metavar="PEM", help="TLS private key")
     parser.add_argument(
@@ -303,7 +313,9 @@ def _public_host(host: str) -> str:
     return f"[{host}]" if ":" in host else host
 
 
-async def _serve(config: ServerConfig, generated: bool, watch_stdin: bool) -> None:
+async def _serve(
+    config: ServerConfig, generated: bool, watch_stdin: bool, print_local: bool
+) -> None:
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
     for signum in (signal.SIGTERM, signal.SIGINT):
@@ -318,6 +330,8 @@ async def _serve(config: ServerConfig, generated: bool, watch_stdin: bool) -> No
                 file=sys.stderr,
                 flush=True,
             )
+        if print_local and server.local_address:
+            print(f"sperse server {server.name} local at {server.local_address}")
         print(f"sperse server {server.name} ready at {url}", flush=True)
         if watch_stdin:
             threading.Thread(
@@ -361,7 +375,7 @@ def main(argv: list[str] | None = None) -> int:
             file=sys.stderr,
         )
     try:
-        asyncio.run(_serve(config, generated, args.token_stdin))
+        asyncio.run(_serve(config, generated, args.token_stdin, args.print_local_address))
     except ServerConfigError as exc:
         print(f"sperse server: error: {exc}", file=sys.stderr)
         return 2

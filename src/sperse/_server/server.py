@@ -121,6 +121,11 @@ class SperseServer:
         return self._name
 
     @property
+    def local_address(self) -> str:
+        """Its same-host socket's (an abstract Unix socket's name), or "" without one."""
+        return self._local.address if self._local is not None else ""
+
+    @property
     def address(self) -> str:
         host = self.config.host
         return f"[{host}]:{self._port}" if ":" in host else f"{host}:{self._port}"
@@ -141,10 +146,20 @@ class SperseServer:
         self._service = SessionService(config, self.token, self._core, port)
         add_SperseServicer_to_server(self._service, server)  # type: ignore[no-untyped-call]
         self._grpc = server
+        # The workers first (they start in the background, the port is known): they are
+        # forked meanwhile. Before the pool: its workers inherit the store's address (see
+        # _server.store).
+        store = self.state_store = start_state_store(
+            config.max_value_size, self._worker_pids, asyncio.get_running_loop()
+        )
+        self._core.start()
         try:
             await server.start()
-        except Exception as exc:  # a bad certificate or key shows up here
+        except Exception as exc:  # it cannot listen after all: nothing is left running
             await server.stop(None)
+            await self._core.close()
+            if store is not None:
+                store.stop()
             raise ServerConfigError(f"cannot start listening on {self.address}: {exc}") from exc
         if config.shm and local.available():
             listener = local.LocalServer(self._service)
@@ -155,11 +170,6 @@ class SperseServer:
             else:
                 self._local = listener
                 self._service.local_address = listener.address
-        # Before the pool: its workers inherit the store's address (see _server.store).
-        self.state_store = start_state_store(
-            config.max_value_size, self._worker_pids, asyncio.get_running_loop()
-        )
-        self._core.start()
         log_event(
             logging.INFO,
             "server_started",

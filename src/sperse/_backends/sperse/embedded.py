@@ -81,7 +81,8 @@ class EmbeddedServer:
         ``sperse server`` options (``--join``, ...)."""
         self.token = token or new_token()
         args = [sys.executable, "-m", "sperse.server", "--host", "127.0.0.1", "--port", "0"]
-        args += ["--token-stdin", "--name", name, "--log-level", log_level]
+        args += ["--token-stdin", "--print-local-address", "--name", name]
+        args += ["--log-level", log_level]
         if workers:
             args += ["--workers", str(workers)]
         for tag in tags:
@@ -105,14 +106,33 @@ class EmbeddedServer:
         assert self.process.stdin is not None and self.process.stdout is not None
         self.process.stdin.write(self.token.encode() + b"\n")
         self.process.stdin.flush()
+        self.local_address = ""  # its same-host socket's name, which it prints first
         self.address = self._wait_ready(ready_timeout)
 
     def _wait_ready(self, timeout: float) -> str:
+        """The server's address, from its ready line (after the line that names its
+        same-host socket, if any)."""
+        deadline = time.monotonic() + timeout
+        read = b""
+        while True:
+            line, _, read = read.partition(b"\n")
+            if _:  # a whole line
+                text = line.decode().strip()
+                if " local at " not in text:
+                    break
+                self.local_address = text.rsplit(" local at ", 1)[1]
+                continue
+            read = line + self._read_more(deadline)
+        if " ready at " not in text:
+            self.stop()
+            raise ServerUnavailable(f"the embedded sperse server said {text!r} instead of ready")
+        return parse_url(text.rsplit(" ready at ", 1)[1])
+
+    def _read_more(self, deadline: float) -> bytes:
+        """What the server printed next: an error if it exits or the deadline passes."""
         stdout = self.process.stdout
         assert stdout is not None
-        deadline = time.monotonic() + timeout
-        line = b""
-        while not line.endswith(b"\n"):
+        while True:
             remaining = deadline - time.monotonic()
             if remaining <= 0 or self.process.poll() is not None:
                 self.stop()
@@ -124,14 +144,8 @@ class EmbeddedServer:
             ready, _, _ = select.select([stdout], [], [], remaining)
             if ready:
                 chunk = os.read(stdout.fileno(), 4096)
-                if not chunk:
-                    continue
-                line += chunk
-        text = line.decode().strip()
-        if " ready at " not in text:
-            self.stop()
-            raise ServerUnavailable(f"the embedded sperse server said {text!r} instead of ready")
-        return parse_url(text.rsplit(" ready at ", 1)[1])
+                if chunk:
+                    return chunk
 
     def alive(self) -> bool:
         return self.process.poll() is None

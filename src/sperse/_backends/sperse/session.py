@@ -99,7 +99,8 @@ class Session:
         self.welcome: pb.Welcome | None = None
         self.session_id = ""
         self.shm_prefix = ""  # non-empty: this stream may name shared memory files
-        self._local_address = ""  # the server's same-host socket, once it offered one
+        # The server's same-host socket, once it offered one (an embedded server's: at once).
+        self._local_address = process.local_address if process and shm and local_streams() else ""
         self._channel: grpc.aio.Channel | None = None
         self.stream: Any = None
         self.closed = False

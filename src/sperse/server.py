@@ -44,7 +44,7 @@ def main(argv: list[str] | None = None) -> int:
 def _quietly(start: Callable[[], None]) -> None:
     try:
         start()
-    except Exception:  # the server's first object tries again, and logs why
+    except Exception:  # tried again once the task workers are up, and logged then
         return
 
 

@@ -115,8 +115,8 @@ class EmbeddedServer:
         deadline = time.monotonic() + timeout
         read = b""
         while True:
-            line, _, read = read.partition(b"\n")
-            if _:  # a whole line
+            line, end, read = read.partition(b"\n")
+            if end:  # a whole line
                 text = line.decode().strip()
                 if " local at " not in text:
                     break

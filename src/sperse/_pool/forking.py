@@ -211,6 +211,7 @@ class _ObjectsPopen(_Popen):
     server = _objects_server
 
 
+# Module-level, each of them: a process is pickled, its class by name, to the forkserver.
 class _TaskProcess(process.BaseProcess):
     _start_method = "forkserver"
 

@@ -12,8 +12,8 @@ reused by then. A kill of a worker kills its group at once.
 Workers start by ``spawn`` (a new interpreter, which imports what the worker needs: about
 0.1 s of CPU), or by ``forkserver`` or ``forkserver-tasks`` (a fork of a process that has
 imported it already: milliseconds; the objects' forkserver and the tasks',
-:mod:`sperse._pool.forking`), which a server's pools ask for but that of a pip environment. A forked worker gets the environment its parent has at
-the spawn, as a spawned one does: it is sent along (``environ``), not the forkserver's. Its
+:mod:`sperse._pool.forking`), which a server's pools ask for but that of a pip environment.
+A forked worker gets the environment its parent has at the spawn, as a spawned one does: it is sent along (``environ``), not the forkserver's. Its
 exit is reaped by the forkserver, which keeps the group's id from reuse only while a process
 of the group lives; ``SIGKILL`` to a group whose every process is gone finds nothing, bar a
 pid reused within milliseconds that also leads a group.

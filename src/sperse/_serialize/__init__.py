@@ -330,7 +330,6 @@ def describe(obj: Any) -> str:
 
 # ---- the user's own modules travel by value -------------------------------------------
 
-_registered: set[str] = set()
 _judged: set[str] = set()  # the modules already looked at, from _judged_in
 _judged_in = ""
 _seen_modules = 0
@@ -379,4 +378,3 @@ def _register_local_modules() -> None:
                 cloudpickle.register_pickle_by_value(module)
             except (ValueError, TypeError):
                 continue
-            _registered.add(name)

@@ -22,6 +22,7 @@ from sperse._backends.multi import ClusterBackend
 from sperse._backends.sperse import EmbeddedServer, SperseBackend
 from sperse._serialize import shm
 from sperse._server import local
+from sperse._wire import HUGE_MIN, PIECE
 
 WAIT = 30.0
 
@@ -157,6 +158,27 @@ def test_connect_with_transport_grpc_stays_on_grpc(server: EmbeddedServer, where
         assert backend.transport == "grpc" and not backend.shm
         n = 1 << 18
         assert sperse.remote(big)(n).result(WAIT).sum() == n * (n - 1) / 2
+    finally:
+        cluster.close()
+
+
+def same(a: np.ndarray) -> np.ndarray:
+    return a
+
+
+def test_big_arrays_go_up_and_come_down_over_grpc_whole_and_writable(
+    server: EmbeddedServer,
+) -> None:
+    """An array of many ``Blob`` pieces each way over gRPC (written as wire bytes going out,
+    read as views of what arrived coming in; the one coming down assembled in memory advised
+    for huge pages): the same values back, and an array the user may change in place."""
+    cluster = sperse.connect(f"sperse://{server.address}", server.token, transport="grpc")
+    try:
+        a = np.random.default_rng(7).random((HUGE_MIN + 3 * PIECE) // 8 + 5)
+        back = sperse.remote(same)(a).result(WAIT)
+        assert back.dtype == a.dtype and np.array_equal(back, a)
+        back[0] += 1.0  # writable
+        assert back[0] == a[0] + 1.0
     finally:
         cluster.close()
 

@@ -28,7 +28,7 @@ from sperse._core.values import value
 from sperse._serialize import shm
 from sperse._server.envelope import Buffer, PickledBytes, ShmBuffer
 from sperse._server.held import mib
-from sperse._wire import INLINE_MAX, PIECE, BlobReceiver, BlobSender, blob_piece, pb
+from sperse._wire import INLINE_MAX, PIECE, BlobReceiver, BlobSender, pb, piece_message
 
 __all__ = [
     "BlobTotal",
@@ -58,20 +58,22 @@ class OutBlob:
     blob_id: int
     data: bytes | OpenFile
 
-    def pieces(self) -> Iterator[pb.ServerMessage]:
+    def pieces(self) -> Iterator[bytes]:
+        """Each piece as the wire bytes of its ``ServerMessage`` (``piece_message``)."""
         source = self.data
         size = source.size if isinstance(source, OpenFile) else len(source)
         view = memoryview(source) if isinstance(source, bytes) else None
         for start in range(0, max(size, 1), PIECE):
             end = min(start + PIECE, size)
+            data: bytes | memoryview
             if view is not None:
-                data = view[start:end].tobytes()
+                data = view[start:end]
             else:
                 assert isinstance(source, OpenFile)
                 data = source.read(start, end - start)
                 if end == size:
                     source.close()
-            yield blob_piece(pb.ServerMessage, self.blob_id, data, end == size)
+            yield piece_message(pb.ServerMessage, self.blob_id, data, end == size)
 
 
 class OpenFile:
@@ -149,7 +151,7 @@ class _Spill:
         self.fd = os.open(os.path.join(shm.SHM_DIR, self.name), _SPILL_FLAGS, 0o600)
         self.size = 0
 
-    def write(self, data: bytes) -> None:
+    def write(self, data: bytes | memoryview) -> None:
         view = memoryview(data)
         while view:
             view = view[os.write(self.fd, view) :]

@@ -179,7 +179,7 @@ class LocalCall(asyncio.BufferedProtocol):
             self._transport.resume_reading()
         return message
 
-    async def write(self, message: pb.ServerMessage) -> None:
+    async def write(self, message: pb.ServerMessage | bytes) -> None:
         if self._lost or self._transport is None:
             raise ConnectionResetError("the same-host stream is closed")
         self._transport.write(local_frame(message))
@@ -195,7 +195,7 @@ class LocalCall(asyncio.BufferedProtocol):
         """Whether a write would have to wait (the client does not read), or fail."""
         return self._writing_paused or self._lost
 
-    def write_now(self, message: pb.ServerMessage) -> None:
+    def write_now(self, message: pb.ServerMessage | bytes) -> None:
         """Write without waiting (the transport buffers). ``ConnectionError`` if lost."""
         if self._lost or self._transport is None:
             raise ConnectionResetError("the same-host stream is closed")

@@ -37,7 +37,7 @@ from sperse._server.store import StateStore, start_state_store
 from sperse._server.task_feed import TaskFeed
 from sperse._tokens import new_token
 from sperse._wire import MAX_MESSAGE, pb
-from sperse._wire.sperse_pb2_grpc import add_SperseServicer_to_server
+from sperse._wire.calls import add_service
 
 __all__ = ["NAMED_OBJECTS_SENT", "SperseServer"]
 
@@ -144,7 +144,7 @@ class SperseServer:
         self._core.worker_env = self._worker_env(port)
         self._core.worker_token = self.token
         self._service = SessionService(config, self.token, self._core, port)
-        add_SperseServicer_to_server(self._service, server)  # type: ignore[no-untyped-call]
+        add_service(self._service, server)
         self._grpc = server
         # The workers first (they start in the background, the port is known): they are
         # forked meanwhile. Before the pool: its workers inherit the store's address (see

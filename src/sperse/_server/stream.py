@@ -82,7 +82,8 @@ class Stream:
         self.kicked = False
         self._wake = asyncio.Event()
         # What is being sent: one iterator of messages per reply, batch of events or blob.
-        self._carry: collections.deque[Iterator[pb.ServerMessage]] = collections.deque()
+        # Messages to write, a piece of a blob as its wire bytes (``OutBlob.pieces``).
+        self._carry: collections.deque[Iterator[pb.ServerMessage | bytes]] = collections.deque()
         # A same-host call is served without its coroutines when it can be: a message is
         # handled as it is read, and events are written as they are queued (see _take_now
         # and flush_now); the coroutines take over for what must wait.

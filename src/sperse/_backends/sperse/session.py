@@ -40,9 +40,9 @@ from sperse._backends.sperse.transport import (
 from sperse._backends.sperse.uploads import received
 from sperse._serialize import shm as _shm
 from sperse._version import __version__
-from sperse._wire import MAX_MESSAGE, PROTOCOL, BlobReceiver, pb
+from sperse._wire import MAX_MESSAGE, PROTOCOL, BlobReceiver, Piece, pb
+from sperse._wire.calls import session_call
 from sperse._wire.errors import why_ended
-from sperse._wire.sperse_pb2_grpc import SperseStub
 from sperse.errors import (
     AuthenticationError,
     ProtocolError,
@@ -170,7 +170,7 @@ class Session:
                 f"no sperse server answered at {self.address} within {self._connect_timeout} s: "
                 "is it running (sperse server --port PORT), and is the address right?"
             ) from None
-        stream = SperseStub(channel).Session()  # type: ignore[no-untyped-call]
+        stream = session_call(channel)()
         try:
             await self._hello(stream, resume=resume)
         except grpc.aio.AioRpcError as exc:
@@ -305,8 +305,11 @@ class Session:
             if not self._take(receiver, message):
                 raise error_from(message.error, self.address)
 
-    def _take(self, receiver: BlobReceiver, message: pb.ServerMessage) -> bool:
+    def _take(self, receiver: BlobReceiver, message: pb.ServerMessage | Piece) -> bool:
         """Handle one server message (on the I/O thread). False: it is an ``Error``."""
+        if isinstance(message, Piece):
+            receiver.add(message)
+            return True
         kind = message.WhichOneof("kind")
         if kind == "blob":
             receiver.add(message.blob)

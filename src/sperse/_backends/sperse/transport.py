@@ -33,10 +33,12 @@ from sperse._wire import (
     MAX_MESSAGE,
     RECEIVE_BUFFER,
     FrameReader,
+    Piece,
     local_frame,
     local_socket_name,
     pb,
 )
+from sperse._wire.calls import read_server_message
 from sperse._wire.errors import GrpcErrorKind, classify
 from sperse.errors import (
     AuthenticationError,
@@ -121,7 +123,7 @@ class LocalStream(asyncio.BufferedProtocol):
         self._transport: asyncio.Transport | None = None
         self._reader = FrameReader(MAX_MESSAGE)
         self._received = memoryview(bytearray(RECEIVE_BUFFER))
-        self._inbox: collections.deque[pb.ServerMessage] = collections.deque()
+        self._inbox: collections.deque[pb.ServerMessage | Piece] = collections.deque()
         self._readable: asyncio.Future[None] | None = None
         self._eof = False
         self._error: BaseException | None = None
@@ -129,7 +131,7 @@ class LocalStream(asyncio.BufferedProtocol):
         self.lock = threading.RLock()
         self.sending = False  # a frame is being written (by the thread holding `lock`)
         # Set by the backend: handles a message as it is read (False: queue it for read()).
-        self.handler: Callable[[pb.ServerMessage], bool] | None = None
+        self.handler: Callable[[pb.ServerMessage | Piece], bool] | None = None
         self._fd = -1
         self._broken = False
 
@@ -158,7 +160,7 @@ class LocalStream(asyncio.BufferedProtocol):
     def data_received(self, data: bytes | memoryview) -> None:
         try:
             for frame in self._reader.feed(data):
-                message = pb.ServerMessage.FromString(frame)
+                message = read_server_message(frame)
                 handler = self.handler
                 if handler is None or self._inbox or not handler(message):
                     self._inbox.append(message)

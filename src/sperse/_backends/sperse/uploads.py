@@ -8,6 +8,7 @@ mapped copy-on-write by the thread that asked for the value, never the I/O threa
 
 from __future__ import annotations
 
+import mmap
 from typing import Any
 
 from sperse._core.values import value
@@ -34,17 +35,19 @@ class ShmName:
     name: str
 
 
-def received(field: pb.Pickled, receiver: BlobReceiver) -> tuple[bytes, list[bytearray | ShmName]]:
+def received(
+    field: pb.Pickled, receiver: BlobReceiver
+) -> tuple[bytes, list[bytearray | mmap.mmap | ShmName]]:
     """The stream and buffers of a received value (on the I/O thread: its blobs are this
     stream's), shared memory files by name. Buffers are writable (arrays the user may change
     in place): a blob's pieces are joined into a new ``bytearray``, its one copy here."""
     data = receiver.bytes(field.data)
-    parts: list[bytearray | ShmName] = []
+    parts: list[bytearray | mmap.mmap | ShmName] = []
     for b in field.buffers:
         parts.append(ShmName(b.shm) if b.WhichOneof("kind") == "shm" else receiver.writable(b))
     return data, parts
 
 
-def writable(data: bytes, parts: list[bytearray | ShmName]) -> tuple[bytes, list[Any]]:
+def writable(data: bytes, parts: list[bytearray | mmap.mmap | ShmName]) -> tuple[bytes, list[Any]]:
     """Writable buffers: shared memory files mapped copy-on-write (by the caller's thread)."""
     return data, [_shm.map_copy(p.name) if isinstance(p, ShmName) else p for p in parts]

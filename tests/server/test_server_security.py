@@ -89,6 +89,19 @@ def test_the_first_message_must_be_hello(server: ServerThread, tmp_path: Path) -
     assert not marker.exists()
 
 
+def test_a_blob_piece_first_is_refused_as_not_hello(server: ServerThread) -> None:
+    """A piece is read without protobuf's parse (``sperse._wire.read_piece``); first, it is
+    refused as any other message that is not a Hello."""
+
+    async def scenario() -> None:
+        async with RawSession(server.address) as s:
+            await s.send(pb.ClientMessage(blob=pb.Blob(blob_id=1, data=b"x" * 99, last=True)))
+            error = await expect_error(s, "auth")
+            assert "must be Hello" in error.message and "not blob" in error.message
+
+    run(scenario())
+
+
 def test_a_protocol_mismatch_is_a_version_error(server: ServerThread) -> None:
     async def scenario() -> None:
         async with RawSession(server.address) as s:

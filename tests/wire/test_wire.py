@@ -23,6 +23,7 @@ from sperse._wire import (
     local_socket_name,
     pb,
     piece_message,
+    pull_data_message,
     read_piece,
     serialize,
 )
@@ -94,6 +95,14 @@ def test_a_piece_is_written_as_protobuf_writes_it_and_read_back(
     piece = read_piece(wrap, written)
     assert piece is not None
     assert (piece.blob_id, bytes(piece.data), piece.last) == (blob_id, data, last)
+
+
+@given(size=st.sampled_from([0, 1, 127, 128, 16384, PIECE]))
+def test_a_pull_chunk_of_data_is_written_as_protobuf_writes_it(size: int) -> None:
+    data = os.urandom(size)
+    written = pull_data_message(memoryview(data))
+    assert written == pb.PullChunk(data=data).SerializeToString()
+    assert pb.PullChunk.FromString(written).data == data
 
 
 def test_only_a_message_holding_just_a_piece_is_read_as_one() -> None:

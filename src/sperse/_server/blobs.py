@@ -28,7 +28,7 @@ from sperse._core.values import value
 from sperse._serialize import shm
 from sperse._server.envelope import Buffer, PickledBytes, ShmBuffer
 from sperse._server.held import mib
-from sperse._wire import INLINE_MAX, PIECE, BlobReceiver, BlobSender, pb, piece_message
+from sperse._wire import INLINE_MAX, PIECE, BlobReceiver, BlobSender, Piece, pb, piece_message
 
 __all__ = [
     "BlobTotal",
@@ -218,13 +218,13 @@ class StreamReceiver:
         self._complete: set[int] = set()  # ids whose last piece has arrived
         self._refused: dict[int, str] = {}
 
-    def add(self, blob: pb.Blob) -> None:
+    def add(self, blob: pb.Blob | Piece) -> None:
         blob_id = blob.blob_id
         if blob_id in self._refused:
             return
         if blob_id in self._complete:
             raise Violation(f"blob id {blob_id} was used twice on this stream")
-        data = blob.data  # (each read of it is a copy)
+        data = blob.data  # (a Blob's: each read of it is a copy; a Piece's: a view)
         spill = self._spilling.get(blob_id)
         if spill is None and self._spill_prefix:
             spill = self._maybe_spill(blob_id, len(data))

@@ -21,7 +21,7 @@ from sperse._server import core
 from sperse._server.bounds import hello_violation
 from sperse._server.config import ServerConfig
 from sperse._version import __version__
-from sperse._wire import PROTOCOL, pb
+from sperse._wire import PROTOCOL, Piece, pb
 
 __all__ = ["check_hello", "welcome"]
 
@@ -34,13 +34,16 @@ def _major_minor(version: str) -> str:
     return ".".join(version.split(".")[:2])
 
 
-def check_hello(message: pb.ClientMessage, token: bytes, server_name: str) -> tuple[str, str]:
+def check_hello(
+    message: pb.ClientMessage | Piece, token: bytes, server_name: str
+) -> tuple[str, str]:
     """("", "") when the Hello is good, else the error code and message."""
-    kind = message.WhichOneof("kind")
+    kind = "blob" if isinstance(message, Piece) else message.WhichOneof("kind")
     if kind != "hello":
         return "auth", (
             f"the first message must be Hello with the server's token, not {kind or 'empty'}"
         )
+    assert isinstance(message, pb.ClientMessage)
     hello = message.hello
     if not hello.token:
         return "auth", (

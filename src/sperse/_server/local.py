@@ -45,9 +45,11 @@ from sperse._wire import (
     MAX_MESSAGE,
     RECEIVE_BUFFER,
     FrameReader,
+    Piece,
     local_frame,
     local_socket_name,
     pb,
+    read_client_message,
 )
 
 if TYPE_CHECKING:
@@ -73,7 +75,7 @@ class LocalCall(asyncio.BufferedProtocol):
         self._transport: asyncio.Transport | None = None
         self._reader = FrameReader(MAX_MESSAGE)
         self._received = memoryview(bytearray(RECEIVE_BUFFER))
-        self._inbox: collections.deque[pb.ClientMessage] = collections.deque()
+        self._inbox: collections.deque[pb.ClientMessage | Piece] = collections.deque()
         self._readable: asyncio.Future[None] | None = None
         self._writable: asyncio.Future[None] | None = None
         self._eof = False  # no more messages: read() says EOF once the inbox is empty
@@ -84,7 +86,7 @@ class LocalCall(asyncio.BufferedProtocol):
         self._peer = "unix"
         self._task: asyncio.Task[None] | None = None
         # Set by the session's stream: handles a message as it is read (False: queue it).
-        self.handler: Callable[[pb.ClientMessage], bool] | None = None
+        self.handler: Callable[[pb.ClientMessage | Piece], bool] | None = None
 
     # ---- asyncio.Protocol ------------------------------------------------------------
 
@@ -116,7 +118,7 @@ class LocalCall(asyncio.BufferedProtocol):
             return
         for frame in frames:
             try:
-                message = pb.ClientMessage.FromString(frame)
+                message = read_client_message(frame)
             except Exception:  # undecodable: seen as an empty message, a protocol error
                 message = pb.ClientMessage()
             if self.handler is not None and not self._inbox and self._handle(message):
@@ -151,7 +153,7 @@ class LocalCall(asyncio.BufferedProtocol):
         if self._writable is not None and not self._writable.done():
             self._writable.set_result(None)
 
-    def _handle(self, message: pb.ClientMessage) -> bool:
+    def _handle(self, message: pb.ClientMessage | Piece) -> bool:
         assert self.handler is not None
         try:
             return self.handler(message)

@@ -46,7 +46,7 @@ from sperse._server.peers import PULL_CHUNK, PeerClient
 from sperse._server.pull_auth import OwnAddresses, pull_proof
 from sperse._server.stream import SUBMIT_CHUNK, Stream
 from sperse._server.stream_out import BATCH_BYTES, BATCH_EVENTS
-from sperse._wire import pb
+from sperse._wire import pb, pull_data_message
 
 __all__ = ["BATCH_BYTES", "BATCH_EVENTS", "SUBMIT_CHUNK", "SessionService"]
 
@@ -64,7 +64,7 @@ def _buffer_size(buffer: Buffer) -> int:
     return buffer.size if isinstance(buffer, ShmBuffer) else len(buffer)
 
 
-def _pull_pieces(value: PickledBytes) -> Generator[bytes, None, None]:
+def _pull_pieces(value: PickledBytes) -> Generator[bytes | memoryview, None, None]:
     """The pickle stream, then each buffer, in pieces of at most ``PULL_CHUNK`` bytes; a
     shared memory file is read a piece at a time (``pread``: a file that shrank is an
     ``OSError``, never a crash)."""
@@ -72,7 +72,7 @@ def _pull_pieces(value: PickledBytes) -> Generator[bytes, None, None]:
         if isinstance(part, bytes):
             view = memoryview(part)
             for start in range(0, len(part), PULL_CHUNK):
-                yield view[start : start + PULL_CHUNK].tobytes()
+                yield view[start : start + PULL_CHUNK]
             continue
         opened = OpenFile.open(part)
         try:
@@ -161,7 +161,9 @@ class SessionService:
             self._streams.discard(stream)
             self.core.detach(session, stream)
 
-    async def Pull(self, request: pb.PullRequest, context: Any) -> AsyncIterator[pb.PullChunk]:
+    async def Pull(
+        self, request: pb.PullRequest, context: Any
+    ) -> AsyncIterator[pb.PullChunk | bytes]:
         """Another server of the cluster pulls an object of any session of this one, for a
         task of its own. The proof is checked first; the object is pinned while it is sent,
         so that a release meanwhile waits for the end."""
@@ -203,7 +205,7 @@ class SessionService:
             )
             with contextlib.closing(_pull_pieces(value)) as pieces:
                 for piece in pieces:
-                    yield pb.PullChunk(data=piece)
+                    yield pull_data_message(piece)
         except OSError as exc:  # a file of the object cannot be read
             yield pb.PullChunk(error=f"server {name!r} cannot read the object: {exc}")
             return

@@ -37,7 +37,7 @@ from sperse._server.local import LocalCall
 from sperse._server.logs import log_event
 from sperse._server.stream_in import StreamInput
 from sperse._server.stream_out import StreamOutput
-from sperse._wire import pb
+from sperse._wire import Piece, pb
 
 __all__ = ["SUBMIT_CHUNK", "Stream", "StreamHost"]
 
@@ -136,7 +136,7 @@ class Stream:
             # ones wait behind it: tasks, and the calls of a remote object, keep their order.
             self._reading = True
             try:
-                if message.WhichOneof("kind") == "submit":
+                if not isinstance(message, Piece) and message.WhichOneof("kind") == "submit":
                     await self._submit(message.submit.tasks)
                 else:
                     self.input.handle(message)
@@ -170,12 +170,14 @@ class Stream:
         )
         self._wake.set()
 
-    def _take_now(self, message: pb.ClientMessage) -> bool:
+    def _take_now(self, message: pb.ClientMessage | Piece) -> bool:
         """Handle a message of a same-host call as it is read (on the loop, from the
         socket's callback). False: the read loop must (a big Submit, or after the end)."""
         if self.violation or self.said_goodbye or self._reading:
             return False
-        tasks = message.submit.tasks if message.WhichOneof("kind") == "submit" else None
+        tasks = None
+        if not isinstance(message, Piece) and message.WhichOneof("kind") == "submit":
+            tasks = message.submit.tasks
         if tasks is not None and len(tasks) > SUBMIT_CHUNK:
             return False
         try:

@@ -38,7 +38,7 @@ from sperse._server.stream_out import (
     objects_reply,
     stats_reply,
 )
-from sperse._wire import PROTOCOL, pb
+from sperse._wire import PROTOCOL, Piece, pb
 
 __all__ = ["StreamInput"]
 
@@ -91,8 +91,11 @@ class StreamInput:
             raise
         self.core.submit(self.session, requests)
 
-    def handle(self, message: pb.ClientMessage) -> None:
+    def handle(self, message: pb.ClientMessage | Piece) -> None:
         """Any message but a ``Submit`` (see :meth:`submit_chunk`)."""
+        if isinstance(message, Piece):  # a Blob's, read without copying its data
+            self.receiver.add(message)
+            return
         kind = message.WhichOneof("kind")
         session = self.session
         replies = self._output.replies

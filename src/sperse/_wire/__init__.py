@@ -94,7 +94,10 @@ __all__ = [
     "local_socket_name",
     "pb",
     "piece_message",
+    "pull_data_message",
+    "read_client_message",
     "read_piece",
+    "read_server_message",
     "serialize",
 ]
 
@@ -346,6 +349,16 @@ def read_piece(wrap: type[Any], raw: builtins.bytes) -> Piece | None:
     return Piece(blob_id, data, last)
 
 
+def read_client_message(raw: builtins.bytes) -> pb.ClientMessage | Piece:
+    """A ``ClientMessage`` from its wire bytes, a ``Blob`` piece as a ``Piece``."""
+    return read_piece(pb.ClientMessage, raw) or pb.ClientMessage.FromString(raw)
+
+
+def read_server_message(raw: builtins.bytes) -> pb.ServerMessage | Piece:
+    """A ``ServerMessage`` from its wire bytes, a ``Blob`` piece as a ``Piece``."""
+    return read_piece(pb.ServerMessage, raw) or pb.ServerMessage.FromString(raw)
+
+
 def _read_varint(raw: builtins.bytes, at: int) -> tuple[int, int]:
     """The varint at ``at`` in ``raw``, and where it ends (IndexError: cut short)."""
     number = shift = 0
@@ -358,9 +371,18 @@ def _read_varint(raw: builtins.bytes, at: int) -> tuple[int, int]:
         shift += 7
 
 
+_PULL_DATA_TAG = _tag(pb.PullChunk, "data", _LENGTH_DELIMITED)
+
+
+def pull_data_message(data: builtins.bytes | memoryview) -> builtins.bytes:
+    """The wire bytes of a ``PullChunk`` holding ``data`` (as :func:`piece_message`)."""
+    return b"".join((_PULL_DATA_TAG, _varint(len(data)), data))
+
+
 def serialize(message: Any) -> builtins.bytes:
-    """The wire bytes of a message of ``Session`` (either way): a message's serialization, or
-    bytes as they are (a piece made by :func:`piece_message`)."""
+    """The wire bytes of a message of ``Session`` (either way) or ``Pull``: a message's
+    serialization, or bytes as they are (made by :func:`piece_message` or
+    :func:`pull_data_message`)."""
     if type(message) is builtins.bytes:
         return message
     data: builtins.bytes = message.SerializeToString()

@@ -37,8 +37,8 @@ from sperse._wire import (
     local_frame,
     local_socket_name,
     pb,
+    read_server_message,
 )
-from sperse._wire.calls import read_server_message
 from sperse._wire.errors import GrpcErrorKind, classify
 from sperse.errors import (
     AuthenticationError,

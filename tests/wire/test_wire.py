@@ -25,6 +25,7 @@ from sperse._wire import (
     piece_message,
     pull_data_message,
     read_piece,
+    read_pull_chunk,
     serialize,
 )
 
@@ -103,6 +104,12 @@ def test_a_pull_chunk_of_data_is_written_as_protobuf_writes_it(size: int) -> Non
     written = pull_data_message(memoryview(data))
     assert written == pb.PullChunk(data=data).SerializeToString()
     assert pb.PullChunk.FromString(written).data == data
+    read = read_pull_chunk(written)
+    assert isinstance(read, memoryview) and read.tobytes() == data
+    for other in (pb.PullChunk(error="gone"), pb.PullChunk(header=pb.PullHeader(data_size=3))):
+        assert read_pull_chunk(other.SerializeToString()) == other
+    # More after the data (here an error, which protobuf says wins): left to protobuf.
+    assert read_pull_chunk(written + b"\x1a\x01x") == pb.PullChunk(error="x")
 
 
 def test_only_a_message_holding_just_a_piece_is_read_as_one() -> None:

@@ -38,8 +38,8 @@ from sperse._server.core import PeerRef, Pulled, PullFailed
 from sperse._server.envelope import Buffer, PickledBytes, ShmBuffer
 from sperse._server.pull_auth import pull_proof
 from sperse._wire import MAX_MESSAGE, pb
+from sperse._wire.calls import pull_call
 from sperse._wire.errors import GrpcErrorKind, classify
-from sperse._wire.sperse_pb2_grpc import SperseStub
 
 __all__ = ["PULL_CHUNK", "PeerClient"]
 
@@ -114,7 +114,7 @@ class _Receiving:
     def complete(self) -> bool:
         return self._index == len(self.parts)
 
-    def add(self, data: bytes) -> None:
+    def add(self, data: bytes | memoryview) -> None:
         """Raises ``ValueError`` for bytes beyond the announced sizes."""
         view = memoryview(data)
         while view:
@@ -217,12 +217,11 @@ class PeerClient:
             raise PullFailed(
                 "the client gave no address for it", "connect the client to the whole cluster"
             )
-        stub = SperseStub(self._channel(ref.address))  # type: ignore[no-untyped-call]
         proof = pull_proof(self._token, ref.address, ref.object_id, self._name)
         request = pb.PullRequest(
             object_id=ref.object_id, server=self._name, holder=ref.address, proof=proof
         )
-        call = stub.Pull(request)
+        call = pull_call(self._channel(ref.address))(request)
         receiving: _Receiving | None = None
         try:
             header = await self._header(call, ref)
@@ -231,10 +230,12 @@ class PeerClient:
                 chunk = await self._read(call, ref, STALL_TIMEOUT)
                 if chunk is None:
                     break
-                if chunk.WhichOneof("kind") == "error":
-                    raise PullFailed(chunk.error, "compute the value again")
+                if not isinstance(chunk, memoryview):  # (data comes as a view of its bytes)
+                    if chunk.WhichOneof("kind") == "error":
+                        raise PullFailed(chunk.error, "compute the value again")
+                    chunk = memoryview(chunk.data)
                 try:
-                    receiving.add(chunk.data)
+                    receiving.add(chunk)
                 except ValueError as exc:
                     raise PullFailed(
                         f"server {ref.server!r} sent {exc}", "install the same sperse version"
@@ -262,7 +263,9 @@ class PeerClient:
             raise
         return Pulled(value, header.type_name, header.repr)
 
-    async def _read(self, call: Any, ref: PeerRef, timeout: float) -> pb.PullChunk | None:
+    async def _read(
+        self, call: Any, ref: PeerRef, timeout: float
+    ) -> pb.PullChunk | memoryview | None:
         """The next chunk, or None at the end."""
         try:
             async with asyncio.timeout(timeout):
@@ -274,23 +277,26 @@ class PeerClient:
             ) from None
         if chunk is grpc.aio.EOF:
             return None
-        assert isinstance(chunk, pb.PullChunk)
+        assert isinstance(chunk, pb.PullChunk | memoryview)
         return chunk
 
     async def _header(self, call: Any, ref: PeerRef) -> pb.PullHeader:
         chunk = await self._read(call, ref, FIRST_ANSWER_TIMEOUT)
-        kind = chunk.WhichOneof("kind") if chunk is not None else None
-        if chunk is not None and kind == "error":
-            raise PullFailed(
-                chunk.error,
-                f"the value is gone from server {ref.server!r}: compute it again",
-            )
-        if chunk is None or kind != "header":
-            raise PullFailed(
-                f"server {ref.server!r} answered without a header ({kind or 'nothing'})",
-                "install the same sperse version on every server of the cluster",
-            )
-        return chunk.header
+        if isinstance(chunk, pb.PullChunk):
+            kind = chunk.WhichOneof("kind")
+            if kind == "error":
+                raise PullFailed(
+                    chunk.error,
+                    f"the value is gone from server {ref.server!r}: compute it again",
+                )
+            if kind == "header":
+                return chunk.header
+        else:
+            kind = "data" if chunk is not None else None
+        raise PullFailed(
+            f"server {ref.server!r} answered without a header ({kind or 'nothing'})",
+            "install the same sperse version on every server of the cluster",
+        )
 
     def _receiving(self, header: pb.PullHeader, ref: PeerRef, shm_prefix: str) -> _Receiving:
         sizes = [header.data_size, *header.buffer_sizes]

@@ -97,6 +97,7 @@ __all__ = [
     "pull_data_message",
     "read_client_message",
     "read_piece",
+    "read_pull_chunk",
     "read_server_message",
     "serialize",
 ]
@@ -377,6 +378,19 @@ _PULL_DATA_TAG = _tag(pb.PullChunk, "data", _LENGTH_DELIMITED)
 def pull_data_message(data: builtins.bytes | memoryview) -> builtins.bytes:
     """The wire bytes of a ``PullChunk`` holding ``data`` (as :func:`piece_message`)."""
     return b"".join((_PULL_DATA_TAG, _varint(len(data)), data))
+
+
+def read_pull_chunk(raw: builtins.bytes) -> pb.PullChunk | memoryview:
+    """A ``PullChunk`` from its wire bytes; one of data as a view of its bytes (not copied)."""
+    if raw.startswith(_PULL_DATA_TAG):
+        try:
+            size, at = _read_varint(raw, len(_PULL_DATA_TAG))
+        except IndexError:
+            size, at = -1, 0
+        if at + size == len(raw):
+            return memoryview(raw)[at:]
+    chunk: pb.PullChunk = pb.PullChunk.FromString(raw)
+    return chunk
 
 
 def serialize(message: Any) -> builtins.bytes:

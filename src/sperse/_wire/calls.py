@@ -4,8 +4,7 @@
 ``Session``'s messages go through :func:`sperse._wire.serialize` both ways, so that a
 ``Blob`` piece, written as bytes by :func:`sperse._wire.piece_message`, is sent as it is; and
 each side reads a piece as a ``Piece`` (:func:`sperse._wire.read_piece`), its data a view of
-the bytes received. ``Pull`` sends its chunks of data likewise (read as protobuf). The rest
-is as generated.
+the bytes received. ``Pull``'s chunks of data go likewise. The rest is as generated.
 """
 
 from __future__ import annotations
@@ -14,9 +13,15 @@ from typing import Any
 
 import grpc
 
-from sperse._wire import pb, read_client_message, read_server_message, serialize
+from sperse._wire import (
+    pb,
+    read_client_message,
+    read_pull_chunk,
+    read_server_message,
+    serialize,
+)
 
-__all__ = ["SERVICE", "add_service", "session_call"]
+__all__ = ["SERVICE", "add_service", "pull_call", "session_call"]
 
 SERVICE = "sperse.v1.Sperse"
 
@@ -27,6 +32,17 @@ def session_call(channel: grpc.aio.Channel) -> Any:
         f"/{SERVICE}/Session",
         request_serializer=serialize,
         response_deserializer=read_server_message,
+        _registered_method=True,
+    )
+
+
+def pull_call(channel: grpc.aio.Channel) -> Any:
+    """The ``Pull`` call's multi-callable on ``channel``; a chunk of data is read as a view of
+    the bytes received (:func:`sperse._wire.read_pull_chunk`)."""
+    return channel.unary_stream(
+        f"/{SERVICE}/Pull",
+        request_serializer=pb.PullRequest.SerializeToString,
+        response_deserializer=read_pull_chunk,
         _registered_method=True,
     )
 

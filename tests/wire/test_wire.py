@@ -131,6 +131,22 @@ def test_only_a_message_holding_just_a_piece_is_read_as_one() -> None:
     assert (parsed.blob_id, parsed.data, parsed.last) == (5, b"", True)
 
 
+def test_reading_a_piece_is_bounded_whatever_the_bytes() -> None:
+    """A message is read before the token is checked: a varint longer than protobuf's 10
+    bytes, or more fields than a piece has, is left to protobuf's parse (in C), not read on."""
+    long_varint = b"\x08" + b"\xff" * 1000 + b"\x01"
+    assert read_piece(pb.ClientMessage, b"\x12" + varint(len(long_varint)) + long_varint) is None
+    many_fields = b"\x08\x01" * 100_000
+    assert read_piece(pb.ClientMessage, b"\x12" + varint(len(many_fields)) + many_fields) is None
+    ten = b"\x08" + b"\xff" * 9 + b"\x01"  # the longest varint protobuf writes: 2**64 - 1
+    read = read_piece(pb.ClientMessage, b"\x12" + varint(len(ten)) + ten)
+    assert read is not None and read.blob_id == 2**64 - 1
+
+
+def varint(n: int) -> bytes:
+    return pb.Blob(blob_id=n).SerializeToString()[1:]
+
+
 def test_a_big_blob_is_assembled_writable_from_pieces_and_views() -> None:
     """Past ``HUGE_MIN`` (where it goes into memory advised for huge pages, on Linux)."""
     data = os.urandom(HUGE_MIN + PIECE // 2)

@@ -285,6 +285,7 @@ _LAST_FIELD = pb.Blob.DESCRIPTOR.fields_by_name["last"].number
 _BLOB_ID_TAG = _tag(pb.Blob, "blob_id", _VARINT)
 _DATA_TAG = _tag(pb.Blob, "data", _LENGTH_DELIMITED)
 _LAST = _tag(pb.Blob, "last", _VARINT) + b"\x01"
+_BLOB_FIELDS = 8  # fields read_piece reads at most (a piece's writer writes 3)
 
 
 def piece_message(
@@ -317,7 +318,9 @@ def read_piece(wrap: type[Any], raw: builtins.bytes) -> Piece | None:
     """``raw``, the wire bytes of a ``wrap`` (``ClientMessage`` or ``ServerMessage``), as a
     ``Piece`` if it holds a ``Blob``, without copying its data (protobuf's parse copies it,
     and each read of ``Blob.data`` again); None for any other message, or one this does not
-    read (protobuf's parse says what is wrong with it)."""
+    read (protobuf's parse says what is wrong with it). It reads at most ``_BLOB_FIELDS``
+    fields, a varint of at most 10 bytes: its work is bounded whatever ``raw`` holds (it
+    reads a message before the token is checked, too)."""
     tag = _BLOB_TAG[wrap]
     if not raw.startswith(tag):
         return None
@@ -327,7 +330,9 @@ def read_piece(wrap: type[Any], raw: builtins.bytes) -> Piece | None:
             return None
         blob_id, data, last = 0, memoryview(b""), False
         view = memoryview(raw)
-        while at < len(raw):
+        for _ in range(_BLOB_FIELDS):
+            if at == len(raw):
+                break
             key, at = _read_varint(raw, at)
             field, wire_type = key >> 3, key & 7
             if wire_type == _VARINT:
@@ -345,7 +350,9 @@ def read_piece(wrap: type[Any], raw: builtins.bytes) -> Piece | None:
                 at += size
             else:
                 return None
-    except IndexError:  # a varint cut short
+        else:
+            return None  # more fields than a piece has: protobuf's
+    except ValueError:  # a varint cut short, or too long
         return None
     return Piece(blob_id, data, last)
 
@@ -361,15 +368,18 @@ def read_server_message(raw: builtins.bytes) -> pb.ServerMessage | Piece:
 
 
 def _read_varint(raw: builtins.bytes, at: int) -> tuple[int, int]:
-    """The varint at ``at`` in ``raw``, and where it ends (IndexError: cut short)."""
-    number = shift = 0
-    while True:
+    """The varint at ``at`` in ``raw``, and where it ends. ValueError: cut short, or longer
+    than protobuf's 10 bytes."""
+    number = 0
+    for shift in range(0, 70, 7):
+        if at >= len(raw):
+            break
         byte = raw[at]
         at += 1
         number |= (byte & 0x7F) << shift
         if byte < 0x80:
             return number, at
-        shift += 7
+    raise ValueError("a varint cut short or too long")
 
 
 _PULL_DATA_TAG = _tag(pb.PullChunk, "data", _LENGTH_DELIMITED)
@@ -385,7 +395,7 @@ def read_pull_chunk(raw: builtins.bytes) -> pb.PullChunk | memoryview:
     if raw.startswith(_PULL_DATA_TAG):
         try:
             size, at = _read_varint(raw, len(_PULL_DATA_TAG))
-        except IndexError:
+        except ValueError:
             size, at = -1, 0
         if at + size == len(raw):
             return memoryview(raw)[at:]

@@ -40,7 +40,8 @@ def received(
 ) -> tuple[bytes, list[bytearray | mmap.mmap | ShmName]]:
     """The stream and buffers of a received value (on the I/O thread: its blobs are this
     stream's), shared memory files by name. Buffers are writable (arrays the user may change
-    in place): a blob's pieces are joined into a new ``bytearray``, its one copy here."""
+    in place): a blob's pieces are joined into a new writable buffer, its one copy here
+    (``BlobReceiver.writable``)."""
     data = receiver.bytes(field.data)
     parts: list[bytearray | mmap.mmap | ShmName] = []
     for b in field.buffers:

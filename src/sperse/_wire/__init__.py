@@ -89,7 +89,6 @@ __all__ = [
     "BlobSender",
     "FrameReader",
     "Piece",
-    "blob_piece",
     "local_frame",
     "local_socket_name",
     "pb",
@@ -133,7 +132,7 @@ class BlobSender:
             end = min(start + PIECE, view.nbytes)
             last = end == view.nbytes
             if wrap is None:
-                out.append(blob_piece(None, blob_id, view[start:end].tobytes(), last))
+                out.append(pb.Blob(blob_id=blob_id, data=view[start:end].tobytes(), last=last))
             else:
                 out.append(piece_message(wrap, blob_id, view[start:end], last))
         return pb.Bytes(blob_id=blob_id)
@@ -231,17 +230,6 @@ class BlobReceiver:
     def pending_bytes(self) -> int:
         """Bytes of the blobs taken and not used yet: partial, or complete and not named."""
         return self._pending
-
-
-def blob_piece(wrap: type[Any] | None, blob_id: int, data: bytes, last: bool) -> Any:
-    """One ``Blob`` piece, wrapped in ``wrap`` unless None, set field by field: the bytes
-    are not copied again (a ``Blob`` passed to ``wrap(blob=...)`` would be)."""
-    message = pb.Blob() if wrap is None else wrap()
-    blob = message if wrap is None else message.blob
-    blob.blob_id = blob_id
-    blob.data = data
-    blob.last = last
-    return message
 
 
 HUGE_MIN = 8 << 20  # bytes of a received buffer from which it is assembled in huge pages

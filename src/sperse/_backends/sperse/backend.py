@@ -235,7 +235,7 @@ class SperseBackend:
                 )
         else:
             data, buffers, refs = dumps_work_oob(work, spec.label or "the task")
-        blobs: list[pb.ClientMessage] = []  # the pieces of big byte strings, wrapped
+        blobs: list[bytes] = []  # the pieces of big byte strings, as ClientMessages' bytes
         size = len(data) + 64
         if buffers:
             fields = []
@@ -331,11 +331,11 @@ class SperseBackend:
         """Hand ``(args, kwargs)`` to the client of ``session_id`` on this server, which runs
         its callback ``callback_id`` (remote code calling back its client)."""
         data, buffers, _ = dumps_oob((args, kwargs), what=f"the arguments of callback {what}")
-        blobs: list[pb.Blob] = []
+        blobs: list[bytes] = []  # its pieces, as wire bytes of ClientMessages
         raws = [b.raw() for b in buffers]
         pickled = pb.Pickled(
-            data=self._sender.encode(data, blobs),
-            buffers=[self._sender.encode(r, blobs) for r in raws],
+            data=self._sender.encode_as(data, blobs, pb.ClientMessage),
+            buffers=[self._sender.encode_as(r, blobs, pb.ClientMessage) for r in raws],
         )
         call = pb.CallbackCall(session_id=session_id, callback_id=callback_id, args=pickled)
         reply = self._call(self._session.request("callback", call=call, blobs=blobs), timeout)

@@ -381,8 +381,7 @@ class Session:
         elif kind == "callback":
             call = fields["call"]
             call.request_id = request_id
-            blobs = [pb.ClientMessage(blob=b) for b in fields["blobs"]]
-            self.send([*blobs, pb.ClientMessage(callback=call)])
+            self.send([*fields["blobs"], pb.ClientMessage(callback=call)])
             return await future
         else:
             message = pb.ClientMessage(stats=pb.StatsRequest(request_id=request_id))

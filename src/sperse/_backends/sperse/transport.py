@@ -65,7 +65,7 @@ __all__ = [
 Compression = Literal["gzip", "deflate"] | None
 
 # A message for the stream: a task goes with its approximate size, merged into a Submit.
-Outgoing = pb.ClientMessage | tuple[pb.Task, int]
+Outgoing = pb.ClientMessage | bytes | tuple[pb.Task, int]  # bytes: a Blob piece's message
 
 _BURST = 200e-6  # seconds between sends under which they are batched, not sent one by one
 _SUBMIT_BYTES = MAX_MESSAGE // 2
@@ -213,7 +213,7 @@ class LocalStream(asyncio.BufferedProtocol):
                 self._broken = True
                 raise ConnectionResetError(f"the same-host stream broke: {exc}") from exc
 
-    async def write(self, message: pb.ClientMessage) -> None:
+    async def write(self, message: pb.ClientMessage | bytes) -> None:
         with self.lock:
             self.send_frames(local_frame(message))
 
@@ -240,9 +240,9 @@ class LocalStream(asyncio.BufferedProtocol):
 
 def merge_submits(
     batch: list[Outgoing],
-) -> list[pb.ClientMessage]:
+) -> list[pb.ClientMessage | bytes]:
     """Adjacent tasks go in one Submit (the server takes many per message), within limits."""
-    out: list[pb.ClientMessage] = []
+    out: list[pb.ClientMessage | bytes] = []
     tasks: list[pb.Task] = []
     size = 0
 
@@ -329,7 +329,7 @@ class Outbox:
             for message in self._take():
                 await stream.write(message)
 
-    def _take(self) -> list[pb.ClientMessage]:
+    def _take(self) -> list[pb.ClientMessage | bytes]:
         with self._lock:
             batch = list(self._items)
             self._items.clear()

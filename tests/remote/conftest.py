@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 import pytest
-from shm_helpers import files
+from shm_helpers import all_files
 
 from sperse._backends.sperse import EmbeddedServer
 
@@ -18,4 +18,4 @@ def shm_server() -> Iterator[EmbeddedServer]:
         yield process
     finally:
         process.stop()
-        assert files(process) == set(), "files left after the server stopped"
+        assert all_files(process) == set(), "files left after the server stopped"

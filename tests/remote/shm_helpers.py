@@ -14,6 +14,18 @@ WAIT = 60.0
 
 
 def files(server: EmbeddedServer) -> set[str]:
+    """The server's files, but the standby files its workers and clients made ahead of their
+    next big write (``shm.Standby``): those are swept when the server stops."""
+    prefix = shm.server_prefix(server.process.pid)
+    return {
+        name
+        for name in os.listdir(shm.SHM_DIR)
+        if name.startswith(prefix) and not shm.is_standby(name)
+    }
+
+
+def all_files(server: EmbeddedServer) -> set[str]:
+    """Every file of the server's, standby files too."""
     prefix = shm.server_prefix(server.process.pid)
     return {name for name in os.listdir(shm.SHM_DIR) if name.startswith(prefix)}
 

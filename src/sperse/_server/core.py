@@ -335,6 +335,8 @@ class ServerCore:
     def close_session(self, session: Session, event: str, *, reason: str) -> None:
         """End ``session``: cancel its tasks (no more events), free its objects."""
         self._perform(self.state.close_session(session.session_id, event, reason))
+        if self.config.shm:
+            self._files.sweep_standbys_soon()  # its client's, if the client died
 
     # ---- requests ----------------------------------------------------------------------
 

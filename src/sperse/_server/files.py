@@ -28,17 +28,30 @@ class Files:
     def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
         self._loop = loop
         self._to_sweep: set[str] = set()
+        self._standbys = False  # sweep the dead processes' standby files (shm.Standby)
         self._to_unlink: list[str] = []
 
     def sweep_soon(self, prefix: str) -> None:
-        """Sweep the files whose names start with ``prefix`` (an attempt's), soon."""
-        if not self._to_sweep:
+        """Sweep the files whose names start with ``prefix`` (an attempt's), soon; and the
+        standby files of processes that died (its worker's, if it died)."""
+        if not self._to_sweep and not self._standbys:
             self._loop.call_soon(self._sweep)
         self._to_sweep.add(prefix)
+        self._standbys = True
+
+    def sweep_standbys_soon(self) -> None:
+        """Sweep the standby files of processes that died (a client's, when its session
+        ends), soon."""
+        if not self._to_sweep and not self._standbys:
+            self._loop.call_soon(self._sweep)
+        self._standbys = True
 
     def _sweep(self) -> None:
         prefixes, self._to_sweep = self._to_sweep, set()
         shm.sweep(*prefixes)
+        if self._standbys:
+            self._standbys = False
+            shm.sweep_dead_standbys()
 
     def unlink_soon(self, names: Iterable[str]) -> None:
         """Unlink these files once the events queued now are on their way: freeing the pages

@@ -142,6 +142,8 @@ class SperseBackend:
         if self._closed:
             return
         self._closed = self._session.closed = True
+        if self._session.shm_prefix:
+            _shm.standby.drop(self._session.shm_prefix)  # its server sweeps the rest
         if self._thread.is_alive():
             with contextlib.suppress(Exception):
                 self._call(self._session.shutdown(), 5, closing=True)

@@ -85,13 +85,14 @@ def test_the_next_big_write_fills_the_file_made_ahead_and_names_it(prefix: str) 
         written = standby.use(prefix, memoryview(data))
         assert written is not None and written.startswith(prefix) and shm.valid_name(written)
         assert read(written) == data
-        assert mine(prefix) == {written}, "the standby file took its new name"
-        assert standby.use(prefix, memoryview(data)) is None, "one file, used once"
+        assert name not in mine(prefix), "the standby file took its new name"
+        assert mine(prefix) - standbys(prefix) == {written}
+        assert standby.wait(lambda s: s.made == 2, WAIT), "and the next one is made"
     finally:
         standby.drop()
 
 
-def test_a_smaller_write_is_cut_to_its_size_and_a_bigger_one_or_another_servers_is_not_taken(
+def test_a_smaller_write_is_cut_to_its_size_and_a_bigger_a_much_smaller_or_another_servers_is_not(
     prefix: str,
 ) -> None:
     standby = shm.Standby(min_size=MIN)
@@ -103,6 +104,7 @@ def test_a_smaller_write_is_cut_to_its_size_and_a_bigger_one_or_another_servers_
         assert standby.use(other, memoryview(bigger[: 2 * MIN])) is None
         assert standbys(prefix) == {name}, "still ready"
 
+        assert standby.use(prefix, memoryview(bigger[: 2 * MIN - 1])) is None, "under half"
         smaller = bigger[: 2 * MIN + 3]
         written = standby.use(prefix, memoryview(smaller))
         assert written is not None and read(written) == smaller

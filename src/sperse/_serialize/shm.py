@@ -44,7 +44,6 @@ import stat
 import threading
 import time
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
 from typing import Any
 
 __all__ = [
@@ -119,10 +118,10 @@ def write(prefix: str, data: Any) -> str:
     """
     view = memoryview(data).cast("B")
     with view:
-        name = standby.use(prefix, view)
+        name = standby.use(prefix, view)  # (which asks for the next)
         if name is None:
             name = _write_new(prefix, view)
-        standby.want(prefix, view.nbytes)
+            standby.want(prefix, view.nbytes)
     return name
 
 
@@ -153,26 +152,31 @@ def _write_all(fd: int, view: memoryview) -> None:
 # ---- standby files: the pages of the next big write, allocated ahead ------------------
 
 
-@dataclass(frozen=True, slots=True)
 class _File:
-    server: str  # the server prefix of the names it may take
-    name: str
-    size: int
-    made_at: float
+    """A standby file, ready."""
+
+    __slots__ = ("made_at", "name", "server", "size")
+
+    def __init__(self, server: str, name: str, size: int, made_at: float) -> None:
+        self.server = server  # the server prefix of the names it may take
+        self.name = name
+        self.size = size
+        self.made_at = made_at
 
 
 class Standby:
     """One file per process made ahead of its next big write, its pages already allocated.
 
     Writing into a new tmpfs file costs more in allocating its pages than in copying the
-    bytes (100 MB: about 45 ms, against 20 ms into pages allocated before). So after a
+    bytes (100 MB: about 45 ms, against 17 ms into pages allocated before). So after a
     write of at least ``min_size`` bytes, a thread of this process makes a file of that
-    size (``posix_fallocate``); the next write of at most that size for the same server
-    (its prefix starts with the same ``sperse-<server pid>-``: a session's, a task
-    attempt's) fills it, truncates it to its size and gives it its own new name (a hard
-    link: the file is still written once, before anyone knows its name). One file at a
-    time, at most ``max_size`` bytes, only while ``SHM_DIR`` has ``room`` times its size
-    free, and removed after ``idle`` seconds unused, at exit, or by :meth:`drop`.
+    size (``posix_fallocate``). The next big write for the same server (its prefix starts
+    with the same ``sperse-<server pid>-``: a session's, a task attempt's) of at most its
+    size, and more than half of it, takes it: the file gets a new name of the writer's prefix (a hard link), is
+    written from its start and cut to its size. A file is still written once, before anyone
+    knows its name. One file at a time, at most ``max_size`` bytes, only while ``SHM_DIR``
+    has ``room`` times its size free, and removed after ``idle`` seconds unused, at exit,
+    or by :meth:`drop`.
 
     A standby file is named ``sperse-<server pid>-standby-<pid>-<random>``: a server sweeps
     those of a process that died (:func:`sweep_dead_standbys`), and all of its own when it
@@ -199,7 +203,7 @@ class Standby:
         self._file: _File | None = None  # ready
         self._wanted: tuple[str, int] | None = None
         self._epoch = 0  # a file made for an older epoch (before a drop) is removed
-        self._making = False  # the thread is making a file
+        self._busy = False  # the thread is making a file
         self._thread: threading.Thread | None = None
         self.tried = 0  # files the thread set out to make (made, or no room for them)
         self.made = 0  # files made ready
@@ -210,26 +214,28 @@ class Standby:
         size = view.nbytes
         if size < self.min_size:
             return None
+        server = _server_of(prefix)
         with self._lock:
             ready = self._file
-            if ready is None or ready.server != _server_of(prefix) or ready.size < size:
-                return None
+            if ready is None or ready.server != server or not size <= ready.size <= 2 * size:
+                return None  # (cutting off more than half would cost about what it saves)
             self._file = None
-        path = os.path.join(SHM_DIR, ready.name)
+        name = new_name(prefix)
         try:
-            fd = os.open(path, os.O_WRONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+            os.link(_path(ready.name), _path(name))  # never replaces a file
+            fd = os.open(_path(name), os.O_WRONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
             try:
                 _write_all(fd, view)
                 if ready.size > size:
-                    os.ftruncate(fd, size)
+                    os.ftruncate(fd, size)  # a reader may map the whole file
             finally:
                 os.close(fd)
-            name = new_name(prefix)
-            os.link(path, _path(name))  # never replaces a file (a new file would not either)
         except OSError:
-            unlink([ready.name])
+            unlink([name])
             return None
-        unlink([ready.name])
+        finally:
+            unlink([ready.name])
+        self.want(prefix, size)
         return name
 
     def want(self, prefix: str, size: int) -> None:
@@ -262,7 +268,7 @@ class Standby:
                 ready = None
             if self._wanted is not None and (prefix is None or self._wanted[0] == server):
                 self._wanted = None
-            self._changed.wait_for(lambda: not self._making, timeout)
+            self._changed.wait_for(lambda: not self._busy, timeout)
         if ready is not None:
             unlink([ready.name])
 
@@ -274,27 +280,25 @@ class Standby:
     def _run(self) -> None:
         while True:  # a daemon thread: waits for work, or for the ready file to expire
             old, job = self._next()
-            if old is not None:
-                unlink([old.name])
-            if job is None:
-                with self._lock:
-                    self.expired += 1
-                    self._changed.notify_all()
-                continue
             made = None
             try:
-                server, size, epoch = job
-                made = self._make(server, size)
-                with self._lock:
-                    self.tried += 1
-                    if made is not None and epoch == self._epoch and self._file is None:
-                        self._file, made = made, None
-                        self.made += 1
+                if old is not None:
+                    unlink([old.name])
+                if job is not None:
+                    server, size, epoch = job
+                    made = self._make(server, size)
+                    with self._lock:
+                        self.tried += 1
+                        if made is not None and epoch == self._epoch and self._file is None:
+                            self._file, made = made, None
+                            self.made += 1
             finally:
                 if made is not None:  # dropped meanwhile
                     unlink([made.name])
                 with self._lock:
-                    self._making = False
+                    self._busy = False
+                    if old is not None and job is None:
+                        self.expired += 1
                     self._changed.notify_all()
 
     def _next(self) -> tuple[_File | None, tuple[str, int, int] | None]:
@@ -309,11 +313,12 @@ class Standby:
                 left = ready.made_at + self.idle - time.monotonic()
                 if left <= 0:
                     self._file = None
+                    self._busy = True
                     return ready, None
                 self._changed.wait(left)
+            self._busy = True
             server, size = self._wanted
             self._wanted = None
-            self._making = True
             old, self._file = self._file, None
             return old, (server, size, self._epoch)
 

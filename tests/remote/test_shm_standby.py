@@ -240,3 +240,29 @@ def test_big_values_up_and_down_fill_standby_files_and_none_is_left(
             threading.Event().wait(0.01)  # a poll of /dev/shm with a deadline
         assert {name.split("-")[3] for name in theirs} <= workers(shm_server)
     assert not {name for name in all_files(shm_server) if me in name}, "dropped at close"
+
+
+def test_uploads_over_grpc_fill_the_servers_standby_file(shm_server: EmbeddedServer) -> None:
+    """Over gRPC, the server writes an argument of 20 MiB into a file as its pieces come; the
+    first piece says the size, so from the second upload on that file is the one the server
+    made ahead."""
+    n = (20 << 20) // 8
+    server = f"standby-{shm_server.process.pid}-"
+
+    def servers() -> set[str]:
+        return {name for name in all_files(shm_server) if server in name}
+
+    cluster = sperse.connect(f"sperse://{shm_server.address}", shm_server.token, transport="grpc")
+    try:
+        for i in range(3):
+            a = np.arange(n, dtype="f8") + i
+            before = servers()
+            assert sperse.remote(total)(a).result(WAIT) == float(a.sum()), i
+            assert not before & all_files(shm_server), "the upload took the ready file"
+            deadline = time.monotonic() + WAIT
+            while not servers():
+                assert time.monotonic() < deadline, "the server made no standby file"
+                threading.Event().wait(0.01)  # a poll of /dev/shm with a deadline
+        assert files_once_settled(shm_server, 0) == set()
+    finally:
+        cluster.close()

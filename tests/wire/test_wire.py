@@ -52,6 +52,8 @@ def test_blobs_round_trip(size: int) -> None:
     field = BlobSender().encode(data, blobs)
     assert (field.WhichOneof("kind") == "data") == (size <= INLINE_MAX)
     assert all(len(b.data) <= PIECE for b in blobs)
+    said = [size] + [0] * (len(blobs) - 1) if len(blobs) > 1 else [0] * len(blobs)
+    assert [b.size for b in blobs] == said, "the first of several pieces says the size"
     receiver = BlobReceiver()
     for blob in blobs:
         receiver.add(blob)
@@ -84,18 +86,20 @@ def test_wrapped_blobs_round_trip_into_bytes_or_a_bytearray(size: int) -> None:
     blob_id=st.sampled_from([0, 1, 127, 128, 300, 2**40]),
     size=st.sampled_from([0, 1, 127, 128, 16383, 16384, PIECE]),
     last=st.booleans(),
+    whole=st.sampled_from([0, 1, PIECE + 1, 100_000_000, 2**50]),
 )
 def test_a_piece_is_written_as_protobuf_writes_it_and_read_back(
-    wrap: type, blob_id: int, size: int, last: bool
+    wrap: type, blob_id: int, size: int, last: bool, whole: int
 ) -> None:
     data = os.urandom(size)
-    written = piece_message(wrap, blob_id, memoryview(data), last)
-    expected = wrap(blob=pb.Blob(blob_id=blob_id, data=data, last=last))
+    written = piece_message(wrap, blob_id, memoryview(data), last, whole)
+    expected = wrap(blob=pb.Blob(blob_id=blob_id, data=data, last=last, size=whole))
     assert written == expected.SerializeToString()
     assert serialize(written) is written
     piece = read_piece(wrap, written)
     assert piece is not None
-    assert (piece.blob_id, bytes(piece.data), piece.last) == (blob_id, data, last)
+    read = (piece.blob_id, bytes(piece.data), piece.last, piece.size)
+    assert read == (blob_id, data, last, whole)
 
 
 @given(size=st.sampled_from([0, 1, 127, 128, 16384, PIECE]))

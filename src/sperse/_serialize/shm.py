@@ -79,6 +79,7 @@ _STANDBY = re.compile(r"sperse-\d+-standby-(\d+)-")
 _WRITE_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
 _READ_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK  # no FIFO waits
 _CHUNK = 1 << 30
+_NICE = 19  # a standby file is made with the CPU time the rest leaves
 
 
 class ShmError(OSError):
@@ -212,6 +213,30 @@ class Standby:
     def use(self, prefix: str, view: memoryview) -> str | None:
         """Write ``view`` into the ready file and name it (None: none fits, or it failed)."""
         size = view.nbytes
+        taken = self.take(prefix, size)
+        if taken is None:
+            return None
+        name, capacity = taken
+        try:
+            fd = os.open(_path(name), os.O_WRONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+            try:
+                _write_all(fd, view)
+                if capacity > size:
+                    os.ftruncate(fd, size)  # a reader may map the whole file
+            finally:
+                os.close(fd)
+        except OSError:
+            unlink([name])
+            return None
+        self.want(prefix, size)
+        return name
+
+    def take(self, prefix: str, size: int) -> tuple[str, int] | None:
+        """The ready file, for a write of ``size`` bytes with ``prefix``, under a new name
+        of ``prefix``: (that name, the file's size). Its taker writes it from its start,
+        cuts it to what it wrote, and asks for the next (:meth:`want`). None: no file fits
+        (``size`` must be at least ``min_size``, at most the file's, and more than half).
+        """
         if size < self.min_size:
             return None
         server = _server_of(prefix)
@@ -223,20 +248,11 @@ class Standby:
         name = new_name(prefix)
         try:
             os.link(_path(ready.name), _path(name))  # never replaces a file
-            fd = os.open(_path(name), os.O_WRONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
-            try:
-                _write_all(fd, view)
-                if ready.size > size:
-                    os.ftruncate(fd, size)  # a reader may map the whole file
-            finally:
-                os.close(fd)
         except OSError:
-            unlink([name])
             return None
         finally:
             unlink([ready.name])
-        self.want(prefix, size)
-        return name
+        return name, ready.size
 
     def want(self, prefix: str, size: int) -> None:
         """Have a file of ``size`` bytes ready for the next write with ``prefix``."""
@@ -278,6 +294,8 @@ class Standby:
             return self._changed.wait_for(lambda: done(self), timeout)
 
     def _run(self) -> None:
+        with contextlib.suppress(OSError, AttributeError):  # (Linux: a thread's own niceness)
+            os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), _NICE)
         while True:  # a daemon thread: waits for work, or for the ready file to expire
             old, job = self._next()
             made = None

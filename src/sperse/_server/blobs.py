@@ -142,13 +142,27 @@ class StreamSender(BlobSender):
 
 
 class _Spill:
-    """A blob being written into a new shared memory file of the server's, piece by piece."""
+    """A blob being written into a new shared memory file of the server's, piece by piece:
+    the file made ahead for the size its first piece said, when one fits (``shm.Standby``).
+    """
 
-    __slots__ = ("fd", "name", "size")
+    __slots__ = ("capacity", "fd", "name", "prefix", "size")
 
-    def __init__(self, prefix: str) -> None:
-        self.name = shm.new_name(prefix)
-        self.fd = os.open(os.path.join(shm.SHM_DIR, self.name), _SPILL_FLAGS, 0o600)
+    def __init__(self, prefix: str, said: int) -> None:
+        self.prefix = prefix
+        taken = shm.standby.take(prefix, said)
+        if taken is None:
+            self.name, self.capacity = shm.new_name(prefix), 0
+            flags = _SPILL_FLAGS
+        else:
+            self.name, self.capacity = taken
+            flags = os.O_WRONLY | os.O_NOFOLLOW | os.O_CLOEXEC
+        try:
+            self.fd = os.open(os.path.join(shm.SHM_DIR, self.name), flags, 0o600)
+        except OSError:
+            if taken is not None:
+                shm.unlink([self.name])
+            raise
         self.size = 0
 
     def write(self, data: bytes | memoryview) -> None:
@@ -158,8 +172,11 @@ class _Spill:
         self.size += len(data)
 
     def finish(self) -> ShmBuffer:
+        if self.capacity > self.size:
+            os.ftruncate(self.fd, self.size)  # a reader may map the whole file
         os.close(self.fd)
         self.fd = -1
+        shm.standby.want(self.prefix, self.size)
         return ShmBuffer(self.name, self.size)
 
     def discard(self) -> None:
@@ -227,7 +244,7 @@ class StreamReceiver:
         data = blob.data  # (a Blob's: each read of it is a copy; a Piece's: a view)
         spill = self._spilling.get(blob_id)
         if spill is None and self._spill_prefix:
-            spill = self._maybe_spill(blob_id, len(data))
+            spill = self._maybe_spill(blob_id, len(data), blob.size)
         try:
             if spill is not None:
                 if spill.size + len(data) > self._max_value:
@@ -236,8 +253,8 @@ class StreamReceiver:
                 spill.write(data)
                 self._spilled_bytes += len(data)
                 if blob.last:
-                    del self._spilling[blob_id]
                     self._spilled[blob_id] = spill.finish()
+                    del self._spilling[blob_id]
             else:
                 self._blobs.add_piece(blob_id, data, blob.last)
         except ValueError:
@@ -282,13 +299,13 @@ class StreamReceiver:
         self._counted = pending
         return pending
 
-    def _maybe_spill(self, blob_id: int, more: int) -> _Spill | None:
+    def _maybe_spill(self, blob_id: int, more: int, said: int) -> _Spill | None:
         """Start writing ``blob_id`` into a file once it reaches ``shm.SHM_MIN`` bytes (its
         pieces so far first); None: it stays in memory (small, or /dev/shm refused)."""
         if self._blobs.partial_size(blob_id) + more < shm.SHM_MIN:
             return None
         try:
-            spill = _Spill(self._spill_prefix)
+            spill = _Spill(self._spill_prefix, said)
         except OSError:
             return None  # kept in memory, as before
         pieces = self._blobs.take_partial(blob_id)

@@ -51,19 +51,33 @@ _WRITE_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEX
 
 class _Part:
     """One byte string of a pulled object (its pickle stream or a buffer), as it arrives:
-    in memory, or written into a new shared memory file."""
+    in memory, or written into a new shared memory file (one made ahead of its size, when
+    one fits: ``shm.Standby``)."""
 
-    __slots__ = ("chunks", "fd", "name", "received", "size")
+    __slots__ = ("capacity", "chunks", "fd", "name", "prefix", "received", "size")
 
     def __init__(self, size: int, shm_prefix: str) -> None:
         self.size = size
         self.received = 0
         self.chunks: list[bytes] = []
         self.name = ""
+        self.prefix = shm_prefix
+        self.capacity = 0
         self.fd = -1
         if shm_prefix and size >= shm.SHM_MIN:
-            self.name = shm.new_name(shm_prefix)
-            self.fd = os.open(os.path.join(shm.SHM_DIR, self.name), _WRITE_FLAGS, 0o600)
+            taken = shm.standby.take(shm_prefix, size)
+            flags = _WRITE_FLAGS
+            if taken is None:
+                self.name = shm.new_name(shm_prefix)
+            else:
+                self.name, self.capacity = taken
+                flags = os.O_WRONLY | os.O_NOFOLLOW | os.O_CLOEXEC
+            try:
+                self.fd = os.open(os.path.join(shm.SHM_DIR, self.name), flags, 0o600)
+            except OSError:
+                if taken is not None:
+                    shm.unlink([self.name])
+                raise
 
     @property
     def full(self) -> bool:
@@ -80,8 +94,11 @@ class _Part:
 
     def value(self) -> Buffer:
         if self.fd >= 0:
+            if self.capacity > self.size:
+                os.ftruncate(self.fd, self.size)  # a reader may map the whole file
             os.close(self.fd)
             self.fd = -1
+            shm.standby.want(self.prefix, self.size)
             return ShmBuffer(self.name, self.size)
         data = b"".join(self.chunks)
         self.chunks = []

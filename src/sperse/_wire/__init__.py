@@ -24,7 +24,9 @@ Rules:
 - Byte strings above ``INLINE_MAX`` travel as ``Blob`` pieces of at most
   ``PIECE`` bytes, sent just before the message that names them by ``blob_id``;
   so a value of any size fits gRPC's message limit. Blob ids are per sender and
-  per stream. A receiver refuses a blob larger than its ``max_value`` limit.
+  per stream. The first piece of a blob of several says the blob's ``size``: a hint (a
+  server writing it into a file takes one made ahead of that size); the pieces are the
+  blob. A receiver refuses a blob larger than its ``max_value`` limit.
 - Protocol-5 out-of-band buffers (numpy arrays) travel as separate byte strings
   (``Pickled.buffers``), never copied into the pickle stream.
 - Same host: ``Hello`` names a file ``sperse-probe-*`` in /dev/shm that the client made,
@@ -128,13 +130,16 @@ class BlobSender:
         if view.nbytes <= INLINE_MAX:
             return pb.Bytes(data=view.tobytes())
         blob_id = next(self._ids)
+        whole = view.nbytes if view.nbytes > PIECE else 0  # (said on the first of several)
         for start in range(0, view.nbytes, PIECE):
             end = min(start + PIECE, view.nbytes)
             last = end == view.nbytes
+            size = whole if start == 0 else 0
             if wrap is None:
-                out.append(pb.Blob(blob_id=blob_id, data=view[start:end].tobytes(), last=last))
+                data = view[start:end].tobytes()
+                out.append(pb.Blob(blob_id=blob_id, data=data, last=last, size=size))
             else:
-                out.append(piece_message(wrap, blob_id, view[start:end], last))
+                out.append(piece_message(wrap, blob_id, view[start:end], last, size))
         return pb.Bytes(blob_id=blob_id)
 
     def pickled(self, data: bytes, buffers: Sequence[Any], blobs: list[pb.Blob]) -> pb.Pickled:
@@ -273,22 +278,29 @@ _LAST_FIELD = pb.Blob.DESCRIPTOR.fields_by_name["last"].number
 _BLOB_ID_TAG = _tag(pb.Blob, "blob_id", _VARINT)
 _DATA_TAG = _tag(pb.Blob, "data", _LENGTH_DELIMITED)
 _LAST = _tag(pb.Blob, "last", _VARINT) + b"\x01"
+_SIZE = pb.Blob.DESCRIPTOR.fields_by_name["size"].number
+_SIZE_TAG = _tag(pb.Blob, "size", _VARINT)
 _BLOB_FIELDS = 8  # fields read_piece reads at most (a piece's writer writes 3)
 
 
 def piece_message(
-    wrap: type[Any], blob_id: int, data: builtins.bytes | memoryview, last: bool
+    wrap: type[Any],
+    blob_id: int,
+    data: builtins.bytes | memoryview,
+    last: bool,
+    whole: int = 0,
 ) -> builtins.bytes:
     """The wire bytes of a ``wrap`` (``ClientMessage`` or ``ServerMessage``) whose ``blob``
-    is one piece: the bytes protobuf writes for it, written here, where ``data`` (bytes, or
-    a view of bytes) is copied once. protobuf's own serialization of a new message holding
-    a 1 MiB piece took 1.7 ms (its buffer grows in the message's arena, which is freed
-    after: new pages every time), 30 times this; ``serialize`` lets these bytes through."""
+    is one piece (``whole``: the blob's ``size``, said on its first piece): the bytes
+    protobuf writes for it, written here, where ``data`` (bytes, or a view of bytes) is
+    copied once. protobuf's own serialization of a new message holding a 1 MiB piece took
+    1.7 ms (its buffer grows in the message's arena, which is freed after: new pages every
+    time), 30 times this; ``serialize`` lets these bytes through."""
     size = len(data)
     head = (_BLOB_ID_TAG + _varint(blob_id) if blob_id else b"") + (
         _DATA_TAG + _varint(size) if size else b""
     )
-    tail = _LAST if last else b""
+    tail = (_LAST if last else b"") + (_SIZE_TAG + _varint(whole) if whole else b"")
     length = _varint(len(head) + size + len(tail))
     return b"".join((_BLOB_TAG[wrap], length, head, data, tail))
 
@@ -300,6 +312,7 @@ class Piece:
     blob_id: int
     data: memoryview
     last: bool
+    size: int = 0  # the whole blob's, said on its first piece (0: not said)
 
 
 def read_piece(wrap: type[Any], raw: builtins.bytes) -> Piece | None:
@@ -316,7 +329,7 @@ def read_piece(wrap: type[Any], raw: builtins.bytes) -> Piece | None:
         length, at = _read_varint(raw, len(tag))
         if at + length != len(raw):
             return None
-        blob_id, data, last = 0, memoryview(b""), False
+        blob_id, data, last, whole = 0, memoryview(b""), False, 0
         view = memoryview(raw)
         for _ in range(_BLOB_FIELDS):
             if at == len(raw):
@@ -329,6 +342,8 @@ def read_piece(wrap: type[Any], raw: builtins.bytes) -> Piece | None:
                     blob_id = number
                 elif field == _LAST_FIELD:
                     last = bool(number)
+                elif field == _SIZE:
+                    whole = number
             elif wire_type == _LENGTH_DELIMITED:
                 size, at = _read_varint(raw, at)
                 if at + size > len(raw):
@@ -342,7 +357,7 @@ def read_piece(wrap: type[Any], raw: builtins.bytes) -> Piece | None:
             return None  # more fields than a piece has: protobuf's
     except ValueError:  # a varint cut short, or too long
         return None
-    return Piece(blob_id, data, last)
+    return Piece(blob_id, data, last, whole)
 
 
 def read_client_message(raw: builtins.bytes) -> pb.ClientMessage | Piece:

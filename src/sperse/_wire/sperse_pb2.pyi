@@ -91,14 +91,16 @@ class Bytes(_message.Message):
     def __init__(self, data: _Optional[bytes] = ..., blob_id: _Optional[int] = ..., shm: _Optional[str] = ...) -> None: ...
 
 class Blob(_message.Message):
-    __slots__ = ("blob_id", "data", "last")
+    __slots__ = ("blob_id", "data", "last", "size")
     BLOB_ID_FIELD_NUMBER: _ClassVar[int]
     DATA_FIELD_NUMBER: _ClassVar[int]
     LAST_FIELD_NUMBER: _ClassVar[int]
+    SIZE_FIELD_NUMBER: _ClassVar[int]
     blob_id: int
     data: bytes
     last: bool
-    def __init__(self, blob_id: _Optional[int] = ..., data: _Optional[bytes] = ..., last: _Optional[bool] = ...) -> None: ...
+    size: int
+    def __init__(self, blob_id: _Optional[int] = ..., data: _Optional[bytes] = ..., last: _Optional[bool] = ..., size: _Optional[int] = ...) -> None: ...
 
 class Pickled(_message.Message):
     __slots__ = ("data", "buffers")

@@ -281,7 +281,7 @@ class ServerCore:
         if self._announce_timer is not None:
             self._announce_timer.cancel()
             self._announce_timer = None
-        self._files.unlink_pending()
+        self._files.close()
         shm.sweep(self.shm_prefix)
 
     # ---- sessions --------------------------------------------------------------------

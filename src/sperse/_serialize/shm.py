@@ -3,9 +3,9 @@
 A client and a server on one machine (and a server and its workers, always) move big
 out-of-band pickle buffers as files in ``SHM_DIR`` (a tmpfs: its pages are memory) instead
 of through sockets: the writer copies a buffer into a new file once (a big one into the
-pages of a file it made ahead, :class:`Standby`), and names the file; the reader maps it copy-on-write (:func:`map_copy`), which copies nothing up front and
-gives a writable buffer (a numpy array built on it can be changed in place; the file never
-is).
+pages of a file it made ahead, :class:`Standby`), and names the file; the reader maps it
+copy-on-write (:func:`map_copy`), which copies nothing up front and gives a writable buffer
+(a numpy array built on it can be changed in place; the file never is).
 
 Invariants:
 
@@ -170,14 +170,14 @@ class Standby:
 
     Writing into a new tmpfs file costs more in allocating its pages than in copying the
     bytes (100 MB: about 45 ms, against 17 ms into pages allocated before). So after a
-    write of at least ``min_size`` bytes, a thread of this process makes a file of that
-    size (``posix_fallocate``). The next big write for the same server (its prefix starts
-    with the same ``sperse-<server pid>-``: a session's, a task attempt's) of at most its
-    size, and more than half of it, takes it: the file gets a new name of the writer's prefix (a hard link), is
-    written from its start and cut to its size. A file is still written once, before anyone
-    knows its name. One file at a time, at most ``max_size`` bytes, only while ``SHM_DIR``
-    has ``room`` times its size free, and removed after ``idle`` seconds unused, at exit,
-    or by :meth:`drop`.
+    write of at least ``min_size`` bytes, a thread of this process, at the lowest priority,
+    makes a file of that size (``posix_fallocate``). The next big write for the same server
+    (its prefix starts with the same ``sperse-<server pid>-``: a session's, a task
+    attempt's) of at most its size, and more than half of it, takes it: the file gets a new
+    name of the writer's prefix (a hard link), is written from its start and cut to its
+    size. A file is still written once, before anyone knows its name. One file at a time,
+    at most ``max_size`` bytes, only while ``SHM_DIR`` has ``room`` times its size free,
+    and removed after ``idle`` seconds unused, at exit, or by :meth:`drop`.
 
     A standby file is named ``sperse-<server pid>-standby-<pid>-<random>``: a server sweeps
     those of a process that died (:func:`sweep_dead_standbys`), and all of its own when it

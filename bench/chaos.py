@@ -266,7 +266,8 @@ class Chaos:
             argv += ["--token-file", str(self.token_file), "--json"]
             self.counts["job"] += 1
             done = subprocess.run(argv, capture_output=True, text=True, timeout=SETTLE + 60)
-            if done.returncode == 2 and "nothing listens" in done.stderr:
+            down = ("nothing listens", "no coordinator answered")  # refused; reset or gone
+            if done.returncode == 2 and any(said in done.stderr for said in down):
                 self.errors["job could not start"] += 1  # the coordinator was down: said so
                 continue
             if done.returncode not in (0, 1):

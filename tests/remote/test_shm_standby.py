@@ -199,6 +199,11 @@ def arange(n: int) -> Any:
     return numpy.arange(n, dtype="f8")
 
 
+def ready_ones(names: set[str]) -> set[str]:
+    """The standby files among ``names`` that are ready (one being made ends in ``-new``)."""
+    return {name for name in names if shm.is_standby(name) and not name.endswith("-new")}
+
+
 def workers(server: EmbeddedServer) -> set[str]:
     import psutil
 
@@ -222,10 +227,11 @@ def test_big_values_up_and_down_fill_standby_files_and_none_is_left(
         assert backend.shm
         for i in range(3):
             a = np.arange(n, dtype="f8") + i
-            before = {name for name in all_files(shm_server) if me in name}
+            before, made = ready_ones(mine_now()), shm.standby.made
             assert sperse.remote(total)(a).result(WAIT) == float(a.sum()), i
             assert not before & all_files(shm_server), "the upload took the ready file"
-            assert shm.standby.wait(lambda s: any(me in f for f in all_files(shm_server)), WAIT)
+            assert shm.standby.wait(lambda s: s.made > made, WAIT), "and one is made again"  # noqa: B023
+            assert len(ready_ones(mine_now())) == 1
 
         expected = np.arange(n, dtype="f8")
         for _ in range(3):
@@ -235,7 +241,7 @@ def test_big_values_up_and_down_fill_standby_files_and_none_is_left(
             del back
         assert files_once_settled(shm_server, 0) == set()
         deadline = time.monotonic() + WAIT
-        while not (theirs := {f for f in all_files(shm_server) if shm.is_standby(f)} - mine_now()):
+        while not (theirs := ready_ones(all_files(shm_server)) - mine_now()):
             assert time.monotonic() < deadline, "no worker made a standby file"
             threading.Event().wait(0.01)  # a poll of /dev/shm with a deadline
         assert {name.split("-")[3] for name in theirs} <= workers(shm_server)
@@ -250,7 +256,7 @@ def test_uploads_over_grpc_fill_the_servers_standby_file(shm_server: EmbeddedSer
     server = f"standby-{shm_server.process.pid}-"
 
     def servers() -> set[str]:
-        return {name for name in all_files(shm_server) if server in name}
+        return ready_ones({name for name in all_files(shm_server) if server in name})
 
     cluster = sperse.connect(f"sperse://{shm_server.address}", shm_server.token, transport="grpc")
     try:

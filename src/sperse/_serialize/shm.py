@@ -179,8 +179,9 @@ class Standby:
     at most ``max_size`` bytes, only while ``SHM_DIR`` has ``room`` times its size free,
     and removed after ``idle`` seconds unused, at exit, or by :meth:`drop`.
 
-    A standby file is named ``sperse-<server pid>-standby-<pid>-<random>``: a server sweeps
-    those of a process that died (:func:`sweep_dead_standbys`), and all of its own when it
+    A standby file is named ``sperse-<server pid>-standby-<pid>-<random>`` (with ``-new``
+    after it while it is made; it is renamed when ready): a server sweeps those of a
+    process that died (:func:`sweep_dead_standbys`), and all of its own when it
     stops. A forked child starts with none (the parent's stays the parent's).
     """
 
@@ -308,11 +309,17 @@ class Standby:
                     with self._lock:
                         self.tried += 1
                         if made is not None and epoch == self._epoch and self._file is None:
-                            self._file, made = made, None
-                            self.made += 1
+                            # Named as ready only once it is: what is seen in SHM_DIR is so.
+                            try:
+                                os.rename(_path(_making(made.name)), _path(made.name))
+                            except OSError:
+                                pass  # (removed below)
+                            else:
+                                self._file, made = made, None
+                                self.made += 1
             finally:
-                if made is not None:  # dropped meanwhile
-                    unlink([made.name])
+                if made is not None:  # dropped meanwhile, or it could not be named
+                    unlink([_making(made.name)])
                 with self._lock:
                     self._busy = False
                     if old is not None and job is None:
@@ -349,13 +356,13 @@ class Standby:
             return None
         name = f"{server}standby-{os.getpid()}-{secrets.token_hex(8)}"
         try:
-            fd = os.open(_path(name), _WRITE_FLAGS, 0o600)
+            fd = os.open(_path(_making(name)), _WRITE_FLAGS, 0o600)
         except OSError:  # ShmError too: a prefix no name can start with
             return None
         try:
             os.posix_fallocate(fd, 0, size)
         except OSError:
-            unlink([name])
+            unlink([_making(name)])
             return None
         finally:
             os.close(fd)
@@ -368,6 +375,11 @@ class Standby:
 standby = Standby()
 os.register_at_fork(after_in_child=standby._forked)
 atexit.register(standby.drop)
+
+
+def _making(name: str) -> str:
+    """The name of standby file ``name`` while it is being made."""
+    return name + "-new"
 
 
 def _server_of(prefix: str) -> str | None:

@@ -280,7 +280,7 @@ _DATA_TAG = _tag(pb.Blob, "data", _LENGTH_DELIMITED)
 _LAST = _tag(pb.Blob, "last", _VARINT) + b"\x01"
 _SIZE = pb.Blob.DESCRIPTOR.fields_by_name["size"].number
 _SIZE_TAG = _tag(pb.Blob, "size", _VARINT)
-_BLOB_FIELDS = 8  # fields read_piece reads at most (a piece's writer writes 3)
+_BLOB_FIELDS = 8  # fields read_piece reads at most (a piece's writer writes up to 4)
 
 
 def piece_message(

@@ -54,10 +54,12 @@ __all__ = [
     "Standby",
     "available",
     "check_probe",
+    "close_written",
     "is_standby",
     "make_probe",
     "map_copy",
     "open_read",
+    "open_to_write",
     "server_prefix",
     "standby",
     "sweep",
@@ -141,6 +143,35 @@ def _write_new(prefix: str, view: memoryview) -> str:
         raise ShmError(f"cannot write {view.nbytes} bytes to {path}: {exc.strerror}") from exc
     os.close(fd)
     return name
+
+
+def open_to_write(prefix: str, size: int) -> tuple[str, int, int]:
+    """A file to write about ``size`` bytes into from its start (a hint; 0: not known), named
+    ``prefix`` + random: this process's standby file when one fits, else a new one. Returns
+    (name, file descriptor, capacity: the standby file's size, or 0). The writer ends with
+    :func:`close_written`. Raises ``OSError``, leaving no file."""
+    taken = standby.take(prefix, size)
+    if taken is None:
+        name, capacity, flags = new_name(prefix), 0, _WRITE_FLAGS
+    else:
+        (name, capacity), flags = taken, os.O_WRONLY | os.O_NOFOLLOW | os.O_CLOEXEC
+    try:
+        fd = os.open(_path(name), flags, 0o600)
+    except OSError:
+        if taken is not None:
+            unlink([name])
+        raise
+    return name, fd, capacity
+
+
+def close_written(prefix: str, fd: int, capacity: int, size: int) -> None:
+    """Close a file of :func:`open_to_write` that holds ``size`` bytes: cut to them (a
+    reader may map the whole file), and a standby file of that size asked for. Raises
+    ``OSError`` with ``fd`` still open."""
+    if capacity > size:
+        os.ftruncate(fd, size)
+    os.close(fd)
+    standby.want(prefix, size)
 
 
 def _write_all(fd: int, view: memoryview) -> None:
@@ -257,8 +288,10 @@ class Standby:
 
     def want(self, prefix: str, size: int) -> None:
         """Have a file of ``size`` bytes ready for the next write with ``prefix``."""
+        if not self.min_size <= size <= self.max_size:
+            return
         server = _server_of(prefix)
-        if not self.min_size <= size <= self.max_size or server is None:
+        if server is None:
             return
         with self._lock:
             ready = self._file

@@ -150,19 +150,7 @@ class _Spill:
 
     def __init__(self, prefix: str, said: int) -> None:
         self.prefix = prefix
-        taken = shm.standby.take(prefix, said)
-        if taken is None:
-            self.name, self.capacity = shm.new_name(prefix), 0
-            flags = _SPILL_FLAGS
-        else:
-            self.name, self.capacity = taken
-            flags = os.O_WRONLY | os.O_NOFOLLOW | os.O_CLOEXEC
-        try:
-            self.fd = os.open(os.path.join(shm.SHM_DIR, self.name), flags, 0o600)
-        except OSError:
-            if taken is not None:
-                shm.unlink([self.name])
-            raise
+        self.name, self.fd, self.capacity = shm.open_to_write(prefix, said)
         self.size = 0
 
     def write(self, data: bytes | memoryview) -> None:
@@ -172,11 +160,8 @@ class _Spill:
         self.size += len(data)
 
     def finish(self) -> ShmBuffer:
-        if self.capacity > self.size:
-            os.ftruncate(self.fd, self.size)  # a reader may map the whole file
-        os.close(self.fd)
+        shm.close_written(self.prefix, self.fd, self.capacity, self.size)
         self.fd = -1
-        shm.standby.want(self.prefix, self.size)
         return ShmBuffer(self.name, self.size)
 
     def discard(self) -> None:
@@ -184,9 +169,6 @@ class _Spill:
             os.close(self.fd)
             self.fd = -1
         shm.unlink([self.name])
-
-
-_SPILL_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
 
 
 class BlobTotal:

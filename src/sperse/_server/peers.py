@@ -46,7 +46,6 @@ __all__ = ["PULL_CHUNK", "PeerClient"]
 PULL_CHUNK = 1 << 20  # bytes of one PullChunk's data, at most
 FIRST_ANSWER_TIMEOUT = 10.0  # seconds for the holder's header (an address that drops packets)
 STALL_TIMEOUT = 60.0  # seconds between two chunks
-_WRITE_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
 
 
 class _Part:
@@ -65,19 +64,7 @@ class _Part:
         self.capacity = 0
         self.fd = -1
         if shm_prefix and size >= shm.SHM_MIN:
-            taken = shm.standby.take(shm_prefix, size)
-            flags = _WRITE_FLAGS
-            if taken is None:
-                self.name = shm.new_name(shm_prefix)
-            else:
-                self.name, self.capacity = taken
-                flags = os.O_WRONLY | os.O_NOFOLLOW | os.O_CLOEXEC
-            try:
-                self.fd = os.open(os.path.join(shm.SHM_DIR, self.name), flags, 0o600)
-            except OSError:
-                if taken is not None:
-                    shm.unlink([self.name])
-                raise
+            self.name, self.fd, self.capacity = shm.open_to_write(shm_prefix, size)
 
     @property
     def full(self) -> bool:
@@ -94,11 +81,8 @@ class _Part:
 
     def value(self) -> Buffer:
         if self.fd >= 0:
-            if self.capacity > self.size:
-                os.ftruncate(self.fd, self.size)  # a reader may map the whole file
-            os.close(self.fd)
+            shm.close_written(self.prefix, self.fd, self.capacity, self.size)
             self.fd = -1
-            shm.standby.want(self.prefix, self.size)
             return ShmBuffer(self.name, self.size)
         data = b"".join(self.chunks)
         self.chunks = []

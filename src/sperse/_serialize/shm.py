@@ -81,6 +81,7 @@ _STANDBY = re.compile(r"sperse-\d+-standby-(\d+)-")
 _WRITE_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
 _READ_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK  # no FIFO waits
 _CHUNK = 1 << 30
+_NEW = "-new"  # after a standby file's name while it is made
 _NICE = 19  # a standby file is made with the CPU time the rest leaves
 
 
@@ -146,10 +147,9 @@ def _write_new(prefix: str, view: memoryview) -> str:
 
 
 def open_to_write(prefix: str, size: int) -> tuple[str, int, int]:
-    """A file to write about ``size`` bytes into from its start (a hint; 0: not known), named
-    ``prefix`` + random: this process's standby file when one fits, else a new one. Returns
-    (name, file descriptor, capacity: the standby file's size, or 0). The writer ends with
-    :func:`close_written`. Raises ``OSError``, leaving no file."""
+    """(name, fd, capacity) of a file for about ``size`` bytes (a hint; 0: not known) named
+    ``prefix`` + random: the standby file if it fits (capacity: its size), else a new one
+    (0). End with :func:`close_written`. Raises ``OSError``, leaving no file."""
     taken = standby.take(prefix, size)
     if taken is None:
         name, capacity, flags = new_name(prefix), 0, _WRITE_FLAGS
@@ -165,9 +165,8 @@ def open_to_write(prefix: str, size: int) -> tuple[str, int, int]:
 
 
 def close_written(prefix: str, fd: int, capacity: int, size: int) -> None:
-    """Close a file of :func:`open_to_write` that holds ``size`` bytes: cut to them (a
-    reader may map the whole file), and a standby file of that size asked for. Raises
-    ``OSError`` with ``fd`` still open."""
+    """Cut a file of :func:`open_to_write` to the ``size`` bytes written (a reader may map
+    it whole), close it, ask for a standby file that size. ``OSError``: ``fd`` stays open."""
     if capacity > size:
         os.ftruncate(fd, size)
     os.close(fd)
@@ -344,7 +343,7 @@ class Standby:
                         if made is not None and epoch == self._epoch and self._file is None:
                             # Named as ready only once it is: what is seen in SHM_DIR is so.
                             try:
-                                os.rename(_path(_making(made.name)), _path(made.name))
+                                os.rename(_path(made.name + _NEW), _path(made.name))
                             except OSError:
                                 pass  # (removed below)
                             else:
@@ -352,7 +351,7 @@ class Standby:
                                 self.made += 1
             finally:
                 if made is not None:  # dropped meanwhile, or it could not be named
-                    unlink([_making(made.name)])
+                    unlink([made.name + _NEW])
                 with self._lock:
                     self._busy = False
                     if old is not None and job is None:
@@ -389,13 +388,13 @@ class Standby:
             return None
         name = f"{server}standby-{os.getpid()}-{secrets.token_hex(8)}"
         try:
-            fd = os.open(_path(_making(name)), _WRITE_FLAGS, 0o600)
+            fd = os.open(_path(name + _NEW), _WRITE_FLAGS, 0o600)
         except OSError:  # ShmError too: a prefix no name can start with
             return None
         try:
             os.posix_fallocate(fd, 0, size)
         except OSError:
-            unlink([_making(name)])
+            unlink([name + _NEW])
             return None
         finally:
             os.close(fd)
@@ -408,11 +407,6 @@ class Standby:
 standby = Standby()
 os.register_at_fork(after_in_child=standby._forked)
 atexit.register(standby.drop)
-
-
-def _making(name: str) -> str:
-    """The name of standby file ``name`` while it is being made."""
-    return name + "-new"
 
 
 def _server_of(prefix: str) -> str | None:

@@ -130,6 +130,7 @@ def make_objects() -> tuple[ObjectPools, dict[str, RecordingPool], list[str]]:
         loop,
         on_event=lambda object_id, event: None,
         on_exit=lambda object_id, pid, how: None,
+        on_report=lambda object_id, report: None,
         on_delivered=lambda: said.append("delivered"),
         failed=lambda object_id, error: said.append(f"failed {object_id}"),
         fail=lambda pool_id, error: said.append(f"failed {pool_id}"),

@@ -62,7 +62,9 @@ class ObjectCreate:
     """Create a remote object: ``cls(*args, **kwargs)``, in a worker process of its own.
 
     ``object_id`` is chosen by the client (random). ``methods``: the public methods of
-    ``cls``, for proxies made elsewhere (from a listing, or unpickled in remote code)."""
+    ``cls``, for proxies made elsewhere (from a listing, or unpickled in remote code).
+    ``direct``: the creating client, on the object's host, asks to send its calls to the
+    object's worker directly (set by its backend; see ``sperse._pool.direct``)."""
 
     object_id: str
     cls: Callable[..., Any] | PickledFunction
@@ -73,6 +75,7 @@ class ObjectCreate:
     restart: bool = False
     type_name: str = ""
     methods: tuple[str, ...] = ()
+    direct: bool = False
 
 
 @value

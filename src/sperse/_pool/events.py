@@ -35,6 +35,7 @@ __all__ = [
     "PoolStats",
     "Printed",
     "Ready",
+    "Reported",
     "Result",
     "RunnerRaised",
     "Send",
@@ -162,6 +163,18 @@ class InitFailed:
 
 
 @value
+class Reported:
+    """``REPORT``: a remote object's worker ran calls its client sent to it directly
+    (:mod:`sperse._pool.direct`): how many ended, and what they printed, as ``(task id,
+    stream, text)`` in order. An event from the worker, and the action that hands it to
+    the pool's owner (``on_report``), for its books."""
+
+    worker: WorkerId
+    calls: int
+    output: tuple[tuple[str, str, str], ...] = ()
+
+
+@value
 class Printed:
     """``OUTPUT``: text the task wrote to ``sys.stdout`` or ``sys.stderr`` (a line or more)."""
 
@@ -239,6 +252,7 @@ Event = (
     | Ready
     | InitFailed
     | Printed
+    | Reported
     | Result
     | Interrupted
     | RunnerRaised
@@ -313,5 +327,6 @@ Action = (
     | SetTimer
     | Log
     | WorkerExited
+    | Reported
     | BackendEvent
 )

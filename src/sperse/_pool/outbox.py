@@ -10,7 +10,7 @@ import threading
 from collections.abc import Callable
 
 from sperse._core.events import BackendEvent
-from sperse._pool.events import WorkerExited
+from sperse._pool.events import Reported, WorkerExited
 
 __all__ = ["Outbox"]
 
@@ -27,17 +27,24 @@ class Outbox:
         on_event: Callable[[BackendEvent], None],
         on_delivered: Callable[[], None] | None,
         on_worker_exit: Callable[[int, str], None] | None,
+        on_report: Callable[[Reported], None] | None = None,
     ) -> None:
         self.name = name  # the pool's, in its log lines
         self._lock = lock
         self._on_event = on_event
         self._on_delivered = on_delivered
         self._on_worker_exit = on_worker_exit
-        self._events: collections.deque[BackendEvent | WorkerExited] = collections.deque()
+        self._on_report = on_report
+        self._events: collections.deque[BackendEvent | WorkerExited | Reported] = (
+            collections.deque()
+        )
 
-    def put(self, event: BackendEvent | WorkerExited) -> None:
+    def put(self, event: BackendEvent | WorkerExited | Reported) -> None:
         """With the lock held."""
-        if not isinstance(event, WorkerExited) or self._on_worker_exit is not None:
+        if isinstance(event, WorkerExited):
+            if self._on_worker_exit is not None:
+                self._events.append(event)
+        elif not isinstance(event, Reported) or self._on_report is not None:
             self._events.append(event)
 
     def deliver(self) -> None:
@@ -54,6 +61,9 @@ class Outbox:
                     if isinstance(event, WorkerExited):
                         if self._on_worker_exit is not None:
                             self._on_worker_exit(event.pid, event.how)
+                    elif isinstance(event, Reported):
+                        if self._on_report is not None:
+                            self._on_report(event)
                     else:
                         self._on_event(event)
                 except Exception:

@@ -51,6 +51,7 @@ from sperse._pool.events import (
     PoolStats,
     Printed,
     Ready,
+    Reported,
     Result,
     RunnerRaised,
     Send,
@@ -236,6 +237,8 @@ class PoolPolicy:
                 self._submit(event, out)
             case Cancel(task_id):
                 self._cancel(task_id, now, out)
+            case Reported():
+                out.append(event)
             case Printed(worker, seq, stream, text):
                 w = self._workers.get(worker)
                 task = w.inflight.get(seq) if w is not None else None

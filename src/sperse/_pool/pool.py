@@ -127,6 +127,7 @@ from sperse._pool.events import (
     Log,
     Open,
     PoolStats,
+    Reported,
     Send,
     SendCancel,
     SetTimer,
@@ -141,6 +142,7 @@ from sperse._pool.events import (
     WriteFailed,
 )
 from sperse._pool.outbox import Outbox
+from sperse._pool.pipe import HEADER, Msg
 from sperse._pool.policy import (
     PIPELINE,
     PIPELINE_TASK_MAX,
@@ -149,7 +151,6 @@ from sperse._pool.policy import (
     reconfigure,
 )
 from sperse._pool.procs import ESCALATION_WAIT, WorkerProcess
-from sperse._pool.worker import HEADER, Msg
 
 __all__ = ["PIPELINE", "PIPELINE_TASK_MAX", "PoolStats", "WorkerPool"]
 
@@ -215,6 +216,7 @@ class WorkerPool:
         on_events_delivered: Callable[[], None] | None = None,
         concurrency: int = 1,
         on_worker_exit: Callable[[int, str], None] | None = None,
+        on_report: Callable[[Reported], None] | None = None,
         env: Mapping[str, str] | None = None,
         token: str = "",
         start_method: procs.StartMethod = "spawn",
@@ -240,7 +242,9 @@ class WorkerPool:
 
         self._lock = threading.Lock()
         self._procs: dict[WorkerId, WorkerProcess] = {}  # the live (or starting) workers
-        self._outbox = Outbox(name, self._lock, on_event, on_events_delivered, on_worker_exit)
+        self._outbox = Outbox(
+            name, self._lock, on_event, on_events_delivered, on_worker_exit, on_report
+        )
         self._frames: dict[WorkerId, list[bytes]] = {}  # to write, on the loop
         self._wake_at = math.inf  # the policy's next deadline, for the loop to arm
         self._close_timeout = 5.0
@@ -386,7 +390,7 @@ class WorkerPool:
         """Do what can be done from any thread now; leave frames and timers to the loop."""
         put = self._outbox.put
         for action in actions:
-            if isinstance(action, (Done, Started, Output, Failed, WorkerExited)):
+            if isinstance(action, (Done, Started, Output, Failed, WorkerExited, Reported)):
                 put(action)
             elif isinstance(action, Send):
                 payload = action.payload

@@ -25,6 +25,7 @@ import asyncio
 import collections
 import contextlib
 import ctypes
+import json
 import logging
 import multiprocessing
 import os
@@ -46,11 +47,13 @@ from sperse._pool.events import (
     Malformed,
     Printed,
     Ready,
+    Reported,
     Result,
     RunnerRaised,
     WorkerId,
 )
-from sperse._pool.worker import HEADER, Msg, decode_text, encode_text
+from sperse._pool.pipe import HEADER, Msg
+from sperse._pool.worker import decode_text, encode_text
 
 __all__ = [
     "ESCALATION_WAIT",
@@ -357,6 +360,20 @@ def read_events(w: WorkerProcess, *, to_end: bool = False) -> tuple[list[Event],
     return events, eof
 
 
+def _reported(worker: WorkerId, body: bytes) -> Event:
+    """A ``REPORT``'s JSON: ``{"calls": N, "output": [[task id, stream, text], ...]}``, the
+    stream 1 or 2 as in ``OUTPUT``."""
+    try:
+        report = json.loads(body)
+        calls = int(report["calls"])
+        output = tuple(
+            (str(task), _STREAMS[stream], str(text)) for task, stream, text in report["output"]
+        )
+    except (ValueError, KeyError, TypeError):
+        return Malformed(worker)
+    return Reported(worker, calls, output)
+
+
 def _event(worker: WorkerId, tag: int, seq: int, body: bytes) -> Event | None:
     if tag == Msg.DONE:  # the most frequent first
         return Result(worker, seq, body)
@@ -375,6 +392,8 @@ def _event(worker: WorkerId, tag: int, seq: int, body: bytes) -> Event | None:
         return Printed(worker, seq, stream, text)
     if tag == Msg.CANCELLED:
         return Interrupted(worker, seq)
+    if tag == Msg.REPORT:
+        return _reported(worker, body)
     if tag == Msg.RUNNER_ERROR:
         message, tb = decode_text(body, 2)
         return RunnerRaised(worker, seq, message, tb)

@@ -48,24 +48,22 @@ import collections
 import contextlib
 import contextvars
 import ctypes
-import enum
 import importlib
 import io
 import multiprocessing
 import os
 import queue
-import select
 import signal
-import struct
 import sys
 import threading
 import traceback
 from collections.abc import Callable
 from multiprocessing.connection import Connection
-from types import FrameType, TracebackType
+from types import FrameType
 from typing import Any, TextIO
 
 from sperse._pool import process_group
+from sperse._pool.pipe import HEADER, Channel, Msg, TaskInterrupted, frame
 
 __all__ = [
     "HEADER",
@@ -78,47 +76,16 @@ __all__ = [
     "keep_until_answered",
     "load_runner",
     "main",
+    "open_direct",
 ]
 
 Runner = Callable[[bytes], bytes]
 """Turns a payload into result bytes, in the worker. It encodes user errors in its result."""
 
-HEADER = struct.Struct("!BQQ")  # tag, seq, body length
 _STDOUT = 1
 _STDERR = 2
 _LINE_BREAKS = ("\n", "\r")
 _MAX_BUFFERED = 8192
-_READ_SIZE = 1 << 16
-_LARGE = 1 << 20  # a body at least this big is read straight into its own buffer
-
-
-class Msg(enum.IntEnum):
-    """The tag of every frame on a worker's pipe."""
-
-    # parent -> worker
-    RUN = 1
-    STOP = 2
-    CANCEL = 3
-    CONFIGURE = 4
-    # worker -> parent
-    READY = 10
-    INIT_FAILED = 11
-    OUTPUT = 12
-    DONE = 13
-    CANCELLED = 14
-    RUNNER_ERROR = 15
-
-
-class TaskInterrupted(BaseException):
-    """Raised in the worker's main thread to stop a task the parent cancelled.
-
-    A ``BaseException`` so that ``except Exception`` in user code lets it through.
-    """
-
-
-def frame(tag: int, seq: int = 0, body: bytes = b"") -> bytes:
-    """One frame: the header, then the body."""
-    return HEADER.pack(tag, seq, len(body)) + body
 
 
 def encode_text(*parts: str) -> bytes:
@@ -155,6 +122,15 @@ _serving = False
 _task_seq: contextvars.ContextVar[int] = contextvars.ContextVar("sperse_task_seq", default=0)
 
 
+def open_direct() -> tuple[str, bytes] | None:
+    """In a worker that runs one task at a time: serve calls sent to it directly too (see
+    :mod:`sperse._pool.direct`); the socket's name and the secret. None elsewhere."""
+    return _current.open_direct() if _current is not None else None
+
+
+_current: _Worker | None = None
+
+
 def load_runner(spec: str) -> Runner:
     """Resolve ``"package.module:function"`` (the function may be a dotted attribute path)."""
     module_name, sep, qualname = spec.partition(":")
@@ -167,103 +143,6 @@ def load_runner(spec: str) -> Runner:
         raise TypeError(f"runner {spec!r} is {type(target).__name__}, not a function")
     runner: Runner = target
     return runner
-
-
-class _Reader:
-    """Frames from the parent, over a blocking file descriptor."""
-
-    def __init__(self, fd: int) -> None:
-        self.fd = fd
-        self.buffer = bytearray()
-        self.poller = select.poll()
-        self.poller.register(fd, select.POLLIN)
-
-    def ready(self) -> bool:
-        """Whether a frame (or the end of the pipe) can be read without waiting."""
-        return self.buffered() or bool(self.poller.poll(0))
-
-    def buffered(self) -> bool:
-        """Whether a whole frame has been read already."""
-        buffer = self.buffer
-        if len(buffer) < HEADER.size:
-            return False
-        length: int = HEADER.unpack_from(buffer)[2]
-        return len(buffer) >= HEADER.size + length
-
-    def read(self) -> tuple[int, int, bytes] | None:
-        """The next frame, waiting for it; None when the parent has closed the pipe."""
-        buffer = self.buffer
-        while len(buffer) < HEADER.size:
-            if not self._fill():
-                return None
-        tag, seq, length = HEADER.unpack_from(buffer)
-        end = HEADER.size + length
-        if length >= _LARGE and len(buffer) < end:
-            body = bytearray(length)
-            have = len(buffer) - HEADER.size
-            body[:have] = buffer[HEADER.size :]
-            buffer.clear()
-            view = memoryview(body)
-            while have < length:
-                n = os.readv(self.fd, [view[have:]])
-                if not n:
-                    return None
-                have += n
-            return tag, seq, bytes(body)
-        while len(buffer) < end:
-            if not self._fill():
-                return None
-        data = bytes(buffer[HEADER.size : end])
-        del buffer[:end]
-        return tag, seq, data
-
-    def _fill(self) -> bool:
-        chunk = os.read(self.fd, _READ_SIZE)
-        self.buffer += chunk
-        return bool(chunk)
-
-
-class _Channel:
-    """The worker's end of the pipe: sends are serialized and shielded from interrupts."""
-
-    def __init__(self, conn: Connection) -> None:
-        self.conn = conn  # kept open: it owns the file descriptor
-        self.fd = conn.fileno()
-        self.reader = _Reader(self.fd)
-        self._lock = threading.Lock()
-        self._main = threading.main_thread().ident
-        # Touched by the main thread only (the signal handler runs there too).
-        self.shield_depth = 0
-        self.deferred = False
-
-    def __enter__(self) -> None:
-        if threading.get_ident() == self._main:
-            self.shield_depth += 1
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        if threading.get_ident() == self._main:
-            self.shield_depth -= 1
-            if self.shield_depth == 0 and self.deferred:
-                self.deferred = False
-                raise TaskInterrupted
-
-    def send(self, tag: int, seq: int = 0, body: bytes = b"") -> None:
-        with self, self._lock:
-            if len(body) < _LARGE:
-                self._write(frame(tag, seq, body))
-            else:  # no copy of a large body
-                self._write(HEADER.pack(tag, seq, len(body)))
-                self._write(body)
-
-    def _write(self, data: bytes) -> None:
-        view = memoryview(data)
-        while view:
-            view = view[os.write(self.fd, view) :]
 
 
 class _Buffered:
@@ -335,14 +214,14 @@ class _TaskStream(io.TextIOBase):
         buffered = self._buffers.pop(seq, None)
         if buffered is not None and buffered.parts:
             body = bytes((self._stream,)) + encode_text("".join(buffered.parts))
-            self._worker.channel.send(Msg.OUTPUT, seq, body)
+            self._worker.send_output(seq, body)
 
 
 class _Worker:
     def __init__(
         self, conn: Connection, runner: Runner, cancel_seq: ctypes.c_int64, concurrency: int = 1
     ) -> None:
-        self.channel = _Channel(conn)
+        self.channel = Channel(conn)
         self.runner = runner
         self.cancel_seq = cancel_seq
         self.running = 0  # sequence number of the task running now, 0 when idle
@@ -358,6 +237,36 @@ class _Worker:
         self.threads = 0
         self.idle = 0  # threads waiting for a job
         self.threads_lock = threading.Lock()
+        self.direct: Any = None  # a sperse._pool.direct.Direct, once the runner opened it
+
+    def send_output(self, seq: int, body: bytes) -> None:
+        if seq < 0:  # a direct call's (sperse._pool.direct)
+            self.direct.output(seq, body)
+        else:
+            self.channel.send(Msg.OUTPUT, seq, body)
+
+    def open_direct(self) -> tuple[str, bytes] | None:
+        """Serve direct calls too (see :mod:`sperse._pool.direct`): the socket's name and
+        the secret. None in a worker that runs several tasks at once."""
+        if self.concurrency != 1:
+            return None
+        if self.direct is None:
+            from sperse._pool.direct import Direct  # only an object's worker needs it
+
+            self.direct = Direct(
+                self.waiting,
+                lambda: self.running,
+                self._interrupt,
+                lambda body: self.channel.send(Msg.REPORT, 0, body),
+            )
+        return self.direct.address, self.direct.secret
+
+    def _interrupt(self) -> None:
+        if self.channel.shield_depth:
+            self.channel.deferred = True
+        else:
+            self.channel.deferred = False
+            raise TaskInterrupted
 
     def current(self) -> int:
         """The task whose code runs on this thread (or in this context), 0 if none."""
@@ -370,11 +279,7 @@ class _Worker:
         seq = self.running
         if not seq or self.cancel_seq.value != seq:
             return  # a late signal for a task that has ended
-        if self.channel.shield_depth:
-            self.channel.deferred = True
-        else:
-            self.channel.deferred = False
-            raise TaskInterrupted
+        self._interrupt()
 
     def serve(self) -> None:
         """Serve till told to stop; a ``CONFIGURE`` of another concurrency switches modes."""
@@ -386,7 +291,12 @@ class _Worker:
         reader = self.channel.reader
         waiting = self.waiting
         while self.concurrency == 1:
-            if not waiting and not self._take(reader.read()):
+            direct = self.direct
+            if (
+                not waiting
+                and (direct is None or reader.buffered() or direct.wait(reader.fd))
+                and not self._take(reader.read())
+            ):
                 return False
             # A CANCEL of a task that waits behind another is read before that task starts
             # (frames already read always; the pipe is asked only when tasks queue up here).
@@ -395,9 +305,16 @@ class _Worker:
             ):
                 if not self._take(reader.read()):
                     return False
+            if direct is not None and len(waiting) > 1:
+                direct.take()
             if waiting:
                 seq, payload = waiting.popitem(last=False)
-                self.channel.send(*self.run_task(seq, payload))
+                outcome = self.run_task(seq, payload)
+                if seq < 0:
+                    with self.channel:  # shielded: an interrupt must not cut a frame
+                        direct.answer(*outcome)
+                else:
+                    self.channel.send(*outcome)
                 _drop_kept()
         return True
 
@@ -574,6 +491,7 @@ def main(
     sys.stdout = worker.stdout
     sys.stderr = worker.stderr
     worker.channel.send(Msg.READY, os.getpid())
-    global _serving
+    global _serving, _current
     _serving = True
+    _current = worker
     worker.serve()

@@ -8,8 +8,11 @@ an exception comes back with its remote traceback.
 
 Invariants:
 
-- ``ObjectCreate`` builds the instance; its result is ``None``. A later create in the same
-  process replaces it (the server sends one per worker: at the start, and after the worker
+- ``ObjectCreate`` builds the instance; its result is ``None``, or, when it asks for it
+  (``direct``) in a worker that runs one call at a time, ``(DIRECT, socket name, secret)``:
+  how its client sends calls to this process directly (:mod:`sperse._pool.direct`; the
+  client's backend takes the tuple out of the result). A later create in the same process
+  replaces it (the server sends one per worker: at the start, and after the worker
   was replaced). ``ObjectCall`` runs a method or reads an attribute. Both are hosted as
   :mod:`sperse._exec.objects` hosts every remote object (public names only; ``async def``
   methods awaited on the object's event loop, N at once with ``max_concurrency`` N; a
@@ -26,11 +29,13 @@ import os
 from sperse._core import ErrorInfo, ObjectCall, ObjectCreate
 from sperse._exec.objects import ObjectHost, Refused, our_frames
 from sperse._exec.runner import encode_error
-from sperse._pool.worker import TaskInterrupted, keep_until_answered
+from sperse._pool.worker import TaskInterrupted, keep_until_answered, open_direct
 from sperse._server.envelope import Envelope, pack_failure, unpack_envelope
 from sperse._server.runner import LoadFailed, load_work, pack_result
 
-__all__ = ["run"]
+__all__ = ["DIRECT", "run"]
+
+DIRECT = "sperse-direct/1"  # the first item of a create's result that says how to call directly
 
 _host = ObjectHost()  # the one object of this worker
 _OUR_FILES = frozenset({__file__})
@@ -59,7 +64,8 @@ def _create(work: ObjectCreate, envelope: Envelope) -> bytes:
         raise
     except BaseException as exc:  # the constructor's error, SystemExit included
         return pack_failure(_user_error(exc))
-    return pack_result(work, None, envelope)
+    direct = open_direct() if work.direct else None
+    return pack_result(work, None if direct is None else (DIRECT, *direct), envelope)
 
 
 def _call(work: ObjectCall, envelope: Envelope) -> bytes:

@@ -216,6 +216,7 @@ class ServerCore:
             name,
             loop,
             on_event=self._on_object_event,
+            on_report=lambda oid, r: self._perform(self.state.objects.calls_reported(oid, r)),
             on_exit=self._on_object_worker_exit,
             on_delivered=self._after_pool_events,
             failed=self._object_pool_failed,

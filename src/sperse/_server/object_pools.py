@@ -24,6 +24,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
 from sperse._core import BackendEvent, ErrorInfo
+from sperse._pool.events import Reported
 from sperse._pool.forking import objects_forkserver_ready, start_objects_forkserver
 from sperse._pool.pool import WorkerPool
 from sperse._server.actions import CancelObjectCall, StartObject, StopObject, SubmitToObject
@@ -45,7 +46,8 @@ class _ObjectPool:
 
 
 class ObjectPools:
-    """``on_event(object_id, event)``, ``on_exit(object_id, pid, how)``: what the pools say;
+    """``on_event(object_id, event)``, ``on_exit(object_id, pid, how)``, ``on_report(object_id,
+    report)`` (calls its client sent the worker directly): what the pools say;
     ``failed(object_id, error)``: a pool cannot start; ``fail(pool_id, error)``: an attempt
     cannot run (cancelled while queued, or its pool is closed)."""
 
@@ -57,6 +59,7 @@ class ObjectPools:
         *,
         on_event: Callable[[str, BackendEvent], None],
         on_exit: Callable[[str, int, str], None],
+        on_report: Callable[[str, Reported], None],
         on_delivered: Callable[[], None],
         failed: Callable[[str, str], None],
         fail: Callable[[str, ErrorInfo], None],
@@ -69,6 +72,7 @@ class ObjectPools:
         self._loop = loop
         self._on_event = on_event
         self._on_exit = on_exit
+        self._on_report = on_report
         self._on_delivered = on_delivered
         self._failed = failed
         self._fail = fail
@@ -124,6 +128,7 @@ class ObjectPools:
             concurrency=concurrency,
             on_events_delivered=self._batch_delivered,
             on_worker_exit=binding.exit,
+            on_report=binding.report,
             env=dict(environment.env),
             token=environment.token,
             # Milliseconds (a flow starts one per operator replica). Until the objects'
@@ -177,6 +182,7 @@ class ObjectPools:
             action.max_concurrency,
             self._batch_event,
             self._on_exit,
+            self._on_report,
         )
         if pool is not None:
             self._started(record, pool)
@@ -191,7 +197,7 @@ class ObjectPools:
         """Start the object's worker (in a thread: spawning takes milliseconds), then send
         what waits for it."""
         object_id = action.object_id
-        binding = Binding(object_id, self._on_exit, self._batch_event)
+        binding = Binding(object_id, self._on_exit, self._batch_event, self._on_report)
         environment = Environment.now(self._env(), self._token())
         try:
             pool = await asyncio.to_thread(

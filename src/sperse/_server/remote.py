@@ -27,7 +27,16 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from sperse._core import Done, ErrorInfo, Failed
-from sperse._server.actions import Action, Log, SubmitToObject, Unlink, log
+from sperse._pool.events import Reported
+from sperse._server.actions import (
+    Action,
+    EndTaskLog,
+    Log,
+    SubmitToObject,
+    TaskLogOutput,
+    Unlink,
+    log,
+)
 from sperse._server.envelope import PickledBytes, ResultValue
 from sperse._server.model import GONE_KEPT, HeldObject, InlineValue, ObjectOp, RemoteObjectInfo
 
@@ -218,6 +227,23 @@ class RemoteObjects:
 
     def gone_reason(self, obj: RemoteObject) -> str:
         return self._gone.get(obj.object_id, f"{self.describe(obj)} is gone")
+
+    def calls_reported(self, object_id: str, report: Reported) -> list[Action]:
+        """The object's worker ran calls its owner sent it directly: counted as the
+        object's calls, and what they printed kept as any task's log (in the owner's
+        session: only the owner sends directly, whatever the worker says)."""
+        obj = self.alive.get(object_id)
+        if obj is None:
+            return []
+        obj.calls += max(0, report.calls)
+        session = obj.owner.session_id
+        out: list[Action] = []
+        ended: dict[str, None] = {}
+        for task_id, stream, text in report.output:
+            out.append(TaskLogOutput(f"{session}/{task_id}", stream, text))
+            ended[task_id] = None
+        out.extend(EndTaskLog(f"{session}/{task_id}") for task_id in ended)
+        return out
 
     def lost(self, task_id: str, object_id: str) -> Failed:
         """The failure of a call of an object that is not alive here."""

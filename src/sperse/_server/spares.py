@@ -33,6 +33,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
 from sperse._core import BackendEvent
+from sperse._pool.events import Reported
 from sperse._pool.pool import WorkerPool
 from sperse._server.logs import log_event
 
@@ -54,7 +55,7 @@ class Environment:
         return cls(tuple(sorted(env.items())), token, tuple(sorted(os.environ.items())))
 
 
-def _ignore(object_id: str, event: BackendEvent) -> None:
+def _ignore(object_id: str, event: BackendEvent | Reported) -> None:
     """A spare runs no task: it has no events."""
 
 
@@ -66,9 +67,13 @@ class Binding:
     object_id: str
     on_exit: Callable[[str, int, str], None]
     on_event: Callable[[str, BackendEvent], None] = _ignore
+    on_report: Callable[[str, Reported], None] = _ignore
 
     def event(self, event: BackendEvent) -> None:
         self.on_event(self.object_id, event)
+
+    def report(self, report: Reported) -> None:
+        self.on_report(self.object_id, report)
 
     def exit(self, pid: int, how: str) -> None:
         self.on_exit(self.object_id, pid, how)
@@ -170,6 +175,7 @@ class SpareWorkers:
         concurrency: int,
         on_event: Callable[[str, BackendEvent], None],
         on_exit: Callable[[str, int, str], None],
+        on_report: Callable[[str, Reported], None],
     ) -> WorkerPool | None:
         """A spare, now the pool of ``object_id`` (named ``name``, running
         ``concurrency`` calls at once, its events to ``on_event`` and ``on_exit``); None if
@@ -190,6 +196,7 @@ class SpareWorkers:
             spare.binding.object_id = object_id
             spare.binding.on_event = on_event
             spare.binding.on_exit = on_exit
+            spare.binding.on_report = on_report
             self.taken += 1
             return pool
         return None

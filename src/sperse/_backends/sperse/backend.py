@@ -20,6 +20,7 @@ import threading
 from collections.abc import Callable, Coroutine, Iterable, Sequence
 from typing import Any, TypeVar
 
+from sperse._backends.sperse.direct import DirectCalls
 from sperse._backends.sperse.embedded import EmbeddedServer
 from sperse._backends.sperse.events import Decoder, TaskTable
 from sperse._backends.sperse.session import Session
@@ -125,12 +126,24 @@ class SperseBackend:
         self._closed = False
         self._locate = locate
         self._info: ServerInfo | None = None  # the server as the Welcome describes it
+        self._sink: EventSink | None = None
+        self._direct = DirectCalls(
+            self._loop,
+            sink=lambda: self._sink,
+            send=self._send,
+            name=lambda: self.name,
+            lost=lambda: self._tasks.lost,
+            local=lambda: self.transport == "local",
+            shm_prefix=lambda: self._session.shm_prefix,
+        )
 
     # ---- lifecycle -----------------------------------------------------------
 
     def start(self, sink: EventSink) -> None:
         """Connect and authenticate; raises AuthenticationError, ServerUnavailable, ..."""
-        self._decoder.sink = sink
+        self._sink = sink
+        direct = self._direct
+        self._decoder.sink = lambda event: sink(direct.event(event))
         self._thread.start()
         try:
             self._call(self._session.open(), self._connect_timeout + 1)
@@ -142,6 +155,7 @@ class SperseBackend:
         if self._closed:
             return
         self._closed = self._session.closed = True
+        self._direct.close()
         if self._session.shm_prefix:
             _shm.standby.drop(self._session.shm_prefix)  # its server sweeps the rest
         if self._thread.is_alive():
@@ -208,6 +222,15 @@ class SperseBackend:
     def submit(self, specs: Sequence[TaskSpec]) -> None:
         if self._tasks.lost is not None:
             raise self._tasks.lost
+        specs = self._direct.route(specs)  # an object's calls may go to its worker directly
+        if specs:
+            try:
+                self._send(specs)
+            except BaseException:
+                self._direct.forget(specs)
+                raise
+
+    def _send(self, specs: Sequence[TaskSpec]) -> None:
         items: list[Outgoing] = []
         uploads: list[str] = []
         prefix = self._session.shm_prefix
@@ -291,10 +314,14 @@ class SperseBackend:
         return out
 
     def cancel(self, task_id: str) -> None:
+        if self._direct.cancel(task_id):
+            return
         self._session.send([pb.ClientMessage(cancel=pb.Cancel(task_ids=[task_id]))])
 
     def release(self, object_ids: Iterable[str]) -> None:
         ids = list(object_ids)
+        for object_id in ids:
+            self._direct.release(object_id)
         if ids and not self._closed and self._tasks.lost is None:
             # Through the I/O thread: a release may come from a finalizer, at any moment.
             self._session.send([pb.ClientMessage(release=pb.Release(object_ids=ids))], direct=False)

@@ -4,7 +4,8 @@ One counter object per system, created remotely, whose method ``incr()`` adds on
 returns the count:
 
 - Sperse: ``sperse.connect()`` (an embedded server, default workers), then
-  ``sperse.remote(Counter)()``, an ObjectProxy; a call is ``proxy.incr()``, a Pending;
+  ``sperse.remote(Counter)()``, an ObjectProxy; a call is ``proxy.incr()``, a Pending (it
+  goes straight to the object's worker: this client made it, on its host);
 - Ray: ``ray.init(address="local", num_cpus=2, ...)``, a new Ray of its own on 127.0.0.1,
   then ``ray.remote(Counter).remote()``, an actor; a call is ``actor.incr.remote()``, an
   ObjectRef.

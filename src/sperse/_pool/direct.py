@@ -95,7 +95,7 @@ class Direct:
         self._calls: dict[int, tuple[_Connection, int, str]] = {}
         self._next = 0
         self._poller: select.poll | None = None
-        self._busy = False  # this module's own code is reading: the handler stays out
+        self._busy = False  # this module's own code reads or writes: the handler stays out
         signal.signal(signal.SIGIO, self._on_sigio)
 
     @property
@@ -126,16 +126,13 @@ class Direct:
     def take(self) -> None:
         """Read what has arrived (without waiting): calls join the worker's queue, a
         cancelled one that waits there leaves it, answered ``CANCELLED``."""
-        self._busy = True
+        busy, self._busy = self._busy, True
         try:
             for conn in list(self._connections.values()):
                 self._read(conn)
                 self._frames(conn)
         finally:
-            self._busy = False
-
-    def owns(self, seq: int) -> bool:
-        return seq in self._calls
+            self._busy = busy
 
     def answer(self, tag: int, seq: int, body: bytes = b"") -> None:
         """The end of direct call ``seq``: to its connection (gone: dropped)."""
@@ -199,46 +196,56 @@ class Direct:
                 return
 
     def _frames(self, conn: _Connection) -> None:
+        """Act on the whole frames read; a cancel of the running call interrupts it once
+        they all are (and the buffer is cut: the interrupt may leave by an exception)."""
         buffer = conn.buffer
-        while len(buffer) >= HEADER.size:
-            tag, theirs, length = HEADER.unpack_from(buffer)
-            if length > (MAX_FRAME if conn.welcomed else 64):
-                self._close(conn)
-                return
-            end = HEADER.size + length
-            if len(buffer) < end:
-                return
-            body = bytes(buffer[HEADER.size : end])
-            del buffer[:end]
-            if not conn.welcomed:
-                if tag != Msg.HELLO or not secrets.compare_digest(body, self.secret):
+        start, size, interrupt = 0, len(buffer), False
+        try:
+            while size - start >= HEADER.size:
+                tag, theirs, length = HEADER.unpack_from(buffer, start)
+                if length > (MAX_FRAME if conn.welcomed else 64):
                     self._close(conn)
                     return
-                conn.welcomed = True
-                self._send(conn, Msg.WELCOME, os.getpid())
-            elif tag == Msg.RUN:
-                (size,) = _TASK_ID.unpack_from(body)
-                task_id = body[_TASK_ID.size : _TASK_ID.size + size].decode("utf-8", "replace")
-                self._next -= 1
-                self._calls[self._next] = (conn, theirs, task_id)
-                self._waiting[self._next] = body[_TASK_ID.size + size :]
-            elif tag == Msg.CANCEL:
-                self._cancel(conn, theirs)
-            else:
-                self._close(conn)
-                return
+                end = start + HEADER.size + length
+                if size < end:
+                    break  # the rest of it is still coming
+                body = bytes(buffer[start + HEADER.size : end])
+                start = end
+                if not conn.welcomed:
+                    if tag != Msg.HELLO or not secrets.compare_digest(body, self.secret):
+                        self._close(conn)
+                        return
+                    conn.welcomed = True
+                    self._send(conn, Msg.WELCOME, os.getpid())
+                elif tag == Msg.RUN and len(body) >= _TASK_ID.size:
+                    (n,) = _TASK_ID.unpack_from(body)
+                    task_id = body[_TASK_ID.size : _TASK_ID.size + n].decode("utf-8", "replace")
+                    self._next -= 1
+                    self._calls[self._next] = (conn, theirs, task_id)
+                    self._waiting[self._next] = body[_TASK_ID.size + n :]
+                elif tag == Msg.CANCEL:
+                    interrupt = self._cancel(conn, theirs) or interrupt
+                else:  # not our protocol
+                    self._close(conn)
+                    return
+        finally:
+            del buffer[:start]
+        if interrupt:
+            self._interrupt()
 
-    def _cancel(self, conn: _Connection, theirs: int) -> None:
+    def _cancel(self, conn: _Connection, theirs: int) -> bool:
+        """Drop the call if it waits; True if it is the one running (to interrupt)."""
         for seq, call in self._calls.items():
             if call[0] is conn and call[1] == theirs:
                 if seq in self._waiting:
                     del self._waiting[seq]
                     self.answer(Msg.CANCELLED, seq)
-                elif seq == self._running():
-                    self._interrupt()
-                return
+                    return False
+                return seq == self._running()
+        return False
 
     def _send(self, conn: _Connection, tag: int, seq: int, body: bytes = b"") -> None:
+        busy, self._busy = self._busy, True  # no handler's frame in the middle of this one
         try:
             if len(body) < 1 << 20:
                 _write(conn.sock, frame(tag, seq, body))
@@ -247,6 +254,8 @@ class Direct:
                 _write(conn.sock, body)
         except OSError:  # gone, or too slow to read: its calls' answers are dropped
             self._close(conn)
+        finally:
+            self._busy = busy
 
     def _close(self, conn: _Connection) -> None:
         fd = conn.sock.fileno()

@@ -37,6 +37,11 @@ kills its group on its way out: no process a task started outlives its worker. A
 whose task is interrupted (cancelled) kills the rest of its group itself
 (:mod:`sperse._pool.process_group`).
 
+A remote object's worker that runs one call at a time may also serve calls its client sends
+it directly (:func:`open_direct`, :mod:`sperse._pool.direct`): they join the same queue as
+the pipe's, in the order they arrive, under negative sequence numbers; their output and
+answers go back on their connection.
+
 The pool's ``token`` (a server's cluster token, for nested work) arrives with the worker's
 start-up arguments and is kept in :mod:`sperse._core.nested`, never in ``os.environ``; a
 variable the worker inherited whose value holds it is removed from there too.

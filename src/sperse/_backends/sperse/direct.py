@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import contextlib
 import dataclasses
 import os
 import socket
@@ -101,7 +102,8 @@ class _Route:
 
 class _Channel(asyncio.BufferedProtocol):
     """The connection to one object's worker: read on the I/O loop, written by any thread
-    (holding the route lock) on a blocking duplicate of the socket."""
+    (holding the routes' lock) on a duplicate of the socket whose sends wait at most
+    ``SEND_TIMEOUT`` (the window keeps them from waiting at all)."""
 
     def __init__(self, calls: DirectCalls, object_id: str, sock: socket.socket) -> None:
         self._calls = calls
@@ -154,18 +156,20 @@ class _Channel(asyncio.BufferedProtocol):
     def buffer_updated(self, nbytes: int) -> None:
         buffer = self._buffer
         buffer += self._view[:nbytes]
-        while len(buffer) >= HEADER.size:
-            tag, seq, length = HEADER.unpack_from(buffer)
-            end = HEADER.size + length
-            if len(buffer) < end:
-                return
-            body = bytes(buffer[HEADER.size : end])
-            del buffer[:end]
+        start, size = 0, len(buffer)
+        while size - start >= HEADER.size:
+            tag, seq, length = HEADER.unpack_from(buffer, start)
+            end = start + HEADER.size + length
+            if size < end:
+                break
+            body = bytes(buffer[start + HEADER.size : end])
+            start = end
             if tag == Msg.WELCOME:
                 self.pid = seq
                 self.welcomed = True
             else:
                 self._calls.answer(self, tag, seq, body)
+        del buffer[:start]  # once per read: many small answers come in one
 
     def eof_received(self) -> bool:
         return False
@@ -268,10 +272,12 @@ class DirectCalls:
             self.loop.call_soon_threadsafe(channel.close)
 
     def close(self) -> None:
+        """The backend closes (any thread): every connection, on the I/O loop."""
         with self._lock:
             channels = [r.channel for r in self._routes.values() if r.channel is not None]
         for channel in channels:
-            channel.close()
+            with contextlib.suppress(RuntimeError):  # the loop is closed: gone with it
+                self.loop.call_soon_threadsafe(channel.close)
 
     # ---- the I/O thread ----------------------------------------------------------------
 

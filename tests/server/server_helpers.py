@@ -48,6 +48,18 @@ def shm_files(pid: int | None = None) -> set[str]:
     return {name for name in os.listdir(shm.SHM_DIR) if name.startswith(prefix)}
 
 
+async def unlinked(names: set[str] | None = None, timeout: float = 60.0) -> None:
+    """Wait until the server's thread that unlinks files (``sperse._server.files``) has
+    unlinked ``names`` (default: every file of this process's servers); fail at the
+    deadline."""
+    deadline = asyncio.get_running_loop().time() + timeout
+    while set(names) & shm_files() if names is not None else shm_files():
+        if asyncio.get_running_loop().time() > deadline:
+            left = set(names) & shm_files() if names is not None else shm_files()
+            raise AssertionError(f"files not unlinked within {timeout} s: {sorted(left)}")
+        await asyncio.sleep(0.005)
+
+
 def pid_alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)

@@ -14,7 +14,15 @@ from typing import Any
 
 import numpy as np
 import pytest
-from server_helpers import RawSession, ServerThread, call_work, run, shm_files, statement
+from server_helpers import (
+    RawSession,
+    ServerThread,
+    call_work,
+    run,
+    shm_files,
+    statement,
+    unlinked,
+)
 
 from sperse._serialize import RemoteRef, RemoteValue, shm
 
@@ -81,7 +89,7 @@ def test_an_array_up_down_and_by_reference(make_server: MakeServer) -> None:
             (value,) = (await s.done("up")).values
             assert s.value(value) == float((array + 1).sum())
             assert len(uploads) == 1
-            assert not set(uploads) & shm_files(), "the server unlinks an upload at the end"
+            await unlinked(set(uploads))  # the server unlinks an upload at the end
 
             # Down: a big result stays in the object store as a file; a fetch names it.
             await s.submit(s.task("down", call_work(make, BIG)))
@@ -104,8 +112,7 @@ def test_an_array_up_down_and_by_reference(make_server: MakeServer) -> None:
             assert s.value(result) == float(array.sum())
 
             await s.release(object_id)
-            await s.stats()  # the release has been handled
-            assert shm_files() == set()
+            await unlinked()
             await s.goodbye()
 
     run(scenario())
@@ -138,8 +145,7 @@ def test_a_released_object_stays_until_the_task_using_it_ends(
             gate.touch()
             (n,) = (await s.done("uses")).values
             assert s.value(n) == float(np.arange(BIG).sum())
-            await s.stats()
-            assert shm_files() == set()
+            await unlinked()
 
     run(scenario())
 
@@ -211,8 +217,7 @@ def test_a_killed_worker_leaves_no_files(make_server: MakeServer) -> None:
             assert failure.kind == "worker_died"
             await s.submit(s.task("after", call_work(make, 1)))
             await s.done("after")
-            await s.stats()
-            assert shm_files() == set()
+            await unlinked()
 
     run(scenario())
     server.close()

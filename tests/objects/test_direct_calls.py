@@ -10,9 +10,11 @@ given the secret gets in.
 from __future__ import annotations
 
 import os
+import re
 import socket
 import struct
 import sys
+import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -51,6 +53,20 @@ class Log:
         print(text)
         print(f"to stderr: {text}", file=sys.stderr)
         return text.upper()
+
+    def chorus(self, threads: int, lines: int) -> int:
+        """Lines printed by several threads of the call at once."""
+
+        def sing(i: int) -> None:
+            for j in range(lines):
+                print(f"voice {i} line {j}")
+
+        voices = [threading.Thread(target=sing, args=(i,)) for i in range(threads)]
+        for v in voices:
+            v.start()
+        for v in voices:
+            v.join()
+        return threads * lines
 
     def big(self, n: int) -> np.ndarray:
         return np.arange(n, dtype=np.float64)
@@ -166,6 +182,13 @@ def test_output_reaches_the_client(
     out, err = capfd.readouterr()
     assert "hello there" in out
     assert "to stderr: hello there" in err
+    assert log.chorus(4, 200).result(WAIT) == 800  # threads of the call print at once
+    out, _ = capfd.readouterr()
+    # Every line, each whole (print's text and its newline may interleave across threads,
+    # as they do in any Python process; the frames carrying them never do).
+    sung = re.findall(r"voice \d+ line \d+(?!\d)", out)
+    assert sorted(sung) == sorted(f"voice {i} line {j}" for i in range(4) for j in range(200))
+    assert log.add(1).result(WAIT) == 2  # the connection is whole
 
 
 def test_the_server_counts_direct_calls_and_keeps_their_logs(cluster: sperse.Cluster) -> None:

@@ -32,6 +32,7 @@ as the object's calls and keeps as their logs (``sperse logs``), as for calls it
 from __future__ import annotations
 
 import collections
+import contextlib
 import fcntl
 import json
 import os
@@ -40,6 +41,7 @@ import select
 import signal
 import socket
 import struct
+import threading
 from collections.abc import Callable
 from types import FrameType
 
@@ -96,6 +98,8 @@ class Direct:
         self._next = 0
         self._poller: select.poll | None = None
         self._busy = False  # this module's own code reads or writes: the handler stays out
+        self._main = threading.get_ident()  # the thread that runs the calls, and the handler
+        self._send_lock = threading.Lock()
         signal.signal(signal.SIGIO, self._on_sigio)
 
     @property
@@ -155,9 +159,9 @@ class Direct:
         """Tell the server what ended since the last report, if anything did."""
         if not self._ended and not self._printed:
             return
-        body = json.dumps({"calls": self._ended, "output": self._printed}).encode()
+        ended, printed = self._ended, self._printed  # a task's thread may print meanwhile
         self._ended, self._printed, self._printed_bytes = 0, [], 0
-        self._report(body)
+        self._report(json.dumps({"calls": ended, "output": printed}).encode())
 
     # ---- connections -----------------------------------------------------------------
 
@@ -245,17 +249,29 @@ class Direct:
         return False
 
     def _send(self, conn: _Connection, tag: int, seq: int, body: bytes = b"") -> None:
-        busy, self._busy = self._busy, True  # no handler's frame in the middle of this one
+        """One whole frame. Any thread (a thread of the running call may print): frames
+        are written under a lock; the main thread also keeps its signal handler out (it
+        could otherwise write a frame into the middle of this one, or wait on the lock
+        this thread holds)."""
+        main = threading.get_ident() == self._main
+        if main:
+            busy, self._busy = self._busy, True
         try:
-            if len(body) < 1 << 20:
-                _write(conn.sock, frame(tag, seq, body))
-            else:
-                _write(conn.sock, HEADER.pack(tag, seq, len(body)))
-                _write(conn.sock, body)
+            with self._send_lock:
+                if len(body) < 1 << 20:
+                    _write(conn.sock, frame(tag, seq, body))
+                else:
+                    _write(conn.sock, HEADER.pack(tag, seq, len(body)))
+                    _write(conn.sock, body)
         except OSError:  # gone, or too slow to read: its calls' answers are dropped
-            self._close(conn)
+            if main:
+                self._close(conn)
+            else:  # the main thread closes it, at its next read
+                with contextlib.suppress(OSError):
+                    conn.sock.shutdown(socket.SHUT_RDWR)
         finally:
-            self._busy = busy
+            if main:
+                self._busy = busy
 
     def _close(self, conn: _Connection) -> None:
         fd = conn.sock.fileno()

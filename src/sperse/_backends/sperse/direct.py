@@ -20,7 +20,9 @@ Invariants:
   arrives even while a call runs, to see a cancel).
 - **Ends.** A direct call ends with the worker's answer; a cancel is sent to the worker
   (one not started is dropped, the running one interrupted, as through the server). If the
-  connection closes first, its calls fail with ``ObjectLost``, or with the session's error
+  connection closes first, the object is gone: its calls in flight go to the server, which
+  fails them saying why (closed, killed), as it would have; for a ``restart=True`` object
+  (rebuilt on a new worker) they fail with ``ObjectLost`` here, and with the session's error
   when the session is lost. A held call that can no longer go directly goes through the
   server.
 - Events (``Started``, ``Output``, ``Done``, ``Failed``) are the sink's, on the I/O thread,
@@ -98,6 +100,7 @@ class _Route:
     server: set[str] = field(default_factory=set)  # task ids in flight through the server
     held: collections.deque[_Call] = field(default_factory=collections.deque)
     released: bool = False  # the object is gone: the route goes with its connection
+    restart: bool = False  # created with restart=True: rebuilt by its server if its worker dies
 
 
 class _Channel(asyncio.BufferedProtocol):
@@ -220,7 +223,7 @@ class DirectCalls:
             if isinstance(work, ObjectCreate):
                 if self._local() and work.max_concurrency == 1:
                     with self._lock:
-                        self._routes[work.object_id] = _Route()
+                        self._routes[work.object_id] = _Route(restart=work.restart)
                         self._creates[spec.task_id] = work.object_id
                     spec = dataclasses.replace(spec, work=dataclasses.replace(work, direct=True))
                 out.append(spec)
@@ -346,9 +349,17 @@ class DirectCalls:
             if route is None or route.channel is not channel:
                 return
             calls, route.direct, route.direct_bytes = list(route.direct.values()), {}, 0
-            if route.released and not route.held and not route.server:
+            lost = self._lost()
+            if lost is None and not route.restart and not route.released:
+                # Its worker is gone, and so is the object: the server says why (closed by
+                # another client, killed, ...), as to any of its calls. Nothing runs twice:
+                # the server runs no call of a dead object.
+                for call in reversed(calls):
+                    call.payload = b""
+                    route.held.appendleft(call)
+                calls = []
+            elif route.released and not route.held and not route.server:
                 del self._routes[channel.object_id]
-        lost = self._lost()
         where = self._name()
         for call in calls:
             if lost is not None:
@@ -357,8 +368,10 @@ class DirectCalls:
                 error = ErrorInfo(
                     "object_lost",
                     "ObjectLost",
-                    f"remote object {channel.object_id[:8]} on server {where!r} is lost: its "
-                    f"worker (pid {channel.pid}) ended while this call ran",
+                    f"remote object {channel.object_id[:8]} on server {where!r}: its worker "
+                    f"(pid {channel.pid}) ended while this call ran, so the call did not "
+                    "complete"
+                    + (" (the object is rebuilt: its state was reset)" if route.restart else ""),
                 )
             self._emit(Failed(call.spec.task_id, where, error))
         with self._lock:
